@@ -1,0 +1,146 @@
+"""Containers of a run: started on host networking with the host's fd limit, labelled, always removed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import docker
+import docker.errors
+import docker.types
+
+from .services import Service
+
+LABEL_RUN = "org.epollbench.run"
+LABEL_ROLE = "org.epollbench.role"
+
+
+@dataclass
+class Managed:
+    """A running container whose stdout is read line by line in a background thread."""
+
+    container: docker.models.containers.Container
+    role: str
+    cpuset: str
+    command: list[str]
+    lines: queue.Queue = field(default_factory=queue.Queue)
+    log: list[str] = field(default_factory=list)
+
+    def start_reader(self) -> None:
+        def read():
+            buffer = b""
+            try:
+                for chunk in self.container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        text = line.decode(errors="replace")
+                        self.log.append(text)
+                        self.lines.put(text)
+            except (docker.errors.DockerException, OSError, ValueError):
+                pass
+            if buffer:
+                self.log.append(buffer.decode(errors="replace"))
+                self.lines.put(buffer.decode(errors="replace"))
+            self.lines.put(None)
+
+        threading.Thread(target=read, daemon=True, name=f"logs-{self.role}").start()
+
+    def next_json(self, events: tuple[str, ...], timeout: float) -> dict | None:
+        """The next JSON line whose "event" is one of events; None when the output ends or time runs out."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                return None
+            if line is None:
+                self.lines.put(None)
+                return None
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(data, dict) and data.get("event") in events:
+                return data
+        return None
+
+    def cpu_ns(self) -> int:
+        """CPU time the container used so far (its cgroup's accounting, through the engine)."""
+        stats = self.container.stats(stream=False, one_shot=True)
+        return int(stats["cpu_stats"]["cpu_usage"]["total_usage"])
+
+    def exited(self) -> bool:
+        try:
+            self.container.reload()
+        except docker.errors.NotFound:
+            return True
+        return self.container.status in ("exited", "dead")
+
+    def output_tail(self, lines: int = 5) -> str:
+        return " | ".join(x for x in self.log[-lines:] if x.strip())
+
+
+class Containers:
+    """Starts the containers of one run and removes every one of them at the end, whatever happens."""
+
+    def __init__(self, client: docker.DockerClient, run_id: str, fd_limit: int):
+        self.client = client
+        self.run_id = run_id
+        self.fd_limit = fd_limit
+
+    def run(self, image: str, service: Service) -> Managed:
+        """Starts service from image: host network, its cpuset, the host's fd limit, this run's labels."""
+        container = self.client.containers.run(
+            image, list(service.command), detach=True, network_mode="host", cpuset_cpus=service.cpuset,
+            ulimits=[docker.types.Ulimit(name="nofile", soft=self.fd_limit, hard=self.fd_limit)],
+            labels={LABEL_RUN: self.run_id, LABEL_ROLE: service.role}, stdin_open=service.stdin, init=True,
+            name=f"epollbench-{self.run_id[:15].lower()}-{service.role}-{time.monotonic_ns() % 10**9}")
+        managed = Managed(container=container, role=service.role, cpuset=service.cpuset,
+                          command=list(service.command))
+        managed.start_reader()
+        return managed
+
+    def finish(self, managed: Managed, timeout: float) -> int | None:
+        """Waits for the container to exit by itself; its exit code, or None when it had to be killed."""
+        try:
+            return int(managed.container.wait(timeout=timeout)["StatusCode"])
+        except (docker.errors.DockerException, OSError, ValueError):
+            self.remove(managed)
+            return None
+
+    def stop(self, managed: Managed, timeout: float = 10) -> int | None:
+        """SIGTERM, wait for a clean exit (the programs print their final stats then)."""
+        with contextlib.suppress(docker.errors.APIError):
+            managed.container.kill(signal="SIGTERM")
+        return self.finish(managed, timeout)
+
+    def remove(self, managed: Managed) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            managed.container.remove(force=True)
+
+    def remove_all(self) -> int:
+        """Removes every container labelled with this run (also ones a crash left behind)."""
+        removed = 0
+        mine = {"label": f"{LABEL_RUN}={self.run_id}"}
+        for container in self.client.containers.list(all=True, filters=mine):
+            try:
+                container.remove(force=True)
+                removed += 1
+            except docker.errors.NotFound:
+                pass
+        return removed
+
+
+def send_stdin(managed: Managed, text: str) -> None:
+    """Writes text to the container's stdin (it was started with stdin open)."""
+    sock = managed.container.attach_socket(params={"stdin": 1, "stream": 1})
+    raw = getattr(sock, "_sock", sock)
+    try:
+        raw.sendall(text.encode())
+    finally:
+        raw.close()

@@ -1,0 +1,235 @@
+"""The load generators: httperf (the 2002 active load) and wrk, their command lines and their output parsed.
+
+The 2002 study drove dphttpd with httperf as Davide Libenzi did in 2001 (lse-2002.json, libenzi_2001):
+`--think-timeout 5 --timeout 5 --num-calls 2500 --num-conns 100 --hog --rate 100`: 100 keep-alive
+connections opened at 100 per second, each making num-calls requests one after another. The metric is
+httperf's reply rate. ActiveLoad keeps those values as its defaults; only num-calls is sized per point so a
+point lasts about as long as planned at the reply rate it will see.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from .errors import UserError
+
+HTTPERF = "httperf"
+WRK = "wrk"
+# httperf samples the reply rate once per 5 s (RATE_INTERVAL in httperf.c): a shorter run has no samples.
+REPLY_RATE_SAMPLE_S = 5.0
+# num-calls bounds: below 10 calls per connection, connection setup dominates what is measured; the upper
+# bound keeps a point finite when the expected reply rate is wildly overestimated (a rate of 10 M/s would
+# ask for 100 calls per connection per second planned).
+MIN_CALLS = 10
+MAX_CALLS = 100_000
+
+
+@dataclass(frozen=True)
+class ActiveLoad:
+    """httperf's active load; the defaults are the 2001/2002 values except server and port."""
+
+    port: int
+    server: str = "127.0.0.1"
+    uri: str = "/"
+    connections: int = 100
+    rate: float = 100
+    num_calls: int = 2500
+    timeout: float = 5
+    think_timeout: float = 5
+    hog: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise UserError(f"httperf port {self.port} is not a TCP port: use 1-65535")
+        for name in ("connections", "num_calls"):
+            if getattr(self, name) < 1:
+                raise UserError(f"httperf {name.replace('_', '-')} must be at least 1 "
+                                f"(got {getattr(self, name)})")
+        for name in ("rate", "timeout", "think_timeout"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"httperf {name.replace('_', '-')} must be above 0 (got {getattr(self, name)})")
+
+
+def _arg(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def command(load: ActiveLoad) -> list[str]:
+    """The httperf argv for load."""
+    argv = [HTTPERF]
+    if load.hog:
+        argv.append("--hog")
+    argv += ["--server", load.server, "--port", str(load.port), "--uri", load.uri,
+             "--num-conns", str(load.connections), "--rate", _arg(load.rate),
+             "--num-calls", str(load.num_calls), "--timeout", _arg(load.timeout),
+             "--think-timeout", _arg(load.think_timeout)]
+    return argv
+
+
+def calls_for_duration(reply_rate: float, duration_s: float, connections: int) -> int:
+    """num-calls per connection so that connections * num-calls replies take about duration_s at reply_rate,
+    kept within [MIN_CALLS, MAX_CALLS]."""
+    if not reply_rate > 0 or not duration_s > 0 or connections < 1:
+        raise ValueError(f"calls_for_duration needs reply_rate > 0, duration_s > 0, connections >= 1 "
+                         f"(got {reply_rate}, {duration_s}, {connections})")
+    calls = math.ceil(reply_rate * duration_s / connections)
+    return max(MIN_CALLS, min(MAX_CALLS, calls))
+
+
+# ---- httperf output ------------------------------------------------------------------------------------
+
+_NUM = r"(-?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|inf|nan))"
+
+# (section, line pattern, field names): every line httperf 0.9.0's basic statistics print (stat/basic.c).
+_HTTPERF_LINES = [
+    ("Total", r"Total: connections {n} requests {n} replies {n} test-duration {n} s",
+     ["connections", "requests", "replies", "test_duration_s"]),
+    ("Connection rate", r"Connection rate: {n} conn/s \({n} ms/conn, <={n} concurrent connections\)",
+     ["per_s", "ms_per_conn", "max_concurrent"]),
+    ("Connection time", r"Connection time \[ms\]: min {n} avg {n} max {n} median {n} stddev {n}",
+     ["min", "avg", "max", "median", "stddev"]),
+    ("Connection time connect", r"Connection time \[ms\]: connect {n}", ["connect"]),
+    ("Connection length", r"Connection length \[replies/conn\]: {n}", ["replies_per_conn"]),
+    ("Request rate", r"Request rate: {n} req/s \({n} ms/req\)", ["per_s", "ms_per_req"]),
+    ("Request size", r"Request size \[B\]: {n}", ["bytes"]),
+    ("Reply rate", r"Reply rate \[replies/s\]: min {n} avg {n} max {n} stddev {n} \({n} samples\)",
+     ["min", "avg", "max", "stddev", "samples"]),
+    ("Reply time", r"Reply time \[ms\]: response {n} transfer {n}", ["response", "transfer"]),
+    ("Reply size", r"Reply size \[B\]: header {n} content {n} footer {n} \(total {n}\)",
+     ["header", "content", "footer", "total"]),
+    ("Reply status", r"Reply status: 1xx={n} 2xx={n} 3xx={n} 4xx={n} 5xx={n}",
+     ["1xx", "2xx", "3xx", "4xx", "5xx"]),
+    ("CPU time", r"CPU time \[s\]: user {n} system {n} \(user {n}% system {n}% total {n}%\)",
+     ["user_s", "system_s", "user_pct", "system_pct", "total_pct"]),
+    ("Net I/O", r"Net I/O: {n} KB/s \({n}\*10\^6 bps\)", ["kb_per_s", "mbit_per_s"]),
+    ("Errors", r"Errors: total {n} client-timo {n} socket-timo {n} connrefused {n} connreset {n}",
+     ["total", "client_timo", "socket_timo", "connrefused", "connreset"]),
+    ("Errors (socket)", r"Errors: fd-unavail {n} addrunavail {n} ftab-full {n} other {n}",
+     ["fd_unavail", "addrunavail", "ftab_full", "other"]),
+]
+_HTTPERF_RES = [(section, re.compile("^" + pattern.replace("{n}", _NUM) + r"\s*$", re.M), names)
+                for section, pattern, names in _HTTPERF_LINES]
+_INT_FIELDS = {"connections", "requests", "replies", "max_concurrent", "samples", "1xx", "2xx", "3xx",
+               "4xx", "5xx", "total", "client_timo", "socket_timo", "connrefused", "connreset",
+               "fd_unavail", "addrunavail", "ftab_full", "other"}
+
+
+def _number(name: str, text: str) -> int | float:
+    return int(text) if name in _INT_FIELDS and text.lstrip("-").isdigit() else float(text)
+
+
+def parse(text: str) -> dict:
+    """Every number of httperf's summary, keyed by section.
+
+    reply_rate["avg"] is httperf's mean of its 5 s samples; when the run was too short for one sample
+    (samples == 0) it is replies / test-duration instead, min/max/stddev are None, and
+    reply_rate["avg_source"] says which. reply_rate["overall"] is always replies / test-duration.
+    """
+    lines: dict[str, dict] = {}
+    missing = []
+    for section, regex, names in _HTTPERF_RES:
+        m = regex.search(text)
+        if m is None:
+            missing.append(section)
+            continue
+        lines[section] = {name: _number(name, value) for name, value in zip(names, m.groups(), strict=True)}
+    if missing:
+        raise ValueError(f"not httperf output: no {', '.join(repr(s) for s in missing)} line"
+                         f"{'s' if len(missing) > 1 else ''}")
+
+    total = lines["Total"]
+    duration = total["test_duration_s"]
+    overall = total["replies"] / duration if duration > 0 else 0.0
+    reply_rate = dict(lines["Reply rate"], overall=overall, avg_source="samples")
+    if reply_rate["samples"] == 0:
+        reply_rate.update(min=None, max=None, stddev=None, avg=overall, avg_source="replies/test-duration")
+
+    errors = dict(lines["Errors"], **lines["Errors (socket)"])
+    burst = re.search(r"^Maximum connect burst length: (\d+)", text, re.M)
+    argv = re.search(r"^(httperf --.*?)\s*$", text, re.M)
+    return {
+        "command": argv.group(1) if argv else None,
+        "max_connect_burst": int(burst.group(1)) if burst else None,
+        "total": total,
+        "connection_rate": lines["Connection rate"],
+        "connection_time_ms": dict(lines["Connection time"], **lines["Connection time connect"]),
+        "connection_length_replies": lines["Connection length"]["replies_per_conn"],
+        "request_rate": lines["Request rate"],
+        "request_size_b": lines["Request size"]["bytes"],
+        "reply_rate": reply_rate,
+        "reply_time_ms": lines["Reply time"],
+        "reply_size_b": lines["Reply size"],
+        "reply_status": lines["Reply status"],
+        "cpu": lines["CPU time"],
+        "net_io": lines["Net I/O"],
+        "errors": errors,
+    }
+
+
+# ---- wrk --------------------------------------------------------------------------------------------------
+
+def wrk_command(url: str, connections: int = 100, threads: int = 1, duration_s: float = 10,
+                timeout_s: float = 5) -> list[str]:
+    """The wrk argv: `connections` keep-alive connections shared by `threads` threads for duration_s."""
+    if connections < 1 or threads < 1 or connections < threads:
+        raise UserError(f"wrk needs 1 <= threads <= connections (got {threads} threads, "
+                        f"{connections} connections)")
+    if not duration_s >= 1 or not timeout_s > 0:
+        raise UserError(f"wrk needs a duration of at least 1 s and a timeout above 0 "
+                        f"(got {duration_s} s, {timeout_s} s)")
+    return [WRK, "--threads", str(threads), "--connections", str(connections),
+            "--duration", f"{math.ceil(duration_s)}s", "--timeout", f"{_arg(timeout_s)}s", url]
+
+
+# wrk's units (units.c): times in us/ms/s/m/h, counts with SI suffixes, bytes with binary suffixes.
+_TIME_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_SI = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+_BINARY = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4, "PB": 1024**5}
+_V = r"([\d.]+)"
+
+
+def _time_ms(value: str, unit: str) -> float:
+    return float(value) * _TIME_MS[unit]
+
+
+def parse_wrk(text: str) -> dict:
+    """wrk's summary: throughput, latency (ms), totals and socket errors (0 when wrk printed none)."""
+    patterns = {
+        "Latency": rf"^\s*Latency\s+{_V}(us|ms|s|m|h)\s+{_V}(us|ms|s|m|h)\s+{_V}(us|ms|s|m|h)\s+{_V}%",
+        "requests in": rf"^\s*(\d+) requests in {_V}(us|ms|s|m|h), {_V}(B|KB|MB|GB|TB|PB) read",
+        "Requests/sec": rf"^Requests/sec:\s+{_V}\s*$",
+        "Transfer/sec": rf"^Transfer/sec:\s+{_V}(B|KB|MB|GB|TB|PB)\s*$",
+    }
+    found = {name: re.search(p, text, re.M) for name, p in patterns.items()}
+    missing = [name for name, m in found.items() if m is None]
+    if missing:
+        raise ValueError(f"not wrk output: no {', '.join(repr(s) for s in missing)} line"
+                         f"{'s' if len(missing) > 1 else ''}")
+    lat = found["Latency"].groups()
+    total = found["requests in"].groups()
+    transfer = found["Transfer/sec"].groups()
+    setup = re.search(r"^\s*(\d+) threads and (\d+) connections", text, re.M)
+    req_sec = re.search(rf"^\s*Req/Sec\s+{_V}([kMGTP]?)\s+{_V}([kMGTP]?)\s+{_V}([kMGTP]?)", text, re.M)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {
+        "threads": int(setup.group(1)) if setup else None,
+        "connections": int(setup.group(2)) if setup else None,
+        "requests_per_s": float(found["Requests/sec"].group(1)),
+        "transfer_bytes_per_s": float(transfer[0]) * _BINARY[transfer[1]],
+        "latency_ms": {"avg": _time_ms(lat[0], lat[1]), "stdev": _time_ms(lat[2], lat[3]),
+                       "max": _time_ms(lat[4], lat[5]), "within_stdev_pct": float(lat[6])},
+        "thread_requests_per_s": None if req_sec is None else {
+            "avg": float(req_sec.group(1)) * _SI[req_sec.group(2)],
+            "stdev": float(req_sec.group(3)) * _SI[req_sec.group(4)],
+            "max": float(req_sec.group(5)) * _SI[req_sec.group(6)]},
+        "requests": int(total[0]),
+        "duration_s": _time_ms(total[1], total[2]) / 1e3,
+        "bytes_read": float(total[3]) * _BINARY[total[4]],
+        "socket_errors": dict(zip(("connect", "read", "write", "timeout"),
+                                  (int(x) for x in socket.groups()) if socket else (0, 0, 0, 0),
+                                  strict=True)),
+        "non_2xx_3xx": int(non_2xx.group(1)) if non_2xx else 0,
+    }

@@ -1,0 +1,134 @@
+"""The server and client images: the base image (found, pulled or bootstrapped) and the build."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from . import host
+from .errors import UserError
+from .native import IMAGES, ROOT
+
+DEFAULT_BASE_IMAGE = "debian:bookworm-slim"
+TARGETS = ("server", "client")
+LABEL = "org.epollbench"
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    target: str
+    tag: str
+    id: str
+    source_hash: str
+
+
+def source_hash() -> str:
+    """Hash of everything that goes into the images: Dockerfile and images/ (less build output)."""
+    digest = hashlib.sha256()
+    files = [ROOT / "Dockerfile"] + sorted(
+        p for p in IMAGES.rglob("*") if p.is_file() and "build" not in p.relative_to(IMAGES).parts
+        and "__pycache__" not in p.parts)
+    for path in files:
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def git_state() -> dict:
+    """The commit the tree is at and whether it has uncommitted changes."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"commit": commit, "dirty": dirty}
+
+
+def ensure_base_image(client: docker.DockerClient, base_image: str, log_dir: Path, say=print) -> dict:
+    """The base image present locally: found, pulled, or bootstrapped with mmdebstrap. Says which."""
+    try:
+        image = client.images.get(base_image)
+        origin = image.labels.get(f"{LABEL}.base-origin", "local")
+        return {"name": base_image, "id": image.id, "origin": origin}
+    except docker.errors.ImageNotFound:
+        pass
+    repo, _, tag = base_image.partition(":")
+    try:
+        say(f"pulling {base_image}")
+        image = client.images.pull(repo, tag=tag or "latest")
+        return {"name": base_image, "id": image.id, "origin": "pulled"}
+    except docker.errors.APIError as pull_error:
+        reason = str(pull_error.explanation or pull_error).splitlines()[0]
+    if not repo.endswith("debian") or not tag:
+        raise UserError(f"base image {base_image} is not local and cannot be pulled ({reason}): "
+                        "load it with `docker load`, or use a debian:<suite>[-slim] base image")
+    return _bootstrap_debian(client, base_image, tag.removesuffix("-slim"), log_dir, say, reason)
+
+
+def _bootstrap_debian(client, base_image: str, suite: str, log_dir: Path, say, pull_reason: str) -> dict:
+    why = f"bootstrapping {base_image} (it could not be pulled: {pull_reason})"
+    host.ensure_packages(["mmdebstrap"], why)
+    mirror, _host_suite = host.apt_mirror()
+    say(f"bootstrapping {base_image} with mmdebstrap from the host's apt mirror ({pull_reason})")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "mmdebstrap.log", "wb") as log:
+        proc = subprocess.run(["mmdebstrap", "--variant=minbase", "--format=tar", suite, "-",
+                               f"deb {mirror} {suite} main"], stdout=subprocess.PIPE, stderr=log)
+    if proc.returncode != 0 or not proc.stdout:
+        raise UserError(f"mmdebstrap could not bootstrap {suite} from the host's mirror: see "
+                        f"{log_dir / 'mmdebstrap.log'}; or load {base_image} with `docker load`")
+    repo, _, tag = base_image.partition(":")
+    changes = [f'LABEL {LABEL}.base-origin="mmdebstrap --variant=minbase {suite}"', 'CMD ["bash"]']
+    image_id = client.api.import_image_from_data(proc.stdout, repository=repo, tag=tag, changes=changes)
+    image = client.images.get(base_image)
+    return {"name": base_image, "id": image.id or image_id, "origin": f"mmdebstrap --variant=minbase {suite}"}
+
+
+def build(client: docker.DockerClient, base_image: str, log_dir: Path, say=print) -> dict[str, BuiltImage]:
+    """Builds the server and client targets (layer cache makes an unchanged tree take seconds)."""
+    base = ensure_base_image(client, base_image, log_dir, say)
+    src = source_hash()
+    git = git_state()
+    labels = {f"{LABEL}.source-hash": src, f"{LABEL}.git-commit": git["commit"],
+              f"{LABEL}.git-dirty": str(git["dirty"]).lower(), f"{LABEL}.base-image": base_image,
+              f"{LABEL}.base-image-id": base["id"]}
+    built = {}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for target in TARGETS:
+        tag = f"epollbench/{target}:{src}"
+        say(f"building image {tag}")
+        with open(log_dir / f"build-{target}.log", "w") as log:
+            image_id = _build_target(client, target, tag, base_image, labels, log)
+        client.images.get(image_id).tag(f"epollbench/{target}", "latest")
+        built[target] = BuiltImage(target=target, tag=tag, id=image_id, source_hash=src)
+    return built
+
+
+def _build_target(client, target: str, tag: str, base_image: str, labels: dict, log) -> str:
+    image_id = None
+    stream = client.api.build(path=str(ROOT), target=target, tag=tag, buildargs={"BASE_IMAGE": base_image},
+                              labels=labels, network_mode="host", rm=True, forcerm=True, decode=True)
+    for chunk in stream:
+        if "stream" in chunk:
+            log.write(chunk["stream"])
+        if "aux" in chunk and "ID" in chunk["aux"]:
+            image_id = chunk["aux"]["ID"]
+        if "error" in chunk:
+            log.write(chunk["error"] + "\n")
+            log.flush()
+            raise UserError(f"building the {target} image failed: {chunk['error'].strip()} "
+                            f"(full log: {log.name})")
+    if image_id is None:
+        raise UserError(f"building the {target} image gave no image ID: see {log.name}")
+    return image_id
+
+
+def image_metadata(client: docker.DockerClient, name: str) -> dict:
+    image = client.images.get(name)
+    return {"name": name, "id": image.id, "repo_digests": image.attrs.get("RepoDigests", []),
+            "labels": image.labels, "created": image.attrs.get("Created")}
+

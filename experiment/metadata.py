@@ -1,0 +1,82 @@
+"""Metadata captured at the start of a run (pyperf style), and which of it must match to merge points."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+from pathlib import Path
+
+import docker
+
+from . import host, images
+
+# A resumed run must match these, or its points would mix two machines or two builds.
+CHECKED = ("hostname", "kernel", "cpu_model", "cpus", "fd_hard_limit", "image_ids")
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _os_release() -> str:
+    for line in (_read("/etc/os-release") or "").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip('"')
+    return platform.platform()
+
+
+def _memory_bytes() -> int | None:
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def capture(client: docker.DockerClient, built: dict, base_image: dict, sysctls: dict,
+            engine_url: str) -> dict:
+    """What a reader needs to judge and rerun the numbers; taken before the first point."""
+    uname = os.uname()
+    version = client.version()
+    info = client.info()
+    image_meta = {target: images.image_metadata(client, image.id) for target, image in built.items()}
+    return {
+        "hostname": socket.gethostname(),
+        "kernel": uname.release,
+        "kernel_version": uname.version,
+        "machine": uname.machine,
+        "os_release": _os_release(),
+        "cpu_model": host.cpu_model(),
+        "cpus": host.cpu_count(),
+        "cpu_list": ",".join(str(c) for c in host.cpus()),
+        "memory_bytes": _memory_bytes(),
+        "fd_hard_limit": host.fd_hard_limit(),
+        "sysctls": sysctls,
+        "docker": {"version": version.get("Version"), "api_version": version.get("ApiVersion"),
+                   "cgroup_version": info.get("CgroupVersion"), "cgroup_driver": info.get("CgroupDriver"),
+                   "engine": engine_url, "seccomp": "seccomp" in " ".join(info.get("SecurityOptions", []))},
+        "images": image_meta,
+        "image_ids": {target: meta["id"] for target, meta in image_meta.items()},
+        "base_image": base_image,
+        "git": images.git_state(),
+        "python": sys.version.split()[0],
+        "epollbench_version": _package_version(),
+        "load_at_start": list(os.getloadavg()),
+    }
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("epollbench")
+    except Exception:
+        return "unknown"
+
+
+def differences(a: dict, b: dict, keys: tuple[str, ...] = CHECKED) -> dict:
+    """The checked metadata that differs between two runs: {key: (a, b)}."""
+    return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}

@@ -1,0 +1,107 @@
+"""Build and run the programs under test natively, without Docker (tests, bench-programs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "images"
+BUILD = IMAGES / "build"
+DEADCONN = IMAGES / "deadconn" / "deadconn.py"
+
+
+class ProgramError(RuntimeError):
+    """A program under test failed to build, start or stop as it should."""
+
+
+def build() -> Path:
+    """Compile images/ with make; returns the folder holding ephttpd and pipetest."""
+    proc = subprocess.run(["make", "-s", "-C", str(IMAGES)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ProgramError(f"make -C images failed:\n{proc.stdout}{proc.stderr}")
+    return BUILD
+
+
+@dataclass
+class Ephttpd:
+    """One running ephttpd: started by start(), stopped (SIGTERM, stats read) by stop()."""
+
+    backend: str = "epoll"
+    extra_args: list[str] = field(default_factory=list)
+    bind: str = "127.0.0.1"
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    listening: dict | None = None
+    stats: dict | None = None
+
+    def start(self, timeout: float = 10.0) -> Ephttpd:
+        cmd = [str(BUILD / "ephttpd"), "--backend", self.backend, "--bind", self.bind,
+               "--port", str(self.port), *self.extra_args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = _readline(self.proc, timeout)
+        if not line:
+            err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+            raise ProgramError(f"ephttpd did not say it was listening: {' '.join(cmd)}\n{err}")
+        self.listening = json.loads(line)
+        self.port = self.listening["port"]
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 10.0) -> dict:
+        """SIGTERM, then the one JSON stats line it prints on the way out."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            raise ProgramError(f"ephttpd ignored SIGTERM for {timeout} s") from None
+        if self.proc.returncode != 0:
+            raise ProgramError(f"ephttpd exited {self.proc.returncode}: {err.strip()}")
+        lines = [json.loads(x) for x in out.splitlines() if x.strip()]
+        self.stats = lines[-1]
+        return self.stats
+
+    def __enter__(self) -> Ephttpd:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _readline(proc: subprocess.Popen, timeout: float) -> str:
+    """One line of proc's stdout, or '' when it exits or says nothing within timeout."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if sel.select(left):
+                return proc.stdout.readline()
+            if proc.poll() is not None:
+                return ""
+        return ""
+    finally:
+        sel.close()
+
+
+def deadconn_command(*args: str) -> list[str]:
+    return [sys.executable, str(DEADCONN), *args]
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))

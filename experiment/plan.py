@@ -1,0 +1,142 @@
+"""What a run measures: profiles, the flags that override them, and how a plan adapts to the host."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from .errors import UserError
+
+VARIANTS = ("up", "smp")
+SERVER_BACKENDS = ("select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll")
+PIPETEST_BACKENDS = ("select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll")
+SWEEPS = ("dead", "pipetest")
+# The 2002 study's dead-connection steps and pipetest sizes (lse-2002.json).
+PAPER_DEAD = (0, 1000, 5000, 10000, 25000, 50000, 60000)
+PAPER_PIPES = (10, 100, 1000, 10000, 16000)
+# select(2) watches descriptors below FD_SETSIZE only.
+FD_SETSIZE = 1024
+# Descriptors a server needs beside dead connections: listener, reserve, stdio, the active load, slack.
+SERVER_FD_OVERHEAD = 64
+# Pipetest holds two descriptors a pipe, plus stdio and the backend's own.
+PIPETEST_FD_OVERHEAD = 16
+
+
+@dataclass(frozen=True)
+class Plan:
+    profile: str
+    sweeps: tuple[str, ...]
+    variants: tuple[str, ...]
+    backends: tuple[str, ...]
+    dead: tuple[int, ...]
+    pipes: tuple[int, ...]
+    repeat: int
+    duration_s: float
+    active_connections: int = 100
+    msgsize: int = 128
+    add_host_max: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES = {
+    "quick": Plan(profile="quick", sweeps=SWEEPS, variants=VARIANTS, backends=("poll", "epoll"),
+                  dead=(0, 1000, 5000, 10000, 60000), pipes=(10, 100, 1000, 10000), repeat=1, duration_s=8),
+    "paper": Plan(profile="paper", sweeps=SWEEPS, variants=VARIANTS, backends=SERVER_BACKENDS,
+                  dead=PAPER_DEAD, pipes=PAPER_PIPES, repeat=3, duration_s=10),
+}
+
+
+def _choices(value: str, valid: tuple[str, ...], flag: str) -> tuple[str, ...]:
+    items = tuple(x.strip() for x in value.split(",") if x.strip())
+    bad = [x for x in items if x not in valid]
+    if bad or not items:
+        raise UserError(f"{flag} {value!r}: {'unknown ' + ', '.join(bad) if bad else 'empty'}; "
+                        f"valid: {','.join(valid)}")
+    return tuple(dict.fromkeys(items))
+
+
+def _counts(value: str, flag: str, minimum: int) -> tuple[int, ...]:
+    try:
+        items = tuple(sorted({int(x) for x in value.split(",") if x.strip()}))
+    except ValueError:
+        raise UserError(f"{flag} {value!r}: give comma-separated whole numbers, e.g. 0,1000,5000") from None
+    if not items or items[0] < minimum:
+        raise UserError(f"{flag} {value!r}: give comma-separated whole numbers >= {minimum}")
+    return items
+
+
+def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str | None = None,
+              backends: str | None = None, dead: str | None = None, pipes: str | None = None,
+              repeat: int | None = None, duration: float | None = None) -> Plan:
+    """The profile's plan with each given flag replacing its part; invalid values are UserErrors."""
+    if profile not in PROFILES:
+        raise UserError(f"--profile {profile!r}: valid: {','.join(PROFILES)}")
+    plan = PROFILES[profile]
+    changes = {}
+    if sweeps is not None:
+        changes["sweeps"] = _choices(sweeps, SWEEPS, "--sweeps")
+    if variants is not None:
+        changes["variants"] = _choices(variants, VARIANTS, "--variants")
+    if backends is not None:
+        changes["backends"] = _choices(backends, SERVER_BACKENDS, "--backends")
+    if dead is not None:
+        changes["dead"] = _counts(dead, "--dead", 0)
+        changes["add_host_max"] = False
+    if pipes is not None:
+        changes["pipes"] = _counts(pipes, "--pipes", 1)
+        changes["add_host_max"] = False
+    if repeat is not None:
+        if not 1 <= repeat <= 100:
+            raise UserError(f"--repeat {repeat}: give a whole number from 1 to 100")
+        changes["repeat"] = repeat
+    if duration is not None:
+        if not 1 <= duration <= 600:
+            raise UserError(f"--duration {duration}: give seconds from 1 to 600")
+        changes["duration_s"] = duration
+    return replace(plan, **changes)
+
+
+@dataclass(frozen=True)
+class Level:
+    """One x value of a sweep: run it, or skip it and say why."""
+
+    value: int
+    skip_reason: str | None = None
+    host_max: bool = False
+
+
+def max_dead(fd_limit: int, backend: str, active: int) -> int:
+    """The most dead connections one server process can hold next to the active load."""
+    limit = min(fd_limit, FD_SETSIZE) if backend == "select" else fd_limit
+    most = max(0, limit - active - SERVER_FD_OVERHEAD)
+    # Round large limits to a readable step: 19,500 rather than 19,836.
+    return most // 500 * 500 if most > 2000 else most
+
+
+def max_pipes(fd_limit: int, backend: str) -> int:
+    limit = min(fd_limit, FD_SETSIZE) if backend == "select" else fd_limit
+    return max(0, (limit - PIPETEST_FD_OVERHEAD) // 2)
+
+
+def dead_levels(plan: Plan, fd_limit: int, backend: str) -> list[Level]:
+    most = max_dead(fd_limit, backend, plan.active_connections)
+    why = (f"select watches descriptors below FD_SETSIZE={FD_SETSIZE}: at most {most} dead connections"
+           if backend == "select" and most < fd_limit - plan.active_connections - SERVER_FD_OVERHEAD
+           else f"host allows {fd_limit} open files per process: at most {most} dead connections per server")
+    return _levels(plan.dead, most, why, plan.add_host_max)
+
+
+def pipe_levels(plan: Plan, fd_limit: int, backend: str) -> list[Level]:
+    most = max_pipes(fd_limit, backend)
+    why = (f"select watches descriptors below FD_SETSIZE={FD_SETSIZE}: at most {most} pipes"
+           if backend == "select" else f"host allows {fd_limit} open files per process: at most {most} pipes")
+    return _levels(plan.pipes, most, why, plan.add_host_max)
+
+
+def _levels(wanted: tuple[int, ...], most: int, why: str, add_host_max: bool) -> list[Level]:
+    levels = [Level(v) if v <= most else Level(v, skip_reason=why) for v in wanted]
+    if add_host_max and any(level.skip_reason for level in levels) and most not in wanted:
+        levels.append(Level(most, host_max=True))
+    return sorted(levels, key=lambda level: (level.value, level.skip_reason is not None))
+

@@ -1,0 +1,46 @@
+"""Progress on the terminal: the current point, points done of total, ETA, and the last figure measured."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+
+
+class Progress:
+    def __init__(self, say: Callable[[str], None] = print):
+        self.say = say
+        self.console = Console(stderr=True)
+        self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn(),
+                                TextColumn("{task.fields[last]}"), console=self.console, transient=False)
+        self.task = None
+
+    def __enter__(self) -> Progress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def start(self, total: int, done: int) -> None:
+        self.task = self.bar.add_task("starting", total=total, completed=done, last="")
+
+    def describe(self, text: str) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, description=text)
+
+    def advance(self, point: dict) -> None:
+        figures = point.get("figures") or {}
+        if point["status"] != "ok":
+            last = f"{point['id']}: {point['status']}"
+        elif "reply_rate" in figures:
+            last = f"last: {figures['reply_rate']:,.0f} replies/s"
+        else:
+            last = f"last: {figures.get('passes_per_s', 0):,.0f} passes/s"
+        if self.task is not None:
+            self.bar.update(self.task, advance=1, last=last)
+        if point["status"] == "failed":
+            self.bar.console.print(f"[yellow]{point['id']} failed:[/] {point['reason']}")

@@ -1,0 +1,157 @@
+"""The result set of a run: results/<UTC timestamp>-<host>-<profile>/ with run.json and one file per point.
+
+Layout of a run folder (schema_version 1):
+  run.json              run-level record: plan, metadata captured at start, status, start/end times
+  points/<id>.json      one measured, failed or skipped point each, written atomically, never overwritten
+  raw/<id>.*            raw outputs (httperf text, ephttpd and deadconn JSON lines, pipetest JSON)
+  logs/                 image builds, dockerd, mmdebstrap
+  report/               written by `invoke report`
+
+The loader rejects any other schema_version: a newer file is never misread as an older one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .native import ROOT
+
+SCHEMA_VERSION = 1
+RESULTS = ROOT / "results"
+LATEST = "latest"
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def write_json_atomic(path: Path, data: dict, overwrite: bool = False) -> None:
+    """Writes data to path through a temporary file and rename; refuses to replace a result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: results are never overwritten")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UserError(f"{path} has schema_version {version!r}; this epollbench reads {SCHEMA_VERSION}: "
+                        "use the epollbench version that wrote it")
+    return data
+
+
+def new_run_id(profile: str, now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:40] or "host"
+    return f"{stamp}-{host}-{profile}"
+
+
+@dataclass
+class Run:
+    """A run folder on disk."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def points_dir(self) -> Path:
+        return self.path / "points"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.path / "raw"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / "logs"
+
+    @classmethod
+    def create(cls, run_record: dict, results_dir: Path = RESULTS) -> Run:
+        run_id = run_record["run_id"]
+        path = results_dir / run_id
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            raise UserError(f"{path} exists already: results are never overwritten; "
+                            f"wait a second or use --resume {run_id}") from None
+        run = cls(path)
+        for sub in (run.points_dir, run.raw_dir, run.logs_dir):
+            sub.mkdir()
+        write_json_atomic(path / "run.json", {"schema_version": SCHEMA_VERSION, **run_record})
+        _point_latest_at(results_dir, run_id)
+        return run
+
+    @classmethod
+    def open(cls, name: str | Path | None, results_dir: Path = RESULTS) -> Run:
+        """An existing run by folder path, by id under results/, or results/latest when name is None."""
+        candidates = [Path(name)] if name else []
+        if name and not Path(name).is_absolute():
+            candidates.append(results_dir / name)
+        if not name:
+            candidates.append(results_dir / LATEST)
+        for path in candidates:
+            if (path / "run.json").is_file():
+                return cls(path.resolve())
+        known = sorted(p.name for p in results_dir.glob("*/run.json") for p in [p.parent])
+        hint = f"known runs: {', '.join(known[-5:])}" if known else "run `invoke reproduce` first"
+        raise UserError(f"no run at {name or results_dir / LATEST}: {hint}")
+
+    def record(self) -> dict:
+        return read_json(self.path / "run.json")
+
+    def update_record(self, **fields) -> None:
+        record = self.record()
+        record.update(fields)
+        write_json_atomic(self.path / "run.json", record, overwrite=True)
+
+    def point_path(self, point_id: str) -> Path:
+        return self.points_dir / f"{point_id}.json"
+
+    def has_point(self, point_id: str) -> bool:
+        return self.point_path(point_id).exists()
+
+    def write_point(self, point: dict) -> None:
+        write_json_atomic(self.point_path(point["id"]), {"schema_version": SCHEMA_VERSION, **point})
+
+    def points(self) -> list[dict]:
+        return [read_json(p) for p in sorted(self.points_dir.glob("*.json"))]
+
+    def raw_path(self, name: str) -> Path:
+        """A path under raw/ that does not exist yet (a retried point gets a numbered name)."""
+        path = self.raw_dir / name
+        n = 1
+        while path.exists():
+            stem, dot, ext = name.partition(".")
+            path = self.raw_dir / f"{stem}.{n}{dot}{ext}"
+            n += 1
+        return path
+
+
+def _point_latest_at(results_dir: Path, run_id: str) -> None:
+    link = results_dir / LATEST
+    tmp = results_dir / f".{LATEST}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_id)
+    os.replace(tmp, link)

@@ -1,0 +1,40 @@
+"""The containers of a point, defined once: the sweep runner starts them, compose/ files are made from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import httperf
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Service:
+    role: str          # server, deadconn, httperf, pipetest
+    target: str        # the image target: server or client
+    command: tuple[str, ...]
+    cpuset: str
+    stdin: bool = False
+
+
+def server(backend: str, port: int, msgsize: int, cpuset: str) -> Service:
+    return Service("server", "server", ("ephttpd", "--backend", backend, "--bind", LOOPBACK, "--port", str(port),
+                                        "--msgsize", str(msgsize)), cpuset)
+
+
+def deadconn(port: int, connections: int, step_timeout_s: int, cpuset: str) -> Service:
+    """deadconn reads `grow N` commands on stdin, so a sweep ramps without reconnecting."""
+    return Service("deadconn", "client", ("deadconn", "--host", LOOPBACK, "--port", str(port),
+                                          "-n", str(connections), "--timeout", str(step_timeout_s)),
+                   cpuset, stdin=True)
+
+
+def active_load(load: httperf.ActiveLoad, cpuset: str) -> Service:
+    return Service("httperf", "client", tuple(httperf.command(load)), cpuset)
+
+
+def pipetest(backend: str, pipes: int, generations: int, max_seconds: float, cpuset: str) -> Service:
+    return Service("pipetest", "server", ("pipetest", "--backend", backend, "--pipes", str(pipes),
+                                          "--tokens", "1", "--generations", str(generations),
+                                          "--max-seconds", str(max_seconds)), cpuset)

@@ -1,0 +1,388 @@
+"""The sweeps of `invoke reproduce`: dead connections and pipetest, in containers, UP and SMP.
+
+The dead sweep follows the 2002 study: one ephttpd per variant x backend x repetition; deadconn ramps dead
+connections level by level without reconnecting; at each level httperf (a fresh client container) keeps the
+active load on the server for about `duration` seconds.  Per point we keep httperf's raw output and parsed
+figures, the server's CPU time from its cgroup accounting, ephttpd's own counters before and after, and
+hygiene flags (client CPU saturated, other load at the start).
+
+Points are written one file each as soon as they are measured; a point that fails is recorded with its
+reason and the sweep goes on; a level the host cannot reach is recorded as skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import checks, containers, engine, host, httperf, images, metadata, preflight, results, services
+from .containers import Containers, Managed
+from .errors import UserError
+from .plan import Level, Plan, dead_levels, max_dead, max_pipes, pipe_levels
+from .progress import Progress
+
+DEADCONN_STEP_TIMEOUT_S = 120
+SERVER_START_TIMEOUT_S = 20
+STATS_TIMEOUT_S = 5
+# Calls per connection of the probe that sizes the first point of a series.
+PROBE_CALLS = 200
+PIPETEST_SECONDS = 2.0
+PIPETEST_GENERATIONS = 100_000_000
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything `invoke reproduce` was asked, beside the plan."""
+
+    base_image: str = images.DEFAULT_BASE_IMAGE
+    tune_host: bool = False
+    resume: str | None = None
+    engine_url: str | None = None
+    render_report: bool = True
+
+
+@dataclass
+class Context:
+    run: results.Run
+    plan: Plan
+    containers: Containers
+    server_image: str
+    client_image: str
+    cpusets: dict
+    fd_limit: int
+    progress: Progress
+
+
+def cpusets(cpus: list[int]) -> dict:
+    """UP: the server on the first CPU, the clients on the others. SMP: everyone on all CPUs."""
+    all_cpus = ",".join(map(str, cpus))
+    clients = ",".join(map(str, cpus[1:])) or all_cpus
+    return {"up": {"server": str(cpus[0]), "clients": clients},
+            "smp": {"server": all_cpus, "clients": all_cpus}}
+
+
+def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) -> results.Run:
+    """Builds the images, runs every planned point not yet done, and returns the run."""
+    if options.resume:
+        run = results.Run.open(options.resume)
+        record = run.record()
+        plan = Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["plan"].items()})
+        say(f"resuming {run.id}: {len(run.points())} points already done")
+    else:
+        record = {"run_id": results.new_run_id(plan.profile), "profile": plan.profile, "status": "preparing",
+                  "started_at": results.utc_now(), "ended_at": None, "command_line": sys.argv,
+                  "plan": plan.to_dict()}
+        run = results.Run.create(record)
+        say(f"results: {run.path}")
+
+    client = engine.connect(options.engine_url, log_dir=run.logs_dir, say=say)
+    built = images.build(client, options.base_image, run.logs_dir, say=say)
+    base = images.ensure_base_image(client, options.base_image, run.logs_dir, say=say)
+    fd_limit = host.fd_hard_limit()
+    settings = preflight.read_host_settings()
+    most_dead = max(max_dead(fd_limit, b, plan.active_connections) for b in plan.backends)
+    findings = preflight.assess(settings, min(most_dead, max(plan.dead)), plan.active_connections,
+                                source_addresses=max(1, max(plan.dead) // 20000 + 1))
+    for finding in findings:
+        say(f"preflight: {finding.describe()}")
+    meta = metadata.capture(client, built, base, settings, options.engine_url or engine.DEFAULT_SOCKET)
+    if options.resume:
+        changed = metadata.differences(record["metadata"], meta)
+        if changed:
+            detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise UserError(f"cannot resume {run.id}: {detail}; start a new run instead")
+    sets = cpusets(host.cpus())
+    run.update_record(status="running", metadata=meta, cpusets=sets,
+                      preflight=[f.to_dict() for f in findings],
+                      limits={"fd_hard_limit": fd_limit,
+                              "max_dead": {b: max_dead(fd_limit, b, plan.active_connections)
+                                           for b in plan.backends},
+                              "max_pipes": {b: max_pipes(fd_limit, b) for b in plan.backends}})
+
+    runner = Containers(client, run.id, fd_limit)
+    status = "failed"
+    with preflight.tune(findings if options.tune_host else []) as tuned, Progress(say) as progress:
+        if tuned.changed:
+            run.update_record(tuned=tuned.changed)
+        ctx = Context(run, plan, runner, built["server"].tag, built["client"].tag, sets, fd_limit, progress)
+        progress.start(total=count_points(plan, fd_limit), done=len(run.points()))
+        try:
+            for variant in plan.variants:
+                for backend in plan.backends:
+                    for repetition in range(1, plan.repeat + 1):
+                        if "dead" in plan.sweeps:
+                            dead_series(ctx, variant, backend, repetition)
+                        if "pipetest" in plan.sweeps:
+                            pipetest_series(ctx, variant, backend, repetition)
+            status = "complete"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise UserError(f"interrupted: {len(run.points())} points kept in {run.path}; "
+                            f"continue with `invoke reproduce --resume {run.id}`") from None
+        finally:
+            removed = runner.remove_all()
+            if removed:
+                say(f"removed {removed} container(s) of this run")
+            run.update_record(status=status, ended_at=results.utc_now())
+    return run
+
+
+def count_points(plan: Plan, fd_limit: int) -> int:
+    per_rep = 0
+    for backend in plan.backends:
+        if "dead" in plan.sweeps:
+            per_rep += len(dead_levels(plan, fd_limit, backend))
+        if "pipetest" in plan.sweeps:
+            per_rep += len(pipe_levels(plan, fd_limit, backend))
+    return per_rep * plan.repeat * len(plan.variants)
+
+
+def point_id(sweep: str, variant: str, backend: str, repetition: int, x: int) -> str:
+    letter = "d" if sweep == "dead" else "p"
+    return f"{sweep}-{variant}-{backend}-r{repetition}-{letter}{x:06d}"
+
+
+def _base_point(sweep: str, variant: str, backend: str, repetition: int, level: Level) -> dict:
+    return {"id": point_id(sweep, variant, backend, repetition, level.value), "sweep": sweep,
+            "variant": variant, "backend": backend, "repetition": repetition, "x": level.value,
+            "host_max": level.host_max, "status": "ok", "reason": None, "started_at": results.utc_now(),
+            "ended_at": None, "figures": {}, "flags": {}, "checks": {}}
+
+
+def _finish(ctx: Context, point: dict, status: str = "ok", reason: str | None = None) -> None:
+    point.update(status=status, reason=reason, ended_at=results.utc_now())
+    ctx.run.write_point(point)
+    ctx.progress.advance(point)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- dead connections -------------------------------------------------------------------------------------
+
+def dead_series(ctx: Context, variant: str, backend: str, repetition: int) -> None:
+    levels = [lv for lv in dead_levels(ctx.plan, ctx.fd_limit, backend)
+              if not ctx.run.has_point(point_id("dead", variant, backend, repetition, lv.value))]
+    for level in [lv for lv in levels if lv.skip_reason]:
+        point = _base_point("dead", variant, backend, repetition, level)
+        point["dead"] = level.value
+        _finish(ctx, point, "skipped", level.skip_reason)
+    runnable = [lv for lv in levels if not lv.skip_reason]
+    if not runnable:
+        return
+    cs = ctx.cpusets[variant]
+    port = free_port()
+    ctx.progress.describe(f"dead {variant} {backend} r{repetition}: starting server")
+    server_service = services.server(backend, port, ctx.plan.msgsize, cs["server"])
+    server = ctx.containers.run(ctx.server_image, server_service)
+    deadconn = None
+    try:
+        listening = server.next_json(("listening",), SERVER_START_TIMEOUT_S)
+        if not listening:
+            reason = f"server did not start: {server.output_tail() or 'no output'}"
+            for level in runnable:
+                _fail_dead(ctx, variant, backend, repetition, level, reason)
+            return
+        deadconn = ctx.containers.run(ctx.client_image,
+                                      services.deadconn(port, 0, DEADCONN_STEP_TIMEOUT_S, cs["clients"]))
+        ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S)
+        if not ready or ready["event"] != "ready":
+            reason = f"deadconn did not start: {deadconn.output_tail() or 'no output'}"
+            for level in runnable:
+                _fail_dead(ctx, variant, backend, repetition, level, reason)
+            return
+        reply_rate = None
+        for index, level in enumerate(runnable):
+            grow = level.value - ready["held"]
+            if grow > 0:
+                ctx.progress.describe(f"dead {variant} {backend} r{repetition}: opening {level.value} dead")
+                containers.send_stdin(deadconn, f"grow {grow}\n")
+                ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S + 10) or {
+                    "event": "failed", "reason": f"no answer: {deadconn.output_tail()}", "held": None}
+                if ready["event"] != "ready":
+                    reason = (f"deadconn held {ready.get('held')} of {level.value} dead connections: "
+                              f"{ready.get('reason')}")
+                    for rest in runnable[index:]:
+                        _fail_dead(ctx, variant, backend, repetition, rest, reason)
+                    return
+            if server.exited():
+                reason = f"server exited: {server.output_tail()}"
+                for rest in runnable[index:]:
+                    _fail_dead(ctx, variant, backend, repetition, rest, reason)
+                return
+            if reply_rate is None:
+                reply_rate = _probe_rate(ctx, cs["clients"], port)
+            point = _measure_dead(ctx, variant, backend, repetition, level, server, deadconn, ready, port,
+                                  reply_rate)
+            if point["status"] == "ok" and point["figures"].get("reply_rate"):
+                reply_rate = point["figures"]["reply_rate"]
+    finally:
+        for managed in (deadconn, server):
+            if managed:
+                ctx.containers.stop(managed)
+                _save_log(ctx, managed, f"dead-{variant}-{backend}-r{repetition}.{managed.role}.log")
+                ctx.containers.remove(managed)
+
+
+def _fail_dead(ctx: Context, variant: str, backend: str, repetition: int, level: Level, reason: str) -> None:
+    point = _base_point("dead", variant, backend, repetition, level)
+    point["dead"] = level.value
+    _finish(ctx, point, "failed", reason)
+
+
+def _save_log(ctx: Context, managed: Managed, name: str) -> None:
+    ctx.run.raw_path(name).write_text("\n".join(managed.log) + "\n")
+
+
+def _server_stats(server: Managed) -> dict | None:
+    """ephttpd's counters so far: SIGUSR1 makes it print a stats line and go on serving."""
+    try:
+        server.container.kill(signal="SIGUSR1")
+    except Exception:
+        return None
+    return server.next_json(("stats",), STATS_TIMEOUT_S)
+
+
+def _run_httperf(ctx: Context, cpuset: str, load: httperf.ActiveLoad,
+                 timeout: float) -> tuple[list, str, int | None]:
+    service = services.active_load(load, cpuset)
+    client = ctx.containers.run(ctx.client_image, service)
+    try:
+        code = ctx.containers.finish(client, timeout)
+        time.sleep(0.05)  # let the log reader drain the last lines
+        output = "\n".join(client.log) + "\n"
+    finally:
+        ctx.containers.remove(client)
+    return list(service.command), output, code
+
+
+def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
+    """The reply rate of a short httperf run: sizes the first point of a series to about `duration`."""
+    load = httperf.ActiveLoad(server="127.0.0.1", port=port, connections=ctx.plan.active_connections,
+                              num_calls=PROBE_CALLS)
+    _cmd, output, _code = _run_httperf(ctx, cpuset, load, timeout=120)
+    try:
+        parsed = httperf.parse(output)
+        return max(parsed["replies"] / max(parsed["test_duration_s"], 1e-3), 100.0)
+    except ValueError:
+        return 1000.0
+
+
+def _measure_dead(ctx: Context, variant: str, backend: str, repetition: int, level: Level, server: Managed,
+                  deadconn: Managed, ready: dict, port: int, reply_rate: float) -> dict:
+    cs = ctx.cpusets[variant]
+    point = _base_point("dead", variant, backend, repetition, level)
+    point["dead"] = level.value
+    ctx.progress.describe(f"dead {variant} {backend} r{repetition}: {level.value} dead, measuring")
+    load = httperf.ActiveLoad(server="127.0.0.1", port=port, connections=ctx.plan.active_connections,
+                              num_calls=httperf.calls_for_duration(reply_rate, ctx.plan.duration_s,
+                                                                   ctx.plan.active_connections))
+    before = checks.LoadSnapshot.take()
+    stats_before = _server_stats(server)
+    cpu_before = server.cpu_ns()
+    command, output, code = _run_httperf(ctx, cs["clients"], load, timeout=ctx.plan.duration_s * 4 + 60)
+    cpu_after = server.cpu_ns()
+    stats_after = _server_stats(server)
+    after = checks.LoadSnapshot.take()
+    raw = ctx.run.raw_path(f"{point['id']}.httperf.txt")
+    raw.write_text(output)
+    point["server"] = {"cpuset": cs["server"], "command": server.command,
+                       "container": server.container.id[:12],
+                       "cpu_s": (cpu_after - cpu_before) / 1e9, "stats_before": stats_before,
+                       "stats_after": stats_after}
+    point["deadconn"] = {"cpuset": cs["clients"], "command": deadconn.command, "held": ready["held"],
+                         "ready": ready}
+    point["httperf"] = {"cpuset": cs["clients"], "command": command, "exit_code": code,
+                        "raw": str(raw.relative_to(ctx.run.path))}
+    if code is None:
+        _finish(ctx, point, "failed", f"httperf did not finish within {ctx.plan.duration_s * 4 + 60:.0f} s")
+        return point
+    try:
+        parsed = httperf.parse(output)
+    except ValueError as e:
+        _finish(ctx, point, "failed", f"httperf output unreadable: {e}")
+        return point
+    point["httperf"]["parsed"] = parsed
+    point["figures"] = _dead_figures(parsed, point["server"]["cpu_s"])
+    saturated = checks.client_saturated(parsed["cpu"]["total_pct"], 1)
+    point["flags"] = {"client_saturated": saturated, "other_load": before.other_load(),
+                      "throttled": False}
+    point["checks"] = {"load_before": before.to_dict(), "load_after": after.to_dict(),
+                       "client_cpu_pct": parsed["cpu"]["total_pct"]}
+    errors = parsed["errors"]["total"]
+    if parsed["replies"] == 0:
+        _finish(ctx, point, "failed", f"no replies ({errors} httperf errors)")
+    elif errors:
+        _finish(ctx, point, "failed", f"httperf counted {errors} errors: "
+                + ", ".join(f"{k} {v}" for k, v in parsed["errors"].items() if v and k != "total"))
+    else:
+        _finish(ctx, point)
+    return point
+
+
+def _dead_figures(parsed: dict, server_cpu_s: float) -> dict:
+    replies = parsed["replies"]
+    rate = parsed["reply_rate"]
+    return {"reply_rate": rate["avg"], "reply_rate_min": rate["min"], "reply_rate_max": rate["max"],
+            "reply_rate_stddev": rate["stddev"], "reply_rate_samples": rate["samples"],
+            "request_rate": parsed["request_rate"], "reply_time_ms": parsed["reply_time"]["response_ms"],
+            "replies": replies, "errors": parsed["errors"]["total"], "server_cpu_s": server_cpu_s,
+            "server_cpu_us_per_reply": server_cpu_s * 1e6 / replies if replies else None,
+            "client_cpu_pct": parsed["cpu"]["total_pct"], "duration_s": parsed["test_duration_s"]}
+
+
+# --- pipetest ---------------------------------------------------------------------------------------------
+
+def pipetest_series(ctx: Context, variant: str, backend: str, repetition: int) -> None:
+    cs = ctx.cpusets[variant]
+    for level in pipe_levels(ctx.plan, ctx.fd_limit, backend):
+        point = _base_point("pipetest", variant, backend, repetition, level)
+        if ctx.run.has_point(point["id"]):
+            continue
+        point["pipes"] = level.value
+        if level.skip_reason:
+            _finish(ctx, point, "skipped", level.skip_reason)
+            continue
+        ctx.progress.describe(f"pipetest {variant} {backend} r{repetition}: {level.value} pipes")
+        service = services.pipetest(backend, level.value, PIPETEST_GENERATIONS, PIPETEST_SECONDS,
+                                    cs["server"])
+        before = checks.LoadSnapshot.take()
+        managed = ctx.containers.run(ctx.server_image, service)
+        try:
+            code = ctx.containers.finish(managed, timeout=PIPETEST_SECONDS * 10 + 60)
+            time.sleep(0.05)
+            output = "\n".join(managed.log)
+        finally:
+            ctx.containers.remove(managed)
+        raw = ctx.run.raw_path(f"{point['id']}.json")
+        raw.write_text(output + "\n")
+        point["pipetest"] = {"cpuset": cs["server"], "command": managed.command, "exit_code": code,
+                             "raw": str(raw.relative_to(ctx.run.path))}
+        point["flags"] = {"client_saturated": False, "other_load": before.other_load(), "throttled": False}
+        point["checks"] = {"load_before": before.to_dict()}
+        result = _last_json(output)
+        if code != 0 or result is None:
+            _finish(ctx, point, "failed", f"pipetest exited {code}: {output.strip()[-300:] or 'no output'}")
+            continue
+        point["pipetest"]["result"] = result
+        point["figures"] = {"passes_per_s": result["passes_per_s"], "elapsed_s": result["elapsed_s"],
+                            "events_per_wait": result.get("events_per_wait")}
+        _finish(ctx, point)
+
+
+def _last_json(text: str) -> dict | None:
+    for line in reversed(text.splitlines()):
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict):
+            return data
+    return None

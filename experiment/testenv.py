@@ -1,0 +1,16 @@
+"""What the test suite needs on the host, installed (as root on Debian) before pytest runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import engine, host
+
+# Native build of images/, the real httperf and wrk, a real browser for the report.
+TEST_PACKAGES = ["gcc", "make", "libc6-dev", "liburing-dev", "httperf", "wrk", "chromium", "procps"]
+
+
+def prepare(docker: bool = True) -> None:
+    host.ensure_packages(TEST_PACKAGES, "the test suite")
+    if docker:
+        engine.connect(log_dir=Path("results/.engine-logs"))

@@ -1,0 +1,117 @@
+/*
+ * ev.c - picks a backend by name and forwards every call to it.  The loop is
+ * just the backend's operations plus its opaque state, as in redis' ae.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ev_backend.h"
+
+struct ev_loop {
+	const struct ev_backend *backend;
+	void *state;
+};
+
+static const struct ev_backend *const backends[] = {
+	&ev_select_backend,
+	&ev_poll_backend,
+	&ev_epoll_backend,
+	&ev_epoll_et_backend,
+	&ev_uring_backend,
+	&ev_aio_backend,
+};
+
+const char *ev_backend_names(void)
+{
+	return "select|poll|epoll|epoll-et|io_uring|aio-poll";
+}
+
+struct ev_loop *ev_create(const char *name, int max_fds, char *err, size_t errlen)
+{
+	const struct ev_backend *backend = NULL;
+	for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++)
+		if (strcmp(backends[i]->name, name) == 0)
+			backend = backends[i];
+	if (!backend) {
+		snprintf(err, errlen, "unknown backend '%s' (choose %s)", name, ev_backend_names());
+		return NULL;
+	}
+	struct ev_loop *loop = malloc(sizeof(*loop));
+	if (!loop) {
+		snprintf(err, errlen, "%s: out of memory", name);
+		return NULL;
+	}
+	loop->backend = backend;
+	loop->state = backend->create(max_fds, err, errlen);
+	if (!loop->state) {
+		free(loop);
+		return NULL;
+	}
+	return loop;
+}
+
+int ev_add(struct ev_loop *loop, int fd, unsigned events)
+{
+	return loop->backend->add(loop->state, fd, events);
+}
+
+int ev_modify(struct ev_loop *loop, int fd, unsigned events)
+{
+	return loop->backend->modify(loop->state, fd, events);
+}
+
+int ev_delete(struct ev_loop *loop, int fd)
+{
+	return loop->backend->delete(loop->state, fd);
+}
+
+int ev_wait(struct ev_loop *loop, struct ev_event *out, int max, int timeout_ms)
+{
+	return loop->backend->wait(loop->state, out, max, timeout_ms);
+}
+
+/* Seccomp mode from /proc/self/status: 0 none, 1 strict, 2 filter. */
+static int seccomp_mode(void)
+{
+	FILE *status = fopen("/proc/self/status", "r");
+	if (!status)
+		return 0;
+	char line[256];
+	int mode = 0;
+	while (fgets(line, sizeof(line), status))
+		if (sscanf(line, "Seccomp: %d", &mode) == 1)
+			break;
+	fclose(status);
+	return mode;
+}
+
+void ev_refused(const char *backend, const char *syscall_name, int errno_value, const char *why,
+		char *err, size_t errlen)
+{
+	char diagnosis[256] = "";
+	if (why)
+		snprintf(diagnosis, sizeof(diagnosis), " (%s)", why);
+	else if ((errno_value == EPERM || errno_value == ENOSYS) && seccomp_mode() == 2)
+		snprintf(diagnosis, sizeof(diagnosis),
+			 " (this process runs under a seccomp filter that blocks %s; in docker allow it "
+			 "with --security-opt seccomp=<profile>)",
+			 syscall_name);
+	else if (errno_value == ENOSYS)
+		snprintf(diagnosis, sizeof(diagnosis), " (this kernel is built without %s)", syscall_name);
+	snprintf(err, errlen, "%s: %s: %s%s", backend, syscall_name, strerror(errno_value), diagnosis);
+}
+
+const char *ev_name(const struct ev_loop *loop)
+{
+	return loop->backend->name;
+}
+
+void ev_destroy(struct ev_loop *loop)
+{
+	if (!loop)
+		return;
+	loop->backend->destroy(loop->state);
+	free(loop);
+}

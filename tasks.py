@@ -1,0 +1,143 @@
+"""epollbench tasks: `invoke --list`; `invoke --help TASK` explains every flag.
+
+The tasks stay thin: each calls one function of the experiment package. A UserError becomes a one-line
+message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+from invoke import Exit, task
+
+
+def _user_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from experiment.errors import UserError
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            raise Exit(f"epollbench: {e}", code=2) from None
+
+    return wrapper
+
+
+@task(help={
+    "profile": "quick (default: UP and SMP, poll and epoll, ~5 dead levels, 4 pipe sizes, <= 10 min) "
+               "or paper (the 2002 steps 0..60000, every backend, 3 repetitions)",
+    "sweeps": "comma list of dead,pipetest (default: both)",
+    "variants": "comma list of up,smp (default: the profile's)",
+    "backends": "comma list of select,poll,epoll,epoll-et,io_uring,aio-poll (default: the profile's)",
+    "dead": "comma list of dead-connection levels, e.g. 0,1000,5000 (default: the profile's)",
+    "pipes": "comma list of pipetest sizes, e.g. 10,100,1000 (default: the profile's)",
+    "repeat": "repetitions of every series (default: the profile's)",
+    "duration": "seconds of httperf load per point (default: the profile's)",
+    "resume": "continue the interrupted run RUN (a folder or an id under results/), skipping finished points",
+    "tune_host": "as root, raise somaxconn etc. for the run and restore them at its end",
+    "base_image": "base of both images (default debian:bookworm-slim; bootstrapped with mmdebstrap "
+                  "from the host's apt mirror when it cannot be pulled)",
+    "no_report": "do not render the report at the end",
+})
+@_user_errors
+def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dead=None, pipes=None,
+              repeat=None, duration=None, resume=None, tune_host=False, base_image=None, no_report=False):
+    """Build the images, run every sweep in containers, and render the report."""
+    from experiment import plan, sweep
+
+    the_plan = plan.make_plan(profile, sweeps=sweeps, variants=variants, backends=backends, dead=dead,
+                              pipes=pipes, repeat=_number(repeat, int, "--repeat"),
+                              duration=_number(duration, float, "--duration"))
+    options = sweep.Options(base_image=base_image or sweep.images.DEFAULT_BASE_IMAGE, tune_host=tune_host,
+                            resume=resume, render_report=not no_report)
+    run = sweep.reproduce(the_plan, options)
+    print(f"results: {run.path}")
+    if options.render_report:
+        from experiment import report
+
+        print(f"report: {report.render(run)}")
+
+
+@task(help={"run": "a run folder or id under results/ (default: results/latest)"})
+@_user_errors
+def report(c, run=None):
+    """Render (again) the HTML and markdown report of a run."""
+    from experiment import report as report_module
+    from experiment.results import Run
+
+    print(report_module.render(Run.open(run)))
+
+
+@task(help={"run_a": "the baseline run", "run_b": "the run compared with it", "out": "output folder"})
+@_user_errors
+def compare(c, run_a, run_b, out=None):
+    """Render a side-by-side comparison of two runs with the ratio B/A per point."""
+    from pathlib import Path
+
+    from experiment import report as report_module
+    from experiment.results import Run
+
+    print(report_module.compare(Run.open(run_a), Run.open(run_b), Path(out) if out else None))
+
+
+@task(help={"base_image": "base of both images (default debian:bookworm-slim)"})
+@_user_errors
+def build_images(c, base_image=None):
+    """Build (or reuse from cache) the server and client images."""
+    from pathlib import Path
+
+    from experiment import engine, images
+
+    log_dir = Path("results/.build-logs")
+    client = engine.connect(log_dir=log_dir)
+    for target, built in images.build(client, base_image or images.DEFAULT_BASE_IMAGE, log_dir).items():
+        print(f"{target}: {built.tag} {built.id}")
+
+
+@task(help={"k": "only tests matching this pytest -k expression", "no_docker": "skip the Docker tests",
+            "pytest_args": "more arguments for pytest, as one string"})
+@_user_errors
+def test(c, k=None, no_docker=False, pytest_args=""):
+    """Install what the tests need (host packages, Docker engine), then run ruff and pytest."""
+    from experiment import testenv
+
+    testenv.prepare(docker=not no_docker)
+    c.run("ruff check .", pty=False)
+    args = ["-ra"]
+    if k:
+        args += ["-k", k]
+    if no_docker:
+        args += ["-m", "not docker"]
+    c.run(f"{sys.executable} -m pytest {' '.join(args)} {pytest_args}", pty=False)
+
+
+@task(help={"json_out": "where to write the JSON results (default benchmarks/results/programs-<stamp>.json)"})
+@_user_errors
+def bench_programs(c, json_out=None):
+    """Server CPU per reply (poll, epoll) at 0 and the most dead connections, and deadconn's opening rate."""
+    from experiment import benchprograms
+
+    benchprograms.main(json_out)
+
+
+@task
+@_user_errors
+def compose(c):
+    """Regenerate compose/*.yml from the runner's container definitions."""
+    from experiment import composefiles
+
+    for path in composefiles.write():
+        print(path)
+
+
+def _number(value, kind, flag):
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        from experiment.errors import UserError
+
+        raise UserError(f"{flag} {value!r}: give a number") from None
