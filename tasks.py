@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 from invoke import Exit, task
 
@@ -40,10 +41,12 @@ def _user_errors(fn):
     "base_image": "base of both images (default debian:bookworm-slim; bootstrapped with mmdebstrap "
                   "from the host's apt mirror when it cannot be pulled)",
     "no_report": "do not render the report at the end",
+    "results_dir": "where run folders go (default: results/)",
 })
 @_user_errors
 def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dead=None, pipes=None,
-              repeat=None, duration=None, resume=None, tune_host=False, base_image=None, no_report=False):
+              repeat=None, duration=None, resume=None, tune_host=False, base_image=None, no_report=False,
+              results_dir=None):
     """Build the images, run every sweep in containers, and render the report."""
     from experiment import plan, sweep
 
@@ -51,7 +54,8 @@ def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dea
                               pipes=pipes, repeat=_number(repeat, int, "--repeat"),
                               duration=_number(duration, float, "--duration"))
     options = sweep.Options(base_image=base_image or sweep.images.DEFAULT_BASE_IMAGE, tune_host=tune_host,
-                            resume=resume, render_report=not no_report)
+                            resume=resume, render_report=not no_report,
+                            results_dir=Path(results_dir) if results_dir else sweep.results.RESULTS)
     run = sweep.reproduce(the_plan, options)
     print(f"results: {run.path}")
     if options.render_report:
@@ -74,8 +78,6 @@ def report(c, run=None):
 @_user_errors
 def compare(c, run_a, run_b, out=None):
     """Render a side-by-side comparison of two runs with the ratio B/A per point."""
-    from pathlib import Path
-
     from experiment import report as report_module
     from experiment.results import Run
 
@@ -86,8 +88,6 @@ def compare(c, run_a, run_b, out=None):
 @_user_errors
 def build_images(c, base_image=None):
     """Build (or reuse from cache) the server and client images."""
-    from pathlib import Path
-
     from experiment import engine, images
 
     log_dir = Path("results/.build-logs")

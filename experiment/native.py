@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -40,11 +41,13 @@ class Ephttpd:
     proc: subprocess.Popen | None = None
     listening: dict | None = None
     stats: dict | None = None
+    nofile: int | None = None  # RLIMIT_NOFILE, soft and hard, to start it under; None: inherit
 
     def start(self, timeout: float = 10.0) -> Ephttpd:
         cmd = [str(BUILD / "ephttpd"), "--backend", self.backend, "--bind", self.bind,
                "--port", str(self.port), *self.extra_args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=None if self.nofile is None else self._limit_nofile)
         line = _readline(self.proc, timeout)
         if not line:
             err = self.proc.stderr.read() if self.proc.poll() is not None else ""
@@ -53,9 +56,21 @@ class Ephttpd:
         self.port = self.listening["port"]
         return self
 
+    def _limit_nofile(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def snapshot(self, timeout: float = 10.0) -> dict:
+        """SIGUSR1: the counters of a running one-worker ephttpd, from the "snapshot" line it prints.
+        ephttpd does not count the wakeups its own signals cause, so a snapshot changes no counter."""
+        self.proc.send_signal(signal.SIGUSR1)
+        line = _readline(self.proc, timeout)
+        if not line:
+            raise ProgramError(f"ephttpd printed no snapshot within {timeout} s of SIGUSR1")
+        return json.loads(line)
 
     def stop(self, timeout: float = 10.0) -> dict:
         """SIGTERM, then the one JSON stats line it prints on the way out."""

@@ -18,12 +18,12 @@ class Service:
     stdin: bool = False
 
 
-def server(backend: str, port: int, msgsize: int, cpuset: str) -> Service:
+def server(backend: str, port: int | str, msgsize: int | str, cpuset: str) -> Service:
     return Service("server", "server", ("ephttpd", "--backend", backend, "--bind", LOOPBACK, "--port", str(port),
                                         "--msgsize", str(msgsize)), cpuset)
 
 
-def deadconn(port: int, connections: int, step_timeout_s: int, cpuset: str) -> Service:
+def deadconn(port: int | str, connections: int | str, step_timeout_s: int, cpuset: str) -> Service:
     """deadconn reads `grow N` commands on stdin, so a sweep ramps without reconnecting."""
     return Service("deadconn", "client", ("deadconn", "--host", LOOPBACK, "--port", str(port),
                                           "-n", str(connections), "--timeout", str(step_timeout_s)),
@@ -34,7 +34,7 @@ def active_load(load: httperf.ActiveLoad, cpuset: str) -> Service:
     return Service("httperf", "client", tuple(httperf.command(load)), cpuset)
 
 
-def pipetest(backend: str, pipes: int, generations: int, max_seconds: float, cpuset: str) -> Service:
+def pipetest(backend: str, pipes: int, generations: int, max_seconds: int, cpuset: str) -> Service:
     return Service("pipetest", "server", ("pipetest", "--backend", backend, "--pipes", str(pipes),
                                           "--tokens", "1", "--generations", str(generations),
                                           "--max-seconds", str(max_seconds)), cpuset)

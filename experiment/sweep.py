@@ -13,11 +13,13 @@ reason and the sweep goes on; a level the host cannot reach is recorded as skipp
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import checks, containers, engine, host, httperf, images, metadata, preflight, results, services
 from .containers import Containers, Managed
@@ -30,7 +32,7 @@ SERVER_START_TIMEOUT_S = 20
 STATS_TIMEOUT_S = 5
 # Calls per connection of the probe that sizes the first point of a series.
 PROBE_CALLS = 200
-PIPETEST_SECONDS = 2.0
+PIPETEST_SECONDS = 2
 PIPETEST_GENERATIONS = 100_000_000
 
 
@@ -43,6 +45,7 @@ class Options:
     resume: str | None = None
     engine_url: str | None = None
     render_report: bool = True
+    results_dir: Path = results.RESULTS
 
 
 @dataclass
@@ -66,9 +69,13 @@ def cpusets(cpus: list[int]) -> dict:
 
 
 def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) -> results.Run:
-    """Builds the images, runs every planned point not yet done, and returns the run."""
+    """Builds the images, runs every planned point not yet done, and returns the run.
+
+    SIGTERM is handled like Ctrl-C: the run's containers are removed, tuned sysctls restored, finished
+    points kept, and the run marked interrupted so that --resume can continue it."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if options.resume:
-        run = results.Run.open(options.resume)
+        run = results.Run.open(options.resume, options.results_dir)
         record = run.record()
         plan = Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["plan"].items()})
         say(f"resuming {run.id}: {len(run.points())} points already done")
@@ -76,9 +83,25 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
         record = {"run_id": results.new_run_id(plan.profile), "profile": plan.profile, "status": "preparing",
                   "started_at": results.utc_now(), "ended_at": None, "command_line": sys.argv,
                   "plan": plan.to_dict()}
-        run = results.Run.create(record)
+        run = results.Run.create(record, options.results_dir)
         say(f"results: {run.path}")
+    status, error = "failed", None
+    try:
+        _measure_all(run, record, plan, options, say)
+        status = "complete"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise UserError(f"interrupted: {len(run.points())} points kept in {run.path}; "
+                        f"continue with `invoke reproduce --resume {run.id}`") from None
+    except UserError as e:
+        error = str(e)
+        raise
+    finally:
+        run.update_record(status=status, error=error, ended_at=results.utc_now())
+    return run
 
+
+def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, say) -> None:
     client = engine.connect(options.engine_url, log_dir=run.logs_dir, say=say)
     built = images.build(client, options.base_image, run.logs_dir, say=say)
     base = images.ensure_base_image(client, options.base_image, run.logs_dir, say=say)
@@ -102,9 +125,7 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
                               "max_dead": {b: max_dead(fd_limit, b, plan.active_connections)
                                            for b in plan.backends},
                               "max_pipes": {b: max_pipes(fd_limit, b) for b in plan.backends}})
-
     runner = Containers(client, run.id, fd_limit)
-    status = "failed"
     with preflight.tune(findings if options.tune_host else []) as tuned, Progress(say) as progress:
         if tuned.changed:
             run.update_record(tuned=tuned.changed)
@@ -118,17 +139,10 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
                             dead_series(ctx, variant, backend, repetition)
                         if "pipetest" in plan.sweeps:
                             pipetest_series(ctx, variant, backend, repetition)
-            status = "complete"
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise UserError(f"interrupted: {len(run.points())} points kept in {run.path}; "
-                            f"continue with `invoke reproduce --resume {run.id}`") from None
         finally:
             removed = runner.remove_all()
             if removed:
                 say(f"removed {removed} container(s) of this run")
-            run.update_record(status=status, ended_at=results.utc_now())
-    return run
 
 
 def count_points(plan: Plan, fd_limit: int) -> int:
@@ -269,8 +283,7 @@ def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
                               num_calls=PROBE_CALLS)
     _cmd, output, _code = _run_httperf(ctx, cpuset, load, timeout=120)
     try:
-        parsed = httperf.parse(output)
-        return max(parsed["replies"] / max(parsed["test_duration_s"], 1e-3), 100.0)
+        return max(httperf.parse(output)["reply_rate"]["overall"], 100.0)
     except ValueError:
         return 1000.0
 
@@ -284,13 +297,12 @@ def _measure_dead(ctx: Context, variant: str, backend: str, repetition: int, lev
     load = httperf.ActiveLoad(server="127.0.0.1", port=port, connections=ctx.plan.active_connections,
                               num_calls=httperf.calls_for_duration(reply_rate, ctx.plan.duration_s,
                                                                    ctx.plan.active_connections))
-    before = checks.LoadSnapshot.take()
+    hygiene = checks.PointChecks.take(container_ids={"server": server.container.id})
     stats_before = _server_stats(server)
     cpu_before = server.cpu_ns()
     command, output, code = _run_httperf(ctx, cs["clients"], load, timeout=ctx.plan.duration_s * 4 + 60)
     cpu_after = server.cpu_ns()
     stats_after = _server_stats(server)
-    after = checks.LoadSnapshot.take()
     raw = ctx.run.raw_path(f"{point['id']}.httperf.txt")
     raw.write_text(output)
     point["server"] = {"cpuset": cs["server"], "command": server.command,
@@ -311,13 +323,13 @@ def _measure_dead(ctx: Context, variant: str, backend: str, repetition: int, lev
         return point
     point["httperf"]["parsed"] = parsed
     point["figures"] = _dead_figures(parsed, point["server"]["cpu_s"])
-    saturated = checks.client_saturated(parsed["cpu"]["total_pct"], 1)
-    point["flags"] = {"client_saturated": saturated, "other_load": before.other_load(),
-                      "throttled": False}
-    point["checks"] = {"load_before": before.to_dict(), "load_after": after.to_dict(),
-                       "client_cpu_pct": parsed["cpu"]["total_pct"]}
+    # httperf is one thread: it can use one CPU of its cpuset at most.
+    point.update(hygiene.finish(client_cpu_pct=parsed["cpu"]["total_pct"], client_cpus=1,
+                                server_cpu_s=point["server"]["cpu_s"],
+                                duration_s=parsed["total"]["test_duration_s"],
+                                server_cpus=_cpu_count(cs["server"])))
     errors = parsed["errors"]["total"]
-    if parsed["replies"] == 0:
+    if parsed["total"]["replies"] == 0:
         _finish(ctx, point, "failed", f"no replies ({errors} httperf errors)")
     elif errors:
         _finish(ctx, point, "failed", f"httperf counted {errors} errors: "
@@ -328,14 +340,26 @@ def _measure_dead(ctx: Context, variant: str, backend: str, repetition: int, lev
 
 
 def _dead_figures(parsed: dict, server_cpu_s: float) -> dict:
-    replies = parsed["replies"]
+    """The flat numbers a report plots. reply_rate is httperf's, the 2002 metric: the mean of its 5 s
+    samples (replies / test duration when the run was too short for a sample; reply_rate_source says)."""
+    replies = parsed["total"]["replies"]
     rate = parsed["reply_rate"]
-    return {"reply_rate": rate["avg"], "reply_rate_min": rate["min"], "reply_rate_max": rate["max"],
-            "reply_rate_stddev": rate["stddev"], "reply_rate_samples": rate["samples"],
-            "request_rate": parsed["request_rate"], "reply_time_ms": parsed["reply_time"]["response_ms"],
+    return {"reply_rate": rate["avg"], "reply_rate_source": rate["avg_source"],
+            "reply_rate_min": rate["min"], "reply_rate_max": rate["max"], "reply_rate_stddev": rate["stddev"],
+            "reply_rate_samples": rate["samples"], "reply_rate_overall": rate["overall"],
+            "request_rate": parsed["request_rate"]["per_s"], "reply_time_ms": parsed["reply_time_ms"]["response"],
             "replies": replies, "errors": parsed["errors"]["total"], "server_cpu_s": server_cpu_s,
             "server_cpu_us_per_reply": server_cpu_s * 1e6 / replies if replies else None,
-            "client_cpu_pct": parsed["cpu"]["total_pct"], "duration_s": parsed["test_duration_s"]}
+            "client_cpu_pct": parsed["cpu"]["total_pct"], "duration_s": parsed["total"]["test_duration_s"]}
+
+
+def _cpu_count(cpuset: str) -> int:
+    """CPUs in a cpuset list such as "0", "0,1" or "0-3"."""
+    count = 0
+    for part in cpuset.split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
 
 
 # --- pipetest ---------------------------------------------------------------------------------------------
@@ -353,7 +377,7 @@ def pipetest_series(ctx: Context, variant: str, backend: str, repetition: int) -
         ctx.progress.describe(f"pipetest {variant} {backend} r{repetition}: {level.value} pipes")
         service = services.pipetest(backend, level.value, PIPETEST_GENERATIONS, PIPETEST_SECONDS,
                                     cs["server"])
-        before = checks.LoadSnapshot.take()
+        hygiene = checks.PointChecks.take()
         managed = ctx.containers.run(ctx.server_image, service)
         try:
             code = ctx.containers.finish(managed, timeout=PIPETEST_SECONDS * 10 + 60)
@@ -365,8 +389,7 @@ def pipetest_series(ctx: Context, variant: str, backend: str, repetition: int) -
         raw.write_text(output + "\n")
         point["pipetest"] = {"cpuset": cs["server"], "command": managed.command, "exit_code": code,
                              "raw": str(raw.relative_to(ctx.run.path))}
-        point["flags"] = {"client_saturated": False, "other_load": before.other_load(), "throttled": False}
-        point["checks"] = {"load_before": before.to_dict()}
+        point.update(hygiene.finish())
         result = _last_json(output)
         if code != 0 or result is None:
             _finish(ctx, point, "failed", f"pipetest exited {code}: {output.strip()[-300:] or 'no output'}")

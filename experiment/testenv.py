@@ -7,7 +7,7 @@ from pathlib import Path
 from . import engine, host
 
 # Native build of images/, the real httperf and wrk, a real browser for the report.
-TEST_PACKAGES = ["gcc", "make", "libc6-dev", "liburing-dev", "httperf", "wrk", "chromium", "procps"]
+TEST_PACKAGES = ["gcc", "make", "libc6-dev", "liburing-dev", "httperf", "wrk", "chromium", "procps", "docker-compose"]
 
 
 def prepare(docker: bool = True) -> None:

@@ -100,6 +100,9 @@ void ev_refused(const char *backend, const char *syscall_name, int errno_value, 
 			 syscall_name);
 	else if (errno_value == ENOSYS)
 		snprintf(diagnosis, sizeof(diagnosis), " (this kernel is built without %s)", syscall_name);
+	else if (errno_value == EPERM)
+		snprintf(diagnosis, sizeof(diagnosis), " (refused by a security policy: no seccomp filter here, "
+						       "so look at the LSM, e.g. SELinux or AppArmor)");
 	snprintf(err, errlen, "%s: %s: %s%s", backend, syscall_name, strerror(errno_value), diagnosis);
 }
 

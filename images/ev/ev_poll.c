@@ -17,6 +17,7 @@ struct poll_state {
 	int count;
 	int max_fds;
 	int *slot_of_fd; /* -1: not registered */
+	int next_scan;   /* slot after the last one reported, so a full out[] starves no one */
 };
 
 static short poll_mask(unsigned events)
@@ -85,10 +86,12 @@ static int poll_wait(void *state, struct ev_event *out, int max, int timeout_ms)
 	int ready = poll(s->fds, (nfds_t)s->count, timeout_ms);
 	if (ready < 0)
 		return -errno;
-	int n = 0;
+	int n = 0, slot = s->next_scan < s->count ? s->next_scan : 0;
 	/* Stop once every ready slot is seen: poll counts descriptors, not events. */
-	for (int i = 0; i < s->count && ready > 0 && n < max; i++) {
-		short revents = s->fds[i].revents;
+	for (int scanned = 0; scanned < s->count && ready > 0 && n < max; scanned++) {
+		short revents = s->fds[slot].revents;
+		int fd = s->fds[slot].fd;
+		slot = slot + 1 < s->count ? slot + 1 : 0;
 		if (!revents)
 			continue;
 		ready--;
@@ -99,8 +102,9 @@ static int poll_wait(void *state, struct ev_event *out, int max, int timeout_ms)
 			events |= EV_WRITE;
 		if (revents & (POLLHUP | POLLERR | POLLNVAL))
 			events |= EV_ERROR | EV_READ;
-		out[n++] = (struct ev_event){ .fd = s->fds[i].fd, .events = events };
+		out[n++] = (struct ev_event){ .fd = fd, .events = events };
 	}
+	s->next_scan = slot;
 	return n;
 }
 

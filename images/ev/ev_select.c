@@ -16,6 +16,7 @@
 struct select_state {
 	fd_set want_read, want_write;
 	int highest_fd; /* -1: none registered */
+	int next_scan;  /* descriptor after the last one reported, so a full out[] starves no one */
 	unsigned char *registered; /* indexed by fd, FD_SETSIZE entries */
 };
 
@@ -92,9 +93,9 @@ static int select_wait(void *state, struct ev_event *out, int max, int timeout_m
 	int ready = select(s->highest_fd + 1, &readable, &writable, NULL, timeout_ms < 0 ? NULL : &timeout);
 	if (ready < 0)
 		return -errno;
-	int n = 0;
+	int n = 0, span = s->highest_fd + 1, fd = s->next_scan < span ? s->next_scan : 0;
 	/* select counts bits, not descriptors; stop once all are accounted for. */
-	for (int fd = 0; fd <= s->highest_fd && ready > 0 && n < max; fd++) {
+	for (int scanned = 0; scanned < span && ready > 0 && n < max; scanned++) {
 		unsigned events = 0;
 		if (FD_ISSET(fd, &readable)) {
 			events |= EV_READ;
@@ -106,7 +107,9 @@ static int select_wait(void *state, struct ev_event *out, int max, int timeout_m
 		}
 		if (events)
 			out[n++] = (struct ev_event){ .fd = fd, .events = events };
+		fd = fd + 1 < span ? fd + 1 : 0;
 	}
+	s->next_scan = fd;
 	return n;
 }
 

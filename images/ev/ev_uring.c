@@ -9,10 +9,13 @@
  * descriptor that is still ready completes at once.
  *
  * Deleting or changing an armed descriptor queues an IORING_OP_POLL_REMOVE,
- * sent with the next wait as well.  Its completion, and the removed request's
- * own (-ECANCELED, or an event it raced to report), may still be in the
- * completion queue; each request carries the descriptor's generation in its
- * user_data and completions of an older generation are dropped.
+ * sent with the next wait as well.  Until then the armed request holds its
+ * file: a socket closed right after ev_delete is released at the next wait,
+ * which an event loop reaches next anyway.  The remove's completion and the
+ * removed request's own (-ECANCELED, or an event it raced to report) may
+ * still be in the completion queue; each request carries the descriptor's
+ * generation in its user_data and completions of an older generation are
+ * dropped.
  */
 #include <errno.h>
 #include <liburing.h>
@@ -88,12 +91,7 @@ static void *uring_create(int max_fds, char *err, size_t errlen)
 	};
 	int ret = io_uring_queue_init_params(SQ_ENTRIES, &s->ring, &params);
 	if (ret < 0) {
-		const char *why = NULL;
-		if (ret == -EPERM)
-			why = sysctl_refusal();
-		else if (ret == -ENOMEM)
-			why = "the rings need more locked memory than RLIMIT_MEMLOCK allows";
-		ev_refused("io_uring", "io_uring_setup", -ret, why, err, errlen);
+		ev_refused("io_uring", "io_uring_setup", -ret, ret == -EPERM ? sysctl_refusal() : NULL, err, errlen);
 		goto fail;
 	}
 	return s;

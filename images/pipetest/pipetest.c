@@ -6,21 +6,28 @@
  * readiness when only a few of the descriptors it watches are ever ready.
  *
  * The model: N non-blocking pipes, the read end of every one registered with
- * the backend for EV_READ.  M tokens (one byte each) are placed on M of the
- * pipes, spread evenly (token i on pipe i*N/M).  The loop waits for readiness;
- * each delivery of a token is a pass: the token is read and written back into
- * the same pipe, until it has made G passes (after its last pass it is read
- * and not written back).  The other N-M pipes stay idle for the whole run, so
+ * the backend for EV_READ, in pipe order.  M tokens (one byte each) are spread
+ * evenly over the pipes, each on the last pipe of its share: token i on pipe
+ * (i+1)*N/M - 1, so one token sits on the last pipe as in the original
+ * pipetest.  The place matters to poll and select: they register a wait on
+ * every descriptor they scan before the first ready one, so a token at the
+ * front of the set would hide most of their cost.  The loop waits for
+ * readiness; each delivery of a token is a pass: the token is read and written
+ * back into the same pipe, until it has made G passes (after its last pass it
+ * is read and not written back).  The other N-M pipes stay idle all along, so
  * any cost that grows with N is the mechanism's cost of watching idle
  * descriptors: poll and select hand the kernel all N each wait, epoll keeps
  * them in the kernel and reports only the ready ones, io_uring and AIO poll
  * re-arm one-shot polls on just the descriptors that fired.
  *
  * The metric: token passes per second over the passing loop (CLOCK_MONOTONIC),
- * plus the number of waits and the events each returned on average.
+ * plus the number of waits and the events each returned on average.  The loop
+ * ends when every token has made G passes or, with --max-seconds, when time is
+ * up: a sweep bounds the slow mechanisms' runs in time, not in passes.
  *
- * NOT measured: creating and registering the pipes and placing the tokens
- * (reported apart as setup_s); network stacks, sockets or more than one
+ * NOT measured: creating and registering the pipes, a first wait that makes
+ * the backend hand every registration to the kernel, and placing the tokens
+ * (all reported apart as setup_s); network stacks, sockets or more than one
  * thread; the pipes never fill, so nothing here blocks on writing.
  *
  * Output: one JSON object on stdout.  Exit 2 on bad usage, including more
@@ -31,6 +38,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +52,10 @@
 #define DEFAULT_BACKEND     "epoll"
 #define DEFAULT_PIPES       1000
 #define DEFAULT_TOKENS      1
-#define DEFAULT_GENERATIONS 200000
+#define DEFAULT_GENERATIONS 500000
+#define DEFAULT_MAX_SECONDS 0 /* no limit */
+/* Waits between looks at the clock for --max-seconds. */
+#define CLOCK_CHECK_WAITS 256
 
 /* Descriptors besides the pipes: stdio, the backend's own, and slack. */
 #define RESERVED_FDS 16
@@ -55,17 +66,20 @@ static const char *backend = DEFAULT_BACKEND;
 static long pipes = DEFAULT_PIPES;
 static long tokens = DEFAULT_TOKENS;
 static long generations = DEFAULT_GENERATIONS;
+static long max_seconds = DEFAULT_MAX_SECONDS;
 
 static const struct option_spec {
 	const char *name;
+	const char *value_name;
 	const char **text; /* set for a string option */
 	long *number;      /* set for a number option (at least 1) */
 	const char *help;
 } option_specs[] = {
-	{ "backend", &backend, NULL, "event mechanism: select|poll|epoll|epoll-et|io_uring|aio-poll" },
-	{ "pipes", NULL, &pipes, "pipes watched, all but the tokens' idle" },
-	{ "tokens", NULL, &tokens, "tokens circulating, each on its own pipe (at most --pipes)" },
-	{ "generations", NULL, &generations, "passes each token makes" },
+	{ "backend", "NAME", &backend, NULL, "select|poll|epoll|epoll-et|io_uring|aio-poll" },
+	{ "pipes", "N", NULL, &pipes, "pipes watched; all but the tokens' stay idle" },
+	{ "tokens", "M", NULL, &tokens, "tokens circulating, each on its own pipe (M <= N)" },
+	{ "generations", "G", NULL, &generations, "passes each token makes" },
+	{ "max-seconds", "S", NULL, &max_seconds, "stop passing after S seconds (0: when G is reached)" },
 };
 #define OPTION_COUNT (sizeof(option_specs) / sizeof(option_specs[0]))
 
@@ -75,21 +89,25 @@ static void usage(FILE *out)
 		     "Passes tokens through N pipes watched by one event backend; prints one JSON object.\n\n");
 	for (size_t i = 0; i < OPTION_COUNT; i++) {
 		const struct option_spec *o = &option_specs[i];
-		char value[32];
+		char option[32], value[32];
+		snprintf(option, sizeof(option), "--%s %s", o->name, o->value_name);
 		if (o->text)
 			snprintf(value, sizeof(value), "%s", *o->text);
 		else
 			snprintf(value, sizeof(value), "%ld", *o->number);
-		fprintf(out, "  --%-12s %-58s (default %s)\n", o->name, o->help, value);
+		fprintf(out, "  %-19s %-50s (default %s)\n", option, o->help, value);
 	}
-	fprintf(out, "  --%-12s %s\n", "help", "show this and exit");
+	fprintf(out, "  %-19s %s\n", "--help", "show this and exit");
 }
 
-static _Noreturn void usage_error(const char *fmt, const char *what, const char *arg)
+static _Noreturn __attribute__((format(printf, 1, 2))) void usage_error(const char *fmt, ...)
 {
+	va_list args;
+	va_start(args, fmt);
 	fprintf(stderr, "pipetest: ");
-	fprintf(stderr, fmt, what, arg);
+	vfprintf(stderr, fmt, args);
 	fprintf(stderr, " (see pipetest --help)\n");
+	va_end(args);
 	exit(2);
 }
 
@@ -108,8 +126,8 @@ static void parse_args(int argc, char **argv)
 			usage(stdout);
 			exit(0);
 		}
-		if (key == '?' || key == ':')
-			usage_error("unknown option or missing value in '%s'%s", argv[optind - 1], "");
+		if (key == '?')
+			usage_error("unknown option or missing value in '%s'", argv[optind - 1]);
 		const struct option_spec *o = &option_specs[key];
 		if (o->text) {
 			*o->text = optarg;
@@ -123,11 +141,9 @@ static void parse_args(int argc, char **argv)
 		*o->number = value;
 	}
 	if (optind < argc)
-		usage_error("unexpected argument '%s'%s", argv[optind], "");
-	if (tokens > pipes) {
-		fprintf(stderr, "pipetest: %ld tokens need as many pipes: use --tokens %ld or fewer\n", tokens, pipes);
-		exit(2);
-	}
+		usage_error("unexpected argument '%s'", argv[optind]);
+	if (tokens > pipes)
+		usage_error("%ld tokens need as many pipes: use --tokens %ld or fewer", tokens, pipes);
 }
 
 /* Raises the soft descriptor limit to the hard one; returns the limit. */
@@ -203,8 +219,16 @@ int main(int argc, char **argv)
 		}
 		pipe_of_fd[read_fd] = i;
 	}
+	/* Backends that hand registrations to the kernel lazily (io_uring and
+	 * aio-poll arm their polls at the next wait) do so here, untimed. */
+	int idle = ev_wait(loop, events, (int)tokens, 0);
+	if (idle != 0) {
+		fprintf(stderr, "pipetest: %s: first wait, before any token: %s\n", ev_name(loop),
+			idle < 0 ? strerror(-idle) : "reported an idle pipe ready");
+		return 1;
+	}
 	for (long t = 0; t < tokens; t++) {
-		long p = (long)((int64_t)t * pipes / tokens);
+		long p = (long)((int64_t)(t + 1) * pipes / tokens) - 1;
 		passes_left[p] = generations;
 		if (write(pipe_fds[p][1], "t", 1) != 1) {
 			fprintf(stderr, "pipetest: placing token %ld: %s\n", t + 1, strerror(errno));
@@ -217,7 +241,12 @@ int main(int argc, char **argv)
 	uint64_t passes = 0, wait_calls = 0, events_seen = 0;
 	struct timespec start;
 	clock_gettime(CLOCK_MONOTONIC, &start);
+	const char *stopped_by = "generations";
 	while (passes < total_passes) {
+		if (max_seconds && wait_calls % CLOCK_CHECK_WAITS == 0 && seconds_since(&start) >= (double)max_seconds) {
+			stopped_by = "max-seconds";
+			break;
+		}
 		int n = ev_wait(loop, events, (int)tokens, STALL_TIMEOUT_MS);
 		if (n == -EINTR)
 			continue;
@@ -241,8 +270,9 @@ int main(int argc, char **argv)
 			if (got < 0 && errno == EAGAIN)
 				continue;
 			if (got != 1 || (events[i].events & EV_ERROR)) {
-				fprintf(stderr, "pipetest: pipe %ld: expected its token, read %zd bytes (%s)\n", p + 1,
-					got, got < 0 ? strerror(errno) : "pipe broken");
+				fprintf(stderr, "pipetest: pipe %ld: expected its one-byte token, got %s\n", p + 1,
+					got < 0 ? strerror(errno) : (events[i].events & EV_ERROR) ? "an error or hang-up"
+												  : "another size");
 				return 1;
 			}
 			passes++;
@@ -256,9 +286,11 @@ int main(int argc, char **argv)
 
 	printf("{\"backend\": \"%s\", \"pipes\": %ld, \"tokens\": %ld, \"generations\": %ld, "
 	       "\"passes\": %" PRIu64 ", \"elapsed_s\": %.6f, \"passes_per_s\": %.1f, \"setup_s\": %.6f, "
-	       "\"fd_limit\": %ld, \"wait_calls\": %" PRIu64 ", \"events_per_wait\": %.3f}\n",
+	       "\"fd_limit\": %ld, \"wait_calls\": %" PRIu64 ", \"events_per_wait\": %.3f, "
+	       "\"max_seconds\": %ld, \"stopped_by\": \"%s\"}\n",
 	       ev_name(loop), pipes, tokens, generations, passes, elapsed_s, (double)passes / elapsed_s, setup_s,
-	       fd_limit, wait_calls, (double)events_seen / (double)wait_calls);
+	       fd_limit, wait_calls, wait_calls ? (double)events_seen / (double)wait_calls : 0.0, max_seconds,
+	       stopped_by);
 	ev_destroy(loop);
 	return 0;
 }

@@ -1,0 +1,216 @@
+"""Two runs side by side: the ratio B/A at every point both measured, and what differs between them.
+
+The modern form of the 2002 page's comparison of two sys_epoll versions: two kernels, two machines or two
+image versions. Points only one run measured (or only one measured successfully) are left out and listed;
+metadata that differs is listed, first the host and kernel facts that make the runs not like for like.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import figures
+from .errors import UserError
+from .report import (
+    HOST_KEYS,
+    SWEEPS,
+    VARIANT_ORDER,
+    FigureRow,
+    Group,
+    RunData,
+    epollbench_version,
+    figure_name,
+    flatten,
+    html_env,
+    human,
+    load,
+    md_env,
+    number,
+    replace_folder,
+    series_of,
+    times,
+)
+from .results import RESULTS, Run
+
+
+@dataclass
+class ComparedPoint:
+    group_a: Group
+    group_b: Group
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        g = self.group_a
+        return (g.sweep, g.variant, g.backend, g.x)
+
+    def ratio(self, metric_key: str) -> float | None:
+        a, b = self.group_a.median(metric_key), self.group_b.median(metric_key)
+        return b / a if a and b is not None else None
+
+
+def _why_unmeasured(group: Group) -> str:
+    reasons = [p.get("reason") for p in group.points if p.get("status") != "ok" and p.get("reason")]
+    return f"{group.status}: {reasons[0]}" if reasons else group.status
+
+
+def compared_points(a: RunData, b: RunData) -> tuple[list[ComparedPoint], list[str]]:
+    """The points both runs measured, in order, and why every other point was left out.
+
+    A point neither run measured (both skipped it at the host's limit, say) is counted by reason rather
+    than listed: it is no difference between the runs.
+    """
+    both, left_out = [], []
+    neither: Counter[str] = Counter()
+    groups = a.ordered_groups() + [g for g in b.ordered_groups()
+                                   if (g.sweep, g.variant, g.backend, g.x) not in a.groups]
+    for group in groups:
+        key = (group.sweep, group.variant, group.backend, group.x)
+        label = f"{group.sweep} {group.variant.upper()} {group.backend} {group.x:,}"
+        ga, gb = a.groups.get(key), b.groups.get(key)
+        if key[0] not in SWEEPS:
+            left_out.append(f"{label}: a sweep this epollbench does not know")
+            continue
+        if ga is None or gb is None:
+            left_out.append(f"{label}: only in {'A' if gb is None else 'B'}")
+            continue
+        main = SWEEPS[key[0]].main.key
+        a_measured, b_measured = ga.median(main) is not None, gb.median(main) is not None
+        if a_measured and b_measured:
+            both.append(ComparedPoint(ga, gb))
+        elif a_measured or b_measured:
+            side, group_missing = ("B", gb) if a_measured else ("A", ga)
+            left_out.append(f"{label}: {side} {_why_unmeasured(group_missing)}")
+        else:
+            neither[_why_unmeasured(ga)] += 1
+    left_out += [f"{n} point{'s' if n > 1 else ''} measured by neither run ({why})"
+                 for why, n in neither.most_common()]
+    return both, left_out
+
+
+def metadata_differences(a: dict, b: dict) -> list[dict]:
+    """Every run-level setting or fact that differs: metadata, plan, cpusets, limits."""
+    rows = []
+    for section in ("metadata", "plan", "cpusets", "limits", "profile"):
+        flat_a = dict(flatten(a.get(section), section))
+        flat_b = dict(flatten(b.get(section), section))
+        for key in sorted(set(flat_a) | set(flat_b), key=lambda k: list(flat_a).index(k) if k in flat_a else 1e9):
+            va, vb = flat_a.get(key, "(absent)"), flat_b.get(key, "(absent)")
+            if va != vb:
+                host = section == "metadata" and key.split(".")[1] in HOST_KEYS
+                rows.append({"key": key, "a": va, "b": vb, "host": host})
+    return rows
+
+
+def compare_headline(compared: list[ComparedPoint], count: int = 3) -> list[str]:
+    sentences = []
+    for sweep_name, sweep in SWEEPS.items():
+        rows = [c for c in compared if c.key[0] == sweep_name and c.ratio(sweep.main.key)]
+        if not rows:
+            continue
+        ratios = [c.ratio(sweep.main.key) for c in rows]
+        largest = sorted(rows, key=lambda c: -abs(math.log(c.ratio(sweep.main.key))))[:count]
+        changes = "; ".join(
+            f"{c.group_a.backend} {c.group_a.variant.upper()} at {c.group_a.x:,} {sweep.x_unit} "
+            f"{times(c.ratio(sweep.main.key))} ({human(c.group_a.median(sweep.main.key))} → "
+            f"{human(c.group_b.median(sweep.main.key))} {sweep.main.unit})" for c in largest)
+        sentences.append(f"{sweep.main.title[0].upper()}{sweep.main.title[1:]}, B/A over {len(rows)} common "
+                         f"points: median {times(statistics.median(ratios))}; largest changes: {changes}.")
+    return sentences
+
+
+def compare_figure_rows(a: RunData, b: RunData, compared: list[ComparedPoint]) -> list[FigureRow]:
+    rows = []
+    common = {c.key for c in compared}
+    for sweep_name, sweep in SWEEPS.items():
+        variants = [v for v in VARIANT_ORDER + tuple(sorted({k[1] for k in common} - set(VARIANT_ORDER)))
+                    if any(k[:2] == (sweep_name, v) for k in common)]
+        for metric in sweep.metrics:
+            plots = []
+            for v in variants:
+                backends = [x for x in a.backends(sweep_name, v) if any(k[:3] == (sweep_name, v, x) for k in common)]
+                series, ratio_series = [], []
+                for backend in backends:
+                    for side, data, dashed in (("A", a, False), ("B", b, True)):
+                        s = series_of(_restricted(data, common), sweep_name, v, backend, metric.key,
+                                    f"{backend} {side}", dashed=dashed)
+                        series.append(s)
+                    pts = [c for c in compared if c.key[:3] == (sweep_name, v, backend)
+                           and c.ratio(metric.key) is not None]
+                    ratio_series.append(figures.Series(label=backend, backend=backend, xs=[c.key[3] for c in pts],
+                                                       medians=[c.ratio(metric.key) for c in pts]))
+                if any(s.medians for s in series):
+                    plots.append(figures.Plot(
+                        name=figure_name(sweep_name, metric.slug, v),
+                        title=f"{v.upper()}: {metric.title}, A (solid) and B (dashed, hollow)",
+                        xlabel=sweep.x_label, ylabel=metric.label, logx=sweep.logx, logy=sweep.logx,
+                        series=series, ratio_series=ratio_series))
+            if plots:
+                rows.append(FigureRow(f"{metric.title[0].upper()}{metric.title[1:]}: B / A",
+                                      "Medians of each run at the points both measured; lower panel: B / A.",
+                                      plots))
+    return rows
+
+
+def _restricted(data: RunData, keys: set) -> RunData:
+    return RunData(run=data.run, record=data.record, points=data.points,
+                   groups={k: g for k, g in data.groups.items() if k in keys})
+
+
+def compare_table(compared: list[ComparedPoint]) -> list[dict]:
+    tables = []
+    for sweep_name, sweep in SWEEPS.items():
+        rows = [c for c in compared if c.key[0] == sweep_name]
+        if not rows:
+            continue
+        columns = ["variant", "backend", sweep.x_label]
+        for metric in sweep.metrics:
+            columns += [f"{metric.title} A", "B", "B / A"]
+        body = []
+        for c in rows:
+            cells = [c.key[1].upper(), c.key[2], f"{c.key[3]:,}"]
+            for metric in sweep.metrics:
+                cells += [number(c.group_a.median(metric.key), metric.digits),
+                          number(c.group_b.median(metric.key), metric.digits), times(c.ratio(metric.key))]
+            flags = sorted(set(c.group_a.flags) | set(c.group_b.flags))
+            body.append({"cells": cells, "backend": c.key[2], "flags": ", ".join(flags),
+                         "main_ratio": c.ratio(sweep.main.key)})
+        tables.append({"sweep": sweep_name, "title": sweep.title, "columns": columns + ["flags"], "rows": body})
+    return tables
+
+
+def write(run_a: Run, run_b: Run, out_dir: Path | None = None) -> Path:
+    """Writes the comparison page of two runs (B relative to A); returns its index.html."""
+    a, b = load(run_a), load(run_b)
+    target = Path(out_dir) if out_dir else RESULTS / f"compare-{run_a.id}-vs-{run_b.id}"
+    compared, left_out = compared_points(a, b)
+    if not compared:
+        raise UserError(f"{run_a.id} and {run_b.id} have no measured point in common: "
+                        "compare runs of the same sweeps, variants and backends")
+    differences = metadata_differences(a.record, b.record)
+    context = {
+        "a": {"id": run_a.id, "record": a.record, "meta": a.metadata},
+        "b": {"id": run_b.id, "record": b.record, "meta": b.metadata},
+        "headline": compare_headline(compared),
+        "host_differences": [d for d in differences if d["host"]],
+        "differences": differences,
+        "left_out": left_out,
+        "tables": compare_table(compared),
+        "colours": figures.backend_colours(),
+        "version": epollbench_version(),
+        "common_count": len(compared),
+    }
+
+    def build(folder: Path) -> None:
+        rows = compare_figure_rows(a, b, compared)
+        for row in rows:
+            row.files = [figures.save(plot, folder / "figures") for plot in row.plots]
+        context["figure_rows"] = rows
+        (folder / "index.html").write_text(html_env().get_template("compare.html.j2").render(context))
+        (folder / "report.md").write_text(md_env().get_template("compare.md.j2").render(context))
+
+    replace_folder(target, build)
+    return target / "index.html"

@@ -1,0 +1,194 @@
+"""The report's figures: matplotlib on the Agg canvas, one fixed colour, marker and line style per backend.
+
+Colours are the Okabe-Ito palette (safe for the common colour-vision deficiencies); each backend also has
+its own marker and dash pattern so a greyscale print still tells the lines apart. The 2002 reference is
+drawn in its backend's colour with hollow markers and thin dotted lines. Renders are deterministic: the
+SVG hash salt is fixed and no date is written into the files.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+# Okabe & Ito (2008), "Color Universal Design"; yellow is left out: it vanishes on white paper.
+BACKEND_STYLES = {
+    "select": {"color": "#CC79A7", "marker": "s", "linestyle": ":"},
+    "poll": {"color": "#D55E00", "marker": "o", "linestyle": "-"},
+    "epoll": {"color": "#0072B2", "marker": "^", "linestyle": "--"},
+    "epoll-et": {"color": "#56B4E9", "marker": "v", "linestyle": "-."},
+    "io_uring": {"color": "#009E73", "marker": "D", "linestyle": (0, (5, 1, 1, 1, 1, 1))},
+    "aio-poll": {"color": "#E69F00", "marker": "P", "linestyle": (0, (1, 1))},
+}
+OTHER_STYLE = {"color": "#000000", "marker": "X", "linestyle": (0, (3, 1, 1, 1))}
+# The 2002 series names, mapped to the backend whose colour they share.
+REFERENCE_BACKEND = {"sys_epoll-0.14": "epoll", "poll": "poll"}
+
+RC = {
+    "svg.hashsalt": "epollbench",
+    "svg.fonttype": "path",
+    "font.size": 10,
+    "axes.grid": True,
+    "grid.color": "#d0d0d0",
+    "grid.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.frameon": False,
+}
+FIGSIZE = (6.4, 3.9)
+PNG_DPI = 144
+
+
+def backend_style(backend: str) -> dict:
+    return BACKEND_STYLES.get(backend, OTHER_STYLE)
+
+
+def backend_colours() -> dict[str, str]:
+    return {name: style["color"] for name, style in BACKEND_STYLES.items()}
+
+
+@dataclass
+class Series:
+    """One line: medians over repetitions at each x, with the min-max of the repetitions as a band."""
+
+    label: str
+    backend: str
+    xs: list[float]
+    medians: list[float]
+    lows: list[float] = field(default_factory=list)
+    highs: list[float] = field(default_factory=list)
+    saturated: list[bool] = field(default_factory=list)
+    reference: bool = False  # a published series: hollow markers, thin dotted line
+    dashed: bool = False  # the second run of a comparison
+
+
+@dataclass
+class Plot:
+    name: str
+    title: str
+    xlabel: str
+    ylabel: str
+    series: list[Series]
+    logx: bool = False
+    logy: bool = False
+    ratio_series: list[Series] = field(default_factory=list)  # B/A panel of a comparison
+
+
+@dataclass
+class FigureFile:
+    name: str
+    png: Path
+    svg: Path
+    png_base64: str
+    title: str
+    width_px: int
+    height_px: int
+
+
+def _tick(value: float, _pos=None) -> str:
+    """Plain tick labels (5k, 1M, 0.01): no mathtext, which is slow and unneeded."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def _draw_series(ax, series: Series) -> None:
+    style = backend_style(series.backend)
+    points = [(x, y) for x, y in zip(series.xs, series.medians, strict=True) if y is not None]
+    if not points:
+        return
+    xs, ys = zip(*points, strict=True)
+    if series.reference:
+        ax.plot(xs, ys, color=style["color"], marker=style["marker"], linestyle=":", linewidth=1.2,
+                markersize=6, markerfacecolor="white", markeredgewidth=1.3, label=series.label, zorder=2)
+        return
+    linestyle = (0, (4, 2)) if series.dashed else style["linestyle"]
+    face = "white" if series.dashed else style["color"]
+    ax.plot(xs, ys, color=style["color"], marker=style["marker"], linestyle=linestyle, linewidth=1.8,
+            markersize=5.5, markerfacecolor=face, markeredgewidth=1.2, label=series.label, zorder=3)
+    if series.lows and any(lo != hi for lo, hi in zip(series.lows, series.highs, strict=True)):
+        band = [(x, lo, hi) for x, lo, hi in zip(series.xs, series.lows, series.highs, strict=True)
+                if lo is not None]
+        bx, blo, bhi = zip(*band, strict=True)
+        ax.fill_between(bx, blo, bhi, color=style["color"], alpha=0.18, linewidth=0, zorder=1)
+
+
+def _style_axes(ax, plot: Plot, ylabel: str, logy: bool) -> None:
+    if plot.logx:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.set_xlim(left=0)
+    if logy:
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_formatter(FuncFormatter(_tick))
+    ax.yaxis.set_major_formatter(FuncFormatter(_tick))
+    ax.set_ylabel(ylabel)
+
+
+def _wants_logy(plot: Plot) -> bool:
+    values = [y for s in plot.series for y in s.medians if y is not None and y > 0]
+    return plot.logy or (bool(values) and max(values) / min(values) > 50 and not plot.ratio_series)
+
+
+def draw(plot: Plot) -> Figure:
+    with matplotlib.rc_context(RC):
+        if plot.ratio_series:
+            fig = Figure(figsize=(FIGSIZE[0], FIGSIZE[1] * 1.35), layout="constrained")
+            ax, ratio_ax = fig.subplots(2, 1, sharex=True, height_ratios=[2.2, 1])
+        else:
+            fig = Figure(figsize=FIGSIZE, layout="constrained")
+            ax, ratio_ax = fig.subplots(), None
+        for series in plot.series:
+            _draw_series(ax, series)
+        saturated = [(x, y) for s in plot.series if s.saturated
+                     for x, y, sat in zip(s.xs, s.medians, s.saturated, strict=True) if sat and y is not None]
+        if saturated:
+            sx, sy = zip(*saturated, strict=True)
+            ax.scatter(sx, sy, s=150, facecolors="none", edgecolors="#000000", linewidths=1.0, zorder=4,
+                       label="client saturated")
+        _style_axes(ax, plot, plot.ylabel, _wants_logy(plot))
+        ax.set_title(plot.title, fontsize=11, loc="left")
+        if ratio_ax is not None:
+            for series in plot.ratio_series:
+                _draw_series(ratio_ax, series)
+            ratio_ax.axhline(1.0, color="#000000", linewidth=0.8)
+            _style_axes(ratio_ax, plot, "B / A", logy=False)
+            ratios = [1.0] + [y for s in plot.ratio_series for y in s.medians if y is not None]
+            pad = max(0.05, 0.15 * (max(ratios) - min(ratios)))
+            ratio_ax.set_ylim(max(0.0, min(ratios) - pad), max(ratios) + pad)
+            ratio_ax.set_xlabel(plot.xlabel)
+        else:
+            ax.set_xlabel(plot.xlabel)
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            # Below the axes: it never hides a line, and placing it costs no search.
+            fig.legend(handles, labels, loc="outside lower center", fontsize=8.5, ncols=min(len(labels), 5))
+    return fig
+
+
+def save(plot: Plot, folder: Path) -> FigureFile:
+    """Draws plot into folder/<name>.png and .svg; returns both paths and the PNG for inlining."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fig = draw(plot)
+    png, svg = folder / f"{plot.name}.png", folder / f"{plot.name}.svg"
+    with matplotlib.rc_context(RC):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=PNG_DPI, metadata={"Software": None})
+        png.write_bytes(buffer.getvalue())
+        fig.set_layout_engine("none")  # laid out for the PNG already: the SVG keeps those positions
+        fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
+    width, height = (math.ceil(v * PNG_DPI) for v in fig.get_size_inches())
+    return FigureFile(name=plot.name, png=png, svg=svg, title=plot.title, width_px=width, height_px=height,
+                      png_base64=base64.b64encode(buffer.getvalue()).decode("ascii"))

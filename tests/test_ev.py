@@ -1,0 +1,236 @@
+"""The event library images/ev, driven through ctypes: each backend keeps the promises of ev.h."""
+
+import contextlib
+import ctypes
+import errno
+import os
+import resource
+import socket
+import subprocess
+
+import pytest
+
+from experiment import native
+
+BACKENDS = ["select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll"]
+LEVEL_TRIGGERED = [b for b in BACKENDS if b != "epoll-et"]
+EV_READ, EV_WRITE, EV_ERROR = 1, 2, 4
+NOTHING_MS = 50  # how long a wait that must report nothing is given to (wrongly) report something
+
+
+class Event(ctypes.Structure):
+    _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_uint)]
+
+
+@pytest.fixture(scope="session")
+def libev(tmp_path_factory):
+    """images/ev compiled as a shared library, warnings as errors."""
+    ev = native.IMAGES / "ev"
+    lib = tmp_path_factory.mktemp("ev") / "libev.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-o", str(lib),
+                    *map(str, sorted(ev.glob("*.c"))), "-luring"], check=True)
+    dll = ctypes.CDLL(str(lib))
+    dll.ev_create.restype = ctypes.c_void_p
+    dll.ev_create.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+    for name in ("ev_add", "ev_modify"):
+        getattr(dll, name).argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint]
+    dll.ev_delete.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    dll.ev_wait.argtypes = [ctypes.c_void_p, ctypes.POINTER(Event), ctypes.c_int, ctypes.c_int]
+    dll.ev_name.restype = ctypes.c_char_p
+    dll.ev_name.argtypes = [ctypes.c_void_p]
+    dll.ev_destroy.argtypes = [ctypes.c_void_p]
+    return dll
+
+
+class Loop:
+    def __init__(self, lib, backend, max_fds=4096):
+        self.lib = lib
+        err = ctypes.create_string_buffer(256)
+        self.loop = lib.ev_create(backend.encode(), max_fds, err, len(err))
+        if not self.loop:
+            if backend in ("io_uring", "aio-poll") and err.value.startswith(f"{backend}:".encode()):
+                pytest.skip(err.value.decode())
+            raise AssertionError(err.value.decode())
+
+    def add(self, fd, events=EV_READ):
+        return self.lib.ev_add(self.loop, fd, events)
+
+    def modify(self, fd, events):
+        return self.lib.ev_modify(self.loop, fd, events)
+
+    def delete(self, fd):
+        return self.lib.ev_delete(self.loop, fd)
+
+    def wait(self, max_events=64, timeout_ms=1000):
+        """{fd: events} of one wait."""
+        out = (Event * max_events)()
+        # -EINTR is allowed (ev.h), and happens without a signal: io_uring's teardown of an earlier
+        # test's ring queues task work on this thread, which interrupts a sleeping io_getevents.
+        for _ in range(3):
+            n = self.lib.ev_wait(self.loop, out, max_events, timeout_ms)
+            if n != -errno.EINTR:
+                break
+        assert n >= 0, os.strerror(-n)
+        got = {out[i].fd: out[i].events for i in range(n)}
+        assert len(got) == n, "a descriptor reported twice in one wait"
+        return got
+
+    def close(self):
+        self.lib.ev_destroy(self.loop)
+
+
+@pytest.fixture(params=BACKENDS)
+def loop(request, libev):
+    loop = Loop(libev, request.param)
+    loop.backend = request.param
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def pipe():
+    r, w = os.pipe2(os.O_NONBLOCK)
+    yield r, w
+    for fd in (r, w):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def test_name_and_unknown_backend(libev):
+    for backend in BACKENDS:
+        loop = Loop(libev, backend)
+        assert libev.ev_name(loop.loop).decode() == backend
+        loop.close()
+    err = ctypes.create_string_buffer(256)
+    assert not libev.ev_create(b"kqueue", 64, err, len(err))
+    assert err.value.decode() == "unknown backend 'kqueue' (choose select|poll|epoll|epoll-et|io_uring|aio-poll)"
+
+
+def test_readable_pipe_is_reported_and_idle_one_is_not(loop, pipe):
+    r, w = pipe
+    assert loop.add(r) == 0
+    assert loop.wait(timeout_ms=NOTHING_MS) == {}
+    os.write(w, b"x")
+    assert loop.wait(timeout_ms=-1) == {r: EV_READ}
+
+
+def test_delivery_is_level_triggered_except_epoll_et(loop, pipe):
+    r, w = pipe
+    loop.add(r)
+    os.write(w, b"x")
+    assert loop.wait() == {r: EV_READ}
+    again = loop.wait(timeout_ms=NOTHING_MS)
+    assert again == ({} if loop.backend == "epoll-et" else {r: EV_READ})
+    os.write(w, b"y")  # a new edge
+    assert loop.wait() == {r: EV_READ}
+
+
+def test_hang_up_is_reported_with_read(loop, pipe):
+    r, w = pipe
+    loop.add(r)
+    os.close(w)
+    # select has no hang-up bit: it sees only a readable end of file.
+    assert loop.wait() == {r: EV_READ if loop.backend == "select" else EV_READ | EV_ERROR}
+
+
+def test_deleted_descriptor_is_never_reported(loop, pipe):
+    r, w = pipe
+    loop.add(r)
+    assert loop.wait(timeout_ms=0) == {}  # armed, for the one-shot backends
+    assert loop.delete(r) == 0
+    os.write(w, b"x")
+    assert loop.wait(timeout_ms=NOTHING_MS) == {}
+
+
+def test_delete_after_delivery_then_add_again_reports_once(loop, pipe):
+    """The one-shot backends' cancelled and completed requests must not leak out as events."""
+    r, w = pipe
+    loop.add(r)
+    os.write(w, b"x")
+    assert loop.wait() == {r: EV_READ}
+    assert loop.wait() in ({r: EV_READ}, {})  # re-armed (level) or not (edge)
+    assert loop.delete(r) == 0
+    assert loop.add(r) == 0
+    assert loop.wait() == {r: EV_READ}
+    os.read(r, 16)
+    assert loop.wait(timeout_ms=NOTHING_MS) == {}
+
+
+def test_closed_and_reused_descriptor_number(loop, pipe):
+    r, w = pipe
+    loop.add(r)
+    assert loop.wait(timeout_ms=0) == {}
+    loop.delete(r)
+    os.close(r)
+    r2, w2 = os.pipe2(os.O_NONBLOCK)
+    assert r2 == r  # the pipe fixture closes it
+    with open(w2, "wb", buffering=0) as writer:
+        loop.add(r2)
+        assert loop.wait(timeout_ms=NOTHING_MS) == {}
+        writer.write(b"x")
+        assert loop.wait() == {r2: EV_READ}
+
+
+def test_modify_switches_interest(loop):
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        assert loop.add(a.fileno(), EV_READ) == 0
+        assert loop.wait(timeout_ms=NOTHING_MS) == {}
+        assert loop.modify(a.fileno(), EV_WRITE) == 0
+        assert loop.wait() == {a.fileno(): EV_WRITE}
+        b.send(b"x")
+        assert loop.modify(a.fileno(), EV_READ | EV_WRITE) == 0
+        assert loop.wait() == {a.fileno(): EV_READ | EV_WRITE}
+
+
+def test_registration_errors(loop, pipe):
+    r, _ = pipe
+    assert loop.delete(r) == -errno.ENOENT
+    assert loop.modify(r, EV_READ) == -errno.ENOENT
+    assert loop.add(r) == 0
+    assert loop.add(r) == -errno.EEXIST
+
+
+def test_a_full_out_array_starves_no_descriptor(loop):
+    """Five ready pipes, waits of at most two events: every pipe is reported within three waits."""
+    pipes = [os.pipe2(os.O_NONBLOCK) for _ in range(5)]
+    try:
+        for r, w in pipes:
+            loop.add(r)
+            os.write(w, b"x")
+        seen = {}
+        for _ in range(3):
+            got = loop.wait(max_events=2)
+            assert 1 <= len(got) <= 2
+            seen.update(got)
+        assert seen == {r: EV_READ for r, _ in pipes}
+    finally:
+        for fds in pipes:
+            for fd in fds:
+                os.close(fd)
+
+
+def test_select_refuses_descriptors_from_fd_setsize(libev, pipe):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1100:
+        pytest.skip(f"descriptor limit {hard} is below FD_SETSIZE")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    high = os.dup2(pipe[0], 1090)
+    loop = Loop(libev, "select", max_fds=2048)
+    try:
+        assert loop.add(high) == -errno.ERANGE
+        assert loop.add(pipe[0]) == 0
+    finally:
+        loop.close()
+        os.close(high)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("backend", ["poll", "io_uring", "aio-poll"])
+def test_descriptors_from_max_fds_on_are_refused(libev, backend, pipe):
+    loop = Loop(libev, backend, max_fds=pipe[0])
+    try:
+        assert loop.add(pipe[0]) == -errno.ERANGE
+    finally:
+        loop.close()

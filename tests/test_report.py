@@ -1,0 +1,339 @@
+"""The report and the comparison, rendered from the real runs committed under tests/data/runs/.
+
+Expected numbers are computed here from the point files themselves, never copied from a render.
+The browser test loads the page in headless Chromium with no network and checks that nothing is fetched,
+nothing errs and every figure is drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import re
+import shutil
+import statistics
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from experiment import report
+from experiment.errors import UserError
+from experiment.results import Run
+
+RUNS_DIR = Path(os.environ.get("EPOLLBENCH_TEST_RUNS", Path(__file__).parent / "data" / "runs"))
+RUNS = sorted(p.parent for p in RUNS_DIR.glob("*/run.json") if not p.parent.is_symlink())
+needs_runs = pytest.mark.skipif(
+    not RUNS, reason=f"no committed run under {RUNS_DIR}: a small real run is committed there by the sweep's author")
+MAIN_METRIC = {"dead": "reply_rate", "pipetest": "passes_per_s"}
+METRICS = {"dead": ("reply_rate", "server_cpu_us_per_reply", "reply_time_ms"), "pipetest": ("passes_per_s",)}
+SCRIPT = '<script>alert("x")</script>'
+
+
+def copy_run(source: Path, parent: Path) -> Run:
+    """The run's files without any report: tests render copies, never the committed run."""
+    target = parent / source.name
+    shutil.copytree(source, target, ignore=lambda d, names: ["report"] if Path(d) == source else [])
+    return Run(target)
+
+
+def read_points(run: Run) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(run.points_dir.glob("*.json"))]
+
+
+def write_point(run: Run, point: dict) -> None:
+    run.point_path(point["id"]).write_text(json.dumps(point, indent=2))
+
+
+def medians(points: list[dict]) -> dict[tuple, dict[str, float]]:
+    """(sweep, variant, backend, x) -> metric -> median over the ok repetitions, from the point files."""
+    values: dict[tuple, dict[str, list[float]]] = {}
+    for p in points:
+        if p["status"] != "ok":
+            continue
+        for metric in METRICS[p["sweep"]]:
+            value = (p.get("figures") or {}).get(metric)
+            if isinstance(value, int | float):
+                values.setdefault((p["sweep"], p["variant"], p["backend"], p["x"]), {}).setdefault(metric, []) \
+                    .append(value)
+    return {key: {m: statistics.median(v) for m, v in by_metric.items()} for key, by_metric in values.items()}
+
+
+def expected_figures(points: list[dict]) -> set[str]:
+    slugs = {"reply_rate": "reply-rate", "server_cpu_us_per_reply": "cpu-per-reply",
+             "reply_time_ms": "reply-time", "passes_per_s": "passes"}
+    names = set()
+    for (sweep, variant, _, _), by_metric in medians(points).items():
+        names |= {f"{sweep}-{slugs[m]}-{variant}" for m in by_metric}
+        if MAIN_METRIC[sweep] in by_metric:
+            names.add(f"{sweep}-normalised-{variant}")
+    return names
+
+
+def tree_digest(run: Run) -> dict[str, str]:
+    """Every file of the run outside report/, with its content hash."""
+    return {str(p.relative_to(run.path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run.path.rglob("*")) if p.is_file() and "report" not in p.relative_to(run.path).parts}
+
+
+@pytest.fixture(scope="module", params=RUNS or [None], ids=lambda p: p.name if p else "none")
+def rendered(request, tmp_path_factory) -> tuple[Run, Path]:
+    """A copy of each committed run, rendered once for the read-only tests."""
+    if request.param is None:
+        pytest.skip(f"no committed run under {RUNS_DIR}: a small real run is committed there by the sweep's author")
+    run = copy_run(request.param, tmp_path_factory.mktemp("rendered"))
+    return run, report.render(run)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Without run data: the number formats the headline relies on
+
+def test_human_numbers_keep_three_significant_digits():
+    assert [report.human(v) for v in (31712, 60000, 414.5, 86, 0.5, 1_023_392, 999.96, 0)] == \
+        ["31.7k", "60.0k", "414", "86.0", "0.50", "1.02M", "1.00k", "0"]
+
+
+def test_percent_keeps_small_shares_visible():
+    assert [report.percent(r) for r in (0.53, 1.0, 0.021, 0.00099)] == ["53%", "100%", "2.1%", "0.099%"]
+
+
+def test_markdown_escape_makes_markup_literal():
+    escaped = report.md_escape(f"{SCRIPT} | *x* [l](u) a&b")
+    assert escaped == '&lt;script&gt;alert("x")&lt;/script&gt; \\| \\*x\\* \\[l\\](u) a&amp;b'
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendered from the committed runs
+
+@needs_runs
+def test_headline_numbers_equal_the_data(rendered):
+    run, index = rendered
+    points = read_points(run)
+    expected = medians(points)
+    page = index.read_text()
+    data = report.load(run)
+    heads = report.headlines(data)
+    sweeps_variants = {(p["sweep"], p["variant"]) for p in points if p["status"] == "ok"}
+    assert {(h.sweep, h.variant) for h in heads} == sweeps_variants
+    for head in heads:
+        metric = MAIN_METRIC[head.sweep]
+        measured = {}
+        attempted = {}
+        for p in points:
+            if (p["sweep"], p["variant"]) == (head.sweep, head.variant) and p["status"] != "skipped":
+                attempted[p["backend"]] = max(attempted.get(p["backend"], 0), p["x"])
+        for (sweep, variant, backend, x), by_metric in expected.items():
+            if (sweep, variant) == (head.sweep, head.variant) and metric in by_metric:
+                measured.setdefault(backend, {})[x] = by_metric[metric]
+        top = max(attempted[b] for b in measured)
+        full = [b for b in measured if attempted[b] == top]
+        assert head.x == max(set.intersection(*(set(measured[b]) for b in full)))
+        assert {i.backend for i in head.items} == set(measured)
+        for item in head.items:
+            at = head.x if item.backend in full else max(measured[item.backend])
+            base_x = min(measured[item.backend])
+            assert (item.x, item.base_x) == (at, base_x)
+            assert item.value == pytest.approx(measured[item.backend][at], rel=1e-12)
+            assert item.base == pytest.approx(measured[item.backend][base_x], rel=1e-12)
+            assert report.human(measured[item.backend][at]) in head.text
+            assert report.percent(measured[item.backend][at] / measured[item.backend][base_x]) in head.text
+        assert f"{head.x:,}" in head.text
+        assert html.escape(head.text, quote=False) in page
+
+
+@needs_runs
+def test_every_figure_is_present(rendered):
+    run, index = rendered
+    names = expected_figures(read_points(run))
+    assert names
+    page = index.read_text()
+    markdown = (index.parent / "report.md").read_text()
+    folder = index.parent / "figures"
+    assert {p.stem for p in folder.glob("*.png")} == names
+    assert {p.stem for p in folder.glob("*.svg")} == names
+    for name in names:
+        assert (folder / f"{name}.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        svg = ET.parse(folder / f"{name}.svg").getroot()
+        assert svg.tag.endswith("svg")
+        assert "<dc:date>" not in (folder / f"{name}.svg").read_text()
+        assert re.search(rf'<figure id="fig-{re.escape(name)}">\s*<img src="data:image/png;base64,', page)
+        assert f"](figures/{name}.png)" in markdown
+
+
+@needs_runs
+def test_page_requests_nothing_from_outside(rendered):
+    _, index = rendered
+    page = index.read_text()
+    for attribute, value in re.findall(r'\b(src|href|action|srcset|poster|data)\s*=\s*"([^"]*)"', page):
+        if attribute == "src":
+            assert value.startswith("data:image/png;base64,"), value[:80]
+        else:
+            assert value.startswith("#") or value in ("report.md", "report.zip"), (attribute, value)
+    assert "<script" not in page.lower()
+    assert "@import" not in page and "url(" not in page
+    assert "default-src 'none'" in page
+
+
+@needs_runs
+def test_table_lists_every_point_and_the_host_cap(rendered):
+    run, index = rendered
+    points = read_points(run)
+    page = html.unescape(index.read_text())
+    record = json.loads((run.path / "run.json").read_text())
+    for p in points:
+        if p["status"] != "ok":
+            assert p["reason"] and p["reason"] in page
+    for (sweep, _variant, backend, x), by_metric in medians(points).items():
+        main = by_metric.get(MAIN_METRIC[sweep])
+        if main is not None:
+            assert f"{main:,.0f}" in page, (sweep, backend, x)
+    if any(p["status"] == "skipped" for p in points):
+        fd_limit = record.get("limits", {}).get("fd_hard_limit") or record["metadata"]["fd_hard_limit"]
+        assert f"This host allows {fd_limit} open files per process" in page
+    for key, value in report.flatten(record["metadata"]):
+        assert key in page and value in page
+
+
+@needs_runs
+def test_zip_bundles_report_and_raw_results(rendered):
+    run, index = rendered
+    with zipfile.ZipFile(index.parent / "report.zip") as bundle:
+        names = set(bundle.namelist())
+        assert bundle.read(f"{run.id}/run.json") == (run.path / "run.json").read_bytes()
+    expected = {f"{run.id}/run.json", f"{run.id}/report/index.html", f"{run.id}/report/report.md"}
+    expected |= {f"{run.id}/{p.relative_to(run.path).as_posix()}" for folder in ("points", "raw")
+                 for p in (run.path / folder).rglob("*") if p.is_file()}
+    expected |= {f"{run.id}/report/figures/{p.name}" for p in (index.parent / "figures").iterdir()}
+    assert names == expected
+
+
+@needs_runs
+def test_data_strings_are_escaped(tmp_path):
+    run = copy_run(RUNS[0], tmp_path)
+    record = json.loads((run.path / "run.json").read_text())
+    record["metadata"]["hostname"] = SCRIPT
+    record["command_line"] = ["invoke", "reproduce", SCRIPT]
+    (run.path / "run.json").write_text(json.dumps(record))
+    with_commands = [p for p in read_points(run) if report.point_commands(p)]
+    if with_commands:
+        point = with_commands[0]
+        part = next(k for k in ("httperf", "server", "deadconn", "pipetest") if k in point)
+        point[part]["command"] = [*point[part]["command"], SCRIPT]
+        write_point(run, point)
+    index = report.render(run)
+    page = index.read_text()
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;" in page
+    assert page.count(SCRIPT) == 0 and html.unescape(page).count(SCRIPT) >= 3  # host, command line, command
+    markdown = (index.parent / "report.md").read_text()
+    assert "<script" not in markdown
+    assert report.md_escape(SCRIPT) in markdown
+    compared = report.compare(run, run, tmp_path / "compare")
+    assert "<script" not in compared.read_text().lower()
+    assert "<script" not in (compared.parent / "report.md").read_text()
+
+
+@needs_runs
+def test_failed_and_skipped_points_render_with_reasons(tmp_path):
+    run = copy_run(RUNS[0], tmp_path)
+    points = read_points(run)
+    ok = [p for p in points if p["status"] == "ok"]
+    # A copy whose committed run lacks one kind gets it by marking a measured repetition so.
+    for status in ("failed", "skipped"):
+        if not any(p["status"] == status for p in points):
+            victim = ok.pop()
+            victim.update(status=status, reason=f"{status} here by the test: {SCRIPT}", figures=None)
+            write_point(run, victim)
+    index = report.render(run)
+    page = index.read_text()
+    for p in read_points(run):
+        if p["status"] in ("failed", "skipped"):
+            assert html.escape(p["reason"], quote=False) in page
+            assert p["id"] in page
+    assert re.search(r'<tr class="(failed|partial)">', page)
+    assert "points failed" in page
+
+
+@needs_runs
+def test_rerendering_replaces_the_report_and_leaves_results_alone(tmp_path):
+    run = copy_run(RUNS[0], tmp_path)
+    before = tree_digest(run)
+    first = report.render(run)
+    first_bytes = first.read_bytes(), (first.parent / "report.zip").read_bytes()
+    (first.parent / "stale.txt").write_text("left from an older render")
+    second = report.render(run)
+    assert tree_digest(run) == before
+    assert not (second.parent / "stale.txt").exists()
+    assert (second.read_bytes(), (second.parent / "report.zip").read_bytes()) == first_bytes
+    assert not [p for p in run.path.iterdir() if p.name.startswith(".report")]
+
+
+@needs_runs
+def test_loader_rejects_an_unknown_schema_version(tmp_path):
+    run = copy_run(RUNS[0], tmp_path)
+    record = json.loads((run.path / "run.json").read_text())
+    (run.path / "run.json").write_text(json.dumps({**record, "schema_version": 2}))
+    with pytest.raises(UserError, match="schema_version 2"):
+        report.render(run)
+    assert not (run.path / "report").exists()
+    (run.path / "run.json").write_text(json.dumps(record))
+    point = read_points(run)[0]
+    write_point(run, {**point, "schema_version": 99})
+    with pytest.raises(UserError, match="schema_version 99"):
+        report.load(run)
+
+
+@needs_runs
+def test_compare_gives_the_ratios_the_data_implies(tmp_path):
+    run_a = copy_run(RUNS[0], tmp_path / "a")
+    run_b = copy_run(RUNS[1] if len(RUNS) > 1 else RUNS[0], tmp_path / "b")
+    index = report.compare(run_a, run_b, tmp_path / "compare")
+    a, b = medians(read_points(run_a)), medians(read_points(run_b))
+    common = {k for k in set(a) & set(b) if MAIN_METRIC[k[0]] in a[k] and MAIN_METRIC[k[0]] in b[k]}
+    from experiment import comparison
+    compared, left_out = comparison.compared_points(report.load(run_a), report.load(run_b))
+    assert {c.key for c in compared} == common
+    page = html.unescape(index.read_text())
+    for c in compared:
+        for metric in METRICS[c.key[0]]:
+            if metric in a[c.key] and metric in b[c.key]:
+                ratio = b[c.key][metric] / a[c.key][metric]
+                assert c.ratio(metric) == pytest.approx(ratio, rel=1e-12)
+                assert report.times(ratio) in page
+    every = {(p["sweep"], p["variant"], p["backend"], p["x"]) for run in (run_a, run_b) for p in read_points(run)}
+    neither = [re.match(r"(\d+) points? measured by neither run", s) for s in left_out]
+    assert sum(int(m.group(1)) if m else 1 for m in neither) == len(every - common)
+    assert (index.parent / "report.md").exists()
+    assert {p.suffix for p in (index.parent / "figures").iterdir()} == {".png", ".svg"}
+    if run_a.record()["metadata"].get("kernel") != run_b.record()["metadata"].get("kernel"):
+        assert "Not the same host or kernel" in page
+
+
+# ---------------------------------------------------------------------------------------------------------
+# In a real browser, offline
+
+@pytest.mark.browser
+@needs_runs
+def test_page_loads_offline_in_chromium(rendered, tmp_path):
+    import devtools
+
+    if devtools.chromium_binary() is None:
+        pytest.fail("chromium not found: install chromium (Debian: apt-get install chromium)")
+    run, index = rendered
+    compared = report.compare(run, run, tmp_path / "compare")
+    with devtools.Chromium(tmp_path / "chromium") as browser:
+        loads = [browser.load(index), browser.load(compared), browser.load(index, media="print")]
+    for load in loads:
+        assert load.failed == []
+        assert load.errors == []
+        assert [u for u in load.requests if not u.startswith("data:")] == [load.url]
+        assert load.figures
+        for figure in load.figures:
+            assert figure["tag"] == "img" and figure["decoded"], figure
+            assert figure["width"] > 100 and figure["height"] > 50, figure
+        assert load.screenshot.startswith(b"\x89PNG")
+        (tmp_path / f"screenshot-{loads.index(load)}.png").write_bytes(load.screenshot)
+    assert {f["id"] for f in loads[0].figures} == {f"fig-{n}" for n in expected_figures(read_points(run))}
