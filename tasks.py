@@ -64,7 +64,7 @@ def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dea
         print(f"report: {report.render(run)}")
 
 
-@task(help={"run": "a run folder or id under results/ (default: results/latest)"})
+@task(positional=["run"], help={"run": "a run folder or id under results/ (default: results/latest)"})
 @_user_errors
 def report(c, run=None):
     """Render (again) the HTML and markdown report of a run."""

@@ -97,7 +97,7 @@ def metadata_differences(a: dict, b: dict) -> list[dict]:
     for section in ("metadata", "plan", "cpusets", "limits", "profile"):
         flat_a = dict(flatten(a.get(section), section))
         flat_b = dict(flatten(b.get(section), section))
-        for key in sorted(set(flat_a) | set(flat_b), key=lambda k: list(flat_a).index(k) if k in flat_a else 1e9):
+        for key in list(flat_a) + [k for k in flat_b if k not in flat_a]:
             va, vb = flat_a.get(key, "(absent)"), flat_b.get(key, "(absent)")
             if va != vb:
                 host = section == "metadata" and key.split(".")[1] in HOST_KEYS
@@ -135,9 +135,8 @@ def compare_figure_rows(a: RunData, b: RunData, compared: list[ComparedPoint]) -
                 series, ratio_series = [], []
                 for backend in backends:
                     for side, data, dashed in (("A", a, False), ("B", b, True)):
-                        s = series_of(_restricted(data, common), sweep_name, v, backend, metric.key,
-                                    f"{backend} {side}", dashed=dashed)
-                        series.append(s)
+                        series.append(series_of(_restricted(data, common), sweep_name, v, backend, metric.key,
+                                                f"{backend} {side}", dashed=dashed))
                     pts = [c for c in compared if c.key[:3] == (sweep_name, v, backend)
                            and c.ratio(metric.key) is not None]
                     ratio_series.append(figures.Series(label=backend, backend=backend, xs=[c.key[3] for c in pts],
@@ -176,8 +175,7 @@ def compare_table(compared: list[ComparedPoint]) -> list[dict]:
                 cells += [number(c.group_a.median(metric.key), metric.digits),
                           number(c.group_b.median(metric.key), metric.digits), times(c.ratio(metric.key))]
             flags = sorted(set(c.group_a.flags) | set(c.group_b.flags))
-            body.append({"cells": cells, "backend": c.key[2], "flags": ", ".join(flags),
-                         "main_ratio": c.ratio(sweep.main.key)})
+            body.append({"cells": cells, "flags": ", ".join(flags)})
         tables.append({"sweep": sweep_name, "title": sweep.title, "columns": columns + ["flags"], "rows": body})
     return tables
 

@@ -39,7 +39,7 @@ from .results import Run
 SWEEP_ORDER = ("dead", "pipetest")
 VARIANT_ORDER = ("up", "smp")
 REFERENCE_FILE = "lse-2002.json"
-# The 2002 reference block and its x for each sweep.
+# The 2002 published series each sweep is drawn against.
 REFERENCE_KEY = {"dead": "dphttpd_smp", "pipetest": "pipetest_smp"}
 # Metadata that, when it differs, means two runs did not run on the same machine and kernel.
 HOST_KEYS = ("hostname", "kernel", "kernel_version", "machine", "os_release", "cpu_model", "cpus",
@@ -48,7 +48,10 @@ FLAG_TEXT = {
     "client_saturated": "client saturated",
     "other_load": "other load",
     "throttled": "CPU throttled",
+    "server_saturated": "server saturated",
 }
+# Flags that qualify a number quoted in a headline (a saturated server is what a benchmark expects).
+CAVEATS = ("client_saturated", "other_load", "throttled")
 
 
 @dataclass(frozen=True)
@@ -305,27 +308,30 @@ class Headline:
 def headline(data: RunData, sweep_name: str, variant: str) -> Headline | None:
     """The main metric of each backend at the largest x every backend measured, relative to its smallest x.
 
-    A backend the host stops earlier than the rest (select at FD_SETSIZE) would pull that level down for
-    all: it is quoted at its own last level instead, and said to stop there.
+    A backend the host stops earlier than the rest (select at FD_SETSIZE: its higher levels are skipped)
+    would pull that level down for all: it is quoted at its own last level instead, and said to stop there.
     """
     sweep = SWEEPS[sweep_name]
     key = sweep.main.key
     measured: dict[str, dict[int, Group]] = {}
     without_data: dict[str, str] = {}
     attempted_max: dict[str, int] = {}
+    host_capped: set[str] = set()
     for backend in data.backends(sweep_name, variant):
         series = data.series(sweep_name, variant, backend)
         groups = {g.x: g for g in series if g.median(key) is not None}
         if groups:
             measured[backend] = groups
             attempted_max[backend] = max(g.x for g in series if g.status != "skipped")
+            if any(g.status == "skipped" and g.x > attempted_max[backend] for g in series):
+                host_capped.add(backend)
         else:
             reasons = [p.get("reason") for g in series for p in g.points if p.get("reason")]
             without_data[backend] = reasons[0] if reasons else "no measured point"
     if not measured:
         return None
     top = max(attempted_max.values())
-    full = [b for b in measured if attempted_max[b] == top]
+    full = [b for b in measured if attempted_max[b] == top or b not in host_capped]
     common = set.intersection(*(set(measured[b]) for b in full))
     if not common:
         return None
@@ -335,8 +341,9 @@ def headline(data: RunData, sweep_name: str, variant: str) -> Headline | None:
         at = x if backend in full else max(groups)
         base_x = min(groups)
         group = groups[at]
+        caveats = [FLAG_TEXT[name] for name in CAVEATS if group.flagged(name)]
         items.append(HeadlineItem(backend=backend, x=at, value=group.median(key), base_x=base_x,
-                                  base=groups[base_x].median(key), flags=group.flags,
+                                  base=groups[base_x].median(key), flags=caveats,
                                   capped=backend not in full))
     return Headline(sweep_name, variant, x, items, without_data, _headline_text(sweep, variant, x, items,
                                                                                  without_data))
@@ -408,6 +415,13 @@ def notices(data: RunData) -> list[str]:
     status = data.record.get("status")
     if status != "complete":
         found.append(f"This run's status is {status!s}: it did not finish, so points may be missing.")
+    if data.record.get("error"):
+        found.append(f"The run stopped with an error: {data.record['error']}")
+    for finding in data.record.get("preflight") or []:
+        if isinstance(finding, dict):
+            found.append(f"Preflight: {finding.get('setting')} was {finding.get('value')}, the plan needs "
+                         f"{finding.get('needed')}: {finding.get('why')}"
+                         + (" (raised for this run with --tune-host)." if _tuned(data, finding) else "."))
     missing = missing_levels(data)
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
@@ -422,7 +436,7 @@ def notices(data: RunData) -> list[str]:
     if flagged.get("client_saturated"):
         found.append(f"At {flagged['client_saturated']} of {len(ok)} measured points the client saturated "
                      "(ringed in the reply-rate figures): there the reply rate is the client's limit, not the "
-                     "server's. Server CPU per reply does not depend on it.")
+                     "server's. Server CPU per reply still measures the server's cost per reply.")
     if flagged.get("other_load"):
         found.append(f"At {flagged['other_load']} points other load ran on the host during the measurement.")
     if flagged.get("throttled"):
@@ -430,6 +444,13 @@ def notices(data: RunData) -> list[str]:
     if (data.metadata.get("git") or {}).get("dirty"):
         found.append("The source tree had uncommitted changes when this run started (git dirty).")
     return found
+
+
+def _tuned(data: RunData, finding: dict) -> bool:
+    """Whether --tune-host raised this setting for the run (record "tuned": [{"setting", "old", "new"}])."""
+    tuned = data.record.get("tuned") or data.metadata.get("tuned") or []
+    settings = set(tuned) if isinstance(tuned, dict) else {t.get("setting") for t in tuned if isinstance(t, dict)}
+    return finding.get("setting") in settings
 
 
 def missing_levels(data: RunData) -> list[str]:
@@ -440,7 +461,7 @@ def missing_levels(data: RunData) -> list[str]:
         levels = plan.get("dead" if sweep_name == "dead" else "pipes") or []
         for variant in plan.get("variants") or []:
             for backend in plan.get("backends") or []:
-                missing += [f"{sweep_name} {variant} {backend} {x:,}" for x in levels
+                missing += [f"{sweep_name} {variant.upper()} {backend} {x:,}" for x in levels
                             if (sweep_name, variant, backend, int(x)) not in data.groups]
     return missing
 
@@ -449,7 +470,8 @@ def missing_levels(data: RunData) -> list[str]:
 # Figures
 
 def series_of(data: RunData, sweep_name: str, variant: str, backend: str, key: str, label: str,
-            scale_to_base: bool = False, ring_saturated: bool = False, dashed: bool = False) -> figures.Series:
+              scale_to_base: bool = False, ring_saturated: bool = False, dashed: bool = False) -> figures.Series:
+    """One backend's line: medians and min-max of the repetitions, optionally divided by its first value."""
     groups = [g for g in data.series(sweep_name, variant, backend) if g.median(key) is not None]
     base = groups[0].median(key) if groups and scale_to_base else 1.0
     base = base or 1.0
@@ -460,12 +482,13 @@ def series_of(data: RunData, sweep_name: str, variant: str, backend: str, key: s
         saturated=[g.flagged("client_saturated") for g in groups] if ring_saturated else [])
 
 
-def _reference_series(sweep_name: str, normalise: bool = True) -> list[figures.Series]:
+def _reference_series(sweep_name: str) -> list[figures.Series]:
+    """The 2002 series of a sweep, each divided by its own first value."""
     block = reference()[REFERENCE_KEY[sweep_name]]
     found = []
     for name, pairs in block["series"].items():
         pairs = sorted(pairs)
-        base = pairs[0][1] if normalise else 1.0
+        base = pairs[0][1]
         found.append(figures.Series(label=f"2002 {name} (SMP)", backend=figures.REFERENCE_BACKEND.get(name, name),
                                     xs=[x for x, _ in pairs], medians=[y / base for _, y in pairs],
                                     reference=True))
@@ -597,7 +620,7 @@ def key_table(data: RunData, heads: list[Headline]) -> list[dict]:
             rows.append({
                 "sweep": head.sweep, "variant": head.variant.upper(), "backend": item.backend,
                 "x": f"{item.x:,} {sweep.x_unit}", "value": f"{human(item.value)} {sweep.main.unit}",
-                "relative": f"{percent(item.ratio)} of {item.base_x:,}",
+                "relative": f"{percent(item.ratio)} of {item.base_x:,}-{sweep.base_word}",
                 "cpu": number(group.median("server_cpu_us_per_reply"), 1) if head.sweep == "dead" else "",
                 "time": number(group.median("reply_time_ms"), 2) if head.sweep == "dead" else "",
                 "flags": ", ".join(item.flags + (["host stops it here"] if item.capped else []))})
@@ -754,6 +777,8 @@ def report_context(data: RunData) -> dict:
         "tables": [points_table(data, s) for s in data.sweeps() if s in SWEEPS],
         "method": method(data),
         "environment": flatten(data.metadata),
+        "run_record": flatten({k: v for k, v in data.record.items()
+                               if k not in ("metadata", "plan", "cpusets", "limits", "schema_version")}),
         "command_line": shlex.join(str(c) for c in data.record.get("command_line") or []),
         "reference": reference(),
         "reference_tables": _reference_tables(),

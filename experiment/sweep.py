@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker.errors
+
 from . import checks, containers, engine, host, httperf, images, metadata, preflight, results, services
 from .containers import Containers, Managed
 from .errors import UserError
@@ -256,12 +258,12 @@ def _save_log(ctx: Context, managed: Managed, name: str) -> None:
 
 
 def _server_stats(server: Managed) -> dict | None:
-    """ephttpd's counters so far: SIGUSR1 makes it print a stats line and go on serving."""
+    """ephttpd's counters so far: SIGUSR1 makes it print a snapshot line and go on serving."""
     try:
         server.container.kill(signal="SIGUSR1")
-    except Exception:
+    except docker.errors.APIError:
         return None
-    return server.next_json(("stats",), STATS_TIMEOUT_S)
+    return server.next_json(("snapshot",), STATS_TIMEOUT_S)
 
 
 def _run_httperf(ctx: Context, cpuset: str, load: httperf.ActiveLoad,

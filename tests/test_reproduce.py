@@ -1,0 +1,174 @@
+"""`invoke reproduce` end to end: real images, real containers, real httperf, on host networking."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiment import engine, images
+from experiment.containers import LABEL_RUN
+from experiment.native import ROOT
+from experiment.results import SCHEMA_VERSION, Run
+
+pytestmark = pytest.mark.docker
+
+SMOKE = ["--variants", "up", "--backends", "poll,epoll", "--dead", "0,3000", "--duration", "3",
+         "--pipes", "10,1000", "--no-report"]
+
+
+def invoke(*args: str, results_dir: Path, preexec_fn=None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "invoke", "reproduce", *args, "--results-dir", str(results_dir)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=preexec_fn, **kwargs)
+
+
+def finished(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def client():
+    return engine.connect()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, client):
+    """One smoke sweep: UP, poll and epoll, 0 and 3000 dead connections, 3 s points, two pipe sizes."""
+    results_dir = tmp_path_factory.mktemp("results")
+    code, out, err = finished(invoke(*SMOKE, results_dir=results_dir))
+    assert code == 0, f"{out}\n{err}"
+    return Run.open(None, results_dir)
+
+
+def labelled_containers(client, run_id: str) -> list:
+    return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
+
+
+def test_images_are_labelled_and_an_unchanged_tree_reuses_them(client, tmp_path):
+    first = images.build(client, images.DEFAULT_BASE_IMAGE, tmp_path)
+    second = images.build(client, images.DEFAULT_BASE_IMAGE, tmp_path)
+    assert {t: i.id for t, i in first.items()} == {t: i.id for t, i in second.items()}
+    for built in first.values():
+        labels = client.images.get(built.id).labels
+        assert labels["org.epollbench.source-hash"] == images.source_hash()
+        assert labels["org.epollbench.git-commit"] == images.git_state()["commit"]
+    server = client.containers.run(first["server"].id, ["ephttpd", "--help"], remove=True)
+    assert b"--backend" in server
+    version = client.containers.run(first["client"].id, ["httperf", "--version"], remove=True, stderr=True)
+    assert b"httperf-0.9.0" in version
+
+
+def test_smoke_sweep_gives_complete_consistent_results(smoke_run, client):
+    record = smoke_run.record()
+    assert record["schema_version"] == SCHEMA_VERSION
+    assert record["status"] == "complete" and record["ended_at"]
+    meta = record["metadata"]
+    assert meta["kernel"] == os.uname().release
+    assert meta["fd_hard_limit"] == resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert set(meta["image_ids"]) == {"server", "client"}
+    assert meta["git"]["commit"] == images.git_state()["commit"]
+    assert record["cpusets"]["up"]["server"] == str(sorted(os.sched_getaffinity(0))[0])
+
+    points = {p["id"]: p for p in smoke_run.points()}
+    dead = [p for p in points.values() if p["sweep"] == "dead"]
+    assert sorted((p["backend"], p["x"]) for p in dead) == [("epoll", 0), ("epoll", 3000),
+                                                              ("poll", 0), ("poll", 3000)]
+    for p in dead:
+        assert p["status"] == "ok", p["reason"]
+        assert p["figures"]["replies"] > 0 and p["figures"]["reply_rate"] > 0
+        assert p["deadconn"]["held"] == p["x"]
+        after = p["server"]["stats_after"]
+        assert after["backend"] == p["backend"]
+        assert after["open"] >= p["x"], "the server holds the dead connections during the point"
+        served = after["responses_200"] - p["server"]["stats_before"]["responses_200"]
+        assert served == p["figures"]["replies"], "httperf's replies are the server's responses"
+        assert (smoke_run.path / p["httperf"]["raw"]).read_text().startswith("httperf")
+        assert {"client_saturated", "other_load"} <= set(p["flags"])
+    # poll hands the kernel every descriptor each wait: its cost per reply grows with dead connections.
+    poll = {p["x"]: p["figures"]["server_cpu_us_per_reply"] for p in dead if p["backend"] == "poll"}
+    assert poll[3000] > poll[0]
+
+    pipes = [p for p in points.values() if p["sweep"] == "pipetest"]
+    assert sorted((p["backend"], p["x"]) for p in pipes) == [("epoll", 10), ("epoll", 1000),
+                                                               ("poll", 10), ("poll", 1000)]
+    for p in pipes:
+        assert p["status"] == "ok", p["reason"]
+        assert p["pipetest"]["result"]["passes"] > 0 and p["figures"]["passes_per_s"] > 0
+    assert labelled_containers(client, smoke_run.id) == []
+
+
+def test_sigint_keeps_finished_points_and_resume_completes_the_run(tmp_path, client):
+    args = ["--variants", "up", "--backends", "poll", "--dead", "0,1000,2000", "--duration", "3",
+            "--sweeps", "dead", "--no-report"]
+    proc = invoke(*args, results_dir=tmp_path)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and not list(tmp_path.glob("*/points/*.json")):
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finished(proc, 120)
+    run = Run.open(None, tmp_path)
+
+    assert code == 2, err
+    assert f"continue with `invoke reproduce --resume {run.id}`" in err
+    assert "Traceback" not in err
+    assert run.record()["status"] == "interrupted"
+    assert labelled_containers(client, run.id) == []
+    kept = {p.name: p.read_bytes() for p in run.points_dir.glob("*.json")}
+    assert 1 <= len(kept) < 3
+
+    code, out, err = finished(invoke("--resume", run.id, results_dir=tmp_path))
+    assert code == 0, err
+    assert run.record()["status"] == "complete"
+    points = run.points()
+    assert sorted(p["x"] for p in points) == [0, 1000, 2000]
+    assert all(p["status"] == "ok" for p in points), [p["reason"] for p in points]
+    assert all((run.points_dir / name).read_bytes() == data for name, data in kept.items())
+
+
+def test_a_low_fd_limit_records_the_levels_beyond_it_as_skipped(tmp_path):
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1500, 1500))
+
+    proc = invoke("--variants", "up", "--backends", "epoll", "--dead", "0,1000,5000", "--duration", "2",
+                  "--pipes", "10,5000", "--no-report", results_dir=tmp_path, preexec_fn=low_limit)
+    code, out, err = finished(proc)
+    assert code == 0, err
+    run = Run.open(None, tmp_path)
+    assert run.record()["limits"]["fd_hard_limit"] == 1500
+    by_x = {(p["sweep"], p["x"]): p for p in run.points()}
+    assert by_x[("dead", 0)]["status"] == by_x[("dead", 1000)]["status"] == "ok"
+    assert by_x[("dead", 5000)]["status"] == "skipped"
+    assert by_x[("dead", 5000)]["reason"].startswith("host allows 1500 open files per process")
+    assert by_x[("pipetest", 5000)]["status"] == "skipped"
+    assert "at most 742 pipes" in by_x[("pipetest", 5000)]["reason"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--backends", "kqueue"], "epollbench: --backends 'kqueue': unknown kqueue; valid: select,poll,epoll,"),
+    (["--profile", "huge"], "epollbench: --profile 'huge': valid: quick,paper"),
+    (["--duration", "soon"], "epollbench: --duration 'soon': give a number"),
+    (["--resume", "no-such-run"], "epollbench: no run at no-such-run"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, args, message):
+    code, out, err = finished(invoke(*args, results_dir=tmp_path), 120)
+    assert code == 2
+    assert err.strip().startswith(message), err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_results_are_never_overwritten(smoke_run):
+    point = smoke_run.points()[0]
+    with pytest.raises(FileExistsError):
+        smoke_run.write_point(point)
+    assert json.loads(smoke_run.point_path(point["id"]).read_text())["id"] == point["id"]
+
