@@ -19,7 +19,8 @@ CMD ["ephttpd", "--help"]
 
 FROM ${BASE_IMAGE} AS client
 RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends httperf python3-minimal procps \
+ && apt-get install -y -qq --no-install-recommends httperf python3 procps \
  && rm -rf /var/lib/apt/lists/*
 COPY images/deadconn/deadconn.py /usr/local/bin/deadconn
+RUN chmod 0755 /usr/local/bin/deadconn
 CMD ["httperf", "--version"]

@@ -32,8 +32,12 @@ from .progress import Progress
 DEADCONN_STEP_TIMEOUT_S = 120
 SERVER_START_TIMEOUT_S = 20
 STATS_TIMEOUT_S = 5
-# Calls per connection of the probe that sizes the first point of a series.
-PROBE_CALLS = 200
+# The probe that sizes each point: its first calls per connection, the length it aims at when that was
+# too short to tell, its connection rate, and the rate assumed when httperf's output is unreadable.
+PROBE_CALLS = 50
+PROBE_SECONDS = 1.5
+PROBE_CONNECTION_RATE = 1000
+PROBE_FALLBACK_RATE = 1000.0
 PIPETEST_SECONDS = 2
 PIPETEST_GENERATIONS = 100_000_000
 
@@ -214,7 +218,6 @@ def dead_series(ctx: Context, variant: str, backend: str, repetition: int) -> No
             for level in runnable:
                 _fail_dead(ctx, variant, backend, repetition, level, reason)
             return
-        reply_rate = None
         for index, level in enumerate(runnable):
             grow = level.value - ready["held"]
             if grow > 0:
@@ -233,12 +236,8 @@ def dead_series(ctx: Context, variant: str, backend: str, repetition: int) -> No
                 for rest in runnable[index:]:
                     _fail_dead(ctx, variant, backend, repetition, rest, reason)
                 return
-            if reply_rate is None:
-                reply_rate = _probe_rate(ctx, cs["clients"], port)
-            point = _measure_dead(ctx, variant, backend, repetition, level, server, deadconn, ready, port,
-                                  reply_rate)
-            if point["status"] == "ok" and point["figures"].get("reply_rate"):
-                reply_rate = point["figures"]["reply_rate"]
+            reply_rate = _probe_rate(ctx, cs["clients"], port)
+            _measure_dead(ctx, variant, backend, repetition, level, server, deadconn, ready, port, reply_rate)
     finally:
         for managed in (deadconn, server):
             if managed:
@@ -280,14 +279,24 @@ def _run_httperf(ctx: Context, cpuset: str, load: httperf.ActiveLoad,
 
 
 def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
-    """The reply rate of a short httperf run: sizes the first point of a series to about `duration`."""
-    load = httperf.ActiveLoad(server="127.0.0.1", port=port, connections=ctx.plan.active_connections,
-                              num_calls=PROBE_CALLS)
-    _cmd, output, _code = _run_httperf(ctx, cpuset, load, timeout=120)
-    try:
-        return max(httperf.parse(output)["reply_rate"]["overall"], 100.0)
-    except ValueError:
-        return 1000.0
+    """The reply rate at this level from short httperf runs, so that the point lasts about `duration`.
+
+    The probe opens its connections quickly (PROBE_CONNECTION_RATE) so that it measures serving, not the
+    ramp; one too short to tell is run again sized for PROBE_SECONDS. It is not a result."""
+    calls, rate = PROBE_CALLS, PROBE_FALLBACK_RATE
+    for _attempt in range(2):
+        load = httperf.ActiveLoad(server="127.0.0.1", port=port, connections=ctx.plan.active_connections,
+                                  rate=PROBE_CONNECTION_RATE, num_calls=calls)
+        _cmd, output, _code = _run_httperf(ctx, cpuset, load, timeout=120)
+        try:
+            parsed = httperf.parse(output)
+        except ValueError:
+            return rate
+        rate = max(parsed["reply_rate"]["overall"], 100.0)
+        if parsed["total"]["test_duration_s"] >= PROBE_SECONDS / 2:
+            break
+        calls = httperf.calls_for_duration(rate, PROBE_SECONDS, ctx.plan.active_connections)
+    return rate
 
 
 def _measure_dead(ctx: Context, variant: str, backend: str, repetition: int, level: Level, server: Managed,

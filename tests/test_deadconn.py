@@ -314,12 +314,14 @@ def test_help_names_every_option_with_its_default(build_dir):
 
 def test_water_fill_fills_the_least_loaded_first_and_never_past_capacity():
     water_fill = load_deadconn().water_fill
-    assert water_fill([0, 0], 100, 7) == [4, 3]
-    assert water_fill([50, 10, 30], 100, 60) == [0, 40, 20]
-    assert water_fill([90, 0], 100, 110) == [10, 100]  # both end full
-    assert water_fill([5, 5, 5], float("inf"), 0) == [0, 0, 0]
+    assert water_fill([0, 0], [100, 100], 7) == [4, 3]
+    assert water_fill([50, 10, 30], [100] * 3, 60) == [0, 40, 20]
+    assert water_fill([90, 0], [100, 100], 110) == [10, 100]  # both end full
+    assert water_fill([0, 0, 0], [10, 10, 1000], 30) == [10, 10, 10]
+    assert water_fill([0, 0, 0], [2, 10, 1000], 30) == [2, 10, 18]  # equal shares, capped by room
+    assert water_fill([5, 5, 5], [float("inf")] * 3, 0) == [0, 0, 0]
     with pytest.raises(ValueError):
-        water_fill([90, 95], 100, 16)
+        water_fill([90, 95], [100, 100], 16)
 
 
 def test_pair_gives_each_worker_its_count_from_the_sources_in_order():

@@ -109,7 +109,7 @@ def readline(proc: subprocess.Popen, timeout: float = CLIENT_TIMEOUT) -> str:
     return proc.stdout.readline() if ready else ""
 
 
-def settled_snapshot(server: native.Ephttpd, done, attempts: int = 100) -> dict:
+def settled_snapshot(server: native.Ephttpd, done, attempts: int = 200) -> dict:
     """The first snapshot for which done(snapshot) holds: the server has caught up with the client."""
     for _ in range(attempts):
         snap = server.snapshot()
@@ -201,14 +201,29 @@ def test_a_request_arriving_in_pieces_is_answered_once_complete(build_dir, backe
                 for byte in request(connection="keep-alive"):
                     sock.send(bytes([byte]))
                 assert_ok(read_response(reader))
-            # Half-closed after a request: the answer still comes, then the server closes too.
-            sock.sendall(request())
-            sock.shutdown(socket.SHUT_WR)
-            assert_ok(read_response(reader))
-            assert reader.read() == b""
         stats = server.stop()
 
-    assert stats["requests"] == stats["responses_200"] == 4
+    assert stats["requests"] == stats["responses_200"] == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_request_and_the_fin_arriving_in_one_event_are_answered_and_closed(build_dir, backend):
+    """The server is stopped while the request and the client's FIN arrive, so that one event reports
+    both: a short read drains the request but not the EOF, which edge-triggered delivery will not
+    announce again."""
+    with serving(backend) as server:
+        with connect(server) as sock, sock.makefile("rb") as reader:
+            settled_snapshot(server, lambda s: s["open"] == 1)
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                sock.sendall(request())
+                sock.shutdown(socket.SHUT_WR)
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            assert_ok(read_response(reader))
+            assert reader.read() == b""
+        settled_snapshot(server, lambda s: s["closed"] == 1)
+        server.stop()
 
 
 MALFORMED = [
@@ -246,11 +261,12 @@ def test_malformed_requests_get_an_error_and_close_and_the_server_serves_on(buil
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dead_connections_are_held_without_wakeups(build_dir, backend):
-    held = 5000
+    # select watches only descriptors below FD_SETSIZE; what it does past them is tested on its own.
+    held = 1000 if backend == "select" else 5000
     with serving(backend) as server, ExitStack() as stack:
         deadconn = subprocess.Popen(
             native.deadconn_command("--host", "127.0.0.1", "--port", str(server.port), "-n", str(held)),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         stack.callback(deadconn.wait, timeout=CLIENT_TIMEOUT)
         stack.callback(deadconn.send_signal, signal.SIGTERM)
         line = readline(deadconn, timeout=60)

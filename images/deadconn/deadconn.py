@@ -34,6 +34,7 @@ the last check: "held" counts the connections that were open at the last check.
 
 from __future__ import annotations
 
+import _socket
 import argparse
 import contextlib
 import errno
@@ -69,6 +70,8 @@ FAILURES_TO_DIAGNOSE = 32             # a worker stops opening after this many f
 BATCH = 64                            # connections opened between two looks at the clock
 ANSWER_GRACE_S = 10.0                 # how much longer than --timeout the parent waits for a worker
 CLOSE_WAIT_S = 30.0                   # how long the parent waits for workers to close and exit
+CONNTRACK = "/proc/sys/net/netfilter"
+CONNTRACK_FULL = 0.9                  # of nf_conntrack_max: SYNs may be dropped for want of an entry
 REPLY_MAX = 1 << 20                   # a bigger reply head + body in complete mode is a failure
 
 REASONS = ("refused", "ports", "fd-limit", "timeout", "reset", "other")
@@ -114,26 +117,26 @@ def encode(message: dict) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
-def water_fill(loads: list[int], capacity: float, count: int) -> list[int]:
-    """How many of count to add to each load: always to the least loaded, never past capacity."""
+def water_fill(loads: list[int], capacities: list[float], count: int) -> list[int]:
+    """How many of count to add to each load: always to the least loaded, none past its capacity."""
     adds = [0] * len(loads)
     left = count
     while left:
         levels = [load + add for load, add in zip(loads, adds, strict=True)]
-        room = [i for i, level in enumerate(levels) if level < capacity]
+        room = [i for i, level in enumerate(levels) if level < capacities[i]]
         if not room:
-            raise ValueError(f"{count} more do not fit in {len(loads)} x {capacity}")
+            raise ValueError(f"{count} more do not fit under {capacities}")
         low = min(levels[i] for i in room)
         lowest = [i for i in room if levels[i] == low]
-        ceiling = min([levels[i] for i in room if levels[i] > low] + [capacity])
+        ceiling = min([levels[i] for i in room if levels[i] > low] + [capacities[i] for i in lowest])
         rise = min(ceiling - low, left // len(lowest))
         if rise == 0:  # fewer left than lowest loads: one more each for the first ones
             for i in lowest[:left]:
                 adds[i] += 1
             break
         for i in lowest:
-            adds[i] += int(rise)
-        left -= int(rise) * len(lowest)
+            adds[i] += rise
+        left -= rise * len(lowest)
     return adds
 
 
@@ -148,7 +151,7 @@ class Holder:
         self.destination = destination
         self.request = request
         self.complete = complete
-        self.held: list[socket.socket] = []
+        self.held: list[_socket.socket] = []
         self.epoll = select.epoll()
 
     def serve(self) -> None:
@@ -180,8 +183,9 @@ class Holder:
         return {"reply": "open", "opened": step.opened, "failures": step.failures, "errors": step.errors}
 
     def _open_batch(self, step: Step, address: tuple[str, int], count: int) -> None:
-        # This loop runs once per connection: names are bound locally and the common path raises nothing.
-        new_socket = socket.socket
+        # This loop runs once per connection: names are bound locally, the common path raises nothing, and
+        # sockets are of the C type under socket.socket, whose __init__ is Python code.
+        new_socket = _socket.socket
         family, kind = socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
         destination, request = self.destination, self.request
         in_flight = step.in_flight
@@ -190,7 +194,8 @@ class Holder:
             try:
                 sock = new_socket(family, kind)
             except OSError as error:
-                step.fail(error.errno, error.strerror)
+                if step.fail(error.errno, error.strerror):
+                    return
                 continue
             try:
                 sock.setsockopt(SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
@@ -198,14 +203,16 @@ class Holder:
                 code = sock.connect_ex(destination)
                 if code and code != errno.EINPROGRESS:
                     sock.close()
-                    step.fail(code, os.strerror(code))
+                    if step.fail(code, os.strerror(code)):
+                        return
                     continue
                 sock.send(request)
             except BlockingIOError:  # the handshake is not done: the server's accept queue was full
                 step.connecting(sock)
             except OSError as error:
                 sock.close()
-                step.fail(error.errno, error.strerror)
+                if step.fail(error.errno, error.strerror):
+                    return
                 continue
             else:
                 established(sock)
@@ -233,7 +240,7 @@ class Step:
     def __init__(self, holder: Holder, deadline: float):
         self.holder = holder
         self.deadline = deadline
-        self.in_flight: dict[int, tuple[socket.socket, bytearray | None]] = {}  # fd -> (sock, reply so far)
+        self.in_flight: dict[int, tuple[_socket.socket, bytearray | None]] = {}  # fd -> (sock, reply so far)
         self.held_before = len(holder.held)
         self.failures = empty_failures()
         self.errors: dict[str, str] = {}  # reason -> the first error of that kind, for the message
@@ -243,17 +250,19 @@ class Step:
     def opened(self) -> int:
         return len(self.holder.held) - self.held_before
 
-    def fail(self, code: int | None, text: str, count: int = 1) -> None:
+    def fail(self, code: int | None, text: str, count: int = 1) -> bool:
+        """Count a failure; True when there have been enough to give up opening more."""
         reason = ERRNO_REASON.get(code, "other")
         self.failures[reason] += count
         self.errors.setdefault(reason, text)
         self.failed += count
+        return self.failed >= FAILURES_TO_DIAGNOSE
 
-    def connecting(self, sock: socket.socket) -> None:
+    def connecting(self, sock: _socket.socket) -> None:
         self.in_flight[sock.fileno()] = (sock, None)
         self.holder.epoll.register(sock.fileno(), select.EPOLLOUT)
 
-    def awaiting_reply(self, sock: socket.socket) -> None:
+    def awaiting_reply(self, sock: _socket.socket) -> None:
         self.in_flight[sock.fileno()] = (sock, bytearray())
         self.holder.epoll.register(sock.fileno(), select.EPOLLIN)
 
@@ -273,18 +282,18 @@ class Step:
                 else:
                     self._read_reply(fd, sock, reply)
 
-    def _drop(self, fd: int, sock: socket.socket, code: int | None, text: str) -> None:
+    def _drop(self, fd: int, sock: _socket.socket, code: int | None, text: str) -> None:
         self.holder.epoll.unregister(fd)
         del self.in_flight[fd]
         sock.close()
         self.fail(code, text)
 
-    def _established(self, fd: int, sock: socket.socket) -> None:
+    def _established(self, fd: int, sock: _socket.socket) -> None:
         self.holder.epoll.unregister(fd)
         del self.in_flight[fd]
         self.holder.held.append(sock)
 
-    def _handshake_done(self, fd: int, sock: socket.socket) -> None:
+    def _handshake_done(self, fd: int, sock: _socket.socket) -> None:
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             self._drop(fd, sock, code, os.strerror(code))
@@ -300,7 +309,7 @@ class Step:
         else:
             self._established(fd, sock)
 
-    def _read_reply(self, fd: int, sock: socket.socket, reply: bytearray) -> None:
+    def _read_reply(self, fd: int, sock: _socket.socket, reply: bytearray) -> None:
         try:
             data = sock.recv(65536)
         except BlockingIOError:
@@ -445,40 +454,37 @@ class Deadconn:
     def _serve(self, control: int | None) -> int:
         selector = selectors.PollSelector()  # poll, not epoll: stdin may be a regular file
         selector.register(self.wake_read, selectors.EVENT_READ)
-        inputs = {}
-        if control is not None:
-            inputs[control] = b""
-        if _is_open(0):
-            inputs[0] = b""
-        for fd in inputs:
+        pending = {fd: b"" for fd in (control, 0) if fd is not None and _is_open(fd)}  # a partial line each
+        for fd in pending:
             selector.register(fd, selectors.EVENT_READ)
-        for worker in self.workers:
-            selector.register(worker.channel, selectors.EVENT_READ, worker)
         while True:
             if self.stop_requested:
                 self.close()
                 return 0
+            for worker in self.workers:  # a worker says something unasked only when it is gone
+                if worker.channel.fileno() not in selector.get_map():
+                    selector.register(worker.channel, selectors.EVENT_READ, worker)
             for key, _ in selector.select():
                 if key.fd == self.wake_read:
                     _drain(self.wake_read)
-                elif isinstance(key.data, Worker):  # unasked: it died, or someone signalled it
+                    continue
+                if isinstance(key.data, Worker):
                     return self._lost(f"worker {key.data.pid} exited on its own")
-                elif key.fd in inputs:
+                try:
                     data = os.read(key.fd, 65536)
-                    if not data:  # EOF on stdin: no more commands from there, go on holding
-                        selector.unregister(key.fd)
-                        data = b"\n"
-                    *lines, inputs[key.fd] = (inputs[key.fd] + data).split(b"\n")
-                    known = set(self.workers)
-                    for line in lines:
-                        if self.stop_requested:
-                            break
-                        outcome = self.command(line.decode(errors="replace"))
-                        if outcome is not None:
-                            return outcome
-                    for worker in self.workers:
-                        if worker not in known:
-                            selector.register(worker.channel, selectors.EVENT_READ, worker)
+                except OSError:
+                    data = b""
+                if not data:  # EOF on stdin: no more commands from there, but go on holding
+                    selector.unregister(key.fd)
+                    data = b"\n"
+                *lines, pending[key.fd] = (pending[key.fd] + data).split(b"\n")
+                for line in lines:
+                    if self.stop_requested:
+                        break
+                    outcome = self.command(line.decode(errors="replace"))
+                    if outcome is not None:
+                        return outcome
+                break  # the workers may have changed: look again
 
     def command(self, line: str) -> int | None:
         """Carry out one command line; an exit status when deadconn is to exit."""
@@ -487,7 +493,7 @@ class Deadconn:
             return None
         if words[0] == "grow" and len(words) == 2:
             try:
-                count = int(words[1])
+                count = int(words[1]) if words[1].isdigit() else -1
                 self.check_growth(count)
             except ValueError as error:
                 complain(f"ignored 'grow {words[1]}': {error}")
@@ -511,15 +517,12 @@ class Deadconn:
     def check_growth(self, count: int) -> None:
         """ValueError, saying why, when count more connections are not a sensible step."""
         if count < 0:
-            raise ValueError("N must be 0 or more")
+            raise ValueError("N must be a whole number, 0 or more")
         if self.target + count > MAX_TARGET:
             raise ValueError(f"{self.target + count} connections is more than {MAX_TARGET}")
-        if self.workers_for(self.target + count) > MAX_WORKERS:
+        if math.ceil((self.target + count) / self.per_worker) > MAX_WORKERS:
             raise ValueError(f"{self.target + count} connections need more than {MAX_WORKERS} workers of "
                              f"{self.per_worker}: raise --per-worker")
-
-    def workers_for(self, target: int) -> int:
-        return max(math.ceil(target / self.per_worker), min(self.cpus, target))
 
     # -- steps
 
@@ -527,12 +530,10 @@ class Deadconn:
         """Open count more connections; print "ready", or "failed" and close everything."""
         target = self.target + count
         try:
-            while len(self.workers) < self.workers_for(target):
-                self._spawn()
+            adds = self._spread(count)
             while len(self.sources) * self.source_cap < target:
                 self._add_source()
-            adds = water_fill([w.held for w in self.workers], self.per_worker, count)
-            source_adds = water_fill(self.source_loads, self.source_cap, count)
+            source_adds = water_fill(self.source_loads, [self.source_cap] * len(self.sources), count)
             plans = pair(adds, list(zip(self.sources, source_adds, strict=True)))
             for i, add in enumerate(source_adds):
                 self.source_loads[i] += add
@@ -560,15 +561,31 @@ class Deadconn:
         held = sum(w.held for w in self.workers)
         if held < target:
             reason = self.dominant_reason()
-            self.emit("failed", seconds=seconds, opened=opened, reason=reason)
+            hint = conntrack_full() if reason == "timeout" else None
+            note = {"note": hint} if hint else {}
+            self.emit("failed", seconds=seconds, opened=opened, reason=reason, **note)
             host, port = self.destination
             complain(f"held {held} of {target} connections to {host}:{port}: "
                      f"{self.failures[reason]} {reason} ({self.errors.get(reason, 'no error text')}); "
-                     f"{HINTS[reason]}")
+                     f"{hint or HINTS[reason]}")
             self.close(report=False)
             return False
         self.emit("ready", seconds=seconds, opened=opened)
         return True
+
+    def _spread(self, count: int) -> list[int]:
+        """How many of count each worker opens: equal shares, none past its limit, forking workers until
+        the largest share is no more than an even split over our CPUs, so that all of them open."""
+        even = math.ceil(count / self.cpus)
+        while True:
+            rooms = [self.per_worker - w.held for w in self.workers]
+            if sum(rooms) >= count:
+                adds = water_fill([0] * len(rooms), rooms, count)
+                if max(adds, default=0) <= even or len(self.workers) >= MAX_WORKERS:
+                    return adds
+            elif len(self.workers) >= MAX_WORKERS:  # check_growth keeps us from here
+                raise WorkerLost(f"{count} more connections do not fit in {MAX_WORKERS} workers")
+            self._spawn()
 
     def _refresh(self) -> None:
         """Every worker checks its connections; those the server closed count as resets."""
@@ -709,6 +726,21 @@ def pair(worker_adds: list[int], source_adds: list[tuple[str, int]]) -> list[lis
                 i += 1
         plans.append(plan)
     return plans
+
+
+def conntrack_full() -> str | None:
+    """Why SYNs vanish when netfilter's connection table is (nearly) full; None when it is not."""
+    try:
+        with open(f"{CONNTRACK}/nf_conntrack_count") as f:
+            count = int(f.read())
+        with open(f"{CONNTRACK}/nf_conntrack_max") as f:
+            most = int(f.read())
+    except (OSError, ValueError):
+        return None  # no connection tracking here
+    if count < most * CONNTRACK_FULL:
+        return None
+    return (f"the conntrack table is full ({count} of {most} entries): the kernel drops new SYNs; raise "
+            "net.netfilter.nf_conntrack_max or exempt loopback from tracking (a raw-table NOTRACK rule)")
 
 
 def _await_closed(worker: Worker, deadline: float) -> int:

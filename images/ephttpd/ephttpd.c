@@ -11,13 +11,13 @@
  * each with its own SO_REUSEPORT listener; the parent only waits and sums
  * their stats).  The loop waits through images/ev/ev.h and never knows which
  * backend runs, so every handler is right for level- and edge-triggered
- * delivery alike: read until a short read or EAGAIN, write until done or
- * EAGAIN, then wait for EV_WRITE alone until the backlog is flushed.  In the
- * common case a keep-alive request costs one read and one write: a short read
- * means the socket is drained, and all requests pipelined into one read are
- * answered with one writev of prebuilt responses.  A connection's state is a
- * slot in an array indexed by its descriptor; nothing is allocated per
- * request.  The loop waits without a time limit and keeps no timers, so an
+ * delivery alike: read until a short read or EAGAIN (until EOF when the event
+ * said hang-up), write until done or EAGAIN, then wait for EV_WRITE alone
+ * until the backlog is flushed.  In the common case a keep-alive request
+ * costs one read and one write: a short read means the socket is drained, and
+ * all requests pipelined into one read are answered with one writev of
+ * prebuilt responses.  A connection's state is a slot in an array indexed by
+ * its descriptor; nothing is allocated per request.  The loop waits without a time limit and keeps no timers, so an
  * idle connection, or a dead one that sent half a request, costs nothing.
  *
  * What it does not do: serve files (every target gets the same body), accept
@@ -505,7 +505,13 @@ static bool keep_unfinished(struct conn *c, const char *bytes, size_t n)
 	return true;
 }
 
-enum read_result { READ_DRAINED, READ_MORE, READ_EOF, READ_FAILED };
+enum read_result {
+	READ_DRAINED, /* EAGAIN */
+	READ_SHORT,   /* less than asked: drained, unless the peer also hung up (see serve_input) */
+	READ_MORE,    /* the buffer filled: there may be more */
+	READ_EOF,
+	READ_FAILED,
+};
 
 /* One read, after the unfinished head kept from the last one; queues the answers. */
 static enum read_result read_requests(struct server *s, int fd, struct conn *c)
@@ -530,10 +536,15 @@ static enum read_result read_requests(struct server *s, int fd, struct conn *c)
 		c->stash_len = 0;
 	else if (!keep_unfinished(c, s->in + used, have - used))
 		return READ_FAILED;
-	return (size_t)n < room ? READ_DRAINED : READ_MORE;
+	return (size_t)n < room ? READ_SHORT : READ_MORE;
 }
 
-static void serve_input(struct server *s, int fd, struct conn *c)
+/*
+ * A short read means the socket is drained, but not that the peer's FIN, come
+ * with the last bytes, was seen: an edge-triggered backend will not announce
+ * it again.  When the event said hang-up (EV_ERROR), read on to the EOF.
+ */
+static void serve_input(struct server *s, int fd, struct conn *c, unsigned events)
 {
 	for (;;) {
 		enum read_result r = read_requests(s, fd, c);
@@ -541,7 +552,9 @@ static void serve_input(struct server *s, int fd, struct conn *c)
 			close_conn(s, fd);
 			return;
 		}
-		if (!write_queued(s, fd, c) || r != READ_MORE)
+		if (!write_queued(s, fd, c))
+			return;
+		if (r != READ_MORE && !(r == READ_SHORT && (events & EV_ERROR)))
 			return;
 	}
 }
@@ -563,7 +576,7 @@ static void serve(struct server *s, int fd, unsigned events)
 	} else if (!(events & EV_READ)) {
 		return;
 	}
-	serve_input(s, fd, c);
+	serve_input(s, fd, c, events);
 }
 
 /* ---------------------------------------------------------------- stats */

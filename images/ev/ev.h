@@ -6,7 +6,8 @@
  * a struct ev_backend; ev.c selects one by name at run time from a table.  The
  * programs using it never know which backend runs, so they must be correct for
  * both level- and edge-triggered delivery: after a readiness event they read
- * until a short read or EAGAIN, and write until done or EAGAIN.
+ * until a short read or EAGAIN (with EV_ERROR: until EOF, since an edge-triggered
+ * backend reports a peer's shutdown once), and write until done or EAGAIN.
  *
  * An unknown or unavailable backend is an error (with the reason in err), never
  * a fallback to another one.

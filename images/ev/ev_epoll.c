@@ -59,7 +59,7 @@ static void *epoll_et_create(int max_fds, char *err, size_t errlen)
 static int epoll_control(struct epoll_state *s, int op, int fd, unsigned events)
 {
 	struct epoll_event ev = {
-		.events = ((events & EV_READ) ? EPOLLIN : 0) | ((events & EV_WRITE) ? EPOLLOUT : 0) |
+		.events = ((events & EV_READ) ? EPOLLIN | EPOLLRDHUP : 0) | ((events & EV_WRITE) ? EPOLLOUT : 0) |
 			  s->trigger,
 		.data.fd = fd,
 	};
@@ -97,7 +97,7 @@ static int epoll_wait_events(void *state, struct ev_event *out, int max, int tim
 			events |= EV_READ;
 		if (got & EPOLLOUT)
 			events |= EV_WRITE;
-		if (got & (EPOLLHUP | EPOLLERR))
+		if (got & (EPOLLHUP | EPOLLERR | EPOLLRDHUP))
 			events |= EV_ERROR | EV_READ;
 		out[i] = (struct ev_event){ .fd = s->ready[i].data.fd, .events = events };
 	}
