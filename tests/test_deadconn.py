@@ -252,9 +252,30 @@ def test_sigterm_closes_every_connection(build_dir):
             workers = children(proc.pid)
             closed, status = terminate(proc)
         assert closed == {"event": "closed", "held": count} and status == 0
-        assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in workers), "deadconn reaps its workers"
         settled(server, lambda s: s["open"] == 0)
         assert native.open_fds(server.pid) == baseline
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_interrupts_a_step_that_cannot_finish(build_dir, signum):
+    """A listener that never accepts: its queue fills, handshakes stall, and the step would wait for
+    --timeout; the signal must end it long before, with the connections it did hold closed."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        with deadconn("--port", str(port), "-n", "100", "--timeout", "3600") as proc:
+            time.sleep(1.0)
+            workers = children(proc.pid)
+            assert workers and proc.poll() is None
+            proc.send_signal(signum)
+            closed = next_event(proc)
+            status = proc.wait(timeout=EVENT_TIMEOUT)
+    assert closed["event"] == "closed"
+    assert 0 <= closed["held"] < 100
+    assert status == 0
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in workers), "deadconn reaps its workers"
 
 
 def test_a_connection_the_server_drops_is_not_counted_as_held(build_dir):

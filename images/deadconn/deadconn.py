@@ -11,22 +11,25 @@ Content-Length body) and then idles: connections the server has served once.
 
 The model: the parent process reads commands (stdin and an optional FIFO) and forks workers; a worker holds
 at most --per-worker connections, by default the descriptor limit less a reserve, so that the count can
-pass the per-process limit.  A step ("grow N") spreads its N new connections over the workers, least
-loaded first, so that all of them open in parallel; there are at least as many workers as CPUs we may run
-on, more when the count needs them.  Each connection binds a source address (127.0.0.2, 127.0.0.3, ...)
-with IP_BIND_ADDRESS_NO_PORT, which leaves the port choice to connect(): ports are then unique per
-(source, destination) pair, not per host.  connect() tries ports of one parity first, and once that half of
-ip_local_port_range is in use it scans the whole half for every new connection (600 connections/s instead
-of 20,000 on kernel 6.18), so by default a source address takes at most PORT_SHARE of the range and
-sources are added as the count grows.  A connection is opened without blocking: socket, bind, connect and
-send of the request back to back; on loopback the handshake is done when connect() returns, and a
-connection still shaking hands (the server's accept queue was full) is finished from epoll.  Connections
-are never retried: a step that cannot reach its target fails, and deadconn closes everything and exits.
+pass the per-process limit.  A step ("grow N") gives the workers equal shares of its N new connections,
+none past its limit, and forks workers until no share is larger than N over the CPUs we may run on, so
+that all those CPUs open in parallel.  Each connection binds a source address (127.0.0.2, 127.0.0.3, ...;
+127.0.0.1 is left to the active load) with IP_BIND_ADDRESS_NO_PORT, which leaves the port choice to
+connect(): ports are then unique per (source, destination) pair, not per host.  connect() tries ports of
+one parity first, and once that half of ip_local_port_range is in use it scans the whole half for every
+new connection (we measured 600 connections/s instead of 15,000 on kernel 6.18), so by default a source
+address takes at most PORT_SHARE of the range and sources are added as the count grows.  A connection is
+opened without blocking: socket, bind, connect and send of the request back to back; on loopback the
+handshake is over when connect() returns, and one still shaking hands (the server's accept queue was full)
+is finished from epoll.  Connections are never retried: a step that cannot reach its target fails, and
+deadconn closes everything and exits.
 
 The metric: after each step one "ready" line with the connections held, the wall time of the step from
 the parent's dispatch to the last worker's answer (forking new workers is not in it) and opened/seconds.
 After each step and on "status" every worker checks that its connections are still open (a peer close or
 reset shows as POLLRDHUP/POLLHUP); one the server has closed is dropped and counted under failures.reset.
+The rate is the kernel's more than ours: on loopback the client's system calls also run the server's
+side of the handshake, and netfilter connection tracking, when loaded, adds about a quarter.
 
 What it does not measure: anything about the server (read its own stats), or closes by the server after
 the last check: "held" counts the connections that were open at the last check.
@@ -78,7 +81,6 @@ REASONS = ("refused", "ports", "fd-limit", "timeout", "reset", "other")
 ERRNO_REASON = {
     errno.ECONNREFUSED: "refused",
     errno.EADDRNOTAVAIL: "ports",     # no free ephemeral port for this source and destination
-    errno.EAGAIN: "ports",            # the same, from kernels older than 3.x
     errno.EADDRINUSE: "ports",
     errno.EMFILE: "fd-limit",
     errno.ENFILE: "fd-limit",
@@ -93,7 +95,7 @@ HINTS = {
     "fd-limit": "out of descriptors: lower --per-worker, or the system-wide fs.file-max is reached",
     "timeout": "the server did not complete handshakes or replies within --timeout: is it accepting?",
     "reset": "the server closed or reset connections: is it at its own descriptor limit?",
-    "other": "see the first error above",
+    "other": "the first such error is in parentheses",
 }
 
 # Socket option 24 at SOL_IP since Linux 4.2; older Pythons lack the name.
@@ -363,7 +365,7 @@ def worker_main(channel: socket.socket, destination: tuple[str, int], request: b
     except Stop:
         with contextlib.suppress(OSError):
             channel.sendall(encode({"reply": "closed", "held": len(holder.held) if holder else 0}))
-    except BrokenPipeError:
+    except (BrokenPipeError, ConnectionResetError):  # the parent is gone
         pass
     except BaseException:  # a bug: say where, and let the parent see the channel close
         traceback.print_exc()
@@ -416,6 +418,8 @@ class Interrupted(Exception):
 
 
 class Deadconn:
+    """The parent: reads commands, plans each step over the workers and source addresses, reports."""
+
     def __init__(self, options: argparse.Namespace, destination: tuple[str, int], fd_limit: int,
                  per_worker: int, source_cap: float, cpus: int):
         self.options = options
