@@ -146,6 +146,7 @@ def test_grows_on_stdin_and_holds_after_stdin_ends(build_dir):
         ready = next_event(proc)
         assert (ready["event"], ready["held"], ready["target"]) == ("ready", 2500, 2500)
         assert ready["seconds"] > 0 and ready["rate_per_s"] > 0
+        assert ("conntrack_drops" in ready) == os.path.exists("/proc/net/stat/nf_conntrack")
         send(proc, "status")
         status = next_event(proc)
         assert (status["event"], status["held"]) == ("status", 2500)

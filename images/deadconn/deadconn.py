@@ -29,7 +29,9 @@ the parent's dispatch to the last worker's answer (forking new workers is not in
 After each step and on "status" every worker checks that its connections are still open (a peer close or
 reset shows as POLLRDHUP/POLLHUP); one the server has closed is dropped and counted under failures.reset.
 The rate is the kernel's more than ours: on loopback the client's system calls also run the server's
-side of the handshake, and netfilter connection tracking, when loaded, adds about a quarter.
+side of the handshake, and netfilter connection tracking, when loaded, adds about a quarter.  Where it is
+loaded, "conntrack_drops" counts the packets it dropped in the step for want of a table entry (anyone's,
+in our network namespace): dropped SYNs are retried after 1, 3, 7... s, so the step is slow or fails.
 
 What it does not measure: anything about the server (read its own stats), or closes by the server after
 the last check: "held" counts the connections that were open at the last check.
@@ -73,8 +75,7 @@ FAILURES_TO_DIAGNOSE = 32             # a worker stops opening after this many f
 BATCH = 64                            # connections opened between two looks at the clock
 ANSWER_GRACE_S = 10.0                 # how much longer than --timeout the parent waits for a worker
 CLOSE_WAIT_S = 30.0                   # how long the parent waits for workers to close and exit
-CONNTRACK = "/proc/sys/net/netfilter"
-CONNTRACK_FULL = 0.9                  # of nf_conntrack_max: SYNs may be dropped for want of an entry
+CONNTRACK_STATS = "/proc/net/stat/nf_conntrack"
 REPLY_MAX = 1 << 20                   # a bigger reply head + body in complete mode is a failure
 
 REASONS = ("refused", "ports", "fd-limit", "timeout", "reset", "other")
@@ -543,12 +544,14 @@ class Deadconn:
                 self.source_loads[i] += add
             self.target = target
             busy = [w for w, plan in zip(self.workers, plans, strict=True) if plan]
+            drops_before = conntrack_drops()
             started = time.monotonic()
             for worker, plan in zip(self.workers, plans, strict=True):
                 if plan:
                     worker.send({"op": "open", "plan": plan, "timeout": self.options.timeout})
             answers = self._gather(busy, self.options.timeout + ANSWER_GRACE_S)
             seconds = time.monotonic() - started
+            drops_after = conntrack_drops()
             opened = 0
             for answer in answers.values():
                 opened += answer["opened"]
@@ -563,18 +566,21 @@ class Deadconn:
         except Interrupted:
             return True  # _serve closes
         held = sum(w.held for w in self.workers)
+        # SYNs dropped by a full connection-tracking table look like a server that does not accept.
+        tracked = {} if drops_before is None else {"conntrack_drops": drops_after - drops_before}
         if held < target:
             reason = self.dominant_reason()
-            hint = conntrack_full() if reason == "timeout" else None
-            note = {"note": hint} if hint else {}
-            self.emit("failed", seconds=seconds, opened=opened, reason=reason, **note)
+            hint = HINTS[reason]
+            if tracked.get("conntrack_drops"):
+                hint = (f"netfilter dropped {tracked['conntrack_drops']} packets for want of a conntrack "
+                        "entry: raise net.netfilter.nf_conntrack_max or exempt loopback from tracking")
+            self.emit("failed", seconds=seconds, opened=opened, reason=reason, **tracked)
             host, port = self.destination
             complain(f"held {held} of {target} connections to {host}:{port}: "
-                     f"{self.failures[reason]} {reason} ({self.errors.get(reason, 'no error text')}); "
-                     f"{hint or HINTS[reason]}")
+                     f"{self.failures[reason]} {reason} ({self.errors.get(reason, 'no error text')}); {hint}")
             self.close(report=False)
             return False
-        self.emit("ready", seconds=seconds, opened=opened)
+        self.emit("ready", seconds=seconds, opened=opened, **tracked)
         return True
 
     def _spread(self, count: int) -> list[int]:
@@ -732,19 +738,14 @@ def pair(worker_adds: list[int], source_adds: list[tuple[str, int]]) -> list[lis
     return plans
 
 
-def conntrack_full() -> str | None:
-    """Why SYNs vanish when netfilter's connection table is (nearly) full; None when it is not."""
+def conntrack_drops() -> int | None:
+    """Packets netfilter has dropped for want of a conntrack entry; None when it tracks no connections."""
     try:
-        with open(f"{CONNTRACK}/nf_conntrack_count") as f:
-            count = int(f.read())
-        with open(f"{CONNTRACK}/nf_conntrack_max") as f:
-            most = int(f.read())
-    except (OSError, ValueError):
-        return None  # no connection tracking here
-    if count < most * CONNTRACK_FULL:
+        with open(CONNTRACK_STATS) as f:
+            column = f.readline().split().index("drop")
+            return sum(int(line.split()[column], 16) for line in f)
+    except (OSError, ValueError, IndexError):
         return None
-    return (f"the conntrack table is full ({count} of {most} entries): the kernel drops new SYNs; raise "
-            "net.netfilter.nf_conntrack_max or exempt loopback from tracking (a raw-table NOTRACK rule)")
 
 
 def _await_closed(worker: Worker, deadline: float) -> int:
