@@ -1,4 +1,5 @@
-# The images epollbench runs: `server` (ephttpd, pipetest) and `client` (Debian's httperf, deadconn).
+# The images epollbench runs: `server` (ephttpd, pipetest, pyhttpd, Debian's nginx-light) and `client`
+# (Debian's httperf, deadconn).
 # Built by `invoke build-images` / `invoke reproduce`; BASE_IMAGE is bootstrapped with mmdebstrap from the
 # host's apt mirror when it can be neither found locally nor pulled.
 ARG BASE_IMAGE=debian:bookworm-slim
@@ -12,9 +13,11 @@ RUN make -C /src/images BUILD=/out check all
 
 FROM ${BASE_IMAGE} AS server
 RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends liburing2 procps \
+ && apt-get install -y -qq --no-install-recommends liburing2 procps nginx-light python3 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ephttpd /out/pipetest /usr/local/bin/
+COPY images/pyhttpd/pyhttpd.py /usr/local/bin/pyhttpd
+RUN chmod 0755 /usr/local/bin/pyhttpd
 CMD ["ephttpd", "--help"]
 
 FROM ${BASE_IMAGE} AS client

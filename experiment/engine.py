@@ -54,3 +54,30 @@ def connect(base_url: str | None = None, log_dir: Path | None = None, say=print)
         time.sleep(0.5)
     tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
     raise UserError(f"dockerd did not answer within {START_TIMEOUT_S} s: see {log_path} ({' | '.join(tail)})")
+
+
+def copy_images(src: docker.DockerClient, dst: docker.DockerClient, refs: list[str] | tuple[str, ...]) -> dict:
+    """Copies images from one engine to another, `docker save | docker load` streamed through this process,
+    so that a second engine (another machine's, or a second dockerd here) runs the very same images.
+    Returns {ref: "copied" or "present"}; one dst already has with the same ID is not sent again."""
+    done = {}
+    for ref in refs:
+        try:
+            image = src.images.get(ref)
+        except docker.errors.ImageNotFound:
+            raise UserError(f"no image {ref} on the source engine to copy: build it there first") from None
+        try:
+            if dst.images.get(ref).id == image.id:
+                done[ref] = "present"
+                continue
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            dst.images.load(src.api.get_image(ref))
+        except docker.errors.DockerException as error:
+            raise UserError(f"copying image {ref} to the other engine failed: {error}") from None
+        if dst.images.get(ref).id != image.id:
+            raise UserError(f"image {ref} arrived on the other engine with another ID: "
+                            f"{dst.images.get(ref).id} instead of {image.id}")
+        done[ref] = "copied"
+    return done

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "images"
 BUILD = IMAGES / "build"
 DEADCONN = IMAGES / "deadconn" / "deadconn.py"
+PYHTTPD = IMAGES / "pyhttpd" / "pyhttpd.py"
 
 
 class ProgramError(RuntimeError):
@@ -43,15 +44,20 @@ class Ephttpd:
     stats: dict | None = None
     nofile: int | None = None  # RLIMIT_NOFILE, soft and hard, to start it under; None: inherit
 
+    name = "ephttpd"
+
+    def command(self) -> list[str]:
+        return [str(BUILD / "ephttpd"), "--backend", self.backend, "--bind", self.bind,
+                "--port", str(self.port), *self.extra_args]
+
     def start(self, timeout: float = 10.0) -> Ephttpd:
-        cmd = [str(BUILD / "ephttpd"), "--backend", self.backend, "--bind", self.bind,
-               "--port", str(self.port), *self.extra_args]
+        cmd = self.command()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      preexec_fn=None if self.nofile is None else self._limit_nofile)
         line = _readline(self.proc, timeout)
         if not line:
             err = self.proc.stderr.read() if self.proc.poll() is not None else ""
-            raise ProgramError(f"ephttpd did not say it was listening: {' '.join(cmd)}\n{err}")
+            raise ProgramError(f"{self.name} did not say it was listening: {' '.join(cmd)}\n{err}")
         self.listening = json.loads(line)
         self.port = self.listening["port"]
         return self
@@ -69,7 +75,7 @@ class Ephttpd:
         self.proc.send_signal(signal.SIGUSR1)
         line = _readline(self.proc, timeout)
         if not line:
-            raise ProgramError(f"ephttpd printed no snapshot within {timeout} s of SIGUSR1")
+            raise ProgramError(f"{self.name} printed no snapshot within {timeout} s of SIGUSR1")
         return json.loads(line)
 
     def stop(self, timeout: float = 10.0) -> dict:
@@ -80,9 +86,9 @@ class Ephttpd:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, err = self.proc.communicate()
-            raise ProgramError(f"ephttpd ignored SIGTERM for {timeout} s") from None
+            raise ProgramError(f"{self.name} ignored SIGTERM for {timeout} s") from None
         if self.proc.returncode != 0:
-            raise ProgramError(f"ephttpd exited {self.proc.returncode}: {err.strip()}")
+            raise ProgramError(f"{self.name} exited {self.proc.returncode}: {err.strip()}")
         lines = [json.loads(x) for x in out.splitlines() if x.strip()]
         self.stats = lines[-1]
         return self.stats
@@ -94,6 +100,16 @@ class Ephttpd:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class Pyhttpd(Ephttpd):
+    """One running pyhttpd (images/pyhttpd): the same protocol as ephttpd, run by this interpreter."""
+
+    name = "pyhttpd"
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(PYHTTPD), "--backend", self.backend, "--bind", self.bind,
+                "--port", str(self.port), *self.extra_args]
 
 
 def _readline(proc: subprocess.Popen, timeout: float) -> str:

@@ -41,7 +41,7 @@ class Plan:
 
 PROFILES = {
     "quick": Plan(profile="quick", sweeps=SWEEPS, variants=VARIANTS, backends=("poll", "epoll"),
-                  dead=(0, 1000, 5000, 10000, 60000), pipes=(10, 100, 1000, 10000), repeat=1, duration_s=8),
+                  dead=(0, 1000, 5000, 10000, 60000), pipes=(10, 100, 1000, 10000), repeat=1, duration_s=10),
     "paper": Plan(profile="paper", sweeps=SWEEPS, variants=VARIANTS, backends=SERVER_BACKENDS,
                   dead=PAPER_DEAD, pipes=PAPER_PIPES, repeat=3, duration_s=10),
 }

@@ -40,7 +40,12 @@ class Progress:
             last = f"last: {figures['reply_rate']:,.0f} replies/s"
         else:
             last = f"last: {figures.get('passes_per_s', 0):,.0f} passes/s"
-        if self.task is not None:
-            self.bar.update(self.task, advance=1, last=last)
+        self.bar.update(self.task, advance=1, last=last)
         if point["status"] == "failed":
             self.bar.console.print(f"[yellow]{point['id']} failed:[/] {point['reason']}")
+        elif not self.console.is_terminal:
+            # No live bar in a log file or CI: one line per point instead.
+            task = self.bar.tasks[self.task]
+            what = last if point["status"] == "ok" else f"{point['status']}: {point['reason']}"
+            self.console.print(f"[{int(task.completed)}/{int(task.total or 0)}] {point['id']}: {what}",
+                               highlight=False)

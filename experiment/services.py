@@ -16,10 +16,17 @@ class Service:
     command: tuple[str, ...]
     cpuset: str
     stdin: bool = False
+    # How a server says it is ready: "json", its {"event":"listening"} line on stdout (ephttpd, pyhttpd);
+    # "tcp", a connection to its port succeeds (nginx, a server brought by the user).
+    readiness: str = "json"
+    # Whether it prints {"event":"snapshot"} counters on SIGUSR1; without, its cgroup's CPU time is all.
+    stats: bool = True
+    # An image to run instead of the target's (a server brought by the user).
+    image: str | None = None
 
 
-def server(backend: str, port: int | str, msgsize: int | str, cpuset: str) -> Service:
-    return Service("server", "server", ("ephttpd", "--backend", backend, "--bind", LOOPBACK, "--port", str(port),
+def server(backend: str, port: int | str, msgsize: int | str, cpuset: str, bind: str = LOOPBACK) -> Service:
+    return Service("server", "server", ("ephttpd", "--backend", backend, "--bind", bind, "--port", str(port),
                                         "--msgsize", str(msgsize)), cpuset)
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from . import engine, host
 
-# Native build of images/, the real httperf and wrk, a real browser for the report.
-TEST_PACKAGES = ["gcc", "make", "libc6-dev", "liburing-dev", "httperf", "wrk", "chromium", "procps", "docker-compose"]
+# Native build of images/, the real httperf and wrk, a real browser for the report, a registry to publish to.
+TEST_PACKAGES = ["gcc", "make", "libc6-dev", "liburing-dev", "httperf", "wrk", "chromium", "procps", "docker-compose",
+                 "docker-registry"]
 
 
 def prepare(docker: bool = True) -> None:

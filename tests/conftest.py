@@ -7,3 +7,17 @@ from experiment import native
 def build_dir():
     """The programs under test, compiled natively once per session."""
     return native.build()
+
+
+@pytest.fixture(scope="session")
+def second_engine():
+    """A second dockerd on this machine (tests/engines.py), removed with its data at the end."""
+    import engines
+
+    if engines.dockerd_binary() is None:
+        pytest.skip("no dockerd on this machine: install docker.io")
+    engine = engines.start()
+    try:
+        yield engine
+    finally:
+        engines.stop(engine)

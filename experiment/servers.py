@@ -1,0 +1,212 @@
+"""The servers a dead-connection sweep can put under test, and how each is started and found ready.
+
+ephttpd is the study's server, in C, on every backend of images/ev. pyhttpd (images/pyhttpd) is the same
+server in Python on the standard library's selectors (select, poll, epoll) or asyncio: what a Python user
+gets. nginx is Debian's nginx-light, configured to behave like ephttpd where the measurement depends on it
+(see nginx_conf). A server of the user's own is an image, a command and the port it listens on.
+
+ephttpd and pyhttpd print a JSON "listening" line when ready and "snapshot" counters on SIGUSR1; nginx and
+a server of the user's own print nothing we can read: they are ready once a TCP connection to their port
+succeeds, and their CPU time comes from their container's cgroup alone.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+
+from . import plan
+from .containers import Managed
+from .errors import UserError
+from .services import LOOPBACK, Service
+
+EPHTTPD, PYTHON, NGINX, CUSTOM = "ephttpd", "python", "nginx", "custom"
+PYTHON_BACKENDS = ("select", "poll", "epoll", "asyncio")
+# A server of the user's own uses whatever it uses: one backend, named for the points.
+CUSTOM_BACKEND = "own"
+PLACEHOLDERS = ("{port}", "{msgsize}", "{bind}")
+
+# nginx reads `return 200 "..."` as one token, and its configuration reader refuses a token that fills
+# its 4096-byte buffer (NGX_CONF_BUFFER): the body sizes it can serve from its configuration.
+NGINX_MAX_MSGSIZE = 4000
+# How long nginx waits on an idle keep-alive connection, on a request head that never ends (a dead
+# connection), on a client that does not read, and how long it keeps a keep-alive connection at all: longer
+# than any run, so that it closes no connection a sweep holds. Below 2^31 ms: nginx passes its next timer
+# to epoll_wait(2) as an int of milliseconds.
+NGINX_TIMEOUT = "7d"
+NGINX_KEEPALIVE_REQUESTS = 1_000_000_000  # the default, 1000, would end httperf's 2500-call connections
+BACKLOG = 2048  # ephttpd's and pyhttpd's listen() backlog; nginx's default is 511
+NGINX_CONF_PATH = "/tmp/nginx.conf"
+OUTPUT_DRAIN_S = 2  # how long an exited server's last output may take to come through the engine
+# The server container's command: write the configuration given as $1, then become nginx.
+NGINX_SHELL = 'printf %s "$1" > ' + NGINX_CONF_PATH + ' && exec nginx -c ' + NGINX_CONF_PATH
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    backends: tuple[str, ...]
+    target: str | None  # the image target it runs in; None: the user's image
+    readiness: str      # "json" or "tcp", as in services.Service
+    stats: bool
+
+
+KINDS = {
+    EPHTTPD: Kind(EPHTTPD, plan.SERVER_BACKENDS, "server", "json", True),
+    PYTHON: Kind(PYTHON, PYTHON_BACKENDS, "server", "json", True),
+    NGINX: Kind(NGINX, ("epoll",), "server", "tcp", False),
+    CUSTOM: Kind(CUSTOM, (CUSTOM_BACKEND,), None, "tcp", False),
+}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The server a run puts under test: --server, or --server-image/--server-cmd/--server-port."""
+
+    kind: str = EPHTTPD
+    image: str | None = None
+    command: str | None = None
+    port: int | None = None
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return KINDS[self.kind].backends
+
+    def check_backends(self, backends: tuple[str, ...]) -> None:
+        """UserError naming the valid ones when a backend is one this server does not have."""
+        wrong = [b for b in backends if b not in self.backends]
+        if wrong:
+            raise UserError(f"the {self.kind} server has no backend {', '.join(wrong)}: use --backends "
+                            f"{','.join(self.backends)}")
+
+    def service(self, backend: str, port: int, msgsize: int, cpuset: str, fd_limit: int,
+                bind: str = LOOPBACK) -> Service:
+        """The server container's Service. port is the one to listen on (a custom server's own port)."""
+        self.check_backends((backend,))
+        if self.kind == EPHTTPD:
+            return Service("server", "server", ("ephttpd", "--backend", backend, "--bind", bind, "--port",
+                                                str(port), "--msgsize", str(msgsize)), cpuset)
+        if self.kind == PYTHON:
+            return Service("server", "server", ("pyhttpd", "--backend", backend, "--bind", bind, "--port",
+                                                str(port), "--msgsize", str(msgsize)), cpuset)
+        if self.kind == NGINX:
+            conf = nginx_conf(port, msgsize, fd_limit, bind)
+            return Service("server", "server", ("sh", "-c", NGINX_SHELL, "nginx", conf), cpuset,
+                           readiness="tcp", stats=False)
+        values = {"{port}": str(port), "{msgsize}": str(msgsize), "{bind}": bind}
+        argv = tuple(_fill(word, values) for word in shlex.split(self.command))
+        return Service("server", "server", argv, cpuset, readiness="tcp", stats=False, image=self.image)
+
+
+def _fill(word: str, values: dict[str, str]) -> str:
+    for placeholder, value in values.items():
+        word = word.replace(placeholder, value)
+    return word
+
+
+def choose(server: str | None = None, image: str | None = None, command: str | None = None,
+           port: int | str | None = None) -> Choice:
+    """The Choice for `invoke reproduce`'s --server, --server-image, --server-cmd and --server-port."""
+    own = {"--server-image": image, "--server-cmd": command, "--server-port": port}
+    given = [name for name, value in own.items() if value not in (None, "")]
+    if not given:
+        kind = server or EPHTTPD
+        if kind not in (EPHTTPD, PYTHON, NGINX):
+            raise UserError(f"--server {kind}: use ephttpd, python or nginx, or --server-image, --server-cmd "
+                            "and --server-port for a server of your own")
+        return Choice(kind)
+    if server not in (None, CUSTOM):
+        raise UserError(f"--server {server} and {', '.join(given)} both name the server: give one or the other")
+    missing = [name for name in own if name not in given]
+    if missing:
+        raise UserError(f"a server of your own needs --server-image, --server-cmd and --server-port: "
+                        f"add {', '.join(missing)}")
+    try:
+        port = int(port)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise UserError(f"--server-port {own['--server-port']}: use the TCP port (1-65535) the server listens on")
+    try:
+        words = shlex.split(command)
+    except ValueError as error:
+        raise UserError(f"--server-cmd {command!r}: {error}; quote it as a shell would") from None
+    if not words:
+        raise UserError("--server-cmd is empty: give the command that starts the server in the image")
+    return Choice(CUSTOM, image=image, command=command, port=port)
+
+
+def nginx_conf(port: int, msgsize: int, fd_limit: int, bind: str = LOOPBACK, pid_path: str = "/tmp/nginx.pid",
+               timeout: str = NGINX_TIMEOUT) -> str:
+    """nginx.conf for one server under test: one worker on epoll answering every request with 200 and
+    msgsize bytes from its configuration, holding every connection as long as its client does.
+
+    master_process stays on with one worker: the production arrangement, and the one in which
+    worker_rlimit_nofile applies (nginx without a master never sets it). The master only sleeps while the
+    worker serves; both are in the container's cgroup. nginx's epoll is edge-triggered (EPOLLET)."""
+    if not 0 <= msgsize <= NGINX_MAX_MSGSIZE:
+        raise UserError(f"nginx serves its body from its configuration: at most {NGINX_MAX_MSGSIZE} bytes "
+                        f"(got --msgsize {msgsize})")
+    listen = f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
+    return f"""\
+# nginx as a server under test (epollbench, experiment/servers.py)
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {fd_limit};
+pid {pid_path};
+error_log stderr warn;
+
+events {{
+    use epoll;
+    worker_connections {fd_limit};
+    multi_accept on;  # accept until the queue is empty, as ephttpd and pyhttpd
+}}
+
+http {{
+    access_log off;
+    server_tokens off;
+    default_type text/plain;
+    keepalive_requests {NGINX_KEEPALIVE_REQUESTS};
+    keepalive_timeout {timeout};
+    keepalive_time {timeout};
+    client_header_timeout {timeout};
+    client_body_timeout {timeout};
+    send_timeout {timeout};
+
+    server {{
+        listen {listen} backlog={BACKLOG};
+        location / {{
+            return 200 "{'x' * msgsize}";
+        }}
+    }}
+}}
+"""
+
+
+def tcp_connects(address: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_ready(server: Managed, service: Service, address: str, port: int, timeout: float) -> dict | None:
+    """The server's listening line, or for a "tcp" server one made up once its port accepts a connection;
+    None when it exits or time runs out first. Check beforehand that nothing else listens on the port: a
+    connection to that would be taken for readiness."""
+    if service.readiness == "json":
+        return server.next_json(("listening",), timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        connected = tcp_connects(address, port)
+        if server.exited():
+            server.next_json((), OUTPUT_DRAIN_S)  # until its output ends, so that output_tail() has it all
+            return None
+        if connected:
+            return {"event": "listening", "bind": address, "port": port, "readiness": "tcp"}
+        time.sleep(0.1)
+    return None
