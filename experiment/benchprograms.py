@@ -3,7 +3,8 @@
 What is measured:
   - ephttpd's CPU microseconds per reply (user + system from /proc/PID/stat over the httperf run, divided by
     httperf's replies), for poll and epoll, at 0 dead connections and at the most the host allows;
-  - deadconn's opening rate (connections per second, as it reports) while opening those dead connections.
+  - deadconn's opening rate (connections per second, as it reports) while opening those dead connections
+    pinned to the client CPUs, and once more unpinned, opening the most the host allows.
 The model: the 2002 active load (httperf, 100 keep-alive connections), the server pinned to the first CPU
 and the clients to the others, as in the UP variant.
 Not measured: anything inside containers (that is `invoke reproduce`); reply rates are printed but say
@@ -76,6 +77,24 @@ def _measure(backend: str, dead: int, server_cpus: set[int], client_cpus: set[in
             "deadconn_rate_per_s": ready.get("rate_per_s"), "deadconn_workers": ready.get("workers")}
 
 
+def _deadconn_rate(count: int) -> dict:
+    """deadconn opening count connections to an epoll ephttpd, neither pinned: its rate as it reports it."""
+    with native.Ephttpd(backend="epoll") as server:
+        proc = subprocess.Popen(native.deadconn_command("--port", str(server.port), "-n", str(count),
+                                                        "--timeout", str(DEADCONN_TIMEOUT_S)),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            ready = json.loads(proc.stdout.readline() or "{}")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        server.stop()
+    if ready.get("event") != "ready":
+        raise UserError(f"deadconn could not open {count} connections: {ready or proc.stderr.read()}")
+    return {"connections": ready["held"], "seconds": ready["seconds"], "rate_per_s": ready["rate_per_s"],
+            "workers": ready["workers"], "conntrack_drops": ready.get("conntrack_drops")}
+
+
 def main(json_out: str | None = None) -> dict:
     native.build()
     cpus = host.cpus()
@@ -95,6 +114,7 @@ def main(json_out: str | None = None) -> dict:
         zero, most = (by[k] for k in sorted(k for k in by if k[0] == backend))
         if zero["server_cpu_us_per_reply"] and most["server_cpu_us_per_reply"]:
             result[f"{backend}_cpu_growth"] = most["server_cpu_us_per_reply"] / zero["server_cpu_us_per_reply"]
+    result["deadconn_open"] = _deadconn_rate(max_dead(fd_limit, "epoll", ACTIVE))
     _print(result)
     path = Path(json_out) if json_out else RESULTS / f"programs-{time.strftime('%Y%m%dT%H%M%SZ')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +135,9 @@ def _print(result: dict) -> None:
         table.add_row(r["backend"], f"{r['dead']:,}", f"{r['reply_rate']:,.0f}", f"{us:.2f}" if us else "-",
                       f"{rate:,.0f}" if rate and r["dead"] else "-")
     Console().print(table)
+    opened = result["deadconn_open"]
+    print(f"deadconn, unpinned: {opened['connections']:,} connections in {opened['seconds']:.2f} s = "
+          f"{opened['rate_per_s']:,.0f}/s with {opened['workers']} worker(s)")
     for backend in BACKENDS:
         if f"{backend}_cpu_growth" in result:
             print(f"{backend}: CPU per reply at the most dead connections = "

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import docker
+import docker.errors
 
 from . import host, images
 
@@ -64,9 +65,21 @@ def capture(client: docker.DockerClient, built: dict, base_image: dict, sysctls:
         "base_image": base_image,
         "git": images.git_state(),
         "python": sys.version.split()[0],
+        "httperf_version": _httperf_version(client, built["client"].id),
         "epollbench_version": _package_version(),
         "load_at_start": list(os.getloadavg()),
     }
+
+
+def _httperf_version(client: docker.DockerClient, image: str) -> str | None:
+    """The second line of `httperf --version` in the client image, e.g. "httperf: httperf-0.9.0 compiled ..."."""
+    try:
+        out = client.containers.run(image, ["httperf", "--version"], remove=True, stdout=True, stderr=True,
+                                    network_mode="host")
+    except docker.errors.DockerException:
+        return None
+    lines = [x for x in out.decode(errors="replace").splitlines() if "httperf-" in x]
+    return lines[0].split(":", 1)[-1].strip() if lines else None
 
 
 def _package_version() -> str:

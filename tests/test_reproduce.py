@@ -61,9 +61,10 @@ def test_images_are_labelled_and_an_unchanged_tree_reuses_them(client, tmp_path)
         labels = client.images.get(built.id).labels
         assert labels["org.epollbench.source-hash"] == images.source_hash()
         assert labels["org.epollbench.git-commit"] == images.git_state()["commit"]
-    server = client.containers.run(first["server"].id, ["ephttpd", "--help"], remove=True)
+    server = client.containers.run(first["server"].id, ["ephttpd", "--help"], remove=True, network_mode="host")
     assert b"--backend" in server
-    version = client.containers.run(first["client"].id, ["httperf", "--version"], remove=True, stderr=True)
+    version = client.containers.run(first["client"].id, ["httperf", "--version"], remove=True, stderr=True,
+                                    network_mode="host")
     assert b"httperf-0.9.0" in version
 
 
