@@ -367,31 +367,31 @@ def _file_sha256(path: Path) -> str:
 
 # --- for the sweep ----------------------------------------------------------------------------------------
 
-def base_image_of(built: dict[str, BuiltImage], client: docker.DockerClient) -> dict:
+def prepare(client: docker.DockerClient, base_image: str, log_dir: Path, image_ref: str | None = None,
+            archive: str | Path | None = None, published_json: str | Path | None = None,
+            resumed_from: dict | None = None, say=print) -> tuple[dict[str, BuiltImage], dict, dict]:
+    """(built, base, provenance) of a run's images: obtained when image_ref, archive or published_json is
+    given, or when the run resumed used published images (resumed_from: its provenance); else built here."""
+    if not (image_ref or archive or published_json) and resumed_from and resumed_from["source"] != "built":
+        image_ref = resumed_from["ref"] if resumed_from["source"] == "registry" else None
+        archive = resumed_from["ref"] if resumed_from["source"] == "archive" else None
+        published_json = resumed_from["published_json"]
+    if image_ref or archive or published_json:
+        built, provenance = obtain(client, image_ref, archive, published_json, say)
+        return built, base_image_of(client, built), provenance
+    built = images.build(client, base_image, log_dir, say=say)
+    base = images.ensure_base_image(client, base_image, log_dir, say=say)
+    entries = {t: {"ref": b.tag, "digest": b.id, "image_id": b.id} for t, b in built.items()}
+    provenance = {"source": "built", "ref": None, "digest_kind": "image-id", "images": entries,
+                  "digests": {t: e["digest"] for t, e in entries.items()}, "verified": False,
+                  "published_json": None, "published_at": None, "git": images.git_state(),
+                  "source_hash": built["server"].source_hash, "base_image": {"name": base["name"], "id": base["id"]},
+                  "checkout_source_hash": images.source_hash()}
+    return built, base, provenance
+
+
+def base_image_of(client: docker.DockerClient, built: dict[str, BuiltImage]) -> dict:
     """The base image of obtained images, from their labels: it need not be present (or pullable) here."""
     labels = _labels(client, built["server"].id, built["server"].tag)
     return {"name": labels.get(f"{LABEL}.base-image"), "id": labels.get(f"{LABEL}.base-image-id"),
             "origin": "label of the published image"}
-
-
-def built_provenance(built: dict[str, BuiltImage]) -> dict:
-    """The provenance record of images built here, in the shape obtain() gives."""
-    entries = {t: {"ref": b.tag, "digest": b.id, "image_id": b.id} for t, b in built.items()}
-    return {"source": "built", "ref": None, "digest_kind": "image-id", "images": entries,
-            "digests": {t: e["digest"] for t, e in entries.items()}, "verified": False, "published_json": None,
-            "published_at": None, "git": images.git_state(), "source_hash": built["server"].source_hash,
-            "base_image": None, "checkout_source_hash": images.source_hash()}
-
-
-def prepare(client: docker.DockerClient, base_image: str, log_dir: Path, image_ref: str | None = None,
-            archive: str | Path | None = None, published_json: str | Path | None = None,
-            say=print) -> tuple[dict[str, BuiltImage], dict, dict]:
-    """(built, base, provenance) for a run: published images when any of the three is given, else a build."""
-    if image_ref or archive or published_json:
-        built, provenance = obtain(client, image_ref, archive, published_json, say)
-        return built, base_image_of(built, client), provenance
-    built = images.build(client, base_image, log_dir, say=say)
-    base = images.ensure_base_image(client, base_image, log_dir, say=say)
-    provenance = built_provenance(built)
-    provenance["base_image"] = {"name": base["name"], "id": base["id"]}
-    return built, base, provenance

@@ -17,7 +17,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from . import plan
+from . import plan, services
 from .containers import Managed
 from .errors import UserError
 from .services import LOOPBACK, Service
@@ -26,7 +26,6 @@ EPHTTPD, PYTHON, NGINX, CUSTOM = "ephttpd", "python", "nginx", "custom"
 PYTHON_BACKENDS = ("select", "poll", "epoll", "asyncio")
 # A server of the user's own uses whatever it uses: one backend, named for the points.
 CUSTOM_BACKEND = "own"
-PLACEHOLDERS = ("{port}", "{msgsize}", "{bind}")
 
 # nginx reads `return 200 "..."` as one token, and its configuration reader refuses a token that fills
 # its 4096-byte buffer (NGX_CONF_BUFFER): the body sizes it can serve from its configuration.
@@ -40,8 +39,6 @@ NGINX_KEEPALIVE_REQUESTS = 1_000_000_000  # the default, 1000, would end httperf
 BACKLOG = 2048  # ephttpd's and pyhttpd's listen() backlog; nginx's default is 511
 NGINX_CONF_PATH = "/tmp/nginx.conf"
 OUTPUT_DRAIN_S = 2  # how long an exited server's last output may take to come through the engine
-# The server container's command: write the configuration given as $1, then become nginx.
-NGINX_SHELL = 'printf %s "$1" > ' + NGINX_CONF_PATH + ' && exec nginx -c ' + NGINX_CONF_PATH
 
 
 @dataclass(frozen=True)
@@ -85,19 +82,20 @@ class Choice:
                 bind: str = LOOPBACK) -> Service:
         """The server container's Service. port is the one to listen on (a custom server's own port)."""
         self.check_backends((backend,))
+        kind = KINDS[self.kind]
         if self.kind == EPHTTPD:
-            return Service("server", "server", ("ephttpd", "--backend", backend, "--bind", bind, "--port",
-                                                str(port), "--msgsize", str(msgsize)), cpuset)
+            return services.server(backend, port, msgsize, cpuset, bind)
         if self.kind == PYTHON:
-            return Service("server", "server", ("pyhttpd", "--backend", backend, "--bind", bind, "--port",
-                                                str(port), "--msgsize", str(msgsize)), cpuset)
-        if self.kind == NGINX:
-            conf = nginx_conf(port, msgsize, fd_limit, bind)
-            return Service("server", "server", ("sh", "-c", NGINX_SHELL, "nginx", conf), cpuset,
-                           readiness="tcp", stats=False)
-        values = {"{port}": str(port), "{msgsize}": str(msgsize), "{bind}": bind}
-        argv = tuple(_fill(word, values) for word in shlex.split(self.command))
-        return Service("server", "server", argv, cpuset, readiness="tcp", stats=False, image=self.image)
+            command = ("pyhttpd", "--backend", backend, "--bind", bind, "--port", str(port), "--msgsize",
+                       str(msgsize))
+        elif self.kind == NGINX:
+            command = ("sh", "-c", nginx_script(nginx_conf(port, msgsize, fd_limit, bind)))
+        else:
+            # {port}, {msgsize} and {bind} are filled in after splitting: a value never becomes two words.
+            values = {"{port}": str(port), "{msgsize}": str(msgsize), "{bind}": bind}
+            command = tuple(_fill(word, values) for word in shlex.split(self.command))
+        return Service("server", "server", command, cpuset, readiness=kind.readiness, stats=kind.stats,
+                       image=self.image)
 
 
 def _fill(word: str, values: dict[str, str]) -> str:
@@ -184,6 +182,15 @@ http {{
     }}
 }}
 """
+
+
+def nginx_script(conf: str) -> str:
+    """The server container's shell command: write conf where nginx reads it, then become nginx. The
+    configuration is in the command itself, so that a point's recorded command says how nginx ran; it is
+    quoted without a `$`, which compose files would take for a variable."""
+    if "'" in conf or "$" in conf:
+        raise ValueError("an nginx configuration with ' or $ cannot be passed in the container's command")
+    return f"printf %s {shlex.quote(conf)} > {NGINX_CONF_PATH} && exec nginx -c {NGINX_CONF_PATH}"
 
 
 def tcp_connects(address: str, port: int, timeout: float = 1.0) -> bool:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -193,8 +194,10 @@ def test_each_kind_builds_its_service():
     assert (python.readiness, python.stats) == ("json", True)
 
     nginx_service = servers.choose("nginx").service("epoll", 8082, 256, "0,1", 5000)
-    assert nginx_service.command[:2] == ("sh", "-c") and nginx_service.command[3] == "nginx"
-    assert nginx_service.command[4] == servers.nginx_conf(8082, 256, 5000)
+    shell, flag, script = nginx_service.command
+    assert (shell, flag, "$" in script) == ("sh", "-c", False)
+    assert shlex.split(script) == ["printf", "%s", servers.nginx_conf(8082, 256, 5000), ">",
+                                   servers.NGINX_CONF_PATH, "&&", "exec", "nginx", "-c", servers.NGINX_CONF_PATH]
     assert (nginx_service.readiness, nginx_service.stats, nginx_service.cpuset) == ("tcp", False, "0,1")
 
     own = servers.choose(image="example/httpd:1", command="httpd -p {port} --size={msgsize} -a '{bind}' -x '{y}'",
