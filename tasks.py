@@ -42,20 +42,30 @@ def _user_errors(fn):
                   "from the host's apt mirror when it cannot be pulled)",
     "no_report": "do not render the report at the end",
     "results_dir": "where run folders go (default: results/)",
+    "image": "use the published images REGISTRY/NAME:TAG (pulls REGISTRY/NAME-server:TAG and "
+             "REGISTRY/NAME-client:TAG) instead of building",
+    "from_archive": "use the images of FILE.tar.gz written by `invoke publish` instead of building",
+    "published": "the published.json to check the images' digests against (default: FILE.published.json "
+                 "beside --from-archive); alone, it says where to take the images from",
 })
 @_user_errors
 def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dead=None, pipes=None,
               repeat=None, duration=None, resume=None, tune_host=False, base_image=None, no_report=False,
-              results_dir=None):
+              results_dir=None, image=None, from_archive=None, published=None):
     """Build the images, run every sweep in containers, and render the report."""
     from experiment import plan, sweep
+    from experiment.errors import UserError
 
     the_plan = plan.make_plan(profile, sweeps=sweeps, variants=variants, backends=backends, dead=dead,
                               pipes=pipes, repeat=_number(repeat, int, "--repeat"),
                               duration=_number(duration, float, "--duration"))
+    if base_image and (image or from_archive):
+        raise UserError("--base-image builds the images; --image and --from-archive use published ones: "
+                        "give one or the other")
     options = sweep.Options(base_image=base_image or sweep.images.DEFAULT_BASE_IMAGE, tune_host=tune_host,
                             resume=resume, render_report=not no_report,
-                            results_dir=Path(results_dir) if results_dir else sweep.results.RESULTS)
+                            results_dir=Path(results_dir) if results_dir else sweep.results.RESULTS,
+                            image_ref=image, archive=from_archive, published_json=published)
     run = sweep.reproduce(the_plan, options)
     print(f"results: {run.path}")
     if options.render_report:
@@ -94,6 +104,23 @@ def build_images(c, base_image=None):
     client = engine.connect(log_dir=log_dir)
     for target, built in images.build(client, base_image or images.DEFAULT_BASE_IMAGE, log_dir).items():
         print(f"{target}: {built.tag} {built.id}")
+
+
+@task(help={"to": "REGISTRY/NAME:TAG (pushes REGISTRY/NAME-server:TAG and REGISTRY/NAME-client:TAG) or "
+                  "FILE.tar.gz (docker save of both, gzipped, for machines without a registry)",
+            "published": "where to write published.json (default: ./published.json for a registry, "
+                         "FILE.published.json beside an archive)",
+            "base_image": "base of both images (default debian:bookworm-slim)"})
+@_user_errors
+def publish(c, to, published=None, base_image=None):
+    """Build (or reuse) the images, push them to a registry or save them to FILE.tar.gz, write published.json."""
+    from experiment import engine, images
+    from experiment import publish as publishing
+
+    log_dir = Path("results/.build-logs")
+    client = engine.connect(log_dir=log_dir)
+    built = images.build(client, base_image or images.DEFAULT_BASE_IMAGE, log_dir)
+    publishing.publish(client, built, to, Path(published) if published else None)
 
 
 @task(help={"k": "only tests matching this pytest -k expression", "no_docker": "skip the Docker tests",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import docker.errors
 
-from . import checks, containers, engine, host, httperf, images, metadata, preflight, results, services
+from . import checks, containers, engine, host, httperf, images, metadata, preflight, publish, results, services
 from .containers import Containers, Managed
 from .errors import UserError
 from .plan import Level, Plan, dead_levels, max_dead, max_pipes, pipe_levels
@@ -52,6 +52,9 @@ class Options:
     engine_url: str | None = None
     render_report: bool = True
     results_dir: Path = results.RESULTS
+    image_ref: str | None = None
+    archive: str | None = None
+    published_json: str | None = None
 
 
 @dataclass
@@ -109,8 +112,9 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
 
 def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, say) -> None:
     client = engine.connect(options.engine_url, log_dir=run.logs_dir, say=say)
-    built = images.build(client, options.base_image, run.logs_dir, say=say)
-    base = images.ensure_base_image(client, options.base_image, run.logs_dir, say=say)
+    resumed_from = record.get("metadata", {}).get("images_source") if options.resume else None
+    built, base, provenance = publish.prepare(client, options.base_image, run.logs_dir, options.image_ref,
+                                              options.archive, options.published_json, resumed_from, say=say)
     fd_limit = host.fd_hard_limit()
     settings = preflight.read_host_settings()
     most_dead = max(max_dead(fd_limit, b, plan.active_connections) for b in plan.backends)
@@ -119,6 +123,7 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
     for finding in findings:
         say(f"preflight: {finding.describe()}")
     meta = metadata.capture(client, built, base, settings, options.engine_url or engine.DEFAULT_SOCKET)
+    meta["images_source"] = provenance
     if options.resume:
         changed = metadata.differences(record["metadata"], meta)
         if changed:
