@@ -1,5 +1,5 @@
 # The images epollbench runs: `server` (ephttpd, pipetest, pyhttpd, Debian's nginx-light) and `client`
-# (Debian's httperf, deadconn).
+# (Debian's httperf and wrk, deadconn).
 # Built by `invoke build-images` / `invoke reproduce`; BASE_IMAGE is bootstrapped with mmdebstrap from the
 # host's apt mirror when it can be neither found locally nor pulled.
 ARG BASE_IMAGE=debian:bookworm-slim
@@ -22,7 +22,7 @@ CMD ["ephttpd", "--help"]
 
 FROM ${BASE_IMAGE} AS client
 RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends httperf python3 procps \
+ && apt-get install -y -qq --no-install-recommends httperf wrk python3 procps \
  && rm -rf /var/lib/apt/lists/*
 COPY images/deadconn/deadconn.py /usr/local/bin/deadconn
 RUN chmod 0755 /usr/local/bin/deadconn

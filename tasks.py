@@ -10,7 +10,7 @@ import functools
 import sys
 from pathlib import Path
 
-from invoke import Exit, task
+from invoke import Exit, Task, task
 
 
 def _user_errors(fn):
@@ -26,7 +26,15 @@ def _user_errors(fn):
     return wrapper
 
 
-@task(help={
+class _LetterShortflags(Task):
+    """Invoke gives a flag the first character of its name that no other flag has taken, and for
+    --server-image, whose letters before the dash all are, that is the dash: "--" would be its short flag."""
+
+    def arg_opts(self, name, default, taken_names):
+        return super().arg_opts(name, default, taken_names | {"_", "-"})
+
+
+@task(klass=_LetterShortflags, help={
     "profile": "quick (default: UP and SMP, poll and epoll, ~5 dead levels, 4 pipe sizes, <= 10 min) "
                "or paper (the 2002 steps 0..60000, every backend, 3 repetitions)",
     "sweeps": "comma list of dead,pipetest (default: both)",
@@ -47,25 +55,46 @@ def _user_errors(fn):
     "from_archive": "use the images of FILE.tar.gz written by `invoke publish` instead of building",
     "published": "the published.json to check the images' digests against (default: FILE.published.json "
                  "beside --from-archive); alone, it says where to take the images from",
+    "server": "the server under test: ephttpd (default: the study's server, every backend), python (pyhttpd: "
+              "select,poll,epoll,asyncio) or nginx (Debian's nginx-light, epoll); other servers run the dead "
+              "sweep only",
+    "server_image": "a server of your own: the image to run it from (on the server's engine, or pulled); "
+                    "needs --server-cmd and --server-port",
+    "server_cmd": "a server of your own: its command in the image, as one string; {port}, {bind} and "
+                  "{msgsize} are replaced by the run's values",
+    "server_port": "a server of your own: the TCP port it listens on",
+    "server_engine": "the Docker engine that runs the server and pipetest: unix://, tcp:// or ssh:// "
+                     "(default: DOCKER_HOST or the local socket)",
+    "client_engine": "the Docker engine that runs deadconn and the load (default: the server's engine); "
+                     "the client image is copied there",
+    "server_address": "the IPv4 address the server listens on and the clients target (default 127.0.0.1; "
+                      "an address of the server's host when the clients run on another machine)",
+    "load": "httperf (default: the 2002 active load, paced by httperf) or wrk (fixed connections, closed "
+            "loop, --duration seconds: the server's capacity)",
 })
 @_user_errors
 def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dead=None, pipes=None,
               repeat=None, duration=None, resume=None, tune_host=False, base_image=None, no_report=False,
-              results_dir=None, image=None, from_archive=None, published=None):
+              results_dir=None, image=None, from_archive=None, published=None, server=None, server_image=None,
+              server_cmd=None, server_port=None, server_engine=None, client_engine=None, server_address=None,
+              load=None):
     """Build the images, run every sweep in containers, and render the report."""
     from experiment import plan, sweep
     from experiment.errors import UserError
 
     the_plan = plan.make_plan(profile, sweeps=sweeps, variants=variants, backends=backends, dead=dead,
                               pipes=pipes, repeat=_number(repeat, int, "--repeat"),
-                              duration=_number(duration, float, "--duration"))
+                              duration=_number(duration, float, "--duration"), server=server,
+                              server_image=server_image, server_cmd=server_cmd, server_port=server_port, load=load)
     if base_image and (image or from_archive):
         raise UserError("--base-image builds the images; --image and --from-archive use published ones: "
                         "give one or the other")
     options = sweep.Options(base_image=base_image or sweep.images.DEFAULT_BASE_IMAGE, tune_host=tune_host,
                             resume=resume, render_report=not no_report,
                             results_dir=Path(results_dir) if results_dir else sweep.results.RESULTS,
-                            image_ref=image, archive=from_archive, published_json=published)
+                            image_ref=image, archive=from_archive, published_json=published,
+                            server_engine_url=server_engine, client_engine_url=client_engine,
+                            server_address=server_address or sweep.LOOPBACK)
     run = sweep.reproduce(the_plan, options)
     print(f"results: {run.path}")
     if options.render_report:

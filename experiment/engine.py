@@ -18,6 +18,11 @@ DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 START_TIMEOUT_S = 60
 
 
+def default_url() -> str:
+    """The engine a URL-less client talks to: DOCKER_HOST, else the local socket."""
+    return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+
+
 def _ping(base_url: str | None) -> docker.DockerClient | None:
     try:
         client = docker.DockerClient(base_url=base_url or DEFAULT_SOCKET, timeout=600)
@@ -81,3 +86,61 @@ def copy_images(src: docker.DockerClient, dst: docker.DockerClient, refs: list[s
                             f"{dst.images.get(ref).id} instead of {image.id}")
         done[ref] = "copied"
     return done
+
+
+# What a container on an engine sees of its host: the open-file limit its containers get, the CPUs they may
+# use, the kernel, and the boot id, which two engines on one host share. `sh` and coreutils only.
+PROBE_SCRIPT = """\
+echo "fd_hard_limit=$(ulimit -H -n)"
+echo "nr_open=$(cat /proc/sys/fs/nr_open)"
+echo "cpu_list=$(grep Cpus_allowed_list /proc/self/status | cut -f2)"
+echo "nproc=$(nproc)"
+echo "kernel=$(uname -r)"
+echo "machine=$(uname -m)"
+echo "cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
+echo "memory_kb=$(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
+echo "hostname=$(cat /proc/sys/kernel/hostname)"
+echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
+"""
+
+
+def probe(client: docker.DockerClient, image: str) -> dict:
+    """The host facts of an engine, from a container of image on host networking (see PROBE_SCRIPT)."""
+    try:
+        out = client.containers.run(image, ["sh", "-c", PROBE_SCRIPT], remove=True, stdout=True, stderr=True,
+                                    network_mode="host")
+    except docker.errors.DockerException as error:
+        raise UserError(f"cannot run {image} on the engine to read its limits and CPUs: {error}") from None
+    facts = dict(line.split("=", 1) for line in out.decode(errors="replace").splitlines() if "=" in line)
+    fd_limit = facts.get("fd_hard_limit", "")
+    return {"fd_hard_limit": int(fd_limit) if fd_limit.isdigit() else int(facts["nr_open"]),
+            "cpu_list": facts.get("cpu_list", "").strip(), "cpus": len(expand_cpu_list(facts.get("cpu_list", ""))),
+            "nproc": int(facts.get("nproc") or 0), "kernel": facts.get("kernel"), "machine": facts.get("machine"),
+            "cpu_model": (facts.get("cpu_model") or "").strip() or None,
+            "memory_bytes": int(facts["memory_kb"]) * 1024 if facts.get("memory_kb", "").isdigit() else None,
+            "hostname": facts.get("hostname"), "boot_id": facts.get("boot_id")}
+
+
+def expand_cpu_list(text: str) -> list[int]:
+    """The CPUs of a kernel CPU list such as "0-3,6"."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if part:
+            low, _, high = part.partition("-")
+            cpus += range(int(low), int(high or low) + 1)
+    return cpus
+
+
+def is_local(url: str | None) -> bool:
+    """Whether an engine URL is a socket on this machine (its containers share our limits and CPUs)."""
+    return (url or default_url()).startswith("unix://")
+
+
+def facts(client: docker.DockerClient, url: str | None, probed: dict) -> dict:
+    """An engine's metadata: its URL, Docker version and info, and its host facts as probe() read them."""
+    version, info = client.version(), client.info()
+    return {"url": url or default_url(), "name": info.get("Name"),
+            "id": info.get("ID"), "docker_version": version.get("Version"), "api_version": version.get("ApiVersion"),
+            "os": info.get("OperatingSystem"), "kernel_version": info.get("KernelVersion"), "ncpu": info.get("NCPU"),
+            "mem_total": info.get("MemTotal"), "cgroup_version": info.get("CgroupVersion"),
+            "cgroup_driver": info.get("CgroupDriver"), "docker_root_dir": info.get("DockerRootDir"), **probed}

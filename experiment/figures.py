@@ -1,9 +1,11 @@
 """The report's figures: matplotlib on the Agg canvas, one fixed colour, marker and line style per backend.
 
 Colours are the Okabe-Ito palette (safe for the common colour-vision deficiencies); each backend also has
-its own marker and dash pattern so a greyscale print still tells the lines apart. The 2002 reference is
-drawn in its backend's colour with hollow markers and thin dotted lines. Renders are deterministic: the
-SVG hash salt is fixed and no date is written into the files.
+its own marker and dash pattern so a greyscale print still tells the lines apart. A server other than
+ephttpd (a series labelled server/backend, e.g. nginx/epoll) keeps its backend's colour and has a marker and
+dash pattern of its own, so that ephttpd's epoll and nginx's epoll differ. The 2002 reference is drawn in its
+backend's colour with hollow markers and thin dotted lines. Renders are deterministic: the SVG hash salt is
+fixed and no date is written into the files.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ BACKEND_STYLES = {
     "aio-poll": {"color": "#E69F00", "marker": "P", "linestyle": (0, (1, 1))},
 }
 OTHER_STYLE = {"color": "#000000", "marker": "X", "linestyle": (0, (3, 1, 1, 1))}
+# pyhttpd's asyncio: epoll underneath, but its own event loop; dark grey keeps it apart from epoll's blue.
+MECHANISM_COLOURS = {"asyncio": "#666666"}
+# The servers beside ephttpd: one marker and dash pattern each, whatever the backend.
+SERVER_STYLES = {
+    "nginx": {"marker": "*", "linestyle": (0, (6, 2))},
+    "python": {"marker": "h", "linestyle": (0, (2, 1, 2, 3))},
+    "custom": {"marker": "p", "linestyle": (0, (8, 2, 2, 2))},
+}
 # The 2002 series names, mapped to the backend whose colour they share.
 REFERENCE_BACKEND = {"sys_epoll-0.14": "epoll", "poll": "poll"}
 
@@ -46,8 +56,16 @@ FIGSIZE = (6.4, 3.9)
 PNG_DPI = 144
 
 
-def backend_style(backend: str) -> dict:
-    return BACKEND_STYLES.get(backend, OTHER_STYLE)
+def backend_style(label: str) -> dict:
+    """The style of a series: a backend of ephttpd ("epoll"), or server/backend ("nginx/epoll"): the
+    backend's colour with the server's marker and dash pattern. Anything else: OTHER_STYLE."""
+    if label in BACKEND_STYLES:
+        return BACKEND_STYLES[label]
+    server, _, mechanism = label.partition("/")
+    if server not in SERVER_STYLES:
+        return OTHER_STYLE
+    colour = MECHANISM_COLOURS.get(mechanism) or BACKEND_STYLES.get(mechanism, OTHER_STYLE)["color"]
+    return {"color": colour, **SERVER_STYLES[server]}
 
 
 def backend_colours() -> dict[str, str]:

@@ -15,6 +15,8 @@ from . import host, images
 
 # A resumed run must match these, or its points would mix two machines or two builds.
 CHECKED = ("hostname", "kernel", "cpu_model", "cpus", "fd_hard_limit", "image_ids")
+# The same of each engine's host (metadata["engines"]), and the server under test.
+CHECKED_ENGINE = ("hostname", "kernel", "cpu_model", "cpus", "fd_hard_limit")
 
 
 def _read(path: str) -> str | None:
@@ -82,6 +84,24 @@ def _httperf_version(client: docker.DockerClient, image: str) -> str | None:
     return lines[0].split(":", 1)[-1].strip() if lines else None
 
 
+def wrk_version(client: docker.DockerClient, image: str) -> str | None:
+    """The first line of `wrk -v` in the client image, e.g. "wrk 4.1.0 [epoll] Copyright (C) 2012 Will Glozer"
+    (wrk exits 1 after printing it)."""
+    try:
+        container = client.containers.run(image, ["wrk", "-v"], detach=True, network_mode="host")
+    except docker.errors.DockerException:
+        return None
+    try:
+        container.wait(timeout=60)
+        out = container.logs(stdout=True, stderr=True).decode(errors="replace")
+    except (docker.errors.DockerException, OSError, ValueError):
+        return None
+    finally:
+        container.remove(force=True)
+    lines = [x.strip() for x in out.splitlines() if x.startswith("wrk ")]
+    return lines[0] if lines else None
+
+
 def _package_version() -> str:
     try:
         from importlib.metadata import version
@@ -91,5 +111,16 @@ def _package_version() -> str:
 
 
 def differences(a: dict, b: dict, keys: tuple[str, ...] = CHECKED) -> dict:
-    """The checked metadata that differs between two runs: {key: (a, b)}."""
-    return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
+    """The checked metadata that differs between two runs: {key: (a, b)}; each engine's host facts and the
+    server under test too, when both runs recorded them."""
+    changed = {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
+    for role in ("server", "client"):
+        ours, theirs = (a.get("engines") or {}).get(role), (b.get("engines") or {}).get(role)
+        if ours and theirs:
+            changed.update({f"engines.{role}.{k}": (ours.get(k), theirs.get(k)) for k in CHECKED_ENGINE
+                            if ours.get(k) != theirs.get(k)})
+    if a.get("server_under_test") and b.get("server_under_test") and \
+            a["server_under_test"].get("image_id") != b["server_under_test"].get("image_id"):
+        changed["server_under_test.image_id"] = (a["server_under_test"].get("image_id"),
+                                                 b["server_under_test"].get("image_id"))
+    return changed

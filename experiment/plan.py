@@ -10,6 +10,9 @@ VARIANTS = ("up", "smp")
 SERVER_BACKENDS = ("select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll")
 PIPETEST_BACKENDS = ("select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll")
 SWEEPS = ("dead", "pipetest")
+# The server under test (experiment/servers.py) and the load generators (experiment/httperf.py).
+DEFAULT_SERVER = "ephttpd"
+LOADS = ("httperf", "wrk")
 # The 2002 study's dead-connection steps and pipetest sizes (lse-2002.json).
 PAPER_DEAD = (0, 1000, 5000, 10000, 25000, 50000, 60000)
 PAPER_PIPES = (10, 100, 1000, 10000, 16000)
@@ -34,6 +37,12 @@ class Plan:
     active_connections: int = 100
     msgsize: int = 128
     add_host_max: bool = True
+    # Defaulted, so that the plans of runs recorded before these existed still load.
+    server: str = DEFAULT_SERVER
+    server_image: str | None = None
+    server_cmd: str | None = None
+    server_port: int | None = None
+    load: str = "httperf"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,18 +77,36 @@ def _counts(value: str, flag: str, minimum: int) -> tuple[int, ...]:
 
 def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str | None = None,
               backends: str | None = None, dead: str | None = None, pipes: str | None = None,
-              repeat: int | None = None, duration: float | None = None) -> Plan:
-    """The profile's plan with each given flag replacing its part; invalid values are UserErrors."""
+              repeat: int | None = None, duration: float | None = None, server: str | None = None,
+              server_image: str | None = None, server_cmd: str | None = None, server_port: int | str | None = None,
+              load: str | None = None) -> Plan:
+    """The profile's plan with each given flag replacing its part; invalid values are UserErrors.
+
+    A server other than ephttpd runs its own backends by default, and only the dead sweep: pipetest does not
+    involve the server."""
+    from . import servers  # servers reads this module's backends
+
     if profile not in PROFILES:
         raise UserError(f"--profile {profile!r}: valid: {','.join(PROFILES)}")
     plan = PROFILES[profile]
-    changes = {}
+    choice = servers.choose(server, server_image, server_cmd, server_port)
+    changes = {"server": choice.kind, "server_image": choice.image, "server_cmd": choice.command,
+               "server_port": choice.port}
+    if choice.kind != DEFAULT_SERVER:
+        changes.update(sweeps=("dead",), backends=choice.backends)
     if sweeps is not None:
         changes["sweeps"] = _choices(sweeps, SWEEPS, "--sweeps")
+        if choice.kind != DEFAULT_SERVER and "pipetest" in changes["sweeps"]:
+            raise UserError(f"--sweeps {sweeps}: pipetest does not involve the server, so it runs with ephttpd "
+                            f"only; use --sweeps dead with the {choice.kind} server")
     if variants is not None:
         changes["variants"] = _choices(variants, VARIANTS, "--variants")
     if backends is not None:
-        changes["backends"] = _choices(backends, SERVER_BACKENDS, "--backends")
+        changes["backends"] = _choices(backends, choice.backends, "--backends")
+    if load is not None:
+        if load not in LOADS:
+            raise UserError(f"--load {load!r}: give one load generator; valid: {','.join(LOADS)}")
+        changes["load"] = load
     if dead is not None:
         changes["dead"] = _counts(dead, "--dead", 0)
         changes["add_host_max"] = False
@@ -95,6 +122,12 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
             raise UserError(f"--duration {duration}: give seconds from 1 to 600")
         changes["duration_s"] = duration
     return replace(plan, **changes)
+
+
+def point_label(server: str, backend: str) -> str:
+    """How points and figures name a series: the backend for ephttpd (the study's server), else
+    server/backend, e.g. nginx/epoll."""
+    return backend if server == DEFAULT_SERVER else f"{server}/{backend}"
 
 
 @dataclass(frozen=True)

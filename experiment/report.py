@@ -34,6 +34,7 @@ import jinja2
 
 from . import figures
 from .errors import UserError
+from .plan import point_label
 from .results import Run
 
 SWEEP_ORDER = ("dead", "pipetest")
@@ -50,6 +51,8 @@ FLAG_TEXT = {
     "throttled": "CPU throttled",
     "server_saturated": "server saturated",
 }
+# The program a point's server section ran, by the server's kind.
+SERVER_PROGRAMS = {"ephttpd": "ephttpd", "python": "pyhttpd", "nginx": "nginx", "custom": "server"}
 # Flags that qualify a number quoted in a headline (a saturated server is what a benchmark expects).
 CAVEATS = ("client_saturated", "other_load", "throttled")
 
@@ -208,6 +211,20 @@ class Group:
     def host_max(self) -> bool:
         return any(p.get("host_max") for p in self.points)
 
+    @property
+    def loads(self) -> str:
+        """The load generator of these points (httperf for points from before --load existed)."""
+        return ", ".join(sorted({p.get("load") or "httperf" for p in self.points}))
+
+    @property
+    def bottleneck(self) -> str:
+        """Whose CPU ran out while the load ran, by the saturation flags of the measured repetitions."""
+        flags = [p.get("flags") or {} for p in self.ok]
+        if not any("server_saturated" in f or "client_saturated" in f for f in flags):
+            return "–"
+        sides = [side for side in ("client", "server") if self.flagged(f"{side}_saturated")]
+        return " and ".join(sides) + " CPU" if sides else "neither CPU"
+
 
 @dataclass
 class RunData:
@@ -233,9 +250,14 @@ class RunData:
     def variants(self, sweep: str) -> list[str]:
         return self._ordered({k[1] for k in self.groups if k[0] == sweep}, VARIANT_ORDER)
 
+    def labels(self) -> list[str]:
+        """The planned series: the plan's backends, as the points of its server name them."""
+        server = self.plan.get("server") or "ephttpd"
+        return [point_label(server, b) for b in self.plan.get("backends") or []]
+
     def backends(self, sweep: str, variant: str | None = None) -> list[str]:
         found = {k[2] for k in self.groups if k[0] == sweep and variant in (None, k[1])}
-        return self._ordered(found, self.plan.get("backends") or figures.BACKEND_STYLES)
+        return self._ordered(found, self.labels() or figures.BACKEND_STYLES)
 
     def series(self, sweep: str, variant: str, backend: str) -> list[Group]:
         return sorted((g for k, g in self.groups.items() if k[:3] == (sweep, variant, backend)),
@@ -460,7 +482,7 @@ def missing_levels(data: RunData) -> list[str]:
     for sweep_name in plan.get("sweeps") or []:
         levels = plan.get("dead" if sweep_name == "dead" else "pipes") or []
         for variant in plan.get("variants") or []:
-            for backend in plan.get("backends") or []:
+            for backend in data.labels():
                 missing += [f"{sweep_name} {variant.upper()} {backend} {x:,}" for x in levels
                             if (sweep_name, variant, backend, int(x)) not in data.groups]
     return missing
@@ -563,13 +585,17 @@ def run_figure_rows(data: RunData) -> list[FigureRow]:
 def _caption(data: RunData, sweep: Sweep, metric: Metric) -> str:
     spread = _repetitions_text(data)
     if metric.key == "reply_rate":
-        return ("httperf's average reply rate while the server holds the dead connections. " + spread
-                + " Ringed points: the client saturated, so there the rate is the client's limit.")
+        loads = sorted({p.get("load") or "httperf" for p in data.points if p.get("sweep") == "dead"})
+        what = {"httperf": "httperf's average reply rate", "wrk": "wrk's requests per second (its fixed "
+                "connections, each sending its next request when the reply has come)"}
+        return (" and ".join(what.get(name, name) for name in loads) + " while the server holds the dead "
+                "connections. " + spread + " Ringed points: the client saturated, so there the rate is the "
+                "client's limit.")
     if metric.key == "server_cpu_us_per_reply":
         return ("Server CPU time during the measurement divided by the replies it sent. This cost per reply "
                 "holds whether or not the client saturated. " + spread)
     if metric.key == "reply_time_ms":
-        return "httperf's mean reply time. " + spread
+        return "The load generator's mean reply time (httperf's response time, wrk's latency). " + spread
     return "Token passes per second through the pipes, log-log. " + spread
 
 
@@ -591,6 +617,8 @@ def points_table(data: RunData, sweep_name: str) -> dict:
     """Every group of repetitions; a group with no success carries its reasons instead of numbers."""
     sweep = SWEEPS[sweep_name]
     columns = ["variant", "backend", sweep.x_label, "ok / runs"]
+    if sweep_name == "dead":
+        columns += ["load", "bottleneck"]
     for metric in sweep.metrics:
         columns += [f"{metric.title} (median)", "min – max"]
     if sweep_name == "dead":
@@ -606,9 +634,10 @@ def points_table(data: RunData, sweep_name: str) -> dict:
         rows.append({"variant": group.variant.upper(), "backend": group.backend,
                      "x": f"{group.x:,}" + (" (host max)" if group.host_max else ""),
                      "runs": f"{len(group.ok)} / {len(group.points)}", "values": values,
+                     "about": [group.loads, group.bottleneck] if sweep_name == "dead" else [],
                      "flags": ", ".join(group.flags), "status": group.status, "reasons": group.reasons})
     return {"sweep": sweep_name, "title": sweep.title, "columns": columns, "rows": rows,
-            "value_columns": len(columns) - 6}
+            "value_columns": len(columns) - 6 - (2 if sweep_name == "dead" else 0)}
 
 
 def key_table(data: RunData, heads: list[Headline]) -> list[dict]:
@@ -654,14 +683,26 @@ def _command(part: dict | None) -> str:
 def point_commands(point: dict) -> list[dict]:
     """The programs of one point: their cpuset, container and exact command line."""
     found = []
-    for part in ("server", "deadconn", "httperf", "pipetest"):
+    for part in ("server", "deadconn", "httperf", "wrk", "pipetest"):
         section = point.get(part)
         if isinstance(section, dict) and section.get("command"):
-            found.append({"program": "ephttpd" if part == "server" else part,
+            kind = section.get("kind") or "ephttpd"
+            found.append({"program": SERVER_PROGRAMS.get(kind, kind) if part == "server" else part,
                           "cpuset": str(section.get("cpuset") or ""),
                           "container": str(section.get("container") or ""),
                           "command": _command(section)})
     return found
+
+
+ENGINE_COLUMNS = ("url", "hostname", "kernel", "cpu_model", "cpus", "fd_hard_limit", "docker_version")
+
+
+def engines_table(meta: dict) -> list[dict]:
+    """The engines the server and the clients ran on, one row each; empty for runs from before engines."""
+    engines = meta.get("engines") or {}
+    return [{"role": role, **{k: "–" if engines[role].get(k) is None else str(engines[role][k])
+                              for k in ENGINE_COLUMNS}}
+            for role in ("server", "client") if isinstance(engines.get(role), dict)]
 
 
 def method(data: RunData) -> dict:
@@ -777,6 +818,7 @@ def report_context(data: RunData) -> dict:
         "tables": [points_table(data, s) for s in data.sweeps() if s in SWEEPS],
         "method": method(data),
         "environment": flatten(data.metadata),
+        "engines": engines_table(data.metadata),
         "run_record": flatten({k: v for k, v in data.record.items()
                                if k not in ("metadata", "plan", "cpusets", "limits", "schema_version")}),
         "command_line": shlex.join(str(c) for c in data.record.get("command_line") or []),

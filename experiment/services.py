@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from . import httperf
 
 LOOPBACK = "127.0.0.1"
+WRK_CPU_MARK = "epollbench-client-cpu"
 
 
 @dataclass(frozen=True)
@@ -30,11 +32,22 @@ def server(backend: str, port: int | str, msgsize: int | str, cpuset: str, bind:
                                         "--msgsize", str(msgsize)), cpuset)
 
 
-def deadconn(port: int | str, connections: int | str, step_timeout_s: int, cpuset: str) -> Service:
-    """deadconn reads `grow N` commands on stdin, so a sweep ramps without reconnecting."""
-    return Service("deadconn", "client", ("deadconn", "--host", LOOPBACK, "--port", str(port),
+def deadconn(port: int | str, connections: int | str, step_timeout_s: int, cpuset: str, host: str = LOOPBACK,
+             source: str | None = None) -> Service:
+    """deadconn reads `grow N` commands on stdin, so a sweep ramps without reconnecting. source: the one
+    address to connect from, for a server beyond loopback (deadconn's default sources are 127.0.0.2...)."""
+    sources = ("--source-base", source, "--sources", "1") if source else ()
+    return Service("deadconn", "client", ("deadconn", "--host", host, "--port", str(port), *sources,
                                           "-n", str(connections), "--timeout", str(step_timeout_s)),
                    cpuset, stdin=True)
+
+
+def wrk(url: str, connections: int, duration_s: float, cpuset: str) -> Service:
+    """wrk, one thread, then one line with the CPU time it used, which it does not print itself: the shell's
+    cutime and cstime (clock ticks) once wrk has exited and been reaped, and wrk's exit status."""
+    script = (f"{shlex.join(httperf.wrk_command(url, connections, 1, duration_s))}; status=$?; "
+              f'echo "{WRK_CPU_MARK} $(cut -d" " -f16,17 /proc/$$/stat) $status"; exit $status')
+    return Service("wrk", "client", ("sh", "-c", script), cpuset)
 
 
 def active_load(load: httperf.ActiveLoad, cpuset: str) -> Service:

@@ -59,3 +59,49 @@ def test_invalid_flags_are_one_line_errors_listing_the_valid_values(kwargs, mess
         plan.make_plan(**kwargs)
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+
+
+def test_another_server_runs_its_own_backends_and_the_dead_sweep_only():
+    nginx = plan.make_plan("quick", server="nginx")
+    assert (nginx.server, nginx.backends, nginx.sweeps) == ("nginx", ("epoll",), ("dead",))
+    python = plan.make_plan("paper", server="python", backends="asyncio,epoll", load="wrk")
+    assert (python.backends, python.load, python.repeat) == (("asyncio", "epoll"), "wrk", 3)
+    own = plan.make_plan("quick", server_image="example/server:1", server_cmd="server --port {port}",
+                         server_port="8088")
+    assert (own.server, own.server_image, own.server_cmd, own.server_port, own.backends) == \
+        ("custom", "example/server:1", "server --port {port}", 8088, ("own",))
+    ephttpd = plan.make_plan("quick")
+    assert (ephttpd.server, ephttpd.load, ephttpd.sweeps) == ("ephttpd", "httperf", plan.SWEEPS)
+
+
+def test_a_plan_recorded_before_servers_and_loads_existed_still_loads():
+    old = plan.make_plan("quick").to_dict()
+    for key in ("server", "server_image", "server_cmd", "server_port", "load"):
+        del old[key]
+    loaded = plan.Plan(**old)
+    assert (loaded.server, loaded.load, loaded.server_image) == ("ephttpd", "httperf", None)
+
+
+def test_points_of_other_servers_are_labelled_server_slash_backend():
+    assert plan.point_label("ephttpd", "epoll") == "epoll"
+    assert plan.point_label("nginx", "epoll") == "nginx/epoll"
+    assert plan.point_label("custom", "own") == "custom/own"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"server": "python", "backends": "epoll,io_uring"},
+     "--backends 'epoll,io_uring': unknown io_uring; valid: select,poll,epoll,asyncio"),
+    ({"server": "nginx", "backends": "poll"}, "--backends 'poll': unknown poll; valid: epoll"),
+    ({"server": "nginx", "sweeps": "dead,pipetest"},
+     "--sweeps dead,pipetest: pipetest does not involve the server, so it runs with ephttpd only"),
+    ({"server": "apache"}, "--server apache: use ephttpd, python or nginx"),
+    ({"server_image": "x/y", "server_cmd": "y"}, "a server of your own needs --server-image, --server-cmd and "
+                                                  "--server-port: add --server-port"),
+    ({"load": "ab"}, "--load 'ab': give one load generator; valid: httperf,wrk"),
+    ({"load": "httperf,wrk"}, "--load 'httperf,wrk': give one load generator"),
+])
+def test_invalid_server_and_load_flags_are_one_line_errors(kwargs, message):
+    with pytest.raises(UserError) as caught:
+        plan.make_plan(**kwargs)
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)

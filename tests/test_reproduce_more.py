@@ -1,0 +1,192 @@
+"""`invoke reproduce` beyond one server, one load generator and one engine: nginx, pyhttpd and a server of
+one's own under test, wrk as the load, and the server and the clients on two Docker engines. Each is a small
+real sweep (UP, 0 and 1000 dead connections, 2 s points) in real containers."""
+
+from __future__ import annotations
+
+import calendar
+import resource
+import shlex
+import socket
+import time
+
+import pytest
+from test_reproduce import finished, invoke, labelled_containers
+
+from experiment import engine, figures, servers, services, sweep
+from experiment.containers import LABEL_ROLE, LABEL_RUN
+from experiment.results import Run
+
+SMOKE = ["--variants", "up", "--sweeps", "dead", "--dead", "0,1000", "--duration", "2", "--no-report"]
+FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def smoke(results_dir, *args: str) -> Run:
+    code, out, err = finished(invoke(*SMOKE, *args, results_dir=results_dir), timeout=600)
+    assert code == 0, f"{out}\n{err}"
+    return Run.open(None, results_dir)
+
+
+def dead_points(run: Run) -> dict[tuple[str, int], dict]:
+    points = {(p["backend"], p["x"]): p for p in run.points()}
+    for p in points.values():
+        assert p["status"] == "ok", (p["id"], p["reason"])
+        assert p["figures"]["replies"] > 0 and p["figures"]["reply_rate"] > 0
+        assert p["figures"]["server_cpu_s"] > 0 and p["figures"]["server_cpu_us_per_reply"] > 0
+        assert p["deadconn"]["held"] == p["x"]
+    return points
+
+
+def assert_held(point: dict) -> None:
+    """The server's own count of open connections: the dead ones and the load's."""
+    assert point["server"]["stats_after"]["open"] >= point["x"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    return engine.connect()
+
+
+# ------------------------------------------------------------------------------------ without containers
+
+
+def test_each_server_keeps_its_backends_colour_but_has_its_own_marker_and_dashes():
+    ours, theirs = figures.backend_style("epoll"), figures.backend_style("nginx/epoll")
+    assert ours["color"] == theirs["color"]
+    assert (ours["marker"], ours["linestyle"]) != (theirs["marker"], theirs["linestyle"])
+    python = {b: figures.backend_style(f"python/{b}") for b in servers.PYTHON_BACKENDS}
+    assert len({s["color"] for s in python.values()}) == len(servers.PYTHON_BACKENDS)
+    assert figures.backend_style("kqueue") == figures.backend_style("apache/epoll") == figures.OTHER_STYLE
+
+
+def test_cpusets_of_two_hosts_give_the_clients_all_of_theirs():
+    assert sweep.cpusets([0, 1]) == {"up": {"server": "0", "clients": "1"},
+                                     "smp": {"server": "0,1", "clients": "0,1"}}
+    assert sweep.cpusets([0, 1], [0, 1, 2, 3], same_host=False) == {
+        "up": {"server": "0", "clients": "0,1,2,3"}, "smp": {"server": "0,1", "clients": "0,1,2,3"}}
+    assert engine.expand_cpu_list("0-2,5") == [0, 1, 2, 5]
+
+
+def test_the_wrk_service_reports_wrks_exit_code_and_cpu_time_after_it():
+    service = services.wrk("http://127.0.0.1:8080/", 100, 2, "1")
+    assert service.command[:2] == ("sh", "-c")
+    assert service.command[2].startswith("wrk --threads 1 --connections 100 --duration 2s --timeout 5s "
+                                         "http://127.0.0.1:8080/;")
+    assert sweep._wrk_status(f"Requests/sec: 5\n{services.WRK_CPU_MARK} 150 50 0\n", 0) == (0, 2.0)
+    assert sweep._wrk_status("no such line\n", 7) == (7, None)
+
+
+def test_deadconn_connects_from_one_given_address_to_a_server_beyond_loopback():
+    command = services.deadconn(80, 0, 60, "1", host="192.0.2.10", source="192.0.2.20").command
+    assert command[command.index("--host") + 1] == "192.0.2.10"
+    assert command[command.index("--source-base") + 1:command.index("--sources") + 2] == ("192.0.2.20",
+                                                                                           "--sources", "1")
+    assert "--source-base" not in services.deadconn(80, 0, 60, "1").command
+
+
+# ------------------------------------------------------------------------------------------- real sweeps
+
+
+@pytest.mark.docker
+def test_server_and_clients_on_two_engines(tmp_path, client, second_engine):
+    run = smoke(tmp_path, "--backends", "epoll", "--server-engine", engine.DEFAULT_SOCKET,
+                "--client-engine", second_engine.url)
+    record = run.record()
+    assert record["engines"] == {"server": engine.DEFAULT_SOCKET, "client": second_engine.url,
+                                 "server_address": "127.0.0.1"}
+    engines = record["metadata"]["engines"]
+    assert engines["server"]["url"] == engine.DEFAULT_SOCKET and engines["client"]["url"] == second_engine.url
+    assert engines["server"]["docker_root_dir"] != engines["client"]["docker_root_dir"]
+    assert engines["server"]["boot_id"] == engines["client"]["boot_id"], "two engines of one host"
+    client_id = record["metadata"]["image_ids"]["client"]
+    assert second_engine.client.images.get(client_id).id == client_id
+    copied = record["metadata"]["images_source"]["copied_to_client_engine"]
+    assert len(copied) == 1 and set(copied.values()) <= {"copied", "present"}
+    assert client.images.get(next(iter(copied))).id == client_id, "the client image, and only it"
+    points = dead_points(run)
+    assert sorted(points) == [("epoll", 0), ("epoll", 1000)]
+    for p in points.values():
+        assert_held(p)
+    assert labelled_containers(client, run.id) == labelled_containers(second_engine.client, run.id) == []
+    assert created_roles(client, run) == {"server"}
+    assert created_roles(second_engine.client, run) == {"deadconn", "httperf"}
+
+
+def created_roles(docker_client, run: Run) -> set[str]:
+    """The roles of the run's containers an engine created, from its event log."""
+    started = calendar.timegm(time.strptime(run.record()["started_at"], "%Y-%m-%dT%H:%M:%SZ"))
+    events = docker_client.events(since=started - 5, until=int(time.time()) + 1, decode=True,
+                                  filters={"type": "container", "event": "create", "label": f"{LABEL_RUN}={run.id}"})
+    return {event["Actor"]["Attributes"][LABEL_ROLE] for event in events}
+
+
+@pytest.mark.docker
+def test_nginx_answers_a_smoke_sweep(tmp_path):
+    run = smoke(tmp_path, "--server", "nginx")
+    points = dead_points(run)
+    assert sorted(points) == [("nginx/epoll", 0), ("nginx/epoll", 1000)]
+    for p in points.values():
+        assert p["id"].startswith("dead-up-nginx-epoll-r1-d")
+        assert (p["server_kind"], p["mechanism"], p["load"]) == ("nginx", "epoll", "httperf")
+        assert p["server"]["readiness"] == "tcp" and p["server"]["stats_after"] is None
+        assert "exec nginx -c" in p["server"]["command"][-1]
+    assert run.record()["metadata"]["server_under_test"]["kind"] == "nginx"
+
+
+@pytest.mark.docker
+def test_the_python_server_answers_a_smoke_sweep_on_two_backends(tmp_path):
+    run = smoke(tmp_path, "--server", "python", "--backends", "epoll,asyncio")
+    points = dead_points(run)
+    assert sorted(points) == [("python/asyncio", 0), ("python/asyncio", 1000), ("python/epoll", 0),
+                              ("python/epoll", 1000)]
+    for (label, _x), p in points.items():
+        assert p["id"].startswith(f"dead-up-{label.replace('/', '-')}-r1-d")
+        assert p["server"]["command"][:3] == ["pyhttpd", "--backend", p["mechanism"]]
+        assert_held(p)
+        served = p["server"]["stats_after"]["responses_200"] - p["server"]["stats_before"]["responses_200"]
+        assert served == p["figures"]["replies"], "httperf's replies are the server's responses"
+
+
+@pytest.mark.docker
+def test_a_server_of_ones_own_runs_with_the_same_load(tmp_path, client):
+    port = free_port()
+    command = shlex.join(["sh", "-c", servers.nginx_script(servers.nginx_conf(port, 128, FD_LIMIT))])
+    run = smoke(tmp_path, "--server-image", "epollbench/server:latest", "--server-cmd", command,
+                "--server-port", str(port))
+    points = dead_points(run)
+    assert sorted(points) == [("custom/own", 0), ("custom/own", 1000)]
+    under_test = run.record()["metadata"]["server_under_test"]
+    assert under_test["image"] == "epollbench/server:latest" and under_test["port"] == port
+    assert under_test["image_id"] == client.images.get("epollbench/server:latest").id
+    for p in points.values():
+        assert p["id"].startswith("dead-up-custom-own-r1-d")
+        assert p["server"]["port"] == port and p["server"]["image"] == "epollbench/server:latest"
+        assert p["httperf"]["command"][p["httperf"]["command"].index("--port") + 1] == str(port)
+
+
+@pytest.mark.docker
+def test_wrk_measures_the_points_and_says_so(tmp_path):
+    run = smoke(tmp_path, "--backends", "epoll", "--load", "wrk")
+    version = run.record()["metadata"]["wrk_version"]  # e.g. "wrk debian/4.1.0-3+b2 [epoll] Copyright ..."
+    assert version.startswith("wrk ") and "[epoll]" in version
+    points = dead_points(run)
+    assert sorted(points) == [("epoll", 0), ("epoll", 1000)]
+    for p in points.values():
+        assert p["load"] == "wrk" and "httperf" not in p
+        parsed, figures_ = p["wrk"]["parsed"], p["figures"]
+        assert p["wrk"]["exit_code"] == 0
+        assert figures_["reply_rate_source"] == "wrk"
+        assert figures_["replies"] == parsed["requests"] and figures_["reply_rate"] == parsed["requests_per_s"]
+        assert parsed["connections"] == 100 and parsed["threads"] == 1
+        assert 0 < figures_["client_cpu_pct"] <= 100 * 1.05
+        assert {"client_saturated", "server_saturated"} <= set(p["flags"])
+        assert (run.path / p["wrk"]["raw"]).read_text().startswith("Running 2s test @ http://127.0.0.1:")
+        assert_held(p)
+        served = p["server"]["stats_after"]["responses_200"] - p["server"]["stats_before"]["responses_200"]
+        assert served >= figures_["replies"], "wrk counts the replies that arrived before it stopped"
