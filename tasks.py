@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from pathlib import Path
 
 from invoke import Exit, Task, task
@@ -100,7 +101,10 @@ def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dea
     if options.render_report:
         from experiment import report
 
+        started = time.monotonic()
         print(f"report: {report.render(run)}")
+        run.update_record(timings={**run.record().get("timings", {}),
+                                   "report_s": round(time.monotonic() - started, 1)})
 
 
 @task(positional=["run"], help={"run": "a run folder or id under results/ (default: results/latest)"})
@@ -176,6 +180,16 @@ def bench_programs(c, json_out=None):
     from experiment import benchprograms
 
     benchprograms.main(json_out)
+
+
+@task(help={"json_out": "where to write the JSON results (default benchmarks/results/bench-<stamp>.json)",
+            "skip_harness": "leave out the timed quick profile run (item 4), which takes about 5 minutes"})
+@_user_errors
+def bench(c, json_out=None, skip_harness=False):
+    """ephttpd vs nginx per reply, capacity per backend, deadconn's rate, the harness, pipetest: one run."""
+    from experiment import bench as bench_module
+
+    bench_module.main(json_out, skip_harness=skip_harness)
 
 
 @task

@@ -1,0 +1,319 @@
+"""`invoke bench`: is the tool cheaper than what it measures? Side-by-side ratios taken in one run.
+
+What is measured (each natively on this host, the server pinned to the first CPU and every client to the
+others, as in the UP variant):
+  1. server CPU microseconds per reply of ephttpd (epoll) and Debian's nginx (epoll), same CPU, same body,
+     same load (wrk, then httperf), at 0 dead connections and at the most one server process can hold;
+  2. ephttpd's capacity on one CPU under wrk (replies/s, with the server's CPU share to show it was the
+     bottleneck), for every backend at 0 and at the most dead connections; from it, how far each backend's
+     capacity falls with dead connections, and poll's cost per extra dead connection per reply (ns);
+  3. deadconn's opening rate (connections/s) up to the most the host allows (two server processes);
+  4. the harness: wall time of a quick profile run with cached images, split into images, setup, measuring
+     and report (read from the run's own timings);
+  5. pipetest's token passes/s per backend at 10 pipes and at the most pipes allowed, next to 2002's.
+The metric is CPU time from /proc/PID/stat (user + system, every process of the server) over the load,
+divided by the replies the load generator counted.
+Not measured: anything inside containers except item 4; reply rates measured with httperf, which is
+single-threaded and busy-polls, say more about httperf than about a server on a 2-CPU host. No test asserts
+any of these numbers: they are written to benchmarks/results/ and printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import host, httperf, native, servers
+from .errors import UserError
+from .plan import PIPETEST_BACKENDS, SERVER_BACKENDS, max_dead, max_pipes
+
+ACTIVE = 100               # connections of each load, as the 2002 study's httperf
+LOAD_SECONDS = 5           # how long each load runs
+PIPETEST_SECONDS = 2
+DEADCONN_TIMEOUT_S = 120
+NGINX = "/usr/sbin/nginx"
+NGINX_HEADROOM = 1000
+REFERENCE = native.ROOT / "experiment" / "data" / "lse-2002.json"
+RESULTS = native.ROOT / "benchmarks" / "results"
+TARGETS = {"ephttpd_vs_nginx_cpu_ratio": 0.5, "capacity_kept_at_most_dead": 0.95,
+           "deadconn_per_s": 40_000, "quick_profile_s": 600, "quick_measuring_share": 0.8}
+
+
+def _ticks(pids: list[int]) -> int:
+    """User + system clock ticks of the processes (fields 14 and 15 of /proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(x) for x in text]
+    return found
+
+
+class Cpus:
+    def __init__(self) -> None:
+        cpus = host.cpus()
+        self.server = {cpus[0]}
+        self.clients = set(cpus[1:]) or {cpus[0]}
+
+    def pin_clients(self) -> None:
+        os.sched_setaffinity(0, self.clients)
+
+    def pin_server(self) -> None:
+        os.sched_setaffinity(0, self.server)
+
+
+@contextlib.contextmanager
+def ephttpd(cpus: Cpus, backend: str, workers: int = 1) -> Iterator[tuple[int, list[int]]]:
+    server = native.Ephttpd(backend=backend, extra_args=["--workers", str(workers)] if workers > 1 else [])
+    with server:
+        os.sched_setaffinity(server.pid, cpus.server)
+        pids = [server.pid, *_children(server.pid)]
+        for pid in pids:
+            os.sched_setaffinity(pid, cpus.server)
+        yield server.port, pids
+        server.stop()
+
+
+@contextlib.contextmanager
+def nginx(cpus: Cpus, msgsize: int = 128) -> Iterator[tuple[int, list[int]]]:
+    """Debian's nginx with the configuration a sweep gives it (servers.nginx_conf), pinned like ephttpd."""
+    if not os.access(NGINX, os.X_OK):
+        raise UserError("nginx is not installed: `apt-get install nginx-light` (./run test installs it)")
+    with tempfile.TemporaryDirectory(prefix="epollbench-nginx-") as tmp:
+        port = _free_port()
+        conf = Path(tmp) / "nginx.conf"
+        conf.write_text(servers.nginx_conf(port, msgsize, host.fd_hard_limit(), pid_path=f"{tmp}/nginx.pid"))
+        proc = subprocess.Popen([NGINX, "-c", str(conf), "-e", "stderr"], stderr=subprocess.PIPE, text=True,
+                                preexec_fn=cpus.pin_server)
+        try:
+            deadline = time.monotonic() + 10
+            while not servers.tcp_connects("127.0.0.1", port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise UserError(f"nginx did not start: {proc.stderr.read() if proc.poll() is not None else ''}")
+                time.sleep(0.05)
+            yield port, [proc.pid, *_children(proc.pid)]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dead_connections(cpus: Cpus | None, port: int, count: int) -> Iterator[dict]:
+    """deadconn holding count dead connections to port (pinned to the client CPUs when cpus is given)."""
+    proc = subprocess.Popen(native.deadconn_command("--port", str(port), "-n", str(count), "--timeout",
+                                                    str(DEADCONN_TIMEOUT_S)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=cpus.pin_clients if cpus else None)
+    try:
+        ready = json.loads(proc.stdout.readline() or "{}")
+        if ready.get("event") != "ready":
+            raise UserError(f"deadconn could not hold {count} connections: {ready or proc.stderr.read().strip()}")
+        yield ready
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _wrk(cpus: Cpus, port: int) -> dict:
+    command = httperf.wrk_command(f"http://127.0.0.1:{port}/", connections=ACTIVE, threads=1,
+                                  duration_s=LOAD_SECONDS)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=LOAD_SECONDS * 4 + 30,
+                          preexec_fn=cpus.pin_clients)
+    parsed = httperf.parse_wrk(proc.stdout)
+    return {"replies": parsed["requests"], "rate": parsed["requests_per_s"], "duration_s": parsed["duration_s"],
+            "errors": sum(parsed["socket_errors"].values()) + (parsed.get("non_2xx_3xx") or 0)}
+
+
+def _httperf(cpus: Cpus, port: int) -> dict:
+    def run(calls: int) -> dict:
+        load = httperf.ActiveLoad(port=port, connections=ACTIVE, num_calls=calls)
+        proc = subprocess.run(httperf.command(load), capture_output=True, text=True, timeout=LOAD_SECONDS * 10 + 60,
+                              preexec_fn=cpus.pin_clients)
+        return httperf.parse(proc.stdout)
+
+    probe = run(50)
+    parsed = run(httperf.calls_for_duration(probe["reply_rate"]["overall"], LOAD_SECONDS, ACTIVE))
+    return {"replies": parsed["total"]["replies"], "rate": parsed["reply_rate"]["overall"],
+            "duration_s": parsed["total"]["test_duration_s"], "errors": parsed["errors"]["total"]}
+
+
+def _under_load(cpus: Cpus, port: int, pids: list[int], load: str) -> dict:
+    before = _ticks(pids)
+    result = (_wrk if load == "wrk" else _httperf)(cpus, port)
+    cpu_s = (_ticks(pids) - before) / os.sysconf("SC_CLK_TCK")
+    replies = result["replies"]
+    return {**result, "load": load, "server_cpu_s": cpu_s,
+            "server_busy_pct": 100 * cpu_s / result["duration_s"] if result["duration_s"] else None,
+            "cpu_us_per_reply": cpu_s * 1e6 / replies if replies else None}
+
+
+def _point(cpus: Cpus, server: str, backend: str, dead: int, load: str) -> dict:
+    start = ephttpd(cpus, backend) if server == "ephttpd" else nginx(cpus)
+    with start as (port, pids), dead_connections(cpus, port, dead):
+        return {"server": server, "backend": backend, "dead": dead, **_under_load(cpus, port, pids, load)}
+
+
+def versus_nginx(cpus: Cpus, most: int) -> dict:
+    rows = [_point(cpus, server, "epoll", dead, load)
+            for load in ("wrk", "httperf") for dead in (0, most) for server in ("ephttpd", "nginx")]
+    ratios = {}
+    for load in ("wrk", "httperf"):
+        for dead in (0, most):
+            ours, theirs = (next(r for r in rows if (r["server"], r["load"], r["dead"]) == (s, load, dead))
+                            for s in ("ephttpd", "nginx"))
+            ratios[f"{load}@{dead}"] = ours["cpu_us_per_reply"] / theirs["cpu_us_per_reply"]
+    return {"rows": rows, "ephttpd_over_nginx": ratios}
+
+
+def capacity(cpus: Cpus, fd_limit: int) -> dict:
+    rows = []
+    for backend in SERVER_BACKENDS:
+        for dead in (0, max_dead(fd_limit, backend, ACTIVE)):
+            rows.append(_point(cpus, "ephttpd", backend, dead, "wrk"))
+    kept, poll_ns = {}, None
+    for backend in SERVER_BACKENDS:
+        zero, most = (r for r in rows if r["backend"] == backend)
+        kept[backend] = most["rate"] / zero["rate"]
+        if backend == "poll" and most["dead"]:
+            poll_ns = (most["cpu_us_per_reply"] - zero["cpu_us_per_reply"]) * 1e3 / most["dead"]
+    return {"rows": rows, "capacity_kept": kept, "poll_ns_per_dead_per_reply": poll_ns}
+
+
+def deadconn_rate(fd_limit: int) -> dict:
+    """Two ephttpd workers hold twice what one process can; deadconn opens that many, unpinned."""
+    workers = 2
+    count = workers * max_dead(fd_limit, "epoll", ACTIVE)
+    server = native.Ephttpd(backend="epoll", extra_args=["--workers", str(workers)])
+    with server, dead_connections(None, server.port, count) as ready:
+        result = {"connections": ready["held"], "seconds": ready["seconds"], "rate_per_s": ready["rate_per_s"],
+                  "workers": ready["workers"], "server_workers": workers,
+                  "conntrack_drops": ready.get("conntrack_drops")}
+    return result
+
+
+def harness() -> dict:
+    """A quick profile run with cached images, in a scratch results folder, and its phase timings."""
+    with tempfile.TemporaryDirectory(prefix="epollbench-harness-") as tmp:
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "invoke", "reproduce", "--results-dir", tmp],
+                              cwd=native.ROOT, capture_output=True, text=True)
+        wall = time.monotonic() - started
+        if proc.returncode != 0:
+            raise UserError(f"the quick profile failed: {proc.stderr.strip()[-300:]}")
+        record = json.loads((Path(tmp) / "latest" / "run.json").read_text())
+    timings = record.get("timings", {})
+    measuring = timings.get("measuring_s")
+    return {"wall_s": wall, "timings": timings, "measuring_share": measuring / wall if measuring else None}
+
+
+def pipetest(fd_limit: int) -> dict:
+    reference = json.loads(REFERENCE.read_text())["pipetest_smp"]["series"]
+    rows = []
+    for backend in PIPETEST_BACKENDS:
+        for pipes in (10, max_pipes(fd_limit, backend)):
+            proc = subprocess.run([str(native.BUILD / "pipetest"), "--backend", backend, "--pipes", str(pipes),
+                                   "--generations", "1000000000", "--max-seconds", str(PIPETEST_SECONDS)],
+                                  capture_output=True, text=True, timeout=PIPETEST_SECONDS * 10 + 30)
+            if proc.returncode != 0:
+                rows.append({"backend": backend, "pipes": pipes, "error": proc.stderr.strip()})
+                continue
+            result = json.loads(proc.stdout)
+            rows.append({"backend": backend, "pipes": pipes, "passes_per_s": result["passes_per_s"]})
+    return {"rows": rows, "reference_2002": reference}
+
+
+def main(json_out: str | None = None, skip_harness: bool = False) -> dict:
+    native.build()
+    fd_limit = host.fd_hard_limit()
+    cpus = Cpus()
+    # nginx resets a few dozen of 19,500 dead connections at a 20,000-file limit (not yet understood; see
+    # the README): the two servers are compared at a level both hold.
+    most = max_dead(fd_limit, "epoll", ACTIVE) - NGINX_HEADROOM
+    result = {"schema_version": 1, "benchmark": "bench", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "kernel": os.uname().release, "cpu_model": host.cpu_model(), "cpus": host.cpu_count(),
+              "fd_limit": fd_limit, "server_cpus": sorted(cpus.server), "client_cpus": sorted(cpus.clients),
+              "load_seconds": LOAD_SECONDS, "targets": TARGETS, "load_at_start": list(os.getloadavg())}
+    result["versus_nginx"] = versus_nginx(cpus, most)
+    result["capacity"] = capacity(cpus, fd_limit)
+    result["deadconn"] = deadconn_rate(fd_limit)
+    result["pipetest"] = pipetest(fd_limit)
+    result["harness"] = None if skip_harness else harness()
+    _print(result)
+    path = Path(json_out) if json_out else RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%SZ')}.json"
+    if path.exists():
+        raise UserError(f"{path} exists: results are never overwritten; choose another --json-out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results: {path}")
+    return result
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _num(value, fmt: str = ",.0f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _print(r: dict) -> None:
+    console = Console()
+    console.print(_table("1. server CPU per reply: ephttpd vs nginx (epoll, one CPU)",
+                         ["load", "dead", "server", "replies/s", "server busy %", "CPU µs/reply"],
+                         [[x["load"], _num(x["dead"]), x["server"], _num(x["rate"]), _num(x["server_busy_pct"]),
+                           _num(x["cpu_us_per_reply"], ".2f")] for x in r["versus_nginx"]["rows"]]))
+    for key, ratio in r["versus_nginx"]["ephttpd_over_nginx"].items():
+        console.print(f"  ephttpd / nginx CPU per reply, {key} dead: {ratio:.2f} "
+                      f"(target <= {TARGETS['ephttpd_vs_nginx_cpu_ratio']})")
+    cap = r["capacity"]
+    console.print(_table("2. ephttpd capacity on one CPU (wrk)",
+                         ["backend", "dead", "replies/s", "server busy %", "CPU µs/reply"],
+                         [[x["backend"], _num(x["dead"]), _num(x["rate"]), _num(x["server_busy_pct"]),
+                           _num(x["cpu_us_per_reply"], ".2f")] for x in cap["rows"]]))
+    for backend, kept in cap["capacity_kept"].items():
+        console.print(f"  {backend}: capacity at the most dead connections = {kept:.1%} of its 0-dead capacity")
+    console.print(f"  poll: {_num(cap['poll_ns_per_dead_per_reply'], '.1f')} ns per extra dead connection per reply")
+    d = r["deadconn"]
+    console.print(f"3. deadconn: {d['connections']:,} connections in {d['seconds']:.2f} s = {d['rate_per_s']:,.0f}/s "
+                  f"({d['workers']} worker(s); target >= {TARGETS['deadconn_per_s']:,}/s)")
+    console.print(_table("5. pipetest (token passes/s)", ["backend", "pipes", "passes/s"],
+                         [[x["backend"], _num(x["pipes"]), _num(x.get("passes_per_s"))]
+                          for x in r["pipetest"]["rows"]]))
+    h = r["harness"]
+    if h:
+        t = h["timings"]
+        console.print(f"4. harness: quick profile {h['wall_s']:.0f} s wall: images {_num(t.get('images_s'), '.0f')} s, "
+                      f"setup {_num(t.get('setup_s'), '.0f')} s, measuring {_num(t.get('measuring_s'), '.0f')} s, "
+                      f"report {_num(t.get('report_s'), '.0f')} s; measuring share "
+                      f"{_num(h['measuring_share'], '.0%')} (targets <= 600 s, >= 80%)")
+
