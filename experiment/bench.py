@@ -85,6 +85,10 @@ def ephttpd(cpus: Cpus, backend: str, workers: int = 1) -> Iterator[tuple[int, l
     with server:
         os.sched_setaffinity(server.pid, cpus.server)
         pids = [server.pid, *_children(server.pid)]
+        deadline = time.monotonic() + 10
+        while workers > 1 and len(pids) < workers + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the listening line can come before every worker has been forked
+            pids = [server.pid, *_children(server.pid)]
         for pid in pids:
             os.sched_setaffinity(pid, cpus.server)
         yield server.port, pids

@@ -354,4 +354,8 @@ def test_asyncio_out_of_descriptors_pauses_accepting_says_so_once_and_serves_on(
     stats = json.loads(out.splitlines()[-1])
     assert 0 < snap["accepted"] < limit and stats["refused"] == 0
     assert stats["accepted"] == total + 1 and stats["wait_calls"] < 10 * total
-    assert err.count("\n") == 1 and "Too many open files (said once)" in err, err
+    # One line per kind of trouble, never a traceback or a flood. asyncio may add a second kind at shutdown,
+    # when SIGTERM closes the listener while an accept retry is still scheduled ("Invalid file descriptor").
+    lines = err.splitlines()
+    assert sum("Too many open files (said once)" in line for line in lines) == 1, err
+    assert all(line.endswith("(said once)") for line in lines) and len(lines) <= 2, err
