@@ -101,7 +101,7 @@ def nginx(cpus: Cpus, msgsize: int = 128) -> Iterator[tuple[int, list[int]]]:
     if not os.access(NGINX, os.X_OK):
         raise UserError("nginx is not installed: `apt-get install nginx-light` (./run test installs it)")
     with tempfile.TemporaryDirectory(prefix="epollbench-nginx-") as tmp:
-        port = _free_port()
+        port = host.free_port()
         conf = Path(tmp) / "nginx.conf"
         conf.write_text(servers.nginx_conf(port, msgsize, host.fd_hard_limit(), pid_path=f"{tmp}/nginx.pid"))
         proc = subprocess.Popen([NGINX, "-c", str(conf), "-e", "stderr"], stderr=subprocess.PIPE, text=True,
@@ -117,13 +117,6 @@ def nginx(cpus: Cpus, msgsize: int = 128) -> Iterator[tuple[int, list[int]]]:
             proc.terminate()
             proc.wait(timeout=10)
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

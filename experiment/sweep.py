@@ -22,7 +22,6 @@ import ipaddress
 import json
 import re
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -346,11 +345,6 @@ def _finish(ctx: Context, point: dict, status: str = "ok", reason: str | None = 
     ctx.progress.advance(point)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 # --- dead connections -------------------------------------------------------------------------------------
 
@@ -376,7 +370,7 @@ def dead_series(ctx: Context, variant: str, backend: str, repetition: int) -> No
     cs = ctx.cpusets[variant]
     # A server of the user's own listens where it listens; ours on a port free here (on another host's
     # engine only a guess, and the check below catches a wrong one).
-    port = ctx.choice.port or free_port()
+    port = ctx.choice.port or host.free_port()
     series = f"dead {variant} {label} r{repetition}"
     ctx.progress.describe(f"{series}: starting server")
     service = ctx.choice.service(backend, port, ctx.plan.msgsize, cs["server"], ctx.fd_limit, ctx.server_address)

@@ -5,13 +5,12 @@ over 127.0.0.1."""
 from __future__ import annotations
 
 import resource
-import socket
 import time
 import uuid
 
 import pytest
 
-from experiment import containers, engine, httperf, images, servers, services
+from experiment import containers, engine, host, httperf, images, servers, services
 from experiment.containers import Containers
 
 pytestmark = pytest.mark.docker
@@ -34,11 +33,6 @@ def copied(first_client, second_engine, built):
     refs = [built["server"].tag, built["client"].tag]
     return refs, engine.copy_images(first_client, second_engine.client, refs)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_second_engine_is_another_dockerd_without_a_bridge(first_client, second_engine):
@@ -66,7 +60,7 @@ def test_clients_on_the_second_engine_load_a_server_on_the_first_over_loopback(f
     run_id = f"test-engines-{uuid.uuid4().hex[:8]}"
     server_side = Containers(first_client, run_id, FD_LIMIT)
     client_side = Containers(second_engine.client, run_id, FD_LIMIT)
-    port, dead, calls, conns = free_port(), 100, 20, 10
+    port, dead, calls, conns = host.free_port(), 100, 20, 10
     try:
         service = servers.choose("python").service("epoll", port, 128, "0", FD_LIMIT)
         server = server_side.run(built["server"].tag, service)

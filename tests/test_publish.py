@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -35,11 +34,6 @@ REGISTRY_START_TIMEOUT_S = 30
 STREAMING_RSS_LIMIT_KB = 100_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def client():
@@ -51,7 +45,7 @@ def registry(tmp_path_factory):
     """Debian's docker-registry on 127.0.0.1:<free port>, with its own config and storage; stopped at the end."""
     host.ensure_packages(["docker-registry"], "the publish tests")
     folder = tmp_path_factory.mktemp("registry")
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{host.free_port()}"
     config = folder / "config.yml"
     config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
                       f"    rootdirectory: {folder / 'storage'}\n  delete:\n    enabled: true\n"
@@ -209,7 +203,7 @@ def test_a_registry_image_that_is_not_the_published_one_is_refused(client, regis
 @pytest.mark.docker
 def test_an_unreachable_registry_or_a_missing_image_is_a_one_line_error(client, registry):
     with pytest.raises(UserError) as unreachable:
-        publish.obtain(client, image_ref=f"127.0.0.1:{free_port()}/epollbench:v1", say=quiet)
+        publish.obtain(client, image_ref=f"127.0.0.1:{host.free_port()}/epollbench:v1", say=quiet)
     assert "connection refused" in str(unreachable.value) and "start the registry" in str(unreachable.value)
 
     missing = f"{registry}/absent-{uuid.uuid4().hex[:8]}:v1"

@@ -7,13 +7,12 @@ from __future__ import annotations
 import calendar
 import resource
 import shlex
-import socket
 import time
 
 import pytest
 from test_reproduce import finished, invoke, labelled_containers
 
-from experiment import engine, figures, servers, services, sweep
+from experiment import engine, figures, host, servers, services, sweep
 from experiment.containers import LABEL_ROLE, LABEL_RUN
 from experiment.results import Run
 
@@ -41,11 +40,6 @@ def assert_held(point: dict) -> None:
     """The server's own count of open connections: the dead ones and the load's."""
     assert point["server"]["stats_after"]["open"] >= point["x"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +149,7 @@ def test_the_python_server_answers_a_smoke_sweep_on_two_backends(tmp_path):
 
 @pytest.mark.docker
 def test_a_server_of_ones_own_runs_with_the_same_load(tmp_path, client):
-    port = free_port()
+    port = host.free_port()
     command = shlex.join(["sh", "-c", servers.nginx_script(servers.nginx_conf(port, 128, FD_LIMIT))])
     run = smoke(tmp_path, "--server-image", "epollbench/server:latest", "--server-cmd", command,
                 "--server-port", str(port))

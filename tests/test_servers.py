@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from test_ephttpd import CLIENT_TIMEOUT, assert_ok, read_response, readline, request
 
-from experiment import engine, images, native, servers
+from experiment import engine, host, images, native, servers
 from experiment.containers import Containers
 from experiment.errors import UserError
 from experiment.services import LOOPBACK
@@ -32,11 +32,6 @@ needs_nginx = pytest.mark.skipif(not (os.access(NGINX, os.X_OK) and os.geteuid()
 FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 DAY_S = 86400
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def directives(conf: str) -> dict[str, list[str]]:
@@ -57,7 +52,7 @@ def seconds(value: str) -> int:
 @contextmanager
 def nginx(tmp_path: Path, msgsize: int = 128, timeout: str = servers.NGINX_TIMEOUT):
     """nginx natively on a free port with the configuration servers.nginx_conf renders."""
-    port = free_port()
+    port = host.free_port()
     conf = tmp_path / f"nginx-{port}.conf"
     conf.write_text(servers.nginx_conf(port, msgsize, FD_LIMIT, pid_path=str(tmp_path / f"nginx-{port}.pid"),
                                        timeout=timeout))
@@ -112,7 +107,7 @@ def deadconn_says(proc: subprocess.Popen, command: str | None = None) -> dict:
 @needs_nginx
 def test_the_rendered_conf_passes_nginx_t(tmp_path):
     conf = tmp_path / "nginx.conf"
-    conf.write_text(servers.nginx_conf(free_port(), 128, FD_LIMIT, pid_path=str(tmp_path / "nginx.pid")))
+    conf.write_text(servers.nginx_conf(host.free_port(), 128, FD_LIMIT, pid_path=str(tmp_path / "nginx.pid")))
     proc = subprocess.run([NGINX, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=CLIENT_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert "test is successful" in proc.stderr
@@ -264,7 +259,7 @@ def http_get(port: int, msgsize: int) -> None:
 @pytest.mark.docker
 @pytest.mark.parametrize("kind, backend", [("nginx", "epoll"), ("python", "epoll"), ("python", "asyncio")])
 def test_the_server_image_runs_each_server_on_host_networking(runner, server_image, kind, backend):
-    port, msgsize = free_port(), 200
+    port, msgsize = host.free_port(), 200
     service = servers.choose(kind).service(backend, port, msgsize, "0", FD_LIMIT)
     server = runner.run(server_image, service)
     listening = servers.wait_ready(server, service, "127.0.0.1", port, timeout=30)
@@ -283,7 +278,7 @@ def test_the_server_image_runs_each_server_on_host_networking(runner, server_ima
 
 @pytest.mark.docker
 def test_a_server_of_ones_own_is_ready_by_tcp_with_its_placeholders_filled(runner, server_image):
-    port, msgsize = free_port(), 77
+    port, msgsize = host.free_port(), 77
     choice = servers.choose(image=server_image, command="pyhttpd --bind {bind} --port {port} --msgsize {msgsize}",
                             port=port)
     service = choice.service(servers.CUSTOM_BACKEND, choice.port, msgsize, "0", FD_LIMIT)
@@ -296,7 +291,7 @@ def test_a_server_of_ones_own_is_ready_by_tcp_with_its_placeholders_filled(runne
 
 @pytest.mark.docker
 def test_a_server_that_exits_is_not_taken_for_ready(runner, server_image):
-    port = free_port()
+    port = host.free_port()
     choice = servers.choose(image=server_image, command="sh -c 'echo cannot start >&2; exit 3'", port=port)
     service = choice.service(servers.CUSTOM_BACKEND, port, 128, "0", FD_LIMIT)
     server = runner.run(service.image, service)

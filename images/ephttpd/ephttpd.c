@@ -141,13 +141,19 @@ static volatile sig_atomic_t stop_requested, snapshot_requested;
 static int wake_write_fd = -1;
 static sigset_t unblocked_signals;
 
+/* One line on stderr; usage_error then exits 2 (bad usage), die exits 1 (anything else). */
+static void print_error(const char *fmt, va_list ap)
+{
+	fputs("ephttpd: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
 static void usage_error(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs("ephttpd: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	print_error(fmt, ap);
 	va_end(ap);
 	exit(2);
 }
@@ -156,9 +162,7 @@ static void die(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs("ephttpd: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	print_error(fmt, ap);
 	va_end(ap);
 	exit(1);
 }
