@@ -40,7 +40,9 @@ class _LetterShortflags(Task):
                "or paper (the 2002 steps 0..60000, every backend, 3 repetitions)",
     "sweeps": "comma list of dead,pipetest (default: both)",
     "variants": "comma list of up,smp (default: the profile's)",
-    "backends": "comma list of select,poll,epoll,epoll-et,io_uring,aio-poll (default: the profile's)",
+    "backends": "comma list of select,poll,epoll,epoll-et,io_uring,aio-poll (ephttpd's; pyhttpd has "
+                "select,poll,epoll,asyncio, nginx epoll): each server runs those of them it has (default: "
+                "ephttpd the profile's, any other server all of its own)",
     "dead": "comma list of dead-connection levels, e.g. 0,1000,5000 (default: the profile's)",
     "pipes": "comma list of pipetest sizes, e.g. 10,100,1000 (default: the profile's)",
     "repeat": "repetitions of every series (default: the profile's)",
@@ -56,11 +58,11 @@ class _LetterShortflags(Task):
     "from_archive": "use the images of FILE.tar.gz written by `invoke publish` instead of building",
     "published": "the published.json to check the images' digests against (default: FILE.published.json "
                  "beside --from-archive); alone, it says where to take the images from",
-    "server": "the server under test: ephttpd (default: the study's server, every backend), python (pyhttpd: "
-              "select,poll,epoll,asyncio) or nginx (Debian's nginx-light, epoll); other servers run the dead "
-              "sweep only",
+    "server": "the servers under test, a comma list drawn in the same figures: ephttpd (default: the "
+              "study's server), python (pyhttpd: select,poll,epoll,asyncio), nginx (Debian's nginx-light, "
+              "epoll), custom (your own: --server-image etc.); pipetest runs only in a run with ephttpd",
     "server_image": "a server of your own: the image to run it from (on the server's engine, or pulled); "
-                    "needs --server-cmd and --server-port",
+                    "needs --server-cmd and --server-port; alone, or as custom in --server's list",
     "server_cmd": "a server of your own: its command in the image, as one string; {port}, {bind} and "
                   "{msgsize} are replaced by the run's values",
     "server_port": "a server of your own: the TCP port it listens on",

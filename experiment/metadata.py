@@ -112,15 +112,22 @@ def _package_version() -> str:
 
 def differences(a: dict, b: dict, keys: tuple[str, ...] = CHECKED) -> dict:
     """The checked metadata that differs between two runs: {key: (a, b)}; each engine's host facts and the
-    server under test too, when both runs recorded them."""
+    servers under test too (each kind both runs recorded)."""
     changed = {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
     for role in ("server", "client"):
         ours, theirs = (a.get("engines") or {}).get(role), (b.get("engines") or {}).get(role)
         if ours and theirs:
             changed.update({f"engines.{role}.{k}": (ours.get(k), theirs.get(k)) for k in CHECKED_ENGINE
                             if ours.get(k) != theirs.get(k)})
-    if a.get("server_under_test") and b.get("server_under_test") and \
-            a["server_under_test"].get("image_id") != b["server_under_test"].get("image_id"):
-        changed["server_under_test.image_id"] = (a["server_under_test"].get("image_id"),
-                                                 b["server_under_test"].get("image_id"))
+    ours, theirs = servers_under_test(a), servers_under_test(b)
+    for kind in ours.keys() & theirs.keys():
+        if ours[kind].get("image_id") != theirs[kind].get("image_id"):
+            changed[f"servers_under_test.{kind}.image_id"] = (ours[kind].get("image_id"),
+                                                              theirs[kind].get("image_id"))
     return changed
+
+
+def servers_under_test(meta: dict) -> dict[str, dict]:
+    """The servers a run put under test, by kind; a run recorded before several could run had one."""
+    one = meta.get("server_under_test")
+    return meta.get("servers_under_test") or ({one.get("kind", "ephttpd"): one} if one else {})

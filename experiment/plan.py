@@ -37,8 +37,11 @@ class Plan:
     active_connections: int = 100
     msgsize: int = 128
     add_host_max: bool = True
-    # Defaulted, so that the plans of runs recorded before these existed still load.
-    server: str = DEFAULT_SERVER
+    # Defaulted, so that the plans of runs recorded before these existed still load (Plan.from_dict).
+    # servers: the servers under test; series: the dead sweep's series as points label them (point_label),
+    # each server's backends in turn. backends above are ephttpd's, which pipetest runs too.
+    servers: tuple[str, ...] = (DEFAULT_SERVER,)
+    series: tuple[str, ...] = ()
     server_image: str | None = None
     server_cmd: str | None = None
     server_port: int | None = None
@@ -47,12 +50,32 @@ class Plan:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, recorded: dict) -> Plan:
+        """A plan as run.json records it, from this version or an earlier one: one with a single `server`
+        ran that server's backends; one without series ran ephttpd's."""
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+        server = fields.pop("server", None)
+        if server is not None:
+            fields["servers"] = (server,)
+        if not fields.get("series"):
+            (only,) = fields.get("servers") or (DEFAULT_SERVER,)
+            fields["series"] = tuple(point_label(only, b) for b in fields["backends"])
+            if only != DEFAULT_SERVER:
+                fields["backends"] = ()
+        return cls(**fields)
+
+    def dead_series(self) -> list[tuple[str, str]]:
+        """(server, backend) of each series of the dead sweep, in the order they run."""
+        return [parse_label(label) for label in self.series]
+
 
 PROFILES = {
     "quick": Plan(profile="quick", sweeps=SWEEPS, variants=VARIANTS, backends=("poll", "epoll"),
-                  dead=(0, 1000, 5000, 10000, 60000), pipes=(10, 100, 1000, 10000), repeat=1, duration_s=10),
+                  dead=(0, 1000, 5000, 10000, 60000), pipes=(10, 100, 1000, 10000), repeat=1, duration_s=10,
+                  series=("poll", "epoll")),
     "paper": Plan(profile="paper", sweeps=SWEEPS, variants=VARIANTS, backends=SERVER_BACKENDS,
-                  dead=PAPER_DEAD, pipes=PAPER_PIPES, repeat=3, duration_s=10),
+                  dead=PAPER_DEAD, pipes=PAPER_PIPES, repeat=3, duration_s=10, series=SERVER_BACKENDS),
 }
 
 
@@ -82,27 +105,39 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
               load: str | None = None) -> Plan:
     """The profile's plan with each given flag replacing its part; invalid values are UserErrors.
 
-    A server other than ephttpd runs its own backends by default, and only the dead sweep: pipetest does not
-    involve the server."""
+    server may name several servers (ephttpd,nginx): each runs the given backends it has (a server of one's
+    own: its own), or by default ephttpd the profile's and any other all of its own. Pipetest does not
+    involve the server: it runs ephttpd's backends, and only in a run that has ephttpd."""
     from . import servers  # servers reads this module's backends
 
     if profile not in PROFILES:
         raise UserError(f"--profile {profile!r}: valid: {','.join(PROFILES)}")
     plan = PROFILES[profile]
-    choice = servers.choose(server, server_image, server_cmd, server_port)
-    changes = {"server": choice.kind, "server_image": choice.image, "server_cmd": choice.command,
-               "server_port": choice.port}
-    if choice.kind != DEFAULT_SERVER:
-        changes.update(sweeps=("dead",), backends=choice.backends)
+    chosen = servers.choose(server, server_image, server_cmd, server_port)
+    kinds = tuple(c.kind for c in chosen)
+    own = next((c for c in chosen if c.kind == servers.CUSTOM), servers.Choice(servers.CUSTOM))
+    per_server = {c.kind: plan.backends if c.kind == DEFAULT_SERVER else c.backends for c in chosen}
+    if backends is not None:
+        asked = _choices(backends, tuple(dict.fromkeys(b for c in chosen for b in c.backends)), "--backends")
+        # A server of one's own has one backend, its own, which no flag chooses.
+        per_server = {c.kind: c.backends if c.kind == servers.CUSTOM else tuple(b for b in asked if b in c.backends)
+                      for c in chosen}
+        for kind, found in per_server.items():
+            if not found:
+                raise UserError(f"--backends {backends}: the {kind} server has none of these; its backends: "
+                                f"{','.join(servers.KINDS[kind].backends)}")
+    changes = {"servers": kinds, "series": tuple(point_label(k, b) for k in kinds for b in per_server[k]),
+               "backends": per_server.get(DEFAULT_SERVER, ()), "server_image": own.image,
+               "server_cmd": own.command, "server_port": own.port}
+    if DEFAULT_SERVER not in kinds:
+        changes["sweeps"] = ("dead",)
     if sweeps is not None:
         changes["sweeps"] = _choices(sweeps, SWEEPS, "--sweeps")
-        if choice.kind != DEFAULT_SERVER and "pipetest" in changes["sweeps"]:
+        if DEFAULT_SERVER not in kinds and "pipetest" in changes["sweeps"]:
             raise UserError(f"--sweeps {sweeps}: pipetest does not involve the server, so it runs with ephttpd "
-                            f"only; use --sweeps dead with the {choice.kind} server")
+                            f"only; use --sweeps dead, or add ephttpd to --server")
     if variants is not None:
         changes["variants"] = _choices(variants, VARIANTS, "--variants")
-    if backends is not None:
-        changes["backends"] = _choices(backends, choice.backends, "--backends")
     if load is not None:
         if load not in LOADS:
             raise UserError(f"--load {load!r}: give one load generator; valid: {','.join(LOADS)}")
@@ -128,6 +163,12 @@ def point_label(server: str, backend: str) -> str:
     """How points and figures name a series: the backend for ephttpd (the study's server), else
     server/backend, e.g. nginx/epoll."""
     return backend if server == DEFAULT_SERVER else f"{server}/{backend}"
+
+
+def parse_label(label: str) -> tuple[str, str]:
+    """(server, backend) of a series label: point_label's inverse."""
+    server, _, backend = label.rpartition("/")
+    return server or DEFAULT_SERVER, backend
 
 
 @dataclass(frozen=True)

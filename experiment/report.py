@@ -34,7 +34,7 @@ import jinja2
 
 from . import figures
 from .errors import UserError
-from .plan import point_label
+from .plan import Plan
 from .results import Run
 
 SWEEP_ORDER = ("dead", "pipetest")
@@ -251,9 +251,10 @@ class RunData:
         return self._ordered({k[1] for k in self.groups if k[0] == sweep}, VARIANT_ORDER)
 
     def labels(self) -> list[str]:
-        """The planned series: the plan's backends, as the points of its server name them."""
-        server = self.plan.get("server") or "ephttpd"
-        return [point_label(server, b) for b in self.plan.get("backends") or []]
+        """The planned series, as points name them: the dead sweep's (every server's backends), then the
+        backends of ephttpd and pipetest."""
+        planned = Plan.from_dict(self.plan) if self.plan else None
+        return list(dict.fromkeys([*planned.series, *planned.backends])) if planned else []
 
     def backends(self, sweep: str, variant: str | None = None) -> list[str]:
         found = {k[2] for k in self.groups if k[0] == sweep and variant in (None, k[1])}

@@ -60,7 +60,7 @@ KINDS = {
 
 @dataclass(frozen=True)
 class Choice:
-    """The server a run puts under test: --server, or --server-image/--server-cmd/--server-port."""
+    """A server a run puts under test: one of --server, or --server-image/--server-cmd/--server-port."""
 
     kind: str = EPHTTPD
     image: str | None = None
@@ -105,18 +105,23 @@ def _fill(word: str, values: dict[str, str]) -> str:
 
 
 def choose(server: str | None = None, image: str | None = None, command: str | None = None,
-           port: int | str | None = None) -> Choice:
-    """The Choice for `invoke reproduce`'s --server, --server-image, --server-cmd and --server-port."""
+           port: int | str | None = None) -> tuple[Choice, ...]:
+    """The servers of `invoke reproduce`'s --server (a comma list), --server-image, --server-cmd and
+    --server-port: ephttpd when none is named; a server of one's own alone, or as `custom` in the list."""
+    kinds = tuple(dict.fromkeys(x.strip() for x in (server or "").split(",") if x.strip()))
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise UserError(f"--server {server}: unknown {', '.join(unknown)}; use ephttpd, python, nginx or a comma "
+                        "list of them, or --server-image, --server-cmd and --server-port for a server of your own")
     own = {"--server-image": image, "--server-cmd": command, "--server-port": port}
     given = [name for name, value in own.items() if value not in (None, "")]
-    if not given:
-        kind = server or EPHTTPD
-        if kind not in (EPHTTPD, PYTHON, NGINX):
-            raise UserError(f"--server {kind}: use ephttpd, python or nginx, or --server-image, --server-cmd "
-                            "and --server-port for a server of your own")
-        return Choice(kind)
-    if server not in (None, CUSTOM):
-        raise UserError(f"--server {server} and {', '.join(given)} both name the server: give one or the other")
+    if given and kinds and CUSTOM not in kinds:
+        raise UserError(f"--server {server} and {', '.join(given)} both name the server: give one or the other, "
+                        f"or add custom to the list (--server {server},custom) to run yours beside it")
+    if not kinds:
+        kinds = (CUSTOM,) if given else (EPHTTPD,)
+    if CUSTOM not in kinds:
+        return tuple(Choice(kind) for kind in kinds)
     missing = [name for name in own if name not in given]
     if missing:
         raise UserError(f"a server of your own needs --server-image, --server-cmd and --server-port: "
@@ -133,7 +138,14 @@ def choose(server: str | None = None, image: str | None = None, command: str | N
         raise UserError(f"--server-cmd {command!r}: {error}; quote it as a shell would") from None
     if not words:
         raise UserError("--server-cmd is empty: give the command that starts the server in the image")
-    return Choice(CUSTOM, image=image, command=command, port=port)
+    return tuple(Choice(CUSTOM, image=image, command=command, port=port) if kind == CUSTOM else Choice(kind)
+                 for kind in kinds)
+
+
+def planned(the_plan: plan.Plan) -> dict[str, Choice]:
+    """The Choice of each server a plan puts under test, by kind."""
+    return {kind: Choice(kind, the_plan.server_image, the_plan.server_cmd, the_plan.server_port)
+            if kind == CUSTOM else Choice(kind) for kind in the_plan.servers}
 
 
 def nginx_conf(port: int, msgsize: int, fd_limit: int, bind: str = LOOPBACK, pid_path: str = "/tmp/nginx.pid",

@@ -1,9 +1,10 @@
 """The sweeps of `invoke reproduce`: dead connections and pipetest, in containers, UP and SMP.
 
-The dead sweep follows the 2002 study: one server per variant x backend x repetition (ephttpd, or the server
---server names); deadconn ramps dead connections level by level without reconnecting; at each level httperf
-(a fresh client container) keeps the active load on the server for about `duration` seconds, or with
---load wrk, wrk measures the server's capacity for exactly `duration` seconds.  Per point we keep the load
+The dead sweep follows the 2002 study: one server per variant x series x repetition, a series being one
+server's backend (ephttpd's, or each of the servers --server names); deadconn ramps dead connections level
+by level without reconnecting; at each level httperf (a fresh client container) keeps the active load on
+the server for about `duration` seconds, or with --load wrk, wrk measures the server's capacity for exactly
+`duration` seconds.  Per point we keep the load
 generator's raw output and parsed figures, the server's CPU time from its cgroup accounting, the server's own
 counters before and after (ephttpd and pyhttpd print them), and hygiene flags (client or server CPU
 saturated, other load at the start).
@@ -100,7 +101,7 @@ class Context:
     cpusets: dict
     fd_limit: int  # the server engine's
     progress: Progress
-    choice: servers.Choice = servers.Choice()
+    choices: dict[str, servers.Choice]  # by kind: the servers under test
     server_address: str = LOOPBACK
     client_source: str | None = None  # deadconn's source address, for a server beyond loopback
 
@@ -139,7 +140,7 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
     if options.resume:
         run = results.Run.open(options.resume, options.results_dir)
         record = run.record()
-        plan = Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["plan"].items()})
+        plan = Plan.from_dict(record["plan"])
         say(f"resuming {run.id}: {len(run.points())} points already done")
     else:
         server_url = engine_url(options.server_engine_url)
@@ -222,18 +223,20 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
                                                                                    built["client"].tag)
     engines = Engines(server_url, client_url, server_engine, client_engine,
                       {"server": server_probe, "client": client_probe})
-    choice = servers.Choice(plan.server, plan.server_image, plan.server_cmd, plan.server_port)
-    under_test = {"kind": choice.kind, "image": built["server"].tag, "image_id": built["server"].id,
-                  "command": choice.command, "port": choice.port, "address": address,
-                  "readiness": servers.KINDS[choice.kind].readiness}
-    if choice.image:
-        under_test.update(image=choice.image, image_id=_user_image(server_engine, choice.image, say).id)
+    choices = servers.planned(plan)
+    under_test = {}
+    for kind, choice in choices.items():
+        under_test[kind] = {"kind": kind, "image": built["server"].tag, "image_id": built["server"].id,
+                            "command": choice.command, "port": choice.port, "address": address,
+                            "readiness": servers.KINDS[kind].readiness}
+        if choice.image:
+            under_test[kind].update(image=choice.image, image_id=_user_image(server_engine, choice.image, say).id)
     client_source = None
     if not ipaddress.IPv4Address(address).is_loopback:
         client_source = _source_address(client_engine, built["client"].tag, address)
     fd_limit, client_fd_limit = engines.fd_limit("server"), engines.fd_limit("client")
     settings = preflight.read_host_settings()
-    most_dead = max(max_dead(fd_limit, b, plan.active_connections) for b in plan.backends)
+    most_dead = max(max_dead(fd_limit, b, plan.active_connections) for _, b in plan.dead_series())
     findings = preflight.assess(settings, min(most_dead, max(plan.dead)), plan.active_connections,
                                 source_addresses=max(1, max(plan.dead) // 20000 + 1))
     for finding in findings:
@@ -242,7 +245,7 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
     meta["images_source"] = provenance
     meta["engines"] = {"server": engine.facts(server_engine, server_url, server_probe),
                        "client": engine.facts(client_engine, client_url, client_probe)}
-    meta["server_under_test"] = under_test
+    meta["servers_under_test"] = under_test
     if plan.load == "wrk":
         meta["wrk_version"] = metadata.wrk_version(client_engine, built["client"].tag)
     if options.resume:
@@ -251,30 +254,29 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
             detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
             raise UserError(f"cannot resume {run.id}: {detail}; start a new run instead")
     sets = cpusets(engines.cpus("server"), engines.cpus("client"), engines.same_host)
-    labels = {b: point_label(plan.server, b) for b in plan.backends}
     run.update_record(status="running", metadata=meta, cpusets=sets,
                       preflight=[f.to_dict() for f in findings],
                       limits={"fd_hard_limit": fd_limit, "client_fd_hard_limit": client_fd_limit,
-                              "max_dead": {labels[b]: max_dead(fd_limit, b, plan.active_connections)
-                                           for b in plan.backends},
-                              "max_pipes": {labels[b]: max_pipes(fd_limit, b) for b in plan.backends}})
+                              "max_dead": {point_label(s, b): max_dead(fd_limit, b, plan.active_connections)
+                                           for s, b in plan.dead_series()},
+                              "max_pipes": {b: max_pipes(fd_limit, b) for b in plan.backends}})
     server_runner = Containers(server_engine, run.id, fd_limit)
     client_runner = Containers(client_engine, run.id, client_fd_limit)
     with preflight.tune(findings if options.tune_host else []) as tuned, Progress(say) as progress:
         if tuned.changed:
             run.update_record(tuned=tuned.changed)
         ctx = Context(run, plan, server_runner, client_runner, built["server"].tag, built["client"].tag, sets, fd_limit,
-                      progress, choice, address, client_source)
+                      progress, choices, address, client_source)
         progress.start(total=count_points(plan, fd_limit), done=len(run.points()))
         measuring = time.monotonic()
         try:
             for variant in plan.variants:
-                for backend in plan.backends:
+                for server, backend in plan.dead_series() if "dead" in plan.sweeps else ():
                     for repetition in range(1, plan.repeat + 1):
-                        if "dead" in plan.sweeps:
-                            dead_series(ctx, variant, backend, repetition)
-                        if "pipetest" in plan.sweeps:
-                            pipetest_series(ctx, variant, backend, repetition)
+                        dead_series(ctx, variant, server, backend, repetition)
+                for backend in plan.backends if "pipetest" in plan.sweeps else ():
+                    for repetition in range(1, plan.repeat + 1):
+                        pipetest_series(ctx, variant, backend, repetition)
         finally:
             removed = server_runner.remove_all() + client_runner.remove_all()
             if removed:
@@ -313,11 +315,10 @@ def _source_address(client: docker.DockerClient, image: str, address: str) -> st
 
 def count_points(plan: Plan, fd_limit: int) -> int:
     per_rep = 0
-    for backend in plan.backends:
-        if "dead" in plan.sweeps:
-            per_rep += len(dead_levels(plan, fd_limit, backend))
-        if "pipetest" in plan.sweeps:
-            per_rep += len(pipe_levels(plan, fd_limit, backend))
+    if "dead" in plan.sweeps:
+        per_rep += sum(len(dead_levels(plan, fd_limit, backend)) for _, backend in plan.dead_series())
+    if "pipetest" in plan.sweeps:
+        per_rep += sum(len(pipe_levels(plan, fd_limit, backend)) for backend in plan.backends)
     return per_rep * plan.repeat * len(plan.variants)
 
 
@@ -327,14 +328,15 @@ def point_id(sweep: str, variant: str, label: str, repetition: int, x: int) -> s
     return f"{sweep}-{variant}-{label.replace('/', '-')}-r{repetition}-{letter}{x:06d}"
 
 
-def _base_point(ctx: Context, sweep: str, variant: str, backend: str, repetition: int, level: Level) -> dict:
-    label = point_label(ctx.plan.server, backend)
+def _base_point(ctx: Context, sweep: str, variant: str, server: str, backend: str, repetition: int,
+                level: Level) -> dict:
+    label = point_label(server, backend)
     point = {"id": point_id(sweep, variant, label, repetition, level.value), "sweep": sweep,
              "variant": variant, "backend": label, "repetition": repetition, "x": level.value,
              "host_max": level.host_max, "status": "ok", "reason": None, "started_at": results.utc_now(),
              "ended_at": None, "figures": {}, "flags": {}, "checks": {}}
     if sweep == "dead":
-        point.update(server_kind=ctx.plan.server, mechanism=backend, load=ctx.plan.load)
+        point.update(server_kind=server, mechanism=backend, load=ctx.plan.load)
         point["dead"] = level.value
     return point
 
@@ -358,27 +360,29 @@ class Serving:
     port: int
 
 
-def dead_series(ctx: Context, variant: str, backend: str, repetition: int) -> None:
-    label = point_label(ctx.plan.server, backend)
+def dead_series(ctx: Context, variant: str, server_kind: str, backend: str, repetition: int) -> None:
+    label = point_label(server_kind, backend)
+    choice = ctx.choices[server_kind]
     levels = [lv for lv in dead_levels(ctx.plan, ctx.fd_limit, backend)
               if not ctx.run.has_point(point_id("dead", variant, label, repetition, lv.value))]
     for level in [lv for lv in levels if lv.skip_reason]:
-        _finish(ctx, _base_point(ctx, "dead", variant, backend, repetition, level), "skipped", level.skip_reason)
+        _finish(ctx, _base_point(ctx, "dead", variant, server_kind, backend, repetition, level), "skipped",
+                level.skip_reason)
     runnable = [lv for lv in levels if not lv.skip_reason]
     if not runnable:
         return
     cs = ctx.cpusets[variant]
     # A server of the user's own listens where it listens; ours on a port free here (on another host's
     # engine only a guess, and the check below catches a wrong one).
-    port = ctx.choice.port or host.free_port()
+    port = choice.port or host.free_port()
     series = f"dead {variant} {label} r{repetition}"
     ctx.progress.describe(f"{series}: starting server")
-    service = ctx.choice.service(backend, port, ctx.plan.msgsize, cs["server"], ctx.fd_limit, ctx.server_address)
+    service = choice.service(backend, port, ctx.plan.msgsize, cs["server"], ctx.fd_limit, ctx.server_address)
     if service.readiness == "tcp" and servers.tcp_connects(ctx.server_address, port):
         reason = (f"something already answers on {ctx.server_address}:{port} before the server started: stop "
                   "it, or run the server on another port")
         for level in runnable:
-            _fail_dead(ctx, variant, backend, repetition, level, reason)
+            _fail_dead(ctx, variant, server_kind, backend, repetition, level, reason)
         return
     server = ctx.servers.run(service.image or ctx.server_image, service)
     deadconn = None
@@ -387,7 +391,7 @@ def dead_series(ctx: Context, variant: str, backend: str, repetition: int) -> No
         if not listening:
             reason = f"server did not start: {server.output_tail() or 'no output'}"
             for level in runnable:
-                _fail_dead(ctx, variant, backend, repetition, level, reason)
+                _fail_dead(ctx, variant, server_kind, backend, repetition, level, reason)
             return
         deadconn = ctx.clients.run(ctx.client_image, services.deadconn(
             port, 0, DEADCONN_STEP_TIMEOUT_S, cs["clients"], ctx.server_address, ctx.client_source))
@@ -395,7 +399,7 @@ def dead_series(ctx: Context, variant: str, backend: str, repetition: int) -> No
         if not ready or ready["event"] != "ready":
             reason = f"deadconn did not start: {deadconn.output_tail() or 'no output'}"
             for level in runnable:
-                _fail_dead(ctx, variant, backend, repetition, level, reason)
+                _fail_dead(ctx, variant, server_kind, backend, repetition, level, reason)
             return
         for index, level in enumerate(runnable):
             grow = level.value - ready["held"]
@@ -408,17 +412,17 @@ def dead_series(ctx: Context, variant: str, backend: str, repetition: int) -> No
                     reason = (f"deadconn held {ready.get('held')} of {level.value} dead connections: "
                               f"{ready.get('reason')}")
                     for rest in runnable[index:]:
-                        _fail_dead(ctx, variant, backend, repetition, rest, reason)
+                        _fail_dead(ctx, variant, server_kind, backend, repetition, rest, reason)
                     return
             if server.exited():
                 reason = f"server exited: {server.output_tail()}"
                 for rest in runnable[index:]:
-                    _fail_dead(ctx, variant, backend, repetition, rest, reason)
+                    _fail_dead(ctx, variant, server_kind, backend, repetition, rest, reason)
                 return
             # wrk runs for a fixed time: only httperf's length needs the reply rate.
             reply_rate = _probe_rate(ctx, cs["clients"], port) if ctx.plan.load == httperf.HTTPERF else None
-            _measure_dead(ctx, variant, backend, repetition, level, Serving(server, service, listening, port),
-                          deadconn, ready, reply_rate)
+            _measure_dead(ctx, variant, server_kind, backend, repetition, level,
+                          Serving(server, service, listening, port), deadconn, ready, reply_rate)
     finally:
         for managed, runner in ((deadconn, ctx.clients), (server, ctx.servers)):
             if managed:
@@ -427,8 +431,9 @@ def dead_series(ctx: Context, variant: str, backend: str, repetition: int) -> No
                 runner.remove(managed)
 
 
-def _fail_dead(ctx: Context, variant: str, backend: str, repetition: int, level: Level, reason: str) -> None:
-    _finish(ctx, _base_point(ctx, "dead", variant, backend, repetition, level), "failed", reason)
+def _fail_dead(ctx: Context, variant: str, server_kind: str, backend: str, repetition: int, level: Level,
+               reason: str) -> None:
+    _finish(ctx, _base_point(ctx, "dead", variant, server_kind, backend, repetition, level), "failed", reason)
 
 
 def _save_log(ctx: Context, managed: Managed, name: str) -> None:
@@ -485,11 +490,11 @@ def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
     return rate
 
 
-def _measure_dead(ctx: Context, variant: str, backend: str, repetition: int, level: Level, serving: Serving,
-                  deadconn: Managed, ready: dict, reply_rate: float | None) -> dict:
+def _measure_dead(ctx: Context, variant: str, server_kind: str, backend: str, repetition: int, level: Level,
+                  serving: Serving, deadconn: Managed, ready: dict, reply_rate: float | None) -> dict:
     cs = ctx.cpusets[variant]
     load_name = ctx.plan.load
-    point = _base_point(ctx, "dead", variant, backend, repetition, level)
+    point = _base_point(ctx, "dead", variant, server_kind, backend, repetition, level)
     ctx.progress.describe(f"dead {variant} {point['backend']} r{repetition}: {level.value} dead, measuring")
     if load_name == httperf.WRK:
         service = services.wrk(f"http://{ctx.server_address}:{serving.port}/", ctx.plan.active_connections,
@@ -511,7 +516,7 @@ def _measure_dead(ctx: Context, variant: str, backend: str, repetition: int, lev
     stats_after = _server_stats(serving)
     raw = ctx.run.raw_path(f"{point['id']}.{load_name}.txt")
     raw.write_text(output)
-    point["server"] = {"kind": ctx.choice.kind, "image": serving.service.image or ctx.server_image,
+    point["server"] = {"kind": server_kind, "image": serving.service.image or ctx.server_image,
                        "image_id": server.container.attrs.get("Image"), "readiness": serving.service.readiness,
                        "ready": serving.ready, "address": ctx.server_address, "port": serving.port,
                        "cpuset": cs["server"], "command": server.command, "container": server.container.id[:12],
@@ -610,7 +615,7 @@ def _cpu_count(cpuset: str) -> int:
 def pipetest_series(ctx: Context, variant: str, backend: str, repetition: int) -> None:
     cs = ctx.cpusets[variant]
     for level in pipe_levels(ctx.plan, ctx.fd_limit, backend):
-        point = _base_point(ctx, "pipetest", variant, backend, repetition, level)
+        point = _base_point(ctx, "pipetest", variant, servers.EPHTTPD, backend, repetition, level)
         if ctx.run.has_point(point["id"]):
             continue
         point["pipes"] = level.value

@@ -63,29 +63,54 @@ def test_invalid_flags_are_one_line_errors_listing_the_valid_values(kwargs, mess
 
 def test_another_server_runs_its_own_backends_and_the_dead_sweep_only():
     nginx = plan.make_plan("quick", server="nginx")
-    assert (nginx.server, nginx.backends, nginx.sweeps) == ("nginx", ("epoll",), ("dead",))
+    assert (nginx.servers, nginx.series, nginx.backends, nginx.sweeps) == (("nginx",), ("nginx/epoll",), (), ("dead",))
     python = plan.make_plan("paper", server="python", backends="asyncio,epoll", load="wrk")
-    assert (python.backends, python.load, python.repeat) == (("asyncio", "epoll"), "wrk", 3)
+    assert (python.series, python.load, python.repeat) == (("python/asyncio", "python/epoll"), "wrk", 3)
     own = plan.make_plan("quick", server_image="example/server:1", server_cmd="server --port {port}",
                          server_port="8088")
-    assert (own.server, own.server_image, own.server_cmd, own.server_port, own.backends) == \
-        ("custom", "example/server:1", "server --port {port}", 8088, ("own",))
+    assert (own.servers, own.server_image, own.server_cmd, own.server_port, own.series) == \
+        (("custom",), "example/server:1", "server --port {port}", 8088, ("custom/own",))
     ephttpd = plan.make_plan("quick")
-    assert (ephttpd.server, ephttpd.load, ephttpd.sweeps) == ("ephttpd", "httperf", plan.SWEEPS)
+    assert (ephttpd.servers, ephttpd.series, ephttpd.load, ephttpd.sweeps) == \
+        (("ephttpd",), ("poll", "epoll"), "httperf", plan.SWEEPS)
+
+
+def test_several_servers_run_in_one_plan_each_with_the_backends_it_has():
+    both = plan.make_plan("quick", server="ephttpd,nginx")
+    assert both.series == ("poll", "epoll", "nginx/epoll")
+    assert (both.backends, both.sweeps) == (("poll", "epoll"), plan.SWEEPS), "pipetest runs ephttpd's backends"
+    assert both.dead_series() == [("ephttpd", "poll"), ("ephttpd", "epoll"), ("nginx", "epoll")]
+    three = plan.make_plan("quick", server="nginx, python,ephttpd", backends="epoll,asyncio")
+    assert three.series == ("nginx/epoll", "python/epoll", "python/asyncio", "epoll")
+    assert three.servers == ("nginx", "python", "ephttpd")
+    with_own = plan.make_plan("quick", server="ephttpd,custom", backends="epoll", server_image="x/y:1",
+                              server_cmd="y --port {port}", server_port=81)
+    assert (with_own.series, with_own.server_image, with_own.server_port) == (("epoll", "custom/own"), "x/y:1", 81)
+    assert plan.make_plan("quick", server="python,nginx").sweeps == ("dead",)
 
 
 def test_a_plan_recorded_before_servers_and_loads_existed_still_loads():
     old = plan.make_plan("quick").to_dict()
-    for key in ("server", "server_image", "server_cmd", "server_port", "load"):
+    for key in ("servers", "series", "server_image", "server_cmd", "server_port", "load"):
         del old[key]
-    loaded = plan.Plan(**old)
-    assert (loaded.server, loaded.load, loaded.server_image) == ("ephttpd", "httperf", None)
+    loaded = plan.Plan.from_dict(old)
+    assert (loaded.servers, loaded.series, loaded.load, loaded.server_image) == \
+        (("ephttpd",), ("poll", "epoll"), "httperf", None)
+
+
+def test_a_plan_recorded_with_one_server_loads_as_that_servers_series():
+    old = {**plan.make_plan("quick", server="nginx").to_dict(), "server": "nginx", "backends": ["epoll"]}
+    del old["servers"], old["series"]
+    loaded = plan.Plan.from_dict(old)
+    assert (loaded.servers, loaded.series, loaded.backends) == (("nginx",), ("nginx/epoll",), ())
 
 
 def test_points_of_other_servers_are_labelled_server_slash_backend():
     assert plan.point_label("ephttpd", "epoll") == "epoll"
     assert plan.point_label("nginx", "epoll") == "nginx/epoll"
     assert plan.point_label("custom", "own") == "custom/own"
+    for label in ("epoll", "nginx/epoll", "python/asyncio", "custom/own"):
+        assert plan.point_label(*plan.parse_label(label)) == label
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -94,7 +119,14 @@ def test_points_of_other_servers_are_labelled_server_slash_backend():
     ({"server": "nginx", "backends": "poll"}, "--backends 'poll': unknown poll; valid: epoll"),
     ({"server": "nginx", "sweeps": "dead,pipetest"},
      "--sweeps dead,pipetest: pipetest does not involve the server, so it runs with ephttpd only"),
-    ({"server": "apache"}, "--server apache: use ephttpd, python or nginx"),
+    ({"server": "apache"}, "--server apache: unknown apache; use ephttpd, python, nginx or a comma list"),
+    ({"server": "ephttpd,nginx", "backends": "poll"},
+     "--backends poll: the nginx server has none of these; its backends: epoll"),
+    ({"server": "nginx", "server_image": "x/y", "server_cmd": "y", "server_port": 80},
+     "--server nginx and --server-image, --server-cmd, --server-port both name the server: give one or the "
+     "other, or add custom to the list (--server nginx,custom)"),
+    ({"server": "ephttpd,custom"}, "a server of your own needs --server-image, --server-cmd and --server-port: "
+                                   "add --server-image, --server-cmd, --server-port"),
     ({"server_image": "x/y", "server_cmd": "y"}, "a server of your own needs --server-image, --server-cmd and "
                                                   "--server-port: add --server-port"),
     ({"load": "ab"}, "--load 'ab': give one load generator; valid: httperf,wrk"),

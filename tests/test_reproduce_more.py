@@ -12,7 +12,7 @@ import time
 import pytest
 from test_reproduce import finished, invoke, labelled_containers
 
-from experiment import engine, figures, host, servers, services, sweep
+from experiment import engine, figures, host, plan, report, servers, services, sweep
 from experiment.containers import LABEL_ROLE, LABEL_RUN
 from experiment.results import Run
 
@@ -121,30 +121,36 @@ def created_roles(docker_client, run: Run) -> set[str]:
 
 
 @pytest.mark.docker
-def test_nginx_answers_a_smoke_sweep(tmp_path):
-    run = smoke(tmp_path, "--server", "nginx")
+def test_three_servers_answer_one_sweep_and_share_its_figures(tmp_path):
+    run = smoke(tmp_path, "--server", "ephttpd,nginx,python", "--backends", "epoll,asyncio")
     points = dead_points(run)
-    assert sorted(points) == [("nginx/epoll", 0), ("nginx/epoll", 1000)]
-    for p in points.values():
-        assert p["id"].startswith("dead-up-nginx-epoll-r1-d")
-        assert (p["server_kind"], p["mechanism"], p["load"]) == ("nginx", "epoll", "httperf")
-        assert p["server"]["readiness"] == "tcp" and p["server"]["stats_after"] is None
-        assert "exec nginx -c" in p["server"]["command"][-1]
-    assert run.record()["metadata"]["server_under_test"]["kind"] == "nginx"
-
-
-@pytest.mark.docker
-def test_the_python_server_answers_a_smoke_sweep_on_two_backends(tmp_path):
-    run = smoke(tmp_path, "--server", "python", "--backends", "epoll,asyncio")
-    points = dead_points(run)
-    assert sorted(points) == [("python/asyncio", 0), ("python/asyncio", 1000), ("python/epoll", 0),
-                              ("python/epoll", 1000)]
+    labels = ["epoll", "nginx/epoll", "python/epoll", "python/asyncio"]
+    assert sorted(points) == sorted((label, x) for label in labels for x in (0, 1000))
     for (label, _x), p in points.items():
         assert p["id"].startswith(f"dead-up-{label.replace('/', '-')}-r1-d")
-        assert p["server"]["command"][:3] == ["pyhttpd", "--backend", p["mechanism"]]
+        assert plan.point_label(p["server_kind"], p["mechanism"]) == label and p["load"] == "httperf"
+        assert p["server"]["kind"] == p["server_kind"]
+        if p["server_kind"] == "nginx":
+            assert p["server"]["readiness"] == "tcp" and p["server"]["stats_after"] is None
+            assert "exec nginx -c" in p["server"]["command"][-1]
+            continue
+        program = {"ephttpd": ["ephttpd", "--backend"], "python": ["pyhttpd", "--backend"]}[p["server_kind"]]
+        assert p["server"]["command"][:3] == [*program, p["mechanism"]]
         assert_held(p)
         served = p["server"]["stats_after"]["responses_200"] - p["server"]["stats_before"]["responses_200"]
         assert served == p["figures"]["replies"], "httperf's replies are the server's responses"
+    under_test = run.record()["metadata"]["servers_under_test"]
+    assert sorted(under_test) == ["ephttpd", "nginx", "python"]
+    assert {u["readiness"] for u in under_test.values()} == {"json", "tcp"}
+    data = report.load(run)
+    assert data.labels() == labels
+    for row in report.run_figure_rows(data):
+        for figure in row.plots:
+            drawn = [s.label for s in figure.series if not s.reference]
+            assert drawn == labels, (figure.name, drawn)
+    page = report.render(run).read_text()
+    for label in labels:
+        assert f">{label}<" in page
 
 
 @pytest.mark.docker
@@ -155,7 +161,7 @@ def test_a_server_of_ones_own_runs_with_the_same_load(tmp_path, client):
                 "--server-port", str(port))
     points = dead_points(run)
     assert sorted(points) == [("custom/own", 0), ("custom/own", 1000)]
-    under_test = run.record()["metadata"]["server_under_test"]
+    under_test = run.record()["metadata"]["servers_under_test"]["custom"]
     assert under_test["image"] == "epollbench/server:latest" and under_test["port"] == port
     assert under_test["image_id"] == client.images.get("epollbench/server:latest").id
     for p in points.values():
