@@ -62,7 +62,7 @@ def test_clients_on_the_second_engine_load_a_server_on_the_first_over_loopback(f
     client_side = Containers(second_engine.client, run_id, FD_LIMIT)
     port, dead, calls, conns = host.free_port(), 100, 20, 10
     try:
-        service = servers.choose("python").service("epoll", port, 128, "0", FD_LIMIT)
+        service = servers.choose("python")[0].service("epoll", port, 128, "0", FD_LIMIT)
         server = server_side.run(built["server"].tag, service)
         assert servers.wait_ready(server, service, "127.0.0.1", port, timeout=30), server.output_tail()
 
