@@ -6,6 +6,13 @@ that without an error anyone would see in a reply rate: the listen queue (somaxc
 assess() says which settings are too low for a plan and why; tune() raises them (root, /proc/sys) and puts
 the old values back when the sweep ends, whatever way it ends.
 
+Connection tracking also costs on loopback: each connect creates a conntrack entry (deadconn opens fewer
+connections per second in the host's network namespace than in one without conntrack) and a closed one keeps
+it for 120 s. tune() can exempt loopback traffic (lo, 127.0.0.0/8 both ends) in the raw table, with the tool
+the host's other rules use (iptables, whichever its backend; nft only without iptables), and removes exactly
+the rules it added. Untracked loopback packets skip NAT too: a DNAT to 127.0.0.1 (Docker with
+userland-proxy off) stops working while the rules are in; the sweep's containers use the host network.
+
 The net.* settings belong to a network namespace: these are the host's. A container with its own network
 namespace has its own copies (set them with `docker run --sysctl`); nf_conntrack_max is global.
 """
@@ -14,7 +21,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import resource
+import shlex
+import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +43,17 @@ FILE_MAX_SLACK = 65536
 # The lowest ephemeral port that keeps clear of the well-known and registered-by-convention ports.
 LOWEST_EPHEMERAL_PORT = 1024
 HIGHEST_PORT = 65535
+IPTABLES = Path("/usr/sbin/iptables")
+NFT = Path("/usr/sbin/nft")
+LOOPBACK_CONNTRACK = "loopback_conntrack"
+LOOPBACK_NET = "127.0.0.0/8"
+# A loopback packet passes the raw table twice: in OUTPUT as it is sent on lo, in PREROUTING as it arrives.
+NOTRACK_CHAINS = {"PREROUTING": "-i", "OUTPUT": "-o"}
+# Marks the iptables rules tune() adds, so that restore() deletes those and no one else's.
+NOTRACK_COMMENT = "epollbench: loopback untracked"
+# The nft table tune() adds when the host has nft but no iptables; restore() deletes it whole.
+NFT_TABLE = "epollbench_notrack"
+FIREWALL_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
@@ -40,8 +61,8 @@ class Finding:
     """One host setting too low for the plan: what it is, what is needed, why, and how to fix it."""
 
     setting: str
-    value: int | list[int] | None
-    needed: int | list[int]
+    value: int | list[int] | str | None
+    needed: int | list[int] | str
     why: str
     fix: str
     tunable: bool = True
@@ -68,11 +89,93 @@ def _read_sysctl(name: str, proc_sys: Path = PROC_SYS) -> int | list[int] | None
 
 def read_host_settings(proc_sys: Path = PROC_SYS) -> dict:
     """The sysctls in SYSCTLS (None when absent, e.g. nf_conntrack_max without the module loaded),
-    ip_local_port_range as [low, high], and this process's RLIMIT_NOFILE hard limit (None: unlimited)."""
+    ip_local_port_range as [low, high], this process's RLIMIT_NOFILE hard limit (None: unlimited) and
+    whether loopback traffic is tracked (read_loopback_conntrack)."""
     settings = {name: _read_sysctl(name, proc_sys) for name in SYSCTLS}
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     settings[FD_HARD_LIMIT] = None if hard == resource.RLIM_INFINITY else hard
+    settings[LOOPBACK_CONNTRACK] = read_loopback_conntrack(settings["net.netfilter.nf_conntrack_max"] is not None)
     return settings
+
+
+def _firewall(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=FIREWALL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, 1, "", f"{argv[0]} did not answer within {FIREWALL_TIMEOUT_S} s")
+
+
+def iptables_rule_untracks_loopback(line: str, chain: str) -> bool:
+    """Whether an `iptables -S` line is a rule of chain that exempts all loopback traffic from conntrack:
+    target CT --notrack (or NOTRACK), narrowed by nothing but the lo interface and 127.0.0.0/8 addresses."""
+    tokens = shlex.split(line)
+    if tokens[:2] != ["-A", chain]:
+        return False
+    matches = tokens[2:]
+    for at in range(len(matches) - 3):
+        if matches[at:at + 3] == ["-m", "comment", "--comment"]:
+            del matches[at:at + 4]  # a comment narrows nothing
+            break
+    for target in (["-j", "CT", "--notrack"], ["-j", "NOTRACK"]):
+        if matches[-len(target):] == target:
+            matches = matches[:-len(target)]
+            break
+    else:
+        return False
+    allowed = {("-s", LOOPBACK_NET), ("-d", LOOPBACK_NET), (NOTRACK_CHAINS[chain], "lo")}
+    return len(matches) % 2 == 0 and set(zip(matches[::2], matches[1::2], strict=True)) <= allowed
+
+
+_NFT_HOOK = re.compile(r"^\s*type filter hook (prerouting|output) priority ")
+_NFT_NOTRACK = re.compile(r'^\s*(?:(iifname|oifname) "lo" )?(?:ip saddr 127\.0\.0\.0/8 )?(?:ip daddr 127\.0\.0\.0/8 )?'
+                          r'(?:counter (?:packets \d+ bytes \d+ )?)?notrack(?: comment ".*")?\s*$')
+
+
+def nft_untracked_chains(ruleset: str) -> list[str]:
+    """The raw-table chains (PREROUTING, OUTPUT) in which an `nft list ruleset` exempts all loopback traffic
+    from conntrack: a notrack rule in a base chain on that hook narrowed only by lo and 127.0.0.0/8."""
+    found, hook = set(), None
+    for line in ruleset.splitlines():
+        if line.strip().startswith("chain "):
+            hook = None
+        matched = _NFT_HOOK.match(line)
+        if matched:
+            hook = matched.group(1).upper()
+            continue
+        rule = _NFT_NOTRACK.match(line)
+        if hook and rule and rule.group(1) in (None, "iifname" if hook == "PREROUTING" else "oifname"):
+            found.add(hook)
+    return [chain for chain in NOTRACK_CHAINS if chain in found]
+
+
+def read_loopback_conntrack(conntrack_loaded: bool, iptables: Path = IPTABLES, nft: Path = NFT) -> dict:
+    """Whether this network namespace tracks loopback traffic: conntrack loaded and no rule in the raw table
+    exempting lo's 127.0.0.0/8 traffic in both PREROUTING and OUTPUT. The tool is iptables when installed
+    (backend "nf_tables" or "legacy", as `iptables -V` says), else nft. tracked is None when the rules could
+    not be read (reading needs root; `error` says why) or there is no tool to read them with."""
+    state = {"conntrack_loaded": conntrack_loaded, "tool": None, "backend": None, "untracked_chains": [],
+             "tracked": None, "error": None}
+    if os.access(iptables, os.X_OK):
+        version = _firewall([str(iptables), "-V"]).stdout
+        backend = re.search(r"\((nf_tables|legacy)\)", version)
+        # iptables before 1.8 has only the legacy backend and does not name it.
+        state.update(tool="iptables", backend=backend.group(1) if backend else "legacy")
+        listing = _firewall([str(iptables), "-t", "raw", "-S"])
+        chains = [c for c in NOTRACK_CHAINS
+                  if any(iptables_rule_untracks_loopback(line, c) for line in listing.stdout.splitlines())]
+    elif os.access(nft, os.X_OK):
+        state.update(tool="nft", backend="nf_tables")
+        listing = _firewall([str(nft), "list", "ruleset"])
+        chains = nft_untracked_chains(listing.stdout)
+    else:
+        state["tracked"] = conntrack_loaded
+        return state
+    if listing.returncode != 0:
+        state["error"] = listing.stderr.strip() or f"{state['tool']} exited with {listing.returncode}"
+        return state
+    state["untracked_chains"] = chains
+    state["tracked"] = conntrack_loaded and chains != list(NOTRACK_CHAINS)
+    return state
 
 
 def fds_needed(dead: int, active_connections: int) -> int:
@@ -170,6 +273,10 @@ def assess(settings: dict, planned_dead_max: int, active_connections: int, sourc
                 findings.append(Finding("net.ipv4.ip_local_port_range", port_range, wider, why,
                                         f"sysctl -w net.ipv4.ip_local_port_range='{wider[0]} {wider[1]}'"))
 
+    loopback = loopback_finding(settings.get(LOOPBACK_CONNTRACK))
+    if loopback:
+        findings.append(loopback)
+
     hard = settings.get(FD_HARD_LIMIT)
     if hard is not None and hard < per_process:
         most = max_dead_connections(settings, active_connections)
@@ -181,6 +288,44 @@ def assess(settings: dict, planned_dead_max: int, active_connections: int, sourc
             f"-Hn, systemd LimitNOFILE, docker --ulimit); the sweep adapts and runs no point above {most} "
             "dead connections", tunable=False))
     return findings
+
+
+def _notrack_fix(iptables: Path = IPTABLES) -> str:
+    return "; ".join(f"{iptables} -t raw -I {chain} {side} lo -s {LOOPBACK_NET} -d {LOOPBACK_NET} -j CT --notrack"
+                     for chain, side in NOTRACK_CHAINS.items())
+
+
+def loopback_finding(state: dict | None) -> Finding | None:
+    """A finding when loopback traffic is tracked (or may be: the rules were unreadable), None otherwise."""
+    if not state or not state["conntrack_loaded"] or state["tracked"] is False:
+        return None
+    why = ("connection tracking is loaded and no raw-table rule exempts loopback (lo, 127.0.0.0/8): every "
+           "connection the sweep opens creates a conntrack entry, which makes opening connections slower "
+           "(deadconn opens fewer per second than in a network namespace without conntrack), and keeps it for "
+           "120 s after closing, so back-to-back points can fill nf_conntrack_max and have their SYNs dropped")
+    if state["tool"] is None:
+        return Finding(LOOPBACK_CONNTRACK, "tracked", "untracked", why + "; neither iptables nor nft is installed",
+                       f"apt-get install iptables, then run with --tune-host (or: {_notrack_fix()})", tunable=False)
+    if state["tracked"] is None:
+        return Finding(LOOPBACK_CONNTRACK, "unknown", "untracked",
+                       f"{state['tool']} could not list the raw table ({state['error']}); if it is tracked, {why}",
+                       f"run as root with --tune-host, or: {_notrack_fix()}")
+    return Finding(LOOPBACK_CONNTRACK, "tracked", "untracked", why,
+                   f"run with --tune-host (adds these and removes them at the end), or: {_notrack_fix()}"
+                   if state["tool"] == "iptables" else
+                   f"run with --tune-host (adds nft table ip {NFT_TABLE} and deletes it at the end)")
+
+
+def _iptables_notrack_rule(chain: str) -> list[str]:
+    return [chain, NOTRACK_CHAINS[chain], "lo", "-s", LOOPBACK_NET, "-d", LOOPBACK_NET,
+            "-m", "comment", "--comment", NOTRACK_COMMENT, "-j", "CT", "--notrack"]
+
+
+def _nft_notrack_table(chains: list[str]) -> str:
+    body = "".join(f"  chain {chain.lower()} {{\n    type filter hook {chain.lower()} priority raw;\n"
+                   f'    {"iifname" if chain == "PREROUTING" else "oifname"} "lo" ip saddr {LOOPBACK_NET} '
+                   f"ip daddr {LOOPBACK_NET} notrack\n  }}\n" for chain in chains)
+    return f"table ip {NFT_TABLE} {{\n{body}}}\n"
 
 
 def _enough(setting: str, current: int | list[int] | None, needed: int | list[int]) -> bool:
@@ -195,16 +340,55 @@ def _enough(setting: str, current: int | list[int] | None, needed: int | list[in
 
 @dataclass
 class Tuning:
-    """The sysctls tune() changed; restore() (or leaving its `with` block, however) puts them back."""
+    """The sysctls tune() changed and the loopback NOTRACK rules it added; restore() (or leaving its `with`
+    block, however) puts the sysctls back and removes those rules. A change with "undo" is rules: the
+    commands that remove exactly what was added."""
 
     proc_sys: Path = PROC_SYS
+    iptables: Path = IPTABLES
+    nft: Path = NFT
     changed: list[dict] = field(default_factory=list)
     left_alone: list[dict] = field(default_factory=list)
     restored: bool = False
 
+    def _untrack_loopback(self) -> None:
+        state = read_loopback_conntrack(True, self.iptables, self.nft)
+        if state["tool"] is None or state["error"]:
+            raise UserError("cannot exempt loopback from conntrack: "
+                            + (state["error"] or "neither iptables nor nft is installed (apt-get install iptables)"))
+        missing = [chain for chain in NOTRACK_CHAINS if chain not in state["untracked_chains"]]
+        if not missing:
+            self.left_alone.append({"setting": LOOPBACK_CONNTRACK, "value": "untracked", "needed": "untracked"})
+            return
+        change = {"setting": LOOPBACK_CONNTRACK, "old": "tracked", "new": "untracked", "tool": state["tool"],
+                  "backend": state["backend"], "added": [], "undo": []}
+        self.changed.append(change)  # before the first rule goes in, so a failure part-way removes it again
+        if state["tool"] == "iptables":
+            # iptables-nft creates the raw table and its base chains for the first rule and leaves them behind
+            # when the rule goes: hooks every packet passes. Drop them again if they were not there before.
+            raw_table = [str(self.nft), "list", "table", "ip", "raw"]
+            change["drop_empty_raw_table"] = (state["backend"] == "nf_tables" and os.access(self.nft, os.X_OK)
+                                              and _firewall(raw_table).returncode != 0)
+            for chain in missing:
+                rule = _iptables_notrack_rule(chain)
+                _firewall_or_fail([str(self.iptables), "-t", "raw", "-I", *rule])
+                change["added"].append(shlex.join(["iptables", "-t", "raw", "-A", *rule]))
+                change["undo"].append([str(self.iptables), "-t", "raw", "-D", *rule])
+        else:
+            if _firewall([str(self.nft), "list", "table", "ip", NFT_TABLE]).returncode == 0:
+                raise UserError(f"nft table ip {NFT_TABLE} exists but does not exempt all loopback traffic: "
+                                f"`nft delete table ip {NFT_TABLE}` (a run that did not end cleanly left it)")
+            table = _nft_notrack_table(missing)
+            _firewall_or_fail([str(self.nft), "-f", "-"], stdin=table)
+            change["added"].append(table)
+            change["undo"].append([str(self.nft), "delete", "table", "ip", NFT_TABLE])
+
     def _apply(self, findings: list[Finding]) -> None:
         for finding in findings:
             if not finding.tunable:
+                continue
+            if finding.setting == LOOPBACK_CONNTRACK:
+                self._untrack_loopback()
                 continue
             current = _read_sysctl(finding.setting, self.proc_sys)
             if _enough(finding.setting, current, finding.needed):
@@ -226,12 +410,26 @@ class Tuning:
             return not_restored
         self.restored = True
         for change in reversed(self.changed):
+            if "undo" in change:
+                failed = [_firewall(argv) for argv in change["undo"]]
+                failed = [f"{shlex.join(p.args)}: {p.stderr.strip()}" for p in failed if p.returncode != 0]
+                if failed:  # someone removed the rule already; a delete never matches a rule we did not add
+                    not_restored.append(dict(change, found="; ".join(failed)))
+                if change.get("drop_empty_raw_table"):
+                    self._drop_raw_table_if_empty()
+                continue
             current = _read_sysctl(change["setting"], self.proc_sys)
             if current != change["new"]:
                 not_restored.append(dict(change, found=current))
                 continue
             _sysctl_path(change["setting"], self.proc_sys).write_text(change["old_text"])
         return not_restored
+
+    def _drop_raw_table_if_empty(self) -> None:
+        """Deletes the raw table tune() made iptables create, unless someone has put a rule in it since."""
+        listing = _firewall([str(self.iptables), "-t", "raw", "-S"])
+        if listing.returncode == 0 and all(line.startswith("-P ") for line in listing.stdout.splitlines()):
+            _firewall([str(self.nft), "delete", "table", "ip", "raw"])
 
     def __enter__(self) -> Tuning:
         return self
@@ -240,14 +438,21 @@ class Tuning:
         self.restore()
 
 
-def tune(findings: list[Finding], proc_sys: Path = PROC_SYS) -> Tuning:
-    """Raises (never lowers) the tunable findings' sysctls now; use as `with tune(findings) as tuning:`
-    so they are restored on the way out, exceptions and KeyboardInterrupt included."""
+def _firewall_or_fail(argv: list[str], stdin: str | None = None) -> None:
+    proc = _firewall(argv, stdin)
+    if proc.returncode != 0:
+        raise UserError(f"`{shlex.join(argv)}` failed: {proc.stderr.strip()}")
+
+
+def tune(findings: list[Finding], proc_sys: Path = PROC_SYS, iptables: Path = IPTABLES, nft: Path = NFT) -> Tuning:
+    """Raises (never lowers) the tunable findings' sysctls now and exempts loopback from conntrack when that
+    was found; use as `with tune(findings) as tuning:` so all is undone on the way out, exceptions and
+    KeyboardInterrupt included."""
     tunable = [f for f in findings if f.tunable]
     if tunable and os.geteuid() != 0:
         raise UserError("raising host limits needs root: run as root, or first run "
                         + "; ".join(f.fix for f in tunable))
-    tuning = Tuning(proc_sys=proc_sys)
+    tuning = Tuning(proc_sys=proc_sys, iptables=iptables, nft=nft)
     try:
         tuning._apply(tunable)
     except BaseException as error:

@@ -444,7 +444,7 @@ def notices(data: RunData) -> list[str]:
         if isinstance(finding, dict):
             found.append(f"Preflight: {finding.get('setting')} was {finding.get('value')}, the plan needs "
                          f"{finding.get('needed')}: {finding.get('why')}"
-                         + (" (raised for this run with --tune-host)." if _tuned(data, finding) else "."))
+                         + (" (changed for this run by --tune-host)." if _tuned(data, finding) else "."))
     missing = missing_levels(data)
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
