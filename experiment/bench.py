@@ -3,7 +3,9 @@
 What is measured (each natively on this host, the server pinned to the first CPU and every client to the
 others, as in the UP variant):
   1. server CPU microseconds per reply of ephttpd (epoll) and Debian's nginx (epoll), same CPU, same body,
-     same load (wrk, then httperf), at 0 dead connections and at the most one server process can hold;
+     same load (wrk, then httperf), at 0 dead connections and at the most one server process can hold; the
+     httperf load is sized as a sweep sizes it (a probe opening its connections fast) and its reply rate is,
+     as a sweep's, httperf's mean of its 5 s samples, which leaves out the 2002 connection ramp;
   2. ephttpd's capacity on one CPU under wrk (replies/s, with the server's CPU share to show it was the
      bottleneck), for every backend at 0 and at the most dead connections; from it, how far each backend's
      capacity falls with dead connections, and poll's cost per extra dead connection per reply (ns);
@@ -21,6 +23,7 @@ any of these numbers: they are written to benchmarks/results/ and printed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -38,7 +41,10 @@ from .errors import UserError
 from .plan import PIPETEST_BACKENDS, SERVER_BACKENDS, max_dead, max_pipes
 
 ACTIVE = 100               # connections of each load, as the 2002 study's httperf
-LOAD_SECONDS = 5           # how long each load runs
+LOAD_SECONDS = 5           # how long each wrk load runs
+# httperf's reply rate is the mean of its samples, one per REPLY_RATE_SAMPLE_S: a load sized for two sample
+# intervals has at least one sample even when the probe overestimated the rate a little.
+HTTPERF_SECONDS = 2 * httperf.REPLY_RATE_SAMPLE_S
 PIPETEST_SECONDS = 2
 DEADCONN_TIMEOUT_S = 120
 NGINX = "/usr/sbin/nginx"
@@ -146,22 +152,39 @@ def _wrk(cpus: Cpus, port: int) -> dict:
             "errors": sum(parsed["socket_errors"].values()) + (parsed.get("non_2xx_3xx") or 0)}
 
 
-def _httperf(cpus: Cpus, port: int) -> dict:
-    def run(calls: int) -> dict:
-        load = httperf.ActiveLoad(port=port, connections=ACTIVE, num_calls=calls)
-        proc = subprocess.run(httperf.command(load), capture_output=True, text=True, timeout=LOAD_SECONDS * 10 + 60,
-                              preexec_fn=cpus.pin_clients)
-        return httperf.parse(proc.stdout)
+def _run_httperf(cpus: Cpus, load: httperf.ActiveLoad, seconds: float) -> str:
+    proc = subprocess.run(httperf.command(load), capture_output=True, text=True, timeout=seconds * 10 + 60,
+                          preexec_fn=cpus.pin_clients)
+    return proc.stdout
 
-    probe = run(50)
-    parsed = run(httperf.calls_for_duration(probe["reply_rate"]["overall"], LOAD_SECONDS, ACTIVE))
-    return {"replies": parsed["total"]["replies"], "rate": parsed["reply_rate"]["overall"],
-            "duration_s": parsed["total"]["test_duration_s"], "errors": parsed["errors"]["total"]}
+
+def _probe_rate(cpus: Cpus, port: int) -> float:
+    """The reply rate the load will see, probed as a sweep probes it (httperf.probe_rate)."""
+    def run(load: httperf.ActiveLoad) -> str:
+        return _run_httperf(cpus, load, httperf.PROBE_SECONDS)
+
+    return httperf.probe_rate(run, "127.0.0.1", port, ACTIVE)
+
+
+def _httperf(cpus: Cpus, port: int, probe_rate: float) -> dict:
+    """The 2002 load (ActiveLoad's defaults: connections opened at 100/s) sized by the probe's rate to last
+    HTTPERF_SECONDS; its rate is httperf's mean of its 5 s samples, as a sweep's (sweep._dead_figures), not
+    replies / test-duration, which counts the ramp."""
+    load = httperf.ActiveLoad(port=port, connections=ACTIVE,
+                              num_calls=httperf.calls_for_duration(probe_rate, HTTPERF_SECONDS, ACTIVE))
+    parsed = httperf.parse(_run_httperf(cpus, load, HTTPERF_SECONDS))
+    reply_rate = parsed["reply_rate"]
+    return {"replies": parsed["total"]["replies"], "rate": reply_rate["avg"], "rate_source": reply_rate["avg_source"],
+            "rate_samples": reply_rate["samples"], "rate_overall": reply_rate["overall"], "probe_rate": probe_rate,
+            "command": httperf.command(load), "duration_s": parsed["total"]["test_duration_s"],
+            "errors": parsed["errors"]["total"]}
 
 
 def _under_load(cpus: Cpus, port: int, pids: list[int], load: str) -> dict:
+    # The probe sizing an httperf load runs before the server's CPU time is read: its replies are not counted.
+    measure = _wrk if load == "wrk" else functools.partial(_httperf, probe_rate=_probe_rate(cpus, port))
     before = _ticks(pids)
-    result = (_wrk if load == "wrk" else _httperf)(cpus, port)
+    result = measure(cpus, port)
     cpu_s = (_ticks(pids) - before) / os.sysconf("SC_CLK_TCK")
     replies = result["replies"]
     return {**result, "load": load, "server_cpu_s": cpu_s,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import UserError
@@ -66,6 +67,33 @@ def command(load: ActiveLoad) -> list[str]:
              "--num-calls", str(load.num_calls), "--timeout", _arg(load.timeout),
              "--think-timeout", _arg(load.think_timeout)]
     return argv
+
+
+# The probe that sizes a point's load: its first calls per connection, the length it aims at when that was
+# too short to tell, its connection rate (fast, so that it measures serving rather than the ramp), and the
+# rate assumed when httperf's output is unreadable.
+PROBE_CALLS = 50
+PROBE_SECONDS = 1.5
+PROBE_CONNECTION_RATE = 1000
+PROBE_FALLBACK_RATE = 1000.0
+
+
+def probe_rate(run: Callable[[ActiveLoad], str], server: str, port: int, connections: int) -> float:
+    """The reply rate a load will see, from one or two short httperf runs: run(load) runs one and returns
+    its output. One too short to tell is run again sized for PROBE_SECONDS. It is not a result."""
+    calls, rate = PROBE_CALLS, PROBE_FALLBACK_RATE
+    for _attempt in range(2):
+        load = ActiveLoad(server=server, port=port, connections=connections, rate=PROBE_CONNECTION_RATE,
+                          num_calls=calls)
+        try:
+            parsed = parse(run(load))
+        except ValueError:
+            return rate
+        rate = max(parsed["reply_rate"]["overall"], 100.0)
+        if parsed["total"]["test_duration_s"] >= PROBE_SECONDS / 2:
+            break
+        calls = calls_for_duration(rate, PROBE_SECONDS, connections)
+    return rate
 
 
 def calls_for_duration(reply_rate: float, duration_s: float, connections: int) -> int:

@@ -55,12 +55,6 @@ from .services import LOOPBACK, Service
 DEADCONN_STEP_TIMEOUT_S = 120
 SERVER_START_TIMEOUT_S = 20
 STATS_TIMEOUT_S = 5
-# The probe that sizes each point: its first calls per connection, the length it aims at when that was
-# too short to tell, its connection rate, and the rate assumed when httperf's output is unreadable.
-PROBE_CALLS = 50
-PROBE_SECONDS = 1.5
-PROBE_CONNECTION_RATE = 1000
-PROBE_FALLBACK_RATE = 1000.0
 PIPETEST_SECONDS = 2
 PIPETEST_GENERATIONS = 100_000_000
 # /proc/PID/stat counts CPU time in USER_HZ clock ticks, 100 per second on every Linux.
@@ -470,24 +464,12 @@ def _run_httperf(ctx: Context, cpuset: str, load: httperf.ActiveLoad,
 
 
 def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
-    """The reply rate at this level from short httperf runs, so that the point lasts about `duration`.
+    """The reply rate at this level from short httperf runs (httperf.probe_rate), so that the point lasts
+    about `duration`."""
+    def run(load: httperf.ActiveLoad) -> str:
+        return _run_httperf(ctx, cpuset, load, timeout=120)[1]
 
-    The probe opens its connections quickly (PROBE_CONNECTION_RATE) so that it measures serving, not the
-    ramp; one too short to tell is run again sized for PROBE_SECONDS. It is not a result."""
-    calls, rate = PROBE_CALLS, PROBE_FALLBACK_RATE
-    for _attempt in range(2):
-        load = httperf.ActiveLoad(server=ctx.server_address, port=port, connections=ctx.plan.active_connections,
-                                  rate=PROBE_CONNECTION_RATE, num_calls=calls)
-        _cmd, output, _code = _run_httperf(ctx, cpuset, load, timeout=120)
-        try:
-            parsed = httperf.parse(output)
-        except ValueError:
-            return rate
-        rate = max(parsed["reply_rate"]["overall"], 100.0)
-        if parsed["total"]["test_duration_s"] >= PROBE_SECONDS / 2:
-            break
-        calls = httperf.calls_for_duration(rate, PROBE_SECONDS, ctx.plan.active_connections)
-    return rate
+    return httperf.probe_rate(run, ctx.server_address, port, ctx.plan.active_connections)
 
 
 def _measure_dead(ctx: Context, variant: str, server_kind: str, backend: str, repetition: int, level: Level,

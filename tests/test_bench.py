@@ -1,10 +1,11 @@
 """The building blocks of `invoke bench` measure what they say; the numbers themselves are never asserted."""
 
 import os
+from pathlib import Path
 
 import pytest
 
-from experiment import bench
+from experiment import bench, httperf
 
 
 @pytest.fixture
@@ -30,3 +31,69 @@ def test_server_processes_are_pinned_to_the_server_cpu(build_dir, cpus):
     with bench.ephttpd(cpus, "epoll", workers=2) as (_port, pids):
         assert len(pids) == 3, "the parent and its two workers"
         assert all(os.sched_getaffinity(pid) == cpus.server for pid in pids)
+
+
+HTTPERF_DATA = Path(__file__).parent / "data" / "httperf"
+
+
+def recorded_httperf(monkeypatch, outputs: list[str]) -> list:
+    """Replaces the httperf runs with the given outputs, in order; returns the loads asked for."""
+    loads = []
+
+    def run(_cpus, load, _seconds):
+        loads.append(load)
+        return outputs[len(loads) - 1]
+
+    monkeypatch.setattr(bench, "_run_httperf", run)
+    return loads
+
+
+def test_the_httperf_load_is_sized_by_a_fast_probe_and_reports_the_sampled_rate(cpus, monkeypatch):
+    probe_output = (HTTPERF_DATA / "epoll-50calls.txt").read_text()      # 0.995 s: long enough
+    load_output = (HTTPERF_DATA / "epoll-2500calls.txt").read_text()     # two 5 s samples
+    probe, load = httperf.parse(probe_output), httperf.parse(load_output)
+    loads = recorded_httperf(monkeypatch, [probe_output, load_output])
+    result = bench._httperf(cpus, 8080, bench._probe_rate(cpus, 8080))
+
+    assert [(x.rate, x.connections) for x in loads] == [(httperf.PROBE_CONNECTION_RATE, bench.ACTIVE),
+                                                        (httperf.ActiveLoad(port=1).rate, bench.ACTIVE)]
+    assert loads[0].num_calls == httperf.PROBE_CALLS
+    assert loads[1].num_calls == httperf.calls_for_duration(probe["reply_rate"]["overall"], bench.HTTPERF_SECONDS,
+                                                            bench.ACTIVE)
+    # The rate is httperf's mean of its samples, not replies over a test duration that includes the ramp.
+    assert result["rate"] == load["reply_rate"]["avg"] != load["reply_rate"]["overall"]
+    assert (result["rate_source"], result["rate_samples"]) == ("samples", 2)
+    assert result["replies"] == 250000 and result["duration_s"] == 10.904
+    assert result["command"] == httperf.command(loads[1])
+
+
+def test_a_probe_too_short_to_tell_is_run_again_sized_for_the_probe_length(cpus, monkeypatch):
+    short = (HTTPERF_DATA / "epoll-50calls.txt").read_text().replace("test-duration 0.995 s", "test-duration 0.1 s")
+    longer = (HTTPERF_DATA / "epoll-2500calls.txt").read_text()
+    loads = recorded_httperf(monkeypatch, [short, longer])
+    assert bench._probe_rate(cpus, 8080) == httperf.parse(longer)["reply_rate"]["overall"]
+    assert [x.rate for x in loads] == [httperf.PROBE_CONNECTION_RATE] * 2
+    short_rate = httperf.parse(short)["reply_rate"]["overall"]
+    assert short_rate == pytest.approx(10 * httperf.parse(short.replace("0.1 s", "1 s"))["reply_rate"]["overall"])
+    assert loads[1].num_calls == httperf.calls_for_duration(short_rate, httperf.PROBE_SECONDS, bench.ACTIVE)
+
+
+def test_an_httperf_point_counts_every_call_of_every_connection(build_dir, cpus, monkeypatch):
+    monkeypatch.setattr(bench, "HTTPERF_SECONDS", 1)
+    point = bench._point(cpus, "ephttpd", "epoll", 0, "httperf")
+
+    calls = int(point["command"][point["command"].index("--num-calls") + 1])
+    assert point["errors"] == 0 and point["replies"] == bench.ACTIVE * calls
+    assert point["server_cpu_s"] > 0 and point["probe_rate"] > 0
+    if point["rate_source"] == "replies/test-duration":
+        assert point["rate"] == pytest.approx(point["replies"] / point["duration_s"])
+
+
+def test_the_server_cpu_time_leaves_out_the_probe(cpus, monkeypatch):
+    """The probe's replies are not counted, so neither is the CPU time the server spent on them."""
+    events = []
+    output = (HTTPERF_DATA / "epoll-2500calls.txt").read_text()
+    monkeypatch.setattr(bench, "_run_httperf", lambda _c, load, _s: events.append(load.rate) or output)
+    monkeypatch.setattr(bench, "_ticks", lambda pids: events.append("cpu read") or 0)
+    bench._under_load(cpus, 8080, [1], "httperf")
+    assert events == [httperf.PROBE_CONNECTION_RATE, "cpu read", httperf.ActiveLoad(port=1).rate, "cpu read"]
