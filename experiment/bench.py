@@ -6,15 +6,18 @@ others, as in the UP variant):
      same load (wrk, then httperf), at 0 dead connections and at the most one server process can hold; the
      httperf load is sized as a sweep sizes it (a probe opening its connections fast) and its reply rate is,
      as a sweep's, httperf's mean of its 5 s samples, which leaves out the 2002 connection ramp;
-  2. ephttpd's capacity on one CPU under wrk (replies/s, with the server's CPU share to show it was the
-     bottleneck), for every backend at 0 and at the most dead connections; from it, how far each backend's
-     capacity falls with dead connections, and poll's cost per extra dead connection per reply (ns);
-  3. deadconn's opening rate (connections/s) up to the most the host allows (two server processes);
+  2. ephttpd's capacity on one CPU under wrk (replies/s and the server's CPU share, and replies per server
+     CPU-second: on a 2-CPU host wrk's one thread cannot keep the server fully busy), for every backend at 0
+     and at the most dead connections; from it, how far each backend's capacity falls with dead
+     connections, and poll's cost per extra dead connection per reply (ns);
+  3. deadconn's opening rate (connections/s) up to the most the host allows (two server processes), with
+     loopback tracked by conntrack and, where this process may change that, untracked (--tune-host's rule);
   4. the harness: wall time of a quick profile run with cached images, split into images, setup, measuring
      and report (read from the run's own timings);
   5. pipetest's token passes/s per backend at 10 pipes and at the most pipes allowed, next to 2002's.
 The metric is CPU time from /proc/PID/stat (user + system, every process of the server) over the load,
-divided by the replies the load generator counted.
+divided by the replies the load generator counted. Items 1-3 run ROUNDS rounds, each taking every row once,
+and report medians (ratios: the median of the rounds' ratios).
 Not measured: anything inside containers except item 4; reply rates measured with httperf, which is
 single-threaded and busy-polls, say more about httperf than about a server on a 2-CPU host. No test asserts
 any of these numbers: they are written to benchmarks/results/ and printed.
@@ -26,6 +29,7 @@ import contextlib
 import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +40,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import host, httperf, native, servers
+from . import host, httperf, native, preflight, servers
 from .errors import UserError
 from .plan import PIPETEST_BACKENDS, SERVER_BACKENDS, max_dead, max_pipes
 
@@ -48,7 +52,8 @@ HTTPERF_SECONDS = 2 * httperf.REPLY_RATE_SAMPLE_S
 PIPETEST_SECONDS = 2
 DEADCONN_TIMEOUT_S = 120
 NGINX = "/usr/sbin/nginx"
-NGINX_HEADROOM = 1000
+# Rounds of each measurement, interleaved so that the machine's drift hits every row alike; medians reported.
+ROUNDS = 3
 REFERENCE = native.ROOT / "experiment" / "data" / "lse-2002.json"
 RESULTS = native.ROOT / "benchmarks" / "results"
 TARGETS = {"ephttpd_vs_nginx_cpu_ratio": 0.5, "capacity_kept_at_most_dead": 0.95,
@@ -198,42 +203,91 @@ def _point(cpus: Cpus, server: str, backend: str, dead: int, load: str) -> dict:
         return {"server": server, "backend": backend, "dead": dead, **_under_load(cpus, port, pids, load)}
 
 
-def versus_nginx(cpus: Cpus, most: int) -> dict:
-    rows = [_point(cpus, server, "epoll", dead, load)
-            for load in ("wrk", "httperf") for dead in (0, most) for server in ("ephttpd", "nginx")]
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _summary(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """One line per distinct keys of the rows: the medians over rounds of rate, CPU per reply and busy share,
+    and replies per server CPU-second (the server's capacity if its CPU were fully busy)."""
+    lines = []
+    for key in dict.fromkeys(tuple(r[k] for k in keys) for r in rows):
+        same = [r for r in rows if tuple(r[k] for k in keys) == key]
+        cost = _median([r["cpu_us_per_reply"] for r in same if r["cpu_us_per_reply"]])
+        lines.append({**dict(zip(keys, key, strict=True)), "rounds": len(same),
+                      "rate": _median([r["rate"] for r in same]),
+                      "server_busy_pct": _median([r["server_busy_pct"] for r in same if r["server_busy_pct"]]),
+                      "cpu_us_per_reply": cost, "replies_per_cpu_s": 1e6 / cost if cost else None})
+    return lines
+
+
+def versus_nginx(cpus: Cpus, most: int, rounds: int = ROUNDS) -> dict:
+    """Each round runs ephttpd then nginx at each load and level, so that the ratio of one round compares
+    runs taken minutes apart at most; the ratio reported is the median of the rounds'."""
+    rows = [{**_point(cpus, server, "epoll", dead, load), "round": n}
+            for n in range(1, rounds + 1) for load in ("wrk", "httperf") for dead in (0, most)
+            for server in ("ephttpd", "nginx")]
     ratios = {}
     for load in ("wrk", "httperf"):
         for dead in (0, most):
-            ours, theirs = (next(r for r in rows if (r["server"], r["load"], r["dead"]) == (s, load, dead))
-                            for s in ("ephttpd", "nginx"))
-            ratios[f"{load}@{dead}"] = ours["cpu_us_per_reply"] / theirs["cpu_us_per_reply"]
-    return {"rows": rows, "ephttpd_over_nginx": ratios}
+            per_round = []
+            for n in range(1, rounds + 1):
+                ours, theirs = (next(r for r in rows if (r["server"], r["load"], r["dead"], r["round"]) ==
+                                     (s, load, dead, n)) for s in ("ephttpd", "nginx"))
+                if ours["cpu_us_per_reply"] and theirs["cpu_us_per_reply"]:
+                    per_round.append(ours["cpu_us_per_reply"] / theirs["cpu_us_per_reply"])
+            ratios[f"{load}@{dead}"] = _median(per_round)
+    return {"rows": rows, "summary": _summary(rows, ("load", "dead", "server")), "ephttpd_over_nginx": ratios}
 
 
-def capacity(cpus: Cpus, fd_limit: int) -> dict:
-    rows = []
+def capacity(cpus: Cpus, fd_limit: int, rounds: int = ROUNDS) -> dict:
+    """Every backend at 0 and at the most dead connections, round after round. On a host where the one wrk
+    thread needs a CPU as much as the server does, wrk cannot keep the server fully busy: replies per server
+    CPU-second is its capacity then, and what "kept" compares."""
+    rows = [{**_point(cpus, "ephttpd", backend, dead, "wrk"), "round": n}
+            for n in range(1, rounds + 1) for backend in SERVER_BACKENDS
+            for dead in (0, max_dead(fd_limit, backend, ACTIVE))]
+    summary = _summary(rows, ("backend", "dead"))
+    kept, rate_kept, poll_ns = {}, {}, None
     for backend in SERVER_BACKENDS:
-        for dead in (0, max_dead(fd_limit, backend, ACTIVE)):
-            rows.append(_point(cpus, "ephttpd", backend, dead, "wrk"))
-    kept, poll_ns = {}, None
-    for backend in SERVER_BACKENDS:
-        zero, most = (r for r in rows if r["backend"] == backend)
-        kept[backend] = most["rate"] / zero["rate"]
+        zero, most = (line for line in summary if line["backend"] == backend)
+        kept[backend] = most["replies_per_cpu_s"] / zero["replies_per_cpu_s"]
+        rate_kept[backend] = most["rate"] / zero["rate"]
         if backend == "poll" and most["dead"]:
             poll_ns = (most["cpu_us_per_reply"] - zero["cpu_us_per_reply"]) * 1e3 / most["dead"]
-    return {"rows": rows, "capacity_kept": kept, "poll_ns_per_dead_per_reply": poll_ns}
+    return {"rows": rows, "summary": summary, "capacity_kept": kept, "rate_kept": rate_kept,
+            "poll_ns_per_dead_per_reply": poll_ns}
 
 
-def deadconn_rate(fd_limit: int) -> dict:
+def _open_dead(fd_limit: int) -> dict:
     """Two ephttpd workers hold twice what one process can; deadconn opens that many, unpinned."""
     workers = 2
     count = workers * max_dead(fd_limit, "epoll", ACTIVE)
     server = native.Ephttpd(backend="epoll", extra_args=["--workers", str(workers)])
     with server, dead_connections(None, server.port, count) as ready:
-        result = {"connections": ready["held"], "seconds": ready["seconds"], "rate_per_s": ready["rate_per_s"],
-                  "workers": ready["workers"], "server_workers": workers,
-                  "conntrack_drops": ready.get("conntrack_drops")}
-    return result
+        return {"connections": ready["held"], "seconds": ready["seconds"], "rate_per_s": ready["rate_per_s"],
+                "workers": ready["workers"], "server_workers": workers,
+                "conntrack_drops": ready.get("conntrack_drops")}
+
+
+def deadconn_rate(fd_limit: int, rounds: int = ROUNDS) -> dict:
+    """deadconn's opening rate, round after round; where this process may exempt loopback from connection
+    tracking (root, iptables or nft: what --tune-host does), each round measures it both ways."""
+    state = preflight.read_loopback_conntrack(preflight.read_host_settings()["net.netfilter.nf_conntrack_max"]
+                                              is not None)
+    finding = preflight.loopback_finding(state)
+    both = finding is not None and finding.tunable and state["tracked"] is True and os.geteuid() == 0
+    rows = []
+    for n in range(1, rounds + 1):
+        rows.append({**_open_dead(fd_limit), "round": n, "loopback_tracked": state["tracked"]})
+        if both:
+            with preflight.tune([finding]):
+                rows.append({**_open_dead(fd_limit), "round": n, "loopback_tracked": False})
+    by_tracking = {}
+    for tracked in dict.fromkeys(r["loopback_tracked"] for r in rows):
+        rates = [r["rate_per_s"] for r in rows if r["loopback_tracked"] == tracked]
+        by_tracking["tracked" if tracked else "untracked" if tracked is False else "unknown"] = _median(rates)
+    return {"rows": rows, "rate_per_s": max(v for v in by_tracking.values() if v), "median_rate_per_s": by_tracking}
 
 
 def harness() -> dict:
@@ -271,9 +325,7 @@ def main(json_out: str | None = None, skip_harness: bool = False) -> dict:
     native.build()
     fd_limit = host.fd_hard_limit()
     cpus = Cpus()
-    # nginx resets a few dozen of 19,500 dead connections at a 20,000-file limit (not yet understood; see
-    # the README): the two servers are compared at a level both hold.
-    most = max_dead(fd_limit, "epoll", ACTIVE) - NGINX_HEADROOM
+    most = max_dead(fd_limit, "epoll", ACTIVE)
     result = {"schema_version": 1, "benchmark": "bench", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "kernel": os.uname().release, "cpu_model": host.cpu_model(), "cpus": host.cpu_count(),
               "fd_limit": fd_limit, "server_cpus": sorted(cpus.server), "client_cpus": sorted(cpus.clients),
@@ -308,24 +360,27 @@ def _num(value, fmt: str = ",.0f") -> str:
 
 def _print(r: dict) -> None:
     console = Console()
-    console.print(_table("1. server CPU per reply: ephttpd vs nginx (epoll, one CPU)",
+    vs = r["versus_nginx"]
+    console.print(_table(f"1. server CPU per reply: ephttpd vs nginx (epoll, one CPU; medians of {ROUNDS} rounds)",
                          ["load", "dead", "server", "replies/s", "server busy %", "CPU µs/reply"],
                          [[x["load"], _num(x["dead"]), x["server"], _num(x["rate"]), _num(x["server_busy_pct"]),
-                           _num(x["cpu_us_per_reply"], ".2f")] for x in r["versus_nginx"]["rows"]]))
-    for key, ratio in r["versus_nginx"]["ephttpd_over_nginx"].items():
-        console.print(f"  ephttpd / nginx CPU per reply, {key} dead: {ratio:.2f} "
+                           _num(x["cpu_us_per_reply"], ".2f")] for x in vs["summary"]]))
+    for key, ratio in vs["ephttpd_over_nginx"].items():
+        console.print(f"  ephttpd / nginx CPU per reply, {key} dead: {_num(ratio, '.2f')} "
                       f"(target <= {TARGETS['ephttpd_vs_nginx_cpu_ratio']})")
     cap = r["capacity"]
-    console.print(_table("2. ephttpd capacity on one CPU (wrk)",
-                         ["backend", "dead", "replies/s", "server busy %", "CPU µs/reply"],
+    console.print(_table(f"2. ephttpd capacity on one CPU (wrk; medians of {ROUNDS} rounds)",
+                         ["backend", "dead", "replies/s", "server busy %", "CPU µs/reply", "replies/CPU-s"],
                          [[x["backend"], _num(x["dead"]), _num(x["rate"]), _num(x["server_busy_pct"]),
-                           _num(x["cpu_us_per_reply"], ".2f")] for x in cap["rows"]]))
+                           _num(x["cpu_us_per_reply"], ".2f"), _num(x["replies_per_cpu_s"])] for x in cap["summary"]]))
     for backend, kept in cap["capacity_kept"].items():
-        console.print(f"  {backend}: capacity at the most dead connections = {kept:.1%} of its 0-dead capacity")
+        console.print(f"  {backend}: at the most dead connections, {kept:.1%} of its 0-dead replies per CPU-second "
+                      f"({cap['rate_kept'][backend]:.1%} of its replies/s)")
     console.print(f"  poll: {_num(cap['poll_ns_per_dead_per_reply'], '.1f')} ns per extra dead connection per reply")
     d = r["deadconn"]
-    console.print(f"3. deadconn: {d['connections']:,} connections in {d['seconds']:.2f} s = {d['rate_per_s']:,.0f}/s "
-                  f"({d['workers']} worker(s); target >= {TARGETS['deadconn_per_s']:,}/s)")
+    rates = ", ".join(f"{k} loopback {_num(v)}/s" for k, v in d["median_rate_per_s"].items())
+    console.print(f"3. deadconn: {d['rows'][0]['connections']:,} connections, medians: {rates} "
+                  f"(target >= {TARGETS['deadconn_per_s']:,}/s)")
     console.print(_table("5. pipetest (token passes/s)", ["backend", "pipes", "passes/s"],
                          [[x["backend"], _num(x["pipes"]), _num(x.get("passes_per_s"))]
                           for x in r["pipetest"]["rows"]]))
@@ -336,4 +391,3 @@ def _print(r: dict) -> None:
                       f"setup {_num(t.get('setup_s'), '.0f')} s, measuring {_num(t.get('measuring_s'), '.0f')} s, "
                       f"report {_num(t.get('report_s'), '.0f')} s; measuring share "
                       f"{_num(h['measuring_share'], '.0%')} (targets <= 600 s, >= 80%)")
-

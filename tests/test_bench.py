@@ -97,3 +97,42 @@ def test_the_server_cpu_time_leaves_out_the_probe(cpus, monkeypatch):
     monkeypatch.setattr(bench, "_ticks", lambda pids: events.append("cpu read") or 0)
     bench._under_load(cpus, 8080, [1], "httperf")
     assert events == [httperf.PROBE_CONNECTION_RATE, "cpu read", httperf.ActiveLoad(port=1).rate, "cpu read"]
+
+
+def fake_point(costs: dict):
+    """A _point that returns the given CPU per reply for (server, backend, dead), whatever the load, at
+    each round in turn."""
+    calls = {}
+
+    def point(_cpus, server, backend, dead, load):
+        key = (server, backend, dead, load)
+        n = calls[key] = calls.get(key, 0) + 1
+        cost = costs[key[:3]][n - 1]
+        return {"server": server, "backend": backend, "dead": dead, "load": load, "rate": 1e6 / cost / 1.25,
+                "server_busy_pct": 80.0, "cpu_us_per_reply": cost}
+    return point
+
+
+def test_the_ephttpd_over_nginx_ratio_is_the_median_of_each_rounds_ratio(cpus, monkeypatch):
+    # Round 2 is disturbed for both servers alike: its ratio is still 0.8, while pooling would skew it.
+    monkeypatch.setattr(bench, "_point", fake_point({
+        ("ephttpd", "epoll", 0): [8.0, 16.0, 8.8], ("nginx", "epoll", 0): [10.0, 20.0, 10.0],
+        ("ephttpd", "epoll", 500): [9.0, 9.0, 9.0], ("nginx", "epoll", 500): [9.0, 10.0, 12.0]}))
+    result = bench.versus_nginx(cpus, 500, rounds=3)
+    assert len(result["rows"]) == 3 * 2 * 2 * 2
+    assert result["ephttpd_over_nginx"]["wrk@0"] == pytest.approx(0.8)
+    assert result["ephttpd_over_nginx"]["wrk@500"] == pytest.approx(0.9)
+    line = next(x for x in result["summary"] if (x["load"], x["dead"], x["server"]) == ("wrk", 0, "ephttpd"))
+    assert (line["rounds"], line["cpu_us_per_reply"]) == (3, 8.8)
+    assert line["replies_per_cpu_s"] == pytest.approx(1e6 / 8.8)
+
+
+def test_capacity_kept_compares_replies_per_cpu_second_and_poll_pays_per_dead_connection(cpus, monkeypatch):
+    most = bench.max_dead(20000, "epoll", bench.ACTIVE)
+    costs = {("ephttpd", b, d): [8.0] * 2 for b in bench.SERVER_BACKENDS for d in (0, bench.max_dead(20000, b, 100))}
+    costs[("ephttpd", "poll", most)] = [8.0 + most * 6e-3] * 2  # 6 ns per dead connection per reply
+    monkeypatch.setattr(bench, "_point", fake_point(costs))
+    result = bench.capacity(cpus, 20000, rounds=2)
+    assert result["capacity_kept"]["epoll"] == pytest.approx(1.0)
+    assert result["capacity_kept"]["poll"] == pytest.approx(8.0 / (8.0 + most * 6e-3))
+    assert result["poll_ns_per_dead_per_reply"] == pytest.approx(6.0)
