@@ -136,14 +136,14 @@ def test_hang_up_is_reported_with_read(loop, pipe):
 def test_deleted_descriptor_is_never_reported(loop, pipe):
     r, w = pipe
     loop.add(r)
-    assert loop.wait(timeout_ms=0) == {}  # armed, for the one-shot backends
+    assert loop.wait(timeout_ms=0) == {}  # armed, for the backends that arm in-kernel requests
     assert loop.delete(r) == 0
     os.write(w, b"x")
     assert loop.wait(timeout_ms=NOTHING_MS) == {}
 
 
 def test_delete_after_delivery_then_add_again_reports_once(loop, pipe):
-    """The one-shot backends' cancelled and completed requests must not leak out as events."""
+    """The io_uring and AIO backends' cancelled and completed requests must not leak out as events."""
     r, w = pipe
     loop.add(r)
     os.write(w, b"x")

@@ -2,10 +2,11 @@
  * ev_aio.c - Linux AIO with IOCB_CMD_POLL ("aio-poll", Linux 4.18+), through
  * the raw io_setup/io_submit/io_getevents/io_cancel syscalls.
  *
- * Like io_uring's POLL_ADD, an AIO poll is one-shot.  Descriptors whose event
- * was delivered are queued and armed again with one io_submit at the start of
- * the next wait, which gives level-triggered delivery; a poll on a descriptor
- * that is still ready completes at once.  Unlike io_uring, AIO cannot submit
+ * An AIO poll is one-shot (io_uring's POLL_ADD has a multishot form; AIO has
+ * none).  Descriptors whose event was delivered are queued and armed again
+ * with one io_submit at the start of the next wait, which gives
+ * level-triggered delivery; a poll on a descriptor that is still ready
+ * completes at once.  Unlike io_uring, AIO cannot submit
  * and wait in one call, so a wait that re-arms costs io_submit + io_getevents.
  *
  * Deleting or changing an armed descriptor cancels its poll with io_cancel

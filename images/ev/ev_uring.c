@@ -1,19 +1,48 @@
 /*
- * ev_uring.c - io_uring with IORING_OP_POLL_ADD ("io_uring").
+ * ev_uring.c - io_uring with multishot IORING_OP_POLL_ADD ("io_uring").
  *
- * A poll request is one-shot: it completes once and is gone.  To give the
- * level-triggered delivery of poll and epoll, every descriptor whose event was
- * delivered is queued and armed again at the start of the next wait; the new
- * requests go in with the wait itself (io_uring_submit_and_wait), so a wait
- * costs one io_uring_enter however many descriptors it re-arms.  A request on a
- * descriptor that is still ready completes at once.
+ * Every watched descriptor has one multishot poll request (IORING_POLL_ADD_MULTI):
+ * armed once, it stays in the kernel and posts a completion, flagged
+ * IORING_CQE_F_MORE, at each wakeup of the descriptor for the events watched,
+ * so a delivered event costs no new request.  ev_add and ev_modify queue the
+ * arming, which goes in with the next wait (io_uring_submit_and_wait); a
+ * descriptor that is ready already completes at once.  The kernel ends a
+ * multishot request when it cannot post a completion (the completion then
+ * lacks IORING_CQE_F_MORE); such a descriptor is armed again at the next wait.
+ *
+ * Wakeups are edges, but this backend delivers levels like poll and epoll: a
+ * descriptor a wait reported and the caller left ready (it read only part)
+ * must be reported again with no new wakeup.  So the next wait first looks at
+ * the descriptors the last one reported, with one poll() of timeout 0: those
+ * still ready are reported again, and the wait does not block.  A descriptor
+ * found drained is left to its multishot request, which is woken by whatever
+ * arrives after that look.  A completion can name an event the caller has
+ * consumed since: callers read until EAGAIN.  This costs one poll() per wait
+ * over the descriptors just served, where re-arming a one-shot request for
+ * each of them cost a request set up and torn down per event.  Completions come
+ * first in a wait's events, then descriptors found still ready, those the
+ * previous wait had no room for ahead of those it reported: a descriptor
+ * waits for room only while completions alone fill the caller's array.
+ *
+ * The ring is IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN (with
+ * IORING_SETUP_COOP_TASKRUN and IORING_SETUP_TASKRUN_FLAG): a wakeup's
+ * completion is posted when the loop next enters the kernel to wait, instead
+ * of by task work that interrupts the loop wherever it is (an IPI when the
+ * wakeup comes from another CPU).  An enter then does the work of a bounded
+ * number of wakeups (since 6.13: 20, and 1 after sleeping) and flags
+ * IORING_SQ_TASKRUN while more is pending, so the wait enters again to
+ * collect the rest, as far as the caller's array has room: one wait still
+ * returns every descriptor ready at the time.  SINGLE_ISSUER makes a loop
+ * usable only by the thread that created it.  Kernels before 6.1 refuse
+ * DEFER_TASKRUN and before 5.19 COOP_TASKRUN (EINVAL); the ring is then set up
+ * with what the kernel takes, which costs time per wait, not correctness.
  *
  * Deleting or changing an armed descriptor queues an IORING_OP_POLL_REMOVE,
  * sent with the next wait as well.  Until then the armed request holds its
  * file: a socket closed right after ev_delete is released at the next wait,
  * which an event loop reaches next anyway.  The remove's completion and the
- * removed request's own (-ECANCELED, or an event it raced to report) may
- * still be in the completion queue; each request carries the descriptor's
+ * removed request's own (-ECANCELED, or events it raced to report) may still
+ * be in the completion queue; each request carries the descriptor's
  * generation in its user_data and completions of an older generation are
  * dropped.
  */
@@ -27,30 +56,52 @@
 
 #include "ev_backend.h"
 
-/* Submission queue size: a wait re-arming more descriptors submits in chunks. */
+/* Submission queue size: a wait arming more descriptors submits in chunks. */
 #define SQ_ENTRIES 1024u
 /* user_data of POLL_REMOVE requests: its fd half names no descriptor. */
 #define REMOVE_TAG UINT64_MAX
+
+/* Ring setup flags, the cheapest first; each later set is what an older
+ * kernel accepts. */
+static const unsigned setup_flags[] = {
+	IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN |
+		IORING_SETUP_TASKRUN_FLAG, /* 6.1 */
+	IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG, /* 5.19 */
+	0,
+};
 
 struct uring_fd {
 	unsigned interest; /* EV_READ | EV_WRITE */
 	uint32_t generation;
 	bool registered;
-	bool armed;   /* a POLL_ADD of this generation is queued or in the kernel */
-	bool queued;  /* in rearm[] */
+	bool armed;      /* a multishot POLL_ADD of this generation is queued or in the kernel */
+	bool queued;     /* in arm[] */
+	bool rechecking; /* in recheck[] */
+	uint32_t reported_in; /* the wait (s->waits) that last put it in out[] ... */
+	int slot;             /* ... at this index */
 };
 
 struct uring_state {
 	struct io_uring ring;
 	int max_fds;
 	struct uring_fd *fds;
-	int *rearm; /* descriptors to arm at the next wait */
-	int rearm_count;
+	int *arm; /* descriptors to arm at the next wait */
+	int arm_count;
+	int *recheck; /* descriptors to look at again at the next wait */
+	int recheck_count;
+	struct pollfd *looked; /* the poll() of recheck[] */
+	int looked_count;
+	uint32_t waits;
 };
 
 static uint64_t user_data_of(int fd, uint32_t generation)
 {
 	return (uint64_t)generation << 32 | (uint32_t)fd;
+}
+
+static unsigned poll_mask_of(unsigned interest)
+{
+	return ((interest & EV_READ) ? POLLIN : 0) | ((interest & EV_WRITE) ? POLLOUT : 0);
 }
 
 /* Why io_uring_setup returned EPERM, if a sysctl explains it. */
@@ -71,37 +122,47 @@ static const char *sysctl_refusal(void)
 	return NULL;
 }
 
+static void free_state(struct uring_state *s)
+{
+	free(s->fds);
+	free(s->arm);
+	free(s->recheck);
+	free(s->looked);
+	free(s);
+}
+
 static void *uring_create(int max_fds, char *err, size_t errlen)
 {
 	struct uring_state *s = calloc(1, sizeof(*s));
 	if (s) {
 		s->fds = calloc((size_t)max_fds, sizeof(*s->fds));
-		s->rearm = calloc((size_t)max_fds, sizeof(*s->rearm));
+		s->arm = calloc((size_t)max_fds, sizeof(*s->arm));
+		s->recheck = calloc((size_t)max_fds, sizeof(*s->recheck));
+		s->looked = calloc((size_t)max_fds, sizeof(*s->looked));
 	}
-	if (!s || !s->fds || !s->rearm) {
+	if (!s || !s->fds || !s->arm || !s->recheck || !s->looked) {
 		snprintf(err, errlen, "io_uring: out of memory for %d descriptors", max_fds);
-		goto fail;
+		if (s)
+			free_state(s);
+		return NULL;
 	}
 	s->max_fds = max_fds;
-	/* Room for a completion from every descriptor at once, so the kernel
-	 * never has to park completions on its overflow list. */
-	struct io_uring_params params = {
-		.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP,
-		.cq_entries = (unsigned)max_fds > SQ_ENTRIES ? (unsigned)max_fds : SQ_ENTRIES,
-	};
-	int ret = io_uring_queue_init_params(SQ_ENTRIES, &s->ring, &params);
+	int ret = -EINVAL;
+	for (size_t i = 0; i < sizeof(setup_flags) / sizeof(setup_flags[0]) && ret == -EINVAL; i++) {
+		/* Room for a completion from every descriptor at once, so the
+		 * kernel seldom has to park completions on its overflow list. */
+		struct io_uring_params params = {
+			.flags = setup_flags[i] | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP,
+			.cq_entries = (unsigned)max_fds > SQ_ENTRIES ? (unsigned)max_fds : SQ_ENTRIES,
+		};
+		ret = io_uring_queue_init_params(SQ_ENTRIES, &s->ring, &params);
+	}
 	if (ret < 0) {
 		ev_refused("io_uring", "io_uring_setup", -ret, ret == -EPERM ? sysctl_refusal() : NULL, err, errlen);
-		goto fail;
+		free_state(s);
+		return NULL;
 	}
 	return s;
-fail:
-	if (s) {
-		free(s->fds);
-		free(s->rearm);
-		free(s);
-	}
-	return NULL;
 }
 
 static struct io_uring_sqe *next_sqe(struct uring_state *s)
@@ -114,11 +175,19 @@ static struct io_uring_sqe *next_sqe(struct uring_state *s)
 	return sqe;
 }
 
-static void queue_rearm(struct uring_state *s, int fd)
+static void queue_arm(struct uring_state *s, int fd)
 {
 	if (!s->fds[fd].queued) {
 		s->fds[fd].queued = true;
-		s->rearm[s->rearm_count++] = fd;
+		s->arm[s->arm_count++] = fd;
+	}
+}
+
+static void queue_recheck(struct uring_state *s, int fd)
+{
+	if (!s->fds[fd].rechecking) {
+		s->fds[fd].rechecking = true;
+		s->recheck[s->recheck_count++] = fd;
 	}
 }
 
@@ -148,7 +217,7 @@ static int uring_add(void *state, int fd, unsigned events)
 		return -EEXIST;
 	f->registered = true;
 	f->interest = events;
-	queue_rearm(s, fd);
+	queue_arm(s, fd);
 	return 0;
 }
 
@@ -161,7 +230,7 @@ static int uring_modify(void *state, int fd, unsigned events)
 	if (ret < 0)
 		return ret;
 	s->fds[fd].interest = events;
-	queue_rearm(s, fd);
+	queue_arm(s, fd);
 	return 0;
 }
 
@@ -179,23 +248,37 @@ static int uring_delete(void *state, int fd)
 
 static int arm_queued(struct uring_state *s)
 {
-	while (s->rearm_count > 0) {
-		int fd = s->rearm[s->rearm_count - 1];
+	while (s->arm_count > 0) {
+		int fd = s->arm[s->arm_count - 1];
 		struct uring_fd *f = &s->fds[fd];
 		if (f->registered && !f->armed) {
 			struct io_uring_sqe *sqe = next_sqe(s);
 			if (!sqe)
 				return -EBUSY; /* the queue stays for the next wait */
-			unsigned mask = ((f->interest & EV_READ) ? POLLIN : 0) |
-					((f->interest & EV_WRITE) ? POLLOUT : 0);
-			io_uring_prep_poll_add(sqe, fd, mask);
+			io_uring_prep_poll_multishot(sqe, fd, poll_mask_of(f->interest));
 			io_uring_sqe_set_data64(sqe, user_data_of(fd, f->generation));
 			f->armed = true;
 		}
 		f->queued = false;
-		s->rearm_count--;
+		s->arm_count--;
 	}
 	return 0;
+}
+
+/* Looks at recheck[] without changing it; returns how many are still ready. */
+static int look_again(struct uring_state *s)
+{
+	int count = 0;
+	for (int i = 0; i < s->recheck_count; i++) {
+		int fd = s->recheck[i];
+		if (s->fds[fd].registered)
+			s->looked[count++] = (struct pollfd){ .fd = fd, .events = (short)poll_mask_of(s->fds[fd].interest) };
+	}
+	s->looked_count = count;
+	if (count == 0)
+		return 0;
+	int ready = poll(s->looked, (nfds_t)count, 0);
+	return ready < 0 ? -errno : ready;
 }
 
 static unsigned events_of(int res)
@@ -212,14 +295,28 @@ static unsigned events_of(int res)
 	return events;
 }
 
-/* Moves up to max current-generation completions to out; returns how many. */
-static int reap(struct uring_state *s, struct ev_event *out, int max)
+/* Puts fd in out[] (merged with its entry if this wait has one) when there is
+ * room, and in the next wait's recheck[] either way. */
+static void report(struct uring_state *s, struct ev_event *out, int max, int *n, int fd, unsigned events)
+{
+	struct uring_fd *f = &s->fds[fd];
+	queue_recheck(s, fd);
+	if (f->reported_in == s->waits && f->slot < *n && out[f->slot].fd == fd) {
+		out[f->slot].events |= events;
+	} else if (*n < max) {
+		f->reported_in = s->waits;
+		f->slot = *n;
+		out[(*n)++] = (struct ev_event){ .fd = fd, .events = events };
+	}
+}
+
+/* Moves current-generation completions to out while there is room. */
+static void reap(struct uring_state *s, struct ev_event *out, int max, int *n)
 {
 	struct io_uring_cqe *cqe;
 	unsigned head, seen = 0;
-	int n = 0;
 	io_uring_for_each_cqe(&s->ring, head, cqe) {
-		if (n == max)
+		if (*n == max)
 			break;
 		seen++;
 		uint64_t user_data = io_uring_cqe_get_data64(cqe);
@@ -229,12 +326,55 @@ static int reap(struct uring_state *s, struct ev_event *out, int max)
 		struct uring_fd *f = &s->fds[fd];
 		if (!f->registered || !f->armed || (uint32_t)(user_data >> 32) != f->generation)
 			continue;
-		f->armed = false;
-		queue_rearm(s, (int)fd);
-		out[n++] = (struct ev_event){ .fd = (int)fd, .events = events_of(cqe->res) };
+		if (!(cqe->flags & IORING_CQE_F_MORE)) {
+			f->armed = false;
+			queue_arm(s, (int)fd);
+		}
+		unsigned events = events_of(cqe->res);
+		if (events)
+			report(s, out, max, n, (int)fd, events);
 	}
 	io_uring_cq_advance(&s->ring, seen);
+}
+
+/* Fills out from the completions and the descriptors found still ready, and
+ * makes recheck[] the list for the next wait. */
+static int collect(struct uring_state *s, struct ev_event *out, int max)
+{
+	uint32_t previous = s->waits++;
+	for (int i = 0; i < s->recheck_count; i++)
+		s->fds[s->recheck[i]].rechecking = false;
+	s->recheck_count = 0;
+	int n = 0;
+	reap(s, out, max, &n);
+	for (int pass = 0; pass < 2; pass++) {
+		/* First those the previous wait had no room for. */
+		for (int i = 0; i < s->looked_count; i++) {
+			const struct pollfd *p = &s->looked[i];
+			if (p->revents && (pass == 1 || s->fds[p->fd].reported_in != previous))
+				report(s, out, max, &n, p->fd, events_of(p->revents));
+		}
+	}
+	s->looked_count = 0;
 	return n;
+}
+
+/*
+ * Has the kernel post the completions it left pending, while there is room
+ * for them.  IORING_SQ_TASKRUN can outlive the work it announced (set by a
+ * wakeup racing with the run that does its work): a round that posts nothing
+ * ends the collecting, else the loop would spin until the next wakeup.
+ */
+static void collect_pending(struct uring_state *s, int max)
+{
+	unsigned ready = io_uring_cq_ready(&s->ring);
+	while ((IO_URING_READ_ONCE(*s->ring.sq.kflags) & IORING_SQ_TASKRUN) && ready < (unsigned)max &&
+	       io_uring_get_events(&s->ring) >= 0) {
+		unsigned now = io_uring_cq_ready(&s->ring);
+		if (now == ready)
+			break;
+		ready = now;
+	}
 }
 
 static int uring_wait(void *state, struct ev_event *out, int max, int timeout_ms)
@@ -244,10 +384,15 @@ static int uring_wait(void *state, struct ev_event *out, int max, int timeout_ms
 		int ret = arm_queued(s);
 		if (ret < 0)
 			return ret;
-		struct io_uring_cqe *cqe;
-		if (timeout_ms < 0) {
+		int still_ready = look_again(s);
+		if (still_ready < 0)
+			return still_ready;
+		if (still_ready > 0 || timeout_ms == 0) {
+			ret = io_uring_submit_and_get_events(&s->ring);
+		} else if (timeout_ms < 0) {
 			ret = io_uring_submit_and_wait(&s->ring, 1);
 		} else {
+			struct io_uring_cqe *cqe;
 			struct __kernel_timespec timeout = {
 				.tv_sec = timeout_ms / 1000,
 				.tv_nsec = (long long)(timeout_ms % 1000) * 1000000,
@@ -258,7 +403,8 @@ static int uring_wait(void *state, struct ev_event *out, int max, int timeout_ms
 		}
 		if (ret < 0)
 			return ret;
-		int n = reap(s, out, max);
+		collect_pending(s, max);
+		int n = collect(s, out, max);
 		/* Only stale completions woke us: with no time limit, wait on. */
 		if (n > 0 || timeout_ms >= 0)
 			return n;
@@ -269,9 +415,7 @@ static void uring_destroy(void *state)
 {
 	struct uring_state *s = state;
 	io_uring_queue_exit(&s->ring);
-	free(s->fds);
-	free(s->rearm);
-	free(s);
+	free_state(s);
 }
 
 const struct ev_backend ev_uring_backend = {

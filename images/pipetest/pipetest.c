@@ -17,8 +17,9 @@
  * is read and not written back).  The other N-M pipes stay idle all along, so
  * any cost that grows with N is the mechanism's cost of watching idle
  * descriptors: poll and select hand the kernel all N each wait, epoll keeps
- * them in the kernel and reports only the ready ones, io_uring and AIO poll
- * re-arm one-shot polls on just the descriptors that fired.
+ * them in the kernel and reports only the ready ones, io_uring keeps a
+ * multishot poll per descriptor in the kernel, and AIO poll re-arms one-shot
+ * polls on just the descriptors that fired.
  *
  * The metric: token passes per second over the passing loop (CLOCK_MONOTONIC),
  * plus the number of waits and the events each returned on average.  The loop
