@@ -9,6 +9,14 @@ def build_dir():
     return native.build()
 
 
+@pytest.fixture(scope="module")
+def client():
+    """A client of this machine's Docker engine."""
+    from experiment import engine
+
+    return engine.connect()
+
+
 @pytest.fixture(scope="session")
 def second_engine():
     """A second dockerd on this machine (tests/engines.py), removed with its data at the end."""

@@ -4,22 +4,16 @@ fast clear failures, half versus whole requests, source addresses, and a clean c
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import resource
-import select
 import signal
 import socket
 import subprocess
 import time
-from contextlib import contextmanager
 
 import pytest
+from httpclient import EVENT_TIMEOUT, deadconn, next_event, send, serving, settled_snapshot
 
-from experiment import native
-
-EVENT_TIMEOUT = 60.0   # bounds a step on a loaded machine; never a performance assertion
-SETTLE_ATTEMPTS = 200  # snapshots 50 ms apart while the server catches up
+from experiment import host, native
 
 
 def load_deadconn():
@@ -30,65 +24,11 @@ def load_deadconn():
     return module
 
 
-@contextmanager
-def serving(*args: str):
-    server = native.Ephttpd("epoll", list(args))
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
-
-
-@contextmanager
-def deadconn(*args: str, nofile: int | None = None):
-    """A running deadconn with pipes on stdin, stdout and stderr; killed on the way out if still running."""
-    limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
-    proc = subprocess.Popen(native.deadconn_command(*args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=limit)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            pipe.close()
-
-
-def next_event(proc: subprocess.Popen, timeout: float = EVENT_TIMEOUT) -> dict:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""
-    assert line, f"deadconn said nothing within {timeout} s (exit {proc.poll()}): {stderr_of(proc)}"
-    return json.loads(line)
-
-
-def stderr_of(proc: subprocess.Popen) -> str:
-    return proc.stderr.read() if proc.poll() is not None else "(still running)"
-
-
-def send(proc: subprocess.Popen, line: str) -> None:
-    proc.stdin.write(line + "\n")
-    proc.stdin.flush()
-
-
 def terminate(proc: subprocess.Popen) -> tuple[dict, int]:
     """SIGTERM: the "closed" event and the exit status."""
     proc.send_signal(signal.SIGTERM)
     closed = next_event(proc)
     return closed, proc.wait(timeout=EVENT_TIMEOUT)
-
-
-def settled(server: native.Ephttpd, done) -> dict:
-    """The first snapshot for which done(snapshot) holds: the server has caught up with the client."""
-    for _ in range(SETTLE_ATTEMPTS):
-        snap = server.snapshot()
-        if done(snap):
-            return snap
-        time.sleep(0.05)
-    raise AssertionError(f"the server never caught up: last snapshot {snap}")
 
 
 def children(pid: int) -> list[int]:
@@ -101,18 +41,12 @@ def sockets_of(pid: int) -> int:
     return sum(os.readlink(f"{folder}/{fd}").startswith("socket:") for fd in os.listdir(folder))
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("limit", ["per-worker", "nofile"])
 def test_five_thousand_across_worker_processes_with_exact_counts(build_dir, limit):
     total = 5000
     args, nofile = (["--per-worker", "2000"], None) if limit == "per-worker" else ([], 1100)
-    with serving() as server, deadconn("--port", str(server.port), "-n", str(total), *args,
-                                       nofile=nofile) as proc:
+    with serving("ephttpd", "epoll") as server, deadconn("--port", str(server.port), "-n", str(total), *args,
+                                                         nofile=nofile) as proc:
         ready = next_event(proc)
         assert ready["event"] == "ready", ready
         assert ready["held"] == ready["target"] == total
@@ -129,7 +63,7 @@ def test_five_thousand_across_worker_processes_with_exact_counts(build_dir, limi
         # Each worker has its channel to the parent beside its connections.
         assert sum(held_by_each) == total + len(workers)
         assert max(held_by_each) <= ready["per_worker_limit"] + 1
-        snap = settled(server, lambda s: s["open"] == total)
+        snap = settled_snapshot(server, lambda s: s["open"] == total)
         assert snap["accepted"] == total
         closed, status = terminate(proc)
         assert closed == {"event": "closed", "held": total}
@@ -140,7 +74,7 @@ def test_five_thousand_across_worker_processes_with_exact_counts(build_dir, limi
 
 
 def test_grows_on_stdin_and_holds_after_stdin_ends(build_dir):
-    with serving() as server, deadconn("--port", str(server.port), "-n", "1000") as proc:
+    with serving("ephttpd", "epoll") as server, deadconn("--port", str(server.port), "-n", "1000") as proc:
         assert next_event(proc)["held"] == 1000
         send(proc, "grow 1500")
         ready = next_event(proc)
@@ -153,31 +87,31 @@ def test_grows_on_stdin_and_holds_after_stdin_ends(build_dir):
         proc.stdin.close()  # no more commands: deadconn goes on holding
         time.sleep(0.5)
         assert proc.poll() is None
-        assert settled(server, lambda s: s["open"] == 2500)["accepted"] == 2500
+        assert settled_snapshot(server, lambda s: s["open"] == 2500)["accepted"] == 2500
         closed, status = terminate(proc)
         assert closed["held"] == 2500 and status == 0
 
 
 def test_grows_and_quits_on_the_control_fifo(build_dir, tmp_path):
     fifo = tmp_path / "control"
-    with serving() as server, deadconn("--port", str(server.port), "-n", "1000",
-                                       "--control", str(fifo)) as proc:
+    with serving("ephttpd", "epoll") as server, deadconn("--port", str(server.port), "-n", "1000",
+                                                         "--control", str(fifo)) as proc:
         assert next_event(proc)["held"] == 1000
         with open(fifo, "w") as control:
             control.write("grow 1500\n")
         ready = next_event(proc)
         assert (ready["event"], ready["held"]) == ("ready", 2500)
-        assert settled(server, lambda s: s["open"] == 2500)["accepted"] == 2500
+        assert settled_snapshot(server, lambda s: s["open"] == 2500)["accepted"] == 2500
         with open(fifo, "w") as control:
             control.write("quit\n")
         assert next_event(proc) == {"event": "closed", "held": 2500}
         assert proc.wait(timeout=EVENT_TIMEOUT) == 0
-        settled(server, lambda s: s["open"] == 0)
+        settled_snapshot(server, lambda s: s["open"] == 0)
     assert not fifo.exists(), "deadconn made the FIFO, so it removes it"
 
 
 def test_an_unreachable_port_fails_at_once_as_refused(build_dir):
-    port = unused_port()
+    port = host.free_port()
     with deadconn("--port", str(port), "-n", "1000", "--timeout", "30") as proc:
         failed = next_event(proc)
         status = proc.wait(timeout=EVENT_TIMEOUT)
@@ -193,9 +127,9 @@ def test_an_unreachable_port_fails_at_once_as_refused(build_dir):
 
 def test_dead_connections_send_half_a_request(build_dir):
     dead = 500
-    with serving() as server, deadconn("--port", str(server.port), "-n", str(dead)) as proc:
+    with serving("ephttpd", "epoll") as server, deadconn("--port", str(server.port), "-n", str(dead)) as proc:
         assert next_event(proc)["held"] == dead
-        snap = settled(server, lambda s: s["open"] == dead)
+        snap = settled_snapshot(server, lambda s: s["open"] == dead)
         terminate(proc)
         stats = server.stop()
     assert snap["requests"] == 0 and snap["responses_200"] == 0
@@ -205,13 +139,13 @@ def test_dead_connections_send_half_a_request(build_dir):
 
 def test_complete_connections_send_one_whole_request_each_and_stay_open(build_dir):
     count = 500
-    with serving() as server, deadconn("--port", str(server.port), "-n", str(count), "--mode", "complete",
-                                       "--per-worker", "200") as proc:
+    with serving("ephttpd", "epoll") as server, deadconn("--port", str(server.port), "-n", str(count),
+                                                         "--mode", "complete", "--per-worker", "200") as proc:
         ready = next_event(proc)
         assert (ready["event"], ready["held"], ready["mode"]) == ("ready", count, "complete")
         send(proc, "grow 100")
         assert next_event(proc)["held"] == count + 100
-        snap = settled(server, lambda s: s["open"] == count + 100)
+        snap = settled_snapshot(server, lambda s: s["open"] == count + 100)
         terminate(proc)
         stats = server.stop()
     assert snap["requests"] == snap["responses_200"] == count + 100
@@ -220,8 +154,8 @@ def test_complete_connections_send_one_whole_request_each_and_stay_open(build_di
 
 def test_connections_are_spread_over_the_source_addresses(build_dir):
     per_source, sources = 300, 3
-    with serving() as server, deadconn("--port", str(server.port), "-n", str(per_source * sources),
-                                       "--sources", str(sources)) as proc:
+    with serving("ephttpd", "epoll") as server, deadconn("--port", str(server.port), "-n", str(per_source * sources),
+                                                         "--sources", str(sources)) as proc:
         ready = next_event(proc)
         assert ready["sources"] == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
         counts = client_sources(server.port)
@@ -244,17 +178,17 @@ def client_sources(port: int) -> dict[str, int]:
 
 def test_sigterm_closes_every_connection(build_dir):
     count = 3000
-    with serving() as server:
+    with serving("ephttpd", "epoll") as server:
         baseline = native.open_fds(server.pid)
         with deadconn("--port", str(server.port), "-n", str(count), "--per-worker", "1000") as proc:
             assert next_event(proc)["held"] == count
-            settled(server, lambda s: s["open"] == count)
+            settled_snapshot(server, lambda s: s["open"] == count)
             assert native.open_fds(server.pid) == baseline + count
             workers = children(proc.pid)
             closed, status = terminate(proc)
         assert closed == {"event": "closed", "held": count} and status == 0
         assert not any(os.path.exists(f"/proc/{pid}") for pid in workers), "deadconn reaps its workers"
-        settled(server, lambda s: s["open"] == 0)
+        settled_snapshot(server, lambda s: s["open"] == 0)
         assert native.open_fds(server.pid) == baseline
 
 
@@ -288,7 +222,7 @@ def test_a_connection_the_server_drops_is_not_counted_as_held(build_dir):
         send(proc, f"grow {total - 100}")
         event = next_event(proc)
         if event["event"] == "ready":  # the server had not refused them yet when deadconn checked
-            snap = settled(server, lambda s: s["accepted"] + s["refused"] == total)
+            snap = settled_snapshot(server, lambda s: s["accepted"] + s["refused"] == total)
             send(proc, "status")
             event = next_event(proc)
             assert event["event"] == "status"
@@ -302,7 +236,7 @@ def test_a_connection_the_server_drops_is_not_counted_as_held(build_dir):
 
 
 def test_bad_commands_are_ignored_with_a_message(build_dir):
-    with serving() as server, deadconn("--port", str(server.port), "-n", "10") as proc:
+    with serving("ephttpd", "epoll") as server, deadconn("--port", str(server.port), "-n", "10") as proc:
         assert next_event(proc)["held"] == 10
         for line in ("grow -1", "grow many", "shrink 5"):
             send(proc, line)

@@ -19,46 +19,41 @@ FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
 @pytest.fixture(scope="module")
-def first_client():
-    return engine.connect()
+def built(client, tmp_path_factory):
+    return images.build(client, images.DEFAULT_BASE_IMAGE, tmp_path_factory.mktemp("build"))
 
 
 @pytest.fixture(scope="module")
-def built(first_client, tmp_path_factory):
-    return images.build(first_client, images.DEFAULT_BASE_IMAGE, tmp_path_factory.mktemp("build"))
-
-
-@pytest.fixture(scope="module")
-def copied(first_client, second_engine, built):
+def copied(client, second_engine, built):
     refs = [built["server"].tag, built["client"].tag]
-    return refs, engine.copy_images(first_client, second_engine.client, refs)
+    return refs, engine.copy_images(client, second_engine.client, refs)
 
 
 
-def test_the_second_engine_is_another_dockerd_without_a_bridge(first_client, second_engine):
-    first, second = first_client.info(), second_engine.client.info()
+def test_the_second_engine_is_another_dockerd_without_a_bridge(client, second_engine):
+    first, second = client.info(), second_engine.client.info()
     assert first["DockerRootDir"] != second["DockerRootDir"] == str(second_engine.root / "data")
     assert {n.name for n in second_engine.client.networks.list()} == {"host", "none"}
 
 
-def test_images_are_copied_once_and_keep_their_ids(first_client, second_engine, copied):
+def test_images_are_copied_once_and_keep_their_ids(client, second_engine, copied):
     refs, first_copy = copied
     assert first_copy == dict.fromkeys(refs, "copied")
     for ref in refs:
-        assert second_engine.client.images.get(ref).id == first_client.images.get(ref).id
-    assert engine.copy_images(first_client, second_engine.client, refs) == dict.fromkeys(refs, "present")
+        assert second_engine.client.images.get(ref).id == client.images.get(ref).id
+    assert engine.copy_images(client, second_engine.client, refs) == dict.fromkeys(refs, "present")
 
 
-def test_copying_an_image_the_source_lacks_names_it(first_client, second_engine):
+def test_copying_an_image_the_source_lacks_names_it(client, second_engine):
     missing = f"epollbench-test/missing:{uuid.uuid4().hex[:8]}"
     with pytest.raises(engine.UserError, match=f"no image {missing}"):
-        engine.copy_images(first_client, second_engine.client, [missing])
+        engine.copy_images(client, second_engine.client, [missing])
 
 
-def test_clients_on_the_second_engine_load_a_server_on_the_first_over_loopback(first_client, second_engine,
+def test_clients_on_the_second_engine_load_a_server_on_the_first_over_loopback(client, second_engine,
                                                                                 copied, built):
     run_id = f"test-engines-{uuid.uuid4().hex[:8]}"
-    server_side = Containers(first_client, run_id, FD_LIMIT)
+    server_side = Containers(client, run_id, FD_LIMIT)
     client_side = Containers(second_engine.client, run_id, FD_LIMIT)
     port, dead, calls, conns = host.free_port(), 100, 20, 10
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from experiment import engine, host, images, publish
+from experiment import host, images, publish
 from experiment.errors import UserError
 from experiment.images import BuiltImage
 from experiment.native import ROOT
@@ -33,11 +33,6 @@ REGISTRY_START_TIMEOUT_S = 30
 # The archive of both images is ~160 MB and `docker save` ~390 MB: a process that streams stays far below.
 STREAMING_RSS_LIMIT_KB = 100_000
 
-
-
-@pytest.fixture(scope="module")
-def client():
-    return engine.connect()
 
 
 @pytest.fixture(scope="module")

@@ -6,38 +6,18 @@ import json
 import os
 import resource
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from reproducing import finished, invoke, labelled_containers
 
-from experiment import engine, images
-from experiment.containers import LABEL_RUN
-from experiment.native import ROOT
+from experiment import images
 from experiment.results import SCHEMA_VERSION, Run
 
 pytestmark = pytest.mark.docker
 
 SMOKE = ["--variants", "up", "--backends", "poll,epoll", "--dead", "0,3000", "--duration", "3",
          "--pipes", "10,1000", "--no-report"]
-
-
-def invoke(*args: str, results_dir: Path, preexec_fn=None, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "invoke", "reproduce", *args, "--results-dir", str(results_dir)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=preexec_fn, **kwargs)
-
-
-def finished(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
-
-
-@pytest.fixture(scope="module")
-def client():
-    return engine.connect()
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +27,6 @@ def smoke_run(tmp_path_factory, client):
     code, out, err = finished(invoke(*SMOKE, results_dir=results_dir))
     assert code == 0, f"{out}\n{err}"
     return Run.open(None, results_dir)
-
-
-def labelled_containers(client, run_id: str) -> list:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
 
 
 def test_images_are_labelled_and_an_unchanged_tree_reuses_them(client, tmp_path):

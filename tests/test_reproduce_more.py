@@ -10,7 +10,7 @@ import shlex
 import time
 
 import pytest
-from test_reproduce import finished, invoke, labelled_containers
+from reproducing import finished, invoke, labelled_containers
 
 from experiment import engine, figures, host, plan, report, servers, services, sweep
 from experiment.containers import LABEL_ROLE, LABEL_RUN
@@ -40,11 +40,6 @@ def assert_held(point: dict) -> None:
     """The server's own count of open connections: the dead ones and the load's."""
     assert point["server"]["stats_after"]["open"] >= point["x"]
 
-
-
-@pytest.fixture(scope="module")
-def client():
-    return engine.connect()
 
 
 # ------------------------------------------------------------------------------------ without containers

@@ -10,18 +10,17 @@ import re
 import resource
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import time
 import uuid
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_ephttpd import CLIENT_TIMEOUT, assert_ok, read_response, readline, request
+from httpclient import CLIENT_TIMEOUT, assert_ok, deadconn, next_event, read_response, request, send
 
-from experiment import engine, host, images, native, plan, servers
+from experiment import host, images, plan, servers
 from experiment.containers import Containers
 from experiment.errors import UserError
 from experiment.services import LOOPBACK
@@ -82,23 +81,15 @@ def connected(port: int):
         yield sock, reader
 
 
-@contextmanager
-def deadconn(port: int, count: int):
-    proc = subprocess.Popen(native.deadconn_command("--host", "127.0.0.1", "--port", str(port), "-n", str(count)),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with ExitStack() as stack:
-        stack.callback(proc.wait, timeout=CLIENT_TIMEOUT)
-        stack.callback(proc.send_signal, signal.SIGTERM)
-        yield proc
+def holding(port: int, count: int):
+    """deadconn holding count dead connections to port."""
+    return deadconn("--host", "127.0.0.1", "--port", str(port), "-n", str(count))
 
 
 def deadconn_says(proc: subprocess.Popen, command: str | None = None) -> dict:
     if command:
-        proc.stdin.write(command + "\n")
-        proc.stdin.flush()
-    line = readline(proc, timeout=60)
-    assert line, f"deadconn said nothing: {proc.poll()=}"
-    return json.loads(line)
+        send(proc, command)
+    return next_event(proc)
 
 
 # ------------------------------------------------------------------------------------------ nginx natively
@@ -159,7 +150,7 @@ def test_nginx_answers_keep_alive_and_pipelined_requests_with_the_body_size(tmp_
 @needs_nginx
 def test_nginx_holds_dead_connections_where_a_short_timeout_would_close_them(tmp_path):
     held, wait_s = 2000, 3
-    with nginx(tmp_path) as port, deadconn(port, held) as proc:
+    with nginx(tmp_path) as port, holding(port, held) as proc:
         ready = deadconn_says(proc)
         assert (ready["event"], ready["held"]) == ("ready", held), ready
         time.sleep(wait_s)
@@ -169,7 +160,7 @@ def test_nginx_holds_dead_connections_where_a_short_timeout_would_close_them(tmp
             sock.sendall(request())
             assert_ok(read_response(reader))
     # The same check sees closes: with a 1 s client_header_timeout nginx drops every dead connection.
-    with nginx(tmp_path, timeout="1s") as port, deadconn(port, 200) as proc:
+    with nginx(tmp_path, timeout="1s") as port, holding(port, 200) as proc:
         assert deadconn_says(proc)["held"] == 200
         time.sleep(wait_s)
         status = deadconn_says(proc, "status")
@@ -179,7 +170,7 @@ def test_nginx_holds_dead_connections_where_a_short_timeout_would_close_them(tmp
 @needs_nginx
 def test_nginx_holds_as_many_dead_connections_as_its_fd_limit_allows(tmp_path):
     most = plan.max_dead(FD_LIMIT, "epoll", 100)
-    with nginx(tmp_path) as port, deadconn(port, most) as proc:
+    with nginx(tmp_path) as port, holding(port, most) as proc:
         ready = deadconn_says(proc)
         assert (ready["event"], ready["held"], ready["failures"]["reset"]) == ("ready", most, 0), ready
         with connected(port) as (sock, reader):
@@ -255,18 +246,13 @@ def test_a_confused_server_choice_is_one_clear_error(kwargs, complaint):
 
 
 @pytest.fixture(scope="module")
-def docker_client():
-    return engine.connect()
-
-
-@pytest.fixture(scope="module")
-def server_image(docker_client, tmp_path_factory):
-    return images.build(docker_client, images.DEFAULT_BASE_IMAGE, tmp_path_factory.mktemp("build"))["server"].tag
+def server_image(client, tmp_path_factory):
+    return images.build(client, images.DEFAULT_BASE_IMAGE, tmp_path_factory.mktemp("build"))["server"].tag
 
 
 @pytest.fixture
-def runner(docker_client):
-    containers = Containers(docker_client, f"test-servers-{uuid.uuid4().hex[:8]}", FD_LIMIT)
+def runner(client):
+    containers = Containers(client, f"test-servers-{uuid.uuid4().hex[:8]}", FD_LIMIT)
     yield containers
     containers.remove_all()
 

@@ -1,0 +1,26 @@
+"""`invoke reproduce` run as a user runs it, for the end-to-end tests (test_reproduce*.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from experiment.containers import LABEL_RUN
+from experiment.native import ROOT
+
+
+def invoke(*args: str, results_dir: Path, preexec_fn=None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "invoke", "reproduce", *args, "--results-dir", str(results_dir)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=preexec_fn, **kwargs)
+
+
+def finished(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def labelled_containers(client, run_id: str) -> list:
+    """Every container, running or not, labelled as part of run_id."""
+    return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
