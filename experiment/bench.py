@@ -270,13 +270,21 @@ def _open_dead(fd_limit: int) -> dict:
                 "conntrack_drops": ready.get("conntrack_drops")}
 
 
-def deadconn_rate(fd_limit: int, rounds: int = ROUNDS) -> dict:
-    """deadconn's opening rate, round after round; where this process may exempt loopback from connection
-    tracking (root, iptables or nft: what --tune-host does), each round measures it both ways."""
+def _untracking() -> tuple[dict, preflight.Finding | None]:
+    """Whether loopback is connection-tracked here, and the finding that --tune-host's rule would undo it,
+    when this process may apply it (root, iptables or nft)."""
     state = preflight.read_loopback_conntrack(preflight.read_host_settings()["net.netfilter.nf_conntrack_max"]
                                               is not None)
     finding = preflight.loopback_finding(state)
-    both = finding is not None and finding.tunable and state["tracked"] is True and os.geteuid() == 0
+    usable = finding is not None and finding.tunable and state["tracked"] is True and os.geteuid() == 0
+    return state, finding if usable else None
+
+
+def deadconn_rate(fd_limit: int, rounds: int = ROUNDS) -> dict:
+    """deadconn's opening rate, round after round; where this process may exempt loopback from connection
+    tracking (root, iptables or nft: what --tune-host does), each round measures it both ways."""
+    state, finding = _untracking()
+    both = finding is not None
     rows = []
     for n in range(1, rounds + 1):
         rows.append({**_open_dead(fd_limit), "round": n, "loopback_tracked": state["tracked"]})
@@ -330,8 +338,14 @@ def main(json_out: str | None = None, skip_harness: bool = False) -> dict:
               "kernel": os.uname().release, "cpu_model": host.cpu_model(), "cpus": host.cpu_count(),
               "fd_limit": fd_limit, "server_cpus": sorted(cpus.server), "client_cpus": sorted(cpus.clients),
               "load_seconds": LOAD_SECONDS, "targets": TARGETS, "load_at_start": list(os.getloadavg())}
-    result["versus_nginx"] = versus_nginx(cpus, most)
-    result["capacity"] = capacity(cpus, fd_limit)
+    # The loads open and close some 400,000 loopback connections; tracked, their entries would fill the
+    # conntrack table for the deadconn rounds after them (a full table drops SYNs): untracked as a sweep
+    # with --tune-host, where this process may.
+    _state, finding = _untracking()
+    result["loads_loopback_untracked"] = finding is not None
+    with preflight.tune([finding] if finding else []):
+        result["versus_nginx"] = versus_nginx(cpus, most)
+        result["capacity"] = capacity(cpus, fd_limit)
     result["deadconn"] = deadconn_rate(fd_limit)
     result["pipetest"] = pipetest(fd_limit)
     result["harness"] = None if skip_harness else harness()
