@@ -84,11 +84,13 @@ def test_deadconn_connects_from_one_given_address_to_a_server_beyond_loopback():
 
 @pytest.mark.docker
 def test_server_and_clients_on_two_engines(tmp_path, client, second_engine):
+    # The server listens on an address of its own, which the clients of the other engine target.
+    address = "127.0.0.9"
     run = smoke(tmp_path, "--backends", "epoll", "--server-engine", engine.DEFAULT_SOCKET,
-                "--client-engine", second_engine.url)
+                "--client-engine", second_engine.url, "--server-address", address)
     record = run.record()
     assert record["engines"] == {"server": engine.DEFAULT_SOCKET, "client": second_engine.url,
-                                 "server_address": "127.0.0.1"}
+                                 "server_address": address}
     engines = record["metadata"]["engines"]
     assert engines["server"]["url"] == engine.DEFAULT_SOCKET and engines["client"]["url"] == second_engine.url
     assert engines["server"]["docker_root_dir"] != engines["client"]["docker_root_dir"]
@@ -102,6 +104,9 @@ def test_server_and_clients_on_two_engines(tmp_path, client, second_engine):
     assert sorted(points) == [("epoll", 0), ("epoll", 1000)]
     for p in points.values():
         assert_held(p)
+        assert p["server"]["ready"]["bind"] == p["server"]["address"] == address
+        assert p["httperf"]["command"][p["httperf"]["command"].index("--server") + 1] == address
+        assert p["deadconn"]["command"][p["deadconn"]["command"].index("--host") + 1] == address
     assert labelled_containers(client, run.id) == labelled_containers(second_engine.client, run.id) == []
     assert created_roles(client, run) == {"server"}
     assert created_roles(second_engine.client, run) == {"deadconn", "httperf"}
