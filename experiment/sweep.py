@@ -1,13 +1,12 @@
 """The sweeps of `invoke reproduce`: dead connections and pipetest, in containers, UP and SMP.
 
 The dead sweep follows the 2002 study: one server per variant x series x repetition, a series being one
-server's backend (ephttpd's, or each of the servers --server names); deadconn ramps dead connections level
-by level without reconnecting; at each level httperf (a fresh client container) keeps the active load on
-the server for about `duration` seconds, or with --load wrk, wrk measures the server's capacity for exactly
-`duration` seconds.  Per point we keep the load
-generator's raw output and parsed figures, the server's CPU time from its cgroup accounting, the server's own
-counters before and after (ephttpd and pyhttpd print them), and hygiene flags (client or server CPU
-saturated, other load at the start).
+server's backend (ephttpd's, or each of the servers --server names); deadconn ramps dead connections level by
+level without reconnecting; at each level httperf (a fresh client container) keeps the active load on the
+server for about `duration` seconds, or with --load wrk, wrk measures the server's capacity for exactly
+`duration` seconds. Per point we keep the load generator's raw output and parsed figures, the server's CPU
+time from its cgroup accounting, the server's own counters before and after (ephttpd and pyhttpd print them),
+and hygiene flags (client or server CPU saturated, other load at the start).
 
 The server may run on one Docker engine and the clients on another (--server-engine, --client-engine): the
 server listens on --server-address, which the clients target; each engine's containers get that engine's
