@@ -166,7 +166,7 @@ def test(c, k=None, no_docker=False, pytest_args=""):
     from experiment import testenv
 
     testenv.prepare(docker=not no_docker)
-    c.run("ruff check .", pty=False)
+    c.run(f"{sys.executable} -m ruff check .", pty=False)
     args = ["-ra"]
     if k:
         args += ["-k", k]
