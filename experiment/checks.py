@@ -26,6 +26,13 @@ OTHER_LOAD_BUSY_PCT = 20.0
 SATURATED_FRACTION = 0.9
 FREQUENCY_CHANGE_FRACTION = 0.1
 
+# The flags a point records: their names are a contract with the report and with tools that read points.
+OTHER_LOAD = "other_load"
+CLIENT_SATURATED = "client_saturated"
+SERVER_SATURATED = "server_saturated"
+CPU_THROTTLED = "cpu_throttled"
+CPU_FREQUENCY_CHANGED = "cpu_frequency_changed"
+
 
 def merge(*results: dict) -> dict:
     """One {"flags", "checks"} from several checks' results."""
@@ -122,7 +129,7 @@ class LoadSnapshot:
         """{"flags": {"other_load"}, "checks": the load before and CPU busy during the point}."""
         end = parse_proc_stat(PROC_STAT.read_text())
         return {
-            "flags": {"other_load": self.other_load()},
+            "flags": {OTHER_LOAD: self.other_load()},
             "checks": {"load_before": self.to_dict(),
                        "loadavg_end": parse_loadavg(PROC_LOADAVG.read_text()),
                        "cpu_busy_pct_during": busy_pct(self.stat, end),
@@ -159,10 +166,10 @@ def server_saturated(server_cpu_s: float, duration_s: float, cpus_of_server: flo
 def bottleneck_check(client_cpu_pct: float, client_cpus: float, server_cpu_s: float | None = None,
                      duration_s: float | None = None, server_cpus: float | None = None,
                      workers: int = 1) -> dict:
-    flags = {"client_saturated": client_saturated(client_cpu_pct, client_cpus)}
+    flags = {CLIENT_SATURATED: client_saturated(client_cpu_pct, client_cpus)}
     checks = {"client_cpu_pct": client_cpu_pct, "client_cpus": client_cpus}
     if server_cpu_s is not None and duration_s and server_cpus:
-        flags["server_saturated"] = server_saturated(server_cpu_s, duration_s, server_cpus, workers)
+        flags[SERVER_SATURATED] = server_saturated(server_cpu_s, duration_s, server_cpus, workers)
         checks.update(server_cpu_pct=round(100.0 * server_cpu_s / duration_s, 1), server_cpus=server_cpus,
                       server_workers=workers)
     return {"flags": flags, "checks": checks}
@@ -225,7 +232,7 @@ class ThrottleSnapshot:
             deltas[name] = throttle_delta(start, end) if start and end else None
         known = [d for d in deltas.values() if d is not None]
         throttled = any(d["nr_throttled"] > 0 for d in known) if known else None
-        return {"flags": {"cpu_throttled": throttled}, "checks": {"cpu_throttling": deltas}}
+        return {"flags": {CPU_THROTTLED: throttled}, "checks": {"cpu_throttling": deltas}}
 
 
 def _cpu_stat(path: Path | None) -> dict | None:
@@ -270,7 +277,7 @@ class FrequencySnapshot:
 
     def finish(self) -> dict:
         end = read_cpu_frequencies()
-        return {"flags": {"cpu_frequency_changed": frequency_changed(self.start, end)},
+        return {"flags": {CPU_FREQUENCY_CHANGED: frequency_changed(self.start, end)},
                 "checks": {"cpu_frequency_start": self.start, "cpu_frequency_end": end}}
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import figures
+from . import checks, figures
 from .errors import UserError
 from .plan import Plan
 from .results import Run
@@ -46,15 +46,16 @@ REFERENCE_KEY = {"dead": "dphttpd_smp", "pipetest": "pipetest_smp"}
 HOST_KEYS = ("hostname", "kernel", "kernel_version", "machine", "os_release", "cpu_model", "cpus",
              "memory_bytes", "fd_hard_limit")
 FLAG_TEXT = {
-    "client_saturated": "client saturated",
-    "other_load": "other load",
-    "throttled": "CPU throttled",
-    "server_saturated": "server saturated",
+    checks.CLIENT_SATURATED: "client saturated",
+    checks.OTHER_LOAD: "other load",
+    checks.CPU_THROTTLED: "CPU throttled",
+    checks.CPU_FREQUENCY_CHANGED: "CPU clock changed",
+    checks.SERVER_SATURATED: "server saturated",
 }
 # The program a point's server section ran, by the server's kind.
 SERVER_PROGRAMS = {"ephttpd": "ephttpd", "python": "pyhttpd", "nginx": "nginx", "custom": "server"}
 # Flags that qualify a number quoted in a headline (a saturated server is what a benchmark expects).
-CAVEATS = ("client_saturated", "other_load", "throttled")
+CAVEATS = (checks.CLIENT_SATURATED, checks.OTHER_LOAD, checks.CPU_THROTTLED, checks.CPU_FREQUENCY_CHANGED)
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ class Group:
     def bottleneck(self) -> str:
         """Whose CPU ran out while the load ran, by the saturation flags of the measured repetitions."""
         flags = [p.get("flags") or {} for p in self.ok]
-        if not any("server_saturated" in f or "client_saturated" in f for f in flags):
+        if not any(checks.SERVER_SATURATED in f or checks.CLIENT_SATURATED in f for f in flags):
             return "–"
         sides = [side for side in ("client", "server") if self.flagged(f"{side}_saturated")]
         return " and ".join(sides) + " CPU" if sides else "neither CPU"
@@ -456,14 +457,18 @@ def notices(data: RunData) -> list[str]:
                      + "; ".join(f"{r} (×{n})" if n > 1 else r for r, n in reasons.most_common()) + ".")
     ok = [p for p in data.points if p.get("status") == "ok"]
     flagged = Counter(name for p in ok for name, on in (p.get("flags") or {}).items() if on)
-    if flagged.get("client_saturated"):
-        found.append(f"At {flagged['client_saturated']} of {len(ok)} measured points the client saturated "
+    if flagged.get(checks.CLIENT_SATURATED):
+        found.append(f"At {flagged[checks.CLIENT_SATURATED]} of {len(ok)} measured points the client saturated "
                      "(ringed in the reply-rate figures): there the reply rate is the client's limit, not the "
                      "server's. Server CPU per reply still measures the server's cost per reply.")
-    if flagged.get("other_load"):
-        found.append(f"At {flagged['other_load']} points other load ran on the host during the measurement.")
-    if flagged.get("throttled"):
-        found.append(f"At {flagged['throttled']} points the CPU was throttled during the measurement.")
+    if flagged.get(checks.OTHER_LOAD):
+        found.append(f"At {flagged[checks.OTHER_LOAD]} points other load ran on the host during the measurement.")
+    if flagged.get(checks.CPU_THROTTLED):
+        found.append(f"At {flagged[checks.CPU_THROTTLED]} points the server's or the client's cgroup was "
+                     "throttled during the measurement: its CPU quota, not the mechanism, limited it.")
+    if flagged.get(checks.CPU_FREQUENCY_CHANGED):
+        found.append(f"At {flagged[checks.CPU_FREQUENCY_CHANGED]} points the CPU clock moved by more than "
+                     f"{checks.FREQUENCY_CHANGE_FRACTION:.0%} during the measurement.")
     if (data.metadata.get("git") or {}).get("dirty"):
         found.append("The source tree had uncommitted changes when this run started (git dirty).")
     return found
@@ -502,7 +507,7 @@ def series_of(data: RunData, sweep_name: str, variant: str, backend: str, key: s
         label=label, backend=backend, xs=[g.x for g in groups],
         medians=[g.median(key) / base for g in groups], lows=[g.low(key) / base for g in groups],
         highs=[g.high(key) / base for g in groups], dashed=dashed,
-        saturated=[g.flagged("client_saturated") for g in groups] if ring_saturated else [])
+        saturated=[g.flagged(checks.CLIENT_SATURATED) for g in groups] if ring_saturated else [])
 
 
 def _reference_series(sweep_name: str) -> list[figures.Series]:

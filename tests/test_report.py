@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment import report
+from experiment import checks, report
 from experiment.errors import UserError
 from experiment.results import Run
 
@@ -345,3 +345,19 @@ def test_page_loads_offline_in_chromium(chromium, rendered, tmp_path):
         assert load.screenshot.startswith(b"\x89PNG")
         (tmp_path / f"screenshot-{loads.index(load)}.png").write_bytes(load.screenshot)
     assert {f["id"] for f in loads[0].figures} == {f"fig-{n}" for n in expected_figures(read_points(run))}
+
+
+@needs_runs
+@pytest.mark.parametrize("flag, notice", [(checks.CPU_THROTTLED, "throttled during the measurement"),
+                                          (checks.CPU_FREQUENCY_CHANGED, "CPU clock moved")])
+def test_a_point_flag_the_checks_record_reaches_the_notices_and_the_headline(tmp_path, flag, notice):
+    run = copy_run(RUNS[0], tmp_path)
+    points = read_points(run)
+    dead = [p for p in points if p["status"] == "ok" and p["sweep"] == "dead"]
+    for point in dead:  # the flag as checks.py records it, on every point a headline quotes
+        point.setdefault("flags", {})[flag] = True
+        write_point(run, point)
+    data = report.load(run)
+    assert any(notice in text for text in report.notices(data))
+    quoted = [h for h in report.headlines(data) if h.sweep == "dead"]
+    assert quoted and all(report.FLAG_TEXT[flag] in h.text for h in quoted)
