@@ -175,15 +175,6 @@ def test(c, k=None, no_docker=False, pytest_args=""):
     c.run(f"{sys.executable} -m pytest {' '.join(args)} {pytest_args}", pty=False)
 
 
-@task(help={"json_out": "where to write the JSON results (default benchmarks/results/programs-<stamp>.json)"})
-@_user_errors
-def bench_programs(c, json_out=None):
-    """Server CPU per reply (poll, epoll) at 0 and the most dead connections, and deadconn's opening rate."""
-    from experiment import benchprograms
-
-    benchprograms.main(json_out)
-
-
 @task(help={"json_out": "where to write the JSON results (default benchmarks/results/bench-<stamp>.json)",
             "skip_harness": "leave out the timed quick profile run (item 4), which takes about 5 minutes"})
 @_user_errors

@@ -1,4 +1,4 @@
-"""Build and run the programs under test natively, without Docker (tests, bench-programs)."""
+"""Build and run the programs under test natively, without Docker (tests, `invoke bench`)."""
 
 from __future__ import annotations
 
