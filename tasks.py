@@ -123,10 +123,10 @@ def report(c, run=None):
 @_user_errors
 def compare(c, run_a, run_b, out=None):
     """Render a side-by-side comparison of two runs with the ratio B/A per point."""
-    from experiment import report as report_module
+    from experiment import comparison
     from experiment.results import Run
 
-    print(report_module.compare(Run.open(run_a), Run.open(run_b), Path(out) if out else None))
+    print(comparison.write(Run.open(run_a), Run.open(run_b), Path(out) if out else None))
 
 
 @task(help={"base_image": "base of both images (default debian:bookworm-slim)"})

@@ -40,9 +40,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import host, httperf, native, preflight, servers
+from . import catalog, host, httperf, native, paths, preflight, servers
 from .errors import UserError
-from .plan import PIPETEST_BACKENDS, SERVER_BACKENDS, max_dead, max_pipes
+from .plan import max_dead, max_pipes
 
 ACTIVE = 100               # connections of each load, as the 2002 study's httperf
 LOAD_SECONDS = 5           # how long each wrk load runs
@@ -54,8 +54,8 @@ DEADCONN_TIMEOUT_S = 120
 NGINX = "/usr/sbin/nginx"
 # Rounds of each measurement, interleaved so that the machine's drift hits every row alike; medians reported.
 ROUNDS = 3
-REFERENCE = native.ROOT / "experiment" / "data" / "lse-2002.json"
-RESULTS = native.ROOT / "benchmarks" / "results"
+REFERENCE = paths.ROOT / "experiment" / "data" / "lse-2002.json"
+RESULTS = paths.ROOT / "benchmarks" / "results"
 TARGETS = {"ephttpd_vs_nginx_cpu_ratio": 0.5, "capacity_kept_at_most_dead": 0.95,
            "deadconn_per_s": 40_000, "quick_profile_s": 600, "quick_measuring_share": 0.8}
 
@@ -245,11 +245,11 @@ def capacity(cpus: Cpus, fd_limit: int, rounds: int = ROUNDS) -> dict:
     thread needs a CPU as much as the server does, wrk cannot keep the server fully busy: replies per server
     CPU-second is its capacity then, and what "kept" compares."""
     rows = [{**_point(cpus, "ephttpd", backend, dead, "wrk"), "round": n}
-            for n in range(1, rounds + 1) for backend in SERVER_BACKENDS
+            for n in range(1, rounds + 1) for backend in catalog.EV_BACKENDS
             for dead in (0, max_dead(fd_limit, backend, ACTIVE))]
     summary = _summary(rows, ("backend", "dead"))
     kept, rate_kept, poll_ns = {}, {}, None
-    for backend in SERVER_BACKENDS:
+    for backend in catalog.EV_BACKENDS:
         zero, most = (line for line in summary if line["backend"] == backend)
         kept[backend] = most["replies_per_cpu_s"] / zero["replies_per_cpu_s"]
         rate_kept[backend] = most["rate"] / zero["rate"]
@@ -303,7 +303,7 @@ def harness() -> dict:
     with tempfile.TemporaryDirectory(prefix="epollbench-harness-") as tmp:
         started = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "invoke", "reproduce", "--results-dir", tmp],
-                              cwd=native.ROOT, capture_output=True, text=True)
+                              cwd=paths.ROOT, capture_output=True, text=True)
         wall = time.monotonic() - started
         if proc.returncode != 0:
             raise UserError(f"the quick profile failed: {proc.stderr.strip()[-300:]}")
@@ -316,7 +316,7 @@ def harness() -> dict:
 def pipetest(fd_limit: int) -> dict:
     reference = json.loads(REFERENCE.read_text())["pipetest_smp"]["series"]
     rows = []
-    for backend in PIPETEST_BACKENDS:
+    for backend in catalog.EV_BACKENDS:
         for pipes in (10, max_pipes(fd_limit, backend)):
             proc = subprocess.run([str(native.BUILD / "pipetest"), "--backend", backend, "--pipes", str(pipes),
                                    "--generations", "1000000000", "--max-seconds", str(PIPETEST_SECONDS)],

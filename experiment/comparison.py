@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import figures
+from .catalog import Series
 from .errors import UserError
 from .report import (
     HOST_KEYS,
@@ -27,6 +28,7 @@ from .report import (
     flatten,
     html_env,
     human,
+    legend_lines,
     load,
     md_env,
     number,
@@ -43,9 +45,9 @@ class ComparedPoint:
     group_b: Group
 
     @property
-    def key(self) -> tuple[str, str, str, int]:
+    def key(self) -> tuple[str, str, Series, int]:
         g = self.group_a
-        return (g.sweep, g.variant, g.backend, g.x)
+        return (g.sweep, g.variant, g.series, g.x)
 
     def ratio(self, metric_key: str) -> float | None:
         a, b = self.group_a.median(metric_key), self.group_b.median(metric_key)
@@ -66,10 +68,10 @@ def compared_points(a: RunData, b: RunData) -> tuple[list[ComparedPoint], list[s
     both, left_out = [], []
     neither: Counter[str] = Counter()
     groups = a.ordered_groups() + [g for g in b.ordered_groups()
-                                   if (g.sweep, g.variant, g.backend, g.x) not in a.groups]
+                                   if (g.sweep, g.variant, g.series, g.x) not in a.groups]
     for group in groups:
-        key = (group.sweep, group.variant, group.backend, group.x)
-        label = f"{group.sweep} {group.variant.upper()} {group.backend} {group.x:,}"
+        key = (group.sweep, group.variant, group.series, group.x)
+        label = f"{group.sweep} {group.variant.upper()} {group.series.label} {group.x:,}"
         ga, gb = a.groups.get(key), b.groups.get(key)
         if key[0] not in SWEEPS:
             left_out.append(f"{label}: a sweep this epollbench does not know")
@@ -114,7 +116,7 @@ def compare_headline(compared: list[ComparedPoint], count: int = 3) -> list[str]
         ratios = [c.ratio(sweep.main.key) for c in rows]
         largest = sorted(rows, key=lambda c: -abs(math.log(c.ratio(sweep.main.key))))[:count]
         changes = "; ".join(
-            f"{c.group_a.backend} {c.group_a.variant.upper()} at {c.group_a.x:,} {sweep.x_unit} "
+            f"{c.group_a.series.label} {c.group_a.variant.upper()} at {c.group_a.x:,} {sweep.x_unit} "
             f"{times(c.ratio(sweep.main.key))} ({human(c.group_a.median(sweep.main.key))} → "
             f"{human(c.group_b.median(sweep.main.key))} {sweep.main.unit})" for c in largest)
         sentences.append(f"{sweep.main.title[0].upper()}{sweep.main.title[1:]}, B/A over {len(rows)} common "
@@ -131,15 +133,16 @@ def compare_figure_rows(a: RunData, b: RunData, compared: list[ComparedPoint]) -
         for metric in sweep.metrics:
             plots = []
             for v in variants:
-                backends = [x for x in a.backends(sweep_name, v) if any(k[:3] == (sweep_name, v, x) for k in common)]
+                backends = [x for x in a.lines(sweep_name, v) if any(k[:3] == (sweep_name, v, x) for k in common)]
                 series, ratio_series = [], []
                 for backend in backends:
                     for side, data, dashed in (("A", a, False), ("B", b, True)):
                         series.append(series_of(_restricted(data, common), sweep_name, v, backend, metric.key,
-                                                f"{backend} {side}", dashed=dashed))
+                                                f"{backend.label} {side}", dashed=dashed))
                     pts = [c for c in compared if c.key[:3] == (sweep_name, v, backend)
                            and c.ratio(metric.key) is not None]
-                    ratio_series.append(figures.Series(label=backend, backend=backend, xs=[c.key[3] for c in pts],
+                    ratio_series.append(figures.Series(label=backend.label, style=backend.style(),
+                                                       xs=[c.key[3] for c in pts],
                                                        medians=[c.ratio(metric.key) for c in pts]))
                 if any(s.medians for s in series):
                     plots.append(figures.Plot(
@@ -197,7 +200,7 @@ def write(run_a: Run, run_b: Run, out_dir: Path | None = None) -> Path:
         "differences": differences,
         "left_out": left_out,
         "tables": compare_table(compared),
-        "colours": figures.backend_colours(),
+        "colours": legend_lines(),
         "version": epollbench_version(),
         "common_count": len(compared),
     }

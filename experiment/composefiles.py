@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from . import httperf, services
-from .native import ROOT
+from .paths import ROOT
 
 COMPOSE = ROOT / "compose"
 HEADER = """\

@@ -1,11 +1,8 @@
-"""The report's figures: matplotlib on the Agg canvas, one fixed colour, marker and line style per backend.
+"""The report's figures: matplotlib on the Agg canvas, each line in its series' style (catalog.Series.style:
+the backend's colour, marker and dash pattern, a server beside ephttpd its own marker and dash pattern).
 
-Colours are the Okabe-Ito palette (safe for the common colour-vision deficiencies); each backend also has
-its own marker and dash pattern so a greyscale print still tells the lines apart. A server other than
-ephttpd (a series labelled server/backend, e.g. nginx/epoll) keeps its backend's colour and has a marker and
-dash pattern of its own, so that ephttpd's epoll and nginx's epoll differ. The 2002 reference is drawn in its
-backend's colour with hollow markers and thin dotted lines. Renders are deterministic: the SVG hash salt is
-fixed and no date is written into the files.
+The 2002 reference is drawn in its backend's colour with hollow markers and thin dotted lines. Renders are
+deterministic: the SVG hash salt is fixed and no date is written into the files.
 """
 
 from __future__ import annotations
@@ -20,25 +17,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-# Okabe & Ito (2008), "Color Universal Design"; yellow is left out: it vanishes on white paper.
-BACKEND_STYLES = {
-    "select": {"color": "#CC79A7", "marker": "s", "linestyle": ":"},
-    "poll": {"color": "#D55E00", "marker": "o", "linestyle": "-"},
-    "epoll": {"color": "#0072B2", "marker": "^", "linestyle": "--"},
-    "epoll-et": {"color": "#56B4E9", "marker": "v", "linestyle": "-."},
-    "io_uring": {"color": "#009E73", "marker": "D", "linestyle": (0, (5, 1, 1, 1, 1, 1))},
-    "aio-poll": {"color": "#E69F00", "marker": "P", "linestyle": (0, (1, 1))},
-}
-OTHER_STYLE = {"color": "#000000", "marker": "X", "linestyle": (0, (3, 1, 1, 1))}
-# pyhttpd's asyncio: epoll underneath, but its own event loop; dark grey keeps it apart from epoll's blue.
-MECHANISM_COLOURS = {"asyncio": "#666666"}
-# The servers beside ephttpd: one marker and dash pattern each, whatever the backend.
-SERVER_STYLES = {
-    "nginx": {"marker": "*", "linestyle": (0, (6, 2))},
-    "python": {"marker": "h", "linestyle": (0, (2, 1, 2, 3))},
-    "custom": {"marker": "p", "linestyle": (0, (8, 2, 2, 2))},
-}
-# The 2002 series names, mapped to the backend whose colour they share.
+# The 2002 series names, mapped to the backend whose style they share.
 REFERENCE_BACKEND = {"sys_epoll-0.14": "epoll", "poll": "poll"}
 
 RC = {
@@ -56,28 +35,12 @@ FIGSIZE = (6.4, 3.9)
 PNG_DPI = 144
 
 
-def backend_style(label: str) -> dict:
-    """The style of a series: a backend of ephttpd ("epoll"), or server/backend ("nginx/epoll"): the
-    backend's colour with the server's marker and dash pattern. Anything else: OTHER_STYLE."""
-    if label in BACKEND_STYLES:
-        return BACKEND_STYLES[label]
-    server, _, mechanism = label.partition("/")
-    if server not in SERVER_STYLES:
-        return OTHER_STYLE
-    colour = MECHANISM_COLOURS.get(mechanism) or BACKEND_STYLES.get(mechanism, OTHER_STYLE)["color"]
-    return {"color": colour, **SERVER_STYLES[server]}
-
-
-def backend_colours() -> dict[str, str]:
-    return {name: style["color"] for name, style in BACKEND_STYLES.items()}
-
-
 @dataclass
 class Series:
     """One line: medians over repetitions at each x, with the min-max of the repetitions as a band."""
 
     label: str
-    backend: str
+    style: dict  # color, marker, linestyle (catalog.Series.style)
     xs: list[float]
     medians: list[float]
     lows: list[float] = field(default_factory=list)
@@ -119,7 +82,7 @@ def _tick(value: float, _pos=None) -> str:
 
 
 def _draw_series(ax, series: Series) -> None:
-    style = backend_style(series.backend)
+    style = series.style
     points = [(x, y) for x, y in zip(series.xs, series.medians, strict=True) if y is not None]
     if not points:
         return

@@ -12,7 +12,7 @@ import docker.errors
 
 from . import host
 from .errors import UserError
-from .native import IMAGES, ROOT
+from .paths import IMAGES, ROOT
 
 DEFAULT_BASE_IMAGE = "debian:bookworm-slim"
 TARGETS = ("server", "client")

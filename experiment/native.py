@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-IMAGES = ROOT / "images"
+from .paths import IMAGES
+
 BUILD = IMAGES / "build"
 DEADCONN = IMAGES / "deadconn" / "deadconn.py"
 PYHTTPD = IMAGES / "pyhttpd" / "pyhttpd.py"

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from . import catalog, servers
+from .catalog import DEFAULT_SERVER, FD_SETSIZE, Series
 from .errors import UserError
 
 VARIANTS = ("up", "smp")
-SERVER_BACKENDS = ("select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll")
-PIPETEST_BACKENDS = ("select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll")
 SWEEPS = ("dead", "pipetest")
-# The server under test (experiment/servers.py) and the load generators (experiment/httperf.py).
-DEFAULT_SERVER = "ephttpd"
-LOADS = ("httperf", "wrk")
 # The 2002 study's dead-connection steps and pipetest sizes (lse-2002.json).
 PAPER_DEAD = (0, 1000, 5000, 10000, 25000, 50000, 60000)
 PAPER_PIPES = (10, 100, 1000, 10000, 16000)
-# select(2) watches descriptors below FD_SETSIZE only.
-FD_SETSIZE = 1024
 # Descriptors a server needs beside dead connections: listener, reserve, stdio, the active load, slack.
 SERVER_FD_OVERHEAD = 64
 # Pipetest holds two descriptors a pipe, plus stdio and the backend's own.
@@ -37,45 +32,38 @@ class Plan:
     active_connections: int = 100
     msgsize: int = 128
     add_host_max: bool = True
-    # Defaulted, so that the plans of runs recorded before these existed still load (Plan.from_dict).
-    # servers: the servers under test; series: the dead sweep's series as points label them (point_label),
-    # each server's backends in turn. backends above are ephttpd's, which pipetest runs too.
+    # servers: the servers under test; series: the dead sweep's lines, each server's backends in turn.
+    # backends above are ephttpd's, which pipetest runs too.
     servers: tuple[str, ...] = (DEFAULT_SERVER,)
-    series: tuple[str, ...] = ()
+    series: tuple[Series, ...] = ()
     server_image: str | None = None
     server_cmd: str | None = None
     server_port: int | None = None
-    load: str = "httperf"
+    load: str = catalog.HTTPERF
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, recorded: dict) -> Plan:
-        """A plan as run.json records it, from this version or an earlier one: one with a single `server`
-        ran that server's backends; one without series ran ephttpd's."""
+        """A plan as run.json records it (model.upgrade brings older records to this form first)."""
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
-        server = fields.pop("server", None)
-        if server is not None:
-            fields["servers"] = (server,)
-        if not fields.get("series"):
-            (only,) = fields.get("servers") or (DEFAULT_SERVER,)
-            fields["series"] = tuple(point_label(only, b) for b in fields["backends"])
-            if only != DEFAULT_SERVER:
-                fields["backends"] = ()
+        fields["series"] = tuple(Series(**s) for s in fields.get("series", ()))
         return cls(**fields)
 
-    def dead_series(self) -> list[tuple[str, str]]:
-        """(server, backend) of each series of the dead sweep, in the order they run."""
-        return [parse_label(label) for label in self.series]
+    def choices(self) -> dict[str, servers.Choice]:
+        """The Choice of each server the plan puts under test, by kind."""
+        return {kind: servers.Choice(kind, self.server_image, self.server_cmd, self.server_port)
+                if kind == catalog.CUSTOM else servers.Choice(kind) for kind in self.servers}
 
 
 PROFILES = {
     "quick": Plan(profile="quick", sweeps=SWEEPS, variants=VARIANTS, backends=("poll", "epoll"),
                   dead=(0, 1000, 5000, 10000, 60000), pipes=(10, 100, 1000, 10000), repeat=1, duration_s=10,
-                  series=("poll", "epoll")),
-    "paper": Plan(profile="paper", sweeps=SWEEPS, variants=VARIANTS, backends=SERVER_BACKENDS,
-                  dead=PAPER_DEAD, pipes=PAPER_PIPES, repeat=3, duration_s=10, series=SERVER_BACKENDS),
+                  series=tuple(Series(DEFAULT_SERVER, b) for b in ("poll", "epoll"))),
+    "paper": Plan(profile="paper", sweeps=SWEEPS, variants=VARIANTS, backends=catalog.EV_BACKENDS,
+                  dead=PAPER_DEAD, pipes=PAPER_PIPES, repeat=3, duration_s=10,
+                  series=tuple(Series(DEFAULT_SERVER, b) for b in catalog.EV_BACKENDS)),
 }
 
 
@@ -108,25 +96,23 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
     server may name several servers (ephttpd,nginx): each runs the given backends it has (a server of one's
     own: its own), or by default ephttpd the profile's and any other all of its own. Pipetest does not
     involve the server: it runs ephttpd's backends, and only in a run that has ephttpd."""
-    from . import servers  # servers reads this module's backends
-
     if profile not in PROFILES:
         raise UserError(f"--profile {profile!r}: valid: {','.join(PROFILES)}")
     plan = PROFILES[profile]
     chosen = servers.choose(server, server_image, server_cmd, server_port)
     kinds = tuple(c.kind for c in chosen)
-    own = next((c for c in chosen if c.kind == servers.CUSTOM), servers.Choice(servers.CUSTOM))
+    own = next((c for c in chosen if c.kind == catalog.CUSTOM), servers.Choice(catalog.CUSTOM))
     per_server = {c.kind: plan.backends if c.kind == DEFAULT_SERVER else c.backends for c in chosen}
     if backends is not None:
         asked = _choices(backends, tuple(dict.fromkeys(b for c in chosen for b in c.backends)), "--backends")
         # A server of one's own has one backend, its own, which no flag chooses.
-        per_server = {c.kind: c.backends if c.kind == servers.CUSTOM else tuple(b for b in asked if b in c.backends)
+        per_server = {c.kind: c.backends if c.kind == catalog.CUSTOM else tuple(b for b in asked if b in c.backends)
                       for c in chosen}
         for kind, found in per_server.items():
             if not found:
                 raise UserError(f"--backends {backends}: the {kind} server has none of these; its backends: "
-                                f"{','.join(servers.KINDS[kind].backends)}")
-    changes = {"servers": kinds, "series": tuple(point_label(k, b) for k in kinds for b in per_server[k]),
+                                f"{','.join(catalog.SERVERS[kind].backends)}")
+    changes = {"servers": kinds, "series": tuple(Series(k, b) for k in kinds for b in per_server[k]),
                "backends": per_server.get(DEFAULT_SERVER, ()), "server_image": own.image,
                "server_cmd": own.command, "server_port": own.port}
     if DEFAULT_SERVER not in kinds:
@@ -139,8 +125,8 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
     if variants is not None:
         changes["variants"] = _choices(variants, VARIANTS, "--variants")
     if load is not None:
-        if load not in LOADS:
-            raise UserError(f"--load {load!r}: give one load generator; valid: {','.join(LOADS)}")
+        if load not in catalog.LOADS:
+            raise UserError(f"--load {load!r}: give one load generator; valid: {','.join(catalog.LOADS)}")
         changes["load"] = load
     if dead is not None:
         changes["dead"] = _counts(dead, "--dead", 0)
@@ -159,18 +145,6 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
     return replace(plan, **changes)
 
 
-def point_label(server: str, backend: str) -> str:
-    """How points and figures name a series: the backend for ephttpd (the study's server), else
-    server/backend, e.g. nginx/epoll."""
-    return backend if server == DEFAULT_SERVER else f"{server}/{backend}"
-
-
-def parse_label(label: str) -> tuple[str, str]:
-    """(server, backend) of a series label: point_label's inverse."""
-    server, _, backend = label.rpartition("/")
-    return server or DEFAULT_SERVER, backend
-
-
 @dataclass(frozen=True)
 class Level:
     """One x value of a sweep: run it, or skip it and say why."""
@@ -182,29 +156,31 @@ class Level:
 
 def max_dead(fd_limit: int, backend: str, active: int) -> int:
     """The most dead connections one server process can hold next to the active load."""
-    limit = min(fd_limit, FD_SETSIZE) if backend == "select" else fd_limit
+    limit = catalog.backend(backend).max_descriptors(fd_limit)
     most = max(0, limit - active - SERVER_FD_OVERHEAD)
     # Round large limits to a readable step: 19,500 rather than 19,836.
     return most // 500 * 500 if most > 2000 else most
 
 
 def max_pipes(fd_limit: int, backend: str) -> int:
-    limit = min(fd_limit, FD_SETSIZE) if backend == "select" else fd_limit
+    limit = catalog.backend(backend).max_descriptors(fd_limit)
     return max(0, (limit - PIPETEST_FD_OVERHEAD) // 2)
 
 
 def dead_levels(plan: Plan, fd_limit: int, backend: str) -> list[Level]:
     most = max_dead(fd_limit, backend, plan.active_connections)
-    why = (f"select watches descriptors below FD_SETSIZE={FD_SETSIZE}: at most {most} dead connections"
-           if backend == "select" and most < fd_limit - plan.active_connections - SERVER_FD_OVERHEAD
+    below_fd_setsize = most < fd_limit - plan.active_connections - SERVER_FD_OVERHEAD
+    why = (f"{backend} watches descriptors below FD_SETSIZE={FD_SETSIZE}: at most {most} dead connections"
+           if catalog.backend(backend).fd_setsize_bound and below_fd_setsize
            else f"host allows {fd_limit} open files per process: at most {most} dead connections per server")
     return _levels(plan.dead, most, why, plan.add_host_max)
 
 
 def pipe_levels(plan: Plan, fd_limit: int, backend: str) -> list[Level]:
     most = max_pipes(fd_limit, backend)
-    why = (f"select watches descriptors below FD_SETSIZE={FD_SETSIZE}: at most {most} pipes"
-           if backend == "select" else f"host allows {fd_limit} open files per process: at most {most} pipes")
+    why = (f"{backend} watches descriptors below FD_SETSIZE={FD_SETSIZE}: at most {most} pipes"
+           if catalog.backend(backend).fd_setsize_bound
+           else f"host allows {fd_limit} open files per process: at most {most} pipes")
     return _levels(plan.pipes, most, why, plan.add_host_max)
 
 

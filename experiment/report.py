@@ -32,9 +32,9 @@ from pathlib import Path
 
 import jinja2
 
-from . import checks, figures
+from . import catalog, checks, figures, model
+from .catalog import Series
 from .errors import UserError
-from .plan import Plan
 from .results import Run
 
 SWEEP_ORDER = ("dead", "pipetest")
@@ -52,8 +52,6 @@ FLAG_TEXT = {
     checks.CPU_FREQUENCY_CHANGED: "CPU clock changed",
     checks.SERVER_SATURATED: "server saturated",
 }
-# The program a point's server section ran, by the server's kind.
-SERVER_PROGRAMS = {"ephttpd": "ephttpd", "python": "pyhttpd", "nginx": "nginx", "custom": "server"}
 # Flags that qualify a number quoted in a headline (a saturated server is what a benchmark expects).
 CAVEATS = (checks.CLIENT_SATURATED, checks.OTHER_LOAD, checks.CPU_THROTTLED, checks.CPU_FREQUENCY_CHANGED)
 
@@ -154,7 +152,7 @@ class Group:
 
     sweep: str
     variant: str
-    backend: str
+    series: Series
     x: int
     points: list[dict] = field(default_factory=list)
 
@@ -232,7 +230,7 @@ class RunData:
     run: Run
     record: dict
     points: list[dict]
-    groups: dict[tuple[str, str, str, int], Group]
+    groups: dict[tuple[str, str, Series, int], Group]
 
     @property
     def plan(self) -> dict:
@@ -242,7 +240,7 @@ class RunData:
     def metadata(self) -> dict:
         return self.record.get("metadata") or {}
 
-    def _ordered(self, found: set[str], preferred) -> list[str]:
+    def _ordered(self, found: set, preferred) -> list:
         return [x for x in preferred if x in found] + sorted(found - set(preferred))
 
     def sweeps(self) -> list[str]:
@@ -251,36 +249,38 @@ class RunData:
     def variants(self, sweep: str) -> list[str]:
         return self._ordered({k[1] for k in self.groups if k[0] == sweep}, VARIANT_ORDER)
 
-    def labels(self) -> list[str]:
-        """The planned series, as points name them: the dead sweep's (every server's backends), then the
-        backends of ephttpd and pipetest."""
-        planned = Plan.from_dict(self.plan) if self.plan else None
-        return list(dict.fromkeys([*planned.series, *planned.backends])) if planned else []
+    def planned_lines(self, sweep: str) -> list[Series]:
+        """The sweep's planned lines: the dead sweep's series (every server's backends), pipetest's backends."""
+        if sweep == "dead":
+            return [Series(**s) for s in self.plan.get("series") or []]
+        return [Series(catalog.DEFAULT_SERVER, b) for b in self.plan.get("backends") or []]
 
-    def backends(self, sweep: str, variant: str | None = None) -> list[str]:
+    def lines(self, sweep: str, variant: str | None = None) -> list[Series]:
         found = {k[2] for k in self.groups if k[0] == sweep and variant in (None, k[1])}
-        return self._ordered(found, self.labels() or figures.BACKEND_STYLES)
+        known = self.planned_lines(sweep) or [Series(catalog.DEFAULT_SERVER, b) for b in catalog.BACKENDS]
+        return self._ordered(found, known)
 
-    def series(self, sweep: str, variant: str, backend: str) -> list[Group]:
-        return sorted((g for k, g in self.groups.items() if k[:3] == (sweep, variant, backend)),
+    def line(self, sweep: str, variant: str, series: Series) -> list[Group]:
+        return sorted((g for k, g in self.groups.items() if k[:3] == (sweep, variant, series)),
                       key=lambda g: g.x)
 
     def ordered_groups(self) -> list[Group]:
-        return [g for s in self.sweeps() for v in self.variants(s) for b in self.backends(s, v)
-                for g in self.series(s, v, b)]
+        return [g for s in self.sweeps() for v in self.variants(s) for b in self.lines(s, v)
+                for g in self.line(s, v, b)]
 
     def all_groups(self, sweep: str) -> list[Group]:
         return [g for g in self.ordered_groups() if g.sweep == sweep]
 
 
 def load(run: Run) -> RunData:
-    """The run's record and points, grouped by repetition; a wrong schema_version is a UserError."""
+    """The run's record and points (upgraded to this schema), grouped by repetition; a schema this version
+    cannot read is a UserError."""
     record = run.record()
     points = run.points()
-    groups: dict[tuple[str, str, str, int], Group] = {}
+    groups: dict[tuple[str, str, Series, int], Group] = {}
     for point in points:
         try:
-            key = (str(point["sweep"]), str(point["variant"]), str(point["backend"]), int(point["x"]))
+            key = (str(point["sweep"]), str(point["variant"]), model.series_of(point), int(point["x"]))
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{run.point_path(point.get('id', '?'))} lacks sweep, variant, backend or x: "
                             "it was not written by experiment/sweep.py") from None
@@ -288,6 +288,11 @@ def load(run: Run) -> RunData:
     for group in groups.values():
         group.points.sort(key=lambda p: (p.get("repetition") or 0, p.get("id", "")))
     return RunData(run=run, record=record, points=points, groups=groups)
+
+
+def legend_lines() -> list[Series]:
+    """The event library's backends, each in its style, for the colour legends."""
+    return [Series(catalog.DEFAULT_SERVER, name) for name in catalog.EV_BACKENDS]
 
 
 @cache
@@ -306,7 +311,7 @@ def reference_max(sweep: str) -> int:
 
 @dataclass
 class HeadlineItem:
-    backend: str
+    series: Series
     x: int
     value: float
     base_x: int
@@ -325,7 +330,7 @@ class Headline:
     variant: str
     x: int | None
     items: list[HeadlineItem]
-    without_data: dict[str, str]  # backend -> why it has no measured point
+    without_data: dict[Series, str]  # why it has no measured point
     text: str
 
 
@@ -337,12 +342,12 @@ def headline(data: RunData, sweep_name: str, variant: str) -> Headline | None:
     """
     sweep = SWEEPS[sweep_name]
     key = sweep.main.key
-    measured: dict[str, dict[int, Group]] = {}
-    without_data: dict[str, str] = {}
-    attempted_max: dict[str, int] = {}
-    host_capped: set[str] = set()
-    for backend in data.backends(sweep_name, variant):
-        series = data.series(sweep_name, variant, backend)
+    measured: dict[Series, dict[int, Group]] = {}
+    without_data: dict[Series, str] = {}
+    attempted_max: dict[Series, int] = {}
+    host_capped: set[Series] = set()
+    for backend in data.lines(sweep_name, variant):
+        series = data.line(sweep_name, variant, backend)
         groups = {g.x: g for g in series if g.median(key) is not None}
         if groups:
             measured[backend] = groups
@@ -366,7 +371,7 @@ def headline(data: RunData, sweep_name: str, variant: str) -> Headline | None:
         base_x = min(groups)
         group = groups[at]
         caveats = [FLAG_TEXT[name] for name in CAVEATS if group.flagged(name)]
-        items.append(HeadlineItem(backend=backend, x=at, value=group.median(key), base_x=base_x,
+        items.append(HeadlineItem(series=backend, x=at, value=group.median(key), base_x=base_x,
                                   base=groups[base_x].median(key), flags=caveats,
                                   capped=backend not in full))
     return Headline(sweep_name, variant, x, items, without_data, _headline_text(sweep, variant, x, items,
@@ -374,7 +379,7 @@ def headline(data: RunData, sweep_name: str, variant: str) -> Headline | None:
 
 
 def _headline_text(sweep: Sweep, variant: str, x: int, items: list[HeadlineItem],
-                   without_data: dict[str, str]) -> str:
+                   without_data: dict[Series, str]) -> str:
     def relative(item: HeadlineItem, first: bool) -> str:
         share = percent(item.ratio)
         if first or item.base_x != items[0].base_x:
@@ -385,15 +390,16 @@ def _headline_text(sweep: Sweep, variant: str, x: int, items: list[HeadlineItem]
     parts = []
     for n, item in enumerate(full):
         if n == 0:
-            parts.append(f"{item.backend} {sweep.verb} {human(item.value)} {sweep.main.unit} {relative(item, True)}")
+            parts.append(f"{item.series.label} {sweep.verb} {human(item.value)} {sweep.main.unit} "
+                         f"{relative(item, True)}")
         else:
-            parts.append(f"{item.backend} {human(item.value)}/s {relative(item, False)}")
+            parts.append(f"{item.series.label} {human(item.value)}/s {relative(item, False)}")
     text = f"{variant.upper()}: at {x:,} {sweep.x_unit} " + "; ".join(parts) + "."
     for item in (i for i in items if i.capped):
-        text += (f" {item.backend} stops at {item.x:,} {sweep.x_unit}: {human(item.value)}/s there "
+        text += (f" {item.series.label} stops at {item.x:,} {sweep.x_unit}: {human(item.value)}/s there "
                  f"{relative(item, False)}.")
     for backend, why in without_data.items():
-        text += f" {backend}: nothing measured ({why})."
+        text += f" {backend.label}: nothing measured ({why})."
     return text
 
 
@@ -412,14 +418,15 @@ def host_caps(data: RunData) -> list[str]:
             continue
         sweep = SWEEPS[sweep_name]
         skipped = [g for g in data.all_groups(sweep_name) if g.status == "skipped"]
-        caps = {b: int(v) for b, v in (limits.get(limit_key) or {}).items()
-                if b in data.backends(sweep_name)}
+        # limits are keyed by each line's label (model: the run record's display keys).
+        lines = {s.label: s for s in data.lines(sweep_name)}
+        caps = {lines[b]: int(v) for b, v in (limits.get(limit_key) or {}).items() if b in lines}
         planned = max(data.plan.get("dead" if sweep_name == "dead" else "pipes") or [0])
         if not skipped and not any(v < planned for v in caps.values()):
             continue
         if not caps:  # an older record without limits: the levels that ran say where it stopped
-            caps = {b: max((g.x for v in data.variants(sweep_name) for g in data.series(sweep_name, v, b)
-                            if g.status != "skipped"), default=0) for b in data.backends(sweep_name)}
+            caps = {b: max((g.x for v in data.variants(sweep_name) for g in data.line(sweep_name, v, b)
+                            if g.status != "skipped"), default=0) for b in data.lines(sweep_name)}
         top = max(caps.values())
         host = f"This host allows {fd_limit} open files per process: " if fd_limit else ""
         what = f"dead connections stop at {top:,} per server" if sweep_name == "dead" else \
@@ -427,8 +434,8 @@ def host_caps(data: RunData) -> list[str]:
         text = f"{host}{what} (the 2002 study went to {reference_max(sweep_name):,})."
         for backend, cap in sorted(caps.items(), key=lambda kv: kv[1]):
             if cap < top:
-                why = next((p.get("reason") for g in skipped if g.backend == backend for p in g.points), None)
-                text += f" {backend} stops at {cap:,} {sweep.x_unit}" + (f" ({why})." if why else ".")
+                why = next((p.get("reason") for g in skipped if g.series == backend for p in g.points), None)
+                text += f" {backend.label} stops at {cap:,} {sweep.x_unit}" + (f" ({why})." if why else ".")
         sentences.append(text)
     return sentences
 
@@ -488,8 +495,8 @@ def missing_levels(data: RunData) -> list[str]:
     for sweep_name in plan.get("sweeps") or []:
         levels = plan.get("dead" if sweep_name == "dead" else "pipes") or []
         for variant in plan.get("variants") or []:
-            for backend in data.labels():
-                missing += [f"{sweep_name} {variant.upper()} {backend} {x:,}" for x in levels
+            for backend in data.planned_lines(sweep_name):
+                missing += [f"{sweep_name} {variant.upper()} {backend.label} {x:,}" for x in levels
                             if (sweep_name, variant, backend, int(x)) not in data.groups]
     return missing
 
@@ -497,14 +504,14 @@ def missing_levels(data: RunData) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 # Figures
 
-def series_of(data: RunData, sweep_name: str, variant: str, backend: str, key: str, label: str,
+def series_of(data: RunData, sweep_name: str, variant: str, backend: Series, key: str, label: str,
               scale_to_base: bool = False, ring_saturated: bool = False, dashed: bool = False) -> figures.Series:
-    """One backend's line: medians and min-max of the repetitions, optionally divided by its first value."""
-    groups = [g for g in data.series(sweep_name, variant, backend) if g.median(key) is not None]
+    """One line: medians and min-max of the repetitions, optionally divided by its first value."""
+    groups = [g for g in data.line(sweep_name, variant, backend) if g.median(key) is not None]
     base = groups[0].median(key) if groups and scale_to_base else 1.0
     base = base or 1.0
     return figures.Series(
-        label=label, backend=backend, xs=[g.x for g in groups],
+        label=label, style=backend.style(), xs=[g.x for g in groups],
         medians=[g.median(key) / base for g in groups], lows=[g.low(key) / base for g in groups],
         highs=[g.high(key) / base for g in groups], dashed=dashed,
         saturated=[g.flagged(checks.CLIENT_SATURATED) for g in groups] if ring_saturated else [])
@@ -517,15 +524,16 @@ def _reference_series(sweep_name: str) -> list[figures.Series]:
     for name, pairs in block["series"].items():
         pairs = sorted(pairs)
         base = pairs[0][1]
-        found.append(figures.Series(label=f"2002 {name} (SMP)", backend=figures.REFERENCE_BACKEND.get(name, name),
+        style = Series(catalog.DEFAULT_SERVER, figures.REFERENCE_BACKEND.get(name, name)).style()
+        found.append(figures.Series(label=f"2002 {name} (SMP)", style=style,
                                     xs=[x for x, _ in pairs], medians=[y / base for _, y in pairs],
                                     reference=True))
     return found
 
 
 def _has(data: RunData, sweep_name: str, variant: str, key: str) -> bool:
-    return any(g.median(key) is not None for b in data.backends(sweep_name, variant)
-               for g in data.series(sweep_name, variant, b))
+    return any(g.median(key) is not None for b in data.lines(sweep_name, variant)
+               for g in data.line(sweep_name, variant, b))
 
 
 def figure_name(sweep_name: str, slug: str, variant: str) -> str:
@@ -562,8 +570,9 @@ def run_figure_rows(data: RunData) -> list[FigureRow]:
                 name=figure_name(sweep_name, metric.slug, v),
                 title=f"{v.upper()}: {metric.title} vs {sweep.x_label}",
                 xlabel=sweep.x_label, ylabel=metric.label, logx=sweep.logx, logy=sweep.logx,
-                series=[series_of(data, sweep_name, v, b, metric.key, b, ring_saturated=metric.key == "reply_rate")
-                        for b in data.backends(sweep_name, v)]) for v in variants]
+                series=[series_of(data, sweep_name, v, b, metric.key, b.label,
+                                  ring_saturated=metric.key == "reply_rate")
+                        for b in data.lines(sweep_name, v)]) for v in variants]
             rows.append(FigureRow(f"{metric.title[0].upper()}{metric.title[1:]} vs {sweep.x_label}",
                                   _caption(data, sweep, metric), plots))
         variants = [v for v in data.variants(sweep_name) if _has(data, sweep_name, v, sweep.main.key)]
@@ -575,8 +584,8 @@ def run_figure_rows(data: RunData) -> list[FigureRow]:
                 title=f"{v.upper()}: {sweep.main.title} relative to {base_x:,} {sweep.x_unit}, with 2002",
                 xlabel=sweep.x_label, ylabel=f"{sweep.main.title} / own value at {base_x:,}",
                 logx=sweep.logx, logy=sweep.logx,
-                series=[series_of(data, sweep_name, v, b, sweep.main.key, b, scale_to_base=True)
-                        for b in data.backends(sweep_name, v)] + _reference_series(sweep_name))
+                series=[series_of(data, sweep_name, v, b, sweep.main.key, b.label, scale_to_base=True)
+                        for b in data.lines(sweep_name, v)] + _reference_series(sweep_name))
                 for v in variants]
             rows.append(FigureRow(
                 f"{sweep.main.title[0].upper()}{sweep.main.title[1:]} relative to {base_x:,} {sweep.x_unit}, "
@@ -637,7 +646,7 @@ def points_table(data: RunData, sweep_name: str) -> dict:
             values += [_value_cell(group, metric), _range_cell(group, metric)]
         if sweep_name == "dead":
             values.append(number(group.total("errors")))
-        rows.append({"variant": group.variant.upper(), "backend": group.backend,
+        rows.append({"variant": group.variant.upper(), "backend": group.series,
                      "x": f"{group.x:,}" + (" (host max)" if group.host_max else ""),
                      "runs": f"{len(group.ok)} / {len(group.points)}", "values": values,
                      "about": [group.loads, group.bottleneck] if sweep_name == "dead" else [],
@@ -651,9 +660,9 @@ def key_table(data: RunData, heads: list[Headline]) -> list[dict]:
     for head in heads:
         sweep = SWEEPS[head.sweep]
         for item in head.items:
-            group = data.groups[(head.sweep, head.variant, item.backend, item.x)]
+            group = data.groups[(head.sweep, head.variant, item.series, item.x)]
             rows.append({
-                "sweep": head.sweep, "variant": head.variant.upper(), "backend": item.backend,
+                "sweep": head.sweep, "variant": head.variant.upper(), "backend": item.series,
                 "x": f"{item.x:,} {sweep.x_unit}", "value": f"{human(item.value)} {sweep.main.unit}",
                 "relative": f"{percent(item.ratio)} of {item.base_x:,}-{sweep.base_word}",
                 "cpu": number(group.median("server_cpu_us_per_reply"), 1) if head.sweep == "dead" else "",
@@ -692,8 +701,9 @@ def point_commands(point: dict) -> list[dict]:
     for part in ("server", "deadconn", "httperf", "wrk", "pipetest"):
         section = point.get(part)
         if isinstance(section, dict) and section.get("command"):
-            kind = section.get("kind") or "ephttpd"
-            found.append({"program": SERVER_PROGRAMS.get(kind, kind) if part == "server" else part,
+            kind = catalog.SERVERS.get(section.get("kind") or catalog.DEFAULT_SERVER)
+            program = kind.program if kind else section.get("kind")
+            found.append({"program": program if part == "server" else part,
                           "cpuset": str(section.get("cpuset") or ""),
                           "container": str(section.get("container") or ""),
                           "command": _command(section)})
@@ -723,7 +733,7 @@ def method(data: RunData) -> dict:
         "cpusets": [{"variant": v.upper(), **{k: str(x) for k, x in (c or {}).items()}}
                     for v, c in (data.record.get("cpusets") or {}).items()],
         "limits": flatten(limits) if limits else [],
-        "plan": flatten(data.plan) if data.plan else [],
+        "plan": flatten({**data.plan, "series": [s.label for s in data.planned_lines("dead")]}) if data.plan else [],
         "points": [{"id": p.get("id", ""), "status": p.get("status", ""), "reason": p.get("reason") or "",
                     "started_at": p.get("started_at") or "", "commands": point_commands(p)}
                    for g in data.ordered_groups() for p in g.points],
@@ -738,7 +748,6 @@ def html_env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("experiment", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     _filters(env)
-    env.globals["backend_colour"] = lambda b: figures.backend_style(b)["color"]
     return env
 
 
@@ -830,7 +839,7 @@ def report_context(data: RunData) -> dict:
         "command_line": shlex.join(str(c) for c in data.record.get("command_line") or []),
         "reference": reference(),
         "reference_tables": _reference_tables(),
-        "colours": figures.backend_colours(),
+        "colours": legend_lines(),
         "version": epollbench_version(),
         "counts": Counter(p.get("status") for p in data.points),
     }
@@ -870,10 +879,3 @@ def render(run: Run) -> Path:
 
     replace_folder(target, build)
     return target / "index.html"
-
-
-def compare(run_a: Run, run_b: Run, out_dir: Path | None = None) -> Path:
-    """Writes the comparison page of two runs (B relative to A); returns its index.html."""
-    from .comparison import write  # builds on this module
-
-    return write(run_a, run_b, out_dir)

@@ -1,13 +1,13 @@
 """The result set of a run: results/<UTC timestamp>-<host>-<profile>/ with run.json and one file per point.
 
-Layout of a run folder (schema_version 1):
+Layout of a run folder (schema_version: model.SCHEMA_VERSION):
   run.json              run-level record: plan, metadata captured at start, status, start/end times
   points/<id>.json      one measured, failed or skipped point each, written atomically, never overwritten
   raw/<id>.*            raw outputs (httperf text, ephttpd and deadconn JSON lines, pipetest JSON)
   logs/                 image builds, dockerd, mmdebstrap
   report/               written by `invoke report`
 
-The loader rejects any other schema_version: a newer file is never misread as an older one.
+Records are read through model.upgrade: an older schema_version is upgraded in memory, a newer one refused.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import model
 from .errors import UserError
-from .native import ROOT
+from .paths import RESULTS
 
-SCHEMA_VERSION = 1
-RESULTS = ROOT / "results"
 LATEST = "latest"
 
 
@@ -47,16 +46,15 @@ def write_json_atomic(path: Path, data: dict, overwrite: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, kind: str) -> dict:
+    """A run record or a point (kind: model.RUN or model.POINT) in this version's form."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read {path}: {e}") from None
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise UserError(f"{path} has schema_version {version!r}; this epollbench reads {SCHEMA_VERSION}: "
-                        "use the epollbench version that wrote it")
-    return data
+    if not isinstance(data, dict):
+        raise UserError(f"cannot read {path}: not a JSON object")
+    return model.upgrade(data, kind, path)
 
 
 def new_run_id(profile: str, now: float | None = None) -> str:
@@ -99,7 +97,7 @@ class Run:
         run = cls(path)
         for sub in (run.points_dir, run.raw_dir, run.logs_dir):
             sub.mkdir()
-        write_json_atomic(path / "run.json", {"schema_version": SCHEMA_VERSION, **run_record})
+        write_json_atomic(path / "run.json", {"schema_version": model.SCHEMA_VERSION, **run_record})
         _point_latest_at(results_dir, run_id)
         return run
 
@@ -119,7 +117,14 @@ class Run:
         raise UserError(f"no run at {name or results_dir / LATEST}: {hint}")
 
     def record(self) -> dict:
-        return read_json(self.path / "run.json")
+        return read_json(self.path / "run.json", model.RUN)
+
+    def recorded_version(self) -> object:
+        """The schema_version run.json was written with (record() upgrades it)."""
+        try:
+            return json.loads((self.path / "run.json").read_text()).get("schema_version")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return None
 
     def update_record(self, **fields) -> None:
         record = self.record()
@@ -133,10 +138,10 @@ class Run:
         return self.point_path(point_id).exists()
 
     def write_point(self, point: dict) -> None:
-        write_json_atomic(self.point_path(point["id"]), {"schema_version": SCHEMA_VERSION, **point})
+        write_json_atomic(self.point_path(point["id"]), {"schema_version": model.SCHEMA_VERSION, **point})
 
     def points(self) -> list[dict]:
-        return [read_json(p) for p in sorted(self.points_dir.glob("*.json"))]
+        return [read_json(p, model.POINT) for p in sorted(self.points_dir.glob("*.json"))]
 
     def raw_path(self, name: str) -> Path:
         """A path under raw/ that does not exist yet (a retried point gets a numbered name)."""

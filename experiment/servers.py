@@ -17,15 +17,11 @@ import socket
 import time
 from dataclasses import dataclass
 
-from . import plan, services
+from . import catalog, services
+from .catalog import CUSTOM, EPHTTPD, NGINX, PYTHON
 from .containers import Managed
 from .errors import UserError
 from .services import LOOPBACK, Service
-
-EPHTTPD, PYTHON, NGINX, CUSTOM = "ephttpd", "python", "nginx", "custom"
-PYTHON_BACKENDS = ("select", "poll", "epoll", "asyncio")
-# A server of the user's own uses whatever it uses: one backend, named for the points.
-CUSTOM_BACKEND = "own"
 
 # nginx reads `return 200 "..."` as one token, and its configuration reader refuses a token that fills
 # its 4096-byte buffer (NGX_CONF_BUFFER): the body sizes it can serve from its configuration.
@@ -36,26 +32,8 @@ NGINX_MAX_MSGSIZE = 4000
 # to epoll_wait(2) as an int of milliseconds.
 NGINX_TIMEOUT = "7d"
 NGINX_KEEPALIVE_REQUESTS = 1_000_000_000  # the default, 1000, would end httperf's 2500-call connections
-BACKLOG = 2048  # ephttpd's and pyhttpd's listen() backlog; nginx's default is 511
 NGINX_CONF_PATH = "/tmp/nginx.conf"
 OUTPUT_DRAIN_S = 2  # how long an exited server's last output may take to come through the engine
-
-
-@dataclass(frozen=True)
-class Kind:
-    name: str
-    backends: tuple[str, ...]
-    target: str | None  # the image target it runs in; None: the user's image
-    readiness: str      # "json" or "tcp", as in services.Service
-    stats: bool
-
-
-KINDS = {
-    EPHTTPD: Kind(EPHTTPD, plan.SERVER_BACKENDS, "server", "json", True),
-    PYTHON: Kind(PYTHON, PYTHON_BACKENDS, "server", "json", True),
-    NGINX: Kind(NGINX, ("epoll",), "server", "tcp", False),
-    CUSTOM: Kind(CUSTOM, (CUSTOM_BACKEND,), None, "tcp", False),
-}
 
 
 @dataclass(frozen=True)
@@ -69,7 +47,7 @@ class Choice:
 
     @property
     def backends(self) -> tuple[str, ...]:
-        return KINDS[self.kind].backends
+        return catalog.SERVERS[self.kind].backends
 
     def check_backends(self, backends: tuple[str, ...]) -> None:
         """UserError naming the valid ones when a backend is one this server does not have."""
@@ -82,7 +60,7 @@ class Choice:
                 bind: str = LOOPBACK) -> Service:
         """The server container's Service. port is the one to listen on (a custom server's own port)."""
         self.check_backends((backend,))
-        kind = KINDS[self.kind]
+        kind = catalog.SERVERS[self.kind]
         if self.kind == EPHTTPD:
             return services.server(backend, port, msgsize, cpuset, bind)
         if self.kind == PYTHON:
@@ -109,7 +87,7 @@ def choose(server: str | None = None, image: str | None = None, command: str | N
     """The servers of `invoke reproduce`'s --server (a comma list), --server-image, --server-cmd and
     --server-port: ephttpd when none is named; a server of one's own alone, or as `custom` in the list."""
     kinds = tuple(dict.fromkeys(x.strip() for x in (server or "").split(",") if x.strip()))
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in catalog.SERVERS]
     if unknown:
         raise UserError(f"--server {server}: unknown {', '.join(unknown)}; use ephttpd, python, nginx or a comma "
                         "list of them, or --server-image, --server-cmd and --server-port for a server of your own")
@@ -140,12 +118,6 @@ def choose(server: str | None = None, image: str | None = None, command: str | N
         raise UserError("--server-cmd is empty: give the command that starts the server in the image")
     return tuple(Choice(CUSTOM, image=image, command=command, port=port) if kind == CUSTOM else Choice(kind)
                  for kind in kinds)
-
-
-def planned(the_plan: plan.Plan) -> dict[str, Choice]:
-    """The Choice of each server a plan puts under test, by kind."""
-    return {kind: Choice(kind, the_plan.server_image, the_plan.server_cmd, the_plan.server_port)
-            if kind == CUSTOM else Choice(kind) for kind in the_plan.servers}
 
 
 def nginx_conf(port: int, msgsize: int, fd_limit: int, bind: str = LOOPBACK, pid_path: str = "/tmp/nginx.pid",
@@ -188,7 +160,7 @@ http {{
     send_timeout {timeout};
 
     server {{
-        listen {listen} backlog={BACKLOG};
+        listen {listen} backlog={catalog.LISTEN_BACKLOG};
         location / {{
             return 200 "{'x' * msgsize}";
         }}

@@ -32,6 +32,7 @@ import docker
 import docker.errors
 
 from . import (
+    catalog,
     checks,
     containers,
     engine,
@@ -39,15 +40,17 @@ from . import (
     httperf,
     images,
     metadata,
+    model,
     preflight,
     publish,
     results,
     servers,
     services,
 )
+from .catalog import Series
 from .containers import Containers, Managed
 from .errors import UserError
-from .plan import Level, Plan, dead_levels, max_dead, max_pipes, pipe_levels, point_label
+from .plan import Level, Plan, dead_levels, max_dead, max_pipes, pipe_levels
 from .progress import Progress
 from .services import LOOPBACK, Service
 
@@ -135,6 +138,9 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
         record = run.record()
         plan = Plan.from_dict(record["plan"])
         say(f"resuming {run.id}: {len(run.points())} points already done")
+        if (written := run.recorded_version()) != model.SCHEMA_VERSION:
+            say(f"{run.id} was written with schema_version {written}: its records are read upgraded to "
+                f"{model.SCHEMA_VERSION}, and what this run adds is written as {model.SCHEMA_VERSION}")
     else:
         server_url = engine_url(options.server_engine_url)
         where = {"server": server_url, "client": engine_url(options.client_engine_url or server_url),
@@ -216,12 +222,12 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
                                                                                    built["client"].tag)
     engines = Engines(server_url, client_url, server_engine, client_engine,
                       {"server": server_probe, "client": client_probe})
-    choices = servers.planned(plan)
+    choices = plan.choices()
     under_test = {}
     for kind, choice in choices.items():
         under_test[kind] = {"kind": kind, "image": built["server"].tag, "image_id": built["server"].id,
                             "command": choice.command, "port": choice.port, "address": address,
-                            "readiness": servers.KINDS[kind].readiness}
+                            "readiness": catalog.SERVERS[kind].readiness}
         if choice.image:
             under_test[kind].update(image=choice.image, image_id=_user_image(server_engine, choice.image, say).id)
     client_source = None
@@ -229,7 +235,7 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
         client_source = _source_address(client_engine, built["client"].tag, address)
     fd_limit, client_fd_limit = engines.fd_limit("server"), engines.fd_limit("client")
     settings = preflight.read_host_settings()
-    most_dead = max(max_dead(fd_limit, b, plan.active_connections) for _, b in plan.dead_series())
+    most_dead = max(max_dead(fd_limit, s.backend, plan.active_connections) for s in plan.series)
     findings = preflight.assess(settings, min(most_dead, max(plan.dead)), plan.active_connections,
                                 source_addresses=max(1, max(plan.dead) // 20000 + 1))
     for finding in findings:
@@ -250,8 +256,8 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
     run.update_record(status="running", metadata=meta, cpusets=sets,
                       preflight=[f.to_dict() for f in findings],
                       limits={"fd_hard_limit": fd_limit, "client_fd_hard_limit": client_fd_limit,
-                              "max_dead": {point_label(s, b): max_dead(fd_limit, b, plan.active_connections)
-                                           for s, b in plan.dead_series()},
+                              "max_dead": {s.label: max_dead(fd_limit, s.backend, plan.active_connections)
+                                           for s in plan.series},
                               "max_pipes": {b: max_pipes(fd_limit, b) for b in plan.backends}})
     server_runner = Containers(server_engine, run.id, fd_limit)
     client_runner = Containers(client_engine, run.id, client_fd_limit)
@@ -264,9 +270,9 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
         measuring = time.monotonic()
         try:
             for variant in plan.variants:
-                for server, backend in plan.dead_series() if "dead" in plan.sweeps else ():
+                for series in plan.series if "dead" in plan.sweeps else ():
                     for repetition in range(1, plan.repeat + 1):
-                        dead_series(ctx, variant, server, backend, repetition)
+                        dead_series(ctx, variant, series, repetition)
                 for backend in plan.backends if "pipetest" in plan.sweeps else ():
                     for repetition in range(1, plan.repeat + 1):
                         pipetest_series(ctx, variant, backend, repetition)
@@ -309,27 +315,25 @@ def _source_address(client: docker.DockerClient, image: str, address: str) -> st
 def count_points(plan: Plan, fd_limit: int) -> int:
     per_rep = 0
     if "dead" in plan.sweeps:
-        per_rep += sum(len(dead_levels(plan, fd_limit, backend)) for _, backend in plan.dead_series())
+        per_rep += sum(len(dead_levels(plan, fd_limit, s.backend)) for s in plan.series)
     if "pipetest" in plan.sweeps:
         per_rep += sum(len(pipe_levels(plan, fd_limit, backend)) for backend in plan.backends)
     return per_rep * plan.repeat * len(plan.variants)
 
 
-def point_id(sweep: str, variant: str, label: str, repetition: int, x: int) -> str:
-    """A point's file name: the series' label with "/" as "-", e.g. dead-up-nginx-epoll-r1-d001000."""
+def point_id(sweep: str, variant: str, series: Series, repetition: int, x: int) -> str:
+    """A point's file name, e.g. dead-up-nginx-epoll-r1-d001000."""
     letter = "d" if sweep == "dead" else "p"
-    return f"{sweep}-{variant}-{label.replace('/', '-')}-r{repetition}-{letter}{x:06d}"
+    return f"{sweep}-{variant}-{series.slug}-r{repetition}-{letter}{x:06d}"
 
 
-def _base_point(ctx: Context, sweep: str, variant: str, server: str, backend: str, repetition: int,
-                level: Level) -> dict:
-    label = point_label(server, backend)
-    point = {"id": point_id(sweep, variant, label, repetition, level.value), "sweep": sweep,
-             "variant": variant, "backend": label, "repetition": repetition, "x": level.value,
+def _base_point(ctx: Context, sweep: str, variant: str, series: Series, repetition: int, level: Level) -> dict:
+    point = {"id": point_id(sweep, variant, series, repetition, level.value), "sweep": sweep,
+             "variant": variant, "backend": series.backend, "repetition": repetition, "x": level.value,
              "host_max": level.host_max, "status": "ok", "reason": None, "started_at": results.utc_now(),
              "ended_at": None, "figures": {}, "flags": {}, "checks": {}}
     if sweep == "dead":
-        point.update(server_kind=server, mechanism=backend, load=ctx.plan.load)
+        point.update(server_kind=series.server, load=ctx.plan.load)
         point["dead"] = level.value
     return point
 
@@ -353,14 +357,12 @@ class Serving:
     port: int
 
 
-def dead_series(ctx: Context, variant: str, server_kind: str, backend: str, repetition: int) -> None:
-    label = point_label(server_kind, backend)
-    choice = ctx.choices[server_kind]
-    levels = [lv for lv in dead_levels(ctx.plan, ctx.fd_limit, backend)
-              if not ctx.run.has_point(point_id("dead", variant, label, repetition, lv.value))]
+def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> None:
+    choice = ctx.choices[series.server]
+    levels = [lv for lv in dead_levels(ctx.plan, ctx.fd_limit, series.backend)
+              if not ctx.run.has_point(point_id("dead", variant, series, repetition, lv.value))]
     for level in [lv for lv in levels if lv.skip_reason]:
-        _finish(ctx, _base_point(ctx, "dead", variant, server_kind, backend, repetition, level), "skipped",
-                level.skip_reason)
+        _finish(ctx, _base_point(ctx, "dead", variant, series, repetition, level), "skipped", level.skip_reason)
     runnable = [lv for lv in levels if not lv.skip_reason]
     if not runnable:
         return
@@ -368,14 +370,14 @@ def dead_series(ctx: Context, variant: str, server_kind: str, backend: str, repe
     # A server of the user's own listens where it listens; ours on a port free here (on another host's
     # engine only a guess, and the check below catches a wrong one).
     port = choice.port or host.free_port()
-    series = f"dead {variant} {label} r{repetition}"
-    ctx.progress.describe(f"{series}: starting server")
-    service = choice.service(backend, port, ctx.plan.msgsize, cs["server"], ctx.fd_limit, ctx.server_address)
+    doing = f"dead {variant} {series.label} r{repetition}"
+    ctx.progress.describe(f"{doing}: starting server")
+    service = choice.service(series.backend, port, ctx.plan.msgsize, cs["server"], ctx.fd_limit, ctx.server_address)
     if service.readiness == "tcp" and servers.tcp_connects(ctx.server_address, port):
         reason = (f"something already answers on {ctx.server_address}:{port} before the server started: stop "
                   "it, or run the server on another port")
         for level in runnable:
-            _fail_dead(ctx, variant, server_kind, backend, repetition, level, reason)
+            _fail_dead(ctx, variant, series, repetition, level, reason)
         return
     server = ctx.servers.run(service.image or ctx.server_image, service)
     deadconn = None
@@ -384,7 +386,7 @@ def dead_series(ctx: Context, variant: str, server_kind: str, backend: str, repe
         if not listening:
             reason = f"server did not start: {server.output_tail() or 'no output'}"
             for level in runnable:
-                _fail_dead(ctx, variant, server_kind, backend, repetition, level, reason)
+                _fail_dead(ctx, variant, series, repetition, level, reason)
             return
         deadconn = ctx.clients.run(ctx.client_image, services.deadconn(
             port, 0, DEADCONN_STEP_TIMEOUT_S, cs["clients"], ctx.server_address, ctx.client_source))
@@ -392,12 +394,12 @@ def dead_series(ctx: Context, variant: str, server_kind: str, backend: str, repe
         if not ready or ready["event"] != "ready":
             reason = f"deadconn did not start: {deadconn.output_tail() or 'no output'}"
             for level in runnable:
-                _fail_dead(ctx, variant, server_kind, backend, repetition, level, reason)
+                _fail_dead(ctx, variant, series, repetition, level, reason)
             return
         for index, level in enumerate(runnable):
             grow = level.value - ready["held"]
             if grow > 0:
-                ctx.progress.describe(f"{series}: opening {level.value} dead")
+                ctx.progress.describe(f"{doing}: opening {level.value} dead")
                 containers.send_stdin(deadconn, f"grow {grow}\n")
                 ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S + 10) or {
                     "event": "failed", "reason": f"no answer: {deadconn.output_tail()}", "held": None}
@@ -405,28 +407,27 @@ def dead_series(ctx: Context, variant: str, server_kind: str, backend: str, repe
                     reason = (f"deadconn held {ready.get('held')} of {level.value} dead connections: "
                               f"{ready.get('reason')}")
                     for rest in runnable[index:]:
-                        _fail_dead(ctx, variant, server_kind, backend, repetition, rest, reason)
+                        _fail_dead(ctx, variant, series, repetition, rest, reason)
                     return
             if server.exited():
                 reason = f"server exited: {server.output_tail()}"
                 for rest in runnable[index:]:
-                    _fail_dead(ctx, variant, server_kind, backend, repetition, rest, reason)
+                    _fail_dead(ctx, variant, series, repetition, rest, reason)
                 return
             # wrk runs for a fixed time: only httperf's length needs the reply rate.
             reply_rate = _probe_rate(ctx, cs["clients"], port) if ctx.plan.load == httperf.HTTPERF else None
-            _measure_dead(ctx, variant, server_kind, backend, repetition, level,
+            _measure_dead(ctx, variant, series, repetition, level,
                           Serving(server, service, listening, port), deadconn, ready, reply_rate)
     finally:
         for managed, runner in ((deadconn, ctx.clients), (server, ctx.servers)):
             if managed:
                 runner.stop(managed)
-                _save_log(ctx, managed, f"dead-{variant}-{label.replace('/', '-')}-r{repetition}.{managed.role}.log")
+                _save_log(ctx, managed, f"dead-{variant}-{series.slug}-r{repetition}.{managed.role}.log")
                 runner.remove(managed)
 
 
-def _fail_dead(ctx: Context, variant: str, server_kind: str, backend: str, repetition: int, level: Level,
-               reason: str) -> None:
-    _finish(ctx, _base_point(ctx, "dead", variant, server_kind, backend, repetition, level), "failed", reason)
+def _fail_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level, reason: str) -> None:
+    _finish(ctx, _base_point(ctx, "dead", variant, series, repetition, level), "failed", reason)
 
 
 def _save_log(ctx: Context, managed: Managed, name: str) -> None:
@@ -471,12 +472,12 @@ def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
     return httperf.probe_rate(run, ctx.server_address, port, ctx.plan.active_connections)
 
 
-def _measure_dead(ctx: Context, variant: str, server_kind: str, backend: str, repetition: int, level: Level,
+def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level,
                   serving: Serving, deadconn: Managed, ready: dict, reply_rate: float | None) -> dict:
     cs = ctx.cpusets[variant]
     load_name = ctx.plan.load
-    point = _base_point(ctx, "dead", variant, server_kind, backend, repetition, level)
-    ctx.progress.describe(f"dead {variant} {point['backend']} r{repetition}: {level.value} dead, measuring")
+    point = _base_point(ctx, "dead", variant, series, repetition, level)
+    ctx.progress.describe(f"dead {variant} {series.label} r{repetition}: {level.value} dead, measuring")
     if load_name == httperf.WRK:
         service = services.wrk(f"http://{ctx.server_address}:{serving.port}/", ctx.plan.active_connections,
                                ctx.plan.duration_s, cs["clients"])
@@ -497,7 +498,7 @@ def _measure_dead(ctx: Context, variant: str, server_kind: str, backend: str, re
     stats_after = _server_stats(serving)
     raw = ctx.run.raw_path(f"{point['id']}.{load_name}.txt")
     raw.write_text(output)
-    point["server"] = {"kind": server_kind, "image": serving.service.image or ctx.server_image,
+    point["server"] = {"kind": series.server, "image": serving.service.image or ctx.server_image,
                        "image_id": server.container.attrs.get("Image"), "readiness": serving.service.readiness,
                        "ready": serving.ready, "address": ctx.server_address, "port": serving.port,
                        "cpuset": cs["server"], "command": server.command, "container": server.container.id[:12],
@@ -596,7 +597,7 @@ def _cpu_count(cpuset: str) -> int:
 def pipetest_series(ctx: Context, variant: str, backend: str, repetition: int) -> None:
     cs = ctx.cpusets[variant]
     for level in pipe_levels(ctx.plan, ctx.fd_limit, backend):
-        point = _base_point(ctx, "pipetest", variant, servers.EPHTTPD, backend, repetition, level)
+        point = _base_point(ctx, "pipetest", variant, Series(catalog.EPHTTPD, backend), repetition, level)
         if ctx.run.has_point(point["id"]):
             continue
         point["pipes"] = level.value

@@ -21,7 +21,7 @@ from httpclient import (
 )
 
 from experiment import native
-from experiment.plan import SERVER_BACKENDS as BACKENDS
+from experiment.catalog import EV_BACKENDS as BACKENDS
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -27,8 +27,10 @@ from httpclient import (
     settled_snapshot,
 )
 
-from experiment.plan import SERVER_BACKENDS
-from experiment.servers import PYTHON_BACKENDS
+from experiment.catalog import EV_BACKENDS as SERVER_BACKENDS
+from experiment.catalog import SERVERS
+
+PYTHON_BACKENDS = SERVERS["python"].backends
 
 
 def pairs(ephttpd=SERVER_BACKENDS, pyhttpd=PYTHON_BACKENDS) -> list:

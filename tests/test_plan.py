@@ -1,8 +1,11 @@
 """Profiles, flags and how a plan adapts to the host's limits."""
 
+import json
+
 import pytest
 
 from experiment import plan
+from experiment.catalog import Series
 from experiment.errors import UserError
 
 
@@ -61,56 +64,41 @@ def test_invalid_flags_are_one_line_errors_listing_the_valid_values(kwargs, mess
     assert "\n" not in str(caught.value)
 
 
+def labels(the_plan: plan.Plan) -> tuple[str, ...]:
+    return tuple(s.label for s in the_plan.series)
+
+
 def test_another_server_runs_its_own_backends_and_the_dead_sweep_only():
     nginx = plan.make_plan("quick", server="nginx")
-    assert (nginx.servers, nginx.series, nginx.backends, nginx.sweeps) == (("nginx",), ("nginx/epoll",), (), ("dead",))
+    assert (nginx.servers, nginx.series, nginx.backends, nginx.sweeps) == \
+        (("nginx",), (Series("nginx", "epoll"),), (), ("dead",))
     python = plan.make_plan("paper", server="python", backends="asyncio,epoll", load="wrk")
-    assert (python.series, python.load, python.repeat) == (("python/asyncio", "python/epoll"), "wrk", 3)
+    assert (labels(python), python.load, python.repeat) == (("python/asyncio", "python/epoll"), "wrk", 3)
     own = plan.make_plan("quick", server_image="example/server:1", server_cmd="server --port {port}",
                          server_port="8088")
-    assert (own.servers, own.server_image, own.server_cmd, own.server_port, own.series) == \
+    assert (own.servers, own.server_image, own.server_cmd, own.server_port, labels(own)) == \
         (("custom",), "example/server:1", "server --port {port}", 8088, ("custom/own",))
     ephttpd = plan.make_plan("quick")
-    assert (ephttpd.servers, ephttpd.series, ephttpd.load, ephttpd.sweeps) == \
+    assert (ephttpd.servers, labels(ephttpd), ephttpd.load, ephttpd.sweeps) == \
         (("ephttpd",), ("poll", "epoll"), "httperf", plan.SWEEPS)
 
 
 def test_several_servers_run_in_one_plan_each_with_the_backends_it_has():
     both = plan.make_plan("quick", server="ephttpd,nginx")
-    assert both.series == ("poll", "epoll", "nginx/epoll")
+    assert both.series == (Series("ephttpd", "poll"), Series("ephttpd", "epoll"), Series("nginx", "epoll"))
     assert (both.backends, both.sweeps) == (("poll", "epoll"), plan.SWEEPS), "pipetest runs ephttpd's backends"
-    assert both.dead_series() == [("ephttpd", "poll"), ("ephttpd", "epoll"), ("nginx", "epoll")]
     three = plan.make_plan("quick", server="nginx, python,ephttpd", backends="epoll,asyncio")
-    assert three.series == ("nginx/epoll", "python/epoll", "python/asyncio", "epoll")
+    assert labels(three) == ("nginx/epoll", "python/epoll", "python/asyncio", "epoll")
     assert three.servers == ("nginx", "python", "ephttpd")
     with_own = plan.make_plan("quick", server="ephttpd,custom", backends="epoll", server_image="x/y:1",
                               server_cmd="y --port {port}", server_port=81)
-    assert (with_own.series, with_own.server_image, with_own.server_port) == (("epoll", "custom/own"), "x/y:1", 81)
+    assert (labels(with_own), with_own.server_image, with_own.server_port) == (("epoll", "custom/own"), "x/y:1", 81)
     assert plan.make_plan("quick", server="python,nginx").sweeps == ("dead",)
 
 
-def test_a_plan_recorded_before_servers_and_loads_existed_still_loads():
-    old = plan.make_plan("quick").to_dict()
-    for key in ("servers", "series", "server_image", "server_cmd", "server_port", "load"):
-        del old[key]
-    loaded = plan.Plan.from_dict(old)
-    assert (loaded.servers, loaded.series, loaded.load, loaded.server_image) == \
-        (("ephttpd",), ("poll", "epoll"), "httperf", None)
-
-
-def test_a_plan_recorded_with_one_server_loads_as_that_servers_series():
-    old = {**plan.make_plan("quick", server="nginx").to_dict(), "server": "nginx", "backends": ["epoll"]}
-    del old["servers"], old["series"]
-    loaded = plan.Plan.from_dict(old)
-    assert (loaded.servers, loaded.series, loaded.backends) == (("nginx",), ("nginx/epoll",), ())
-
-
-def test_points_of_other_servers_are_labelled_server_slash_backend():
-    assert plan.point_label("ephttpd", "epoll") == "epoll"
-    assert plan.point_label("nginx", "epoll") == "nginx/epoll"
-    assert plan.point_label("custom", "own") == "custom/own"
-    for label in ("epoll", "nginx/epoll", "python/asyncio", "custom/own"):
-        assert plan.point_label(*plan.parse_label(label)) == label
+def test_a_plan_survives_its_record():
+    for the_plan in (plan.make_plan("paper"), plan.make_plan("quick", server="ephttpd,nginx,python", load="wrk")):
+        assert plan.Plan.from_dict(json.loads(json.dumps(the_plan.to_dict()))) == the_plan
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -14,7 +14,9 @@ import pytest
 from httpclient import CLIENT_TIMEOUT, connect, one_request_answered, serving, settled_snapshot
 
 from experiment import native
-from experiment.servers import PYTHON_BACKENDS as BACKENDS
+from experiment.catalog import SERVERS
+
+BACKENDS = SERVERS["python"].backends
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

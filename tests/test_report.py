@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment import checks, report
+from experiment import checks, comparison, report
 from experiment.errors import UserError
 from experiment.results import Run
 
@@ -133,15 +133,15 @@ def test_headline_numbers_equal_the_data(rendered):
         top = max(attempted[b] for b in measured)
         full = [b for b in measured if attempted[b] == top or skipped.get(b, -1) < attempted[b]]
         assert head.x == max(set.intersection(*(set(measured[b]) for b in full)))
-        assert {i.backend for i in head.items} == set(measured)
+        assert {i.series.label for i in head.items} == set(measured)
         for item in head.items:
-            at = head.x if item.backend in full else max(measured[item.backend])
-            base_x = min(measured[item.backend])
+            at = head.x if item.series.label in full else max(measured[item.series.label])
+            base_x = min(measured[item.series.label])
             assert (item.x, item.base_x) == (at, base_x)
-            assert item.value == pytest.approx(measured[item.backend][at], rel=1e-12)
-            assert item.base == pytest.approx(measured[item.backend][base_x], rel=1e-12)
-            assert report.human(measured[item.backend][at]) in head.text
-            assert report.percent(measured[item.backend][at] / measured[item.backend][base_x]) in head.text
+            assert item.value == pytest.approx(measured[item.series.label][at], rel=1e-12)
+            assert item.base == pytest.approx(measured[item.series.label][base_x], rel=1e-12)
+            assert report.human(measured[item.series.label][at]) in head.text
+            assert report.percent(measured[item.series.label][at] / measured[item.series.label][base_x]) in head.text
         assert f"{head.x:,}" in head.text
         assert html.escape(head.text, quote=False) in page
 
@@ -233,7 +233,7 @@ def test_data_strings_are_escaped(tmp_path):
     markdown = (index.parent / "report.md").read_text()
     assert "<script" not in markdown
     assert report.md_escape(SCRIPT) in markdown
-    compared = report.compare(run, run, tmp_path / "compare")
+    compared = comparison.write(run, run, tmp_path / "compare")
     assert "<script" not in compared.read_text().lower()
     assert "<script" not in (compared.parent / "report.md").read_text()
 
@@ -278,8 +278,8 @@ def test_rerendering_replaces_the_report_and_leaves_results_alone(tmp_path):
 def test_loader_rejects_an_unknown_schema_version(tmp_path):
     run = copy_run(RUNS[0], tmp_path)
     record = json.loads((run.path / "run.json").read_text())
-    (run.path / "run.json").write_text(json.dumps({**record, "schema_version": 2}))
-    with pytest.raises(UserError, match="schema_version 2"):
+    (run.path / "run.json").write_text(json.dumps({**record, "schema_version": 3}))
+    with pytest.raises(UserError, match="schema_version 3"):
         report.render(run)
     assert not (run.path / "report").exists()
     (run.path / "run.json").write_text(json.dumps(record))
@@ -293,17 +293,17 @@ def test_loader_rejects_an_unknown_schema_version(tmp_path):
 def test_compare_gives_the_ratios_the_data_implies(tmp_path):
     run_a = copy_run(RUNS[0], tmp_path / "a")
     run_b = copy_run(RUNS[1] if len(RUNS) > 1 else RUNS[0], tmp_path / "b")
-    index = report.compare(run_a, run_b, tmp_path / "compare")
+    index = comparison.write(run_a, run_b, tmp_path / "compare")
     a, b = medians(read_points(run_a)), medians(read_points(run_b))
     common = {k for k in set(a) & set(b) if MAIN_METRIC[k[0]] in a[k] and MAIN_METRIC[k[0]] in b[k]}
-    from experiment import comparison
     compared, left_out = comparison.compared_points(report.load(run_a), report.load(run_b))
-    assert {c.key for c in compared} == common
+    labelled = [(c, (c.key[0], c.key[1], c.key[2].label, c.key[3])) for c in compared]  # as the files key them
+    assert {key for _, key in labelled} == common
     page = html.unescape(index.read_text())
-    for c in compared:
-        for metric in METRICS[c.key[0]]:
-            if metric in a[c.key] and metric in b[c.key]:
-                ratio = b[c.key][metric] / a[c.key][metric]
+    for c, key in labelled:
+        for metric in METRICS[key[0]]:
+            if metric in a[key] and metric in b[key]:
+                ratio = b[key][metric] / a[key][metric]
                 assert c.ratio(metric) == pytest.approx(ratio, rel=1e-12)
                 assert report.times(ratio) in page
     every = {(p["sweep"], p["variant"], p["backend"], p["x"]) for run in (run_a, run_b) for p in read_points(run)}
@@ -331,7 +331,7 @@ def chromium():
 @pytest.mark.browser
 def test_page_loads_offline_in_chromium(chromium, rendered, tmp_path):
     run, index = rendered
-    compared = report.compare(run, run, tmp_path / "compare")
+    compared = comparison.write(run, run, tmp_path / "compare")
     with chromium.Chromium(tmp_path / "chromium") as browser:
         loads = [browser.load(index), browser.load(compared), browser.load(index, media="print")]
     for load in loads:

@@ -12,7 +12,8 @@ import pytest
 from reproducing import finished, invoke, labelled_containers
 
 from experiment import images
-from experiment.results import SCHEMA_VERSION, Run
+from experiment.model import SCHEMA_VERSION
+from experiment.results import Run
 
 pytestmark = pytest.mark.docker
 

@@ -12,7 +12,8 @@ import time
 import pytest
 from reproducing import finished, invoke, labelled_containers
 
-from experiment import engine, figures, host, plan, report, servers, services, sweep
+from experiment import engine, host, model, report, servers, services, sweep
+from experiment.catalog import Series
 from experiment.containers import LABEL_ROLE, LABEL_RUN
 from experiment.results import Run
 
@@ -27,7 +28,7 @@ def smoke(results_dir, *args: str) -> Run:
 
 
 def dead_points(run: Run) -> dict[tuple[str, int], dict]:
-    points = {(p["backend"], p["x"]): p for p in run.points()}
+    points = {(model.series_of(p).label, p["x"]): p for p in run.points()}
     for p in points.values():
         assert p["status"] == "ok", (p["id"], p["reason"])
         assert p["figures"]["replies"] > 0 and p["figures"]["reply_rate"] > 0
@@ -44,14 +45,6 @@ def assert_held(point: dict) -> None:
 
 # ------------------------------------------------------------------------------------ without containers
 
-
-def test_each_server_keeps_its_backends_colour_but_has_its_own_marker_and_dashes():
-    ours, theirs = figures.backend_style("epoll"), figures.backend_style("nginx/epoll")
-    assert ours["color"] == theirs["color"]
-    assert (ours["marker"], ours["linestyle"]) != (theirs["marker"], theirs["linestyle"])
-    python = {b: figures.backend_style(f"python/{b}") for b in servers.PYTHON_BACKENDS}
-    assert len({s["color"] for s in python.values()}) == len(servers.PYTHON_BACKENDS)
-    assert figures.backend_style("kqueue") == figures.backend_style("apache/epoll") == figures.OTHER_STYLE
 
 
 def test_cpusets_of_two_hosts_give_the_clients_all_of_theirs():
@@ -128,14 +121,14 @@ def test_three_servers_answer_one_sweep_and_share_its_figures(tmp_path):
     assert sorted(points) == sorted((label, x) for label in labels for x in (0, 1000))
     for (label, _x), p in points.items():
         assert p["id"].startswith(f"dead-up-{label.replace('/', '-')}-r1-d")
-        assert plan.point_label(p["server_kind"], p["mechanism"]) == label and p["load"] == "httperf"
+        assert Series(p["server_kind"], p["backend"]).label == label and p["load"] == "httperf"
         assert p["server"]["kind"] == p["server_kind"]
         if p["server_kind"] == "nginx":
             assert p["server"]["readiness"] == "tcp" and p["server"]["stats_after"] is None
             assert "exec nginx -c" in p["server"]["command"][-1]
             continue
         program = {"ephttpd": ["ephttpd", "--backend"], "python": ["pyhttpd", "--backend"]}[p["server_kind"]]
-        assert p["server"]["command"][:3] == [*program, p["mechanism"]]
+        assert p["server"]["command"][:3] == [*program, p["backend"]]
         assert_held(p)
         served = p["server"]["stats_after"]["responses_200"] - p["server"]["stats_before"]["responses_200"]
         assert served == p["figures"]["replies"], "httperf's replies are the server's responses"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from httpclient import CLIENT_TIMEOUT, assert_ok, deadconn, next_event, read_response, request, send
 
-from experiment import host, images, plan, servers
+from experiment import catalog, host, images, plan, servers
 from experiment.containers import Containers
 from experiment.errors import UserError
 from experiment.services import LOOPBACK
@@ -112,7 +112,7 @@ def test_the_conf_is_one_epoll_worker_sized_by_the_fd_limit_that_holds_connectio
     # Above the fd limit by more than a sixteenth: nginx closes connections itself when fewer are free.
     assert int(d["worker_connections"][0]) * 15 / 16 > 12345
     assert d["access_log"] == ["off"] and d["error_log"] == ["stderr warn"]
-    assert d["listen"] == [f"127.0.0.5:8123 backlog={servers.BACKLOG}"]
+    assert d["listen"] == [f"127.0.0.5:8123 backlog={catalog.LISTEN_BACKLOG}"]
     assert int(d["keepalive_requests"][0]) >= 10**9
     # nginx's own defaults would close an idle keep-alive connection after 75 s, a dead one (a request head
     # that never ends) after 60 s, and any keep-alive connection after 1 h: all far past a run here.
@@ -201,8 +201,8 @@ def test_each_kind_builds_its_service():
 
     (own,) = servers.choose(image="example/httpd:1", command="httpd -p {port} --size={msgsize} -a '{bind}' -x '{y}'",
                          port="9000")
-    assert own.kind == servers.CUSTOM and own.backends == (servers.CUSTOM_BACKEND,)
-    service = own.service(servers.CUSTOM_BACKEND, own.port, 128, "0", FD_LIMIT)
+    assert own.kind == servers.CUSTOM and own.backends == ("own",)
+    service = own.service("own", own.port, 128, "0", FD_LIMIT)
     assert service.command == ("httpd", "-p", "9000", "--size=128", "-a", LOOPBACK, "-x", "{y}")
     assert (service.image, service.readiness, service.stats) == ("example/httpd:1", "tcp", False)
 
@@ -289,7 +289,7 @@ def test_a_server_of_ones_own_is_ready_by_tcp_with_its_placeholders_filled(runne
     port, msgsize = host.free_port(), 77
     (choice,) = servers.choose(image=server_image, command="pyhttpd --bind {bind} --port {port} --msgsize {msgsize}",
                             port=port)
-    service = choice.service(servers.CUSTOM_BACKEND, choice.port, msgsize, "0", FD_LIMIT)
+    service = choice.service("own", choice.port, msgsize, "0", FD_LIMIT)
     server = runner.run(service.image, service)
     assert servers.wait_ready(server, service, "127.0.0.1", port, timeout=30) == {
         "event": "listening", "bind": "127.0.0.1", "port": port, "readiness": "tcp"}
@@ -301,7 +301,7 @@ def test_a_server_of_ones_own_is_ready_by_tcp_with_its_placeholders_filled(runne
 def test_a_server_that_exits_is_not_taken_for_ready(runner, server_image):
     port = host.free_port()
     (choice,) = servers.choose(image=server_image, command="sh -c 'echo cannot start >&2; exit 3'", port=port)
-    service = choice.service(servers.CUSTOM_BACKEND, port, 128, "0", FD_LIMIT)
+    service = choice.service("own", port, 128, "0", FD_LIMIT)
     server = runner.run(service.image, service)
     assert servers.wait_ready(server, service, "127.0.0.1", port, timeout=30) is None
     assert "cannot start" in server.output_tail()

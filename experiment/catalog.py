@@ -1,0 +1,132 @@
+"""What epollbench can put under test, defined once: the event backends, the servers, the load generators,
+and the series (one server's backend) that names a line in every figure.
+
+ephttpd's and pipetest's backends are defined in C (images/ev/ev.c's table); EV_BACKENDS repeats their names
+in the same order, and a test holds the two to each other through `ephttpd --list-backends`. Everything
+else here is the one home of its fact: the plan, the runner, the report and the benchmark import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# select(2) watches descriptors below FD_SETSIZE only.
+FD_SETSIZE = 1024
+# dphttpd's listen backlog in the 2002 study; ephttpd and pyhttpd use the same (their --backlog default).
+LISTEN_BACKLOG = 2048
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An event mechanism a server waits with. The colour (Okabe-Ito, safe for the common colour-vision
+    deficiencies), marker and dash pattern tell its lines apart in colour and in greyscale."""
+
+    name: str
+    colour: str
+    marker: str
+    linestyle: str | tuple
+    fd_setsize_bound: bool = False  # watches descriptors below FD_SETSIZE only
+
+    def max_descriptors(self, fd_limit: int) -> int:
+        """The most descriptors one process can watch with this backend under an open-file limit."""
+        return min(fd_limit, FD_SETSIZE) if self.fd_setsize_bound else fd_limit
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("select", "#CC79A7", "s", ":", fd_setsize_bound=True),
+    Backend("poll", "#D55E00", "o", "-"),
+    Backend("epoll", "#0072B2", "^", "--"),
+    Backend("epoll-et", "#56B4E9", "v", "-."),
+    Backend("io_uring", "#009E73", "D", (0, (5, 1, 1, 1, 1, 1))),
+    Backend("aio-poll", "#E69F00", "P", (0, (1, 1))),
+    # pyhttpd's asyncio: epoll underneath, but its own event loop; dark grey keeps it apart from epoll's blue.
+    Backend("asyncio", "#666666", "h", (0, (2, 1, 2, 3))),
+    # A server of the user's own uses whatever it uses: one backend, named for the points.
+    Backend("own", "#000000", "X", (0, (3, 1, 1, 1))),
+)}
+# images/ev's backends, in ev.c's order: ephttpd and pipetest offer each of them.
+EV_BACKENDS = ("select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll")
+# A line of a backend this catalog does not know (a run of a later version, say).
+UNKNOWN_BACKEND = Backend("unknown", "#000000", "X", (0, (3, 1, 1, 1)))
+
+
+def backend(name: str) -> Backend:
+    return BACKENDS.get(name, UNKNOWN_BACKEND)
+
+
+EPHTTPD, PYTHON, NGINX, CUSTOM = "ephttpd", "python", "nginx", "custom"
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    """A server a dead sweep can put under test. readiness: "json" (it prints a listening line, and
+    snapshot counters on SIGUSR1, as ephttpd does) or "tcp" (ready once its port accepts a connection; its
+    CPU time comes from its container's cgroup alone). marker and linestyle: its lines keep their backend's
+    colour and take these, so that ephttpd's epoll and nginx's differ (ephttpd's take the backend's own)."""
+
+    name: str
+    program: str
+    backends: tuple[str, ...]
+    image_target: str | None  # the image it runs in; None: the user's own
+    readiness: str
+    stats: bool
+    marker: str | None = None
+    linestyle: str | tuple | None = None
+
+
+SERVERS: dict[str, ServerKind] = {k.name: k for k in (
+    ServerKind(EPHTTPD, "ephttpd", EV_BACKENDS, "server", "json", True),
+    ServerKind(PYTHON, "pyhttpd", ("select", "poll", "epoll", "asyncio"), "server", "json", True, "h",
+               (0, (2, 1, 2, 3))),
+    ServerKind(NGINX, "nginx", ("epoll",), "server", "tcp", False, "*", (0, (6, 2))),
+    ServerKind(CUSTOM, "server", ("own",), None, "tcp", False, "p", (0, (8, 2, 2, 2))),
+)}
+# The study's server: its series carry their plain backend names.
+DEFAULT_SERVER = EPHTTPD
+
+HTTPERF, WRK = "httperf", "wrk"
+
+
+@dataclass(frozen=True)
+class Load:
+    name: str
+    description: str
+
+
+LOADS: dict[str, Load] = {load.name: load for load in (
+    Load(HTTPERF, "the 2002 active load: httperf's hogging connections, paced by httperf"),
+    Load(WRK, "fixed connections, closed loop, --duration seconds: the server's capacity"),
+)}
+
+
+@dataclass(frozen=True, order=True)
+class Series:
+    """One line of the dead sweep: a server's backend."""
+
+    server: str
+    backend: str
+
+    @property
+    def label(self) -> str:
+        """How a figure's legend and a point file name it: the backend for ephttpd (the study's server),
+        else server/backend, e.g. nginx/epoll."""
+        return self.backend if self.server == DEFAULT_SERVER else f"{self.server}/{self.backend}"
+
+    def __str__(self) -> str:  # pages and tables show the label
+        return self.label
+
+    @property
+    def slug(self) -> str:
+        """The label in a file name: nginx-epoll."""
+        return self.label.replace("/", "-")
+
+    def style(self) -> dict:
+        """matplotlib keyword arguments: the backend's colour, marker and dash pattern; a server beside
+        ephttpd its own marker and dash pattern."""
+        own = backend(self.backend)
+        kind = SERVERS.get(self.server)
+        if self.server == DEFAULT_SERVER or kind is None or kind.marker is None:
+            if kind is None:
+                own = UNKNOWN_BACKEND
+            return {"color": own.colour, "marker": own.marker, "linestyle": own.linestyle}
+        return {"color": own.colour, "marker": kind.marker, "linestyle": kind.linestyle}
