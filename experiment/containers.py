@@ -17,6 +17,8 @@ from .services import Service
 
 LABEL_RUN = "org.epollbench.run"
 LABEL_ROLE = "org.epollbench.role"
+# How long an exited container's last output may take to come through the engine's log stream.
+OUTPUT_END_TIMEOUT_S = 5
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Managed:
     command: list[str]
     lines: queue.Queue = field(default_factory=queue.Queue)
     log: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     def start_reader(self) -> None:
         def read():
@@ -48,7 +51,14 @@ class Managed:
                 self.lines.put(buffer.decode(errors="replace"))
             self.lines.put(None)
 
-        threading.Thread(target=read, daemon=True, name=f"logs-{self.role}").start()
+        self.reader = threading.Thread(target=read, daemon=True, name=f"logs-{self.role}")
+        self.reader.start()
+
+    def output(self, timeout: float = OUTPUT_END_TIMEOUT_S) -> str:
+        """Everything the container printed, once its log stream has ended (call after it exited)."""
+        if self.reader:
+            self.reader.join(timeout)
+        return "\n".join(self.log) + "\n"
 
     def next_json(self, events: tuple[str, ...], timeout: float) -> dict | None:
         """The next JSON line whose "event" is one of events; None when the output ends or time runs out."""
@@ -112,6 +122,16 @@ class Containers:
         except (docker.errors.DockerException, OSError, ValueError):
             self.remove(managed)
             return None
+
+    def run_to_end(self, image: str, service: Service, timeout: float) -> tuple[Managed, str, int | None]:
+        """Runs service until it exits by itself (killed after timeout): the container, all it printed, and
+        its exit code (None when it had to be killed). The container is removed."""
+        managed = self.run(image, service)
+        try:
+            code = self.finish(managed, timeout)
+            return managed, managed.output(), code
+        finally:
+            self.remove(managed)
 
     def stop(self, managed: Managed, timeout: float = 10) -> int | None:
         """SIGTERM, wait for a clean exit (the programs print their final stats then)."""

@@ -448,13 +448,7 @@ def _server_stats(serving: Serving) -> dict | None:
 
 def _run_client(ctx: Context, service: Service, timeout: float) -> tuple[list, str, int | None]:
     """Runs a load generator's container on the clients' engine to its end: (command, output, exit code)."""
-    client = ctx.clients.run(ctx.client_image, service)
-    try:
-        code = ctx.clients.finish(client, timeout)
-        time.sleep(0.05)  # let the log reader drain the last lines
-        output = "\n".join(client.log) + "\n"
-    finally:
-        ctx.clients.remove(client)
+    _, output, code = ctx.clients.run_to_end(ctx.client_image, service, timeout)
     return list(service.command), output, code
 
 
@@ -531,7 +525,7 @@ def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, l
     # httperf and wrk (-t1) are one thread each: they can use one CPU of their cpuset at most.
     point.update(hygiene.finish(client_cpu_pct=figures["client_cpu_pct"], client_cpus=1,
                                 server_cpu_s=server_cpu_s, duration_s=figures["duration_s"],
-                                server_cpus=_cpu_count(cs["server"])))
+                                server_cpus=len(engine.expand_cpu_list(cs["server"]))))
     if figures["replies"] == 0:
         _finish(ctx, point, "failed", f"no replies ({figures['errors']} {load_name} errors)")
     elif figures["errors"]:
@@ -583,15 +577,6 @@ def _wrk_figures(parsed: dict, server_cpu_s: float, client_cpu_s: float | None) 
             else None, "duration_s": duration}
 
 
-def _cpu_count(cpuset: str) -> int:
-    """CPUs in a cpuset list such as "0", "0,1" or "0-3"."""
-    count = 0
-    for part in cpuset.split(","):
-        low, _, high = part.partition("-")
-        count += int(high or low) - int(low) + 1
-    return count
-
-
 # --- pipetest ---------------------------------------------------------------------------------------------
 
 def pipetest_series(ctx: Context, variant: str, backend: str, repetition: int) -> None:
@@ -608,15 +593,10 @@ def pipetest_series(ctx: Context, variant: str, backend: str, repetition: int) -
         service = services.pipetest(backend, level.value, PIPETEST_GENERATIONS, PIPETEST_SECONDS,
                                     cs["server"])
         hygiene = checks.PointChecks.take()
-        managed = ctx.servers.run(ctx.server_image, service)
-        try:
-            code = ctx.servers.finish(managed, timeout=PIPETEST_SECONDS * 10 + 60)
-            time.sleep(0.05)
-            output = "\n".join(managed.log)
-        finally:
-            ctx.servers.remove(managed)
+        managed, output, code = ctx.servers.run_to_end(ctx.server_image, service,
+                                                       timeout=PIPETEST_SECONDS * 10 + 60)
         raw = ctx.run.raw_path(f"{point['id']}.json")
-        raw.write_text(output + "\n")
+        raw.write_text(output)
         point["pipetest"] = {"cpuset": cs["server"], "command": managed.command, "exit_code": code,
                              "raw": str(raw.relative_to(ctx.run.path))}
         point.update(hygiene.finish())
