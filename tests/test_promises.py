@@ -116,6 +116,8 @@ def files_of(run: Run) -> dict[str, bytes]:
 WRONG_IMAGE = "sha256:" + "0" * 64
 
 
+# Each alters a run's recorded metadata as another machine or build would have written it, and returns what
+# the refusal must say changed (recorded -> now).
 def _other_host(meta):
     meta["hostname"] = "another-host"
     return "hostname: 'another-host' -> " + repr(socket.gethostname())
