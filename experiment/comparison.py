@@ -102,9 +102,19 @@ def metadata_differences(a: dict, b: dict) -> list[dict]:
         for key in list(flat_a) + [k for k in flat_b if k not in flat_a]:
             va, vb = flat_a.get(key, "(absent)"), flat_b.get(key, "(absent)")
             if va != vb:
-                host = section == "metadata" and key.split(".")[1] in HOST_KEYS
+                host = section == "metadata" and _host_fact(key, va, vb)
                 rows.append({"key": key, "a": va, "b": vb, "host": host})
     return rows
+
+
+def _host_fact(key: str, a: str, b: str) -> bool:
+    """Whether a metadata key that differs says the runs ran on other hosts or kernels: this machine's facts,
+    or those of the host of an engine (metadata.engines.server.kernel), where both runs recorded it (a run
+    from before engines were recorded is no other host for want of them)."""
+    parts = key.split(".")
+    if parts[1] == "engines":
+        return len(parts) == 4 and parts[3] in HOST_KEYS and "(absent)" not in (a, b)
+    return parts[1] in HOST_KEYS
 
 
 def compare_headline(compared: list[ComparedPoint], count: int = 3) -> list[str]:

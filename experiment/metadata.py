@@ -12,6 +12,7 @@ import docker
 import docker.errors
 
 from . import host, images
+from .errors import UserError
 
 # A resumed run must match these, or its points would mix two machines or two builds.
 CHECKED = ("hostname", "kernel", "cpu_model", "cpus", "fd_hard_limit", "image_ids")
@@ -125,6 +126,19 @@ def differences(a: dict, b: dict, keys: tuple[str, ...] = CHECKED) -> dict:
             changed[f"servers_under_test.{kind}.image_id"] = (ours[kind].get("image_id"),
                                                               theirs[kind].get("image_id"))
     return changed
+
+
+class ResumeRefused(UserError):
+    """A run cannot be resumed here: its points would mix two machines or two builds."""
+
+
+def check_resumable(run_id: str, recorded: dict | None, now: dict) -> None:
+    """ResumeRefused naming what changed since the run took its metadata. A run interrupted before it took
+    any (while its images built) has no point yet, so nothing to mix."""
+    changed = differences(recorded, now) if recorded else {}
+    if changed:
+        detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ResumeRefused(f"cannot resume {run_id}: {detail}; start a new run instead")
 
 
 def servers_under_test(meta: dict) -> dict[str, dict]:

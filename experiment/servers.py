@@ -15,6 +15,7 @@ from __future__ import annotations
 import shlex
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import catalog, services
@@ -186,6 +187,15 @@ def nginx_script(conf: str) -> str:
     if "'" in conf or "$" in conf:
         raise ValueError("an nginx configuration with ' or $ cannot be passed in the container's command")
     return f"printf %s {shlex.quote(conf)} > {NGINX_CONF_PATH} && exec nginx -c {NGINX_CONF_PATH}"
+
+
+def refuse_taken_ports(choices: Iterable[Choice], address: str) -> None:
+    """UserError when something already answers on the port of a server of the user's own, before the run:
+    its connection would be taken for that server's readiness, and the load would measure something else."""
+    for choice in choices:
+        if choice.port and tcp_connects(address, choice.port):
+            raise UserError(f"something already answers on {address}:{choice.port}, the --server-port of your "
+                            "server: stop it, or give your server another port")
 
 
 def tcp_connects(address: str, port: int, timeout: float = 1.0) -> bool:

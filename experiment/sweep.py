@@ -150,7 +150,7 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
                   "plan": plan.to_dict(), "engines": where}
         run = results.Run.create(record, options.results_dir)
         say(f"results: {run.path}")
-    status, error = "failed", None
+    status, error, refused = "failed", None, False
     try:
         _measure_all(run, record, plan, options, say)
         status = "complete"
@@ -158,11 +158,15 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
         status = "interrupted"
         raise UserError(f"interrupted: {len(run.points())} points kept in {run.path}; "
                         f"continue with `invoke reproduce --resume {run.id}`") from None
+    except metadata.ResumeRefused:
+        refused = True  # nothing of this attempt belongs to the run: it stays as it was
+        raise
     except UserError as e:
         error = str(e)
         raise
     finally:
-        run.update_record(status=status, error=error, ended_at=results.utc_now())
+        if not refused:
+            run.update_record(status=status, error=error, ended_at=results.utc_now())
     return run
 
 
@@ -205,6 +209,7 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
     where = record.get("engines") or {"server": engine.default_url(), "client": engine.default_url(),
                                       "server_address": LOOPBACK}
     server_url, client_url, address = where["server"], where["client"], where["server_address"]
+    servers.refuse_taken_ports(servers.planned(plan).values(), address)
     started = time.monotonic()
     server_engine = engine.connect(server_url, log_dir=run.logs_dir, say=say)
     client_engine = server_engine if client_url == server_url else engine.connect(client_url, log_dir=run.logs_dir,
@@ -248,10 +253,7 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
     if plan.load == "wrk":
         meta["wrk_version"] = metadata.wrk_version(client_engine, built["client"].tag)
     if options.resume:
-        changed = metadata.differences(record["metadata"], meta)
-        if changed:
-            detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise UserError(f"cannot resume {run.id}: {detail}; start a new run instead")
+        metadata.check_resumable(run.id, record.get("metadata"), meta)
     sets = cpusets(engines.cpus("server"), engines.cpus("client"), engines.same_host)
     run.update_record(status="running", metadata=meta, cpusets=sets,
                       preflight=[f.to_dict() for f in findings],
