@@ -209,7 +209,7 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
     where = record.get("engines") or {"server": engine.default_url(), "client": engine.default_url(),
                                       "server_address": LOOPBACK}
     server_url, client_url, address = where["server"], where["client"], where["server_address"]
-    servers.refuse_taken_ports(servers.planned(plan).values(), address)
+    servers.refuse_taken_ports(plan.choices().values(), address)
     started = time.monotonic()
     server_engine = engine.connect(server_url, log_dir=run.logs_dir, say=say)
     client_engine = server_engine if client_url == server_url else engine.connect(client_url, log_dir=run.logs_dir,

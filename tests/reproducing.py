@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from experiment.containers import LABEL_RUN
-from experiment.native import ROOT
+from experiment.paths import ROOT
 
 
 def invoke(*args: str, results_dir: Path, preexec_fn=None, **kwargs) -> subprocess.Popen:

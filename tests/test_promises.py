@@ -203,7 +203,7 @@ def test_a_run_interrupted_before_its_metadata_was_taken_resumes(tiny_run, tmp_p
 
 
 def compare_pages(run_a: Run, run_b: Run, out: Path) -> tuple[str, str]:
-    index = report.compare(run_a, run_b, out)
+    index = comparison.write(run_a, run_b, out)
     return html.unescape(index.read_text()), (index.parent / "report.md").read_text()
 
 
@@ -279,7 +279,7 @@ def test_compare_lists_the_points_only_one_run_has(committed, tmp_path):
     assert expected <= set(left_out)
     measured_by_both = {(p["sweep"], p["variant"], p["backend"], p["x"]) for i, p in points.items()
                         if p["status"] == "ok" and i not in only_a + only_b}
-    assert {c.key for c in compared} == measured_by_both
+    assert {(c.key[0], c.key[1], c.key[2].label, c.key[3]) for c in compared} == measured_by_both
     for item in expected:
         assert item in page and report.md_escape(item) in markdown
     # No row of the comparison's tables is a point one run lacks.
@@ -382,11 +382,11 @@ def test_the_figures_draw_the_median_with_the_min_max_band(repeated):
             bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
             for series in plot.series:
                 want = sorted((x, g) for (v, b, x), g in groups.items()
-                              if (v, b) == (variant, series.backend) and g["ok"])
+                              if (v, b) == (variant, series.label) and g["ok"])
                 xs, ys = lines[series.label].get_data()
                 assert list(xs) == [x for x, _ in want]
                 assert list(ys) == pytest.approx([g["median"][metric] for _, g in want], rel=1e-12)
-                colour = to_rgba(figures.backend_style(series.backend)["color"], 0.18)
+                colour = to_rgba(series.style["color"], 0.18)
                 band = next(c for c in bands if tuple(c.get_facecolor()[0]) == pytest.approx(colour))
                 vertices = band.get_paths()[0].vertices
                 for x, g in want:
@@ -408,7 +408,7 @@ def test_the_headline_quotes_the_median_of_the_repetitions(repeated):
     assert {h.variant for h in heads} == {"up", "smp"}
     for head in heads:
         for item in head.items:
-            median = groups[(head.variant, item.backend, item.x)]["median"]["reply_rate"]
+            median = groups[(head.variant, item.series.label, item.x)]["median"]["reply_rate"]
             assert item.value == pytest.approx(median, rel=1e-12)
             assert report.human(median) in head.text
         assert head.text in page

@@ -26,7 +26,7 @@ import pytest
 from experiment import host, images, publish
 from experiment.errors import UserError
 from experiment.images import BuiltImage
-from experiment.native import ROOT
+from experiment.paths import ROOT
 from experiment.results import Run
 
 REGISTRY_START_TIMEOUT_S = 30
