@@ -101,10 +101,10 @@ def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dea
     run = sweep.reproduce(the_plan, options)
     print(f"results: {run.path}")
     if options.render_report:
-        from experiment import report
+        from experiment.report import render
 
         started = time.monotonic()
-        print(f"report: {report.render(run)}")
+        print(f"report: {render.render(run)}")
         run.update_record(timings={**run.record().get("timings", {}),
                                    "report_s": round(time.monotonic() - started, 1)})
 
@@ -113,17 +113,17 @@ def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dea
 @_user_errors
 def report(c, run=None):
     """Render (again) the HTML and markdown report of a run."""
-    from experiment import report as report_module
+    from experiment.report import render
     from experiment.results import Run
 
-    print(report_module.render(Run.open(run)))
+    print(render.render(Run.open(run)))
 
 
 @task(help={"run_a": "the baseline run", "run_b": "the run compared with it", "out": "output folder"})
 @_user_errors
 def compare(c, run_a, run_b, out=None):
     """Render a side-by-side comparison of two runs with the ratio B/A per point."""
-    from experiment import comparison
+    from experiment.report import comparison
     from experiment.results import Run
 
     print(comparison.write(Run.open(run_a), Run.open(run_b), Path(out) if out else None))

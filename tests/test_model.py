@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from experiment import catalog, model, report
+from experiment import catalog, model
 from experiment.catalog import Series
 from experiment.errors import UserError
 from experiment.plan import Plan
+from experiment.report.render import render
 from experiment.results import Run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +82,6 @@ def test_a_committed_run_renders_the_numbers_it_rendered_before_the_upgrade(comm
     assert json.loads((committed / "run.json").read_text())["schema_version"] == 1, "committed runs stay as measured"
     copy = tmp_path / committed.name
     shutil.copytree(committed, copy, ignore=lambda d, names: ["report"] if Path(d) == committed else [])
-    index = report.render(Run(copy))
+    index = render(Run(copy))
     rendered = (index.parent / "report.md").read_text().replace(str(copy), "RUN")
     assert rendered == (RENDERS / committed.name / "report.md").read_text()

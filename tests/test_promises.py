@@ -36,9 +36,16 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgba
 from reproducing import finished, invoke, labelled_containers
 
-from experiment import comparison, figures, host, publish, report
+from experiment import host, publish
 from experiment.containers import LABEL_RUN
 from experiment.images import LABEL, TARGETS, BuiltImage
+from experiment.report import comparison
+from experiment.report.data import load
+from experiment.report.draw import draw
+from experiment.report.page import headlines
+from experiment.report.plots import run_figure_rows
+from experiment.report.render import render
+from experiment.report.text import human, md_escape
 from experiment.results import Run
 
 RUNS_DIR = Path(__file__).parent / "data" / "runs"
@@ -224,7 +231,7 @@ def test_compare_names_a_different_host_kernel_and_cpu_at_the_top(committed, tmp
     md_callout = next((line for line in markdown.splitlines() if "Not the same host or kernel" in line), "")
     for key, value in other.items():
         assert f"{key} ({was[key]} → {value})" in callout, (key, callout)
-        assert f"{report.md_escape(key)} ({report.md_escape(was[key])} → {report.md_escape(value)})" in md_callout
+        assert f"{md_escape(key)} ({md_escape(was[key])} → {md_escape(value)})" in md_callout
     for key in ("kernel_version", "git", "docker"):
         assert key not in callout, "only what differs is named"
 
@@ -268,7 +275,7 @@ def test_compare_lists_the_points_only_one_run_has(committed, tmp_path):
 
     page, markdown = compare_pages(run_a, run_b, tmp_path / "compare")
 
-    compared, left_out = comparison.compared_points(report.load(run_a), report.load(run_b))
+    compared, left_out = comparison.compared_points(load(run_a), load(run_b))
     points = {p["id"]: p for p in Run(committed).points()}
 
     def label(point_id: str) -> str:
@@ -281,7 +288,7 @@ def test_compare_lists_the_points_only_one_run_has(committed, tmp_path):
                         if p["status"] == "ok" and i not in only_a + only_b}
     assert {(c.key[0], c.key[1], c.key[2].label, c.key[3]) for c in compared} == measured_by_both
     for item in expected:
-        assert item in page and report.md_escape(item) in markdown
+        assert item in page and md_escape(item) in markdown
     # No row of the comparison's tables is a point one run lacks.
     rows = re.findall(r"<tr>\s*<td>(UP|SMP)</td>\s*<td class=\"backend\">.*?</span>(\S+?)</td>\s*"
                       r"<td class=\"num\">([\d,]+)</td>", page, re.S)
@@ -314,7 +321,7 @@ def repeated(committed, tmp_path_factory) -> tuple[Run, Path]:
             if (point["id"].rsplit("-r1-", 1)[0], point["x"], repetition) == FAILED:
                 again.update(status="failed", reason="httperf counted 7 errors: connrefused 7")
             write_point(run, again)
-    return run, report.render(run)
+    return run, render(run)
 
 
 def expected_groups(run: Run) -> dict[tuple[str, str, int], dict]:
@@ -369,14 +376,14 @@ def test_the_points_table_gives_the_median_and_the_range_of_the_repetitions(repe
 
 def test_the_figures_draw_the_median_with_the_min_max_band(repeated):
     run, index = repeated
-    data = report.load(run)
+    data = load(run)
     groups = expected_groups(run)
-    plots = {plot.name: plot for row in report.run_figure_rows(data) for plot in row.plots}
+    plots = {plot.name: plot for row in run_figure_rows(data) for plot in row.plots}
     drawn = 0
     for variant in ("up", "smp"):
         for metric, slug in SLUGS.items():
             plot = plots[f"dead-{slug}-{variant}"]
-            fig = figures.draw(plot)
+            fig = draw(plot)
             ax = fig.axes[0]
             lines = {line.get_label(): line for line in ax.get_lines()}
             bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
@@ -404,15 +411,15 @@ def test_the_headline_quotes_the_median_of_the_repetitions(repeated):
     groups = expected_groups(run)
     page = html.unescape(index.read_text())
     markdown = (index.parent / "report.md").read_text()
-    heads = [h for h in report.headlines(report.load(run)) if h.sweep == "dead"]
+    heads = [h for h in headlines(load(run)) if h.sweep == "dead"]
     assert {h.variant for h in heads} == {"up", "smp"}
     for head in heads:
         for item in head.items:
             median = groups[(head.variant, item.series.label, item.x)]["median"]["reply_rate"]
             assert item.value == pytest.approx(median, rel=1e-12)
-            assert report.human(median) in head.text
+            assert human(median) in head.text
         assert head.text in page
-        assert f"**{report.md_escape(head.text)}**" in markdown
+        assert f"**{md_escape(head.text)}**" in markdown
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,8 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from experiment import checks, comparison, report
+from experiment import checks
 from experiment.errors import UserError
+from experiment.report import comparison
+from experiment.report.data import FLAG_TEXT, load
+from experiment.report.page import flatten, headlines, notices, point_commands
+from experiment.report.render import render
+from experiment.report.text import human, md_escape, percent, times
 from experiment.results import Run
 
 RUNS_DIR = Path(os.environ.get("EPOLLBENCH_TEST_RUNS", Path(__file__).parent / "data" / "runs"))
@@ -85,23 +90,23 @@ def rendered(request, tmp_path_factory) -> tuple[Run, Path]:
     if request.param is None:
         pytest.skip(f"no committed run under {RUNS_DIR}: a small real run is committed there by the sweep's author")
     run = copy_run(request.param, tmp_path_factory.mktemp("rendered"))
-    return run, report.render(run)
+    return run, render(run)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Without run data: the number formats the headline relies on
 
 def test_human_numbers_keep_three_significant_digits():
-    assert [report.human(v) for v in (31712, 60000, 414.5, 86, 0.5, 1_023_392, 999.96, 0)] == \
+    assert [human(v) for v in (31712, 60000, 414.5, 86, 0.5, 1_023_392, 999.96, 0)] == \
         ["31.7k", "60.0k", "414", "86.0", "0.50", "1.02M", "1.00k", "0"]
 
 
 def test_percent_keeps_small_shares_visible():
-    assert [report.percent(r) for r in (0.53, 1.0, 0.021, 0.00099)] == ["53%", "100%", "2.1%", "0.099%"]
+    assert [percent(r) for r in (0.53, 1.0, 0.021, 0.00099)] == ["53%", "100%", "2.1%", "0.099%"]
 
 
 def test_markdown_escape_makes_markup_literal():
-    escaped = report.md_escape(f"{SCRIPT} | *x* [l](u) a&b")
+    escaped = md_escape(f"{SCRIPT} | *x* [l](u) a&b")
     assert escaped == '&lt;script&gt;alert("x")&lt;/script&gt; \\| \\*x\\* \\[l\\](u) a&amp;b'
 
 
@@ -114,8 +119,8 @@ def test_headline_numbers_equal_the_data(rendered):
     points = read_points(run)
     expected = medians(points)
     page = index.read_text()
-    data = report.load(run)
-    heads = report.headlines(data)
+    data = load(run)
+    heads = headlines(data)
     sweeps_variants = {(p["sweep"], p["variant"]) for p in points if p["status"] == "ok"}
     assert {(h.sweep, h.variant) for h in heads} == sweeps_variants
     for head in heads:
@@ -140,8 +145,8 @@ def test_headline_numbers_equal_the_data(rendered):
             assert (item.x, item.base_x) == (at, base_x)
             assert item.value == pytest.approx(measured[item.series.label][at], rel=1e-12)
             assert item.base == pytest.approx(measured[item.series.label][base_x], rel=1e-12)
-            assert report.human(measured[item.series.label][at]) in head.text
-            assert report.percent(measured[item.series.label][at] / measured[item.series.label][base_x]) in head.text
+            assert human(measured[item.series.label][at]) in head.text
+            assert percent(measured[item.series.label][at] / measured[item.series.label][base_x]) in head.text
         assert f"{head.x:,}" in head.text
         assert html.escape(head.text, quote=False) in page
 
@@ -195,7 +200,7 @@ def test_table_lists_every_point_and_the_host_cap(rendered):
     if any(p["status"] == "skipped" for p in points):
         fd_limit = record.get("limits", {}).get("fd_hard_limit") or record["metadata"]["fd_hard_limit"]
         assert f"This host allows {fd_limit} open files per process" in page
-    for key, value in report.flatten(record["metadata"]):
+    for key, value in flatten(record["metadata"]):
         assert key in page and value in page
 
 
@@ -219,20 +224,20 @@ def test_data_strings_are_escaped(tmp_path):
     record["metadata"]["hostname"] = SCRIPT
     record["command_line"] = ["invoke", "reproduce", SCRIPT]
     (run.path / "run.json").write_text(json.dumps(record))
-    with_commands = [p for p in read_points(run) if report.point_commands(p)]
+    with_commands = [p for p in read_points(run) if point_commands(p)]
     if with_commands:
         point = with_commands[0]
         part = next(k for k in ("httperf", "server", "deadconn", "pipetest") if k in point)
         point[part]["command"] = [*point[part]["command"], SCRIPT]
         write_point(run, point)
-    index = report.render(run)
+    index = render(run)
     page = index.read_text()
     assert "<script" not in page.lower()
     assert "&lt;script&gt;" in page
     assert page.count(SCRIPT) == 0 and html.unescape(page).count(SCRIPT) >= 3  # host, command line, command
     markdown = (index.parent / "report.md").read_text()
     assert "<script" not in markdown
-    assert report.md_escape(SCRIPT) in markdown
+    assert md_escape(SCRIPT) in markdown
     compared = comparison.write(run, run, tmp_path / "compare")
     assert "<script" not in compared.read_text().lower()
     assert "<script" not in (compared.parent / "report.md").read_text()
@@ -249,7 +254,7 @@ def test_failed_and_skipped_points_render_with_reasons(tmp_path):
             victim = ok.pop()
             victim.update(status=status, reason=f"{status} here by the test: {SCRIPT}", figures=None)
             write_point(run, victim)
-    index = report.render(run)
+    index = render(run)
     page = index.read_text()
     assert "<script" not in page.lower()
     for p in read_points(run):
@@ -264,10 +269,10 @@ def test_failed_and_skipped_points_render_with_reasons(tmp_path):
 def test_rerendering_replaces_the_report_and_leaves_results_alone(tmp_path):
     run = copy_run(RUNS[0], tmp_path)
     before = tree_digest(run)
-    first = report.render(run)
+    first = render(run)
     first_bytes = first.read_bytes(), (first.parent / "report.zip").read_bytes()
     (first.parent / "stale.txt").write_text("left from an older render")
-    second = report.render(run)
+    second = render(run)
     assert tree_digest(run) == before
     assert not (second.parent / "stale.txt").exists()
     assert (second.read_bytes(), (second.parent / "report.zip").read_bytes()) == first_bytes
@@ -280,13 +285,13 @@ def test_loader_rejects_an_unknown_schema_version(tmp_path):
     record = json.loads((run.path / "run.json").read_text())
     (run.path / "run.json").write_text(json.dumps({**record, "schema_version": 3}))
     with pytest.raises(UserError, match="schema_version 3"):
-        report.render(run)
+        render(run)
     assert not (run.path / "report").exists()
     (run.path / "run.json").write_text(json.dumps(record))
     point = read_points(run)[0]
     write_point(run, {**point, "schema_version": 99})
     with pytest.raises(UserError, match="schema_version 99"):
-        report.load(run)
+        load(run)
 
 
 @needs_runs
@@ -296,7 +301,7 @@ def test_compare_gives_the_ratios_the_data_implies(tmp_path):
     index = comparison.write(run_a, run_b, tmp_path / "compare")
     a, b = medians(read_points(run_a)), medians(read_points(run_b))
     common = {k for k in set(a) & set(b) if MAIN_METRIC[k[0]] in a[k] and MAIN_METRIC[k[0]] in b[k]}
-    compared, left_out = comparison.compared_points(report.load(run_a), report.load(run_b))
+    compared, left_out = comparison.compared_points(load(run_a), load(run_b))
     labelled = [(c, (c.key[0], c.key[1], c.key[2].label, c.key[3])) for c in compared]  # as the files key them
     assert {key for _, key in labelled} == common
     page = html.unescape(index.read_text())
@@ -305,7 +310,7 @@ def test_compare_gives_the_ratios_the_data_implies(tmp_path):
             if metric in a[key] and metric in b[key]:
                 ratio = b[key][metric] / a[key][metric]
                 assert c.ratio(metric) == pytest.approx(ratio, rel=1e-12)
-                assert report.times(ratio) in page
+                assert times(ratio) in page
     every = {(p["sweep"], p["variant"], p["backend"], p["x"]) for run in (run_a, run_b) for p in read_points(run)}
     neither = [re.match(r"(\d+) points? measured by neither run", s) for s in left_out]
     assert sum(int(m.group(1)) if m else 1 for m in neither) == len(every - common)
@@ -334,15 +339,15 @@ def test_page_loads_offline_in_chromium(chromium, rendered, tmp_path):
     compared = comparison.write(run, run, tmp_path / "compare")
     with chromium.Chromium(tmp_path / "chromium") as browser:
         loads = [browser.load(index), browser.load(compared), browser.load(index, media="print")]
-    for load in loads:
-        assert load.failed == []
-        assert load.errors == []
-        assert [u for u in load.requests if not u.startswith("data:")] == [load.url]
-        assert load.figures
-        for figure in load.figures:
+    for page_load in loads:
+        assert page_load.failed == []
+        assert page_load.errors == []
+        assert [u for u in page_load.requests if not u.startswith("data:")] == [page_load.url]
+        assert page_load.figures
+        for figure in page_load.figures:
             assert figure["tag"] == "img" and figure["decoded"], figure
             assert figure["width"] > 100 and figure["height"] > 50, figure
-        assert load.screenshot.startswith(b"\x89PNG")
+        assert page_load.screenshot.startswith(b"\x89PNG")
         (tmp_path / f"screenshot-{loads.index(load)}.png").write_bytes(load.screenshot)
     assert {f["id"] for f in loads[0].figures} == {f"fig-{n}" for n in expected_figures(read_points(run))}
 
@@ -357,7 +362,7 @@ def test_a_point_flag_the_checks_record_reaches_the_notices_and_the_headline(tmp
     for point in dead:  # the flag as checks.py records it, on every point a headline quotes
         point.setdefault("flags", {})[flag] = True
         write_point(run, point)
-    data = report.load(run)
-    assert any(notice in text for text in report.notices(data))
-    quoted = [h for h in report.headlines(data) if h.sweep == "dead"]
-    assert quoted and all(report.FLAG_TEXT[flag] in h.text for h in quoted)
+    data = load(run)
+    assert any(notice in text for text in notices(data))
+    quoted = [h for h in headlines(data) if h.sweep == "dead"]
+    assert quoted and all(FLAG_TEXT[flag] in h.text for h in quoted)

@@ -12,9 +12,12 @@ import time
 import pytest
 from reproducing import finished, invoke, labelled_containers
 
-from experiment import engine, host, model, report, servers, services, sweep
+from experiment import engine, host, model, servers, services, sweep
 from experiment.catalog import Series
 from experiment.containers import LABEL_ROLE, LABEL_RUN
+from experiment.report.data import load
+from experiment.report.plots import run_figure_rows
+from experiment.report.render import render
 from experiment.results import Run
 
 SMOKE = ["--variants", "up", "--sweeps", "dead", "--dead", "0,1000", "--duration", "2", "--no-report"]
@@ -135,13 +138,13 @@ def test_three_servers_answer_one_sweep_and_share_its_figures(tmp_path):
     under_test = run.record()["metadata"]["servers_under_test"]
     assert sorted(under_test) == ["ephttpd", "nginx", "python"]
     assert {u["readiness"] for u in under_test.values()} == {"json", "tcp"}
-    data = report.load(run)
+    data = load(run)
     assert data.labels() == labels
-    for row in report.run_figure_rows(data):
+    for row in run_figure_rows(data):
         for figure in row.plots:
             drawn = [s.label for s in figure.series if not s.reference]
             assert drawn == labels, (figure.name, drawn)
-    page = report.render(run).read_text()
+    page = render(run).read_text()
     for label in labels:
         assert f">{label}<" in page
 

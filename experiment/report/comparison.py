@@ -13,30 +13,15 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import figures
-from .catalog import Series
-from .errors import UserError
-from .report import (
-    HOST_KEYS,
-    SWEEPS,
-    VARIANT_ORDER,
-    FigureRow,
-    Group,
-    RunData,
-    epollbench_version,
-    figure_name,
-    flatten,
-    html_env,
-    human,
-    legend_lines,
-    load,
-    md_env,
-    number,
-    replace_folder,
-    series_of,
-    times,
-)
-from .results import RESULTS, Run
+from ..catalog import Series
+from ..errors import UserError
+from ..results import RESULTS, Run
+from . import draw
+from .data import HOST_KEYS, SWEEPS, VARIANT_ORDER, Group, RunData, legend_lines, load
+from .page import flatten
+from .plots import FigureRow, figure_name, series_of
+from .render import epollbench_version, html_env, md_env, replace_folder
+from .text import human, number, times
 
 
 @dataclass
@@ -151,11 +136,11 @@ def compare_figure_rows(a: RunData, b: RunData, compared: list[ComparedPoint]) -
                                                 f"{backend.label} {side}", dashed=dashed))
                     pts = [c for c in compared if c.key[:3] == (sweep_name, v, backend)
                            and c.ratio(metric.key) is not None]
-                    ratio_series.append(figures.Series(label=backend.label, style=backend.style(),
+                    ratio_series.append(draw.Series(label=backend.label, style=backend.style(),
                                                        xs=[c.key[3] for c in pts],
                                                        medians=[c.ratio(metric.key) for c in pts]))
                 if any(s.medians for s in series):
-                    plots.append(figures.Plot(
+                    plots.append(draw.Plot(
                         name=figure_name(sweep_name, metric.slug, v),
                         title=f"{v.upper()}: {metric.title}, A (solid) and B (dashed, hollow)",
                         xlabel=sweep.x_label, ylabel=metric.label, logx=sweep.logx, logy=sweep.logx,
@@ -218,7 +203,7 @@ def write(run_a: Run, run_b: Run, out_dir: Path | None = None) -> Path:
     def build(folder: Path) -> None:
         rows = compare_figure_rows(a, b, compared)
         for row in rows:
-            row.files = [figures.save(plot, folder / "figures") for plot in row.plots]
+            row.files = [draw.save(plot, folder / "figures") for plot in row.plots]
         context["figure_rows"] = rows
         (folder / "index.html").write_text(html_env().get_template("compare.html.j2").render(context))
         (folder / "report.md").write_text(md_env().get_template("compare.md.j2").render(context))

@@ -1,0 +1,241 @@
+"""A run's points loaded and grouped: the repetitions of each (sweep, variant, series, x), the sweeps' metrics,
+and the 2002 reference numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+
+from .. import catalog, checks, model
+from ..catalog import Series
+from ..errors import UserError
+from ..results import Run
+
+SWEEP_ORDER = ("dead", "pipetest")
+VARIANT_ORDER = ("up", "smp")
+REFERENCE_FILE = "lse-2002.json"
+# The 2002 published series each sweep is drawn against.
+REFERENCE_KEY = {"dead": "dphttpd_smp", "pipetest": "pipetest_smp"}
+# Metadata that, when it differs, means two runs did not run on the same machine and kernel.
+HOST_KEYS = ("hostname", "kernel", "kernel_version", "machine", "os_release", "cpu_model", "cpus",
+             "memory_bytes", "fd_hard_limit")
+FLAG_TEXT = {
+    checks.CLIENT_SATURATED: "client saturated",
+    checks.OTHER_LOAD: "other load",
+    checks.CPU_THROTTLED: "CPU throttled",
+    checks.CPU_FREQUENCY_CHANGED: "CPU clock changed",
+    checks.SERVER_SATURATED: "server saturated",
+}
+# Flags that qualify a number quoted in a headline (a saturated server is what a benchmark expects).
+CAVEATS = (checks.CLIENT_SATURATED, checks.OTHER_LOAD, checks.CPU_THROTTLED, checks.CPU_FREQUENCY_CHANGED)
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # the field of a point's "figures"
+    label: str  # axis label
+    unit: str  # after a number in text
+    slug: str  # figure file name part
+    title: str
+    digits: int  # decimals in tables
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    title: str
+    x_label: str
+    x_unit: str  # after a count in text: "19,500 dead connections"
+    base_word: str  # "of its 0-dead rate", "of its 10-pipe rate"
+    verb: str
+    metrics: tuple[Metric, ...]
+    logx: bool
+
+    @property
+    def main(self) -> Metric:
+        return self.metrics[0]
+
+
+SWEEPS = {
+    "dead": Sweep(
+        "dead", "Dead connections", "dead connections", "dead connections", "dead", "answered",
+        (Metric("reply_rate", "reply rate [replies/s]", "replies/s", "reply-rate", "reply rate", 0),
+         Metric("server_cpu_us_per_reply", "server CPU per reply [µs]", "µs/reply", "cpu-per-reply",
+                "server CPU per reply", 1),
+         Metric("reply_time_ms", "reply time [ms]", "ms", "reply-time", "reply time", 2)),
+        logx=False),
+    "pipetest": Sweep(
+        "pipetest", "Pipetest", "pipes", "pipes", "pipe", "passed",
+        (Metric("passes_per_s", "token passes per second", "token passes/s", "passes",
+                "token passes per second", 0),),
+        logx=True),
+}
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading and grouping
+
+@dataclass
+class Group:
+    """The repetitions of one point: same sweep, variant, backend and x."""
+
+    sweep: str
+    variant: str
+    series: Series
+    x: int
+    points: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[dict]:
+        return [p for p in self.points if p.get("status") == "ok"]
+
+    def values(self, key: str) -> list[float]:
+        found = []
+        for point in self.ok:
+            value = (point.get("figures") or {}).get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                found.append(float(value))
+        return found
+
+    def median(self, key: str) -> float | None:
+        values = self.values(key)
+        return statistics.median(values) if values else None
+
+    def low(self, key: str) -> float | None:
+        return min(self.values(key), default=None)
+
+    def high(self, key: str) -> float | None:
+        return max(self.values(key), default=None)
+
+    def total(self, key: str) -> float | None:
+        values = self.values(key)
+        return sum(values) if values else None
+
+    @property
+    def status(self) -> str:
+        statuses = {p.get("status") for p in self.points}
+        if statuses == {"ok"}:
+            return "ok"
+        if statuses == {"skipped"}:
+            return "skipped"
+        return "partial" if "ok" in statuses else "failed"
+
+    @property
+    def reasons(self) -> list[str]:
+        """Each distinct reason a repetition was skipped or failed, with its count when more than one."""
+        counts = Counter((p.get("status"), p.get("reason") or "no reason recorded")
+                         for p in self.points if p.get("status") != "ok")
+        return [f"{status}: {reason}" + (f" (×{n})" if n > 1 else "") for (status, reason), n in counts.items()]
+
+    @property
+    def flags(self) -> list[str]:
+        names = {name for p in self.ok for name, on in (p.get("flags") or {}).items() if on}
+        return [FLAG_TEXT.get(name, name.replace("_", " ")) for name in sorted(names)]
+
+    def flagged(self, name: str) -> bool:
+        return any((p.get("flags") or {}).get(name) for p in self.ok)
+
+    @property
+    def host_max(self) -> bool:
+        return any(p.get("host_max") for p in self.points)
+
+    @property
+    def loads(self) -> str:
+        """The load generator of these points (httperf for points from before --load existed)."""
+        return ", ".join(sorted({p.get("load") or "httperf" for p in self.points}))
+
+    @property
+    def bottleneck(self) -> str:
+        """Whose CPU ran out while the load ran, by the saturation flags of the measured repetitions."""
+        flags = [p.get("flags") or {} for p in self.ok]
+        if not any(checks.SERVER_SATURATED in f or checks.CLIENT_SATURATED in f for f in flags):
+            return "–"
+        sides = [side for side in ("client", "server") if self.flagged(f"{side}_saturated")]
+        return " and ".join(sides) + " CPU" if sides else "neither CPU"
+
+
+@dataclass
+class RunData:
+    run: Run
+    record: dict
+    points: list[dict]
+    groups: dict[tuple[str, str, Series, int], Group]
+
+    @property
+    def plan(self) -> dict:
+        return self.record.get("plan") or {}
+
+    @property
+    def metadata(self) -> dict:
+        return self.record.get("metadata") or {}
+
+    def _ordered(self, found: set, preferred) -> list:
+        return [x for x in preferred if x in found] + sorted(found - set(preferred))
+
+    def sweeps(self) -> list[str]:
+        return self._ordered({k[0] for k in self.groups}, SWEEP_ORDER)
+
+    def variants(self, sweep: str) -> list[str]:
+        return self._ordered({k[1] for k in self.groups if k[0] == sweep}, VARIANT_ORDER)
+
+    def planned_lines(self, sweep: str) -> list[Series]:
+        """The sweep's planned lines: the dead sweep's series (every server's backends), pipetest's backends."""
+        if sweep == "dead":
+            return [Series(**s) for s in self.plan.get("series") or []]
+        return [Series(catalog.DEFAULT_SERVER, b) for b in self.plan.get("backends") or []]
+
+    def lines(self, sweep: str, variant: str | None = None) -> list[Series]:
+        found = {k[2] for k in self.groups if k[0] == sweep and variant in (None, k[1])}
+        known = self.planned_lines(sweep) or [Series(catalog.DEFAULT_SERVER, b) for b in catalog.BACKENDS]
+        return self._ordered(found, known)
+
+    def line(self, sweep: str, variant: str, series: Series) -> list[Group]:
+        return sorted((g for k, g in self.groups.items() if k[:3] == (sweep, variant, series)),
+                      key=lambda g: g.x)
+
+    def ordered_groups(self) -> list[Group]:
+        return [g for s in self.sweeps() for v in self.variants(s) for b in self.lines(s, v)
+                for g in self.line(s, v, b)]
+
+    def all_groups(self, sweep: str) -> list[Group]:
+        return [g for g in self.ordered_groups() if g.sweep == sweep]
+
+
+def load(run: Run) -> RunData:
+    """The run's record and points (upgraded to this schema), grouped by repetition; a schema this version
+    cannot read is a UserError."""
+    record = run.record()
+    points = run.points()
+    groups: dict[tuple[str, str, Series, int], Group] = {}
+    for point in points:
+        try:
+            key = (str(point["sweep"]), str(point["variant"]), model.series_of(point), int(point["x"]))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{run.point_path(point.get('id', '?'))} lacks sweep, variant, backend or x: "
+                            "it was not written by experiment/sweep.py") from None
+        groups.setdefault(key, Group(*key)).points.append(point)
+    for group in groups.values():
+        group.points.sort(key=lambda p: (p.get("repetition") or 0, p.get("id", "")))
+    return RunData(run=run, record=record, points=points, groups=groups)
+
+
+def legend_lines() -> list[Series]:
+    """The event library's backends, each in its style, for the colour legends."""
+    return [Series(catalog.DEFAULT_SERVER, name) for name in catalog.EV_BACKENDS]
+
+
+@cache
+def reference() -> dict:
+    """The 2002 published numbers shipped in the package (experiment/data/lse-2002.json)."""
+    return json.loads(resources.files("experiment").joinpath("data", REFERENCE_FILE).read_text())
+
+
+def reference_max(sweep: str) -> int:
+    block = reference()[REFERENCE_KEY[sweep]]
+    return max(int(x) for series in block["series"].values() for x, _ in series)

@@ -1,0 +1,335 @@
+"""What a report says in words and tables: headlines, notices, where the host stopped a sweep, the tables of
+points and key numbers, the method and environment."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections import Counter
+from dataclasses import dataclass
+
+from .. import catalog, checks
+from ..catalog import Series
+from .data import CAVEATS, FLAG_TEXT, SWEEPS, Group, Metric, RunData, Sweep, reference_max
+from .text import human, number, percent
+
+# ---------------------------------------------------------------------------------------------------------
+# What the page says
+
+@dataclass
+class HeadlineItem:
+    series: Series
+    x: int
+    value: float
+    base_x: int
+    base: float
+    flags: list[str]
+    capped: bool  # the host stopped this backend below the level the others reached
+
+    @property
+    def ratio(self) -> float | None:
+        return self.value / self.base if self.base else None
+
+
+@dataclass
+class Headline:
+    sweep: str
+    variant: str
+    x: int | None
+    items: list[HeadlineItem]
+    without_data: dict[Series, str]  # why it has no measured point
+    text: str
+
+
+def headline(data: RunData, sweep_name: str, variant: str) -> Headline | None:
+    """The main metric of each backend at the largest x every backend measured, relative to its smallest x.
+
+    A backend the host stops earlier than the rest (select at FD_SETSIZE: its higher levels are skipped)
+    would pull that level down for all: it is quoted at its own last level instead, and said to stop there.
+    """
+    sweep = SWEEPS[sweep_name]
+    key = sweep.main.key
+    measured: dict[Series, dict[int, Group]] = {}
+    without_data: dict[Series, str] = {}
+    attempted_max: dict[Series, int] = {}
+    host_capped: set[Series] = set()
+    for backend in data.lines(sweep_name, variant):
+        series = data.line(sweep_name, variant, backend)
+        groups = {g.x: g for g in series if g.median(key) is not None}
+        if groups:
+            measured[backend] = groups
+            attempted_max[backend] = max(g.x for g in series if g.status != "skipped")
+            if any(g.status == "skipped" and g.x > attempted_max[backend] for g in series):
+                host_capped.add(backend)
+        else:
+            reasons = [p.get("reason") for g in series for p in g.points if p.get("reason")]
+            without_data[backend] = reasons[0] if reasons else "no measured point"
+    if not measured:
+        return None
+    top = max(attempted_max.values())
+    full = [b for b in measured if attempted_max[b] == top or b not in host_capped]
+    common = set.intersection(*(set(measured[b]) for b in full))
+    if not common:
+        return None
+    x = max(common)
+    items = []
+    for backend, groups in measured.items():
+        at = x if backend in full else max(groups)
+        base_x = min(groups)
+        group = groups[at]
+        caveats = [FLAG_TEXT[name] for name in CAVEATS if group.flagged(name)]
+        items.append(HeadlineItem(series=backend, x=at, value=group.median(key), base_x=base_x,
+                                  base=groups[base_x].median(key), flags=caveats,
+                                  capped=backend not in full))
+    return Headline(sweep_name, variant, x, items, without_data, _headline_text(sweep, variant, x, items,
+                                                                                 without_data))
+
+
+def _headline_text(sweep: Sweep, variant: str, x: int, items: list[HeadlineItem],
+                   without_data: dict[Series, str]) -> str:
+    def relative(item: HeadlineItem, first: bool) -> str:
+        share = percent(item.ratio)
+        if first or item.base_x != items[0].base_x:
+            share += f" of its {item.base_x:,}-{sweep.base_word} rate"
+        return "(" + ", ".join([share, *item.flags]) + ")"
+
+    full = [i for i in items if not i.capped]
+    parts = []
+    for n, item in enumerate(full):
+        if n == 0:
+            parts.append(f"{item.series.label} {sweep.verb} {human(item.value)} {sweep.main.unit} "
+                         f"{relative(item, True)}")
+        else:
+            parts.append(f"{item.series.label} {human(item.value)}/s {relative(item, False)}")
+    text = f"{variant.upper()}: at {x:,} {sweep.x_unit} " + "; ".join(parts) + "."
+    for item in (i for i in items if i.capped):
+        text += (f" {item.series.label} stops at {item.x:,} {sweep.x_unit}: {human(item.value)}/s there "
+                 f"{relative(item, False)}.")
+    for backend, why in without_data.items():
+        text += f" {backend.label}: nothing measured ({why})."
+    return text
+
+
+def headlines(data: RunData) -> list[Headline]:
+    return [h for s in data.sweeps() if s in SWEEPS for v in data.variants(s)
+            if (h := headline(data, s, v)) is not None]
+
+
+def host_caps(data: RunData) -> list[str]:
+    """Where the host stopped a sweep short of its plan or of the 2002 study, in one sentence each."""
+    limits = data.record.get("limits") or {}
+    fd_limit = limits.get("fd_hard_limit") or data.metadata.get("fd_hard_limit")
+    sentences = []
+    for sweep_name, limit_key in (("dead", "max_dead"), ("pipetest", "max_pipes")):
+        if sweep_name not in data.sweeps():
+            continue
+        sweep = SWEEPS[sweep_name]
+        skipped = [g for g in data.all_groups(sweep_name) if g.status == "skipped"]
+        # limits are keyed by each line's label (model: the run record's display keys).
+        lines = {s.label: s for s in data.lines(sweep_name)}
+        caps = {lines[b]: int(v) for b, v in (limits.get(limit_key) or {}).items() if b in lines}
+        planned = max(data.plan.get("dead" if sweep_name == "dead" else "pipes") or [0])
+        if not skipped and not any(v < planned for v in caps.values()):
+            continue
+        if not caps:  # an older record without limits: the levels that ran say where it stopped
+            caps = {b: max((g.x for v in data.variants(sweep_name) for g in data.line(sweep_name, v, b)
+                            if g.status != "skipped"), default=0) for b in data.lines(sweep_name)}
+        top = max(caps.values())
+        host = f"This host allows {fd_limit} open files per process: " if fd_limit else ""
+        what = f"dead connections stop at {top:,} per server" if sweep_name == "dead" else \
+            f"pipetest stops at {top:,} pipes"
+        text = f"{host}{what} (the 2002 study went to {reference_max(sweep_name):,})."
+        for backend, cap in sorted(caps.items(), key=lambda kv: kv[1]):
+            if cap < top:
+                why = next((p.get("reason") for g in skipped if g.series == backend for p in g.points), None)
+                text += f" {backend.label} stops at {cap:,} {sweep.x_unit}" + (f" ({why})." if why else ".")
+        sentences.append(text)
+    return sentences
+
+
+def notices(data: RunData) -> list[str]:
+    """What a reader must know before reading the numbers: incomplete run, failures, flagged points."""
+    found = []
+    status = data.record.get("status")
+    if status != "complete":
+        found.append(f"This run's status is {status!s}: it did not finish, so points may be missing.")
+    if data.record.get("error"):
+        found.append(f"The run stopped with an error: {data.record['error']}")
+    for finding in data.record.get("preflight") or []:
+        if isinstance(finding, dict):
+            found.append(f"Preflight: {finding.get('setting')} was {finding.get('value')}, the plan needs "
+                         f"{finding.get('needed')}: {finding.get('why')}"
+                         + (" (changed for this run by --tune-host)." if _tuned(data, finding) else "."))
+    missing = missing_levels(data)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        found.append(f"{len(missing)} planned points have no result: {shown}.")
+    failed = [p for p in data.points if p.get("status") == "failed"]
+    if failed:
+        reasons = Counter(p.get("reason") or "no reason recorded" for p in failed)
+        found.append(f"{len(failed)} points failed: "
+                     + "; ".join(f"{r} (×{n})" if n > 1 else r for r, n in reasons.most_common()) + ".")
+    ok = [p for p in data.points if p.get("status") == "ok"]
+    flagged = Counter(name for p in ok for name, on in (p.get("flags") or {}).items() if on)
+    if flagged.get(checks.CLIENT_SATURATED):
+        found.append(f"At {flagged[checks.CLIENT_SATURATED]} of {len(ok)} measured points the client saturated "
+                     "(ringed in the reply-rate figures): there the reply rate is the client's limit, not the "
+                     "server's. Server CPU per reply still measures the server's cost per reply.")
+    if flagged.get(checks.OTHER_LOAD):
+        found.append(f"At {flagged[checks.OTHER_LOAD]} points other load ran on the host during the measurement.")
+    if flagged.get(checks.CPU_THROTTLED):
+        found.append(f"At {flagged[checks.CPU_THROTTLED]} points the server's or the client's cgroup was "
+                     "throttled during the measurement: its CPU quota, not the mechanism, limited it.")
+    if flagged.get(checks.CPU_FREQUENCY_CHANGED):
+        found.append(f"At {flagged[checks.CPU_FREQUENCY_CHANGED]} points the CPU clock moved by more than "
+                     f"{checks.FREQUENCY_CHANGE_FRACTION:.0%} during the measurement.")
+    if (data.metadata.get("git") or {}).get("dirty"):
+        found.append("The source tree had uncommitted changes when this run started (git dirty).")
+    return found
+
+
+def _tuned(data: RunData, finding: dict) -> bool:
+    """Whether --tune-host raised this setting for the run (record "tuned": [{"setting", "old", "new"}])."""
+    tuned = data.record.get("tuned") or data.metadata.get("tuned") or []
+    settings = set(tuned) if isinstance(tuned, dict) else {t.get("setting") for t in tuned if isinstance(t, dict)}
+    return finding.get("setting") in settings
+
+
+def missing_levels(data: RunData) -> list[str]:
+    """Planned (sweep, variant, backend, x) with no point file at all."""
+    plan = data.plan
+    missing = []
+    for sweep_name in plan.get("sweeps") or []:
+        levels = plan.get("dead" if sweep_name == "dead" else "pipes") or []
+        for variant in plan.get("variants") or []:
+            for backend in data.planned_lines(sweep_name):
+                missing += [f"{sweep_name} {variant.upper()} {backend.label} {x:,}" for x in levels
+                            if (sweep_name, variant, backend, int(x)) not in data.groups]
+    return missing
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables
+
+def _value_cell(group: Group, metric: Metric) -> str:
+    return number(group.median(metric.key), metric.digits)
+
+
+def _range_cell(group: Group, metric: Metric) -> str:
+    low, high = group.low(metric.key), group.high(metric.key)
+    if low is None or len(group.values(metric.key)) < 2:
+        return ""
+    return f"{number(low, metric.digits)} – {number(high, metric.digits)}"
+
+
+def points_table(data: RunData, sweep_name: str) -> dict:
+    """Every group of repetitions; a group with no success carries its reasons instead of numbers."""
+    sweep = SWEEPS[sweep_name]
+    columns = ["variant", "backend", sweep.x_label, "ok / runs"]
+    if sweep_name == "dead":
+        columns += ["load", "bottleneck"]
+    for metric in sweep.metrics:
+        columns += [f"{metric.title} (median)", "min – max"]
+    if sweep_name == "dead":
+        columns.append("errors")
+    columns += ["flags", "notes"]
+    rows = []
+    for group in data.all_groups(sweep_name):
+        values = []
+        for metric in sweep.metrics:
+            values += [_value_cell(group, metric), _range_cell(group, metric)]
+        if sweep_name == "dead":
+            values.append(number(group.total("errors")))
+        rows.append({"variant": group.variant.upper(), "backend": group.series,
+                     "x": f"{group.x:,}" + (" (host max)" if group.host_max else ""),
+                     "runs": f"{len(group.ok)} / {len(group.points)}", "values": values,
+                     "about": [group.loads, group.bottleneck] if sweep_name == "dead" else [],
+                     "flags": ", ".join(group.flags), "status": group.status, "reasons": group.reasons})
+    return {"sweep": sweep_name, "title": sweep.title, "columns": columns, "rows": rows,
+            "value_columns": len(columns) - 6 - (2 if sweep_name == "dead" else 0)}
+
+
+def key_table(data: RunData, heads: list[Headline]) -> list[dict]:
+    rows = []
+    for head in heads:
+        sweep = SWEEPS[head.sweep]
+        for item in head.items:
+            group = data.groups[(head.sweep, head.variant, item.series, item.x)]
+            rows.append({
+                "sweep": head.sweep, "variant": head.variant.upper(), "backend": item.series,
+                "x": f"{item.x:,} {sweep.x_unit}", "value": f"{human(item.value)} {sweep.main.unit}",
+                "relative": f"{percent(item.ratio)} of {item.base_x:,}-{sweep.base_word}",
+                "cpu": number(group.median("server_cpu_us_per_reply"), 1) if head.sweep == "dead" else "",
+                "time": number(group.median("reply_time_ms"), 2) if head.sweep == "dead" else "",
+                "flags": ", ".join(item.flags + (["host stops it here"] if item.capped else []))})
+    return rows
+
+
+def flatten(value, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested dicts as (dotted key, text) rows; lists of scalars stay on one row."""
+    if isinstance(value, dict):
+        rows = []
+        for key, item in value.items():
+            rows += flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return rows or [(prefix, "{}")]
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        rows = []
+        for n, item in enumerate(value):
+            rows += flatten(item, f"{prefix}[{n}]")
+        return rows
+    if isinstance(value, list):
+        return [(prefix, ", ".join(str(v) for v in value) if value else "[]")]
+    return [(prefix, "–" if value is None else json.dumps(value) if isinstance(value, bool) else str(value))]
+
+
+def _command(part: dict | None) -> str:
+    command = (part or {}).get("command")
+    if isinstance(command, list):
+        return shlex.join(str(c) for c in command)
+    return str(command) if command else ""
+
+
+def point_commands(point: dict) -> list[dict]:
+    """The programs of one point: their cpuset, container and exact command line."""
+    found = []
+    for part in ("server", "deadconn", "httperf", "wrk", "pipetest"):
+        section = point.get(part)
+        if isinstance(section, dict) and section.get("command"):
+            kind = catalog.SERVERS.get(section.get("kind") or catalog.DEFAULT_SERVER)
+            program = kind.program if kind else section.get("kind")
+            found.append({"program": program if part == "server" else part,
+                          "cpuset": str(section.get("cpuset") or ""),
+                          "container": str(section.get("container") or ""),
+                          "command": _command(section)})
+    return found
+
+
+ENGINE_COLUMNS = ("url", "hostname", "kernel", "cpu_model", "cpus", "fd_hard_limit", "docker_version")
+
+
+def engines_table(meta: dict) -> list[dict]:
+    """The engines the server and the clients ran on, one row each; empty for runs from before engines."""
+    engines = meta.get("engines") or {}
+    return [{"role": role, **{k: "–" if engines[role].get(k) is None else str(engines[role][k])
+                              for k in ENGINE_COLUMNS}}
+            for role in ("server", "client") if isinstance(engines.get(role), dict)]
+
+
+def method(data: RunData) -> dict:
+    examples = {}
+    for sweep_name in data.sweeps():
+        point = next((p for g in data.all_groups(sweep_name) for p in g.ok if point_commands(p)), None)
+        if point:
+            examples[sweep_name] = {"id": point.get("id", ""), "commands": point_commands(point)}
+    limits = data.record.get("limits") or {}
+    return {
+        "examples": examples,
+        "cpusets": [{"variant": v.upper(), **{k: str(x) for k, x in (c or {}).items()}}
+                    for v, c in (data.record.get("cpusets") or {}).items()],
+        "limits": flatten(limits) if limits else [],
+        "plan": flatten({**data.plan, "series": [s.label for s in data.planned_lines("dead")]}) if data.plan else [],
+        "points": [{"id": p.get("id", ""), "status": p.get("status", ""), "reason": p.get("reason") or "",
+                    "started_at": p.get("started_at") or "", "commands": point_commands(p)}
+                   for g in data.ordered_groups() for p in g.points],
+    }

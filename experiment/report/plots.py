@@ -1,0 +1,122 @@
+"""Which lines go into which figure: each sweep's metrics per variant, with the 2002 reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import catalog, checks
+from ..catalog import Series
+from . import draw
+from .data import REFERENCE_KEY, SWEEPS, Metric, RunData, Sweep, reference
+
+# ---------------------------------------------------------------------------------------------------------
+# Figures
+
+def series_of(data: RunData, sweep_name: str, variant: str, backend: Series, key: str, label: str,
+              scale_to_base: bool = False, ring_saturated: bool = False, dashed: bool = False) -> draw.Series:
+    """One line: medians and min-max of the repetitions, optionally divided by its first value."""
+    groups = [g for g in data.line(sweep_name, variant, backend) if g.median(key) is not None]
+    base = groups[0].median(key) if groups and scale_to_base else 1.0
+    base = base or 1.0
+    return draw.Series(
+        label=label, style=backend.style(), xs=[g.x for g in groups],
+        medians=[g.median(key) / base for g in groups], lows=[g.low(key) / base for g in groups],
+        highs=[g.high(key) / base for g in groups], dashed=dashed,
+        saturated=[g.flagged(checks.CLIENT_SATURATED) for g in groups] if ring_saturated else [])
+
+
+def _reference_series(sweep_name: str) -> list[draw.Series]:
+    """The 2002 series of a sweep, each divided by its own first value."""
+    block = reference()[REFERENCE_KEY[sweep_name]]
+    found = []
+    for name, pairs in block["series"].items():
+        pairs = sorted(pairs)
+        base = pairs[0][1]
+        style = Series(catalog.DEFAULT_SERVER, draw.REFERENCE_BACKEND.get(name, name)).style()
+        found.append(draw.Series(label=f"2002 {name} (SMP)", style=style,
+                                    xs=[x for x, _ in pairs], medians=[y / base for _, y in pairs],
+                                    reference=True))
+    return found
+
+
+def _has(data: RunData, sweep_name: str, variant: str, key: str) -> bool:
+    return any(g.median(key) is not None for b in data.lines(sweep_name, variant)
+               for g in data.line(sweep_name, variant, b))
+
+
+def figure_name(sweep_name: str, slug: str, variant: str) -> str:
+    return f"{sweep_name}-{slug}-{variant}"
+
+
+@dataclass
+class FigureRow:
+    """One metric: a figure per variant, side by side."""
+
+    title: str
+    caption: str
+    plots: list[draw.Plot]
+    files: list[draw.FigureFile] = field(default_factory=list)
+
+
+def _repetitions_text(data: RunData) -> str:
+    repeat = data.plan.get("repeat") or 1
+    return (f"Line: median of {repeat} repetitions; band: their minimum to maximum." if repeat > 1
+            else "One repetition per point: no spread to show.")
+
+
+def run_figure_rows(data: RunData) -> list[FigureRow]:
+    rows = []
+    for sweep_name in data.sweeps():
+        if sweep_name not in SWEEPS:
+            continue
+        sweep = SWEEPS[sweep_name]
+        for metric in sweep.metrics:
+            variants = [v for v in data.variants(sweep_name) if _has(data, sweep_name, v, metric.key)]
+            if not variants:
+                continue
+            plots = [draw.Plot(
+                name=figure_name(sweep_name, metric.slug, v),
+                title=f"{v.upper()}: {metric.title} vs {sweep.x_label}",
+                xlabel=sweep.x_label, ylabel=metric.label, logx=sweep.logx, logy=sweep.logx,
+                series=[series_of(data, sweep_name, v, b, metric.key, b.label,
+                                  ring_saturated=metric.key == "reply_rate")
+                        for b in data.lines(sweep_name, v)]) for v in variants]
+            rows.append(FigureRow(f"{metric.title[0].upper()}{metric.title[1:]} vs {sweep.x_label}",
+                                  _caption(data, sweep, metric), plots))
+        variants = [v for v in data.variants(sweep_name) if _has(data, sweep_name, v, sweep.main.key)]
+        if variants:
+            first = reference()[REFERENCE_KEY[sweep_name]]["series"]
+            base_x = min(x for pairs in first.values() for x, _ in pairs)
+            plots = [draw.Plot(
+                name=figure_name(sweep_name, "normalised", v),
+                title=f"{v.upper()}: {sweep.main.title} relative to {base_x:,} {sweep.x_unit}, with 2002",
+                xlabel=sweep.x_label, ylabel=f"{sweep.main.title} / own value at {base_x:,}",
+                logx=sweep.logx, logy=sweep.logx,
+                series=[series_of(data, sweep_name, v, b, sweep.main.key, b.label, scale_to_base=True)
+                        for b in data.lines(sweep_name, v)] + _reference_series(sweep_name))
+                for v in variants]
+            rows.append(FigureRow(
+                f"{sweep.main.title[0].upper()}{sweep.main.title[1:]} relative to {base_x:,} {sweep.x_unit}, "
+                "with the 2002 study",
+                f"Each series is divided by its own value at its smallest {sweep.x_unit[:-1]} count "
+                f"(ideally {base_x:,}): ours by ours, 2002's by 2002's, so the shapes compare across 24 years "
+                "of hardware while the absolute numbers do not. 2002 values (hollow markers, dotted): "
+                + reference()["about"], plots))
+    return rows
+
+
+def _caption(data: RunData, sweep: Sweep, metric: Metric) -> str:
+    spread = _repetitions_text(data)
+    if metric.key == "reply_rate":
+        loads = sorted({p.get("load") or "httperf" for p in data.points if p.get("sweep") == "dead"})
+        what = {"httperf": "httperf's average reply rate", "wrk": "wrk's requests per second (its fixed "
+                "connections, each sending its next request when the reply has come)"}
+        return (" and ".join(what.get(name, name) for name in loads) + " while the server holds the dead "
+                "connections. " + spread + " Ringed points: the client saturated, so there the rate is the "
+                "client's limit.")
+    if metric.key == "server_cpu_us_per_reply":
+        return ("Server CPU time during the measurement divided by the replies it sent. This cost per reply "
+                "holds whether or not the client saturated. " + spread)
+    if metric.key == "reply_time_ms":
+        return "The load generator's mean reply time (httperf's response time, wrk's latency). " + spread
+    return "Token passes per second through the pipes, log-log. " + spread
