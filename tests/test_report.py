@@ -348,7 +348,7 @@ def test_page_loads_offline_in_chromium(chromium, rendered, tmp_path):
             assert figure["tag"] == "img" and figure["decoded"], figure
             assert figure["width"] > 100 and figure["height"] > 50, figure
         assert page_load.screenshot.startswith(b"\x89PNG")
-        (tmp_path / f"screenshot-{loads.index(load)}.png").write_bytes(load.screenshot)
+        (tmp_path / f"screenshot-{loads.index(page_load)}.png").write_bytes(page_load.screenshot)
     assert {f["id"] for f in loads[0].figures} == {f"fig-{n}" for n in expected_figures(read_points(run))}
 
 
