@@ -91,6 +91,15 @@ class Managed:
             return True
         return self.container.status in ("exited", "dead")
 
+    def send_stdin(self, text: str) -> None:
+        """Writes text to the container's stdin (it was started with stdin open)."""
+        sock = self.container.attach_socket(params={"stdin": 1, "stream": 1})
+        raw = getattr(sock, "_sock", sock)
+        try:
+            raw.sendall(text.encode())
+        finally:
+            raw.close()
+
     def output_tail(self, lines: int = 5) -> str:
         return " | ".join(x for x in self.log[-lines:] if x.strip())
 
@@ -155,12 +164,3 @@ class Containers:
                 pass
         return removed
 
-
-def send_stdin(managed: Managed, text: str) -> None:
-    """Writes text to the container's stdin (it was started with stdin open)."""
-    sock = managed.container.attach_socket(params={"stdin": 1, "stream": 1})
-    raw = getattr(sock, "_sock", sock)
-    try:
-        raw.sendall(text.encode())
-    finally:
-        raw.close()

@@ -34,7 +34,6 @@ import docker.errors
 from . import (
     catalog,
     checks,
-    containers,
     engine,
     host,
     httperf,
@@ -402,7 +401,7 @@ def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> 
             grow = level.value - ready["held"]
             if grow > 0:
                 ctx.progress.describe(f"{doing}: opening {level.value} dead")
-                containers.send_stdin(deadconn, f"grow {grow}\n")
+                deadconn.send_stdin(f"grow {grow}\n")
                 ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S + 10) or {
                     "event": "failed", "reason": f"no answer: {deadconn.output_tail()}", "held": None}
                 if ready["event"] != "ready":

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from experiment import containers, engine, host, httperf, images, servers, services
+from experiment import engine, host, httperf, images, servers, services
 from experiment.containers import Containers
 
 pytestmark = pytest.mark.docker
@@ -76,7 +76,7 @@ def test_clients_on_the_second_engine_load_a_server_on_the_first_over_loopback(c
         server.container.kill(signal="SIGUSR1")
         snapshot = server.next_json(("snapshot",), 10)
         assert snapshot["open"] >= dead and snapshot["responses_200"] == conns * calls
-        containers.send_stdin(holder, "quit\n")
+        holder.send_stdin("quit\n")
         assert client_side.finish(holder, timeout=60) == 0
         assert server_side.stop(server, timeout=30) == 0
     finally:

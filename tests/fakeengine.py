@@ -1,0 +1,157 @@
+"""A stand-in for the Docker engine at the level the sweeps use it (containers.Containers), so that the dead
+sweep's orchestration is tested without containers: what it starts, in which order, what it records, and
+how it fails. The programs are scripted: a server that says it listens and prints counters on SIGUSR1,
+deadconn that holds what it is told to grow to (or fails at a level), and httperf that prints a real captured
+output (tests/data/httperf)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from experiment.containers import Managed
+from experiment.services import Service
+
+HTTPERF_OUTPUT = (Path(__file__).parent / "data" / "httperf" / "epoll-2500calls.txt").read_text()
+_ids = itertools.count(1)
+
+
+@dataclass
+class Script:
+    """How the fake programs behave."""
+
+    server_starts: bool = True
+    server_exits_at_level: int | None = None  # the server exits once deadconn holds this many
+    deadconn_fails_at: int | None = None  # deadconn cannot open more than this many
+    httperf_output: str = HTTPERF_OUTPUT
+
+
+@dataclass
+class FakeContainer:
+    id: str
+    owner: FakeManaged
+    attrs: dict = field(default_factory=lambda: {"Image": "sha256:fake"})
+
+    def kill(self, signal: str = "SIGKILL") -> None:
+        self.owner.signalled(signal)
+
+
+class FakeManaged(Managed):
+    """A Managed whose output is scripted instead of read from an engine's log stream."""
+
+    def __init__(self, service: Service, script: Script, events: list):
+        super().__init__(container=None, role=service.role, cpuset=service.cpuset,  # type: ignore[arg-type]
+                         command=list(service.command))
+        self.container = FakeContainer(f"{next(_ids):012x}fake", self)  # type: ignore[assignment]
+        self.service, self.script, self.events = service, script, events
+        self.held, self.stopped, self.cpu = 0, False, 0
+        self.replies = 0
+
+    def say(self, event: dict) -> None:
+        line = json.dumps(event)
+        self.log.append(line)
+        self.lines.put(line)
+
+    def end(self) -> None:
+        self.stopped = True
+        self.lines.put(None)
+
+    def signalled(self, signal: str) -> None:
+        self.events.append(("signal", self.role, signal))
+        if self.role == "server" and signal == "SIGUSR1" and not self.stopped:
+            self.replies += 1000
+            self.say({"event": "snapshot", "responses_200": self.replies, "connections_open": self.held})
+
+    def next_json(self, events: tuple[str, ...], timeout: float) -> dict | None:
+        try:
+            while True:
+                line = self.lines.get_nowait()
+                if line is None:
+                    self.lines.put(None)
+                    return None
+                data = json.loads(line)
+                if data.get("event") in events:
+                    return data
+        except queue.Empty:
+            return None
+
+    def send_stdin(self, text: str) -> None:
+        self.events.append(("stdin", self.role, text.strip()))
+        grow = int(text.split()[1])
+        wanted = self.held + grow
+        limit = self.script.deadconn_fails_at
+        if limit is not None and wanted > limit:
+            self.held = limit
+            self.say({"event": "failed", "held": limit, "reason": "connect: Cannot assign requested address"})
+            return
+        self.held = wanted
+        self.say({"event": "ready", "held": self.held})
+
+    def cpu_ns(self) -> int:
+        self.cpu += 2_000_000_000
+        return self.cpu
+
+    def exited(self) -> bool:
+        return self.stopped
+
+    def output(self, timeout: float = 0) -> str:
+        return "\n".join(self.log) + "\n"
+
+
+class FakeContainers:
+    """containers.Containers' interface over scripted programs; `events` records what was done, in order."""
+
+    def __init__(self, script: Script, events: list, deadconn_of: dict):
+        self.script, self.events = script, events
+        self.running: list[FakeManaged] = []
+        self.deadconn_of = deadconn_of  # shared by both runners: the server exits at a level deadconn holds
+
+    def run(self, image: str, service: Service) -> FakeManaged:
+        managed = FakeManaged(service, self.script, self.events)
+        self.events.append(("run", service.role, tuple(service.command)))
+        self.running.append(managed)
+        if service.role == "server":
+            if self.script.server_starts:
+                port = int(service.command[service.command.index("--port") + 1])
+                managed.say({"event": "listening", "port": port})
+            else:
+                managed.log.append("ephttpd: io_uring: io_uring_setup: Operation not permitted")
+                managed.end()
+            self.deadconn_of["server"] = managed
+        elif service.role == "deadconn":
+            managed.say({"event": "ready", "held": 0})
+            self.deadconn_of["deadconn"] = managed
+        return managed
+
+    def run_to_end(self, image: str, service: Service, timeout: float) -> tuple[FakeManaged, str, int | None]:
+        managed = self.run(image, service)
+        server, deadconn = self.deadconn_of.get("server"), self.deadconn_of.get("deadconn")
+        level = self.script.server_exits_at_level
+        if server and deadconn and level is not None and deadconn.held >= level:
+            server.log.append("ephttpd: out of memory")
+            server.end()
+        managed.log.append(self.script.httperf_output)
+        managed.end()
+        self.remove(managed)
+        return managed, managed.output(), 0
+
+    def finish(self, managed: FakeManaged, timeout: float) -> int | None:
+        return 0
+
+    def stop(self, managed: FakeManaged, timeout: float = 10) -> int | None:
+        self.events.append(("stop", managed.role))
+        managed.end()
+        return 0
+
+    def remove(self, managed: FakeManaged) -> None:
+        if managed in self.running:
+            self.running.remove(managed)
+            self.events.append(("remove", managed.role))
+
+    def remove_all(self) -> int:
+        left = len(self.running)
+        self.running.clear()
+        return left

@@ -1,0 +1,127 @@
+"""The dead sweep's orchestration on a fake engine (tests/fakeengine.py): which containers it starts and stops,
+what each point records, and how a failing server or deadconn, the host's limit and a resume show up. The
+real-Docker end-to-end runs are in test_reproduce*.py."""
+
+from __future__ import annotations
+
+import pytest
+from fakeengine import FakeContainers, Script
+
+from experiment import model, plan, results, sweep
+from experiment.catalog import Series
+from experiment.progress import Progress
+
+EPOLL = Series("ephttpd", "epoll")
+REPLIES = 250000  # tests/data/httperf/epoll-2500calls.txt
+CPU_S_PER_POINT = 2.0  # the fake server's cgroup advances 2 s between two readings
+
+
+def context(tmp_path, script: Script, dead: str = "0,1000,5000", fd_limit: int = 20000, backends: str = "epoll",
+            server: str | None = None):
+    the_plan = plan.make_plan("quick", sweeps="dead", variants="up", backends=backends, dead=dead, duration=1,
+                              server=server)
+    run = results.Run.create({"run_id": f"test-{tmp_path.name}", "plan": the_plan.to_dict()}, tmp_path)
+    events: list = []
+    shared: dict = {}
+    servers, clients = FakeContainers(script, events, shared), FakeContainers(script, events, shared)
+    ctx = sweep.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
+                        sweep.cpusets([0, 1]), fd_limit, Progress(lambda _: None), the_plan.choices())
+    ctx.progress.start(total=sweep.count_points(the_plan, fd_limit), done=0)
+    return ctx, events
+
+
+def points(ctx) -> dict[int, dict]:
+    return {p["x"]: p for p in ctx.run.points()}
+
+
+def test_a_series_runs_one_server_and_one_deadconn_and_measures_each_level(tmp_path):
+    ctx, events = context(tmp_path, Script())
+    sweep.dead_series(ctx, "up", EPOLL, 1)
+    found = points(ctx)
+    assert sorted(found) == [0, 1000, 5000]
+    for x, p in found.items():
+        assert (p["status"], p["reason"], p["backend"], p["server_kind"], p["load"]) == ("ok", None, "epoll",
+                                                                                        "ephttpd", "httperf")
+        assert p["schema_version"] == model.SCHEMA_VERSION
+        assert p["deadconn"]["held"] == x and p["dead"] == x
+        assert p["figures"]["replies"] == REPLIES
+        assert p["server"]["cpu_s"] == CPU_S_PER_POINT
+        assert p["figures"]["server_cpu_us_per_reply"] == pytest.approx(CPU_S_PER_POINT * 1e6 / REPLIES)
+        after, before = p["server"]["stats_after"], p["server"]["stats_before"]
+        assert after["responses_200"] > before["responses_200"]
+        assert (p["server"]["cpuset"], p["httperf"]["cpuset"]) == ("0", "1")
+    started = [e[1] for e in events if e[0] == "run"]
+    assert started[:2] == ["server", "deadconn"] and started.count("server") == 1 and started.count("deadconn") == 1
+    # One probe and one measurement per level, deadconn grown between levels without reconnecting.
+    assert started.count("httperf") >= 2 * 3
+    assert [e[2] for e in events if e[0] == "stdin"] == ["grow 1000", "grow 4000"]
+    assert events[-4:] == [("stop", "deadconn"), ("remove", "deadconn"), ("stop", "server"), ("remove", "server")]
+    logs = sorted(p.name for p in ctx.run.raw_dir.iterdir() if p.suffix == ".log")
+    assert logs == ["dead-up-epoll-r1.deadconn.log", "dead-up-epoll-r1.server.log"]
+
+
+def test_levels_above_the_hosts_limit_are_skipped_with_the_reason_and_start_nothing(tmp_path):
+    ctx, events = context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000)
+    sweep.dead_series(ctx, "up", EPOLL, 1)
+    found = points(ctx)
+    assert [found[x]["status"] for x in (0, 1000, 5000)] == ["ok", "ok", "skipped"]
+    assert "host allows 2000 open files per process" in found[5000]["reason"]
+    assert [e[2] for e in events if e[0] == "stdin"] == ["grow 1000"]
+
+
+def test_select_stops_below_fd_setsize_and_says_why(tmp_path):
+    ctx, events = context(tmp_path, Script(), dead="0,1000,5000", backends="select")
+    sweep.dead_series(ctx, "up", Series("ephttpd", "select"), 1)
+    found = points(ctx)
+    assert [found[x]["status"] for x in (0, 1000, 5000)] == ["ok", "skipped", "skipped"]
+    assert all("FD_SETSIZE=1024" in found[x]["reason"] for x in (1000, 5000))
+
+
+def test_a_server_that_does_not_start_fails_every_level_with_its_output(tmp_path):
+    ctx, events = context(tmp_path, Script(server_starts=False))
+    sweep.dead_series(ctx, "up", EPOLL, 1)
+    found = points(ctx)
+    assert {p["status"] for p in found.values()} == {"failed"}
+    assert all("server did not start: ephttpd: io_uring" in p["reason"] for p in found.values())
+    assert [e[1] for e in events if e[0] == "run"] == ["server"], "no deadconn or load without a server"
+
+
+def test_deadconn_failing_at_a_level_fails_that_level_and_the_rest_and_keeps_the_earlier_ones(tmp_path):
+    ctx, events = context(tmp_path, Script(deadconn_fails_at=3000))
+    sweep.dead_series(ctx, "up", EPOLL, 1)
+    found = points(ctx)
+    assert [found[x]["status"] for x in (0, 1000, 5000)] == ["ok", "ok", "failed"]
+    assert found[5000]["reason"] == ("deadconn held 3000 of 5000 dead connections: connect: Cannot assign "
+                                     "requested address")
+    assert ("remove", "server") in events and ("remove", "deadconn") in events
+
+
+def test_a_server_that_exits_mid_sweep_fails_the_levels_after_it(tmp_path):
+    ctx, events = context(tmp_path, Script(server_exits_at_level=1000))
+    sweep.dead_series(ctx, "up", EPOLL, 1)
+    found = points(ctx)
+    assert found[0]["status"] == "ok"
+    assert found[5000]["status"] == "failed" and "server exited" in found[5000]["reason"]
+
+
+def test_a_resumed_series_measures_only_the_levels_it_lacks(tmp_path):
+    ctx, events = context(tmp_path, Script())
+    sweep.dead_series(ctx, "up", EPOLL, 1)
+    ctx.run.point_path(points(ctx)[5000]["id"]).unlink()
+    events.clear()
+    sweep.dead_series(ctx, "up", EPOLL, 1)
+    assert [e[2] for e in events if e[0] == "stdin"] == ["grow 5000"], "straight to the missing level"
+    assert sorted(points(ctx)) == [0, 1000, 5000]
+    events.clear()
+    sweep.dead_series(ctx, "up", EPOLL, 1)
+    assert events == [], "a complete series starts nothing"
+
+
+def test_another_servers_points_name_their_server_and_backend_apart(tmp_path):
+    ctx, events = context(tmp_path, Script(), dead="0", server="python", backends="asyncio")
+    sweep.dead_series(ctx, "up", Series("python", "asyncio"), 1)
+    (point,) = ctx.run.points()
+    assert (point["id"], point["server_kind"], point["backend"]) == ("dead-up-python-asyncio-r1-d000000", "python",
+                                                                     "asyncio")
+    assert point["server"]["command"][:3] == ["pyhttpd", "--backend", "asyncio"]
+    assert model.series_of(point) == Series("python", "asyncio")
