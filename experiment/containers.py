@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import docker
 import docker.errors
 import docker.types
+from docker.models.containers import Container
 
 from .services import Service
 
@@ -25,7 +27,7 @@ OUTPUT_END_TIMEOUT_S = 5
 class Managed:
     """A running container whose stdout is read line by line in a background thread."""
 
-    container: docker.models.containers.Container
+    container: Container
     role: str
     cpuset: str
     command: list[str]
@@ -82,6 +84,8 @@ class Managed:
     def cpu_ns(self) -> int:
         """CPU time the container used so far (its cgroup's accounting, through the engine)."""
         stats = self.container.stats(stream=False, one_shot=True)
+        if not isinstance(stats, dict):  # stream=False answers one dict
+            raise TypeError(f"the engine answered {type(stats).__name__} for one stats sample")
         return int(stats["cpu_stats"]["cpu_usage"]["total_usage"])
 
     def exited(self) -> bool:
@@ -94,7 +98,7 @@ class Managed:
     def send_stdin(self, text: str) -> None:
         """Writes text to the container's stdin (it was started with stdin open)."""
         sock = self.container.attach_socket(params={"stdin": 1, "stream": 1})
-        raw = getattr(sock, "_sock", sock)
+        raw: socket.socket = getattr(sock, "_sock", sock)  # the SDK wraps the socket of a unix or tcp engine
         try:
             raw.sendall(text.encode())
         finally:
@@ -155,7 +159,7 @@ class Containers:
     def remove_all(self) -> int:
         """Removes every container labelled with this run (also ones a crash left behind)."""
         removed = 0
-        mine = {"label": f"{LABEL_RUN}={self.run_id}"}
+        mine: dict[str, str | list[str] | bool] = {"label": f"{LABEL_RUN}={self.run_id}"}
         for container in self.client.containers.list(all=True, filters=mine):
             try:
                 container.remove(force=True)

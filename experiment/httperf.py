@@ -235,9 +235,10 @@ def parse_wrk(text: str) -> dict:
     if missing:
         raise ValueError(f"not wrk output: no {', '.join(repr(s) for s in missing)} line"
                          f"{'s' if len(missing) > 1 else ''}")
-    lat = found["Latency"].groups()
-    total = found["requests in"].groups()
-    transfer = found["Transfer/sec"].groups()
+    matched = {name: m for name, m in found.items() if m is not None}
+    lat = matched["Latency"].groups()
+    total = matched["requests in"].groups()
+    transfer = matched["Transfer/sec"].groups()
     setup = re.search(r"^\s*(\d+) threads and (\d+) connections", text, re.M)
     req_sec = re.search(rf"^\s*Req/Sec\s+{_V}([kMGTP]?)\s+{_V}([kMGTP]?)\s+{_V}([kMGTP]?)", text, re.M)
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
@@ -245,7 +246,7 @@ def parse_wrk(text: str) -> dict:
     return {
         "threads": int(setup.group(1)) if setup else None,
         "connections": int(setup.group(2)) if setup else None,
-        "requests_per_s": float(found["Requests/sec"].group(1)),
+        "requests_per_s": float(matched["Requests/sec"].group(1)),
         "transfer_bytes_per_s": float(transfer[0]) * _BINARY[transfer[1]],
         "latency_ms": {"avg": _time_ms(lat[0], lat[1]), "stdev": _time_ms(lat[2], lat[3]),
                        "max": _time_ms(lat[4], lat[5]), "within_stdev_pct": float(lat[6])},

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
-from . import catalog, servers
+from . import catalog
 from .catalog import DEFAULT_SERVER, FD_SETSIZE, Series
 from .errors import UserError
+from .servers import Choice, choose
 
 VARIANTS = ("up", "smp")
 SWEEPS = ("dead", "pipetest")
@@ -47,14 +49,14 @@ class Plan:
     @classmethod
     def from_dict(cls, recorded: dict) -> Plan:
         """A plan as run.json records it (model.upgrade brings older records to this form first)."""
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
         fields["series"] = tuple(Series(**s) for s in fields.get("series", ()))
         return cls(**fields)
 
-    def choices(self) -> dict[str, servers.Choice]:
+    def choices(self) -> dict[str, Choice]:
         """The Choice of each server the plan puts under test, by kind."""
-        return {kind: servers.Choice(kind, self.server_image, self.server_cmd, self.server_port)
-                if kind == catalog.CUSTOM else servers.Choice(kind) for kind in self.servers}
+        return {kind: Choice(kind, self.server_image, self.server_cmd, self.server_port)
+                if kind == catalog.CUSTOM else Choice(kind) for kind in self.servers}
 
 
 PROFILES = {
@@ -99,9 +101,9 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
     if profile not in PROFILES:
         raise UserError(f"--profile {profile!r}: valid: {','.join(PROFILES)}")
     plan = PROFILES[profile]
-    chosen = servers.choose(server, server_image, server_cmd, server_port)
+    chosen = choose(server, server_image, server_cmd, server_port)
     kinds = tuple(c.kind for c in chosen)
-    own = next((c for c in chosen if c.kind == catalog.CUSTOM), servers.Choice(catalog.CUSTOM))
+    own = next((c for c in chosen if c.kind == catalog.CUSTOM), Choice(catalog.CUSTOM))
     per_server = {c.kind: plan.backends if c.kind == DEFAULT_SERVER else c.backends for c in chosen}
     if backends is not None:
         asked = _choices(backends, tuple(dict.fromkeys(b for c in chosen for b in c.backends)), "--backends")
@@ -112,7 +114,7 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
             if not found:
                 raise UserError(f"--backends {backends}: the {kind} server has none of these; its backends: "
                                 f"{','.join(catalog.SERVERS[kind].backends)}")
-    changes = {"servers": kinds, "series": tuple(Series(k, b) for k in kinds for b in per_server[k]),
+    changes: dict[str, Any] = {"servers": kinds, "series": tuple(Series(k, b) for k in kinds for b in per_server[k]),
                "backends": per_server.get(DEFAULT_SERVER, ()), "server_image": own.image,
                "server_cmd": own.command, "server_port": own.port}
     if DEFAULT_SERVER not in kinds:

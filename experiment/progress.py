@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
 
@@ -16,7 +16,7 @@ class Progress:
         self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn(),
                                 TextColumn("{task.fields[last]}"), console=self.console, transient=False)
-        self.task = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> Progress:
         self.bar.start()
@@ -40,6 +40,8 @@ class Progress:
             last = f"last: {figures['reply_rate']:,.0f} replies/s"
         else:
             last = f"last: {figures.get('passes_per_s', 0):,.0f} passes/s"
+        if self.task is None:
+            raise RuntimeError("Progress.advance before Progress.start")
         self.bar.update(self.task, advance=1, last=last)
         if point["status"] == "failed":
             self.bar.console.print(f"[yellow]{point['id']} failed:[/] {point['reason']}")

@@ -62,6 +62,7 @@ class Choice:
         """The server container's Service. port is the one to listen on (a custom server's own port)."""
         self.check_backends((backend,))
         kind = catalog.SERVERS[self.kind]
+        command: tuple[str, ...]
         if self.kind == EPHTTPD:
             return services.server(backend, port, msgsize, cpuset, bind)
         if self.kind == PYTHON:
@@ -106,10 +107,10 @@ def choose(server: str | None = None, image: str | None = None, command: str | N
         raise UserError(f"a server of your own needs --server-image, --server-cmd and --server-port: "
                         f"add {', '.join(missing)}")
     try:
-        port = int(port)
+        port_number = int(str(port))
     except ValueError:
-        port = 0
-    if not 0 < port < 65536:
+        port_number = 0
+    if not 0 < port_number < 65536:
         raise UserError(f"--server-port {own['--server-port']}: use the TCP port (1-65535) the server listens on")
     try:
         words = shlex.split(command)
@@ -117,7 +118,7 @@ def choose(server: str | None = None, image: str | None = None, command: str | N
         raise UserError(f"--server-cmd {command!r}: {error}; quote it as a shell would") from None
     if not words:
         raise UserError("--server-cmd is empty: give the command that starts the server in the image")
-    return tuple(Choice(CUSTOM, image=image, command=command, port=port) if kind == CUSTOM else Choice(kind)
+    return tuple(Choice(CUSTOM, image=image, command=command, port=port_number) if kind == CUSTOM else Choice(kind)
                  for kind in kinds)
 
 

@@ -105,15 +105,15 @@ def _host_fact(key: str, a: str, b: str) -> bool:
 def compare_headline(compared: list[ComparedPoint], count: int = 3) -> list[str]:
     sentences = []
     for sweep_name, sweep in SWEEPS.items():
-        rows = [c for c in compared if c.key[0] == sweep_name and c.ratio(sweep.main.key)]
+        rows = [(c, ratio) for c in compared if c.key[0] == sweep_name and (ratio := c.ratio(sweep.main.key))]
         if not rows:
             continue
-        ratios = [c.ratio(sweep.main.key) for c in rows]
-        largest = sorted(rows, key=lambda c: -abs(math.log(c.ratio(sweep.main.key))))[:count]
+        ratios = [ratio for _, ratio in rows]
+        largest = sorted(rows, key=lambda row: -abs(math.log(row[1])))[:count]
         changes = "; ".join(
             f"{c.group_a.series.label} {c.group_a.variant.upper()} at {c.group_a.x:,} {sweep.x_unit} "
-            f"{times(c.ratio(sweep.main.key))} ({human(c.group_a.median(sweep.main.key))} → "
-            f"{human(c.group_b.median(sweep.main.key))} {sweep.main.unit})" for c in largest)
+            f"{times(ratio)} ({human(c.group_a.median(sweep.main.key))} → "
+            f"{human(c.group_b.median(sweep.main.key))} {sweep.main.unit})" for c, ratio in largest)
         sentences.append(f"{sweep.main.title[0].upper()}{sweep.main.title[1:]}, B/A over {len(rows)} common "
                          f"points: median {times(statistics.median(ratios))}; largest changes: {changes}.")
     return sentences
@@ -134,11 +134,10 @@ def compare_figure_rows(a: RunData, b: RunData, compared: list[ComparedPoint]) -
                     for side, data, dashed in (("A", a, False), ("B", b, True)):
                         series.append(series_of(_restricted(data, common), sweep_name, v, backend, metric.key,
                                                 f"{backend.label} {side}", dashed=dashed))
-                    pts = [c for c in compared if c.key[:3] == (sweep_name, v, backend)
-                           and c.ratio(metric.key) is not None]
+                    pts = [(c.key[3], ratio) for c in compared if c.key[:3] == (sweep_name, v, backend)
+                           and (ratio := c.ratio(metric.key)) is not None]
                     ratio_series.append(draw.Series(label=backend.label, style=backend.style(),
-                                                       xs=[c.key[3] for c in pts],
-                                                       medians=[c.ratio(metric.key) for c in pts]))
+                                                    xs=[x for x, _ in pts], medians=[r for _, r in pts]))
                 if any(s.medians for s in series):
                     plots.append(draw.Plot(
                         name=figure_name(sweep_name, metric.slug, v),

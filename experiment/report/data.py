@@ -107,6 +107,13 @@ class Group:
         values = self.values(key)
         return statistics.median(values) if values else None
 
+    def measured_median(self, key: str) -> float:
+        """The median of a group known to have measured key (callers filter on median() first)."""
+        values = self.values(key)
+        if not values:
+            raise ValueError(f"{self.sweep} {self.variant} {self.series} {self.x}: no {key} measured")
+        return statistics.median(values)
+
     def low(self, key: str) -> float | None:
         return min(self.values(key), default=None)
 

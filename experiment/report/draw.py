@@ -12,6 +12,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 from matplotlib.figure import Figure
@@ -20,7 +21,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 # The 2002 series names, mapped to the backend whose style they share.
 REFERENCE_BACKEND = {"sys_epoll-0.14": "epoll", "poll": "poll"}
 
-RC = {
+RC: dict[Any, Any] = {  # matplotlib types its keys as literals
     "svg.hashsalt": "epollbench",
     "svg.fonttype": "path",
     "font.size": 10,

@@ -63,7 +63,7 @@ def headline(data: RunData, sweep_name: str, variant: str) -> Headline | None:
                 host_capped.add(backend)
         else:
             reasons = [p.get("reason") for g in series for p in g.points if p.get("reason")]
-            without_data[backend] = reasons[0] if reasons else "no measured point"
+            without_data[backend] = str(reasons[0]) if reasons else "no measured point"
     if not measured:
         return None
     top = max(attempted_max.values())
@@ -78,8 +78,8 @@ def headline(data: RunData, sweep_name: str, variant: str) -> Headline | None:
         base_x = min(groups)
         group = groups[at]
         caveats = [FLAG_TEXT[name] for name in CAVEATS if group.flagged(name)]
-        items.append(HeadlineItem(series=backend, x=at, value=group.median(key), base_x=base_x,
-                                  base=groups[base_x].median(key), flags=caveats,
+        items.append(HeadlineItem(series=backend, x=at, value=group.measured_median(key), base_x=base_x,
+                                  base=groups[base_x].measured_median(key), flags=caveats,
                                   capped=backend not in full))
     return Headline(sweep_name, variant, x, items, without_data, _headline_text(sweep, variant, x, items,
                                                                                  without_data))

@@ -15,14 +15,13 @@ from .data import REFERENCE_KEY, SWEEPS, Metric, RunData, Sweep, reference
 def series_of(data: RunData, sweep_name: str, variant: str, backend: Series, key: str, label: str,
               scale_to_base: bool = False, ring_saturated: bool = False, dashed: bool = False) -> draw.Series:
     """One line: medians and min-max of the repetitions, optionally divided by its first value."""
-    groups = [g for g in data.line(sweep_name, variant, backend) if g.median(key) is not None]
-    base = groups[0].median(key) if groups and scale_to_base else 1.0
-    base = base or 1.0
+    groups = [(g, g.values(key)) for g in data.line(sweep_name, variant, backend) if g.values(key)]
+    base = (groups[0][0].measured_median(key) if groups and scale_to_base else 1.0) or 1.0
     return draw.Series(
-        label=label, style=backend.style(), xs=[g.x for g in groups],
-        medians=[g.median(key) / base for g in groups], lows=[g.low(key) / base for g in groups],
-        highs=[g.high(key) / base for g in groups], dashed=dashed,
-        saturated=[g.flagged(checks.CLIENT_SATURATED) for g in groups] if ring_saturated else [])
+        label=label, style=backend.style(), xs=[g.x for g, _ in groups],
+        medians=[g.measured_median(key) / base for g, _ in groups], lows=[min(v) / base for _, v in groups],
+        highs=[max(v) / base for _, v in groups], dashed=dashed,
+        saturated=[g.flagged(checks.CLIENT_SATURATED) for g, _ in groups] if ring_saturated else [])
 
 
 def _reference_series(sweep_name: str) -> list[draw.Series]:

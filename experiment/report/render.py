@@ -84,11 +84,13 @@ def replace_folder(target: Path, build: Callable[[Path], None]) -> None:
         raise
 
 
-def _zip_time(stamp: str | None) -> tuple[int, ...]:
+def _zip_time(stamp: str | None) -> tuple[int, int, int, int, int, int]:
     """A fixed timestamp for the zip's entries (the run's start) so the same run zips the same bytes."""
     match = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)", stamp or "")
-    values = tuple(int(v) for v in match.groups()) if match else (1980, 1, 1, 0, 0, 0)
-    return values if values[0] >= 1980 else (1980, 1, 1, 0, 0, 0)
+    if not match or int(match.group(1)) < 1980:  # zip's clock starts in 1980
+        return (1980, 1, 1, 0, 0, 0)
+    year, month, day, hour, minute, second = (int(v) for v in match.groups())
+    return (year, month, day, hour, minute, second)
 
 
 def _write_zip(run: Run, record: dict, report_dir: Path, zip_path: Path) -> None:
