@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import docker
 import docker.errors
@@ -98,7 +99,7 @@ class Managed:
     def send_stdin(self, text: str) -> None:
         """Writes text to the container's stdin (it was started with stdin open)."""
         sock = self.container.attach_socket(params={"stdin": 1, "stream": 1})
-        raw: socket.socket = getattr(sock, "_sock", sock)  # the SDK wraps the socket of a unix or tcp engine
+        raw = cast(socket.socket, getattr(sock, "_sock", sock))  # the SDK wraps the socket of a unix or tcp engine
         try:
             raw.sendall(text.encode())
         finally:
