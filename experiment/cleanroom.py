@@ -36,7 +36,10 @@ from .errors import UserError
 from .native import ROOT
 
 IMAGE = "epollbench-cleanroom/python3"
-PIP_CONF = Path("/etc/pip.conf")
+# pip's configuration files: global, and the user's under HOME (PIP_CONFIG_FILE names one more).
+PIP_CONFS = (Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"))
+USER_PIP_CONFS = (".config/pip/pip.conf", ".pip/pip.conf")
+CONTAINER_HOME = Path("/root")
 SHM_SIZE = "1g"              # chromium's renderer needs more than Docker's 64 MB of /dev/shm
 INTERRUPT_GRACE_S = 60       # how long the tests get to remove what they started after a Ctrl-C
 REPRODUCE = ["--sweeps", "pipetest", "--pipes", "10", "--variants", "up", "--no-report"]
@@ -105,15 +108,22 @@ def run() -> int:
     return 1 if reproduce.exit_code or not fresh else 0
 
 
-def pip_settings(environ: dict[str, str], conf: Path = PIP_CONF) -> tuple[dict[str, str], list[Path], list[Path]]:
-    """The host's pip settings: its PIP_* variables, the files to copy in (pip.conf and the files the settings
-    name, such as a CA bundle: copied, so that Debian's packages may replace them as on the host) and the
-    folders to mount read-only (such as PIP_FIND_LINKS)."""
+def pip_settings(environ: dict[str, str], confs: tuple[Path, ...] = PIP_CONFS
+                 ) -> tuple[dict[str, str], dict[Path, Path], list[Path]]:
+    """The host's pip settings: its PIP_* variables; the files to copy in, {host path: path in the container}
+    (its pip configuration files and the files they or the variables name, such as a CA bundle or a
+    constraints file: copied, so that Debian's packages may replace them as on the host); and the folders
+    they name, to mount read-only at the same paths (find-links, a file:// index)."""
     env = {k: v for k, v in environ.items() if k.startswith("PIP_")}
     values = list(env.values())
-    files: list[Path] = []
-    if conf.is_file():
-        files.append(conf)
+    files: dict[Path, Path] = {}
+    home = Path(environ.get("HOME", "/root"))
+    extra = (Path(environ["PIP_CONFIG_FILE"]),) if "PIP_CONFIG_FILE" in environ else ()
+    for conf in (*confs, *(home / name for name in USER_PIP_CONFS), *extra):
+        if not conf.is_file():
+            continue
+        # The user's configuration goes to the container's user, root.
+        files[conf] = CONTAINER_HOME / conf.relative_to(home) if conf.is_relative_to(home) else conf
         parser = configparser.ConfigParser(interpolation=None)
         parser.read(conf)
         values += [v for section in parser.sections() for v in parser[section].values()]
@@ -123,17 +133,19 @@ def pip_settings(environ: dict[str, str], conf: Path = PIP_CONF) -> tuple[dict[s
             path = Path(word.removeprefix("file://"))
             if not path.is_absolute():
                 continue
+            if word.startswith("file://") and path.name == "simple":
+                path = path.parent  # a local index's pages link to files beside it (../../files/…)
             if path.is_dir() and path not in folders:
                 folders.append(path)
             elif path.is_file() and path not in files:
-                files.append(path)
+                files[path] = path
     return env, files, folders
 
 
 def container_options(work: Path, socket: str, fd_limit: int, environ: dict[str, str],
-                      conf: Path = PIP_CONF) -> dict:
+                      confs: tuple[Path, ...] = PIP_CONFS) -> dict:
     """docker create's options for the clean room, less the image and the name."""
-    pip_env, _files, folders = pip_settings(environ, conf)
+    pip_env, _files, folders = pip_settings(environ, confs)
     volumes = {socket: {"bind": engine.DEFAULT_SOCKET.removeprefix("unix://"), "mode": "rw"},
                str(work): {"bind": str(work), "mode": "rw"}}
     for folder in folders:
@@ -187,8 +199,8 @@ def _container(client, image: str, work: Path, socket: str, name: str):
                                                                                   dict(os.environ)))
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w", dereference=True) as tar:
-        for path in files:
-            tar.add(path, arcname=str(path).lstrip("/"))
+        for path, inside in files.items():
+            tar.add(path, arcname=str(inside).lstrip("/"))
     container.put_archive("/", archive.getvalue())
     container.start()
     return container

@@ -12,8 +12,8 @@ def test_the_clean_room_gets_the_hosts_engine_network_fd_limit_and_pip_settings(
     cert.write_text("-----BEGIN CERTIFICATE-----\n")
     work = tmp_path / "work"
     environ = {"PIP_FIND_LINKS": str(wheels), "PIP_CERT": str(cert), "PIP_DEFAULT_TIMEOUT": "180",
-               "HOME": "/root", "CI": "false"}
-    options = cleanroom.container_options(work, "/run/docker.sock", 12345, environ, conf=tmp_path / "absent.conf")
+               "HOME": str(tmp_path / "home"), "CI": "false"}
+    options = cleanroom.container_options(work, "/run/docker.sock", 12345, environ, confs=())
 
     assert options["network_mode"] == "host"
     nofile, = options["ulimits"]
@@ -33,17 +33,26 @@ def test_the_clean_room_gets_the_hosts_engine_network_fd_limit_and_pip_settings(
     assert str(cert) not in volumes, "copied in, so that Debian's ca-certificates may replace it as on the host"
 
 
-def test_pip_conf_and_the_files_and_folders_pip_settings_name_are_found(tmp_path):
-    cert, wheels = tmp_path / "cert.pem", tmp_path / "wheels"
+def test_pip_confs_and_the_files_and_folders_pip_settings_name_are_found(tmp_path):
+    cert, wheels, index, constraints = tmp_path / "cert.pem", tmp_path / "wheels", tmp_path / "index", \
+        tmp_path / "constraints.txt"
     cert.write_text("x")
+    constraints.write_text("x<2\n")
     wheels.mkdir()
+    (index / "simple").mkdir(parents=True)
     conf = tmp_path / "pip.conf"
-    conf.write_text(f"[global]\ncert = {cert}\nfind-links = file://{wheels} https://example.invalid/x\n"
-                    "timeout = 60\n")
-    env, files, folders = cleanroom.pip_settings({"PIP_NO_INPUT": "1", "PATH": "/usr/bin"}, conf)
+    conf.write_text(f"[global]\ncert = {cert}\nconstraint = {constraints}\ntimeout = 60\n")
+    home = tmp_path / "home"
+    (home / ".config/pip").mkdir(parents=True)
+    (home / ".config/pip/pip.conf").write_text(f"[global]\nfind-links = {wheels}\n"
+                                               f"extra-index-url = file://{index}/simple https://example.invalid/x\n")
+    env, files, folders = cleanroom.pip_settings({"PIP_NO_INPUT": "1", "PATH": "/usr/bin", "HOME": str(home)},
+                                                 (conf, tmp_path / "absent.conf"))
     assert env == {"PIP_NO_INPUT": "1"}
-    assert files == [conf, cert]
-    assert folders == [wheels]
+    # The user's pip.conf goes to root's, the user of the clean room.
+    assert files == {conf: conf, home / ".config/pip/pip.conf": Path("/root/.config/pip/pip.conf"),
+                     cert: cert, constraints: constraints}
+    assert folders == [wheels, index], "a file:// index with the files its pages link to, beside simple/"
 
 
 TRANSCRIPT = b"""\
