@@ -175,6 +175,20 @@ def test(c, k=None, no_docker=False, pytest_args=""):
     c.run(f"{sys.executable} -m pytest {' '.join(args)} {pytest_args}", pty=False)
 
 
+@task
+@_user_errors
+def clean_room(c):
+    """CI's .ci/run in a fresh clone of HEAD, in a container with Debian's base system and python3 only.
+
+    Then one tiny reproduce there from a freshly bootstrapped base image. Every package, tool and service the
+    tests need must be installed by the project itself; run it before a stop that touches dependencies."""
+    from experiment import cleanroom
+
+    code = cleanroom.run()
+    if code:
+        raise Exit(code=code)
+
+
 @task(help={"json_out": "where to write the JSON results (default benchmarks/results/bench-<stamp>.json)",
             "skip_harness": "leave out the timed quick profile run (item 4), which takes about 5 minutes"})
 @_user_errors

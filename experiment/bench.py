@@ -52,6 +52,9 @@ HTTPERF_SECONDS = 2 * httperf.REPLY_RATE_SAMPLE_S
 PIPETEST_SECONDS = 2
 DEADCONN_TIMEOUT_S = 120
 NGINX = "/usr/sbin/nginx"
+# What main runs natively, installed first as root on Debian: the native build, nginx, the loads, and
+# iptables for measuring deadconn with loopback untracked.
+NATIVE_PACKAGES = ["gcc", "make", "libc6-dev", "liburing-dev", "nginx-light", "httperf", "wrk", "iptables"]
 # Rounds of each measurement, interleaved so that the machine's drift hits every row alike; medians reported.
 ROUNDS = 3
 REFERENCE = paths.ROOT / "experiment" / "data" / "lse-2002.json"
@@ -330,6 +333,7 @@ def pipetest(fd_limit: int) -> dict:
 
 
 def main(json_out: str | None = None, skip_harness: bool = False) -> dict:
+    host.ensure_packages(NATIVE_PACKAGES, "./run bench")
     native.build()
     fd_limit = host.fd_hard_limit()
     cpus = Cpus()

@@ -15,19 +15,27 @@ userland-proxy off) stops working while the rules are in; the sweep's containers
 
 The net.* settings belong to a network namespace: these are the host's. A container with its own network
 namespace has its own copies (set them with `docker run --sysctl`); nf_conntrack_max is global.
+
+A process killed outright (SIGKILL, the OOM killer) restores nothing, and the sysctls and rules outlive it. So
+tune() keeps a journal in the run folder (tuning.json), written before each change and again after it, and
+marked when everything is back; restore_abandoned() finds the journals of runs whose process is gone without
+restoring, and undoes what they say was changed, where it is still as that run left it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import resource
 import shlex
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import results
 from .errors import UserError
 
 PROC_SYS = Path("/proc/sys")
@@ -54,6 +62,10 @@ NOTRACK_COMMENT = "epollbench: loopback untracked"
 # The nft table tune() adds when the host has nft but no iptables; restore() deletes it whole.
 NFT_TABLE = "epollbench_notrack"
 FIREWALL_TIMEOUT_S = 30
+# A run's journal of what tune() changed: tuning.json, a resumed attempt's tuning.1.json and so on.
+JOURNAL = "tuning.json"
+JOURNAL_GLOB = "tuning*.json"
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 @dataclass(frozen=True)
@@ -338,11 +350,16 @@ def _enough(setting: str, current: int | list[int] | None, needed: int | list[in
     return current >= needed
 
 
+def _sysctl_text(value: int | list[int]) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 @dataclass
 class Tuning:
     """The sysctls tune() changed and the loopback NOTRACK rules it added; restore() (or leaving its `with`
     block, however) puts the sysctls back and removes those rules. A change with "undo" is rules: the
-    commands that remove exactly what was added."""
+    commands that remove exactly what was added. A change is recorded before it is made ("applied" false
+    until it is), and with a journal every record is written there too, for restore_abandoned()."""
 
     proc_sys: Path = PROC_SYS
     iptables: Path = IPTABLES
@@ -350,6 +367,33 @@ class Tuning:
     changed: list[dict] = field(default_factory=list)
     left_alone: list[dict] = field(default_factory=list)
     restored: bool = False
+    journal: Path | None = None
+    # The journal's contents: which process changed the host (_this_process) and when, and whether and when
+    # it was all put back, beside the changes.
+    record: dict = field(default_factory=dict)
+
+    def _begin(self, change: dict) -> dict:
+        change["applied"] = False
+        self.changed.append(change)
+        self._write_journal()
+        return change
+
+    def _applied(self, change: dict) -> None:
+        change["applied"] = True
+        self._write_journal()
+
+    def _write_journal(self, must: bool = True) -> None:
+        if self.journal is None:
+            return
+        if not self.record:
+            self.record = {"schema_version": results.SCHEMA_VERSION, **_this_process(),
+                           "started_at": results.utc_now(), "restored_at": None}
+        self.record["changes"] = self.changed
+        try:
+            results.write_json_atomic(self.journal, self.record, overwrite=True)
+        except OSError:
+            if must:  # no change is made that the journal does not hold
+                raise
 
     def _untrack_loopback(self) -> None:
         state = read_loopback_conntrack(True, self.iptables, self.nft)
@@ -360,28 +404,34 @@ class Tuning:
         if not missing:
             self.left_alone.append({"setting": LOOPBACK_CONNTRACK, "value": "untracked", "needed": "untracked"})
             return
+        if state["tool"] == "nft" and _firewall([str(self.nft), "list", "table", "ip", NFT_TABLE]).returncode == 0:
+            raise UserError(f"nft table ip {NFT_TABLE} exists but does not exempt all loopback traffic: "
+                            f"`nft delete table ip {NFT_TABLE}` (a run that did not end cleanly left it)")
         change = {"setting": LOOPBACK_CONNTRACK, "old": "tracked", "new": "untracked", "tool": state["tool"],
                   "backend": state["backend"], "added": [], "undo": []}
-        self.changed.append(change)  # before the first rule goes in, so a failure part-way removes it again
         if state["tool"] == "iptables":
             # iptables-nft creates the raw table and its base chains for the first rule and leaves them behind
             # when the rule goes: hooks every packet passes. Drop them again if they were not there before.
             raw_table = [str(self.nft), "list", "table", "ip", "raw"]
             change["drop_empty_raw_table"] = (state["backend"] == "nf_tables" and os.access(self.nft, os.X_OK)
                                               and _firewall(raw_table).returncode != 0)
+        # Each rule's undo is recorded before the rule goes in: a delete of a rule that never went in fails
+        # harmlessly, a rule in without its undo recorded would stay for good.
+        self._begin(change)
+        if state["tool"] == "iptables":
             for chain in missing:
                 rule = _iptables_notrack_rule(chain)
-                _firewall_or_fail([str(self.iptables), "-t", "raw", "-I", *rule])
                 change["added"].append(shlex.join(["iptables", "-t", "raw", "-A", *rule]))
                 change["undo"].append([str(self.iptables), "-t", "raw", "-D", *rule])
+                self._write_journal()
+                _firewall_or_fail([str(self.iptables), "-t", "raw", "-I", *rule])
         else:
-            if _firewall([str(self.nft), "list", "table", "ip", NFT_TABLE]).returncode == 0:
-                raise UserError(f"nft table ip {NFT_TABLE} exists but does not exempt all loopback traffic: "
-                                f"`nft delete table ip {NFT_TABLE}` (a run that did not end cleanly left it)")
             table = _nft_notrack_table(missing)
-            _firewall_or_fail([str(self.nft), "-f", "-"], stdin=table)
             change["added"].append(table)
             change["undo"].append([str(self.nft), "delete", "table", "ip", NFT_TABLE])
+            self._write_journal()
+            _firewall_or_fail([str(self.nft), "-f", "-"], stdin=table)
+        self._applied(change)
 
     def _apply(self, findings: list[Finding]) -> None:
         for finding in findings:
@@ -395,34 +445,49 @@ class Tuning:
                 self.left_alone.append({"setting": finding.setting, "value": current, "needed": finding.needed})
                 continue
             path = _sysctl_path(finding.setting, self.proc_sys)
-            old_text = path.read_text().strip()
-            new_text = " ".join(map(str, finding.needed)) if isinstance(finding.needed, list) \
-                else str(finding.needed)
-            path.write_text(new_text)
-            self.changed.append({"setting": finding.setting, "old": current, "new": finding.needed,
-                                 "old_text": old_text})
+            change = self._begin({"setting": finding.setting, "old": current, "new": finding.needed,
+                                  "old_text": path.read_text().strip()})
+            path.write_text(_sysctl_text(finding.needed))
+            self._applied(change)
 
-    def restore(self) -> list[dict]:
+    def restore(self, say: Callable[[str], None] | None = None) -> list[dict]:
         """Writes back every value tune() changed, unless someone else changed it since (then it is left
-        and reported). Returns the settings not restored; safe to call more than once."""
+        and reported), and deletes the rules it added. Returns the settings not restored; with say, says
+        one line per item put back. Safe to call more than once."""
         not_restored = []
         if self.restored:
             return not_restored
         self.restored = True
         for change in reversed(self.changed):
+            if change.get("undone"):  # by a restore that was itself cut short
+                continue
             if "undo" in change:
-                failed = [_firewall(argv) for argv in change["undo"]]
-                failed = [f"{shlex.join(p.args)}: {p.stderr.strip()}" for p in failed if p.returncode != 0]
-                if failed:  # someone removed the rule already; a delete never matches a rule we did not add
+                failed = []
+                for argv in change["undo"]:
+                    proc = _firewall(argv)
+                    if proc.returncode == 0:
+                        if say:
+                            say(f"{change['setting']}: removed with `{shlex.join(argv)}`")
+                    elif change["applied"]:  # someone removed it already; a delete never matches a rule we did not add
+                        failed.append(f"{shlex.join(argv)}: {proc.stderr.strip()}")
+                if failed:
                     not_restored.append(dict(change, found="; ".join(failed)))
                 if change.get("drop_empty_raw_table"):
                     self._drop_raw_table_if_empty()
-                continue
-            current = _read_sysctl(change["setting"], self.proc_sys)
-            if current != change["new"]:
-                not_restored.append(dict(change, found=current))
-                continue
-            _sysctl_path(change["setting"], self.proc_sys).write_text(change["old_text"])
+            else:
+                current = _read_sysctl(change["setting"], self.proc_sys)
+                if current == change["new"]:
+                    _sysctl_path(change["setting"], self.proc_sys).write_text(change["old_text"])
+                    if say:
+                        say(f"{change['setting']} back to {' '.join(change['old_text'].split())} "
+                            f"from {_sysctl_text(change['new'])}")
+                elif change["applied"]:  # else the process died before the write: nothing to put back
+                    not_restored.append(dict(change, found=current))
+            change["undone"] = True
+            self._write_journal(must=False)  # a full disk must not keep the rest of the host from going back
+        if self.record:
+            self.record.update(restored_at=results.utc_now(), restored_by=os.getpid(), not_restored=not_restored)
+            self._write_journal(must=False)
         return not_restored
 
     def _drop_raw_table_if_empty(self) -> None:
@@ -444,21 +509,113 @@ def _firewall_or_fail(argv: list[str], stdin: str | None = None) -> None:
         raise UserError(f"`{shlex.join(argv)}` failed: {proc.stderr.strip()}")
 
 
-def tune(findings: list[Finding], proc_sys: Path = PROC_SYS, iptables: Path = IPTABLES, nft: Path = NFT) -> Tuning:
+def tune(findings: list[Finding], proc_sys: Path = PROC_SYS, iptables: Path = IPTABLES, nft: Path = NFT,
+         journal: Path | None = None) -> Tuning:
     """Raises (never lowers) the tunable findings' sysctls now and exempts loopback from conntrack when that
     was found; use as `with tune(findings) as tuning:` so all is undone on the way out, exceptions and
-    KeyboardInterrupt included."""
+    KeyboardInterrupt included. With a journal (journal_path), each change is written there before it is
+    made, so that restore_abandoned() can undo it should this process be killed before it can."""
     tunable = [f for f in findings if f.tunable]
     if tunable and os.geteuid() != 0:
         raise UserError("raising host limits needs root: run as root, or first run "
                         + "; ".join(f.fix for f in tunable))
-    tuning = Tuning(proc_sys=proc_sys, iptables=iptables, nft=nft)
+    tuning = Tuning(proc_sys=proc_sys, iptables=iptables, nft=nft, journal=journal)
     try:
         tuning._apply(tunable)
     except BaseException as error:
         tuning.restore()
         if isinstance(error, OSError):
-            raise UserError(f"could not write {error.filename}: {error.strerror} "
-                            "(in a container, /proc/sys is read-only: tune the host)") from error
+            hint = " (in a container, /proc/sys is read-only: tune the host)" \
+                if str(error.filename).startswith(str(proc_sys)) else ""
+            raise UserError(f"could not write {error.filename}: {error.strerror}{hint}") from error
         raise
     return tuning
+
+
+def journal_path(run_dir: Path) -> Path:
+    """Where an attempt at a run journals its tuning: tuning.json, or for a resumed run, tuning.N.json
+    beside the earlier attempts' journals."""
+    path, n = run_dir / JOURNAL, 1
+    while path.exists():
+        path, n = run_dir / f"tuning.{n}.json", n + 1
+    return path
+
+
+def _boot_id() -> str:
+    return BOOT_ID.read_text().strip()
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process pid started, in clock ticks after boot (with the pid and the boot id, it names one process
+    for good: pids are recycled); None when no such process is alive, a zombie included."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    state, *fields = stat[stat.rindex(")") + 2:].split()
+    return None if state in ("Z", "X") else int(fields[18])
+
+
+def _namespaces() -> dict:
+    """This process's pid and network namespaces: a pid means this process only within its pid namespace,
+    and the net.* sysctls and the rules are its network namespace's."""
+    return {kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("pid", "net")}
+
+
+def _this_process() -> dict:
+    return {"pid": os.getpid(), "pid_start": _start_ticks(os.getpid()), "boot_id": _boot_id(),
+            "namespaces": _namespaces()}
+
+
+def _alive(record: dict) -> bool:
+    return (record.get("boot_id") == _boot_id() and record.get("pid_start") is not None
+            and _start_ticks(record["pid"]) == record["pid_start"])
+
+
+def restore_abandoned(results_dir: Path, say: Callable[[str], None] = print, also: Iterable[Path] = (),
+                      proc_sys: Path = PROC_SYS) -> list[Path]:
+    """Undoes the tuning of runs that ended without undoing it (SIGKILL, the OOM killer): every journal in
+    a run folder under results_dir, or in the run folders `also` names, that is not marked restored and whose
+    process is gone. Each sysctl goes back where it still has the value that run wrote; each rule it added is
+    deleted (a rule already gone is left so). One line per item says so, and the journal is marked restored.
+    A live run's journal is never touched, nor one from another pid or network namespace (a container's: its
+    process cannot be told apart from here, and its changes are not this namespace's). Returns the journals
+    it restored."""
+    found = [*results_dir.glob(f"*/{JOURNAL_GLOB}"), *(p for run in also for p in Path(run).glob(JOURNAL_GLOB))]
+    restored = []
+    for path in sorted({p.resolve() for p in found}):  # resolved: results/latest is a run folder again
+        try:
+            record = results.read_json(path)
+        except UserError as error:
+            say(f"tune-host: {error}")
+            continue
+        if record.get("restored_at"):
+            continue
+        about = f"tune-host: run {path.parent.name} ended without restoring the host"
+        if record.get("boot_id") != _boot_id():
+            say(f"{about}, but the host has rebooted since, which undid it: nothing to restore")
+            with contextlib.suppress(OSError):  # a user's reproduce in root's results: said, left to root
+                results.write_json_atomic(path, dict(record, restored_at=results.utc_now(), restored_by="reboot"),
+                                          overwrite=True)
+            continue
+        if record.get("namespaces") != _namespaces():
+            say(f"tune-host: run {path.parent.name} tuned the host from another pid or network namespace (a "
+                f"container?): its journal {path} is left for a reproduce there")
+            continue
+        if _alive(record):
+            continue
+        if os.geteuid() != 0:
+            say(f"{about} ({', '.join(c['setting'] for c in record['changes'])}): as root, the next "
+                "`invoke reproduce` puts it back")
+            continue
+        tuning = Tuning(proc_sys=proc_sys, changed=record["changes"], journal=path, record=record)
+        try:
+            left = tuning.restore(say=lambda line, about=about: say(f"{about}: {line}"))
+        except OSError as error:
+            say(f"{about}, and cannot write {error.filename} ({error.strerror}): restore it by hand from {path}")
+            continue
+        for change in left:
+            say(f"{about}: left {change['setting']} as it is ({change['found']}): it was set to "
+                f"{change['new']}, and has been changed since")
+        restored.append(path)
+    return restored

@@ -5,6 +5,8 @@ Layout of a run folder (schema_version: model.SCHEMA_VERSION):
   points/<id>.json      one measured, failed or skipped point each, written atomically, never overwritten
   raw/<id>.*            raw outputs (httperf text, ephttpd and deadconn JSON lines, pipetest JSON)
   logs/                 image builds, dockerd, mmdebstrap
+  tuning.json           what --tune-host changed on the host, written before each change, and when it was
+                        put back (tuning.N.json: a resumed attempt's; preflight.restore_abandoned)
   report/               written by `invoke report`
 
 Records are read through model.upgrade: an older schema_version is upgraded in memory, a newer one refused.

@@ -203,6 +203,8 @@ class Engines:
 
 
 def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, say) -> None:
+    # First, what an earlier run killed outright left tuned (a resumed run's own folder may lie elsewhere).
+    preflight.restore_abandoned(options.results_dir, say, also=[run.path])
     # The engines and the address the run was started with (a resumed run's own; the default for a run
     # recorded before they could be chosen).
     where = record.get("engines") or {"server": engine.default_url(), "client": engine.default_url(),
@@ -262,7 +264,8 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
                               "max_pipes": {b: max_pipes(fd_limit, b) for b in plan.backends}})
     server_runner = Containers(server_engine, run.id, fd_limit)
     client_runner = Containers(client_engine, run.id, client_fd_limit)
-    with preflight.tune(findings if options.tune_host else []) as tuned, Progress(say) as progress:
+    tuning = preflight.tune(findings if options.tune_host else [], journal=preflight.journal_path(run.path))
+    with tuning as tuned, Progress(say) as progress:
         if tuned.changed:
             run.update_record(tuned=tuned.changed)
         ctx = Context(run, plan, server_runner, client_runner, built["server"].tag, built["client"].tag, sets, fd_limit,

@@ -1,6 +1,52 @@
+import os
+
 import pytest
+import tools
 
 from experiment import native
+
+# Set by `./run clean-room` (experiment/cleanroom.py): an unprivileged container on the host's Docker engine.
+CLEAN_ROOM = os.environ.get("EPOLLBENCH_CLEAN_ROOM") == "1"
+SECOND_DOCKERD = "starts a second dockerd"
+clean_room_skips: list[tuple[str, str]] = []
+
+
+def pytest_collection_modifyitems(items):
+    # The fixture needs the host, so every test that uses it does: the marker follows the fixture.
+    for item in items:
+        if "second_engine" in item.fixturenames:
+            item.add_marker(pytest.mark.needs_host(SECOND_DOCKERD, tools=["dockerd"]))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """needs_host(why, tools=[...]): the one list of what cannot run in the clean room (skipped there and
+    listed at the end); elsewhere it needs root and the tools. needs_tool(name, ..., root=False):
+    tools.require each. Both run before the test's fixtures."""
+    for mark in item.iter_markers("needs_host"):
+        if len(mark.args) != 1 or not isinstance(mark.args[0], str):
+            raise pytest.UsageError(f"{item.nodeid}: needs_host takes one reason, why the test needs the host")
+        why = mark.args[0]
+        if CLEAN_ROOM:
+            clean_room_skips.append((item.nodeid, why))
+            pytest.skip(f"clean room: {why}")
+        if os.geteuid() != 0:
+            pytest.skip(f"{why}: needs root")
+        for name in mark.kwargs.get("tools", ()):
+            tools.require(name)
+    for mark in item.iter_markers("needs_tool"):
+        for name in mark.args:
+            tools.require(name)
+        if mark.kwargs.get("root") and os.geteuid() != 0:
+            pytest.skip(f"runs {', '.join(mark.args)} as root: needs root")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not CLEAN_ROOM:
+        return
+    terminalreporter.section(f"clean-room skips: {len(clean_room_skips)} (needs_host, tests/conftest.py)")
+    for nodeid, why in clean_room_skips:
+        terminalreporter.line(f"{nodeid}: {why}")
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +68,6 @@ def second_engine():
     """A second dockerd on this machine (tests/engines.py), removed with its data at the end."""
     import engines
 
-    if engines.dockerd_binary() is None:
-        pytest.skip("no dockerd on this machine: install docker.io")
     engine = engines.start()
     try:
         yield engine

@@ -13,10 +13,8 @@ def cpus():
     return bench.Cpus()
 
 
-@pytest.mark.parametrize("server", ["ephttpd", "nginx"])
+@pytest.mark.parametrize("server", ["ephttpd", pytest.param("nginx", marks=pytest.mark.needs_tool("nginx", root=True))])
 def test_a_point_counts_every_server_process_and_the_loads_replies(build_dir, cpus, server, monkeypatch):
-    if server == "nginx" and not (os.access(bench.NGINX, os.X_OK) and os.geteuid() == 0):
-        pytest.fail("nginx needs Debian's nginx-light and root (./run test installs it)")
     monkeypatch.setattr(bench, "LOAD_SECONDS", 2)
     point = bench._point(cpus, server, "epoll", 300, "wrk")
 

@@ -1,6 +1,5 @@
 """compose/*.yml are generated from the runner's definitions: the committed files must be current."""
 
-import shutil
 import subprocess
 
 import pytest
@@ -16,11 +15,10 @@ def test_committed_compose_files_are_current(tmp_path):
         assert committed.read_text() == path.read_text(), f"{committed} is stale: run `invoke compose`"
 
 
+@pytest.mark.needs_tool("docker-compose")
 @pytest.mark.parametrize("variant", ["up", "smp"])
 def test_compose_files_parse_with_docker_compose(variant):
     """Debian's docker-compose v1 reads them, with the variables' defaults filled in."""
-    if shutil.which("docker-compose") is None:
-        pytest.fail("docker-compose missing: `apt-get install docker-compose` (./run test installs it)")
     proc = subprocess.run(["docker-compose", "-f", str(composefiles.COMPOSE / f"{variant}.yml"), "config"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

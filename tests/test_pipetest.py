@@ -3,7 +3,6 @@
 import json
 import re
 import resource
-import shutil
 import subprocess
 
 import pytest
@@ -146,6 +145,7 @@ def test_help_lists_every_option_with_its_default(build_dir):
         assert re.search(rf"^  {option} .*\(default \S+\)$", proc.stdout, re.MULTILINE), option
 
 
+@pytest.mark.needs_tool("strace")
 @pytest.mark.parametrize("backend, syscall, error, reason", [
     ("io_uring", "io_uring_setup", "EPERM", "io_uring: io_uring_setup: Operation not permitted ("),
     ("io_uring", "io_uring_setup", "ENOSYS", "io_uring: io_uring_setup: Function not implemented ("),
@@ -155,8 +155,6 @@ def test_help_lists_every_option_with_its_default(build_dir):
 def test_a_backend_the_kernel_refuses_is_a_usage_error_with_the_reason(build_dir, backend, syscall, error,
                                                                        reason):
     """The refusal is staged with strace's fault injection, as seccomp or a sysctl would make it."""
-    if not shutil.which("strace"):
-        pytest.skip("strace is not installed")
     proc = subprocess.run(["strace", "-o", "/dev/null", "-e", f"trace={syscall}", "-e",
                            f"inject={syscall}:error={error}", str(build_dir / "pipetest"), "--backend", backend],
                           capture_output=True, text=True, timeout=60)

@@ -153,7 +153,7 @@ def test_a_failed_write_undoes_the_writes_before_it(tmp_path):
     assert (root / "net/core/somaxconn").read_text().strip() == "128"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="writes /proc/sys: needs root")
+@pytest.mark.needs_host("writes /proc/sys")
 @pytest.mark.parametrize("interruption", [None, RuntimeError, KeyboardInterrupt])
 def test_tune_raises_the_real_somaxconn_and_restores_it(interruption):
     original = SOMAXCONN.read_text()
@@ -171,7 +171,7 @@ def test_tune_raises_the_real_somaxconn_and_restores_it(interruption):
             SOMAXCONN.write_text(original)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="writes /proc/sys: needs root")
+@pytest.mark.needs_host("writes /proc/sys")
 def test_tune_never_lowers_the_real_somaxconn():
     original = SOMAXCONN.read_text()
     value = int(original)
@@ -352,8 +352,7 @@ def nft_raw_table_exists() -> bool | None:
     return subprocess.run([str(preflight.NFT), "list", "table", "ip", "raw"], capture_output=True).returncode == 0
 
 
-needs_root_and_iptables = pytest.mark.skipif(os.geteuid() != 0 or not os.access(preflight.IPTABLES, os.X_OK),
-                                             reason="changes the raw table: needs root and iptables")
+needs_root_and_iptables = pytest.mark.needs_host("changes the host's iptables raw table", tools=["iptables"])
 
 
 @needs_root_and_iptables
@@ -406,7 +405,7 @@ def test_restore_reports_a_rule_someone_else_removed():
         assert not any(OUR_RULES[chain] in raw_rules() for chain in preflight.NOTRACK_CHAINS)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.access(preflight.NFT, os.X_OK), reason="needs root and nft")
+@pytest.mark.needs_host("changes the host's nftables ruleset", tools=["nft"])
 def test_without_iptables_tune_uses_its_own_nft_table_and_deletes_it():
     def table_exists() -> bool:
         return subprocess.run([str(preflight.NFT), "list", "table", "ip", preflight.NFT_TABLE],

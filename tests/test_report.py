@@ -325,11 +325,11 @@ def test_compare_gives_the_ratios_the_data_implies(tmp_path):
 
 @pytest.fixture
 def chromium():
-    """Debian's chromium: the browser test fails without it (CI installs it), it does not skip."""
+    """Debian's chromium, which ./run test installs (tools.require: a failure without it under CI)."""
     import devtools
+    import tools
 
-    if devtools.chromium_binary() is None:
-        pytest.fail("chromium not found: install chromium (Debian: apt-get install chromium)")
+    tools.require("chromium")
     return devtools
 
 

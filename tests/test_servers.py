@@ -5,7 +5,6 @@ server of the user's own on host networking."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import resource
 import shlex
@@ -26,8 +25,7 @@ from experiment.errors import UserError
 from experiment.services import LOOPBACK
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-needs_nginx = pytest.mark.skipif(not (os.access(NGINX, os.X_OK) and os.geteuid() == 0),
-                                 reason="needs Debian's nginx-light and root")
+needs_nginx = pytest.mark.needs_tool("nginx", root=True)
 FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 DAY_S = 86400
 

@@ -1,0 +1,82 @@
+"""`./run clean-room`'s container: what it is given from the host (the run itself is `./run clean-room`)."""
+
+from pathlib import Path
+
+from experiment import cleanroom
+
+
+def test_the_clean_room_gets_the_hosts_engine_network_fd_limit_and_pip_settings(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    cert = tmp_path / "ca.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    work = tmp_path / "work"
+    environ = {"PIP_FIND_LINKS": str(wheels), "PIP_CERT": str(cert), "PIP_DEFAULT_TIMEOUT": "180",
+               "HOME": str(tmp_path / "home"), "CI": "false"}
+    options = cleanroom.container_options(work, "/run/docker.sock", 12345, environ, confs=())
+
+    assert options["network_mode"] == "host"
+    nofile, = options["ulimits"]
+    assert (nofile["Name"], nofile["Soft"], nofile["Hard"]) == ("nofile", 12345, 12345)
+    assert options["shm_size"] == "1g"
+    env = options["environment"]
+    assert env["CI"] == "true" and env["EPOLLBENCH_CLEAN_ROOM"] == "1"
+    assert {k: env[k] for k in environ if k.startswith("PIP_")} == {k: v for k, v in environ.items()
+                                                                  if k.startswith("PIP_")}
+    assert "HOME" not in env
+    volumes = options["volumes"]
+    assert volumes["/run/docker.sock"] == {"bind": "/var/run/docker.sock", "mode": "rw"}
+    # Docker-outside-of-docker: containers the tests start bind paths of the clone, which the host must see.
+    assert volumes[str(work)] == {"bind": str(work), "mode": "rw"}
+    assert Path(env["TMPDIR"]).is_relative_to(work) and Path(options["working_dir"]).is_relative_to(work)
+    assert volumes[str(wheels)] == {"bind": str(wheels), "mode": "ro"}
+    assert str(cert) not in volumes, "copied in, so that Debian's ca-certificates may replace it as on the host"
+
+
+def test_pip_confs_and_the_files_and_folders_pip_settings_name_are_found(tmp_path):
+    cert, wheels, index, constraints = tmp_path / "cert.pem", tmp_path / "wheels", tmp_path / "index", \
+        tmp_path / "constraints.txt"
+    cert.write_text("x")
+    constraints.write_text("x<2\n")
+    wheels.mkdir()
+    (index / "simple").mkdir(parents=True)
+    conf = tmp_path / "pip.conf"
+    conf.write_text(f"[global]\ncert = {cert}\nconstraint = {constraints}\ntimeout = 60\n")
+    home = tmp_path / "home"
+    (home / ".config/pip").mkdir(parents=True)
+    (home / ".config/pip/pip.conf").write_text(f"[global]\nfind-links = {wheels}\n"
+                                               f"extra-index-url = file://{index}/simple https://example.invalid/x\n")
+    env, files, folders = cleanroom.pip_settings({"PIP_NO_INPUT": "1", "PATH": "/usr/bin", "HOME": str(home)},
+                                                 (conf, tmp_path / "absent.conf"))
+    assert env == {"PIP_NO_INPUT": "1"}
+    # The user's pip.conf goes to root's, the user of the clean room.
+    assert files == {conf: conf, home / ".config/pip/pip.conf": Path("/root/.config/pip/pip.conf"),
+                     cert: cert, constraints: constraints}
+    assert folders == [wheels, index], "a file:// index with the files its pages link to, beside simple/"
+
+
+TRANSCRIPT = b"""\
+============================= test session starts ==============================
+..s.
+=========================== short test summary info ============================
+SKIPPED [1] tests/conftest.py:40: clean room: writes /proc/sys
+==================== clean-room skips: 2 (needs_host, tests/conftest.py) ====================
+tests/test_preflight.py::test_tune: writes /proc/sys
+tests/test_engines.py::test_copy: starts a second dockerd
+================= 300 passed, 2 skipped in 912.31s (0:15:12) ==================
+results: results/20261130T000000Z
+"""
+
+
+def test_the_summary_repeats_pytests_closing_line_and_the_clean_room_skips(capsys):
+    steps = [cleanroom.Step(".ci/run", 0, 1000.0), cleanroom.Step("reproduce", 0, 200.0)]
+    fresh = {"origin": "mmdebstrap --variant=minbase bookworm", "images": ["epollbench/server:abc"]}
+    cleanroom._summary("0123456789abcdef", steps, fresh, bytearray(TRANSCRIPT), 1234.0)
+    out = capsys.readouterr().out
+    assert "HEAD 0123456789ab, total 20 min 34 s" in out
+    assert ".ci/run: exit 0 in 16 min 40 s" in out and "reproduce: exit 0 in 3 min 20 s" in out
+    assert "pytest: 300 passed, 2 skipped in 912.31s (0:15:12)" in out
+    assert ("clean-room skips: 2 (needs_host, tests/conftest.py)\n"
+            "tests/test_preflight.py::test_tune: writes /proc/sys\n"
+            "tests/test_engines.py::test_copy: starts a second dockerd\n") in out
+    assert "built without cache from a base bootstrapped now (mmdebstrap" in out

@@ -1,0 +1,262 @@
+"""`invoke reproduce --tune-host` puts the host back: a real run on the real host when it is interrupted
+(SIGINT, SIGTERM), and when it is killed outright (SIGKILL), the next `reproduce` does, from the journal the
+run keeps (preflight.restore_abandoned); the journal's rules are checked on a fake /proc/sys first.
+
+The real runs first make the host need tuning, so that --tune-host changes something: somaxconn below the
+server's backlog, loopback traffic tracked (they skip on a host whose own rules exempt loopback). The host's
+values are put back whatever happens. The plan is four 2 s pipetest points: the run is still measuring when
+the test signals it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from reproducing import finished, invoke, labelled_containers
+from test_preflight import OUR_RULES, clean_raw_table, fake_proc_sys, raw_rules
+
+from experiment import preflight, results
+from experiment.errors import UserError
+from experiment.preflight import Finding
+from experiment.results import Run
+
+real_host = pytest.mark.needs_host("changes the host's /proc/sys and raw table", tools=["iptables"])
+
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+# Low enough for the preflight to find (it wants the server's backlog), so --tune-host raises it.
+LOW_SOMAXCONN = preflight.SERVER_BACKLOG // 2
+PLAN = ["--tune-host", "--sweeps", "pipetest", "--variants", "up", "--backends", "poll,epoll",
+        "--pipes", "10,100", "--no-report"]
+TUNED_WITHIN_S = 120
+
+
+# ---- the journal, on a fake /proc/sys ----------------------------------------------------------------------
+
+LOW = {"net.core.somaxconn": "128", "net.ipv4.tcp_max_syn_backlog": "128", "fs.nr_open": "1024"}
+READ_ONLY_SYSCTL = Path("/proc/sys/kernel/ngroups_max")  # mode 0444
+RAISE = [Finding(name, int(value), 2048, "", "") for name, value in LOW.items()]
+
+
+def gone_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def killed_run(tmp_path: Path, monkeypatch, findings=RAISE) -> tuple[Path, Path]:
+    """A fake /proc/sys with LOW's values, and under tmp_path/results a run folder whose tuning raised
+    `findings` and was never restored, its process gone: (the fake tree, the journal)."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    root = fake_proc_sys(tmp_path / "proc-sys", LOW)
+    journal = preflight.journal_path(tmp_path / "results" / "run-a")
+    preflight.tune(findings, proc_sys=root, journal=journal)  # no restore: the process is "killed" here
+    record = results.read_json(journal)
+    results.write_json_atomic(journal, dict(record, pid=gone_pid()), overwrite=True)
+    return root, journal
+
+
+def values(root: Path) -> dict[str, str]:
+    return {name: (root / name.replace(".", "/")).read_text().strip() for name in LOW}
+
+
+def test_each_change_is_journalled_before_it_is_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    root = fake_proc_sys(tmp_path, {"net.core.somaxconn": "128"})
+    # A value that reads but cannot be written, even by root: the write of this one fails.
+    (root / "net/ipv4").mkdir()
+    (root / "net/ipv4/tcp_max_syn_backlog").symlink_to(READ_ONLY_SYSCTL)
+    unwritable = Finding("net.ipv4.tcp_max_syn_backlog", 0, int(READ_ONLY_SYSCTL.read_text()) + 1, "", "")
+    journal = preflight.journal_path(tmp_path / "run")
+    with pytest.raises(UserError, match="could not write"):
+        preflight.tune([RAISE[0], unwritable], proc_sys=root, journal=journal)
+    record = results.read_json(journal)
+    assert [(c["setting"], c["applied"]) for c in record["changes"]] == [("net.core.somaxconn", True),
+                                                                          ("net.ipv4.tcp_max_syn_backlog", False)]
+    assert record["pid"] == os.getpid() and record["restored_at"] and record["restored_by"] == os.getpid()
+    assert (root / "net/core/somaxconn").read_text() == "128"
+    assert preflight.journal_path(tmp_path / "run").name == "tuning.1.json", "a resumed attempt's is another"
+
+
+def test_a_dead_runs_tuning_goes_back_where_it_is_as_the_run_left_it(tmp_path, monkeypatch):
+    root, journal = killed_run(tmp_path, monkeypatch)
+    assert values(root) == {name: "2048" for name in LOW}
+    (root / "net/ipv4/tcp_max_syn_backlog").write_text("4096")  # someone else's since
+    record = results.read_json(journal)
+    record["changes"][2]["applied"] = False  # killed between journal and write: fs.nr_open was never raised
+    (root / "fs/nr_open").write_text("1024")
+    results.write_json_atomic(journal, record, overwrite=True)
+
+    said = []
+    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [journal]
+    assert values(root) == {"net.core.somaxconn": "128", "net.ipv4.tcp_max_syn_backlog": "4096",
+                            "fs.nr_open": "1024"}
+    about = "tune-host: run run-a ended without restoring the host: "
+    assert said == [about + "net.core.somaxconn back to 128 from 2048",
+                    about + "left net.ipv4.tcp_max_syn_backlog as it is (4096): it was set to 2048, and has been "
+                            "changed since"]
+    record = results.read_json(journal)
+    assert record["restored_at"] and record["restored_by"] == os.getpid()
+    assert [c["setting"] for c in record["not_restored"]] == ["net.ipv4.tcp_max_syn_backlog"]
+    said.clear()
+    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [] and said == []
+
+
+def test_a_live_runs_journal_is_never_touched_but_a_recycled_pid_is_no_live_run(tmp_path, monkeypatch):
+    root, journal = killed_run(tmp_path, monkeypatch, RAISE[:1])
+    record = results.read_json(journal)
+    this = {"pid": os.getpid(), "pid_start": preflight._start_ticks(os.getpid())}
+    results.write_json_atomic(journal, dict(record, **this), overwrite=True)
+    said = []
+    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [] and said == []
+    assert values(root)["net.core.somaxconn"] == "2048"
+
+    results.write_json_atomic(journal, dict(record, pid=os.getpid(), pid_start=this["pid_start"] - 1), overwrite=True)
+    elsewhere = tmp_path / "other-results"  # a resumed run named by its folder, outside the results dir
+    assert preflight.restore_abandoned(elsewhere, said.append, also=[journal.parent], proc_sys=root) == [journal]
+    assert values(root)["net.core.somaxconn"] == "128"
+
+
+def test_a_journal_from_before_a_reboot_is_closed_without_touching_the_host(tmp_path, monkeypatch):
+    root, journal = killed_run(tmp_path, monkeypatch, RAISE[:1])
+    record = results.read_json(journal)
+    results.write_json_atomic(journal, dict(record, boot_id="another boot"), overwrite=True)
+    said = []
+    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
+    assert said == ["tune-host: run run-a ended without restoring the host, but the host has rebooted since, "
+                    "which undid it: nothing to restore"]
+    assert values(root)["net.core.somaxconn"] == "2048"
+    assert results.read_json(journal)["restored_by"] == "reboot"
+
+
+def test_a_journal_from_another_namespace_is_left_for_a_reproduce_there(tmp_path, monkeypatch):
+    root, journal = killed_run(tmp_path, monkeypatch, RAISE[:1])
+    record = results.read_json(journal)
+    results.write_json_atomic(journal, dict(record, namespaces={"pid": 1, "net": 2}), overwrite=True)
+    said = []
+    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
+    assert said == [f"tune-host: run run-a tuned the host from another pid or network namespace (a container?): "
+                    f"its journal {journal} is left for a reproduce there"]
+    assert values(root)["net.core.somaxconn"] == "2048" and results.read_json(journal)["restored_at"] is None
+
+
+def test_without_root_a_dead_runs_tuning_is_named_and_left_for_root(tmp_path, monkeypatch):
+    root, journal = killed_run(tmp_path, monkeypatch, RAISE[:1])
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    said = []
+    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
+    assert said == ["tune-host: run run-a ended without restoring the host (net.core.somaxconn): as root, the next "
+                    "`invoke reproduce` puts it back"]
+    assert values(root)["net.core.somaxconn"] == "2048" and results.read_json(journal)["restored_at"] is None
+
+
+# ---- real runs on the real host --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def host_that_needs_tuning():
+    """Loopback tracked and somaxconn at LOW_SOMAXCONN for the test; the raw table and somaxconn as they
+    were afterwards. Yields the raw table's rules as the test found them."""
+    original = SOMAXCONN.read_text()
+    with clean_raw_table():
+        try:
+            SOMAXCONN.write_text(str(LOW_SOMAXCONN))
+            yield raw_rules()
+        finally:
+            SOMAXCONN.write_text(original)
+
+
+def host_is_tuned() -> bool:
+    rules = raw_rules()
+    return (int(SOMAXCONN.read_text()) == preflight.SERVER_BACKLOG
+            and all(OUR_RULES[chain] in rules for chain in preflight.NOTRACK_CHAINS))
+
+
+def wait_until_measuring(proc: subprocess.Popen, results_dir: Path, client) -> Run:
+    """The run once it has tuned the host and has a container of its own running."""
+    deadline = time.monotonic() + TUNED_WITHIN_S
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        runs = [p.parent for p in results_dir.glob("*/run.json") if not p.parent.is_symlink()]
+        if runs and host_is_tuned() and labelled_containers(client, runs[0].name):
+            return Run(runs[0])
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"the run did not tune the host and start measuring within {TUNED_WITHIN_S} s: "
+                         f"{proc.communicate()}")
+
+
+def journals(run: Run) -> list[dict]:
+    return [results.read_json(path) for path in sorted(run.path.glob("tuning*.json"))]
+
+
+@pytest.mark.docker
+@real_host
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda signum: signum.name)
+def test_an_interrupted_run_puts_the_host_back(tmp_path, client, signum):
+    with host_that_needs_tuning() as rules_before:
+        proc = invoke(*PLAN, results_dir=tmp_path)
+        run = None
+        try:
+            run = wait_until_measuring(proc, tmp_path, client)
+            said = []
+            assert preflight.restore_abandoned(tmp_path, say=said.append) == [] and said == []
+            assert host_is_tuned(), "a live run's tuning is never undone by another process"
+            proc.send_signal(signum)
+            code, out, err = finished(proc, 120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if run is not None:
+                with contextlib.suppress(Exception):
+                    for container in labelled_containers(client, run.id):
+                        container.remove(force=True)
+
+        assert code == 2 and "interrupted" in err and "Traceback" not in err, err
+        assert run.record()["status"] == "interrupted"
+        assert labelled_containers(client, run.id) == []
+        assert int(SOMAXCONN.read_text()) == LOW_SOMAXCONN
+        assert raw_rules() == rules_before
+        journal, = journals(run)
+        assert journal["restored_at"] and journal["restored_by"] == journal["pid"] == proc.pid
+        assert {c["setting"] for c in journal["changes"]} == {"net.core.somaxconn", preflight.LOOPBACK_CONNTRACK}
+
+
+@pytest.mark.docker
+@real_host
+def test_the_next_reproduce_puts_back_what_a_killed_run_changed(tmp_path, client):
+    with host_that_needs_tuning() as rules_before:
+        proc = invoke(*PLAN, results_dir=tmp_path)
+        run = None
+        try:
+            run = wait_until_measuring(proc, tmp_path, client)
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=60)
+            assert host_is_tuned(), "a killed run cannot restore anything itself"
+
+            code, out, err = finished(invoke("--resume", run.id, "--no-report", results_dir=tmp_path), 300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if run is not None:
+                with contextlib.suppress(Exception):
+                    for container in labelled_containers(client, run.id):
+                        container.remove(force=True)
+
+        assert code == 0, f"{out}\n{err}"
+        assert int(SOMAXCONN.read_text()) == LOW_SOMAXCONN
+        assert raw_rules() == rules_before
+        restored = [line for line in out.splitlines() if line.startswith(f"tune-host: run {run.id}")]
+        assert len(restored) == 1 + len(preflight.NOTRACK_CHAINS), out
+        assert any(f"net.core.somaxconn back to {LOW_SOMAXCONN}" in line for line in restored), restored
+        assert run.record()["status"] == "complete"
+        assert labelled_containers(client, run.id) == []
+        killed, = journals(run)
+        assert killed["pid"] == proc.pid and killed["restored_at"] and killed["restored_by"] != proc.pid
