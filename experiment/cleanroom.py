@@ -33,7 +33,7 @@ import docker.types
 
 from . import engine, host, images
 from .errors import UserError
-from .native import ROOT
+from .paths import ROOT
 
 IMAGE = "epollbench-cleanroom/python3"
 # pip's configuration files: global, and the user's under HOME (PIP_CONFIG_FILE names one more).

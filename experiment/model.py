@@ -7,7 +7,7 @@ History of schema_version:
     plan before several servers could run had one "server" and no "series".
   2 (2026-11-30): a point's "backend" is the event backend alone, its "server_kind" the server ("ephttpd",
     "python", "nginx", "custom"; dead points only), and no label is stored to be parsed back: the plan's
-    "series" are {"server", "backend"} objects.
+    "series" are {"server", "backend"} objects. tuning.json (--tune-host's journal) is unchanged.
 
 A record is upgraded when it is read (upgrade()), never rewritten on disk: the committed runs stay as they
 were measured. A record of a later version than this one is refused, never misread.
@@ -19,7 +19,8 @@ from .catalog import DEFAULT_SERVER, Series
 from .errors import UserError
 
 SCHEMA_VERSION = 2
-RUN, POINT = "run", "point"
+# The records of a run folder: run.json, points/<id>.json, and tuning.json (what --tune-host changed).
+RUN, POINT, TUNING = "run", "point", "tuning"
 
 
 def upgrade(data: dict, kind: str, where: object) -> dict:
@@ -69,7 +70,7 @@ def _point_1_to_2(point: dict) -> dict:
     return point
 
 
-_STEPS = {1: {RUN: _run_1_to_2, POINT: _point_1_to_2}}
+_STEPS = {1: {RUN: _run_1_to_2, POINT: _point_1_to_2, TUNING: lambda journal: journal}}
 
 
 def series_of(point: dict) -> Series:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import results
+from . import model, results
 from .errors import UserError
 
 PROC_SYS = Path("/proc/sys")
@@ -386,7 +386,7 @@ class Tuning:
         if self.journal is None:
             return
         if not self.record:
-            self.record = {"schema_version": results.SCHEMA_VERSION, **_this_process(),
+            self.record = {"schema_version": model.SCHEMA_VERSION, **_this_process(),
                            "started_at": results.utc_now(), "restored_at": None}
         self.record["changes"] = self.changed
         try:
@@ -585,7 +585,7 @@ def restore_abandoned(results_dir: Path, say: Callable[[str], None] = print, als
     restored = []
     for path in sorted({p.resolve() for p in found}):  # resolved: results/latest is a run folder again
         try:
-            record = results.read_json(path)
+            record = results.read_json(path, model.TUNING)
         except UserError as error:
             say(f"tune-host: {error}")
             continue
