@@ -15,6 +15,12 @@ were measured. A record of a later version than this one is refused, never misre
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
 from .catalog import DEFAULT_SERVER, Series
 from .errors import UserError
 
@@ -76,3 +82,32 @@ _STEPS = {1: {RUN: _run_1_to_2, POINT: _point_1_to_2, TUNING: lambda journal: jo
 def series_of(point: dict) -> Series:
     """The line a (version-2) point belongs to: pipetest's points are ephttpd's event library's backends."""
     return Series(point.get("server_kind") or DEFAULT_SERVER, point["backend"])
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def write_json_atomic(path: Path, data: dict, overwrite: bool = False) -> None:
+    """Writes data to path through a temporary file and rename; refuses to replace a result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: results are never overwritten")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, kind: str) -> dict:
+    """A run record or a point (kind: RUN, POINT or TUNING) in this version's form."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"cannot read {path}: not a JSON object")
+    return upgrade(data, kind, path)

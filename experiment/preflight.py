@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import model, results
+from . import model
 from .errors import UserError
 
 PROC_SYS = Path("/proc/sys")
@@ -387,10 +387,10 @@ class Tuning:
             return
         if not self.record:
             self.record = {"schema_version": model.SCHEMA_VERSION, **_this_process(),
-                           "started_at": results.utc_now(), "restored_at": None}
+                           "started_at": model.utc_now(), "restored_at": None}
         self.record["changes"] = self.changed
         try:
-            results.write_json_atomic(self.journal, self.record, overwrite=True)
+            model.write_json_atomic(self.journal, self.record, overwrite=True)
         except OSError:
             if must:  # no change is made that the journal does not hold
                 raise
@@ -486,7 +486,7 @@ class Tuning:
             change["undone"] = True
             self._write_journal(must=False)  # a full disk must not keep the rest of the host from going back
         if self.record:
-            self.record.update(restored_at=results.utc_now(), restored_by=os.getpid(), not_restored=not_restored)
+            self.record.update(restored_at=model.utc_now(), restored_by=os.getpid(), not_restored=not_restored)
             self._write_journal(must=False)
         return not_restored
 
@@ -585,7 +585,7 @@ def restore_abandoned(results_dir: Path, say: Callable[[str], None] = print, als
     restored = []
     for path in sorted({p.resolve() for p in found}):  # resolved: results/latest is a run folder again
         try:
-            record = results.read_json(path, model.TUNING)
+            record = model.read_json(path, model.TUNING)
         except UserError as error:
             say(f"tune-host: {error}")
             continue
@@ -595,7 +595,7 @@ def restore_abandoned(results_dir: Path, say: Callable[[str], None] = print, als
         if record.get("boot_id") != _boot_id():
             say(f"{about}, but the host has rebooted since, which undid it: nothing to restore")
             with contextlib.suppress(OSError):  # a user's reproduce in root's results: said, left to root
-                results.write_json_atomic(path, dict(record, restored_at=results.utc_now(), restored_by="reboot"),
+                model.write_json_atomic(path, dict(record, restored_at=model.utc_now(), restored_by="reboot"),
                                           overwrite=True)
             continue
         if record.get("namespaces") != _namespaces():

@@ -30,7 +30,7 @@ import requests
 from . import images
 from .errors import UserError
 from .images import LABEL, TARGETS, BuiltImage
-from .results import utc_now
+from .model import utc_now
 
 RECORD_FORMAT = 1
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")

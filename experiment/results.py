@@ -18,45 +18,16 @@ import json
 import os
 import re
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import model
 from .errors import UserError
+from .model import read_json, write_json_atomic
 from .paths import RESULTS
 
 LATEST = "latest"
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def write_json_atomic(path: Path, data: dict, overwrite: bool = False) -> None:
-    """Writes data to path through a temporary file and rename; refuses to replace a result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists: results are never overwritten")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_json(path: Path, kind: str) -> dict:
-    """A run record or a point (kind: model.RUN or model.POINT) in this version's form."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"cannot read {path}: not a JSON object")
-    return model.upgrade(data, kind, path)
 
 
 def new_run_id(profile: str, now: float | None = None) -> str:

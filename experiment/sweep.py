@@ -145,7 +145,7 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
         where = {"server": server_url, "client": engine_url(options.client_engine_url or server_url),
                  "server_address": check_address(options.server_address)}
         record = {"run_id": results.new_run_id(plan.profile), "profile": plan.profile, "status": "preparing",
-                  "started_at": results.utc_now(), "ended_at": None, "command_line": sys.argv,
+                  "started_at": model.utc_now(), "ended_at": None, "command_line": sys.argv,
                   "plan": plan.to_dict(), "engines": where}
         run = results.Run.create(record, options.results_dir)
         say(f"results: {run.path}")
@@ -165,7 +165,7 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
         raise
     finally:
         if not refused:
-            run.update_record(status=status, error=error, ended_at=results.utc_now())
+            run.update_record(status=status, error=error, ended_at=model.utc_now())
     return run
 
 
@@ -334,7 +334,7 @@ def point_id(sweep: str, variant: str, series: Series, repetition: int, x: int) 
 def _base_point(ctx: Context, sweep: str, variant: str, series: Series, repetition: int, level: Level) -> dict:
     point = {"id": point_id(sweep, variant, series, repetition, level.value), "sweep": sweep,
              "variant": variant, "backend": series.backend, "repetition": repetition, "x": level.value,
-             "host_max": level.host_max, "status": "ok", "reason": None, "started_at": results.utc_now(),
+             "host_max": level.host_max, "status": "ok", "reason": None, "started_at": model.utc_now(),
              "ended_at": None, "figures": {}, "flags": {}, "checks": {}}
     if sweep == "dead":
         point.update(server_kind=series.server, load=ctx.plan.load)
@@ -343,7 +343,7 @@ def _base_point(ctx: Context, sweep: str, variant: str, series: Series, repetiti
 
 
 def _finish(ctx: Context, point: dict, status: str = "ok", reason: str | None = None) -> None:
-    point.update(status=status, reason=reason, ended_at=results.utc_now())
+    point.update(status=status, reason=reason, ended_at=model.utc_now())
     ctx.run.write_point(point)
     ctx.progress.advance(point)
 

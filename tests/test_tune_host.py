@@ -21,7 +21,7 @@ import pytest
 from reproducing import finished, invoke, labelled_containers
 from test_preflight import OUR_RULES, clean_raw_table, fake_proc_sys, raw_rules
 
-from experiment import model, preflight, results
+from experiment import model, preflight
 from experiment.errors import UserError
 from experiment.preflight import Finding
 from experiment.results import Run
@@ -57,8 +57,8 @@ def killed_run(tmp_path: Path, monkeypatch, findings=RAISE) -> tuple[Path, Path]
     root = fake_proc_sys(tmp_path / "proc-sys", LOW)
     journal = preflight.journal_path(tmp_path / "results" / "run-a")
     preflight.tune(findings, proc_sys=root, journal=journal)  # no restore: the process is "killed" here
-    record = results.read_json(journal, model.TUNING)
-    results.write_json_atomic(journal, dict(record, pid=gone_pid()), overwrite=True)
+    record = model.read_json(journal, model.TUNING)
+    model.write_json_atomic(journal, dict(record, pid=gone_pid()), overwrite=True)
     return root, journal
 
 
@@ -76,7 +76,7 @@ def test_each_change_is_journalled_before_it_is_made(tmp_path, monkeypatch):
     journal = preflight.journal_path(tmp_path / "run")
     with pytest.raises(UserError, match="could not write"):
         preflight.tune([RAISE[0], unwritable], proc_sys=root, journal=journal)
-    record = results.read_json(journal, model.TUNING)
+    record = model.read_json(journal, model.TUNING)
     assert [(c["setting"], c["applied"]) for c in record["changes"]] == [("net.core.somaxconn", True),
                                                                           ("net.ipv4.tcp_max_syn_backlog", False)]
     assert record["pid"] == os.getpid() and record["restored_at"] and record["restored_by"] == os.getpid()
@@ -88,10 +88,10 @@ def test_a_dead_runs_tuning_goes_back_where_it_is_as_the_run_left_it(tmp_path, m
     root, journal = killed_run(tmp_path, monkeypatch)
     assert values(root) == {name: "2048" for name in LOW}
     (root / "net/ipv4/tcp_max_syn_backlog").write_text("4096")  # someone else's since
-    record = results.read_json(journal, model.TUNING)
+    record = model.read_json(journal, model.TUNING)
     record["changes"][2]["applied"] = False  # killed between journal and write: fs.nr_open was never raised
     (root / "fs/nr_open").write_text("1024")
-    results.write_json_atomic(journal, record, overwrite=True)
+    model.write_json_atomic(journal, record, overwrite=True)
 
     said = []
     assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [journal]
@@ -101,7 +101,7 @@ def test_a_dead_runs_tuning_goes_back_where_it_is_as_the_run_left_it(tmp_path, m
     assert said == [about + "net.core.somaxconn back to 128 from 2048",
                     about + "left net.ipv4.tcp_max_syn_backlog as it is (4096): it was set to 2048, and has been "
                             "changed since"]
-    record = results.read_json(journal, model.TUNING)
+    record = model.read_json(journal, model.TUNING)
     assert record["restored_at"] and record["restored_by"] == os.getpid()
     assert [c["setting"] for c in record["not_restored"]] == ["net.ipv4.tcp_max_syn_backlog"]
     said.clear()
@@ -110,14 +110,14 @@ def test_a_dead_runs_tuning_goes_back_where_it_is_as_the_run_left_it(tmp_path, m
 
 def test_a_live_runs_journal_is_never_touched_but_a_recycled_pid_is_no_live_run(tmp_path, monkeypatch):
     root, journal = killed_run(tmp_path, monkeypatch, RAISE[:1])
-    record = results.read_json(journal, model.TUNING)
+    record = model.read_json(journal, model.TUNING)
     this = {"pid": os.getpid(), "pid_start": preflight._start_ticks(os.getpid())}
-    results.write_json_atomic(journal, dict(record, **this), overwrite=True)
+    model.write_json_atomic(journal, dict(record, **this), overwrite=True)
     said = []
     assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [] and said == []
     assert values(root)["net.core.somaxconn"] == "2048"
 
-    results.write_json_atomic(journal, dict(record, pid=os.getpid(), pid_start=this["pid_start"] - 1), overwrite=True)
+    model.write_json_atomic(journal, dict(record, pid=os.getpid(), pid_start=this["pid_start"] - 1), overwrite=True)
     elsewhere = tmp_path / "other-results"  # a resumed run named by its folder, outside the results dir
     assert preflight.restore_abandoned(elsewhere, said.append, also=[journal.parent], proc_sys=root) == [journal]
     assert values(root)["net.core.somaxconn"] == "128"
@@ -125,26 +125,26 @@ def test_a_live_runs_journal_is_never_touched_but_a_recycled_pid_is_no_live_run(
 
 def test_a_journal_from_before_a_reboot_is_closed_without_touching_the_host(tmp_path, monkeypatch):
     root, journal = killed_run(tmp_path, monkeypatch, RAISE[:1])
-    record = results.read_json(journal, model.TUNING)
-    results.write_json_atomic(journal, dict(record, boot_id="another boot"), overwrite=True)
+    record = model.read_json(journal, model.TUNING)
+    model.write_json_atomic(journal, dict(record, boot_id="another boot"), overwrite=True)
     said = []
     assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
     assert said == ["tune-host: run run-a ended without restoring the host, but the host has rebooted since, "
                     "which undid it: nothing to restore"]
     assert values(root)["net.core.somaxconn"] == "2048"
-    assert results.read_json(journal, model.TUNING)["restored_by"] == "reboot"
+    assert model.read_json(journal, model.TUNING)["restored_by"] == "reboot"
 
 
 def test_a_journal_from_another_namespace_is_left_for_a_reproduce_there(tmp_path, monkeypatch):
     root, journal = killed_run(tmp_path, monkeypatch, RAISE[:1])
-    record = results.read_json(journal, model.TUNING)
-    results.write_json_atomic(journal, dict(record, namespaces={"pid": 1, "net": 2}), overwrite=True)
+    record = model.read_json(journal, model.TUNING)
+    model.write_json_atomic(journal, dict(record, namespaces={"pid": 1, "net": 2}), overwrite=True)
     said = []
     assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
     assert said == [f"tune-host: run run-a tuned the host from another pid or network namespace (a container?): "
                     f"its journal {journal} is left for a reproduce there"]
     assert values(root)["net.core.somaxconn"] == "2048"
-    assert results.read_json(journal, model.TUNING)["restored_at"] is None
+    assert model.read_json(journal, model.TUNING)["restored_at"] is None
 
 
 def test_without_root_a_dead_runs_tuning_is_named_and_left_for_root(tmp_path, monkeypatch):
@@ -155,7 +155,7 @@ def test_without_root_a_dead_runs_tuning_is_named_and_left_for_root(tmp_path, mo
     assert said == ["tune-host: run run-a ended without restoring the host (net.core.somaxconn): as root, the next "
                     "`invoke reproduce` puts it back"]
     assert values(root)["net.core.somaxconn"] == "2048"
-    assert results.read_json(journal, model.TUNING)["restored_at"] is None
+    assert model.read_json(journal, model.TUNING)["restored_at"] is None
 
 
 # ---- real runs on the real host --------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def wait_until_measuring(proc: subprocess.Popen, results_dir: Path, client) -> R
 
 
 def journals(run: Run) -> list[dict]:
-    return [results.read_json(path, model.TUNING) for path in sorted(run.path.glob("tuning*.json"))]
+    return [model.read_json(path, model.TUNING) for path in sorted(run.path.glob("tuning*.json"))]
 
 
 @pytest.mark.docker
