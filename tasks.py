@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import time
 from pathlib import Path
 
 from invoke import Exit, Task, task
@@ -82,31 +81,14 @@ def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dea
               server_cmd=None, server_port=None, server_engine=None, client_engine=None, server_address=None,
               load=None):
     """Build the images, run every sweep in containers, and render the report."""
-    from experiment import plan, sweep
-    from experiment.errors import UserError
+    from experiment import pipeline
 
-    the_plan = plan.make_plan(profile, sweeps=sweeps, variants=variants, backends=backends, dead=dead,
-                              pipes=pipes, repeat=_number(repeat, int, "--repeat"),
-                              duration=_number(duration, float, "--duration"), server=server,
-                              server_image=server_image, server_cmd=server_cmd, server_port=server_port, load=load)
-    if base_image and (image or from_archive):
-        raise UserError("--base-image builds the images; --image and --from-archive use published ones: "
-                        "give one or the other")
-    options = sweep.Options(base_image=base_image or sweep.images.DEFAULT_BASE_IMAGE, tune_host=tune_host,
-                            resume=resume, render_report=not no_report,
-                            results_dir=Path(results_dir) if results_dir else sweep.results.RESULTS,
-                            image_ref=image, archive=from_archive, published_json=published,
-                            server_engine_url=server_engine, client_engine_url=client_engine,
-                            server_address=server_address or sweep.LOOPBACK)
-    run = sweep.reproduce(the_plan, options)
-    print(f"results: {run.path}")
-    if options.render_report:
-        from experiment.report import render
-
-        started = time.monotonic()
-        print(f"report: {render.render(run)}")
-        run.update_record(timings={**run.record().get("timings", {}),
-                                   "report_s": round(time.monotonic() - started, 1)})
+    pipeline.reproduce(profile=profile, sweeps=sweeps, variants=variants, backends=backends, dead=dead, pipes=pipes,
+                       repeat=repeat, duration=duration, resume=resume, tune_host=tune_host, base_image=base_image,
+                       no_report=no_report, results_dir=results_dir, image=image, from_archive=from_archive,
+                       published=published, server=server, server_image=server_image, server_cmd=server_cmd,
+                       server_port=server_port, server_engine=server_engine, client_engine=client_engine,
+                       server_address=server_address, load=load)
 
 
 @task(positional=["run"], help={"run": "a run folder or id under results/ (default: results/latest)"})
@@ -114,7 +96,7 @@ def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dea
 def report(c, run=None):
     """Render (again) the HTML and markdown report of a run."""
     from experiment.report import render
-    from experiment.results import Run
+    from experiment.run.results import Run
 
     print(render.render(Run.open(run)))
 
@@ -124,7 +106,7 @@ def report(c, run=None):
 def compare(c, run_a, run_b, out=None):
     """Render a side-by-side comparison of two runs with the ratio B/A per point."""
     from experiment.report import comparison
-    from experiment.results import Run
+    from experiment.run.results import Run
 
     print(comparison.write(Run.open(run_a), Run.open(run_b), Path(out) if out else None))
 
@@ -133,7 +115,7 @@ def compare(c, run_a, run_b, out=None):
 @_user_errors
 def build_images(c, base_image=None):
     """Build (or reuse from cache) the server and client images."""
-    from experiment import engine, images
+    from experiment.host import engine, images
 
     log_dir = Path("results/.build-logs")
     client = engine.connect(log_dir=log_dir)
@@ -149,8 +131,8 @@ def build_images(c, base_image=None):
 @_user_errors
 def publish(c, to, published=None, base_image=None):
     """Build (or reuse) the images, push them to a registry or save them to FILE.tar.gz, write published.json."""
-    from experiment import engine, images
-    from experiment import publish as publishing
+    from experiment.host import engine, images
+    from experiment.host import publish as publishing
 
     log_dir = Path("results/.build-logs")
     client = engine.connect(log_dir=log_dir)
@@ -163,7 +145,7 @@ def publish(c, to, published=None, base_image=None):
 @_user_errors
 def test(c, k=None, no_docker=False, pytest_args=""):
     """Install what the tests need (host packages, Docker engine), then run ruff and pytest."""
-    from experiment import testenv
+    from dev import testenv
 
     testenv.prepare(docker=not no_docker)
     c.run(f"{sys.executable} -m ruff check .", pty=False)
@@ -182,7 +164,7 @@ def clean_room(c):
 
     Then one tiny reproduce there from a freshly bootstrapped base image. Every package, tool and service the
     tests need must be installed by the project itself; run it before a stop that touches dependencies."""
-    from experiment import cleanroom
+    from dev import cleanroom
 
     code = cleanroom.run()
     if code:
@@ -194,27 +176,16 @@ def clean_room(c):
 @_user_errors
 def bench(c, json_out=None, skip_harness=False):
     """ephttpd vs nginx per reply, capacity per backend, deadconn's rate, the harness, pipetest: one run."""
-    from experiment import bench as bench_module
+    from experiment.bench import measure
 
-    bench_module.main(json_out, skip_harness=skip_harness)
+    measure.main(json_out, skip_harness=skip_harness)
 
 
 @task
 @_user_errors
 def compose(c):
     """Regenerate compose/*.yml from the runner's container definitions."""
-    from experiment import composefiles
+    from experiment.run import composefiles
 
     for path in composefiles.write():
         print(path)
-
-
-def _number(value, kind, flag):
-    if value is None:
-        return None
-    try:
-        return kind(value)
-    except ValueError:
-        from experiment.errors import UserError
-
-        raise UserError(f"{flag} {value!r}: give a number") from None

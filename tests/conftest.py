@@ -3,9 +3,9 @@ import os
 import pytest
 import tools
 
-from experiment import native
+from experiment.bench import native
 
-# Set by `./run clean-room` (experiment/cleanroom.py): an unprivileged container on the host's Docker engine.
+# Set by `./run clean-room` (dev/cleanroom.py): an unprivileged container on the host's Docker engine.
 CLEAN_ROOM = os.environ.get("EPOLLBENCH_CLEAN_ROOM") == "1"
 SECOND_DOCKERD = "starts a second dockerd"
 clean_room_skips: list[tuple[str, str]] = []
@@ -58,7 +58,7 @@ def build_dir():
 @pytest.fixture(scope="module")
 def client():
     """A client of this machine's Docker engine."""
-    from experiment import engine
+    from experiment.host import engine
 
     return engine.connect()
 

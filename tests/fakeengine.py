@@ -12,8 +12,8 @@ import queue
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiment.containers import Managed
-from experiment.services import Service
+from experiment.run.containers import Managed
+from experiment.run.services import Service
 
 HTTPERF_OUTPUT = (Path(__file__).parent / "data" / "httperf" / "epoll-2500calls.txt").read_text()
 _ids = itertools.count(1)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from experiment import native
+from experiment.bench import native
 
 PROGRAMS = {"ephttpd": native.Ephttpd, "pyhttpd": native.Pyhttpd}
 KERNEL_OPTIONAL = {"io_uring", "aio-poll"}  # backends this kernel may refuse: skipped, not failed

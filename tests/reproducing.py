@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiment.containers import LABEL_RUN
 from experiment.paths import ROOT
+from experiment.run.containers import LABEL_RUN
 
 
 def invoke(*args: str, results_dir: Path, preexec_fn=None, **kwargs) -> subprocess.Popen:

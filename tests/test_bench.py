@@ -5,18 +5,20 @@ from pathlib import Path
 
 import pytest
 
-from experiment import bench, catalog, httperf
+from experiment import catalog
+from experiment.bench import measure
+from experiment.run import loads
 
 
 @pytest.fixture
 def cpus():
-    return bench.Cpus()
+    return measure.Cpus()
 
 
 @pytest.mark.parametrize("server", ["ephttpd", pytest.param("nginx", marks=pytest.mark.needs_tool("nginx", root=True))])
 def test_a_point_counts_every_server_process_and_the_loads_replies(build_dir, cpus, server, monkeypatch):
-    monkeypatch.setattr(bench, "LOAD_SECONDS", 2)
-    point = bench._point(cpus, server, "epoll", 300, "wrk")
+    monkeypatch.setattr(measure, "LOAD_SECONDS", 2)
+    point = measure._point(cpus, server, "epoll", 300, "wrk")
 
     assert point["replies"] > 0 and point["errors"] == 0
     # nginx serves from its worker, not its master: a CPU time of zero would mean the worker was missed.
@@ -26,7 +28,7 @@ def test_a_point_counts_every_server_process_and_the_loads_replies(build_dir, cp
 
 
 def test_server_processes_are_pinned_to_the_server_cpu(build_dir, cpus):
-    with bench.ephttpd(cpus, "epoll", workers=2) as (_port, pids):
+    with measure.ephttpd(cpus, "epoll", workers=2) as (_port, pids):
         assert len(pids) == 3, "the parent and its two workers"
         assert all(os.sched_getaffinity(pid) == cpus.server for pid in pids)
 
@@ -36,52 +38,52 @@ HTTPERF_DATA = Path(__file__).parent / "data" / "httperf"
 
 def recorded_httperf(monkeypatch, outputs: list[str]) -> list:
     """Replaces the httperf runs with the given outputs, in order; returns the loads asked for."""
-    loads = []
+    asked = []
 
     def run(_cpus, load, _seconds):
-        loads.append(load)
-        return outputs[len(loads) - 1]
+        asked.append(load)
+        return outputs[len(asked) - 1]
 
-    monkeypatch.setattr(bench, "_run_httperf", run)
-    return loads
+    monkeypatch.setattr(measure, "_run_httperf", run)
+    return asked
 
 
 def test_the_httperf_load_is_sized_by_a_fast_probe_and_reports_the_sampled_rate(cpus, monkeypatch):
     probe_output = (HTTPERF_DATA / "epoll-50calls.txt").read_text()      # 0.995 s: long enough
     load_output = (HTTPERF_DATA / "epoll-2500calls.txt").read_text()     # two 5 s samples
-    probe, load = httperf.parse(probe_output), httperf.parse(load_output)
-    loads = recorded_httperf(monkeypatch, [probe_output, load_output])
-    result = bench._httperf(cpus, 8080, bench._probe_rate(cpus, 8080))
+    probe, load = loads.parse(probe_output), loads.parse(load_output)
+    started = recorded_httperf(monkeypatch, [probe_output, load_output])
+    result = measure._httperf(cpus, 8080, measure._probe_rate(cpus, 8080))
 
-    assert [(x.rate, x.connections) for x in loads] == [(httperf.PROBE_CONNECTION_RATE, bench.ACTIVE),
-                                                        (httperf.ActiveLoad(port=1).rate, bench.ACTIVE)]
-    assert loads[0].num_calls == httperf.PROBE_CALLS
-    assert loads[1].num_calls == httperf.calls_for_duration(probe["reply_rate"]["overall"], bench.HTTPERF_SECONDS,
-                                                            bench.ACTIVE)
+    assert [(x.rate, x.connections) for x in started] == [(loads.PROBE_CONNECTION_RATE, measure.ACTIVE),
+                                                        (loads.ActiveLoad(port=1).rate, measure.ACTIVE)]
+    assert started[0].num_calls == loads.PROBE_CALLS
+    assert started[1].num_calls == loads.calls_for_duration(probe["reply_rate"]["overall"], measure.HTTPERF_SECONDS,
+                                                            measure.ACTIVE)
     # The rate is httperf's mean of its samples, not replies over a test duration that includes the ramp.
     assert result["rate"] == load["reply_rate"]["avg"] != load["reply_rate"]["overall"]
     assert (result["rate_source"], result["rate_samples"]) == ("samples", 2)
     assert result["replies"] == 250000 and result["duration_s"] == 10.904
-    assert result["command"] == httperf.command(loads[1])
+    assert result["command"] == loads.command(started[1])
 
 
 def test_a_probe_too_short_to_tell_is_run_again_sized_for_the_probe_length(cpus, monkeypatch):
     short = (HTTPERF_DATA / "epoll-50calls.txt").read_text().replace("test-duration 0.995 s", "test-duration 0.1 s")
     longer = (HTTPERF_DATA / "epoll-2500calls.txt").read_text()
-    loads = recorded_httperf(monkeypatch, [short, longer])
-    assert bench._probe_rate(cpus, 8080) == httperf.parse(longer)["reply_rate"]["overall"]
-    assert [x.rate for x in loads] == [httperf.PROBE_CONNECTION_RATE] * 2
-    short_rate = httperf.parse(short)["reply_rate"]["overall"]
-    assert short_rate == pytest.approx(10 * httperf.parse(short.replace("0.1 s", "1 s"))["reply_rate"]["overall"])
-    assert loads[1].num_calls == httperf.calls_for_duration(short_rate, httperf.PROBE_SECONDS, bench.ACTIVE)
+    started = recorded_httperf(monkeypatch, [short, longer])
+    assert measure._probe_rate(cpus, 8080) == loads.parse(longer)["reply_rate"]["overall"]
+    assert [x.rate for x in started] == [loads.PROBE_CONNECTION_RATE] * 2
+    short_rate = loads.parse(short)["reply_rate"]["overall"]
+    assert short_rate == pytest.approx(10 * loads.parse(short.replace("0.1 s", "1 s"))["reply_rate"]["overall"])
+    assert started[1].num_calls == loads.calls_for_duration(short_rate, loads.PROBE_SECONDS, measure.ACTIVE)
 
 
 def test_an_httperf_point_counts_every_call_of_every_connection(build_dir, cpus, monkeypatch):
-    monkeypatch.setattr(bench, "HTTPERF_SECONDS", 1)
-    point = bench._point(cpus, "ephttpd", "epoll", 0, "httperf")
+    monkeypatch.setattr(measure, "HTTPERF_SECONDS", 1)
+    point = measure._point(cpus, "ephttpd", "epoll", 0, "httperf")
 
     calls = int(point["command"][point["command"].index("--num-calls") + 1])
-    assert point["errors"] == 0 and point["replies"] == bench.ACTIVE * calls
+    assert point["errors"] == 0 and point["replies"] == measure.ACTIVE * calls
     assert point["server_cpu_s"] > 0 and point["probe_rate"] > 0
     if point["rate_source"] == "replies/test-duration":
         assert point["rate"] == pytest.approx(point["replies"] / point["duration_s"])
@@ -91,10 +93,10 @@ def test_the_server_cpu_time_leaves_out_the_probe(cpus, monkeypatch):
     """The probe's replies are not counted, so neither is the CPU time the server spent on them."""
     events = []
     output = (HTTPERF_DATA / "epoll-2500calls.txt").read_text()
-    monkeypatch.setattr(bench, "_run_httperf", lambda _c, load, _s: events.append(load.rate) or output)
-    monkeypatch.setattr(bench, "_ticks", lambda pids: events.append("cpu read") or 0)
-    bench._under_load(cpus, 8080, [1], "httperf")
-    assert events == [httperf.PROBE_CONNECTION_RATE, "cpu read", httperf.ActiveLoad(port=1).rate, "cpu read"]
+    monkeypatch.setattr(measure, "_run_httperf", lambda _c, load, _s: events.append(load.rate) or output)
+    monkeypatch.setattr(measure, "_ticks", lambda pids: events.append("cpu read") or 0)
+    measure._under_load(cpus, 8080, [1], "httperf")
+    assert events == [loads.PROBE_CONNECTION_RATE, "cpu read", loads.ActiveLoad(port=1).rate, "cpu read"]
 
 
 def fake_point(costs: dict):
@@ -113,10 +115,10 @@ def fake_point(costs: dict):
 
 def test_the_ephttpd_over_nginx_ratio_is_the_median_of_each_rounds_ratio(cpus, monkeypatch):
     # Round 2 is disturbed for both servers alike: its ratio is still 0.8, while pooling would skew it.
-    monkeypatch.setattr(bench, "_point", fake_point({
+    monkeypatch.setattr(measure, "_point", fake_point({
         ("ephttpd", "epoll", 0): [8.0, 16.0, 8.8], ("nginx", "epoll", 0): [10.0, 20.0, 10.0],
         ("ephttpd", "epoll", 500): [9.0, 9.0, 9.0], ("nginx", "epoll", 500): [9.0, 10.0, 12.0]}))
-    result = bench.versus_nginx(cpus, 500, rounds=3)
+    result = measure.versus_nginx(cpus, 500, rounds=3)
     assert len(result["rows"]) == 3 * 2 * 2 * 2
     assert result["ephttpd_over_nginx"]["wrk@0"] == pytest.approx(0.8)
     assert result["ephttpd_over_nginx"]["wrk@500"] == pytest.approx(0.9)
@@ -126,11 +128,11 @@ def test_the_ephttpd_over_nginx_ratio_is_the_median_of_each_rounds_ratio(cpus, m
 
 
 def test_capacity_kept_compares_replies_per_cpu_second_and_poll_pays_per_dead_connection(cpus, monkeypatch):
-    most = bench.max_dead(20000, "epoll", bench.ACTIVE)
-    costs = {("ephttpd", b, d): [8.0] * 2 for b in catalog.EV_BACKENDS for d in (0, bench.max_dead(20000, b, 100))}
+    most = measure.max_dead(20000, "epoll", measure.ACTIVE)
+    costs = {("ephttpd", b, d): [8.0] * 2 for b in catalog.EV_BACKENDS for d in (0, measure.max_dead(20000, b, 100))}
     costs[("ephttpd", "poll", most)] = [8.0 + most * 6e-3] * 2  # 6 ns per dead connection per reply
-    monkeypatch.setattr(bench, "_point", fake_point(costs))
-    result = bench.capacity(cpus, 20000, rounds=2)
+    monkeypatch.setattr(measure, "_point", fake_point(costs))
+    result = measure.capacity(cpus, 20000, rounds=2)
     assert result["capacity_kept"]["epoll"] == pytest.approx(1.0)
     assert result["capacity_kept"]["poll"] == pytest.approx(8.0 / (8.0 + most * 6e-3))
     assert result["poll_ns_per_dead_per_reply"] == pytest.approx(6.0)

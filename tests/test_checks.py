@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from experiment import checks
-from experiment.checks import CpuJiffies
+from experiment.host import checks
+from experiment.host.checks import CpuJiffies
 
 #       user nice system idle iowait irq softirq steal guest guest_nice
 STAT_A = """cpu  1000 10 500 8000 100 5 20 0 300 0

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from experiment import cleanroom
+from dev import cleanroom
 
 
 def test_the_clean_room_gets_the_hosts_engine_network_fd_limit_and_pip_settings(tmp_path):

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from experiment import composefiles
+from experiment.run import composefiles
 
 
 def test_committed_compose_files_are_current(tmp_path):

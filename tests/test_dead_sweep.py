@@ -7,16 +7,17 @@ from __future__ import annotations
 import pytest
 from fakeengine import FakeContainers, Script
 
-from experiment import model, plan, results, sweep
+from experiment import model
 from experiment.catalog import Series
-from experiment.progress import Progress
+from experiment.run import context, dead, plan, reproduce, results
+from experiment.run.progress import Progress
 
 EPOLL = Series("ephttpd", "epoll")
 REPLIES = 250000  # tests/data/httperf/epoll-2500calls.txt
 CPU_S_PER_POINT = 2.0  # the fake server's cgroup advances 2 s between two readings
 
 
-def context(tmp_path, script: Script, dead: str = "0,1000,5000", fd_limit: int = 20000, backends: str = "epoll",
+def sweep_context(tmp_path, script: Script, dead: str = "0,1000,5000", fd_limit: int = 20000, backends: str = "epoll",
             server: str | None = None):
     the_plan = plan.make_plan("quick", sweeps="dead", variants="up", backends=backends, dead=dead, duration=1,
                               server=server)
@@ -24,9 +25,9 @@ def context(tmp_path, script: Script, dead: str = "0,1000,5000", fd_limit: int =
     events: list = []
     shared: dict = {}
     servers, clients = FakeContainers(script, events, shared), FakeContainers(script, events, shared)
-    ctx = sweep.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
-                        sweep.cpusets([0, 1]), fd_limit, Progress(lambda _: None), the_plan.choices())
-    ctx.progress.start(total=sweep.count_points(the_plan, fd_limit), done=0)
+    ctx = context.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
+                        reproduce.cpusets([0, 1]), fd_limit, Progress(lambda _: None), the_plan.choices())
+    ctx.progress.start(total=reproduce.count_points(the_plan, fd_limit), done=0)
     return ctx, events
 
 
@@ -35,8 +36,8 @@ def points(ctx) -> dict[int, dict]:
 
 
 def test_a_series_runs_one_server_and_one_deadconn_and_measures_each_level(tmp_path):
-    ctx, events = context(tmp_path, Script())
-    sweep.dead_series(ctx, "up", EPOLL, 1)
+    ctx, events = sweep_context(tmp_path, Script())
+    dead.dead_series(ctx, "up", EPOLL, 1)
     found = points(ctx)
     assert sorted(found) == [0, 1000, 5000]
     for x, p in found.items():
@@ -61,8 +62,8 @@ def test_a_series_runs_one_server_and_one_deadconn_and_measures_each_level(tmp_p
 
 
 def test_levels_above_the_hosts_limit_are_skipped_with_the_reason_and_start_nothing(tmp_path):
-    ctx, events = context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000)
-    sweep.dead_series(ctx, "up", EPOLL, 1)
+    ctx, events = sweep_context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000)
+    dead.dead_series(ctx, "up", EPOLL, 1)
     found = points(ctx)
     assert [found[x]["status"] for x in (0, 1000, 5000)] == ["ok", "ok", "skipped"]
     assert "host allows 2000 open files per process" in found[5000]["reason"]
@@ -70,16 +71,16 @@ def test_levels_above_the_hosts_limit_are_skipped_with_the_reason_and_start_noth
 
 
 def test_select_stops_below_fd_setsize_and_says_why(tmp_path):
-    ctx, events = context(tmp_path, Script(), dead="0,1000,5000", backends="select")
-    sweep.dead_series(ctx, "up", Series("ephttpd", "select"), 1)
+    ctx, events = sweep_context(tmp_path, Script(), dead="0,1000,5000", backends="select")
+    dead.dead_series(ctx, "up", Series("ephttpd", "select"), 1)
     found = points(ctx)
     assert [found[x]["status"] for x in (0, 1000, 5000)] == ["ok", "skipped", "skipped"]
     assert all("FD_SETSIZE=1024" in found[x]["reason"] for x in (1000, 5000))
 
 
 def test_a_server_that_does_not_start_fails_every_level_with_its_output(tmp_path):
-    ctx, events = context(tmp_path, Script(server_starts=False))
-    sweep.dead_series(ctx, "up", EPOLL, 1)
+    ctx, events = sweep_context(tmp_path, Script(server_starts=False))
+    dead.dead_series(ctx, "up", EPOLL, 1)
     found = points(ctx)
     assert {p["status"] for p in found.values()} == {"failed"}
     assert all("server did not start: ephttpd: io_uring" in p["reason"] for p in found.values())
@@ -87,8 +88,8 @@ def test_a_server_that_does_not_start_fails_every_level_with_its_output(tmp_path
 
 
 def test_deadconn_failing_at_a_level_fails_that_level_and_the_rest_and_keeps_the_earlier_ones(tmp_path):
-    ctx, events = context(tmp_path, Script(deadconn_fails_at=3000))
-    sweep.dead_series(ctx, "up", EPOLL, 1)
+    ctx, events = sweep_context(tmp_path, Script(deadconn_fails_at=3000))
+    dead.dead_series(ctx, "up", EPOLL, 1)
     found = points(ctx)
     assert [found[x]["status"] for x in (0, 1000, 5000)] == ["ok", "ok", "failed"]
     assert found[5000]["reason"] == ("deadconn held 3000 of 5000 dead connections: connect: Cannot assign "
@@ -97,29 +98,29 @@ def test_deadconn_failing_at_a_level_fails_that_level_and_the_rest_and_keeps_the
 
 
 def test_a_server_that_exits_mid_sweep_fails_the_levels_after_it(tmp_path):
-    ctx, events = context(tmp_path, Script(server_exits_at_level=1000))
-    sweep.dead_series(ctx, "up", EPOLL, 1)
+    ctx, events = sweep_context(tmp_path, Script(server_exits_at_level=1000))
+    dead.dead_series(ctx, "up", EPOLL, 1)
     found = points(ctx)
     assert found[0]["status"] == "ok"
     assert found[5000]["status"] == "failed" and "server exited" in found[5000]["reason"]
 
 
 def test_a_resumed_series_measures_only_the_levels_it_lacks(tmp_path):
-    ctx, events = context(tmp_path, Script())
-    sweep.dead_series(ctx, "up", EPOLL, 1)
+    ctx, events = sweep_context(tmp_path, Script())
+    dead.dead_series(ctx, "up", EPOLL, 1)
     ctx.run.point_path(points(ctx)[5000]["id"]).unlink()
     events.clear()
-    sweep.dead_series(ctx, "up", EPOLL, 1)
+    dead.dead_series(ctx, "up", EPOLL, 1)
     assert [e[2] for e in events if e[0] == "stdin"] == ["grow 5000"], "straight to the missing level"
     assert sorted(points(ctx)) == [0, 1000, 5000]
     events.clear()
-    sweep.dead_series(ctx, "up", EPOLL, 1)
+    dead.dead_series(ctx, "up", EPOLL, 1)
     assert events == [], "a complete series starts nothing"
 
 
 def test_another_servers_points_name_their_server_and_backend_apart(tmp_path):
-    ctx, events = context(tmp_path, Script(), dead="0", server="python", backends="asyncio")
-    sweep.dead_series(ctx, "up", Series("python", "asyncio"), 1)
+    ctx, events = sweep_context(tmp_path, Script(), dead="0", server="python", backends="asyncio")
+    dead.dead_series(ctx, "up", Series("python", "asyncio"), 1)
     (point,) = ctx.run.points()
     assert (point["id"], point["server_kind"], point["backend"]) == ("dead-up-python-asyncio-r1-d000000", "python",
                                                                      "asyncio")

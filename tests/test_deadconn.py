@@ -13,7 +13,8 @@ import time
 import pytest
 from httpclient import EVENT_TIMEOUT, deadconn, next_event, send, serving, settled_snapshot
 
-from experiment import host, native
+from experiment.bench import native
+from experiment.host import machine
 
 
 def load_deadconn():
@@ -111,7 +112,7 @@ def test_grows_and_quits_on_the_control_fifo(build_dir, tmp_path):
 
 
 def test_an_unreachable_port_fails_at_once_as_refused(build_dir):
-    port = host.free_port()
+    port = machine.free_port()
     with deadconn("--port", str(port), "-n", "1000", "--timeout", "30") as proc:
         failed = next_event(proc)
         status = proc.wait(timeout=EVENT_TIMEOUT)

@@ -10,8 +10,9 @@ import uuid
 
 import pytest
 
-from experiment import engine, host, httperf, images, servers, services
-from experiment.containers import Containers
+from experiment.host import engine, images, machine
+from experiment.run import loads, servers, services
+from experiment.run.containers import Containers
 
 pytestmark = pytest.mark.docker
 
@@ -55,7 +56,7 @@ def test_clients_on_the_second_engine_load_a_server_on_the_first_over_loopback(c
     run_id = f"test-engines-{uuid.uuid4().hex[:8]}"
     server_side = Containers(client, run_id, FD_LIMIT)
     client_side = Containers(second_engine.client, run_id, FD_LIMIT)
-    port, dead, calls, conns = host.free_port(), 100, 20, 10
+    port, dead, calls, conns = machine.free_port(), 100, 20, 10
     try:
         service = servers.choose("python")[0].service("epoll", port, 128, "0", FD_LIMIT)
         server = server_side.run(built["server"].tag, service)
@@ -65,11 +66,11 @@ def test_clients_on_the_second_engine_load_a_server_on_the_first_over_loopback(c
         ready = holder.next_json(("ready", "failed"), 90)
         assert ready and ready["event"] == "ready" and ready["held"] == dead, holder.output_tail()
 
-        load = httperf.ActiveLoad(port=port, connections=conns, rate=100, num_calls=calls)
+        load = loads.ActiveLoad(port=port, connections=conns, rate=100, num_calls=calls)
         load_generator = client_side.run(built["client"].tag, services.active_load(load, "0"))
         assert client_side.finish(load_generator, timeout=120) == 0, load_generator.output_tail()
         time.sleep(0.1)  # the log reader's last lines
-        parsed = httperf.parse("\n".join(load_generator.log))
+        parsed = loads.parse("\n".join(load_generator.log))
         assert parsed["total"]["replies"] == conns * calls
         assert parsed["errors"]["total"] == 0
 

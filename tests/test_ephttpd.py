@@ -20,7 +20,7 @@ from httpclient import (
     settled_snapshot,
 )
 
-from experiment import native
+from experiment.bench import native
 from experiment.catalog import EV_BACKENDS as BACKENDS
 
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from experiment import native
+from experiment.bench import native
 
 BACKENDS = ["select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll"]
 LEVEL_TRIGGERED = [b for b in BACKENDS if b != "epoll-et"]

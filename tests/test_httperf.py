@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from experiment import httperf, native
+from experiment.bench import native
 from experiment.errors import UserError
+from experiment.run import loads
 
 DATA = Path(__file__).parent / "data" / "httperf"
 REFERENCE = Path(__file__).resolve().parent.parent / "experiment" / "data" / "lse-2002.json"
@@ -32,7 +33,7 @@ def options(argv: list[str]) -> dict[str, str | None]:
 
 def test_command_is_the_2001_load_against_our_server():
     published = options(shlex.split(json.loads(REFERENCE.read_text())["libenzi_2001"]["httperf_args"]))
-    argv = httperf.command(httperf.ActiveLoad(port=8080))
+    argv = loads.command(loads.ActiveLoad(port=8080))
     assert argv[0] == "httperf"
     ours = options(argv[1:])
     assert ours == dict(published, **{"--server": "127.0.0.1", "--port": "8080", "--uri": "/"})
@@ -42,7 +43,7 @@ def test_command_is_the_2001_load_against_our_server():
 
 
 def test_command_keeps_fractional_values_and_drops_hog_when_asked():
-    argv = httperf.command(httperf.ActiveLoad(port=80, rate=12.5, num_calls=7, timeout=0.5, hog=False))
+    argv = loads.command(loads.ActiveLoad(port=80, rate=12.5, num_calls=7, timeout=0.5, hog=False))
     opts = options(argv[1:])
     assert "--hog" not in opts
     assert (opts["--rate"], opts["--num-calls"], opts["--timeout"]) == ("12.5", "7", "0.5")
@@ -52,24 +53,24 @@ def test_command_keeps_fractional_values_and_drops_hog_when_asked():
                                  {"rate": 0}, {"timeout": -1}, {"think_timeout": 0}])
 def test_active_load_rejects_impossible_values(bad):
     with pytest.raises(UserError):
-        httperf.ActiveLoad(**dict({"port": 8080}, **bad))
+        loads.ActiveLoad(**dict({"port": 8080}, **bad))
 
 
 def test_calls_for_duration_sizes_a_point_and_stays_bounded():
-    assert httperf.calls_for_duration(20000, 10, 100) == 2000
-    assert httperf.calls_for_duration(1001, 1, 100) == 11  # rounded up: never shorter than planned
-    assert httperf.calls_for_duration(100, 1, 100) == httperf.MIN_CALLS
-    assert httperf.calls_for_duration(1e12, 60, 1) == httperf.MAX_CALLS
+    assert loads.calls_for_duration(20000, 10, 100) == 2000
+    assert loads.calls_for_duration(1001, 1, 100) == 11  # rounded up: never shorter than planned
+    assert loads.calls_for_duration(100, 1, 100) == loads.MIN_CALLS
+    assert loads.calls_for_duration(1e12, 60, 1) == loads.MAX_CALLS
     with pytest.raises(ValueError):
-        httperf.calls_for_duration(0, 10, 100)
+        loads.calls_for_duration(0, 10, 100)
     with pytest.raises(ValueError):
-        httperf.calls_for_duration(1000, 10, 0)
+        loads.calls_for_duration(1000, 10, 0)
 
 
 # ---- parsing real outputs ---------------------------------------------------------------------------------
 
 def test_parse_a_2001_style_run_with_two_reply_rate_samples():
-    r = httperf.parse(fixture("epoll-2500calls.txt"))
+    r = loads.parse(fixture("epoll-2500calls.txt"))
     assert r["command"].startswith("httperf --hog --think-timeout=5 --timeout=5 --client=0/1")
     assert r["max_connect_burst"] == 4
     assert r["total"] == {"connections": 100, "requests": 250000, "replies": 250000, "test_duration_s": 10.904}
@@ -92,7 +93,7 @@ def test_parse_a_2001_style_run_with_two_reply_rate_samples():
 
 
 def test_parse_a_run_too_short_for_a_sample_takes_the_rate_from_replies_and_duration():
-    r = httperf.parse(fixture("epoll-50calls.txt"))
+    r = loads.parse(fixture("epoll-50calls.txt"))
     assert r["total"] == {"connections": 100, "requests": 5000, "replies": 5000, "test_duration_s": 0.995}
     assert r["connection_time_ms"]["median"] == 5.5
     assert r["reply_rate"] == {"min": None, "avg": 5000 / 0.995, "max": None, "stddev": None, "samples": 0,
@@ -102,7 +103,7 @@ def test_parse_a_run_too_short_for_a_sample_takes_the_rate_from_replies_and_dura
 
 
 def test_parse_refused_connections():
-    r = httperf.parse(fixture("connrefused.txt"))
+    r = loads.parse(fixture("connrefused.txt"))
     assert r["total"] == {"connections": 100, "requests": 0, "replies": 0, "test_duration_s": 0.991}
     assert r["errors"] == {"total": 100, "client_timo": 0, "socket_timo": 0, "connrefused": 100, "connreset": 0,
                            "fd_unavail": 0, "addrunavail": 0, "ftab_full": 0, "other": 0}
@@ -115,15 +116,15 @@ def test_parse_names_what_is_missing():
     text = fixture("epoll-2500calls.txt")
     without = "\n".join(line for line in text.splitlines() if not line.startswith("Reply rate"))
     with pytest.raises(ValueError, match="no 'Reply rate' line"):
-        httperf.parse(without)
+        loads.parse(without)
     with pytest.raises(ValueError, match="not httperf output: no 'Total', .*'Errors \\(socket\\)' lines"):
-        httperf.parse(fixture("wrk-epoll.txt"))
+        loads.parse(fixture("wrk-epoll.txt"))
     with pytest.raises(ValueError, match="not httperf output"):
-        httperf.parse("")
+        loads.parse("")
 
 
 def test_parse_wrk_clean_run():
-    r = httperf.parse_wrk(fixture("wrk-epoll.txt"))
+    r = loads.parse_wrk(fixture("wrk-epoll.txt"))
     assert (r["threads"], r["connections"]) == (1, 100)
     assert r["requests_per_s"] == 40281.30
     assert r["transfer_bytes_per_s"] == 9.03 * 1024**2
@@ -135,7 +136,7 @@ def test_parse_wrk_clean_run():
 
 
 def test_parse_wrk_socket_errors():
-    r = httperf.parse_wrk(fixture("wrk-server-killed.txt"))
+    r = loads.parse_wrk(fixture("wrk-server-killed.txt"))
     assert r["socket_errors"] == {"connect": 0, "read": 102, "write": 66352, "timeout": 0}
     assert r["requests"] == 34748
     assert r["requests_per_s"] == 11305.78
@@ -144,26 +145,26 @@ def test_parse_wrk_socket_errors():
 
 def test_parse_wrk_names_what_is_missing():
     with pytest.raises(ValueError, match="not wrk output: no 'Latency'"):
-        httperf.parse_wrk(fixture("epoll-50calls.txt"))
+        loads.parse_wrk(fixture("epoll-50calls.txt"))
 
 
 def test_wrk_command():
-    assert httperf.wrk_command("http://127.0.0.1:8080/", connections=50, threads=2, duration_s=2.5) == [
+    assert loads.wrk_command("http://127.0.0.1:8080/", connections=50, threads=2, duration_s=2.5) == [
         "wrk", "--threads", "2", "--connections", "50", "--duration", "3s", "--timeout", "5s",
         "http://127.0.0.1:8080/"]
     with pytest.raises(UserError):
-        httperf.wrk_command("http://127.0.0.1:8080/", connections=1, threads=2)
+        loads.wrk_command("http://127.0.0.1:8080/", connections=1, threads=2)
 
 
 # ---- against the real server ------------------------------------------------------------------------------
 
 def test_httperf_replies_are_the_server_responses(build_dir):
     with native.Ephttpd(backend="epoll") as server:
-        load = httperf.ActiveLoad(port=server.port, connections=20, rate=200, num_calls=30)
-        proc = subprocess.run(httperf.command(load), capture_output=True, text=True, timeout=120)
+        load = loads.ActiveLoad(port=server.port, connections=20, rate=200, num_calls=30)
+        proc = subprocess.run(loads.command(load), capture_output=True, text=True, timeout=120)
         stats = server.stop()
     assert proc.returncode == 0, proc.stderr
-    r = httperf.parse(proc.stdout)
+    r = loads.parse(proc.stdout)
     assert r["errors"]["total"] == 0
     assert r["total"]["connections"] == stats["accepted"] == 20
     assert r["total"]["requests"] == stats["requests"] == 20 * 30
@@ -174,11 +175,11 @@ def test_httperf_replies_are_the_server_responses(build_dir):
 
 def test_wrk_counts_no_more_than_the_server_answered(build_dir):
     with native.Ephttpd(backend="epoll") as server:
-        argv = httperf.wrk_command(f"http://127.0.0.1:{server.port}/", connections=10, threads=1, duration_s=1)
+        argv = loads.wrk_command(f"http://127.0.0.1:{server.port}/", connections=10, threads=1, duration_s=1)
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         stats = server.stop()
     assert proc.returncode == 0, proc.stderr
-    r = httperf.parse_wrk(proc.stdout)
+    r = loads.parse_wrk(proc.stdout)
     assert r["socket_errors"] == {"connect": 0, "read": 0, "write": 0, "timeout": 0}
     # wrk counts the responses it read before its time was up; the server also answered those in flight.
     assert 0 < r["requests"] <= stats["responses_200"] <= r["requests"] + 10

@@ -12,9 +12,9 @@ import pytest
 from experiment import catalog, model
 from experiment.catalog import Series
 from experiment.errors import UserError
-from experiment.plan import Plan
 from experiment.report.render import render
-from experiment.results import Run
+from experiment.run.plan import Plan
+from experiment.run.results import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = sorted(p.parent for p in [*ROOT.glob("results/reference/*/run.json"),

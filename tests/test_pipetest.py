@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from experiment import native
+from experiment.bench import native
 
 BACKENDS = ["select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll"]
 KERNEL_OPTIONAL = {"io_uring", "aio-poll"}

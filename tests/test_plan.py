@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from experiment import plan
 from experiment.catalog import Series
 from experiment.errors import UserError
+from experiment.run import plan
 
 
 def test_quick_profile_reaches_the_most_the_host_allows_and_records_the_rest_as_skipped():

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from experiment import preflight
 from experiment.errors import UserError
-from experiment.preflight import Finding
+from experiment.host import preflight
+from experiment.host.preflight import Finding
 
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 

@@ -36,9 +36,8 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgba
 from reproducing import finished, invoke, labelled_containers
 
-from experiment import host, publish
-from experiment.containers import LABEL_RUN
-from experiment.images import LABEL, TARGETS, BuiltImage
+from experiment.host import machine, publish
+from experiment.host.images import LABEL, TARGETS, BuiltImage
 from experiment.report import comparison
 from experiment.report.data import load
 from experiment.report.draw import draw
@@ -46,7 +45,8 @@ from experiment.report.page import headlines
 from experiment.report.plots import run_figure_rows
 from experiment.report.render import render
 from experiment.report.text import human, md_escape
-from experiment.results import Run
+from experiment.run.containers import LABEL_RUN
+from experiment.run.results import Run
 
 RUNS_DIR = Path(__file__).parent / "data" / "runs"
 # The fastest real run: one pipetest point of 2 s.
@@ -523,7 +523,7 @@ def test_from_archive_refuses_an_archive_of_other_images(client, archive, tmp_pa
 
 @pytest.mark.docker
 def test_a_server_port_something_else_answers_on_is_refused_before_the_first_point(client, tmp_path):
-    port = host.free_port()
+    port = machine.free_port()
     with socket.create_server(("127.0.0.1", port)):
         code, out, err = finished(invoke(
             "--server-image", "epollbench/server:latest", "--server-cmd", "sleep 60", "--server-port", str(port),

@@ -23,11 +23,11 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from experiment import host, images, publish
 from experiment.errors import UserError
-from experiment.images import BuiltImage
+from experiment.host import images, machine, publish
+from experiment.host.images import BuiltImage
 from experiment.paths import ROOT
-from experiment.results import Run
+from experiment.run.results import Run
 
 REGISTRY_START_TIMEOUT_S = 30
 # The archive of both images is ~160 MB and `docker save` ~390 MB: a process that streams stays far below.
@@ -38,9 +38,9 @@ STREAMING_RSS_LIMIT_KB = 100_000
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """Debian's docker-registry on 127.0.0.1:<free port>, with its own config and storage; stopped at the end."""
-    host.ensure_packages(["docker-registry"], "the publish tests")
+    machine.ensure_packages(["docker-registry"], "the publish tests")
     folder = tmp_path_factory.mktemp("registry")
-    address = f"127.0.0.1:{host.free_port()}"
+    address = f"127.0.0.1:{machine.free_port()}"
     config = folder / "config.yml"
     config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
                       f"    rootdirectory: {folder / 'storage'}\n  delete:\n    enabled: true\n"
@@ -198,7 +198,7 @@ def test_a_registry_image_that_is_not_the_published_one_is_refused(client, regis
 @pytest.mark.docker
 def test_an_unreachable_registry_or_a_missing_image_is_a_one_line_error(client, registry):
     with pytest.raises(UserError) as unreachable:
-        publish.obtain(client, image_ref=f"127.0.0.1:{host.free_port()}/epollbench:v1", say=quiet)
+        publish.obtain(client, image_ref=f"127.0.0.1:{machine.free_port()}/epollbench:v1", say=quiet)
     assert "connection refused" in str(unreachable.value) and "start the registry" in str(unreachable.value)
 
     missing = f"{registry}/absent-{uuid.uuid4().hex[:8]}:v1"

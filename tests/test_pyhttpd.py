@@ -13,7 +13,7 @@ import time
 import pytest
 from httpclient import CLIENT_TIMEOUT, connect, one_request_answered, serving, settled_snapshot
 
-from experiment import native
+from experiment.bench import native
 from experiment.catalog import SERVERS
 
 BACKENDS = SERVERS["python"].backends

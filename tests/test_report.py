@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from experiment import checks
 from experiment.errors import UserError
+from experiment.host import checks
 from experiment.report import comparison
 from experiment.report.data import FLAG_TEXT, load
 from experiment.report.page import flatten, headlines, notices, point_commands
 from experiment.report.render import render
 from experiment.report.text import human, md_escape, percent, times
-from experiment.results import Run
+from experiment.run.results import Run
 
 RUNS_DIR = Path(os.environ.get("EPOLLBENCH_TEST_RUNS", Path(__file__).parent / "data" / "runs"))
 RUNS = sorted(p.parent for p in RUNS_DIR.glob("*/run.json") if not p.parent.is_symlink())

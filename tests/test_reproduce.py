@@ -11,9 +11,9 @@ import time
 import pytest
 from reproducing import finished, invoke, labelled_containers
 
-from experiment import images
+from experiment.host import images
 from experiment.model import SCHEMA_VERSION
-from experiment.results import Run
+from experiment.run.results import Run
 
 pytestmark = pytest.mark.docker
 

@@ -12,13 +12,15 @@ import time
 import pytest
 from reproducing import finished, invoke, labelled_containers
 
-from experiment import engine, host, model, servers, services, sweep
+from experiment import model
 from experiment.catalog import Series
-from experiment.containers import LABEL_ROLE, LABEL_RUN
+from experiment.host import engine, machine
 from experiment.report.data import load
 from experiment.report.plots import run_figure_rows
 from experiment.report.render import render
-from experiment.results import Run
+from experiment.run import dead, reproduce, servers, services
+from experiment.run.containers import LABEL_ROLE, LABEL_RUN
+from experiment.run.results import Run
 
 SMOKE = ["--variants", "up", "--sweeps", "dead", "--dead", "0,1000", "--duration", "2", "--no-report"]
 FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -51,9 +53,9 @@ def assert_held(point: dict) -> None:
 
 
 def test_cpusets_of_two_hosts_give_the_clients_all_of_theirs():
-    assert sweep.cpusets([0, 1]) == {"up": {"server": "0", "clients": "1"},
+    assert reproduce.cpusets([0, 1]) == {"up": {"server": "0", "clients": "1"},
                                      "smp": {"server": "0,1", "clients": "0,1"}}
-    assert sweep.cpusets([0, 1], [0, 1, 2, 3], same_host=False) == {
+    assert reproduce.cpusets([0, 1], [0, 1, 2, 3], same_host=False) == {
         "up": {"server": "0", "clients": "0,1,2,3"}, "smp": {"server": "0,1", "clients": "0,1,2,3"}}
     assert engine.expand_cpu_list("0-2,5") == [0, 1, 2, 5]
 
@@ -63,8 +65,8 @@ def test_the_wrk_service_reports_wrks_exit_code_and_cpu_time_after_it():
     assert service.command[:2] == ("sh", "-c")
     assert service.command[2].startswith("wrk --threads 1 --connections 100 --duration 2s --timeout 5s "
                                          "http://127.0.0.1:8080/;")
-    assert sweep._wrk_status(f"Requests/sec: 5\n{services.WRK_CPU_MARK} 150 50 0\n", 0) == (0, 2.0)
-    assert sweep._wrk_status("no such line\n", 7) == (7, None)
+    assert dead._wrk_status(f"Requests/sec: 5\n{services.WRK_CPU_MARK} 150 50 0\n", 0) == (0, 2.0)
+    assert dead._wrk_status("no such line\n", 7) == (7, None)
 
 
 def test_deadconn_connects_from_one_given_address_to_a_server_beyond_loopback():
@@ -151,7 +153,7 @@ def test_three_servers_answer_one_sweep_and_share_its_figures(tmp_path):
 
 @pytest.mark.docker
 def test_a_server_of_ones_own_runs_with_the_same_load(tmp_path, client):
-    port = host.free_port()
+    port = machine.free_port()
     command = shlex.join(["sh", "-c", servers.nginx_script(servers.nginx_conf(port, 128, FD_LIMIT))])
     run = smoke(tmp_path, "--server-image", "epollbench/server:latest", "--server-cmd", command,
                 "--server-port", str(port))

@@ -1,4 +1,4 @@
-"""The servers a sweep can put under test (experiment/servers.py): nginx natively with the configuration we
+"""The servers a sweep can put under test (experiment/run/servers.py): nginx natively with the configuration we
 render, the choice of server from the command line, and the server image running nginx, pyhttpd and a
 server of the user's own on host networking."""
 
@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 from httpclient import CLIENT_TIMEOUT, assert_ok, deadconn, next_event, read_response, request, send
 
-from experiment import catalog, host, images, plan, servers
-from experiment.containers import Containers
+from experiment import catalog
 from experiment.errors import UserError
-from experiment.services import LOOPBACK
+from experiment.host import images, machine
+from experiment.run import plan, servers
+from experiment.run.containers import Containers
+from experiment.run.services import LOOPBACK
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 needs_nginx = pytest.mark.needs_tool("nginx", root=True)
@@ -49,7 +51,7 @@ def seconds(value: str) -> int:
 @contextmanager
 def nginx(tmp_path: Path, msgsize: int = 128, timeout: str = servers.NGINX_TIMEOUT):
     """nginx natively on a free port with the configuration servers.nginx_conf renders."""
-    port = host.free_port()
+    port = machine.free_port()
     conf = tmp_path / f"nginx-{port}.conf"
     conf.write_text(servers.nginx_conf(port, msgsize, FD_LIMIT, pid_path=str(tmp_path / f"nginx-{port}.pid"),
                                        timeout=timeout))
@@ -96,7 +98,7 @@ def deadconn_says(proc: subprocess.Popen, command: str | None = None) -> dict:
 @needs_nginx
 def test_the_rendered_conf_passes_nginx_t(tmp_path):
     conf = tmp_path / "nginx.conf"
-    conf.write_text(servers.nginx_conf(host.free_port(), 128, FD_LIMIT, pid_path=str(tmp_path / "nginx.pid")))
+    conf.write_text(servers.nginx_conf(machine.free_port(), 128, FD_LIMIT, pid_path=str(tmp_path / "nginx.pid")))
     proc = subprocess.run([NGINX, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=CLIENT_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert "test is successful" in proc.stderr
@@ -265,7 +267,7 @@ def http_get(port: int, msgsize: int) -> None:
 @pytest.mark.docker
 @pytest.mark.parametrize("kind, backend", [("nginx", "epoll"), ("python", "epoll"), ("python", "asyncio")])
 def test_the_server_image_runs_each_server_on_host_networking(runner, server_image, kind, backend):
-    port, msgsize = host.free_port(), 200
+    port, msgsize = machine.free_port(), 200
     service = servers.choose(kind)[0].service(backend, port, msgsize, "0", FD_LIMIT)
     server = runner.run(server_image, service)
     listening = servers.wait_ready(server, service, "127.0.0.1", port, timeout=30)
@@ -284,7 +286,7 @@ def test_the_server_image_runs_each_server_on_host_networking(runner, server_ima
 
 @pytest.mark.docker
 def test_a_server_of_ones_own_is_ready_by_tcp_with_its_placeholders_filled(runner, server_image):
-    port, msgsize = host.free_port(), 77
+    port, msgsize = machine.free_port(), 77
     (choice,) = servers.choose(image=server_image, command="pyhttpd --bind {bind} --port {port} --msgsize {msgsize}",
                             port=port)
     service = choice.service("own", choice.port, msgsize, "0", FD_LIMIT)
@@ -297,7 +299,7 @@ def test_a_server_of_ones_own_is_ready_by_tcp_with_its_placeholders_filled(runne
 
 @pytest.mark.docker
 def test_a_server_that_exits_is_not_taken_for_ready(runner, server_image):
-    port = host.free_port()
+    port = machine.free_port()
     (choice,) = servers.choose(image=server_image, command="sh -c 'echo cannot start >&2; exit 3'", port=port)
     service = choice.service("own", port, 128, "0", FD_LIMIT)
     server = runner.run(service.image, service)

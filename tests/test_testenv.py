@@ -3,17 +3,20 @@
 import pytest
 import tools
 
-from experiment import bench, host, testenv
+from dev import testenv
+from experiment.bench import measure
+from experiment.host import machine
 
 
 class Installed(Exception):
-    """Stops bench.main at its install step, with what it asked for."""
+    """Stops measure.main at its install step, with what it asked for."""
 
 
 def test_every_tool_a_test_requires_is_installed_by_the_test_task():
     """A tool tests/tools.py knows but ./run test does not install would skip on a fresh machine (and fail in
     CI): that was nginx-light, strace, iptables, nftables and git."""
-    installed = set(testenv.TEST_PACKAGES) | {"docker.io"}  # docker.io: experiment/engine.py, when no engine answers
+    # docker.io: experiment/host/engine.py installs it when no engine answers.
+    installed = set(testenv.TEST_PACKAGES) | {"docker.io"}
     assert {package for _places, package in tools.TOOLS.values()} - installed == set()
 
 
@@ -24,10 +27,10 @@ def test_bench_installs_what_it_runs_natively_before_anything_else(monkeypatch):
         asked.append((list(packages), why))
         raise Installed
 
-    monkeypatch.setattr(host, "ensure_packages", ensure)
-    monkeypatch.setattr(bench.native, "build", lambda: pytest.fail("native.build ran before ensure_packages"))
+    monkeypatch.setattr(machine, "ensure_packages", ensure)
+    monkeypatch.setattr(measure.native, "build", lambda: pytest.fail("native.build ran before ensure_packages"))
     with pytest.raises(Installed):
-        bench.main()
+        measure.main()
     (packages, why), = asked
     assert {"nginx-light", "httperf", "wrk", "gcc", "make", "liburing-dev"} <= set(packages)
     assert why == "./run bench"

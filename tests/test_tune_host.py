@@ -21,10 +21,11 @@ import pytest
 from reproducing import finished, invoke, labelled_containers
 from test_preflight import OUR_RULES, clean_raw_table, fake_proc_sys, raw_rules
 
-from experiment import model, preflight
+from experiment import model
 from experiment.errors import UserError
-from experiment.preflight import Finding
-from experiment.results import Run
+from experiment.host import preflight
+from experiment.host.preflight import Finding
+from experiment.run.results import Run
 
 real_host = pytest.mark.needs_host("changes the host's /proc/sys and raw table", tools=["iptables"])
 

@@ -1,7 +1,7 @@
 """The tools the tests run from the host, and the one way a test says that one is missing.
 
 A missing tool skips the test on a developer's machine, but fails it under CI=true: `./run test` installs
-every package named here (experiment/testenv.py), so in CI a missing one is a missing install step, which a
+every package named here (dev/testenv.py), so in CI a missing one is a missing install step, which a
 skip would hide behind a green run. Every "X is not installed" in tests/ goes through require() or missing();
 tests/test_tools.py holds the tests to that.
 """
@@ -23,7 +23,7 @@ TOOLS = {
     "docker-compose": (("docker-compose",), "docker-compose"),
     "chromium": (("/usr/bin/chromium", "chromium"), "chromium"),
     "git": (("git",), "git"),
-    # The test task gets dockerd from docker.io when no engine answers (experiment/engine.py).
+    # The test task gets dockerd from docker.io when no engine answers (experiment/host/engine.py).
     "dockerd": (("dockerd", "/usr/sbin/dockerd"), "docker.io"),
 }
 

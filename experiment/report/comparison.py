@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..catalog import Series
 from ..errors import UserError
-from ..results import RESULTS, Run
+from ..run.results import RESULTS, Run
 from . import draw
 from .data import HOST_KEYS, SWEEPS, VARIANT_ORDER, Group, RunData, legend_lines, load
 from .page import flatten

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
-from .. import catalog, checks, model
+from .. import catalog, model
 from ..catalog import Series
 from ..errors import UserError
-from ..results import Run
+from ..host import checks
+from ..run.results import Run
 
 SWEEP_ORDER = ("dead", "pipetest")
 VARIANT_ORDER = ("up", "smp")

@@ -8,8 +8,9 @@ import shlex
 from collections import Counter
 from dataclasses import dataclass
 
-from .. import catalog, checks
+from .. import catalog
 from ..catalog import Series
+from ..host import checks
 from .data import CAVEATS, FLAG_TEXT, SWEEPS, Group, Metric, RunData, Sweep, reference_max
 from .text import human, number, percent
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import catalog, checks
+from .. import catalog
 from ..catalog import Series
+from ..host import checks
 from . import draw
 from .data import REFERENCE_KEY, SWEEPS, Metric, RunData, Sweep, reference
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import jinja2
 
 from ..errors import UserError
-from ..results import Run
+from ..run.results import Run
 from . import draw
 from .data import SWEEPS, RunData, legend_lines, load, reference
 from .page import engines_table, flatten, headlines, host_caps, key_table, method, notices, points_table

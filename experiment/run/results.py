@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import model
-from .errors import UserError
-from .model import read_json, write_json_atomic
-from .paths import RESULTS
+from .. import model
+from ..errors import UserError
+from ..model import read_json, write_json_atomic
+from ..paths import RESULTS
 
 LATEST = "latest"
 

@@ -31,9 +31,9 @@ import docker
 import docker.errors
 import docker.types
 
-from . import engine, host, images
-from .errors import UserError
-from .paths import ROOT
+from experiment.errors import UserError
+from experiment.host import engine, images, machine
+from experiment.paths import ROOT
 
 IMAGE = "epollbench-cleanroom/python3"
 # pip's configuration files: global, and the user's under HOME (PIP_CONFIG_FILE names one more).
@@ -195,7 +195,7 @@ def _image(client: docker.DockerClient, work: Path) -> str:
 
 def _container(client, image: str, work: Path, socket: str, name: str):
     _env, files, _folders = pip_settings(dict(os.environ))
-    container = client.containers.create(image, name=name, **container_options(work, socket, host.fd_hard_limit(),
+    container = client.containers.create(image, name=name, **container_options(work, socket, machine.fd_hard_limit(),
                                                                                   dict(os.environ)))
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w", dereference=True) as tar:

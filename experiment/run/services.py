@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from . import httperf
+from . import loads
 
 LOOPBACK = "127.0.0.1"
 WRK_CPU_MARK = "epollbench-client-cpu"
@@ -45,13 +45,13 @@ def deadconn(port: int | str, connections: int | str, step_timeout_s: int, cpuse
 def wrk(url: str, connections: int, duration_s: float, cpuset: str) -> Service:
     """wrk, one thread, then one line with the CPU time it used, which it does not print itself: the shell's
     cutime and cstime (clock ticks) once wrk has exited and been reaped, and wrk's exit status."""
-    script = (f"{shlex.join(httperf.wrk_command(url, connections, 1, duration_s))}; status=$?; "
+    script = (f"{shlex.join(loads.wrk_command(url, connections, 1, duration_s))}; status=$?; "
               f'echo "{WRK_CPU_MARK} $(cut -d" " -f16,17 /proc/$$/stat) $status"; exit $status')
     return Service("wrk", "client", ("sh", "-c", script), cpuset)
 
 
-def active_load(load: httperf.ActiveLoad, cpuset: str) -> Service:
-    return Service("httperf", "client", tuple(httperf.command(load)), cpuset)
+def active_load(load: loads.ActiveLoad, cpuset: str) -> Service:
+    return Service("httperf", "client", tuple(loads.command(load)), cpuset)
 
 
 def pipetest(backend: str, pipes: int, generations: int, max_seconds: int, cpuset: str) -> Service:

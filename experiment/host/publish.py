@@ -27,10 +27,10 @@ import docker
 import docker.errors
 import requests
 
+from ..errors import UserError
+from ..model import utc_now
 from . import images
-from .errors import UserError
 from .images import LABEL, TARGETS, BuiltImage
-from .model import utc_now
 
 RECORD_FORMAT = 1
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")

@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import model
-from .errors import UserError
+from .. import model
+from ..errors import UserError
 
 PROC_SYS = Path("/proc/sys")
 SYSCTLS = ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.ip_local_port_range",

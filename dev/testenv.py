@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import engine, host
+from experiment.host import engine, machine
 
 # Native build of images/, the real httperf and wrk, a real browser for the report, a registry to publish to,
 # nginx run natively, strace's fault injection, the loopback notrack rules (iptables, nft), git for the
@@ -15,6 +15,6 @@ TEST_PACKAGES = ["gcc", "make", "libc6-dev", "liburing-dev", "httperf", "wrk", "
 
 
 def prepare(docker: bool = True) -> None:
-    host.ensure_packages(TEST_PACKAGES, "the test suite")
+    machine.ensure_packages(TEST_PACKAGES, "the test suite")
     if docker:
         engine.connect(log_dir=Path("results/.engine-logs"))

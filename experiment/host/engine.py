@@ -11,8 +11,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from . import host
-from .errors import UserError
+from ..errors import UserError
+from . import machine
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 START_TIMEOUT_S = 60
@@ -40,10 +40,10 @@ def connect(base_url: str | None = None, log_dir: Path | None = None, say=print)
     local = (base_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET) == DEFAULT_SOCKET
     if not local:
         raise UserError(f"no Docker engine answers at {base_url}: start it there, or check the URL")
-    if not host.is_debian_root():
+    if not machine.is_debian_root():
         raise UserError("no Docker engine answers at /var/run/docker.sock: start dockerd "
                         "(or run as root on Debian so epollbench can install docker.io and start it)")
-    host.ensure_packages(["docker.io"], "running the sweeps in containers")
+    machine.ensure_packages(["docker.io"], "running the sweeps in containers")
     log_dir = log_dir or Path("/var/log")
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "dockerd.log"

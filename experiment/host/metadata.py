@@ -11,8 +11,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from . import host, images
-from .errors import UserError
+from ..errors import UserError
+from . import images, machine
 
 # A resumed run must match these, or its points would mix two machines or two builds.
 CHECKED = ("hostname", "kernel", "cpu_model", "cpus", "fd_hard_limit", "image_ids")
@@ -54,11 +54,11 @@ def capture(client: docker.DockerClient, built: dict, base_image: dict, sysctls:
         "kernel_version": uname.version,
         "machine": uname.machine,
         "os_release": _os_release(),
-        "cpu_model": host.cpu_model(),
-        "cpus": host.cpu_count(),
-        "cpu_list": ",".join(str(c) for c in host.cpus()),
+        "cpu_model": machine.cpu_model(),
+        "cpus": machine.cpu_count(),
+        "cpu_list": ",".join(str(c) for c in machine.cpus()),
         "memory_bytes": _memory_bytes(),
-        "fd_hard_limit": host.fd_hard_limit(),
+        "fd_hard_limit": machine.fd_hard_limit(),
         "sysctls": sysctls,
         "docker": {"version": version.get("Version"), "api_version": version.get("ApiVersion"),
                    "cgroup_version": info.get("CgroupVersion"), "cgroup_driver": info.get("CgroupDriver"),

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import IMAGES
+from ..paths import IMAGES
 
 BUILD = IMAGES / "build"
 DEADCONN = IMAGES / "deadconn" / "deadconn.py"

@@ -40,15 +40,18 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import catalog, host, httperf, native, paths, preflight, servers
-from .errors import UserError
-from .plan import max_dead, max_pipes
+from .. import catalog, paths
+from ..errors import UserError
+from ..host import machine, preflight
+from ..run import loads, servers
+from ..run.plan import max_dead, max_pipes
+from . import native
 
 ACTIVE = 100               # connections of each load, as the 2002 study's httperf
 LOAD_SECONDS = 5           # how long each wrk load runs
 # httperf's reply rate is the mean of its samples, one per REPLY_RATE_SAMPLE_S: a load sized for two sample
 # intervals has at least one sample even when the probe overestimated the rate a little.
-HTTPERF_SECONDS = 2 * httperf.REPLY_RATE_SAMPLE_S
+HTTPERF_SECONDS = 2 * loads.REPLY_RATE_SAMPLE_S
 PIPETEST_SECONDS = 2
 DEADCONN_TIMEOUT_S = 120
 NGINX = "/usr/sbin/nginx"
@@ -82,7 +85,7 @@ def _children(pid: int) -> list[int]:
 
 class Cpus:
     def __init__(self) -> None:
-        cpus = host.cpus()
+        cpus = machine.cpus()
         self.server = {cpus[0]}
         self.clients = set(cpus[1:]) or {cpus[0]}
 
@@ -115,9 +118,9 @@ def nginx(cpus: Cpus, msgsize: int = 128) -> Iterator[tuple[int, list[int]]]:
     if not os.access(NGINX, os.X_OK):
         raise UserError("nginx is not installed: `apt-get install nginx-light` (./run test installs it)")
     with tempfile.TemporaryDirectory(prefix="epollbench-nginx-") as tmp:
-        port = host.free_port()
+        port = machine.free_port()
         conf = Path(tmp) / "nginx.conf"
-        conf.write_text(servers.nginx_conf(port, msgsize, host.fd_hard_limit(), pid_path=f"{tmp}/nginx.pid"))
+        conf.write_text(servers.nginx_conf(port, msgsize, machine.fd_hard_limit(), pid_path=f"{tmp}/nginx.pid"))
         proc = subprocess.Popen([NGINX, "-c", str(conf), "-e", "stderr"], stderr=subprocess.PIPE, text=True,
                                 preexec_fn=cpus.pin_server)
         try:
@@ -151,40 +154,40 @@ def dead_connections(cpus: Cpus | None, port: int, count: int) -> Iterator[dict]
 
 
 def _wrk(cpus: Cpus, port: int) -> dict:
-    command = httperf.wrk_command(f"http://127.0.0.1:{port}/", connections=ACTIVE, threads=1,
+    command = loads.wrk_command(f"http://127.0.0.1:{port}/", connections=ACTIVE, threads=1,
                                   duration_s=LOAD_SECONDS)
     proc = subprocess.run(command, capture_output=True, text=True, timeout=LOAD_SECONDS * 4 + 30,
                           preexec_fn=cpus.pin_clients)
-    parsed = httperf.parse_wrk(proc.stdout)
+    parsed = loads.parse_wrk(proc.stdout)
     return {"replies": parsed["requests"], "rate": parsed["requests_per_s"], "duration_s": parsed["duration_s"],
             "errors": sum(parsed["socket_errors"].values()) + (parsed.get("non_2xx_3xx") or 0)}
 
 
-def _run_httperf(cpus: Cpus, load: httperf.ActiveLoad, seconds: float) -> str:
-    proc = subprocess.run(httperf.command(load), capture_output=True, text=True, timeout=seconds * 10 + 60,
+def _run_httperf(cpus: Cpus, load: loads.ActiveLoad, seconds: float) -> str:
+    proc = subprocess.run(loads.command(load), capture_output=True, text=True, timeout=seconds * 10 + 60,
                           preexec_fn=cpus.pin_clients)
     return proc.stdout
 
 
 def _probe_rate(cpus: Cpus, port: int) -> float:
-    """The reply rate the load will see, probed as a sweep probes it (httperf.probe_rate)."""
-    def run(load: httperf.ActiveLoad) -> str:
-        return _run_httperf(cpus, load, httperf.PROBE_SECONDS)
+    """The reply rate the load will see, probed as a sweep probes it (loads.probe_rate)."""
+    def run(load: loads.ActiveLoad) -> str:
+        return _run_httperf(cpus, load, loads.PROBE_SECONDS)
 
-    return httperf.probe_rate(run, "127.0.0.1", port, ACTIVE)
+    return loads.probe_rate(run, "127.0.0.1", port, ACTIVE)
 
 
 def _httperf(cpus: Cpus, port: int, probe_rate: float) -> dict:
     """The 2002 load (ActiveLoad's defaults: connections opened at 100/s) sized by the probe's rate to last
     HTTPERF_SECONDS; its rate is httperf's mean of its 5 s samples, as a sweep's (sweep._dead_figures), not
     replies / test-duration, which counts the ramp."""
-    load = httperf.ActiveLoad(port=port, connections=ACTIVE,
-                              num_calls=httperf.calls_for_duration(probe_rate, HTTPERF_SECONDS, ACTIVE))
-    parsed = httperf.parse(_run_httperf(cpus, load, HTTPERF_SECONDS))
+    load = loads.ActiveLoad(port=port, connections=ACTIVE,
+                              num_calls=loads.calls_for_duration(probe_rate, HTTPERF_SECONDS, ACTIVE))
+    parsed = loads.parse(_run_httperf(cpus, load, HTTPERF_SECONDS))
     reply_rate = parsed["reply_rate"]
     return {"replies": parsed["total"]["replies"], "rate": reply_rate["avg"], "rate_source": reply_rate["avg_source"],
             "rate_samples": reply_rate["samples"], "rate_overall": reply_rate["overall"], "probe_rate": probe_rate,
-            "command": httperf.command(load), "duration_s": parsed["total"]["test_duration_s"],
+            "command": loads.command(load), "duration_s": parsed["total"]["test_duration_s"],
             "errors": parsed["errors"]["total"]}
 
 
@@ -333,13 +336,13 @@ def pipetest(fd_limit: int) -> dict:
 
 
 def main(json_out: str | None = None, skip_harness: bool = False) -> dict:
-    host.ensure_packages(NATIVE_PACKAGES, "./run bench")
+    machine.ensure_packages(NATIVE_PACKAGES, "./run bench")
     native.build()
-    fd_limit = host.fd_hard_limit()
+    fd_limit = machine.fd_hard_limit()
     cpus = Cpus()
     most = max_dead(fd_limit, "epoll", ACTIVE)
     result = {"schema_version": 1, "benchmark": "bench", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "kernel": os.uname().release, "cpu_model": host.cpu_model(), "cpus": host.cpu_count(),
+              "kernel": os.uname().release, "cpu_model": machine.cpu_model(), "cpus": machine.cpu_count(),
               "fd_limit": fd_limit, "server_cpus": sorted(cpus.server), "client_cpus": sorted(cpus.clients),
               "load_seconds": LOAD_SECONDS, "targets": TARGETS, "load_at_start": list(os.getloadavg())}
     # The loads open and close some 400,000 loopback connections; tracked, their entries would fill the

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from . import catalog
-from .catalog import DEFAULT_SERVER, FD_SETSIZE, Series
-from .errors import UserError
+from .. import catalog
+from ..catalog import DEFAULT_SERVER, FD_SETSIZE, Series
+from ..errors import UserError
 from .servers import Choice, choose
 
 VARIANTS = ("up", "smp")

@@ -10,9 +10,9 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from . import host
-from .errors import UserError
-from .paths import IMAGES, ROOT
+from ..errors import UserError
+from ..paths import IMAGES, ROOT
+from . import machine
 
 DEFAULT_BASE_IMAGE = "debian:bookworm-slim"
 TARGETS = ("server", "client")
@@ -71,8 +71,8 @@ def ensure_base_image(client: docker.DockerClient, base_image: str, log_dir: Pat
 
 def _bootstrap_debian(client, base_image: str, suite: str, log_dir: Path, say, pull_reason: str) -> dict:
     why = f"bootstrapping {base_image} (it could not be pulled: {pull_reason})"
-    host.ensure_packages(["mmdebstrap"], why)
-    mirror, _host_suite = host.apt_mirror()
+    machine.ensure_packages(["mmdebstrap"], why)
+    mirror, _host_suite = machine.apt_mirror()
     say(f"bootstrapping {base_image} with mmdebstrap from the host's apt mirror ({pull_reason})")
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "mmdebstrap.log", "wb") as log:

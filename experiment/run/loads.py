@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import UserError
+from ..errors import UserError
 
 HTTPERF = "httperf"
 WRK = "wrk"

@@ -18,10 +18,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import catalog, services
-from .catalog import CUSTOM, EPHTTPD, NGINX, PYTHON
+from .. import catalog
+from ..catalog import CUSTOM, EPHTTPD, NGINX, PYTHON
+from ..errors import UserError
+from . import services
 from .containers import Managed
-from .errors import UserError
 from .services import LOOPBACK, Service
 
 # nginx reads `return 200 "..."` as one token, and its configuration reader refuses a token that fills
@@ -136,7 +137,7 @@ def nginx_conf(port: int, msgsize: int, fd_limit: int, bind: str = LOOPBACK, pid
                         f"(got --msgsize {msgsize})")
     listen = f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
     return f"""\
-# nginx as a server under test (epollbench, experiment/servers.py)
+# nginx as a server under test (epollbench, experiment/run/servers.py)
 daemon off;
 master_process on;
 worker_processes 1;

@@ -10,7 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 _apt_updated = False
 

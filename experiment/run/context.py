@@ -1,0 +1,64 @@
+"""What a sweep needs of its run (the Context), and how a point is named, begun and finished."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .. import model
+from ..catalog import Series
+from . import results, servers
+from .containers import Containers
+from .plan import Level, Plan
+from .progress import Progress
+from .services import LOOPBACK
+
+
+@dataclass
+class Context:
+    run: results.Run
+    plan: Plan
+    servers: Containers  # on the server's engine: the server under test, pipetest
+    clients: Containers  # on the clients' engine: deadconn, httperf, wrk
+    server_image: str
+    client_image: str
+    cpusets: dict
+    fd_limit: int  # the server engine's
+    progress: Progress
+    choices: dict[str, servers.Choice]  # by kind: the servers under test
+    server_address: str = LOOPBACK
+    client_source: str | None = None  # deadconn's source address, for a server beyond loopback
+
+
+def point_id(sweep: str, variant: str, series: Series, repetition: int, x: int) -> str:
+    """A point's file name, e.g. dead-up-nginx-epoll-r1-d001000."""
+    letter = "d" if sweep == "dead" else "p"
+    return f"{sweep}-{variant}-{series.slug}-r{repetition}-{letter}{x:06d}"
+
+
+def base_point(ctx: Context, sweep: str, variant: str, series: Series, repetition: int, level: Level) -> dict:
+    point = {"id": point_id(sweep, variant, series, repetition, level.value), "sweep": sweep,
+             "variant": variant, "backend": series.backend, "repetition": repetition, "x": level.value,
+             "host_max": level.host_max, "status": "ok", "reason": None, "started_at": model.utc_now(),
+             "ended_at": None, "figures": {}, "flags": {}, "checks": {}}
+    if sweep == "dead":
+        point.update(server_kind=series.server, load=ctx.plan.load)
+        point["dead"] = level.value
+    return point
+
+
+def finish(ctx: Context, point: dict, status: str = "ok", reason: str | None = None) -> None:
+    point.update(status=status, reason=reason, ended_at=model.utc_now())
+    ctx.run.write_point(point)
+    ctx.progress.advance(point)
+
+
+def last_json(text: str) -> dict | None:
+    for line in reversed(text.splitlines()):
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict):
+            return data
+    return None

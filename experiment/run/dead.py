@@ -1,0 +1,264 @@
+"""The dead-connection sweep, after the 2002 study: one server per variant x series x repetition, a series being
+one server's backend; deadconn ramps dead connections level by level without reconnecting; at each level
+httperf (a fresh client container) keeps the active load on the server for about `duration` seconds, or
+with --load wrk, wrk measures the server's capacity for exactly `duration` seconds. Per point: the load
+generator's raw output and parsed figures, the server's CPU time from its cgroup accounting, the server's
+own counters before and after (ephttpd and pyhttpd print them), and hygiene flags."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+
+from ..catalog import Series
+from ..host import checks, engine, machine
+from . import loads, servers, services
+from .containers import Managed
+from .context import Context, base_point, finish, point_id
+from .plan import Level, dead_levels
+from .services import Service
+
+DEADCONN_STEP_TIMEOUT_S = 120
+
+
+SERVER_START_TIMEOUT_S = 20
+
+
+STATS_TIMEOUT_S = 5
+
+
+# /proc/PID/stat counts CPU time in USER_HZ clock ticks, 100 per second on every Linux.
+CLOCK_TICKS_PER_S = 100
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The server of a dead series: its container, how it was started, what it said when ready, its port."""
+
+    managed: Managed
+    service: Service
+    ready: dict
+    port: int
+
+
+def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> None:
+    choice = ctx.choices[series.server]
+    levels = [lv for lv in dead_levels(ctx.plan, ctx.fd_limit, series.backend)
+              if not ctx.run.has_point(point_id("dead", variant, series, repetition, lv.value))]
+    for level in [lv for lv in levels if lv.skip_reason]:
+        finish(ctx, base_point(ctx, "dead", variant, series, repetition, level), "skipped", level.skip_reason)
+    runnable = [lv for lv in levels if not lv.skip_reason]
+    if not runnable:
+        return
+    cs = ctx.cpusets[variant]
+    # A server of the user's own listens where it listens; ours on a port free here (on another host's
+    # engine only a guess, and the check below catches a wrong one).
+    port = choice.port or machine.free_port()
+    doing = f"dead {variant} {series.label} r{repetition}"
+    ctx.progress.describe(f"{doing}: starting server")
+    service = choice.service(series.backend, port, ctx.plan.msgsize, cs["server"], ctx.fd_limit, ctx.server_address)
+    if service.readiness == "tcp" and servers.tcp_connects(ctx.server_address, port):
+        reason = (f"something already answers on {ctx.server_address}:{port} before the server started: stop "
+                  "it, or run the server on another port")
+        for level in runnable:
+            _fail_dead(ctx, variant, series, repetition, level, reason)
+        return
+    server = ctx.servers.run(service.image or ctx.server_image, service)
+    deadconn = None
+    try:
+        listening = servers.wait_ready(server, service, ctx.server_address, port, SERVER_START_TIMEOUT_S)
+        if not listening:
+            reason = f"server did not start: {server.output_tail() or 'no output'}"
+            for level in runnable:
+                _fail_dead(ctx, variant, series, repetition, level, reason)
+            return
+        deadconn = ctx.clients.run(ctx.client_image, services.deadconn(
+            port, 0, DEADCONN_STEP_TIMEOUT_S, cs["clients"], ctx.server_address, ctx.client_source))
+        ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S)
+        if not ready or ready["event"] != "ready":
+            reason = f"deadconn did not start: {deadconn.output_tail() or 'no output'}"
+            for level in runnable:
+                _fail_dead(ctx, variant, series, repetition, level, reason)
+            return
+        for index, level in enumerate(runnable):
+            grow = level.value - ready["held"]
+            if grow > 0:
+                ctx.progress.describe(f"{doing}: opening {level.value} dead")
+                deadconn.send_stdin(f"grow {grow}\n")
+                ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S + 10) or {
+                    "event": "failed", "reason": f"no answer: {deadconn.output_tail()}", "held": None}
+                if ready["event"] != "ready":
+                    reason = (f"deadconn held {ready.get('held')} of {level.value} dead connections: "
+                              f"{ready.get('reason')}")
+                    for rest in runnable[index:]:
+                        _fail_dead(ctx, variant, series, repetition, rest, reason)
+                    return
+            if server.exited():
+                reason = f"server exited: {server.output_tail()}"
+                for rest in runnable[index:]:
+                    _fail_dead(ctx, variant, series, repetition, rest, reason)
+                return
+            # wrk runs for a fixed time: only httperf's length needs the reply rate.
+            reply_rate = _probe_rate(ctx, cs["clients"], port) if ctx.plan.load == loads.HTTPERF else None
+            _measure_dead(ctx, variant, series, repetition, level,
+                          Serving(server, service, listening, port), deadconn, ready, reply_rate)
+    finally:
+        for managed, runner in ((deadconn, ctx.clients), (server, ctx.servers)):
+            if managed:
+                runner.stop(managed)
+                _save_log(ctx, managed, f"dead-{variant}-{series.slug}-r{repetition}.{managed.role}.log")
+                runner.remove(managed)
+
+
+def _fail_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level, reason: str) -> None:
+    finish(ctx, base_point(ctx, "dead", variant, series, repetition, level), "failed", reason)
+
+
+def _save_log(ctx: Context, managed: Managed, name: str) -> None:
+    ctx.run.raw_path(name).write_text("\n".join(managed.log) + "\n")
+
+
+def _server_stats(serving: Serving) -> dict | None:
+    """The server's counters so far: SIGUSR1 makes ephttpd and pyhttpd print a snapshot line and go on
+    serving. None for a server that prints none (nginx, a server of the user's own)."""
+    if not serving.service.stats:
+        return None
+    try:
+        serving.managed.container.kill(signal="SIGUSR1")
+    except docker.errors.APIError:
+        return None
+    return serving.managed.next_json(("snapshot",), STATS_TIMEOUT_S)
+
+
+def _run_client(ctx: Context, service: Service, timeout: float) -> tuple[list, str, int | None]:
+    """Runs a load generator's container on the clients' engine to its end: (command, output, exit code)."""
+    _, output, code = ctx.clients.run_to_end(ctx.client_image, service, timeout)
+    return list(service.command), output, code
+
+
+def _run_httperf(ctx: Context, cpuset: str, load: loads.ActiveLoad,
+                 timeout: float) -> tuple[list, str, int | None]:
+    return _run_client(ctx, services.active_load(load, cpuset), timeout)
+
+
+def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
+    """The reply rate at this level from short httperf runs (loads.probe_rate), so that the point lasts
+    about `duration`."""
+    def run(load: loads.ActiveLoad) -> str:
+        return _run_httperf(ctx, cpuset, load, timeout=120)[1]
+
+    return loads.probe_rate(run, ctx.server_address, port, ctx.plan.active_connections)
+
+
+def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level,
+                  serving: Serving, deadconn: Managed, ready: dict, reply_rate: float | None) -> dict:
+    cs = ctx.cpusets[variant]
+    load_name = ctx.plan.load
+    point = base_point(ctx, "dead", variant, series, repetition, level)
+    ctx.progress.describe(f"dead {variant} {series.label} r{repetition}: {level.value} dead, measuring")
+    if load_name == loads.WRK:
+        service = services.wrk(f"http://{ctx.server_address}:{serving.port}/", ctx.plan.active_connections,
+                               ctx.plan.duration_s, cs["clients"])
+        timeout = ctx.plan.duration_s + 60
+    else:
+        load = loads.ActiveLoad(server=ctx.server_address, port=serving.port,
+                                  connections=ctx.plan.active_connections,
+                                  num_calls=loads.calls_for_duration(reply_rate, ctx.plan.duration_s,
+                                                                       ctx.plan.active_connections))
+        service = services.active_load(load, cs["clients"])
+        timeout = ctx.plan.duration_s * 4 + 60
+    server = serving.managed
+    hygiene = checks.PointChecks.take(container_ids={"server": server.container.id})
+    stats_before = _server_stats(serving)
+    cpu_before = server.cpu_ns()
+    command, output, code = _run_client(ctx, service, timeout)
+    cpu_after = server.cpu_ns()
+    stats_after = _server_stats(serving)
+    raw = ctx.run.raw_path(f"{point['id']}.{load_name}.txt")
+    raw.write_text(output)
+    point["server"] = {"kind": series.server, "image": serving.service.image or ctx.server_image,
+                       "image_id": server.container.attrs.get("Image"), "readiness": serving.service.readiness,
+                       "ready": serving.ready, "address": ctx.server_address, "port": serving.port,
+                       "cpuset": cs["server"], "command": server.command, "container": server.container.id[:12],
+                       "cpu_s": (cpu_after - cpu_before) / 1e9, "stats_before": stats_before,
+                       "stats_after": stats_after}
+    point["deadconn"] = {"cpuset": cs["clients"], "command": deadconn.command, "held": ready["held"],
+                         "ready": ready}
+    point[load_name] = {"cpuset": cs["clients"], "command": command, "exit_code": code,
+                        "raw": str(raw.relative_to(ctx.run.path))}
+    if load_name == loads.WRK:
+        code, client_cpu_s = _wrk_status(output, code)
+        point[load_name]["exit_code"] = code
+    if code is None:
+        finish(ctx, point, "failed", f"{load_name} did not finish within {timeout:.0f} s")
+        return point
+    try:
+        parsed = loads.parse_wrk(output) if load_name == loads.WRK else loads.parse(output)
+    except ValueError as e:
+        finish(ctx, point, "failed", f"{load_name} output unreadable (exit code {code}): {e}")
+        return point
+    point[load_name]["parsed"] = parsed
+    server_cpu_s = point["server"]["cpu_s"]
+    if load_name == loads.WRK:
+        point["figures"] = _wrk_figures(parsed, server_cpu_s, client_cpu_s)
+        errors = {**parsed["socket_errors"], "non_2xx_3xx": parsed["non_2xx_3xx"]}
+    else:
+        point["figures"] = _dead_figures(parsed, server_cpu_s)
+        errors = {k: v for k, v in parsed["errors"].items() if k != "total"}
+    figures = point["figures"]
+    # httperf and wrk (-t1) are one thread each: they can use one CPU of their cpuset at most.
+    point.update(hygiene.finish(client_cpu_pct=figures["client_cpu_pct"], client_cpus=1,
+                                server_cpu_s=server_cpu_s, duration_s=figures["duration_s"],
+                                server_cpus=len(engine.expand_cpu_list(cs["server"]))))
+    if figures["replies"] == 0:
+        finish(ctx, point, "failed", f"no replies ({figures['errors']} {load_name} errors)")
+    elif figures["errors"]:
+        finish(ctx, point, "failed", f"{load_name} counted {figures['errors']} errors: "
+                + ", ".join(f"{k} {v}" for k, v in errors.items() if v))
+    else:
+        finish(ctx, point)
+    return point
+
+
+def _dead_figures(parsed: dict, server_cpu_s: float) -> dict:
+    """The flat numbers a report plots. reply_rate is httperf's, the 2002 metric: the mean of its 5 s
+    samples (replies / test duration when the run was too short for a sample; reply_rate_source says)."""
+    replies = parsed["total"]["replies"]
+    rate = parsed["reply_rate"]
+    return {"reply_rate": rate["avg"], "reply_rate_source": rate["avg_source"],
+            "reply_rate_min": rate["min"], "reply_rate_max": rate["max"], "reply_rate_stddev": rate["stddev"],
+            "reply_rate_samples": rate["samples"], "reply_rate_overall": rate["overall"],
+            "request_rate": parsed["request_rate"]["per_s"], "reply_time_ms": parsed["reply_time_ms"]["response"],
+            "replies": replies, "errors": parsed["errors"]["total"], "server_cpu_s": server_cpu_s,
+            "server_cpu_us_per_reply": server_cpu_s * 1e6 / replies if replies else None,
+            "client_cpu_pct": parsed["cpu"]["total_pct"], "duration_s": parsed["total"]["test_duration_s"]}
+
+
+_WRK_STATUS = re.compile(rf"^{services.WRK_CPU_MARK} (\d+) (\d+) (\d+)\s*$", re.M)
+
+
+def _wrk_status(output: str, container_code: int | None) -> tuple[int | None, float | None]:
+    """wrk's exit code and CPU seconds from the line services.wrk prints after it; (container's code, None)
+    when the line is missing."""
+    found = _WRK_STATUS.search(output)
+    if not found:
+        return container_code, None
+    user, system, code = (int(x) for x in found.groups())
+    return code, (user + system) / CLOCK_TICKS_PER_S
+
+
+def _wrk_figures(parsed: dict, server_cpu_s: float, client_cpu_s: float | None) -> dict:
+    """The same flat numbers as _dead_figures, from wrk: its requests per second over the whole run (wrk
+    counts a request when its reply has arrived), its mean latency, its socket errors and non-2xx replies."""
+    replies, duration = parsed["requests"], parsed["duration_s"]
+    return {"reply_rate": parsed["requests_per_s"], "reply_rate_source": "wrk",
+            "reply_rate_min": None, "reply_rate_max": None, "reply_rate_stddev": None, "reply_rate_samples": None,
+            "reply_rate_overall": replies / duration if duration > 0 else 0.0,
+            "request_rate": parsed["requests_per_s"], "reply_time_ms": parsed["latency_ms"]["avg"],
+            "replies": replies, "errors": sum(parsed["socket_errors"].values()) + parsed["non_2xx_3xx"],
+            "server_cpu_s": server_cpu_s, "server_cpu_us_per_reply": server_cpu_s * 1e6 / replies if replies else None,
+            "client_cpu_pct": round(100.0 * client_cpu_s / duration, 1) if client_cpu_s is not None and duration > 0
+            else None, "duration_s": duration}

@@ -1,0 +1,47 @@
+"""The pipetest sweep: per variant x backend x pipe count, about two seconds of token passing in the
+server's cpuset; passes per second from pipetest's own JSON."""
+
+from __future__ import annotations
+
+from .. import catalog
+from ..catalog import Series
+from ..host import checks
+from . import services
+from .context import Context, base_point, finish, last_json
+from .plan import pipe_levels
+
+PIPETEST_SECONDS = 2
+
+
+PIPETEST_GENERATIONS = 100_000_000
+
+
+def pipetest_series(ctx: Context, variant: str, backend: str, repetition: int) -> None:
+    cs = ctx.cpusets[variant]
+    for level in pipe_levels(ctx.plan, ctx.fd_limit, backend):
+        point = base_point(ctx, "pipetest", variant, Series(catalog.EPHTTPD, backend), repetition, level)
+        if ctx.run.has_point(point["id"]):
+            continue
+        point["pipes"] = level.value
+        if level.skip_reason:
+            finish(ctx, point, "skipped", level.skip_reason)
+            continue
+        ctx.progress.describe(f"pipetest {variant} {backend} r{repetition}: {level.value} pipes")
+        service = services.pipetest(backend, level.value, PIPETEST_GENERATIONS, PIPETEST_SECONDS,
+                                    cs["server"])
+        hygiene = checks.PointChecks.take()
+        managed, output, code = ctx.servers.run_to_end(ctx.server_image, service,
+                                                       timeout=PIPETEST_SECONDS * 10 + 60)
+        raw = ctx.run.raw_path(f"{point['id']}.json")
+        raw.write_text(output)
+        point["pipetest"] = {"cpuset": cs["server"], "command": managed.command, "exit_code": code,
+                             "raw": str(raw.relative_to(ctx.run.path))}
+        point.update(hygiene.finish())
+        result = last_json(output)
+        if code != 0 or result is None:
+            finish(ctx, point, "failed", f"pipetest exited {code}: {output.strip()[-300:] or 'no output'}")
+            continue
+        point["pipetest"]["result"] = result
+        point["figures"] = {"passes_per_s": result["passes_per_s"], "elapsed_s": result["elapsed_s"],
+                            "events_per_wait": result.get("events_per_wait")}
+        finish(ctx, point)
