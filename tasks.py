@@ -144,11 +144,12 @@ def publish(c, to, published=None, base_image=None):
             "pytest_args": "more arguments for pytest, as one string"})
 @_user_errors
 def test(c, k=None, no_docker=False, pytest_args=""):
-    """Install what the tests need (host packages, Docker engine), then run ruff and pytest."""
+    """Install what the tests need (host packages, Docker engine), then run ruff, mypy and pytest."""
     from dev import testenv
 
     testenv.prepare(docker=not no_docker)
     c.run(f"{sys.executable} -m ruff check .", pty=False)
+    c.run(f"{sys.executable} -m mypy", pty=False)
     args = ["-ra"]
     if k:
         args += ["-k", k]

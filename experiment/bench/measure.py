@@ -127,7 +127,8 @@ def nginx(cpus: Cpus, msgsize: int = 128) -> Iterator[tuple[int, list[int]]]:
             deadline = time.monotonic() + 10
             while not servers.tcp_connects("127.0.0.1", port):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise UserError(f"nginx did not start: {proc.stderr.read() if proc.poll() is not None else ''}")
+                    said = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+                    raise UserError(f"nginx did not start: {said}")
                 time.sleep(0.05)
             yield port, [proc.pid, *_children(proc.pid)]
         finally:
@@ -144,9 +145,10 @@ def dead_connections(cpus: Cpus | None, port: int, count: int) -> Iterator[dict]
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=cpus.pin_clients if cpus else None)
     try:
-        ready = json.loads(proc.stdout.readline() or "{}")
+        ready = json.loads((proc.stdout.readline() if proc.stdout else "") or "{}")
         if ready.get("event") != "ready":
-            raise UserError(f"deadconn could not hold {count} connections: {ready or proc.stderr.read().strip()}")
+            said = proc.stderr.read().strip() if proc.stderr else ""
+            raise UserError(f"deadconn could not hold {count} connections: {ready or said}")
         yield ready
     finally:
         proc.terminate()
@@ -290,11 +292,10 @@ def deadconn_rate(fd_limit: int, rounds: int = ROUNDS) -> dict:
     """deadconn's opening rate, round after round; where this process may exempt loopback from connection
     tracking (root, iptables or nft: what --tune-host does), each round measures it both ways."""
     state, finding = _untracking()
-    both = finding is not None
     rows = []
     for n in range(1, rounds + 1):
         rows.append({**_open_dead(fd_limit), "round": n, "loopback_tracked": state["tracked"]})
-        if both:
+        if finding is not None:
             with preflight.tune([finding]):
                 rows.append({**_open_dead(fd_limit), "round": n, "loopback_tracked": False})
     by_tracking = {}

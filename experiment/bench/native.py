@@ -52,43 +52,51 @@ class Ephttpd:
 
     def start(self, timeout: float = 10.0) -> Ephttpd:
         cmd = self.command()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     preexec_fn=None if self.nofile is None else self._limit_nofile)
-        line = _readline(self.proc, timeout)
+        self.proc = proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                            preexec_fn=None if self.nofile is None else self._limit_nofile)
+        line = _readline(proc, timeout)
         if not line:
-            err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+            err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
             raise ProgramError(f"{self.name} did not say it was listening: {' '.join(cmd)}\n{err}")
         self.listening = json.loads(line)
         self.port = self.listening["port"]
         return self
 
     def _limit_nofile(self) -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
+    @property
+    def running(self) -> subprocess.Popen:
+        if self.proc is None:
+            raise ProgramError(f"{self.name} was not started")
+        return self.proc
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.running.pid
 
     def snapshot(self, timeout: float = 10.0) -> dict:
         """SIGUSR1: the counters of a running one-worker ephttpd, from the "snapshot" line it prints.
         ephttpd does not count the wakeups its own signals cause, so a snapshot changes no counter."""
-        self.proc.send_signal(signal.SIGUSR1)
-        line = _readline(self.proc, timeout)
+        self.running.send_signal(signal.SIGUSR1)
+        line = _readline(self.running, timeout)
         if not line:
             raise ProgramError(f"{self.name} printed no snapshot within {timeout} s of SIGUSR1")
         return json.loads(line)
 
     def stop(self, timeout: float = 10.0) -> dict:
         """SIGTERM, then the one JSON stats line it prints on the way out."""
-        self.proc.send_signal(signal.SIGTERM)
+        proc = self.running
+        proc.send_signal(signal.SIGTERM)
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
+            proc.kill()
+            out, err = proc.communicate()
             raise ProgramError(f"{self.name} ignored SIGTERM for {timeout} s") from None
-        if self.proc.returncode != 0:
-            raise ProgramError(f"{self.name} exited {self.proc.returncode}: {err.strip()}")
+        if proc.returncode != 0:
+            raise ProgramError(f"{self.name} exited {proc.returncode}: {err.strip()}")
         lines = [json.loads(x) for x in out.splitlines() if x.strip()]
         self.stats = lines[-1]
         return self.stats
@@ -116,13 +124,16 @@ def _readline(proc: subprocess.Popen, timeout: float) -> str:
     """One line of proc's stdout, or '' when it exits or says nothing within timeout."""
     import selectors
 
+    if proc.stdout is None:
+        raise ProgramError("a program's stdout is read only when it was started with stdout=PIPE")
+    stdout = proc.stdout
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
     try:
         while (left := deadline - time.monotonic()) > 0:
             if sel.select(left):
-                return proc.stdout.readline()
+                return stdout.readline()
             if proc.poll() is not None:
                 return ""
         return ""

@@ -34,6 +34,7 @@ import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import model
 from ..errors import UserError
@@ -103,7 +104,7 @@ def read_host_settings(proc_sys: Path = PROC_SYS) -> dict:
     """The sysctls in SYSCTLS (None when absent, e.g. nf_conntrack_max without the module loaded),
     ip_local_port_range as [low, high], this process's RLIMIT_NOFILE hard limit (None: unlimited) and
     whether loopback traffic is tracked (read_loopback_conntrack)."""
-    settings = {name: _read_sysctl(name, proc_sys) for name in SYSCTLS}
+    settings: dict[str, Any] = {name: _read_sysctl(name, proc_sys) for name in SYSCTLS}
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     settings[FD_HARD_LIMIT] = None if hard == resource.RLIM_INFINITY else hard
     settings[LOOPBACK_CONNTRACK] = read_loopback_conntrack(settings["net.netfilter.nf_conntrack_max"] is not None)
@@ -165,8 +166,8 @@ def read_loopback_conntrack(conntrack_loaded: bool, iptables: Path = IPTABLES, n
     exempting lo's 127.0.0.0/8 traffic in both PREROUTING and OUTPUT. The tool is iptables when installed
     (backend "nf_tables" or "legacy", as `iptables -V` says), else nft. tracked is None when the rules could
     not be read (reading needs root; `error` says why) or there is no tool to read them with."""
-    state = {"conntrack_loaded": conntrack_loaded, "tool": None, "backend": None, "untracked_chains": [],
-             "tracked": None, "error": None}
+    state: dict[str, Any] = {"conntrack_loaded": conntrack_loaded, "tool": None, "backend": None,
+                             "untracked_chains": [], "tracked": None, "error": None}
     if os.access(iptables, os.X_OK):
         version = _firewall([str(iptables), "-V"]).stdout
         backend = re.search(r"\((nf_tables|legacy)\)", version)
@@ -340,17 +341,19 @@ def _nft_notrack_table(chains: list[str]) -> str:
     return f"table ip {NFT_TABLE} {{\n{body}}}\n"
 
 
-def _enough(setting: str, current: int | list[int] | None, needed: int | list[int]) -> bool:
+def _enough(setting: str, current: int | list[int] | None, needed: int | list[int] | str) -> bool:
     if current is None:
         return True
-    if setting == "net.ipv4.ip_local_port_range":
+    if isinstance(current, list) and isinstance(needed, list):  # a range: ip_local_port_range
         return current[1] - current[0] >= needed[1] - needed[0]
     if setting == "net.ipv4.tcp_tw_reuse":
         return current != 0
-    return current >= needed
+    if isinstance(current, int) and isinstance(needed, int):
+        return current >= needed
+    raise TypeError(f"{setting}: cannot compare {current!r} with {needed!r}")
 
 
-def _sysctl_text(value: int | list[int]) -> str:
+def _sysctl_text(value: int | list[int] | str) -> str:
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
@@ -454,7 +457,7 @@ class Tuning:
         """Writes back every value tune() changed, unless someone else changed it since (then it is left
         and reported), and deletes the rules it added. Returns the settings not restored; with say, says
         one line per item put back. Safe to call more than once."""
-        not_restored = []
+        not_restored: list[dict] = []
         if self.restored:
             return not_restored
         self.restored = True
@@ -610,7 +613,10 @@ def restore_abandoned(results_dir: Path, say: Callable[[str], None] = print, als
             continue
         tuning = Tuning(proc_sys=proc_sys, changed=record["changes"], journal=path, record=record)
         try:
-            left = tuning.restore(say=lambda line, about=about: say(f"{about}: {line}"))
+            def said(line: str, about: str = about) -> None:
+                say(f"{about}: {line}")
+
+            left = tuning.restore(say=said)
         except OSError as error:
             say(f"{about}, and cannot write {error.filename} ({error.strerror}): restore it by hand from {path}")
             continue

@@ -22,10 +22,12 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
 import requests
+from docker.utils import parse_repository_tag
 
 from ..errors import UserError
 from ..model import utc_now
@@ -48,7 +50,7 @@ def image_refs(ref: str) -> dict[str, str]:
     if "@" in ref:
         raise UserError(f"{ref}: give a tag, not a digest (REGISTRY/NAME:TAG); "
                         "published.json pins the digests")
-    repo, tag = docker.utils.parse_repository_tag(ref)
+    repo, tag = parse_repository_tag(ref)
     if not repo or repo.endswith("/"):
         raise UserError(f"{ref!r}: give the images as REGISTRY/NAME:TAG, e.g. 127.0.0.1:5000/epollbench:v1")
     return {target: f"{repo}-{target}:{tag or 'latest'}" for target in TARGETS}
@@ -82,7 +84,7 @@ def push(client: docker.DockerClient, built: dict[str, BuiltImage], ref: str, sa
     entries = {}
     for target in TARGETS:
         image = built[target]
-        repo, tag = docker.utils.parse_repository_tag(refs[target])
+        repo, tag = parse_repository_tag(refs[target])
         try:
             client.api.tag(image.id, repo, tag)
         except docker.errors.APIError as e:
@@ -93,7 +95,7 @@ def push(client: docker.DockerClient, built: dict[str, BuiltImage], ref: str, sa
     return _record(client, built, kind="registry", to=ref, digest_kind="manifest", entries=entries)
 
 
-def _push_one(client: docker.DockerClient, repo: str, tag: str, published_ref: str) -> str:
+def _push_one(client: docker.DockerClient, repo: str, tag: str | None, published_ref: str) -> str:
     digest = None
     try:
         for chunk in client.api.push(repo, tag=tag, stream=True, decode=True):
@@ -118,7 +120,8 @@ def save(client: docker.DockerClient, built: dict[str, BuiltImage], path: Path, 
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     try:
-        api = client.api
+        # The SDK saves one image at a time; its low-level client's private calls fetch both in one archive.
+        api: Any = client.api
         response = api._get(api._url("/images/get"), params={"names": names}, stream=True)
         api._raise_for_status(response)
         # No time or file name in the gzip header. (Two saves still differ: dockerd orders manifest.json at
@@ -181,7 +184,7 @@ def obtain(client: docker.DockerClient, image_ref: str | None = None, archive: s
         record_path = default_record_path(archive)
     record = read_record(record_path) if record_path else None
     if not image_ref and not archive:
-        if record is None:
+        if record is None or record_path is None:
             raise UserError("no images to use: give --image REGISTRY/NAME:TAG, --from-archive FILE.tar.gz "
                             "or --published FILE")
         if record["kind"] == "registry":
@@ -191,8 +194,8 @@ def obtain(client: docker.DockerClient, image_ref: str | None = None, archive: s
     if image_ref:
         found, digest_kind = _pull(client, image_ref, say), "manifest"
     else:
-        found, digest_kind = _load(client, Path(archive), record, say), "image-id"
-    if record:
+        found, digest_kind = _load(client, Path(str(archive)), record, say), "image-id"
+    if record and record_path:
         say(f"checking the images against {record_path}")
         _verify(found, record, digest_kind, record_path)
     labels = {target: _labels(client, entry["image_id"], entry["ref"]) for target, entry in found.items()}
@@ -204,7 +207,7 @@ def obtain(client: docker.DockerClient, image_ref: str | None = None, archive: s
         say(f"note: the images were built from other sources ({built['server'].source_hash}) than this "
             f"checkout ({checkout}); the run records both")
     provenance = {"source": "registry" if image_ref else "archive",
-                  "ref": image_ref or str(Path(archive).resolve()), "digest_kind": digest_kind,
+                  "ref": image_ref or str(Path(str(archive)).resolve()), "digest_kind": digest_kind,
                   "images": found, "digests": {t: e["digest"] for t, e in found.items()},
                   "verified": record is not None,
                   "published_json": str(record_path.resolve()) if record_path else None,
@@ -231,7 +234,7 @@ def read_record(path: Path) -> dict:
 def _pull(client: docker.DockerClient, ref: str, say) -> dict:
     found = {}
     for target, target_ref in image_refs(ref).items():
-        repo, tag = docker.utils.parse_repository_tag(target_ref)
+        repo, tag = parse_repository_tag(target_ref)
         say(f"pulling {target_ref}")
         digest = None
         try:
@@ -305,12 +308,12 @@ def _chunks(stream) -> Iterator[bytes]:
         yield chunk
 
 
-def _is_target(tag: str, image_id: str, target: str, published: dict | None) -> bool:
+def _is_target(tag: str, image_id: str | None, target: str, published: dict | None) -> bool:
     """Whether a loaded image is the target's: the published one by tag or ID, else by name
     (.../server:TAG or .../NAME-server:TAG)."""
     if published:
         return tag == published["ref"] or image_id == published["image_id"]
-    repo = docker.utils.parse_repository_tag(tag)[0].rsplit("/", 1)[-1]
+    repo = parse_repository_tag(tag)[0].rsplit("/", 1)[-1]
     return repo == target or repo.endswith(f"-{target}")
 
 

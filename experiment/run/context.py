@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 from .. import model
 from ..catalog import Series
-from . import results, servers
+from . import results
 from .containers import Containers
 from .plan import Level, Plan
 from .progress import Progress
+from .servers import Choice
 from .services import LOOPBACK
 
 
@@ -25,7 +26,7 @@ class Context:
     cpusets: dict
     fd_limit: int  # the server engine's
     progress: Progress
-    choices: dict[str, servers.Choice]  # by kind: the servers under test
+    choices: dict[str, Choice]  # by kind: the servers under test
     server_address: str = LOOPBACK
     client_source: str | None = None  # deadconn's source address, for a server beyond loopback
 

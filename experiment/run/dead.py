@@ -164,14 +164,17 @@ def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, l
                                ctx.plan.duration_s, cs["clients"])
         timeout = ctx.plan.duration_s + 60
     else:
+        if reply_rate is None:
+            raise ValueError("an httperf point is sized by its level's probe: no reply rate was given")
         load = loads.ActiveLoad(server=ctx.server_address, port=serving.port,
-                                  connections=ctx.plan.active_connections,
-                                  num_calls=loads.calls_for_duration(reply_rate, ctx.plan.duration_s,
-                                                                       ctx.plan.active_connections))
+                                connections=ctx.plan.active_connections,
+                                num_calls=loads.calls_for_duration(reply_rate, ctx.plan.duration_s,
+                                                                   ctx.plan.active_connections))
         service = services.active_load(load, cs["clients"])
         timeout = ctx.plan.duration_s * 4 + 60
     server = serving.managed
-    hygiene = checks.PointChecks.take(container_ids={"server": server.container.id})
+    container_id = str(server.container.id)
+    hygiene = checks.PointChecks.take(container_ids={"server": container_id})
     stats_before = _server_stats(serving)
     cpu_before = server.cpu_ns()
     command, output, code = _run_client(ctx, service, timeout)
@@ -182,7 +185,7 @@ def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, l
     point["server"] = {"kind": series.server, "image": serving.service.image or ctx.server_image,
                        "image_id": server.container.attrs.get("Image"), "readiness": serving.service.readiness,
                        "ready": serving.ready, "address": ctx.server_address, "port": serving.port,
-                       "cpuset": cs["server"], "command": server.command, "container": server.container.id[:12],
+                       "cpuset": cs["server"], "command": server.command, "container": container_id[:12],
                        "cpu_s": (cpu_after - cpu_before) / 1e9, "stats_before": stats_before,
                        "stats_after": stats_after}
     point["deadconn"] = {"cpuset": cs["clients"], "command": deadconn.command, "held": ready["held"],

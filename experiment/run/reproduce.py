@@ -21,6 +21,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+from docker.utils import parse_repository_tag
 
 from .. import catalog, model
 from ..errors import UserError
@@ -254,7 +255,7 @@ def _user_image(client: docker.DockerClient, ref: str, say):
         return client.images.get(ref)
     except docker.errors.ImageNotFound:
         pass
-    repo, tag = docker.utils.parse_repository_tag(ref)
+    repo, tag = parse_repository_tag(ref)
     say(f"pulling {ref}")
     try:
         return client.images.pull(repo, tag=tag or "latest")
