@@ -19,7 +19,17 @@
 
 #define EV_READ  1u
 #define EV_WRITE 2u
-#define EV_ERROR 4u /* hang-up or error; always reported, also sets EV_READ */
+/*
+ * EV_ERROR: the descriptor hung up or failed; always reported with EV_READ,
+ * whatever was asked.  What counts differs by backend, so a caller must read
+ * to EOF or an error to learn which it was:
+ *   epoll, epoll-et  EPOLLHUP, EPOLLERR and EPOLLRDHUP: also the peer's
+ *                    half-close (its FIN) with our side still open;
+ *   poll, io_uring,  POLLHUP, POLLERR, POLLNVAL: a full hang-up or an error,
+ *   aio-poll         not a half-close (that is EV_READ alone, a read of 0);
+ *   select           never: a hang-up or an error shows as EV_READ.
+ */
+#define EV_ERROR 4u
 
 struct ev_event {
 	int fd;
@@ -39,7 +49,12 @@ const char *ev_backend_names(void);
 struct ev_loop *ev_create(const char *name, int max_fds, char *err, size_t errlen);
 
 /* Each returns 0 or -errno.  -ERANGE: fd beyond what the backend can watch
- * (select: FD_SETSIZE); the caller refuses that descriptor. */
+ * (select: FD_SETSIZE); the caller refuses that descriptor.
+ *
+ * ev_delete must come before close(fd): select, poll and the completion
+ * backends keep the number registered (the next descriptor to get it would be
+ * refused with -EEXIST, or reported events of the old one), and io_uring and
+ * aio-poll hold a request on the file until its removal reaches the kernel. */
 int ev_add(struct ev_loop *loop, int fd, unsigned events);
 int ev_modify(struct ev_loop *loop, int fd, unsigned events);
 int ev_delete(struct ev_loop *loop, int fd);

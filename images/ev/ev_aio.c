@@ -11,8 +11,8 @@
  *
  * Deleting or changing an armed descriptor cancels its poll with io_cancel
  * (there is nothing to batch it with).  The cancelled poll still posts a
- * completion; each poll carries the descriptor's generation in aio_data and
- * completions of an older generation are dropped.
+ * completion, which the registry of armed descriptors (ev_armed.h) knows for
+ * a stale one by the generation in its aio_data.
  */
 #include <errno.h>
 #include <linux/aio_abi.h>
@@ -25,24 +25,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ev_armed.h"
 #include "ev_backend.h"
-
-struct aio_fd {
-	struct iocb iocb; /* io_cancel finds the poll by this address */
-	unsigned interest; /* EV_READ | EV_WRITE */
-	uint32_t generation;
-	bool registered;
-	bool armed;  /* a poll of this generation is in the kernel */
-	bool queued; /* in rearm[] */
-};
 
 struct aio_state {
 	aio_context_t ctx;
-	int max_fds;
-	struct aio_fd *fds;
-	int *rearm; /* descriptors to arm at the next wait */
-	int rearm_count;
-	struct iocb **submit; /* io_submit's argument, built from rearm[] */
+	struct ev_armed armed;
+	struct iocb *iocbs;   /* each descriptor's poll: io_cancel finds it by this address */
+	struct iocb **submit; /* io_submit's argument, built from the arm queue */
 	struct io_event *completions;
 };
 
@@ -70,11 +60,6 @@ static long io_getevents(aio_context_t ctx, long min_nr, long nr, struct io_even
 			 struct timespec *timeout)
 {
 	return syscall(SYS_io_getevents, ctx, min_nr, nr, events, timeout);
-}
-
-static uint64_t data_of(int fd, uint32_t generation)
-{
-	return (uint64_t)generation << 32 | (uint32_t)fd;
 }
 
 static long read_sysctl(const char *path)
@@ -112,20 +97,27 @@ static int probe_poll(aio_context_t ctx)
 	return error;
 }
 
+static void free_state(struct aio_state *s)
+{
+	ev_armed_free(&s->armed);
+	free(s->iocbs);
+	free(s->submit);
+	free(s->completions);
+	free(s);
+}
+
 static void *aio_create(int max_fds, char *err, size_t errlen)
 {
 	struct aio_state *s = calloc(1, sizeof(*s));
 	if (s) {
-		s->fds = calloc((size_t)max_fds, sizeof(*s->fds));
-		s->rearm = calloc((size_t)max_fds, sizeof(*s->rearm));
+		s->iocbs = calloc((size_t)max_fds, sizeof(*s->iocbs));
 		s->submit = calloc((size_t)max_fds, sizeof(*s->submit));
 		s->completions = calloc((size_t)max_fds, sizeof(*s->completions));
 	}
-	if (!s || !s->fds || !s->rearm || !s->submit || !s->completions) {
+	if (!s || ev_armed_init(&s->armed, max_fds) < 0 || !s->iocbs || !s->submit || !s->completions) {
 		snprintf(err, errlen, "aio-poll: out of memory for %d descriptors", max_fds);
 		goto fail;
 	}
-	s->max_fds = max_fds;
 	/* One slot per descriptor: every one may have a poll in flight. */
 	if (io_setup((unsigned)max_fds, &s->ctx) < 0) {
 		int error = errno;
@@ -148,91 +140,71 @@ static void *aio_create(int max_fds, char *err, size_t errlen)
 	}
 	return s;
 fail:
-	if (s) {
-		free(s->fds);
-		free(s->rearm);
-		free(s->submit);
-		free(s->completions);
-		free(s);
-	}
+	if (s)
+		free_state(s);
 	return NULL;
-}
-
-static void queue_rearm(struct aio_state *s, int fd)
-{
-	if (!s->fds[fd].queued) {
-		s->fds[fd].queued = true;
-		s->rearm[s->rearm_count++] = fd;
-	}
 }
 
 /* Cancels the armed poll, if any, and moves fd to a new generation. */
 static void disarm(struct aio_state *s, int fd)
 {
-	struct aio_fd *f = &s->fds[fd];
-	if (f->armed) {
+	if (s->armed.fds[fd].armed) {
 		struct io_event unused;
 		/* EINVAL: it already completed; its completion is stale now. */
-		io_cancel(s->ctx, &f->iocb, &unused);
+		io_cancel(s->ctx, &s->iocbs[fd], &unused);
 	}
-	f->armed = false;
-	f->generation++;
+	ev_armed_retire(&s->armed, fd);
 }
 
 static int aio_add(void *state, int fd, unsigned events)
 {
 	struct aio_state *s = state;
-	if (fd < 0 || fd >= s->max_fds)
-		return -ERANGE;
-	struct aio_fd *f = &s->fds[fd];
-	if (f->registered)
-		return -EEXIST;
-	f->registered = true;
-	f->interest = events;
-	queue_rearm(s, fd);
-	return 0;
+	return ev_armed_add(&s->armed, fd, events);
 }
 
 static int aio_modify(void *state, int fd, unsigned events)
 {
 	struct aio_state *s = state;
-	if (fd < 0 || fd >= s->max_fds || !s->fds[fd].registered)
+	struct ev_armed_fd *f = ev_armed_find(&s->armed, fd);
+	if (!f)
 		return -ENOENT;
 	disarm(s, fd);
-	s->fds[fd].interest = events;
-	queue_rearm(s, fd);
+	f->interest = events;
+	ev_armed_queue(&s->armed, fd);
 	return 0;
 }
 
 static int aio_delete(void *state, int fd)
 {
 	struct aio_state *s = state;
-	if (fd < 0 || fd >= s->max_fds || !s->fds[fd].registered)
+	struct ev_armed_fd *f = ev_armed_find(&s->armed, fd);
+	if (!f)
 		return -ENOENT;
 	disarm(s, fd);
-	s->fds[fd].registered = false;
+	f->registered = false;
 	return 0;
 }
 
 static int arm_queued(struct aio_state *s)
 {
+	struct ev_armed *r = &s->armed;
 	long count = 0;
-	for (int i = 0; i < s->rearm_count; i++) {
-		int fd = s->rearm[i];
-		struct aio_fd *f = &s->fds[fd];
+	for (int i = 0; i < r->queue_count; i++) {
+		int fd = r->queue[i];
+		struct ev_armed_fd *f = &r->fds[fd];
 		f->queued = false;
 		if (!f->registered)
 			continue;
-		f->iocb = (struct iocb){
-			.aio_data = data_of(fd, f->generation),
+		s->iocbs[fd] = (struct iocb){
+			.aio_data = ev_armed_tag(r, fd),
 			.aio_lio_opcode = IOCB_CMD_POLL,
 			.aio_fildes = (uint32_t)fd,
 			.aio_buf = ((f->interest & EV_READ) ? POLLIN : 0) | ((f->interest & EV_WRITE) ? POLLOUT : 0),
 		};
 		f->armed = true;
-		s->submit[count++] = &f->iocb;
+		s->submit[count++] = &s->iocbs[fd];
 	}
-	s->rearm_count = 0;
+	r->queue_count = 0;
 	for (long done = 0; done < count;) {
 		long ret = io_submit(s->ctx, count - done, s->submit + done);
 		if (ret < 0) {
@@ -240,8 +212,8 @@ static int arm_queued(struct aio_state *s)
 			/* Those not submitted are armed at the next wait. */
 			for (long i = done; i < count; i++) {
 				int fd = (int)s->submit[i]->aio_fildes;
-				s->fds[fd].armed = false;
-				queue_rearm(s, fd);
+				r->fds[fd].armed = false;
+				ev_armed_queue(r, fd);
 			}
 			return -error;
 		}
@@ -267,8 +239,8 @@ static unsigned events_of(int64_t res)
 static int aio_wait(void *state, struct ev_event *out, int max, int timeout_ms)
 {
 	struct aio_state *s = state;
-	if (max > s->max_fds)
-		max = s->max_fds;
+	if (max > s->armed.max_fds)
+		max = s->armed.max_fds;
 	for (;;) {
 		int ret = arm_queued(s);
 		if (ret < 0)
@@ -279,13 +251,11 @@ static int aio_wait(void *state, struct ev_event *out, int max, int timeout_ms)
 			return -errno;
 		int n = 0;
 		for (long i = 0; i < got; i++) {
-			uint64_t data = s->completions[i].data;
-			int fd = (int)(uint32_t)data;
-			struct aio_fd *f = &s->fds[fd];
-			if (!f->registered || !f->armed || (uint32_t)(data >> 32) != f->generation)
+			int fd = ev_armed_current(&s->armed, s->completions[i].data);
+			if (fd < 0)
 				continue;
-			f->armed = false;
-			queue_rearm(s, fd);
+			s->armed.fds[fd].armed = false;
+			ev_armed_queue(&s->armed, fd);
 			out[n++] = (struct ev_event){ .fd = fd, .events = events_of(s->completions[i].res) };
 		}
 		/* Only stale completions woke us: with no time limit, wait on. */
@@ -298,11 +268,7 @@ static void aio_destroy(void *state)
 {
 	struct aio_state *s = state;
 	io_destroy(s->ctx);
-	free(s->fds);
-	free(s->rearm);
-	free(s->submit);
-	free(s->completions);
-	free(s);
+	free_state(s);
 }
 
 const struct ev_backend ev_aio_backend = {

@@ -42,9 +42,8 @@
  * file: a socket closed right after ev_delete is released at the next wait,
  * which an event loop reaches next anyway.  The remove's completion and the
  * removed request's own (-ECANCELED, or events it raced to report) may still
- * be in the completion queue; each request carries the descriptor's
- * generation in its user_data and completions of an older generation are
- * dropped.
+ * be in the completion queue: the registry of armed descriptors (ev_armed.h)
+ * knows them for stale by the generation in their user_data.
  */
 #include <errno.h>
 #include <liburing.h>
@@ -54,6 +53,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "ev_armed.h"
 #include "ev_backend.h"
 
 /* Submission queue size: a wait arming more descriptors submits in chunks. */
@@ -70,34 +70,23 @@ static const unsigned setup_flags[] = {
 	0,
 };
 
+/* What this backend keeps beside the registry: the level emulation's state. */
 struct uring_fd {
-	unsigned interest; /* EV_READ | EV_WRITE */
-	uint32_t generation;
-	bool registered;
-	bool armed;      /* a multishot POLL_ADD of this generation is queued or in the kernel */
-	bool queued;     /* in arm[] */
-	bool rechecking; /* in recheck[] */
+	bool rechecking;      /* in recheck[] */
 	uint32_t reported_in; /* the wait (s->waits) that last put it in out[] ... */
 	int slot;             /* ... at this index */
 };
 
 struct uring_state {
 	struct io_uring ring;
-	int max_fds;
+	struct ev_armed armed; /* interest, generation, the multishot POLL_ADDs armed and to arm */
 	struct uring_fd *fds;
-	int *arm; /* descriptors to arm at the next wait */
-	int arm_count;
 	int *recheck; /* descriptors to look at again at the next wait */
 	int recheck_count;
 	struct pollfd *looked; /* the poll() of recheck[] */
 	int looked_count;
 	uint32_t waits;
 };
-
-static uint64_t user_data_of(int fd, uint32_t generation)
-{
-	return (uint64_t)generation << 32 | (uint32_t)fd;
-}
 
 static unsigned poll_mask_of(unsigned interest)
 {
@@ -124,8 +113,8 @@ static const char *sysctl_refusal(void)
 
 static void free_state(struct uring_state *s)
 {
+	ev_armed_free(&s->armed);
 	free(s->fds);
-	free(s->arm);
 	free(s->recheck);
 	free(s->looked);
 	free(s);
@@ -136,17 +125,15 @@ static void *uring_create(int max_fds, char *err, size_t errlen)
 	struct uring_state *s = calloc(1, sizeof(*s));
 	if (s) {
 		s->fds = calloc((size_t)max_fds, sizeof(*s->fds));
-		s->arm = calloc((size_t)max_fds, sizeof(*s->arm));
 		s->recheck = calloc((size_t)max_fds, sizeof(*s->recheck));
 		s->looked = calloc((size_t)max_fds, sizeof(*s->looked));
 	}
-	if (!s || !s->fds || !s->arm || !s->recheck || !s->looked) {
+	if (!s || ev_armed_init(&s->armed, max_fds) < 0 || !s->fds || !s->recheck || !s->looked) {
 		snprintf(err, errlen, "io_uring: out of memory for %d descriptors", max_fds);
 		if (s)
 			free_state(s);
 		return NULL;
 	}
-	s->max_fds = max_fds;
 	int ret = -EINVAL;
 	for (size_t i = 0; i < sizeof(setup_flags) / sizeof(setup_flags[0]) && ret == -EINVAL; i++) {
 		/* Room for a completion from every descriptor at once, so the
@@ -175,14 +162,6 @@ static struct io_uring_sqe *next_sqe(struct uring_state *s)
 	return sqe;
 }
 
-static void queue_arm(struct uring_state *s, int fd)
-{
-	if (!s->fds[fd].queued) {
-		s->fds[fd].queued = true;
-		s->arm[s->arm_count++] = fd;
-	}
-}
-
 static void queue_recheck(struct uring_state *s, int fd)
 {
 	if (!s->fds[fd].rechecking) {
@@ -194,73 +173,66 @@ static void queue_recheck(struct uring_state *s, int fd)
 /* Retires the armed request, if any, and moves fd to a new generation. */
 static int disarm(struct uring_state *s, int fd)
 {
-	struct uring_fd *f = &s->fds[fd];
-	if (f->armed) {
+	if (s->armed.fds[fd].armed) {
 		struct io_uring_sqe *sqe = next_sqe(s);
 		if (!sqe)
 			return -EBUSY;
-		io_uring_prep_poll_remove(sqe, user_data_of(fd, f->generation));
+		io_uring_prep_poll_remove(sqe, ev_armed_tag(&s->armed, fd));
 		io_uring_sqe_set_data64(sqe, REMOVE_TAG);
-		f->armed = false;
 	}
-	f->generation++;
+	ev_armed_retire(&s->armed, fd);
 	return 0;
 }
 
 static int uring_add(void *state, int fd, unsigned events)
 {
 	struct uring_state *s = state;
-	if (fd < 0 || fd >= s->max_fds)
-		return -ERANGE;
-	struct uring_fd *f = &s->fds[fd];
-	if (f->registered)
-		return -EEXIST;
-	f->registered = true;
-	f->interest = events;
-	queue_arm(s, fd);
-	return 0;
+	return ev_armed_add(&s->armed, fd, events);
 }
 
 static int uring_modify(void *state, int fd, unsigned events)
 {
 	struct uring_state *s = state;
-	if (fd < 0 || fd >= s->max_fds || !s->fds[fd].registered)
+	struct ev_armed_fd *f = ev_armed_find(&s->armed, fd);
+	if (!f)
 		return -ENOENT;
 	int ret = disarm(s, fd);
 	if (ret < 0)
 		return ret;
-	s->fds[fd].interest = events;
-	queue_arm(s, fd);
+	f->interest = events;
+	ev_armed_queue(&s->armed, fd);
 	return 0;
 }
 
 static int uring_delete(void *state, int fd)
 {
 	struct uring_state *s = state;
-	if (fd < 0 || fd >= s->max_fds || !s->fds[fd].registered)
+	struct ev_armed_fd *f = ev_armed_find(&s->armed, fd);
+	if (!f)
 		return -ENOENT;
 	int ret = disarm(s, fd);
 	if (ret < 0)
 		return ret;
-	s->fds[fd].registered = false;
+	f->registered = false;
 	return 0;
 }
 
 static int arm_queued(struct uring_state *s)
 {
-	while (s->arm_count > 0) {
-		int fd = s->arm[s->arm_count - 1];
-		struct uring_fd *f = &s->fds[fd];
+	struct ev_armed *r = &s->armed;
+	while (r->queue_count > 0) {
+		int fd = r->queue[r->queue_count - 1];
+		struct ev_armed_fd *f = &r->fds[fd];
 		if (f->registered && !f->armed) {
 			struct io_uring_sqe *sqe = next_sqe(s);
 			if (!sqe)
 				return -EBUSY; /* the queue stays for the next wait */
 			io_uring_prep_poll_multishot(sqe, fd, poll_mask_of(f->interest));
-			io_uring_sqe_set_data64(sqe, user_data_of(fd, f->generation));
+			io_uring_sqe_set_data64(sqe, ev_armed_tag(r, fd));
 			f->armed = true;
 		}
 		f->queued = false;
-		s->arm_count--;
+		r->queue_count--;
 	}
 	return 0;
 }
@@ -271,8 +243,9 @@ static int look_again(struct uring_state *s)
 	int count = 0;
 	for (int i = 0; i < s->recheck_count; i++) {
 		int fd = s->recheck[i];
-		if (s->fds[fd].registered)
-			s->looked[count++] = (struct pollfd){ .fd = fd, .events = (short)poll_mask_of(s->fds[fd].interest) };
+		const struct ev_armed_fd *f = &s->armed.fds[fd];
+		if (f->registered)
+			s->looked[count++] = (struct pollfd){ .fd = fd, .events = (short)poll_mask_of(f->interest) };
 	}
 	s->looked_count = count;
 	if (count == 0)
@@ -319,20 +292,17 @@ static void reap(struct uring_state *s, struct ev_event *out, int max, int *n)
 		if (*n == max)
 			break;
 		seen++;
-		uint64_t user_data = io_uring_cqe_get_data64(cqe);
-		uint32_t fd = (uint32_t)user_data;
-		if (fd >= (uint32_t)s->max_fds)
-			continue; /* a POLL_REMOVE's own completion */
-		struct uring_fd *f = &s->fds[fd];
-		if (!f->registered || !f->armed || (uint32_t)(user_data >> 32) != f->generation)
+		/* A POLL_REMOVE's own completion names no descriptor; a stale one an old generation. */
+		int fd = ev_armed_current(&s->armed, io_uring_cqe_get_data64(cqe));
+		if (fd < 0)
 			continue;
 		if (!(cqe->flags & IORING_CQE_F_MORE)) {
-			f->armed = false;
-			queue_arm(s, (int)fd);
+			s->armed.fds[fd].armed = false;
+			ev_armed_queue(&s->armed, fd);
 		}
 		unsigned events = events_of(cqe->res);
 		if (events)
-			report(s, out, max, n, (int)fd, events);
+			report(s, out, max, n, fd, events);
 	}
 	io_uring_cq_advance(&s->ring, seen);
 }
