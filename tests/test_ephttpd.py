@@ -102,3 +102,10 @@ def test_two_workers_both_accept_and_their_stats_are_summed(build_dir, backend, 
     assert stats["user_cpu_s"] == pytest.approx(sum(w["user_cpu_s"] for w in workers), abs=1e-5)
     assert stats["accepted"] == connections
     assert stats["requests"] == stats["responses_200"] == connections * per_connection
+
+
+def test_the_tests_run_the_programs_under_address_and_undefined_behaviour_sanitizers(build_dir):
+    """Every test of the native programs runs this build: a sanitizer report aborts the program."""
+    for program in ("ephttpd", "pipetest"):
+        linked = subprocess.run(["ldd", str(build_dir / program)], capture_output=True, text=True).stdout
+        assert "libasan" in linked and "libubsan" in linked, linked

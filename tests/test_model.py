@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,11 @@ def test_a_committed_run_renders_the_numbers_it_rendered_before_the_upgrade(comm
     index = render(Run(copy))
     rendered = (index.parent / "report.md").read_text().replace(str(copy), "RUN")
     assert rendered == (RENDERS / committed.name / "report.md").read_text()
+
+
+def test_the_catalog_lists_the_backends_ephttpd_was_built_with(build_dir):
+    """ephttpd's backends are defined in C (images/ev/ev.c's table); the catalog repeats their names."""
+    listed = subprocess.run([str(build_dir / "ephttpd"), "--list-backends"], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert tuple(listed) == catalog.EV_BACKENDS
+    assert set(catalog.SERVERS["ephttpd"].backends) == set(listed)

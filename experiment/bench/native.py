@@ -15,6 +15,10 @@ from pathlib import Path
 from ..paths import IMAGES
 
 BUILD = IMAGES / "build"
+SANITIZED = BUILD / "sanitize"  # `make -C images sanitize`: under ASan and UBSan, for the tests
+# Where Ephttpd runs ephttpd from: the last build() (the tests build the sanitized programs, `invoke bench`
+# the optimised ones it measures).
+programs = BUILD
 DEADCONN = IMAGES / "deadconn" / "deadconn.py"
 PYHTTPD = IMAGES / "pyhttpd" / "pyhttpd.py"
 
@@ -23,12 +27,16 @@ class ProgramError(RuntimeError):
     """A program under test failed to build, start or stop as it should."""
 
 
-def build() -> Path:
-    """Compile images/ with make; returns the folder holding ephttpd and pipetest."""
-    proc = subprocess.run(["make", "-s", "-C", str(IMAGES)], capture_output=True, text=True)
+def build(sanitized: bool = False) -> Path:
+    """Compile images/ with make (sanitized: under AddressSanitizer and UndefinedBehaviorSanitizer, where any
+    report aborts the program); returns the folder holding ephttpd and pipetest, which Ephttpd then runs."""
+    global programs
+    target = ["sanitize"] if sanitized else []
+    proc = subprocess.run(["make", "-s", "-C", str(IMAGES), *target], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ProgramError(f"make -C images failed:\n{proc.stdout}{proc.stderr}")
-    return BUILD
+        raise ProgramError(f"make -C images {' '.join(target)} failed:\n{proc.stdout}{proc.stderr}")
+    programs = SANITIZED if sanitized else BUILD
+    return programs
 
 
 @dataclass
@@ -47,7 +55,7 @@ class Ephttpd:
     name = "ephttpd"
 
     def command(self) -> list[str]:
-        return [str(BUILD / "ephttpd"), "--backend", self.backend, "--bind", self.bind,
+        return [str(programs / "ephttpd"), "--backend", self.backend, "--bind", self.bind,
                 "--port", str(self.port), *self.extra_args]
 
     def start(self, timeout: float = 10.0) -> Ephttpd:

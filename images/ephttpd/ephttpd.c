@@ -22,9 +22,15 @@
  * idle connection, or a dead one that sent half a request, costs nothing.
  *
  * What it does not do: serve files (every target gets the same body), accept
- * request bodies (a GET with one gets 400, other methods 405), time anything
+ * request bodies (a GET or HEAD with one gets 400, other methods 405), time anything
  * out (a client that never finishes its request holds its connection until it
  * closes it), TLS, host names in --bind, or Host header checks.
+ *
+ * The parts: this file (options, signals, the listener, main), server.c (a
+ * worker's event loop: the I/O, the per-event caps and the ready list),
+ * conn.c (a connection's HTTP state: bytes in, responses or close out, no
+ * system calls), http.c (the request parser), workers.c (the supervisor of
+ * --workers N), stats.c (the JSON lines).
  *
  * Output: JSON lines on stdout - "listening" once connections are accepted,
  * a "snapshot" per worker on SIGUSR1, and on SIGTERM or SIGINT exactly one
@@ -36,9 +42,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
-#include <inttypes.h>
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -46,19 +50,16 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
+#include "conn.h"
+#include "ephttpd.h"
 #include "ev.h"
-#include "http.h"
 
 #define DEFAULT_BACKEND "epoll"
 #define DEFAULT_BIND    "127.0.0.1" /* loopback: with host networking a wildcard would expose it */
@@ -67,80 +68,14 @@
 #define DEFAULT_MSGSIZE 128
 #define DEFAULT_WORKERS 1
 #define MAX_MSGSIZE     (64L << 20)
-#define MAX_WORKERS     256
+/* One connection's full reads, and accepts, per readiness event (server.c): 256 KiB of requests, and a
+ * batch of connects, before the loop turns to the other descriptors. */
+#define DEFAULT_READS_PER_EVENT   4
+#define DEFAULT_ACCEPTS_PER_EVENT 64
 
-/* One read asks for far more than a request head, so a short read means drained. */
-#define READ_SIZE 65536
-/* Events taken from one wait. */
-#define WAIT_BATCH 1024
-/* iovecs in one sendmsg: IOV_MAX on Linux. */
-#define WRITE_BATCH 1024
-/* First allocation for an unfinished request head kept between reads. */
-#define STASH_MIN 256
-
-struct options {
-	const char *backend;
-	const char *bind;
-	int port;
-	int backlog;
-	long msgsize;
-	int workers;
-	const char *ready_file;
-};
-
-/* The responses, built once; a connection's output queue only counts them. */
-enum response { RESPONSE_NONE, RESPONSE_OK, RESPONSE_OK_CLOSE, RESPONSE_400, RESPONSE_405, RESPONSE_431,
-		RESPONSE_COUNT };
-
-struct prebuilt {
-	char *bytes;
-	size_t len;
-	int status;
-	/* Sent before a close with the request possibly unread: shut down our side
-	 * and read until the peer closes, lest unread data turn the close into a
-	 * reset that destroys the response before the client reads it. */
-	bool linger;
-};
-
-static struct prebuilt responses[RESPONSE_COUNT];
-
-struct conn {
-	bool open;
-	bool awaiting_write; /* watching EV_WRITE only, not reading, until the backlog is flushed */
-	bool peer_closed;    /* read EOF: close once the queue is flushed */
-	bool lingering;      /* answered an error and sent FIN: discard input until the peer closes */
-	uint8_t final;       /* the response after which the connection ends, or RESPONSE_NONE */
-	bool final_sent;
-	uint16_t stash_len;  /* an unfinished request head, < HTTP_HEAD_MAX bytes */
-	uint16_t stash_cap;
-	uint32_t queued_ok;  /* keep-alive 200s queued ahead of final */
-	size_t sent;         /* bytes of the first queued response already written */
-	char *stash;
-};
-
-struct worker_stats {
-	uint64_t accepted, refused, closed, open, peak_open;
-	uint64_t requests, responses_200, responses_4xx;
-	uint64_t wait_calls, events;
-	double user_cpu_s, sys_cpu_s;
-	int32_t pid;
-};
-
-struct server {
-	struct ev_loop *loop;
-	int listen_fd;
-	int wake_fd;    /* read end of the pipe the signal handlers write */
-	int reserve_fd; /* /dev/null, given up to accept-and-close when out of descriptors */
-	int max_fds;
-	bool reported_watch_failure;
-	struct conn *conns;
-	struct worker_stats stats;
-	char in[READ_SIZE];
-};
-
-static volatile sig_atomic_t stop_requested, snapshot_requested;
-static int wake_write_fd = -1;
-static sigset_t unblocked_signals;
+volatile sig_atomic_t stop_requested, snapshot_requested;
+int wake_write_fd = -1;
+sigset_t unblocked_signals;
 
 /* One line on stderr; usage_error then exits 2 (bad usage), die exits 1 (anything else). */
 static void print_error(const char *fmt, va_list ap)
@@ -150,7 +85,7 @@ static void print_error(const char *fmt, va_list ap)
 	fputc('\n', stderr);
 }
 
-static void usage_error(const char *fmt, ...)
+void usage_error(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -159,7 +94,7 @@ static void usage_error(const char *fmt, ...)
 	exit(2);
 }
 
-static void die(const char *fmt, ...)
+void die(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -196,549 +131,13 @@ static void on_snapshot_signal(int sig)
 	wake_loop();
 }
 
-/* Only so that SIGCHLD ends the parent's sigsuspend; waitpid finds who exited. */
-static void on_child_exit(int sig)
-{
-	(void)sig;
-}
-
-static void install_handler(int sig, void (*handler)(int))
+void install_handler(int sig, void (*handler)(int))
 {
 	/* Without SA_RESTART, so that the signal interrupts ev_wait with EINTR. */
 	struct sigaction sa = { .sa_handler = handler };
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(sig, &sa, NULL) < 0)
 		die("sigaction(%d): %s", sig, strerror(errno));
-}
-
-/* ---------------------------------------------------------------- responses */
-
-static void build_response(enum response which, int status, const char *reason,
-			   const char *extra_headers, const char *body, size_t body_len, bool keep_alive,
-			   bool linger)
-{
-	char head[256];
-	int head_len = snprintf(head, sizeof(head),
-				"HTTP/1.1 %d %s\r\nServer: ephttpd\r\nContent-Type: text/plain\r\n%s"
-				"Content-Length: %zu\r\nConnection: %s\r\n\r\n",
-				status, reason, extra_headers, body_len, keep_alive ? "keep-alive" : "close");
-	struct prebuilt *r = &responses[which];
-	r->len = (size_t)head_len + body_len;
-	r->bytes = malloc(r->len);
-	if (!r->bytes)
-		die("out of memory for a %zu-byte response (lower --msgsize)", r->len);
-	memcpy(r->bytes, head, (size_t)head_len);
-	if (body)
-		memcpy(r->bytes + head_len, body, body_len);
-	else
-		memset(r->bytes + head_len, 'x', body_len);
-	r->status = status;
-	r->linger = linger;
-}
-
-static void build_responses(size_t msgsize)
-{
-	static const char bad_request[] = "malformed request\n";
-	static const char bad_method[] = "only GET is served\n";
-	static const char too_large[] = "request head over 8 KiB\n";
-	build_response(RESPONSE_OK, 200, "OK", "", NULL, msgsize, true, false);
-	build_response(RESPONSE_OK_CLOSE, 200, "OK", "", NULL, msgsize, false, false);
-	build_response(RESPONSE_400, 400, "Bad Request", "", bad_request, sizeof(bad_request) - 1, false,
-		       true);
-	build_response(RESPONSE_405, 405, "Method Not Allowed", "Allow: GET\r\n", bad_method,
-		       sizeof(bad_method) - 1, false, true);
-	build_response(RESPONSE_431, 431, "Request Header Fields Too Large", "", too_large,
-		       sizeof(too_large) - 1, false, true);
-}
-
-/* -------------------------------------------------------------- connections */
-
-static void close_conn(struct server *s, int fd)
-{
-	struct conn *c = &s->conns[fd];
-	ev_delete(s->loop, fd);
-	close(fd);
-	free(c->stash);
-	*c = (struct conn){ .open = false };
-	s->stats.closed++;
-	s->stats.open--;
-}
-
-static void admit(struct server *s, int fd)
-{
-	int err = fd < s->max_fds ? ev_add(s->loop, fd, EV_READ) : -ERANGE;
-	if (err < 0) {
-		/* -ERANGE is select's FD_SETSIZE: an expected refusal, only counted. */
-		if (err != -ERANGE && !s->reported_watch_failure) {
-			fprintf(stderr, "ephttpd: %s cannot watch a new connection: %s (refusing such)\n",
-				ev_name(s->loop), strerror(-err));
-			s->reported_watch_failure = true;
-		}
-		close(fd);
-		s->stats.refused++;
-		return;
-	}
-	s->conns[fd] = (struct conn){ .open = true };
-	s->stats.accepted++;
-	if (++s->stats.open > s->stats.peak_open)
-		s->stats.peak_open = s->stats.open;
-}
-
-/*
- * Out of descriptors: give up the reserve to take one connection off the
- * queue and close it.  Leaving it queued would make the listener ready again
- * at once, and the loop would spin.  Returns false when nothing was taken.
- */
-static bool refuse_one(struct server *s)
-{
-	if (s->reserve_fd < 0)
-		s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (s->reserve_fd < 0)
-		return false;
-	close(s->reserve_fd);
-	int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-	if (fd >= 0) {
-		close(fd);
-		s->stats.refused++;
-	}
-	s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	return fd >= 0;
-}
-
-static void accept_connections(struct server *s)
-{
-	for (;;) {
-		int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd >= 0) {
-			admit(s, fd);
-			continue;
-		}
-		switch (errno) {
-		case EINTR:
-		case ECONNABORTED:
-			continue;
-		case EMFILE:
-		case ENFILE:
-			if (refuse_one(s))
-				continue;
-			return;
-		default:
-			/* EAGAIN: the queue is empty.  ENOBUFS, ENOMEM: try at the next wait. */
-			return;
-		}
-	}
-}
-
-/* ---------------------------------------------------------------- output */
-
-/* Accounts for n bytes written from the head of the queue. */
-static void consume(struct server *s, struct conn *c, size_t n)
-{
-	const size_t ok_len = responses[RESPONSE_OK].len;
-	while (n > 0 && c->queued_ok > 0) {
-		size_t left = ok_len - c->sent;
-		if (n < left) {
-			c->sent += n;
-			return;
-		}
-		n -= left;
-		c->sent = 0;
-		c->queued_ok--;
-		s->stats.responses_200++;
-	}
-	if (n == 0)
-		return;
-	c->sent += n;
-	const struct prebuilt *f = &responses[c->final];
-	if (c->sent == f->len) {
-		c->final_sent = true;
-		c->sent = 0;
-		if (f->status == 200)
-			s->stats.responses_200++;
-		else
-			s->stats.responses_4xx++;
-	}
-}
-
-enum flush_result { FLUSH_DONE, FLUSH_BLOCKED, FLUSH_FAILED };
-
-static enum flush_result flush(struct server *s, int fd, struct conn *c)
-{
-	const struct prebuilt *ok = &responses[RESPONSE_OK];
-	while (c->queued_ok > 0 || (c->final != RESPONSE_NONE && !c->final_sent)) {
-		struct iovec iov[WRITE_BATCH];
-		int count = 0;
-		size_t skip = c->sent, total = 0;
-		for (uint32_t k = 0; k < c->queued_ok && count < WRITE_BATCH; k++) {
-			iov[count++] = (struct iovec){ ok->bytes + skip, ok->len - skip };
-			total += ok->len - skip;
-			skip = 0;
-		}
-		if (count < WRITE_BATCH && c->final != RESPONSE_NONE) {
-			const struct prebuilt *f = &responses[c->final];
-			iov[count++] = (struct iovec){ f->bytes + skip, f->len - skip };
-			total += f->len - skip;
-		}
-		/* send and sendmsg skip the VFS layer of write and writev, and send the
-		 * iovec copy: a measurable share of a reply's CPU on loopback.  MSG_NOSIGNAL:
-		 * a peer's reset is an EPIPE, not a SIGPIPE. */
-		ssize_t n = count == 1 ? send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL)
-				       : sendmsg(fd, &(struct msghdr){ .msg_iov = iov, .msg_iovlen = (size_t)count },
-						 MSG_NOSIGNAL);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return errno == EAGAIN ? FLUSH_BLOCKED : FLUSH_FAILED;
-		}
-		consume(s, c, (size_t)n);
-		/* A short write means the socket buffer is full: another would get EAGAIN. */
-		if ((size_t)n < total)
-			return FLUSH_BLOCKED;
-	}
-	return FLUSH_DONE;
-}
-
-/* Reads and drops everything until EAGAIN; closes on EOF or error. */
-static void discard_input(struct server *s, int fd)
-{
-	for (;;) {
-		ssize_t n = recv(fd, s->in, sizeof(s->in), 0);
-		if (n == (ssize_t)sizeof(s->in) || (n < 0 && errno == EINTR))
-			continue;
-		if (n > 0 || (n < 0 && errno == EAGAIN))
-			return;
-		close_conn(s, fd);
-		return;
-	}
-}
-
-static void end_after_final(struct server *s, int fd, struct conn *c)
-{
-	if (!responses[c->final].linger || c->peer_closed || shutdown(fd, SHUT_WR) < 0) {
-		close_conn(s, fd);
-		return;
-	}
-	c->lingering = true;
-	discard_input(s, fd);
-}
-
-/*
- * Writes what is queued, then ends the connection or waits for EV_WRITE as its
- * state asks.  Returns true when it stays open and may read on.
- */
-static bool write_queued(struct server *s, int fd, struct conn *c)
-{
-	switch (flush(s, fd, c)) {
-	case FLUSH_FAILED:
-		close_conn(s, fd);
-		return false;
-	case FLUSH_BLOCKED:
-		if (!c->awaiting_write) {
-			if (ev_modify(s->loop, fd, EV_WRITE) < 0) {
-				close_conn(s, fd);
-				return false;
-			}
-			c->awaiting_write = true;
-		}
-		return false;
-	case FLUSH_DONE:
-		break;
-	}
-	if (c->awaiting_write) {
-		if (ev_modify(s->loop, fd, EV_READ) < 0) {
-			close_conn(s, fd);
-			return false;
-		}
-		c->awaiting_write = false;
-	}
-	if (c->final != RESPONSE_NONE) {
-		end_after_final(s, fd, c);
-		return false;
-	}
-	if (c->peer_closed) {
-		close_conn(s, fd);
-		return false;
-	}
-	return true;
-}
-
-/* ---------------------------------------------------------------- input */
-
-/* Queues a response for every complete request in buf; returns the bytes used. */
-static size_t answer_requests(struct server *s, struct conn *c, const char *buf, size_t len)
-{
-	size_t used = 0;
-	while (used < len) {
-		struct http_request req;
-		enum http_verdict verdict = http_parse(buf + used, len - used, &req);
-		if (verdict == HTTP_INCOMPLETE)
-			break;
-		s->stats.requests++;
-		if (verdict == HTTP_GET && req.keep_alive) {
-			c->queued_ok++;
-			used += req.head_len;
-			continue;
-		}
-		switch (verdict) {
-		case HTTP_GET:
-			c->final = RESPONSE_OK_CLOSE;
-			break;
-		case HTTP_BAD_METHOD:
-			c->final = RESPONSE_405;
-			break;
-		case HTTP_HEAD_TOO_LARGE:
-			c->final = RESPONSE_431;
-			break;
-		default:
-			c->final = RESPONSE_400;
-			break;
-		}
-		return len; /* nothing after the last response is read as a request */
-	}
-	return used;
-}
-
-static bool keep_unfinished(struct conn *c, const char *bytes, size_t n)
-{
-	if (n > c->stash_cap) {
-		size_t cap = c->stash_cap ? c->stash_cap : STASH_MIN;
-		while (cap < n)
-			cap *= 2;
-		char *grown = realloc(c->stash, cap);
-		if (!grown)
-			return false;
-		c->stash = grown;
-		c->stash_cap = (uint16_t)cap;
-	}
-	memcpy(c->stash, bytes, n);
-	c->stash_len = (uint16_t)n;
-	return true;
-}
-
-enum read_result {
-	READ_DRAINED, /* EAGAIN */
-	READ_SHORT,   /* less than asked: drained, unless the peer also hung up (see serve_input) */
-	READ_MORE,    /* the buffer filled: there may be more */
-	READ_EOF,
-	READ_FAILED,
-};
-
-/* One read, after the unfinished head kept from the last one; queues the answers. */
-static enum read_result read_requests(struct server *s, int fd, struct conn *c)
-{
-	size_t have = c->stash_len;
-	if (have)
-		memcpy(s->in, c->stash, have);
-	size_t room = sizeof(s->in) - have;
-	ssize_t n;
-	do
-		n = recv(fd, s->in + have, room, 0); /* recv, not read: no VFS layer */
-	while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return errno == EAGAIN ? READ_DRAINED : READ_FAILED;
-	if (n == 0) {
-		c->peer_closed = true;
-		return READ_EOF;
-	}
-	have += (size_t)n;
-	size_t used = answer_requests(s, c, s->in, have);
-	if (c->final != RESPONSE_NONE)
-		c->stash_len = 0;
-	else if (!keep_unfinished(c, s->in + used, have - used))
-		return READ_FAILED;
-	return (size_t)n < room ? READ_SHORT : READ_MORE;
-}
-
-/*
- * A short read means the socket is drained, but not that the peer's FIN, come
- * with the last bytes, was seen: an edge-triggered backend will not announce
- * it again.  When the event said hang-up (EV_ERROR), read on to the EOF.
- */
-static void serve_input(struct server *s, int fd, struct conn *c, unsigned events)
-{
-	for (;;) {
-		enum read_result r = read_requests(s, fd, c);
-		if (r == READ_FAILED) {
-			close_conn(s, fd);
-			return;
-		}
-		if (!write_queued(s, fd, c))
-			return;
-		if (r != READ_MORE && !(r == READ_SHORT && (events & EV_ERROR)))
-			return;
-	}
-}
-
-static void serve(struct server *s, int fd, unsigned events)
-{
-	struct conn *c = &s->conns[fd];
-	if (!c->open)
-		return; /* closed earlier in this batch of events */
-	if (c->lingering) {
-		discard_input(s, fd);
-		return;
-	}
-	if (c->awaiting_write) {
-		if (!write_queued(s, fd, c))
-			return;
-		/* Input was not read while the backlog lasted, and edge-triggered
-		 * backends will not announce it again: read it now. */
-	} else if (!(events & EV_READ)) {
-		return;
-	}
-	serve_input(s, fd, c, events);
-}
-
-/* ---------------------------------------------------------------- stats */
-
-static void take_cpu_times(struct worker_stats *st)
-{
-	struct rusage ru;
-	if (getrusage(RUSAGE_SELF, &ru) == 0) {
-		st->user_cpu_s = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6;
-		st->sys_cpu_s = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-	}
-}
-
-static int format_counters(char *buf, size_t size, const struct worker_stats *st)
-{
-	double per_wait = st->wait_calls ? (double)st->events / (double)st->wait_calls : 0.0;
-	return snprintf(buf, size,
-			"\"accepted\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"closed\":%" PRIu64
-			",\"open\":%" PRIu64 ",\"requests\":%" PRIu64 ",\"responses_200\":%" PRIu64
-			",\"responses_4xx\":%" PRIu64 ",\"wait_calls\":%" PRIu64 ",\"events\":%" PRIu64
-			",\"events_per_wait\":%.3f,\"peak_open\":%" PRIu64
-			",\"user_cpu_s\":%.6f,\"sys_cpu_s\":%.6f",
-			st->accepted, st->refused, st->closed, st->open, st->requests, st->responses_200,
-			st->responses_4xx, st->wait_calls, st->events, per_wait, st->peak_open,
-			st->user_cpu_s, st->sys_cpu_s);
-}
-
-/* One write(2), so that the lines of several workers sharing stdout never mix. */
-static void print_snapshot(struct server *s, int worker)
-{
-	char line[1024], counters[768];
-	take_cpu_times(&s->stats);
-	format_counters(counters, sizeof(counters), &s->stats);
-	int n = snprintf(line, sizeof(line), "{\"event\":\"snapshot\",\"worker\":%d,\"pid\":%d,%s}\n", worker,
-			 (int)getpid(), counters);
-	if (n > 0 && write(STDOUT_FILENO, line, (size_t)n) < 0) {
-		/* stdout gone: nobody is reading snapshots */
-	}
-}
-
-static void print_stats(const struct options *o, int fd_limit, const struct worker_stats *per_worker,
-			int count)
-{
-	struct worker_stats sum = { 0 };
-	for (int i = 0; i < count; i++) {
-		const struct worker_stats *w = &per_worker[i];
-		sum.accepted += w->accepted;
-		sum.refused += w->refused;
-		sum.closed += w->closed;
-		sum.open += w->open;
-		sum.peak_open += w->peak_open; /* the workers' peaks need not coincide: an upper bound */
-		sum.requests += w->requests;
-		sum.responses_200 += w->responses_200;
-		sum.responses_4xx += w->responses_4xx;
-		sum.wait_calls += w->wait_calls;
-		sum.events += w->events;
-		sum.user_cpu_s += w->user_cpu_s;
-		sum.sys_cpu_s += w->sys_cpu_s;
-	}
-	char counters[768];
-	format_counters(counters, sizeof(counters), &sum);
-	printf("{\"event\":\"stats\",\"backend\":\"%s\",\"workers\":%d,\"fd_limit\":%d,%s,\"per_worker\":[",
-	       o->backend, o->workers, fd_limit, counters);
-	for (int i = 0; i < count; i++) {
-		format_counters(counters, sizeof(counters), &per_worker[i]);
-		printf("%s{\"worker\":%d,\"pid\":%d,%s}", i ? "," : "", i, (int)per_worker[i].pid, counters);
-	}
-	printf("]}\n");
-	fflush(stdout);
-}
-
-/* ---------------------------------------------------------------- the loop */
-
-static struct server *server_create(const struct options *o, int listen_fd, int max_fds)
-{
-	struct server *s = calloc(1, sizeof(*s));
-	struct conn *conns = calloc((size_t)max_fds, sizeof(*conns));
-	if (!s || !conns)
-		die("out of memory for %d connections", max_fds);
-	s->conns = conns;
-	s->max_fds = max_fds;
-	s->listen_fd = listen_fd;
-
-	char err[512];
-	s->loop = ev_create(o->backend, max_fds, err, sizeof(err));
-	if (!s->loop)
-		usage_error("%s", err);
-
-	int wake[2];
-	if (pipe2(wake, O_NONBLOCK | O_CLOEXEC) < 0)
-		die("pipe: %s", strerror(errno));
-	s->wake_fd = wake[0];
-	wake_write_fd = wake[1];
-	s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (s->reserve_fd < 0)
-		die("/dev/null: %s", strerror(errno));
-
-	int failed = ev_add(s->loop, listen_fd, EV_READ);
-	if (failed < 0)
-		die("%s cannot watch the listening socket: %s", o->backend, strerror(-failed));
-	failed = ev_add(s->loop, s->wake_fd, EV_READ);
-	if (failed < 0)
-		die("%s cannot watch its wake-up pipe: %s", o->backend, strerror(-failed));
-	s->stats.pid = (int32_t)getpid();
-	return s;
-}
-
-static void drain_wake_pipe(struct server *s)
-{
-	while (read(s->wake_fd, s->in, sizeof(s->in)) == (ssize_t)sizeof(s->in))
-		continue;
-}
-
-/* Serves until SIGTERM/SIGINT; returns 0, or 1 if the wait failed. */
-static int server_run(struct server *s, int worker)
-{
-	struct ev_event events[WAIT_BATCH];
-	int status = 0;
-	sigprocmask(SIG_SETMASK, &unblocked_signals, NULL);
-	while (!stop_requested) {
-		int n = ev_wait(s->loop, events, WAIT_BATCH, -1);
-		if (n < 0 && n != -EINTR) {
-			fprintf(stderr, "ephttpd: %s: wait failed: %s\n", ev_name(s->loop), strerror(-n));
-			status = 1;
-			break;
-		}
-		int served = 0;
-		for (int i = 0; i < n; i++) {
-			int fd = events[i].fd;
-			if (fd == s->wake_fd) {
-				drain_wake_pipe(s);
-				continue;
-			}
-			served++;
-			if (fd == s->listen_fd)
-				accept_connections(s);
-			else
-				serve(s, fd, events[i].events);
-		}
-		/* Wakeups by our own signals (EINTR, the pipe) are not the workload's. */
-		if (served > 0 || n == 0) {
-			s->stats.wait_calls++;
-			s->stats.events += (uint64_t)served;
-		}
-		/* After the pipe was drained: a signal since then left a byte in it. */
-		if (snapshot_requested) {
-			snapshot_requested = 0;
-			print_snapshot(s, worker);
-		}
-	}
-	take_cpu_times(&s->stats);
-	return status;
 }
 
 /* ---------------------------------------------------------------- setup */
@@ -797,168 +196,14 @@ static int open_listener(const struct options *o, int port, bool share_port, int
 	return fd;
 }
 
-static void announce(const struct options *o, int port, int fd_limit)
-{
-	char line[512];
-	snprintf(line, sizeof(line),
-		 "{\"event\":\"listening\",\"bind\":\"%s\",\"port\":%d,\"backend\":\"%s\",\"workers\":%d,"
-		 "\"fd_limit\":%d}\n",
-		 o->bind, port, o->backend, o->workers, fd_limit);
-	if (o->ready_file) {
-		char tmp[PATH_MAX];
-		snprintf(tmp, sizeof(tmp), "%s.%d.tmp", o->ready_file, (int)getpid());
-		FILE *f = fopen(tmp, "w");
-		if (!f || fputs(line, f) < 0 || fclose(f) != 0 || rename(tmp, o->ready_file) < 0)
-			die("--ready-file %s: %s", o->ready_file, strerror(errno));
-	}
-	fputs(line, stdout);
-	fflush(stdout);
-}
-
-/* ---------------------------------------------------------------- workers */
-
-static void signal_workers(const pid_t *pids, int count, int sig)
-{
-	for (int i = 0; i < count; i++)
-		if (pids[i] > 0)
-			kill(pids[i], sig);
-}
-
-static int index_of(const pid_t *pids, int count, pid_t pid)
-{
-	for (int i = 0; i < count; i++)
-		if (pids[i] == pid)
-			return i;
-	return -1;
-}
-
-static void describe_exit(char *buf, size_t size, int wstatus)
-{
-	if (WIFSIGNALED(wstatus))
-		snprintf(buf, size, "was killed by signal %d", WTERMSIG(wstatus));
-	else
-		snprintf(buf, size, "exited with status %d", WEXITSTATUS(wstatus));
-}
-
-static _Noreturn void run_child(const struct options *o, int worker, const int *listeners,
-				const int *stats_reads, int stats_write, int fd_limit, pid_t parent)
-{
-	prctl(PR_SET_PDEATHSIG, SIGTERM);
-	if (getppid() != parent)
-		_exit(1);
-	for (int i = 0; i < o->workers; i++)
-		if (i != worker)
-			close(listeners[i]);
-	for (int i = 0; i < worker; i++)
-		close(stats_reads[i]);
-	struct server *s = server_create(o, listeners[worker], fd_limit);
-	int status = server_run(s, worker);
-	if (write(stats_write, &s->stats, sizeof(s->stats)) != (ssize_t)sizeof(s->stats))
-		status = 1;
-	_exit(status);
-}
-
-/*
- * The parent forks the workers, then only waits: it forwards SIGTERM/SIGINT
- * and SIGUSR1, and at the end sums the stats each worker sends through a pipe.
- */
-static int run_workers(const struct options *o, const int *listeners, int port, int fd_limit)
-{
-	pid_t pids[MAX_WORKERS];
-	int stats_reads[MAX_WORKERS];
-	pid_t parent = getpid();
-
-	char err[512];
-	struct ev_loop *probe = ev_create(o->backend, fd_limit, err, sizeof(err));
-	if (!probe)
-		usage_error("%s", err);
-	ev_destroy(probe);
-
-	install_handler(SIGCHLD, on_child_exit);
-	sigset_t blocked;
-	sigemptyset(&blocked);
-	sigaddset(&blocked, SIGTERM);
-	sigaddset(&blocked, SIGINT);
-	sigaddset(&blocked, SIGUSR1);
-	sigaddset(&blocked, SIGCHLD);
-	sigprocmask(SIG_BLOCK, &blocked, NULL);
-
-	announce(o, port, fd_limit);
-	for (int i = 0; i < o->workers; i++) {
-		int p[2];
-		if (pipe2(p, O_CLOEXEC) < 0)
-			die("pipe: %s", strerror(errno));
-		pid_t pid = fork();
-		if (pid < 0)
-			die("fork: %s", strerror(errno));
-		if (pid == 0) {
-			close(p[0]);
-			run_child(o, i, listeners, stats_reads, p[1], fd_limit, parent);
-		}
-		close(p[1]);
-		pids[i] = pid;
-		stats_reads[i] = p[0];
-	}
-	for (int i = 0; i < o->workers; i++)
-		close(listeners[i]);
-
-	int status = 0, live = o->workers;
-	bool stopping = false;
-	while (live > 0) {
-		if (stop_requested && !stopping) {
-			stopping = true;
-			signal_workers(pids, o->workers, SIGTERM);
-		}
-		if (snapshot_requested) {
-			snapshot_requested = 0;
-			signal_workers(pids, o->workers, SIGUSR1);
-		}
-		int wstatus;
-		pid_t pid;
-		while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0) {
-			int i = index_of(pids, o->workers, pid);
-			if (i < 0)
-				continue;
-			pids[i] = 0;
-			live--;
-			if (!stopping || !WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
-				char how[64];
-				describe_exit(how, sizeof(how), wstatus);
-				fprintf(stderr, "ephttpd: worker %d (pid %d) %s%s\n", i, (int)pid, how,
-					stopping ? "" : "; stopping the others");
-				status = 1;
-			}
-			if (!stopping) {
-				stopping = true;
-				signal_workers(pids, o->workers, SIGTERM);
-			}
-		}
-		/* Signals stay blocked but here, so none slips in between the checks and the wait. */
-		if (live > 0)
-			sigsuspend(&unblocked_signals);
-	}
-
-	struct worker_stats per_worker[MAX_WORKERS];
-	int reported = 0;
-	for (int i = 0; i < o->workers; i++) {
-		struct worker_stats st;
-		if (read(stats_reads[i], &st, sizeof(st)) == (ssize_t)sizeof(st))
-			per_worker[reported++] = st;
-		else
-			status = 1;
-		close(stats_reads[i]);
-	}
-	print_stats(o, fd_limit, per_worker, reported);
-	return status;
-}
-
 /* ---------------------------------------------------------------- options */
 
 static void print_help(void)
 {
 	printf("usage: ephttpd [options]\n"
 	       "\n"
-	       "Answers every HTTP/1.0 and 1.1 GET with 200 and a body of --msgsize bytes,\n"
+	       "Answers every HTTP/1.0 and 1.1 GET with 200 and a body of --msgsize bytes\n"
+	       "(HEAD with its head alone),\n"
 	       "through one event loop per process on the backend chosen.  JSON lines on\n"
 	       "stdout: \"listening\" when ready; on SIGTERM or SIGINT one \"stats\" line, then\n"
 	       "exit 0; on SIGUSR1 a \"snapshot\" line per worker.\n"
@@ -971,9 +216,12 @@ static void print_help(void)
 	       "  --msgsize BYTES    %-11d body size of every 200 response\n"
 	       "  --workers N        %-11d processes, each with its own loop and SO_REUSEPORT listener\n"
 	       "  --ready-file PATH  %-11s also write the listening line to PATH, atomically\n"
+	       "  --reads-per-event N %-10d full reads of one connection per event before the others'\n"
+	       "  --accepts-per-event N %-8d accepts per listener event before the connections' events\n"
+	       "  --list-backends                the event backends, one a line, and exit\n"
 	       "  --help                         this text\n",
 	       DEFAULT_BACKEND, ev_backend_names(), DEFAULT_BIND, DEFAULT_PORT, DEFAULT_BACKLOG,
-	       DEFAULT_MSGSIZE, DEFAULT_WORKERS, "none");
+	       DEFAULT_MSGSIZE, DEFAULT_WORKERS, "none", DEFAULT_READS_PER_EVENT, DEFAULT_ACCEPTS_PER_EVENT);
 }
 
 static long parse_number(const char *option, const char *text, long min, long max)
@@ -996,6 +244,9 @@ static struct options parse_options(int argc, char **argv)
 		{ "msgsize", required_argument, NULL, 'm' },
 		{ "workers", required_argument, NULL, 'w' },
 		{ "ready-file", required_argument, NULL, 'r' },
+		{ "reads-per-event", required_argument, NULL, 'R' },
+		{ "accepts-per-event", required_argument, NULL, 'A' },
+		{ "list-backends", no_argument, NULL, 'L' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1006,6 +257,8 @@ static struct options parse_options(int argc, char **argv)
 		.backlog = DEFAULT_BACKLOG,
 		.msgsize = DEFAULT_MSGSIZE,
 		.workers = DEFAULT_WORKERS,
+		.reads_per_event = DEFAULT_READS_PER_EVENT,
+		.accepts_per_event = DEFAULT_ACCEPTS_PER_EVENT,
 	};
 	opterr = 0;
 	int opt;
@@ -1032,6 +285,16 @@ static struct options parse_options(int argc, char **argv)
 		case 'r':
 			o.ready_file = optarg;
 			break;
+		case 'R':
+			o.reads_per_event = (int)parse_number("--reads-per-event", optarg, 1, INT_MAX);
+			break;
+		case 'A':
+			o.accepts_per_event = (int)parse_number("--accepts-per-event", optarg, 1, INT_MAX);
+			break;
+		case 'L':
+			for (size_t i = 0; ev_backend_at(i); i++)
+				puts(ev_backend_at(i));
+			exit(0);
 		case 'h':
 			print_help();
 			exit(0);
@@ -1051,7 +314,8 @@ int main(int argc, char **argv)
 {
 	struct options o = parse_options(argc, argv);
 	int fd_limit = raise_fd_limit();
-	build_responses((size_t)o.msgsize);
+	if (!conn_build_responses((size_t)o.msgsize))
+		die("out of memory for the responses (lower --msgsize)");
 
 	signal(SIGPIPE, SIG_IGN); /* a closed stdout or stats pipe is an EPIPE, not a death */
 	sigprocmask(SIG_SETMASK, NULL, &unblocked_signals);
@@ -1069,7 +333,8 @@ int main(int argc, char **argv)
 
 	struct server *s = server_create(&o, listeners[0], fd_limit);
 	announce(&o, port, fd_limit);
-	int status = server_run(s, 0);
-	print_stats(&o, fd_limit, &s->stats, 1);
+	struct worker_stats *stats;
+	int status = server_run(s, 0, &stats);
+	print_stats(&o, fd_limit, stats, 1);
 	return status;
 }

@@ -1,6 +1,7 @@
 /*
  * http.c - the request-head parser of ephttpd (RFC 9112 syntax, lenient only
- * where the RFC asks a server to be: a bare LF may end a line).  It looks at
+ * where the RFC asks a server to be: a bare LF may end a line, and one empty
+ * line before the request line is ignored, RFC 9112 section 2.2).  It looks at
  * the request line, the Connection header and whether a body follows; header
  * values are otherwise not checked, and Host is not required.
  */
@@ -56,12 +57,14 @@ static int check_version(const char *v, size_t n, bool complete)
  * METHOD SP TARGET SP VERSION, without the line end when complete.  Returns
  * the minor HTTP version (complete) or 0 (a valid beginning), -1 if malformed.
  */
-static int check_request_line(const char *line, size_t n, bool complete, bool *is_get)
+static int check_request_line(const char *line, size_t n, bool complete, enum http_verdict *method)
 {
 	size_t i = 0;
 	while (i < n && is_token_char((unsigned char)line[i]))
 		i++;
-	*is_get = i == 3 && memcmp(line, "GET", 3) == 0;
+	*method = i == 3 && memcmp(line, "GET", 3) == 0	  ? HTTP_GET
+		  : i == 4 && memcmp(line, "HEAD", 4) == 0 ? HTTP_HEAD
+							   : HTTP_BAD_METHOD;
 	if (i == n)
 		return complete ? -1 : 0;
 	if (i == 0 || line[i] != ' ')
@@ -125,15 +128,33 @@ static size_t line_length(const char *p, const char *newline)
 	return n > 0 && p[n - 1] == '\r' ? n - 1 : n;
 }
 
+/* The bytes of one empty line (CRLF or LF) at the start of buf, 0 without
+ * one; -1 when buf is a lone CR that may become one. */
+static int empty_line(const char *buf, size_t len)
+{
+	if (len >= 1 && buf[0] == '\n')
+		return 1;
+	if (len >= 2 && buf[0] == '\r' && buf[1] == '\n')
+		return 2;
+	return len == 1 && buf[0] == '\r' ? -1 : 0;
+}
+
 enum http_verdict http_parse(const char *buf, size_t len, struct http_request *req)
 {
+	int skip = empty_line(buf, len);
+	if (skip < 0)
+		return HTTP_INCOMPLETE;
+	const char *start = buf;
+	buf += skip;
+	len -= (size_t)skip;
 	const char *end = buf + (len < HTTP_HEAD_MAX ? len : HTTP_HEAD_MAX);
 	const char *newline = memchr(buf, '\n', (size_t)(end - buf));
-	bool is_get;
+	enum http_verdict method;
 	if (!newline)
-		return check_request_line(buf, (size_t)(end - buf), false, &is_get) < 0 ? HTTP_BAD_REQUEST
-											 : not_ended(len);
-	int minor = check_request_line(buf, line_length(buf, newline), true, &is_get);
+		return len == 0 ? HTTP_INCOMPLETE
+		       : check_request_line(buf, (size_t)(end - buf), false, &method) < 0 ? HTTP_BAD_REQUEST
+											  : not_ended(len);
+	int minor = check_request_line(buf, line_length(buf, newline), true, &method);
 	if (minor < 0)
 		return HTTP_BAD_REQUEST;
 
@@ -166,10 +187,10 @@ enum http_verdict http_parse(const char *buf, size_t len, struct http_request *r
 			has_body = true;
 		p = newline + 1;
 	}
-	req->head_len = (size_t)(newline + 1 - buf);
+	req->head_len = (size_t)(newline + 1 - start);
 	req->keep_alive = !close && (minor == 1 || keep_alive);
-	if (!is_get)
+	if (method == HTTP_BAD_METHOD)
 		return HTTP_BAD_METHOD;
-	/* The body of a GET would be taken for the next request: refuse it. */
-	return has_body ? HTTP_BAD_REQUEST : HTTP_GET;
+	/* The body of a GET or HEAD would be taken for the next request: refuse it. */
+	return has_body ? HTTP_BAD_REQUEST : method;
 }

@@ -14,6 +14,7 @@
 enum http_verdict {
 	HTTP_INCOMPLETE,     /* no blank line yet, and what there is may still become a request */
 	HTTP_GET,            /* a complete GET head */
+	HTTP_HEAD,           /* a complete HEAD head: GET's response without its body */
 	HTTP_BAD_REQUEST,    /* 400: malformed request line or header, or a GET with a body */
 	HTTP_BAD_METHOD,     /* 405: a well-formed request for another method */
 	HTTP_HEAD_TOO_LARGE, /* 431: no blank line within HTTP_HEAD_MAX bytes */
@@ -25,8 +26,9 @@ struct http_request {
 };
 
 /*
- * Parses the request head at the start of buf[0..len).  req is filled for
- * HTTP_GET and HTTP_BAD_METHOD.  A request line that cannot become valid is
+ * Parses the request head at the start of buf[0..len), after at most one empty
+ * line (which head_len counts).  req is filled for HTTP_GET, HTTP_HEAD and
+ * HTTP_BAD_METHOD.  A request line that cannot become valid is
  * rejected as soon as its first bad byte arrives, without waiting for the rest.
  */
 enum http_verdict http_parse(const char *buf, size_t len, struct http_request *req);

@@ -23,9 +23,21 @@ static const struct ev_backend *const backends[] = {
 	&ev_aio_backend,
 };
 
+const char *ev_backend_at(size_t i)
+{
+	return i < sizeof(backends) / sizeof(backends[0]) ? backends[i]->name : NULL;
+}
+
 const char *ev_backend_names(void)
 {
-	return "select|poll|epoll|epoll-et|io_uring|aio-poll";
+	static char names[128];
+	if (!names[0]) {
+		size_t used = 0;
+		for (size_t i = 0; ev_backend_at(i) && used < sizeof(names); i++)
+			used += (size_t)snprintf(names + used, sizeof(names) - used, "%s%s", i ? "|" : "",
+						 ev_backend_at(i));
+	}
+	return names;
 }
 
 struct ev_loop *ev_create(const char *name, int max_fds, char *err, size_t errlen)

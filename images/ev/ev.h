@@ -38,6 +38,8 @@ struct ev_event {
 
 struct ev_loop;
 
+/* The name of the i-th backend, from 0, in the order of ev.c's table; NULL past the last. */
+const char *ev_backend_at(size_t i);
 /* "select|poll|epoll|epoll-et|io_uring|aio-poll", for usage messages. */
 const char *ev_backend_names(void);
 

@@ -61,8 +61,10 @@ MEMO_MAX = 4096         # distinct request heads whose verdict is remembered
 
 # ---------------------------------------------------------------------------------------------- HTTP
 
-OK, OK_CLOSE, BAD_REQUEST, BAD_METHOD, TOO_LARGE = range(5)
-STATUS = {OK: 200, OK_CLOSE: 200, BAD_REQUEST: 400, BAD_METHOD: 405, TOO_LARGE: 431}
+OK, OK_CLOSE, HEAD_OK, HEAD_CLOSE, BAD_REQUEST, BAD_METHOD, TOO_LARGE = range(7)
+STATUS = {OK: 200, OK_CLOSE: 200, HEAD_OK: 200, HEAD_CLOSE: 200, BAD_REQUEST: 400, BAD_METHOD: 405,
+          TOO_LARGE: 431}
+KEEP_ALIVE = {OK, HEAD_OK}
 
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 _REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) [\x21-\x7e]+ HTTP/1\.([01])\r?")
@@ -72,17 +74,21 @@ _HEADER = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*(.*?)[ \t]*\r?", re.S)
 _HEAD_END = re.compile(rb"\n\r?\n")
 
 
-def response(status: int, reason: str, body: bytes, keep_alive: bool, extra: str = "") -> bytes:
+def response(status: int, reason: str, body: bytes, keep_alive: bool, extra: str = "",
+             head_only: bool = False) -> bytes:
     head = (f"HTTP/1.1 {status} {reason}\r\nServer: pyhttpd\r\nContent-Type: text/plain\r\n{extra}"
             f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n")
-    return head.encode() + body
+    return head.encode() + (b"" if head_only else body)
 
 
 def responses(msgsize: int) -> dict[int, bytes]:
     body = b"x" * msgsize
     return {OK: response(200, "OK", body, True), OK_CLOSE: response(200, "OK", body, False),
+            HEAD_OK: response(200, "OK", body, True, head_only=True),
+            HEAD_CLOSE: response(200, "OK", body, False, head_only=True),
             BAD_REQUEST: response(400, "Bad Request", b"malformed request\n", False),
-            BAD_METHOD: response(405, "Method Not Allowed", b"only GET is served\n", False, "Allow: GET\r\n"),
+            BAD_METHOD: response(405, "Method Not Allowed", b"only GET and HEAD are served\n", False,
+                                 "Allow: GET, HEAD\r\n"),
             TOO_LARGE: response(431, "Request Header Fields Too Large", b"request head over 8 KiB\n", False)}
 
 
@@ -108,11 +114,25 @@ def parse_head(head: bytes) -> int:
             has_body = has_body or int(value) > 0
         elif name == b"transfer-encoding":
             has_body = True
-    if request_line[1] != b"GET":
+    if request_line[1] not in (b"GET", b"HEAD"):
         return BAD_METHOD
-    if has_body:  # the body of a GET would be taken for the next request
+    if has_body:  # the body of a GET or HEAD would be taken for the next request
         return BAD_REQUEST
-    return OK if not close and (request_line[2] == b"1" or keep_alive) else OK_CLOSE
+    keeps = not close and (request_line[2] == b"1" or keep_alive)
+    if request_line[1] == b"HEAD":
+        return HEAD_OK if keeps else HEAD_CLOSE
+    return OK if keeps else OK_CLOSE
+
+
+def empty_line(data: bytes, pos: int) -> int:
+    """The bytes of one empty line (CRLF or LF) at data[pos:], which RFC 9112 section 2.2 asks a server to
+    ignore before a request line (one, as ephttpd: a second is a malformed request line); -1 for a lone CR
+    at the end that may become one."""
+    if data.startswith(b"\n", pos):
+        return 1
+    if data.startswith(b"\r\n", pos):
+        return 2
+    return -1 if data[pos:] == b"\r" else 0
 
 
 def may_become_request(partial: bytes) -> bool:
@@ -148,35 +168,51 @@ class Http:
                 self.memo[head] = verdict
         return verdict
 
-    def answer(self, data: bytes) -> tuple[int, int | None, bytes]:
-        """(keep-alive 200s to send, the final response or None, the unfinished rest) for data read.
-        Nothing after a final response is read as a request."""
+    def answer(self, data: bytes) -> tuple[int, bytes, int | None, bytes]:
+        """(keep-alive responses to send, their bytes, the final response or None, the unfinished rest) for
+        data read. Nothing after a final response is read as a request."""
         oks, pos, end = 0, 0, len(data)
+        runs: list[tuple[int, int]] = []  # (keep-alive response, how many in a row)
         while pos < end:
+            start = pos
+            skip = empty_line(data, pos)
+            if skip < 0 or pos + skip == end:
+                return self._keep(oks, runs, data[start:])
+            pos += skip
             m = _HEAD_END.search(data, pos)
             if m is None or m.end() - pos > HEAD_MAX:
                 rest = data[pos:]
                 if len(rest) >= HEAD_MAX:
-                    return self._final(oks, TOO_LARGE)
+                    return self._final(oks, runs, TOO_LARGE)
                 if not may_become_request(rest):
-                    return self._final(oks, BAD_REQUEST)
-                self.counters["requests"] += oks
-                return oks, None, rest
+                    return self._final(oks, runs, BAD_REQUEST)
+                return self._keep(oks, runs, data[start:])
             verdict = self.verdict(data[pos:m.end()])
-            if verdict != OK:
-                return self._final(oks, verdict)
+            if verdict not in KEEP_ALIVE:
+                return self._final(oks, runs, verdict)
+            if runs and runs[-1][0] == verdict:
+                runs[-1] = (verdict, runs[-1][1] + 1)
+            else:
+                runs.append((verdict, 1))
             oks += 1
             pos = m.end()
+        return self._keep(oks, runs, b"")
+
+    def _bytes(self, runs: list[tuple[int, int]]) -> bytes:
+        if len(runs) == 1 and runs[0][0] == OK:
+            return self.ok * runs[0][1]
+        return b"".join(self.responses[kind] * count for kind, count in runs)
+
+    def _keep(self, oks: int, runs: list[tuple[int, int]], rest: bytes) -> tuple[int, bytes, None, bytes]:
         self.counters["requests"] += oks
-        return oks, None, b""
+        return oks, self._bytes(runs), None, rest
 
-    def _final(self, oks: int, verdict: int) -> tuple[int, int, bytes]:
+    def _final(self, oks: int, runs: list[tuple[int, int]], verdict: int) -> tuple[int, bytes, int, bytes]:
         self.counters["requests"] += oks + 1
-        return oks, verdict, b""
+        return oks, self._bytes(runs), verdict, b""
 
-    def output(self, oks: int, final: int | None) -> bytes:
-        out = self.ok * oks
-        return out if final is None else out + self.responses[final]
+    def output(self, kept: bytes, final: int | None) -> bytes:
+        return kept if final is None else kept + self.responses[final]
 
     def sent(self, oks: int, final: int | None) -> None:
         if final is not None:
@@ -347,9 +383,9 @@ class SelectorServer:
             http.counters["requests"] += 1
             self._send(conn, http.ok, 1, None)
             return
-        oks, final, conn.stash = http.answer(data)
+        oks, kept, final, conn.stash = http.answer(data)
         if oks or final is not None:
-            self._send(conn, http.output(oks, final), oks, final)
+            self._send(conn, http.output(kept, final), oks, final)
 
     def _send(self, conn: Connection, out: bytes, oks: int, final: int | None) -> None:
         try:
@@ -388,11 +424,9 @@ class SelectorServer:
         self.http.sent(oks, final)
         if final is None:
             return
-        if STATUS[final] == 200:
-            self._close(conn)
-            return
-        # The request may be partly unread: a close now could turn into a reset that destroys the
-        # response before the client reads it. Send our FIN and discard input until the peer's.
+        # Input may be unread (a request after this one, the rest of an error's request): a close now
+        # could turn into a reset that destroys the response before the client reads it. Send our FIN
+        # and discard input until the peer's.
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -447,17 +481,14 @@ class HttpProtocol(asyncio.Protocol):
             http.counters["responses_200"] += 1
             self.transport.write(http.ok)
             return
-        oks, final, self.stash = http.answer(data)
+        oks, kept, final, self.stash = http.answer(data)
         if oks or final is not None:
-            self.transport.write(http.output(oks, final))
+            self.transport.write(http.output(kept, final))
             http.sent(oks, final)
         if final is None:
             return
-        if STATUS[final] == 200:
-            self.transport.close()
-        else:
-            self.lingering = True
-            self.transport.write_eof()  # our FIN once the response is out; the peer's EOF closes
+        self.lingering = True
+        self.transport.write_eof()  # our FIN once the response is out; the peer's EOF closes
 
     def eof_received(self) -> bool:
         return False

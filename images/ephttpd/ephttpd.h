@@ -1,0 +1,64 @@
+/*
+ * ephttpd.h - what the parts of ephttpd share: the options (ephttpd.c), a
+ * worker's event loop (server.c), the supervisor of several workers
+ * (workers.c) and the JSON lines of counters (stats.c).  The HTTP state of a
+ * connection is conn.h's, the request parser http.h's.
+ */
+#ifndef EPHTTPD_H
+#define EPHTTPD_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#define MAX_WORKERS 256
+
+struct options {
+	const char *backend;
+	const char *bind;
+	int port;
+	int backlog;
+	long msgsize;
+	int workers;
+	const char *ready_file;
+	int reads_per_event;   /* full reads of one connection per readiness event (server.c) */
+	int accepts_per_event; /* accepts per listener event */
+};
+
+/* A worker's counters; the supervisor sums them (stats.c prints them). */
+struct worker_stats {
+	uint64_t accepted, refused, closed, open, peak_open;
+	uint64_t requests, responses_200, responses_4xx;
+	uint64_t wait_calls, events;
+	uint64_t reads_capped, accepts_capped; /* a per-event cap left work for the loop's ready list */
+	double user_cpu_s, sys_cpu_s;
+	int32_t pid;
+};
+
+/* Set by the signal handlers (ephttpd.c); the loops act on them. */
+extern volatile sig_atomic_t stop_requested, snapshot_requested;
+/* The signal mask outside the waits. */
+extern sigset_t unblocked_signals;
+/* The write end of the running worker's wake-up pipe, for the signal handlers. */
+extern int wake_write_fd;
+
+/* One line on stderr; usage_error then exits 2 (bad usage), die exits 1 (anything else). */
+_Noreturn void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+_Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void install_handler(int sig, void (*handler)(int));
+
+struct server;
+/* A worker's loop on listen_fd for up to max_fds descriptors; exits 2 when the backend is refused. */
+struct server *server_create(const struct options *o, int listen_fd, int max_fds);
+/* Serves until SIGTERM/SIGINT; returns 0, or 1 if the wait failed.  *stats is the worker's counters. */
+int server_run(struct server *s, int worker, struct worker_stats **stats);
+
+/* The "listening" line (and --ready-file), the "snapshot" and "stats" lines. */
+void announce(const struct options *o, int port, int fd_limit);
+void take_cpu_times(struct worker_stats *st);
+void print_snapshot(struct worker_stats *st, int worker);
+void print_stats(const struct options *o, int fd_limit, const struct worker_stats *per_worker, int count);
+
+/* --workers N > 1: forks them, forwards signals, sums their stats; returns the exit status. */
+int run_workers(const struct options *o, const int *listeners, int port, int fd_limit);
+
+#endif

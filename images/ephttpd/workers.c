@@ -1,0 +1,159 @@
+/*
+ * workers.c - --workers N: the parent forks N workers, each with its own loop
+ * and SO_REUSEPORT listener, then only waits: it forwards SIGTERM/SIGINT and
+ * SIGUSR1, and at the end sums the stats each worker sends through a pipe.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ephttpd.h"
+#include "ev.h"
+
+static void on_child_exit(int sig)
+{
+	(void)sig; /* only so that SIGCHLD ends the parent's sigsuspend; waitpid finds who exited */
+}
+
+static void signal_workers(const pid_t *pids, int count, int sig)
+{
+	for (int i = 0; i < count; i++)
+		if (pids[i] > 0)
+			kill(pids[i], sig);
+}
+
+static int index_of(const pid_t *pids, int count, pid_t pid)
+{
+	for (int i = 0; i < count; i++)
+		if (pids[i] == pid)
+			return i;
+	return -1;
+}
+
+static void describe_exit(char *buf, size_t size, int wstatus)
+{
+	if (WIFSIGNALED(wstatus))
+		snprintf(buf, size, "was killed by signal %d", WTERMSIG(wstatus));
+	else
+		snprintf(buf, size, "exited with status %d", WEXITSTATUS(wstatus));
+}
+
+static _Noreturn void run_child(const struct options *o, int worker, const int *listeners,
+				const int *stats_reads, int stats_write, int fd_limit, pid_t parent)
+{
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	if (getppid() != parent)
+		_exit(1);
+	for (int i = 0; i < o->workers; i++)
+		if (i != worker)
+			close(listeners[i]);
+	for (int i = 0; i < worker; i++)
+		close(stats_reads[i]);
+	struct server *s = server_create(o, listeners[worker], fd_limit);
+	struct worker_stats *stats;
+	int status = server_run(s, worker, &stats);
+	if (write(stats_write, stats, sizeof(*stats)) != (ssize_t)sizeof(*stats))
+		status = 1;
+	_exit(status);
+}
+
+/*
+ * The parent forks the workers, then only waits: it forwards SIGTERM/SIGINT
+ * and SIGUSR1, and at the end sums the stats each worker sends through a pipe.
+ */
+int run_workers(const struct options *o, const int *listeners, int port, int fd_limit)
+{
+	pid_t pids[MAX_WORKERS];
+	int stats_reads[MAX_WORKERS];
+	pid_t parent = getpid();
+
+	char err[512];
+	struct ev_loop *probe = ev_create(o->backend, fd_limit, err, sizeof(err));
+	if (!probe)
+		usage_error("%s", err);
+	ev_destroy(probe);
+
+	install_handler(SIGCHLD, on_child_exit);
+	sigset_t blocked;
+	sigemptyset(&blocked);
+	sigaddset(&blocked, SIGTERM);
+	sigaddset(&blocked, SIGINT);
+	sigaddset(&blocked, SIGUSR1);
+	sigaddset(&blocked, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &blocked, NULL);
+
+	announce(o, port, fd_limit);
+	for (int i = 0; i < o->workers; i++) {
+		int p[2];
+		if (pipe2(p, O_CLOEXEC) < 0)
+			die("pipe: %s", strerror(errno));
+		pid_t pid = fork();
+		if (pid < 0)
+			die("fork: %s", strerror(errno));
+		if (pid == 0) {
+			close(p[0]);
+			run_child(o, i, listeners, stats_reads, p[1], fd_limit, parent);
+		}
+		close(p[1]);
+		pids[i] = pid;
+		stats_reads[i] = p[0];
+	}
+	for (int i = 0; i < o->workers; i++)
+		close(listeners[i]);
+
+	int status = 0, live = o->workers;
+	bool stopping = false;
+	while (live > 0) {
+		if (stop_requested && !stopping) {
+			stopping = true;
+			signal_workers(pids, o->workers, SIGTERM);
+		}
+		if (snapshot_requested) {
+			snapshot_requested = 0;
+			signal_workers(pids, o->workers, SIGUSR1);
+		}
+		int wstatus;
+		pid_t pid;
+		while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0) {
+			int i = index_of(pids, o->workers, pid);
+			if (i < 0)
+				continue;
+			pids[i] = 0;
+			live--;
+			if (!stopping || !WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
+				char how[64];
+				describe_exit(how, sizeof(how), wstatus);
+				fprintf(stderr, "ephttpd: worker %d (pid %d) %s%s\n", i, (int)pid, how,
+					stopping ? "" : "; stopping the others");
+				status = 1;
+			}
+			if (!stopping) {
+				stopping = true;
+				signal_workers(pids, o->workers, SIGTERM);
+			}
+		}
+		/* Signals stay blocked but here, so none slips in between the checks and the wait. */
+		if (live > 0)
+			sigsuspend(&unblocked_signals);
+	}
+
+	struct worker_stats per_worker[MAX_WORKERS];
+	int reported = 0;
+	for (int i = 0; i < o->workers; i++) {
+		struct worker_stats st;
+		if (read(stats_reads[i], &st, sizeof(st)) == (ssize_t)sizeof(st))
+			per_worker[reported++] = st;
+		else
+			status = 1;
+		close(stats_reads[i]);
+	}
+	print_stats(o, fd_limit, per_worker, reported);
+	return status;
+}
