@@ -19,6 +19,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -40,6 +41,10 @@ IMAGE = "epollbench-cleanroom/python3"
 PIP_CONFS = (Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"))
 USER_PIP_CONFS = (".config/pip/pip.conf", ".pip/pip.conf")
 CONTAINER_HOME = Path("/root")
+# Where the CA bundle pip is given goes: no package owns this path. At its own path (Debian's
+# /etc/ssl/certs/ca-certificates.crt), installing ca-certificates would regenerate it without the CAs the host
+# added (the host has the package already, so the host's bundle stays).
+PIP_CERT = Path("/etc/epollbench-cleanroom/pip-cert.pem")
 SHM_SIZE = "1g"              # chromium's renderer needs more than Docker's 64 MB of /dev/shm
 INTERRUPT_GRACE_S = 60       # how long the tests get to remove what they started after a Ctrl-C
 REPRODUCE = ["--sweeps", "pipetest", "--pipes", "10", "--variants", "up", "--no-report"]
@@ -65,7 +70,9 @@ def say(line: str) -> None:
 
 
 def run() -> int:
-    """Runs the clean room; returns .ci/run's exit code (1 if only the reproduce failed)."""
+    """Runs the clean room; returns .ci/run's exit code (1 if only the reproduce failed). A Ctrl-C or a
+    SIGTERM removes what it made."""
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     client = engine.connect(log_dir=ROOT / "results" / ".engine-logs", say=say)
     socket = _socket_path()
@@ -111,12 +118,13 @@ def run() -> int:
 def pip_settings(environ: dict[str, str], confs: tuple[Path, ...] = PIP_CONFS
                  ) -> tuple[dict[str, str], dict[Path, Path], list[Path]]:
     """The host's pip settings: its PIP_* variables; the files to copy in, {host path: path in the container}
-    (its pip configuration files and the files they or the variables name, such as a CA bundle or a
-    constraints file: copied, so that Debian's packages may replace them as on the host); and the folders
-    they name, to mount read-only at the same paths (find-links, a file:// index)."""
+    (its pip configuration files and the files they or the variables name, such as a constraints file; the
+    CA bundle goes to PIP_CERT, which the variables then name); and the folders they name, to mount
+    read-only at the same paths (find-links, a file:// index)."""
     env = {k: v for k, v in environ.items() if k.startswith("PIP_")}
     values = list(env.values())
     files: dict[Path, Path] = {}
+    cert_values: list[str | None] = []
     home = Path(environ.get("HOME", "/root"))
     extra = (Path(environ["PIP_CONFIG_FILE"]),) if "PIP_CONFIG_FILE" in environ else ()
     for conf in (*confs, *(home / name for name in USER_PIP_CONFS), *extra):
@@ -127,6 +135,11 @@ def pip_settings(environ: dict[str, str], confs: tuple[Path, ...] = PIP_CONFS
         parser = configparser.ConfigParser(interpolation=None)
         parser.read(conf)
         values += [v for section in parser.sections() for v in parser[section].values()]
+        cert_values += [parser[section].get("cert") for section in parser.sections()]
+    certs = [env["PIP_CERT"]] if "PIP_CERT" in env else [c for c in cert_values if c]
+    if certs and Path(certs[0]).is_file():
+        files[Path(certs[0])] = PIP_CERT
+        env["PIP_CERT"] = str(PIP_CERT)
     folders: list[Path] = []
     for value in values:
         for word in value.split():
@@ -161,6 +174,10 @@ def container_options(work: Path, socket: str, fd_limit: int, environ: dict[str,
         "volumes": volumes,
         "working_dir": str(work / "epollbench"),
     }
+
+
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
 
 
 def _socket_path() -> str:

@@ -21,8 +21,9 @@ def test_the_clean_room_gets_the_hosts_engine_network_fd_limit_and_pip_settings(
     assert options["shm_size"] == "1g"
     env = options["environment"]
     assert env["CI"] == "true" and env["EPOLLBENCH_CLEAN_ROOM"] == "1"
-    assert {k: env[k] for k in environ if k.startswith("PIP_")} == {k: v for k, v in environ.items()
-                                                                  if k.startswith("PIP_")}
+    assert {k: env[k] for k in environ if k.startswith("PIP_")} == {**{k: v for k, v in environ.items()
+                                                                     if k.startswith("PIP_")},
+                                                                  "PIP_CERT": str(cleanroom.PIP_CERT)}
     assert "HOME" not in env
     volumes = options["volumes"]
     assert volumes["/run/docker.sock"] == {"bind": "/var/run/docker.sock", "mode": "rw"}
@@ -30,7 +31,7 @@ def test_the_clean_room_gets_the_hosts_engine_network_fd_limit_and_pip_settings(
     assert volumes[str(work)] == {"bind": str(work), "mode": "rw"}
     assert Path(env["TMPDIR"]).is_relative_to(work) and Path(options["working_dir"]).is_relative_to(work)
     assert volumes[str(wheels)] == {"bind": str(wheels), "mode": "ro"}
-    assert str(cert) not in volumes, "copied in, so that Debian's ca-certificates may replace it as on the host"
+    assert str(cert) not in volumes, "copied in, where installing Debian's ca-certificates leaves it alone"
 
 
 def test_pip_confs_and_the_files_and_folders_pip_settings_name_are_found(tmp_path):
@@ -48,10 +49,10 @@ def test_pip_confs_and_the_files_and_folders_pip_settings_name_are_found(tmp_pat
                                                f"extra-index-url = file://{index}/simple https://example.invalid/x\n")
     env, files, folders = cleanroom.pip_settings({"PIP_NO_INPUT": "1", "PATH": "/usr/bin", "HOME": str(home)},
                                                  (conf, tmp_path / "absent.conf"))
-    assert env == {"PIP_NO_INPUT": "1"}
+    assert env == {"PIP_NO_INPUT": "1", "PIP_CERT": str(cleanroom.PIP_CERT)}, "the conf's cert, at its new path"
     # The user's pip.conf goes to root's, the user of the clean room.
     assert files == {conf: conf, home / ".config/pip/pip.conf": Path("/root/.config/pip/pip.conf"),
-                     cert: cert, constraints: constraints}
+                     cert: cleanroom.PIP_CERT, constraints: constraints}
     assert folders == [wheels, index], "a file:// index with the files its pages link to, beside simple/"
 
 
