@@ -97,7 +97,7 @@ def run() -> int:
         steps.append(_step(client, container, ".ci/run", ["bash", ".ci/run"], clone, transcript))
         steps.append(_step(client, container, "reproduce", ["./run", "reproduce", "--base-image", base_tag,
                                                              *REPRODUCE], clone, transcript))
-        fresh = _fresh_build(client, base_tag)
+        fresh = _fresh_build(client, base_tag, clone)
     except KeyboardInterrupt:
         say("interrupted")
         return 130
@@ -248,18 +248,22 @@ def _step(client, container, name: str, argv: list[str], clone: Path, transcript
     return step
 
 
-def _fresh_build(client, base_tag: str) -> dict | None:
-    """The bootstrapped base and the images the reproduce built on it. Their layers cannot come from a cache:
-    every layer's cache key starts from its parent's ID, and this base's ID is new."""
+def _fresh_build(client, base_tag: str, clone: Path) -> dict | None:
+    """The bootstrapped base and the images the reproduce built on it, when their build logs show no layer
+    taken from the cache (as none can be: a layer's cache key starts from its parent's ID, and this base's
+    ID is new)."""
     try:
         base = client.images.get(base_tag)
     except docker.errors.ImageNotFound:
         return None
     built = client.images.list(filters={"label": f"{images.LABEL}.base-image-id={base.id}"})
     origin = base.labels.get(f"{images.LABEL}.base-origin", "")
-    if not origin.startswith("mmdebstrap") or not built:
+    logs = sorted(clone.glob("results/*/logs/build-*.log"))
+    cached = sum(log.read_text(errors="replace").count("Using cache") for log in logs)
+    if not origin.startswith("mmdebstrap") or not built or not logs or cached:
         return None
-    return {"origin": origin, "images": sorted(t for image in built for t in image.tags)}
+    steps = sum(len(re.findall(r"^Step \d+/\d+ :", log.read_text(errors="replace"), re.M)) for log in logs)
+    return {"origin": origin, "images": sorted(t for image in built for t in image.tags), "steps": steps}
 
 
 def _remove_fresh_images(client, base_tag: str) -> None:
@@ -295,9 +299,9 @@ def _summary(head: str, steps: list[Step], fresh: dict | None, transcript: bytea
         print(section.group(1))
         print(section.group(2).rstrip())
     if len(steps) == 2:
-        print("reproduce's images: " + (f"built without cache from a base bootstrapped now ({fresh['origin']}): "
-                                        f"{', '.join(fresh['images'])}" if fresh else
-                                        "NOT built from a freshly bootstrapped base"))
+        print("reproduce's images: " + (f"{fresh['steps']} build steps, none from the cache, on a base "
+                                        f"bootstrapped now ({fresh['origin']}): {', '.join(fresh['images'])}"
+                                        if fresh else "NOT all built afresh on a freshly bootstrapped base"))
 
 
 def _duration(seconds: float) -> str:

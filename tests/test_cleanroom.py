@@ -71,7 +71,7 @@ results: results/20261130T000000Z
 
 def test_the_summary_repeats_pytests_closing_line_and_the_clean_room_skips(capsys):
     steps = [cleanroom.Step(".ci/run", 0, 1000.0), cleanroom.Step("reproduce", 0, 200.0)]
-    fresh = {"origin": "mmdebstrap --variant=minbase bookworm", "images": ["epollbench/server:abc"]}
+    fresh = {"origin": "mmdebstrap --variant=minbase bookworm", "images": ["epollbench/server:abc"], "steps": 19}
     cleanroom._summary("0123456789abcdef", steps, fresh, bytearray(TRANSCRIPT), 1234.0)
     out = capsys.readouterr().out
     assert "HEAD 0123456789ab, total 20 min 34 s" in out
@@ -80,4 +80,4 @@ def test_the_summary_repeats_pytests_closing_line_and_the_clean_room_skips(capsy
     assert ("clean-room skips: 2 (needs_host, tests/conftest.py)\n"
             "tests/test_preflight.py::test_tune: writes /proc/sys\n"
             "tests/test_engines.py::test_copy: starts a second dockerd\n") in out
-    assert "built without cache from a base bootstrapped now (mmdebstrap" in out
+    assert "19 build steps, none from the cache, on a base bootstrapped now (mmdebstrap" in out
