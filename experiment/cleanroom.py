@@ -95,9 +95,10 @@ def run() -> int:
         image = _image(client, work)
         container = _container(client, image, work, socket, f"epollbench-cleanroom-{stamp}")
         steps.append(_step(client, container, ".ci/run", ["bash", ".ci/run"], clone, transcript))
+        before = {image.id for image in client.images.list(all=True)}
         steps.append(_step(client, container, "reproduce", ["./run", "reproduce", "--base-image", base_tag,
                                                              *REPRODUCE], clone, transcript))
-        fresh = _fresh_build(client, base_tag, clone)
+        fresh = _fresh_build(client, base_tag, before)
     except KeyboardInterrupt:
         say("interrupted")
         return 130
@@ -248,34 +249,49 @@ def _step(client, container, name: str, argv: list[str], clone: Path, transcript
     return step
 
 
-def _fresh_build(client, base_tag: str, clone: Path) -> dict | None:
-    """The bootstrapped base and the images the reproduce built on it, when their build logs show no layer
-    taken from the cache (as none can be: a layer's cache key starts from its parent's ID, and this base's
-    ID is new)."""
+def _fresh_build(client, base_tag: str, before: set[str]) -> dict | None:
+    """The bootstrapped base and the images the reproduce built on it, when that base's ID is new to the
+    engine: then no layer on it can have come from an earlier build's cache (a layer's cache key starts
+    from its parent's ID)."""
     try:
         base = client.images.get(base_tag)
     except docker.errors.ImageNotFound:
         return None
     built = client.images.list(filters={"label": f"{images.LABEL}.base-image-id={base.id}"})
     origin = base.labels.get(f"{images.LABEL}.base-origin", "")
-    logs = sorted(clone.glob("results/*/logs/build-*.log"))
-    cached = sum(log.read_text(errors="replace").count("Using cache") for log in logs)
-    if not origin.startswith("mmdebstrap") or not built or not logs or cached:
+    if not origin.startswith("mmdebstrap") or not built or base.id in before:
         return None
-    steps = sum(len(re.findall(r"^Step \d+/\d+ :", log.read_text(errors="replace"), re.M)) for log in logs)
-    return {"origin": origin, "images": sorted(t for image in built for t in image.tags), "steps": steps}
+    return {"origin": origin, "images": sorted(t for image in built for t in image.tags)}
 
 
 def _remove_fresh_images(client, base_tag: str) -> None:
-    """The reproduce's images and the bootstrapped base: they took the host's epollbench/*:<hash> tags, which
-    the next build gives back to the images of the usual base from the cache."""
+    """The bootstrapped base and every image built on it, intermediate ones too. The reproduce's images took
+    the host's epollbench/*:<hash> tags, which the next build gives back to the usual base's images from
+    the cache."""
     try:
         base = client.images.get(base_tag)
     except docker.errors.ImageNotFound:
         return
-    for image in client.images.list(filters={"label": f"{images.LABEL}.base-image-id={base.id}"}):
-        _quietly(client.images.remove, image.id, force=True)
-    _quietly(client.images.remove, base_tag)
+    for image_id in [*_descendants(client, base.id), base.id]:
+        try:
+            client.images.remove(image_id, force=True)
+        except docker.errors.ImageNotFound:
+            pass  # removed with its child: an untagged parent goes with its last child
+        except docker.errors.DockerException as error:
+            say(f"clean-up: {error}")
+
+
+def _descendants(client, base_id: str) -> list[str]:
+    """The images whose parent chain reaches base_id, children before their parents."""
+    parent = {image.id: image.attrs.get("Parent") for image in client.images.list(all=True)}
+    depth = {}
+    for image_id in parent:
+        chain, node = 0, parent[image_id]
+        while node and node != base_id:
+            chain, node = chain + 1, parent.get(node)
+        if node == base_id:
+            depth[image_id] = chain
+    return sorted(depth, key=depth.get, reverse=True)
 
 
 def _quietly(action, *args, **kwargs) -> None:
@@ -299,9 +315,9 @@ def _summary(head: str, steps: list[Step], fresh: dict | None, transcript: bytea
         print(section.group(1))
         print(section.group(2).rstrip())
     if len(steps) == 2:
-        print("reproduce's images: " + (f"{fresh['steps']} build steps, none from the cache, on a base "
-                                        f"bootstrapped now ({fresh['origin']}): {', '.join(fresh['images'])}"
-                                        if fresh else "NOT all built afresh on a freshly bootstrapped base"))
+        print("reproduce's images: " + (f"built with no earlier cache on a base bootstrapped now "
+                                        f"({fresh['origin']}): {', '.join(fresh['images'])}"
+                                        if fresh else "NOT built on a base bootstrapped now"))
 
 
 def _duration(seconds: float) -> str:

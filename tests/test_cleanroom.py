@@ -1,8 +1,13 @@
 """`./run clean-room`'s container: what it is given from the host (the run itself is `./run clean-room`)."""
 
+import io
+import tarfile
+import uuid
 from pathlib import Path
 
-from experiment import cleanroom
+import pytest
+
+from experiment import cleanroom, images
 
 
 def test_the_clean_room_gets_the_hosts_engine_network_fd_limit_and_pip_settings(tmp_path):
@@ -71,7 +76,7 @@ results: results/20261130T000000Z
 
 def test_the_summary_repeats_pytests_closing_line_and_the_clean_room_skips(capsys):
     steps = [cleanroom.Step(".ci/run", 0, 1000.0), cleanroom.Step("reproduce", 0, 200.0)]
-    fresh = {"origin": "mmdebstrap --variant=minbase bookworm", "images": ["epollbench/server:abc"], "steps": 19}
+    fresh = {"origin": "mmdebstrap --variant=minbase bookworm", "images": ["epollbench/server:abc"]}
     cleanroom._summary("0123456789abcdef", steps, fresh, bytearray(TRANSCRIPT), 1234.0)
     out = capsys.readouterr().out
     assert "HEAD 0123456789ab, total 20 min 34 s" in out
@@ -80,4 +85,37 @@ def test_the_summary_repeats_pytests_closing_line_and_the_clean_room_skips(capsy
     assert ("clean-room skips: 2 (needs_host, tests/conftest.py)\n"
             "tests/test_preflight.py::test_tune: writes /proc/sys\n"
             "tests/test_engines.py::test_copy: starts a second dockerd\n") in out
-    assert "19 build steps, none from the cache, on a base bootstrapped now (mmdebstrap" in out
+    assert "built with no earlier cache on a base bootstrapped now (mmdebstrap" in out
+
+
+@pytest.mark.docker
+def test_the_fresh_base_and_every_image_built_on_it_are_found_then_removed(client):
+    """Built on a base new to the engine, the images count as fresh; at the end the base goes with every
+    image on it, also those of a build stage that no final image descends from (they piled up, a branch per
+    clean room, as the Dockerfile's build stage)."""
+    tag = f"epollbench-test-cleanroom-{uuid.uuid4().hex[:8]}/debian:bookworm-slim"
+    repo, _, version = tag.partition(":")
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo("marker")
+        tar.addfile(info, io.BytesIO(b""))
+    before = {image.id for image in client.images.list(all=True)}
+    client.api.import_image_from_data(archive.getvalue(), repository=repo, tag=version,
+                                      changes=[f'LABEL {images.LABEL}.base-origin="mmdebstrap test"'])
+    base_id = client.images.get(tag).id
+    try:
+        dockerfile = (f"FROM {tag} AS stage\nENV A=1\nENV B=2\n"
+                      f"FROM {tag}\nENV C=3\nLABEL {images.LABEL}.base-image-id={base_id}\n")
+        list(client.api.build(fileobj=io.BytesIO(dockerfile.encode()), tag=f"{repo}-built:x", rm=True))
+        chain = cleanroom._descendants(client, base_id)
+        assert len(chain) == 4, "ENV, ENV in the stage, ENV, LABEL in the image: one image each"
+        built = client.images.get(f"{repo}-built:x")
+        assert chain.index(built.id) < chain.index(built.attrs["Parent"]), "children before their parents"
+
+        assert cleanroom._fresh_build(client, tag, before) == {"origin": "mmdebstrap test",
+                                                                 "images": [f"{repo}-built:x"]}
+        assert cleanroom._fresh_build(client, tag, before | {base_id}) is None, "a base the engine had before"
+    finally:
+        cleanroom._remove_fresh_images(client, tag)
+    remaining = {image.id for image in client.images.list(all=True)}
+    assert base_id not in remaining and not set(chain) & remaining
