@@ -19,6 +19,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -40,6 +41,10 @@ IMAGE = "epollbench-cleanroom/python3"
 PIP_CONFS = (Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"))
 USER_PIP_CONFS = (".config/pip/pip.conf", ".pip/pip.conf")
 CONTAINER_HOME = Path("/root")
+# Where the CA bundle pip is given goes: no package owns this path. At its own path (Debian's
+# /etc/ssl/certs/ca-certificates.crt), installing ca-certificates would regenerate it without the CAs the host
+# added (the host has the package already, so the host's bundle stays).
+PIP_CERT = Path("/etc/epollbench-cleanroom/pip-cert.pem")
 SHM_SIZE = "1g"              # chromium's renderer needs more than Docker's 64 MB of /dev/shm
 INTERRUPT_GRACE_S = 60       # how long the tests get to remove what they started after a Ctrl-C
 REPRODUCE = ["--sweeps", "pipetest", "--pipes", "10", "--variants", "up", "--no-report"]
@@ -65,7 +70,9 @@ def say(line: str) -> None:
 
 
 def run() -> int:
-    """Runs the clean room; returns .ci/run's exit code (1 if only the reproduce failed)."""
+    """Runs the clean room; returns .ci/run's exit code (1 if only the reproduce failed). A Ctrl-C or a
+    SIGTERM removes what it made."""
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     client = engine.connect(log_dir=ROOT / "results" / ".engine-logs", say=say)
     socket = _socket_path()
@@ -88,9 +95,10 @@ def run() -> int:
         image = _image(client, work)
         container = _container(client, image, work, socket, f"epollbench-cleanroom-{stamp}")
         steps.append(_step(client, container, ".ci/run", ["bash", ".ci/run"], clone, transcript))
+        before = {str(image.id) for image in client.images.list(all=True)}
         steps.append(_step(client, container, "reproduce", ["./run", "reproduce", "--base-image", base_tag,
                                                              *REPRODUCE], clone, transcript))
-        fresh = _fresh_build(client, base_tag)
+        fresh = _fresh_build(client, base_tag, before)
     except KeyboardInterrupt:
         say("interrupted")
         return 130
@@ -111,12 +119,13 @@ def run() -> int:
 def pip_settings(environ: dict[str, str], confs: tuple[Path, ...] = PIP_CONFS
                  ) -> tuple[dict[str, str], dict[Path, Path], list[Path]]:
     """The host's pip settings: its PIP_* variables; the files to copy in, {host path: path in the container}
-    (its pip configuration files and the files they or the variables name, such as a CA bundle or a
-    constraints file: copied, so that Debian's packages may replace them as on the host); and the folders
-    they name, to mount read-only at the same paths (find-links, a file:// index)."""
+    (its pip configuration files and the files they or the variables name, such as a constraints file; the
+    CA bundle goes to PIP_CERT, which the variables then name); and the folders they name, to mount
+    read-only at the same paths (find-links, a file:// index)."""
     env = {k: v for k, v in environ.items() if k.startswith("PIP_")}
     values = list(env.values())
     files: dict[Path, Path] = {}
+    cert_values: list[str | None] = []
     home = Path(environ.get("HOME", "/root"))
     extra = (Path(environ["PIP_CONFIG_FILE"]),) if "PIP_CONFIG_FILE" in environ else ()
     for conf in (*confs, *(home / name for name in USER_PIP_CONFS), *extra):
@@ -127,6 +136,11 @@ def pip_settings(environ: dict[str, str], confs: tuple[Path, ...] = PIP_CONFS
         parser = configparser.ConfigParser(interpolation=None)
         parser.read(conf)
         values += [v for section in parser.sections() for v in parser[section].values()]
+        cert_values += [parser[section].get("cert") for section in parser.sections()]
+    certs = [env["PIP_CERT"]] if "PIP_CERT" in env else [c for c in cert_values if c]
+    if certs and Path(certs[0]).is_file():
+        files[Path(certs[0])] = PIP_CERT
+        env["PIP_CERT"] = str(PIP_CERT)
     folders: list[Path] = []
     for value in values:
         for word in value.split():
@@ -161,6 +175,10 @@ def container_options(work: Path, socket: str, fd_limit: int, environ: dict[str,
         "volumes": volumes,
         "working_dir": str(work / "epollbench"),
     }
+
+
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
 
 
 def _socket_path() -> str:
@@ -231,30 +249,49 @@ def _step(client, container, name: str, argv: list[str], clone: Path, transcript
     return step
 
 
-def _fresh_build(client, base_tag: str) -> dict | None:
-    """The bootstrapped base and the images the reproduce built on it. Their layers cannot come from a cache:
-    every layer's cache key starts from its parent's ID, and this base's ID is new."""
+def _fresh_build(client, base_tag: str, before: set[str]) -> dict | None:
+    """The bootstrapped base and the images the reproduce built on it, when that base's ID is new to the
+    engine: then no layer on it can have come from an earlier build's cache (a layer's cache key starts
+    from its parent's ID)."""
     try:
         base = client.images.get(base_tag)
     except docker.errors.ImageNotFound:
         return None
     built = client.images.list(filters={"label": f"{images.LABEL}.base-image-id={base.id}"})
     origin = base.labels.get(f"{images.LABEL}.base-origin", "")
-    if not origin.startswith("mmdebstrap") or not built:
+    if not origin.startswith("mmdebstrap") or not built or base.id in before:
         return None
     return {"origin": origin, "images": sorted(t for image in built for t in image.tags)}
 
 
 def _remove_fresh_images(client, base_tag: str) -> None:
-    """The reproduce's images and the bootstrapped base: they took the host's epollbench/*:<hash> tags, which
-    the next build gives back to the images of the usual base from the cache."""
+    """The bootstrapped base and every image built on it, intermediate ones too. The reproduce's images took
+    the host's epollbench/*:<hash> tags, which the next build gives back to the usual base's images from
+    the cache."""
     try:
         base = client.images.get(base_tag)
     except docker.errors.ImageNotFound:
         return
-    for image in client.images.list(filters={"label": f"{images.LABEL}.base-image-id={base.id}"}):
-        _quietly(client.images.remove, image.id, force=True)
-    _quietly(client.images.remove, base_tag)
+    for image_id in [*_descendants(client, base.id), base.id]:
+        try:
+            client.images.remove(image_id, force=True)
+        except docker.errors.ImageNotFound:
+            pass  # removed with its child: an untagged parent goes with its last child
+        except docker.errors.DockerException as error:
+            say(f"clean-up: {error}")
+
+
+def _descendants(client, base_id: str) -> list[str]:
+    """The images whose parent chain reaches base_id, children before their parents."""
+    parent = {image.id: image.attrs.get("Parent") for image in client.images.list(all=True)}
+    depth: dict[str, int] = {}
+    for image_id in parent:
+        chain, node = 0, parent[image_id]
+        while node and node != base_id:
+            chain, node = chain + 1, parent.get(node)
+        if node == base_id:
+            depth[image_id] = chain
+    return sorted(depth, key=lambda image_id: depth[image_id], reverse=True)
 
 
 def _quietly(action, *args, **kwargs) -> None:
@@ -278,9 +315,9 @@ def _summary(head: str, steps: list[Step], fresh: dict | None, transcript: bytea
         print(section.group(1))
         print(section.group(2).rstrip())
     if len(steps) == 2:
-        print("reproduce's images: " + (f"built without cache from a base bootstrapped now ({fresh['origin']}): "
-                                        f"{', '.join(fresh['images'])}" if fresh else
-                                        "NOT built from a freshly bootstrapped base"))
+        print("reproduce's images: " + (f"built with no earlier cache on a base bootstrapped now "
+                                        f"({fresh['origin']}): {', '.join(fresh['images'])}"
+                                        if fresh else "NOT built on a base bootstrapped now"))
 
 
 def _duration(seconds: float) -> str:
