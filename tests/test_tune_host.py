@@ -198,28 +198,40 @@ def journals(run: Run) -> list[dict]:
     return [model.read_json(path, model.TUNING) for path in sorted(run.path.glob("tuning*.json"))]
 
 
+class Started:
+    run = None
+
+
+@contextlib.contextmanager
+def cleaned_up(proc, client):
+    """The reproduce proc started, killed if it still runs on the way out, and the containers of its run
+    (started.run, once known) removed."""
+    started = Started()
+    try:
+        yield started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if started.run is not None:
+            with contextlib.suppress(Exception):
+                for container in labelled_containers(client, started.run.id):
+                    container.remove(force=True)
+
+
 @pytest.mark.docker
 @real_host
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda signum: signum.name)
 def test_an_interrupted_run_puts_the_host_back(tmp_path, client, signum):
     with host_that_needs_tuning() as rules_before:
         proc = invoke(*PLAN, results_dir=tmp_path)
-        run = None
-        try:
-            run = wait_until_measuring(proc, tmp_path, client)
+        with cleaned_up(proc, client) as started:
+            run = started.run = wait_until_measuring(proc, tmp_path, client)
             said = []
             assert preflight.restore_abandoned(tmp_path, say=said.append) == [] and said == []
             assert host_is_tuned(), "a live run's tuning is never undone by another process"
             proc.send_signal(signum)
             code, out, err = finished(proc, 120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if run is not None:
-                with contextlib.suppress(Exception):
-                    for container in labelled_containers(client, run.id):
-                        container.remove(force=True)
 
         assert code == 2 and "interrupted" in err and "Traceback" not in err, err
         assert run.record()["status"] == "interrupted"
@@ -236,22 +248,13 @@ def test_an_interrupted_run_puts_the_host_back(tmp_path, client, signum):
 def test_the_next_reproduce_puts_back_what_a_killed_run_changed(tmp_path, client):
     with host_that_needs_tuning() as rules_before:
         proc = invoke(*PLAN, results_dir=tmp_path)
-        run = None
-        try:
-            run = wait_until_measuring(proc, tmp_path, client)
+        with cleaned_up(proc, client) as started:
+            run = started.run = wait_until_measuring(proc, tmp_path, client)
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=60)
             assert host_is_tuned(), "a killed run cannot restore anything itself"
 
             code, out, err = finished(invoke("--resume", run.id, "--no-report", results_dir=tmp_path), 300)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if run is not None:
-                with contextlib.suppress(Exception):
-                    for container in labelled_containers(client, run.id):
-                        container.remove(force=True)
 
         assert code == 0, f"{out}\n{err}"
         assert int(SOMAXCONN.read_text()) == LOW_SOMAXCONN
