@@ -141,7 +141,7 @@ def test_three_servers_answer_one_sweep_and_share_its_figures(tmp_path):
     assert sorted(under_test) == ["ephttpd", "nginx", "python"]
     assert {u["readiness"] for u in under_test.values()} == {"json", "tcp"}
     data = load(run)
-    assert data.labels() == labels
+    assert [s.label for s in data.planned_lines("dead")] == labels
     for row in run_figure_rows(data):
         for figure in row.plots:
             drawn = [s.label for s in figure.series if not s.reference]
