@@ -27,9 +27,10 @@ SETTLE_ATTEMPTS = 200   # snapshots 50 ms apart while the server catches up
 
 @contextmanager
 def serving(program: str, backend: str, *args: str, nofile: int | None = None):
-    """A running ephttpd or pyhttpd, killed on the way out if the test did not stop it; skips, with the
-    server's own reason, when this kernel refuses io_uring or AIO poll."""
-    server = PROGRAMS[program](backend, list(args), nofile=nofile)
+    """A running ephttpd (its sanitized build, see the build_dir fixture) or pyhttpd, killed on the way out if
+    the test did not stop it, and failing the test if a sanitizer reported something; skips, with the server's
+    own reason, when this kernel refuses io_uring or AIO poll."""
+    server = PROGRAMS[program](backend, list(args), nofile=nofile, build=native.SANITIZED)
     try:
         server.start()
     except native.ProgramError as error:
@@ -41,9 +42,7 @@ def serving(program: str, backend: str, *args: str, nofile: int | None = None):
     try:
         yield server
     finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+        server.close()
 
 
 def connect(server: native.Ephttpd) -> socket.socket:

@@ -1,6 +1,6 @@
 """ephttpd's own behaviour beyond the HTTP contract it shares with pyhttpd (test_http_contract.py): a request
 and the FIN in one event, no descriptor left behind, its usage errors, and several workers whose stats are
-summed."""
+summed; and the build the tests run: under AddressSanitizer and UBSan."""
 
 from __future__ import annotations
 
@@ -67,9 +67,17 @@ def test_no_descriptor_is_left_after_thousands_of_connections(build_dir, backend
     assert stats["refused"] == 0
 
 
+def test_the_programs_under_test_are_built_with_asan_and_ubsan(build_dir):
+    """So that a memory error or undefined behaviour fails the test that provokes it (native.Ephttpd.stop)."""
+    for program in ("ephttpd", "pipetest"):
+        linked = subprocess.run(["ldd", str(build_dir / program)], capture_output=True, text=True,
+                                check=True).stdout
+        assert "libasan" in linked and "libubsan" in linked, program
+
+
 def test_unknown_backend_exits_2_naming_the_valid_ones(build_dir):
     proc = subprocess.run([str(build_dir / "ephttpd"), "--backend", "kqueue", "--port", "0"],
-                          capture_output=True, text=True, timeout=CLIENT_TIMEOUT)
+                          capture_output=True, text=True, timeout=CLIENT_TIMEOUT, env=native.sanitized_env())
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.startswith("ephttpd: ")
