@@ -1,6 +1,6 @@
 """ephttpd's own behaviour beyond the HTTP contract it shares with pyhttpd (test_http_contract.py): a request
-and the FIN in one event, no descriptor left behind, its usage errors, and several workers whose stats are
-summed; and the build the tests run: under AddressSanitizer and UBSan."""
+and the FIN in one event, no descriptor left behind (lingering ones included), its usage errors, and several
+workers whose stats are summed; and the build the tests run: under AddressSanitizer and UBSan."""
 
 from __future__ import annotations
 
@@ -65,6 +65,50 @@ def test_no_descriptor_is_left_after_thousands_of_connections(build_dir, backend
 
     assert stats["accepted"] == stats["closed"] == rounds * per_round
     assert stats["refused"] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_lingering_connection_closes_when_the_fin_comes_with_its_last_data(build_dir, backend):
+    """After an error the server sends its FIN and reads on until the client's. Clients that go on sending
+    (more of a body after a 405, more bytes after a 400) and then close or shut down: the server is stopped
+    while their last bytes and their FIN arrive, so that one event reports both. A short read drains the
+    bytes but not the EOF, which an edge-triggered backend does not announce again: a lingering connection
+    must read on to EAGAIN, or its descriptor stays open for good."""
+    pairs = 20
+    with serving("ephttpd", backend) as server:
+        baseline = native.open_fds(server.pid)
+        clients = []
+        for i in range(2 * pairs):
+            sock = connect(server)
+            reader = sock.makefile("rb")
+            clients.append((sock, reader))
+            if i % 2:
+                sock.sendall(b"POST / HTTP/1.1\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+                assert read_response(reader)[0] == 405
+            else:
+                sock.sendall(b"HELLO\r\n")
+                assert read_response(reader)[0] == 400
+            assert reader.read() == b""  # the server's FIN: it lingers
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            for i, (sock, reader) in enumerate(clients):
+                sock.sendall(b"x" * 1000)
+                if i % 2:
+                    reader.close()
+                    sock.close()
+                else:
+                    sock.shutdown(socket.SHUT_WR)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        settled_snapshot(server, lambda s: s["open"] == 0)
+        assert native.open_fds(server.pid) == baseline
+        for sock, reader in clients:
+            reader.close()
+            sock.close()
+        stats = server.stop()
+
+    assert stats["accepted"] == stats["closed"] == 2 * pairs
+    assert stats["responses_4xx"] == 2 * pairs
 
 
 def test_the_programs_under_test_are_built_with_asan_and_ubsan(build_dir):

@@ -1,7 +1,8 @@
 """The HTTP contract every server of ours keeps, on every backend it has (ephttpd in C, pyhttpd in Python):
-keep-alive, pipelining in order, responses larger than a socket buffer, bad requests answered then closed,
-dead connections held without wakeups, descriptor limits met by refusing, and counters that agree with what
-the client counted. A measurement compares backends only because every one of them keeps this contract."""
+keep-alive, pipelining in order, responses larger than a socket buffer, bad requests answered then closed, a
+closing response followed by our FIN and not a reset, dead connections held without wakeups, descriptor limits
+met by refusing, and counters that agree with what the client counted. A measurement compares backends only
+because every one of them keeps this contract."""
 
 from __future__ import annotations
 
@@ -148,6 +149,25 @@ def test_a_request_arriving_in_pieces_is_answered_once_complete(build_dir, progr
         stats = server.stop()
 
     assert stats["requests"] == stats["responses_200"] == 3
+
+
+@pytest.mark.parametrize("program, backend", EVERY_BACKEND)
+def test_a_closing_200_with_input_unread_ends_in_our_fin_not_a_reset(build_dir, program, backend):
+    """A 200 that ends the connection ("Connection: close", or HTTP/1.0) while more input is on its way: a
+    socket closed with input unread, or receiving more, answers with a reset, which can destroy the response
+    before the client reads it and is never the orderly end the client is owed. The server sends its FIN
+    and reads on until the client closes."""
+    unread = 1 << 20  # far more than one read takes
+    with serving(program, backend) as server:
+        for head in (request(connection="close"), request(version="1.0")):
+            with connect(server) as sock, sock.makefile("rb") as reader:
+                sock.sendall(head + b"x" * unread)
+                assert_ok(read_response(reader), connection="close")
+                assert reader.read() == b""
+        settled_snapshot(server, lambda s: s["open"] == 0)
+        stats = server.stop()
+
+    assert stats["requests"] == stats["responses_200"] == 2
 
 
 @pytest.mark.parametrize("program, backend", EVERY_BACKEND)

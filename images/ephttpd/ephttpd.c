@@ -21,10 +21,17 @@
  * request.  The loop waits without a time limit and keeps no timers, so an
  * idle connection, or a dead one that sent half a request, costs nothing.
  *
+ * A response that ends the connection (an error, or a 200 to "Connection:
+ * close" or to HTTP/1.0 without keep-alive) is followed by our FIN, and input
+ * is then read and dropped until the peer closes: closing with input unread
+ * would send a reset, which can destroy the response before the client has
+ * read it.
+ *
  * What it does not do: serve files (every target gets the same body), accept
  * request bodies (a GET with one gets 400, other methods 405), time anything
- * out (a client that never finishes its request holds its connection until it
- * closes it), TLS, host names in --bind, or Host header checks.
+ * out (a client that never finishes its request, or never closes after our
+ * FIN, holds its connection until it closes it), TLS, host names in --bind,
+ * or Host header checks.
  *
  * Output: JSON lines on stdout - "listening" once connections are accepted,
  * a "snapshot" per worker on SIGUSR1, and on SIGTERM or SIGINT exactly one
@@ -96,10 +103,6 @@ struct prebuilt {
 	char *bytes;
 	size_t len;
 	int status;
-	/* Sent before a close with the request possibly unread: shut down our side
-	 * and read until the peer closes, lest unread data turn the close into a
-	 * reset that destroys the response before the client reads it. */
-	bool linger;
 };
 
 static struct prebuilt responses[RESPONSE_COUNT];
@@ -108,7 +111,7 @@ struct conn {
 	bool open;
 	bool awaiting_write; /* watching EV_WRITE only, not reading, until the backlog is flushed */
 	bool peer_closed;    /* read EOF: close once the queue is flushed */
-	bool lingering;      /* answered an error and sent FIN: discard input until the peer closes */
+	bool lingering;      /* sent the final response and FIN: discard input until the peer closes */
 	uint8_t final;       /* the response after which the connection ends, or RESPONSE_NONE */
 	bool final_sent;
 	uint16_t stash_len;  /* an unfinished request head, < HTTP_HEAD_MAX bytes */
@@ -214,8 +217,7 @@ static void install_handler(int sig, void (*handler)(int))
 /* ---------------------------------------------------------------- responses */
 
 static void build_response(enum response which, int status, const char *reason,
-			   const char *extra_headers, const char *body, size_t body_len, bool keep_alive,
-			   bool linger)
+			   const char *extra_headers, const char *body, size_t body_len, bool keep_alive)
 {
 	char head[256];
 	int head_len = snprintf(head, sizeof(head),
@@ -233,7 +235,6 @@ static void build_response(enum response which, int status, const char *reason,
 	else
 		memset(r->bytes + head_len, 'x', body_len);
 	r->status = status;
-	r->linger = linger;
 }
 
 static void build_responses(size_t msgsize)
@@ -241,14 +242,13 @@ static void build_responses(size_t msgsize)
 	static const char bad_request[] = "malformed request\n";
 	static const char bad_method[] = "only GET is served\n";
 	static const char too_large[] = "request head over 8 KiB\n";
-	build_response(RESPONSE_OK, 200, "OK", "", NULL, msgsize, true, false);
-	build_response(RESPONSE_OK_CLOSE, 200, "OK", "", NULL, msgsize, false, false);
-	build_response(RESPONSE_400, 400, "Bad Request", "", bad_request, sizeof(bad_request) - 1, false,
-		       true);
+	build_response(RESPONSE_OK, 200, "OK", "", NULL, msgsize, true);
+	build_response(RESPONSE_OK_CLOSE, 200, "OK", "", NULL, msgsize, false);
+	build_response(RESPONSE_400, 400, "Bad Request", "", bad_request, sizeof(bad_request) - 1, false);
 	build_response(RESPONSE_405, 405, "Method Not Allowed", "Allow: GET\r\n", bad_method,
-		       sizeof(bad_method) - 1, false, true);
+		       sizeof(bad_method) - 1, false);
 	build_response(RESPONSE_431, 431, "Request Header Fields Too Large", "", too_large,
-		       sizeof(too_large) - 1, false, true);
+		       sizeof(too_large) - 1, false);
 }
 
 /* -------------------------------------------------------------- connections */
@@ -398,23 +398,29 @@ static enum flush_result flush(struct server *s, int fd, struct conn *c)
 	return FLUSH_DONE;
 }
 
-/* Reads and drops everything until EAGAIN; closes on EOF or error. */
+/*
+ * A lingering connection's turn: reads and drops input until EAGAIN, and
+ * closes on EOF or error.  Not only until a short read: the peer's FIN may
+ * have come with the data, and an edge-triggered backend would not announce
+ * it again.
+ */
 static void discard_input(struct server *s, int fd)
 {
 	for (;;) {
 		ssize_t n = recv(fd, s->in, sizeof(s->in), 0);
-		if (n == (ssize_t)sizeof(s->in) || (n < 0 && errno == EINTR))
+		if (n > 0 || (n < 0 && errno == EINTR))
 			continue;
-		if (n > 0 || (n < 0 && errno == EAGAIN))
+		if (n < 0 && errno == EAGAIN)
 			return;
 		close_conn(s, fd);
 		return;
 	}
 }
 
+/* Our FIN after the final response; see "A response that ends the connection" above. */
 static void end_after_final(struct server *s, int fd, struct conn *c)
 {
-	if (!responses[c->final].linger || c->peer_closed || shutdown(fd, SHUT_WR) < 0) {
+	if (c->peer_closed || shutdown(fd, SHUT_WR) < 0) {
 		close_conn(s, fd);
 		return;
 	}

@@ -12,7 +12,9 @@ EpollSelector (Protocol, not streams: streams add a task and buffer copies per c
 ephttpd where it matters: keep-alive (HTTP/1.1 unless "Connection: close", 1.0 only with
 "Connection: keep-alive"), pipelined requests answered in order with one send, a backlog written on
 writability while the connection is not read, 400 for a malformed request (405 for another method, 431
-for a head over 8 KiB) then our FIN and the peer's input discarded until it closes.  No timers: an idle or
+for a head over 8 KiB).  After a response that ends the connection (an error, or a 200 that is not
+keep-alive) comes our FIN, and the peer's input is discarded until it closes: a close with input unread
+would send a reset, which can destroy the response before the client reads it.  No timers: an idle or
 dead connection, one that sent half a request, costs nothing until its peer closes it.  Responses are
 built once; parsed request heads are memoised (a load generator sends the same few heads again and
 again), so a keep-alive request costs one recv, one dict lookup and one send.
@@ -388,11 +390,8 @@ class SelectorServer:
         self.http.sent(oks, final)
         if final is None:
             return
-        if STATUS[final] == 200:
-            self._close(conn)
-            return
-        # The request may be partly unread: a close now could turn into a reset that destroys the
-        # response before the client reads it. Send our FIN and discard input until the peer's.
+        # Input may be left unread: a close now could turn into a reset that destroys the response before
+        # the client reads it. Send our FIN and discard input until the peer's.
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -451,11 +450,7 @@ class HttpProtocol(asyncio.Protocol):
         if oks or final is not None:
             self.transport.write(http.output(oks, final))
             http.sent(oks, final)
-        if final is None:
-            return
-        if STATUS[final] == 200:
-            self.transport.close()
-        else:
+        if final is not None:
             self.lingering = True
             self.transport.write_eof()  # our FIN once the response is out; the peer's EOF closes
 
