@@ -58,8 +58,13 @@ def request(path: str = "/", version: str = "1.1", connection: str | None = None
     return (head + "\r\n").encode()
 
 
-def read_response(reader) -> tuple[int, dict[str, str], bytes]:
-    """(status, lower-cased headers, body) of one response; EOFError when the server closed instead."""
+def head_request(version: str = "1.1", connection: str | None = None) -> bytes:
+    return b"HEAD" + request(version=version, connection=connection).removeprefix(b"GET")
+
+
+def read_response(reader, to_head: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """(status, lower-cased headers, body) of one response; EOFError when the server closed instead. to_head:
+    the response to HEAD, whose Content-Length is the body's that GET would get, but no body follows."""
     status_line = reader.readline()
     if not status_line:
         raise EOFError("connection closed before a response")
@@ -69,7 +74,7 @@ def read_response(reader) -> tuple[int, dict[str, str], bytes]:
     while (line := reader.readline()) not in (b"\r\n", b""):
         name, value = line.decode("latin-1").split(":", 1)
         headers[name.strip().lower()] = value.strip()
-    body = reader.read(int(headers["content-length"]))
+    body = b"" if to_head else reader.read(int(headers["content-length"]))
     return int(status), headers, body
 
 

@@ -3,9 +3,9 @@
  * 2002 Linux epoll scalability study.
  *
  * What it is: a server that answers every GET with 200 and a body of
- * --msgsize bytes (128 by default, as dphttpd), so that what a load test
- * measures is the cost of event notification and of the socket calls around
- * it, not of producing content.
+ * --msgsize bytes (128 by default, as dphttpd), and HEAD with the same head
+ * and no body, so that what a load test measures is the cost of event
+ * notification and of the socket calls around it, not of producing content.
  *
  * The model: one single-threaded event loop per process (--workers N forks N,
  * each with its own SO_REUSEPORT listener; the parent only waits and sums
@@ -28,10 +28,10 @@
  * read it.
  *
  * What it does not do: serve files (every target gets the same body), accept
- * request bodies (a GET with one gets 400, other methods 405), time anything
- * out (a client that never finishes its request, or never closes after our
- * FIN, holds its connection until it closes it), TLS, host names in --bind,
- * or Host header checks.
+ * request bodies (a GET or HEAD with one gets 400, other methods 405), time
+ * anything out (a client that never finishes its request, or never closes
+ * after our FIN, holds its connection until it closes it), TLS, host names in
+ * --bind, or Host header checks.
  *
  * Output: JSON lines on stdout - "listening" once connections are accepted,
  * a "snapshot" per worker on SIGUSR1, and on SIGTERM or SIGINT exactly one
@@ -96,8 +96,8 @@ struct options {
 };
 
 /* The responses, built once; a connection's output queue only counts them. */
-enum response { RESPONSE_NONE, RESPONSE_OK, RESPONSE_OK_CLOSE, RESPONSE_400, RESPONSE_405, RESPONSE_431,
-		RESPONSE_COUNT };
+enum response { RESPONSE_NONE, RESPONSE_OK, RESPONSE_OK_CLOSE, RESPONSE_HEAD, RESPONSE_HEAD_CLOSE, RESPONSE_400,
+		RESPONSE_405, RESPONSE_431, RESPONSE_COUNT };
 
 struct prebuilt {
 	char *bytes;
@@ -106,6 +106,12 @@ struct prebuilt {
 };
 
 static struct prebuilt responses[RESPONSE_COUNT];
+
+/* Keep-alive responses of one kind in a row, in a connection's output queue. */
+struct run {
+	uint32_t count;
+	uint8_t which; /* RESPONSE_OK or RESPONSE_HEAD */
+};
 
 struct conn {
 	bool open;
@@ -116,9 +122,16 @@ struct conn {
 	bool final_sent;
 	uint16_t stash_len;  /* an unfinished request head, < HTTP_HEAD_MAX bytes */
 	uint16_t stash_cap;
-	uint32_t queued_ok;  /* keep-alive 200s queued ahead of final */
+	uint32_t first_run;  /* the queue: runs[first_run] and the next ones, ahead of final */
+	uint32_t runs;
+	uint32_t more_cap;   /* runs more_runs has room for */
 	size_t sent;         /* bytes of the first queued response already written */
 	char *stash;
+	/* The runs are in one_run as long as one will do (every request a GET, or
+	 * every one a HEAD); a pipeline mixing the two moves them to more_runs,
+	 * allocated then and kept until the connection closes. */
+	struct run one_run;
+	struct run *more_runs;
 };
 
 struct worker_stats {
@@ -216,8 +229,10 @@ static void install_handler(int sig, void (*handler)(int))
 
 /* ---------------------------------------------------------------- responses */
 
+/* body NULL: body_len bytes of 'x'.  with_body false: the head alone, as for HEAD. */
 static void build_response(enum response which, int status, const char *reason,
-			   const char *extra_headers, const char *body, size_t body_len, bool keep_alive)
+			   const char *extra_headers, const char *body, size_t body_len, bool with_body,
+			   bool keep_alive)
 {
 	char head[256];
 	int head_len = snprintf(head, sizeof(head),
@@ -225,14 +240,14 @@ static void build_response(enum response which, int status, const char *reason,
 				"Content-Length: %zu\r\nConnection: %s\r\n\r\n",
 				status, reason, extra_headers, body_len, keep_alive ? "keep-alive" : "close");
 	struct prebuilt *r = &responses[which];
-	r->len = (size_t)head_len + body_len;
+	r->len = (size_t)head_len + (with_body ? body_len : 0);
 	r->bytes = malloc(r->len);
 	if (!r->bytes)
 		die("out of memory for a %zu-byte response (lower --msgsize)", r->len);
 	memcpy(r->bytes, head, (size_t)head_len);
-	if (body)
+	if (with_body && body)
 		memcpy(r->bytes + head_len, body, body_len);
-	else
+	else if (with_body)
 		memset(r->bytes + head_len, 'x', body_len);
 	r->status = status;
 }
@@ -240,15 +255,17 @@ static void build_response(enum response which, int status, const char *reason,
 static void build_responses(size_t msgsize)
 {
 	static const char bad_request[] = "malformed request\n";
-	static const char bad_method[] = "only GET is served\n";
+	static const char bad_method[] = "only GET and HEAD are served\n";
 	static const char too_large[] = "request head over 8 KiB\n";
-	build_response(RESPONSE_OK, 200, "OK", "", NULL, msgsize, true);
-	build_response(RESPONSE_OK_CLOSE, 200, "OK", "", NULL, msgsize, false);
-	build_response(RESPONSE_400, 400, "Bad Request", "", bad_request, sizeof(bad_request) - 1, false);
-	build_response(RESPONSE_405, 405, "Method Not Allowed", "Allow: GET\r\n", bad_method,
-		       sizeof(bad_method) - 1, false);
+	build_response(RESPONSE_OK, 200, "OK", "", NULL, msgsize, true, true);
+	build_response(RESPONSE_OK_CLOSE, 200, "OK", "", NULL, msgsize, true, false);
+	build_response(RESPONSE_HEAD, 200, "OK", "", NULL, msgsize, false, true);
+	build_response(RESPONSE_HEAD_CLOSE, 200, "OK", "", NULL, msgsize, false, false);
+	build_response(RESPONSE_400, 400, "Bad Request", "", bad_request, sizeof(bad_request) - 1, true, false);
+	build_response(RESPONSE_405, 405, "Method Not Allowed", "Allow: GET, HEAD\r\n", bad_method,
+		       sizeof(bad_method) - 1, true, false);
 	build_response(RESPONSE_431, 431, "Request Header Fields Too Large", "", too_large,
-		       sizeof(too_large) - 1, false);
+		       sizeof(too_large) - 1, true, false);
 }
 
 /* -------------------------------------------------------------- connections */
@@ -259,6 +276,7 @@ static void close_conn(struct server *s, int fd)
 	ev_delete(s->loop, fd);
 	close(fd);
 	free(c->stash);
+	free(c->more_runs);
 	*c = (struct conn){ .open = false };
 	s->stats.closed++;
 	s->stats.open--;
@@ -331,20 +349,55 @@ static void accept_connections(struct server *s)
 
 /* ---------------------------------------------------------------- output */
 
+static struct run *runs_of(struct conn *c)
+{
+	return c->more_runs ? c->more_runs : &c->one_run;
+}
+
+/* Queues a keep-alive response (RESPONSE_OK or RESPONSE_HEAD); false when out of memory. */
+static bool queue_response(struct conn *c, enum response which)
+{
+	struct run *runs = runs_of(c);
+	uint32_t end = c->first_run + c->runs;
+	if (c->runs > 0 && runs[end - 1].which == which) {
+		runs[end - 1].count++;
+		return true;
+	}
+	uint32_t cap = c->more_runs ? c->more_cap : 1;
+	if (end == cap) {
+		uint32_t grown_cap = cap < 4 ? 4 : 2 * cap;
+		struct run *grown = realloc(c->more_runs, grown_cap * sizeof(*grown));
+		if (!grown)
+			return false;
+		if (!c->more_runs)
+			grown[0] = c->one_run;
+		c->more_runs = runs = grown;
+		c->more_cap = grown_cap;
+	}
+	runs[end] = (struct run){ .count = 1, .which = (uint8_t)which };
+	c->runs++;
+	return true;
+}
+
 /* Accounts for n bytes written from the head of the queue. */
 static void consume(struct server *s, struct conn *c, size_t n)
 {
-	const size_t ok_len = responses[RESPONSE_OK].len;
-	while (n > 0 && c->queued_ok > 0) {
-		size_t left = ok_len - c->sent;
+	struct run *runs = runs_of(c);
+	while (n > 0 && c->runs > 0) {
+		struct run *r = &runs[c->first_run];
+		size_t left = responses[r->which].len - c->sent;
 		if (n < left) {
 			c->sent += n;
 			return;
 		}
 		n -= left;
 		c->sent = 0;
-		c->queued_ok--;
 		s->stats.responses_200++;
+		if (--r->count == 0) {
+			c->first_run++;
+			if (--c->runs == 0)
+				c->first_run = 0;
+		}
 	}
 	if (n == 0)
 		return;
@@ -364,15 +417,18 @@ enum flush_result { FLUSH_DONE, FLUSH_BLOCKED, FLUSH_FAILED };
 
 static enum flush_result flush(struct server *s, int fd, struct conn *c)
 {
-	const struct prebuilt *ok = &responses[RESPONSE_OK];
-	while (c->queued_ok > 0 || (c->final != RESPONSE_NONE && !c->final_sent)) {
+	while (c->runs > 0 || (c->final != RESPONSE_NONE && !c->final_sent)) {
 		struct iovec iov[WRITE_BATCH];
 		int count = 0;
 		size_t skip = c->sent, total = 0;
-		for (uint32_t k = 0; k < c->queued_ok && count < WRITE_BATCH; k++) {
-			iov[count++] = (struct iovec){ ok->bytes + skip, ok->len - skip };
-			total += ok->len - skip;
-			skip = 0;
+		const struct run *runs = runs_of(c);
+		for (uint32_t r = c->first_run; r < c->first_run + c->runs && count < WRITE_BATCH; r++) {
+			const struct prebuilt *p = &responses[runs[r].which];
+			for (uint32_t k = 0; k < runs[r].count && count < WRITE_BATCH; k++) {
+				iov[count++] = (struct iovec){ p->bytes + skip, p->len - skip };
+				total += p->len - skip;
+				skip = 0;
+			}
 		}
 		if (count < WRITE_BATCH && c->final != RESPONSE_NONE) {
 			const struct prebuilt *f = &responses[c->final];
@@ -470,24 +526,31 @@ static bool write_queued(struct server *s, int fd, struct conn *c)
 
 /* ---------------------------------------------------------------- input */
 
-/* Queues a response for every complete request in buf; returns the bytes used. */
-static size_t answer_requests(struct server *s, struct conn *c, const char *buf, size_t len)
+/*
+ * Queues a response for every complete request in buf, and sets *used to the
+ * bytes they took.  Returns false when out of memory.
+ */
+static bool answer_requests(struct server *s, struct conn *c, const char *buf, size_t len, size_t *used)
 {
-	size_t used = 0;
-	while (used < len) {
+	size_t at = 0;
+	while (at < len) {
 		struct http_request req;
-		enum http_verdict verdict = http_parse(buf + used, len - used, &req);
+		enum http_verdict verdict = http_parse(buf + at, len - at, &req);
 		if (verdict == HTTP_INCOMPLETE)
 			break;
 		s->stats.requests++;
-		if (verdict == HTTP_GET && req.keep_alive) {
-			c->queued_ok++;
-			used += req.head_len;
+		if ((verdict == HTTP_GET || verdict == HTTP_HEAD) && req.keep_alive) {
+			if (!queue_response(c, verdict == HTTP_GET ? RESPONSE_OK : RESPONSE_HEAD))
+				return false;
+			at += req.head_len;
 			continue;
 		}
 		switch (verdict) {
 		case HTTP_GET:
 			c->final = RESPONSE_OK_CLOSE;
+			break;
+		case HTTP_HEAD:
+			c->final = RESPONSE_HEAD_CLOSE;
 			break;
 		case HTTP_BAD_METHOD:
 			c->final = RESPONSE_405;
@@ -499,9 +562,10 @@ static size_t answer_requests(struct server *s, struct conn *c, const char *buf,
 			c->final = RESPONSE_400;
 			break;
 		}
-		return len; /* nothing after the last response is read as a request */
+		at = len; /* nothing after the last response is read as a request */
 	}
-	return used;
+	*used = at;
+	return true;
 }
 
 static bool keep_unfinished(struct conn *c, const char *bytes, size_t n)
@@ -550,7 +614,9 @@ static enum read_result read_requests(struct server *s, int fd, struct conn *c)
 		return READ_EOF;
 	}
 	have += (size_t)n;
-	size_t used = answer_requests(s, c, s->in, have);
+	size_t used;
+	if (!answer_requests(s, c, s->in, have, &used))
+		return READ_FAILED;
 	if (c->final != RESPONSE_NONE)
 		c->stash_len = 0;
 	else if (!keep_unfinished(c, s->in + used, have - used))
@@ -712,8 +778,10 @@ static void drain_wake_pipe(struct server *s)
 /* At exit, so that a leak checker (the sanitized build's) finds only what the serving lost. */
 static void server_destroy(struct server *s)
 {
-	for (int fd = 0; fd < s->max_fds; fd++)
+	for (int fd = 0; fd < s->max_fds; fd++) {
 		free(s->conns[fd].stash);
+		free(s->conns[fd].more_runs);
+	}
 	ev_destroy(s->loop);
 	free(s->conns);
 	free(s);
@@ -977,10 +1045,11 @@ static void print_help(void)
 {
 	printf("usage: ephttpd [options]\n"
 	       "\n"
-	       "Answers every HTTP/1.0 and 1.1 GET with 200 and a body of --msgsize bytes,\n"
-	       "through one event loop per process on the backend chosen.  JSON lines on\n"
-	       "stdout: \"listening\" when ready; on SIGTERM or SIGINT one \"stats\" line, then\n"
-	       "exit 0; on SIGUSR1 a \"snapshot\" line per worker.\n"
+	       "Answers every HTTP/1.0 and 1.1 GET with 200 and a body of --msgsize bytes\n"
+	       "(HEAD: the same without the body), through one event loop per process on\n"
+	       "the backend chosen.  JSON lines on stdout: \"listening\" when ready; on\n"
+	       "SIGTERM or SIGINT one \"stats\" line, then exit 0; on SIGUSR1 a \"snapshot\"\n"
+	       "line per worker.\n"
 	       "\n"
 	       "  option             default     meaning\n"
 	       "  --backend NAME     %-11s event backend: %s\n"

@@ -1,13 +1,16 @@
 /*
  * http.c - the request-head parser of ephttpd (RFC 9112 syntax, lenient only
- * where the RFC asks a server to be: a bare LF may end a line).  It looks at
- * the request line, the Connection header and whether a body follows; header
- * values are otherwise not checked, and Host is not required.
+ * where the RFC asks a server to be: a bare LF may end a line, and an empty
+ * line before a request line is ignored).  It looks at the request line, the
+ * Connection header and whether a body follows; header values are otherwise
+ * not checked, and Host is not required.
  */
 #include <string.h>
 #include <strings.h>
 
 #include "http.h"
+
+enum method { METHOD_OTHER, METHOD_GET, METHOD_HEAD };
 
 /* tchar of RFC 9110: what methods and header names are made of. */
 static bool is_token_char(unsigned char c)
@@ -56,12 +59,17 @@ static int check_version(const char *v, size_t n, bool complete)
  * METHOD SP TARGET SP VERSION, without the line end when complete.  Returns
  * the minor HTTP version (complete) or 0 (a valid beginning), -1 if malformed.
  */
-static int check_request_line(const char *line, size_t n, bool complete, bool *is_get)
+static int check_request_line(const char *line, size_t n, bool complete, enum method *method)
 {
 	size_t i = 0;
 	while (i < n && is_token_char((unsigned char)line[i]))
 		i++;
-	*is_get = i == 3 && memcmp(line, "GET", 3) == 0;
+	if (i == 3 && memcmp(line, "GET", 3) == 0)
+		*method = METHOD_GET;
+	else if (i == 4 && memcmp(line, "HEAD", 4) == 0)
+		*method = METHOD_HEAD;
+	else
+		*method = METHOD_OTHER;
 	if (i == n)
 		return complete ? -1 : 0;
 	if (i == 0 || line[i] != ' ')
@@ -125,15 +133,36 @@ static size_t line_length(const char *p, const char *newline)
 	return n > 0 && p[n - 1] == '\r' ? n - 1 : n;
 }
 
+/*
+ * Bytes of the empty line at buf to ignore before a request line (RFC 9112
+ * section 2.2): 0 if there is none, -1 if buf is a CR alone, which may become one.
+ */
+static int empty_line_length(const char *buf, size_t len)
+{
+	if (len == 0)
+		return 0;
+	if (buf[0] == '\n')
+		return 1;
+	if (buf[0] != '\r')
+		return 0;
+	if (len == 1)
+		return -1;
+	return buf[1] == '\n' ? 2 : 0;
+}
+
 enum http_verdict http_parse(const char *buf, size_t len, struct http_request *req)
 {
+	int skip = empty_line_length(buf, len);
+	if (skip < 0)
+		return HTTP_INCOMPLETE;
 	const char *end = buf + (len < HTTP_HEAD_MAX ? len : HTTP_HEAD_MAX);
-	const char *newline = memchr(buf, '\n', (size_t)(end - buf));
-	bool is_get;
+	const char *line = buf + skip;
+	const char *newline = memchr(line, '\n', (size_t)(end - line));
+	enum method method;
 	if (!newline)
-		return check_request_line(buf, (size_t)(end - buf), false, &is_get) < 0 ? HTTP_BAD_REQUEST
-											 : not_ended(len);
-	int minor = check_request_line(buf, line_length(buf, newline), true, &is_get);
+		return check_request_line(line, (size_t)(end - line), false, &method) < 0 ? HTTP_BAD_REQUEST
+											   : not_ended(len);
+	int minor = check_request_line(line, line_length(line, newline), true, &method);
 	if (minor < 0)
 		return HTTP_BAD_REQUEST;
 
@@ -168,8 +197,10 @@ enum http_verdict http_parse(const char *buf, size_t len, struct http_request *r
 	}
 	req->head_len = (size_t)(newline + 1 - buf);
 	req->keep_alive = !close && (minor == 1 || keep_alive);
-	if (!is_get)
+	if (method == METHOD_OTHER)
 		return HTTP_BAD_METHOD;
-	/* The body of a GET would be taken for the next request: refuse it. */
-	return has_body ? HTTP_BAD_REQUEST : HTTP_GET;
+	/* The body of a GET or HEAD would be taken for the next request: refuse it. */
+	if (has_body)
+		return HTTP_BAD_REQUEST;
+	return method == METHOD_GET ? HTTP_GET : HTTP_HEAD;
 }

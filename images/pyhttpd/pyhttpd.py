@@ -2,22 +2,24 @@
 """pyhttpd - ephttpd's behaviour in Python (3.11, standard library only): the server a Python user gets
 from the event interfaces of the standard library, measured the same way as ephttpd.
 
-What it is: a server that answers every GET with 200 and a body of --msgsize bytes, so that what a load
-test measures is event notification and the socket calls around it, plus the interpreter's cost per event.
+What it is: a server that answers every GET with 200 and a body of --msgsize bytes, and HEAD with the same
+head and no body, so that what a load test measures is event notification and the socket calls around it,
+plus the interpreter's cost per event.
 
 The model: one single-threaded loop.  --backend select, poll or epoll runs our own loop on
 selectors.SelectSelector, PollSelector or EpollSelector (named, never DefaultSelector, so that the backend
 is the one asked for); --backend asyncio runs an asyncio.Protocol on asyncio's SelectorEventLoop over
 EpollSelector (Protocol, not streams: streams add a task and buffer copies per connection).  Both follow
 ephttpd where it matters: keep-alive (HTTP/1.1 unless "Connection: close", 1.0 only with
-"Connection: keep-alive"), pipelined requests answered in order with one send, a backlog written on
-writability while the connection is not read, 400 for a malformed request (405 for another method, 431
-for a head over 8 KiB).  After a response that ends the connection (an error, or a 200 that is not
-keep-alive) comes our FIN, and the peer's input is discarded until it closes: a close with input unread
-would send a reset, which can destroy the response before the client reads it.  No timers: an idle or
-dead connection, one that sent half a request, costs nothing until its peer closes it.  Responses are
-built once; parsed request heads are memoised (a load generator sends the same few heads again and
-again), so a keep-alive request costs one recv, one dict lookup and one send.
+"Connection: keep-alive"), pipelined requests answered in order with one send, one empty line before a
+request line ignored (RFC 9112 section 2.2), a backlog written on writability while the connection is not
+read, 400 for a malformed request (405 for another method, 431 for a head over 8 KiB).  After a response that
+ends the connection (an error, or a 200 that is not keep-alive) comes our FIN, and the peer's input is
+discarded until it closes: a close with input unread would send a reset, which can destroy the response
+before the client reads it.  No timers: an idle or dead connection, one that sent half a request, costs
+nothing until its peer closes it.  Responses are built once; parsed request heads are memoised (a load
+generator sends the same few heads again and again), so a keep-alive request costs one recv, one dict
+lookup and one send.
 
 Output: JSON lines on stdout, the same as ephttpd's - "listening" once connections are accepted, a
 "snapshot" on SIGUSR1 (serving goes on), and on SIGTERM or SIGINT exactly one "stats" line, then exit 0.
@@ -63,8 +65,10 @@ MEMO_MAX = 4096         # distinct request heads whose verdict is remembered
 
 # ---------------------------------------------------------------------------------------------- HTTP
 
-OK, OK_CLOSE, BAD_REQUEST, BAD_METHOD, TOO_LARGE = range(5)
-STATUS = {OK: 200, OK_CLOSE: 200, BAD_REQUEST: 400, BAD_METHOD: 405, TOO_LARGE: 431}
+OK, OK_CLOSE, HEAD_OK, HEAD_CLOSE, BAD_REQUEST, BAD_METHOD, TOO_LARGE = range(7)
+KEEP_ALIVE = {OK, HEAD_OK}  # the responses after which the connection goes on
+STATUS = {OK: 200, OK_CLOSE: 200, HEAD_OK: 200, HEAD_CLOSE: 200, BAD_REQUEST: 400, BAD_METHOD: 405,
+          TOO_LARGE: 431}
 
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 _REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) [\x21-\x7e]+ HTTP/1\.([01])\r?")
@@ -74,17 +78,22 @@ _HEADER = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*(.*?)[ \t]*\r?", re.S)
 _HEAD_END = re.compile(rb"\n\r?\n")
 
 
-def response(status: int, reason: str, body: bytes, keep_alive: bool, extra: str = "") -> bytes:
+def response(status: int, reason: str, body: bytes, keep_alive: bool, extra: str = "",
+             with_body: bool = True) -> bytes:
+    """with_body False: the head alone, as for HEAD."""
     head = (f"HTTP/1.1 {status} {reason}\r\nServer: pyhttpd\r\nContent-Type: text/plain\r\n{extra}"
             f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n")
-    return head.encode() + body
+    return head.encode() + (body if with_body else b"")
 
 
 def responses(msgsize: int) -> dict[int, bytes]:
     body = b"x" * msgsize
     return {OK: response(200, "OK", body, True), OK_CLOSE: response(200, "OK", body, False),
+            HEAD_OK: response(200, "OK", body, True, with_body=False),
+            HEAD_CLOSE: response(200, "OK", body, False, with_body=False),
             BAD_REQUEST: response(400, "Bad Request", b"malformed request\n", False),
-            BAD_METHOD: response(405, "Method Not Allowed", b"only GET is served\n", False, "Allow: GET\r\n"),
+            BAD_METHOD: response(405, "Method Not Allowed", b"only GET and HEAD are served\n", False,
+                                 "Allow: GET, HEAD\r\n"),
             TOO_LARGE: response(431, "Request Header Fields Too Large", b"request head over 8 KiB\n", False)}
 
 
@@ -110,11 +119,23 @@ def parse_head(head: bytes) -> int:
             has_body = has_body or int(value) > 0
         elif name == b"transfer-encoding":
             has_body = True
-    if request_line[1] != b"GET":
+    method = request_line[1]
+    if method not in (b"GET", b"HEAD"):
         return BAD_METHOD
-    if has_body:  # the body of a GET would be taken for the next request
+    if has_body:  # the body of a GET or HEAD would be taken for the next request
         return BAD_REQUEST
-    return OK if not close and (request_line[2] == b"1" or keep_alive) else OK_CLOSE
+    stays = not close and (request_line[2] == b"1" or keep_alive)
+    if method == b"GET":
+        return OK if stays else OK_CLOSE
+    return HEAD_OK if stays else HEAD_CLOSE
+
+
+def empty_line_length(data: bytes, pos: int) -> int:
+    """Bytes of the one empty line before a request line at pos that is ignored (RFC 9112 section 2.2): a
+    client may send a CRLF after a request."""
+    if data.startswith(b"\n", pos):
+        return 1
+    return 2 if data.startswith(b"\r\n", pos) else 0
 
 
 def may_become_request(partial: bytes) -> bool:
@@ -150,35 +171,37 @@ class Http:
                 self.memo[head] = verdict
         return verdict
 
-    def answer(self, data: bytes) -> tuple[int, int | None, bytes]:
-        """(keep-alive 200s to send, the final response or None, the unfinished rest) for data read.
-        Nothing after a final response is read as a request."""
+    def answer(self, data: bytes) -> tuple[bytes, int, int | None, bytes]:
+        """(the responses to send, how many keep-alive 200s they begin with, the final response or None, the
+        unfinished rest) for data read. Nothing after a final response is read as a request."""
+        runs: list[list[int]] = []  # [response, count]: the keep-alive ones, alike in a row
         oks, pos, end = 0, 0, len(data)
+        final, rest = None, b""
         while pos < end:
-            m = _HEAD_END.search(data, pos)
+            start = pos + empty_line_length(data, pos)
+            m = _HEAD_END.search(data, start)
             if m is None or m.end() - pos > HEAD_MAX:
                 rest = data[pos:]
                 if len(rest) >= HEAD_MAX:
-                    return self._final(oks, TOO_LARGE)
-                if not may_become_request(rest):
-                    return self._final(oks, BAD_REQUEST)
-                self.counters["requests"] += oks
-                return oks, None, rest
-            verdict = self.verdict(data[pos:m.end()])
-            if verdict != OK:
-                return self._final(oks, verdict)
-            oks += 1
+                    final, rest = TOO_LARGE, b""
+                elif rest != b"\r" and not may_become_request(data[start:]):  # a CR may begin the empty line
+                    final, rest = BAD_REQUEST, b""
+                break
+            verdict = self.verdict(data[start:m.end()])
             pos = m.end()
-        self.counters["requests"] += oks
-        return oks, None, b""
-
-    def _final(self, oks: int, verdict: int) -> tuple[int, int, bytes]:
-        self.counters["requests"] += oks + 1
-        return oks, verdict, b""
-
-    def output(self, oks: int, final: int | None) -> bytes:
-        out = self.ok * oks
-        return out if final is None else out + self.responses[final]
+            if verdict not in KEEP_ALIVE:
+                final = verdict
+                break
+            oks += 1
+            if runs and runs[-1][0] == verdict:
+                runs[-1][1] += 1
+            else:
+                runs.append([verdict, 1])
+        self.counters["requests"] += oks + (final is not None)
+        out = b"".join(self.responses[which] * count for which, count in runs)
+        if final is not None:
+            out += self.responses[final]
+        return out, oks, final, rest
 
     def sent(self, oks: int, final: int | None) -> None:
         if final is not None:
@@ -349,9 +372,9 @@ class SelectorServer:
             http.counters["requests"] += 1
             self._send(conn, http.ok, 1, None)
             return
-        oks, final, conn.stash = http.answer(data)
-        if oks or final is not None:
-            self._send(conn, http.output(oks, final), oks, final)
+        out, oks, final, conn.stash = http.answer(data)
+        if out:
+            self._send(conn, out, oks, final)
 
     def _send(self, conn: Connection, out: bytes, oks: int, final: int | None) -> None:
         try:
@@ -446,9 +469,9 @@ class HttpProtocol(asyncio.Protocol):
             http.counters["responses_200"] += 1
             self.transport.write(http.ok)
             return
-        oks, final, self.stash = http.answer(data)
-        if oks or final is not None:
-            self.transport.write(http.output(oks, final))
+        out, oks, final, self.stash = http.answer(data)
+        if out:
+            self.transport.write(out)
             http.sent(oks, final)
         if final is not None:
             self.lingering = True
