@@ -13,13 +13,18 @@
  * backend runs, so every handler is right for level- and edge-triggered
  * delivery alike: read until a short read or EAGAIN (until EOF when the event
  * said hang-up), write until done or EAGAIN, then wait for EV_WRITE alone
- * until the backlog is flushed.  In the common case a keep-alive request
- * costs one recv and one send: a short read means the socket is drained, and
- * all requests pipelined into one read are answered with one send (sendmsg
- * when there are several) of prebuilt responses.  A connection's state is a
- * slot in an array indexed by its descriptor; nothing is allocated per
- * request.  The loop waits without a time limit and keeps no timers, so an
- * idle connection, or a dead one that sent half a request, costs nothing.
+ * until the backlog is flushed.  No descriptor holds the loop for long: a
+ * read that fills the buffer ends a connection's turn, and the listener's
+ * turn ends after ACCEPTS_PER_TURN connections.  What a turn left goes on the
+ * loop's own ready list, served after the next wait, which then does not
+ * block; an edge-triggered backend would not report it again.  In the common
+ * case a keep-alive request costs one recv and one send: a short read means
+ * the socket is drained, and all requests pipelined into one read are
+ * answered with one send (sendmsg when there are several) of prebuilt
+ * responses.  A connection's state is a slot in an array indexed by its
+ * descriptor; nothing is allocated per request.  The loop waits without a
+ * time limit and keeps no timers, so an idle connection, or a dead one that
+ * sent half a request, costs nothing.
  *
  * A response that ends the connection (an error, or a 200 to "Connection:
  * close" or to HTTP/1.0 without keep-alive) is followed by our FIN, and input
@@ -38,8 +43,10 @@
  * "stats" line, then exit 0.  Errors go to stderr.  wait_calls and events
  * count the waits that returned connection or listener events (and any that
  * returned nothing): the wakeups our own signals cause are left out, so that a
- * snapshot of an idle server shows no wakeup at all.  peak_open of several
- * workers is the sum of their peaks, an upper bound of the true peak.
+ * snapshot of an idle server shows no wakeup at all.  reads_capped and
+ * accepts_capped count the turns a cap ended, ready_served the turns the
+ * ready list gave.  peak_open of several workers is the sum of their peaks,
+ * an upper bound of the true peak.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -76,8 +83,13 @@
 #define MAX_MSGSIZE     (64L << 20)
 #define MAX_WORKERS     256
 
-/* One read asks for far more than a request head, so a short read means drained. */
+/* One read asks for far more than a request head, so a short read means drained.
+ * It is also a connection's share of a turn: a read that fills it ends the turn. */
 #define READ_SIZE 65536
+/* Connections accepted in one turn of the listener. */
+#define ACCEPTS_PER_TURN 64
+/* Reads in one turn of a lingering connection, which reads past short ones. */
+#define LINGER_READS_PER_TURN 4
 /* Events taken from one wait. */
 #define WAIT_BATCH 1024
 /* iovecs in one sendmsg: IOV_MAX on Linux. */
@@ -138,8 +150,15 @@ struct worker_stats {
 	uint64_t accepted, refused, closed, open, peak_open;
 	uint64_t requests, responses_200, responses_4xx;
 	uint64_t wait_calls, events;
+	uint64_t reads_capped, accepts_capped, ready_served;
 	double user_cpu_s, sys_cpu_s;
 	int32_t pid;
+};
+
+/* A descriptor whose turn a cap ended, with the events it is to be served for. */
+struct ready_entry {
+	int fd; /* -1: closed since */
+	unsigned events;
 };
 
 struct server {
@@ -150,6 +169,12 @@ struct server {
 	int max_fds;
 	bool reported_watch_failure;
 	struct conn *conns;
+	/* The ready list.  A descriptor is on it at most once (ready_slot[fd] is
+	 * its index, or -1), but while the list is served an entry already served
+	 * holds its place until the end of the round: room for twice max_fds. */
+	struct ready_entry *ready;
+	int ready_count;
+	int *ready_slot;
 	struct worker_stats stats;
 	char in[READ_SIZE];
 };
@@ -268,6 +293,33 @@ static void build_responses(size_t msgsize)
 		       sizeof(too_large) - 1, true, false);
 }
 
+/* ---------------------------------------------------------- the ready list */
+
+/*
+ * Ends fd's turn with work left, to be served for events after the next wait.
+ * Also where an event for a descriptor already on the list goes, so that it
+ * is served once in a round, by the list.
+ */
+static void make_ready(struct server *s, int fd, unsigned events)
+{
+	int slot = s->ready_slot[fd];
+	if (slot >= 0) {
+		s->ready[slot].events |= events;
+		return;
+	}
+	s->ready_slot[fd] = s->ready_count;
+	s->ready[s->ready_count++] = (struct ready_entry){ .fd = fd, .events = events };
+}
+
+static void forget_ready(struct server *s, int fd)
+{
+	int slot = s->ready_slot[fd];
+	if (slot >= 0) {
+		s->ready[slot].fd = -1;
+		s->ready_slot[fd] = -1;
+	}
+}
+
 /* -------------------------------------------------------------- connections */
 
 static void close_conn(struct server *s, int fd)
@@ -275,6 +327,7 @@ static void close_conn(struct server *s, int fd)
 	struct conn *c = &s->conns[fd];
 	ev_delete(s->loop, fd);
 	close(fd);
+	forget_ready(s, fd);
 	free(c->stash);
 	free(c->more_runs);
 	*c = (struct conn){ .open = false };
@@ -323,9 +376,10 @@ static bool refuse_one(struct server *s)
 	return fd >= 0;
 }
 
+/* The listener's turn: accepts until the queue is empty, or ACCEPTS_PER_TURN times. */
 static void accept_connections(struct server *s)
 {
-	for (;;) {
+	for (int tries = 0; tries < ACCEPTS_PER_TURN; tries++) {
 		int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd >= 0) {
 			admit(s, fd);
@@ -345,6 +399,8 @@ static void accept_connections(struct server *s)
 			return;
 		}
 	}
+	s->stats.accepts_capped++;
+	make_ready(s, s->listen_fd, EV_READ);
 }
 
 /* ---------------------------------------------------------------- output */
@@ -462,7 +518,7 @@ static enum flush_result flush(struct server *s, int fd, struct conn *c)
  */
 static void discard_input(struct server *s, int fd)
 {
-	for (;;) {
+	for (int reads = 0; reads < LINGER_READS_PER_TURN; reads++) {
 		ssize_t n = recv(fd, s->in, sizeof(s->in), 0);
 		if (n > 0 || (n < 0 && errno == EINTR))
 			continue;
@@ -471,6 +527,8 @@ static void discard_input(struct server *s, int fd)
 		close_conn(s, fd);
 		return;
 	}
+	s->stats.reads_capped++;
+	make_ready(s, fd, EV_READ);
 }
 
 /* Our FIN after the final response; see "A response that ends the connection" above. */
@@ -625,9 +683,11 @@ static enum read_result read_requests(struct server *s, int fd, struct conn *c)
 }
 
 /*
- * A short read means the socket is drained, but not that the peer's FIN, come
- * with the last bytes, was seen: an edge-triggered backend will not announce
- * it again.  When the event said hang-up (EV_ERROR), read on to the EOF.
+ * A connection's turn of reading.  A short read means the socket is drained,
+ * but not that the peer's FIN, come with the last bytes, was seen: an
+ * edge-triggered backend will not announce it again.  When the event said
+ * hang-up (EV_ERROR), read on to the EOF.  A read that fills the buffer ends
+ * the turn, and the ready list gives the next.
  */
 static void serve_input(struct server *s, int fd, struct conn *c, unsigned events)
 {
@@ -639,7 +699,12 @@ static void serve_input(struct server *s, int fd, struct conn *c, unsigned event
 		}
 		if (!write_queued(s, fd, c))
 			return;
-		if (r != READ_MORE && !(r == READ_SHORT && (events & EV_ERROR)))
+		if (r == READ_MORE) {
+			s->stats.reads_capped++;
+			make_ready(s, fd, EV_READ | (events & EV_ERROR));
+			return;
+		}
+		if (!(r == READ_SHORT && (events & EV_ERROR)))
 			return;
 	}
 }
@@ -664,6 +729,40 @@ static void serve(struct server *s, int fd, unsigned events)
 	serve_input(s, fd, c, events);
 }
 
+static void dispatch(struct server *s, int fd, unsigned events)
+{
+	if (fd == s->listen_fd)
+		accept_connections(s);
+	else
+		serve(s, fd, events);
+}
+
+/*
+ * Serves the first due entries of the ready list, those of earlier rounds;
+ * the turns they end with work left, and those of this round's events, make
+ * the list of the next round.
+ */
+static void serve_ready(struct server *s, int due)
+{
+	for (int i = 0; i < due; i++) {
+		struct ready_entry e = s->ready[i];
+		if (e.fd < 0)
+			continue;
+		forget_ready(s, e.fd);
+		s->stats.ready_served++;
+		dispatch(s, e.fd, e.events);
+	}
+	int kept = 0;
+	for (int i = due; i < s->ready_count; i++) {
+		struct ready_entry e = s->ready[i];
+		if (e.fd < 0)
+			continue;
+		s->ready_slot[e.fd] = kept;
+		s->ready[kept++] = e;
+	}
+	s->ready_count = kept;
+}
+
 /* ---------------------------------------------------------------- stats */
 
 static void take_cpu_times(struct worker_stats *st)
@@ -682,11 +781,12 @@ static int format_counters(char *buf, size_t size, const struct worker_stats *st
 			"\"accepted\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"closed\":%" PRIu64
 			",\"open\":%" PRIu64 ",\"requests\":%" PRIu64 ",\"responses_200\":%" PRIu64
 			",\"responses_4xx\":%" PRIu64 ",\"wait_calls\":%" PRIu64 ",\"events\":%" PRIu64
-			",\"events_per_wait\":%.3f,\"peak_open\":%" PRIu64
+			",\"events_per_wait\":%.3f,\"peak_open\":%" PRIu64 ",\"reads_capped\":%" PRIu64
+			",\"accepts_capped\":%" PRIu64 ",\"ready_served\":%" PRIu64
 			",\"user_cpu_s\":%.6f,\"sys_cpu_s\":%.6f",
 			st->accepted, st->refused, st->closed, st->open, st->requests, st->responses_200,
-			st->responses_4xx, st->wait_calls, st->events, per_wait, st->peak_open,
-			st->user_cpu_s, st->sys_cpu_s);
+			st->responses_4xx, st->wait_calls, st->events, per_wait, st->peak_open, st->reads_capped,
+			st->accepts_capped, st->ready_served, st->user_cpu_s, st->sys_cpu_s);
 }
 
 /* One write(2), so that the lines of several workers sharing stdout never mix. */
@@ -718,6 +818,9 @@ static void print_stats(const struct options *o, int fd_limit, const struct work
 		sum.responses_4xx += w->responses_4xx;
 		sum.wait_calls += w->wait_calls;
 		sum.events += w->events;
+		sum.reads_capped += w->reads_capped;
+		sum.accepts_capped += w->accepts_capped;
+		sum.ready_served += w->ready_served;
 		sum.user_cpu_s += w->user_cpu_s;
 		sum.sys_cpu_s += w->sys_cpu_s;
 	}
@@ -739,9 +842,14 @@ static struct server *server_create(const struct options *o, int listen_fd, int 
 {
 	struct server *s = calloc(1, sizeof(*s));
 	struct conn *conns = calloc((size_t)max_fds, sizeof(*conns));
-	if (!s || !conns)
+	struct ready_entry *ready = calloc(2 * (size_t)max_fds, sizeof(*ready));
+	int *ready_slot = malloc((size_t)max_fds * sizeof(*ready_slot));
+	if (!s || !conns || !ready || !ready_slot)
 		die("out of memory for %d connections", max_fds);
+	memset(ready_slot, 0xff, (size_t)max_fds * sizeof(*ready_slot));
 	s->conns = conns;
+	s->ready = ready;
+	s->ready_slot = ready_slot;
 	s->max_fds = max_fds;
 	s->listen_fd = listen_fd;
 
@@ -784,6 +892,8 @@ static void server_destroy(struct server *s)
 	}
 	ev_destroy(s->loop);
 	free(s->conns);
+	free(s->ready);
+	free(s->ready_slot);
 	free(s);
 }
 
@@ -794,7 +904,9 @@ static int server_run(struct server *s, int worker)
 	int status = 0;
 	sigprocmask(SIG_SETMASK, &unblocked_signals, NULL);
 	while (!stop_requested) {
-		int n = ev_wait(s->loop, events, WAIT_BATCH, -1);
+		/* Those on the ready list now are served in this round: the wait must not block. */
+		int due = s->ready_count;
+		int n = ev_wait(s->loop, events, WAIT_BATCH, due > 0 ? 0 : -1);
 		if (n < 0 && n != -EINTR) {
 			fprintf(stderr, "ephttpd: %s: wait failed: %s\n", ev_name(s->loop), strerror(-n));
 			status = 1;
@@ -808,11 +920,12 @@ static int server_run(struct server *s, int worker)
 				continue;
 			}
 			served++;
-			if (fd == s->listen_fd)
-				accept_connections(s);
+			if (s->ready_slot[fd] >= 0)
+				make_ready(s, fd, events[i].events);
 			else
-				serve(s, fd, events[i].events);
+				dispatch(s, fd, events[i].events);
 		}
+		serve_ready(s, due);
 		/* Wakeups by our own signals (EINTR, the pipe) are not the workload's. */
 		if (served > 0 || n == 0) {
 			s->stats.wait_calls++;
