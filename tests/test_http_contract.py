@@ -179,6 +179,22 @@ def test_head_is_answered_with_the_head_of_get_and_no_body(build_dir, program, b
 
 
 @pytest.mark.parametrize("program, backend", EVERY_BACKEND)
+def test_a_pipeline_mixing_get_and_head_is_answered_in_order_through_a_full_socket_buffer(build_dir, program,
+                                                                                         backend):
+    count, msgsize = 60, 100_000
+    heads = [i % 3 == 1 or i % 7 == 0 for i in range(count)]
+    with serving(program, backend, "--msgsize", str(msgsize)) as server:
+        with connect(server) as sock, sock.makefile("rb") as reader:
+            sock.sendall(b"".join(head_request() if head else request() for head in heads))
+            for head in heads:
+                status, headers, body = read_response(reader, to_head=head)
+                assert (status, headers["content-length"], len(body)) == (200, str(msgsize), 0 if head else msgsize)
+        stats = server.stop()
+
+    assert stats["requests"] == stats["responses_200"] == count
+
+
+@pytest.mark.parametrize("program, backend", EVERY_BACKEND)
 def test_an_empty_line_before_a_request_line_is_ignored(build_dir, program, backend):
     """RFC 9112 section 2.2: a server SHOULD ignore at least one empty line received before a request line
     (a client may end a request with an extra CRLF). One is ignored; two are a malformed request (MALFORMED)."""
