@@ -5,7 +5,7 @@ import tools
 
 from experiment.bench import native
 
-# Set by `./run clean-room` (dev/cleanroom.py): an unprivileged container on the host's Docker engine.
+# Set by `./run clean-room` (experiment/cleanroom.py): an unprivileged container on the host's Docker engine.
 CLEAN_ROOM = os.environ.get("EPOLLBENCH_CLEAN_ROOM") == "1"
 SECOND_DOCKERD = "starts a second dockerd"
 clean_room_skips: list[tuple[str, str]] = []
@@ -49,23 +49,18 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.line(f"{nodeid}: {why}")
 
 
-# The programs run under AddressSanitizer and UndefinedBehaviorSanitizer (build_dir): a report aborts them
-# with this exit code, which fails the test. Leak checking is off: the programs leave their long-lived state
-# to the exit, by design.
-os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=0:halt_on_error=1:exitcode=86:abort_on_error=0")
-os.environ.setdefault("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1:exitcode=86")
-
-
 @pytest.fixture(scope="session")
 def build_dir():
-    """The programs under test, compiled natively once per session under ASan and UBSan."""
-    return native.build(sanitized=True)
+    """The programs under test, compiled natively once per session under AddressSanitizer and UBSan, so that a
+    report fails the test (native.Ephttpd.stop); the optimised build, which measurements run, is made too."""
+    native.build()
+    return native.build("sanitize")
 
 
 @pytest.fixture(scope="module")
 def client():
     """A client of this machine's Docker engine."""
-    from experiment.host import engine
+    from experiment import engine
 
     return engine.connect()
 

@@ -27,9 +27,10 @@ SETTLE_ATTEMPTS = 200   # snapshots 50 ms apart while the server catches up
 
 @contextmanager
 def serving(program: str, backend: str, *args: str, nofile: int | None = None):
-    """A running ephttpd or pyhttpd, killed on the way out if the test did not stop it; skips, with the
-    server's own reason, when this kernel refuses io_uring or AIO poll."""
-    server = PROGRAMS[program](backend, list(args), nofile=nofile)
+    """A running ephttpd (its sanitized build, see the build_dir fixture) or pyhttpd, killed on the way out if
+    the test did not stop it, and failing the test if a sanitizer reported something; skips, with the server's
+    own reason, when this kernel refuses io_uring or AIO poll."""
+    server = PROGRAMS[program](backend, list(args), nofile=nofile, build=native.SANITIZED)
     try:
         server.start()
     except native.ProgramError as error:
@@ -41,9 +42,7 @@ def serving(program: str, backend: str, *args: str, nofile: int | None = None):
     try:
         yield server
     finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+        server.close()
 
 
 def connect(server: native.Ephttpd) -> socket.socket:
@@ -59,8 +58,13 @@ def request(path: str = "/", version: str = "1.1", connection: str | None = None
     return (head + "\r\n").encode()
 
 
-def read_response(reader) -> tuple[int, dict[str, str], bytes]:
-    """(status, lower-cased headers, body) of one response; EOFError when the server closed instead."""
+def head_request(version: str = "1.1", connection: str | None = None) -> bytes:
+    return b"HEAD" + request(version=version, connection=connection).removeprefix(b"GET")
+
+
+def read_response(reader, to_head: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """(status, lower-cased headers, body) of one response; EOFError when the server closed instead. to_head:
+    the response to HEAD, whose Content-Length is the body's that GET would get, but no body follows."""
     status_line = reader.readline()
     if not status_line:
         raise EOFError("connection closed before a response")
@@ -70,7 +74,7 @@ def read_response(reader) -> tuple[int, dict[str, str], bytes]:
     while (line := reader.readline()) not in (b"\r\n", b""):
         name, value = line.decode("latin-1").split(":", 1)
         headers[name.strip().lower()] = value.strip()
-    body = reader.read(int(headers["content-length"]))
+    body = b"" if to_head else reader.read(int(headers["content-length"]))
     return int(status), headers, body
 
 

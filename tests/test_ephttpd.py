@@ -1,6 +1,7 @@
 """ephttpd's own behaviour beyond the HTTP contract it shares with pyhttpd (test_http_contract.py): a request
-and the FIN in one event, no descriptor left behind, its usage errors, and several workers whose stats are
-summed."""
+and the FIN in one event, no descriptor left behind (lingering ones included), no connection holding the loop,
+one recv and one send per keep-alive request, its usage errors, several workers whose stats are summed, and
+the build the tests run: under AddressSanitizer and UBSan."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import signal
 import socket
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from httpclient import (
@@ -67,9 +69,174 @@ def test_no_descriptor_is_left_after_thousands_of_connections(build_dir, backend
     assert stats["refused"] == 0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_lingering_connection_closes_when_the_fin_comes_with_its_last_data(build_dir, backend):
+    """After an error the server sends its FIN and reads on until the client's. Clients that go on sending
+    (more of a body after a 405, more bytes after a 400) and then close or shut down: the server is stopped
+    while their last bytes and their FIN arrive, so that one event reports both. A short read drains the
+    bytes but not the EOF, which an edge-triggered backend does not announce again: a lingering connection
+    must read on to EAGAIN, or its descriptor stays open for good."""
+    pairs = 20
+    with serving("ephttpd", backend) as server:
+        baseline = native.open_fds(server.pid)
+        clients = []
+        for i in range(2 * pairs):
+            sock = connect(server)
+            reader = sock.makefile("rb")
+            clients.append((sock, reader))
+            if i % 2:
+                sock.sendall(b"POST / HTTP/1.1\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+                assert read_response(reader)[0] == 405
+            else:
+                sock.sendall(b"HELLO\r\n")
+                assert read_response(reader)[0] == 400
+            assert reader.read() == b""  # the server's FIN: it lingers
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            for i, (sock, reader) in enumerate(clients):
+                sock.sendall(b"x" * 1000)
+                if i % 2:
+                    reader.close()
+                    sock.close()
+                else:
+                    sock.shutdown(socket.SHUT_WR)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        settled_snapshot(server, lambda s: s["open"] == 0)
+        assert native.open_fds(server.pid) == baseline
+        for sock, reader in clients:
+            reader.close()
+            sock.close()
+        stats = server.stop()
+
+    assert stats["accepted"] == stats["closed"] == 2 * pairs
+    assert stats["responses_4xx"] == 2 * pairs
+
+
+def unread_bytes(local_port: int, remote_port: int) -> int:
+    """The receive queue of the loopback socket local_port -> remote_port, from /proc/net/tcp."""
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            local, remote, _state, queues = line.split()[1:5]
+            if int(local.split(":")[1], 16) == local_port and int(remote.split(":")[1], 16) == remote_port:
+                return int(queues.split(":")[1], 16)
+    raise AssertionError(f"no socket 127.0.0.1:{local_port} -> :{remote_port} in /proc/net/tcp")
+
+
+# ephttpd.c's: a read that fills its buffer ends a connection's turn, and so do that many accepts the listener's.
+READ_SIZE = 65536
+ACCEPTS_PER_TURN = 64
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_burst_on_one_connection_is_read_in_turns_while_another_is_served(build_dir, backend):
+    """Megabytes of pipelined requests on one connection (long targets, so that their answers stay small)
+    wait in the server's socket as it resumes from SIGSTOP, beside another connection's request. A read that
+    fills the buffer ends a connection's turn (reads_capped) and the ready list gives it the next, after a
+    wait that does not block (ready_served): on every backend, edge-triggered ones too, which would not
+    report the socket again. Every request is answered."""
+    count = 600
+    burst = request("/" + "x" * 7000) * count
+    with serving("ephttpd", backend) as server, connect(server) as sock, connect(server) as other:
+        settled_snapshot(server, lambda s: s["open"] == 2)
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            other.sendall(request())
+            sock.setblocking(False)
+            sent = 0
+            try:
+                while sent < len(burst):
+                    sent += sock.send(burst[sent:])
+            except BlockingIOError:
+                pass
+            assert unread_bytes(server.port, sock.getsockname()[1]) > READ_SIZE, "the premise: a read will fill"
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        sock.settimeout(CLIENT_TIMEOUT)
+        with ThreadPoolExecutor(1) as sender:
+            rest = sender.submit(sock.sendall, burst[sent:])
+            with other.makefile("rb") as reader:
+                assert_ok(read_response(reader))
+            with sock.makefile("rb") as reader:
+                for _ in range(count):
+                    assert_ok(read_response(reader))
+            rest.result(CLIENT_TIMEOUT)
+        stats = server.stop()
+
+    assert stats["requests"] == stats["responses_200"] == count + 1
+    assert stats["reads_capped"] >= 1
+    assert stats["ready_served"] >= 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_queue_of_connections_is_accepted_in_turns(build_dir, backend):
+    """Hundreds of connections queue while the server is stopped: the listener's turn ends after
+    ACCEPTS_PER_TURN of them (accepts_capped), and the ready list gives it the next (ready_served) without a
+    new wakeup, which an edge-triggered backend would not give. Every connection is answered."""
+    count = 300
+    with serving("ephttpd", backend) as server:
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            socks = [connect(server) for _ in range(count)]
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        for sock in socks:
+            sock.sendall(request(connection="close"))
+        for sock in socks:
+            with sock, sock.makefile("rb") as reader:
+                assert_ok(read_response(reader), connection="close")
+        stats = server.stop()
+
+    assert stats["accepted"] == stats["responses_200"] == count
+    assert stats["accepts_capped"] >= count // ACCEPTS_PER_TURN
+    assert stats["ready_served"] >= 1
+
+
+@pytest.mark.needs_host("attaches strace to a running server: needs CAP_SYS_PTRACE", tools=["strace"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_keep_alive_request_costs_one_recv_one_send_and_one_wait(build_dir, backend, tmp_path):
+    """The steady state the measurements rest on: per keep-alive request one recv, one send and one wait that
+    returns its event; caps, the ready list and lingering closes add nothing to it."""
+    count = 200
+    trace = tmp_path / "strace.out"
+    with serving("ephttpd", backend) as server, connect(server) as sock, sock.makefile("rb") as reader:
+        sock.sendall(request())
+        assert_ok(read_response(reader))
+        before = settled_snapshot(server, lambda s: s["responses_200"] == 1)
+        strace = subprocess.Popen(["strace", "-p", str(server.pid), "-o", str(trace), "-e",
+                                   "trace=recvfrom,recvmsg,read,sendto,sendmsg,write,writev"],
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            attached = strace.stderr.readline()
+            assert "attached" in attached, attached
+            for _ in range(count):
+                sock.sendall(request())
+                assert_ok(read_response(reader))
+        finally:
+            strace.send_signal(signal.SIGINT)
+            strace.wait(CLIENT_TIMEOUT)
+            strace.stderr.close()
+        after = server.snapshot()
+        server.stop()
+
+    calls = [line.split("(")[0] for line in trace.read_text().splitlines() if "(" in line]
+    assert (calls.count("recvfrom"), calls.count("sendto")) == (count, count)
+    assert len(calls) == 2 * count, sorted(set(calls))
+    assert after["wait_calls"] - before["wait_calls"] == count
+
+
+def test_the_programs_under_test_are_built_with_asan_and_ubsan(build_dir):
+    """So that a memory error or undefined behaviour fails the test that provokes it (native.Ephttpd.stop)."""
+    for program in ("ephttpd", "pipetest"):
+        linked = subprocess.run(["ldd", str(build_dir / program)], capture_output=True, text=True,
+                                check=True).stdout
+        assert "libasan" in linked and "libubsan" in linked, program
+
+
 def test_unknown_backend_exits_2_naming_the_valid_ones(build_dir):
     proc = subprocess.run([str(build_dir / "ephttpd"), "--backend", "kqueue", "--port", "0"],
-                          capture_output=True, text=True, timeout=CLIENT_TIMEOUT)
+                          capture_output=True, text=True, timeout=CLIENT_TIMEOUT, env=native.sanitized_env())
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.startswith("ephttpd: ")

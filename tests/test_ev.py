@@ -1,4 +1,5 @@
-"""The event library images/ev, driven through ctypes: each backend keeps the promises of ev.h."""
+"""The event library images/ev, driven through ctypes: each backend keeps the promises of ev.h, also when the
+library is built under AddressSanitizer and UBSan (the last test)."""
 
 import contextlib
 import ctypes
@@ -7,15 +8,20 @@ import os
 import resource
 import socket
 import subprocess
+import sys
 
 import pytest
 
 from experiment.bench import native
+from experiment.paths import ROOT
 
 BACKENDS = ["select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll"]
 LEVEL_TRIGGERED = [b for b in BACKENDS if b != "epoll-et"]
 EV_READ, EV_WRITE, EV_ERROR = 1, 2, 4
 NOTHING_MS = 50  # how long a wait that must report nothing is given to (wrongly) report something
+# Set in the run of this file that test_every_other_test_here_passes_under_asan_and_ubsan starts.
+UNDER_ASAN = os.environ.get("EPOLLBENCH_EV_UNDER_ASAN") == "1"
+SANITIZE = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 
 
 class Event(ctypes.Structure):
@@ -24,11 +30,13 @@ class Event(ctypes.Structure):
 
 @pytest.fixture(scope="session")
 def libev(tmp_path_factory):
-    """images/ev compiled as a shared library, warnings as errors."""
+    """images/ev compiled as a shared library, warnings as errors; under the sanitizers when UNDER_ASAN."""
     ev = native.IMAGES / "ev"
     lib = tmp_path_factory.mktemp("ev") / "libev.so"
-    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-o", str(lib),
-                    *map(str, sorted(ev.glob("*.c"))), "-luring"], check=True)
+    compiler_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    subprocess.run(["cc", "-shared", "-fPIC", *(SANITIZE if UNDER_ASAN else ["-O2"]), "-Wall", "-Wextra", "-Werror",
+                    "-std=gnu11", "-o", str(lib), *map(str, sorted(ev.glob("*.c"))), "-luring"],
+                   check=True, env=compiler_env)
     dll = ctypes.CDLL(str(lib))
     dll.ev_create.restype = ctypes.c_void_p
     dll.ev_create.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
@@ -234,3 +242,20 @@ def test_descriptors_from_max_fds_on_are_refused(libev, backend, pipe):
         assert loop.add(pipe[0]) == -errno.ERANGE
     finally:
         loop.close()
+
+
+@pytest.mark.skipif(UNDER_ASAN, reason="the run this test starts")
+def test_every_other_test_here_passes_under_asan_and_ubsan():
+    """A sanitized library works in an interpreter only with AddressSanitizer's runtime loaded before anything
+    else: the other tests of this file run again in one started with libasan preloaded (leaks not checked:
+    the interpreter frees little before it exits). A report aborts that run."""
+    libasan = subprocess.run(["cc", "-print-file-name=libasan.so"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    env = {**native.sanitized_env(detect_leaks=False), "LD_PRELOAD": libasan, "EPOLLBENCH_EV_UNDER_ASAN": "1"}
+    # --capture=sys: a report goes to file descriptor 2, which pytest would otherwise capture and lose in the abort.
+    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "--capture=sys"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    report = native.sanitizer_report(output)
+    assert proc.returncode == 0 and report is None, report or output[-5000:]
+    assert " passed" in proc.stdout.splitlines()[-1], output[-2000:]

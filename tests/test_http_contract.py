@@ -1,7 +1,8 @@
 """The HTTP contract every server of ours keeps, on every backend it has (ephttpd in C, pyhttpd in Python):
-keep-alive, pipelining in order, responses larger than a socket buffer, bad requests answered then closed,
-dead connections held without wakeups, descriptor limits met by refusing, and counters that agree with what
-the client counted. A measurement compares backends only because every one of them keeps this contract."""
+keep-alive, pipelining in order, responses larger than a socket buffer, HEAD, an empty line before a request
+ignored, bad requests answered then closed, a closing response followed by our FIN and not a reset, dead
+connections held without wakeups, descriptor limits met by refusing, and counters that agree with what the
+client counted. A measurement compares backends only because every one of them keeps this contract."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from httpclient import (
     assert_ok,
     connect,
     deadconn,
+    head_request,
     next_event,
     one_request_answered,
     quiet_snapshot,
@@ -57,6 +59,7 @@ MALFORMED = [
     ("lone blank line", b"\r\n\r\n", 400),
     ("header without colon", b"GET / HTTP/1.1\r\nHost localhost\r\n\r\n", 400),
     ("GET with a body", b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 400),
+    ("HEAD with a body", b"HEAD / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
     ("9 KiB header", b"GET / HTTP/1.1\r\nX-Filler: " + b"a" * 9216 + b"\r\n\r\n", 431),
     ("POST", b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
     ("DELETE", b"DELETE /x HTTP/1.0\r\n\r\n", 405),
@@ -150,6 +153,85 @@ def test_a_request_arriving_in_pieces_is_answered_once_complete(build_dir, progr
         stats = server.stop()
 
     assert stats["requests"] == stats["responses_200"] == 3
+
+
+@pytest.mark.parametrize("program, backend", EVERY_BACKEND)
+def test_head_is_answered_with_the_head_of_get_and_no_body(build_dir, program, backend):
+    """RFC 9110 section 9.1: a general-purpose server MUST support HEAD. The answer is GET's head, its
+    Content-Length that of GET's body, and no body: were one sent, the next response would not begin where
+    the client reads it, nor would the connection end after the last."""
+    with serving(program, backend) as server:
+        with connect(server) as sock, sock.makefile("rb") as reader:
+            sock.sendall(request() + head_request() + head_request() + request() + head_request(connection="close"))
+            get = read_response(reader)
+            assert_ok(get)
+            for _ in range(2):
+                assert read_response(reader, to_head=True) == (200, get[1], b"")
+            assert_ok(read_response(reader))
+            assert read_response(reader, to_head=True) == (200, {**get[1], "connection": "close"}, b"")
+            assert reader.read() == b""
+        with connect(server) as sock, sock.makefile("rb") as reader:
+            sock.sendall(head_request(version="1.0"))
+            assert read_response(reader, to_head=True) == (200, {**get[1], "connection": "close"}, b"")
+            assert reader.read() == b""
+        stats = server.stop()
+
+    assert stats["requests"] == stats["responses_200"] == 6
+    assert stats["responses_4xx"] == 0
+
+
+@pytest.mark.parametrize("program, backend", EVERY_BACKEND)
+def test_a_pipeline_mixing_get_and_head_is_answered_in_order_through_a_full_socket_buffer(build_dir, program,
+                                                                                         backend):
+    count, msgsize = 60, 100_000
+    heads = [i % 3 == 1 or i % 7 == 0 for i in range(count)]
+    with serving(program, backend, "--msgsize", str(msgsize)) as server:
+        with connect(server) as sock, sock.makefile("rb") as reader:
+            sock.sendall(b"".join(head_request() if head else request() for head in heads))
+            for head in heads:
+                status, headers, body = read_response(reader, to_head=head)
+                assert (status, headers["content-length"], len(body)) == (200, str(msgsize), 0 if head else msgsize)
+        stats = server.stop()
+
+    assert stats["requests"] == stats["responses_200"] == count
+
+
+@pytest.mark.parametrize("program, backend", EVERY_BACKEND)
+def test_an_empty_line_before_a_request_line_is_ignored(build_dir, program, backend):
+    """RFC 9112 section 2.2: a server SHOULD ignore at least one empty line received before a request line
+    (a client may end a request with an extra CRLF). One is ignored; two are a malformed request (MALFORMED)."""
+    with serving(program, backend) as server:
+        with connect(server) as sock, sock.makefile("rb") as reader:
+            sock.sendall(b"\r\n" + request() + b"\r\n" + request() + b"\n" + request())
+            for _ in range(3):
+                assert_ok(read_response(reader))
+            for byte in b"\r\n" + request(connection="close"):  # a CR alone may still begin the empty line
+                sock.send(bytes([byte]))
+            assert_ok(read_response(reader), connection="close")
+            assert reader.read() == b""
+        stats = server.stop()
+
+    assert stats["requests"] == stats["responses_200"] == 4
+    assert stats["responses_4xx"] == 0
+
+
+@pytest.mark.parametrize("program, backend", EVERY_BACKEND)
+def test_a_closing_200_with_input_unread_ends_in_our_fin_not_a_reset(build_dir, program, backend):
+    """A 200 that ends the connection ("Connection: close", or HTTP/1.0) while more input is on its way: a
+    socket closed with input unread, or receiving more, answers with a reset, which can destroy the response
+    before the client reads it and is never the orderly end the client is owed. The server sends its FIN
+    and reads on until the client closes."""
+    unread = 1 << 20  # far more than one read takes
+    with serving(program, backend) as server:
+        for head in (request(connection="close"), request(version="1.0")):
+            with connect(server) as sock, sock.makefile("rb") as reader:
+                sock.sendall(head + b"x" * unread)
+                assert_ok(read_response(reader), connection="close")
+                assert reader.read() == b""
+        settled_snapshot(server, lambda s: s["open"] == 0)
+        stats = server.stop()
+
+    assert stats["requests"] == stats["responses_200"] == 2
 
 
 @pytest.mark.parametrize("program, backend", EVERY_BACKEND)

@@ -15,10 +15,12 @@ from pathlib import Path
 from ..paths import IMAGES
 
 BUILD = IMAGES / "build"
-SANITIZED = BUILD / "sanitize"  # `make -C images sanitize`: under ASan and UBSan, for the tests
-# Where Ephttpd runs ephttpd from: the last build() (the tests build the sanitized programs, `invoke bench`
-# the optimised ones it measures).
-programs = BUILD
+# `make -C images sanitize`: the same programs under AddressSanitizer and UBSan, which the tests run.
+SANITIZED = BUILD / "sanitize"
+# The first report ends the program with a nonzero status (UBSan's because of -fno-sanitize-recover).
+SANITIZER_ENV = {"ASAN_OPTIONS": "halt_on_error=1:abort_on_error=1:detect_leaks=1",
+                 "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+SANITIZER_REPORTS = ("runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "LeakSanitizer has")
 DEADCONN = IMAGES / "deadconn" / "deadconn.py"
 PYHTTPD = IMAGES / "pyhttpd" / "pyhttpd.py"
 
@@ -27,16 +29,31 @@ class ProgramError(RuntimeError):
     """A program under test failed to build, start or stop as it should."""
 
 
-def build(sanitized: bool = False) -> Path:
-    """Compile images/ with make (sanitized: under AddressSanitizer and UndefinedBehaviorSanitizer, where any
-    report aborts the program); returns the folder holding ephttpd and pipetest, which Ephttpd then runs."""
-    global programs
-    target = ["sanitize"] if sanitized else []
-    proc = subprocess.run(["make", "-s", "-C", str(IMAGES), *target], capture_output=True, text=True)
+def build(target: str = "all") -> Path:
+    """Compile images/ with make; returns the folder holding ephttpd and pipetest: BUILD, optimised as the
+    images are, or with target "sanitize" SANITIZED."""
+    proc = subprocess.run(["make", "-s", "-C", str(IMAGES), target], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ProgramError(f"make -C images {' '.join(target)} failed:\n{proc.stdout}{proc.stderr}")
-    programs = SANITIZED if sanitized else BUILD
-    return programs
+        raise ProgramError(f"make -C images {target} failed:\n{proc.stdout}{proc.stderr}")
+    return SANITIZED if target == "sanitize" else BUILD
+
+
+def sanitized_env(detect_leaks: bool = True) -> dict[str, str]:
+    """The environment to run a sanitized program in. detect_leaks False where LeakSanitizer cannot work: under
+    ptrace (strace), or for a program that frees nothing before it exits."""
+    env = {**os.environ, **SANITIZER_ENV}
+    if not detect_leaks:
+        env["ASAN_OPTIONS"] = env["ASAN_OPTIONS"].replace("detect_leaks=1", "detect_leaks=0")
+    return env
+
+
+def sanitizer_report(stderr: str) -> str | None:
+    """The sanitizer report in a program's stderr, from its first line on, or None."""
+    lines = stderr.splitlines()
+    for i, line in enumerate(lines):
+        if any(mark in line for mark in SANITIZER_REPORTS):
+            return "\n".join(lines[i:i + 40])
+    return None
 
 
 @dataclass
@@ -51,16 +68,18 @@ class Ephttpd:
     listening: dict | None = None
     stats: dict | None = None
     nofile: int | None = None  # RLIMIT_NOFILE, soft and hard, to start it under; None: inherit
+    build: Path = BUILD  # or SANITIZED
 
     name = "ephttpd"
 
     def command(self) -> list[str]:
-        return [str(programs / "ephttpd"), "--backend", self.backend, "--bind", self.bind,
+        return [str(self.build / "ephttpd"), "--backend", self.backend, "--bind", self.bind,
                 "--port", str(self.port), *self.extra_args]
 
     def start(self, timeout: float = 10.0) -> Ephttpd:
         cmd = self.command()
         self.proc = proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                            env=sanitized_env(),
                                             preexec_fn=None if self.nofile is None else self._limit_nofile)
         line = _readline(proc, timeout)
         if not line:
@@ -94,7 +113,8 @@ class Ephttpd:
         return json.loads(line)
 
     def stop(self, timeout: float = 10.0) -> dict:
-        """SIGTERM, then the one JSON stats line it prints on the way out."""
+        """SIGTERM, then the one JSON stats line it prints on the way out. ProgramError if it exits other than
+        with 0, or a sanitizer reported something."""
         proc = self.running
         proc.send_signal(signal.SIGTERM)
         try:
@@ -103,19 +123,31 @@ class Ephttpd:
             proc.kill()
             out, err = proc.communicate()
             raise ProgramError(f"{self.name} ignored SIGTERM for {timeout} s") from None
-        if proc.returncode != 0:
-            raise ProgramError(f"{self.name} exited {proc.returncode}: {err.strip()}")
+        report = sanitizer_report(err)
+        if proc.returncode != 0 or report:
+            raise ProgramError(f"{self.name} exited {proc.returncode}: {report or err.strip()}")
         lines = [json.loads(x) for x in out.splitlines() if x.strip()]
         self.stats = lines[-1]
         return self.stats
+
+    def close(self) -> None:
+        """Kills it unless stop() or the caller has ended it and read its output. ProgramError if a sanitizer
+        reported something: a report ends the program, which its client may not have noticed."""
+        proc = self.proc
+        if proc is None or proc.stderr is None or proc.stderr.closed:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate()
+        report = sanitizer_report(err)
+        if report:
+            raise ProgramError(f"{self.name} (exit {proc.returncode}): {report}")
 
     def __enter__(self) -> Ephttpd:
         return self.start()
 
     def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        self.close()
 
 
 class Pyhttpd(Ephttpd):

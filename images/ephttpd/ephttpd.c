@@ -3,7 +3,8 @@
  * 2002 Linux epoll scalability study.
  *
  * What it is: a server that answers every GET with 200 and a body of
- * --msgsize bytes (128 by default, as dphttpd), so that what a load test
+ * --msgsize bytes (128 by default, as dphttpd; HEAD with the same head and
+ * no body), so that what a load test
  * measures is the cost of event notification and of the socket calls around
  * it, not of producing content.
  *
@@ -68,9 +69,9 @@
 #define DEFAULT_MSGSIZE 128
 #define DEFAULT_WORKERS 1
 #define MAX_MSGSIZE     (64L << 20)
-/* One connection's full reads, and accepts, per readiness event (server.c): 256 KiB of requests, and a
+/* One connection's full reads, and accepts, per readiness event (server.c): 64 KiB of requests, and a
  * batch of connects, before the loop turns to the other descriptors. */
-#define DEFAULT_READS_PER_EVENT   4
+#define DEFAULT_READS_PER_EVENT   1
 #define DEFAULT_ACCEPTS_PER_EVENT 64
 
 volatile sig_atomic_t stop_requested, snapshot_requested;
@@ -336,5 +337,6 @@ int main(int argc, char **argv)
 	struct worker_stats *stats;
 	int status = server_run(s, 0, &stats);
 	print_stats(&o, fd_limit, stats, 1);
+	server_destroy(s);
 	return status;
 }

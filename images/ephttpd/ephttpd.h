@@ -30,6 +30,7 @@ struct worker_stats {
 	uint64_t requests, responses_200, responses_4xx;
 	uint64_t wait_calls, events;
 	uint64_t reads_capped, accepts_capped; /* a per-event cap left work for the loop's ready list */
+	uint64_t ready_served;                 /* descriptors served from the ready list */
 	double user_cpu_s, sys_cpu_s;
 	int32_t pid;
 };
@@ -51,6 +52,8 @@ struct server;
 struct server *server_create(const struct options *o, int listen_fd, int max_fds);
 /* Serves until SIGTERM/SIGINT; returns 0, or 1 if the wait failed.  *stats is the worker's counters. */
 int server_run(struct server *s, int worker, struct worker_stats **stats);
+/* Closes what the loop holds and frees it, so that a leak checker sees only real leaks. */
+void server_destroy(struct server *s);
 
 /* The "listening" line (and --ready-file), the "snapshot" and "stats" lines. */
 void announce(const struct options *o, int port, int fd_limit);

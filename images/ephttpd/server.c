@@ -7,7 +7,8 @@
  * done or EAGAIN, then wait for EV_WRITE alone until the backlog is flushed.
  *
  * Fairness: one readiness event lets a connection do at most --reads-per-event
- * full reads and the listener at most --accepts-per-event accepts.  What such a
+ * full reads (1: a read that fills the buffer ends its turn), a lingering one
+ * LINGER_READS_PER_EVENT, and the listener at most --accepts-per-event accepts.  What such a
  * cap leaves undone goes on the loop's own ready list, served after the next
  * wait (which then does not block), because an edge-triggered backend would
  * not report the descriptor again: its data or its queued connections are
@@ -40,6 +41,8 @@
 #define WAIT_BATCH 1024
 /* iovecs in one sendmsg: IOV_MAX on Linux. */
 #define WRITE_BATCH 1024
+/* Reads of input a lingering connection discards per event (server.c's top). */
+#define LINGER_READS_PER_EVENT 4
 
 struct slot {
 	bool open;
@@ -194,10 +197,11 @@ static enum flush_result flush(struct server *s, int fd, struct slot *c)
 
 /* Reads and drops everything until EAGAIN; closes on EOF or error.  A short
  * read does not end it: the peer's FIN may have come with its last bytes, and
- * an edge-triggered backend would not report it again. */
+ * an edge-triggered backend would not report it again.  A peer that keeps
+ * sending gets LINGER_READS_PER_EVENT reads, then waits on the ready list. */
 static void discard_input(struct server *s, int fd)
 {
-	for (;;) {
+	for (int reads = 0; reads < LINGER_READS_PER_EVENT; reads++) {
 		ssize_t n = recv(fd, s->in, sizeof(s->in), 0);
 		if (n > 0 || (n < 0 && errno == EINTR))
 			continue;
@@ -206,6 +210,8 @@ static void discard_input(struct server *s, int fd)
 		close_conn(s, fd);
 		return;
 	}
+	s->stats.reads_capped++;
+	put_on_ready_list(s, fd);
 }
 
 static void end_after_last_response(struct server *s, int fd, struct slot *c)
@@ -346,9 +352,11 @@ static void serve_ready_list(struct server *s)
 		int fd = s->ready[i];
 		if (fd == s->listen_fd) {
 			s->listener_ready = false;
+			s->stats.ready_served++;
 			accept_connections(s);
 		} else if (s->slots[fd].ready) {
 			s->slots[fd].ready = false;
+			s->stats.ready_served++;
 			serve(s, fd, EV_READ);
 		}
 	}
@@ -396,6 +404,22 @@ struct server *server_create(const struct options *o, int listen_fd, int max_fds
 		die("%s cannot watch its wake-up pipe: %s", o->backend, strerror(-failed));
 	s->stats.pid = (int32_t)getpid();
 	return s;
+}
+
+void server_destroy(struct server *s)
+{
+	for (int fd = 0; fd < s->max_fds; fd++) {
+		if (s->slots[fd].open)
+			close(fd);
+		conn_free(&s->slots[fd].http);
+	}
+	ev_destroy(s->loop);
+	close(s->wake_fd);
+	if (s->reserve_fd >= 0)
+		close(s->reserve_fd);
+	free(s->slots);
+	free(s->ready);
+	free(s);
 }
 
 static void drain_wake_pipe(struct server *s)

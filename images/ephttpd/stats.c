@@ -27,10 +27,11 @@ static int format_counters(char *buf, size_t size, const struct worker_stats *st
 			",\"open\":%" PRIu64 ",\"requests\":%" PRIu64 ",\"responses_200\":%" PRIu64
 			",\"responses_4xx\":%" PRIu64 ",\"wait_calls\":%" PRIu64 ",\"events\":%" PRIu64
 			",\"events_per_wait\":%.3f,\"peak_open\":%" PRIu64 ",\"reads_capped\":%" PRIu64
-			",\"accepts_capped\":%" PRIu64 ",\"user_cpu_s\":%.6f,\"sys_cpu_s\":%.6f",
+			",\"accepts_capped\":%" PRIu64 ",\"ready_served\":%" PRIu64
+			",\"user_cpu_s\":%.6f,\"sys_cpu_s\":%.6f",
 			st->accepted, st->refused, st->closed, st->open, st->requests, st->responses_200,
 			st->responses_4xx, st->wait_calls, st->events, per_wait, st->peak_open, st->reads_capped,
-			st->accepts_capped, st->user_cpu_s, st->sys_cpu_s);
+			st->accepts_capped, st->ready_served, st->user_cpu_s, st->sys_cpu_s);
 }
 
 /* One write(2), so that the lines of several workers sharing stdout never mix. */
@@ -64,6 +65,7 @@ void print_stats(const struct options *o, int fd_limit, const struct worker_stat
 		sum.events += w->events;
 		sum.reads_capped += w->reads_capped;
 		sum.accepts_capped += w->accepts_capped;
+		sum.ready_served += w->ready_served;
 		sum.user_cpu_s += w->user_cpu_s;
 		sum.sys_cpu_s += w->sys_cpu_s;
 	}

@@ -61,6 +61,7 @@ static _Noreturn void run_child(const struct options *o, int worker, const int *
 	int status = server_run(s, worker, &stats);
 	if (write(stats_write, stats, sizeof(*stats)) != (ssize_t)sizeof(*stats))
 		status = 1;
+	server_destroy(s);
 	_exit(status);
 }
 

@@ -2,20 +2,24 @@
 """pyhttpd - ephttpd's behaviour in Python (3.11, standard library only): the server a Python user gets
 from the event interfaces of the standard library, measured the same way as ephttpd.
 
-What it is: a server that answers every GET with 200 and a body of --msgsize bytes, so that what a load
-test measures is event notification and the socket calls around it, plus the interpreter's cost per event.
+What it is: a server that answers every GET with 200 and a body of --msgsize bytes, and HEAD with the same
+head and no body, so that what a load test measures is event notification and the socket calls around it,
+plus the interpreter's cost per event.
 
 The model: one single-threaded loop.  --backend select, poll or epoll runs our own loop on
 selectors.SelectSelector, PollSelector or EpollSelector (named, never DefaultSelector, so that the backend
 is the one asked for); --backend asyncio runs an asyncio.Protocol on asyncio's SelectorEventLoop over
 EpollSelector (Protocol, not streams: streams add a task and buffer copies per connection).  Both follow
 ephttpd where it matters: keep-alive (HTTP/1.1 unless "Connection: close", 1.0 only with
-"Connection: keep-alive"), pipelined requests answered in order with one send, a backlog written on
-writability while the connection is not read, 400 for a malformed request (405 for another method, 431
-for a head over 8 KiB) then our FIN and the peer's input discarded until it closes.  No timers: an idle or
-dead connection, one that sent half a request, costs nothing until its peer closes it.  Responses are
-built once; parsed request heads are memoised (a load generator sends the same few heads again and
-again), so a keep-alive request costs one recv, one dict lookup and one send.
+"Connection: keep-alive"), pipelined requests answered in order with one send, one empty line before a
+request line ignored (RFC 9112 section 2.2), a backlog written on writability while the connection is not
+read, 400 for a malformed request (405 for another method, 431 for a head over 8 KiB).  After a response that
+ends the connection (an error, or a 200 that is not keep-alive) comes our FIN, and the peer's input is
+discarded until it closes: a close with input unread would send a reset, which can destroy the response
+before the client reads it.  No timers: an idle or dead connection, one that sent half a request, costs
+nothing until its peer closes it.  Responses are built once; parsed request heads are memoised (a load
+generator sends the same few heads again and again), so a keep-alive request costs one recv, one dict
+lookup and one send.
 
 Output: JSON lines on stdout, the same as ephttpd's - "listening" once connections are accepted, a
 "snapshot" on SIGUSR1 (serving goes on), and on SIGTERM or SIGINT exactly one "stats" line, then exit 0.
@@ -62,9 +66,9 @@ MEMO_MAX = 4096         # distinct request heads whose verdict is remembered
 # ---------------------------------------------------------------------------------------------- HTTP
 
 OK, OK_CLOSE, HEAD_OK, HEAD_CLOSE, BAD_REQUEST, BAD_METHOD, TOO_LARGE = range(7)
+KEEP_ALIVE = {OK, HEAD_OK}  # the responses after which the connection goes on
 STATUS = {OK: 200, OK_CLOSE: 200, HEAD_OK: 200, HEAD_CLOSE: 200, BAD_REQUEST: 400, BAD_METHOD: 405,
           TOO_LARGE: 431}
-KEEP_ALIVE = {OK, HEAD_OK}
 
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 _REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) [\x21-\x7e]+ HTTP/1\.([01])\r?")
@@ -75,17 +79,18 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 
 
 def response(status: int, reason: str, body: bytes, keep_alive: bool, extra: str = "",
-             head_only: bool = False) -> bytes:
+             with_body: bool = True) -> bytes:
+    """with_body False: the head alone, as for HEAD."""
     head = (f"HTTP/1.1 {status} {reason}\r\nServer: pyhttpd\r\nContent-Type: text/plain\r\n{extra}"
             f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n")
-    return head.encode() + (b"" if head_only else body)
+    return head.encode() + (body if with_body else b"")
 
 
 def responses(msgsize: int) -> dict[int, bytes]:
     body = b"x" * msgsize
     return {OK: response(200, "OK", body, True), OK_CLOSE: response(200, "OK", body, False),
-            HEAD_OK: response(200, "OK", body, True, head_only=True),
-            HEAD_CLOSE: response(200, "OK", body, False, head_only=True),
+            HEAD_OK: response(200, "OK", body, True, with_body=False),
+            HEAD_CLOSE: response(200, "OK", body, False, with_body=False),
             BAD_REQUEST: response(400, "Bad Request", b"malformed request\n", False),
             BAD_METHOD: response(405, "Method Not Allowed", b"only GET and HEAD are served\n", False,
                                  "Allow: GET, HEAD\r\n"),
@@ -114,25 +119,23 @@ def parse_head(head: bytes) -> int:
             has_body = has_body or int(value) > 0
         elif name == b"transfer-encoding":
             has_body = True
-    if request_line[1] not in (b"GET", b"HEAD"):
+    method = request_line[1]
+    if method not in (b"GET", b"HEAD"):
         return BAD_METHOD
     if has_body:  # the body of a GET or HEAD would be taken for the next request
         return BAD_REQUEST
-    keeps = not close and (request_line[2] == b"1" or keep_alive)
-    if request_line[1] == b"HEAD":
-        return HEAD_OK if keeps else HEAD_CLOSE
-    return OK if keeps else OK_CLOSE
+    stays = not close and (request_line[2] == b"1" or keep_alive)
+    if method == b"GET":
+        return OK if stays else OK_CLOSE
+    return HEAD_OK if stays else HEAD_CLOSE
 
 
-def empty_line(data: bytes, pos: int) -> int:
-    """The bytes of one empty line (CRLF or LF) at data[pos:], which RFC 9112 section 2.2 asks a server to
-    ignore before a request line (one, as ephttpd: a second is a malformed request line); -1 for a lone CR
-    at the end that may become one."""
+def empty_line_length(data: bytes, pos: int) -> int:
+    """Bytes of the one empty line before a request line at pos that is ignored (RFC 9112 section 2.2): a
+    client may send a CRLF after a request."""
     if data.startswith(b"\n", pos):
         return 1
-    if data.startswith(b"\r\n", pos):
-        return 2
-    return -1 if data[pos:] == b"\r" else 0
+    return 2 if data.startswith(b"\r\n", pos) else 0
 
 
 def may_become_request(partial: bytes) -> bool:
@@ -168,51 +171,37 @@ class Http:
                 self.memo[head] = verdict
         return verdict
 
-    def answer(self, data: bytes) -> tuple[int, bytes, int | None, bytes]:
-        """(keep-alive responses to send, their bytes, the final response or None, the unfinished rest) for
-        data read. Nothing after a final response is read as a request."""
+    def answer(self, data: bytes) -> tuple[bytes, int, int | None, bytes]:
+        """(the responses to send, how many keep-alive 200s they begin with, the final response or None, the
+        unfinished rest) for data read. Nothing after a final response is read as a request."""
+        runs: list[list[int]] = []  # [response, count]: the keep-alive ones, alike in a row
         oks, pos, end = 0, 0, len(data)
-        runs: list[tuple[int, int]] = []  # (keep-alive response, how many in a row)
+        final, rest = None, b""
         while pos < end:
-            start = pos
-            skip = empty_line(data, pos)
-            if skip < 0 or pos + skip == end:
-                return self._keep(oks, runs, data[start:])
-            pos += skip
-            m = _HEAD_END.search(data, pos)
+            start = pos + empty_line_length(data, pos)
+            m = _HEAD_END.search(data, start)
             if m is None or m.end() - pos > HEAD_MAX:
                 rest = data[pos:]
                 if len(rest) >= HEAD_MAX:
-                    return self._final(oks, runs, TOO_LARGE)
-                if not may_become_request(rest):
-                    return self._final(oks, runs, BAD_REQUEST)
-                return self._keep(oks, runs, data[start:])
-            verdict = self.verdict(data[pos:m.end()])
-            if verdict not in KEEP_ALIVE:
-                return self._final(oks, runs, verdict)
-            if runs and runs[-1][0] == verdict:
-                runs[-1] = (verdict, runs[-1][1] + 1)
-            else:
-                runs.append((verdict, 1))
-            oks += 1
+                    final, rest = TOO_LARGE, b""
+                elif rest != b"\r" and not may_become_request(data[start:]):  # a CR may begin the empty line
+                    final, rest = BAD_REQUEST, b""
+                break
+            verdict = self.verdict(data[start:m.end()])
             pos = m.end()
-        return self._keep(oks, runs, b"")
-
-    def _bytes(self, runs: list[tuple[int, int]]) -> bytes:
-        if len(runs) == 1 and runs[0][0] == OK:
-            return self.ok * runs[0][1]
-        return b"".join(self.responses[kind] * count for kind, count in runs)
-
-    def _keep(self, oks: int, runs: list[tuple[int, int]], rest: bytes) -> tuple[int, bytes, None, bytes]:
-        self.counters["requests"] += oks
-        return oks, self._bytes(runs), None, rest
-
-    def _final(self, oks: int, runs: list[tuple[int, int]], verdict: int) -> tuple[int, bytes, int, bytes]:
-        self.counters["requests"] += oks + 1
-        return oks, self._bytes(runs), verdict, b""
-
-    def output(self, kept: bytes, final: int | None) -> bytes:
-        return kept if final is None else kept + self.responses[final]
+            if verdict not in KEEP_ALIVE:
+                final = verdict
+                break
+            oks += 1
+            if runs and runs[-1][0] == verdict:
+                runs[-1][1] += 1
+            else:
+                runs.append([verdict, 1])
+        self.counters["requests"] += oks + (final is not None)
+        out = b"".join(self.responses[which] * count for which, count in runs)
+        if final is not None:
+            out += self.responses[final]
+        return out, oks, final, rest
 
     def sent(self, oks: int, final: int | None) -> None:
         if final is not None:
@@ -383,9 +372,9 @@ class SelectorServer:
             http.counters["requests"] += 1
             self._send(conn, http.ok, 1, None)
             return
-        oks, kept, final, conn.stash = http.answer(data)
-        if oks or final is not None:
-            self._send(conn, http.output(kept, final), oks, final)
+        out, oks, final, conn.stash = http.answer(data)
+        if out:
+            self._send(conn, out, oks, final)
 
     def _send(self, conn: Connection, out: bytes, oks: int, final: int | None) -> None:
         try:
@@ -424,9 +413,8 @@ class SelectorServer:
         self.http.sent(oks, final)
         if final is None:
             return
-        # Input may be unread (a request after this one, the rest of an error's request): a close now
-        # could turn into a reset that destroys the response before the client reads it. Send our FIN
-        # and discard input until the peer's.
+        # Input may be left unread: a close now could turn into a reset that destroys the response before
+        # the client reads it. Send our FIN and discard input until the peer's.
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -481,14 +469,13 @@ class HttpProtocol(asyncio.Protocol):
             http.counters["responses_200"] += 1
             self.transport.write(http.ok)
             return
-        oks, kept, final, self.stash = http.answer(data)
-        if oks or final is not None:
-            self.transport.write(http.output(kept, final))
+        out, oks, final, self.stash = http.answer(data)
+        if out:
+            self.transport.write(out)
             http.sent(oks, final)
-        if final is None:
-            return
-        self.lingering = True
-        self.transport.write_eof()  # our FIN once the response is out; the peer's EOF closes
+        if final is not None:
+            self.lingering = True
+            self.transport.write_eof()  # our FIN once the response is out; the peer's EOF closes
 
     def eof_received(self) -> bool:
         return False
