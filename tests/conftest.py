@@ -60,7 +60,7 @@ def build_dir():
 @pytest.fixture(scope="module")
 def client():
     """A client of this machine's Docker engine."""
-    from experiment import engine
+    from experiment.host import engine
 
     return engine.connect()
 
