@@ -272,8 +272,8 @@ def test_save_and_load_stream_in_bounded_memory(own, tmp_path):
     script = """
 import json, sys
 from pathlib import Path
-from experiment import engine, publish
-from experiment.images import BuiltImage
+from experiment.host import engine, publish
+from experiment.host.images import BuiltImage
 client = engine.connect()
 built = {t: BuiltImage(**b) for t, b in json.loads(sys.argv[1]).items()}
 publish.save(client, built, Path(sys.argv[2]), say=lambda _: None)
