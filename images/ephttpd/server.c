@@ -86,7 +86,9 @@ static void close_conn(struct server *s, int fd)
 	ev_delete(s->loop, fd); /* before close: ev.h */
 	close(fd);
 	conn_free(&c->http);
-	*c = (struct slot){ .open = false };
+	/* A place on the ready list stays taken (serve() skips a closed slot), so that a connection given
+	 * this descriptor next is never listed twice: the list never outgrows max_fds. */
+	*c = (struct slot){ .ready = c->ready };
 	conn_init(&c->http);
 	s->stats.closed++;
 	s->stats.open--;
