@@ -14,6 +14,9 @@ from dataclasses import dataclass
 FD_SETSIZE = 1024
 # dphttpd's listen backlog in the 2002 study; ephttpd and pyhttpd use the same (their --backlog default).
 LISTEN_BACKLOG = 2048
+# Descriptors a server process holds beside its connections: stdio, the listener, the reserve, the event fd,
+# a few spare.
+SERVER_FD_OVERHEAD = 64
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,12 @@ UNKNOWN_BACKEND = Backend("unknown", "#000000", "X", (0, (3, 1, 1, 1)))
 
 def backend(name: str) -> Backend:
     return BACKENDS.get(name, UNKNOWN_BACKEND)
+
+
+def dead_capacity(fd_limit: int, active: int, backend_name: str = "epoll") -> int:
+    """The most dead connections one server process can hold next to `active` connections under an
+    open-file limit, with the backend's own bound (select's FD_SETSIZE)."""
+    return max(0, backend(backend_name).max_descriptors(fd_limit) - active - SERVER_FD_OVERHEAD)
 
 
 EPHTTPD, PYTHON, NGINX, CUSTOM = "ephttpd", "python", "nginx", "custom"

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from experiment import catalog
 from experiment.errors import UserError
 from experiment.host import preflight
 from experiment.host.preflight import Finding
@@ -67,7 +68,7 @@ def test_a_short_listen_queue_is_found_with_its_fix():
     found = by_setting(preflight.assess(settings(net__core__somaxconn=128), 1000, 100, 1))
     assert list(found) == ["net.core.somaxconn"]
     f = found["net.core.somaxconn"]
-    assert (f.value, f.needed, f.tunable) == (128, preflight.SERVER_BACKLOG, True)
+    assert (f.value, f.needed, f.tunable) == (128, catalog.LISTEN_BACKLOG, True)
     assert f.fix == "sysctl -w net.core.somaxconn=2048"
     assert "2048" in f.why and "somaxconn" in f.describe()
 
@@ -107,8 +108,8 @@ def test_without_time_wait_reuse_a_point_also_needs_the_last_points_ports():
 def test_an_fd_hard_limit_below_the_plan_is_not_tunable_and_says_what_fits():
     found = by_setting(preflight.assess(settings(fd_hard_limit=20000), 60000, 100, 4))
     f = found["fd_hard_limit"]
-    most = 20000 - 100 - preflight.FD_SLACK
-    assert (f.tunable, f.needed) == (False, 60000 + 100 + preflight.FD_SLACK)
+    most = 20000 - 100 - catalog.SERVER_FD_OVERHEAD
+    assert (f.tunable, f.needed) == (False, 60000 + 100 + catalog.SERVER_FD_OVERHEAD)
     assert f"at most {most} dead connections" in f.why and "the sweep adapts" in f.fix
     assert preflight.max_dead_connections(settings(fd_hard_limit=20000), 100) == most
     assert preflight.assess(settings(fd_hard_limit=20000), most, 100, 4) == []

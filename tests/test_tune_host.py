@@ -21,7 +21,7 @@ import pytest
 from reproducing import finished, invoke, labelled_containers
 from test_preflight import OUR_RULES, clean_raw_table, fake_proc_sys, raw_rules
 
-from experiment import model
+from experiment import catalog, model
 from experiment.errors import UserError
 from experiment.host import preflight
 from experiment.host.preflight import Finding
@@ -31,7 +31,7 @@ real_host = pytest.mark.needs_host("changes the host's /proc/sys and raw table",
 
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 # Low enough for the preflight to find (it wants the server's backlog), so --tune-host raises it.
-LOW_SOMAXCONN = preflight.SERVER_BACKLOG // 2
+LOW_SOMAXCONN = catalog.LISTEN_BACKLOG // 2
 PLAN = ["--tune-host", "--sweeps", "pipetest", "--variants", "up", "--backends", "poll,epoll",
         "--pipes", "10,100", "--no-report"]
 TUNED_WITHIN_S = 120
@@ -176,7 +176,7 @@ def host_that_needs_tuning():
 
 def host_is_tuned() -> bool:
     rules = raw_rules()
-    return (int(SOMAXCONN.read_text()) == preflight.SERVER_BACKLOG
+    return (int(SOMAXCONN.read_text()) == catalog.LISTEN_BACKLOG
             and all(OUR_RULES[chain] in rules for chain in preflight.NOTRACK_CHAINS))
 
 

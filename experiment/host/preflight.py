@@ -36,17 +36,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import model
+from .. import catalog, model
 from ..errors import UserError
 
 PROC_SYS = Path("/proc/sys")
 SYSCTLS = ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.ip_local_port_range",
            "net.netfilter.nf_conntrack_max", "fs.file-max", "fs.nr_open", "net.ipv4.tcp_tw_reuse")
 FD_HARD_LIMIT = "fd_hard_limit"
-# dphttpd's listen backlog in the 2002 study; ephttpd uses the same.
-SERVER_BACKLOG = 2048
-# fds a server holds besides its connections: stdio, the listening socket, the event fd, a few spare.
-FD_SLACK = 64
 # fds the rest of the system holds, on top of both ends of every planned connection.
 FILE_MAX_SLACK = 65536
 # The lowest ephemeral port that keeps clear of the well-known and registered-by-convention ports.
@@ -193,7 +189,7 @@ def read_loopback_conntrack(conntrack_loaded: bool, iptables: Path = IPTABLES, n
 
 def fds_needed(dead: int, active_connections: int) -> int:
     """The fds one server process needs to hold `dead` dead and the active connections."""
-    return dead + active_connections + FD_SLACK
+    return dead + active_connections + catalog.SERVER_FD_OVERHEAD
 
 
 def max_dead_connections(settings: dict, active_connections: int) -> int | None:
@@ -201,7 +197,7 @@ def max_dead_connections(settings: dict, active_connections: int) -> int | None:
     hard = settings.get(FD_HARD_LIMIT)
     if hard is None:
         hard = settings.get("fs.nr_open")
-    return None if hard is None else max(0, hard - active_connections - FD_SLACK)
+    return None if hard is None else catalog.dead_capacity(hard, active_connections)
 
 
 def _port_range_for(needed_ports: int, current: list[int]) -> list[int] | None:
@@ -217,7 +213,7 @@ def _port_range_for(needed_ports: int, current: list[int]) -> list[int] | None:
 
 
 def assess(settings: dict, planned_dead_max: int, active_connections: int, source_addresses: int,
-           backlog: int = SERVER_BACKLOG) -> list[Finding]:
+           backlog: int = catalog.LISTEN_BACKLOG) -> list[Finding]:
     """The settings too low for a sweep up to planned_dead_max dead connections, spread over
     source_addresses client addresses, plus active_connections httperf connections."""
     if planned_dead_max < 0 or active_connections < 0 or source_addresses < 1:

@@ -15,8 +15,6 @@ SWEEPS = ("dead", "pipetest")
 # The 2002 study's dead-connection steps and pipetest sizes (lse-2002.json).
 PAPER_DEAD = (0, 1000, 5000, 10000, 25000, 50000, 60000)
 PAPER_PIPES = (10, 100, 1000, 10000, 16000)
-# Descriptors a server needs beside dead connections: listener, reserve, stdio, the active load, slack.
-SERVER_FD_OVERHEAD = 64
 # Pipetest holds two descriptors a pipe, plus stdio and the backend's own.
 PIPETEST_FD_OVERHEAD = 16
 
@@ -157,9 +155,8 @@ class Level:
 
 
 def max_dead(fd_limit: int, backend: str, active: int) -> int:
-    """The most dead connections one server process can hold next to the active load."""
-    limit = catalog.backend(backend).max_descriptors(fd_limit)
-    most = max(0, limit - active - SERVER_FD_OVERHEAD)
+    """The most dead connections one server process can hold next to the active load, as a level."""
+    most = catalog.dead_capacity(fd_limit, active, backend)
     # Round large limits to a readable step: 19,500 rather than 19,836.
     return most // 500 * 500 if most > 2000 else most
 
@@ -171,7 +168,7 @@ def max_pipes(fd_limit: int, backend: str) -> int:
 
 def dead_levels(plan: Plan, fd_limit: int, backend: str) -> list[Level]:
     most = max_dead(fd_limit, backend, plan.active_connections)
-    below_fd_setsize = most < fd_limit - plan.active_connections - SERVER_FD_OVERHEAD
+    below_fd_setsize = most < catalog.dead_capacity(fd_limit, plan.active_connections)
     why = (f"{backend} watches descriptors below FD_SETSIZE={FD_SETSIZE}: at most {most} dead connections"
            if catalog.backend(backend).fd_setsize_bound and below_fd_setsize
            else f"host allows {fd_limit} open files per process: at most {most} dead connections per server")
