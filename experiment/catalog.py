@@ -76,7 +76,6 @@ class ServerKind:
     name: str
     program: str
     backends: tuple[str, ...]
-    image_target: str | None  # the image it runs in; None: the user's own
     readiness: str
     stats: bool
     marker: str | None = None
@@ -84,11 +83,11 @@ class ServerKind:
 
 
 SERVERS: dict[str, ServerKind] = {k.name: k for k in (
-    ServerKind(EPHTTPD, "ephttpd", EV_BACKENDS, "server", "json", True),
-    ServerKind(PYTHON, "pyhttpd", ("select", "poll", "epoll", "asyncio"), "server", "json", True, "h",
+    ServerKind(EPHTTPD, "ephttpd", EV_BACKENDS, "json", True),
+    ServerKind(PYTHON, "pyhttpd", ("select", "poll", "epoll", "asyncio"), "json", True, "h",
                (0, (2, 1, 2, 3))),
-    ServerKind(NGINX, "nginx", ("epoll",), "server", "tcp", False, "*", (0, (6, 2))),
-    ServerKind(CUSTOM, "server", ("own",), None, "tcp", False, "p", (0, (8, 2, 2, 2))),
+    ServerKind(NGINX, "nginx", ("epoll",), "tcp", False, "*", (0, (6, 2))),
+    ServerKind(CUSTOM, "server", ("own",), "tcp", False, "p", (0, (8, 2, 2, 2))),
 )}
 # The study's server: its series carry their plain backend names.
 DEFAULT_SERVER = EPHTTPD

@@ -14,10 +14,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..catalog import HTTPERF, WRK
 from ..errors import UserError
 
-HTTPERF = "httperf"
-WRK = "wrk"
 # httperf samples the reply rate once per 5 s (RATE_INTERVAL in httperf.c): a shorter run has no samples.
 REPLY_RATE_SAMPLE_S = 5.0
 # num-calls bounds: below 10 calls per connection, connection setup dominates what is measured; the upper
