@@ -1,5 +1,7 @@
 """The records a run folder holds (run.json and points/<id>.json), their schema's history, and the one
-upgrade path from every earlier version to this one.
+upgrade path from every earlier version to this one. A point is a Point: its fields, and the figures each
+sweep measures (DeadFigures, PipeFigures), are named here once; the runner fills them and the report reads
+them by name.
 
 History of schema_version:
   1 (2026-11-27): a point's "backend" held the series label ("epoll", "nginx/epoll") and a dead point of a
@@ -19,6 +21,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .catalog import DEFAULT_SERVER, Series
@@ -69,19 +72,135 @@ def _run_1_to_2(record: dict) -> dict:
 def _point_1_to_2(point: dict) -> dict:
     if "mechanism" in point:
         point["backend"] = point.pop("mechanism")
-    elif point.get("sweep") == "dead":
+    elif point.get("sweep") == DEAD:
         series = _label_to_series(point["backend"])
         point["backend"] = series.backend
         point.setdefault("server_kind", series.server)
+    if point.get("sweep") == DEAD:
+        point.setdefault("load", "httperf")  # the one load before --load existed
     return point
 
 
 _STEPS = {1: {RUN: _run_1_to_2, POINT: _point_1_to_2, TUNING: lambda journal: journal}}
 
 
-def series_of(point: dict) -> Series:
-    """The line a (version-2) point belongs to: pipetest's points are ephttpd's event library's backends."""
-    return Series(point.get("server_kind") or DEFAULT_SERVER, point["backend"])
+# The sweeps, and what became of a point.
+DEAD, PIPETEST = "dead", "pipetest"
+SWEEPS = (DEAD, PIPETEST)
+OK, SKIPPED, FAILED = "ok", "skipped", "failed"
+# The programs of a point, each with its section in the point file (cpuset, container, exact command, exit
+# code, raw output's path, and what the program said): the evidence behind the figures.
+PROGRAMS = ("server", "deadconn", "httperf", "wrk", "pipetest")
+
+
+@dataclass
+class DeadFigures:
+    """What a dead-sweep point measured. reply_rate is the 2002 metric: httperf's mean of its 5 s samples
+    (reply_rate_source says when it was replies / duration instead, or wrk's rate)."""
+
+    reply_rate: float
+    reply_rate_source: str
+    reply_rate_min: float | None
+    reply_rate_max: float | None
+    reply_rate_stddev: float | None
+    reply_rate_samples: int | None
+    reply_rate_overall: float
+    request_rate: float
+    reply_time_ms: float | None
+    replies: int
+    errors: int
+    server_cpu_s: float
+    server_cpu_us_per_reply: float | None
+    client_cpu_pct: float | None
+    duration_s: float
+
+
+@dataclass
+class PipeFigures:
+    """What a pipetest point measured."""
+
+    passes_per_s: float
+    elapsed_s: float
+    events_per_wait: float | None
+
+
+FIGURES: dict[str, type[DeadFigures] | type[PipeFigures]] = {DEAD: DeadFigures, PIPETEST: PipeFigures}
+
+
+def figure_names(sweep: str) -> set[str]:
+    """The fields of a sweep's figures: what a report may plot."""
+    return {f.name for f in fields(FIGURES[sweep])}
+
+
+@dataclass
+class Point:
+    """One measured, failed or skipped point: the sweep, variant, series and level it belongs to, what became
+    of it, its figures (None unless measured), the checks' flags and readings, and the sections of its
+    programs (PROGRAMS)."""
+
+    id: str
+    sweep: str
+    variant: str
+    series: Series
+    repetition: int
+    x: int  # the level: dead connections, or pipes
+    host_max: bool  # the level is the most this host allows, below the plan's
+    started_at: str
+    load: str | None = None  # the dead sweep's load generator
+    status: str = OK
+    reason: str | None = None
+    ended_at: str | None = None
+    figures: DeadFigures | PipeFigures | None = None
+    flags: dict[str, bool] = field(default_factory=dict)
+    checks: dict = field(default_factory=dict)
+    programs: dict[str, dict] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        record: dict = {"schema_version": SCHEMA_VERSION, "id": self.id, "sweep": self.sweep,
+                        "variant": self.variant, "backend": self.series.backend, "repetition": self.repetition,
+                        "x": self.x, "host_max": self.host_max, "status": self.status, "reason": self.reason,
+                        "started_at": self.started_at, "ended_at": self.ended_at,
+                        "figures": asdict(self.figures) if self.figures else {}, "flags": self.flags,
+                        "checks": self.checks}
+        if self.sweep == DEAD:
+            record.update(server_kind=self.series.server, load=self.load, dead=self.x)
+        else:
+            record["pipes"] = self.x
+        record.update((name, self.programs[name]) for name in PROGRAMS if name in self.programs)
+        return record
+
+    @classmethod
+    def from_json(cls, data: dict, where: object) -> Point:
+        """A point from its file's (version-2) record; where names the file in errors."""
+        data = dict(data)
+        known = {"schema_version", "backend", "server_kind", "dead", "pipes", *PROGRAMS,
+                 *(f.name for f in fields(cls))} - {"series", "programs"}
+        unknown = sorted(set(data) - known)
+        try:
+            if unknown:
+                raise ValueError(f"unknown fields {', '.join(unknown)}")
+            sweep = data["sweep"]
+            if sweep not in FIGURES:
+                raise ValueError(f"unknown sweep {sweep!r}")
+            figures = data.get("figures") or None
+            return cls(id=str(data["id"]), sweep=sweep, variant=str(data["variant"]),
+                       series=Series(data.get("server_kind") or DEFAULT_SERVER, str(data["backend"])),
+                       repetition=int(data["repetition"]), x=int(data["x"]), host_max=bool(data.get("host_max")),
+                       started_at=data["started_at"], load=data.get("load"), status=data["status"],
+                       reason=data.get("reason"), ended_at=data.get("ended_at"),
+                       figures=FIGURES[sweep](**figures) if figures else None, flags=data.get("flags") or {},
+                       checks=data.get("checks") or {},
+                       programs={name: data[name] for name in PROGRAMS if isinstance(data.get(name), dict)})
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{where} is not a point this epollbench wrote: {e}") from None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def set_checks(self, taken: dict) -> None:
+        """The hygiene checks' result (host.checks.PointChecks.finish): {"flags": ..., "checks": ...}."""
+        self.flags, self.checks = taken["flags"], taken["checks"]
 
 
 def utc_now() -> str:
@@ -100,6 +219,10 @@ def write_json_atomic(path: Path, data: dict, overwrite: bool = False) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def read_point(path: Path) -> Point:
+    return Point.from_json(read_json(path, POINT), path)
 
 
 def read_json(path: Path, kind: str) -> dict:

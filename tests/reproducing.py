@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from experiment import model
 from experiment.paths import ROOT
 from experiment.run.containers import LABEL_RUN
+from experiment.run.results import Run
 
 
 def invoke(*args: str, results_dir: Path, preexec_fn=None, **kwargs) -> subprocess.Popen:
@@ -24,3 +26,8 @@ def finished(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str, st
 def labelled_containers(client, run_id: str) -> list:
     """Every container, running or not, labelled as part of run_id."""
     return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
+
+
+def point_files(run: Run) -> list[dict]:
+    """The run's point files as written (the contract for tools that read results), upgraded to this schema."""
+    return [model.read_json(path, model.POINT) for path in sorted(run.points_dir.glob("*.json"))]

@@ -4,6 +4,8 @@ real-Docker end-to-end runs are in test_reproduce*.py."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fakeengine import FakeContainers, Script
 
@@ -32,7 +34,9 @@ def sweep_context(tmp_path, script: Script, dead: str = "0,1000,5000", fd_limit:
 
 
 def points(ctx) -> dict[int, dict]:
-    return {p["x"]: p for p in ctx.run.points()}
+    """The point files as written (the contract for tools that read results), by level."""
+    files = (json.loads(path.read_text()) for path in sorted(ctx.run.points_dir.glob("*.json")))
+    return {p["x"]: p for p in files}
 
 
 def test_a_series_runs_one_server_and_one_deadconn_and_measures_each_level(tmp_path):
@@ -122,7 +126,7 @@ def test_another_servers_points_name_their_server_and_backend_apart(tmp_path):
     ctx, events = sweep_context(tmp_path, Script(), dead="0", server="python", backends="asyncio")
     dead.dead_series(ctx, "up", Series("python", "asyncio"), 1)
     (point,) = ctx.run.points()
-    assert (point["id"], point["server_kind"], point["backend"]) == ("dead-up-python-asyncio-r1-d000000", "python",
-                                                                     "asyncio")
-    assert point["server"]["command"][:3] == ["pyhttpd", "--backend", "asyncio"]
-    assert model.series_of(point) == Series("python", "asyncio")
+    assert (point.id, point.series) == ("dead-up-python-asyncio-r1-d000000", Series("python", "asyncio"))
+    assert point.programs["server"]["command"][:3] == ["pyhttpd", "--backend", "asyncio"]
+    (written,) = points(ctx).values()
+    assert (written["server_kind"], written["backend"]) == ("python", "asyncio")

@@ -13,6 +13,7 @@ import pytest
 from experiment import catalog, model
 from experiment.catalog import Series
 from experiment.errors import UserError
+from experiment.report.data import SWEEPS, Metric
 from experiment.report.render import render
 from experiment.run.plan import Plan
 from experiment.run.results import Run
@@ -76,6 +77,36 @@ def test_a_schema_this_version_cannot_read_is_refused_in_one_line(version):
     with pytest.raises(UserError, match=r"schema_version .*: use the epollbench version that wrote it") as caught:
         model.upgrade({"schema_version": version}, model.POINT, "x.json")
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("committed", COMMITTED, ids=lambda p: p.name)
+def test_every_committed_point_reads_into_a_point_and_writes_back_the_same_record(committed):
+    for path in sorted((committed / "points").glob("*.json")):
+        record = model.read_json(path, model.POINT)
+        point = model.Point.from_json(record, path)
+        assert point.to_json() == record
+        if point.ok:
+            assert isinstance(point.figures, model.FIGURES[point.sweep])
+        elif point.status == model.SKIPPED:
+            assert point.figures is None
+
+
+def test_a_point_file_with_a_field_this_version_does_not_know_is_refused_in_one_line(tmp_path):
+    path = next((COMMITTED[0] / "points").glob("dead-*.json"))
+    record = model.read_json(path, model.POINT)
+    for changed in ({**record, "throttled": True}, {**record, "figures": {**record["figures"], "rate": 1.0}}):
+        written = tmp_path / path.name
+        written.write_text(json.dumps(changed))
+        with pytest.raises(UserError, match=r"is not a point this epollbench wrote: .*(throttled|rate)") as caught:
+            model.read_point(written)
+        assert "\n" not in str(caught.value)
+
+
+def test_a_metric_names_a_figure_its_sweep_measures():
+    assert {m.key for s in SWEEPS.values() for m in s.metrics} <= {f for s in model.SWEEPS for f in
+                                                                   model.figure_names(s)}
+    with pytest.raises(ValueError, match="cpu_per_reply is not a figure the dead sweep measures"):
+        Metric(model.DEAD, "cpu_per_reply", "", "", "", "", 0)
 
 
 @pytest.mark.parametrize("committed", COMMITTED, ids=lambda p: p.name)

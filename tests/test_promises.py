@@ -34,7 +34,7 @@ import docker.errors
 import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgba
-from reproducing import finished, invoke, labelled_containers
+from reproducing import finished, invoke, labelled_containers, point_files
 
 from experiment.host import machine, publish
 from experiment.host.images import LABEL, TARGETS, BuiltImage
@@ -108,7 +108,7 @@ def tiny_run(tmp_path_factory, client) -> Run:
     code, out, err = finished(invoke(*TINY, results_dir=results_dir), 600)
     assert code == 0, f"{out}\n{err}"
     run = Run.open(None, results_dir)
-    assert [p["status"] for p in run.points()] == ["ok"]
+    assert [p["status"] for p in point_files(run)] == ["ok"]
     return run
 
 
@@ -201,7 +201,7 @@ def test_a_run_interrupted_before_its_metadata_was_taken_resumes(tiny_run, tmp_p
     edit_record(run, interrupted_early)
     code, out, err = resume(run, tmp_path)
     assert code == 0, f"{out}\n{err}"
-    assert [(p["id"], p["status"]) for p in run.points()] == [("pipetest-up-epoll-r1-p000010", "ok")]
+    assert [(p["id"], p["status"]) for p in point_files(run)] == [("pipetest-up-epoll-r1-p000010", "ok")]
     assert run.record()["status"] == "complete" and run.record()["metadata"]["hostname"] == socket.gethostname()
 
 
@@ -276,7 +276,7 @@ def test_compare_lists_the_points_only_one_run_has(committed, tmp_path):
     page, markdown = compare_pages(run_a, run_b, tmp_path / "compare")
 
     compared, left_out = comparison.compared_points(load(run_a), load(run_b))
-    points = {p["id"]: p for p in Run(committed).points()}
+    points = {p["id"]: p for p in point_files(Run(committed))}
 
     def label(point_id: str) -> str:
         p = points[point_id]
@@ -310,7 +310,7 @@ def repeated(committed, tmp_path_factory) -> tuple[Run, Path]:
     """A committed run with each measured dead point repeated three times, rendered."""
     run = copy_run(committed, tmp_path_factory.mktemp("repeated"))
     edit_record(run, lambda record: record["plan"].update(repeat=3))
-    for point in run.points():
+    for point in point_files(run):
         if point["sweep"] != "dead":
             continue
         for repetition, factor in FACTORS.items():
@@ -328,7 +328,7 @@ def expected_groups(run: Run) -> dict[tuple[str, str, int], dict]:
     """(variant, backend, x) -> ok and all repetitions, and per metric the median, low and high of the ok
     ones, from the point files."""
     found: dict[tuple[str, str, int], dict] = {}
-    for p in run.points():
+    for p in point_files(run):
         if p["sweep"] != "dead":
             continue
         group = found.setdefault((p["variant"], p["backend"], p["x"]), {"ok": 0, "runs": 0, "values": {}})

@@ -314,5 +314,5 @@ def test_reproduce_runs_a_smoke_sweep_from_pushed_images(client, registry, own, 
     assert source["digests"] == {t: e["digest"] for t, e in record["images"].items()}
     assert meta["image_ids"] == {t: b.id for t, b in own.items()}
     points = run.points()
-    assert sorted(p["x"] for p in points) == [0, 1000]
-    assert all(p["status"] == "ok" for p in points), [p["reason"] for p in points]
+    assert sorted(p.x for p in points) == [0, 1000]
+    assert all(p.ok for p in points), [p.reason for p in points]

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from experiment import model
 from experiment.errors import UserError
 from experiment.host import checks
 from experiment.report import comparison
 from experiment.report.data import FLAG_TEXT, load
-from experiment.report.page import flatten, headlines, notices, point_commands
+from experiment.report.page import flatten, headlines, notices
 from experiment.report.render import render
 from experiment.report.text import human, md_escape, percent, times
 from experiment.run.results import Run
@@ -224,12 +225,11 @@ def test_data_strings_are_escaped(tmp_path):
     record["metadata"]["hostname"] = SCRIPT
     record["command_line"] = ["invoke", "reproduce", SCRIPT]
     (run.path / "run.json").write_text(json.dumps(record))
-    with_commands = [p for p in read_points(run) if point_commands(p)]
-    if with_commands:
-        point = with_commands[0]
-        part = next(k for k in ("httperf", "server", "deadconn", "pipetest") if k in point)
-        point[part]["command"] = [*point[part]["command"], SCRIPT]
-        write_point(run, point)
+    with_commands = [p for p in read_points(run) if any((p.get(k) or {}).get("command") for k in model.PROGRAMS)]
+    point = with_commands[0]
+    part = next(k for k in model.PROGRAMS if k in point)
+    point[part]["command"] = [*point[part]["command"], SCRIPT]
+    write_point(run, point)
     index = render(run)
     page = index.read_text()
     assert "<script" not in page.lower()

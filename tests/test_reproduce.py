@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
 import time
 
 import pytest
-from reproducing import finished, invoke, labelled_containers
+from reproducing import finished, invoke, labelled_containers, point_files
 
 from experiment.host import images
 from experiment.model import SCHEMA_VERSION
@@ -56,7 +55,7 @@ def test_smoke_sweep_gives_complete_consistent_results(smoke_run, client):
     assert meta["git"]["commit"] == images.git_state()["commit"]
     assert record["cpusets"]["up"]["server"] == str(sorted(os.sched_getaffinity(0))[0])
 
-    points = {p["id"]: p for p in smoke_run.points()}
+    points = {p["id"]: p for p in point_files(smoke_run)}
     dead = [p for p in points.values() if p["sweep"] == "dead"]
     assert sorted((p["backend"], p["x"]) for p in dead) == [("epoll", 0), ("epoll", 3000),
                                                               ("poll", 0), ("poll", 3000)]
@@ -107,7 +106,7 @@ def test_sigint_keeps_finished_points_and_resume_completes_the_run(tmp_path, cli
     code, out, err = finished(invoke("--resume", run.id, results_dir=tmp_path))
     assert code == 0, err
     assert run.record()["status"] == "complete"
-    points = run.points()
+    points = point_files(run)
     assert sorted(p["x"] for p in points) == [0, 1000, 2000]
     assert all(p["status"] == "ok" for p in points), [p["reason"] for p in points]
     assert all((run.points_dir / name).read_bytes() == data for name, data in kept.items())
@@ -123,7 +122,7 @@ def test_a_low_fd_limit_records_the_levels_beyond_it_as_skipped(tmp_path):
     assert code == 0, err
     run = Run.open(None, tmp_path)
     assert run.record()["limits"]["fd_hard_limit"] == 1500
-    by_x = {(p["sweep"], p["x"]): p for p in run.points()}
+    by_x = {(p["sweep"], p["x"]): p for p in point_files(run)}
     assert by_x[("dead", 0)]["status"] == by_x[("dead", 1000)]["status"] == "ok"
     assert by_x[("dead", 5000)]["status"] == "skipped"
     assert by_x[("dead", 5000)]["reason"].startswith("host allows 1500 open files per process")
@@ -146,7 +145,9 @@ def test_bad_flags_are_one_line_errors(tmp_path, args, message):
 
 def test_results_are_never_overwritten(smoke_run):
     point = smoke_run.points()[0]
+    written = smoke_run.point_path(point.id).read_bytes()
+    point.status, point.reason = "failed", "an attempt to overwrite"
     with pytest.raises(FileExistsError):
         smoke_run.write_point(point)
-    assert json.loads(smoke_run.point_path(point["id"]).read_text())["id"] == point["id"]
+    assert smoke_run.point_path(point.id).read_bytes() == written
 

@@ -10,9 +10,8 @@ import shlex
 import time
 
 import pytest
-from reproducing import finished, invoke, labelled_containers
+from reproducing import finished, invoke, labelled_containers, point_files
 
-from experiment import model
 from experiment.catalog import Series
 from experiment.host import engine, machine
 from experiment.report.data import load
@@ -33,7 +32,7 @@ def smoke(results_dir, *args: str) -> Run:
 
 
 def dead_points(run: Run) -> dict[tuple[str, int], dict]:
-    points = {(model.series_of(p).label, p["x"]): p for p in run.points()}
+    points = {(Series(p["server_kind"], p["backend"]).label, p["x"]): p for p in point_files(run)}
     for p in points.values():
         assert p["status"] == "ok", (p["id"], p["reason"])
         assert p["figures"]["replies"] > 0 and p["figures"]["reply_rate"] > 0

@@ -40,7 +40,7 @@ class ComparedPoint:
 
 
 def _why_unmeasured(group: Group) -> str:
-    reasons = [p.get("reason") for p in group.points if p.get("status") != "ok" and p.get("reason")]
+    reasons = [p.reason for p in group.points if not p.ok and p.reason]
     return f"{group.status}: {reasons[0]}" if reasons else group.status
 
 

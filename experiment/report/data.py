@@ -13,15 +13,14 @@ from importlib import resources
 
 from .. import catalog, model
 from ..catalog import Series
-from ..errors import UserError
 from ..host import checks
+from ..model import DEAD, PIPETEST, Point
 from ..run.results import Run
 
-SWEEP_ORDER = ("dead", "pipetest")
 VARIANT_ORDER = ("up", "smp")
 REFERENCE_FILE = "lse-2002.json"
 # The 2002 published series each sweep is drawn against.
-REFERENCE_KEY = {"dead": "dphttpd_smp", "pipetest": "pipetest_smp"}
+REFERENCE_KEY = {DEAD: "dphttpd_smp", PIPETEST: "pipetest_smp"}
 # Metadata that, when it differs, means two runs did not run on the same machine and kernel.
 HOST_KEYS = ("hostname", "kernel", "kernel_version", "machine", "os_release", "cpu_model", "cpus",
              "memory_bytes", "fd_hard_limit")
@@ -38,12 +37,17 @@ CAVEATS = (checks.CLIENT_SATURATED, checks.OTHER_LOAD, checks.CPU_THROTTLED, che
 
 @dataclass(frozen=True)
 class Metric:
-    key: str  # the field of a point's "figures"
+    sweep: str
+    key: str  # the field of the sweep's figures (model.FIGURES)
     label: str  # axis label
     unit: str  # after a number in text
     slug: str  # figure file name part
     title: str
     digits: int  # decimals in tables
+
+    def __post_init__(self) -> None:
+        if self.key not in model.figure_names(self.sweep):
+            raise ValueError(f"{self.key} is not a figure the {self.sweep} sweep measures (model.FIGURES)")
 
 
 @dataclass(frozen=True)
@@ -56,25 +60,31 @@ class Sweep:
     verb: str
     metrics: tuple[Metric, ...]
     logx: bool
+    levels: str  # the plan's field that lists the sweep's levels
+    limit: str  # the run record's "limits" entry of the most a host allows per line
+
+    def __post_init__(self) -> None:
+        if any(m.sweep != self.name for m in self.metrics):
+            raise ValueError(f"{self.name} sweep: a metric of another sweep")
 
     @property
     def main(self) -> Metric:
         return self.metrics[0]
 
 
+REPLY_RATE = Metric(DEAD, "reply_rate", "reply rate [replies/s]", "replies/s", "reply-rate", "reply rate", 0)
+CPU_PER_REPLY = Metric(DEAD, "server_cpu_us_per_reply", "server CPU per reply [µs]", "µs/reply",
+                       "cpu-per-reply", "server CPU per reply", 1)
+REPLY_TIME = Metric(DEAD, "reply_time_ms", "reply time [ms]", "ms", "reply-time", "reply time", 2)
+ERRORS = Metric(DEAD, "errors", "errors", "errors", "errors", "errors", 0)
+PASSES = Metric(PIPETEST, "passes_per_s", "token passes per second", "token passes/s", "passes",
+                "token passes per second", 0)
+
 SWEEPS = {
-    "dead": Sweep(
-        "dead", "Dead connections", "dead connections", "dead connections", "dead", "answered",
-        (Metric("reply_rate", "reply rate [replies/s]", "replies/s", "reply-rate", "reply rate", 0),
-         Metric("server_cpu_us_per_reply", "server CPU per reply [µs]", "µs/reply", "cpu-per-reply",
-                "server CPU per reply", 1),
-         Metric("reply_time_ms", "reply time [ms]", "ms", "reply-time", "reply time", 2)),
-        logx=False),
-    "pipetest": Sweep(
-        "pipetest", "Pipetest", "pipes", "pipes", "pipe", "passed",
-        (Metric("passes_per_s", "token passes per second", "token passes/s", "passes",
-                "token passes per second", 0),),
-        logx=True),
+    DEAD: Sweep(DEAD, "Dead connections", "dead connections", "dead connections", "dead", "answered",
+                (REPLY_RATE, CPU_PER_REPLY, REPLY_TIME), logx=False, levels="dead", limit="max_dead"),
+    PIPETEST: Sweep(PIPETEST, "Pipetest", "pipes", "pipes", "pipe", "passed", (PASSES,), logx=True,
+                    levels="pipes", limit="max_pipes"),
 }
 
 
@@ -90,16 +100,16 @@ class Group:
     variant: str
     series: Series
     x: int
-    points: list[dict] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)
 
     @property
-    def ok(self) -> list[dict]:
-        return [p for p in self.points if p.get("status") == "ok"]
+    def ok(self) -> list[Point]:
+        return [p for p in self.points if p.ok]
 
     def values(self, key: str) -> list[float]:
         found = []
         for point in self.ok:
-            value = (point.get("figures") or {}).get(key)
+            value = getattr(point.figures, key) if point.figures is not None else None
             if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
                 found.append(float(value))
         return found
@@ -127,41 +137,40 @@ class Group:
 
     @property
     def status(self) -> str:
-        statuses = {p.get("status") for p in self.points}
-        if statuses == {"ok"}:
-            return "ok"
-        if statuses == {"skipped"}:
-            return "skipped"
-        return "partial" if "ok" in statuses else "failed"
+        statuses = {p.status for p in self.points}
+        if statuses == {model.OK}:
+            return model.OK
+        if statuses == {model.SKIPPED}:
+            return model.SKIPPED
+        return "partial" if model.OK in statuses else model.FAILED
 
     @property
     def reasons(self) -> list[str]:
         """Each distinct reason a repetition was skipped or failed, with its count when more than one."""
-        counts = Counter((p.get("status"), p.get("reason") or "no reason recorded")
-                         for p in self.points if p.get("status") != "ok")
+        counts = Counter((p.status, p.reason or "no reason recorded") for p in self.points if not p.ok)
         return [f"{status}: {reason}" + (f" (×{n})" if n > 1 else "") for (status, reason), n in counts.items()]
 
     @property
     def flags(self) -> list[str]:
-        names = {name for p in self.ok for name, on in (p.get("flags") or {}).items() if on}
+        names = {name for p in self.ok for name, on in p.flags.items() if on}
         return [FLAG_TEXT.get(name, name.replace("_", " ")) for name in sorted(names)]
 
     def flagged(self, name: str) -> bool:
-        return any((p.get("flags") or {}).get(name) for p in self.ok)
+        return any(p.flags.get(name) for p in self.ok)
 
     @property
     def host_max(self) -> bool:
-        return any(p.get("host_max") for p in self.points)
+        return any(p.host_max for p in self.points)
 
     @property
     def loads(self) -> str:
-        """The load generator of these points (httperf for points from before --load existed)."""
-        return ", ".join(sorted({p.get("load") or "httperf" for p in self.points}))
+        """The load generator of these points."""
+        return ", ".join(sorted({p.load or "–" for p in self.points}))
 
     @property
     def bottleneck(self) -> str:
         """Whose CPU ran out while the load ran, by the saturation flags of the measured repetitions."""
-        flags = [p.get("flags") or {} for p in self.ok]
+        flags = [p.flags for p in self.ok]
         if not any(checks.SERVER_SATURATED in f or checks.CLIENT_SATURATED in f for f in flags):
             return "–"
         sides = [side for side in ("client", "server") if self.flagged(f"{side}_saturated")]
@@ -172,7 +181,7 @@ class Group:
 class RunData:
     run: Run
     record: dict
-    points: list[dict]
+    points: list[Point]
     groups: dict[tuple[str, str, Series, int], Group]
 
     @property
@@ -187,14 +196,14 @@ class RunData:
         return [x for x in preferred if x in found] + sorted(found - set(preferred))
 
     def sweeps(self) -> list[str]:
-        return self._ordered({k[0] for k in self.groups}, SWEEP_ORDER)
+        return self._ordered({k[0] for k in self.groups}, model.SWEEPS)
 
     def variants(self, sweep: str) -> list[str]:
         return self._ordered({k[1] for k in self.groups if k[0] == sweep}, VARIANT_ORDER)
 
     def planned_lines(self, sweep: str) -> list[Series]:
         """The sweep's planned lines: the dead sweep's series (every server's backends), pipetest's backends."""
-        if sweep == "dead":
+        if sweep == DEAD:
             return [Series(**s) for s in self.plan.get("series") or []]
         return [Series(catalog.DEFAULT_SERVER, b) for b in self.plan.get("backends") or []]
 
@@ -222,14 +231,10 @@ def load(run: Run) -> RunData:
     points = run.points()
     groups: dict[tuple[str, str, Series, int], Group] = {}
     for point in points:
-        try:
-            key = (str(point["sweep"]), str(point["variant"]), model.series_of(point), int(point["x"]))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{run.point_path(point.get('id', '?'))} lacks sweep, variant, backend or x: "
-                            "it was not written by experiment/sweep.py") from None
+        key = (point.sweep, point.variant, point.series, point.x)
         groups.setdefault(key, Group(*key)).points.append(point)
     for group in groups.values():
-        group.points.sort(key=lambda p: (p.get("repetition") or 0, p.get("id", "")))
+        group.points.sort(key=lambda p: (p.repetition, p.id))
     return RunData(run=run, record=record, points=points, groups=groups)
 
 

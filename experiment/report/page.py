@@ -8,10 +8,23 @@ import shlex
 from collections import Counter
 from dataclasses import dataclass
 
-from .. import catalog
+from .. import catalog, model
 from ..catalog import Series
 from ..host import checks
-from .data import CAVEATS, FLAG_TEXT, SWEEPS, Group, Metric, RunData, Sweep, reference_max
+from ..model import DEAD, Point
+from .data import (
+    CAVEATS,
+    CPU_PER_REPLY,
+    ERRORS,
+    FLAG_TEXT,
+    REPLY_TIME,
+    SWEEPS,
+    Group,
+    Metric,
+    RunData,
+    Sweep,
+    reference_max,
+)
 from .text import human, number, percent
 
 # ---------------------------------------------------------------------------------------------------------
@@ -59,11 +72,11 @@ def headline(data: RunData, sweep_name: str, variant: str) -> Headline | None:
         groups = {g.x: g for g in series if g.median(key) is not None}
         if groups:
             measured[backend] = groups
-            attempted_max[backend] = max(g.x for g in series if g.status != "skipped")
-            if any(g.status == "skipped" and g.x > attempted_max[backend] for g in series):
+            attempted_max[backend] = max(g.x for g in series if g.status != model.SKIPPED)
+            if any(g.status == model.SKIPPED and g.x > attempted_max[backend] for g in series):
                 host_capped.add(backend)
         else:
-            reasons = [p.get("reason") for g in series for p in g.points if p.get("reason")]
+            reasons = [p.reason for g in series for p in g.points if p.reason]
             without_data[backend] = str(reasons[0]) if reasons else "no measured point"
     if not measured:
         return None
@@ -121,28 +134,27 @@ def host_caps(data: RunData) -> list[str]:
     limits = data.record.get("limits") or {}
     fd_limit = limits.get("fd_hard_limit") or data.metadata.get("fd_hard_limit")
     sentences = []
-    for sweep_name, limit_key in (("dead", "max_dead"), ("pipetest", "max_pipes")):
+    for sweep_name, sweep in SWEEPS.items():
         if sweep_name not in data.sweeps():
             continue
-        sweep = SWEEPS[sweep_name]
-        skipped = [g for g in data.all_groups(sweep_name) if g.status == "skipped"]
+        skipped = [g for g in data.all_groups(sweep_name) if g.status == model.SKIPPED]
         # limits are keyed by each line's label (model: the run record's display keys).
         lines = {s.label: s for s in data.lines(sweep_name)}
-        caps = {lines[b]: int(v) for b, v in (limits.get(limit_key) or {}).items() if b in lines}
-        planned = max(data.plan.get("dead" if sweep_name == "dead" else "pipes") or [0])
+        caps = {lines[b]: int(v) for b, v in (limits.get(sweep.limit) or {}).items() if b in lines}
+        planned = max(data.plan.get(sweep.levels) or [0])
         if not skipped and not any(v < planned for v in caps.values()):
             continue
         if not caps:  # an older record without limits: the levels that ran say where it stopped
             caps = {b: max((g.x for v in data.variants(sweep_name) for g in data.line(sweep_name, v, b)
-                            if g.status != "skipped"), default=0) for b in data.lines(sweep_name)}
+                            if g.status != model.SKIPPED), default=0) for b in data.lines(sweep_name)}
         top = max(caps.values())
         host = f"This host allows {fd_limit} open files per process: " if fd_limit else ""
-        what = f"dead connections stop at {top:,} per server" if sweep_name == "dead" else \
+        what = f"dead connections stop at {top:,} per server" if sweep_name == DEAD else \
             f"pipetest stops at {top:,} pipes"
         text = f"{host}{what} (the 2002 study went to {reference_max(sweep_name):,})."
         for backend, cap in sorted(caps.items(), key=lambda kv: kv[1]):
             if cap < top:
-                why = next((p.get("reason") for g in skipped if g.series == backend for p in g.points), None)
+                why = next((p.reason for g in skipped if g.series == backend for p in g.points), None)
                 text += f" {backend.label} stops at {cap:,} {sweep.x_unit}" + (f" ({why})." if why else ".")
         sentences.append(text)
     return sentences
@@ -165,13 +177,13 @@ def notices(data: RunData) -> list[str]:
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         found.append(f"{len(missing)} planned points have no result: {shown}.")
-    failed = [p for p in data.points if p.get("status") == "failed"]
+    failed = [p for p in data.points if p.status == model.FAILED]
     if failed:
-        reasons = Counter(p.get("reason") or "no reason recorded" for p in failed)
+        reasons = Counter(p.reason or "no reason recorded" for p in failed)
         found.append(f"{len(failed)} points failed: "
                      + "; ".join(f"{r} (×{n})" if n > 1 else r for r, n in reasons.most_common()) + ".")
-    ok = [p for p in data.points if p.get("status") == "ok"]
-    flagged = Counter(name for p in ok for name, on in (p.get("flags") or {}).items() if on)
+    ok = [p for p in data.points if p.ok]
+    flagged = Counter(name for p in ok for name, on in p.flags.items() if on)
     if flagged.get(checks.CLIENT_SATURATED):
         found.append(f"At {flagged[checks.CLIENT_SATURATED]} of {len(ok)} measured points the client saturated "
                      "(ringed in the reply-rate figures): there the reply rate is the client's limit, not the "
@@ -201,7 +213,9 @@ def missing_levels(data: RunData) -> list[str]:
     plan = data.plan
     missing = []
     for sweep_name in plan.get("sweeps") or []:
-        levels = plan.get("dead" if sweep_name == "dead" else "pipes") or []
+        if sweep_name not in SWEEPS:
+            continue
+        levels = plan.get(SWEEPS[sweep_name].levels) or []
         for variant in plan.get("variants") or []:
             for backend in data.planned_lines(sweep_name):
                 missing += [f"{sweep_name} {variant.upper()} {backend.label} {x:,}" for x in levels
@@ -228,27 +242,27 @@ def points_table(data: RunData, sweep_name: str) -> dict:
     """Every group of repetitions; a group with no success carries its reasons instead of numbers."""
     sweep = SWEEPS[sweep_name]
     columns = ["variant", "backend", sweep.x_label, "ok / runs"]
-    if sweep_name == "dead":
+    if sweep_name == DEAD:
         columns += ["load", "bottleneck"]
     for metric in sweep.metrics:
         columns += [f"{metric.title} (median)", "min – max"]
-    if sweep_name == "dead":
-        columns.append("errors")
+    if sweep_name == DEAD:
+        columns.append(ERRORS.key)
     columns += ["flags", "notes"]
     rows = []
     for group in data.all_groups(sweep_name):
         values = []
         for metric in sweep.metrics:
             values += [_value_cell(group, metric), _range_cell(group, metric)]
-        if sweep_name == "dead":
-            values.append(number(group.total("errors")))
+        if sweep_name == DEAD:
+            values.append(number(group.total(ERRORS.key)))
         rows.append({"variant": group.variant.upper(), "backend": group.series,
                      "x": f"{group.x:,}" + (" (host max)" if group.host_max else ""),
                      "runs": f"{len(group.ok)} / {len(group.points)}", "values": values,
-                     "about": [group.loads, group.bottleneck] if sweep_name == "dead" else [],
+                     "about": [group.loads, group.bottleneck] if sweep_name == DEAD else [],
                      "flags": ", ".join(group.flags), "status": group.status, "reasons": group.reasons})
     return {"sweep": sweep_name, "title": sweep.title, "columns": columns, "rows": rows,
-            "value_columns": len(columns) - 6 - (2 if sweep_name == "dead" else 0)}
+            "value_columns": len(columns) - 6 - (2 if sweep_name == DEAD else 0)}
 
 
 def key_table(data: RunData, heads: list[Headline]) -> list[dict]:
@@ -261,8 +275,8 @@ def key_table(data: RunData, heads: list[Headline]) -> list[dict]:
                 "sweep": head.sweep, "variant": head.variant.upper(), "backend": item.series,
                 "x": f"{item.x:,} {sweep.x_unit}", "value": f"{human(item.value)} {sweep.main.unit}",
                 "relative": f"{percent(item.ratio)} of {item.base_x:,}-{sweep.base_word}",
-                "cpu": number(group.median("server_cpu_us_per_reply"), 1) if head.sweep == "dead" else "",
-                "time": number(group.median("reply_time_ms"), 2) if head.sweep == "dead" else "",
+                "cpu": _value_cell(group, CPU_PER_REPLY) if head.sweep == DEAD else "",
+                "time": _value_cell(group, REPLY_TIME) if head.sweep == DEAD else "",
                 "flags": ", ".join(item.flags + (["host stops it here"] if item.capped else []))})
     return rows
 
@@ -291,12 +305,12 @@ def _command(part: dict | None) -> str:
     return str(command) if command else ""
 
 
-def point_commands(point: dict) -> list[dict]:
+def point_commands(point: Point) -> list[dict]:
     """The programs of one point: their cpuset, container and exact command line."""
     found = []
-    for part in ("server", "deadconn", "httperf", "wrk", "pipetest"):
-        section = point.get(part)
-        if isinstance(section, dict) and section.get("command"):
+    for part in model.PROGRAMS:
+        section = point.programs.get(part)
+        if section and section.get("command"):
             kind = catalog.SERVERS.get(section.get("kind") or catalog.DEFAULT_SERVER)
             program = kind.program if kind else section.get("kind")
             found.append({"program": program if part == "server" else part,
@@ -322,15 +336,15 @@ def method(data: RunData) -> dict:
     for sweep_name in data.sweeps():
         point = next((p for g in data.all_groups(sweep_name) for p in g.ok if point_commands(p)), None)
         if point:
-            examples[sweep_name] = {"id": point.get("id", ""), "commands": point_commands(point)}
+            examples[sweep_name] = {"id": point.id, "commands": point_commands(point)}
     limits = data.record.get("limits") or {}
     return {
         "examples": examples,
         "cpusets": [{"variant": v.upper(), **{k: str(x) for k, x in (c or {}).items()}}
                     for v, c in (data.record.get("cpusets") or {}).items()],
         "limits": flatten(limits) if limits else [],
-        "plan": flatten({**data.plan, "series": [s.label for s in data.planned_lines("dead")]}) if data.plan else [],
-        "points": [{"id": p.get("id", ""), "status": p.get("status", ""), "reason": p.get("reason") or "",
-                    "started_at": p.get("started_at") or "", "commands": point_commands(p)}
+        "plan": flatten({**data.plan, "series": [s.label for s in data.planned_lines(DEAD)]}) if data.plan else [],
+        "points": [{"id": p.id, "status": p.status, "reason": p.reason or "", "started_at": p.started_at,
+                    "commands": point_commands(p)}
                    for g in data.ordered_groups() for p in g.points],
     }

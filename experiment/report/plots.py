@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from .. import catalog
 from ..catalog import Series
 from ..host import checks
+from ..model import DEAD
 from . import draw
 from .data import REFERENCE_KEY, SWEEPS, Metric, RunData, Sweep, reference
 
@@ -108,7 +109,7 @@ def run_figure_rows(data: RunData) -> list[FigureRow]:
 def _caption(data: RunData, sweep: Sweep, metric: Metric) -> str:
     spread = _repetitions_text(data)
     if metric.key == "reply_rate":
-        loads = sorted({p.get("load") or "httperf" for p in data.points if p.get("sweep") == "dead"})
+        loads = sorted({p.load for p in data.points if p.sweep == DEAD and p.load})
         what = {"httperf": "httperf's average reply rate", "wrk": "wrk's requests per second (its fixed "
                 "connections, each sending its next request when the reply has come)"}
         return (" and ".join(what.get(name, name) for name in loads) + " while the server holds the dead "

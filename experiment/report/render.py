@@ -138,7 +138,7 @@ def report_context(data: RunData) -> dict:
         "reference_tables": _reference_tables(),
         "colours": legend_lines(),
         "version": epollbench_version(),
-        "counts": Counter(p.get("status") for p in data.points),
+        "counts": Counter(p.status for p in data.points),
     }
 
 

@@ -33,23 +33,19 @@ class Context:
 
 def point_id(sweep: str, variant: str, series: Series, repetition: int, x: int) -> str:
     """A point's file name, e.g. dead-up-nginx-epoll-r1-d001000."""
-    letter = "d" if sweep == "dead" else "p"
+    letter = "d" if sweep == model.DEAD else "p"
     return f"{sweep}-{variant}-{series.slug}-r{repetition}-{letter}{x:06d}"
 
 
-def base_point(ctx: Context, sweep: str, variant: str, series: Series, repetition: int, level: Level) -> dict:
-    point = {"id": point_id(sweep, variant, series, repetition, level.value), "sweep": sweep,
-             "variant": variant, "backend": series.backend, "repetition": repetition, "x": level.value,
-             "host_max": level.host_max, "status": "ok", "reason": None, "started_at": model.utc_now(),
-             "ended_at": None, "figures": {}, "flags": {}, "checks": {}}
-    if sweep == "dead":
-        point.update(server_kind=series.server, load=ctx.plan.load)
-        point["dead"] = level.value
-    return point
+def base_point(ctx: Context, sweep: str, variant: str, series: Series, repetition: int,
+               level: Level) -> model.Point:
+    return model.Point(id=point_id(sweep, variant, series, repetition, level.value), sweep=sweep, variant=variant,
+                       series=series, repetition=repetition, x=level.value, host_max=level.host_max,
+                       started_at=model.utc_now(), load=ctx.plan.load if sweep == model.DEAD else None)
 
 
-def finish(ctx: Context, point: dict, status: str = "ok", reason: str | None = None) -> None:
-    point.update(status=status, reason=reason, ended_at=model.utc_now())
+def finish(ctx: Context, point: model.Point, status: str = model.OK, reason: str | None = None) -> None:
+    point.status, point.reason, point.ended_at = status, reason, model.utc_now()
     ctx.run.write_point(point)
     ctx.progress.advance(point)
 

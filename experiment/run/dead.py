@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import docker
 import docker.errors
 
+from .. import model
 from ..catalog import Series
 from ..host import checks, engine, machine
 from . import loads, servers, services
@@ -47,9 +48,10 @@ class Serving:
 def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> None:
     choice = ctx.choices[series.server]
     levels = [lv for lv in dead_levels(ctx.plan, ctx.fd_limit, series.backend)
-              if not ctx.run.has_point(point_id("dead", variant, series, repetition, lv.value))]
+              if not ctx.run.has_point(point_id(model.DEAD, variant, series, repetition, lv.value))]
     for level in [lv for lv in levels if lv.skip_reason]:
-        finish(ctx, base_point(ctx, "dead", variant, series, repetition, level), "skipped", level.skip_reason)
+        finish(ctx, base_point(ctx, model.DEAD, variant, series, repetition, level), model.SKIPPED,
+               level.skip_reason)
     runnable = [lv for lv in levels if not lv.skip_reason]
     if not runnable:
         return
@@ -114,7 +116,7 @@ def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> 
 
 
 def _fail_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level, reason: str) -> None:
-    finish(ctx, base_point(ctx, "dead", variant, series, repetition, level), "failed", reason)
+    finish(ctx, base_point(ctx, model.DEAD, variant, series, repetition, level), model.FAILED, reason)
 
 
 def _save_log(ctx: Context, managed: Managed, name: str) -> None:
@@ -154,10 +156,10 @@ def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
 
 
 def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level,
-                  serving: Serving, deadconn: Managed, ready: dict, reply_rate: float | None) -> dict:
+                  serving: Serving, deadconn: Managed, ready: dict, reply_rate: float | None) -> model.Point:
     cs = ctx.cpusets[variant]
     load_name = ctx.plan.load
-    point = base_point(ctx, "dead", variant, series, repetition, level)
+    point = base_point(ctx, model.DEAD, variant, series, repetition, level)
     ctx.progress.describe(f"dead {variant} {series.label} r{repetition}: {level.value} dead, measuring")
     if load_name == loads.WRK:
         service = services.wrk(f"http://{ctx.server_address}:{serving.port}/", ctx.plan.active_connections,
@@ -180,64 +182,65 @@ def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, l
     command, output, code = _run_client(ctx, service, timeout)
     cpu_after = server.cpu_ns()
     stats_after = _server_stats(serving)
-    raw = ctx.run.raw_path(f"{point['id']}.{load_name}.txt")
+    raw = ctx.run.raw_path(f"{point.id}.{load_name}.txt")
     raw.write_text(output)
-    point["server"] = {"kind": series.server, "image": serving.service.image or ctx.server_image,
-                       "image_id": server.container.attrs.get("Image"), "readiness": serving.service.readiness,
-                       "ready": serving.ready, "address": ctx.server_address, "port": serving.port,
-                       "cpuset": cs["server"], "command": server.command, "container": container_id[:12],
-                       "cpu_s": (cpu_after - cpu_before) / 1e9, "stats_before": stats_before,
-                       "stats_after": stats_after}
-    point["deadconn"] = {"cpuset": cs["clients"], "command": deadconn.command, "held": ready["held"],
-                         "ready": ready}
-    point[load_name] = {"cpuset": cs["clients"], "command": command, "exit_code": code,
-                        "raw": str(raw.relative_to(ctx.run.path))}
+    server_cpu_s = (cpu_after - cpu_before) / 1e9
+    point.programs["server"] = {
+        "kind": series.server, "image": serving.service.image or ctx.server_image,
+        "image_id": server.container.attrs.get("Image"), "readiness": serving.service.readiness,
+        "ready": serving.ready, "address": ctx.server_address, "port": serving.port, "cpuset": cs["server"],
+        "command": server.command, "container": container_id[:12], "cpu_s": server_cpu_s,
+        "stats_before": stats_before, "stats_after": stats_after}
+    point.programs["deadconn"] = {"cpuset": cs["clients"], "command": deadconn.command, "held": ready["held"],
+                                  "ready": ready}
+    client_cpu_s = None
     if load_name == loads.WRK:
         code, client_cpu_s = _wrk_status(output, code)
-        point[load_name]["exit_code"] = code
+    section = {"cpuset": cs["clients"], "command": command, "exit_code": code,
+               "raw": str(raw.relative_to(ctx.run.path))}
+    point.programs[load_name] = section
     if code is None:
-        finish(ctx, point, "failed", f"{load_name} did not finish within {timeout:.0f} s")
+        finish(ctx, point, model.FAILED, f"{load_name} did not finish within {timeout:.0f} s")
         return point
     try:
         parsed = loads.parse_wrk(output) if load_name == loads.WRK else loads.parse(output)
     except ValueError as e:
-        finish(ctx, point, "failed", f"{load_name} output unreadable (exit code {code}): {e}")
+        finish(ctx, point, model.FAILED, f"{load_name} output unreadable (exit code {code}): {e}")
         return point
-    point[load_name]["parsed"] = parsed
-    server_cpu_s = point["server"]["cpu_s"]
+    section["parsed"] = parsed
     if load_name == loads.WRK:
-        point["figures"] = _wrk_figures(parsed, server_cpu_s, client_cpu_s)
+        figures = _wrk_figures(parsed, server_cpu_s, client_cpu_s)
         errors = {**parsed["socket_errors"], "non_2xx_3xx": parsed["non_2xx_3xx"]}
     else:
-        point["figures"] = _dead_figures(parsed, server_cpu_s)
+        figures = _dead_figures(parsed, server_cpu_s)
         errors = {k: v for k, v in parsed["errors"].items() if k != "total"}
-    figures = point["figures"]
+    point.figures = figures
     # httperf and wrk (-t1) are one thread each: they can use one CPU of their cpuset at most.
-    point.update(hygiene.finish(client_cpu_pct=figures["client_cpu_pct"], client_cpus=1,
-                                server_cpu_s=server_cpu_s, duration_s=figures["duration_s"],
-                                server_cpus=len(engine.expand_cpu_list(cs["server"]))))
-    if figures["replies"] == 0:
-        finish(ctx, point, "failed", f"no replies ({figures['errors']} {load_name} errors)")
-    elif figures["errors"]:
-        finish(ctx, point, "failed", f"{load_name} counted {figures['errors']} errors: "
-                + ", ".join(f"{k} {v}" for k, v in errors.items() if v))
+    point.set_checks(hygiene.finish(client_cpu_pct=figures.client_cpu_pct, client_cpus=1,
+                                    server_cpu_s=server_cpu_s, duration_s=figures.duration_s,
+                                    server_cpus=len(engine.expand_cpu_list(cs["server"]))))
+    if figures.replies == 0:
+        finish(ctx, point, model.FAILED, f"no replies ({figures.errors} {load_name} errors)")
+    elif figures.errors:
+        finish(ctx, point, model.FAILED, f"{load_name} counted {figures.errors} errors: "
+               + ", ".join(f"{k} {v}" for k, v in errors.items() if v))
     else:
         finish(ctx, point)
     return point
 
 
-def _dead_figures(parsed: dict, server_cpu_s: float) -> dict:
-    """The flat numbers a report plots. reply_rate is httperf's, the 2002 metric: the mean of its 5 s
-    samples (replies / test duration when the run was too short for a sample; reply_rate_source says)."""
+def _dead_figures(parsed: dict, server_cpu_s: float) -> model.DeadFigures:
+    """The figures from httperf's output. reply_rate is the mean of its 5 s samples (replies / test duration
+    when the run was too short for a sample; reply_rate_source says)."""
     replies = parsed["total"]["replies"]
     rate = parsed["reply_rate"]
-    return {"reply_rate": rate["avg"], "reply_rate_source": rate["avg_source"],
-            "reply_rate_min": rate["min"], "reply_rate_max": rate["max"], "reply_rate_stddev": rate["stddev"],
-            "reply_rate_samples": rate["samples"], "reply_rate_overall": rate["overall"],
-            "request_rate": parsed["request_rate"]["per_s"], "reply_time_ms": parsed["reply_time_ms"]["response"],
-            "replies": replies, "errors": parsed["errors"]["total"], "server_cpu_s": server_cpu_s,
-            "server_cpu_us_per_reply": server_cpu_s * 1e6 / replies if replies else None,
-            "client_cpu_pct": parsed["cpu"]["total_pct"], "duration_s": parsed["total"]["test_duration_s"]}
+    return model.DeadFigures(
+        reply_rate=rate["avg"], reply_rate_source=rate["avg_source"], reply_rate_min=rate["min"],
+        reply_rate_max=rate["max"], reply_rate_stddev=rate["stddev"], reply_rate_samples=rate["samples"],
+        reply_rate_overall=rate["overall"], request_rate=parsed["request_rate"]["per_s"],
+        reply_time_ms=parsed["reply_time_ms"]["response"], replies=replies, errors=parsed["errors"]["total"],
+        server_cpu_s=server_cpu_s, server_cpu_us_per_reply=server_cpu_s * 1e6 / replies if replies else None,
+        client_cpu_pct=parsed["cpu"]["total_pct"], duration_s=parsed["total"]["test_duration_s"])
 
 
 _WRK_STATUS = re.compile(rf"^{services.WRK_CPU_MARK} (\d+) (\d+) (\d+)\s*$", re.M)
@@ -253,15 +256,16 @@ def _wrk_status(output: str, container_code: int | None) -> tuple[int | None, fl
     return code, (user + system) / CLOCK_TICKS_PER_S
 
 
-def _wrk_figures(parsed: dict, server_cpu_s: float, client_cpu_s: float | None) -> dict:
-    """The same flat numbers as _dead_figures, from wrk: its requests per second over the whole run (wrk
-    counts a request when its reply has arrived), its mean latency, its socket errors and non-2xx replies."""
+def _wrk_figures(parsed: dict, server_cpu_s: float, client_cpu_s: float | None) -> model.DeadFigures:
+    """The same figures from wrk: its requests per second over the whole run (wrk counts a request when its
+    reply has arrived), its mean latency, its socket errors and non-2xx replies."""
     replies, duration = parsed["requests"], parsed["duration_s"]
-    return {"reply_rate": parsed["requests_per_s"], "reply_rate_source": "wrk",
-            "reply_rate_min": None, "reply_rate_max": None, "reply_rate_stddev": None, "reply_rate_samples": None,
-            "reply_rate_overall": replies / duration if duration > 0 else 0.0,
-            "request_rate": parsed["requests_per_s"], "reply_time_ms": parsed["latency_ms"]["avg"],
-            "replies": replies, "errors": sum(parsed["socket_errors"].values()) + parsed["non_2xx_3xx"],
-            "server_cpu_s": server_cpu_s, "server_cpu_us_per_reply": server_cpu_s * 1e6 / replies if replies else None,
-            "client_cpu_pct": round(100.0 * client_cpu_s / duration, 1) if client_cpu_s is not None and duration > 0
-            else None, "duration_s": duration}
+    return model.DeadFigures(
+        reply_rate=parsed["requests_per_s"], reply_rate_source="wrk", reply_rate_min=None, reply_rate_max=None,
+        reply_rate_stddev=None, reply_rate_samples=None,
+        reply_rate_overall=replies / duration if duration > 0 else 0.0, request_rate=parsed["requests_per_s"],
+        reply_time_ms=parsed["latency_ms"]["avg"], replies=replies,
+        errors=sum(parsed["socket_errors"].values()) + parsed["non_2xx_3xx"], server_cpu_s=server_cpu_s,
+        server_cpu_us_per_reply=server_cpu_s * 1e6 / replies if replies else None,
+        client_cpu_pct=round(100.0 * client_cpu_s / duration, 1) if client_cpu_s is not None and duration > 0
+        else None, duration_s=duration)

@@ -3,7 +3,7 @@ server's cpuset; passes per second from pipetest's own JSON."""
 
 from __future__ import annotations
 
-from .. import catalog
+from .. import catalog, model
 from ..catalog import Series
 from ..host import checks
 from . import services
@@ -19,12 +19,11 @@ PIPETEST_GENERATIONS = 100_000_000
 def pipetest_series(ctx: Context, variant: str, backend: str, repetition: int) -> None:
     cs = ctx.cpusets[variant]
     for level in pipe_levels(ctx.plan, ctx.fd_limit, backend):
-        point = base_point(ctx, "pipetest", variant, Series(catalog.EPHTTPD, backend), repetition, level)
-        if ctx.run.has_point(point["id"]):
+        point = base_point(ctx, model.PIPETEST, variant, Series(catalog.EPHTTPD, backend), repetition, level)
+        if ctx.run.has_point(point.id):
             continue
-        point["pipes"] = level.value
         if level.skip_reason:
-            finish(ctx, point, "skipped", level.skip_reason)
+            finish(ctx, point, model.SKIPPED, level.skip_reason)
             continue
         ctx.progress.describe(f"pipetest {variant} {backend} r{repetition}: {level.value} pipes")
         service = services.pipetest(backend, level.value, PIPETEST_GENERATIONS, PIPETEST_SECONDS,
@@ -32,16 +31,17 @@ def pipetest_series(ctx: Context, variant: str, backend: str, repetition: int) -
         hygiene = checks.PointChecks.take()
         managed, output, code = ctx.servers.run_to_end(ctx.server_image, service,
                                                        timeout=PIPETEST_SECONDS * 10 + 60)
-        raw = ctx.run.raw_path(f"{point['id']}.json")
+        raw = ctx.run.raw_path(f"{point.id}.json")
         raw.write_text(output)
-        point["pipetest"] = {"cpuset": cs["server"], "command": managed.command, "exit_code": code,
-                             "raw": str(raw.relative_to(ctx.run.path))}
-        point.update(hygiene.finish())
+        section = {"cpuset": cs["server"], "command": managed.command, "exit_code": code,
+                   "raw": str(raw.relative_to(ctx.run.path))}
+        point.programs["pipetest"] = section
+        point.set_checks(hygiene.finish())
         result = last_json(output)
         if code != 0 or result is None:
-            finish(ctx, point, "failed", f"pipetest exited {code}: {output.strip()[-300:] or 'no output'}")
+            finish(ctx, point, model.FAILED, f"pipetest exited {code}: {output.strip()[-300:] or 'no output'}")
             continue
-        point["pipetest"]["result"] = result
-        point["figures"] = {"passes_per_s": result["passes_per_s"], "elapsed_s": result["elapsed_s"],
-                            "events_per_wait": result.get("events_per_wait")}
+        section["result"] = result
+        point.figures = model.PipeFigures(passes_per_s=result["passes_per_s"], elapsed_s=result["elapsed_s"],
+                                          events_per_wait=result.get("events_per_wait"))
         finish(ctx, point)

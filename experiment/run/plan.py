@@ -8,10 +8,10 @@ from typing import Any
 from .. import catalog
 from ..catalog import DEFAULT_SERVER, FD_SETSIZE, Series
 from ..errors import UserError
+from ..model import DEAD, PIPETEST, SWEEPS
 from .servers import Choice, choose
 
 VARIANTS = ("up", "smp")
-SWEEPS = ("dead", "pipetest")
 # The 2002 study's dead-connection steps and pipetest sizes (lse-2002.json).
 PAPER_DEAD = (0, 1000, 5000, 10000, 25000, 50000, 60000)
 PAPER_PIPES = (10, 100, 1000, 10000, 16000)
@@ -116,10 +116,10 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
                "backends": per_server.get(DEFAULT_SERVER, ()), "server_image": own.image,
                "server_cmd": own.command, "server_port": own.port}
     if DEFAULT_SERVER not in kinds:
-        changes["sweeps"] = ("dead",)
+        changes["sweeps"] = (DEAD,)
     if sweeps is not None:
         changes["sweeps"] = _choices(sweeps, SWEEPS, "--sweeps")
-        if DEFAULT_SERVER not in kinds and "pipetest" in changes["sweeps"]:
+        if DEFAULT_SERVER not in kinds and PIPETEST in changes["sweeps"]:
             raise UserError(f"--sweeps {sweeps}: pipetest does not involve the server, so it runs with ephttpd "
                             f"only; use --sweeps dead, or add ephttpd to --server")
     if variants is not None:

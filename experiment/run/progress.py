@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
+from ..model import FAILED, DeadFigures, PipeFigures, Point
+
 
 class Progress:
     def __init__(self, say: Callable[[str], None] = print):
@@ -32,22 +34,24 @@ class Progress:
         if self.task is not None:
             self.bar.update(self.task, description=text)
 
-    def advance(self, point: dict) -> None:
-        figures = point.get("figures") or {}
-        if point["status"] != "ok":
-            last = f"{point['id']}: {point['status']}"
-        elif "reply_rate" in figures:
-            last = f"last: {figures['reply_rate']:,.0f} replies/s"
+    def advance(self, point: Point) -> None:
+        figures = point.figures
+        if not point.ok:
+            last = f"{point.id}: {point.status}"
+        elif isinstance(figures, DeadFigures):
+            last = f"last: {figures.reply_rate:,.0f} replies/s"
+        elif isinstance(figures, PipeFigures):
+            last = f"last: {figures.passes_per_s:,.0f} passes/s"
         else:
-            last = f"last: {figures.get('passes_per_s', 0):,.0f} passes/s"
+            last = f"last: {point.id}"
         if self.task is None:
             raise RuntimeError("Progress.advance before Progress.start")
         self.bar.update(self.task, advance=1, last=last)
-        if point["status"] == "failed":
-            self.bar.console.print(f"[yellow]{point['id']} failed:[/] {point['reason']}")
+        if point.status == FAILED:
+            self.bar.console.print(f"[yellow]{point.id} failed:[/] {point.reason}")
         elif not self.console.is_terminal:
             # No live bar in a log file or CI: one line per point instead.
             task = self.bar.tasks[self.task]
-            what = last if point["status"] == "ok" else f"{point['status']}: {point['reason']}"
-            self.console.print(f"[{int(task.completed)}/{int(task.total or 0)}] {point['id']}: {what}",
+            what = last if point.ok else f"{point.status}: {point.reason}"
+            self.console.print(f"[{int(task.completed)}/{int(task.total or 0)}] {point.id}: {what}",
                                highlight=False)

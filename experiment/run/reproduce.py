@@ -233,10 +233,10 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
         measuring = time.monotonic()
         try:
             for variant in plan.variants:
-                for series in plan.series if "dead" in plan.sweeps else ():
+                for series in plan.series if model.DEAD in plan.sweeps else ():
                     for repetition in range(1, plan.repeat + 1):
                         dead_series(ctx, variant, series, repetition)
-                for backend in plan.backends if "pipetest" in plan.sweeps else ():
+                for backend in plan.backends if model.PIPETEST in plan.sweeps else ():
                     for repetition in range(1, plan.repeat + 1):
                         pipetest_series(ctx, variant, backend, repetition)
         finally:
@@ -277,8 +277,8 @@ def _source_address(client: docker.DockerClient, image: str, address: str) -> st
 
 def count_points(plan: Plan, fd_limit: int) -> int:
     per_rep = 0
-    if "dead" in plan.sweeps:
+    if model.DEAD in plan.sweeps:
         per_rep += sum(len(dead_levels(plan, fd_limit, s.backend)) for s in plan.series)
-    if "pipetest" in plan.sweeps:
+    if model.PIPETEST in plan.sweeps:
         per_rep += sum(len(pipe_levels(plan, fd_limit, backend)) for backend in plan.backends)
     return per_rep * plan.repeat * len(plan.variants)

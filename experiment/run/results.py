@@ -110,11 +110,11 @@ class Run:
     def has_point(self, point_id: str) -> bool:
         return self.point_path(point_id).exists()
 
-    def write_point(self, point: dict) -> None:
-        write_json_atomic(self.point_path(point["id"]), {"schema_version": model.SCHEMA_VERSION, **point})
+    def write_point(self, point: model.Point) -> None:
+        write_json_atomic(self.point_path(point.id), point.to_json())
 
-    def points(self) -> list[dict]:
-        return [read_json(p, model.POINT) for p in sorted(self.points_dir.glob("*.json"))]
+    def points(self) -> list[model.Point]:
+        return [model.read_point(p) for p in sorted(self.points_dir.glob("*.json"))]
 
     def raw_path(self, name: str) -> Path:
         """A path under raw/ that does not exist yet (a retried point gets a numbered name)."""
