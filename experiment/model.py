@@ -23,8 +23,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from .catalog import DEFAULT_SERVER, Series
+from .catalog import DEFAULT_SERVER, HTTPERF, Series
 from .errors import UserError
 
 SCHEMA_VERSION = 2
@@ -203,6 +204,79 @@ class Point:
         self.flags, self.checks = taken["flags"], taken["checks"]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a run measures: its profile as the flags changed it (run.plan), then adapted to the host's limits
+    level by level when it runs."""
+
+    profile: str
+    sweeps: tuple[str, ...]
+    variants: tuple[str, ...]
+    backends: tuple[str, ...]  # ephttpd's, which pipetest runs too
+    dead: tuple[int, ...]
+    pipes: tuple[int, ...]
+    repeat: int
+    duration_s: float
+    active_connections: int = 100
+    msgsize: int = 128
+    add_host_max: bool = True
+    # servers: the servers under test; series: the dead sweep's lines, each server's backends in turn.
+    servers: tuple[str, ...] = (DEFAULT_SERVER,)
+    series: tuple[Series, ...] = ()
+    server_image: str | None = None
+    server_cmd: str | None = None
+    server_port: int | None = None
+    load: str = HTTPERF
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def levels(self, sweep: str) -> tuple[int, ...]:
+        """The levels a sweep steps through: dead connections, or pipes."""
+        return {DEAD: self.dead, PIPETEST: self.pipes}[sweep]
+
+    @classmethod
+    def from_dict(cls, recorded: dict) -> Plan:
+        """A plan as run.json records it (upgrade() brings older records to this form first)."""
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+        values["series"] = tuple(Series(**s) for s in values.get("series", ()))
+        return cls(**values)
+
+
+@dataclass
+class RunRecord:
+    """run.json: the run's plan, where it ran and the metadata captured at its start, how far it got."""
+
+    run_id: str
+    profile: str
+    status: str  # preparing, running, complete, interrupted, failed
+    started_at: str
+    command_line: list[str]
+    plan: Plan
+    ended_at: str | None = None
+    error: str | None = None
+    engines: dict | None = None  # the engines' URLs and the server's address; None before two engines existed
+    metadata: dict = field(default_factory=dict)  # captured at the start: host.metadata.collect
+    cpusets: dict = field(default_factory=dict)  # variant -> {"server", "clients"}
+    preflight: list[dict] = field(default_factory=list)  # host settings below what the plan needs
+    limits: dict = field(default_factory=dict)  # the fd limit, and the most each line may reach under it
+    tuned: list[dict] = field(default_factory=list)  # what --tune-host changed
+    timings: dict = field(default_factory=dict)  # seconds spent on images, points and the report
+
+    def to_json(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, **asdict(self), "plan": self.plan.to_dict()}
+
+    @classmethod
+    def from_json(cls, data: dict, where: object) -> RunRecord:
+        """The record from run.json's (version-2) form; where names the file in errors."""
+        values = {k: v for k, v in data.items() if k != "schema_version"}
+        try:
+            values["plan"] = Plan.from_dict(values["plan"])
+            return cls(**values)
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{where} is not a run record this epollbench wrote: {e}") from None
+
+
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -219,6 +293,10 @@ def write_json_atomic(path: Path, data: dict, overwrite: bool = False) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def read_run(path: Path) -> RunRecord:
+    return RunRecord.from_json(read_json(path, RUN), path)
 
 
 def read_point(path: Path) -> Point:

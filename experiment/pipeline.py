@@ -43,7 +43,7 @@ def reproduce(profile: str = "quick", sweeps: str | None = None, variants: str |
     if options.render_report:
         started = time.monotonic()
         print(f"report: {render.render(run)}")
-        run.update_record(timings={**run.record().get("timings", {}),
+        run.update_record(timings={**run.record().timings,
                                    "report_s": round(time.monotonic() - started, 1)})
     return run
 

@@ -23,12 +23,14 @@ def sweep_context(tmp_path, script: Script, dead: str = "0,1000,5000", fd_limit:
             server: str | None = None):
     the_plan = plan.make_plan("quick", sweeps="dead", variants="up", backends=backends, dead=dead, duration=1,
                               server=server)
-    run = results.Run.create({"run_id": f"test-{tmp_path.name}", "plan": the_plan.to_dict()}, tmp_path)
+    run = results.Run.create(model.RunRecord(run_id=f"test-{tmp_path.name}", profile=the_plan.profile,
+                                             status="running", started_at=model.utc_now(), command_line=[],
+                                             plan=the_plan), tmp_path)
     events: list = []
     shared: dict = {}
     servers, clients = FakeContainers(script, events, shared), FakeContainers(script, events, shared)
     ctx = context.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
-                        reproduce.cpusets([0, 1]), fd_limit, Progress(lambda _: None), the_plan.choices())
+                        reproduce.cpusets([0, 1]), fd_limit, Progress(lambda _: None), plan.choices(the_plan))
     ctx.progress.start(total=reproduce.count_points(the_plan, fd_limit), done=0)
     return ctx, events
 

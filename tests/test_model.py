@@ -13,9 +13,9 @@ import pytest
 from experiment import catalog, model
 from experiment.catalog import Series
 from experiment.errors import UserError
+from experiment.model import Plan
 from experiment.report.data import SWEEPS, Metric
 from experiment.report.render import render
-from experiment.run.plan import Plan
 from experiment.run.results import Run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +89,25 @@ def test_every_committed_point_reads_into_a_point_and_writes_back_the_same_recor
             assert isinstance(point.figures, model.FIGURES[point.sweep])
         elif point.status == model.SKIPPED:
             assert point.figures is None
+
+
+@pytest.mark.parametrize("committed", COMMITTED, ids=lambda p: p.name)
+def test_a_committed_run_record_reads_into_a_run_record_and_writes_back_the_same_record(committed):
+    record = model.read_json(committed / "run.json", model.RUN)
+    run = model.read_run(committed / "run.json")
+    assert run.plan.series and run.plan.levels(model.DEAD) == tuple(record["plan"]["dead"])
+    written = json.loads(json.dumps({k: v for k, v in run.to_json().items() if k in record or v}))
+    plan = written.pop("plan")
+    assert written == {k: v for k, v in record.items() if k != "plan"}
+    assert {k: plan[k] for k in record["plan"]} == record["plan"], "fields from after this run take defaults"
+
+
+def test_a_run_record_with_a_field_this_version_does_not_know_is_refused_in_one_line(tmp_path):
+    record = model.read_json(COMMITTED[0] / "run.json", model.RUN)
+    written = tmp_path / "run.json"
+    written.write_text(json.dumps({**record, "hostname": "x"}))
+    with pytest.raises(UserError, match=r"run.json is not a run record this epollbench wrote: .*hostname"):
+        model.read_run(written)
 
 
 def test_a_point_file_with_a_field_this_version_does_not_know_is_refused_in_one_line(tmp_path):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from experiment import model
 from experiment.catalog import Series
 from experiment.errors import UserError
 from experiment.run import plan
@@ -64,7 +65,7 @@ def test_invalid_flags_are_one_line_errors_listing_the_valid_values(kwargs, mess
     assert "\n" not in str(caught.value)
 
 
-def labels(the_plan: plan.Plan) -> tuple[str, ...]:
+def labels(the_plan: model.Plan) -> tuple[str, ...]:
     return tuple(s.label for s in the_plan.series)
 
 
@@ -98,7 +99,7 @@ def test_several_servers_run_in_one_plan_each_with_the_backends_it_has():
 
 def test_a_plan_survives_its_record():
     for the_plan in (plan.make_plan("paper"), plan.make_plan("quick", server="ephttpd,nginx,python", load="wrk")):
-        assert plan.Plan.from_dict(json.loads(json.dumps(the_plan.to_dict()))) == the_plan
+        assert model.Plan.from_dict(json.loads(json.dumps(the_plan.to_dict()))) == the_plan
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -85,7 +85,7 @@ def one_line(err: str) -> str:
 
 def created_containers(client, run: Run) -> list[dict]:
     """The create events of containers labelled as the run's, from the engine's event log."""
-    started = calendar.timegm(time.strptime(run.record()["started_at"], "%Y-%m-%dT%H:%M:%SZ"))
+    started = calendar.timegm(time.strptime(run.record().started_at, "%Y-%m-%dT%H:%M:%SZ"))
     return list(client.events(since=started - 5, until=int(time.time()) + 1, decode=True,
                               filters={"type": "container", "event": "create", "label": f"{LABEL_RUN}={run.id}"}))
 
@@ -160,7 +160,7 @@ def test_resume_refuses_a_run_recorded_on_another_host_kernel_or_images(tiny_run
 
 @pytest.mark.docker
 def test_resume_refuses_a_lower_open_file_limit_than_the_run_had(tiny_run, tmp_path, client):
-    had = tiny_run.record()["metadata"]["fd_hard_limit"]
+    had = tiny_run.record().metadata["fd_hard_limit"]
     lower = 4096
     assert had > lower
 
@@ -171,7 +171,7 @@ def test_resume_refuses_a_lower_open_file_limit_than_the_run_had(tiny_run, tmp_p
     code, out, err = resume(run, tmp_path, preexec_fn=lower_limit)
     assert code == 2, f"{out}\n{err}"
     assert f"fd_hard_limit: {had} -> {lower}" in one_line(err)
-    assert run.record()["status"] == "complete"
+    assert run.record().status == "complete"
 
 
 @pytest.mark.docker
@@ -183,7 +183,7 @@ def test_resume_of_the_same_host_and_images_goes_on(tiny_run, tmp_path, client):
     assert code == 0, f"{out}\n{err}"
     assert f"resuming {run.id}: 1 points already done" in out
     assert {p.name: p.read_bytes() for p in run.points_dir.iterdir()} == points
-    assert run.record()["status"] == "complete"
+    assert run.record().status == "complete"
 
 
 @pytest.mark.docker
@@ -202,7 +202,7 @@ def test_a_run_interrupted_before_its_metadata_was_taken_resumes(tiny_run, tmp_p
     code, out, err = resume(run, tmp_path)
     assert code == 0, f"{out}\n{err}"
     assert [(p["id"], p["status"]) for p in point_files(run)] == [("pipetest-up-epoll-r1-p000010", "ok")]
-    assert run.record()["status"] == "complete" and run.record()["metadata"]["hostname"] == socket.gethostname()
+    assert run.record().status == "complete" and run.record().metadata["hostname"] == socket.gethostname()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def host_callout(page: str) -> str:
 
 def test_compare_names_a_different_host_kernel_and_cpu_at_the_top(committed, tmp_path):
     run_a, run_b = copy_run(committed, tmp_path / "a"), copy_run(committed, tmp_path / "b")
-    was = run_a.record()["metadata"]
+    was = run_a.record().metadata
     other = {"hostname": "bighost", "kernel": "2.5.44", "cpu_model": "Intel Pentium III", "cpus": 64}
     edit_record(run_b, lambda record: record["metadata"].update(other))
 
@@ -483,8 +483,8 @@ def refused_before_the_first_point(client, results_dir: Path, archive_path: Path
     run = Run.open(None, results_dir)
     assert run.points() == [] and not list(run.raw_dir.iterdir())
     record = run.record()
-    assert record["status"] == "failed" and record["error"] in err
-    assert "metadata" not in record, "stopped before anything ran"
+    assert record.status == "failed" and record.error and record.error in err
+    assert not record.metadata, "stopped before anything ran"
     assert labelled_containers(client, run.id) == [] and created_containers(client, run) == []
     return one_line(err), run
 
@@ -533,5 +533,5 @@ def test_a_server_port_something_else_answers_on_is_refused_before_the_first_poi
     line = one_line(err)
     assert f"127.0.0.1:{port}" in line and "--server-port" in line
     run = Run.open(None, tmp_path)
-    assert run.points() == [] and run.record()["status"] == "failed"
+    assert run.points() == [] and run.record().status == "failed"
     assert labelled_containers(client, run.id) == [] and created_containers(client, run) == []

@@ -308,7 +308,7 @@ def test_reproduce_runs_a_smoke_sweep_from_pushed_images(client, registry, own, 
     assert "building image" not in proc.stdout
 
     run = Run.open(None, results_dir)
-    meta = run.record()["metadata"]
+    meta = run.record().metadata
     source = meta["images_source"]
     assert source["source"] == "registry" and source["ref"] == ref and source["verified"]
     assert source["digests"] == {t: e["digest"] for t, e in record["images"].items()}

@@ -316,7 +316,7 @@ def test_compare_gives_the_ratios_the_data_implies(tmp_path):
     assert sum(int(m.group(1)) if m else 1 for m in neither) == len(every - common)
     assert (index.parent / "report.md").exists()
     assert {p.suffix for p in (index.parent / "figures").iterdir()} == {".png", ".svg"}
-    if run_a.record()["metadata"].get("kernel") != run_b.record()["metadata"].get("kernel"):
+    if run_a.record().metadata.get("kernel") != run_b.record().metadata.get("kernel"):
         assert "Not the same host or kernel" in page
 
 

@@ -85,7 +85,7 @@ def test_server_and_clients_on_two_engines(tmp_path, client, second_engine):
     address = "127.0.0.9"
     run = smoke(tmp_path, "--backends", "epoll", "--server-engine", engine.DEFAULT_SOCKET,
                 "--client-engine", second_engine.url, "--server-address", address)
-    record = run.record()
+    record = run.record().to_json()
     assert record["engines"] == {"server": engine.DEFAULT_SOCKET, "client": second_engine.url,
                                  "server_address": address}
     engines = record["metadata"]["engines"]
@@ -111,7 +111,7 @@ def test_server_and_clients_on_two_engines(tmp_path, client, second_engine):
 
 def created_roles(docker_client, run: Run) -> set[str]:
     """The roles of the run's containers an engine created, from its event log."""
-    started = calendar.timegm(time.strptime(run.record()["started_at"], "%Y-%m-%dT%H:%M:%SZ"))
+    started = calendar.timegm(time.strptime(run.record().started_at, "%Y-%m-%dT%H:%M:%SZ"))
     events = docker_client.events(since=started - 5, until=int(time.time()) + 1, decode=True,
                                   filters={"type": "container", "event": "create", "label": f"{LABEL_RUN}={run.id}"})
     return {event["Actor"]["Attributes"][LABEL_ROLE] for event in events}
@@ -136,7 +136,7 @@ def test_three_servers_answer_one_sweep_and_share_its_figures(tmp_path):
         assert_held(p)
         served = p["server"]["stats_after"]["responses_200"] - p["server"]["stats_before"]["responses_200"]
         assert served == p["figures"]["replies"], "httperf's replies are the server's responses"
-    under_test = run.record()["metadata"]["servers_under_test"]
+    under_test = run.record().metadata["servers_under_test"]
     assert sorted(under_test) == ["ephttpd", "nginx", "python"]
     assert {u["readiness"] for u in under_test.values()} == {"json", "tcp"}
     data = load(run)
@@ -158,7 +158,7 @@ def test_a_server_of_ones_own_runs_with_the_same_load(tmp_path, client):
                 "--server-port", str(port))
     points = dead_points(run)
     assert sorted(points) == [("custom/own", 0), ("custom/own", 1000)]
-    under_test = run.record()["metadata"]["servers_under_test"]["custom"]
+    under_test = run.record().metadata["servers_under_test"]["custom"]
     assert under_test["image"] == "epollbench/server:latest" and under_test["port"] == port
     assert under_test["image_id"] == client.images.get("epollbench/server:latest").id
     for p in points.values():
@@ -170,7 +170,7 @@ def test_a_server_of_ones_own_runs_with_the_same_load(tmp_path, client):
 @pytest.mark.docker
 def test_wrk_measures_the_points_and_says_so(tmp_path):
     run = smoke(tmp_path, "--backends", "epoll", "--load", "wrk")
-    version = run.record()["metadata"]["wrk_version"]  # e.g. "wrk debian/4.1.0-3+b2 [epoll] Copyright ..."
+    version = run.record().metadata["wrk_version"]  # e.g. "wrk debian/4.1.0-3+b2 [epoll] Copyright ..."
     assert version.startswith("wrk ") and "[epoll]" in version
     points = dead_points(run)
     assert sorted(points) == [("epoll", 0), ("epoll", 1000)]

@@ -234,7 +234,7 @@ def test_an_interrupted_run_puts_the_host_back(tmp_path, client, signum):
             code, out, err = finished(proc, 120)
 
         assert code == 2 and "interrupted" in err and "Traceback" not in err, err
-        assert run.record()["status"] == "interrupted"
+        assert run.record().status == "interrupted"
         assert labelled_containers(client, run.id) == []
         assert int(SOMAXCONN.read_text()) == LOW_SOMAXCONN
         assert raw_rules() == rules_before
@@ -262,7 +262,7 @@ def test_the_next_reproduce_puts_back_what_a_killed_run_changed(tmp_path, client
         restored = [line for line in out.splitlines() if line.startswith(f"tune-host: run {run.id}")]
         assert len(restored) == 1 + len(preflight.NOTRACK_CHAINS), out
         assert any(f"net.core.somaxconn back to {LOW_SOMAXCONN}" in line for line in restored), restored
-        assert run.record()["status"] == "complete"
+        assert run.record().status == "complete"
         assert labelled_containers(client, run.id) == []
         killed, = journals(run)
         assert killed["pid"] == proc.pid and killed["restored_at"] and killed["restored_by"] != proc.pid

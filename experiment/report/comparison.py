@@ -185,7 +185,7 @@ def write(run_a: Run, run_b: Run, out_dir: Path | None = None) -> Path:
     if not compared:
         raise UserError(f"{run_a.id} and {run_b.id} have no measured point in common: "
                         "compare runs of the same sweeps, variants and backends")
-    differences = metadata_differences(a.record, b.record)
+    differences = metadata_differences(a.record.to_json(), b.record.to_json())
     context = {
         "a": {"id": run_a.id, "record": a.record, "meta": a.metadata},
         "b": {"id": run_b.id, "record": b.record, "meta": b.metadata},

@@ -14,7 +14,7 @@ from importlib import resources
 from .. import catalog, model
 from ..catalog import Series
 from ..host import checks
-from ..model import DEAD, PIPETEST, Point
+from ..model import DEAD, PIPETEST, Plan, Point, RunRecord
 from ..run.results import Run
 
 VARIANT_ORDER = ("up", "smp")
@@ -60,7 +60,6 @@ class Sweep:
     verb: str
     metrics: tuple[Metric, ...]
     logx: bool
-    levels: str  # the plan's field that lists the sweep's levels
     limit: str  # the run record's "limits" entry of the most a host allows per line
 
     def __post_init__(self) -> None:
@@ -82,9 +81,9 @@ PASSES = Metric(PIPETEST, "passes_per_s", "token passes per second", "token pass
 
 SWEEPS = {
     DEAD: Sweep(DEAD, "Dead connections", "dead connections", "dead connections", "dead", "answered",
-                (REPLY_RATE, CPU_PER_REPLY, REPLY_TIME), logx=False, levels="dead", limit="max_dead"),
+                (REPLY_RATE, CPU_PER_REPLY, REPLY_TIME), logx=False, limit="max_dead"),
     PIPETEST: Sweep(PIPETEST, "Pipetest", "pipes", "pipes", "pipe", "passed", (PASSES,), logx=True,
-                    levels="pipes", limit="max_pipes"),
+                    limit="max_pipes"),
 }
 
 
@@ -180,17 +179,17 @@ class Group:
 @dataclass
 class RunData:
     run: Run
-    record: dict
+    record: RunRecord
     points: list[Point]
     groups: dict[tuple[str, str, Series, int], Group]
 
     @property
-    def plan(self) -> dict:
-        return self.record.get("plan") or {}
+    def plan(self) -> Plan:
+        return self.record.plan
 
     @property
     def metadata(self) -> dict:
-        return self.record.get("metadata") or {}
+        return self.record.metadata
 
     def _ordered(self, found: set, preferred) -> list:
         return [x for x in preferred if x in found] + sorted(found - set(preferred))
@@ -204,8 +203,8 @@ class RunData:
     def planned_lines(self, sweep: str) -> list[Series]:
         """The sweep's planned lines: the dead sweep's series (every server's backends), pipetest's backends."""
         if sweep == DEAD:
-            return [Series(**s) for s in self.plan.get("series") or []]
-        return [Series(catalog.DEFAULT_SERVER, b) for b in self.plan.get("backends") or []]
+            return list(self.plan.series)
+        return [Series(catalog.DEFAULT_SERVER, b) for b in self.plan.backends]
 
     def lines(self, sweep: str, variant: str | None = None) -> list[Series]:
         found = {k[2] for k in self.groups if k[0] == sweep and variant in (None, k[1])}

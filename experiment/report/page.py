@@ -131,7 +131,7 @@ def headlines(data: RunData) -> list[Headline]:
 
 def host_caps(data: RunData) -> list[str]:
     """Where the host stopped a sweep short of its plan or of the 2002 study, in one sentence each."""
-    limits = data.record.get("limits") or {}
+    limits = data.record.limits
     fd_limit = limits.get("fd_hard_limit") or data.metadata.get("fd_hard_limit")
     sentences = []
     for sweep_name, sweep in SWEEPS.items():
@@ -141,7 +141,7 @@ def host_caps(data: RunData) -> list[str]:
         # limits are keyed by each line's label (model: the run record's display keys).
         lines = {s.label: s for s in data.lines(sweep_name)}
         caps = {lines[b]: int(v) for b, v in (limits.get(sweep.limit) or {}).items() if b in lines}
-        planned = max(data.plan.get(sweep.levels) or [0])
+        planned = max(data.plan.levels(sweep_name), default=0)
         if not skipped and not any(v < planned for v in caps.values()):
             continue
         if not caps:  # an older record without limits: the levels that ran say where it stopped
@@ -163,12 +163,12 @@ def host_caps(data: RunData) -> list[str]:
 def notices(data: RunData) -> list[str]:
     """What a reader must know before reading the numbers: incomplete run, failures, flagged points."""
     found = []
-    status = data.record.get("status")
+    status = data.record.status
     if status != "complete":
         found.append(f"This run's status is {status!s}: it did not finish, so points may be missing.")
-    if data.record.get("error"):
-        found.append(f"The run stopped with an error: {data.record['error']}")
-    for finding in data.record.get("preflight") or []:
+    if data.record.error:
+        found.append(f"The run stopped with an error: {data.record.error}")
+    for finding in data.record.preflight:
         if isinstance(finding, dict):
             found.append(f"Preflight: {finding.get('setting')} was {finding.get('value')}, the plan needs "
                          f"{finding.get('needed')}: {finding.get('why')}"
@@ -203,7 +203,7 @@ def notices(data: RunData) -> list[str]:
 
 def _tuned(data: RunData, finding: dict) -> bool:
     """Whether --tune-host raised this setting for the run (record "tuned": [{"setting", "old", "new"}])."""
-    tuned = data.record.get("tuned") or data.metadata.get("tuned") or []
+    tuned = data.record.tuned or data.metadata.get("tuned") or []
     settings = set(tuned) if isinstance(tuned, dict) else {t.get("setting") for t in tuned if isinstance(t, dict)}
     return finding.get("setting") in settings
 
@@ -212,11 +212,9 @@ def missing_levels(data: RunData) -> list[str]:
     """Planned (sweep, variant, backend, x) with no point file at all."""
     plan = data.plan
     missing = []
-    for sweep_name in plan.get("sweeps") or []:
-        if sweep_name not in SWEEPS:
-            continue
-        levels = plan.get(SWEEPS[sweep_name].levels) or []
-        for variant in plan.get("variants") or []:
+    for sweep_name in plan.sweeps:
+        levels = plan.levels(sweep_name)
+        for variant in plan.variants:
             for backend in data.planned_lines(sweep_name):
                 missing += [f"{sweep_name} {variant.upper()} {backend.label} {x:,}" for x in levels
                             if (sweep_name, variant, backend, int(x)) not in data.groups]
@@ -337,13 +335,13 @@ def method(data: RunData) -> dict:
         point = next((p for g in data.all_groups(sweep_name) for p in g.ok if point_commands(p)), None)
         if point:
             examples[sweep_name] = {"id": point.id, "commands": point_commands(point)}
-    limits = data.record.get("limits") or {}
+    limits = data.record.limits
     return {
         "examples": examples,
         "cpusets": [{"variant": v.upper(), **{k: str(x) for k, x in (c or {}).items()}}
-                    for v, c in (data.record.get("cpusets") or {}).items()],
+                    for v, c in data.record.cpusets.items()],
         "limits": flatten(limits) if limits else [],
-        "plan": flatten({**data.plan, "series": [s.label for s in data.planned_lines(DEAD)]}) if data.plan else [],
+        "plan": flatten({**data.plan.to_dict(), "series": [s.label for s in data.planned_lines(DEAD)]}),
         "points": [{"id": p.id, "status": p.status, "reason": p.reason or "", "started_at": p.started_at,
                     "commands": point_commands(p)}
                    for g in data.ordered_groups() for p in g.points],

@@ -60,7 +60,7 @@ class FigureRow:
 
 
 def _repetitions_text(data: RunData) -> str:
-    repeat = data.plan.get("repeat") or 1
+    repeat = data.plan.repeat
     return (f"Line: median of {repeat} repetitions; band: their minimum to maximum." if repeat > 1
             else "One repetition per point: no spread to show.")
 

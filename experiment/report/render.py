@@ -28,6 +28,7 @@ from pathlib import Path
 import jinja2
 
 from ..errors import UserError
+from ..model import RunRecord
 from ..run.results import Run
 from . import draw
 from .data import SWEEPS, RunData, legend_lines, load, reference
@@ -93,14 +94,14 @@ def _zip_time(stamp: str | None) -> tuple[int, int, int, int, int, int]:
     return (year, month, day, hour, minute, second)
 
 
-def _write_zip(run: Run, record: dict, report_dir: Path, zip_path: Path) -> None:
+def _write_zip(run: Run, record: RunRecord, report_dir: Path, zip_path: Path) -> None:
     files = [(run.path / "run.json", "run.json")]
     for folder in ("points", "raw"):
         files += [(p, p.relative_to(run.path).as_posix()) for p in sorted((run.path / folder).rglob("*"))
                   if p.is_file()]
     files += [(p, "report/" + p.relative_to(report_dir).as_posix()) for p in sorted(report_dir.rglob("*"))
               if p.is_file() and p != zip_path]
-    when = _zip_time(record.get("started_at"))
+    when = _zip_time(record.started_at)
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
         for path, name in files:
             info = zipfile.ZipInfo(f"{run.id}/{name}", date_time=when)
@@ -131,9 +132,9 @@ def report_context(data: RunData) -> dict:
         "method": method(data),
         "environment": flatten(data.metadata),
         "engines": engines_table(data.metadata),
-        "run_record": flatten({k: v for k, v in data.record.items()
+        "run_record": flatten({k: v for k, v in data.record.to_json().items()
                                if k not in ("metadata", "plan", "cpusets", "limits", "schema_version")}),
-        "command_line": shlex.join(str(c) for c in data.record.get("command_line") or []),
+        "command_line": shlex.join(str(c) for c in data.record.command_line),
         "reference": reference(),
         "reference_tables": _reference_tables(),
         "colours": legend_lines(),

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from .. import model
 from ..catalog import Series
+from ..model import Plan
 from . import results
 from .containers import Containers
-from .plan import Level, Plan
+from .plan import Level
 from .progress import Progress
 from .servers import Choice
 from .services import LOOPBACK

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import catalog
 from ..catalog import DEFAULT_SERVER, FD_SETSIZE, Series
 from ..errors import UserError
-from ..model import DEAD, PIPETEST, SWEEPS
+from ..model import DEAD, PIPETEST, SWEEPS, Plan
 from .servers import Choice, choose
 
 VARIANTS = ("up", "smp")
@@ -19,42 +19,10 @@ PAPER_PIPES = (10, 100, 1000, 10000, 16000)
 PIPETEST_FD_OVERHEAD = 16
 
 
-@dataclass(frozen=True)
-class Plan:
-    profile: str
-    sweeps: tuple[str, ...]
-    variants: tuple[str, ...]
-    backends: tuple[str, ...]
-    dead: tuple[int, ...]
-    pipes: tuple[int, ...]
-    repeat: int
-    duration_s: float
-    active_connections: int = 100
-    msgsize: int = 128
-    add_host_max: bool = True
-    # servers: the servers under test; series: the dead sweep's lines, each server's backends in turn.
-    # backends above are ephttpd's, which pipetest runs too.
-    servers: tuple[str, ...] = (DEFAULT_SERVER,)
-    series: tuple[Series, ...] = ()
-    server_image: str | None = None
-    server_cmd: str | None = None
-    server_port: int | None = None
-    load: str = catalog.HTTPERF
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, recorded: dict) -> Plan:
-        """A plan as run.json records it (model.upgrade brings older records to this form first)."""
-        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
-        fields["series"] = tuple(Series(**s) for s in fields.get("series", ()))
-        return cls(**fields)
-
-    def choices(self) -> dict[str, Choice]:
-        """The Choice of each server the plan puts under test, by kind."""
-        return {kind: Choice(kind, self.server_image, self.server_cmd, self.server_port)
-                if kind == catalog.CUSTOM else Choice(kind) for kind in self.servers}
+def choices(plan: Plan) -> dict[str, Choice]:
+    """The Choice of each server the plan puts under test, by kind."""
+    return {kind: Choice(kind, plan.server_image, plan.server_cmd, plan.server_port)
+            if kind == catalog.CUSTOM else Choice(kind) for kind in plan.servers}
 
 
 PROFILES = {

@@ -26,12 +26,13 @@ from docker.utils import parse_repository_tag
 from .. import catalog, model
 from ..errors import UserError
 from ..host import engine, images, machine, metadata, preflight, publish
+from ..model import Plan
 from . import results, servers
 from .containers import Containers
 from .context import Context
 from .dead import dead_series
 from .pipetest import pipetest_series
-from .plan import Plan, dead_levels, max_dead, max_pipes, pipe_levels
+from .plan import choices, dead_levels, max_dead, max_pipes, pipe_levels
 from .progress import Progress
 from .services import LOOPBACK
 
@@ -94,7 +95,7 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
     if options.resume:
         run = results.Run.open(options.resume, options.results_dir)
         record = run.record()
-        plan = Plan.from_dict(record["plan"])
+        plan = record.plan
         say(f"resuming {run.id}: {len(run.points())} points already done")
         if (written := run.recorded_version()) != model.SCHEMA_VERSION:
             say(f"{run.id} was written with schema_version {written}: its records are read upgraded to "
@@ -103,9 +104,8 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
         server_url = engine_url(options.server_engine_url)
         where = {"server": server_url, "client": engine_url(options.client_engine_url or server_url),
                  "server_address": check_address(options.server_address)}
-        record = {"run_id": results.new_run_id(plan.profile), "profile": plan.profile, "status": "preparing",
-                  "started_at": model.utc_now(), "ended_at": None, "command_line": sys.argv,
-                  "plan": plan.to_dict(), "engines": where}
+        record = model.RunRecord(run_id=results.new_run_id(plan.profile), profile=plan.profile, status="preparing",
+                                 started_at=model.utc_now(), command_line=list(sys.argv), plan=plan, engines=where)
         run = results.Run.create(record, options.results_dir)
         say(f"results: {run.path}")
     status, error, refused = "failed", None, False
@@ -161,20 +161,20 @@ class Engines:
         return found
 
 
-def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, say) -> None:
+def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options: Options, say) -> None:
     # First, what an earlier run killed outright left tuned (a resumed run's own folder may lie elsewhere).
     preflight.restore_abandoned(options.results_dir, say, also=[run.path])
     # The engines and the address the run was started with (a resumed run's own; the default for a run
     # recorded before they could be chosen).
-    where = record.get("engines") or {"server": engine.default_url(), "client": engine.default_url(),
+    where = record.engines or {"server": engine.default_url(), "client": engine.default_url(),
                                       "server_address": LOOPBACK}
     server_url, client_url, address = where["server"], where["client"], where["server_address"]
-    servers.refuse_taken_ports(plan.choices().values(), address)
+    servers.refuse_taken_ports(choices(plan).values(), address)
     started = time.monotonic()
     server_engine = engine.connect(server_url, log_dir=run.logs_dir, say=say)
     client_engine = server_engine if client_url == server_url else engine.connect(client_url, log_dir=run.logs_dir,
                                                                                   say=say)
-    resumed_from = record.get("metadata", {}).get("images_source") if options.resume else None
+    resumed_from = record.metadata.get("images_source") if options.resume else None
     built, base, provenance = publish.prepare(server_engine, options.base_image, run.logs_dir, options.image_ref,
                                               options.archive, options.published_json, resumed_from, say=say)
     if client_engine is not server_engine:
@@ -187,9 +187,9 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
                                                                                    built["client"].tag)
     engines = Engines(server_url, client_url, server_engine, client_engine,
                       {"server": server_probe, "client": client_probe})
-    choices = plan.choices()
+    chosen = choices(plan)
     under_test = {}
-    for kind, choice in choices.items():
+    for kind, choice in chosen.items():
         under_test[kind] = {"kind": kind, "image": built["server"].tag, "image_id": built["server"].id,
                             "command": choice.command, "port": choice.port, "address": address,
                             "readiness": catalog.SERVERS[kind].readiness}
@@ -210,10 +210,10 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
     meta["engines"] = {"server": engine.facts(server_engine, server_url, server_probe),
                        "client": engine.facts(client_engine, client_url, client_probe)}
     meta["servers_under_test"] = under_test
-    if plan.load == "wrk":
+    if plan.load == catalog.WRK:
         meta["wrk_version"] = metadata.wrk_version(client_engine, built["client"].tag)
     if options.resume:
-        metadata.check_resumable(run.id, record.get("metadata"), meta)
+        metadata.check_resumable(run.id, record.metadata, meta)
     sets = cpusets(engines.cpus("server"), engines.cpus("client"), engines.same_host)
     run.update_record(status="running", metadata=meta, cpusets=sets,
                       preflight=[f.to_dict() for f in findings],
@@ -228,7 +228,7 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
         if tuned.changed:
             run.update_record(tuned=tuned.changed)
         ctx = Context(run, plan, server_runner, client_runner, built["server"].tag, built["client"].tag, sets, fd_limit,
-                      progress, choices, address, client_source)
+                      progress, chosen, address, client_source)
         progress.start(total=count_points(plan, fd_limit), done=len(run.points()))
         measuring = time.monotonic()
         try:

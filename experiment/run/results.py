@@ -19,12 +19,12 @@ import os
 import re
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import model
 from ..errors import UserError
-from ..model import read_json, write_json_atomic
+from ..model import write_json_atomic
 from ..paths import RESULTS
 
 LATEST = "latest"
@@ -59,8 +59,8 @@ class Run:
         return self.path / "logs"
 
     @classmethod
-    def create(cls, run_record: dict, results_dir: Path = RESULTS) -> Run:
-        run_id = run_record["run_id"]
+    def create(cls, run_record: model.RunRecord, results_dir: Path = RESULTS) -> Run:
+        run_id = run_record.run_id
         path = results_dir / run_id
         try:
             path.mkdir(parents=True)
@@ -70,7 +70,7 @@ class Run:
         run = cls(path)
         for sub in (run.points_dir, run.raw_dir, run.logs_dir):
             sub.mkdir()
-        write_json_atomic(path / "run.json", {"schema_version": model.SCHEMA_VERSION, **run_record})
+        write_json_atomic(path / "run.json", run_record.to_json())
         _point_latest_at(results_dir, run_id)
         return run
 
@@ -89,8 +89,8 @@ class Run:
         hint = f"known runs: {', '.join(known[-5:])}" if known else "run `invoke reproduce` first"
         raise UserError(f"no run at {name or results_dir / LATEST}: {hint}")
 
-    def record(self) -> dict:
-        return read_json(self.path / "run.json", model.RUN)
+    def record(self) -> model.RunRecord:
+        return model.read_run(self.path / "run.json")
 
     def recorded_version(self) -> object:
         """The schema_version run.json was written with (record() upgrades it)."""
@@ -99,10 +99,9 @@ class Run:
         except (OSError, json.JSONDecodeError, AttributeError):
             return None
 
-    def update_record(self, **fields) -> None:
-        record = self.record()
-        record.update(fields)
-        write_json_atomic(self.path / "run.json", record, overwrite=True)
+    def update_record(self, **changes) -> None:
+        """run.json with the named fields of model.RunRecord changed."""
+        write_json_atomic(self.path / "run.json", replace(self.record(), **changes).to_json(), overwrite=True)
 
     def point_path(self, point_id: str) -> Path:
         return self.points_dir / f"{point_id}.json"
