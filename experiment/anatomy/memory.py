@@ -10,6 +10,15 @@ load running (its connections come and go). The per-cache figures say which is w
 sock_inode_cache and 2 filp objects per dead connection (both ends), eventpoll_epi 1 per connection the
 server watches with epoll (poll and select register nothing in the kernel), plus deadconn's own.
 
+Caches of the same size and flags are merged unless the kernel boots with slab_nomerge: /proc/slabinfo then
+shows one line for all of them under one name. On kernel 6.18 here eventpoll_epi's line also holds
+tcp_bind_bucket and tcp_bind2_bucket (one each per local port a connection takes, shared when connect()
+reuses a port), fib6_node and pte_list_desc: its growth per dead connection under poll is deadconn's port
+buckets (1.1-1.5 with the machine quiet), under epoll that plus the server's watch, and with every port any
+process takes or frees meanwhile (we saw -24 to +2 per dead connection while other test suites ran).
+merged_with() names them (from the /sys/kernel/slab symlinks), and Memory.merged records them for the
+watched caches.
+
 SLUB counts a CPU's current slab as fully used, so a cache's count is exact to within a slab per CPU;
 kernel_bytes_per_dead sums every cache that moved by at least MIN_OBJECTS_PER_DEAD objects per dead
 connection, so that the noise of the caches nobody's connections touch stays out of it.
@@ -126,6 +135,7 @@ class Memory:
     # The server's own epoll watches per dead connection, and their bytes (eventpoll_epi's object size).
     watches_per_dead: float | None = None
     mechanism_bytes_per_dead: float | None = None
+    merged: dict[str, list[str]] = field(default_factory=dict)  # watched cache -> caches merged into its line
 
     def to_json(self) -> dict:
         """The point's "memory" entry: the contract keys (kernel_bytes_per_dead, slab_bytes_per_dead,
@@ -137,6 +147,7 @@ class Memory:
                 "watches_per_dead": None if self.watches_per_dead is None else round(self.watches_per_dead, 4),
                 "mechanism_bytes_per_dead": None if self.mechanism_bytes_per_dead is None
                 else round(self.mechanism_bytes_per_dead, 1),
+                "merged_caches": self.merged,
                 "scope": "system-wide: both ends of each dead connection, and anything else the machine did",
                 "dead_levels": [self.from_dead, self.to_dead]}
 
@@ -160,8 +171,31 @@ def per_dead(before: SlabSnapshot, after: SlabSnapshot, server_rss_bytes: int | 
         watches = (after.watches - before.watches) / added
         epi = (after.caches.get(EPOLL_CACHE) or before.caches.get(EPOLL_CACHE))
         mechanism = watches * epi.object_size if epi else None
+    merged = {name: aliases for name in WATCHED if name in objects and (aliases := merged_with(name))}
     return Memory(before.dead, after.dead, {k: objects[k] * sizes[k] for k in objects}, objects,
-                  sum(moved.values()), server_rss_bytes, sizes, watches, mechanism)
+                  sum(moved.values()), server_rss_bytes, sizes, watches, mechanism, merged)
+
+
+SYS_SLAB = Path("/sys/kernel/slab")
+
+
+def merged_with(name: str, root: Path = SYS_SLAB) -> list[str]:
+    """The other caches whose objects share cache name's slab line (SLUB's merging), sorted; [] when it has
+    none or the kernel does not say."""
+    try:
+        target = os.readlink(root / name)
+        entries = list(root.iterdir())
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if entry.name != name and entry.is_symlink():
+            try:
+                if os.readlink(entry) == target:
+                    found.append(entry.name)
+            except OSError:
+                continue
+    return sorted(found)
 
 
 def rss_bytes(pids: Iterable[int]) -> int | None:
