@@ -250,6 +250,8 @@ def test_a_perf_that_is_not_one_is_refused(tmp_path):
 DEAD = 5000
 WINDOW_S = 2.0
 ACTIVE = 100
+# TCP objects per dead connection that vary more than this between steps: others' sockets came and went.
+NOISY_SPREAD = 0.5
 LOAD_S = 6  # wrk's run: the window and perf's start-up fit in it with seconds to spare
 
 
@@ -366,21 +368,28 @@ def test_epoll_registers_one_eventpoll_epi_per_dead_connection_and_poll_none(ana
     under poll where the kernel keeps it a cache of its own. Where it merged tcp_bind_bucket and
     tcp_bind2_bucket into eventpoll_epi's line (kernel 6.18 here), that line also moves with every port any
     process on the machine takes or frees (we measured -24 to +2 per dead connection under poll while other
-    test suites ran), so it is recorded (merged_caches) and not asserted."""
+    test suites ran), so it is recorded (merged_caches) and not asserted. When other work on the machine
+    moved even the TCP line by more than NOISY_SPREAD per dead connection across the middle three steps, the system-wide
+    part is skipped with the figures."""
     for backend, expected in (("poll", 0.0), ("epoll", 1.0)):
         steps = anatomies[backend]["steps"]
         assert all(m.watches_per_dead == expected for m in steps), [m.watches_per_dead for m in steps]
-        tcp = [m.slab_objects_per_dead["TCP"] for m in steps]
-        assert statistics.median(tcp) == pytest.approx(2.0, abs=0.1), tcp
         assert all(m.server_rss_bytes and m.server_rss_bytes > 0 for m in steps)
         merged = steps[0].merged.get("eventpoll_epi")
-        assert merged == memory.merged_with("eventpoll_epi") or not merged
-        if not merged:
-            epi = [m.slab_objects_per_dead["eventpoll_epi"] for m in steps]
-            assert statistics.median(epi) == pytest.approx(expected, abs=0.05), epi
+        assert not merged or merged == memory.merged_with("eventpoll_epi")
     step = anatomies["epoll"]["steps"][0]
     assert step.mechanism_bytes_per_dead == step.object_size["eventpoll_epi"]
     assert anatomies["poll"]["steps"][0].mechanism_bytes_per_dead == 0
+    tcp = {backend: [m.slab_objects_per_dead["TCP"] for m in anatomies[backend]["steps"]] for backend in anatomies}
+    if any(sorted(steps)[3] - sorted(steps)[1] > NOISY_SPREAD for steps in tcp.values()):  # the middle three
+        pytest.skip(f"the machine was too busy for system-wide slab figures: TCP objects per dead connection "
+                    f"in five steps {tcp}")
+    for backend, expected in (("poll", 0.0), ("epoll", 1.0)):
+        steps = anatomies[backend]["steps"]
+        assert statistics.median(tcp[backend]) == pytest.approx(2.0, abs=0.1), tcp
+        if not steps[0].merged.get("eventpoll_epi"):
+            epi = [m.slab_objects_per_dead["eventpoll_epi"] for m in steps]
+            assert statistics.median(epi) == pytest.approx(expected, abs=0.05), epi
 
 
 def test_the_anatomy_json_carries_the_contract_keys_and_the_folded_stacks(anatomies):

@@ -217,8 +217,8 @@ def _phase(command: perf.Controlled, replies: Replies, seconds: float) -> tuple[
 class Window:
     """A window whose perf commands are still exiting: perf stat unregisters each tracepoint after an RCU
     grace period (about a second for all of them), and perf record writes its data. finish() waits for
-    perf stat; call it before the next measurement, for the system calls take the slow path until it is
-    done. perf record is waited for by fold_profile()."""
+    both; call it before the next measurement, for the system calls take the slow path until perf stat is
+    done."""
 
     profile: Profile
     stat: perf.Controlled
@@ -230,11 +230,13 @@ class Window:
     pids: list[int]
 
     def finish(self) -> Anatomy | Unavailable:
+        """Waits for perf stat to exit (and perf record, long done by then) and reads the counts."""
         try:
             try:
                 err = self.stat.stop()
             finally:
                 self.stat.cleanup()
+            self.profile.wait()
             counted = perf.parse_stat_csv(self.csv.read_text()) if self.csv.exists() else {}
         except (perf.PerfError, OSError) as error:
             return Unavailable(f"perf stat failed: {error}")
