@@ -10,11 +10,12 @@
   host.py    what a system call's cost depends on, for the run's metadata
 
 The order of a point, for a caller:
-  instruments = prepare()                       once per run: finds or installs perf, checks it works
-  before = memory.slab_snapshot(dead)           at each dead level, settled, before the load
+  instruments = prepare()                      once per run: finds or installs perf, checks it works
+  snap = memory.slab_snapshot(dead, pids)      at each dead level, settled, before the load
   ... the point's own measurement ...
-  result = measure(instruments, pids, raw_dir, replies)   under the same load, right after it
-  memory.per_dead(previous_level_snapshot, before, memory.rss_bytes(pids))
+  window = measure(instruments, pids, raw_dir, replies)   under the same load, right after it
+  result = window.finish()                     before the next measurement (perf stat's teardown, ~1 s)
+  memory.per_dead(previous_level_snap, snap, memory.rss_bytes(pids))
   after the sweep: fold_profile(instruments, result.profile) for every point, then result.to_json()
 
 Nothing here raises for a missing or refused perf or slabinfo: the caller records Unavailable(reason).
@@ -29,10 +30,11 @@ from .window import (
     Instruments,
     Profile,
     Unavailable,
+    Window,
     fold_profile,
     measure,
     prepare,
 )
 
-__all__ = ["Anatomy", "Counts", "Instruments", "Profile", "Unavailable", "fold", "fold_profile", "host",
+__all__ = ["Anatomy", "Counts", "Instruments", "Profile", "Unavailable", "Window", "fold", "fold_profile", "host",
            "measure", "memory", "perf", "prepare", "procs"]
