@@ -23,6 +23,7 @@ TOOLS = {
     "docker-compose": (("docker-compose",), "docker-compose"),
     "chromium": (("/usr/bin/chromium", "chromium"), "chromium"),
     "git": (("git",), "git"),
+    "wrk": (("wrk",), "wrk"),
     # The test task gets dockerd from docker.io when no engine answers (experiment/host/engine.py).
     "dockerd": (("dockerd", "/usr/sbin/dockerd"), "docker.io"),
 }

@@ -11,6 +11,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from ..anatomy.host import syscall_cost_factors
 from ..errors import UserError
 from . import images, machine
 
@@ -71,6 +72,9 @@ def capture(client: docker.DockerClient, built: dict, base_image: dict, sysctls:
         "httperf_version": _httperf_version(client, built["client"].id),
         "epollbench_version": _package_version(),
         "load_at_start": list(os.getloadavg()),
+        # What a system call costs depends on (issue 13); the server container's seccomp mode is added per
+        # server by syscall_cost_factors(pid) once it runs.
+        "syscall_cost": syscall_cost_factors(),
     }
 
 

@@ -1,0 +1,40 @@
+"""The kernel cost anatomy of a point (issue 13): where a server's time and memory go.
+
+  window.py  one window on a running server under load: system calls and context switches per reply
+             (`perf stat` on syscall tracepoints), then a cpu-clock profile (`perf record -g`), folded
+             after the sweep (fold_profile)
+  fold.py    a profile sample's category by its call chain, and the collapsed stacks
+  memory.py  slab per dead connection from /proc/slabinfo at two dead levels, the server's RSS
+  procs.py   the server's processes (its container's cgroup) and their context switches
+  perf.py    finding, installing (Debian's linux-perf) and driving perf
+  host.py    what a system call's cost depends on, for the run's metadata
+
+The order of a point, for a caller:
+  instruments = prepare()                      once per run: finds or installs perf, checks it works
+  snap = memory.slab_snapshot(dead, pids)      at each dead level, settled, before the load
+  ... the point's own measurement ...
+  window = measure(instruments, pids, raw_dir, replies)   under the same load, right after it
+  result = window.finish()                     before the next measurement (perf stat's teardown, ~1 s)
+  memory.per_dead(previous_level_snap, snap, memory.rss_bytes(pids))
+  after the sweep: fold_profile(instruments, result.profile) for every point, then result.to_json()
+
+Nothing here raises for a missing or refused perf or slabinfo: the caller records Unavailable(reason).
+"""
+
+from __future__ import annotations
+
+from . import fold, host, memory, perf, procs
+from .window import (
+    Anatomy,
+    Counts,
+    Instruments,
+    Profile,
+    Unavailable,
+    Window,
+    fold_profile,
+    measure,
+    prepare,
+)
+
+__all__ = ["Anatomy", "Counts", "Instruments", "Profile", "Unavailable", "Window", "fold", "fold_profile", "host",
+           "measure", "memory", "perf", "prepare", "procs"]

@@ -1,0 +1,279 @@
+"""One anatomy window on a running server under load: its system calls and context switches per reply, then
+where its CPU goes, in two phases one after the other.
+
+  counting  `perf stat` on the syscalls:sys_enter_* tracepoints of SYSCALLS, raw_syscalls:sys_enter (every
+            system call) and the context-switches software event, on every thread of the server's
+            processes; voluntary and involuntary switches from /proc/PID/task/*/status deltas.
+  profile   `perf record -e cpu-clock -F PROFILE_HZ -g` on the same processes, into perf.data; folded into
+            categories later (fold.py, fold_profile()), after the sweep, so that the sweep does not wait on
+            `perf script`.
+
+The phases are sequential because a syscall tracepoint, once perf has registered it, sends every system
+call of every task through the slow entry path: the profile would show that as syscall_entry time. Each
+phase is half the window. Replies are read from the caller's counter at each phase's edges, inside the
+interval in which perf counts (perf acknowledged "enable" before the first read and "disable" after the
+second), so the per-reply figures are slightly high by what perf counted while the counter was read.
+
+What is not measured: the client's side (only the server's processes are watched), the instruments' own
+cost on the server (tracepoint hits while counting, sampling interrupts while profiling: measure it by
+comparing CPU per reply with and without a window), and the kernel's work on the server's behalf in other
+contexts (softirqs on another CPU, kernel threads).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import fold, perf, procs
+
+SYSCALLS = ("recvfrom", "recvmsg", "read", "sendto", "sendmsg", "write", "writev", "poll", "ppoll", "select",
+            "pselect6", "epoll_wait", "epoll_pwait", "epoll_pwait2", "epoll_ctl", "io_uring_enter",
+            "io_submit", "io_getevents", "io_pgetevents", "accept", "accept4")
+ALL_SYSCALLS = "raw_syscalls:sys_enter"
+CONTEXT_SWITCHES = "context-switches"
+PROFILE_HZ = 999   # samples per second of CPU: odd, so as not to beat with the kernel's tick
+DEFAULT_WINDOW_S = 2.0
+PERF_DATA, PERF_STAT, FOLDED = "perf.data", "perf-stat.csv", "stacks.folded"
+Replies = Callable[[], int]
+
+
+@dataclass
+class Unavailable:
+    """Why there is no anatomy (or no memory figure) for a point: a record, never an error."""
+
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"unavailable": self.reason}
+
+
+@dataclass
+class Counts:
+    """The counting phase."""
+
+    seconds: float
+    replies: int
+    syscalls: dict[str, int]  # tracepoint name (recvfrom, epoll_wait, ...) -> calls
+    total_syscalls: int
+    context_switches: int
+    voluntary_switches: int
+    involuntary_switches: int
+
+
+@dataclass
+class Profile:
+    """The profile phase: its perf.data, and once folded its category shares and collapsed stacks."""
+
+    seconds: float
+    replies: int
+    data: Path
+    samples: int | None = None
+    shares: dict[str, float] | None = None
+    folded: Path | None = None
+    recording: perf.Controlled | None = field(default=None, repr=False, compare=False)
+
+    def wait(self) -> Profile:
+        """Waits for perf record to have written perf.data (it was told to stop at the window's end).
+        perf.PerfError when it failed."""
+        if self.recording is not None:
+            record, self.recording = self.recording, None
+            try:
+                err = record.stop()
+            finally:
+                record.cleanup()
+            if record.proc.returncode not in (0, -2, 130) or not self.data.exists():
+                raise perf.PerfError(f"perf record exited {record.proc.returncode}: {err.strip()[-300:]}")
+        return self
+
+
+@dataclass
+class Anatomy:
+    counts: Counts
+    profile: Profile
+    pids: list[int] = field(default_factory=list)
+
+    @property
+    def window_s(self) -> float:
+        return self.counts.seconds + self.profile.seconds
+
+    def per_reply(self, value: float) -> float | None:
+        return value / self.counts.replies if self.counts.replies > 0 else None
+
+    def syscalls_per_reply(self) -> dict[str, float | None]:
+        """name -> calls per reply of every counted system call that was called, and "other": the rest of
+        raw_syscalls:sys_enter."""
+        named = {name: n for name, n in self.counts.syscalls.items() if n}
+        named["other"] = max(0, self.counts.total_syscalls - sum(named.values()))
+        return {name: self.per_reply(n) for name, n in named.items()}
+
+    def to_json(self, relative_to: Path | None = None) -> dict:
+        """The point's "anatomy" entry: the contract keys (window_s, syscalls_per_reply, syscalls,
+        context_switches_per_reply, cpu_share, folded_stacks) and the voluntary/involuntary split, the
+        replies and the samples they rest on. cpu_share and folded_stacks are None until fold_profile()."""
+        folded = self.profile.folded
+        if folded is not None and relative_to is not None:
+            folded = folded.relative_to(relative_to)
+        return {
+            "window_s": round(self.window_s, 3),
+            "syscalls_per_reply": self.per_reply(self.counts.total_syscalls),
+            "syscalls": self.syscalls_per_reply(),
+            "context_switches_per_reply": self.per_reply(self.counts.context_switches),
+            "context_switches": {"voluntary": self.per_reply(self.counts.voluntary_switches),
+                                 "involuntary": self.per_reply(self.counts.involuntary_switches)},
+            "cpu_share": self.profile.shares,
+            "folded_stacks": str(folded) if folded is not None else None,
+            "replies": {"counting": self.counts.replies, "profile": self.profile.replies},
+            "samples": self.profile.samples,
+        }
+
+
+@dataclass
+class Instruments:
+    """perf, found (or installed) and checked once per run; or why not."""
+
+    perf: str | None
+    reason: str = ""
+
+    @property
+    def unavailable(self) -> Unavailable | None:
+        return Unavailable(self.reason) if self.perf is None else None
+
+
+def prepare(install: bool = True, perf_path: str | None = None, local: bool = True) -> Instruments:
+    """Finds perf (installing linux-perf as root on Debian when install), and checks it can count and sample
+    here. perf_path: that binary instead. local False: the server runs on another machine's engine, where
+    this machine's perf cannot see it. Never raises."""
+    if not local:
+        return Instruments(None, "the server runs on a remote Docker engine: perf sees only this machine's processes")
+    if perf_path is None:
+        found, why = perf.ensure(install)
+        if found is None:
+            return Instruments(None, why)
+        perf_path = found
+    reason = perf.check(perf_path)
+    return Instruments(None, reason) if reason else Instruments(perf_path)
+
+
+def measure(instruments: Instruments, pids: Sequence[int], out_dir: Path, replies: Replies,
+            seconds: float = DEFAULT_WINDOW_S) -> Window | Unavailable:
+    """A window of `seconds` on the processes (every PID of the server's container, procs.cgroup_pids) while
+    the load runs: the profile phase, then the counting phase. replies() is the server's cumulative reply
+    count, read at each phase's edges. perf.data goes to out_dir. Returns as the window ends, with perf
+    still tearing down: Window.finish() gives the Anatomy. Unavailable, with the reason, when perf is or
+    a phase fails; never raises."""
+    if instruments.perf is None:
+        return Unavailable(instruments.reason)
+    pids = sorted(set(pids))
+    if not pids:
+        return Unavailable("no server process to watch")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started: list[perf.Controlled] = []
+    try:
+        record = perf.Controlled.start(instruments.perf, "record", [
+            "-e", "cpu-clock", "-F", str(PROFILE_HZ), "-g", "-q", "-o", str(out_dir / PERF_DATA),
+            "-p", ",".join(map(str, pids))])
+        started.append(record)
+        profile_s, profile_replies = _phase(record, replies, seconds / 2)
+        profile = Profile(profile_s, profile_replies, out_dir / PERF_DATA, recording=record)
+        # Only now: a syscall tracepoint sends every system call through the slow path from the moment perf
+        # opens it, enabled or not.
+        tracepoints = perf.tracepoints([f"syscalls:sys_enter_{name}" for name in SYSCALLS])
+        if ALL_SYSCALLS not in perf.tracepoints([ALL_SYSCALLS]):
+            raise perf.PerfError(f"this kernel has no {ALL_SYSCALLS} tracepoint")
+        events = [ALL_SYSCALLS, CONTEXT_SWITCHES, *tracepoints]
+        csv = out_dir / PERF_STAT
+        stat = perf.Controlled.start(instruments.perf, "stat", [
+            "-x", ",", "-o", str(csv), "-e", ",".join(events), "-p", ",".join(map(str, pids))])
+        started.append(stat)
+        switches0 = procs.context_switches(pids)
+        count_s, count_replies = _phase(stat, replies, seconds / 2)
+        switches = procs.switches_between(switches0, procs.context_switches(pids))
+    except (perf.PerfError, OSError) as error:
+        for command in started:
+            command.close()
+            command.cleanup()
+        return Unavailable(f"perf failed: {error}")
+    return Window(profile, stat, csv, events, count_s, count_replies, switches, list(pids))
+
+
+def _phase(command: perf.Controlled, replies: Replies, seconds: float) -> tuple[float, int]:
+    """Enables the perf command, reads replies, waits, reads replies, disables it and tells it to stop:
+    (seconds between the reads, replies between them)."""
+    command.command("enable")
+    replies0, t0 = replies(), time.monotonic()
+    time.sleep(seconds)
+    replies1, t1 = replies(), time.monotonic()
+    command.command("disable")
+    command.interrupt()
+    return t1 - t0, replies1 - replies0
+
+
+@dataclass
+class Window:
+    """A window whose perf commands are still exiting: perf stat unregisters each tracepoint after an RCU
+    grace period (about a second for all of them), and perf record writes its data. finish() waits for
+    both; call it before the next measurement, for the system calls take the slow path until perf stat is
+    done."""
+
+    profile: Profile
+    stat: perf.Controlled
+    csv: Path
+    events: list[str]
+    seconds: float
+    replies: int
+    switches: tuple[int, int]
+    pids: list[int]
+
+    def finish(self) -> Anatomy | Unavailable:
+        """Waits for perf stat to exit (and perf record, long done by then) and reads the counts."""
+        try:
+            try:
+                err = self.stat.stop()
+            finally:
+                self.stat.cleanup()
+            self.profile.wait()
+            counted = perf.parse_stat_csv(self.csv.read_text()) if self.csv.exists() else {}
+        except (perf.PerfError, OSError) as error:
+            return Unavailable(f"perf stat failed: {error}")
+        missing = [e for e in self.events if counted.get(e) is None]
+        if missing:
+            return Unavailable(f"perf stat counted nothing for {', '.join(missing)}: {err.strip()[-200:]}")
+        counts = Counts(self.seconds, self.replies,
+                        {e.removeprefix("syscalls:sys_enter_"): counted[e] or 0 for e in self.events[2:]},
+                        counted[ALL_SYSCALLS] or 0, counted[CONTEXT_SWITCHES] or 0, *self.switches)
+        return Anatomy(counts, self.profile, self.pids)
+
+
+def fold_profile(instruments: Instruments, profile: Profile, folded: Path | None = None) -> Profile:
+    """`perf script` over the profile's perf.data, each sample folded into its category (fold.py) and the
+    chains written in collapsed form to folded (default: stacks.folded beside perf.data). Fills the
+    profile's samples, shares and folded path and returns it. Run it after the sweep, on this machine
+    (kernel symbols come from /proc/kallsyms) and, for a container, user symbols from perf's build-id
+    cache. perf.PerfError when perf script fails."""
+    if instruments.perf is None:
+        raise perf.PerfError(instruments.reason)
+    folded = folded or profile.data.with_name(FOLDED)
+    profile.wait()
+    result = fold.fold(fold.parse_script(script_lines(instruments.perf, profile.data)))
+    profile.samples, profile.shares = result.samples, result.shares()
+    profile.folded = result.write_collapsed(folded)
+    return profile
+
+
+def script_lines(perf_path: str, data: Path) -> Iterator[str]:
+    """`perf script` of data, streamed line by line (sample header: command and thread; frames: address and
+    symbol; no inline expansion, which would run addr2line on every frame)."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([perf_path, "script", "-i", str(data), "-F", "comm,tid,ip,sym", "--no-inline"],
+                                stdout=subprocess.PIPE, stderr=err, text=True, errors="replace")
+        assert proc.stdout is not None
+        with proc.stdout:
+            yield from proc.stdout
+        if proc.wait() != 0:
+            err.seek(0)
+            raise perf.PerfError(f"perf script -i {data} exited {proc.returncode}: {err.read().strip()[-300:]}")
