@@ -101,14 +101,16 @@ def report(c, run=None):
     print(render.render(Run.open(run)))
 
 
-@task(help={"run_a": "the baseline run", "run_b": "the run compared with it", "out": "output folder"})
+@task(help={"run_a": "the baseline run", "run_b": "the run compared with it", "out": "output folder",
+            "noise": "with one repetition, B/A within 1 ± this fraction is no change (default 0.15)"})
 @_user_errors
-def compare(c, run_a, run_b, out=None):
-    """Render a side-by-side comparison of two runs with the ratio B/A per point."""
+def compare(c, run_a, run_b, out=None, noise=None):
+    """Render a side-by-side comparison of two runs with the ratio B/A per point, changes beyond noise marked."""
     from experiment.report import comparison
     from experiment.run.results import Run
 
-    print(comparison.write(Run.open(run_a), Run.open(run_b), Path(out) if out else None))
+    print(comparison.write(Run.open(run_a), Run.open(run_b), Path(out) if out else None,
+                           comparison.noise_fraction(noise)))
 
 
 @task(help={"base_image": "base of both images (default debian:bookworm-slim)"})

@@ -3,12 +3,17 @@
 The modern form of the 2002 page's comparison of two sys_epoll versions: two kernels, two machines or two
 image versions. Points only one run measured (or only one measured successfully) are left out and listed;
 metadata that differs is listed, first the host and kernel facts that make the runs not like for like.
+
+A difference is called a change only by a stated rule (Verdict): where both runs repeated the point, their
+repetitions' ranges do not overlap; where either ran it once, B/A is further from 1 than the noise allowance
+(NOISE, ±15% by default: two 10-second quick runs of one tree on the 2-CPU host this was written on differed by
+up to that much at most points, and far more at 2-second ones). Everything else is "within noise", and the
+headline lists only changes.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,28 @@ from .page import flatten
 from .plots import FigureRow, figure_name, series_of
 from .render import epollbench_version, html_env, md_env, replace_folder
 from .text import human, number, times
+
+# B/A within 1 ± NOISE is no change where a side has one repetition, so no spread of its own.
+NOISE = 0.15
+
+
+def noise_fraction(flag: str | None) -> float:
+    """--noise as given (a fraction, e.g. 0.1), or NOISE."""
+    if flag is None:
+        return NOISE
+    try:
+        value = float(flag)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise UserError(f"--noise {flag!r}: give a fraction from 0 to below 1, e.g. 0.15 for ±15%")
+    return value
+
+
+@dataclass(frozen=True)
+class Verdict:
+    change: bool
+    rule: str  # why, in words: "ranges apart", "within both runs' ranges", "beyond ±15%", ...
 
 
 @dataclass
@@ -37,6 +64,19 @@ class ComparedPoint:
     def ratio(self, metric_key: str) -> float | None:
         a, b = self.group_a.median(metric_key), self.group_b.median(metric_key)
         return b / a if a and b is not None else None
+
+    def verdict(self, metric_key: str, noise: float = NOISE) -> Verdict | None:
+        """Whether B differs from A beyond the noise, by the rule the module docstring states."""
+        a, b = self.group_a.values(metric_key), self.group_b.values(metric_key)
+        ratio = self.ratio(metric_key)
+        if not a or not b or ratio is None:
+            return None
+        if len(a) >= 2 and len(b) >= 2:
+            apart = max(a) < min(b) or max(b) < min(a)
+            return Verdict(apart, f"the {len(a)} and {len(b)} repetitions' ranges "
+                                  + ("do not overlap" if apart else "overlap"))
+        beyond = abs(ratio - 1) > noise
+        return Verdict(beyond, f"one repetition: B/A {'beyond' if beyond else 'within'} ±{noise:.0%}")
 
 
 def _why_unmeasured(group: Group) -> str:
@@ -102,21 +142,33 @@ def _host_fact(key: str, a: str, b: str) -> bool:
     return parts[1] in HOST_KEYS
 
 
-def compare_headline(compared: list[ComparedPoint], count: int = 3) -> list[str]:
+def compare_headline(compared: list[ComparedPoint], noise: float = NOISE, count: int = 3) -> list[str]:
+    """Per sweep, the changes of its main metric (by Verdict), largest first; or that there were none."""
     sentences = []
     for sweep_name, sweep in SWEEPS.items():
-        rows = [(c, ratio) for c in compared if c.key[0] == sweep_name and (ratio := c.ratio(sweep.main.key))]
+        main = sweep.main.key
+        rows = [(c, ratio) for c in compared if c.key[0] == sweep_name and (ratio := c.ratio(main))]
         if not rows:
             continue
-        ratios = [ratio for _, ratio in rows]
-        largest = sorted(rows, key=lambda row: -abs(math.log(row[1])))[:count]
+        changed = [(c, ratio) for c, ratio in rows if (v := c.verdict(main, noise)) and v.change]
+        title = f"{sweep.main.title[0].upper()}{sweep.main.title[1:]}"
+        if not changed:
+            sentences.append(f"{title}: no change at any of {len(rows)} common points (all within noise: "
+                             f"{_rule_text(noise)}).")
+            continue
+        largest = sorted(changed, key=lambda row: -abs(math.log(row[1])))[:count]
         changes = "; ".join(
             f"{c.group_a.series.label} {c.group_a.variant.upper()} at {c.group_a.x:,} {sweep.x_unit} "
-            f"{times(ratio)} ({human(c.group_a.median(sweep.main.key))} → "
-            f"{human(c.group_b.median(sweep.main.key))} {sweep.main.unit})" for c, ratio in largest)
-        sentences.append(f"{sweep.main.title[0].upper()}{sweep.main.title[1:]}, B/A over {len(rows)} common "
-                         f"points: median {times(statistics.median(ratios))}; largest changes: {changes}.")
+            f"{times(ratio)} ({human(c.group_a.median(main))} → {human(c.group_b.median(main))} "
+            f"{sweep.main.unit})" for c, ratio in largest)
+        sentences.append(f"{title}: changed at {len(changed)} of {len(rows)} common points ({_rule_text(noise)}); "
+                         f"largest: {changes}. The other {len(rows) - len(changed)} are within noise.")
     return sentences
+
+
+def _rule_text(noise: float) -> str:
+    return (f"a change is B's and A's repetitions' ranges apart, or with one repetition B/A beyond "
+            f"±{noise:.0%}")
 
 
 def compare_figure_rows(a: RunData, b: RunData, compared: list[ComparedPoint]) -> list[FigureRow]:
@@ -156,7 +208,7 @@ def _restricted(data: RunData, keys: set) -> RunData:
                    groups={k: g for k, g in data.groups.items() if k in keys})
 
 
-def compare_table(compared: list[ComparedPoint]) -> list[dict]:
+def compare_table(compared: list[ComparedPoint], noise: float = NOISE) -> list[dict]:
     tables = []
     for sweep_name, sweep in SWEEPS.items():
         rows = [c for c in compared if c.key[0] == sweep_name]
@@ -169,15 +221,18 @@ def compare_table(compared: list[ComparedPoint]) -> list[dict]:
         for c in rows:
             cells = [c.key[1].upper(), c.key[2], f"{c.key[3]:,}"]
             for metric in sweep.metrics:
+                verdict = c.verdict(metric.key, noise)
+                ratio = times(c.ratio(metric.key))
                 cells += [number(c.group_a.median(metric.key), metric.digits),
-                          number(c.group_b.median(metric.key), metric.digits), times(c.ratio(metric.key))]
+                          number(c.group_b.median(metric.key), metric.digits),
+                          ratio if verdict is None or verdict.change else f"{ratio} (within noise)"]
             flags = sorted(set(c.group_a.flags) | set(c.group_b.flags))
             body.append({"cells": cells, "flags": ", ".join(flags)})
         tables.append({"sweep": sweep_name, "title": sweep.title, "columns": columns + ["flags"], "rows": body})
     return tables
 
 
-def write(run_a: Run, run_b: Run, out_dir: Path | None = None) -> Path:
+def write(run_a: Run, run_b: Run, out_dir: Path | None = None, noise: float = NOISE) -> Path:
     """Writes the comparison page of two runs (B relative to A); returns its index.html."""
     a, b = load(run_a), load(run_b)
     target = Path(out_dir) if out_dir else RESULTS / f"compare-{run_a.id}-vs-{run_b.id}"
@@ -189,11 +244,11 @@ def write(run_a: Run, run_b: Run, out_dir: Path | None = None) -> Path:
     context = {
         "a": {"id": run_a.id, "record": a.record, "meta": a.metadata},
         "b": {"id": run_b.id, "record": b.record, "meta": b.metadata},
-        "headline": compare_headline(compared),
+        "headline": compare_headline(compared, noise),
         "host_differences": [d for d in differences if d["host"]],
         "differences": differences,
         "left_out": left_out,
-        "tables": compare_table(compared),
+        "tables": compare_table(compared, noise),
         "colours": legend_lines(),
         "version": epollbench_version(),
         "common_count": len(compared),
