@@ -101,6 +101,23 @@ def report(c, run=None):
     print(render.render(Run.open(run)))
 
 
+@task(positional=["run"], help={"run": "run folder or id under results/ (default: results/latest)",
+                                "format": "csv or json",
+            "output": "file to write (default: standard output)"})
+@_user_errors
+def export(c, run=None, format="csv", output=None):
+    """A run's points as flat CSV rows (one per point) or as one JSON array of the point records."""
+    from experiment.report import export as exporting
+    from experiment.run.results import Run
+
+    text = exporting.export(Run.open(run).points(), format)
+    if output:
+        Path(output).write_text(text)
+        print(output)
+    else:
+        print(text, end="")
+
+
 @task(help={"run_a": "the baseline run", "run_b": "the run compared with it", "out": "output folder",
             "noise": "with one repetition, B/A within 1 ± this fraction is no change (default 0.15)"})
 @_user_errors

@@ -7,6 +7,7 @@ nothing errs and every figure is drawn.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import html
 import json
@@ -23,7 +24,7 @@ import pytest
 from experiment import model
 from experiment.errors import UserError
 from experiment.host import checks
-from experiment.report import comparison
+from experiment.report import comparison, export
 from experiment.report.data import FLAG_TEXT, load
 from experiment.report.page import flatten, headlines, notices
 from experiment.report.render import render
@@ -366,3 +367,26 @@ def test_a_point_flag_the_checks_record_reaches_the_notices_and_the_headline(tmp
     assert any(notice in text for text in notices(data))
     quoted = [h for h in headlines(data) if h.sweep == "dead"]
     assert quoted and all(FLAG_TEXT[flag] in h.text for h in quoted)
+
+
+@needs_runs
+def test_the_csv_has_one_row_per_point_with_its_figures_and_flags(tmp_path):
+    run = copy_run(RUNS[0], tmp_path)
+    render(run)
+    rows = list(csv.DictReader((run.path / "report" / "points.csv").open()))
+    files = {p["id"]: model.upgrade(p, model.POINT, p["id"]) for p in read_points(run)}
+    assert sorted(r["id"] for r in rows) == sorted(files)
+    for r in rows:
+        point = files[r["id"]]
+        assert (r["sweep"], r["variant"], r["backend"], int(r["level"])) == (point["sweep"], point["variant"],
+                                                                            point["backend"], point["x"])
+        for name, value in point["figures"].items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                assert float(r[name]) == pytest.approx(value), (r["id"], name)
+            else:
+                assert r[name] == ("" if value is None else str(value)), (r["id"], name)
+        assert (r["flags"].split(";") if r["flags"] else []) == sorted(k for k, on in point["flags"].items() if on)
+    assert export.export(Run(run.path).points(), "csv") == (run.path / "report" / "points.csv").read_text()
+    assert [p["id"] for p in json.loads(export.export(Run(run.path).points(), "json"))] == sorted(files)
+    with pytest.raises(UserError, match="--format 'xml': valid: csv, json"):
+        export.export([], "xml")

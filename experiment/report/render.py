@@ -30,7 +30,7 @@ import jinja2
 from ..errors import UserError
 from ..model import RunRecord
 from ..run.results import Run
-from . import draw
+from . import draw, export
 from .data import SWEEPS, RunData, legend_lines, load, reference
 from .page import engines_table, flatten, headlines, host_caps, key_table, method, notices, points_table
 from .plots import run_figure_rows
@@ -161,7 +161,8 @@ def _reference_tables() -> list[dict]:
 
 
 def render(run: Run) -> Path:
-    """Writes run/report/ (index.html, report.md, figures/, report.zip) from the points; returns index.html."""
+    """Writes run/report/ (index.html, report.md, figures/, points.csv, report.zip) from the points; returns
+    index.html."""
     data = load(run)
     target = run.path / "report"
     context = report_context(data)
@@ -173,6 +174,7 @@ def render(run: Run) -> Path:
         context["figure_rows"] = rows
         (folder / "index.html").write_text(html_env().get_template("report.html.j2").render(context))
         (folder / "report.md").write_text(md_env().get_template("report.md.j2").render(context))
+        (folder / "points.csv").write_text(export.to_csv(data.points))
         _write_zip(run, data.record, folder, folder / "report.zip")
 
     replace_folder(target, build)
