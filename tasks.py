@@ -118,6 +118,19 @@ def export(c, run=None, format="csv", output=None):
         print(text, end="")
 
 
+@task(positional=["run"], help={"run": "run folder or id under results/ (default: results/latest)"})
+@_user_errors
+def attach(c, run=None):
+    """Write results/<run>/attach/: issue.md to paste into a GitHub issue, the two key figures and report.zip."""
+    from experiment.report import attach as attaching
+    from experiment.run.results import Run
+
+    made = attaching.attach(Run.open(run))
+    print(made.issue_md)
+    for line in made.gh_commands:
+        print(line)
+
+
 @task(help={"run_a": "the baseline run", "run_b": "the run compared with it", "out": "output folder",
             "noise": "with one repetition, B/A within 1 ± this fraction is no change (default 0.15)"})
 @_user_errors

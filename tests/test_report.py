@@ -24,7 +24,7 @@ import pytest
 from experiment import model
 from experiment.errors import UserError
 from experiment.host import checks
-from experiment.report import comparison, export
+from experiment.report import attach, comparison, export
 from experiment.report.data import FLAG_TEXT, load
 from experiment.report.page import flatten, headlines, notices
 from experiment.report.render import render
@@ -390,3 +390,24 @@ def test_the_csv_has_one_row_per_point_with_its_figures_and_flags(tmp_path):
     assert [p["id"] for p in json.loads(export.export(Run(run.path).points(), "json"))] == sorted(files)
     with pytest.raises(UserError, match="--format 'xml': valid: csv, json"):
         export.export([], "xml")
+
+
+@needs_runs
+def test_attach_writes_an_issue_body_under_githubs_limit_beside_the_figures_it_names(tmp_path, monkeypatch):
+    run = copy_run(RUNS[-1], tmp_path)
+    made = attach.attach(run)
+    text = made.issue_md.read_text()
+    assert len(text) <= attach.BODY_LIMIT
+    data = load(run)
+    assert all(h.text.replace("_", "\\_") in text for h in headlines(data))
+    assert attach.environment_line(data).replace("_", "\\_") in text and "**Command:**" in text
+    named = re.findall(r"`([\w.-]+\.png)`", text)
+    assert named and sorted(named) == sorted(p.name for p in made.figures)
+    assert all((made.folder / name).read_bytes() == (run.path / "report" / "figures" / name).read_bytes()
+               for name in named)
+    assert made.zip_path.stat().st_size < attach.ATTACHMENT_LIMIT and zipfile.is_zipfile(made.zip_path)
+    assert any(str(made.issue_md) in line and line.startswith("gh issue create") for line in made.gh_commands)
+    # Over the limit, the points tables go first and the body says so.
+    monkeypatch.setattr(attach, "BODY_LIMIT", len(text) - 1)
+    shorter = attach.attach(run).issue_md.read_text()
+    assert len(shorter) < len(text) and "Left out to stay under GitHub's body limit: tables" in shorter
