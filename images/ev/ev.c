@@ -103,6 +103,13 @@ int ev_rearm_foreign(struct ev_loop *loop, int fd, unsigned events, uint64_t dat
 	return loop->backend->foreign(loop->state, fd, events, data, 1);
 }
 
+int ev_shared_fd(const struct ev_loop *loop)
+{
+	if (!loop->backend->shared_fd)
+		return -EOPNOTSUPP;
+	return loop->backend->shared_fd(loop->state);
+}
+
 long ev_watched(struct ev_loop *loop)
 {
 	if (!loop->backend->watched)

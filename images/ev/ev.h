@@ -108,6 +108,9 @@ int ev_add_foreign(struct ev_loop *loop, int fd, unsigned events, uint64_t data)
 int ev_rearm_foreign(struct ev_loop *loop, int fd, unsigned events, uint64_t data);
 /* Whether this loop's backend takes foreign items. */
 int ev_shareable(const struct ev_loop *loop);
+/* The descriptor of the shared set, which a process sharing the loop must keep
+ * open (it may close all others); -EOPNOTSUPP for the backends above. */
+int ev_shared_fd(const struct ev_loop *loop);
 /* The items in the kernel's interest set, own and foreign, as the kernel lists
  * them (/proc/self/fdinfo); -errno, -EOPNOTSUPP for the backends above. */
 long ev_watched(struct ev_loop *loop);

@@ -16,6 +16,7 @@ struct ev_backend {
 	/* Foreign items (ev.h); NULL where the backend has none. */
 	int (*foreign)(void *state, int fd, unsigned events, uint64_t data, int rearm);
 	long (*watched)(void *state);
+	int (*shared_fd)(void *state);
 };
 
 extern const struct ev_backend ev_select_backend;

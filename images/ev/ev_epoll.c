@@ -81,6 +81,11 @@ static int epoll_foreign(void *state, int fd, unsigned events, uint64_t data, in
 	return epoll_ctl(s->epfd, rearm ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
 }
 
+static int epoll_shared_fd(void *state)
+{
+	return ((struct epoll_state *)state)->epfd;
+}
+
 /* The "tfd:" lines of the epoll file's fdinfo: one per item in the set. */
 static long epoll_watched(void *state)
 {
@@ -157,6 +162,7 @@ const struct ev_backend ev_epoll_backend = {
 	.destroy = epoll_destroy,
 	.foreign = epoll_foreign,
 	.watched = epoll_watched,
+	.shared_fd = epoll_shared_fd,
 };
 
 const struct ev_backend ev_epoll_et_backend = {
@@ -169,4 +175,5 @@ const struct ev_backend ev_epoll_et_backend = {
 	.destroy = epoll_destroy,
 	.foreign = epoll_foreign,
 	.watched = epoll_watched,
+	.shared_fd = epoll_shared_fd,
 };
