@@ -36,7 +36,7 @@ static int format_counters(char *buf, size_t size, const struct worker_stats *st
 
 /* One write(2), so that the lines of several workers sharing stdout never mix. */
 /* The holders' JSON member after a comma, or nothing. */
-#define HOLDERS_JSON_MAX (MAX_HOLDERS * 256 + 256)
+#define HOLDERS_JSON_MAX (MAX_HOLDERS * 384 + 256)
 static const char *holders_member(struct holders *holders, char *buf, size_t size)
 {
 	if (!holders)
