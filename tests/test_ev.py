@@ -6,6 +6,7 @@ import ctypes
 import errno
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -24,8 +25,12 @@ UNDER_ASAN = os.environ.get("EPOLLBENCH_EV_UNDER_ASAN") == "1"
 SANITIZE = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 
 
+EV_FOREIGN = -1
+SHAREABLE = ["epoll", "epoll-et"]
+
+
 class Event(ctypes.Structure):
-    _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_uint)]
+    _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_uint), ("data", ctypes.c_uint64)]
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +52,11 @@ def libev(tmp_path_factory):
     dll.ev_name.restype = ctypes.c_char_p
     dll.ev_name.argtypes = [ctypes.c_void_p]
     dll.ev_destroy.argtypes = [ctypes.c_void_p]
+    for name in ("ev_add_foreign", "ev_rearm_foreign"):
+        getattr(dll, name).argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint, ctypes.c_uint64]
+    dll.ev_shareable.argtypes = [ctypes.c_void_p]
+    dll.ev_watched.restype = ctypes.c_long
+    dll.ev_watched.argtypes = [ctypes.c_void_p]
     return dll
 
 
@@ -70,7 +80,11 @@ class Loop:
         return self.lib.ev_delete(self.loop, fd)
 
     def wait(self, max_events=64, timeout_ms=1000):
-        """{fd: events} of one wait."""
+        """{fd: events} of one wait; the loop's own descriptors carry data 0."""
+        return {fd: events for fd, events, _ in self.wait_events(max_events, timeout_ms)}
+
+    def wait_events(self, max_events=64, timeout_ms=1000):
+        """[(fd, events, data)] of one wait."""
         out = (Event * max_events)()
         # -EINTR is allowed (ev.h), and happens without a signal: io_uring's teardown of an earlier
         # test's ring queues task work on this thread, which interrupts a sleeping io_getevents.
@@ -79,8 +93,10 @@ class Loop:
             if n != -errno.EINTR:
                 break
         assert n >= 0, os.strerror(-n)
-        got = {out[i].fd: out[i].events for i in range(n)}
-        assert len(got) == n, "a descriptor reported twice in one wait"
+        got = [(out[i].fd, out[i].events, out[i].data) for i in range(n)]
+        own = [fd for fd, _, _ in got if fd != EV_FOREIGN]
+        assert len(set(own)) == len(own), "a descriptor reported twice in one wait"
+        assert all(data == 0 for fd, _, data in got if fd != EV_FOREIGN), got
         return got
 
     def close(self):
@@ -240,6 +256,134 @@ def test_descriptors_from_max_fds_on_are_refused(libev, backend, pipe):
     loop = Loop(libev, backend, max_fds=pipe[0])
     try:
         assert loop.add(pipe[0]) == -errno.ERANGE
+    finally:
+        loop.close()
+
+
+class ForeignOwner:
+    """A child forked after the loop was created: it holds one end of a socketpair (the parent closes it) and
+    registers it in the shared loop as a foreign item. The parent talks to the other end, and commands the child
+    over a pipe: each command byte is answered with the return value of what it did."""
+
+    def __init__(self, loop, data):
+        self.loop = loop
+        self.mine, self.peer = socket.socketpair()
+        self.fd = self.mine.fileno()  # the child's number for it
+        commands_r, self.commands = os.pipe()
+        self.answers, answers_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into pytest
+            status = 1
+            try:
+                self.peer.close()
+                os.close(self.commands)
+                os.close(self.answers)
+                fd = self.mine.fileno()
+                lib = loop.lib
+                actions = {b"a": lambda: lib.ev_add_foreign(loop.loop, fd, EV_READ, data),
+                           b"r": lambda: lib.ev_rearm_foreign(loop.loop, fd, EV_READ, data),
+                           b"d": lambda: loop.delete(fd),
+                           b"c": lambda: self.mine.close() or 0}
+                while (command := os.read(commands_r, 1)) in actions:
+                    os.write(answers_w, actions[command]().to_bytes(4, "little", signed=True))
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(commands_r)
+        os.close(answers_w)
+        self.mine.close()
+
+    def do(self, command: bytes) -> int:
+        os.write(self.commands, command)
+        return int.from_bytes(os.read(self.answers, 4), "little", signed=True)
+
+    def end(self, sig=None):
+        """The child exits (q), or is killed with sig; returns its wait status."""
+        if sig is None:
+            os.write(self.commands, b"q")
+        else:
+            os.kill(self.pid, sig)
+        status = os.waitpid(self.pid, 0)[1]
+        for fd in (self.commands, self.answers):
+            os.close(fd)
+        self.peer.close()
+        return status
+
+
+@pytest.fixture(params=SHAREABLE)
+def shared(request, libev):
+    loop = Loop(libev, request.param)
+    loop.backend = request.param
+    yield loop
+    loop.close()
+
+
+def test_a_childs_foreign_item_is_reported_once_to_the_waiter_with_its_data(shared):
+    data = (5 << 32) | 123
+    owner = ForeignOwner(shared, data)
+    try:
+        assert owner.do(b"a") == 0
+        assert shared.lib.ev_watched(shared.loop) == 1
+        assert shared.wait_events(timeout_ms=NOTHING_MS) == []
+        owner.peer.send(b"x")
+        assert shared.wait_events() == [(EV_FOREIGN, EV_READ, data)]
+        # One-shot: not again, though the byte is still unread and "epoll" is level-triggered...
+        owner.peer.send(b"y")
+        assert shared.wait_events(timeout_ms=NOTHING_MS) == []
+        # ... until the owner re-arms it.
+        assert owner.do(b"r") == 0
+        assert shared.wait_events() == [(EV_FOREIGN, EV_READ, data)]
+        assert owner.do(b"r") == 0
+        owner.peer.close()
+        assert shared.wait_events() == [(EV_FOREIGN, EV_READ | EV_ERROR, data)]
+        assert owner.do(b"d") == 0
+        assert shared.lib.ev_watched(shared.loop) == 0
+        assert owner.do(b"c") == 0
+    finally:
+        assert owner.end() == 0
+
+
+def test_foreign_and_own_items_with_one_descriptor_number_are_apart(shared, pipe):
+    """An item is (file, number in its owner): the child's socket has a number that the parent, having closed
+    its copy, gives to a pipe of its own, and both are watched and reported apart."""
+    owner = ForeignOwner(shared, 7)
+    r, w = pipe
+    try:
+        assert owner.do(b"a") == 0
+        same = os.dup2(r, owner.fd)
+        assert shared.add(same) == 0
+        assert shared.lib.ev_watched(shared.loop) == 2
+        os.write(w, b"x")
+        owner.peer.send(b"x")
+        assert sorted(shared.wait_events()) == sorted([(same, EV_READ, 0), (EV_FOREIGN, EV_READ, 7)])
+        assert shared.delete(same) == 0
+        os.close(same)
+    finally:
+        assert owner.end() == 0
+
+
+def test_a_dead_owner_takes_its_items_out_of_the_set(shared):
+    owner = ForeignOwner(shared, 1)
+    assert owner.do(b"a") == 0
+    assert shared.lib.ev_watched(shared.loop) == 1
+    owner.end(signal.SIGKILL)
+    assert shared.lib.ev_watched(shared.loop) == 0
+    assert shared.wait_events(timeout_ms=NOTHING_MS) == []
+
+
+def test_foreign_data_with_the_top_bit_is_refused(shared, pipe):
+    assert shared.lib.ev_add_foreign(shared.loop, pipe[0], EV_READ, 1 << 63) == -errno.EINVAL
+    assert shared.lib.ev_shareable(shared.loop) == 1
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b not in SHAREABLE])
+def test_backends_without_a_shareable_set_refuse_foreign_items(libev, backend, pipe):
+    loop = Loop(libev, backend)
+    try:
+        assert libev.ev_shareable(loop.loop) == 0
+        assert libev.ev_add_foreign(loop.loop, pipe[0], EV_READ, 1) == -errno.EOPNOTSUPP
+        assert libev.ev_rearm_foreign(loop.loop, pipe[0], EV_READ, 1) == -errno.EOPNOTSUPP
+        assert libev.ev_watched(loop.loop) == -errno.EOPNOTSUPP
     finally:
         loop.close()
 

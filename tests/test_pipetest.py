@@ -13,7 +13,9 @@ from experiment.bench import native
 BACKENDS = ["select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll"]
 KERNEL_OPTIONAL = {"io_uring", "aio-poll"}
 FIELDS = {"backend", "pipes", "tokens", "generations", "passes", "elapsed_s", "passes_per_s", "setup_s",
-          "fd_limit", "wait_calls", "events_per_wait", "max_seconds", "stopped_by"}
+          "fd_limit", "wait_calls", "events_per_wait", "max_seconds", "stopped_by", "walk", "pipes_visited",
+          "visits_min", "visits_max"}
+WALK_STRIDE = 17  # pipes a token moves on per pass with --walk stride (WALK_STRIDE in pipetest.c)
 # Descriptors pipetest keeps back from the limit for stdio and the backend (RESERVED_FDS in pipetest.c).
 RESERVED_FDS = 16
 # pipetest frees nothing before it exits, which LeakSanitizer would report; under strace it cannot work.
@@ -46,6 +48,7 @@ def test_every_token_makes_every_pass(build_dir, backend):
     assert set(result) == FIELDS
     assert (result["backend"], result["pipes"], result["tokens"], result["generations"]) == (
         backend, pipes, tokens, generations)
+    assert result["walk"] == "stay"
     assert result["passes"] == tokens * generations
     assert (result["stopped_by"], result["max_seconds"]) == ("generations", 0)
     assert result["elapsed_s"] > 0 and result["setup_s"] > 0
@@ -66,6 +69,77 @@ def test_all_tokens_ready_come_back_in_one_wait(build_dir, backend):
     assert result["passes"] == pipes * generations
     assert result["wait_calls"] == generations
     assert result["events_per_wait"] == pipes
+
+
+def stay_pipe(token, pipes, tokens):
+    """The pipe a token keeps with --walk stay: the last of its share."""
+    return (token + 1) * pipes // tokens - 1
+
+
+def stride_pipe(token, passes, pipes, tokens):
+    """The pipe a token is on after that many passes with --walk stride: the 2002 pipetest's walk."""
+    return (passes * WALK_STRIDE + token + token * (pipes // tokens)) % pipes
+
+
+def run_visits(build_dir, tmp_path, backend, walk, pipes, tokens, generations):
+    """pipetest's JSON and its --visits file: the passes each pipe carried, in pipe order."""
+    path = tmp_path / "visits"
+    result = run_json(build_dir, backend, "--walk", walk, "--pipes", pipes, "--tokens", tokens, "--generations",
+                      generations, "--visits", path)
+    visits = [int(line) for line in path.read_text().splitlines()]
+    assert len(visits) == pipes
+    assert result["walk"] == walk
+    assert result["passes"] == sum(visits) == tokens * generations
+    assert result["pipes_visited"] == sum(1 for v in visits if v)
+    assert (result["visits_min"], result["visits_max"]) == (min(visits), max(visits))
+    return result, visits
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stay_passes_every_token_on_its_own_pipe_only(build_dir, tmp_path, backend):
+    pipes, tokens, generations = 101, 3, 500
+    result, visits = run_visits(build_dir, tmp_path, backend, "stay", pipes, tokens, generations)
+
+    own = {stay_pipe(t, pipes, tokens) for t in range(tokens)}
+    assert own == {32, 66, 100}  # the last pipe of each third, as in pipetest.c
+    assert {p for p, v in enumerate(visits) if v} == own
+    assert all(visits[p] == generations for p in own)
+    assert result["pipes_visited"] == tokens
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stride_carries_a_token_through_every_pipe_when_17_does_not_divide_the_pipes(build_dir, tmp_path,
+                                                                                      backend):
+    """101 is prime to 17: a token 17 pipes on per pass is on every pipe once in 101 passes."""
+    pipes, tokens, generations = 101, 3, 3 * 101 + 7
+    result, visits = run_visits(build_dir, tmp_path, backend, "stride", pipes, tokens, generations)
+
+    assert result["pipes_visited"] == pipes
+    assert min(visits) >= 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pipes, tokens, generations", [
+    (40, 2, 25),   # fewer passes than pipes: each token's path is seen
+    (34, 1, 100),  # 17 divides the pipes: the token visits only pipes 0 and 17
+    (10, 10, 60),  # tokens t and t+5 start on one pipe and walk together: one read carries both
+])
+def test_stride_walks_the_2002_formula(build_dir, tmp_path, backend, pipes, tokens, generations):
+    """Every pipe's passes are what the formula gives: token t's p-th pass is on pipe
+    (p x 17 + t + t x (pipes / tokens)) mod pipes."""
+    result, visits = run_visits(build_dir, tmp_path, backend, "stride", pipes, tokens, generations)
+
+    expected = [0] * pipes
+    for t in range(tokens):
+        for done in range(generations):
+            expected[stride_pipe(t, done, pipes, tokens)] += 1
+    assert visits == expected
+    if pipes == 34:
+        assert {p for p, v in enumerate(visits) if v} == {0, 17}
+    if tokens == 10:
+        # Five pipes carry two tokens each, so five events make the ten passes of a generation.
+        assert result["wait_calls"] == generations
+        assert result["events_per_wait"] == 5
 
 
 def test_max_seconds_ends_the_passing_before_the_generations_do(build_dir):
@@ -132,6 +206,7 @@ def test_unknown_backend_is_a_usage_error(build_dir):
     (["--generations", "many"], "--generations needs a whole number from 1"),
     (["--pipes", "4", "--tokens", "5"], "5 tokens need as many pipes: use --tokens 4 or fewer"),
     (["--sockets", "4"], "unknown option"),
+    (["--walk", "zigzag"], "unknown walk 'zigzag' (choose stay|stride)"),
     (["extra"], "unexpected argument 'extra'"),
 ])
 def test_bad_arguments_are_usage_errors(build_dir, args, complaint):
@@ -146,7 +221,7 @@ def test_help_lists_every_option_with_its_default(build_dir):
     proc = run(build_dir, "--help")
 
     assert proc.returncode == 0
-    for option in ("--backend", "--pipes", "--tokens", "--generations", "--max-seconds"):
+    for option in ("--backend", "--pipes", "--tokens", "--generations", "--max-seconds", "--walk", "--visits"):
         assert re.search(rf"^  {option} .*\(default \S+\)$", proc.stdout, re.MULTILINE), option
 
 

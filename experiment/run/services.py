@@ -27,9 +27,14 @@ class Service:
     image: str | None = None
 
 
-def server(backend: str, port: int | str, msgsize: int | str, cpuset: str, bind: str = LOOPBACK) -> Service:
+def server(backend: str, port: int | str, msgsize: int | str, cpuset: str, bind: str = LOOPBACK,
+           dead_holders: int = 0, dead_port: int | str = 0) -> Service:
+    """ephttpd. dead_holders > 0: that many processes hold the dead connections, which deadconn then opens to
+    dead_port (0: a free one, named in the listening line), in the server's epoll set (epoll, epoll-et only;
+    images/ephttpd/holders.c)."""
+    holders = ("--dead-holders", str(dead_holders), "--dead-port", str(dead_port)) if dead_holders else ()
     return Service("server", "server", ("ephttpd", "--backend", backend, "--bind", bind, "--port", str(port),
-                                        "--msgsize", str(msgsize)), cpuset)
+                                        "--msgsize", str(msgsize), *holders), cpuset)
 
 
 def deadconn(port: int | str, connections: int | str, step_timeout_s: int, cpuset: str, host: str = LOOPBACK,
@@ -54,7 +59,9 @@ def active_load(load: loads.ActiveLoad, cpuset: str) -> Service:
     return Service("httperf", "client", tuple(loads.command(load)), cpuset)
 
 
-def pipetest(backend: str, pipes: int, generations: int, max_seconds: int, cpuset: str) -> Service:
+def pipetest(backend: str, pipes: int, generations: int, max_seconds: int, cpuset: str,
+             walk: str = "stay") -> Service:
+    """walk: stay (each token keeps its pipe) or stride (the 2002 walk); pipetest's JSON records it."""
     return Service("pipetest", "server", ("pipetest", "--backend", backend, "--pipes", str(pipes),
                                           "--tokens", "1", "--generations", str(generations),
-                                          "--max-seconds", str(max_seconds)), cpuset)
+                                          "--max-seconds", str(max_seconds), "--walk", walk), cpuset)

@@ -31,7 +31,10 @@
  * worker's event loop: the I/O, the per-event caps and the ready list),
  * conn.c (a connection's HTTP state: bytes in, responses or close out, no
  * system calls), http.c (the request parser), workers.c (the supervisor of
- * --workers N), stats.c (the JSON lines).
+ * --workers N), holders.c (--dead-holders N: helper processes that hold dead
+ * connections, from a port of their own, in this process's epoll set, so
+ * that it waits on more connections than it may open), stats.c (the JSON
+ * lines).
  *
  * Output: JSON lines on stdout - "listening" once connections are accepted,
  * a "snapshot" per worker on SIGUSR1, and on SIGTERM or SIGINT exactly one
@@ -39,7 +42,10 @@
  * count the waits that returned connection or listener events (and any that
  * returned nothing): the wakeups our own signals cause are left out, so that a
  * snapshot of an idle server shows no wakeup at all.  peak_open of several
- * workers is the sum of their peaks, an upper bound of the true peak.
+ * workers is the sum of their peaks, an upper bound of the true peak.  With
+ * --dead-holders the listening line adds dead_port, the snapshot and stats
+ * lines a "dead_holders" member (holders.c); the holders' connections are
+ * not in accepted, open or closed, but their events are in events.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -219,10 +225,12 @@ static void print_help(void)
 	       "  --ready-file PATH  %-11s also write the listening line to PATH, atomically\n"
 	       "  --reads-per-event N %-10d full reads of one connection per event before the others'\n"
 	       "  --accepts-per-event N %-8d accepts per listener event before the connections' events\n"
+	       "  --dead-holders N   %-11d processes holding dead connections in this one's epoll set (holders.c)\n"
+	       "  --dead-port N      %-11d their listener's port, for deadconn; 0 takes a free one\n"
 	       "  --list-backends                the event backends, one a line, and exit\n"
 	       "  --help                         this text\n",
 	       DEFAULT_BACKEND, ev_backend_names(), DEFAULT_BIND, DEFAULT_PORT, DEFAULT_BACKLOG,
-	       DEFAULT_MSGSIZE, DEFAULT_WORKERS, "none", DEFAULT_READS_PER_EVENT, DEFAULT_ACCEPTS_PER_EVENT);
+	       DEFAULT_MSGSIZE, DEFAULT_WORKERS, "none", DEFAULT_READS_PER_EVENT, DEFAULT_ACCEPTS_PER_EVENT, 0, 0);
 }
 
 static long parse_number(const char *option, const char *text, long min, long max)
@@ -247,6 +255,8 @@ static struct options parse_options(int argc, char **argv)
 		{ "ready-file", required_argument, NULL, 'r' },
 		{ "reads-per-event", required_argument, NULL, 'R' },
 		{ "accepts-per-event", required_argument, NULL, 'A' },
+		{ "dead-holders", required_argument, NULL, 'H' },
+		{ "dead-port", required_argument, NULL, 'P' },
 		{ "list-backends", no_argument, NULL, 'L' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -292,6 +302,12 @@ static struct options parse_options(int argc, char **argv)
 		case 'A':
 			o.accepts_per_event = (int)parse_number("--accepts-per-event", optarg, 1, INT_MAX);
 			break;
+		case 'H':
+			o.dead_holders = (int)parse_number("--dead-holders", optarg, 0, MAX_HOLDERS);
+			break;
+		case 'P':
+			o.dead_port = (int)parse_number("--dead-port", optarg, 0, 65535);
+			break;
 		case 'L':
 			for (size_t i = 0; ev_backend_at(i); i++)
 				puts(ev_backend_at(i));
@@ -308,6 +324,9 @@ static struct options parse_options(int argc, char **argv)
 	}
 	if (optind < argc)
 		usage_error("unexpected argument '%s' (see --help)", argv[optind]);
+	if (o.dead_holders && o.workers > 1)
+		usage_error("--dead-holders works with one worker: the holders share that worker's interest set "
+			    "(drop --workers or --dead-holders)");
 	return o;
 }
 
@@ -333,10 +352,18 @@ int main(int argc, char **argv)
 		return run_workers(&o, listeners, port, fd_limit);
 
 	struct server *s = server_create(&o, listeners[0], fd_limit);
-	announce(&o, port, fd_limit);
+	struct holders *holders = NULL;
+	int dead_port = 0;
+	if (o.dead_holders) {
+		int dead_listener = open_listener(&o, o.dead_port, false, &dead_port);
+		holders = holders_start(&o, server_loop(s), dead_listener, dead_port, fd_limit);
+		server_attach_holders(s, holders);
+	}
+	announce(&o, port, dead_port, fd_limit);
 	struct worker_stats *stats;
 	int status = server_run(s, 0, &stats);
-	print_stats(&o, fd_limit, stats, 1);
+	print_stats(&o, fd_limit, stats, 1, holders);
+	holders_stop(holders);
 	server_destroy(s);
 	return status;
 }

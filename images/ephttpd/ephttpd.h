@@ -8,9 +8,11 @@
 #define EPHTTPD_H
 
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define MAX_WORKERS 256
+#define MAX_HOLDERS 64
 
 struct options {
 	const char *backend;
@@ -22,6 +24,8 @@ struct options {
 	const char *ready_file;
 	int reads_per_event;   /* full reads of one connection per readiness event (server.c) */
 	int accepts_per_event; /* accepts per listener event */
+	int dead_holders;      /* --dead-holders: processes holding dead connections in our set (holders.c) */
+	int dead_port;         /* their listener's port; 0: a free one */
 };
 
 /* A worker's counters; the supervisor sums them (stats.c prints them). */
@@ -48,18 +52,38 @@ _Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void install_handler(int sig, void (*handler)(int));
 
 struct server;
+struct holders;
+struct ev_event;
+struct ev_loop;
 /* A worker's loop on listen_fd for up to max_fds descriptors; exits 2 when the backend is refused. */
 struct server *server_create(const struct options *o, int listen_fd, int max_fds);
 /* Serves until SIGTERM/SIGINT; returns 0, or 1 if the wait failed.  *stats is the worker's counters. */
 int server_run(struct server *s, int worker, struct worker_stats **stats);
 /* Closes what the loop holds and frees it, so that a leak checker sees only real leaks. */
 void server_destroy(struct server *s);
+/* The worker's event loop, and the holders whose connections it watches (holders.c). */
+struct ev_loop *server_loop(struct server *s);
+void server_attach_holders(struct server *s, struct holders *h);
+
+/* --dead-holders N (holders.c): forks them on the loop, listening on listener (which it closes). */
+struct holders *holders_start(const struct options *o, struct ev_loop *loop, int listener, int port,
+			      int fd_limit);
+/* An EV_FOREIGN event: to the holder of the connection. */
+void holders_forward(struct holders *hs, const struct ev_event *e);
+/* After SIGCHLD: notes and reports the holders that died. */
+void holders_reap(struct holders *hs);
+/* The "dead_holders" JSON member; its length, or -1 if it does not fit. */
+int holders_json(struct holders *hs, char *buf, size_t size);
+/* Ends the holders (their connections close with them) and frees hs; NULL is nothing. */
+void holders_stop(struct holders *hs);
 
 /* The "listening" line (and --ready-file), the "snapshot" and "stats" lines. */
-void announce(const struct options *o, int port, int fd_limit);
+void announce(const struct options *o, int port, int dead_port, int fd_limit);
 void take_cpu_times(struct worker_stats *st);
-void print_snapshot(struct worker_stats *st, int worker);
-void print_stats(const struct options *o, int fd_limit, const struct worker_stats *per_worker, int count);
+/* holders: the "dead_holders" member's source, or NULL. */
+void print_snapshot(struct worker_stats *st, int worker, struct holders *holders);
+void print_stats(const struct options *o, int fd_limit, const struct worker_stats *per_worker, int count,
+		 struct holders *holders);
 
 /* --workers N > 1: forks them, forwards signals, sums their stats; returns the exit status. */
 int run_workers(const struct options *o, const int *listeners, int port, int fd_limit);

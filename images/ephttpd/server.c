@@ -66,6 +66,7 @@ struct server {
 	int *ready; /* descriptors a cap cut short; the listener's is listen_fd */
 	int ready_count;
 	struct worker_stats stats;
+	struct holders *holders; /* --dead-holders: whose connections are foreign items of our loop */
 	char in[READ_SIZE];
 };
 
@@ -408,6 +409,16 @@ struct server *server_create(const struct options *o, int listen_fd, int max_fds
 	return s;
 }
 
+struct ev_loop *server_loop(struct server *s)
+{
+	return s->loop;
+}
+
+void server_attach_holders(struct server *s, struct holders *h)
+{
+	s->holders = h;
+}
+
 void server_destroy(struct server *s)
 {
 	for (int fd = 0; fd < s->max_fds; fd++) {
@@ -452,7 +463,9 @@ int server_run(struct server *s, int worker, struct worker_stats **stats)
 				continue;
 			}
 			served++;
-			if (fd == s->listen_fd)
+			if (fd == EV_FOREIGN)
+				holders_forward(s->holders, &events[i]);
+			else if (fd == s->listen_fd)
 				accept_connections(s);
 			else
 				serve(s, fd, events[i].events);
@@ -464,9 +477,11 @@ int server_run(struct server *s, int worker, struct worker_stats **stats)
 		}
 		serve_ready_list(s);
 		/* After the pipe was drained: a signal since then left a byte in it. */
+		if (s->holders)
+			holders_reap(s->holders);
 		if (snapshot_requested) {
 			snapshot_requested = 0;
-			print_snapshot(&s->stats, worker);
+			print_snapshot(&s->stats, worker, s->holders);
 		}
 	}
 	take_cpu_times(&s->stats);

@@ -35,21 +35,35 @@ static int format_counters(char *buf, size_t size, const struct worker_stats *st
 }
 
 /* One write(2), so that the lines of several workers sharing stdout never mix. */
-void print_snapshot(struct worker_stats *st, int worker)
+/* The holders' JSON member after a comma, or nothing. */
+#define HOLDERS_JSON_MAX (MAX_HOLDERS * 384 + 256)
+static const char *holders_member(struct holders *holders, char *buf, size_t size)
 {
-	char line[1024], counters[768];
+	if (!holders)
+		return "";
+	buf[0] = ',';
+	if (holders_json(holders, buf + 1, size - 1) < 0)
+		snprintf(buf, size, ",\"dead_holders\":null");
+	return buf;
+}
+
+void print_snapshot(struct worker_stats *st, int worker, struct holders *holders)
+{
+	static char line[1024 + HOLDERS_JSON_MAX], member[HOLDERS_JSON_MAX];
+	char counters[768];
 	take_cpu_times(st);
 	format_counters(counters, sizeof(counters), st);
-	int n = snprintf(line, sizeof(line), "{\"event\":\"snapshot\",\"worker\":%d,\"pid\":%d,%s}\n", worker,
-			 (int)getpid(), counters);
+	int n = snprintf(line, sizeof(line), "{\"event\":\"snapshot\",\"worker\":%d,\"pid\":%d,%s%s}\n", worker,
+			 (int)getpid(), counters, holders_member(holders, member, sizeof(member)));
 	if (n > 0 && write(STDOUT_FILENO, line, (size_t)n) < 0) {
 		/* stdout gone: nobody is reading snapshots */
 	}
 }
 
-void print_stats(const struct options *o, int fd_limit, const struct worker_stats *per_worker,
-			int count)
+void print_stats(const struct options *o, int fd_limit, const struct worker_stats *per_worker, int count,
+		 struct holders *holders)
 {
+	static char member[HOLDERS_JSON_MAX];
 	struct worker_stats sum = { 0 };
 	for (int i = 0; i < count; i++) {
 		const struct worker_stats *w = &per_worker[i];
@@ -77,17 +91,19 @@ void print_stats(const struct options *o, int fd_limit, const struct worker_stat
 		format_counters(counters, sizeof(counters), &per_worker[i]);
 		printf("%s{\"worker\":%d,\"pid\":%d,%s}", i ? "," : "", i, (int)per_worker[i].pid, counters);
 	}
-	printf("]}\n");
+	printf("]%s}\n", holders_member(holders, member, sizeof(member)));
 	fflush(stdout);
 }
 
-void announce(const struct options *o, int port, int fd_limit)
+void announce(const struct options *o, int port, int dead_port, int fd_limit)
 {
-	char line[512];
+	char line[512], dead[64] = "";
+	if (o->dead_holders)
+		snprintf(dead, sizeof(dead), ",\"dead_holders\":%d,\"dead_port\":%d", o->dead_holders, dead_port);
 	snprintf(line, sizeof(line),
 		 "{\"event\":\"listening\",\"bind\":\"%s\",\"port\":%d,\"backend\":\"%s\",\"workers\":%d,"
-		 "\"fd_limit\":%d}\n",
-		 o->bind, port, o->backend, o->workers, fd_limit);
+		 "\"fd_limit\":%d%s}\n",
+		 o->bind, port, o->backend, o->workers, fd_limit, dead);
 	if (o->ready_file) {
 		char tmp[PATH_MAX];
 		snprintf(tmp, sizeof(tmp), "%s.%d.tmp", o->ready_file, (int)getpid());

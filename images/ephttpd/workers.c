@@ -90,7 +90,7 @@ int run_workers(const struct options *o, const int *listeners, int port, int fd_
 	sigaddset(&blocked, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &blocked, NULL);
 
-	announce(o, port, fd_limit);
+	announce(o, port, 0, fd_limit);
 	for (int i = 0; i < o->workers; i++) {
 		int p[2];
 		if (pipe2(p, O_CLOEXEC) < 0)
@@ -155,6 +155,6 @@ int run_workers(const struct options *o, const int *listeners, int port, int fd_
 			status = 1;
 		close(stats_reads[i]);
 	}
-	print_stats(o, fd_limit, per_worker, reported);
+	print_stats(o, fd_limit, per_worker, reported, NULL);
 	return status;
 }

@@ -84,6 +84,39 @@ int ev_wait(struct ev_loop *loop, struct ev_event *out, int max, int timeout_ms)
 	return loop->backend->wait(loop->state, out, max, timeout_ms);
 }
 
+int ev_shareable(const struct ev_loop *loop)
+{
+	return loop->backend->foreign != NULL;
+}
+
+int ev_add_foreign(struct ev_loop *loop, int fd, unsigned events, uint64_t data)
+{
+	if (!loop->backend->foreign)
+		return -EOPNOTSUPP;
+	return loop->backend->foreign(loop->state, fd, events, data, 0);
+}
+
+int ev_rearm_foreign(struct ev_loop *loop, int fd, unsigned events, uint64_t data)
+{
+	if (!loop->backend->foreign)
+		return -EOPNOTSUPP;
+	return loop->backend->foreign(loop->state, fd, events, data, 1);
+}
+
+int ev_shared_fd(const struct ev_loop *loop)
+{
+	if (!loop->backend->shared_fd)
+		return -EOPNOTSUPP;
+	return loop->backend->shared_fd(loop->state);
+}
+
+long ev_watched(struct ev_loop *loop)
+{
+	if (!loop->backend->watched)
+		return -EOPNOTSUPP;
+	return loop->backend->watched(loop->state);
+}
+
 /* Seccomp mode from /proc/self/status: 0 none, 1 strict, 2 filter. */
 static int seccomp_mode(void)
 {

@@ -16,6 +16,7 @@
 #define EV_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define EV_READ  1u
 #define EV_WRITE 2u
@@ -32,8 +33,9 @@
 #define EV_ERROR 4u
 
 struct ev_event {
-	int fd;
+	int fd;          /* EV_FOREIGN for a foreign item (below) */
 	unsigned events;
+	uint64_t data;   /* a foreign item's word, as registered; 0 for the loop's own descriptors */
 };
 
 struct ev_loop;
@@ -67,5 +69,50 @@ int ev_wait(struct ev_loop *loop, struct ev_event *out, int max, int timeout_ms)
 
 const char *ev_name(const struct ev_loop *loop);
 void ev_destroy(struct ev_loop *loop);
+
+/*
+ * Sharing the interest set with other processes: foreign items (epoll and
+ * epoll-et only).
+ *
+ * An epoll instance is a file, so a process forked after ev_create holds it
+ * too and may register its own descriptors in it; the waiting process's
+ * ev_wait then reports them although it does not have them open.  That is how
+ * one process can wait on more descriptors than it may open (ephttpd's
+ * --dead-holders, images/ephttpd/holders.c).  Such descriptors are foreign
+ * items:
+ *   - ev_add_foreign(loop, fd, events, data) registers the caller's fd,
+ *     one-shot (EPOLLONESHOT): reported once, then disabled until its owner
+ *     re-arms it with ev_rearm_foreign, so that the waiting process can hand
+ *     the event to the owner and wait on while the owner deals with it (a
+ *     level-triggered item would otherwise be reported at every wait until
+ *     then).  data, below 2^63, is the caller's: it should name the owner and
+ *     the descriptor.
+ *   - ev_wait reports a foreign item as an event with fd EV_FOREIGN and data
+ *     as registered; events as for any descriptor.
+ *   - The owner removes an item with ev_delete(loop, fd) before it closes fd.
+ *     An owner that dies takes its items out of the set with its descriptors:
+ *     the kernel drops an item when the last reference to its file goes.
+ * Only one process waits on a shared loop; the others only register.  An
+ * item is the pair (file, descriptor number in the process that registered
+ * it), so the owners' numbers may coincide with each other's and with the
+ * waiter's.  The other backends return -EOPNOTSUPP: select and poll hand the
+ * kernel the waiter's own descriptors at every wait (and the kernel refuses
+ * more than the waiter's descriptor limit); the io_uring ring is set up
+ * IORING_SETUP_SINGLE_ISSUER (ev_uring.c), so the kernel takes submissions
+ * from its creator alone, and without that flag several processes would
+ * share one submission queue with no lock between them; an AIO context
+ * belongs to one address space, which a child of fork does not inherit.
+ */
+#define EV_FOREIGN (-1)
+int ev_add_foreign(struct ev_loop *loop, int fd, unsigned events, uint64_t data);
+int ev_rearm_foreign(struct ev_loop *loop, int fd, unsigned events, uint64_t data);
+/* Whether this loop's backend takes foreign items. */
+int ev_shareable(const struct ev_loop *loop);
+/* The descriptor of the shared set, which a process sharing the loop must keep
+ * open (it may close all others); -EOPNOTSUPP for the backends above. */
+int ev_shared_fd(const struct ev_loop *loop);
+/* The items in the kernel's interest set, own and foreign, as the kernel lists
+ * them (/proc/self/fdinfo); -errno, -EOPNOTSUPP for the backends above. */
+long ev_watched(struct ev_loop *loop);
 
 #endif

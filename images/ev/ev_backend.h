@@ -13,6 +13,10 @@ struct ev_backend {
 	int (*delete)(void *state, int fd);
 	int (*wait)(void *state, struct ev_event *out, int max, int timeout_ms);
 	void (*destroy)(void *state);
+	/* Foreign items (ev.h); NULL where the backend has none. */
+	int (*foreign)(void *state, int fd, unsigned events, uint64_t data, int rearm);
+	long (*watched)(void *state);
+	int (*shared_fd)(void *state);
 };
 
 extern const struct ev_backend ev_select_backend;

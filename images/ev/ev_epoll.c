@@ -2,6 +2,9 @@
  * ev_epoll.c - epoll(7), level-triggered ("epoll") and edge-triggered
  * ("epoll-et").  The two differ only in EPOLLET on every registration, so
  * they share all code and differ in the flag kept in their state.
+ *
+ * Foreign items (ev.h): an item's data word is the descriptor for the loop's
+ * own, and FOREIGN_BIT with the owner's word for a foreign one.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -12,6 +15,8 @@
 #include <unistd.h>
 
 #include "ev_backend.h"
+
+#define FOREIGN_BIT (UINT64_C(1) << 63)
 
 struct epoll_state {
 	int epfd;
@@ -56,14 +61,45 @@ static void *epoll_et_create(int max_fds, char *err, size_t errlen)
 	return epoll_create_with(EPOLLET, "epoll-et", max_fds, err, errlen);
 }
 
+static uint32_t epoll_events_of(const struct epoll_state *s, unsigned events)
+{
+	return ((events & EV_READ) ? EPOLLIN | EPOLLRDHUP : 0) | ((events & EV_WRITE) ? EPOLLOUT : 0) | s->trigger;
+}
+
 static int epoll_control(struct epoll_state *s, int op, int fd, unsigned events)
 {
-	struct epoll_event ev = {
-		.events = ((events & EV_READ) ? EPOLLIN | EPOLLRDHUP : 0) | ((events & EV_WRITE) ? EPOLLOUT : 0) |
-			  s->trigger,
-		.data.fd = fd,
-	};
+	struct epoll_event ev = { .events = epoll_events_of(s, events), .data.u64 = (uint32_t)fd };
 	return epoll_ctl(s->epfd, op, fd, &ev) < 0 ? -errno : 0;
+}
+
+static int epoll_foreign(void *state, int fd, unsigned events, uint64_t data, int rearm)
+{
+	struct epoll_state *s = state;
+	if (data & FOREIGN_BIT)
+		return -EINVAL;
+	struct epoll_event ev = { .events = epoll_events_of(s, events) | EPOLLONESHOT, .data.u64 = data | FOREIGN_BIT };
+	return epoll_ctl(s->epfd, rearm ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+static int epoll_shared_fd(void *state)
+{
+	return ((struct epoll_state *)state)->epfd;
+}
+
+/* The "tfd:" lines of the epoll file's fdinfo: one per item in the set. */
+static long epoll_watched(void *state)
+{
+	struct epoll_state *s = state;
+	char path[64], line[256];
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", s->epfd);
+	FILE *info = fopen(path, "r");
+	if (!info)
+		return -errno;
+	long items = 0;
+	while (fgets(line, sizeof(line), info))
+		items += strncmp(line, "tfd:", 4) == 0;
+	fclose(info);
+	return items;
 }
 
 static int epoll_add(void *state, int fd, unsigned events)
@@ -99,7 +135,11 @@ static int epoll_wait_events(void *state, struct ev_event *out, int max, int tim
 			events |= EV_WRITE;
 		if (got & (EPOLLHUP | EPOLLERR | EPOLLRDHUP))
 			events |= EV_ERROR | EV_READ;
-		out[i] = (struct ev_event){ .fd = s->ready[i].data.fd, .events = events };
+		uint64_t data = s->ready[i].data.u64;
+		if (data & FOREIGN_BIT)
+			out[i] = (struct ev_event){ .fd = EV_FOREIGN, .events = events, .data = data & ~FOREIGN_BIT };
+		else
+			out[i] = (struct ev_event){ .fd = (int)data, .events = events };
 	}
 	return n;
 }
@@ -120,6 +160,9 @@ const struct ev_backend ev_epoll_backend = {
 	.delete = epoll_delete,
 	.wait = epoll_wait_events,
 	.destroy = epoll_destroy,
+	.foreign = epoll_foreign,
+	.watched = epoll_watched,
+	.shared_fd = epoll_shared_fd,
 };
 
 const struct ev_backend ev_epoll_et_backend = {
@@ -130,4 +173,7 @@ const struct ev_backend ev_epoll_et_backend = {
 	.delete = epoll_delete,
 	.wait = epoll_wait_events,
 	.destroy = epoll_destroy,
+	.foreign = epoll_foreign,
+	.watched = epoll_watched,
+	.shared_fd = epoll_shared_fd,
 };

@@ -6,18 +6,35 @@
  * readiness when only a few of the descriptors it watches are ever ready.
  *
  * The model: N non-blocking pipes, the read end of every one registered with
- * the backend for EV_READ, in pipe order.  M tokens (one byte each) are spread
- * evenly over the pipes, each on the last pipe of its share: token i on pipe
- * (i+1)*N/M - 1, so one token sits on the last pipe as in the original
- * pipetest.  The place matters to poll and select: they register a wait on
- * every descriptor they scan before the first ready one, so a token at the
- * front of the set would hide most of their cost.  The loop waits for
- * readiness; each delivery of a token is a pass: the token is read and written
- * back into the same pipe, until it has made G passes (after its last pass it
- * is read and not written back).  The other N-M pipes stay idle all along, so
- * any cost that grows with N is the mechanism's cost of watching idle
- * descriptors: poll and select hand the kernel all N each wait, epoll keeps
- * them in the kernel and reports only the ready ones, io_uring keeps a
+ * the backend for EV_READ, in pipe order.  M tokens (one byte each) circulate
+ * through them.  The loop waits for readiness; each delivery of a token is a
+ * pass: the token is read and written into its next pipe (--walk below),
+ * until it has made G passes (after its last pass it is read and not written
+ * again).  Where the tokens go is the walk:
+ *
+ *   stay (default)  every token stays on one pipe, the last of its share of
+ *       the pipes: token t on pipe (t+1)*N/M - 1, so one token sits on the last
+ *       pipe.  The place matters to poll and select: they register a wait on
+ *       every descriptor they scan before the first ready one, so a token at
+ *       the front of the set would hide most of their cost.  The other N-M
+ *       pipes stay idle all along, so any cost that grows with N is the
+ *       mechanism's cost of watching idle descriptors, with a working set
+ *       that does not grow with N.
+ *   stride  the token walk of the 2002 pipetest (LaHaise's pipetest.c, as
+ *       its 2006 revision still carries it, there disabled under #if 0): after
+ *       g passes token t is on pipe (g*17 + t + t*(N/M)) mod N, so it moves
+ *       17 pipes on at every pass and over N passes touches every pipe - when
+ *       17 does not divide N.  17 is prime, so when it divides N a token
+ *       visits only N/17 pipes (those congruent to its start modulo 17), and
+ *       the other pipes are never touched.  Tokens move at their own pace, so
+ *       two may meet on one pipe: one read then carries both, and each makes
+ *       its pass (a pipe's bytes are its tokens, the loop keeps a list of them
+ *       per pipe).  The working set grows with N: this is what the walk
+ *       measures beyond stay, the cost of readiness on descriptors whose
+ *       kernel and user state are not in the caches.
+ *
+ * With either walk, poll and select hand the kernel all N each wait, epoll
+ * keeps them in the kernel and reports only the ready ones, io_uring keeps a
  * multishot poll per descriptor in the kernel, and AIO poll re-arms one-shot
  * polls on just the descriptors that fired.
  *
@@ -30,6 +47,11 @@
  * the backend hand every registration to the kernel, and placing the tokens
  * (all reported apart as setup_s); network stacks, sockets or more than one
  * thread; the pipes never fill, so nothing here blocks on writing.
+ *
+ * The visits: how many passes each pipe carried.  The JSON gives pipes_visited
+ * (pipes that carried at least one) and the least and most passes of one
+ * pipe; --visits PATH writes every pipe's count, one line per pipe in pipe
+ * order, for a test to read.
  *
  * Output: one JSON object on stdout.  Exit 2 on bad usage, including more
  * pipes than the descriptor limit allows and an unknown or unavailable backend.
@@ -62,12 +84,19 @@
 #define RESERVED_FDS 16
 /* A wait this long with tokens in flight means an event was lost. */
 #define STALL_TIMEOUT_MS 10000
+/* The stride of the 2002 walk: pipes a token moves on at every pass. */
+#define WALK_STRIDE 17
+/* Bytes of one read of a pipe (a read asks for one more than its tokens, to see that it is drained). */
+#define READ_CHUNK 4096
 
 static const char *backend = DEFAULT_BACKEND;
 static long pipes = DEFAULT_PIPES;
 static long tokens = DEFAULT_TOKENS;
 static long generations = DEFAULT_GENERATIONS;
 static long max_seconds = DEFAULT_MAX_SECONDS;
+static const char *walk = "stay";
+static const char *visits_path = "";
+static int striding; /* --walk stride */
 
 static const struct option_spec {
 	const char *name;
@@ -77,10 +106,12 @@ static const struct option_spec {
 	const char *help;
 } option_specs[] = {
 	{ "backend", "NAME", &backend, NULL, "select|poll|epoll|epoll-et|io_uring|aio-poll" },
-	{ "pipes", "N", NULL, &pipes, "pipes watched; all but the tokens' stay idle" },
-	{ "tokens", "M", NULL, &tokens, "tokens circulating, each on its own pipe (M <= N)" },
+	{ "pipes", "N", NULL, &pipes, "pipes watched (with stay all but the tokens' idle)" },
+	{ "tokens", "M", NULL, &tokens, "tokens circulating (M <= N)" },
 	{ "generations", "G", NULL, &generations, "passes each token makes" },
 	{ "max-seconds", "S", NULL, &max_seconds, "stop passing after S seconds (0: when G is reached)" },
+	{ "walk", "stay|stride", &walk, NULL, "stay: tokens keep their pipes; stride: 2002's walk" },
+	{ "visits", "PATH", &visits_path, NULL, "write each pipe's passes there, one a line" },
 };
 #define OPTION_COUNT (sizeof(option_specs) / sizeof(option_specs[0]))
 
@@ -93,7 +124,7 @@ static void usage(FILE *out)
 		char option[32], value[32];
 		snprintf(option, sizeof(option), "--%s %s", o->name, o->value_name);
 		if (o->text)
-			snprintf(value, sizeof(value), "%s", *o->text);
+			snprintf(value, sizeof(value), "%s", **o->text ? *o->text : "none");
 		else
 			snprintf(value, sizeof(value), "%ld", *o->number);
 		fprintf(out, "  %-19s %-50s (default %s)\n", option, o->help, value);
@@ -145,6 +176,17 @@ static void parse_args(int argc, char **argv)
 		usage_error("unexpected argument '%s'", argv[optind]);
 	if (tokens > pipes)
 		usage_error("%ld tokens need as many pipes: use --tokens %ld or fewer", tokens, pipes);
+	if (strcmp(walk, "stay") != 0 && strcmp(walk, "stride") != 0)
+		usage_error("unknown walk '%s' (choose stay|stride)", walk);
+	striding = strcmp(walk, "stride") == 0;
+}
+
+/* The pipe token t is on after g passes (the top of this file). */
+static long pipe_of_token(long t, long g)
+{
+	if (!striding)
+		return (long)((int64_t)(t + 1) * pipes / tokens) - 1;
+	return (long)(((int64_t)g * WALK_STRIDE + t + (int64_t)t * (pipes / tokens)) % pipes);
 }
 
 /* Raises the soft descriptor limit to the hard one; returns the limit. */
@@ -194,9 +236,15 @@ int main(int argc, char **argv)
 	clock_gettime(CLOCK_MONOTONIC, &setup_start);
 	int (*pipe_fds)[2] = calloc((size_t)pipes, sizeof(*pipe_fds));
 	long *pipe_of_fd = calloc((size_t)fd_limit, sizeof(*pipe_of_fd));
-	long *passes_left = calloc((size_t)pipes, sizeof(*passes_left));
+	/* The tokens on each pipe, as a list through next_token; a token's passes so far. */
+	long *first_token = malloc((size_t)pipes * sizeof(*first_token));
+	long *tokens_on = calloc((size_t)pipes, sizeof(*tokens_on));
+	uint64_t *visits = calloc((size_t)pipes, sizeof(*visits));
+	long *next_token = calloc((size_t)tokens, sizeof(*next_token));
+	long *passes_made = calloc((size_t)tokens, sizeof(*passes_made));
 	struct ev_event *events = calloc((size_t)tokens, sizeof(*events));
-	if (!pipe_fds || !pipe_of_fd || !passes_left || !events) {
+	if (!pipe_fds || !pipe_of_fd || !first_token || !tokens_on || !visits || !next_token || !passes_made ||
+	    !events) {
 		fprintf(stderr, "pipetest: out of memory for %ld pipes\n", pipes);
 		return 1;
 	}
@@ -228,9 +276,13 @@ int main(int argc, char **argv)
 			idle < 0 ? strerror(-idle) : "reported an idle pipe ready");
 		return 1;
 	}
+	for (long p = 0; p < pipes; p++)
+		first_token[p] = -1;
 	for (long t = 0; t < tokens; t++) {
-		long p = (long)((int64_t)(t + 1) * pipes / tokens) - 1;
-		passes_left[p] = generations;
+		long p = pipe_of_token(t, 0);
+		next_token[t] = first_token[p];
+		first_token[p] = t;
+		tokens_on[p]++;
 		if (write(pipe_fds[p][1], "t", 1) != 1) {
 			fprintf(stderr, "pipetest: placing token %ld: %s\n", t + 1, strerror(errno));
 			return 1;
@@ -265,33 +317,85 @@ int main(int argc, char **argv)
 		events_seen += (uint64_t)n;
 		for (int i = 0; i < n; i++) {
 			long p = pipe_of_fd[events[i].fd];
-			char token[16];
-			/* One byte at most is in the pipe: a read drains it for edge triggering. */
-			ssize_t got = read(events[i].fd, token, sizeof(token));
-			if (got < 0 && errno == EAGAIN)
+			long on = tokens_on[p];
+			/* A pipe's bytes are its tokens.  Each read asks for one byte more than
+			 * is left, so that a read that gets them all is short: the pipe is
+			 * drained (edge triggering needs that) and holds nothing else. */
+			long got = 0;
+			ssize_t r;
+			char buf[READ_CHUNK];
+			for (;;) {
+				size_t ask = (size_t)(on - got) + 1 < sizeof(buf) ? (size_t)(on - got) + 1 : sizeof(buf);
+				r = read(events[i].fd, buf, ask);
+				if (r < 0 && errno == EINTR)
+					continue;
+				if (r <= 0)
+					break;
+				got += r;
+				if ((size_t)r < ask || got > on)
+					break;
+			}
+			int read_errno = r < 0 ? errno : 0;
+			/* A pipe whose tokens were taken earlier in this batch: nothing to read. */
+			if (on == 0 && got == 0 && read_errno == EAGAIN)
 				continue;
-			if (got != 1 || (events[i].events & EV_ERROR)) {
-				fprintf(stderr, "pipetest: pipe %ld: expected its one-byte token, got %s\n", p + 1,
-					got < 0 ? strerror(errno) : (events[i].events & EV_ERROR) ? "an error or hang-up"
-												  : "another size");
+			if (got != on || r == 0 || (read_errno && read_errno != EAGAIN) || (events[i].events & EV_ERROR)) {
+				fprintf(stderr, "pipetest: pipe %ld: expected its %ld token byte(s), got %s\n", p + 1, on,
+					(events[i].events & EV_ERROR) ? "an error or hang-up"
+					: r == 0                      ? "end of file"
+					: read_errno && read_errno != EAGAIN ? strerror(read_errno)
+									   : "another number");
 				return 1;
 			}
-			passes++;
-			if (--passes_left[p] > 0 && write(pipe_fds[p][1], token, 1) != 1) {
-				fprintf(stderr, "pipetest: passing the token on pipe %ld: %s\n", p + 1, strerror(errno));
-				return 1;
+			long t = first_token[p];
+			first_token[p] = -1;
+			tokens_on[p] = 0;
+			visits[p] += (uint64_t)on;
+			while (t >= 0) {
+				long next = next_token[t];
+				passes++;
+				if (++passes_made[t] < generations) {
+					long q = pipe_of_token(t, passes_made[t]);
+					if (write(pipe_fds[q][1], "t", 1) != 1) {
+						fprintf(stderr, "pipetest: passing token %ld to pipe %ld: %s\n", t + 1,
+							q + 1, strerror(errno));
+						return 1;
+					}
+					next_token[t] = first_token[q];
+					first_token[q] = t;
+					tokens_on[q]++;
+				}
+				t = next;
 			}
 		}
 	}
 	double elapsed_s = seconds_since(&start);
 
-	printf("{\"backend\": \"%s\", \"pipes\": %ld, \"tokens\": %ld, \"generations\": %ld, "
+	long pipes_visited = 0;
+	uint64_t visits_min = UINT64_MAX, visits_max = 0;
+	for (long p = 0; p < pipes; p++) {
+		pipes_visited += visits[p] > 0;
+		visits_min = visits[p] < visits_min ? visits[p] : visits_min;
+		visits_max = visits[p] > visits_max ? visits[p] : visits_max;
+	}
+	if (*visits_path) {
+		FILE *out = fopen(visits_path, "w");
+		for (long p = 0; out && p < pipes; p++)
+			fprintf(out, "%" PRIu64 "\n", visits[p]);
+		if (!out || fclose(out) != 0) {
+			fprintf(stderr, "pipetest: --visits %s: %s\n", visits_path, strerror(errno));
+			return 1;
+		}
+	}
+
+	printf("{\"backend\": \"%s\", \"walk\": \"%s\", \"pipes\": %ld, \"tokens\": %ld, \"generations\": %ld, "
 	       "\"passes\": %" PRIu64 ", \"elapsed_s\": %.6f, \"passes_per_s\": %.1f, \"setup_s\": %.6f, "
 	       "\"fd_limit\": %ld, \"wait_calls\": %" PRIu64 ", \"events_per_wait\": %.3f, "
-	       "\"max_seconds\": %ld, \"stopped_by\": \"%s\"}\n",
-	       ev_name(loop), pipes, tokens, generations, passes, elapsed_s, (double)passes / elapsed_s, setup_s,
-	       fd_limit, wait_calls, wait_calls ? (double)events_seen / (double)wait_calls : 0.0, max_seconds,
-	       stopped_by);
+	       "\"max_seconds\": %ld, \"stopped_by\": \"%s\", \"pipes_visited\": %ld, "
+	       "\"visits_min\": %" PRIu64 ", \"visits_max\": %" PRIu64 "}\n",
+	       ev_name(loop), walk, pipes, tokens, generations, passes, elapsed_s, (double)passes / elapsed_s,
+	       setup_s, fd_limit, wait_calls, wait_calls ? (double)events_seen / (double)wait_calls : 0.0,
+	       max_seconds, stopped_by, pipes_visited, visits_min, visits_max);
 	ev_destroy(loop);
 	return 0;
 }
