@@ -7,6 +7,7 @@ message and exit code 2, never a traceback.
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 
@@ -129,6 +130,20 @@ def attach(c, run=None):
     print(made.issue_md)
     for line in made.gh_commands:
         print(line)
+
+
+@task
+@_user_errors
+def schemas(c):
+    """Write schemas/run.schema.json and schemas/point.schema.json from the model (the published JSON Schemas)."""
+    from experiment import model
+    from experiment.paths import ROOT
+
+    for kind in (model.RUN, model.POINT):
+        path = ROOT / "schemas" / f"{kind}.schema.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(model.json_schema(kind), indent=2) + "\n")
+        print(path)
 
 
 @task(help={"run_a": "the baseline run", "run_b": "the run compared with it", "out": "output folder",

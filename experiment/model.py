@@ -12,7 +12,9 @@ History of schema_version:
     "series" are {"server", "backend"} objects. tuning.json (--tune-host's journal) is unchanged.
 
 A record is upgraded when it is read (upgrade()), never rewritten on disk: the committed runs stay as they
-were measured. A record of a later version than this one is refused, never misread.
+were measured. A record of a later version than this one is refused, never misread. Upgraded, it is checked
+against this version's JSON Schema (json_schema(), published as schemas/*.schema.json by `invoke schemas`):
+a version's schema changes only with SCHEMA_VERSION, except that a new optional field may extend it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+
+from . import schema
 from .catalog import DEFAULT_SERVER, HTTPERF, Series
 from .errors import UserError
 
@@ -152,7 +157,7 @@ class Point:
     reason: str | None = None
     ended_at: str | None = None
     figures: DeadFigures | PipeFigures | None = None
-    flags: dict[str, bool] = field(default_factory=dict)
+    flags: dict[str, bool | None] = field(default_factory=dict)  # None: the check could not tell
     checks: dict = field(default_factory=dict)
     programs: dict[str, dict] = field(default_factory=dict)
 
@@ -172,14 +177,9 @@ class Point:
 
     @classmethod
     def from_json(cls, data: dict, where: object) -> Point:
-        """A point from its file's (version-2) record; where names the file in errors."""
-        data = dict(data)
-        known = {"schema_version", "backend", "server_kind", "dead", "pipes", *PROGRAMS,
-                 *(f.name for f in fields(cls))} - {"series", "programs"}
-        unknown = sorted(set(data) - known)
+        """A point from its file's record, upgraded and checked against json_schema(POINT); where names the file
+        in errors."""
         try:
-            if unknown:
-                raise ValueError(f"unknown fields {', '.join(unknown)}")
             sweep = data["sweep"]
             if sweep not in FIGURES:
                 raise ValueError(f"unknown sweep {sweep!r}")
@@ -295,12 +295,51 @@ def write_json_atomic(path: Path, data: dict, overwrite: bool = False) -> None:
     os.replace(tmp, path)
 
 
+def json_schema(kind: str) -> dict:
+    """The JSON Schema of a run record (RUN) or a point file (POINT) in this version's form."""
+    version = {"const": SCHEMA_VERSION}
+    if kind == RUN:
+        body = schema.of_dataclass(RunRecord)
+        body["properties"] = {"schema_version": version, **body["properties"]}
+        title = "epollbench run.json"
+    elif kind == POINT:
+        body = schema.of_dataclass(Point, skip=("series", "figures", "programs"))
+        unmeasured = {"type": "object", "maxProperties": 0}
+        body["properties"] = {
+            "schema_version": version, **body["properties"],
+            "backend": {"type": "string"}, "server_kind": {"type": "string"},
+            "dead": {"type": "integer"}, "pipes": {"type": "integer"},
+            "figures": {"anyOf": [*(schema.of_dataclass(f) for f in FIGURES.values()), unmeasured]},
+            **{name: {"type": ["object", "null"]} for name in PROGRAMS}}
+        title = "epollbench points/<id>.json"
+    else:
+        raise ValueError(f"no schema for {kind}")
+    body["required"] = ["schema_version", *body["required"], *(["backend", "figures"] if kind == POINT else [])]
+    return {"$schema": schema.DIALECT, "title": f"{title}, schema_version {SCHEMA_VERSION}", **body}
+
+
+_VALIDATORS: dict[str, jsonschema.protocols.Validator] = {}
+
+
+def _check(data: dict, kind: str, where: object) -> None:
+    if kind not in _VALIDATORS:
+        _VALIDATORS[kind] = jsonschema.Draft202012Validator(json_schema(kind))
+    error = jsonschema.exceptions.best_match(_VALIDATORS[kind].iter_errors(data))
+    if error is not None:
+        raise UserError(f"{where} does not match the {kind} schema of version {SCHEMA_VERSION} at "
+                        f"{error.json_path}: {error.message}")
+
+
 def read_run(path: Path) -> RunRecord:
-    return RunRecord.from_json(read_json(path, RUN), path)
+    data = read_json(path, RUN)
+    _check(data, RUN, path)
+    return RunRecord.from_json(data, path)
 
 
 def read_point(path: Path) -> Point:
-    return Point.from_json(read_json(path, POINT), path)
+    data = read_json(path, POINT)
+    _check(data, POINT, path)
+    return Point.from_json(data, path)
 
 
 def read_json(path: Path, kind: str) -> dict:

@@ -106,7 +106,8 @@ def test_a_run_record_with_a_field_this_version_does_not_know_is_refused_in_one_
     record = model.read_json(COMMITTED[0] / "run.json", model.RUN)
     written = tmp_path / "run.json"
     written.write_text(json.dumps({**record, "hostname": "x"}))
-    with pytest.raises(UserError, match=r"run.json is not a run record this epollbench wrote: .*hostname"):
+    with pytest.raises(UserError, match=r"run.json does not match the run schema of version 2 at \$: "
+                                        r".*'hostname' was unexpected"):
         model.read_run(written)
 
 
@@ -116,7 +117,8 @@ def test_a_point_file_with_a_field_this_version_does_not_know_is_refused_in_one_
     for changed in ({**record, "throttled": True}, {**record, "figures": {**record["figures"], "rate": 1.0}}):
         written = tmp_path / path.name
         written.write_text(json.dumps(changed))
-        with pytest.raises(UserError, match=r"is not a point this epollbench wrote: .*(throttled|rate)") as caught:
+        with pytest.raises(UserError, match=r"does not match the point schema of version 2 at "
+                                            r"\$(\.figures)?: .*(throttled|rate)") as caught:
             model.read_point(written)
         assert "\n" not in str(caught.value)
 
@@ -144,3 +146,19 @@ def test_the_catalog_lists_the_backends_ephttpd_was_built_with(build_dir):
                             check=True).stdout.split()
     assert tuple(listed) == catalog.EV_BACKENDS
     assert set(catalog.SERVERS["ephttpd"].backends) == set(listed)
+
+
+@pytest.mark.parametrize("kind", [model.RUN, model.POINT])
+def test_the_published_schemas_are_the_models(kind):
+    """schemas/*.schema.json are made by `invoke schemas` from the model: a field added there must reach them."""
+    assert json.loads((ROOT / "schemas" / f"{kind}.schema.json").read_text()) == model.json_schema(kind)
+
+
+def test_a_point_whose_field_has_the_wrong_type_is_refused_in_one_line_naming_it(tmp_path):
+    path = next((COMMITTED[0] / "points").glob("dead-*.json"))
+    record = model.read_json(path, model.POINT)
+    written = tmp_path / path.name
+    written.write_text(json.dumps({**record, "figures": {**record["figures"], "replies": "many"}}))
+    with pytest.raises(UserError, match=r"does not match the point schema of version 2 at \$\.figures") as caught:
+        model.read_point(written)
+    assert "\n" not in str(caught.value)
