@@ -23,8 +23,10 @@ TOOLS = {
     "docker-compose": (("docker-compose",), "docker-compose"),
     "chromium": (("/usr/bin/chromium", "chromium"), "chromium"),
     "git": (("git",), "git"),
+    "openssl": (("openssl",), "openssl"),
     # The test task gets dockerd from docker.io when no engine answers (experiment/host/engine.py).
     "dockerd": (("dockerd", "/usr/sbin/dockerd"), "docker.io"),
+    "docker": (("/usr/bin/docker", "docker"), "docker.io"),
 }
 
 
