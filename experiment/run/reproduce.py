@@ -15,6 +15,7 @@ import ipaddress
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from docker.utils import parse_repository_tag
 from .. import catalog, model
 from ..errors import UserError
 from ..host import engine, images, machine, metadata, preflight, publish
-from . import results, servers
+from . import results, runlog, servers
 from .containers import Containers
 from .context import Context
 from .dead import dead_series
@@ -89,10 +90,14 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
     """Builds the images, runs every planned point not yet done, and returns the run.
 
     SIGTERM is handled like Ctrl-C: the run's containers are removed, tuned sysctls restored, finished
-    points kept, and the run marked interrupted so that --resume can continue it."""
+    points kept, and the run marked interrupted so that --resume can continue it. Any other exception marks
+    it failed with the message, its traceback in logs/traceback*.txt. While it runs, this process holds the
+    run's lock (results.Run.hold), and what it prints goes to logs/harness.log too (runlog)."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if options.resume:
         run = results.Run.open(options.resume, options.results_dir)
+        run.hold()
+        runlog.attach(run.path)
         record = run.record()
         plan = Plan.from_dict(record["plan"])
         say(f"resuming {run.id}: {len(run.points())} points already done")
@@ -105,11 +110,15 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
                  "server_address": check_address(options.server_address)}
         record = {"run_id": results.new_run_id(plan.profile), "profile": plan.profile, "status": "preparing",
                   "started_at": model.utc_now(), "ended_at": None, "command_line": sys.argv,
-                  "plan": plan.to_dict(), "engines": where}
+                  "plan": plan.to_dict(), "engines": where, "harness": preflight.this_process()}
         run = results.Run.create(record, options.results_dir)
+        run.hold()
+        runlog.attach(run.path)
         say(f"results: {run.path}")
-    status, error, refused = "failed", None, False
+    status, error, refused, traced = "failed", None, False, None
     try:
+        if options.resume:
+            run.update_record(harness=preflight.this_process())
         _measure_all(run, record, plan, options, say)
         status = "complete"
     except KeyboardInterrupt:
@@ -119,13 +128,30 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
     except metadata.ResumeRefused:
         refused = True  # nothing of this attempt belongs to the run: it stays as it was
         raise
-    except UserError as e:
-        error = str(e)
+    except Exception as e:
+        error = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        traced = _write_traceback(run)
         raise
     finally:
         if not refused:
-            run.update_record(status=status, error=error, ended_at=model.utc_now())
+            run.update_record(status=status, error=error, ended_at=model.utc_now(),
+                              **({"error_traceback": traced} if traced else {}))
+        run.release()
     return run
+
+
+def _write_traceback(run: results.Run) -> str | None:
+    """The exception being handled, with its traceback, in logs/traceback.txt (a resumed attempt's:
+    traceback.1.txt, ...); its path within the run folder, or None when it cannot be written."""
+    path, n = run.logs_dir / "traceback.txt", 1
+    while path.exists():
+        path, n = run.logs_dir / f"traceback.{n}.txt", n + 1
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(traceback.format_exc())
+    except OSError:
+        return None
+    return str(path.relative_to(run.path))
 
 
 @dataclass
@@ -221,15 +247,18 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
                               "max_dead": {s.label: max_dead(fd_limit, s.backend, plan.active_connections)
                                            for s in plan.series},
                               "max_pipes": {b: max_pipes(fd_limit, b) for b in plan.backends}})
-    server_runner = Containers(server_engine, run.id, fd_limit)
-    client_runner = Containers(client_engine, run.id, client_fd_limit)
+    server_runner = Containers(server_engine, run.id, fd_limit, run.path)
+    client_runner = Containers(client_engine, run.id, client_fd_limit, run.path)
     tuning = preflight.tune(findings if options.tune_host else [], journal=preflight.journal_path(run.path))
     with tuning as tuned, Progress(say) as progress:
         if tuned.changed:
             run.update_record(tuned=tuned.changed)
         ctx = Context(run, plan, server_runner, client_runner, built["server"].tag, built["client"].tag, sets, fd_limit,
                       progress, choices, address, client_source)
-        progress.start(total=count_points(plan, fd_limit), done=len(run.points()))
+        done = run.points()
+        progress.start(total=count_points(plan, fd_limit), done=len(done),
+                       to_skip=max(0, count_points(plan, fd_limit, skipped=True)
+                                   - sum(p["status"] == "skipped" for p in done)))
         measuring = time.monotonic()
         try:
             for variant in plan.variants:
@@ -275,10 +304,12 @@ def _source_address(client: docker.DockerClient, image: str, address: str) -> st
                         "address of the server's host that the clients' host reaches") from None
 
 
-def count_points(plan: Plan, fd_limit: int) -> int:
-    per_rep = 0
+def count_points(plan: Plan, fd_limit: int, skipped: bool = False) -> int:
+    """The points of the plan under this fd limit; with skipped, only those recorded as skipped."""
+    levels = []
     if "dead" in plan.sweeps:
-        per_rep += sum(len(dead_levels(plan, fd_limit, s.backend)) for s in plan.series)
+        levels += [level for s in plan.series for level in dead_levels(plan, fd_limit, s.backend)]
     if "pipetest" in plan.sweeps:
-        per_rep += sum(len(pipe_levels(plan, fd_limit, backend)) for backend in plan.backends)
+        levels += [level for backend in plan.backends for level in pipe_levels(plan, fd_limit, backend)]
+    per_rep = sum(1 for level in levels if not skipped or level.skip_reason)
     return per_rep * plan.repeat * len(plan.variants)
