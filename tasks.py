@@ -111,6 +111,18 @@ def compare(c, run_a, run_b, out=None):
     print(comparison.write(Run.open(run_a), Run.open(run_b), Path(out) if out else None))
 
 
+@task(help={"results_dir": "where the run folders are (default: results/)",
+            "run": "only what this run (an id or a folder) left: its containers and host tuning, no images",
+            "engine": "the Docker engine (default: DOCKER_HOST or the local socket)"})
+@_user_errors
+def clean(c, results_dir=None, run=None, engine=None):
+    """Remove what killed runs left: containers of runs that are not running, image tags of ours no run
+    refers to, and the sysctls and loopback rules a --tune-host run could not put back."""
+    from experiment.run import leftovers
+
+    leftovers.main(results_dir, run, engine)
+
+
 @task(help={"base_image": "base of both images (default debian:bookworm-slim)"})
 @_user_errors
 def build_images(c, base_image=None):

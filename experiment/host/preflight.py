@@ -587,13 +587,14 @@ def journal_state(record: dict) -> str:
     return "running" if alive(record) else "abandoned"
 
 
-def journals(results_dir: Path, also: Iterable[Path] = ()) -> list[Path]:
-    """Every tuning journal in a run folder under results_dir or in the run folders `also` names."""
-    found = [*results_dir.glob(f"*/{JOURNAL_GLOB}"), *(p for run in also for p in Path(run).glob(JOURNAL_GLOB))]
+def journals(results_dir: Path | None, also: Iterable[Path] = ()) -> list[Path]:
+    """Every tuning journal in a run folder under results_dir (None: none) or in the run folders `also` names."""
+    found = [*(results_dir.glob(f"*/{JOURNAL_GLOB}") if results_dir else ()),
+             *(p for run in also for p in Path(run).glob(JOURNAL_GLOB))]
     return sorted({p.resolve() for p in found})  # resolved: results/latest is a run folder again
 
 
-def abandoned_journals(results_dir: Path, also: Iterable[Path] = ()) -> list[Path]:
+def abandoned_journals(results_dir: Path | None, also: Iterable[Path] = ()) -> list[Path]:
     """The journals restore_abandoned() would undo, without undoing anything."""
     abandoned = []
     for path in journals(results_dir, also):
@@ -603,14 +604,15 @@ def abandoned_journals(results_dir: Path, also: Iterable[Path] = ()) -> list[Pat
     return abandoned
 
 
-def restore_abandoned(results_dir: Path, say: Callable[[str], None] = print, also: Iterable[Path] = (),
+def restore_abandoned(results_dir: Path | None, say: Callable[[str], None] = print, also: Iterable[Path] = (),
                       proc_sys: Path = PROC_SYS) -> list[Path]:
     """Undoes the tuning of runs that ended without undoing it (SIGKILL, the OOM killer): every journal in
-    a run folder under results_dir, or in the run folders `also` names, that is not marked restored and whose
-    process is gone. Each sysctl goes back where it still has the value that run wrote; each rule it added is
-    deleted (a rule already gone is left so). One line per item says so, and the journal is marked restored.
-    A live run's journal is never touched, nor one from another pid or network namespace (a container's: its
-    process cannot be told apart from here, and its changes are not this namespace's). Returns the journals
+    a run folder under results_dir (None: none), or in the run folders `also` names, that is not marked
+    restored and whose process is gone. Each sysctl goes back where it still has the value that run wrote;
+    each rule it added is deleted (a rule already gone is left so). One line per item says so, and the
+    journal is marked restored. A live run's journal is never touched, nor one from another pid or network
+    namespace (a container's: its process cannot be told apart from here, and its changes are not this
+    namespace's). Returns the journals
     it restored."""
     restored = []
     for path in journals(results_dir, also):
