@@ -9,7 +9,7 @@ from pathlib import Path
 from .errors import UserError
 from .host import images
 from .report import render
-from .run import plan, runlog
+from .run import doctor, plan, runlog
 from .run import reproduce as running
 from .run.results import RESULTS, Run
 from .run.services import LOOPBACK
@@ -41,6 +41,11 @@ def reproduce(profile: str = "quick", sweeps: str | None = None, variants: str |
                                   image_ref=image, archive=from_archive, published_json=published,
                                   server_engine_url=server_engine, client_engine_url=client_engine,
                                   server_address=server_address or LOOPBACK)
+        # The same checks as `invoke doctor` first: a failure stops here, before anything is built.
+        recorded = Run.open(resume, options.results_dir).record() if resume else {}
+        where = recorded.get("engines") or {"server": server_engine, "client": client_engine}
+        doctor.gate(plan.Plan.from_dict(recorded["plan"]) if recorded else the_plan, options.results_dir,
+                    where["server"], where["client"], tune_host, options.base_image)
         run = running.reproduce(the_plan, options)
         print(f"results: {run.path}")
         if options.render_report:
