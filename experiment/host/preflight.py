@@ -637,7 +637,7 @@ def restore_abandoned(results_dir: Path | None, say: Callable[[str], None] = pri
             continue
         if os.geteuid() != 0:
             say(f"{about} ({', '.join(c['setting'] for c in record['changes'])}): as root, the next "
-                "`invoke reproduce` puts it back")
+                "`invoke reproduce` (or `invoke clean`) puts it back")
             continue
         tuning = Tuning(proc_sys=proc_sys, changed=record["changes"], journal=path, record=record)
         try:
