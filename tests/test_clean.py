@@ -12,6 +12,7 @@ import contextlib
 import json
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -117,13 +118,18 @@ def test_a_run_killed_while_its_lock_was_held_is_cleaned_and_a_held_one_is_not(c
 
 
 def test_without_its_folder_a_run_is_judged_by_its_harness_process(client, image, run_ids, tmp_path):
-    gone, here = run_ids("gone"), run_ids("here")
+    gone, here, elsewhere = run_ids("gone"), run_ids("here"), run_ids("elsewhere")
     sleeper(client, image, here, tmp_path / "removed" / here)  # this process is its harness: alive
-    # A run whose folder is gone (a test's temporary folder) and whose harness has ended.
-    harness = dict(preflight.this_process(), pid=gone_pid())
-    client.containers.run(image, ["sleep", "600"], detach=True, network_mode="host",
-                          labels={LABEL_RUN: gone, LABEL_ROLE: "sleeper", LABEL_HARNESS: json.dumps(harness)})
-    said = clean(client, tmp_path, {gone, here})
+    # A run whose folder is gone (a test's temporary folder) and whose harness has ended; and one whose
+    # harness ran on another machine sharing the engine, where its pid says nothing.
+    harness = dict(preflight.this_process(), pid=gone_pid(), hostname=socket.gethostname())
+    for run_id, host in ((gone, harness["hostname"]), (elsewhere, "elsewhere.example")):
+        client.containers.run(image, ["sleep", "600"], detach=True, network_mode="host", labels={
+            LABEL_RUN: run_id, LABEL_ROLE: "sleeper", LABEL_HARNESS: json.dumps(dict(harness, hostname=host))})
+    said = clean(client, tmp_path, {gone, here, elsewhere})
+    assert len(labelled_containers(client, elsewhere)) == 1
+    assert any(line.startswith(f"left 1 container(s) of run {elsewhere}: cannot tell whether it is running (its "
+                               "harness runs on another machine (elsewhere.example))") for line in said), said
     assert labelled_containers(client, gone) == []
     assert f"removed 1 container(s) of run {gone}, which is not running (its harness process {harness['pid']} " \
            "is gone)" in said

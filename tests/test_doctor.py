@@ -8,6 +8,7 @@ import json
 import os
 import re
 import resource
+import socket
 import subprocess
 import sys
 import uuid
@@ -118,7 +119,7 @@ def test_reproduce_warns_at_start_of_leftovers(client, tmp_path):
     run_id = f"test-doctor-{uuid.uuid4().hex[:8]}"
     gone = subprocess.Popen(["true"])
     gone.wait()
-    harness = dict(preflight.this_process(), pid=gone.pid)
+    harness = dict(preflight.this_process(), pid=gone.pid, hostname=socket.gethostname())
     image = images.build(client, images.DEFAULT_BASE_IMAGE, tmp_path)["client"].tag
     try:
         client.containers.run(image, ["sleep", "600"], detach=True, network_mode="host",

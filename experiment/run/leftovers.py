@@ -12,14 +12,15 @@ A container is removed only when its run is known not to be running; other peopl
 engine. A run is running while its harness process holds its run.lock (containers.LABEL_RUN_DIR names the
 folder); without the folder, while the harness process the container names (containers.LABEL_HARNESS) is
 alive; a container from before these labels, while its run folder under the results folder does not say it
-ended. What cannot be told (no folder and no harness label, a harness in another pid namespace) is left
-alone and named.
+ended. What cannot be told (no folder and no harness label, a harness on another machine or in another pid
+namespace) is left alone and named.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import socket
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,8 @@ def run_state(run_id: str, labels: dict, results_dir: Path) -> tuple[str, str, P
         except json.JSONDecodeError:
             harness = {}
         this = preflight.this_process()
+        if harness.get("hostname") != socket.gethostname():  # an engine two machines share
+            return UNKNOWN, f"its harness runs on another machine ({harness.get('hostname')})", run_dir
         if harness.get("boot_id") != this["boot_id"]:
             return ENDED, "its harness ran before the host last booted", run_dir
         if (harness.get("namespaces") or {}).get("pid") != this["namespaces"]["pid"]:
