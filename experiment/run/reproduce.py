@@ -117,8 +117,6 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
         say(f"results: {run.path}")
     status, error, refused, traced = "failed", None, False, None
     try:
-        if options.resume:
-            run.update_record(harness=preflight.this_process())
         _measure_all(run, record, plan, options, say)
         status = "complete"
     except KeyboardInterrupt:
@@ -241,7 +239,8 @@ def _measure_all(run: results.Run, record: dict, plan: Plan, options: Options, s
     if options.resume:
         metadata.check_resumable(run.id, record.get("metadata"), meta)
     sets = cpusets(engines.cpus("server"), engines.cpus("client"), engines.same_host)
-    run.update_record(status="running", metadata=meta, cpusets=sets,
+    # The harness: this process (a resumed run's is the one resuming it, once the resume is accepted).
+    run.update_record(status="running", metadata=meta, cpusets=sets, harness=preflight.this_process(),
                       preflight=[f.to_dict() for f in findings],
                       limits={"fd_hard_limit": fd_limit, "client_fd_hard_limit": client_fd_limit,
                               "max_dead": {s.label: max_dead(fd_limit, s.backend, plan.active_connections)
