@@ -158,6 +158,35 @@ def compare(c, run_a, run_b, out=None, noise=None):
                            comparison.noise_fraction(noise)))
 
 
+@task(help={"profile": "the profile whose plan the checks judge the host for (default quick)",
+            "dead": "comma list of dead-connection levels (default: the profile's)",
+            "sweeps": "comma list of dead,pipetest (default: both)",
+            "tune_host": "judge as for a run with --tune-host (the sysctls it would raise; needs root)",
+            "results_dir": "where run folders go (default: results/)",
+            "server_engine": "the server's Docker engine (default: DOCKER_HOST or the local socket)",
+            "client_engine": "the clients' Docker engine (default: the server's)"})
+@_user_errors
+def doctor(c, profile="quick", dead=None, sweeps=None, tune_host=False, results_dir=None, server_engine=None,
+           client_engine=None):
+    """Check the host for a run in seconds, building nothing: one line per check, ok / warn / fail and the fix."""
+    from experiment.run import doctor as checking
+
+    if not checking.main(profile, dead, sweeps, tune_host, results_dir, server_engine, client_engine):
+        raise Exit(code=1)
+
+
+@task(help={"results_dir": "where the run folders are (default: results/)",
+            "run": "only what this run (an id or a folder) left: its containers and host tuning, no images",
+            "engine": "the Docker engine (default: DOCKER_HOST or the local socket)"})
+@_user_errors
+def clean(c, results_dir=None, run=None, engine=None):
+    """Remove what killed runs left: containers of runs that are not running, image tags of ours no run
+    refers to, and the sysctls and loopback rules a --tune-host run could not put back."""
+    from experiment.run import leftovers
+
+    leftovers.main(results_dir, run, engine)
+
+
 @task(help={"base_image": "base of both images (default debian:bookworm-slim)"})
 @_user_errors
 def build_images(c, base_image=None):

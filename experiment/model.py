@@ -262,6 +262,8 @@ class RunRecord:
     limits: dict = field(default_factory=dict)  # the fd limit, and the most each line may reach under it
     tuned: list[dict] = field(default_factory=list)  # what --tune-host changed
     timings: dict = field(default_factory=dict)  # seconds spent on images, points and the report
+    harness: dict | None = None  # the process running it (preflight.this_process), for `invoke clean`
+    error_traceback: str | None = None  # logs/traceback.txt, when an exception ended the run
 
     def to_json(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, **asdict(self), "plan": self.plan.to_dict()}

@@ -9,7 +9,7 @@ from pathlib import Path
 from .errors import UserError
 from .host import images
 from .report import render
-from .run import plan
+from .run import doctor, plan, runlog
 from .run import reproduce as running
 from .run.results import RESULTS, Run
 from .run.services import LOOPBACK
@@ -24,28 +24,36 @@ def reproduce(profile: str = "quick", sweeps: str | None = None, variants: str |
               server_cmd: str | None = None, server_port: str | int | None = None, server_engine: str | None = None,
               client_engine: str | None = None, server_address: str | None = None, load: str | None = None) -> Run:
     """`invoke reproduce`'s flags as given (strings from the command line): builds the images, runs every
-    sweep in containers, and renders the report. Bad flags are UserErrors."""
-    the_plan = plan.make_plan(profile, sweeps=sweeps, variants=variants, backends=backends, dead=dead,
-                              pipes=pipes, repeat=_number(repeat, int, "--repeat"),
-                              duration=_number(duration, float, "--duration"), server=server,
-                              server_image=server_image, server_cmd=server_cmd, server_port=server_port, load=load)
-    if base_image and (image or from_archive):
-        raise UserError("--base-image builds the images; --image and --from-archive use published ones: "
-                        "give one or the other")
-    options = running.Options(base_image=base_image or images.DEFAULT_BASE_IMAGE, tune_host=tune_host,
-                              resume=resume, render_report=not no_report,
-                              results_dir=Path(results_dir) if results_dir else RESULTS,
-                              image_ref=image, archive=from_archive, published_json=published,
-                              server_engine_url=server_engine, client_engine_url=client_engine,
-                              server_address=server_address or LOOPBACK)
-    run = running.reproduce(the_plan, options)
-    print(f"results: {run.path}")
-    if options.render_report:
-        started = time.monotonic()
-        print(f"report: {render.render(run)}")
-        run.update_record(timings={**run.record().timings,
-                                   "report_s": round(time.monotonic() - started, 1)})
-    return run
+    sweep in containers, and renders the report. Bad flags are UserErrors. What it prints goes to the run's
+    logs/harness.log too (run/runlog.py)."""
+    with runlog.capture():
+        the_plan = plan.make_plan(profile, sweeps=sweeps, variants=variants, backends=backends, dead=dead,
+                                  pipes=pipes, repeat=_number(repeat, int, "--repeat"),
+                                  duration=_number(duration, float, "--duration"), server=server,
+                                  server_image=server_image, server_cmd=server_cmd, server_port=server_port,
+                                  load=load)
+        if base_image and (image or from_archive):
+            raise UserError("--base-image builds the images; --image and --from-archive use published ones: "
+                            "give one or the other")
+        options = running.Options(base_image=base_image or images.DEFAULT_BASE_IMAGE, tune_host=tune_host,
+                                  resume=resume, render_report=not no_report,
+                                  results_dir=Path(results_dir) if results_dir else RESULTS,
+                                  image_ref=image, archive=from_archive, published_json=published,
+                                  server_engine_url=server_engine, client_engine_url=client_engine,
+                                  server_address=server_address or LOOPBACK)
+        # The same checks as `invoke doctor` first: a failure stops here, before anything is built.
+        recorded = Run.open(resume, options.results_dir).record() if resume else None
+        where = (recorded.engines if recorded else None) or {"server": server_engine, "client": client_engine}
+        doctor.gate(recorded.plan if recorded else the_plan, options.results_dir,
+                    where["server"], where["client"], tune_host, options.base_image)
+        run = running.reproduce(the_plan, options)
+        print(f"results: {run.path}")
+        if options.render_report:
+            started = time.monotonic()
+            print(f"report: {render.render(run)}")
+            run.update_record(timings={**run.record().timings,
+                                       "report_s": round(time.monotonic() - started, 1)})
+        return run
 
 
 def _number(value, kind, flag: str):

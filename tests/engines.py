@@ -44,8 +44,9 @@ def dockerd_binary() -> str | None:
         "/usr/sbin/dockerd" if Path("/usr/sbin/dockerd").exists() else None)
 
 
-def start() -> SecondEngine:
-    """Starts the engine and waits until it answers a ping; stop() it (and remove its files) at the end."""
+def start(more_args: tuple[str, ...] = ()) -> SecondEngine:
+    """Starts the engine and waits until it answers a ping on its socket; stop() it (and remove its files) at
+    the end. more_args go to dockerd too (e.g. another --host and its TLS settings)."""
     binary = dockerd_binary()
     if binary is None:
         raise RuntimeError("no dockerd on this machine: install docker.io")
@@ -55,7 +56,7 @@ def start() -> SecondEngine:
     (root / "daemon.json").write_text("{}\n")  # not /etc/docker/daemon.json, which may set what we set here
     command = [binary, "--host", url, "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
                "--pidfile", str(root / "docker.pid"), "--config-file", str(root / "daemon.json"),
-               "--bridge=none", "--iptables=false", "--ip-masq=false", "--log-level=warn"]
+               "--bridge=none", "--iptables=false", "--ip-masq=false", "--log-level=warn", *more_args]
     with open(root / "dockerd.log", "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                    start_new_session=True)

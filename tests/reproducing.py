@@ -31,3 +31,11 @@ def labelled_containers(client, run_id: str) -> list:
 def point_files(run: Run) -> list[dict]:
     """The run's point files as written (the contract for tools that read results), upgraded to this schema."""
     return [model.read_json(path, model.POINT) for path in sorted(run.points_dir.glob("*.json"))]
+
+
+def run_record(run_id: str, **fields) -> model.RunRecord:
+    """A run record for a run folder a test plants: the quick plan, started now, with fields changed."""
+    from experiment.run.plan import make_plan
+    return model.RunRecord(**{"run_id": run_id, "profile": "quick", "status": "running",
+                              "started_at": model.utc_now(), "command_line": [], "plan": make_plan("quick"),
+                              **fields})

@@ -154,7 +154,7 @@ def test_without_root_a_dead_runs_tuning_is_named_and_left_for_root(tmp_path, mo
     said = []
     assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
     assert said == ["tune-host: run run-a ended without restoring the host (net.core.somaxconn): as root, the next "
-                    "`invoke reproduce` puts it back"]
+                    "`invoke reproduce` (or `invoke clean`) puts it back"]
     assert values(root)["net.core.somaxconn"] == "2048"
     assert model.read_json(journal, model.TUNING)["restored_at"] is None
 

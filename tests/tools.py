@@ -24,8 +24,10 @@ TOOLS = {
     "chromium": (("/usr/bin/chromium", "chromium"), "chromium"),
     "git": (("git",), "git"),
     "wrk": (("wrk",), "wrk"),
+    "openssl": (("openssl",), "openssl"),
     # The test task gets dockerd from docker.io when no engine answers (experiment/host/engine.py).
     "dockerd": (("dockerd", "/usr/sbin/dockerd"), "docker.io"),
+    "docker": (("/usr/bin/docker", "docker"), "docker.io"),
 }
 
 

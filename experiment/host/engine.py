@@ -1,4 +1,12 @@
-"""A Docker engine that answers: connect to it, or (root on Debian) install docker.io and start dockerd."""
+"""A Docker engine that answers: connect to it, or (root on Debian) install docker.io and start dockerd.
+
+An engine over TCP is reached as the Docker CLI reaches it: with DOCKER_TLS_VERIFY set (to anything but
+the empty string) or DOCKER_CERT_PATH set, over TLS with DOCKER_CERT_PATH's (default ~/.docker) ca.pem,
+cert.pem and key.pem, the server's certificate verified against ca.pem when DOCKER_TLS_VERIFY is set: the
+SDK's from-environment settings (docker.utils.kwargs_from_env), for DOCKER_HOST and for a URL given here.
+Unlike the SDK left alone, the certificate is verified against that ca.pem even where REQUESTS_CA_BUNDLE or
+CURL_CA_BUNDLE is set (requests lets those replace a session's CA for every request; the CLI ignores them).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +18,16 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import docker.tls
+import docker.utils
 
 from ..errors import UserError
 from . import machine
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 START_TIMEOUT_S = 60
+# The API version a client speaks to ask an engine which version it speaks (Docker 1.12's; the SDK's minimum).
+MIN_API_VERSION = "1.24"
 
 
 def default_url() -> str:
@@ -23,13 +35,64 @@ def default_url() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
 
 
-def _ping(base_url: str | None) -> docker.DockerClient | None:
+def tls_settings(url: str, environment: dict | None = None) -> docker.tls.TLSConfig | None:
+    """The TLS settings the Docker CLI would use for url: for tcp:// when DOCKER_TLS_VERIFY or
+    DOCKER_CERT_PATH says so (docker.utils.kwargs_from_env), else None. Missing certificate files are a
+    UserError naming them."""
+    if not url.startswith("tcp://"):
+        return None
     try:
-        client = docker.DockerClient(base_url=base_url or DEFAULT_SOCKET, timeout=600)
+        tls = docker.utils.kwargs_from_env(environment=environment or dict(os.environ)).get("tls")
+    except docker.errors.TLSParameterError as error:
+        env = environment or os.environ
+        where = env.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker")
+        raise UserError(f"TLS for {url} (DOCKER_TLS_VERIFY={env.get('DOCKER_TLS_VERIFY', '')!r}): {error}; put "
+                        f"ca.pem, cert.pem and key.pem in {where}, or set DOCKER_CERT_PATH to their folder") from None
+    return tls or None
+
+
+def _verify_with_own_ca(session) -> None:
+    """Keeps the CA the TLS settings gave the session (a requests.Session) for its requests: requests would let
+    REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE override it, and the engine's certificate would then be checked
+    against the system's CAs instead of DOCKER_CERT_PATH's ca.pem."""
+    merge = session.merge_environment_settings
+
+    def merge_keeping_ca(url, proxies, stream, verify, cert):
+        settings = merge(url, proxies, stream, verify, cert)
+        if verify is None:
+            settings["verify"] = session.verify
+        return settings
+
+    session.merge_environment_settings = merge_keeping_ca
+
+
+def _ping(base_url: str | None, timeout: int = 600) -> docker.DockerClient | None:
+    url = base_url or DEFAULT_SOCKET
+    tls = tls_settings(url)
+    try:
+        if tls is not None and tls.verify and tls.ca_cert:
+            # The API version is asked of the engine (as the SDK's "auto" does) once the session keeps its CA.
+            asking = docker.APIClient(base_url=url, timeout=timeout, tls=tls, version=MIN_API_VERSION)
+            _verify_with_own_ca(asking)
+            version = asking.version(api_version=False)["ApiVersion"]
+            asking.close()
+            client = docker.DockerClient(base_url=url, timeout=timeout, tls=tls, version=version)
+            _verify_with_own_ca(client.api)
+        else:
+            client = docker.DockerClient(base_url=url, timeout=timeout, tls=tls or False)
         client.ping()
         return client
     except (docker.errors.DockerException, OSError):
         return None
+
+
+def answers(base_url: str | None, timeout: int) -> docker.DockerClient | None:
+    """A client of the engine at base_url (default DOCKER_HOST, else the local socket) if it answers a ping
+    within timeout seconds, else None; never starts anything."""
+    client = _ping(base_url or os.environ.get("DOCKER_HOST"), timeout)
+    if client is not None:
+        client.api.timeout = 600
+    return client
 
 
 def connect(base_url: str | None = None, log_dir: Path | None = None, say=print) -> docker.DockerClient:
@@ -39,7 +102,12 @@ def connect(base_url: str | None = None, log_dir: Path | None = None, say=print)
         return client
     local = (base_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET) == DEFAULT_SOCKET
     if not local:
-        raise UserError(f"no Docker engine answers at {base_url}: start it there, or check the URL")
+        url = base_url or os.environ.get("DOCKER_HOST")
+        how = " over TLS (DOCKER_TLS_VERIFY/DOCKER_CERT_PATH)" if tls_settings(url or "") else ""
+        raise UserError(f"no Docker engine answers at {url}{how}: start it there, or check the URL"
+                        + ("" if how or not (url or "").startswith("tcp://") else
+                           " (an engine serving TLS needs DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH, as for the "
+                           "docker CLI)"))
     if not machine.is_debian_root():
         raise UserError("no Docker engine answers at /var/run/docker.sock: start dockerd "
                         "(or run as root on Debian so epollbench can install docker.io and start it)")

@@ -88,8 +88,48 @@ def _bootstrap_debian(client, base_image: str, suite: str, log_dir: Path, say, p
     return {"name": base_image, "id": image.id or image_id, "origin": f"mmdebstrap --variant=minbase {suite}"}
 
 
+class BuildSteps:
+    """The progress of a build from the legacy builder's output: each step that runs (not one the layer cache
+    answers) is said as it starts, e.g. "server: Step 7/19 : RUN make -C /src", and at the end how many ran
+    and how many came from the cache. Only the steps that do work are said and counted (RUN, COPY, ADD; the
+    others set metadata in an instant)."""
+
+    def __init__(self, target: str, say):
+        self.target, self.say = target, say
+        self.pending: str | None = None  # a step said once its next line shows it is not cached
+        self.partial = ""
+        self.steps = self.cached = 0
+
+    def feed(self, text: str) -> None:
+        """Some of the build's output (the "stream" of a chunk: any number of lines, or part of one)."""
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            if line.startswith("Step ") and " : " in line:
+                self._flush()
+                if line.split(" : ", 1)[1].split(" ", 1)[0].upper() in ("RUN", "COPY", "ADD"):
+                    self.steps += 1
+                    self.pending = line.strip()
+            elif self.pending is not None and line.strip():
+                if line.strip() == "---> Using cache":
+                    self.cached += 1
+                else:
+                    self.say(f"{self.target}: {self.pending[:150]}")
+                self.pending = None
+
+    def _flush(self) -> None:
+        if self.pending is not None:  # a step whose next line never came: it ran
+            self.say(f"{self.target}: {self.pending[:150]}")
+            self.pending = None
+
+    def done(self) -> None:
+        self._flush()
+        self.say(f"{self.target}: built: {self.steps - self.cached} steps ran, {self.cached} came from the "
+                 "layer cache")
+
+
 def build(client: docker.DockerClient, base_image: str, log_dir: Path, say=print) -> dict[str, BuiltImage]:
-    """Builds the server and client targets (layer cache makes an unchanged tree take seconds)."""
+    """Builds the server and client targets (layer cache makes an unchanged tree take seconds), saying each
+    step that runs (BuildSteps)."""
     base = ensure_base_image(client, base_image, log_dir, say)
     src = source_hash()
     git = git_state()
@@ -102,19 +142,21 @@ def build(client: docker.DockerClient, base_image: str, log_dir: Path, say=print
         tag = f"epollbench/{target}:{src}"
         say(f"building image {tag}")
         with open(log_dir / f"build-{target}.log", "w") as log:
-            image_id = _build_target(client, target, tag, base_image, labels, log)
+            image_id = _build_target(client, target, tag, base_image, labels, log, BuildSteps(target, say))
         client.images.get(image_id).tag(f"epollbench/{target}", "latest")
         built[target] = BuiltImage(target=target, tag=tag, id=image_id, source_hash=src)
     return built
 
 
-def _build_target(client, target: str, tag: str, base_image: str, labels: dict, log) -> str:
+def _build_target(client, target: str, tag: str, base_image: str, labels: dict, log, steps: BuildSteps) -> str:
     image_id = None
     stream = client.api.build(path=str(ROOT), target=target, tag=tag, buildargs={"BASE_IMAGE": base_image},
                               labels=labels, network_mode="host", rm=True, forcerm=True, decode=True)
     for chunk in stream:
         if "stream" in chunk:
             log.write(chunk["stream"])
+            log.flush()
+            steps.feed(chunk["stream"])
         if "aux" in chunk and "ID" in chunk["aux"]:
             image_id = chunk["aux"]["ID"]
         if "error" in chunk:
@@ -124,6 +166,7 @@ def _build_target(client, target: str, tag: str, base_image: str, labels: dict, 
                             f"(full log: {log.name})")
     if image_id is None:
         raise UserError(f"building the {target} image gave no image ID: see {log.name}")
+    steps.done()
     return image_id
 
 

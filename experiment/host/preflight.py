@@ -367,7 +367,7 @@ class Tuning:
     left_alone: list[dict] = field(default_factory=list)
     restored: bool = False
     journal: Path | None = None
-    # The journal's contents: which process changed the host (_this_process) and when, and whether and when
+    # The journal's contents: which process changed the host (this_process) and when, and whether and when
     # it was all put back, beside the changes.
     record: dict = field(default_factory=dict)
 
@@ -385,7 +385,7 @@ class Tuning:
         if self.journal is None:
             return
         if not self.record:
-            self.record = {"schema_version": model.SCHEMA_VERSION, **_this_process(),
+            self.record = {"schema_version": model.SCHEMA_VERSION, **this_process(),
                            "started_at": model.utc_now(), "restored_at": None}
         self.record["changes"] = self.changed
         try:
@@ -561,51 +561,83 @@ def _namespaces() -> dict:
     return {kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("pid", "net")}
 
 
-def _this_process() -> dict:
+def this_process() -> dict:
+    """Names this process for good, for a record another process reads (alive()): pid, start time, boot id and
+    namespaces."""
     return {"pid": os.getpid(), "pid_start": _start_ticks(os.getpid()), "boot_id": _boot_id(),
             "namespaces": _namespaces()}
 
 
-def _alive(record: dict) -> bool:
+def alive(record: dict) -> bool:
+    """Whether the process a this_process() record names still runs (same boot, same pid, same start time)."""
     return (record.get("boot_id") == _boot_id() and record.get("pid_start") is not None
             and _start_ticks(record["pid"]) == record["pid_start"])
 
 
-def restore_abandoned(results_dir: Path, say: Callable[[str], None] = print, also: Iterable[Path] = (),
+def journal_state(record: dict) -> str:
+    """What a tuning journal needs: "restored" (nothing), "rebooted" (the reboot undid it), "elsewhere" (made
+    from another pid or network namespace: not ours to judge), "running" (its run goes on), or "abandoned"
+    (its process is gone without restoring: restore_abandoned() undoes it)."""
+    if record.get("restored_at"):
+        return "restored"
+    if record.get("boot_id") != _boot_id():
+        return "rebooted"
+    if record.get("namespaces") != _namespaces():
+        return "elsewhere"
+    return "running" if alive(record) else "abandoned"
+
+
+def journals(results_dir: Path | None, also: Iterable[Path] = ()) -> list[Path]:
+    """Every tuning journal in a run folder under results_dir (None: none) or in the run folders `also` names."""
+    found = [*(results_dir.glob(f"*/{JOURNAL_GLOB}") if results_dir else ()),
+             *(p for run in also for p in Path(run).glob(JOURNAL_GLOB))]
+    return sorted({p.resolve() for p in found})  # resolved: results/latest is a run folder again
+
+
+def abandoned_journals(results_dir: Path | None, also: Iterable[Path] = ()) -> list[Path]:
+    """The journals restore_abandoned() would undo, without undoing anything."""
+    abandoned = []
+    for path in journals(results_dir, also):
+        with contextlib.suppress(UserError):
+            if journal_state(model.read_json(path, model.TUNING)) == "abandoned":
+                abandoned.append(path)
+    return abandoned
+
+
+def restore_abandoned(results_dir: Path | None, say: Callable[[str], None] = print, also: Iterable[Path] = (),
                       proc_sys: Path = PROC_SYS) -> list[Path]:
     """Undoes the tuning of runs that ended without undoing it (SIGKILL, the OOM killer): every journal in
-    a run folder under results_dir, or in the run folders `also` names, that is not marked restored and whose
-    process is gone. Each sysctl goes back where it still has the value that run wrote; each rule it added is
-    deleted (a rule already gone is left so). One line per item says so, and the journal is marked restored.
-    A live run's journal is never touched, nor one from another pid or network namespace (a container's: its
-    process cannot be told apart from here, and its changes are not this namespace's). Returns the journals
+    a run folder under results_dir (None: none), or in the run folders `also` names, that is not marked
+    restored and whose process is gone. Each sysctl goes back where it still has the value that run wrote;
+    each rule it added is deleted (a rule already gone is left so). One line per item says so, and the
+    journal is marked restored. A live run's journal is never touched, nor one from another pid or network
+    namespace (a container's: its process cannot be told apart from here, and its changes are not this
+    namespace's). Returns the journals
     it restored."""
-    found = [*results_dir.glob(f"*/{JOURNAL_GLOB}"), *(p for run in also for p in Path(run).glob(JOURNAL_GLOB))]
     restored = []
-    for path in sorted({p.resolve() for p in found}):  # resolved: results/latest is a run folder again
+    for path in journals(results_dir, also):
         try:
             record = model.read_json(path, model.TUNING)
         except UserError as error:
             say(f"tune-host: {error}")
             continue
-        if record.get("restored_at"):
+        state = journal_state(record)
+        if state in ("restored", "running"):
             continue
         about = f"tune-host: run {path.parent.name} ended without restoring the host"
-        if record.get("boot_id") != _boot_id():
+        if state == "rebooted":
             say(f"{about}, but the host has rebooted since, which undid it: nothing to restore")
             with contextlib.suppress(OSError):  # a user's reproduce in root's results: said, left to root
                 model.write_json_atomic(path, dict(record, restored_at=model.utc_now(), restored_by="reboot"),
                                           overwrite=True)
             continue
-        if record.get("namespaces") != _namespaces():
+        if state == "elsewhere":
             say(f"tune-host: run {path.parent.name} tuned the host from another pid or network namespace (a "
                 f"container?): its journal {path} is left for a reproduce there")
             continue
-        if _alive(record):
-            continue
         if os.geteuid() != 0:
             say(f"{about} ({', '.join(c['setting'] for c in record['changes'])}): as root, the next "
-                "`invoke reproduce` puts it back")
+                "`invoke reproduce` (or `invoke clean`) puts it back")
             continue
         tuning = Tuning(proc_sys=proc_sys, changed=record["changes"], journal=path, record=record)
         try:

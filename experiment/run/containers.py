@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 import docker
@@ -16,10 +18,16 @@ import docker.errors
 import docker.types
 from docker.models.containers import Container
 
+from ..host import preflight
 from .services import Service
 
 LABEL_RUN = "org.epollbench.run"
 LABEL_ROLE = "org.epollbench.role"
+# Whose container it is, for `invoke clean` to tell a running run's containers from leftovers: the run folder
+# (its run.lock is held while the run runs) and the harness process (preflight.this_process() and the host
+# name, as JSON).
+LABEL_RUN_DIR = "org.epollbench.run-dir"
+LABEL_HARNESS = "org.epollbench.harness"
 # How long an exited container's last output may take to come through the engine's log stream.
 OUTPUT_END_TIMEOUT_S = 5
 
@@ -112,17 +120,21 @@ class Managed:
 class Containers:
     """Starts the containers of one run and removes every one of them at the end, whatever happens."""
 
-    def __init__(self, client: docker.DockerClient, run_id: str, fd_limit: int):
+    def __init__(self, client: docker.DockerClient, run_id: str, fd_limit: int, run_dir: Path | None = None):
         self.client = client
         self.run_id = run_id
         self.fd_limit = fd_limit
+        harness = {**preflight.this_process(), "hostname": socket.gethostname()}
+        self.labels = {LABEL_RUN: run_id, LABEL_HARNESS: json.dumps(harness)}
+        if run_dir is not None:
+            self.labels[LABEL_RUN_DIR] = os.path.abspath(run_dir)
 
     def run(self, image: str, service: Service) -> Managed:
         """Starts service from image: host network, its cpuset, the host's fd limit, this run's labels."""
         container = self.client.containers.run(
             image, list(service.command), detach=True, network_mode="host", cpuset_cpus=service.cpuset,
             ulimits=[docker.types.Ulimit(name="nofile", soft=self.fd_limit, hard=self.fd_limit)],
-            labels={LABEL_RUN: self.run_id, LABEL_ROLE: service.role}, stdin_open=service.stdin, init=True,
+            labels={**self.labels, LABEL_ROLE: service.role}, stdin_open=service.stdin, init=True,
             name=f"epollbench-{self.run_id[:15].lower()}-{service.role}-{time.monotonic_ns() % 10**9}")
         managed = Managed(container=container, role=service.role, cpuset=service.cpuset,
                           command=list(service.command))

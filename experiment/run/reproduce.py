@@ -15,6 +15,7 @@ import ipaddress
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from .. import catalog, model
 from ..errors import UserError
 from ..host import engine, images, machine, metadata, preflight, publish
 from ..model import Plan
-from . import results, servers
+from . import results, runlog, servers
 from .containers import Containers
 from .context import Context
 from .dead import dead_series
@@ -90,10 +91,14 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
     """Builds the images, runs every planned point not yet done, and returns the run.
 
     SIGTERM is handled like Ctrl-C: the run's containers are removed, tuned sysctls restored, finished
-    points kept, and the run marked interrupted so that --resume can continue it."""
+    points kept, and the run marked interrupted so that --resume can continue it. Any other exception marks
+    it failed with the message, its traceback in logs/traceback*.txt. While it runs, this process holds the
+    run's lock (results.Run.hold), and what it prints goes to logs/harness.log too (runlog)."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if options.resume:
         run = results.Run.open(options.resume, options.results_dir)
+        run.hold()
+        runlog.attach(run.path)
         record = run.record()
         plan = record.plan
         say(f"resuming {run.id}: {len(run.points())} points already done")
@@ -105,10 +110,13 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
         where = {"server": server_url, "client": engine_url(options.client_engine_url or server_url),
                  "server_address": check_address(options.server_address)}
         record = model.RunRecord(run_id=results.new_run_id(plan.profile), profile=plan.profile, status="preparing",
-                                 started_at=model.utc_now(), command_line=list(sys.argv), plan=plan, engines=where)
+                                 started_at=model.utc_now(), command_line=list(sys.argv), plan=plan, engines=where,
+                                 harness=preflight.this_process())
         run = results.Run.create(record, options.results_dir)
+        run.hold()
+        runlog.attach(run.path)
         say(f"results: {run.path}")
-    status, error, refused = "failed", None, False
+    status, error, refused, traced = "failed", None, False, None
     try:
         _measure_all(run, record, plan, options, say)
         status = "complete"
@@ -119,13 +127,30 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
     except metadata.ResumeRefused:
         refused = True  # nothing of this attempt belongs to the run: it stays as it was
         raise
-    except UserError as e:
-        error = str(e)
+    except Exception as e:
+        error = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        traced = _write_traceback(run)
         raise
     finally:
         if not refused:
-            run.update_record(status=status, error=error, ended_at=model.utc_now())
+            run.update_record(status=status, error=error, ended_at=model.utc_now(),
+                              error_traceback=traced or run.record().error_traceback)
+        run.release()
     return run
+
+
+def _write_traceback(run: results.Run) -> str | None:
+    """The exception being handled, with its traceback, in logs/traceback.txt (a resumed attempt's:
+    traceback.1.txt, ...); its path within the run folder, or None when it cannot be written."""
+    path, n = run.logs_dir / "traceback.txt", 1
+    while path.exists():
+        path, n = run.logs_dir / f"traceback.{n}.txt", n + 1
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(traceback.format_exc())
+    except OSError:
+        return None
+    return str(path.relative_to(run.path))
 
 
 @dataclass
@@ -215,21 +240,25 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
     if options.resume:
         metadata.check_resumable(run.id, record.metadata, meta)
     sets = cpusets(engines.cpus("server"), engines.cpus("client"), engines.same_host)
-    run.update_record(status="running", metadata=meta, cpusets=sets,
+    # The harness: this process (a resumed run's is the one resuming it, once the resume is accepted).
+    run.update_record(status="running", metadata=meta, cpusets=sets, harness=preflight.this_process(),
                       preflight=[f.to_dict() for f in findings],
                       limits={"fd_hard_limit": fd_limit, "client_fd_hard_limit": client_fd_limit,
                               "max_dead": {s.label: max_dead(fd_limit, s.backend, plan.active_connections)
                                            for s in plan.series},
                               "max_pipes": {b: max_pipes(fd_limit, b) for b in plan.backends}})
-    server_runner = Containers(server_engine, run.id, fd_limit)
-    client_runner = Containers(client_engine, run.id, client_fd_limit)
+    server_runner = Containers(server_engine, run.id, fd_limit, run.path)
+    client_runner = Containers(client_engine, run.id, client_fd_limit, run.path)
     tuning = preflight.tune(findings if options.tune_host else [], journal=preflight.journal_path(run.path))
     with tuning as tuned, Progress(say) as progress:
         if tuned.changed:
             run.update_record(tuned=tuned.changed)
         ctx = Context(run, plan, server_runner, client_runner, built["server"].tag, built["client"].tag, sets, fd_limit,
                       progress, chosen, address, client_source)
-        progress.start(total=count_points(plan, fd_limit), done=len(run.points()))
+        done = run.points()
+        progress.start(total=count_points(plan, fd_limit), done=len(done),
+                       to_skip=max(0, count_points(plan, fd_limit, skipped=True)
+                                   - sum(p.status == model.SKIPPED for p in done)))
         measuring = time.monotonic()
         try:
             for variant in plan.variants:
@@ -275,10 +304,12 @@ def _source_address(client: docker.DockerClient, image: str, address: str) -> st
                         "address of the server's host that the clients' host reaches") from None
 
 
-def count_points(plan: Plan, fd_limit: int) -> int:
-    per_rep = 0
+def count_points(plan: Plan, fd_limit: int, skipped: bool = False) -> int:
+    """The points of the plan under this fd limit; with skipped, only those recorded as skipped."""
+    levels = []
     if model.DEAD in plan.sweeps:
-        per_rep += sum(len(dead_levels(plan, fd_limit, s.backend)) for s in plan.series)
+        levels += [level for s in plan.series for level in dead_levels(plan, fd_limit, s.backend)]
     if model.PIPETEST in plan.sweeps:
-        per_rep += sum(len(pipe_levels(plan, fd_limit, backend)) for backend in plan.backends)
+        levels += [level for backend in plan.backends for level in pipe_levels(plan, fd_limit, backend)]
+    per_rep = sum(1 for level in levels if not skipped or level.skip_reason)
     return per_rep * plan.repeat * len(plan.variants)

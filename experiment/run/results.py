@@ -7,6 +7,8 @@ Layout of a run folder (schema_version: model.SCHEMA_VERSION):
   logs/                 image builds, dockerd, mmdebstrap
   tuning.json           what --tune-host changed on the host, written before each change, and when it was
                         put back (tuning.N.json: a resumed attempt's; preflight.restore_abandoned)
+  run.lock              held (flock) by the process running the run, as long as it runs: `invoke clean` tells
+                        a run that is not running by it, whatever way its process ended
   report/               written by `invoke report`
 
 Records are read through model.upgrade: an older schema_version is upgraded in memory, a newer one refused.
@@ -14,6 +16,7 @@ Records are read through model.upgrade: an older schema_version is upgraded in m
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -28,6 +31,9 @@ from ..model import write_json_atomic
 from ..paths import RESULTS
 
 LATEST = "latest"
+LOCK = "run.lock"
+# The run lock's open descriptor per run folder this process holds (the lock lives as long as it is open).
+_held: dict[Path, int] = {}
 
 
 def new_run_id(profile: str, now: float | None = None) -> str:
@@ -70,6 +76,7 @@ class Run:
         run = cls(path)
         for sub in (run.points_dir, run.raw_dir, run.logs_dir):
             sub.mkdir()
+        (path / LOCK).touch()
         write_json_atomic(path / "run.json", run_record.to_json())
         _point_latest_at(results_dir, run_id)
         return run
@@ -91,6 +98,42 @@ class Run:
 
     def record(self) -> model.RunRecord:
         return model.read_run(self.path / "run.json")
+
+    def hold(self) -> None:
+        """Takes the run's lock (an flock on run.lock) until release() or the end of this process, however it
+        ends: the kernel drops the lock with the process. A run another process holds is a UserError."""
+        if self.path in _held:
+            return
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"run {self.id} is running in another process (it holds {self.path / LOCK}): "
+                            "wait for it to end, or stop it") from None
+        _held[self.path] = fd
+
+    def release(self) -> None:
+        fd = _held.pop(self.path, None)
+        if fd is not None:
+            os.close(fd)  # drops the lock
+
+    def running(self) -> bool | None:
+        """Whether a process holds the run's lock (this one included); None for a run without run.lock (one
+        recorded before runs held locks)."""
+        if self.path in _held:
+            return True
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
 
     def recorded_version(self) -> object:
         """The schema_version run.json was written with (record() upgrades it)."""
