@@ -84,7 +84,7 @@ def test_every_point_goes_to_the_run_log_with_its_eta(tmp_path):
         progress.advance(point(1))
         progress.advance(point(2, "skipped"))
     lines = (tmp_path / "logs" / runlog.HARNESS_LOG).read_text().splitlines()
-    assert "[1/3] p1: last: 1,000 replies/s (ETA 0:01:05)" in lines
+    assert "[1/3] p1: last: 1,000 passes/s (ETA 0:01:05)" in lines
     assert "[2/3] p2: skipped: host allows 20000 open files (ETA 0:01:05)" in lines
 
 
