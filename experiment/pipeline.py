@@ -9,7 +9,7 @@ from pathlib import Path
 from .errors import UserError
 from .host import images
 from .report import render
-from .run import doctor, plan, runlog
+from .run import doctor, dryrun, plan, runlog
 from .run import reproduce as running
 from .run.results import RESULTS, Run
 from .run.services import LOOPBACK
@@ -22,10 +22,11 @@ def reproduce(profile: str = "quick", sweeps: str | None = None, variants: str |
               results_dir: str | None = None, image: str | None = None, from_archive: str | None = None,
               published: str | None = None, server: str | None = None, server_image: str | None = None,
               server_cmd: str | None = None, server_port: str | int | None = None, server_engine: str | None = None,
-              client_engine: str | None = None, server_address: str | None = None, load: str | None = None) -> Run:
+              client_engine: str | None = None, server_address: str | None = None, load: str | None = None,
+              dry_run: bool = False) -> Run | None:
     """`invoke reproduce`'s flags as given (strings from the command line): builds the images, runs every
     sweep in containers, and renders the report. Bad flags are UserErrors. What it prints goes to the run's
-    logs/harness.log too (run/runlog.py)."""
+    logs/harness.log too (run/runlog.py). With dry_run, says what the run would do and returns None."""
     with runlog.capture():
         the_plan = plan.make_plan(profile, sweeps=sweeps, variants=variants, backends=backends, dead=dead,
                                   pipes=pipes, repeat=_number(repeat, int, "--repeat"),
@@ -41,8 +42,11 @@ def reproduce(profile: str = "quick", sweeps: str | None = None, variants: str |
                                   image_ref=image, archive=from_archive, published_json=published,
                                   server_engine_url=server_engine, client_engine_url=client_engine,
                                   server_address=server_address or LOOPBACK)
-        # The same checks as `invoke doctor` first: a failure stops here, before anything is built.
         recorded = Run.open(resume, options.results_dir).record() if resume else None
+        if dry_run:
+            dryrun.describe(recorded.plan if recorded else the_plan, options.results_dir)
+            return None
+        # The same checks as `invoke doctor` first: a failure stops here, before anything is built.
         where = (recorded.engines if recorded else None) or {"server": server_engine, "client": client_engine}
         doctor.gate(recorded.plan if recorded else the_plan, options.results_dir,
                     where["server"], where["client"], tune_host, options.base_image)

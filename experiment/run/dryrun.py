@@ -1,0 +1,102 @@
+"""`invoke reproduce --dry-run`: what a run of this plan would do, without building or starting anything.
+
+Per sweep, variant and line: the levels it would measure and those it would skip and why, under the fd limit
+this process may raise its own to (the engine's, probed when the run starts, is the same for a local engine;
+a remote one's may differ, and the run adapts to it). The expected wall time comes from the last complete
+run of the same plan on this host when there is one, else from the plan's durations with the per-point
+overheads the committed reference runs show (POINT_OVERHEAD_S).
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import catalog, model
+from ..errors import UserError
+from ..model import DEAD, PIPETEST, Plan
+from .pipetest import PIPETEST_SECONDS
+from .plan import Level, dead_levels, pipe_levels
+from .reproduce import count_points
+
+# Seconds a point takes beyond its load: httperf's probe runs before each point; a series starts its server
+# and deadconn once. From the reference runs: 10.4-10.5 s per 10-second httperf point, 2.8 s per 2-second
+# pipetest point, and 106-240 s of the rest over 60-162 dead points.
+POINT_OVERHEAD_S = {catalog.HTTPERF: 2.0, catalog.WRK: 1.0, PIPETEST: 1.0}
+SERIES_START_S = 3.0
+
+
+def local_fd_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def lines(plan: Plan, fd_limit: int) -> list[tuple[str, str, str, list[Level]]]:
+    """(sweep, variant, line label, its levels) in the order the run measures them."""
+    found = []
+    for variant in plan.variants:
+        if DEAD in plan.sweeps:
+            found += [(DEAD, variant, s.label, dead_levels(plan, fd_limit, s.backend)) for s in plan.series]
+        if PIPETEST in plan.sweeps:
+            found += [(PIPETEST, variant, b, pipe_levels(plan, fd_limit, b)) for b in plan.backends]
+    return found
+
+
+def estimate_s(plan: Plan, fd_limit: int) -> float:
+    """Seconds of measuring from the plan's durations (images and report not included)."""
+    total = 0.0
+    for sweep, _variant, _label, levels in lines(plan, fd_limit):
+        measured = sum(1 for level in levels if not level.skip_reason)
+        if sweep == DEAD:
+            total += plan.repeat * (SERIES_START_S + measured * (plan.duration_s + POINT_OVERHEAD_S[plan.load]))
+        else:
+            total += plan.repeat * measured * (PIPETEST_SECONDS + POINT_OVERHEAD_S[PIPETEST])
+    return total
+
+
+def previous(plan: Plan, results_dir: Path) -> model.RunRecord | None:
+    """The last complete run of this very plan on this host, if any."""
+    host = socket.gethostname()
+    found = []
+    for path in results_dir.glob("*/run.json"):
+        try:
+            record = model.read_run(path)
+        except UserError:
+            continue
+        if record.status == "complete" and record.plan == plan and record.metadata.get("hostname") == host \
+                and record.timings.get("measuring_s"):
+            found.append(record)
+    return max(found, key=lambda r: r.started_at, default=None)
+
+
+def describe(plan: Plan, results_dir: Path, say: Callable[[str], None] = print,
+             fd_limit: int | None = None) -> int:
+    """Prints the plan, each line's levels and skips, the point count and the expected time; returns the count
+    of points the run would record."""
+    fd_limit = fd_limit if fd_limit is not None else local_fd_limit()
+    say(f"plan {plan.profile}: sweeps {', '.join(plan.sweeps)}; variants {', '.join(plan.variants)}; "
+        f"{plan.repeat} repetition(s); {plan.duration_s:g} s of {plan.load} per dead point")
+    say(f"fd limit {fd_limit} (this host's hard limit; the run uses its engine's)")
+    for sweep, variant, label, levels in lines(plan, fd_limit):
+        run = [f"{lv.value:,}" + (" (host max)" if lv.host_max else "") for lv in levels if not lv.skip_reason]
+        skipped = [lv for lv in levels if lv.skip_reason]
+        text = f"{sweep} {variant.upper()} {label}: {', '.join(run) or 'nothing'}"
+        if skipped:
+            text += (f"; skips {', '.join(f'{lv.value:,}' for lv in skipped)} "
+                     f"({skipped[0].skip_reason})")
+        say(text)
+    total, skipped_count = count_points(plan, fd_limit), count_points(plan, fd_limit, skipped=True)
+    say(f"points: {total} ({total - skipped_count} measured, {skipped_count} recorded as skipped)")
+    before = previous(plan, results_dir)
+    if before is not None:
+        seconds = sum(before.timings.get(k, 0.0) for k in ("images_s", "setup_s", "measuring_s", "report_s"))
+        say(f"expected wall time: {_minutes(seconds)}, as the last run of this plan here took ({before.run_id})")
+    else:
+        say(f"expected wall time: {_minutes(estimate_s(plan, fd_limit))} of measuring from the plan's durations, "
+            "plus the image build when the images are not built yet")
+    return total
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
