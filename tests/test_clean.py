@@ -18,18 +18,8 @@ import sys
 import uuid
 
 import pytest
-from reproducing import invoke, labelled_containers, run_record
-from test_tune_host import (
-    LOW_SOMAXCONN,
-    PLAN,
-    SOMAXCONN,
-    cleaned_up,
-    host_is_tuned,
-    host_that_needs_tuning,
-    raw_rules,
-    real_host,
-    wait_until_measuring,
-)
+from reproducing import labelled_containers, run_record
+from test_tune_host import LOW_SOMAXCONN, SOMAXCONN, killed_tuned_run, raw_rules, real_host
 
 from experiment import model
 from experiment.host import images, preflight
@@ -181,18 +171,11 @@ def test_only_image_tags_no_run_and_no_current_source_refers_to_are_removed(clie
 @real_host
 def test_clean_after_a_killed_tune_host_run_leaves_no_container_rule_or_changed_sysctl(tmp_path, client):
     """A real reproduce --tune-host killed with SIGKILL mid-point: `invoke clean --run` puts it all back."""
-    with host_that_needs_tuning() as rules_before:
-        proc = invoke(*PLAN, results_dir=tmp_path)
-        with cleaned_up(proc, client) as started:
-            run = started.run = wait_until_measuring(proc, tmp_path, client)
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=60)
-            assert host_is_tuned() and labelled_containers(client, run.id), "a killed run cleans up nothing"
-            found = leftovers.find(client, tmp_path, runs={run.id}, repositories=())
-            assert [r.run_id for r in found.ended] == [run.id] and found.journals == [run.path / "tuning.json"]
-
-            cleaning = subprocess.run([sys.executable, "-m", "invoke", "clean", "--results-dir", str(tmp_path),
-                                       "--run", run.id], capture_output=True, text=True, timeout=300)
+    with killed_tuned_run(tmp_path, client) as (run, _proc, rules_before):
+        found = leftovers.find(client, tmp_path, runs={run.id}, repositories=())
+        assert [r.run_id for r in found.ended] == [run.id] and found.journals == [run.path / "tuning.json"]
+        cleaning = subprocess.run([sys.executable, "-m", "invoke", "clean", "--results-dir", str(tmp_path),
+                                   "--run", run.id], capture_output=True, text=True, timeout=300)
         assert cleaning.returncode == 0, cleaning.stderr
         assert labelled_containers(client, run.id) == []
         assert int(SOMAXCONN.read_text()) == LOW_SOMAXCONN

@@ -219,6 +219,20 @@ def cleaned_up(proc, client):
                     container.remove(force=True)
 
 
+@contextlib.contextmanager
+def killed_tuned_run(results_dir: Path, client):
+    """A real reproduce --tune-host killed with SIGKILL while it measures, the host still tuned and its
+    containers still there: yields (run, its process, the raw table's rules before it ran)."""
+    with host_that_needs_tuning() as rules_before:
+        proc = invoke(*PLAN, results_dir=results_dir)
+        with cleaned_up(proc, client) as started:
+            run = started.run = wait_until_measuring(proc, results_dir, client)
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=60)
+            assert host_is_tuned() and labelled_containers(client, run.id), "a killed run cleans up nothing"
+            yield run, proc, rules_before
+
+
 @pytest.mark.docker
 @real_host
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda signum: signum.name)
@@ -246,16 +260,8 @@ def test_an_interrupted_run_puts_the_host_back(tmp_path, client, signum):
 @pytest.mark.docker
 @real_host
 def test_the_next_reproduce_puts_back_what_a_killed_run_changed(tmp_path, client):
-    with host_that_needs_tuning() as rules_before:
-        proc = invoke(*PLAN, results_dir=tmp_path)
-        with cleaned_up(proc, client) as started:
-            run = started.run = wait_until_measuring(proc, tmp_path, client)
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=60)
-            assert host_is_tuned(), "a killed run cannot restore anything itself"
-
-            code, out, err = finished(invoke("--resume", run.id, "--no-report", results_dir=tmp_path), 300)
-
+    with killed_tuned_run(tmp_path, client) as (run, proc, rules_before):
+        code, out, err = finished(invoke("--resume", run.id, "--no-report", results_dir=tmp_path), 300)
         assert code == 0, f"{out}\n{err}"
         assert int(SOMAXCONN.read_text()) == LOW_SOMAXCONN
         assert raw_rules() == rules_before
