@@ -98,8 +98,9 @@ uint64_t hist_value_at(const struct hist *h, double pct)
 		pct = 0;
 	if (pct > 100)
 		pct = 100;
-	/* The nearest rank: the smallest sample with at least pct % of the samples at or below it. */
-	double exact = pct / 100.0 * (double)h->total;
+	/* The nearest rank: the smallest sample with at least pct % of the samples at or below it.  A
+	 * percentile such as 99.9 is not exact in binary: the relative slack keeps 99.9 % of 5000 at 4995. */
+	double exact = pct / 100.0 * (double)h->total * (1.0 - 1e-12);
 	uint64_t rank = (uint64_t)exact;
 	if ((double)rank < exact)
 		rank++;
@@ -112,6 +113,8 @@ uint64_t hist_value_at(const struct hist *h, double pct)
 	for (size_t i = 0; i < n; i++) {
 		seen += h->counts[i];
 		if (seen >= rank) {
+			if (i == n - 1 && h->saturated)
+				return h->max; /* the saturated bucket: its values are known only to be at most max */
 			uint64_t low = lowest_of_index(i);
 			uint64_t highest = low + hist_bucket_width(low) - 1;
 			if (highest > h->max)

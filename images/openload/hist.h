@@ -15,8 +15,9 @@
  *
  * A percentile is the nearest rank's bucket, reported as the highest value in
  * that bucket (HdrHistogram's "highest equivalent value"), but never above the
- * exact maximum: the reported value is at or above the true sample, by less
- * than the bucket's width.
+ * exact maximum (and the maximum itself when the rank falls among saturated
+ * values): the reported value is at or above the true sample, by less than
+ * the bucket's width.
  *
  * Not thread safe; the counts are 64-bit.  The tests drive it through ctypes
  * (tests/test_openload.py) against a sorted list of the same samples.

@@ -54,6 +54,11 @@
  * benchmark server answers: replies need a Content-Length (no chunked
  * encoding), one request per connection at a time, IPv4 addresses only.
  *
+ * Accounting: every request due (`requests`) ends as exactly one of a reply
+ * (`replies`, `non_2xx` of them with a status other than 2xx) or an error of
+ * one kind (`errors`); bytes a server sends with no request in flight close
+ * the connection and are counted apart (`unsolicited`).
+ *
  * Output: one JSON object on stdout.  Exit 0 after a run (errors included),
  * 1 when the connections cannot be opened at the start, 2 on bad usage:
  * a rate of 0 or below, fewer than 1 connection, or more connections than
@@ -324,7 +329,7 @@ static struct {
 	uint64_t scheduled;     /* of them, found due so far */
 	uint64_t sent, replies, non_2xx, finished; /* finished: replied or failed */
 	uint64_t errors[E_KINDS];
-	uint64_t reconnects;
+	uint64_t reconnects, unsolicited;
 	int64_t last_finish_ns;
 	/* lag */
 	uint64_t free_found, late, lag_sum_ns;
@@ -533,8 +538,8 @@ static bool feed(size_t index, const char *p, size_t n, int64_t now)
 	const char *end = p + n;
 	while (p < end) {
 		if (c->state != C_BUSY) {
-			/* Bytes with no request in flight: an error, but no request of the run failed. */
-			run.errors[E_PARSE]++;
+			/* Bytes with no request in flight: no request of the run failed, the connection closes. */
+			run.unsolicited++;
 			close_conn(c);
 			return false;
 		}
@@ -835,8 +840,8 @@ static void report(int64_t end, const struct rusage *ru0, const struct rusage *r
 	printf("\"offered_rate\":%.3f,\"achieved_rate\":%.3f,\"elapsed_s\":%.6f,\"wall_s\":%.6f,", rate, achieved,
 	       elapsed_s, wall);
 	printf("\"requests\":%" PRIu64 ",\"sent\":%" PRIu64 ",\"replies\":%" PRIu64 ",\"non_2xx\":%" PRIu64
-	       ",\"reconnects\":%" PRIu64 ",",
-	       run.scheduled, run.sent, run.replies, run.non_2xx, run.reconnects);
+	       ",\"reconnects\":%" PRIu64 ",\"unsolicited\":%" PRIu64 ",",
+	       run.scheduled, run.sent, run.replies, run.non_2xx, run.reconnects, run.unsolicited);
 	printf("\"errors\":{");
 	for (int k = 0; k < E_KINDS; k++)
 		printf("\"%s\":%" PRIu64 ",", error_names[k], run.errors[k]);
