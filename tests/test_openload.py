@@ -26,7 +26,9 @@ import pytest
 
 from experiment.bench import native
 from experiment.errors import UserError
+from experiment.host import images, machine
 from experiment.run import loads, services
+from experiment.run.containers import Containers
 
 SANITIZE_UB = ["-O1", "-g", "-fsanitize=undefined", "-fno-sanitize-recover=all"]
 HIST_HALF = 1024  # hist.h: buckets per power of two; a bucket is at most 1/HIST_HALF of its lowest value wide
@@ -305,7 +307,7 @@ def test_well_below_capacity_the_offered_rate_is_achieved(openload, timer):
         data = run_openload(openload, server.port, "--rate", "2000", "--connections", "10", "--duration", "5",
                             "--timer", timer)
     parsed = loads.parse_openload(json.dumps(data))
-    assert data["timer"] == timer
+    assert data["timer"] == timer and data["timer_slack_us"] == 1
     assert data["requests"] == data["sent"] == data["replies"] == 10_000
     assert parsed["error_total"] == 0
     assert parsed["achieved_rate"] == pytest.approx(2000, rel=0.01)
@@ -378,6 +380,7 @@ def _limit_fds(n: int):
     (["--rate", "100", "--connections", "0"], "--connections must be at least 1"),
     (["--rate", "100", "--duration", "0"], "--duration must be above 0"),
     (["--rate", "100", "--timer", "busy"], "unknown --timer 'busy'"),
+    (["--rate", "100", "--timer-slack-us", "0"], "--timer-slack-us must be 1-10000"),
     (["--rate", "100", "--host", "localhost"], "--host must be an IPv4 address"),
 ])
 def test_bad_input_is_one_line_and_exit_2(openload, args, message):
@@ -452,3 +455,33 @@ def test_output_that_is_not_openloads_is_a_value_error():
         loads.parse_openload("Requests/sec: 5\n")
     with pytest.raises(ValueError, match="not openload output"):
         loads.parse_openload(json.dumps({"program": "openload", "offered_rate": 5}))
+
+
+# ---- in the client image ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built(client, tmp_path_factory):
+    return images.build(client, images.DEFAULT_BASE_IMAGE, tmp_path_factory.mktemp("build"))
+
+
+@pytest.mark.docker
+def test_the_client_image_runs_openload_against_ephttpd_in_the_server_image(client, built):
+    """services.openload in the client container, ephttpd epoll in the server container, host networking and
+    the host's fd limit, as a sweep would run them: the output parses and every request was answered."""
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    containers = Containers(client, f"test-openload-{os.getpid()}", fd_limit)
+    port = machine.free_port()
+    try:
+        service = services.server("epoll", port, 128, "0")
+        server = containers.run(built["server"].tag, service)
+        assert server.next_json(("listening",), 30), server.output_tail()
+        load = loads.OpenLoad(port=port, rate=2000, connections=10, duration_s=1, timeout_s=2)
+        generator = containers.run(built["client"].tag, services.openload(load, "0"))
+        assert containers.finish(generator, timeout=load.bound_s + 30) == 0, generator.output_tail()
+        parsed = loads.parse_openload(generator.output())
+        assert parsed["requests"] == parsed["replies"] == 2000
+        assert parsed["error_total"] == 0
+        assert parsed["raw"]["fd_limit"] == fd_limit
+        assert containers.stop(server, timeout=30) == 0
+    finally:
+        containers.remove_all()
