@@ -1,5 +1,5 @@
 # The images epollbench runs: `server` (ephttpd, pipetest, pyhttpd, Debian's nginx-light) and `client`
-# (Debian's httperf and wrk, deadconn).
+# (Debian's httperf and wrk, deadconn, openload).
 # Built by `invoke build-images` / `invoke reproduce`; BASE_IMAGE is bootstrapped with mmdebstrap from the
 # host's apt mirror when it can be neither found locally nor pulled.
 ARG BASE_IMAGE=debian:bookworm-slim
@@ -24,6 +24,7 @@ FROM ${BASE_IMAGE} AS client
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends httperf wrk python3 procps \
  && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/openload /usr/local/bin/
 COPY images/deadconn/deadconn.py /usr/local/bin/deadconn
 RUN chmod 0755 /usr/local/bin/deadconn
 CMD ["httperf", "--version"]

@@ -93,6 +93,8 @@ SERVERS: dict[str, ServerKind] = {k.name: k for k in (
 DEFAULT_SERVER = EPHTTPD
 
 HTTPERF, WRK = "httperf", "wrk"
+# The open-loop load (images/openload): requests at a fixed offered rate, latency from each request's due time.
+OPEN = "open"
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,10 @@ LOADS: dict[str, Load] = {load.name: load for load in (
     Load(HTTPERF, "the 2002 active load: httperf's hogging connections, paced by httperf"),
     Load(WRK, "fixed connections, closed loop, --duration seconds: the server's capacity"),
 )}
+# Not in LOADS (what --load accepts) until the dead sweep runs it: experiment/run/loads.py has its command and
+# parser, experiment/run/services.py its container.
+OPEN_LOAD = Load(OPEN, "a fixed offered rate over fixed connections, open loop (each connection on its own "
+                       "schedule): latency percentiles from the due time, coordinated omission corrected")
 
 
 @dataclass(frozen=True, order=True)

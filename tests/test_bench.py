@@ -136,3 +136,21 @@ def test_capacity_kept_compares_replies_per_cpu_second_and_poll_pays_per_dead_co
     assert result["capacity_kept"]["epoll"] == pytest.approx(1.0)
     assert result["capacity_kept"]["poll"] == pytest.approx(8.0 / (8.0 + most * 6e-3))
     assert result["poll_ns_per_dead_per_reply"] == pytest.approx(6.0)
+
+
+def test_the_generators_item_climbs_openloads_rates_until_one_is_overloaded(build_dir, cpus, monkeypatch):
+    """One round: wrk, httperf, then openload at each offered rate until one is not achieved; 10 M/s is never
+    achieved here, so the climb ends there, and the sustained rate is the highest offered before it that
+    was achieved (or none)."""
+    monkeypatch.setattr(measure, "LOAD_SECONDS", 1)
+    monkeypatch.setattr(measure, "OPEN_RATES", (500, 10_000_000, 1_000))
+    result = measure.generators(cpus, rounds=1)
+    rows = result["rows"]
+    assert [r["generator"] for r in rows[:2]] == ["wrk", "httperf"]
+    opened = [r for r in rows if r["generator"] == "openload"]
+    assert [r["offered"] for r in opened] == [500, 10_000_000]
+    assert opened[-1]["overloaded"] and opened[-1]["rate"] < 10_000_000
+    assert all(r["requests"] > 0 and r["cpu_us_per_request"] > 0 for r in rows)
+    expected = None if opened[0]["overloaded"] else 500
+    assert result["summary"]["openload"]["max_sustained_rate"] == expected
+    assert result["summary"]["wrk"]["rate"] == rows[0]["rate"]

@@ -14,7 +14,10 @@ others, as in the UP variant):
      loopback tracked by conntrack and, where this process may change that, untracked (--tune-host's rule);
   4. the harness: wall time of a quick profile run with cached images, split into images, setup, measuring
      and report (read from the run's own timings);
-  5. pipetest's token passes/s per backend at 10 pipes and at the most pipes allowed, next to 2002's.
+  5. pipetest's token passes/s per backend at 10 pipes and at the most pipes allowed, next to 2002's;
+  6. the load generators on one client CPU against ephttpd (epoll, 0 dead): wrk's and httperf's rate and
+     their own CPU per request, and openload's highest sustained rate (the highest of OPEN_RATES it offered
+     and achieved within 1 %, not overloaded) with its CPU per request there (getrusage of each child).
 The metric is CPU time from /proc/PID/stat (user + system, every process of the server) over the load,
 divided by the replies the load generator counted. Items 1-3 run ROUNDS rounds, each taking every row once,
 and report medians (ratios: the median of the rounds' ratios).
@@ -29,6 +32,7 @@ import contextlib
 import functools
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -63,7 +67,8 @@ ROUNDS = 3
 REFERENCE = paths.ROOT / "experiment" / "data" / "lse-2002.json"
 RESULTS = paths.ROOT / "benchmarks" / "results"
 TARGETS = {"ephttpd_vs_nginx_cpu_ratio": 0.5, "capacity_kept_at_most_dead": 0.95,
-           "deadconn_per_s": 40_000, "quick_profile_s": 600, "quick_measuring_share": 0.8}
+           "deadconn_per_s": 40_000, "quick_profile_s": 600, "quick_measuring_share": 0.8,
+           "openload_per_s": 100_000}
 
 
 def _ticks(pids: list[int]) -> int:
@@ -203,6 +208,68 @@ def _under_load(cpus: Cpus, port: int, pids: list[int], load: str) -> dict:
     return {**result, "load": load, "server_cpu_s": cpu_s,
             "server_busy_pct": 100 * cpu_s / result["duration_s"] if result["duration_s"] else None,
             "cpu_us_per_reply": cpu_s * 1e6 / replies if replies else None}
+
+
+# The offered rates openload climbs, in requests/s, until it is overloaded (item 6).
+OPEN_RATES = (40_000, 60_000, 80_000, 90_000, 100_000, 110_000, 120_000, 140_000)
+
+
+def _child_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _generator(cpus: Cpus, port: int, name: str, rate: float | None = None) -> dict:
+    """One load generator's run on the client CPUs: its rate and its own CPU per request (the children's
+    rusage over the run; each run's process is reaped before the next starts)."""
+    before = _child_cpu_s()
+    if name == "wrk":
+        result = _wrk(cpus, port)
+        replies, rate_seen = result["replies"], result["rate"]
+        extra: dict = {}
+    elif name == "httperf":
+        parsed = loads.parse(_run_httperf(cpus, loads.ActiveLoad(
+            port=port, connections=ACTIVE, rate=loads.PROBE_CONNECTION_RATE,
+            num_calls=loads.calls_for_duration(150_000, LOAD_SECONDS, ACTIVE)), LOAD_SECONDS))
+        replies, rate_seen = parsed["total"]["replies"], parsed["reply_rate"]["overall"]
+        extra = {}
+    else:
+        load = loads.OpenLoad(port=port, rate=float(rate or 0), connections=ACTIVE, duration_s=LOAD_SECONDS,
+                              timeout_s=2)
+        proc = subprocess.run([str(native.BUILD / loads.OPENLOAD), *loads.open_command(load)[1:]],
+                              capture_output=True, text=True, timeout=load.bound_s + 60, preexec_fn=cpus.pin_clients)
+        parsed = loads.parse_openload(proc.stdout)
+        replies, rate_seen = parsed["replies"], parsed["achieved_rate"]
+        extra = {"offered": rate, "overloaded": parsed["overloaded"], "lagged": parsed["lagged"],
+                 "p99_ms": parsed["latency_ms"]["p99"]}
+    cpu_s = _child_cpu_s() - before
+    return {"generator": name, "rate": rate_seen, "requests": replies,
+            "cpu_us_per_request": cpu_s * 1e6 / replies if replies else None, **extra}
+
+
+def generators(cpus: Cpus, rounds: int = ROUNDS) -> dict:
+    """Item 6: each round, one ephttpd epoll on the server CPU, and on the client CPUs wrk, httperf, then
+    openload up OPEN_RATES until an offered rate is not achieved (overloaded)."""
+    rows = []
+    for n in range(1, rounds + 1):
+        with ephttpd(cpus, "epoll") as (port, _pids):
+            rows += [{**_generator(cpus, port, "wrk"), "round": n}, {**_generator(cpus, port, "httperf"), "round": n}]
+            for rate in OPEN_RATES:
+                row = {**_generator(cpus, port, "openload", rate), "round": n}
+                rows.append(row)
+                if row["overloaded"]:
+                    break
+    summary = {}
+    for name in ("wrk", "httperf"):
+        same = [r for r in rows if r["generator"] == name]
+        costs = [r["cpu_us_per_request"] for r in same if r["cpu_us_per_request"]]
+        summary[name] = {"rate": _median([r["rate"] for r in same]), "cpu_us_per_request": _median(costs)}
+    sustained = [max((r for r in rows if r["generator"] == "openload" and r["round"] == n and not r["overloaded"]),
+                     key=lambda r: r["offered"], default=None) for n in range(1, rounds + 1)]
+    summary["openload"] = {
+        "max_sustained_rate": _median([r["offered"] for r in sustained if r]),
+        "cpu_us_per_request": _median([r["cpu_us_per_request"] for r in sustained if r and r["cpu_us_per_request"]])}
+    return {"rows": rows, "summary": summary}
 
 
 def _point(cpus: Cpus, server: str, backend: str, dead: int, load: str) -> dict:
@@ -356,6 +423,7 @@ def main(json_out: str | None = None, skip_harness: bool = False) -> dict:
         result["capacity"] = capacity(cpus, fd_limit)
     result["deadconn"] = deadconn_rate(fd_limit)
     result["pipetest"] = pipetest(fd_limit)
+    result["generators"] = generators(cpus)
     result["harness"] = None if skip_harness else harness()
     _print(result)
     path = Path(json_out) if json_out else RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%SZ')}.json"
@@ -406,6 +474,12 @@ def _print(r: dict) -> None:
     console.print(_table("5. pipetest (token passes/s)", ["backend", "pipes", "passes/s"],
                          [[x["backend"], _num(x["pipes"]), _num(x.get("passes_per_s"))]
                           for x in r["pipetest"]["rows"]]))
+    g = r["generators"]["summary"]
+    console.print(f"6. load generators on one CPU (ephttpd epoll, medians of {ROUNDS} rounds): "
+                  f"wrk {_num(g['wrk']['rate'])}/s at {_num(g['wrk']['cpu_us_per_request'], '.2f')} µs/request, "
+                  f"httperf {_num(g['httperf']['rate'])}/s at {_num(g['httperf']['cpu_us_per_request'], '.2f')} µs, "
+                  f"openload sustains {_num(g['openload']['max_sustained_rate'])}/s at "
+                  f"{_num(g['openload']['cpu_us_per_request'], '.2f')} µs (target >= {TARGETS['openload_per_s']:,}/s)")
     h = r["harness"]
     if h:
         t = h["timings"]

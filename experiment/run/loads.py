@@ -1,4 +1,5 @@
-"""The load generators: httperf (the 2002 active load) and wrk, their command lines and their output parsed.
+"""The load generators: httperf (the 2002 active load), wrk (capacity) and openload (a fixed offered rate, open
+loop: images/openload), their command lines and their output parsed.
 
 The 2002 study drove dphttpd with httperf as Davide Libenzi did in 2001 (lse-2002.json, libenzi_2001):
 `--think-timeout 5 --timeout 5 --num-calls 2500 --num-conns 100 --hog --rate 100`: 100 keep-alive
@@ -9,12 +10,13 @@ point lasts about as long as planned at the reply rate it will see.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..catalog import HTTPERF, WRK
+from ..catalog import HTTPERF, OPEN, WRK
 from ..errors import UserError
 
 # httperf samples the reply rate once per 5 s (RATE_INTERVAL in httperf.c): a shorter run has no samples.
@@ -261,3 +263,117 @@ def parse_wrk(text: str) -> dict:
                                   strict=True)),
         "non_2xx_3xx": int(non_2xx.group(1)) if non_2xx else 0,
     }
+
+
+# ---- openload (images/openload) ----------------------------------------------------------------------------
+
+OPENLOAD = "openload"  # the program; its load's name in the catalog is OPEN
+OPEN_DEFAULT_CONNECTIONS = 100  # as the 2002 study's httperf
+# openload's own bounds (openload.c): beyond them it exits 2.
+OPEN_MAX_RATE = 1e8
+OPEN_MAX_DURATION_S = 86400.0
+OPEN_MAX_TIMEOUT_S = 600.0
+# What openload prints: the percentiles of its latency objects, in microseconds.
+OPEN_PERCENTILES = ("p50", "p90", "p99", "p99.9", "max")
+OPEN_ERROR_KINDS = ("connect", "write", "read", "closed", "timeout", "parse", "unsent", "unanswered")
+
+
+@dataclass(frozen=True)
+class OpenLoad:
+    """openload's load: `rate` requests/s over `connections` keep-alive connections for duration_s, each
+    connection on its own fixed schedule at rate/connections; a request unanswered after timeout_s is an
+    error, and the replies still due when duration_s ends are awaited that long at most."""
+
+    port: int
+    rate: float
+    server: str = "127.0.0.1"
+    path: str = "/"
+    connections: int = OPEN_DEFAULT_CONNECTIONS
+    duration_s: float = 10
+    timeout_s: float = 5
+    lag_threshold_us: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise UserError(f"{OPEN} load port {self.port} is not a TCP port: use 1-65535")
+        if not 0 < self.rate <= OPEN_MAX_RATE:
+            raise UserError(f"{OPEN} load rate {self.rate:g} requests/s: give a rate above 0 and at most "
+                            f"{OPEN_MAX_RATE:g}")
+        if self.connections < 1:
+            raise UserError(f"{OPEN} load connections must be at least 1 (got {self.connections})")
+        if not 0 < self.duration_s <= OPEN_MAX_DURATION_S:
+            raise UserError(f"{OPEN} load duration {self.duration_s:g} s: give above 0 and at most "
+                            f"{OPEN_MAX_DURATION_S:g}")
+        if not 0 < self.timeout_s <= OPEN_MAX_TIMEOUT_S:
+            raise UserError(f"{OPEN} load timeout {self.timeout_s:g} s: give above 0 and at most "
+                            f"{OPEN_MAX_TIMEOUT_S:g}")
+        if self.lag_threshold_us < 0:
+            raise UserError(f"{OPEN} load lag threshold must be 0 us or more (got {self.lag_threshold_us})")
+        if not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
+            raise UserError(f"{OPEN} load path {self.path!r}: start it with / and leave out spaces and line breaks")
+
+    @property
+    def bound_s(self) -> float:
+        """The longest the run can take once connected: the load, then the drain."""
+        return self.duration_s + self.timeout_s
+
+
+def open_command(load: OpenLoad) -> list[str]:
+    """The openload argv for load."""
+    return [OPENLOAD, "--host", load.server, "--port", str(load.port), "--path", load.path,
+            "--connections", str(load.connections), "--rate", _arg(load.rate), "--duration", _arg(load.duration_s),
+            "--timeout", _arg(load.timeout_s), "--lag-threshold-us", str(load.lag_threshold_us)]
+
+
+def _open_object(text: str) -> dict:
+    """The last JSON object line of openload's output."""
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and data.get("program") == OPENLOAD:
+            return data
+    raise ValueError("not openload output: no JSON object with \"program\": \"openload\"")
+
+
+def parse_openload(text: str) -> dict:
+    """openload's figures: offered and achieved rate (requests/s), the latency percentiles in ms (corrected:
+    from each request's due time; and uncorrected, from its send), requests, replies, errors by kind, the
+    two flags with what raised them, and the generator's CPU. raw keeps the whole object."""
+    data = _open_object(text)
+    try:
+        latency = {f"{kind}_ms": {p: data[f"{kind}_us"][p] / 1e3 for p in OPEN_PERCENTILES}
+                   for kind in ("latency", "uncorrected_latency")}
+        errors = {kind: int(data["errors"][kind]) for kind in OPEN_ERROR_KINDS}
+        lagged, overloaded, cpu = data["lagged"], data["overloaded"], data["cpu"]
+        figures = {
+            "offered_rate": float(data["offered_rate"]),
+            "achieved_rate": float(data["achieved_rate"]),
+            "achieved_share": float(overloaded["achieved_share"]),
+            "connections": int(data["connections"]),
+            "duration_s": float(data["duration_s"]),
+            "elapsed_s": float(data["elapsed_s"]),
+            "requests": int(data["requests"]),
+            "sent": int(data["sent"]),
+            "replies": int(data["replies"]),
+            "non_2xx": int(data["non_2xx"]),
+            **latency,
+            "errors": errors,
+            "error_total": sum(errors.values()),
+            "lagged": bool(lagged["raised"]),
+            "lag": {"late_sends": int(lagged["late_sends"]), "checked_sends": int(lagged["checked_sends"]),
+                    "max_ms": lagged["max_lag_us"] / 1e3, "threshold_ms": lagged["threshold_us"] / 1e3},
+            "overloaded": bool(overloaded["raised"]),
+            "cpu": {"user_s": float(cpu["user_s"]), "system_s": float(cpu["system_s"]),
+                    "busy_share": float(cpu["busy_share"])},
+            "cpu_per_reply_us": float(cpu["per_reply_us"]) if data["replies"] else None,
+            "interrupted": bool(data["interrupted"]),
+            "raw": data,
+        }
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not openload output: {exc!r} missing or malformed") from exc
+    return figures

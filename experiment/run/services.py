@@ -13,7 +13,7 @@ WRK_CPU_MARK = "epollbench-client-cpu"
 
 @dataclass(frozen=True)
 class Service:
-    role: str          # server, deadconn, httperf, pipetest
+    role: str          # server, deadconn, httperf, wrk, openload, pipetest
     target: str        # the image target: server or client
     command: tuple[str, ...]
     cpuset: str
@@ -65,3 +65,9 @@ def pipetest(backend: str, pipes: int, generations: int, max_seconds: int, cpuse
     return Service("pipetest", "server", ("pipetest", "--backend", backend, "--pipes", str(pipes),
                                           "--tokens", "1", "--generations", str(generations),
                                           "--max-seconds", str(max_seconds), "--walk", walk), cpuset)
+
+
+def openload(load: loads.OpenLoad, cpuset: str) -> Service:
+    """openload (the client image's open-loop generator): one JSON object on stdout when it is done, at most
+    load.bound_s seconds after its connections are open."""
+    return Service("openload", "client", tuple(loads.open_command(load)), cpuset)
