@@ -253,11 +253,11 @@ def capacity(cpus: Cpus, fd_limit: int, rounds: int = ROUNDS) -> dict:
     thread needs a CPU as much as the server does, wrk cannot keep the server fully busy: replies per server
     CPU-second is its capacity then, and what "kept" compares."""
     rows = [{**_point(cpus, "ephttpd", backend, dead, "wrk"), "round": n}
-            for n in range(1, rounds + 1) for backend in catalog.EV_BACKENDS
+            for n in range(1, rounds + 1) for backend in catalog.EPHTTPD_BACKENDS
             for dead in (0, max_dead(fd_limit, backend, ACTIVE))]
     summary = _summary(rows, ("backend", "dead"))
     kept, rate_kept, poll_ns = {}, {}, None
-    for backend in catalog.EV_BACKENDS:
+    for backend in catalog.EPHTTPD_BACKENDS:
         zero, most = (line for line in summary if line["backend"] == backend)
         kept[backend] = most["replies_per_cpu_s"] / zero["replies_per_cpu_s"]
         rate_kept[backend] = most["rate"] / zero["rate"]
@@ -323,7 +323,7 @@ def harness() -> dict:
 def pipetest(fd_limit: int) -> dict:
     reference = json.loads(REFERENCE.read_text())["pipetest_smp"]["series"]
     rows = []
-    for backend in catalog.EV_BACKENDS:
+    for backend in catalog.PIPETEST_BACKENDS:
         for pipes in (10, max_pipes(fd_limit, backend)):
             proc = subprocess.run([str(native.BUILD / "pipetest"), "--backend", backend, "--pipes", str(pipes),
                                    "--generations", "1000000000", "--max-seconds", str(PIPETEST_SECONDS)],

@@ -29,6 +29,8 @@
  *
  * The parts: this file (options, signals, the listener, main), server.c (a
  * worker's event loop: the I/O, the per-event caps and the ready list),
+ * uring_loop.c (--backend io_uring-recv: a worker's loop on io_uring's
+ * completions, multishot recv into a buffer ring and send SQEs, not ev.h),
  * conn.c (a connection's HTTP state: bytes in, responses or close out, no
  * system calls), http.c (the request parser), workers.c (the supervisor of
  * --workers N), stats.c (the JSON lines).
@@ -210,7 +212,7 @@ static void print_help(void)
 	       "exit 0; on SIGUSR1 a \"snapshot\" line per worker.\n"
 	       "\n"
 	       "  option             default     meaning\n"
-	       "  --backend NAME     %-11s event backend: %s\n"
+	       "  --backend NAME     %-11s event backend: %s|%s\n"
 	       "  --bind ADDR        %-11s numeric IPv4 or IPv6 address to listen on\n"
 	       "  --port N           %-11d TCP port; 0 takes a free one (the listening line says which)\n"
 	       "  --backlog N        %-11d listen() backlog (the kernel caps it at net.core.somaxconn)\n"
@@ -221,7 +223,7 @@ static void print_help(void)
 	       "  --accepts-per-event N %-8d accepts per listener event before the connections' events\n"
 	       "  --list-backends                the event backends, one a line, and exit\n"
 	       "  --help                         this text\n",
-	       DEFAULT_BACKEND, ev_backend_names(), DEFAULT_BIND, DEFAULT_PORT, DEFAULT_BACKLOG,
+	       DEFAULT_BACKEND, ev_backend_names(), URING_RECV_BACKEND, DEFAULT_BIND, DEFAULT_PORT, DEFAULT_BACKLOG,
 	       DEFAULT_MSGSIZE, DEFAULT_WORKERS, "none", DEFAULT_READS_PER_EVENT, DEFAULT_ACCEPTS_PER_EVENT);
 }
 
@@ -295,6 +297,7 @@ static struct options parse_options(int argc, char **argv)
 		case 'L':
 			for (size_t i = 0; ev_backend_at(i); i++)
 				puts(ev_backend_at(i));
+			puts(URING_RECV_BACKEND);
 			exit(0);
 		case 'h':
 			print_help();
@@ -308,7 +311,35 @@ static struct options parse_options(int argc, char **argv)
 	}
 	if (optind < argc)
 		usage_error("unexpected argument '%s' (see --help)", argv[optind]);
+	bool known = strcmp(o.backend, URING_RECV_BACKEND) == 0;
+	for (size_t i = 0; !known && ev_backend_at(i); i++)
+		known = strcmp(o.backend, ev_backend_at(i)) == 0;
+	if (!known)
+		usage_error("unknown backend '%s' (choose %s|%s)", o.backend, ev_backend_names(), URING_RECV_BACKEND);
 	return o;
+}
+
+int serve_worker(const struct options *o, int listen_fd, int max_fds, int worker, int port,
+		 struct worker_stats *out)
+{
+	struct worker_stats *stats;
+	int status;
+	if (strcmp(o->backend, URING_RECV_BACKEND) == 0) {
+		struct uring_server *s = uring_server_create(o, listen_fd, max_fds);
+		if (port >= 0)
+			announce(o, port, max_fds);
+		status = uring_server_run(s, worker, &stats);
+		*out = *stats;
+		uring_server_destroy(s);
+	} else {
+		struct server *s = server_create(o, listen_fd, max_fds);
+		if (port >= 0)
+			announce(o, port, max_fds);
+		status = server_run(s, worker, &stats);
+		*out = *stats;
+		server_destroy(s);
+	}
+	return status;
 }
 
 int main(int argc, char **argv)
@@ -332,11 +363,8 @@ int main(int argc, char **argv)
 	if (o.workers > 1)
 		return run_workers(&o, listeners, port, fd_limit);
 
-	struct server *s = server_create(&o, listeners[0], fd_limit);
-	announce(&o, port, fd_limit);
-	struct worker_stats *stats;
-	int status = server_run(s, 0, &stats);
-	print_stats(&o, fd_limit, stats, 1);
-	server_destroy(s);
+	struct worker_stats stats;
+	int status = serve_worker(&o, listeners[0], fd_limit, 0, port, &stats);
+	print_stats(&o, fd_limit, &stats, 1);
 	return status;
 }
