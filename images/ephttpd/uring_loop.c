@@ -20,7 +20,10 @@
  *     recv discards input until the peer's (a lingering close, as server.c's);
  *     then a CLOSE SQE, after an ASYNC_CANCEL of the recv if it is still
  *     armed (an armed request holds its file).  Both skip their completion
- *     when they succeed (IOSQE_CQE_SKIP_SUCCESS);
+ *     when they succeed (IOSQE_CQE_SKIP_SUCCESS).  The close waits for the
+ *     shutdown's completion: an io-wq worker runs the shutdown and looks the
+ *     descriptor up only then, when a close could have given its number to
+ *     the next connection;
  *   - one io_uring_submit_and_wait(1) per batch: the SQEs the last batch
  *     queued go in and the loop sleeps until a completion.  The ring is
  *     IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, so completions
@@ -93,10 +96,14 @@
 /* iovecs in one sendmsg: IOV_MAX on Linux. */
 #define WRITE_BATCH 1024u
 
+/* Ordinary descriptors the process keeps beside a table of direct ones: stdio, the listener, the ring, the
+ * wake-up pipe, the reserve, a few spare. */
+#define OWN_FDS 16
+
 #define PRETEND_ENV "EPHTTPD_URING_PRETEND_MISSING"
 #define FIXED_ENV   "EPHTTPD_URING_FIXED_FILES"
 
-enum kind { K_ACCEPT = 1, K_RECV, K_SEND, K_WAKE, K_PROBE, K_IGNORE };
+enum kind { K_ACCEPT = 1, K_LISTEN_POLL, K_RECV, K_SEND, K_SHUTDOWN, K_WAKE, K_PROBE, K_IGNORE };
 
 #define GEN_MASK 0xffffffu
 
@@ -119,6 +126,8 @@ struct uslot {
 	bool sending;     /* a send is in flight */
 	bool peer_closed; /* the recv saw EOF: close once the queue is flushed */
 	bool lingering;   /* its last response sent and our FIN queued: discard input until EOF */
+	bool shutting;    /* its SHUTDOWN has not completed: the close waits for it (close_conn) */
+	bool close_after_shutdown;
 	struct conn http;
 	struct sendbuf *out; /* allocated when it first pipelines; kept for the slot's next connection */
 };
@@ -220,12 +229,22 @@ static void arm_recv(struct uring_server *s, int fd)
 static void arm_accept(struct uring_server *s)
 {
 	struct io_uring_sqe *sqe = next_sqe(s);
-	/* Blocking sockets: io_uring polls them itself, and would hand a non-blocking one's EAGAIN back. */
+	/* Blocking sockets: io_uring polls them itself, and would hand a non-blocking one's EAGAIN back.
+	 * A direct descriptor is in no descriptor table an exec could inherit: no SOCK_CLOEXEC (EINVAL). */
 	if (s->fixed)
-		io_uring_prep_multishot_accept_direct(sqe, s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		io_uring_prep_multishot_accept_direct(sqe, s->listen_fd, NULL, NULL, 0);
 	else
 		io_uring_prep_multishot_accept(sqe, s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 	io_uring_sqe_set_data64(sqe, tag(K_ACCEPT, 0, 0));
+}
+
+/* Out of descriptors, an accept fails at once, whether a connection is queued or not: the loop waits for one
+ * with a one-shot poll before it arms the accept again. */
+static void arm_listen_poll(struct uring_server *s)
+{
+	struct io_uring_sqe *sqe = next_sqe(s);
+	io_uring_prep_poll_add(sqe, s->listen_fd, POLLIN);
+	io_uring_sqe_set_data64(sqe, tag(K_LISTEN_POLL, 0, 0));
 }
 
 static void arm_wake(struct uring_server *s)
@@ -237,9 +256,18 @@ static void arm_wake(struct uring_server *s)
 
 /* ------------------------------------------------------------ connections */
 
+/*
+ * A SHUTDOWN runs in an io-wq worker, which looks its descriptor up only
+ * then: closed before that, the number may already name the next connection,
+ * which the shutdown would end.  So a close waits for its shutdown's completion.
+ */
 static void close_conn(struct uring_server *s, int fd)
 {
 	struct uslot *c = &s->slots[fd];
+	if (c->shutting) {
+		c->close_after_shutdown = true;
+		return;
+	}
 	if (c->recv_armed) {
 		struct io_uring_sqe *sqe = next_sqe(s);
 		io_uring_prep_cancel64(sqe, tag(K_RECV, (uint32_t)fd, c->gen), 0);
@@ -357,9 +385,9 @@ static void after_output(struct uring_server *s, int fd)
 		struct io_uring_sqe *sqe = next_sqe(s);
 		io_uring_prep_shutdown(sqe, fd, SHUT_WR);
 		mark_fixed(s, sqe);
-		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-		io_uring_sqe_set_data64(sqe, tag(K_IGNORE, 0, 0));
+		io_uring_sqe_set_data64(sqe, tag(K_SHUTDOWN, (uint32_t)fd, c->gen));
 		c->lingering = true;
+		c->shutting = true;
 		return;
 	}
 	if (c->peer_closed)
@@ -448,15 +476,36 @@ static void on_send(struct uring_server *s, uint32_t fd, uint32_t gen, int res)
 	after_output(s, (int)fd);
 }
 
+static void on_shutdown(struct uring_server *s, uint32_t fd, uint32_t gen, int res)
+{
+	if (!current(s, fd, gen))
+		return;
+	struct uslot *c = &s->slots[fd];
+	c->shutting = false;
+	if (c->close_after_shutdown || res < 0)
+		close_conn(s, (int)fd);
+}
+
 static void on_accept(struct uring_server *s, int res, unsigned flags)
 {
 	s->stats.events++;
-	if (res >= 0)
+	bool out_of_descriptors = res == -EMFILE || res == -ENFILE;
+	if (res >= 0) {
 		admit(s, res);
-	else if (res == -EMFILE || res == -ENFILE)
+	} else if (out_of_descriptors) {
+		/* Out of direct slots the kernel has taken the connection, and closes it. */
+		if (s->fixed && res == -ENFILE)
+			s->stats.refused++;
 		refuse_queued(s);
-	if (!(flags & IORING_CQE_F_MORE))
-		arm_accept(s);
+	}
+	else if (res != -ECONNABORTED && res != -EINTR && res != -ENOBUFS && res != -ENOMEM && res != -EAGAIN)
+		die("io_uring-recv: accept: %s", strerror(-res)); /* armed again, it would fail again at once */
+	if (!(flags & IORING_CQE_F_MORE)) {
+		if (out_of_descriptors)
+			arm_listen_poll(s);
+		else
+			arm_accept(s);
+	}
 }
 
 static void on_wake(struct uring_server *s, unsigned flags)
@@ -483,11 +532,17 @@ static unsigned reap(struct uring_server *s)
 		case K_ACCEPT:
 			on_accept(s, res, flags);
 			break;
+		case K_LISTEN_POLL:
+			arm_accept(s);
+			break;
 		case K_RECV:
 			on_recv(s, fd, gen, res, flags);
 			break;
 		case K_SEND:
 			on_send(s, fd, gen, res);
+			break;
+		case K_SHUTDOWN:
+			on_shutdown(s, fd, gen, res);
 			break;
 		case K_WAKE:
 			served--;
@@ -591,6 +646,8 @@ static void setup_ring(struct uring_server *s)
 	probe_multishot_recv(s);
 
 	if (s->fixed) {
+		/* The table counts against the descriptor limit with the process's own descriptors. */
+		s->max_fds = s->max_fds > 2 * OWN_FDS ? s->max_fds - OWN_FDS : s->max_fds / 2;
 		ret = io_uring_register_files_sparse(&s->ring, (unsigned)s->max_fds);
 		if (ret < 0)
 			die("io_uring-recv: a table of %d direct descriptors: %s", s->max_fds, strerror(-ret));
