@@ -55,8 +55,8 @@
  * Counters (ephttpd.h): events are the completions that brought input or a
  * connection (as a readiness backend's events); wait_calls the
  * submit-and-waits that returned any completion but the wake pipe's;
- * submissions the SQEs submitted, completions every CQE reaped (sends,
- * stale ones included), recv_rearmed the recvs armed again after -ENOBUFS.
+ * submissions the SQEs submitted, completions every CQE reaped but the
+ * wake pipe's (sends and stale ones included), recv_rearmed the recvs armed again after -ENOBUFS.
  * reads_capped, accepts_capped and ready_served stay 0: the kernel bounds a
  * multishot request's turn itself.
  *
@@ -516,7 +516,7 @@ static void on_wake(struct uring_server *s, unsigned flags)
 		arm_wake(s);
 }
 
-/* Handles every completion there is; returns how many were the workload's (not the wake pipe's). */
+/* Handles every completion there is; returns how many were the workload's (not the wake pipe's: our own signals). */
 static unsigned reap(struct uring_server *s)
 {
 	struct io_uring_cqe *cqe;
@@ -554,7 +554,7 @@ static unsigned reap(struct uring_server *s)
 		}
 	}
 	io_uring_cq_advance(&s->ring, seen);
-	s->stats.completions += seen;
+	s->stats.completions += served;
 	return served;
 }
 
