@@ -129,7 +129,8 @@ def test_the_ephttpd_over_nginx_ratio_is_the_median_of_each_rounds_ratio(cpus, m
 
 def test_capacity_kept_compares_replies_per_cpu_second_and_poll_pays_per_dead_connection(cpus, monkeypatch):
     most = measure.max_dead(20000, "epoll", measure.ACTIVE)
-    costs = {("ephttpd", b, d): [8.0] * 2 for b in catalog.EPHTTPD_BACKENDS for d in (0, measure.max_dead(20000, b, 100))}
+    costs = {("ephttpd", b, d): [8.0] * 2
+             for b in catalog.EPHTTPD_BACKENDS for d in (0, measure.max_dead(20000, b, 100))}
     costs[("ephttpd", "poll", most)] = [8.0 + most * 6e-3] * 2  # 6 ns per dead connection per reply
     monkeypatch.setattr(measure, "_point", fake_point(costs))
     result = measure.capacity(cpus, 20000, rounds=2)
