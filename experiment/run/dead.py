@@ -187,7 +187,7 @@ def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, l
                        "ready": serving.ready, "address": ctx.server_address, "port": serving.port,
                        "cpuset": cs["server"], "command": server.command, "container": container_id[:12],
                        "cpu_s": (cpu_after - cpu_before) / 1e9, "stats_before": stats_before,
-                       "stats_after": stats_after}
+                       "stats_after": stats_after, "seccomp": serving.service.seccomp or "engine default"}
     point["deadconn"] = {"cpuset": cs["clients"], "command": deadconn.command, "held": ready["held"],
                          "ready": ready}
     point[load_name] = {"cpuset": cs["clients"], "command": command, "exit_code": code,
