@@ -38,8 +38,9 @@
  * completion of an earlier connection on the same number (a send still in
  * flight, a cancelled recv) is stale and only gives its buffer back.
  *
- * Descriptors: plain ones by default, since direct (fixed) descriptors did
- * not pay off here (README.md: the measurement); EPHTTPD_URING_FIXED_FILES=1
+ * Descriptors: plain ones by default, since direct (fixed) descriptors
+ * showed no gain this host's noise could tell (README.md, "io_uring as a
+ * completion API"); EPHTTPD_URING_FIXED_FILES=1
  * accepts into a sparse registered table of fd_limit entries instead (every
  * SQE then IOSQE_FIXED_FILE, closing by CLOSE_DIRECT).  Direct descriptors do
  * not appear in /proc/PID/fd: count them through the counters.
@@ -60,9 +61,11 @@
  * reads_capped, accepts_capped and ready_served stay 0: the kernel bounds a
  * multishot request's turn itself.
  *
- * Memory per connection: its slot here (sizeof(struct uslot)), the kernel's
- * socket and one armed request; no buffer (the ring is shared, and a dead
- * connection's half request lives in its stash).
+ * Memory per connection: its slot here (sizeof(struct uslot), 88 bytes),
+ * the kernel's socket and one armed multishot recv (an io_kiocb, its async
+ * state and poll entry: about 0.9 KiB, against epoll's 0.3 KiB); no buffer
+ * (the ring is shared, and a dead connection's half request lives in its
+ * stash, as with every backend).
  *
  * Not measured or done: zero-copy send, registered buffers for sends,
  * SQPOLL (a kernel thread polling the SQ would hide CPU time from the
