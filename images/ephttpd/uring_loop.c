@@ -24,8 +24,14 @@
  *     shutdown's completion: an io-wq worker runs the shutdown and looks the
  *     descriptor up only then, when a close could have given its number to
  *     the next connection;
+ *   - out of descriptors, an accept fails at once whether a connection is
+ *     queued or not: the queued ones are taken and closed (refused), and a
+ *     one-shot poll waits for the next before the accept is armed again;
  *   - one io_uring_submit_and_wait(1) per batch: the SQEs the last batch
- *     queued go in and the loop sleeps until a completion.  The ring is
+ *     queued go in and the loop sleeps until a completion.  A send that
+ *     completes at once ends the next wait at once: with one connection
+ *     asking one request at a time that is two enters per request, under
+ *     many connections one enter serves many (README.md).  The ring is
  *     IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, so completions
  *     are posted when the loop enters the kernel and not by task work
  *     interrupting it, and its descriptor is registered (io_uring_enter
@@ -40,10 +46,12 @@
  *
  * Descriptors: plain ones by default, since direct (fixed) descriptors
  * showed no gain this host's noise could tell (README.md, "io_uring as a
- * completion API"); EPHTTPD_URING_FIXED_FILES=1
- * accepts into a sparse registered table of fd_limit entries instead (every
- * SQE then IOSQE_FIXED_FILE, closing by CLOSE_DIRECT).  Direct descriptors do
- * not appear in /proc/PID/fd: count them through the counters.
+ * completion API").  EPHTTPD_URING_FIXED_FILES=1 accepts into a sparse
+ * registered table instead, of the descriptor limit less OWN_FDS entries
+ * (every SQE then IOSQE_FIXED_FILE, closing by CLOSE_DIRECT; a full table
+ * makes the kernel take a connection and close it, counted as refused).
+ * Direct descriptors do not appear in /proc/PID/fd: count them through the
+ * counters.
  *
  * Kernel features (checked at start, never worked around): DEFER_TASKRUN
  * (Linux 6.1), provided buffer rings (5.19), multishot recv (6.0).  A kernel
@@ -57,7 +65,8 @@
  * connection (as a readiness backend's events); wait_calls the
  * submit-and-waits that returned any completion but the wake pipe's;
  * submissions the SQEs submitted, completions every CQE reaped but the
- * wake pipe's (sends and stale ones included), recv_rearmed the recvs armed again after -ENOBUFS.
+ * wake pipe's (sends and stale ones included), recv_rearmed the recvs
+ * armed again after -ENOBUFS.
  * reads_capped, accepts_capped and ready_served stay 0: the kernel bounds a
  * multishot request's turn itself.
  *
