@@ -252,13 +252,15 @@ def clean_room(c):
 
 
 @task(help={"json_out": "where to write the JSON results (default benchmarks/results/bench-<stamp>.json)",
-            "skip_harness": "leave out the timed quick profile run (item 4), which takes about 5 minutes"})
+            "skip_harness": "leave out the timed quick profile run (item 4), which takes about 5 minutes",
+            "only": "run one item alone: completion (item 6, io_uring-recv vs io_uring vs epoll)"})
 @_user_errors
-def bench(c, json_out=None, skip_harness=False):
-    """ephttpd vs nginx per reply, capacity per backend, deadconn's rate, the harness, pipetest: one run."""
+def bench(c, json_out=None, skip_harness=False, only=None):
+    """ephttpd vs nginx per reply, capacity per backend, deadconn's rate, the harness, pipetest, completion vs
+    readiness: one run."""
     from experiment.bench import measure
 
-    measure.main(json_out, skip_harness=skip_harness)
+    measure.main(json_out, skip_harness=skip_harness, only=only)
 
 
 @task

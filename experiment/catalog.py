@@ -1,8 +1,9 @@
 """What epollbench can put under test, defined once: the event backends, the servers, the load generators,
 and the series (one server's backend) that names a line in every figure.
 
-ephttpd's and pipetest's backends are defined in C (images/ev/ev.c's table); EV_BACKENDS repeats their names
-in the same order, and a test holds the two to each other through `ephttpd --list-backends`. Everything
+ephttpd's and pipetest's backends are defined in C (images/ev/ev.c's table, and ephttpd's own io_uring-recv loop);
+EV_BACKENDS and EPHTTPD_BACKENDS repeat their names in the same order, and a test holds them to the C through
+`ephttpd --list-backends`. Everything
 else here is the one home of its fact: the plan, the runner, the report and the benchmark import it.
 """
 
@@ -42,6 +43,8 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("epoll-et", "#56B4E9", "v", "-."),
     Backend("io_uring", "#009E73", "D", (0, (5, 1, 1, 1, 1, 1))),
     Backend("aio-poll", "#E69F00", "P", (0, (1, 1))),
+    # The same ring as a completion API: a darker shade of io_uring's green, its own marker and dashes.
+    Backend("io_uring-recv", "#005C45", "<", (0, (4, 1, 4, 1, 1, 1))),
     # pyhttpd's asyncio: epoll underneath, but its own event loop; dark grey keeps it apart from epoll's blue.
     Backend("asyncio", "#666666", "h", (0, (2, 1, 2, 3))),
     # A server of the user's own uses whatever it uses: one backend, named for the points.
@@ -49,6 +52,13 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 )}
 # images/ev's backends, in ev.c's order: ephttpd and pipetest offer each of them.
 EV_BACKENDS = ("select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll")
+# ephttpd's own serving loop on io_uring's completions (images/ephttpd/uring_loop.c): not an ev.h backend, so
+# pipetest, which waits through ev.h, has no such loop.
+URING_RECV = "io_uring-recv"
+# ephttpd's backends, as `ephttpd --list-backends` lists them.
+EPHTTPD_BACKENDS = (*EV_BACKENDS, URING_RECV)
+# What pipetest runs: ev.h's backends.
+PIPETEST_BACKENDS = EV_BACKENDS
 # A line of a backend this catalog does not know (a run of a later version, say).
 UNKNOWN_BACKEND = Backend("unknown", "#000000", "X", (0, (3, 1, 1, 1)))
 
@@ -83,7 +93,7 @@ class ServerKind:
 
 
 SERVERS: dict[str, ServerKind] = {k.name: k for k in (
-    ServerKind(EPHTTPD, "ephttpd", EV_BACKENDS, "json", True),
+    ServerKind(EPHTTPD, "ephttpd", EPHTTPD_BACKENDS, "json", True),
     ServerKind(PYTHON, "pyhttpd", ("select", "poll", "epoll", "asyncio"), "json", True, "h",
                (0, (2, 1, 2, 3))),
     ServerKind(NGINX, "nginx", ("epoll",), "tcp", False, "*", (0, (6, 2))),

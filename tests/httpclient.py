@@ -17,7 +17,7 @@ import pytest
 from experiment.bench import native
 
 PROGRAMS = {"ephttpd": native.Ephttpd, "pyhttpd": native.Pyhttpd}
-KERNEL_OPTIONAL = {"io_uring", "aio-poll"}  # backends this kernel may refuse: skipped, not failed
+KERNEL_OPTIONAL = {"io_uring", "aio-poll", "io_uring-recv"}  # backends this kernel may refuse: skipped, not failed
 DEFAULT_MSGSIZE = 128
 FD_SETSIZE = 1024
 CLIENT_TIMEOUT = 10.0

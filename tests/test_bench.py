@@ -129,7 +129,8 @@ def test_the_ephttpd_over_nginx_ratio_is_the_median_of_each_rounds_ratio(cpus, m
 
 def test_capacity_kept_compares_replies_per_cpu_second_and_poll_pays_per_dead_connection(cpus, monkeypatch):
     most = measure.max_dead(20000, "epoll", measure.ACTIVE)
-    costs = {("ephttpd", b, d): [8.0] * 2 for b in catalog.EV_BACKENDS for d in (0, measure.max_dead(20000, b, 100))}
+    costs = {("ephttpd", b, d): [8.0] * 2
+             for b in catalog.EPHTTPD_BACKENDS for d in (0, measure.max_dead(20000, b, 100))}
     costs[("ephttpd", "poll", most)] = [8.0 + most * 6e-3] * 2  # 6 ns per dead connection per reply
     monkeypatch.setattr(measure, "_point", fake_point(costs))
     result = measure.capacity(cpus, 20000, rounds=2)
@@ -154,3 +155,19 @@ def test_the_generators_item_climbs_openloads_rates_until_one_is_overloaded(buil
     expected = None if opened[0]["overloaded"] else 500
     assert result["summary"]["openload"]["max_sustained_rate"] == expected
     assert result["summary"]["wrk"]["rate"] == rows[0]["rate"]
+
+
+def test_the_median_interval_takes_the_order_statistics_a_binomial_tail_allows():
+    """With six values a distribution-free 95% interval of the median is their range (P = 1 - 2/64); with
+    nine it leaves the least and the greatest out (P(Binomial(9, 1/2) < 2) = 10/512 <= 0.025)."""
+    assert measure.median_interval([6.0, 1.0, 5.0, 2.0, 4.0, 3.0]) == (3.5, 1.0, 6.0)
+    assert measure.median_interval([float(x) for x in range(9)]) == (4.0, 1.0, 7.0)
+    assert measure.median_interval([2.5]) == (2.5, 2.5, 2.5)
+    assert measure.median_interval([]) is None
+
+
+def test_the_completion_item_compares_io_uring_recv_plain_and_direct_with_the_readiness_backends():
+    series = {label: backend for label, backend, _env in measure.COMPLETION_SERIES}
+    assert set(series.values()) == {"epoll", "io_uring", catalog.URING_RECV}
+    fixed = [env for label, _b, env in measure.COMPLETION_SERIES if label.endswith("/fixed")]
+    assert fixed == [{"EPHTTPD_URING_FIXED_FILES": "1"}]

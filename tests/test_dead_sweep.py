@@ -11,7 +11,7 @@ from fakeengine import FakeContainers, Script
 
 from experiment import model
 from experiment.catalog import Series
-from experiment.run import context, dead, plan, reproduce, results
+from experiment.run import context, dead, plan, reproduce, results, seccomp
 from experiment.run.progress import Progress
 
 EPOLL = Series("ephttpd", "epoll")
@@ -57,6 +57,7 @@ def test_a_series_runs_one_server_and_one_deadconn_and_measures_each_level(tmp_p
         after, before = p["server"]["stats_after"], p["server"]["stats_before"]
         assert after["responses_200"] > before["responses_200"]
         assert (p["server"]["cpuset"], p["httperf"]["cpuset"]) == ("0", "1")
+        assert p["server"]["seccomp"] == seccomp.profile_name()
     started = [e[1] for e in events if e[0] == "run"]
     assert started[:2] == ["server", "deadconn"] and started.count("server") == 1 and started.count("deadconn") == 1
     # One probe and one measurement per level, deadconn grown between levels without reconnecting.

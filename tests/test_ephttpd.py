@@ -1,7 +1,8 @@
 """ephttpd's own behaviour beyond the HTTP contract it shares with pyhttpd (test_http_contract.py): a request
 and the FIN in one event, no descriptor left behind (lingering ones included), no connection holding the loop,
-one recv and one send per keep-alive request, its usage errors, several workers whose stats are summed, and
-the build the tests run: under AddressSanitizer and UBSan."""
+one recv and one send per keep-alive request (io_uring-recv: one send SQE and no recv or send call), its usage
+errors, io_uring-recv's exit on a kernel feature missing, several workers whose stats are summed, and the build
+the tests run: under AddressSanitizer and UBSan."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from httpclient import (
 )
 
 from experiment.bench import native
-from experiment.catalog import EV_BACKENDS as BACKENDS
+from experiment.catalog import EPHTTPD_BACKENDS as BACKENDS
+from experiment.catalog import EV_BACKENDS as READINESS_BACKENDS
+from experiment.catalog import URING_RECV
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -135,7 +138,8 @@ def test_a_burst_on_one_connection_is_read_in_turns_while_another_is_served(buil
     wait in the server's socket as it resumes from SIGSTOP, beside another connection's request. A read that
     fills the buffer ends a connection's turn (reads_capped) and the ready list gives it the next, after a
     wait that does not block (ready_served): on every backend, edge-triggered ones too, which would not
-    report the socket again. Every request is answered."""
+    report the socket again. Every request is answered. io_uring-recv has no such caps (the kernel bounds a
+    multishot recv's turn itself): it must answer every request all the same."""
     count = 600
     burst = request("/" + "x" * 7000) * count
     with serving("ephttpd", backend) as server, connect(server) as sock, connect(server) as other:
@@ -165,15 +169,17 @@ def test_a_burst_on_one_connection_is_read_in_turns_while_another_is_served(buil
         stats = server.stop()
 
     assert stats["requests"] == stats["responses_200"] == count + 1
-    assert stats["reads_capped"] >= 1
-    assert stats["ready_served"] >= 1
+    if backend in READINESS_BACKENDS:
+        assert stats["reads_capped"] >= 1
+        assert stats["ready_served"] >= 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_queue_of_connections_is_accepted_in_turns(build_dir, backend):
     """Hundreds of connections queue while the server is stopped: the listener's turn ends after
     ACCEPTS_PER_TURN of them (accepts_capped), and the ready list gives it the next (ready_served) without a
-    new wakeup, which an edge-triggered backend would not give. Every connection is answered."""
+    new wakeup, which an edge-triggered backend would not give. Every connection is answered, by io_uring-recv
+    too, whose multishot accept takes one connection per completion and has no such cap."""
     count = 300
     with serving("ephttpd", backend) as server:
         server.proc.send_signal(signal.SIGSTOP)
@@ -189,12 +195,13 @@ def test_a_queue_of_connections_is_accepted_in_turns(build_dir, backend):
         stats = server.stop()
 
     assert stats["accepted"] == stats["responses_200"] == count
-    assert stats["accepts_capped"] >= count // ACCEPTS_PER_TURN
-    assert stats["ready_served"] >= 1
+    if backend in READINESS_BACKENDS:
+        assert stats["accepts_capped"] >= count // ACCEPTS_PER_TURN
+        assert stats["ready_served"] >= 1
 
 
 @pytest.mark.needs_host("attaches strace to a running server: needs CAP_SYS_PTRACE", tools=["strace"])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", READINESS_BACKENDS)
 def test_a_keep_alive_request_costs_one_recv_one_send_and_one_wait(build_dir, backend, tmp_path):
     """The steady state the measurements rest on: per keep-alive request one recv, one send and one wait that
     returns its event; caps, the ready list and lingering closes add nothing to it."""
@@ -224,6 +231,98 @@ def test_a_keep_alive_request_costs_one_recv_one_send_and_one_wait(build_dir, ba
     assert (calls.count("recvfrom"), calls.count("sendto")) == (count, count)
     assert len(calls) == 2 * count, sorted(set(calls))
     assert after["wait_calls"] - before["wait_calls"] == count
+
+
+def keep_alive_round(server, sock, reader, count: int) -> tuple[dict, dict]:
+    """count keep-alive requests one after another on sock; the snapshots before and after them."""
+    before = settled_snapshot(server, lambda s: s["responses_200"] >= 1)
+    for _ in range(count):
+        sock.sendall(request())
+        assert_ok(read_response(reader))
+    return before, settled_snapshot(server, lambda s: s["responses_200"] == before["responses_200"] + count)
+
+
+def test_io_uring_recv_counts_one_send_submitted_and_two_completions_per_keep_alive_request(build_dir):
+    """io_uring-recv's counters, beside the shared ones: a keep-alive request arrives as one completion of the
+    connection's multishot recv (nothing to submit: it stays armed) and its response goes out as one send SQE,
+    which completes once. A readiness backend's lines have no such counters."""
+    count = 300
+    with serving("ephttpd", URING_RECV) as server, connect(server) as sock, sock.makefile("rb") as reader:
+        sock.sendall(request())
+        assert_ok(read_response(reader))
+        before, after = keep_alive_round(server, sock, reader, count)
+        stats = server.stop()
+    assert after["submissions"] - before["submissions"] == count
+    assert after["completions"] - before["completions"] == 2 * count
+    assert after["events"] - before["events"] == count
+    assert after["recv_rearmed"] == 0
+    # At start: the wake-up pipe's poll and the accept; then the recv armed and a send per request.
+    assert stats["submissions"] == 2 + 1 + (count + 1)
+    with serving("ephttpd", "epoll") as server:
+        snapshot = server.snapshot()
+        server.stop()
+    assert not {"submissions", "completions", "recv_rearmed"} & set(snapshot)
+
+
+@pytest.mark.needs_host("attaches strace to a running server: needs CAP_SYS_PTRACE", tools=["strace"])
+def test_io_uring_recv_serves_a_keep_alive_request_without_a_recv_or_send_call(build_dir, tmp_path):
+    """The completion model's steady state: the kernel reads and writes, the loop only enters the ring, once
+    to wait for the request and once to submit its send, whose completion that enter returns at once (2 per
+    request at one connection; under many connections one enter serves many)."""
+    count = 200
+    trace = tmp_path / "strace.out"
+    with serving("ephttpd", URING_RECV) as server, connect(server) as sock, sock.makefile("rb") as reader:
+        sock.sendall(request())
+        assert_ok(read_response(reader))
+        settled_snapshot(server, lambda s: s["responses_200"] == 1)
+        strace = subprocess.Popen(["strace", "-p", str(server.pid), "-o", str(trace), "-e",
+                                   "trace=io_uring_enter,recvfrom,recvmsg,read,sendto,sendmsg,write,writev"],
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            attached = strace.stderr.readline()
+            assert "attached" in attached, attached
+            before, after = keep_alive_round(server, sock, reader, count)
+        finally:
+            strace.send_signal(signal.SIGINT)
+            strace.wait(CLIENT_TIMEOUT)
+            strace.stderr.close()
+        server.stop()
+
+    calls = [line.split("(")[0] for line in trace.read_text().splitlines() if "(" in line]
+    # The snapshots' signals add a read of the wake-up pipe and a write of the line, a few each.
+    assert not {"recvfrom", "recvmsg", "sendto", "sendmsg", "writev"} & set(calls), sorted(set(calls))
+    assert count <= calls.count("io_uring_enter") <= 2 * count + 10
+    assert after["wait_calls"] - before["wait_calls"] <= calls.count("io_uring_enter")
+
+
+FEATURES = {"defer-taskrun": ("IORING_SETUP_DEFER_TASKRUN", "6.1"),
+            "buffer-rings": ("IORING_REGISTER_PBUF_RING", "5.19"),
+            "multishot-recv": ("IORING_RECV_MULTISHOT", "6.0")}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("feature", FEATURES)
+def test_io_uring_recv_exits_2_naming_a_missing_kernel_feature_and_never_falls_back(build_dir, feature, workers):
+    """This kernel has every feature the loop needs, so the check is told to find one missing
+    (EPHTTPD_URING_PRETEND_MISSING): ephttpd must exit 2 before listening, naming the feature and the Linux
+    release that brought it, and serve with no other backend. With workers the parent checks before forking."""
+    proc = subprocess.run([str(build_dir / "ephttpd"), "--backend", URING_RECV, "--port", "0", "--workers",
+                           str(workers)], capture_output=True, text=True, timeout=CLIENT_TIMEOUT,
+                          env={**native.sanitized_env(), "EPHTTPD_URING_PRETEND_MISSING": feature})
+    flag, release = FEATURES[feature]
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.startswith(f"ephttpd: {URING_RECV}: ")
+    assert flag in proc.stderr and f"Linux {release}" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_io_uring_recv_refuses_an_unknown_pretended_feature(build_dir):
+    proc = subprocess.run([str(build_dir / "ephttpd"), "--backend", URING_RECV, "--port", "0"], capture_output=True,
+                          text=True, timeout=CLIENT_TIMEOUT,
+                          env={**native.sanitized_env(), "EPHTTPD_URING_PRETEND_MISSING": "sqpoll"})
+    assert proc.returncode == 2
+    assert "sqpoll" in proc.stderr and all(name in proc.stderr for name in FEATURES)
 
 
 def test_the_programs_under_test_are_built_with_asan_and_ubsan(build_dir):

@@ -29,7 +29,7 @@ from httpclient import (
     settled_snapshot,
 )
 
-from experiment.catalog import EV_BACKENDS as SERVER_BACKENDS
+from experiment.catalog import EPHTTPD_BACKENDS as SERVER_BACKENDS
 from experiment.catalog import SERVERS
 
 PYTHON_BACKENDS = SERVERS["python"].backends

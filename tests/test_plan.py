@@ -42,6 +42,18 @@ def test_pipes_capped_by_two_descriptors_a_pipe():
     assert most in [lv.value for lv in levels if not lv.skip_reason]
 
 
+def test_io_uring_recv_is_in_the_paper_and_on_demand_and_pipetest_skips_it_saying_why():
+    paper = plan.make_plan("paper")
+    assert "io_uring-recv" in paper.backends and Series("ephttpd", "io_uring-recv") in paper.series
+    chosen = plan.make_plan("quick", backends="epoll,io_uring-recv")
+    assert chosen.series == (Series("ephttpd", "epoll"), Series("ephttpd", "io_uring-recv"))
+    dead = plan.dead_levels(paper, fd_limit=20000, backend="io_uring-recv")
+    assert plan.max_dead(20000, "io_uring-recv", 100) in [lv.value for lv in dead if not lv.skip_reason]
+    pipes = plan.pipe_levels(paper, fd_limit=20000, backend="io_uring-recv")
+    assert [lv.value for lv in pipes] == list(plan.PAPER_PIPES)
+    assert all("pipetest" in lv.skip_reason and "not an images/ev backend" in lv.skip_reason for lv in pipes)
+
+
 def test_explicit_levels_are_run_as_given_without_an_added_host_level():
     the_plan = plan.make_plan("quick", dead="0,2000,30000")
     levels = plan.dead_levels(the_plan, fd_limit=20000, backend="epoll")

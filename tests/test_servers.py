@@ -16,13 +16,14 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import docker.errors
 import pytest
 from httpclient import CLIENT_TIMEOUT, assert_ok, deadconn, next_event, read_response, request, send
 
 from experiment import catalog
 from experiment.errors import UserError
 from experiment.host import images, machine
-from experiment.run import plan, servers
+from experiment.run import plan, seccomp, servers
 from experiment.run.containers import Containers
 from experiment.run.services import LOOPBACK
 
@@ -205,6 +206,17 @@ def test_each_kind_builds_its_service():
     service = own.service("own", own.port, 128, "0", FD_LIMIT)
     assert service.command == ("httpd", "-p", "9000", "--size=128", "-a", LOOPBACK, "-x", "{y}")
     assert (service.image, service.readiness, service.stats) == ("example/httpd:1", "tcp", False)
+    # Every server container runs under our seccomp profile, whatever its engine's default.
+    assert {s.seccomp for s in (ephttpd, python, nginx_service, service)} == {seccomp.profile_name()}
+
+
+def test_our_seccomp_profile_denies_by_default_and_allows_the_io_uring_calls():
+    profile = json.loads(seccomp.profile_text())
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert set(seccomp.IO_URING_SYSCALLS) <= seccomp.allowed(profile)
+    # Docker's default, not a filter that lets anything through: no ptrace, mount or reboot for a container.
+    assert not {"ptrace", "mount", "reboot", "kexec_load"} & seccomp.allowed(profile)
+    assert {"epoll_wait", "epoll_ctl", "accept4", "recvfrom", "sendto", "sendmsg"} <= seccomp.allowed(profile)
 
 
 def test_a_comma_list_names_several_servers_once_each_in_its_order():
@@ -214,7 +226,7 @@ def test_a_comma_list_names_several_servers_once_each_in_its_order():
     assert [c.kind for c in servers.choose()] == ["ephttpd"]
 
 
-@pytest.mark.parametrize("kind, valid", [("ephttpd", "select,poll,epoll,epoll-et,io_uring,aio-poll"),
+@pytest.mark.parametrize("kind, valid", [("ephttpd", "select,poll,epoll,epoll-et,io_uring,aio-poll,io_uring-recv"),
                                          ("python", "select,poll,epoll,asyncio"), ("nginx", "epoll")])
 def test_a_backend_the_server_lacks_is_refused_naming_the_valid_ones(kind, valid):
     (choice,) = servers.choose(kind)
@@ -282,6 +294,38 @@ def test_the_server_image_runs_each_server_on_host_networking(runner, server_ima
     if service.stats:
         stats = json.loads(server.log[-1])
         assert stats["event"] == "stats" and stats["responses_200"] == 3
+
+
+@pytest.mark.docker
+def test_the_server_container_serves_io_uring_recv_under_our_seccomp_filter(runner, server_image):
+    port = machine.free_port()
+    service = servers.choose()[0].service(catalog.URING_RECV, port, 128, "0", FD_LIMIT)
+    server = runner.run(server_image, service)
+    listening = servers.wait_ready(server, service, "127.0.0.1", port, timeout=30)
+    assert listening and listening["backend"] == catalog.URING_RECV, server.output_tail()
+    http_get(port, 128)
+    server.container.reload()
+    status = Path(f"/proc/{server.container.attrs['State']['Pid']}/status").read_text()
+    assert re.search(r"^Seccomp:\s+2$", status, re.M), "a seccomp filter, not none"
+    assert runner.stop(server, timeout=30) == 0, server.output_tail()
+    stats = json.loads(server.log[-1])
+    assert stats["responses_200"] == 3 and stats["submissions"] > 0
+
+
+@pytest.mark.docker
+def test_a_profile_without_the_io_uring_calls_makes_io_uring_recv_exit_2_naming_seccomp(client, server_image):
+    """The filter given is the one in force: take the io_uring calls out of it and io_uring-recv is refused."""
+    profile = json.loads(seccomp.profile_text())
+    for rule in profile["syscalls"]:
+        rule["names"] = [n for n in rule["names"] if n not in seccomp.IO_URING_SYSCALLS]
+    with pytest.raises(docker.errors.ContainerError) as failed:
+        client.containers.run(server_image, ["ephttpd", "--backend", catalog.URING_RECV, "--port", "0"],
+                              network_mode="host", remove=True, security_opt=[f"seccomp={json.dumps(profile)}"],
+                              labels={"org.epollbench.role": "test-seccomp"})
+    assert failed.value.exit_status == 2
+    said = failed.value.stderr.decode() if failed.value.stderr else ""
+    assert f"ephttpd: {catalog.URING_RECV}: io_uring_setup: Operation not permitted" in said
+    assert "seccomp" in said
 
 
 @pytest.mark.docker

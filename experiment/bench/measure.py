@@ -18,6 +18,11 @@ others, as in the UP variant):
   6. the load generators on one client CPU against ephttpd (epoll, 0 dead): wrk's and httperf's rate and
      their own CPU per request, and openload's highest sustained rate (the highest of OPEN_RATES it offered
      and achieved within 1 %, not overloaded) with its CPU per request there (getrusage of each child).
+  7. completion vs readiness (issue 15): CPU per reply and syscalls per reply of io_uring-recv (also with
+     direct descriptors), io_uring (readiness) and epoll under wrk, at 0 and at the most dead connections, over
+     COMPLETION_ROUNDS rounds: medians with a distribution-free 95% interval (order statistics). Syscalls come
+     from a second wrk load with `perf stat -e raw_syscalls:sys_enter` attached, so that the tracepoint's
+     cost stays out of the CPU figures.
 The metric is CPU time from /proc/PID/stat (user + system, every process of the server) over the load,
 divided by the replies the load generator counted. Items 1-3 run ROUNDS rounds, each taking every row once,
 and report medians (ratios: the median of the rounds' ratios).
@@ -31,8 +36,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -272,6 +279,93 @@ def generators(cpus: Cpus, rounds: int = ROUNDS) -> dict:
     return {"rows": rows, "summary": summary}
 
 
+COMPLETION_ROUNDS = 6
+# (label, backend, environment): io_uring-recv with direct descriptors is uring_loop.c's other mode.
+COMPLETION_SERIES: tuple[tuple[str, str, dict[str, str]], ...] = (("epoll", "epoll", {}), ("io_uring", "io_uring", {}),
+                     (catalog.URING_RECV, catalog.URING_RECV, {}),
+                     (f"{catalog.URING_RECV}/fixed", catalog.URING_RECV, {"EPHTTPD_URING_FIXED_FILES": "1"}))
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float] | None:
+    """The median and a distribution-free interval around it: order statistics k and n-k+1, k the largest
+    with P(Binomial(n, 1/2) < k) <= (1 - level) / 2 (with 6 values: the least and the greatest)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        return None
+    k, tail = 0, 0.0
+    while k < n // 2:
+        nxt = tail + math.comb(n, k) / 2 ** n
+        if nxt > (1 - level) / 2:
+            break
+        tail, k = nxt, k + 1
+    k = max(k, 1)
+    return statistics.median(ordered), ordered[k - 1], ordered[n - k]
+
+
+def _syscalls_per_reply(cpus: Cpus, port: int, pids: list[int]) -> float | None:
+    """A second wrk load with perf counting the server's system calls (raw_syscalls:sys_enter)."""
+    perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p", ",".join(map(str, pids))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # attached before the load; an idle server makes no calls meanwhile
+    try:
+        result = _wrk(cpus, port)
+    finally:
+        perf.send_signal(signal.SIGINT)
+        _, said = perf.communicate(timeout=30)
+    counts = [line.split(",")[0] for line in said.splitlines() if "raw_syscalls:sys_enter" in line]
+    if not counts or not counts[0].isdigit() or not result["replies"]:
+        return None
+    return int(counts[0]) / result["replies"]
+
+
+def completion_model(cpus: Cpus, fd_limit: int, rounds: int = COMPLETION_ROUNDS) -> dict:
+    """Item 7: each round takes every series at 0 and at the most dead connections."""
+    rows = []
+    for n in range(1, rounds + 1):
+        for label, backend, env in COMPLETION_SERIES:
+            for dead in (0, max_dead(fd_limit, backend, ACTIVE)):
+                saved = {k: os.environ.get(k) for k in env}
+                os.environ.update(env)
+                try:
+                    with ephttpd(cpus, backend) as (port, pids), dead_connections(cpus, port, dead):
+                        measured = _under_load(cpus, port, pids, "wrk")
+                        calls = _syscalls_per_reply(cpus, port, pids)
+                finally:
+                    for k, v in saved.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
+                rows.append({"series": label, "backend": backend, "dead": dead, "round": n, **measured,
+                             "syscalls_per_reply": calls})
+    summary = []
+    for label, _backend, _env in COMPLETION_SERIES:
+        for dead in dict.fromkeys(r["dead"] for r in rows if r["series"] == label):
+            same = [r for r in rows if (r["series"], r["dead"]) == (label, dead)]
+            summary.append({"series": label, "dead": dead, "rounds": len(same),
+                            "cpu_us_per_reply": median_interval([r["cpu_us_per_reply"] for r in same
+                                                                 if r["cpu_us_per_reply"]]),
+                            "syscalls_per_reply": median_interval([r["syscalls_per_reply"] for r in same
+                                                                   if r["syscalls_per_reply"] is not None]),
+                            "rate": median_interval([r["rate"] for r in same])})
+    # Ratios per round (same round, minutes apart at most), then their median and interval.
+    def cost(series: str, n: int, most: bool) -> float | None:
+        same = sorted((r for r in rows if r["series"] == series and r["round"] == n), key=lambda r: r["dead"])
+        return same[-1 if most else 0]["cpu_us_per_reply"]
+
+    ratios = {}
+    for label in (catalog.URING_RECV, f"{catalog.URING_RECV}/fixed", "io_uring"):
+        for most in (False, True):
+            per_round = [a / b for n in range(1, rounds + 1)
+                         if (a := cost(label, n, most)) and (b := cost("epoll", n, most))]
+            ratios[f"{label}/epoll@{'most' if most else 'zero'}"] = median_interval(per_round)
+        kept = [b / a for n in range(1, rounds + 1) if (a := cost(label, n, False)) and (b := cost(label, n, True))]
+        ratios[f"{label} most/zero"] = median_interval(kept)
+    return {"rows": rows, "summary": summary, "ratios": ratios,
+            "goals": {"cpu_vs_epoll_at_zero": 0.9, "most_over_zero": 1.05, "syscalls_per_reply": 0.5}}
+
+
 def _point(cpus: Cpus, server: str, backend: str, dead: int, load: str) -> dict:
     start = ephttpd(cpus, backend) if server == "ephttpd" else nginx(cpus)
     with start as (port, pids), dead_connections(cpus, port, dead):
@@ -320,11 +414,11 @@ def capacity(cpus: Cpus, fd_limit: int, rounds: int = ROUNDS) -> dict:
     thread needs a CPU as much as the server does, wrk cannot keep the server fully busy: replies per server
     CPU-second is its capacity then, and what "kept" compares."""
     rows = [{**_point(cpus, "ephttpd", backend, dead, "wrk"), "round": n}
-            for n in range(1, rounds + 1) for backend in catalog.EV_BACKENDS
+            for n in range(1, rounds + 1) for backend in catalog.EPHTTPD_BACKENDS
             for dead in (0, max_dead(fd_limit, backend, ACTIVE))]
     summary = _summary(rows, ("backend", "dead"))
     kept, rate_kept, poll_ns = {}, {}, None
-    for backend in catalog.EV_BACKENDS:
+    for backend in catalog.EPHTTPD_BACKENDS:
         zero, most = (line for line in summary if line["backend"] == backend)
         kept[backend] = most["replies_per_cpu_s"] / zero["replies_per_cpu_s"]
         rate_kept[backend] = most["rate"] / zero["rate"]
@@ -390,7 +484,7 @@ def harness() -> dict:
 def pipetest(fd_limit: int) -> dict:
     reference = json.loads(REFERENCE.read_text())["pipetest_smp"]["series"]
     rows = []
-    for backend in catalog.EV_BACKENDS:
+    for backend in catalog.PIPETEST_BACKENDS:
         for pipes in (10, max_pipes(fd_limit, backend)):
             proc = subprocess.run([str(native.BUILD / "pipetest"), "--backend", backend, "--pipes", str(pipes),
                                    "--generations", "1000000000", "--max-seconds", str(PIPETEST_SECONDS)],
@@ -403,13 +497,14 @@ def pipetest(fd_limit: int) -> dict:
     return {"rows": rows, "reference_2002": reference}
 
 
-def main(json_out: str | None = None, skip_harness: bool = False) -> dict:
+def main(json_out: str | None = None, skip_harness: bool = False, only: str | None = None) -> dict:
     machine.ensure_packages(NATIVE_PACKAGES, "./run bench")
     native.build()
     fd_limit = machine.fd_hard_limit()
     cpus = Cpus()
     most = max_dead(fd_limit, "epoll", ACTIVE)
-    result = {"schema_version": 1, "benchmark": "bench", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    result: dict = {"schema_version": 1, "benchmark": "bench",
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "kernel": os.uname().release, "cpu_model": machine.cpu_model(), "cpus": machine.cpu_count(),
               "fd_limit": fd_limit, "server_cpus": sorted(cpus.server), "client_cpus": sorted(cpus.clients),
               "load_seconds": LOAD_SECONDS, "targets": TARGETS, "load_at_start": list(os.getloadavg())}
@@ -418,14 +513,20 @@ def main(json_out: str | None = None, skip_harness: bool = False) -> dict:
     # with --tune-host, where this process may.
     _state, finding = _untracking()
     result["loads_loopback_untracked"] = finding is not None
+    if only not in (None, "completion"):
+        raise UserError(f"--only {only!r}: the one item run alone is 'completion' (item 7)")
     with preflight.tune([finding] if finding else []):
-        result["versus_nginx"] = versus_nginx(cpus, most)
-        result["capacity"] = capacity(cpus, fd_limit)
-    result["deadconn"] = deadconn_rate(fd_limit)
-    result["pipetest"] = pipetest(fd_limit)
-    result["generators"] = generators(cpus)
-    result["harness"] = None if skip_harness else harness()
-    _print(result)
+        if only is None:
+            result["versus_nginx"] = versus_nginx(cpus, most)
+            result["capacity"] = capacity(cpus, fd_limit)
+        result["completion"] = completion_model(cpus, fd_limit)
+    if only is None:
+        result["deadconn"] = deadconn_rate(fd_limit)
+        result["pipetest"] = pipetest(fd_limit)
+        result["generators"] = generators(cpus)
+        result["harness"] = None if skip_harness else harness()
+        _print(result)
+    _print_completion(result["completion"])
     path = Path(json_out) if json_out else RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%SZ')}.json"
     if path.exists():
         raise UserError(f"{path} exists: results are never overwritten; choose another --json-out")
@@ -446,6 +547,25 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
 
 def _num(value, fmt: str = ",.0f") -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _interval(value: tuple[float, float, float] | None, fmt: str = ".2f") -> str:
+    return "-" if value is None else f"{value[0]:{fmt}} [{value[1]:{fmt}}, {value[2]:{fmt}}]"
+
+
+def _print_completion(c: dict) -> None:
+    console = Console()
+    console.print(_table(f"6. completion vs readiness under wrk (medians [95% interval] of {COMPLETION_ROUNDS} rounds)",
+                         ["series", "dead", "CPU µs/reply", "syscalls/reply", "replies/s"],
+                         [[x["series"], _num(x["dead"]), _interval(x["cpu_us_per_reply"]),
+                           _interval(x["syscalls_per_reply"], ".3f"), _interval(x["rate"], ",.0f")]
+                          for x in c["summary"]]))
+    for key, value in c["ratios"].items():
+        console.print(f"  {key}: {_interval(value, '.3f')}")
+    goals = c["goals"]
+    console.print(f"  goals: io_uring-recv/epoll at 0 dead <= {goals['cpu_vs_epoll_at_zero']}, most/zero <= "
+                  f"{goals['most_over_zero']}, syscalls/reply <= {goals['syscalls_per_reply']}: met only where "
+                  "the whole interval is")
 
 
 def _print(r: dict) -> None:

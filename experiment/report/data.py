@@ -238,8 +238,8 @@ def load(run: Run) -> RunData:
 
 
 def legend_lines() -> list[Series]:
-    """The event library's backends, each in its style, for the colour legends."""
-    return [Series(catalog.DEFAULT_SERVER, name) for name in catalog.EV_BACKENDS]
+    """ephttpd's backends, each in its style, for the colour legends."""
+    return [Series(catalog.DEFAULT_SERVER, name) for name in catalog.EPHTTPD_BACKENDS]
 
 
 @cache

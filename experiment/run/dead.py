@@ -190,7 +190,8 @@ def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, l
         "image_id": server.container.attrs.get("Image"), "readiness": serving.service.readiness,
         "ready": serving.ready, "address": ctx.server_address, "port": serving.port, "cpuset": cs["server"],
         "command": server.command, "container": container_id[:12], "cpu_s": server_cpu_s,
-        "stats_before": stats_before, "stats_after": stats_after}
+        "stats_before": stats_before, "stats_after": stats_after,
+        "seccomp": serving.service.seccomp or "engine default"}
     point.programs["deadconn"] = {"cpuset": cs["clients"], "command": deadconn.command, "held": ready["held"],
                                   "ready": ready}
     client_cpu_s = None

@@ -29,9 +29,9 @@ PROFILES = {
     "quick": Plan(profile="quick", sweeps=SWEEPS, variants=VARIANTS, backends=("poll", "epoll"),
                   dead=(0, 1000, 5000, 10000, 60000), pipes=(10, 100, 1000, 10000), repeat=1, duration_s=10,
                   series=tuple(Series(DEFAULT_SERVER, b) for b in ("poll", "epoll"))),
-    "paper": Plan(profile="paper", sweeps=SWEEPS, variants=VARIANTS, backends=catalog.EV_BACKENDS,
+    "paper": Plan(profile="paper", sweeps=SWEEPS, variants=VARIANTS, backends=catalog.EPHTTPD_BACKENDS,
                   dead=PAPER_DEAD, pipes=PAPER_PIPES, repeat=3, duration_s=10,
-                  series=tuple(Series(DEFAULT_SERVER, b) for b in catalog.EV_BACKENDS)),
+                  series=tuple(Series(DEFAULT_SERVER, b) for b in catalog.EPHTTPD_BACKENDS)),
 }
 
 
@@ -144,6 +144,10 @@ def dead_levels(plan: Plan, fd_limit: int, backend: str) -> list[Level]:
 
 
 def pipe_levels(plan: Plan, fd_limit: int, backend: str) -> list[Level]:
+    if backend not in catalog.PIPETEST_BACKENDS:
+        why = (f"{backend} is ephttpd's own serving loop, not an images/ev backend: pipetest, which waits through "
+               "images/ev, has no such loop")
+        return [Level(v, skip_reason=why) for v in plan.pipes]
     most = max_pipes(fd_limit, backend)
     why = (f"{backend} watches descriptors below FD_SETSIZE={FD_SETSIZE}: at most {most} pipes"
            if catalog.backend(backend).fd_setsize_bound

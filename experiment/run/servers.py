@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .. import catalog
 from ..catalog import CUSTOM, EPHTTPD, NGINX, PYTHON
 from ..errors import UserError
-from . import services
+from . import seccomp, services
 from .containers import Managed
 from .services import LOOPBACK, Service
 
@@ -76,7 +76,7 @@ class Choice:
             values = {"{port}": str(port), "{msgsize}": str(msgsize), "{bind}": bind}
             command = tuple(_fill(word, values) for word in shlex.split(self.command))
         return Service("server", "server", command, cpuset, readiness=kind.readiness, stats=kind.stats,
-                       image=self.image)
+                       image=self.image, seccomp=seccomp.profile_name())
 
 
 def _fill(word: str, values: dict[str, str]) -> str:

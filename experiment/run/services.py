@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from . import loads
+from . import loads, seccomp
 
 LOOPBACK = "127.0.0.1"
 WRK_CPU_MARK = "epollbench-client-cpu"
@@ -25,6 +25,8 @@ class Service:
     stats: bool = True
     # An image to run instead of the target's (a server brought by the user).
     image: str | None = None
+    # The seccomp profile it runs under (seccomp.py): None, the engine's default.
+    seccomp: str | None = None
 
 
 def server(backend: str, port: int | str, msgsize: int | str, cpuset: str, bind: str = LOOPBACK,
@@ -34,7 +36,7 @@ def server(backend: str, port: int | str, msgsize: int | str, cpuset: str, bind:
     images/ephttpd/holders.c)."""
     holders = ("--dead-holders", str(dead_holders), "--dead-port", str(dead_port)) if dead_holders else ()
     return Service("server", "server", ("ephttpd", "--backend", backend, "--bind", bind, "--port", str(port),
-                                        "--msgsize", str(msgsize), *holders), cpuset)
+                                        "--msgsize", str(msgsize), *holders), cpuset, seccomp=seccomp.profile_name())
 
 
 def deadconn(port: int | str, connections: int | str, step_timeout_s: int, cpuset: str, host: str = LOOPBACK,

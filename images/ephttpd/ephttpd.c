@@ -29,6 +29,8 @@
  *
  * The parts: this file (options, signals, the listener, main), server.c (a
  * worker's event loop: the I/O, the per-event caps and the ready list),
+ * uring_loop.c (--backend io_uring-recv: a worker's loop on io_uring's
+ * completions, multishot recv into a buffer ring and send SQEs, not ev.h),
  * conn.c (a connection's HTTP state: bytes in, responses or close out, no
  * system calls), http.c (the request parser), workers.c (the supervisor of
  * --workers N), holders.c (--dead-holders N: helper processes that hold dead
@@ -216,7 +218,7 @@ static void print_help(void)
 	       "exit 0; on SIGUSR1 a \"snapshot\" line per worker.\n"
 	       "\n"
 	       "  option             default     meaning\n"
-	       "  --backend NAME     %-11s event backend: %s\n"
+	       "  --backend NAME     %-11s event backend: %s|%s\n"
 	       "  --bind ADDR        %-11s numeric IPv4 or IPv6 address to listen on\n"
 	       "  --port N           %-11d TCP port; 0 takes a free one (the listening line says which)\n"
 	       "  --backlog N        %-11d listen() backlog (the kernel caps it at net.core.somaxconn)\n"
@@ -229,7 +231,7 @@ static void print_help(void)
 	       "  --dead-port N      %-11d their listener's port, for deadconn; 0 takes a free one\n"
 	       "  --list-backends                the event backends, one a line, and exit\n"
 	       "  --help                         this text\n",
-	       DEFAULT_BACKEND, ev_backend_names(), DEFAULT_BIND, DEFAULT_PORT, DEFAULT_BACKLOG,
+	       DEFAULT_BACKEND, ev_backend_names(), URING_RECV_BACKEND, DEFAULT_BIND, DEFAULT_PORT, DEFAULT_BACKLOG,
 	       DEFAULT_MSGSIZE, DEFAULT_WORKERS, "none", DEFAULT_READS_PER_EVENT, DEFAULT_ACCEPTS_PER_EVENT, 0, 0);
 }
 
@@ -311,6 +313,7 @@ static struct options parse_options(int argc, char **argv)
 		case 'L':
 			for (size_t i = 0; ev_backend_at(i); i++)
 				puts(ev_backend_at(i));
+			puts(URING_RECV_BACKEND);
 			exit(0);
 		case 'h':
 			print_help();
@@ -327,7 +330,38 @@ static struct options parse_options(int argc, char **argv)
 	if (o.dead_holders && o.workers > 1)
 		usage_error("--dead-holders works with one worker: the holders share that worker's interest set "
 			    "(drop --workers or --dead-holders)");
+	bool known = strcmp(o.backend, URING_RECV_BACKEND) == 0;
+	for (size_t i = 0; !known && ev_backend_at(i); i++)
+		known = strcmp(o.backend, ev_backend_at(i)) == 0;
+	if (!known)
+		usage_error("unknown backend '%s' (choose %s|%s)", o.backend, ev_backend_names(), URING_RECV_BACKEND);
+	if (o.dead_holders && strcmp(o.backend, URING_RECV_BACKEND) == 0)
+		usage_error("--dead-holders shares an epoll interest set, and io_uring-recv's ring has one issuer "
+			    "(use --backend epoll or epoll-et)");
 	return o;
+}
+
+int serve_worker(const struct options *o, int listen_fd, int max_fds, int worker, int port,
+		 struct worker_stats *out)
+{
+	struct worker_stats *stats;
+	int status;
+	if (strcmp(o->backend, URING_RECV_BACKEND) == 0) {
+		struct uring_server *s = uring_server_create(o, listen_fd, max_fds);
+		if (port >= 0)
+			announce(o, port, 0, max_fds);
+		status = uring_server_run(s, worker, &stats);
+		*out = *stats;
+		uring_server_destroy(s);
+	} else {
+		struct server *s = server_create(o, listen_fd, max_fds);
+		if (port >= 0)
+			announce(o, port, 0, max_fds);
+		status = server_run(s, worker, &stats);
+		*out = *stats;
+		server_destroy(s);
+	}
+	return status;
 }
 
 int main(int argc, char **argv)
@@ -351,18 +385,21 @@ int main(int argc, char **argv)
 	if (o.workers > 1)
 		return run_workers(&o, listeners, port, fd_limit);
 
-	struct server *s = server_create(&o, listeners[0], fd_limit);
-	struct holders *holders = NULL;
-	int dead_port = 0;
-	if (o.dead_holders) {
-		int dead_listener = open_listener(&o, o.dead_port, false, &dead_port);
-		holders = holders_start(&o, server_loop(s), dead_listener, dead_port, fd_limit);
-		server_attach_holders(s, holders);
+	struct worker_stats stats;
+	if (!o.dead_holders) {
+		int status = serve_worker(&o, listeners[0], fd_limit, 0, port, &stats);
+		print_stats(&o, fd_limit, &stats, 1, NULL);
+		return status;
 	}
+	struct server *s = server_create(&o, listeners[0], fd_limit);
+	int dead_port = 0;
+	int dead_listener = open_listener(&o, o.dead_port, false, &dead_port);
+	struct holders *holders = holders_start(&o, server_loop(s), dead_listener, dead_port, fd_limit);
+	server_attach_holders(s, holders);
 	announce(&o, port, dead_port, fd_limit);
-	struct worker_stats *stats;
-	int status = server_run(s, 0, &stats);
-	print_stats(&o, fd_limit, stats, 1, holders);
+	struct worker_stats *held_stats;
+	int status = server_run(s, 0, &held_stats);
+	print_stats(&o, fd_limit, held_stats, 1, holders);
 	holders_stop(holders);
 	server_destroy(s);
 	return status;

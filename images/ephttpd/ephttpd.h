@@ -35,6 +35,9 @@ struct worker_stats {
 	uint64_t wait_calls, events;
 	uint64_t reads_capped, accepts_capped; /* a per-event cap left work for the loop's ready list */
 	uint64_t ready_served;                 /* descriptors served from the ready list */
+	/* io_uring-recv's (uring_loop.c): SQEs submitted, CQEs reaped, recvs armed again after -ENOBUFS */
+	uint64_t submissions, completions, recv_rearmed;
+	int32_t ring_counters; /* 1: the loop keeps the three above, and the JSON lines show them */
 	double user_cpu_s, sys_cpu_s;
 	int32_t pid;
 };
@@ -76,6 +79,19 @@ void holders_reap(struct holders *hs);
 int holders_json(struct holders *hs, char *buf, size_t size);
 /* Ends the holders (their connections close with them) and frees hs; NULL is nothing. */
 void holders_stop(struct holders *hs);
+
+/* --backend io_uring-recv: uring_loop.c's loop, with the same contract as server.c's.  A listen_fd
+ * below 0 makes a loop that only checks the kernel's features (exit 2 naming one it lacks). */
+#define URING_RECV_BACKEND "io_uring-recv"
+struct uring_server;
+struct uring_server *uring_server_create(const struct options *o, int listen_fd, int max_fds);
+int uring_server_run(struct uring_server *s, int worker, struct worker_stats **stats);
+void uring_server_destroy(struct uring_server *s);
+
+/* A worker's whole life on either loop: creates it, announces (when port >= 0), serves until told to stop,
+ * copies its counters to *out and frees it.  Returns server_run's status. */
+int serve_worker(const struct options *o, int listen_fd, int max_fds, int worker, int port,
+		 struct worker_stats *out);
 
 /* The "listening" line (and --ready-file), the "snapshot" and "stats" lines. */
 void announce(const struct options *o, int port, int dead_port, int fd_limit);

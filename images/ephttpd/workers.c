@@ -56,12 +56,10 @@ static _Noreturn void run_child(const struct options *o, int worker, const int *
 			close(listeners[i]);
 	for (int i = 0; i < worker; i++)
 		close(stats_reads[i]);
-	struct server *s = server_create(o, listeners[worker], fd_limit);
-	struct worker_stats *stats;
-	int status = server_run(s, worker, &stats);
-	if (write(stats_write, stats, sizeof(*stats)) != (ssize_t)sizeof(*stats))
+	struct worker_stats stats;
+	int status = serve_worker(o, listeners[worker], fd_limit, worker, -1, &stats);
+	if (write(stats_write, &stats, sizeof(stats)) != (ssize_t)sizeof(stats))
 		status = 1;
-	server_destroy(s);
 	_exit(status);
 }
 
@@ -75,11 +73,16 @@ int run_workers(const struct options *o, const int *listeners, int port, int fd_
 	int stats_reads[MAX_WORKERS];
 	pid_t parent = getpid();
 
-	char err[512];
-	struct ev_loop *probe = ev_create(o->backend, fd_limit, err, sizeof(err));
-	if (!probe)
-		usage_error("%s", err);
-	ev_destroy(probe);
+	/* A backend the kernel refuses ends the parent with exit 2, before any worker. */
+	if (strcmp(o->backend, URING_RECV_BACKEND) == 0) {
+		uring_server_destroy(uring_server_create(o, -1, fd_limit));
+	} else {
+		char err[512];
+		struct ev_loop *probe = ev_create(o->backend, fd_limit, err, sizeof(err));
+		if (!probe)
+			usage_error("%s", err);
+		ev_destroy(probe);
+	}
 
 	install_handler(SIGCHLD, on_child_exit);
 	sigset_t blocked;
