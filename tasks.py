@@ -73,13 +73,16 @@ class _LetterShortflags(Task):
                       "an address of the server's host when the clients run on another machine)",
     "load": "httperf (default: the 2002 active load, paced by httperf) or wrk (fixed connections, closed "
             "loop, --duration seconds: the server's capacity)",
+    "no_anatomy": "leave out the kernel cost anatomy (on by default): after each dead point's measurement, a "
+                  "window of its own with perf (syscalls, context switches, where the CPU goes) and slabinfo "
+                  "(memory per dead connection)",
 })
 @_user_errors
 def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dead=None, pipes=None,
               repeat=None, duration=None, resume=None, tune_host=False, base_image=None, no_report=False,
               results_dir=None, image=None, from_archive=None, published=None, server=None, server_image=None,
               server_cmd=None, server_port=None, server_engine=None, client_engine=None, server_address=None,
-              load=None):
+              load=None, no_anatomy=False):
     """Build the images, run every sweep in containers, and render the report."""
     from experiment import pipeline
 
@@ -88,7 +91,7 @@ def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dea
                        no_report=no_report, results_dir=results_dir, image=image, from_archive=from_archive,
                        published=published, server=server, server_image=server_image, server_cmd=server_cmd,
                        server_port=server_port, server_engine=server_engine, client_engine=client_engine,
-                       server_address=server_address, load=load)
+                       server_address=server_address, load=load, no_anatomy=no_anatomy)
 
 
 @task(positional=["run"], help={"run": "a run folder or id under results/ (default: results/latest)"})
