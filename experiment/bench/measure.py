@@ -14,7 +14,9 @@ others, as in the UP variant):
      loopback tracked by conntrack and, where this process may change that, untracked (--tune-host's rule);
   4. the harness: wall time of a quick profile run with cached images, split into images, setup, measuring
      and report (read from the run's own timings);
-  5. pipetest's token passes/s per backend at 10 pipes and at the most pipes allowed, next to 2002's.
+  5. pipetest's token passes/s per backend at 10 pipes and at the most pipes allowed, next to 2002's;
+  6. the kernel cost anatomy's own cost (bench/anatomy.py): the perturbation of CPU per reply while perf
+     profiles and counts, and its added wall time per dead point, extrapolated to the quick profile.
 The metric is CPU time from /proc/PID/stat (user + system, every process of the server) over the load,
 divided by the replies the load generator counted. Items 1-3 run ROUNDS rounds, each taking every row once,
 and report medians (ratios: the median of the rounds' ratios).
@@ -45,6 +47,7 @@ from ..errors import UserError
 from ..host import machine, preflight
 from ..run import loads, servers
 from ..run.plan import max_dead, max_pipes
+from . import anatomy as anatomy_cost
 from . import native
 
 ACTIVE = 100               # connections of each load, as the 2002 study's httperf
@@ -356,7 +359,11 @@ def main(json_out: str | None = None, skip_harness: bool = False) -> dict:
         result["capacity"] = capacity(cpus, fd_limit)
     result["deadconn"] = deadconn_rate(fd_limit)
     result["pipetest"] = pipetest(fd_limit)
-    result["harness"] = None if skip_harness else harness()
+    timed = None if skip_harness else harness()
+    result["harness"] = timed
+    quick_wall, source = ((timed["wall_s"], "item 4 (anatomy on)") if timed else anatomy_cost.last_quick_wall(RESULTS))
+    result["anatomy"] = {"perturbation": anatomy_cost.perturbation(cpus.server, cpus.clients),
+                         "wall_time": anatomy_cost.wall_time(fd_limit, quick_wall, source)}
     _print(result)
     path = Path(json_out) if json_out else RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%SZ')}.json"
     if path.exists():
@@ -406,6 +413,7 @@ def _print(r: dict) -> None:
     console.print(_table("5. pipetest (token passes/s)", ["backend", "pipes", "passes/s"],
                          [[x["backend"], _num(x["pipes"]), _num(x.get("passes_per_s"))]
                           for x in r["pipetest"]["rows"]]))
+    _print_anatomy(console, r.get("anatomy"))
     h = r["harness"]
     if h:
         t = h["timings"]
@@ -413,3 +421,27 @@ def _print(r: dict) -> None:
                       f"setup {_num(t.get('setup_s'), '.0f')} s, measuring {_num(t.get('measuring_s'), '.0f')} s, "
                       f"report {_num(t.get('report_s'), '.0f')} s; measuring share "
                       f"{_num(h['measuring_share'], '.0%')} (targets <= 600 s, >= 80%)")
+
+
+def _interval(x: dict, fmt: str) -> str:
+    return f"{_num(x.get('median'), fmt)} [{_num(x.get('low'), fmt)}, {_num(x.get('high'), fmt)}]"
+
+
+def _print_anatomy(console: Console, a: dict | None) -> None:
+    if not a:
+        return
+    p = a["perturbation"]
+    if "unavailable" in p:
+        console.print(f"6. anatomy perturbation: unavailable ({p['unavailable']})")
+    else:
+        ratios = p["cpu_per_reply_ratio"]
+        console.print(f"6. anatomy, {p['server']} {p['backend']} at {p['dead']:,} dead, {len(p['rows'])} rounds: "
+                      f"CPU per reply {_interval(p['plain_us_per_reply'], '.2f')} µs plain; while perf profiles "
+                      f"x{_interval(ratios['profile'], '.3f')}, while it counts syscalls "
+                      f"x{_interval(ratios['counting'], '.3f')} (median [95% interval])")
+    w = a["wall_time"]
+    share = w.get("quick_added_share_extrapolated")
+    console.print(f"   anatomy wall time: +{w['added_s_per_dead_point']:.1f} s per dead point (one small sweep with "
+                  f"and without); extrapolated to the quick profile's {w['quick_dead_points']} dead points: "
+                  f"+{w['quick_added_s_extrapolated']:.0f} s on {_num(w['quick_wall_s'])} s "
+                  f"({w['quick_wall_source']}) = {_num(share, '.0%')} (target <= {w['target_share']:.0%})")

@@ -252,14 +252,16 @@ def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, l
 def _anatomy_window(ctx: Context, point: model.Point, serving: Serving, figures: model.DeadFigures,
                     pids: list[int], why: str) -> model.AnatomyFigures | model.Unavailable:
     """The point's anatomy window (instruments.window) under a second run of its load generator, sized to
-    outlast the window."""
+    outlast the window: a server with counters has its load stopped once the window is over, so its load is
+    sized for three times as long, at the point's highest rate (the window may see a faster server than the
+    point's average, whose ramp it counts)."""
     cs = ctx.cpusets[point.variant]
-    seconds = instruments.WINDOW_S + instruments.LOAD_MARGIN_S
+    seconds = (instruments.WINDOW_S + instruments.LOAD_MARGIN_S) * (3 if serving.service.stats else 1)
     active = ctx.plan.active_connections
     if ctx.plan.load == loads.WRK:
         load = services.wrk(f"http://{ctx.server_address}:{serving.port}/", active, seconds, cs["clients"])
     else:
-        rate = figures.reply_rate_overall or figures.reply_rate
+        rate = max(r for r in (figures.reply_rate, figures.reply_rate_max, figures.reply_rate_overall, 1.0) if r)
         load = services.active_load(loads.ActiveLoad(
             server=ctx.server_address, port=serving.port, connections=active,
             num_calls=loads.calls_for_duration(rate, seconds, active)), cs["clients"])

@@ -40,6 +40,7 @@ LOAD_MARGIN_S = 4.0        # the window's load runs this much longer than the wi
 LOAD_IN_TIMEOUT_S = 10.0   # the most the window waits for the load's connections to be in
 SETTLE_TIMEOUT_S = 10.0    # the most a slab snapshot waits for the server to hold exactly the dead connections
 POLL_S = 0.1
+RAMP_S = 1.0               # httperf opens its 100 connections at 100 per second
 REMOTE = "the server runs on a remote Docker engine: this machine's perf and /proc/slabinfo do not see it"
 NO_PROCESS = "the server's container has no process on this machine (its engine reports no PID)"
 SERVER_COUNT = "server"  # replies_source: the server's own counter at each phase's edges
@@ -133,6 +134,12 @@ def window(ctx: Context, point: model.Point, pids: list[int], why: str, load: Se
         (out_dir / f"{load.role}.txt").write_text(output)
     if isinstance(result, anatomy.Unavailable):
         return model.Unavailable(result.reason)
+    if not result.counts.seconds or not result.profile.seconds or (stats is not None and not (
+            result.counts.replies and result.profile.replies)):
+        (out_dir / anatomy.window.PERF_DATA).unlink(missing_ok=True)
+        return model.Unavailable(f"the server answered no reply in a phase of the window (counting "
+                                 f"{result.counts.replies}, profile {result.profile.replies}): the window's "
+                                 f"{load.role} had not started or had ended")
     source = SERVER_COUNT
     if stats is None:
         rate = parse_rate(output) if code == 0 else None
@@ -169,21 +176,23 @@ class _Clock:
 
 
 def _wait_for_load(stats: Stats | None, connections: int) -> None:
-    """Until the server holds the dead and the load's connections (its counters say; httperf opens them at
-    100 per second) and has answered some, at most LOAD_IN_TIMEOUT_S; without counters, the one second
-    httperf takes to open its 100 connections."""
+    """Until the load is in: the server holds the dead and the load's connections, or has been answering for
+    RAMP_S (httperf opens its connections at 100 per second, and its first ones may finish before its last
+    open), at most LOAD_IN_TIMEOUT_S; without counters, RAMP_S."""
     if stats is None:
-        time.sleep(1.0)
+        time.sleep(RAMP_S)
         return
     deadline = time.monotonic() + LOAD_IN_TIMEOUT_S
-    first = None
+    first, answering = None, None
     while time.monotonic() < deadline:
         snap = stats() or {}
         replies = snap.get("responses_200")
         if first is None:
             first = replies
-        elif replies is not None and replies > first and snap.get("open", connections) >= connections:
-            return
+        elif replies is not None and replies > first:
+            answering = answering or time.monotonic()
+            if snap.get("open", connections) >= connections or time.monotonic() - answering >= RAMP_S:
+                return
         time.sleep(POLL_S * 2)
 
 
