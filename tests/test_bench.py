@@ -136,3 +136,23 @@ def test_capacity_kept_compares_replies_per_cpu_second_and_poll_pays_per_dead_co
     assert result["capacity_kept"]["epoll"] == pytest.approx(1.0)
     assert result["capacity_kept"]["poll"] == pytest.approx(8.0 / (8.0 + most * 6e-3))
     assert result["poll_ns_per_dead_per_reply"] == pytest.approx(6.0)
+
+
+def test_the_anatomys_interval_is_the_median_and_a_bootstrap_interval_around_it():
+    from experiment.bench import anatomy
+
+    values = [1.0, 1.1, 1.2, 1.3, 5.0]
+    got = anatomy.median_interval(values)
+    assert got["median"] == 1.2 and got["n"] == 5
+    assert min(values) <= got["low"] <= got["median"] <= got["high"] <= max(values)
+    assert anatomy.median_interval(values) == got, "a fixed seed: the same interval every time"
+    assert anatomy.median_interval([]) == {"median": None, "low": None, "high": None, "n": 0}
+
+
+def test_the_quick_profiles_dead_points_are_those_a_quick_run_measures_here():
+    from experiment.bench import anatomy
+    from experiment.run import plan
+
+    quick = plan.make_plan("quick")
+    # 20,000 open files: 0, 1,000, 5,000, 10,000 and the host's most (19,500); 60,000 skipped
+    assert anatomy.quick_dead_points(20000) == 5 * len(quick.series) * len(quick.variants)
