@@ -7,9 +7,10 @@
   per point   window(): after the point's own measurement has ended, a second run of the same load generator
               in the clients' container, and while it runs one anatomy window (anatomy.measure, then
               Window.finish before anything else is measured)
-  per run     fold(): after the sweep, every profile folded into its categories and collapsed stacks, and
-              the points rewritten with their CPU shares (perf.data is removed then: the folded stacks keep
-              every sample's chain)
+  per run     fold(): after the sweep (or its interruption, so that a resume finds its kept points
+              complete), every profile folded into its categories and collapsed stacks, and the points
+              rewritten with their CPU shares, the one completion a point file gets (perf.data is removed
+              then: the folded stacks keep every sample's chain)
 
 The headline figures are never perturbed: the window runs after the point's load generator has ended, under
 a load of its own. The replies a window divides by are the server's own counter (ephttpd and pyhttpd print
@@ -210,7 +211,7 @@ def _end_load(ctx: Context, managed: Managed, wait: bool) -> tuple[str, int | No
 def fold(run_path: Path, points: list[model.Point], instruments: anatomy.Instruments,
          write: Callable[[model.Point], None], say: Callable[[str], None]) -> float:
     """After the sweep: every point whose anatomy is not folded yet and whose perf.data is there (a resumed
-    run's earlier ones too) gets its CPU shares and collapsed stacks, and is written again (write). A fold
+    run's earlier ones too, when the run was killed outright before it could fold them) gets its CPU shares and collapsed stacks, and is written again (write). A fold
     that fails leaves the shares None and says why. Returns the seconds it took."""
     started = time.monotonic()
     todo = [p for p in points if isinstance(p.anatomy, model.AnatomyFigures) and p.anatomy.cpu_share is None]

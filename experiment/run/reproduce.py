@@ -245,14 +245,15 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
                 for backend in plan.backends if model.PIPETEST in plan.sweeps else ():
                     for repetition in range(1, plan.repeat + 1):
                         pipetest_series(ctx, variant, backend, repetition)
-            # The profiles are folded after the sweep, not per point: `perf script` takes seconds each.
-            if instruments_found is not None and instruments_found.perf is not None:
-                progress.describe("anatomy: folding the profiles")
-                folding = instruments.fold(run.path, run.points(), instruments_found, run.update_point, say)
         finally:
             removed = server_runner.remove_all() + client_runner.remove_all()
             if removed:
                 say(f"removed {removed} container(s) of this run")
+            # The profiles are folded after the sweep, not per point (`perf script` takes a while each), and
+            # also when it was interrupted, so that the points it kept are complete before a resume.
+            if instruments_found is not None and instruments_found.perf is not None:
+                progress.describe("anatomy: folding the profiles")
+                folding = instruments.fold(run.path, run.points(), instruments_found, run.update_point, say)
             # Where the wall time went (`invoke bench` reports it): engine and images, setup, measuring.
             run.update_record(timings={"images_s": round(images_done - started, 1),
                                        "setup_s": round(measuring - images_done, 1),
