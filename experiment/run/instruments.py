@@ -211,8 +211,9 @@ def _end_load(ctx: Context, managed: Managed, wait: bool) -> tuple[str, int | No
 def fold(run_path: Path, points: list[model.Point], instruments: anatomy.Instruments,
          write: Callable[[model.Point], None], say: Callable[[str], None]) -> float:
     """After the sweep: every point whose anatomy is not folded yet and whose perf.data is there (a resumed
-    run's earlier ones too, when the run was killed outright before it could fold them) gets its CPU shares and collapsed stacks, and is written again (write). A fold
-    that fails leaves the shares None and says why. Returns the seconds it took."""
+    run's earlier ones too, when the run was killed outright before it could fold them) gets its CPU shares
+    and collapsed stacks, and is written again (write). A fold that fails leaves the shares None and says
+    why. Returns the seconds it took."""
     started = time.monotonic()
     todo = [p for p in points if isinstance(p.anatomy, model.AnatomyFigures) and p.anatomy.cpu_share is None]
     for point in todo:
