@@ -52,8 +52,11 @@ def test_the_smoke_sweeps_dead_points_carry_the_anatomy_and_polls_scan_grows_wit
         folded = (smoke_run.path / anatomy["folded_stacks"]).read_text().splitlines()
         assert sum(int(line.rsplit(" ", 1)[1]) for line in folded) == anatomy["samples"]
         assert not (smoke_run.path / "raw" / f"{p['id']}.anatomy" / "perf.data").exists(), "removed once folded"
-        # ephttpd sends once per reply (no pipelining under httperf)
-        assert anatomy["syscalls"]["sendto"] == pytest.approx(1.0, rel=0.05), anatomy["syscalls"]
+        # ephttpd sends once per reply (no pipelining under httperf); perf counts on while the server's
+        # counter is read through the engine's log stream at each phase's edge, so the per-reply figures are
+        # high by what it sent meanwhile (a few % of a 0.5 s phase; natively within 5%: test_anatomy.py)
+        assert 1.0 <= anatomy["syscalls"]["sendto"] <= 1.15, anatomy["syscalls"]
+        assert anatomy["syscalls"]["recvfrom"] == pytest.approx(anatomy["syscalls"]["sendto"], rel=0.05)
         assert memory["server_rss_bytes"] > 0
         if x:  # the server's own epoll watches: one per dead connection under epoll, none under poll
             assert memory["watches_per_dead"] == (1.0 if backend == "epoll" else 0.0)
