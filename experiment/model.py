@@ -10,6 +10,15 @@ History of schema_version:
   2 (2026-11-30): a point's "backend" is the event backend alone, its "server_kind" the server ("ephttpd",
     "python", "nginx", "custom"; dead points only), and no label is stored to be parsed back: the plan's
     "series" are {"server", "backend"} objects. tuning.json (--tune-host's journal) is unchanged.
+  2, addition (2026-12-01, issue 13): a dead point may carry "anatomy" (AnatomyFigures: system calls, context
+    switches and CPU shares per reply, from a window of its own after the point's measurement) and "memory"
+    (MemoryFigures: slab and RSS per dead connection), each {"unavailable": reason} where the instruments
+    could not run; the plan gains "anatomy" (true: measured, false: --no-anatomy). The version stays 2
+    because nothing is renamed or reinterpreted: a point without the keys was not measured by the anatomy
+    (it predates it, ran with --no-anatomy, or is not a dead point) and a plan without "anatomy" predates it
+    (Plan.anatomy None), so every version-2 record reads as it always did and the committed runs re-render
+    unchanged, saying that they predate the anatomy. An epollbench from before the addition refuses a point
+    that has the keys in one line (unknown fields), never misreads it.
 
 A record is upgraded when it is read (upgrade()), never rewritten on disk: the committed runs stay as they
 were measured. A record of a later version than this one is refused, never misread. Upgraded, it is checked
@@ -25,7 +34,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jsonschema
 
@@ -130,6 +139,69 @@ class PipeFigures:
     events_per_wait: float | None
 
 
+@dataclass
+class Unavailable:
+    """Why a point has no anatomy (or no memory figure): perf or slabinfo could not run here. A record, never
+    an error. JSON: {"unavailable": reason}."""
+
+    JSON_SCHEMA: ClassVar[dict] = {"type": "object", "properties": {"unavailable": {"type": "string"}},
+                                   "required": ["unavailable"], "additionalProperties": False}
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"unavailable": self.reason}
+
+
+@dataclass
+class AnatomyFigures:
+    """Where a dead point's server time goes (experiment/anatomy: Anatomy.to_json's keys), measured in a window
+    of its own right after the point's measurement, under a second run of the same load. Per reply: the
+    replies the window counted (replies_source says whose count). cpu_share (category -> fraction, summing
+    to 1) and folded_stacks (path under the run folder) are None until the profile is folded, after the
+    sweep. wall_s: what the window added to the point's wall time (its load, perf's start and teardown)."""
+
+    window_s: float
+    syscalls_per_reply: float | None
+    syscalls: dict[str, float | None]
+    context_switches_per_reply: float | None
+    context_switches: dict[str, float | None]
+    cpu_share: dict[str, float] | None
+    folded_stacks: str | None
+    replies: dict[str, int]
+    samples: int | None
+    replies_source: str = "server"
+    wall_s: float | None = None
+
+
+@dataclass
+class MemoryFigures:
+    """What an idle connection costs (experiment/anatomy/memory.py: Memory.to_json's keys): slab per dead
+    connection between the previous level and this one, from /proc/slabinfo right before and right after
+    deadconn's step (system-wide: both ends of each connection), and the server's RSS at this level. At a
+    series' first level nothing was added: the per-dead fields are None and only the RSS is measured."""
+
+    server_rss_bytes: int | None
+    kernel_bytes_per_dead: float | None = None
+    slab_bytes_per_dead: dict[str, float] = field(default_factory=dict)
+    slab_objects_per_dead: dict[str, float] = field(default_factory=dict)
+    watches_per_dead: float | None = None
+    mechanism_bytes_per_dead: float | None = None
+    merged_caches: dict[str, list[str]] = field(default_factory=dict)
+    scope: str | None = None
+    dead_levels: list[int] | None = None
+
+
+def _measured(kind: type[AnatomyFigures] | type[MemoryFigures], value: object) -> Any:
+    """An "anatomy" or "memory" entry from its JSON: the figures, or Unavailable."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"{kind.__name__} is {type(value).__name__}, not an object")
+    if set(value) == {"unavailable"}:
+        return Unavailable(str(value["unavailable"]))
+    return kind(**value)
+
+
 FIGURES: dict[str, type[DeadFigures] | type[PipeFigures]] = {DEAD: DeadFigures, PIPETEST: PipeFigures}
 
 
@@ -160,6 +232,9 @@ class Point:
     flags: dict[str, bool | None] = field(default_factory=dict)  # None: the check could not tell
     checks: dict = field(default_factory=dict)
     programs: dict[str, dict] = field(default_factory=dict)
+    # The kernel cost anatomy of a dead point (None: not measured; its key is then absent from the file).
+    anatomy: AnatomyFigures | Unavailable | None = None
+    memory: MemoryFigures | Unavailable | None = None
 
     def to_json(self) -> dict:
         record: dict = {"schema_version": SCHEMA_VERSION, "id": self.id, "sweep": self.sweep,
@@ -173,6 +248,9 @@ class Point:
         else:
             record["pipes"] = self.x
         record.update((name, self.programs[name]) for name in PROGRAMS if name in self.programs)
+        for name, value in (("anatomy", self.anatomy), ("memory", self.memory)):
+            if value is not None:
+                record[name] = value.to_json() if isinstance(value, Unavailable) else asdict(value)
         return record
 
     @classmethod
@@ -191,7 +269,9 @@ class Point:
                        reason=data.get("reason"), ended_at=data.get("ended_at"),
                        figures=FIGURES[sweep](**figures) if figures else None, flags=data.get("flags") or {},
                        checks=data.get("checks") or {},
-                       programs={name: data[name] for name in PROGRAMS if isinstance(data.get(name), dict)})
+                       programs={name: data[name] for name in PROGRAMS if isinstance(data.get(name), dict)},
+                       anatomy=_measured(AnatomyFigures, data.get("anatomy")),
+                       memory=_measured(MemoryFigures, data.get("memory")))
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{where} is not a point this epollbench wrote: {e}") from None
 
@@ -227,6 +307,9 @@ class Plan:
     server_cmd: str | None = None
     server_port: int | None = None
     load: str = HTTPERF
+    # The kernel cost anatomy at every dead point (issue 13): True on, False --no-anatomy, None the run's
+    # record predates it.
+    anatomy: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -311,7 +394,8 @@ def json_schema(kind: str) -> dict:
             "schema_version": version, **body["properties"],
             "backend": {"type": "string"}, "server_kind": {"type": "string"},
             "dead": {"type": "integer"}, "pipes": {"type": "integer"},
-            "figures": {"anyOf": [*(schema.of_dataclass(f) for f in FIGURES.values()), unmeasured]},
+            "figures": {"anyOf": [*(schema.of_dataclass(f) for f in FIGURES.values()), unmeasured,
+                                  {"type": "null"}]},
             **{name: {"type": ["object", "null"]} for name in PROGRAMS}}
         title = "epollbench points/<id>.json"
     else:

@@ -1,7 +1,8 @@
 """JSON Schema (draft 2020-12) of a dataclass, from its fields' types: the published schemas of run.json and
 the point files are made from model's dataclasses this way, so a field added there extends them.
 
-A field without a default is required; a dataclass allows no other property. Types map as JSON reads them:
+A field without a default is required; a dataclass allows no other property. A dataclass whose JSON form is
+not its fields says so in a JSON_SCHEMA class attribute, which is used as it is. Types map as JSON reads them:
 int to integer, float to number (an integer is a number too), tuple[X, ...] and list[X] to arrays, dict to
 an object, X | None to X or null.
 """
@@ -24,7 +25,7 @@ def of_type(hint: Any) -> dict:
     if hint is Any or hint is object:
         return {}
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return of_dataclass(hint)
+        return getattr(hint, "JSON_SCHEMA", None) or of_dataclass(hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         options = [of_type(a) for a in args]

@@ -97,6 +97,9 @@ class FakeManaged(Managed):
     def exited(self) -> bool:
         return self.stopped
 
+    def pid(self) -> int | None:
+        return None  # a scripted program has no process on this machine
+
     def output(self, timeout: float = 0) -> str:
         return "\n".join(self.log) + "\n"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from experiment import catalog
-from experiment.bench import measure
+from experiment.bench import measure, stats
 from experiment.run import loads
 
 
@@ -160,10 +160,10 @@ def test_the_generators_item_climbs_openloads_rates_until_one_is_overloaded(buil
 def test_the_median_interval_takes_the_order_statistics_a_binomial_tail_allows():
     """With six values a distribution-free 95% interval of the median is their range (P = 1 - 2/64); with
     nine it leaves the least and the greatest out (P(Binomial(9, 1/2) < 2) = 10/512 <= 0.025)."""
-    assert measure.median_interval([6.0, 1.0, 5.0, 2.0, 4.0, 3.0]) == (3.5, 1.0, 6.0)
-    assert measure.median_interval([float(x) for x in range(9)]) == (4.0, 1.0, 7.0)
-    assert measure.median_interval([2.5]) == (2.5, 2.5, 2.5)
-    assert measure.median_interval([]) is None
+    assert stats.median_interval([6.0, 1.0, 5.0, 2.0, 4.0, 3.0]) == (3.5, 1.0, 6.0)
+    assert stats.median_interval([float(x) for x in range(9)]) == (4.0, 1.0, 7.0)
+    assert stats.median_interval([2.5]) == (2.5, 2.5, 2.5)
+    assert stats.median_interval([]) is None
 
 
 def test_the_completion_item_compares_io_uring_recv_plain_and_direct_with_the_readiness_backends():
@@ -171,3 +171,20 @@ def test_the_completion_item_compares_io_uring_recv_plain_and_direct_with_the_re
     assert set(series.values()) == {"epoll", "io_uring", catalog.URING_RECV}
     fixed = [env for label, _b, env in measure.COMPLETION_SERIES if label.endswith("/fixed")]
     assert fixed == [{"EPHTTPD_URING_FIXED_FILES": "1"}]
+
+
+def test_the_anatomy_item_records_the_benchs_one_interval():
+    from experiment.bench import anatomy
+
+    values = [1.0, 1.1, 1.2, 1.3, 5.0, 1.15]
+    assert anatomy.median_interval(values) == {"median": pytest.approx(1.175), "low": 1.0, "high": 5.0, "n": 6}
+    assert anatomy.median_interval([]) == {"median": None, "low": None, "high": None, "n": 0}
+
+
+def test_the_quick_profiles_dead_points_are_those_a_quick_run_measures_here():
+    from experiment.bench import anatomy
+    from experiment.run import plan
+
+    quick = plan.make_plan("quick")
+    # 20,000 open files: 0, 1,000, 5,000, 10,000 and the host's most (19,500); 60,000 skipped
+    assert anatomy.quick_dead_points(20000) == 5 * len(quick.series) * len(quick.variants)

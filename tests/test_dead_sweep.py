@@ -9,9 +9,9 @@ import json
 import pytest
 from fakeengine import FakeContainers, Script
 
-from experiment import model
+from experiment import anatomy, model
 from experiment.catalog import Series
-from experiment.run import context, dead, plan, reproduce, results, seccomp
+from experiment.run import context, dead, instruments, plan, reproduce, results, seccomp
 from experiment.run.progress import Progress
 
 EPOLL = Series("ephttpd", "epoll")
@@ -20,9 +20,9 @@ CPU_S_PER_POINT = 2.0  # the fake server's cgroup advances 2 s between two readi
 
 
 def sweep_context(tmp_path, script: Script, dead: str = "0,1000,5000", fd_limit: int = 20000, backends: str = "epoll",
-            server: str | None = None):
+            server: str | None = None, perf: anatomy.Instruments | None = None):
     the_plan = plan.make_plan("quick", sweeps="dead", variants="up", backends=backends, dead=dead, duration=1,
-                              server=server)
+                              server=server, anatomy=perf is not None)
     run = results.Run.create(model.RunRecord(run_id=f"test-{tmp_path.name}", profile=the_plan.profile,
                                              status="running", started_at=model.utc_now(), command_line=[],
                                              plan=the_plan), tmp_path)
@@ -30,7 +30,8 @@ def sweep_context(tmp_path, script: Script, dead: str = "0,1000,5000", fd_limit:
     shared: dict = {}
     servers, clients = FakeContainers(script, events, shared), FakeContainers(script, events, shared)
     ctx = context.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
-                        reproduce.cpusets([0, 1]), fd_limit, Progress(lambda _: None), plan.choices(the_plan))
+                        reproduce.cpusets([0, 1]), fd_limit, Progress(lambda _: None), plan.choices(the_plan),
+                        anatomy=perf)
     ctx.progress.start(total=reproduce.count_points(the_plan, fd_limit), done=0)
     return ctx, events
 
@@ -133,3 +134,60 @@ def test_another_servers_points_name_their_server_and_backend_apart(tmp_path):
     assert point.programs["server"]["command"][:3] == ["pyhttpd", "--backend", "asyncio"]
     (written,) = points(ctx).values()
     assert (written["server_kind"], written["backend"]) == ("python", "asyncio")
+
+
+# ---- the kernel cost anatomy -------------------------------------------------------------------------------
+
+def test_without_perf_every_measured_point_records_the_anatomy_unavailable_with_the_reason(tmp_path):
+    reason = "perf is not installed: apt-get install linux-perf"
+    ctx, events = sweep_context(tmp_path, Script(), perf=anatomy.Instruments(None, reason))
+    dead.dead_series(ctx, "up", EPOLL, 1)
+    found = points(ctx)
+    assert {p["status"] for p in found.values()} == {"ok"}
+    for p in found.values():
+        assert p["anatomy"] == {"unavailable": reason}
+        # slabinfo needs the server's processes: a scripted server has none on this machine
+        assert p["memory"] == {"unavailable": instruments.NO_PROCESS}
+        assert isinstance(model.Point.from_json(p, "point").anatomy, model.Unavailable)
+    assert ctx.run.record().plan.anatomy is True
+
+
+def test_with_perf_a_server_without_a_process_here_records_why_and_starts_no_window_load(tmp_path):
+    ctx, events = sweep_context(tmp_path, Script(), perf=anatomy.Instruments("/usr/bin/perf"))
+    dead.dead_series(ctx, "up", EPOLL, 1)
+    for p in points(ctx).values():
+        assert p["anatomy"] == {"unavailable": instruments.NO_PROCESS}
+        assert p["memory"] == {"unavailable": instruments.NO_PROCESS}
+    off, off_events = sweep_context(tmp_path / "off", Script())
+    dead.dead_series(off, "up", EPOLL, 1)
+    assert [e[1] for e in events if e[0] == "run"] == [e[1] for e in off_events if e[0] == "run"], \
+        "the same containers as without the anatomy: no window load for a window that cannot open"
+
+
+def test_a_remote_server_records_why_perf_and_slabinfo_cannot_see_it(tmp_path):
+    remote = anatomy.prepare(local=False)
+    ctx, events = sweep_context(tmp_path, Script(), perf=remote)
+    ctx.server_local = False
+    dead.dead_series(ctx, "up", EPOLL, 1)
+    for p in points(ctx).values():
+        assert p["anatomy"] == {"unavailable": remote.reason}
+        assert p["memory"] == {"unavailable": instruments.REMOTE}
+
+
+def test_no_anatomy_records_nothing_of_it(tmp_path):
+    ctx, events = sweep_context(tmp_path, Script())
+    assert ctx.run.record().plan.anatomy is False
+    dead.dead_series(ctx, "up", EPOLL, 1)
+    for p in points(ctx).values():
+        assert "anatomy" not in p and "memory" not in p
+        assert model.Point.from_json(p, "point").anatomy is None
+    assert not list(ctx.run.raw_dir.glob("*.anatomy"))
+
+
+def test_an_anatomy_entry_with_an_unknown_field_is_refused_in_one_line(tmp_path):
+    ctx, events = sweep_context(tmp_path, Script(), dead="0", perf=anatomy.Instruments(None, "no perf"))
+    dead.dead_series(ctx, "up", EPOLL, 1)
+    (p,) = points(ctx).values()
+    p["anatomy"] = {"window_s": 1.0, "cpu_shares": {}}
+    with pytest.raises(model.UserError, match="is not a point this epollbench wrote: .*cpu_shares"):
+        model.Point.from_json(p, "point.json")

@@ -138,3 +138,9 @@ def test_invalid_server_and_load_flags_are_one_line_errors(kwargs, message):
         plan.make_plan(**kwargs)
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+
+
+def test_the_anatomy_is_on_in_both_profiles_and_no_anatomy_turns_it_off():
+    assert plan.make_plan("quick").anatomy is True and plan.make_plan("paper").anatomy is True
+    assert plan.make_plan("quick", anatomy=False).anatomy is False
+    assert plan.make_plan("paper", server="nginx", anatomy=False).anatomy is False

@@ -212,7 +212,8 @@ def test_zip_bundles_report_and_raw_results(rendered):
     with zipfile.ZipFile(index.parent / "report.zip") as bundle:
         names = set(bundle.namelist())
         assert bundle.read(f"{run.id}/run.json") == (run.path / "run.json").read_bytes()
-    expected = {f"{run.id}/run.json", f"{run.id}/report/index.html", f"{run.id}/report/report.md"}
+    expected = {f"{run.id}/run.json", f"{run.id}/report/index.html", f"{run.id}/report/report.md",
+                f"{run.id}/report/points.csv"}
     expected |= {f"{run.id}/{p.relative_to(run.path).as_posix()}" for folder in ("points", "raw")
                  for p in (run.path / folder).rglob("*") if p.is_file()}
     expected |= {f"{run.id}/report/figures/{p.name}" for p in (index.parent / "figures").iterdir()}
@@ -411,3 +412,88 @@ def test_attach_writes_an_issue_body_under_githubs_limit_beside_the_figures_it_n
     monkeypatch.setattr(attach, "BODY_LIMIT", len(text) - 1)
     shorter = attach.attach(run).issue_md.read_text()
     assert len(shorter) < len(text) and "Left out to stay under GitHub's body limit: tables" in shorter
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Where the time goes (the kernel cost anatomy)
+
+SHARES = {"poll": {0: 0.15, 3000: 0.5}, "epoll": {0: 0.05, 3000: 0.05}}
+
+
+def with_anatomy(run: Run, unavailable_at: str | None = None) -> list[dict]:
+    """The committed run as if measured with the anatomy: its plan says so and every measured dead point gets
+    made-up anatomy and memory entries in the points' format (model.AnatomyFigures, model.MemoryFigures)."""
+    record = json.loads((run.path / "run.json").read_text())
+    record["plan"]["anatomy"] = True
+    (run.path / "run.json").write_text(json.dumps(record))
+    changed = []
+    for p in read_points(run):
+        if p["sweep"] != "dead" or p["status"] != "ok":
+            continue
+        readiness = SHARES.get(p["backend"], {}).get(p["x"], 0.3)
+        shares = {"readiness_scan": readiness, "wait_sched": 0.05, "tcp_receive": 0.1, "tcp_send": 0.8 - readiness,
+                  "syscall_entry": 0.02, "user": 0.02, "other": 0.01}
+        p["anatomy"] = {"window_s": 1.0, "syscalls_per_reply": 2.25,
+                        "syscalls": {"recvfrom": 1.0, "sendto": 1.0, "epoll_wait" if "epoll" in p["backend"] else
+                                     "poll": 0.2, "other": 0.05},
+                        "context_switches_per_reply": 0.01, "context_switches": {"voluntary": 0.004,
+                                                                                 "involuntary": 0.006},
+                        "cpu_share": shares, "folded_stacks": f"raw/{p['id']}.anatomy/stacks.folded",
+                        "replies": {"counting": 20000, "profile": 25000}, "samples": 400, "replies_source": "server",
+                        "wall_s": 3.5}
+        p["memory"] = {"server_rss_bytes": 4 * 2**20} if p["x"] == 0 else {
+            "server_rss_bytes": 5 * 2**20, "kernel_bytes_per_dead": 7600.0,
+            "slab_bytes_per_dead": {"TCP": 4700.0, "filp": 380.0, "eventpoll_epi": 128.0},
+            "slab_objects_per_dead": {"TCP": 2.0, "eventpoll_epi": 1.0}, "watches_per_dead": 1.0,
+            "mechanism_bytes_per_dead": 128.0, "merged_caches": {}, "scope": "system-wide", "dead_levels": [0, p["x"]]}
+        if unavailable_at == p["id"]:
+            p["anatomy"] = {"unavailable": f"perf refused here by the test: {SCRIPT}"}
+        write_point(run, p)
+        changed.append(p)
+    return changed
+
+
+@needs_runs
+def test_where_the_time_goes_shows_the_cpu_split_syscalls_and_memory_the_points_imply(tmp_path):
+    run = copy_run(RUNS[0], tmp_path)
+    points = with_anatomy(run)
+    index = render(run)
+    page, md = html.unescape(index.read_text()), (index.parent / "report.md").read_text()
+    for text in (page, md):
+        assert "Where the time goes" in text
+        assert "in a window of their own after each point's headline measurement" in text
+    for p in points:
+        cost = p["figures"]["server_cpu_us_per_reply"]
+        scan = f"{p['anatomy']['cpu_share']['readiness_scan'] * cost:,.2f}"
+        row = f"| {p['variant'].upper()} | {p['backend']} | {p['x']:,} | {cost:,.1f} | {scan} |"
+        assert row in md, row
+    # syscalls and context switches per reply, and the memory per dead connection at every step
+    assert "| 2.250 | 1.000 | 1.000 | 0.200 | 0.000 | 0.050 | 0.0100 | 0.0040 | 0.0060 | 20,000 |" in md
+    assert re.search(r"\| 3,000 \(from 0\) \| 7,600 \| 2\.00 \| 1\.00 \| 1\.00 \| 128 \| 5\.0 \|", md)
+    figures = {p.name for p in (index.parent / "figures").iterdir()}
+    variants = {p["variant"] for p in points}
+    assert {f"dead-anatomy-cpu-{v}.png" for v in variants} | {"dead-anatomy-memory.png"} <= figures
+    for name in [f"dead-anatomy-cpu-{v}" for v in variants] + ["dead-anatomy-memory"]:
+        assert f"](figures/{name}.png)" in md and f'id="fig-{name}"' in page
+        ET.parse(index.parent / "figures" / f"{name}.svg")
+
+
+@needs_runs
+def test_a_point_without_the_anatomy_says_why_and_a_run_before_it_says_it_predates_it(tmp_path):
+    run = copy_run(RUNS[0], tmp_path / "one")
+    victim = next(p for p in read_points(run) if p["sweep"] == "dead" and p["status"] == "ok")
+    with_anatomy(run, unavailable_at=victim["id"])
+    index = render(run)
+    page = index.read_text()
+    assert "<script" not in page.lower()
+    assert f"perf refused here by the test: {SCRIPT}" in html.unescape(page)
+    assert "perf refused here by the test" in (index.parent / "report.md").read_text()
+
+    before = copy_run(RUNS[0], tmp_path / "two")
+    md = (render(before).parent / "report.md").read_text()
+    assert "**Where the time goes:** Anatomy unavailable: this run predates the kernel cost anatomy" in md
+    record = json.loads((before.path / "run.json").read_text())
+    record["plan"]["anatomy"] = False
+    (before.path / "run.json").write_text(json.dumps(record))
+    md = (render(before).parent / "report.md").read_text()
+    assert "**Where the time goes:** Anatomy not measured: the run was started with --no-anatomy." in md

@@ -23,6 +23,8 @@ others, as in the UP variant):
      COMPLETION_ROUNDS rounds: medians with a distribution-free 95% interval (order statistics). Syscalls come
      from a second wrk load with `perf stat -e raw_syscalls:sys_enter` attached, so that the tracepoint's
      cost stays out of the CPU figures.
+  8. the kernel cost anatomy's own cost (bench/anatomy.py): the perturbation of CPU per reply while perf
+     profiles and counts, and its added wall time per dead point, extrapolated to the quick profile.
 The metric is CPU time from /proc/PID/stat (user + system, every process of the server) over the load,
 divided by the replies the load generator counted. Items 1-3 run ROUNDS rounds, each taking every row once,
 and report medians (ratios: the median of the rounds' ratios).
@@ -36,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import os
 import resource
 import signal
@@ -56,7 +57,9 @@ from ..errors import UserError
 from ..host import machine, preflight
 from ..run import loads, servers
 from ..run.plan import max_dead, max_pipes
+from . import anatomy as anatomy_cost
 from . import native
+from .stats import median_interval
 
 ACTIVE = 100               # connections of each load, as the 2002 study's httperf
 LOAD_SECONDS = 5           # how long each wrk load runs
@@ -286,23 +289,6 @@ COMPLETION_SERIES: tuple[tuple[str, str, dict[str, str]], ...] = (("epoll", "epo
                      (f"{catalog.URING_RECV}/fixed", catalog.URING_RECV, {"EPHTTPD_URING_FIXED_FILES": "1"}))
 
 
-def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float] | None:
-    """The median and a distribution-free interval around it: order statistics k and n-k+1, k the largest
-    with P(Binomial(n, 1/2) < k) <= (1 - level) / 2 (with 6 values: the least and the greatest)."""
-    ordered = sorted(values)
-    n = len(ordered)
-    if n == 0:
-        return None
-    k, tail = 0, 0.0
-    while k < n // 2:
-        nxt = tail + math.comb(n, k) / 2 ** n
-        if nxt > (1 - level) / 2:
-            break
-        tail, k = nxt, k + 1
-    k = max(k, 1)
-    return statistics.median(ordered), ordered[k - 1], ordered[n - k]
-
-
 def _syscalls_per_reply(cpus: Cpus, port: int, pids: list[int]) -> float | None:
     """A second wrk load with perf counting the server's system calls (raw_syscalls:sys_enter)."""
     perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p", ",".join(map(str, pids))],
@@ -524,7 +510,12 @@ def main(json_out: str | None = None, skip_harness: bool = False, only: str | No
         result["deadconn"] = deadconn_rate(fd_limit)
         result["pipetest"] = pipetest(fd_limit)
         result["generators"] = generators(cpus)
-        result["harness"] = None if skip_harness else harness()
+        timed = None if skip_harness else harness()
+        result["harness"] = timed
+        quick_wall, source = ((timed["wall_s"], "item 4 (anatomy on)") if timed
+                              else anatomy_cost.last_quick_wall(RESULTS))
+        result["anatomy"] = {"perturbation": anatomy_cost.perturbation(cpus.server, cpus.clients),
+                             "wall_time": anatomy_cost.wall_time(fd_limit, quick_wall, source)}
         _print(result)
     _print_completion(result["completion"])
     path = Path(json_out) if json_out else RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%SZ')}.json"
@@ -555,7 +546,7 @@ def _interval(value: tuple[float, float, float] | None, fmt: str = ".2f") -> str
 
 def _print_completion(c: dict) -> None:
     console = Console()
-    console.print(_table(f"6. completion vs readiness under wrk (medians [95% interval] of {COMPLETION_ROUNDS} rounds)",
+    console.print(_table(f"7. completion vs readiness under wrk (medians [95% interval] of {COMPLETION_ROUNDS} rounds)",
                          ["series", "dead", "CPU µs/reply", "syscalls/reply", "replies/s"],
                          [[x["series"], _num(x["dead"]), _interval(x["cpu_us_per_reply"]),
                            _interval(x["syscalls_per_reply"], ".3f"), _interval(x["rate"], ",.0f")]
@@ -600,6 +591,7 @@ def _print(r: dict) -> None:
                   f"httperf {_num(g['httperf']['rate'])}/s at {_num(g['httperf']['cpu_us_per_request'], '.2f')} µs, "
                   f"openload sustains {_num(g['openload']['max_sustained_rate'])}/s at "
                   f"{_num(g['openload']['cpu_us_per_request'], '.2f')} µs (target >= {TARGETS['openload_per_s']:,}/s)")
+    _print_anatomy(console, r.get("anatomy"))
     h = r["harness"]
     if h:
         t = h["timings"]
@@ -607,3 +599,27 @@ def _print(r: dict) -> None:
                       f"setup {_num(t.get('setup_s'), '.0f')} s, measuring {_num(t.get('measuring_s'), '.0f')} s, "
                       f"report {_num(t.get('report_s'), '.0f')} s; measuring share "
                       f"{_num(h['measuring_share'], '.0%')} (targets <= 600 s, >= 80%)")
+
+
+def _interval_of(x: dict, fmt: str) -> str:
+    return f"{_num(x.get('median'), fmt)} [{_num(x.get('low'), fmt)}, {_num(x.get('high'), fmt)}]"
+
+
+def _print_anatomy(console: Console, a: dict | None) -> None:
+    if not a:
+        return
+    p = a["perturbation"]
+    if "unavailable" in p:
+        console.print(f"8. anatomy perturbation: unavailable ({p['unavailable']})")
+    else:
+        ratios = p["cpu_per_reply_ratio"]
+        console.print(f"8. anatomy, {p['server']} {p['backend']} at {p['dead']:,} dead, {len(p['rows'])} rounds: "
+                      f"CPU per reply {_interval_of(p['plain_us_per_reply'], '.2f')} µs plain; while perf profiles "
+                      f"x{_interval_of(ratios['profile'], '.3f')}, while it counts syscalls "
+                      f"x{_interval_of(ratios['counting'], '.3f')} (median [95% interval])")
+    w = a["wall_time"]
+    share = w.get("quick_added_share_extrapolated")
+    console.print(f"   anatomy wall time: +{w['added_s_per_dead_point']:.1f} s per dead point (one small sweep with "
+                  f"and without); extrapolated to the quick profile's {w['quick_dead_points']} dead points: "
+                  f"+{w['quick_added_s_extrapolated']:.0f} s on {_num(w['quick_wall_s'])} s "
+                  f"({w['quick_wall_source']}) = {_num(share, '.0%')} (target <= {w['target_share']:.0%})")

@@ -64,6 +64,27 @@ class Plot:
 
 
 @dataclass
+class Bar:
+    """One stacked bar: its group (a backend), its label in the group (a dead level), its parts."""
+
+    group: str
+    label: str
+    parts: dict[str, float]
+
+
+@dataclass
+class StackedBars:
+    """Stacked bars in groups, one colour per part (the anatomy's CPU categories, or slab caches)."""
+
+    name: str
+    title: str
+    xlabel: str
+    ylabel: str
+    bars: list[Bar]
+    colours: dict[str, str]  # part -> colour, in stacking order
+
+
+@dataclass
 class FigureFile:
     name: str
     png: Path
@@ -160,10 +181,46 @@ def draw(plot: Plot) -> Figure:
     return fig
 
 
-def save(plot: Plot, folder: Path) -> FigureFile:
+def draw_bars(plot: StackedBars) -> Figure:
+    """The groups side by side with a gap between them, each bar's parts stacked in the colours' order."""
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=FIGSIZE, layout="constrained")
+        ax = fig.subplots()
+        xs: list[float] = []
+        labels: list[str] = []
+        group_centres: dict[str, list[float]] = {}
+        x, previous = 0.0, None
+        for bar in plot.bars:
+            if previous is not None and bar.group != previous:
+                x += 0.6
+            xs.append(x)
+            labels.append(bar.label)
+            group_centres.setdefault(bar.group, []).append(x)
+            previous, x = bar.group, x + 1
+        bottoms = [0.0] * len(plot.bars)
+        for part, colour in plot.colours.items():
+            heights = [max(0.0, bar.parts.get(part, 0.0)) for bar in plot.bars]
+            ax.bar(xs, heights, bottom=bottoms, color=colour, width=0.8, label=part, zorder=2)
+            bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+        ax.set_xticks(xs, labels, fontsize=8, rotation=30 if len(xs) > 8 else 0)
+        for group, centres in group_centres.items():
+            ax.annotate(group, xy=(sum(centres) / len(centres), 1.0), xycoords=("data", "axes fraction"),
+                        ha="center", va="bottom", fontsize=9, fontweight="bold")
+        ax.grid(axis="x", visible=False)
+        ax.set_ylim(bottom=0, top=max(bottoms, default=1.0) * 1.12 or 1.0)
+        ax.yaxis.set_major_formatter(FuncFormatter(_tick))
+        ax.set_ylabel(plot.ylabel)
+        ax.set_xlabel(plot.xlabel)
+        ax.set_title(plot.title, fontsize=11, loc="left", pad=16)
+        handles, names = ax.get_legend_handles_labels()
+        fig.legend(handles[::-1], names[::-1], loc="outside right center", fontsize=8)
+    return fig
+
+
+def save(plot: Plot | StackedBars, folder: Path) -> FigureFile:
     """Draws plot into folder/<name>.png and .svg; returns both paths and the PNG for inlining."""
     folder.mkdir(parents=True, exist_ok=True)
-    fig = draw(plot)
+    fig = draw_bars(plot) if isinstance(plot, StackedBars) else draw(plot)
     png, svg = folder / f"{plot.name}.png", folder / f"{plot.name}.svg"
     with matplotlib.rc_context(RC):
         buffer = io.BytesIO()

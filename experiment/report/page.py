@@ -286,6 +286,8 @@ def flatten(value, prefix: str = "") -> list[tuple[str, str]]:
         for key, item in value.items():
             rows += flatten(item, f"{prefix}.{key}" if prefix else str(key))
         return rows or [(prefix, "{}")]
+    if isinstance(value, tuple):  # the plan's dataclass fields (model.Plan) are tuples
+        value = list(value)
     if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
         rows = []
         for n, item in enumerate(value):

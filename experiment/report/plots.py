@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .. import catalog
@@ -55,7 +56,7 @@ class FigureRow:
 
     title: str
     caption: str
-    plots: list[draw.Plot]
+    plots: Sequence[draw.Plot | draw.StackedBars]
     files: list[draw.FigureFile] = field(default_factory=list)
 
 

@@ -30,7 +30,7 @@ import jinja2
 from ..errors import UserError
 from ..model import RunRecord
 from ..run.results import Run
-from . import draw, export
+from . import anatomy, draw, export
 from .data import SWEEPS, RunData, legend_lines, load, reference
 from .page import engines_table, flatten, headlines, host_caps, key_table, method, notices, points_table
 from .plots import run_figure_rows
@@ -140,6 +140,7 @@ def report_context(data: RunData) -> dict:
         "colours": legend_lines(),
         "version": epollbench_version(),
         "counts": Counter(p.status for p in data.points),
+        "anatomy": anatomy.section(data),
     }
 
 
@@ -172,6 +173,8 @@ def render(run: Run) -> Path:
         for row in rows:
             row.files = [draw.save(plot, folder / "figures") for plot in row.plots]
         context["figure_rows"] = rows
+        for row in context["anatomy"].rows if context["anatomy"] else []:
+            row.files = [draw.save(plot, folder / "figures") for plot in row.plots]
         (folder / "index.html").write_text(html_env().get_template("report.html.j2").render(context))
         (folder / "report.md").write_text(md_env().get_template("report.md.j2").render(context))
         (folder / "points.csv").write_text(export.to_csv(data.points))

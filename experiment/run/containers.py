@@ -98,6 +98,16 @@ class Managed:
             raise TypeError(f"the engine answered {type(stats).__name__} for one stats sample")
         return int(stats["cpu_stats"]["cpu_usage"]["total_usage"])
 
+    def pid(self) -> int | None:
+        """The container's main process (docker-init) as the engine's host sees it; None when it has none
+        (not running). On a remote engine it is that machine's PID, not this one's."""
+        try:
+            self.container.reload()
+        except docker.errors.NotFound:
+            return None
+        pid = (self.container.attrs.get("State") or {}).get("Pid")
+        return int(pid) if pid else None
+
     def exited(self) -> bool:
         try:
             self.container.reload()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .. import model
+from .. import anatomy, model
 from ..catalog import Series
 from ..model import Plan
 from . import results
@@ -30,6 +30,9 @@ class Context:
     choices: dict[str, Choice]  # by kind: the servers under test
     server_address: str = LOOPBACK
     client_source: str | None = None  # deadconn's source address, for a server beyond loopback
+    # The kernel cost anatomy's perf, found and checked once per run (run/instruments.py); None: --no-anatomy.
+    anatomy: anatomy.Instruments | None = None
+    server_local: bool = True  # the server's engine runs on this machine: its processes are ours to watch
 
 
 def point_id(sweep: str, variant: str, series: Series, repetition: int, x: int) -> str:

@@ -3,7 +3,9 @@ one server's backend; deadconn ramps dead connections level by level without rec
 httperf (a fresh client container) keeps the active load on the server for about `duration` seconds, or
 with --load wrk, wrk measures the server's capacity for exactly `duration` seconds. Per point: the load
 generator's raw output and parsed figures, the server's CPU time from its cgroup accounting, the server's
-own counters before and after (ephttpd and pyhttpd print them), and hygiene flags."""
+own counters before and after (ephttpd and pyhttpd print them), and hygiene flags; unless --no-anatomy, the
+kernel cost anatomy (instruments.py): slabinfo around each deadconn step, and after each point's
+measurement a window of its own under a second run of the load."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import docker.errors
 from .. import model
 from ..catalog import Series
 from ..host import checks, engine, machine
-from . import loads, servers, services
+from . import instruments, loads, servers, services
 from .containers import Managed
 from .context import Context, base_point, finish, point_id
 from .plan import Level, dead_levels
@@ -85,10 +87,18 @@ def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> 
             for level in runnable:
                 _fail_dead(ctx, variant, series, repetition, level, reason)
             return
+        serving = Serving(server, service, listening, port)
+        pids, why = instruments.server_pids(ctx, server) if ctx.anatomy else ([], "")
+        if ctx.anatomy and pids and server.pid():
+            instruments.record_seccomp(ctx, server.pid() or pids[0])
+        stats = (lambda: _server_stats(serving)) if service.stats else None
         for index, level in enumerate(runnable):
             grow = level.value - ready["held"]
+            before = after = None
             if grow > 0:
                 ctx.progress.describe(f"{doing}: opening {level.value} dead")
+                if ctx.anatomy:
+                    before = instruments.slab(ctx, ready["held"], pids, why, stats)
                 deadconn.send_stdin(f"grow {grow}\n")
                 ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S + 10) or {
                     "event": "failed", "reason": f"no answer: {deadconn.output_tail()}", "held": None}
@@ -98,6 +108,8 @@ def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> 
                     for rest in runnable[index:]:
                         _fail_dead(ctx, variant, series, repetition, rest, reason)
                     return
+                if ctx.anatomy:
+                    after = instruments.slab(ctx, level.value, pids, why, stats)
             if server.exited():
                 reason = f"server exited: {server.output_tail()}"
                 for rest in runnable[index:]:
@@ -105,8 +117,9 @@ def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> 
                 return
             # wrk runs for a fixed time: only httperf's length needs the reply rate.
             reply_rate = _probe_rate(ctx, cs["clients"], port) if ctx.plan.load == loads.HTTPERF else None
-            _measure_dead(ctx, variant, series, repetition, level,
-                          Serving(server, service, listening, port), deadconn, ready, reply_rate)
+            memory = instruments.memory(before, after, pids, why) if ctx.anatomy else None
+            _measure_dead(ctx, variant, series, repetition, level, serving, deadconn, ready, reply_rate,
+                          memory, pids, why)
     finally:
         for managed, runner in ((deadconn, ctx.clients), (server, ctx.servers)):
             if managed:
@@ -156,7 +169,9 @@ def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
 
 
 def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level,
-                  serving: Serving, deadconn: Managed, ready: dict, reply_rate: float | None) -> model.Point:
+                  serving: Serving, deadconn: Managed, ready: dict, reply_rate: float | None,
+                  memory: model.MemoryFigures | model.Unavailable | None = None, pids: list[int] | None = None,
+                  why: str = "") -> model.Point:
     cs = ctx.cpusets[variant]
     load_name = ctx.plan.load
     point = base_point(ctx, model.DEAD, variant, series, repetition, level)
@@ -220,6 +235,11 @@ def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, l
     point.set_checks(hygiene.finish(client_cpu_pct=figures.client_cpu_pct, client_cpus=1,
                                     server_cpu_s=server_cpu_s, duration_s=figures.duration_s,
                                     server_cpus=len(engine.expand_cpu_list(cs["server"]))))
+    if ctx.anatomy is not None:
+        point.memory = memory
+        if figures.replies and not figures.errors:
+            ctx.progress.describe(f"dead {variant} {series.label} r{repetition}: {level.value} dead, anatomy")
+            point.anatomy = _anatomy_window(ctx, point, serving, figures, pids or [], why)
     if figures.replies == 0:
         finish(ctx, point, model.FAILED, f"no replies ({figures.errors} {load_name} errors)")
     elif figures.errors:
@@ -228,6 +248,36 @@ def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, l
     else:
         finish(ctx, point)
     return point
+
+
+def _anatomy_window(ctx: Context, point: model.Point, serving: Serving, figures: model.DeadFigures,
+                    pids: list[int], why: str) -> model.AnatomyFigures | model.Unavailable:
+    """The point's anatomy window (instruments.window) under a second run of its load generator, sized to
+    outlast the window: a server with counters has its load stopped once the window is over, so its load is
+    sized for three times as long, at the point's highest rate (the window may see a faster server than the
+    point's average, whose ramp it counts)."""
+    cs = ctx.cpusets[point.variant]
+    seconds = (instruments.WINDOW_S + instruments.LOAD_MARGIN_S) * (3 if serving.service.stats else 1)
+    active = ctx.plan.active_connections
+    if ctx.plan.load == loads.WRK:
+        load = services.wrk(f"http://{ctx.server_address}:{serving.port}/", active, seconds, cs["clients"])
+    else:
+        rate = max(r for r in (figures.reply_rate, figures.reply_rate_max, figures.reply_rate_overall, 1.0) if r)
+        load = services.active_load(loads.ActiveLoad(
+            server=ctx.server_address, port=serving.port, connections=active,
+            num_calls=loads.calls_for_duration(rate, seconds, active)), cs["clients"])
+    stats = (lambda: _server_stats(serving)) if serving.service.stats else None
+    return instruments.window(ctx, point, pids, why, load, stats, active, _load_rate)
+
+
+def _load_rate(output: str) -> float | None:
+    """The mean reply rate of a load generator's whole run: httperf's replies per test second, wrk's."""
+    try:
+        if services.WRK_CPU_MARK in output:
+            return float(loads.parse_wrk(output)["requests_per_s"])
+        return float(loads.parse(output)["reply_rate"]["overall"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _dead_figures(parsed: dict, server_cpu_s: float) -> model.DeadFigures:

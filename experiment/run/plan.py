@@ -28,10 +28,10 @@ def choices(plan: Plan) -> dict[str, Choice]:
 PROFILES = {
     "quick": Plan(profile="quick", sweeps=SWEEPS, variants=VARIANTS, backends=("poll", "epoll"),
                   dead=(0, 1000, 5000, 10000, 60000), pipes=(10, 100, 1000, 10000), repeat=1, duration_s=10,
-                  series=tuple(Series(DEFAULT_SERVER, b) for b in ("poll", "epoll"))),
+                  series=tuple(Series(DEFAULT_SERVER, b) for b in ("poll", "epoll")), anatomy=True),
     "paper": Plan(profile="paper", sweeps=SWEEPS, variants=VARIANTS, backends=catalog.EPHTTPD_BACKENDS,
                   dead=PAPER_DEAD, pipes=PAPER_PIPES, repeat=3, duration_s=10,
-                  series=tuple(Series(DEFAULT_SERVER, b) for b in catalog.EPHTTPD_BACKENDS)),
+                  series=tuple(Series(DEFAULT_SERVER, b) for b in catalog.EPHTTPD_BACKENDS), anatomy=True),
 }
 
 
@@ -58,12 +58,13 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
               backends: str | None = None, dead: str | None = None, pipes: str | None = None,
               repeat: int | None = None, duration: float | None = None, server: str | None = None,
               server_image: str | None = None, server_cmd: str | None = None, server_port: int | str | None = None,
-              load: str | None = None) -> Plan:
+              load: str | None = None, anatomy: bool = True) -> Plan:
     """The profile's plan with each given flag replacing its part; invalid values are UserErrors.
 
     server may name several servers (ephttpd,nginx): each runs the given backends it has (a server of one's
     own: its own), or by default ephttpd the profile's and any other all of its own. Pipetest does not
-    involve the server: it runs ephttpd's backends, and only in a run that has ephttpd."""
+    involve the server: it runs ephttpd's backends, and only in a run that has ephttpd. anatomy False
+    (--no-anatomy): no kernel cost anatomy at the dead points."""
     if profile not in PROFILES:
         raise UserError(f"--profile {profile!r}: valid: {','.join(PROFILES)}")
     plan = PROFILES[profile]
@@ -82,7 +83,7 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
                                 f"{','.join(catalog.SERVERS[kind].backends)}")
     changes: dict[str, Any] = {"servers": kinds, "series": tuple(Series(k, b) for k in kinds for b in per_server[k]),
                "backends": per_server.get(DEFAULT_SERVER, ()), "server_image": own.image,
-               "server_cmd": own.command, "server_port": own.port}
+               "server_cmd": own.command, "server_port": own.port, "anatomy": anatomy}
     if DEFAULT_SERVER not in kinds:
         changes["sweeps"] = (DEAD,)
     if sweeps is not None:

@@ -24,11 +24,11 @@ import docker
 import docker.errors
 from docker.utils import parse_repository_tag
 
-from .. import catalog, model
+from .. import anatomy, catalog, model
 from ..errors import UserError
 from ..host import engine, images, machine, metadata, preflight, publish
 from ..model import Plan
-from . import results, runlog, servers
+from . import instruments, results, runlog, servers
 from .containers import Containers
 from .context import Context
 from .dead import dead_series
@@ -249,17 +249,23 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
                               "max_pipes": {b: max_pipes(fd_limit, b) for b in plan.backends}})
     server_runner = Containers(server_engine, run.id, fd_limit, run.path)
     client_runner = Containers(client_engine, run.id, client_fd_limit, run.path)
+    # The kernel cost anatomy's perf, found (or installed) and checked once; on a remote engine, why not.
+    server_local = engine.is_local(server_url)
+    instruments_found = anatomy.prepare(local=server_local) if plan.anatomy and model.DEAD in plan.sweeps else None
+    if instruments_found is not None and instruments_found.perf is None:
+        say(f"anatomy: perf unavailable, the points will say why: {instruments_found.reason}")
     tuning = preflight.tune(findings if options.tune_host else [], journal=preflight.journal_path(run.path))
     with tuning as tuned, Progress(say) as progress:
         if tuned.changed:
             run.update_record(tuned=tuned.changed)
         ctx = Context(run, plan, server_runner, client_runner, built["server"].tag, built["client"].tag, sets, fd_limit,
-                      progress, chosen, address, client_source)
+                      progress, chosen, address, client_source, instruments_found, server_local)
         done = run.points()
         progress.start(total=count_points(plan, fd_limit), done=len(done),
                        to_skip=max(0, count_points(plan, fd_limit, skipped=True)
                                    - sum(p.status == model.SKIPPED for p in done)))
         measuring = time.monotonic()
+        folding = 0.0
         try:
             for variant in plan.variants:
                 for series in plan.series if model.DEAD in plan.sweeps else ():
@@ -272,10 +278,16 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
             removed = server_runner.remove_all() + client_runner.remove_all()
             if removed:
                 say(f"removed {removed} container(s) of this run")
+            # The profiles are folded after the sweep, not per point (`perf script` takes a while each), and
+            # also when it was interrupted, so that the points it kept are complete before a resume.
+            if instruments_found is not None and instruments_found.perf is not None:
+                progress.describe("anatomy: folding the profiles")
+                folding = instruments.fold(run.path, run.points(), instruments_found, run.update_point, say)
             # Where the wall time went (`invoke bench` reports it): engine and images, setup, measuring.
             run.update_record(timings={"images_s": round(images_done - started, 1),
                                        "setup_s": round(measuring - images_done, 1),
-                                       "measuring_s": round(time.monotonic() - measuring, 1)})
+                                       "measuring_s": round(time.monotonic() - measuring, 1),
+                                       "anatomy_fold_s": round(folding, 1)})
 
 
 def _user_image(client: docker.DockerClient, ref: str, say):

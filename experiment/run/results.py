@@ -155,6 +155,11 @@ class Run:
     def write_point(self, point: model.Point) -> None:
         write_json_atomic(self.point_path(point.id), point.to_json())
 
+    def update_point(self, point: model.Point) -> None:
+        """Rewrites a point written earlier in this run: only to complete it (the anatomy's CPU shares,
+        folded after the sweep); a measured figure is never changed."""
+        write_json_atomic(self.point_path(point.id), point.to_json(), overwrite=True)
+
     def points(self) -> list[model.Point]:
         return [model.read_point(p) for p in sorted(self.points_dir.glob("*.json"))]
 

@@ -1,0 +1,180 @@
+"""`invoke bench` item 8: what the kernel cost anatomy costs (issue 13).
+
+  perturbation  natively, ephttpd (poll, pinned to the server CPU) holding DEAD dead connections under wrk:
+                in each round, the server's CPU per reply over a plain second, then over each phase of an
+                anatomy window (perf record's profile, perf stat's syscall tracepoints), then over a plain
+                second again, all under the same wrk run. CPU time: the server's /proc/PID/schedstat (ns);
+                replies: its own counter. Reported per phase as the ratio to the mean of the two plain
+                seconds around it: the median over ROUNDS rounds and a 95% interval of that median
+                (order statistics: stats.median_interval). The headline figures are never taken under perf: this
+                says what the window's own figures carry.
+  wall time     the quick profile's wall time with and without the anatomy is too long to take twice in a
+                bench, so one small dead sweep (UP, poll, 0 and DEAD dead connections, SMALL_DURATION_S
+                points) runs twice in containers, with and without --no-anatomy; the difference in its
+                measuring time (the fold after the sweep included) per dead point is the anatomy's added
+                time per point, extrapolated to the quick profile's dead points on this host and stated as
+                such, as a share of the quick profile's wall time (item 4's when it ran here, else the last
+                bench's); the target is at most MAX_ADDED_SHARE.
+
+Not measured: the slab snapshots' cost on their own (included in the wall time), the anatomy on other
+servers than ephttpd, or on SMP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .. import anatomy, model, paths
+from ..errors import UserError
+from ..run import loads, plan
+from . import native, stats
+
+DEAD = 5000
+ROUNDS = 8
+PLAIN_S = 1.0
+WINDOW_S = 1.0  # as a sweep's (run/instruments.py WINDOW_S)
+LOAD_S = 9      # wrk's run per round: plain, window with perf's start and teardown, plain
+SMALL_DURATION_S = 3
+MAX_ADDED_SHARE = 0.15
+
+
+def _cpu_ns(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+def median_interval(values: list[float]) -> dict:
+    """stats.median_interval as this item's JSON records it."""
+    found = stats.median_interval(values)
+    if found is None:
+        return {"median": None, "low": None, "high": None, "n": 0}
+    median, low, high = found
+    return {"median": median, "low": low, "high": high, "n": len(values)}
+
+
+def perturbation(server_cpus: set[int], client_cpus: set[int], rounds: int = ROUNDS) -> dict:
+    instruments = anatomy.prepare()
+    if instruments.perf is None:
+        return {"unavailable": instruments.reason}
+    rows = []
+    server = native.Ephttpd(backend="poll")
+    with server:
+        os.sched_setaffinity(server.pid, server_cpus)
+        dead = subprocess.Popen(native.deadconn_command("--port", str(server.port), "-n", str(DEAD), "--timeout",
+                                                        "120"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, preexec_fn=lambda: os.sched_setaffinity(0, client_cpus))
+        try:
+            ready = json.loads((dead.stdout.readline() if dead.stdout else "") or "{}")
+            if ready.get("event") != "ready":
+                raise UserError(f"deadconn could not hold {DEAD} connections: {ready}")
+            with tempfile.TemporaryDirectory(prefix="epollbench-anatomy-") as tmp:
+                for n in range(1, rounds + 1):
+                    rows.append({"round": n, **_round(instruments, server, client_cpus, Path(tmp) / str(n))})
+        finally:
+            dead.terminate()
+            dead.wait(timeout=30)
+        server.stop()
+    ratios = {phase: [r[phase] / r["plain"] for r in rows if r.get(phase) and r.get("plain")]
+              for phase in ("profile", "counting")}
+    return {"server": "ephttpd", "backend": "poll", "dead": DEAD, "rows": rows,
+            "cpu_per_reply_ratio": {phase: median_interval(v) for phase, v in ratios.items()},
+            "plain_us_per_reply": median_interval([r["plain"] for r in rows if r.get("plain")])}
+
+
+def _round(instruments: anatomy.Instruments, server: native.Ephttpd, client_cpus: set[int], out: Path) -> dict:
+    argv = loads.wrk_command(f"http://127.0.0.1:{server.port}/", connections=100, duration_s=LOAD_S)
+    wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           preexec_fn=lambda: os.sched_setaffinity(0, client_cpus))
+    edges: list[tuple[int, int]] = []
+
+    def reading() -> tuple[int, int]:
+        replies = server.snapshot()["responses_200"]
+        return _cpu_ns(server.pid), replies
+
+    def replies() -> int:
+        edges.append(reading())
+        return edges[-1][1]
+
+    def per_reply(a: tuple[int, int], b: tuple[int, int]) -> float | None:
+        return (b[0] - a[0]) / 1e3 / (b[1] - a[1]) if b[1] > a[1] else None
+
+    try:
+        time.sleep(1.0)  # wrk's connections in
+        first = reading()
+        time.sleep(PLAIN_S)
+        before = per_reply(first, reading())
+        window = anatomy.measure(instruments, [server.pid], out, replies, WINDOW_S)
+        if isinstance(window, anatomy.Unavailable):
+            return {"unavailable": window.reason}
+        window.finish()
+        first = reading()
+        time.sleep(PLAIN_S)
+        after = per_reply(first, reading())
+    finally:
+        wrk.communicate(timeout=LOAD_S + 60)
+    plain = [v for v in (before, after) if v is not None]
+    return {"plain": statistics.mean(plain) if plain else None, "plain_before": before, "plain_after": after,
+            "profile": per_reply(edges[0], edges[1]) if len(edges) == 4 else None,
+            "counting": per_reply(edges[2], edges[3]) if len(edges) == 4 else None}
+
+
+def _small_run(results_dir: str, with_anatomy: bool) -> dict:
+    argv = [sys.executable, "-m", "invoke", "reproduce", "--sweeps", "dead", "--variants", "up", "--backends",
+            "poll", "--dead", f"0,{DEAD}", "--duration", str(SMALL_DURATION_S), "--no-report", "--results-dir",
+            results_dir] + ([] if with_anatomy else ["--no-anatomy"])
+    started = time.monotonic()
+    proc = subprocess.run(argv, cwd=paths.ROOT, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        raise UserError(f"the small sweep failed: {proc.stderr.strip()[-300:]}")
+    run_dir = Path(results_dir) / "latest"
+    record = json.loads((run_dir / "run.json").read_text())
+    points = [model.read_point(p) for p in sorted((run_dir / "points").glob("*.json"))]
+    windows = [p.anatomy.wall_s for p in points if isinstance(p.anatomy, model.AnatomyFigures) and p.anatomy.wall_s]
+    return {"anatomy": with_anatomy, "wall_s": round(wall, 1), "timings": record.get("timings", {}),
+            "dead_points": len([p for p in points if p.sweep == model.DEAD and p.ok]), "window_wall_s": windows,
+            "unavailable": sorted({p.anatomy.reason for p in points if isinstance(p.anatomy, model.Unavailable)})}
+
+
+def quick_dead_points(fd_limit: int) -> int:
+    quick = plan.make_plan("quick")
+    return sum(len([lv for lv in plan.dead_levels(quick, fd_limit, s.backend) if not lv.skip_reason])
+               for s in quick.series) * len(quick.variants) * quick.repeat
+
+
+def wall_time(fd_limit: int, quick_wall_s: float | None, quick_source: str) -> dict:
+    runs = []
+    for with_anatomy in (False, True):
+        with tempfile.TemporaryDirectory(prefix="epollbench-anatomy-wall-") as tmp:
+            runs.append(_small_run(tmp, with_anatomy))
+    off, on = runs
+    points = on["dead_points"] or 1
+    added = (on["timings"].get("measuring_s", 0) - off["timings"].get("measuring_s", 0)) / points
+    quick_points = quick_dead_points(fd_limit)
+    extrapolated = added * quick_points
+    result = {"runs": runs, "added_s_per_dead_point": round(added, 2), "quick_dead_points": quick_points,
+              "quick_added_s_extrapolated": round(extrapolated, 1), "quick_wall_s": quick_wall_s,
+              "quick_wall_source": quick_source, "target_share": MAX_ADDED_SHARE}
+    if quick_wall_s:
+        # The quick run of item 4 measured with the anatomy on: its wall time without is that minus the added.
+        base = quick_wall_s - extrapolated if quick_source == "item 4 (anatomy on)" else quick_wall_s
+        result["quick_added_share_extrapolated"] = round(extrapolated / base, 3) if base > 0 else None
+    return result
+
+
+def last_quick_wall(results: Path) -> tuple[float | None, str]:
+    """The quick profile's wall time of the newest stored bench that timed it (before the anatomy existed)."""
+    for path in sorted(results.glob("bench-*.json"), reverse=True):
+        try:
+            harness = json.loads(path.read_text()).get("harness") or {}
+        except (OSError, json.JSONDecodeError):
+            continue
+        if harness.get("wall_s"):
+            return float(harness["wall_s"]), f"{path.name} (before the anatomy)"
+    return None, "none stored"

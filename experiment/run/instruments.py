@@ -1,0 +1,237 @@
+"""The kernel cost anatomy (experiment/anatomy) at every dead point: what dead.py calls, in this order.
+
+  per series  server_pids(): every process of the server's container (its cgroup), after it started
+  per level   slab(): /proc/slabinfo right before deadconn's step and right after it has settled (no load
+              running), so that the shared machine has the least time to move it; memory(): the growth per
+              dead connection between the two, and the server's RSS
+  per point   window(): after the point's own measurement has ended, a second run of the same load generator
+              in the clients' container, and while it runs one anatomy window (anatomy.measure, then
+              Window.finish before anything else is measured)
+  per run     fold(): after the sweep (or its interruption, so that a resume finds its kept points
+              complete), every profile folded into its categories and collapsed stacks, and the points
+              rewritten with their CPU shares, the one completion a point file gets (perf.data is removed
+              then: the folded stacks keep every sample's chain)
+
+The headline figures are never perturbed: the window runs after the point's load generator has ended, under
+a load of its own. The replies a window divides by are the server's own counter (ephttpd and pyhttpd print
+it on SIGUSR1) read at each phase's edges; a server without counters (nginx, a server of one's own) has
+the load generator's mean reply rate over its run times each phase's length instead (replies_source says
+which). perf counts on while the counter is read through the engine's log stream at a phase's end, so the
+per-reply figures are high by what the server did meanwhile: up to ~5% in the smoke sweep's 0.5 s phases.
+
+Where perf or slabinfo cannot run (a remote engine, a refused perf_event_open, not root, no process on this
+machine) the point records Unavailable with the reason; nothing here fails a point.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from .. import anatomy, model
+from ..anatomy import memory as slabs
+from ..anatomy import procs
+from .containers import Managed
+from .context import Context
+from .services import Service
+
+WINDOW_S = 1.0             # the window: half counting, half profile
+LOAD_MARGIN_S = 4.0        # the window's load runs this much longer than the window: perf's start-up fits in it
+LOAD_IN_TIMEOUT_S = 10.0   # the most the window waits for the load's connections to be in
+SETTLE_TIMEOUT_S = 10.0    # the most a slab snapshot waits for the server to hold exactly the dead connections
+POLL_S = 0.1
+RAMP_S = 1.0               # httperf opens its 100 connections at 100 per second
+REMOTE = "the server runs on a remote Docker engine: this machine's perf and /proc/slabinfo do not see it"
+NO_PROCESS = "the server's container has no process on this machine (its engine reports no PID)"
+SERVER_COUNT = "server"  # replies_source: the server's own counter at each phase's edges
+LOAD_RATE = "load generator's mean reply rate over its run x each phase's length"
+
+Stats = Callable[[], dict | None]
+
+
+def server_pids(ctx: Context, server: Managed) -> tuple[list[int], str]:
+    """(every PID of the server's container, "") or ([], why not)."""
+    if not ctx.server_local:
+        return [], REMOTE
+    pid = server.pid()
+    if pid is None:
+        return [], NO_PROCESS
+    return procs.cgroup_pids(pid), ""
+
+
+def record_seccomp(ctx: Context, pid: int) -> None:
+    """The server container's seccomp mode, added once to the run's metadata (syscall_cost.seccomp): its
+    filter runs on every system call the server makes."""
+    record = ctx.run.record()
+    cost = dict(record.metadata.get("syscall_cost") or {})
+    if "seccomp" in cost:
+        return
+    cost["seccomp"] = anatomy.host.seccomp(pid)
+    ctx.run.update_record(metadata={**record.metadata, "syscall_cost": cost})
+
+
+def slab(ctx: Context, dead: int, pids: list[int], why: str,
+         stats: Stats | None = None) -> slabs.SlabSnapshot | model.Unavailable:
+    """/proc/slabinfo once the server holds `dead` connections and nothing else (its counters say so, when
+    it prints them), with its epoll watches; Unavailable when it cannot be read here."""
+    if not pids:
+        return model.Unavailable(why)
+    if stats is not None:
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while (snap := stats()) and snap.get("open") != dead and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+    try:
+        return slabs.slab_snapshot(dead, pids)
+    except OSError as error:
+        return model.Unavailable(f"/proc/slabinfo cannot be read ({error.strerror or error}): it needs root on "
+                                 "the server's machine")
+
+
+def memory(before: slabs.SlabSnapshot | model.Unavailable | None,
+           after: slabs.SlabSnapshot | model.Unavailable | None, pids: list[int],
+           why: str) -> model.MemoryFigures | model.Unavailable:
+    """The point's memory entry: per dead connection from before to after (a series' first level has no
+    before: its RSS only)."""
+    if not pids:
+        return model.Unavailable(why)
+    rss = slabs.rss_bytes(pids)
+    if isinstance(after, model.Unavailable):
+        return after
+    if isinstance(before, model.Unavailable):
+        return before
+    if before is None or after is None or after.dead == before.dead:
+        return model.MemoryFigures(server_rss_bytes=rss)
+    return model.MemoryFigures(**slabs.per_dead(before, after, rss).to_json())
+
+
+def window(ctx: Context, point: model.Point, pids: list[int], why: str, load: Service, stats: Stats | None,
+           active: int, parse_rate: Callable[[str], float | None]) -> model.AnatomyFigures | model.Unavailable:
+    """One anatomy window on the server under `load` (the point's load generator, sized to run WINDOW_S +
+    LOAD_MARGIN_S), started here in the clients' container. stats: the server's counters (None for a server
+    without: then the replies come from parse_rate(load's output), its mean reply rate)."""
+    instruments = ctx.anatomy
+    if instruments is None:
+        raise ValueError("window() without instruments: the anatomy is off")
+    if instruments.perf is None:
+        return model.Unavailable(instruments.reason)
+    if not pids:
+        return model.Unavailable(why)
+    started = time.monotonic()
+    out_dir = ctx.run.raw_dir / f"{point.id}.anatomy"
+    managed = ctx.clients.run(ctx.client_image, load)
+    clock = _Clock()
+    try:
+        counter = (lambda: _replies(stats)) if stats is not None else clock.ticks
+        _wait_for_load(stats, point.x + active)
+        opened = anatomy.measure(instruments, pids, out_dir, counter, WINDOW_S)
+        result = opened if isinstance(opened, anatomy.Unavailable) else opened.finish()
+    except _NoCounter as error:
+        result = anatomy.Unavailable(str(error))
+    finally:
+        output, code = _end_load(ctx, managed, wait=stats is None)
+    if stats is None:
+        (out_dir / f"{load.role}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{load.role}.txt").write_text(output)
+    if isinstance(result, anatomy.Unavailable):
+        return model.Unavailable(result.reason)
+    if not result.counts.seconds or not result.profile.seconds or (stats is not None and not (
+            result.counts.replies and result.profile.replies)):
+        (out_dir / anatomy.window.PERF_DATA).unlink(missing_ok=True)
+        return model.Unavailable(f"the server answered no reply in a phase of the window (counting "
+                                 f"{result.counts.replies}, profile {result.profile.replies}): the window's "
+                                 f"{load.role} had not started or had ended")
+    source = SERVER_COUNT
+    if stats is None:
+        rate = parse_rate(output) if code == 0 else None
+        if not rate:
+            return model.Unavailable(f"the window's {load.role} gave no reply rate (exit code {code}): a server "
+                                     "without counters has no other count of the window's replies")
+        result.counts.replies = round(rate * result.counts.seconds)
+        result.profile.replies = round(rate * result.profile.seconds)
+        source = LOAD_RATE
+    figures = model.AnatomyFigures(**result.to_json(relative_to=ctx.run.path), replies_source=source,
+                                   wall_s=round(time.monotonic() - started, 2))
+    return figures
+
+
+class _NoCounter(RuntimeError):
+    pass
+
+
+def _replies(stats: Stats) -> int:
+    snap = stats()
+    if not snap or "responses_200" not in snap:
+        raise _NoCounter("the server printed no counters on SIGUSR1: the window's replies are unknown")
+    return int(snap["responses_200"])
+
+
+class _Clock:
+    """A stand-in counter for a server without one: milliseconds, rescaled by the load's rate afterwards."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def ticks(self) -> int:
+        return int((time.monotonic() - self.start) * 1000)
+
+
+def _wait_for_load(stats: Stats | None, connections: int) -> None:
+    """Until the load is in: the server holds the dead and the load's connections, or has been answering for
+    RAMP_S (httperf opens its connections at 100 per second, and its first ones may finish before its last
+    open), at most LOAD_IN_TIMEOUT_S; without counters, RAMP_S."""
+    if stats is None:
+        time.sleep(RAMP_S)
+        return
+    deadline = time.monotonic() + LOAD_IN_TIMEOUT_S
+    first, answering = None, None
+    while time.monotonic() < deadline:
+        snap = stats() or {}
+        replies = snap.get("responses_200")
+        if first is None:
+            first = replies
+        elif replies is not None and replies > first:
+            answering = answering or time.monotonic()
+            if snap.get("open", connections) >= connections or time.monotonic() - answering >= RAMP_S:
+                return
+        time.sleep(POLL_S * 2)
+
+
+def _end_load(ctx: Context, managed: Managed, wait: bool) -> tuple[str, int | None]:
+    """The window's load: waited for when its output is needed, else removed at once (the window is over)."""
+    try:
+        if wait:
+            code = ctx.clients.finish(managed, WINDOW_S + LOAD_MARGIN_S + 60)
+            return managed.output(), code
+        return "", None
+    finally:
+        ctx.clients.remove(managed)
+
+
+def fold(run_path: Path, points: list[model.Point], instruments: anatomy.Instruments,
+         write: Callable[[model.Point], None], say: Callable[[str], None]) -> float:
+    """After the sweep: every point whose anatomy is not folded yet and whose perf.data is there (a resumed
+    run's earlier ones too, when the run was killed outright before it could fold them) gets its CPU shares
+    and collapsed stacks, and is written again (write). A fold that fails leaves the shares None and says
+    why. Returns the seconds it took."""
+    started = time.monotonic()
+    todo = [p for p in points if isinstance(p.anatomy, model.AnatomyFigures) and p.anatomy.cpu_share is None]
+    for point in todo:
+        assert isinstance(point.anatomy, model.AnatomyFigures)
+        data = run_path / "raw" / f"{point.id}.anatomy" / anatomy.window.PERF_DATA
+        if not data.exists():
+            continue
+        profile = anatomy.Profile(0.0, point.anatomy.replies.get("profile", 0), data)
+        try:
+            anatomy.fold_profile(instruments, profile)
+        except anatomy.perf.PerfError as error:
+            say(f"{point.id}: the profile could not be folded: {error}")
+            continue
+        assert profile.folded is not None
+        point.anatomy = model.AnatomyFigures(**{**asdict(point.anatomy), "cpu_share": profile.shares,
+                                                "samples": profile.samples,
+                                                "folded_stacks": str(profile.folded.relative_to(run_path))})
+        data.unlink()
+        write(point)
+    return time.monotonic() - started
