@@ -68,12 +68,64 @@ def test_a_series_runs_one_server_and_one_deadconn_and_measures_each_level(tmp_p
 
 
 def test_levels_above_the_hosts_limit_are_skipped_with_the_reason_and_start_nothing(tmp_path):
-    ctx, events = sweep_context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000)
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    ctx, events = sweep_context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000, backends="poll")
+    dead.dead_series(ctx, "up", Series("ephttpd", "poll"), 1)
     found = points(ctx)
     assert [found[x]["status"] for x in (0, 1000, 5000)] == ["ok", "ok", "skipped"]
     assert "host allows 2000 open files per process" in found[5000]["reason"]
+    assert "no helper processes can hold more for poll: poll(2) hands the kernel" in found[5000]["reason"]
     assert [e[2] for e in events if e[0] == "stdin"] == ["grow 1000"]
+    assert all("--dead-holders" not in e[2] for e in events if e[:2] == ("run", "server"))
+
+
+def test_an_epoll_series_past_the_hosts_limit_runs_whole_through_holders_and_measures_the_overlap_directly(tmp_path):
+    ctx, events = sweep_context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000)
+    dead.dead_series(ctx, "up", EPOLL, 1)
+    found = {(p["x"], p.get("overlap", False)): p for p in points(ctx).values()} | {
+        (p["x"], True): p for p in (json.loads(f.read_text()) for f in ctx.run.points_dir.glob("*-direct.json"))}
+    assert {k: p["status"] for k, p in found.items()} == {(0, False): "ok", (1000, False): "ok", (5000, False): "ok",
+                                                          (1000, True): "ok"}
+    # 5000 over holders of 2000 - 16 descriptors each: 3, and one for slack; every level of the line has them.
+    assert [found[(x, False)]["dead_holders"] for x in (0, 1000, 5000)] == [4, 4, 4]
+    direct = found[(1000, True)]
+    assert (direct["id"], "dead_holders" in direct) == ("dead-up-epoll-r1-d001000-direct", False)
+    servers = [e[2] for e in events if e[:2] == ("run", "server")]
+    deadconns = [e[2] for e in events if e[:2] == ("run", "deadconn")]
+    assert len(servers) == len(deadconns) == 2
+    with_holders, without = servers
+    port = int(with_holders[with_holders.index("--port") + 1])
+    assert with_holders[-4:] == ("--dead-holders", "4", "--dead-port", "0")
+    assert "--dead-holders" not in without
+    # deadconn targets the holders' port (the listening line's dead_port), then the direct server's own.
+    assert deadconns[0][deadconns[0].index("--port") + 1] == str(port + 1)
+    assert deadconns[1][deadconns[1].index("--port") + 1] == without[without.index("--port") + 1]
+    for x in (1000, 5000):
+        point = found[(x, False)]
+        assert point["server"]["ready"]["dead_port"] == port + 1
+        # The dead connections are the holders', never the server's own.
+        held = point["server"]["stats_before"]["dead_holders"]
+        assert (held["open"], point["server"]["stats_before"]["open"]) == (x, 0)
+        command = point["httperf"]["command"]
+        assert command[command.index("--port") + 1] == str(port), "the active load on the server's own port"
+    assert direct["server"]["stats_before"]["open"] == 1000 and "dead_holders" not in direct["server"]["stats_before"]
+    assert [e[2] for e in events if e[0] == "stdin"] == ["grow 1000", "grow 4000", "grow 1000"]
+    logs = sorted(p.name for p in ctx.run.raw_dir.iterdir() if p.suffix == ".log")
+    assert logs == ["dead-up-epoll-r1-direct.deadconn.log", "dead-up-epoll-r1-direct.server.log",
+                    "dead-up-epoll-r1.deadconn.log", "dead-up-epoll-r1.server.log"]
+    ctx.run.point_path(found[(1000, True)]["id"]).unlink()
+    events.clear()
+    dead.dead_series(ctx, "up", EPOLL, 1)
+    assert [e[2] for e in events if e[0] == "stdin"] == ["grow 1000"], "a resume measures the missing overlap alone"
+
+
+def test_a_level_the_holders_do_not_all_hold_fails_with_their_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(dead, "HOLDERS_SETTLE_S", 0.3)
+    ctx, events = sweep_context(tmp_path, Script(holders_short_by=7), dead="0,1000,5000", fd_limit=2000)
+    dead.dead_series(ctx, "up", EPOLL, 1)
+    found = points(ctx)
+    assert found[0]["status"] == "ok"
+    assert found[1000]["status"] == found[5000]["status"] == "failed"
+    assert found[5000]["reason"].startswith("the holders hold 993 of 1000 dead connections after 0.3 s")
 
 
 def test_select_stops_below_fd_setsize_and_says_why(tmp_path):

@@ -201,10 +201,11 @@ class RunData:
         return self._ordered({k[1] for k in self.groups if k[0] == sweep}, VARIANT_ORDER)
 
     def planned_lines(self, sweep: str) -> list[Series]:
-        """The sweep's planned lines: the dead sweep's series (every server's backends), pipetest's backends."""
+        """The sweep's planned lines: the dead sweep's series (every server's backends), pipetest's backends
+        with each token walk."""
         if sweep == DEAD:
             return list(self.plan.series)
-        return [Series(catalog.DEFAULT_SERVER, b) for b in self.plan.backends]
+        return [Series(catalog.DEFAULT_SERVER, b, w) for w in self.plan.walks for b in self.plan.backends]
 
     def lines(self, sweep: str, variant: str | None = None) -> list[Series]:
         found = {k[2] for k in self.groups if k[0] == sweep and variant in (None, k[1])}
