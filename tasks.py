@@ -73,13 +73,15 @@ class _LetterShortflags(Task):
                       "an address of the server's host when the clients run on another machine)",
     "load": "httperf (default: the 2002 active load, paced by httperf) or wrk (fixed connections, closed "
             "loop, --duration seconds: the server's capacity)",
+    "walks": "pipetest's token walks, a comma list (default: both): stay (each token keeps its pipe) and "
+             "stride (the 2002 pipetest.c's walk through all the pipes)",
 })
 @_user_errors
 def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dead=None, pipes=None,
               repeat=None, duration=None, resume=None, tune_host=False, base_image=None, no_report=False,
               results_dir=None, image=None, from_archive=None, published=None, server=None, server_image=None,
               server_cmd=None, server_port=None, server_engine=None, client_engine=None, server_address=None,
-              load=None):
+              load=None, walks=None):
     """Build the images, run every sweep in containers, and render the report."""
     from experiment import pipeline
 
@@ -88,7 +90,7 @@ def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dea
                        no_report=no_report, results_dir=results_dir, image=image, from_archive=from_archive,
                        published=published, server=server, server_image=server_image, server_cmd=server_cmd,
                        server_port=server_port, server_engine=server_engine, client_engine=client_engine,
-                       server_address=server_address, load=load)
+                       server_address=server_address, load=load, walks=walks)
 
 
 @task(positional=["run"], help={"run": "a run folder or id under results/ (default: results/latest)"})

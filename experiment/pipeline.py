@@ -22,13 +22,15 @@ def reproduce(profile: str = "quick", sweeps: str | None = None, variants: str |
               results_dir: str | None = None, image: str | None = None, from_archive: str | None = None,
               published: str | None = None, server: str | None = None, server_image: str | None = None,
               server_cmd: str | None = None, server_port: str | int | None = None, server_engine: str | None = None,
-              client_engine: str | None = None, server_address: str | None = None, load: str | None = None) -> Run:
+              client_engine: str | None = None, server_address: str | None = None, load: str | None = None,
+              walks: str | None = None) -> Run:
     """`invoke reproduce`'s flags as given (strings from the command line): builds the images, runs every
     sweep in containers, and renders the report. Bad flags are UserErrors."""
     the_plan = plan.make_plan(profile, sweeps=sweeps, variants=variants, backends=backends, dead=dead,
                               pipes=pipes, repeat=_number(repeat, int, "--repeat"),
                               duration=_number(duration, float, "--duration"), server=server,
-                              server_image=server_image, server_cmd=server_cmd, server_port=server_port, load=load)
+                              server_image=server_image, server_cmd=server_cmd, server_port=server_port, load=load,
+                              walks=walks)
     if base_image and (image or from_archive):
         raise UserError("--base-image builds the images; --image and --from-archive use published ones: "
                         "give one or the other")
