@@ -161,7 +161,15 @@ class FakeContainers:
         if server and deadconn and level is not None and deadconn.held >= level:
             server.log.append("ephttpd: out of memory")
             server.end()
-        managed.log.append(self.script.httperf_output)
+        if service.role == "pipetest":  # pipetest's JSON line, with the walk and pipes it was given
+            command = service.command
+            walk, pipes = command[command.index("--walk") + 1], managed.option("--pipes")
+            managed.log.append(json.dumps({"backend": command[command.index("--backend") + 1], "walk": walk,
+                                           "pipes": pipes, "passes_per_s": 1e6, "elapsed_s": 2.0,
+                                           "events_per_wait": 1.0, "pipes_visited": pipes if walk == "stride" else 1,
+                                           "visits_min": 0, "visits_max": 9}))
+        else:
+            managed.log.append(self.script.httperf_output)
         managed.end()
         self.remove(managed)
         return managed, managed.output(), 0

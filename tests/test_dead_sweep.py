@@ -5,14 +5,18 @@ real-Docker end-to-end runs are in test_reproduce*.py."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from fakeengine import FakeContainers, Script
 
 from experiment import model
 from experiment.catalog import Series
-from experiment.run import context, dead, plan, reproduce, results
+from experiment.report import beyond, page
+from experiment.report import data as report_data
+from experiment.run import context, dead, pipetest, plan, reproduce, results
 from experiment.run.progress import Progress
+from experiment.run.results import Run
 
 EPOLL = Series("ephttpd", "epoll")
 REPLIES = 250000  # tests/data/httperf/epoll-2500calls.txt
@@ -20,9 +24,9 @@ CPU_S_PER_POINT = 2.0  # the fake server's cgroup advances 2 s between two readi
 
 
 def sweep_context(tmp_path, script: Script, dead: str = "0,1000,5000", fd_limit: int = 20000, backends: str = "epoll",
-            server: str | None = None):
-    the_plan = plan.make_plan("quick", sweeps="dead", variants="up", backends=backends, dead=dead, duration=1,
-                              server=server)
+            server: str | None = None, sweeps: str = "dead", pipes: str | None = None):
+    the_plan = plan.make_plan("quick", sweeps=sweeps, variants="up", backends=backends, dead=dead, duration=1,
+                              server=server, pipes=pipes)
     run = results.Run.create(model.RunRecord(run_id=f"test-{tmp_path.name}", profile=the_plan.profile,
                                              status="running", started_at=model.utc_now(), command_line=[],
                                              plan=the_plan), tmp_path)
@@ -184,3 +188,56 @@ def test_another_servers_points_name_their_server_and_backend_apart(tmp_path):
     assert point.programs["server"]["command"][:3] == ["pyhttpd", "--backend", "asyncio"]
     (written,) = points(ctx).values()
     assert (written["server_kind"], written["backend"]) == ("python", "asyncio")
+
+
+def test_pipetest_runs_each_walk_of_the_plan_and_records_the_walk_and_the_visits(tmp_path):
+    ctx, events = sweep_context(tmp_path, Script(), sweeps="pipetest", pipes="10,1000")
+    pipetest.pipetest_series(ctx, "up", "epoll", 1)
+    commands = [e[2] for e in events if e[:2] == ("run", "pipetest")]
+    assert [(c[c.index("--walk") + 1], c[c.index("--pipes") + 1]) for c in commands] == [
+        ("stay", "10"), ("stay", "1000"), ("stride", "10"), ("stride", "1000")]
+    found = {p.id: p for p in ctx.run.points()}
+    assert sorted(found) == ["pipetest-up-epoll-r1-p000010", "pipetest-up-epoll-r1-p001000",
+                             "pipetest-up-epoll-stride-r1-p000010", "pipetest-up-epoll-stride-r1-p001000"]
+    stride = found["pipetest-up-epoll-stride-r1-p001000"]
+    assert (stride.walk, stride.series.label, stride.figures.pipes_visited) == ("stride", "epoll (stride)", 1000)
+    stay = json.loads(ctx.run.point_path("pipetest-up-epoll-r1-p001000").read_text())
+    assert (stay["walk"], stay["figures"]["pipes_visited"], stay["figures"]["visits_max"]) == ("stay", 1, 9)
+    events.clear()
+    pipetest.pipetest_series(ctx, "up", "epoll", 1)
+    assert events == [], "a resume finds every walk's points"
+
+
+def test_the_report_of_a_holders_series_says_who_held_them_and_compares_the_overlap(tmp_path):
+    ctx, events = sweep_context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000, backends="poll,epoll")
+    ctx.run.update_record(limits={"fd_hard_limit": 2000, "max_dead": {"poll": 1500, "epoll": 5000},
+                                  "dead_holders": {"epoll": 4}})
+    for series in (Series("ephttpd", "poll"), EPOLL):
+        dead.dead_series(ctx, "up", series, 1)
+    data = report_data.load(ctx.run)
+    assert [p.id for p in data.overlaps] == ["dead-up-epoll-r1-d001000-direct"]
+    assert len(data.groups[("dead", "up", EPOLL, 1000)].points) == 1, "the direct point is not a repetition"
+    notes = beyond.holders_notes(data)
+    assert notes[0].startswith("epoll: dead connections held by 4 helper processes in the server's epoll set, "
+                               "because this host caps a process at 2,000 files")
+    assert notes[1].startswith("UP epoll at 1,000 dead connections, measured both ways (repetition 1): through "
+                               "holders 21.9k replies/s")
+    caps = page.host_caps(data)
+    assert caps[0].startswith("This host allows 2000 open files per process: one server process holds at most "
+                              "1,500 dead connections; epoll reached 5,000 through helper processes")
+    assert "poll stops at 1,500 dead connections (host allows 2000" in caps[0]
+    assert beyond.extrapolations(data) == [], "two measured levels are too few for a fit"
+
+
+def test_a_stopped_lines_extrapolation_is_a_least_squares_line_with_its_residuals():
+    run = Run(Path(__file__).resolve().parent.parent / "results" / "reference" / "20261128T002856Z-vm-paper")
+    extended = {(e.variant, e.series.label): e for e in beyond.extrapolations(report_data.load(run))}
+    assert ("up", "select") not in extended, "FD_SETSIZE stops select for good"
+    poll = extended[("up", "poll")]
+    assert poll.xs == [0, 1000, 5000, 10000, 19500] and poll.to_x == 60000
+    assert sum(poll.residuals) == pytest.approx(0, abs=1e-9)
+    assert sum(r * x for r, x in zip(poll.residuals, poll.xs, strict=True)) == pytest.approx(0, abs=1e-6)
+    assert poll.value == pytest.approx(poll.intercept + poll.slope * 60000)
+    assert poll.text().startswith("UP poll: 2.40 µs + 6.242 µs per 1,000 dead connections (residuals +4.75")
+    intro = beyond.extrapolation_texts(report_data.load(run))[0]
+    assert intro.endswith("Beside it, 2002: poll on SMP answered 414.5 replies/s at 60,000.")
