@@ -18,7 +18,7 @@ from experiment.run.results import Run
 pytestmark = pytest.mark.docker
 
 SMOKE = ["--variants", "up", "--backends", "poll,epoll", "--dead", "0,3000", "--duration", "3",
-         "--pipes", "10,1000", "--no-report"]
+         "--pipes", "10,1000", "--walks", "stay", "--no-report"]
 
 
 @pytest.fixture(scope="module")
