@@ -79,13 +79,15 @@ class _LetterShortflags(Task):
     "no_anatomy": "leave out the kernel cost anatomy (on by default): after each dead point's measurement, a "
                   "window of its own with perf (syscalls, context switches, where the CPU goes) and slabinfo "
                   "(memory per dead connection)",
+    "walks": "pipetest's token walks, a comma list (default: both): stay (each token keeps its pipe) and "
+             "stride (the 2002 pipetest.c's walk through all the pipes)",
 })
 @_user_errors
 def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dead=None, pipes=None,
               repeat=None, duration=None, resume=None, tune_host=False, base_image=None, no_report=False,
               results_dir=None, image=None, from_archive=None, published=None, server=None, server_image=None,
               server_cmd=None, server_port=None, server_engine=None, client_engine=None, server_address=None,
-              load=None, dry_run=False, no_anatomy=False):
+              load=None, dry_run=False, no_anatomy=False, walks=None):
     """Build the images, run every sweep in containers, and render the report (--dry-run: only say what it would
     do)."""
     from experiment import pipeline
@@ -95,7 +97,8 @@ def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dea
                        no_report=no_report, results_dir=results_dir, image=image, from_archive=from_archive,
                        published=published, server=server, server_image=server_image, server_cmd=server_cmd,
                        server_port=server_port, server_engine=server_engine, client_engine=client_engine,
-                       server_address=server_address, load=load, dry_run=dry_run, no_anatomy=no_anatomy)
+                       server_address=server_address, load=load, dry_run=dry_run, no_anatomy=no_anatomy,
+                       walks=walks)
 
 
 @task(positional=["run"], help={"run": "a run folder or id under results/ (default: results/latest)"})

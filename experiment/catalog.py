@@ -67,6 +67,40 @@ def backend(name: str) -> Backend:
     return BACKENDS.get(name, UNKNOWN_BACKEND)
 
 
+# The backends whose interest set other processes can share (images/ev/ev.h, "foreign items"): ephttpd's
+# --dead-holders. The others cannot go past one process's open-file limit: select and poll hand the kernel
+# the waiter's own descriptors at every wait, and the kernel refuses more than its limit (select below
+# FD_SETSIZE besides); the io_uring ring takes submissions from its creator alone (IORING_SETUP_SINGLE_ISSUER);
+# an AIO context belongs to one address space, which a child of fork does not share.
+SHAREABLE = ("epoll", "epoll-et")
+WHY_NOT_SHAREABLE = {
+    "select": "select(2) watches descriptors below FD_SETSIZE of the caller's own",
+    "poll": "poll(2) hands the kernel the caller's own descriptors at every wait, and the kernel refuses more "
+            "than the caller's open-file limit",
+    "io_uring": "its ring takes submissions from the process that created it alone (IORING_SETUP_SINGLE_ISSUER)",
+    "aio-poll": "an AIO context belongs to one address space, which a child of fork does not share",
+}
+# Descriptors a holder keeps beside its connections (images/ephttpd/holders.c, HOLDER_RESERVE_FDS), the most
+# holders ephttpd forks (ephttpd.h, MAX_HOLDERS), and the bytes of one event message a holder's channel pipe
+# has room for per connection it may hold (holders.c, struct forward), plus a page.
+HOLDER_RESERVE_FDS = 16
+MAX_HOLDERS = 64
+HOLDER_MESSAGE_BYTES = 8
+PAGE_BYTES = 4096
+
+
+def holders_for(dead: int, fd_limit: int) -> int:
+    """The helper processes that hold `dead` dead connections under an open-file limit: as many as their
+    caps need, plus one for slack (which holder takes a connection is the kernel's race)."""
+    cap = fd_limit - HOLDER_RESERVE_FDS
+    return min(MAX_HOLDERS, -(-dead // cap) + 1) if cap > 0 else 0
+
+
+def holder_pipe_bytes(fd_limit: int) -> int:
+    """The pipe each holder's channel needs (F_SETPIPE_SZ, bounded by fs.pipe-max-size)."""
+    return (fd_limit - HOLDER_RESERVE_FDS) * HOLDER_MESSAGE_BYTES + PAGE_BYTES
+
+
 def dead_capacity(fd_limit: int, active: int, backend_name: str = "epoll") -> int:
     """The most dead connections one server process can hold next to `active` connections under an
     open-file limit, with the backend's own bound (select's FD_SETSIZE)."""
@@ -123,26 +157,39 @@ OPEN_LOAD = Load(OPEN, "a fixed offered rate over fixed connections, open loop (
                        "schedule): latency percentiles from the due time, coordinated omission corrected")
 
 
+# pipetest's token walks (images/pipetest/pipetest.c): stay, every token keeps its pipe (the default, and
+# what pipetest did before walks existed); stride, the walk of the 2002 pipetest.c (17 pipes on per pass).
+STAY, STRIDE = "stay", "stride"
+WALKS = (STAY, STRIDE)
+
+
 @dataclass(frozen=True, order=True)
 class Series:
-    """One line of the dead sweep: a server's backend."""
+    """One line: a server's backend; a pipetest line also its token walk (walk is "" on a dead line)."""
 
     server: str
     backend: str
+    walk: str = ""
+
+    def walking(self, walk: str) -> Series:
+        """This backend's pipetest line with that walk."""
+        return Series(self.server, self.backend, walk)
 
     @property
     def label(self) -> str:
         """How a figure's legend and a point file name it: the backend for ephttpd (the study's server),
-        else server/backend, e.g. nginx/epoll."""
-        return self.backend if self.server == DEFAULT_SERVER else f"{self.server}/{self.backend}"
+        else server/backend, e.g. nginx/epoll; a pipetest line that walks adds its walk: epoll (stride)."""
+        label = self.backend if self.server == DEFAULT_SERVER else f"{self.server}/{self.backend}"
+        return f"{label} ({self.walk})" if self.walk not in ("", STAY) else label
 
     def __str__(self) -> str:  # pages and tables show the label
         return self.label
 
     @property
     def slug(self) -> str:
-        """The label in a file name: nginx-epoll."""
-        return self.label.replace("/", "-")
+        """The label in a file name: nginx-epoll, epoll-stride (a stay line keeps its backend's name)."""
+        label = self.backend if self.server == DEFAULT_SERVER else f"{self.server}-{self.backend}"
+        return f"{label}-{self.walk}" if self.walk not in ("", STAY) else label
 
     def style(self) -> dict:
         """matplotlib keyword arguments: the backend's colour, marker and dash pattern; a server beside

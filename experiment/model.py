@@ -19,6 +19,16 @@ History of schema_version:
     (Plan.anatomy None), so every version-2 record reads as it always did and the committed runs re-render
     unchanged, saying that they predate the anatomy. An epollbench from before the addition refuses a point
     that has the keys in one line (unknown fields), never misreads it.
+  Fields added to version 2 since, each absent from the records written before it and read with its default
+  (a record keeps them out while they hold it, so that an older record reads and writes back unchanged):
+    (2026-12, issue 16) a point's "walk": pipetest's token walk, "stay" or "stride" (default "stay": every
+    token kept its pipe before walks existed); its figures' "pipes_visited", "visits_min", "visits_max"
+    (pipes that carried a token, and the fewest and most passes of one pipe; default absent). A dead point's
+    "dead_holders": the helper processes that held its dead connections in the server's epoll set
+    (ephttpd --dead-holders; default 0, the server held them itself), and "overlap": true on the point of a
+    holders series measured the other way too, the server holding its own dead connections at one level
+    to show the holders change nothing (default false; such a point is not part of its series' line).
+    The plan's "walks": pipetest's walks (default ["stay"]).
 
 A record is upgraded when it is read (upgrade()), never rewritten on disk: the committed runs stay as they
 were measured. A record of a later version than this one is refused, never misread. Upgraded, it is checked
@@ -32,14 +42,14 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import jsonschema
 
 from . import schema
-from .catalog import DEFAULT_SERVER, HTTPERF, Series
+from .catalog import DEFAULT_SERVER, HTTPERF, STAY, WALKS, Series
 from .errors import UserError
 
 SCHEMA_VERSION = 2
@@ -132,11 +142,21 @@ class DeadFigures:
 
 @dataclass
 class PipeFigures:
-    """What a pipetest point measured."""
+    """What a pipetest point measured; the visits (pipes that carried a token at least once, the fewest and
+    most passes of one pipe) from the points measured since walks existed."""
 
     passes_per_s: float
     elapsed_s: float
     events_per_wait: float | None
+    pipes_visited: int | None = None
+    visits_min: int | None = None
+    visits_max: int | None = None
+
+
+def _figures_json(figures: DeadFigures | PipeFigures) -> dict:
+    """The figures' record: a figure added later (it has a default) is left out while it holds it."""
+    defaults = {f.name: f.default for f in fields(figures) if f.default is not MISSING}
+    return {k: v for k, v in asdict(figures).items() if k not in defaults or v != defaults[k]}
 
 
 @dataclass
@@ -225,6 +245,9 @@ class Point:
     host_max: bool  # the level is the most this host allows, below the plan's
     started_at: str
     load: str | None = None  # the dead sweep's load generator
+    walk: str | None = None  # pipetest's token walk as recorded (catalog.WALKS; None: before walks, stay)
+    dead_holders: int = 0  # dead sweep: helper processes holding the dead connections (0: the server itself)
+    overlap: bool = False  # dead sweep: a holders series' level measured without holders (not on its line)
     status: str = OK
     reason: str | None = None
     ended_at: str | None = None
@@ -241,12 +264,19 @@ class Point:
                         "variant": self.variant, "backend": self.series.backend, "repetition": self.repetition,
                         "x": self.x, "host_max": self.host_max, "status": self.status, "reason": self.reason,
                         "started_at": self.started_at, "ended_at": self.ended_at,
-                        "figures": asdict(self.figures) if self.figures else {}, "flags": self.flags,
+                        "figures": _figures_json(self.figures) if self.figures else {}, "flags": self.flags,
                         "checks": self.checks}
         if self.sweep == DEAD:
             record.update(server_kind=self.series.server, load=self.load, dead=self.x)
+            # Fields added later are written only when they differ from what a point before them meant.
+            if self.dead_holders:
+                record["dead_holders"] = self.dead_holders
+            if self.overlap:
+                record["overlap"] = True
         else:
             record["pipes"] = self.x
+            if self.walk is not None:
+                record["walk"] = self.walk
         record.update((name, self.programs[name]) for name in PROGRAMS if name in self.programs)
         for name, value in (("anatomy", self.anatomy), ("memory", self.memory)):
             if value is not None:
@@ -262,8 +292,13 @@ class Point:
             if sweep not in FIGURES:
                 raise ValueError(f"unknown sweep {sweep!r}")
             figures = data.get("figures") or None
+            walk = data.get("walk")
+            if sweep == PIPETEST and walk not in (None, *WALKS):
+                raise ValueError(f"unknown walk {walk!r}")
+            line = Series(data.get("server_kind") or DEFAULT_SERVER, str(data["backend"]))
             return cls(id=str(data["id"]), sweep=sweep, variant=str(data["variant"]),
-                       series=Series(data.get("server_kind") or DEFAULT_SERVER, str(data["backend"])),
+                       series=line.walking(walk or STAY) if sweep == PIPETEST else line, walk=walk,
+                       dead_holders=int(data.get("dead_holders") or 0), overlap=bool(data.get("overlap")),
                        repetition=int(data["repetition"]), x=int(data["x"]), host_max=bool(data.get("host_max")),
                        started_at=data["started_at"], load=data.get("load"), status=data["status"],
                        reason=data.get("reason"), ended_at=data.get("ended_at"),
@@ -310,9 +345,11 @@ class Plan:
     # The kernel cost anatomy at every dead point (issue 13): True on, False --no-anatomy, None the run's
     # record predates it.
     anatomy: bool | None = None
+    walks: tuple[str, ...] = (STAY,)  # pipetest's token walks (catalog.WALKS)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # A dead line's series is its server and backend (a pipetest line's walk is the plan's walks).
+        return {**asdict(self), "series": [{"server": s.server, "backend": s.backend} for s in self.series]}
 
     def levels(self, sweep: str) -> tuple[int, ...]:
         """The levels a sweep steps through: dead connections, or pipes."""

@@ -2,7 +2,9 @@
 sweep's orchestration is tested without containers: what it starts, in which order, what it records, and
 how it fails. The programs are scripted: a server that says it listens and prints counters on SIGUSR1,
 deadconn that holds what it is told to grow to (or fails at a level), and httperf that prints a real captured
-output (tests/data/httperf)."""
+output (tests/data/httperf). A server started with --dead-holders names a dead-connection port of its own
+and counts, as ephttpd does, the dead connections made to that port under "dead_holders" alone, and those
+made to its own port as its own."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class Script:
     server_exits_at_level: int | None = None  # the server exits once deadconn holds this many
     deadconn_fails_at: int | None = None  # deadconn cannot open more than this many
     httperf_output: str = HTTPERF_OUTPUT
+    holders_short_by: int = 0  # the holders have this many fewer than deadconn connected
 
 
 @dataclass
@@ -42,13 +45,28 @@ class FakeContainer:
 class FakeManaged(Managed):
     """A Managed whose output is scripted instead of read from an engine's log stream."""
 
-    def __init__(self, service: Service, script: Script, events: list):
+    def __init__(self, service: Service, script: Script, events: list, shared: dict | None = None):
         super().__init__(container=None, role=service.role, cpuset=service.cpuset,  # type: ignore[arg-type]
                          command=list(service.command))
         self.container = FakeContainer(f"{next(_ids):012x}fake", self)  # type: ignore[assignment]
         self.service, self.script, self.events = service, script, events
+        self.shared = {} if shared is None else shared
         self.held, self.stopped, self.cpu = 0, False, 0
         self.replies = 0
+
+    def option(self, name: str) -> int | None:
+        command = list(self.service.command)
+        return int(command[command.index(name) + 1]) if name in command else None
+
+    def dead_port(self) -> int | None:
+        """A server with holders: the port they listen on (its own plus one)."""
+        holders, port = self.option("--dead-holders"), self.option("--port")
+        return port + 1 if holders and port is not None else None
+
+    def dead_to(self, port: int | None) -> int:
+        """The dead connections deadconn holds to that port."""
+        deadconn = self.shared.get("deadconn")
+        return deadconn.held if deadconn and port is not None and deadconn.option("--port") == port else 0
 
     def say(self, event: dict) -> None:
         line = json.dumps(event)
@@ -63,7 +81,14 @@ class FakeManaged(Managed):
         self.events.append(("signal", self.role, signal))
         if self.role == "server" and signal == "SIGUSR1" and not self.stopped:
             self.replies += 1000
-            self.say({"event": "snapshot", "responses_200": self.replies, "connections_open": self.held})
+            snapshot = {"event": "snapshot", "responses_200": self.replies,
+                        "open": self.dead_to(self.option("--port"))}
+            holders = self.option("--dead-holders")
+            if holders:
+                held = max(0, self.dead_to(self.dead_port()) - self.script.holders_short_by)
+                snapshot["dead_holders"] = {"holders": holders, "alive": holders, "port": self.dead_port(),
+                                            "interest_set": held + 2, "open": held, "lost": 0}
+            self.say(snapshot)
 
     def next_json(self, events: tuple[str, ...], timeout: float) -> dict | None:
         try:
@@ -113,13 +138,16 @@ class FakeContainers:
         self.deadconn_of = deadconn_of  # shared by both runners: the server exits at a level deadconn holds
 
     def run(self, image: str, service: Service) -> FakeManaged:
-        managed = FakeManaged(service, self.script, self.events)
+        managed = FakeManaged(service, self.script, self.events, self.deadconn_of)
         self.events.append(("run", service.role, tuple(service.command)))
         self.running.append(managed)
         if service.role == "server":
             if self.script.server_starts:
                 port = int(service.command[service.command.index("--port") + 1])
-                managed.say({"event": "listening", "port": port})
+                listening = {"event": "listening", "port": port}
+                if managed.dead_port():
+                    listening.update(dead_holders=managed.option("--dead-holders"), dead_port=managed.dead_port())
+                managed.say(listening)
             else:
                 managed.log.append("ephttpd: io_uring: io_uring_setup: Operation not permitted")
                 managed.end()
@@ -136,7 +164,15 @@ class FakeContainers:
         if server and deadconn and level is not None and deadconn.held >= level:
             server.log.append("ephttpd: out of memory")
             server.end()
-        managed.log.append(self.script.httperf_output)
+        if service.role == "pipetest":  # pipetest's JSON line, with the walk and pipes it was given
+            command = service.command
+            walk, pipes = command[command.index("--walk") + 1], managed.option("--pipes")
+            managed.log.append(json.dumps({"backend": command[command.index("--backend") + 1], "walk": walk,
+                                           "pipes": pipes, "passes_per_s": 1e6, "elapsed_s": 2.0,
+                                           "events_per_wait": 1.0, "pipes_visited": pipes if walk == "stride" else 1,
+                                           "visits_min": 0, "visits_max": 9}))
+        else:
+            managed.log.append(self.script.httperf_output)
         managed.end()
         self.remove(managed)
         return managed, managed.output(), 0

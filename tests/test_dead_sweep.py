@@ -5,14 +5,18 @@ real-Docker end-to-end runs are in test_reproduce*.py."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from fakeengine import FakeContainers, Script
 
 from experiment import anatomy, model
 from experiment.catalog import Series
-from experiment.run import context, dead, instruments, plan, reproduce, results, seccomp
+from experiment.report import beyond, page
+from experiment.report import data as report_data
+from experiment.run import context, dead, instruments, pipetest, plan, reproduce, results, seccomp
 from experiment.run.progress import Progress
+from experiment.run.results import Run
 
 EPOLL = Series("ephttpd", "epoll")
 REPLIES = 250000  # tests/data/httperf/epoll-2500calls.txt
@@ -20,9 +24,10 @@ CPU_S_PER_POINT = 2.0  # the fake server's cgroup advances 2 s between two readi
 
 
 def sweep_context(tmp_path, script: Script, dead: str = "0,1000,5000", fd_limit: int = 20000, backends: str = "epoll",
-            server: str | None = None, perf: anatomy.Instruments | None = None):
-    the_plan = plan.make_plan("quick", sweeps="dead", variants="up", backends=backends, dead=dead, duration=1,
-                              server=server, anatomy=perf is not None)
+            server: str | None = None, perf: anatomy.Instruments | None = None, sweeps: str = "dead",
+            pipes: str | None = None):
+    the_plan = plan.make_plan("quick", sweeps=sweeps, variants="up", backends=backends, dead=dead, duration=1,
+                              server=server, anatomy=perf is not None, pipes=pipes)
     run = results.Run.create(model.RunRecord(run_id=f"test-{tmp_path.name}", profile=the_plan.profile,
                                              status="running", started_at=model.utc_now(), command_line=[],
                                              plan=the_plan), tmp_path)
@@ -70,12 +75,64 @@ def test_a_series_runs_one_server_and_one_deadconn_and_measures_each_level(tmp_p
 
 
 def test_levels_above_the_hosts_limit_are_skipped_with_the_reason_and_start_nothing(tmp_path):
-    ctx, events = sweep_context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000)
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    ctx, events = sweep_context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000, backends="poll")
+    dead.dead_series(ctx, "up", Series("ephttpd", "poll"), 1)
     found = points(ctx)
     assert [found[x]["status"] for x in (0, 1000, 5000)] == ["ok", "ok", "skipped"]
     assert "host allows 2000 open files per process" in found[5000]["reason"]
+    assert "no helper processes can hold more for poll: poll(2) hands the kernel" in found[5000]["reason"]
     assert [e[2] for e in events if e[0] == "stdin"] == ["grow 1000"]
+    assert all("--dead-holders" not in e[2] for e in events if e[:2] == ("run", "server"))
+
+
+def test_an_epoll_series_past_the_hosts_limit_runs_whole_through_holders_and_measures_the_overlap_directly(tmp_path):
+    ctx, events = sweep_context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000)
+    dead.dead_series(ctx, "up", EPOLL, 1)
+    found = {(p["x"], p.get("overlap", False)): p for p in points(ctx).values()} | {
+        (p["x"], True): p for p in (json.loads(f.read_text()) for f in ctx.run.points_dir.glob("*-direct.json"))}
+    assert {k: p["status"] for k, p in found.items()} == {(0, False): "ok", (1000, False): "ok", (5000, False): "ok",
+                                                          (1000, True): "ok"}
+    # 5000 over holders of 2000 - 16 descriptors each: 3, and one for slack; every level of the line has them.
+    assert [found[(x, False)]["dead_holders"] for x in (0, 1000, 5000)] == [4, 4, 4]
+    direct = found[(1000, True)]
+    assert (direct["id"], "dead_holders" in direct) == ("dead-up-epoll-r1-d001000-direct", False)
+    servers = [e[2] for e in events if e[:2] == ("run", "server")]
+    deadconns = [e[2] for e in events if e[:2] == ("run", "deadconn")]
+    assert len(servers) == len(deadconns) == 2
+    with_holders, without = servers
+    port = int(with_holders[with_holders.index("--port") + 1])
+    assert with_holders[-4:] == ("--dead-holders", "4", "--dead-port", "0")
+    assert "--dead-holders" not in without
+    # deadconn targets the holders' port (the listening line's dead_port), then the direct server's own.
+    assert deadconns[0][deadconns[0].index("--port") + 1] == str(port + 1)
+    assert deadconns[1][deadconns[1].index("--port") + 1] == without[without.index("--port") + 1]
+    for x in (1000, 5000):
+        point = found[(x, False)]
+        assert point["server"]["ready"]["dead_port"] == port + 1
+        # The dead connections are the holders', never the server's own.
+        held = point["server"]["stats_before"]["dead_holders"]
+        assert (held["open"], point["server"]["stats_before"]["open"]) == (x, 0)
+        command = point["httperf"]["command"]
+        assert command[command.index("--port") + 1] == str(port), "the active load on the server's own port"
+    assert direct["server"]["stats_before"]["open"] == 1000 and "dead_holders" not in direct["server"]["stats_before"]
+    assert [e[2] for e in events if e[0] == "stdin"] == ["grow 1000", "grow 4000", "grow 1000"]
+    logs = sorted(p.name for p in ctx.run.raw_dir.iterdir() if p.suffix == ".log")
+    assert logs == ["dead-up-epoll-r1-direct.deadconn.log", "dead-up-epoll-r1-direct.server.log",
+                    "dead-up-epoll-r1.deadconn.log", "dead-up-epoll-r1.server.log"]
+    ctx.run.point_path(found[(1000, True)]["id"]).unlink()
+    events.clear()
+    dead.dead_series(ctx, "up", EPOLL, 1)
+    assert [e[2] for e in events if e[0] == "stdin"] == ["grow 1000"], "a resume measures the missing overlap alone"
+
+
+def test_a_level_the_holders_do_not_all_hold_fails_with_their_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(dead, "HOLDERS_SETTLE_S", 0.3)
+    ctx, events = sweep_context(tmp_path, Script(holders_short_by=7), dead="0,1000,5000", fd_limit=2000)
+    dead.dead_series(ctx, "up", EPOLL, 1)
+    found = points(ctx)
+    assert found[0]["status"] == "ok"
+    assert found[1000]["status"] == found[5000]["status"] == "failed"
+    assert found[5000]["reason"].startswith("the holders hold 993 of 1000 dead connections after 0.3 s")
 
 
 def test_select_stops_below_fd_setsize_and_says_why(tmp_path):
@@ -191,3 +248,56 @@ def test_an_anatomy_entry_with_an_unknown_field_is_refused_in_one_line(tmp_path)
     p["anatomy"] = {"window_s": 1.0, "cpu_shares": {}}
     with pytest.raises(model.UserError, match="is not a point this epollbench wrote: .*cpu_shares"):
         model.Point.from_json(p, "point.json")
+
+
+def test_pipetest_runs_each_walk_of_the_plan_and_records_the_walk_and_the_visits(tmp_path):
+    ctx, events = sweep_context(tmp_path, Script(), sweeps="pipetest", pipes="10,1000")
+    pipetest.pipetest_series(ctx, "up", "epoll", 1)
+    commands = [e[2] for e in events if e[:2] == ("run", "pipetest")]
+    assert [(c[c.index("--walk") + 1], c[c.index("--pipes") + 1]) for c in commands] == [
+        ("stay", "10"), ("stay", "1000"), ("stride", "10"), ("stride", "1000")]
+    found = {p.id: p for p in ctx.run.points()}
+    assert sorted(found) == ["pipetest-up-epoll-r1-p000010", "pipetest-up-epoll-r1-p001000",
+                             "pipetest-up-epoll-stride-r1-p000010", "pipetest-up-epoll-stride-r1-p001000"]
+    stride = found["pipetest-up-epoll-stride-r1-p001000"]
+    assert (stride.walk, stride.series.label, stride.figures.pipes_visited) == ("stride", "epoll (stride)", 1000)
+    stay = json.loads(ctx.run.point_path("pipetest-up-epoll-r1-p001000").read_text())
+    assert (stay["walk"], stay["figures"]["pipes_visited"], stay["figures"]["visits_max"]) == ("stay", 1, 9)
+    events.clear()
+    pipetest.pipetest_series(ctx, "up", "epoll", 1)
+    assert events == [], "a resume finds every walk's points"
+
+
+def test_the_report_of_a_holders_series_says_who_held_them_and_compares_the_overlap(tmp_path):
+    ctx, events = sweep_context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000, backends="poll,epoll")
+    ctx.run.update_record(limits={"fd_hard_limit": 2000, "max_dead": {"poll": 1500, "epoll": 5000},
+                                  "dead_holders": {"epoll": 4}})
+    for series in (Series("ephttpd", "poll"), EPOLL):
+        dead.dead_series(ctx, "up", series, 1)
+    data = report_data.load(ctx.run)
+    assert [p.id for p in data.overlaps] == ["dead-up-epoll-r1-d001000-direct"]
+    assert len(data.groups[("dead", "up", EPOLL, 1000)].points) == 1, "the direct point is not a repetition"
+    notes = beyond.holders_notes(data)
+    assert notes[0].startswith("epoll: dead connections held by 4 helper processes in the server's epoll set, "
+                               "because this host caps a process at 2,000 files")
+    assert notes[1].startswith("UP epoll at 1,000 dead connections, measured both ways (repetition 1): through "
+                               "holders 21.9k replies/s")
+    caps = page.host_caps(data)
+    assert caps[0].startswith("This host allows 2000 open files per process: one server process holds at most "
+                              "1,500 dead connections; epoll reached 5,000 through helper processes")
+    assert "poll stops at 1,500 dead connections (host allows 2000" in caps[0]
+    assert beyond.extrapolations(data) == [], "two measured levels are too few for a fit"
+
+
+def test_a_stopped_lines_extrapolation_is_a_least_squares_line_with_its_residuals():
+    run = Run(Path(__file__).resolve().parent.parent / "results" / "reference" / "20261128T002856Z-vm-paper")
+    extended = {(e.variant, e.series.label): e for e in beyond.extrapolations(report_data.load(run))}
+    assert ("up", "select") not in extended, "FD_SETSIZE stops select for good"
+    poll = extended[("up", "poll")]
+    assert poll.xs == [0, 1000, 5000, 10000, 19500] and poll.to_x == 60000
+    assert sum(poll.residuals) == pytest.approx(0, abs=1e-9)
+    assert sum(r * x for r, x in zip(poll.residuals, poll.xs, strict=True)) == pytest.approx(0, abs=1e-6)
+    assert poll.value == pytest.approx(poll.intercept + poll.slope * 60000)
+    assert poll.text().startswith("UP poll: 2.40 µs + 6.242 µs per 1,000 dead connections (residuals +4.75")
+    intro = beyond.extrapolation_texts(report_data.load(run))[0]
+    assert intro.endswith("Beside it, 2002: poll on SMP answered 414.5 replies/s at 60,000.")

@@ -144,3 +144,60 @@ def test_the_anatomy_is_on_in_both_profiles_and_no_anatomy_turns_it_off():
     assert plan.make_plan("quick").anatomy is True and plan.make_plan("paper").anatomy is True
     assert plan.make_plan("quick", anatomy=False).anatomy is False
     assert plan.make_plan("paper", server="nginx", anatomy=False).anatomy is False
+
+
+EPOLL, POLL = Series("ephttpd", "epoll"), Series("ephttpd", "poll")
+
+
+@pytest.mark.parametrize("backend", ["epoll", "epoll-et"])
+def test_paper_runs_a_shareable_series_whole_through_holders_to_60000_with_10000_measured_both_ways(backend):
+    the_plan = plan.make_plan("paper")
+    series = Series("ephttpd", backend)
+    # 60,000 over holders of 20,000 - 16 descriptors each: 4, and one for slack.
+    assert plan.dead_holders(the_plan, 20000, series) == 5
+    levels = plan.series_levels(the_plan, 20000, series)
+    assert [(lv.value, lv.holders, lv.overlap) for lv in levels] == [
+        (0, 5, False), (1000, 5, False), (5000, 5, False), (10000, 5, False), (10000, 0, True), (25000, 5, False),
+        (50000, 5, False), (60000, 5, False)]
+    assert not any(lv.skip_reason or lv.host_max for lv in levels)
+
+
+@pytest.mark.parametrize("backend, why", [
+    ("poll", "poll(2) hands the kernel the caller's own descriptors"),
+    ("io_uring", "IORING_SETUP_SINGLE_ISSUER"),
+    ("aio-poll", "an AIO context belongs to one address space")])
+def test_a_backend_that_cannot_share_its_set_stops_at_the_cap_and_says_why(backend, why):
+    the_plan = plan.make_plan("paper")
+    series = Series("ephttpd", backend)
+    assert plan.dead_holders(the_plan, 20000, series) == 0
+    levels = plan.series_levels(the_plan, 20000, series)
+    assert [lv.value for lv in levels if not lv.skip_reason] == [0, 1000, 5000, 10000, 19500]
+    assert not any(lv.holders or lv.overlap for lv in levels)
+    assert all(why in lv.skip_reason for lv in levels if lv.skip_reason)
+
+
+def test_holders_only_where_the_top_level_is_more_than_one_process_holds_and_only_for_ephttpd():
+    assert plan.dead_holders(plan.make_plan("quick", dead="0,1000,19500"), 20000, EPOLL) == 0
+    assert plan.dead_holders(plan.make_plan("quick", dead="0,19837"), 20000, EPOLL) == 2, "one past the capacity"
+    assert plan.dead_holders(plan.make_plan("paper"), 1_048_576, EPOLL) == 0, "a host that allows it needs none"
+    nginx = plan.make_plan("quick", server="nginx", dead="0,60000")
+    assert plan.dead_holders(nginx, 20000, Series("nginx", "epoll")) == 0
+
+
+def test_the_overlapping_level_is_the_largest_one_process_holds_and_none_when_no_level_above_0_fits():
+    assert plan.overlap_level(plan.make_plan("quick", dead="0,1000,3000"), 1500, "epoll") == 1000
+    levels = plan.series_levels(plan.make_plan("quick", dead="0,3000"), 1500, EPOLL)
+    assert [(lv.value, lv.holders, lv.overlap) for lv in levels] == [(0, 4, False), (3000, 4, False)]
+
+
+def test_both_profiles_run_both_walks_and_walks_is_a_flag():
+    assert plan.make_plan("quick").walks == plan.make_plan("paper").walks == ("stay", "stride")
+    assert plan.make_plan("quick", walks="stride").walks == ("stride",)
+    with pytest.raises(UserError, match=r"--walks 'hop': unknown hop; valid: stay,stride"):
+        plan.make_plan("quick", walks="hop")
+
+
+def test_a_plan_from_before_walks_ran_stay_alone():
+    recorded = plan.make_plan("quick").to_dict()
+    del recorded["walks"]
+    assert model.Plan.from_dict(recorded).walks == ("stay",)

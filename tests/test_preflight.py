@@ -16,6 +16,7 @@ SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 ROOMY = {"net.core.somaxconn": 4096, "net.ipv4.tcp_max_syn_backlog": 4096,
          "net.ipv4.ip_local_port_range": [32768, 60999], "net.netfilter.nf_conntrack_max": 262144,
          "fs.file-max": 2466183, "fs.nr_open": 1048576, "net.ipv4.tcp_tw_reuse": 2,
+         "fs.epoll.max_user_watches": 5491489, "fs.pipe-max-size": 1048576, "mem_available_bytes": 16 << 30,
          "fd_hard_limit": 1048576}
 
 
@@ -62,6 +63,43 @@ def test_a_missing_sysctl_reads_as_none(tmp_path):
 
 def test_a_roomy_host_has_no_findings():
     assert preflight.assess(ROOMY, 60000, 100, source_addresses=4) == []
+    assert preflight.assess(ROOMY, 60000, 100, source_addresses=4, per_process_dead=19500,
+                            holder_pipe_bytes=catalog.holder_pipe_bytes(20000)) == []
+
+
+def test_holders_on_a_capped_host_need_epoll_watches_for_all_a_pipe_each_and_memory_but_no_more_fds():
+    capped = settings(fd_hard_limit=20000, fs__epoll__max_user_watches=50000,
+                      mem_available_bytes=512 << 20)
+    # The holders' channel: an 8-byte message per connection a holder may hold, and a page (~164 KB here).
+    pipe = catalog.holder_pipe_bytes(20000)
+    assert pipe == (20000 - 16) * 8 + 4096
+    capped["fs.pipe-max-size"] = 65536
+    found = by_setting(preflight.assess(capped, 60000, 100, source_addresses=6, per_process_dead=19500,
+                                        holder_pipe_bytes=pipe))
+    assert set(found) == {"fs.epoll.max_user_watches", "fs.pipe-max-size", "mem_available_bytes"}
+    assert found["fs.epoll.max_user_watches"].needed == 60000 + 100 + preflight.EPOLL_WATCH_SLACK
+    assert found["fs.epoll.max_user_watches"].tunable and found["fs.pipe-max-size"].needed == pipe
+    memory = found["mem_available_bytes"]
+    assert (memory.needed, memory.tunable) == (60100 * preflight.BYTES_PER_CONNECTION, False)
+    # Without holders the pipe is no finding, and the server itself would need the fds.
+    alone = by_setting(preflight.assess(capped, 60000, 100, source_addresses=6))
+    assert "fs.pipe-max-size" not in alone and "fd_hard_limit" in alone
+
+
+def test_deadconn_takes_a_source_address_per_share_of_the_port_range():
+    ports = settings()["net.ipv4.ip_local_port_range"]
+    share = int(preflight.DEADCONN_PORT_SHARE * (ports[1] - ports[0] + 1))
+    assert preflight.source_addresses_needed(settings(), 60000) == -(-60000 // share) == 6
+    assert preflight.source_addresses_needed(settings(), share) == 1
+    assert preflight.source_addresses_needed(settings(), 0) == 1
+
+
+def test_memory_available_is_read_from_meminfo(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24683664 kB\nMemAvailable:   23672068 kB\n")
+    assert preflight.read_mem_available(meminfo) == 23672068 * 1024
+    assert preflight.read_mem_available(tmp_path / "absent") is None
+    assert preflight.read_host_settings()["mem_available_bytes"] > 0
 
 
 def test_a_short_listen_queue_is_found_with_its_fix():

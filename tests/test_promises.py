@@ -50,7 +50,8 @@ from experiment.run.results import Run
 
 RUNS_DIR = Path(__file__).parent / "data" / "runs"
 # The fastest real run: one pipetest point of 2 s.
-TINY = ["--sweeps", "pipetest", "--variants", "up", "--backends", "epoll", "--pipes", "10", "--no-report"]
+TINY = ["--sweeps", "pipetest", "--variants", "up", "--backends", "epoll", "--pipes", "10", "--walks", "stay",
+        "--no-report"]
 DEAD_METRICS = {"reply_rate": 0, "server_cpu_us_per_reply": 1, "reply_time_ms": 2}  # figure key: table digits
 SLUGS = {"reply_rate": "reply-rate", "server_cpu_us_per_reply": "cpu-per-reply", "reply_time_ms": "reply-time"}
 

@@ -19,7 +19,7 @@ from experiment.run.results import Run
 pytestmark = pytest.mark.docker
 
 SMOKE = ["--variants", "up", "--backends", "poll,epoll", "--dead", "0,3000", "--duration", "3",
-         "--pipes", "10,1000", "--no-report"]
+         "--pipes", "10,1000", "--walks", "stay", "--no-report"]
 
 
 @pytest.fixture(scope="module")
@@ -155,22 +155,57 @@ def test_sigint_keeps_finished_points_and_resume_completes_the_run(tmp_path, cli
     assert all((run.points_dir / name).read_bytes() == data for name, data in kept.items())
 
 
-def test_a_low_fd_limit_records_the_levels_beyond_it_as_skipped(tmp_path):
+def test_a_low_fd_limit_skips_polls_levels_beyond_it_and_runs_epoll_past_it_through_holders(tmp_path):
+    """Under a 1,500-file limit: poll stops at what one process holds and says why; epoll's whole series runs
+    through ephttpd's holders (deadconn on their port, the server's snapshot counting them as theirs), its
+    overlapping level measured again without them; pipetest runs both token walks."""
     def low_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (1500, 1500))
 
-    proc = invoke("--variants", "up", "--backends", "epoll", "--dead", "0,1000,5000", "--duration", "2",
-                  "--pipes", "10,5000", "--no-report", results_dir=tmp_path, preexec_fn=low_limit)
+    proc = invoke("--variants", "up", "--backends", "poll,epoll", "--dead", "0,1000,3000", "--duration", "2",
+                  "--pipes", "10,5000", results_dir=tmp_path, preexec_fn=low_limit)
     code, out, err = finished(proc)
     assert code == 0, err
     run = Run.open(None, tmp_path)
-    assert run.record().limits["fd_hard_limit"] == 1500
-    by_x = {(p["sweep"], p["x"]): p for p in point_files(run)}
-    assert by_x[("dead", 0)]["status"] == by_x[("dead", 1000)]["status"] == "ok"
-    assert by_x[("dead", 5000)]["status"] == "skipped"
-    assert by_x[("dead", 5000)]["reason"].startswith("host allows 1500 open files per process")
-    assert by_x[("pipetest", 5000)]["status"] == "skipped"
-    assert "at most 742 pipes" in by_x[("pipetest", 5000)]["reason"]
+    record = run.record()
+    assert record.limits["fd_hard_limit"] == 1500
+    assert record.limits["dead_holders"] == {"epoll": 4}  # 3000 over 1500 - 16 each: 3, and one for slack
+    points = {p["id"]: p for p in point_files(run)}
+    poll = {p["x"]: p for p in points.values() if p["sweep"] == "dead" and p["backend"] == "poll"}
+    assert poll[0]["status"] == poll[1000]["status"] == "ok"
+    assert poll[3000]["status"] == "skipped"
+    assert poll[3000]["reason"].startswith("host allows 1500 open files per process")
+    assert "no helper processes can hold more for poll" in poll[3000]["reason"]
+    epoll = {p["x"]: p for p in points.values() if p["sweep"] == "dead" and p["backend"] == "epoll"
+             and not p.get("overlap")}
+    assert {x: p["status"] for x, p in epoll.items()} == {0: "ok", 1000: "ok", 3000: "ok"}, \
+        {x: p["reason"] for x, p in epoll.items()}
+    for x, point in epoll.items():
+        assert point["dead_holders"] == 4
+        ready, after = point["server"]["ready"], point["server"]["stats_after"]
+        deadconn = point["deadconn"]["command"]
+        assert deadconn[deadconn.index("--port") + 1] == str(ready["dead_port"]) != str(ready["port"])
+        # Every dead connection in the server's epoll set, none of them among the server's own.
+        assert after["dead_holders"]["open"] == x and after["dead_holders"]["interest_set"] >= x
+        assert after["dead_holders"]["alive"] == 4 and after["open"] <= 100
+        assert max(h["open"] for h in after["dead_holders"]["per_holder"]) <= 1500 - 16
+    direct = points["dead-up-epoll-r1-d001000-direct"]
+    assert (direct["status"], direct.get("dead_holders"), direct["overlap"]) == ("ok", None, True), direct["reason"]
+    assert direct["server"]["stats_after"]["open"] >= 1000 and "dead_holders" not in direct["server"]["stats_after"]
+    pipes = {(p["backend"], p["walk"], p["x"]): p for p in points.values() if p["sweep"] == "pipetest"}
+    assert sorted(pipes) == sorted((b, w, x) for b in ("poll", "epoll") for w in ("stay", "stride")
+                                   for x in (10, 5000))
+    for backend in ("poll", "epoll"):
+        assert "at most 742 pipes" in pipes[(backend, "stride", 5000)]["reason"]
+        stay, stride = pipes[(backend, "stay", 10)]["figures"], pipes[(backend, "stride", 10)]["figures"]
+        # One token: on its own pipe, or through all ten (17 is prime to 10).
+        assert (stay["pipes_visited"], stride["pipes_visited"]) == (1, 10)
+        assert pipes[(backend, "stride", 10)]["id"] == f"pipetest-up-{backend}-stride-r1-p000010"
+    page = (run.path / "report" / "report.md").read_text()
+    assert ("epoll: dead connections held by 4 helper processes in the server's epoll set, because this host caps "
+            "a process at 1,500 files") in page
+    assert "UP epoll at 1,000 dead connections, measured both ways" in page
+    assert "**Token walks.**" in page and "figures/pipetest-passes-up-stride.png" in page
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -33,7 +33,7 @@ SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 # Low enough for the preflight to find (it wants the server's backlog), so --tune-host raises it.
 LOW_SOMAXCONN = catalog.LISTEN_BACKLOG // 2
 PLAN = ["--tune-host", "--sweeps", "pipetest", "--variants", "up", "--backends", "poll,epoll",
-        "--pipes", "10,100", "--no-report"]
+        "--pipes", "10,100", "--walks", "stay", "--no-report"]
 TUNED_WITHIN_S = 120
 
 

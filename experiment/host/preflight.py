@@ -41,7 +41,20 @@ from ..errors import UserError
 
 PROC_SYS = Path("/proc/sys")
 SYSCTLS = ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.ip_local_port_range",
-           "net.netfilter.nf_conntrack_max", "fs.file-max", "fs.nr_open", "net.ipv4.tcp_tw_reuse")
+           "net.netfilter.nf_conntrack_max", "fs.file-max", "fs.nr_open", "net.ipv4.tcp_tw_reuse",
+           "fs.epoll.max_user_watches", "fs.pipe-max-size")
+MEM_AVAILABLE = "mem_available_bytes"
+MEMINFO = Path("/proc/meminfo")
+# Memory a dead connection costs the host, both ends and deadconn's share, with room to spare: an estimate
+# (an idle loopback TCP socket with its file, and the few bytes it received, takes a few KiB a side).
+BYTES_PER_CONNECTION = 16 * 1024
+# Items in the server's epoll set beside the connections: its listener, wake-up pipe and a spare few; and
+# the watches other epoll users of the same user (root) may hold meanwhile.
+EPOLL_WATCH_SLACK = 4096
+# deadconn's share of the ephemeral port range one source address may take to one destination
+# (images/deadconn/deadconn.py, PORT_SHARE): it adds source addresses 127.0.0.2.. as the count grows.
+DEADCONN_PORT_SHARE = 0.4
+
 FD_HARD_LIMIT = "fd_hard_limit"
 # fds the rest of the system holds, on top of both ends of every planned connection.
 FILE_MAX_SLACK = 65536
@@ -96,7 +109,7 @@ def _read_sysctl(name: str, proc_sys: Path = PROC_SYS) -> int | list[int] | None
     return fields[0] if len(fields) == 1 else fields
 
 
-def read_host_settings(proc_sys: Path = PROC_SYS) -> dict:
+def read_host_settings(proc_sys: Path = PROC_SYS, meminfo: Path = MEMINFO) -> dict:
     """The sysctls in SYSCTLS (None when absent, e.g. nf_conntrack_max without the module loaded),
     ip_local_port_range as [low, high], this process's RLIMIT_NOFILE hard limit (None: unlimited) and
     whether loopback traffic is tracked (read_loopback_conntrack)."""
@@ -104,7 +117,27 @@ def read_host_settings(proc_sys: Path = PROC_SYS) -> dict:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     settings[FD_HARD_LIMIT] = None if hard == resource.RLIM_INFINITY else hard
     settings[LOOPBACK_CONNTRACK] = read_loopback_conntrack(settings["net.netfilter.nf_conntrack_max"] is not None)
+    settings[MEM_AVAILABLE] = read_mem_available(meminfo)
     return settings
+
+
+def read_mem_available(meminfo: Path = MEMINFO) -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None when unreadable)."""
+    try:
+        found = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read_text(), re.M)
+    except OSError:
+        return None
+    return int(found.group(1)) * 1024 if found else None
+
+
+def source_addresses_needed(settings: dict, dead: int) -> int:
+    """The loopback source addresses deadconn spreads `dead` connections over: one per DEADCONN_PORT_SHARE of
+    the ephemeral port range (so a plan's ports per address are what deadconn will use)."""
+    port_range = settings.get("net.ipv4.ip_local_port_range")
+    if not port_range or dead <= 0:
+        return 1
+    share = max(1, int(DEADCONN_PORT_SHARE * (port_range[1] - port_range[0] + 1)))
+    return max(1, math.ceil(dead / share))
 
 
 def _firewall(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -213,9 +246,12 @@ def _port_range_for(needed_ports: int, current: list[int]) -> list[int] | None:
 
 
 def assess(settings: dict, planned_dead_max: int, active_connections: int, source_addresses: int,
-           backlog: int = catalog.LISTEN_BACKLOG) -> list[Finding]:
+           backlog: int = catalog.LISTEN_BACKLOG, per_process_dead: int | None = None,
+           holder_pipe_bytes: int = 0) -> list[Finding]:
     """The settings too low for a sweep up to planned_dead_max dead connections, spread over
-    source_addresses client addresses, plus active_connections httperf connections."""
+    source_addresses client addresses, plus active_connections httperf connections. per_process_dead: the
+    most of them one server process holds itself (default: all); the rest are held by ephttpd's helper
+    processes (--dead-holders), each with a channel pipe of holder_pipe_bytes (0: no holders)."""
     if planned_dead_max < 0 or active_connections < 0 or source_addresses < 1:
         raise ValueError(f"assess needs planned_dead_max >= 0, active_connections >= 0, source_addresses >= 1 "
                          f"(got {planned_dead_max}, {active_connections}, {source_addresses})")
@@ -244,7 +280,28 @@ def assess(settings: dict, planned_dead_max: int, active_connections: int, sourc
     sysctl("fs.file-max", 2 * connections + FILE_MAX_SLACK,
            f"both ends of {connections} loopback connections are open files on this host, "
            f"{2 * connections} in all, beside what the rest of the system holds")
-    per_process = fds_needed(planned_dead_max, active_connections)
+    per_process = fds_needed(planned_dead_max if per_process_dead is None else per_process_dead,
+                             active_connections)
+    # Every dead connection is an item of one epoll set (the server's, or with holders the shared one).
+    watches = planned_dead_max + active_connections + EPOLL_WATCH_SLACK
+    sysctl("fs.epoll.max_user_watches", watches,
+           f"an epoll set holds one watch per descriptor and a user may hold at most max_user_watches in all: "
+           f"{planned_dead_max} dead and {active_connections} active connections need {watches} with slack; "
+           "beyond it epoll_ctl fails with ENOSPC")
+    if holder_pipe_bytes:
+        sysctl("fs.pipe-max-size", holder_pipe_bytes,
+               f"each dead-connection holder's channel from the server is a pipe of {holder_pipe_bytes} bytes "
+               "(one 8-byte message per connection it may hold); F_SETPIPE_SZ refuses more than pipe-max-size, "
+               "and ephttpd refuses to start")
+    available = settings.get(MEM_AVAILABLE)
+    memory = (planned_dead_max + active_connections) * BYTES_PER_CONNECTION
+    if available is not None and available < memory:
+        findings.append(Finding(
+            MEM_AVAILABLE, available, memory,
+            f"{planned_dead_max + active_connections} connections cost about {BYTES_PER_CONNECTION // 1024} KiB "
+            "each on this host (both ends and deadconn's share): short of memory, the kernel or deadconn fail "
+            "or the OOM killer ends a program mid-sweep",
+            "free memory, or plan fewer dead connections (--dead)", tunable=False))
     sysctl("fs.nr_open", per_process,
            f"setrlimit cannot raise a process's fd limit above fs.nr_open; the server needs {per_process}")
 

@@ -182,6 +182,9 @@ class RunData:
     record: RunRecord
     points: list[Point]
     groups: dict[tuple[str, str, Series, int], Group]
+    # The overlapping levels of holders series measured without holders (Point.overlap): beside their
+    # series, never on its line.
+    overlaps: list[Point] = field(default_factory=list)
 
     @property
     def plan(self) -> Plan:
@@ -201,10 +204,11 @@ class RunData:
         return self._ordered({k[1] for k in self.groups if k[0] == sweep}, VARIANT_ORDER)
 
     def planned_lines(self, sweep: str) -> list[Series]:
-        """The sweep's planned lines: the dead sweep's series (every server's backends), pipetest's backends."""
+        """The sweep's planned lines: the dead sweep's series (every server's backends), pipetest's backends
+        with each token walk."""
         if sweep == DEAD:
             return list(self.plan.series)
-        return [Series(catalog.DEFAULT_SERVER, b) for b in self.plan.backends]
+        return [Series(catalog.DEFAULT_SERVER, b, w) for w in self.plan.walks for b in self.plan.backends]
 
     def lines(self, sweep: str, variant: str | None = None) -> list[Series]:
         found = {k[2] for k in self.groups if k[0] == sweep and variant in (None, k[1])}
@@ -229,12 +233,15 @@ def load(run: Run) -> RunData:
     record = run.record()
     points = run.points()
     groups: dict[tuple[str, str, Series, int], Group] = {}
+    overlaps = [p for p in points if p.overlap]
     for point in points:
+        if point.overlap:
+            continue
         key = (point.sweep, point.variant, point.series, point.x)
         groups.setdefault(key, Group(*key)).points.append(point)
     for group in groups.values():
         group.points.sort(key=lambda p: (p.repetition, p.id))
-    return RunData(run=run, record=record, points=points, groups=groups)
+    return RunData(run=run, record=record, points=points, groups=groups, overlaps=overlaps)
 
 
 def legend_lines() -> list[Series]:

@@ -177,7 +177,9 @@ def draw(plot: Plot) -> Figure:
         handles, labels = ax.get_legend_handles_labels()
         if handles:
             # Below the axes: it never hides a line, and placing it costs no search.
-            fig.legend(handles, labels, loc="outside lower center", fontsize=8.5, ncols=min(len(labels), 5))
+            # Long labels (an extrapolated line's) in fewer columns, so that the legend stays in the figure.
+            columns = 5 if max(len(label) for label in labels) <= 16 else 3
+            fig.legend(handles, labels, loc="outside lower center", fontsize=8.5, ncols=min(len(labels), columns))
     return fig
 
 

@@ -151,6 +151,12 @@ def host_caps(data: RunData) -> list[str]:
         host = f"This host allows {fd_limit} open files per process: " if fd_limit else ""
         what = f"dead connections stop at {top:,} per server" if sweep_name == DEAD else \
             f"pipetest stops at {top:,} pipes"
+        held = [lines[b] for b in (limits.get("dead_holders") or {}) if b in lines] if sweep_name == DEAD else []
+        if held:  # helper processes held the dead connections of these lines past the cap
+            alone = [v for b, v in caps.items() if b not in held]
+            what = (f"one server process holds at most {max(alone, default=top):,} dead connections; "
+                    f"{', '.join(b.label for b in held)} reached {max(caps[b] for b in held):,} through helper "
+                    "processes")
         text = f"{host}{what} (the 2002 study went to {reference_max(sweep_name):,})."
         for backend, cap in sorted(caps.items(), key=lambda kv: kv[1]):
             if cap < top:

@@ -9,7 +9,7 @@ from .. import catalog
 from ..catalog import Series
 from ..host import checks
 from ..model import DEAD
-from . import draw
+from . import beyond, draw
 from .data import REFERENCE_KEY, SWEEPS, Metric, RunData, Sweep, reference
 
 # ---------------------------------------------------------------------------------------------------------
@@ -66,8 +66,26 @@ def _repetitions_text(data: RunData) -> str:
             else "One repetition per point: no spread to show.")
 
 
+def _panels(data: RunData, sweep_name: str, variants: list[str]) -> list[tuple[str, str, str, list[Series]]]:
+    """The figures of a metric, one per variant, and for pipetest with both walks one per variant and walk
+    (each backend's line keeps its style in both): (name suffix, title prefix, walk, lines)."""
+    walks = list(dict.fromkeys(b.walk for v in variants for b in data.lines(sweep_name, v)))
+    if len(walks) < 2:
+        return [(v, v.upper(), "", data.lines(sweep_name, v)) for v in variants]
+    return [(f"{v}-{w}", f"{v.upper()}, {w} walk", w, [b for b in data.lines(sweep_name, v) if b.walk == w])
+            for v in variants for w in walks]
+
+
+def _extrapolated(extended: list[beyond.Extrapolation], variant: str) -> list[draw.Series]:
+    """A stopped line's fit from its last measured level to the 2002 study's largest, dashed."""
+    return [draw.Series(label=f"{e.series.label} extrapolated", style=e.series.style(),
+                        xs=[e.xs[-1], e.to_x], medians=[e.at(e.xs[-1]), e.value], dashed=True)
+            for e in extended if e.variant == variant]
+
+
 def run_figure_rows(data: RunData) -> list[FigureRow]:
     rows = []
+    extended = beyond.extrapolations(data)
     for sweep_name in data.sweeps():
         if sweep_name not in SWEEPS:
             continue
@@ -77,12 +95,14 @@ def run_figure_rows(data: RunData) -> list[FigureRow]:
             if not variants:
                 continue
             plots = [draw.Plot(
-                name=figure_name(sweep_name, metric.slug, v),
-                title=f"{v.upper()}: {metric.title} vs {sweep.x_label}",
+                name=figure_name(sweep_name, metric.slug, suffix),
+                title=f"{title}: {metric.title} vs {sweep.x_label}",
                 xlabel=sweep.x_label, ylabel=metric.label, logx=sweep.logx, logy=sweep.logx,
-                series=[series_of(data, sweep_name, v, b, metric.key, b.label,
+                series=[series_of(data, sweep_name, v, b, metric.key, b.backend if w else b.label,
                                   ring_saturated=metric.key == "reply_rate")
-                        for b in data.lines(sweep_name, v)]) for v in variants]
+                        for b in lines]
+                + (_extrapolated(extended, v) if metric.key == "server_cpu_us_per_reply" else []))
+                for v in variants for suffix, title, w, lines in _panels(data, sweep_name, [v])]
             rows.append(FigureRow(f"{metric.title[0].upper()}{metric.title[1:]} vs {sweep.x_label}",
                                   _caption(data, sweep, metric), plots))
         variants = [v for v in data.variants(sweep_name) if _has(data, sweep_name, v, sweep.main.key)]
@@ -90,13 +110,14 @@ def run_figure_rows(data: RunData) -> list[FigureRow]:
             first = reference()[REFERENCE_KEY[sweep_name]]["series"]
             base_x = min(x for pairs in first.values() for x, _ in pairs)
             plots = [draw.Plot(
-                name=figure_name(sweep_name, "normalised", v),
-                title=f"{v.upper()}: {sweep.main.title} relative to {base_x:,} {sweep.x_unit}, with 2002",
+                name=figure_name(sweep_name, "normalised", suffix),
+                title=f"{title}: {sweep.main.title} relative to {base_x:,} {sweep.x_unit}, with 2002",
                 xlabel=sweep.x_label, ylabel=f"{sweep.main.title} / own value at {base_x:,}",
                 logx=sweep.logx, logy=sweep.logx,
-                series=[series_of(data, sweep_name, v, b, sweep.main.key, b.label, scale_to_base=True)
-                        for b in data.lines(sweep_name, v)] + _reference_series(sweep_name))
-                for v in variants]
+                series=[series_of(data, sweep_name, v, b, sweep.main.key, b.backend if w else b.label,
+                                  scale_to_base=True)
+                        for b in lines] + _reference_series(sweep_name))
+                for v in variants for suffix, title, w, lines in _panels(data, sweep_name, [v])]
             rows.append(FigureRow(
                 f"{sweep.main.title[0].upper()}{sweep.main.title[1:]} relative to {base_x:,} {sweep.x_unit}, "
                 "with the 2002 study",
@@ -117,8 +138,13 @@ def _caption(data: RunData, sweep: Sweep, metric: Metric) -> str:
                 "connections. " + spread + " Ringed points: the client saturated, so there the rate is the "
                 "client's limit.")
     if metric.key == "server_cpu_us_per_reply":
+        extended = (" Dashed from a line's last level: its extrapolation to the 2002 study's largest level, a "
+                    "least-squares line through its measured points (the fit and its residuals are under the "
+                    "headlines); not measured." if beyond.extrapolations(data) else "")
         return ("Server CPU time during the measurement divided by the replies it sent. This cost per reply "
-                "holds whether or not the client saturated. " + spread)
+                "holds whether or not the client saturated. " + spread + extended)
     if metric.key == "reply_time_ms":
         return "The load generator's mean reply time (httperf's response time, wrk's latency). " + spread
-    return "Token passes per second through the pipes, log-log. " + spread
+    walks = (" One figure per token walk: stay (each token keeps its pipe) and stride (the 2002 pipetest.c's "
+             "walk through all the pipes)." if beyond.walks_note(data) else "")
+    return "Token passes per second through the pipes, log-log. " + spread + walks

@@ -30,7 +30,7 @@ import jinja2
 from ..errors import UserError
 from ..model import RunRecord
 from ..run.results import Run
-from . import anatomy, draw, export
+from . import anatomy, beyond, draw, export
 from .data import SWEEPS, RunData, legend_lines, load, reference
 from .page import engines_table, flatten, headlines, host_caps, key_table, method, notices, points_table
 from .plots import run_figure_rows
@@ -126,6 +126,9 @@ def report_context(data: RunData) -> dict:
         "meta": data.metadata,
         "headlines": heads,
         "caps": host_caps(data),
+        "holders": beyond.holders_notes(data),
+        "extrapolated": beyond.extrapolation_texts(data),
+        "walks": beyond.walks_note(data),
         "notices": notices(data),
         "key_table": key_table(data, heads),
         "tables": [points_table(data, s) for s in data.sweeps() if s in SWEEPS],

@@ -35,17 +35,21 @@ class Context:
     server_local: bool = True  # the server's engine runs on this machine: its processes are ours to watch
 
 
-def point_id(sweep: str, variant: str, series: Series, repetition: int, x: int) -> str:
-    """A point's file name, e.g. dead-up-nginx-epoll-r1-d001000."""
+def point_id(sweep: str, variant: str, series: Series, repetition: int, x: int, overlap: bool = False) -> str:
+    """A point's file name, e.g. dead-up-nginx-epoll-r1-d001000, pipetest-up-epoll-stride-r1-p000010 (a walk
+    other than stay is in the series' slug), dead-up-epoll-r1-d010000-direct (a holders series' overlapping
+    level measured without holders)."""
     letter = "d" if sweep == model.DEAD else "p"
-    return f"{sweep}-{variant}-{series.slug}-r{repetition}-{letter}{x:06d}"
+    return f"{sweep}-{variant}-{series.slug}-r{repetition}-{letter}{x:06d}" + ("-direct" if overlap else "")
 
 
 def base_point(ctx: Context, sweep: str, variant: str, series: Series, repetition: int,
                level: Level) -> model.Point:
-    return model.Point(id=point_id(sweep, variant, series, repetition, level.value), sweep=sweep, variant=variant,
-                       series=series, repetition=repetition, x=level.value, host_max=level.host_max,
-                       started_at=model.utc_now(), load=ctx.plan.load if sweep == model.DEAD else None)
+    return model.Point(id=point_id(sweep, variant, series, repetition, level.value, level.overlap), sweep=sweep,
+                       variant=variant, series=series, repetition=repetition, x=level.value, host_max=level.host_max,
+                       started_at=model.utc_now(), load=ctx.plan.load if sweep == model.DEAD else None,
+                       walk=series.walk or None if sweep == model.PIPETEST else None,
+                       dead_holders=level.holders, overlap=level.overlap)
 
 
 def finish(ctx: Context, point: model.Point, status: str = model.OK, reason: str | None = None) -> None:

@@ -5,11 +5,18 @@ with --load wrk, wrk measures the server's capacity for exactly `duration` secon
 generator's raw output and parsed figures, the server's CPU time from its cgroup accounting, the server's
 own counters before and after (ephttpd and pyhttpd print them), and hygiene flags; unless --no-anatomy, the
 kernel cost anatomy (instruments.py): slabinfo around each deadconn step, and after each point's
-measurement a window of its own under a second run of the load."""
+measurement a window of its own under a second run of the load.
+
+Where a series' levels go past what one process may open, ephttpd's helper processes hold the dead
+connections in the server's own epoll set (--dead-holders, images/ephttpd/holders.c; plan.dead_holders):
+deadconn then connects to the holders' port, and a level is measured once the holders' count in the
+server's snapshot ("dead_holders": "open") has every dead connection, the server's own "open" never
+counting them. Such a series measures its overlapping level once more without holders (a "-direct" point)."""
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 import docker
@@ -21,7 +28,7 @@ from ..host import checks, engine, machine
 from . import instruments, loads, servers, services
 from .containers import Managed
 from .context import Context, base_point, finish, point_id
-from .plan import Level, dead_levels
+from .plan import Level, series_levels
 from .services import Service
 
 DEADCONN_STEP_TIMEOUT_S = 120
@@ -31,6 +38,11 @@ SERVER_START_TIMEOUT_S = 20
 
 
 STATS_TIMEOUT_S = 5
+
+
+# How long the holders may take to accept what deadconn has connected, and how often to look.
+HOLDERS_SETTLE_S = 120
+HOLDERS_POLL_S = 0.2
 
 
 # /proc/PID/stat counts CPU time in USER_HZ clock ticks, 100 per second on every Linux.
@@ -48,22 +60,33 @@ class Serving:
 
 
 def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> None:
-    choice = ctx.choices[series.server]
-    levels = [lv for lv in dead_levels(ctx.plan, ctx.fd_limit, series.backend)
-              if not ctx.run.has_point(point_id(model.DEAD, variant, series, repetition, lv.value))]
+    """One series: its levels (plan.series_levels), all on one server; a series whose dead connections are
+    held by helper processes (ephttpd --dead-holders) measures its overlapping level once more on a server
+    of its own that holds them itself."""
+    levels = [lv for lv in series_levels(ctx.plan, ctx.fd_limit, series)
+              if not ctx.run.has_point(point_id(model.DEAD, variant, series, repetition, lv.value, lv.overlap))]
     for level in [lv for lv in levels if lv.skip_reason]:
         finish(ctx, base_point(ctx, model.DEAD, variant, series, repetition, level), model.SKIPPED,
                level.skip_reason)
     runnable = [lv for lv in levels if not lv.skip_reason]
-    if not runnable:
-        return
+    for group in ([lv for lv in runnable if not lv.overlap], [lv for lv in runnable if lv.overlap]):
+        if group:
+            _run_levels(ctx, variant, series, repetition, group)
+
+
+def _run_levels(ctx: Context, variant: str, series: Series, repetition: int, runnable: list[Level]) -> None:
+    """Levels of one server, in order: one server container and one deadconn ramping up through them."""
+    choice = ctx.choices[series.server]
+    holders = runnable[0].holders
     cs = ctx.cpusets[variant]
     # A server of the user's own listens where it listens; ours on a port free here (on another host's
     # engine only a guess, and the check below catches a wrong one).
     port = choice.port or machine.free_port()
-    doing = f"dead {variant} {series.label} r{repetition}"
+    doing = f"dead {variant} {series.label} r{repetition}" + (f" ({holders} holders)" if holders else "") + \
+        (" (overlap, no holders)" if runnable[0].overlap else "")
     ctx.progress.describe(f"{doing}: starting server")
-    service = choice.service(series.backend, port, ctx.plan.msgsize, cs["server"], ctx.fd_limit, ctx.server_address)
+    service = choice.service(series.backend, port, ctx.plan.msgsize, cs["server"], ctx.fd_limit, ctx.server_address,
+                             dead_holders=holders)
     if service.readiness == "tcp" and servers.tcp_connects(ctx.server_address, port):
         reason = (f"something already answers on {ctx.server_address}:{port} before the server started: stop "
                   "it, or run the server on another port")
@@ -79,8 +102,16 @@ def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> 
             for level in runnable:
                 _fail_dead(ctx, variant, series, repetition, level, reason)
             return
+        # With holders the dead connections go to their own port (the listening line names it), so that they
+        # never mix with the active ones on the server's.
+        dead_port = listening.get("dead_port") if holders else port
+        if not dead_port:
+            reason = f"the server started with {holders} holders named no dead-connection port: {listening}"
+            for level in runnable:
+                _fail_dead(ctx, variant, series, repetition, level, reason)
+            return
         deadconn = ctx.clients.run(ctx.client_image, services.deadconn(
-            port, 0, DEADCONN_STEP_TIMEOUT_S, cs["clients"], ctx.server_address, ctx.client_source))
+            dead_port, 0, DEADCONN_STEP_TIMEOUT_S, cs["clients"], ctx.server_address, ctx.client_source))
         ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S)
         if not ready or ready["event"] != "ready":
             reason = f"deadconn did not start: {deadconn.output_tail() or 'no output'}"
@@ -92,13 +123,16 @@ def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> 
         if ctx.anatomy and pids and server.pid():
             instruments.record_seccomp(ctx, server.pid() or pids[0])
         stats = (lambda: _server_stats(serving)) if service.stats else None
+        # The dead connections the server's side holds now: the holders' count, or the server's own "open".
+        held = None if stats is None else (lambda: held_by_holders(_server_stats(serving))) if holders else \
+            (lambda: (_server_stats(serving) or {}).get("open"))
         for index, level in enumerate(runnable):
             grow = level.value - ready["held"]
             before = after = None
             if grow > 0:
                 ctx.progress.describe(f"{doing}: opening {level.value} dead")
                 if ctx.anatomy:
-                    before = instruments.slab(ctx, ready["held"], pids, why, stats)
+                    before = instruments.slab(ctx, ready["held"], pids, why, held)
                 deadconn.send_stdin(f"grow {grow}\n")
                 ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S + 10) or {
                     "event": "failed", "reason": f"no answer: {deadconn.output_tail()}", "held": None}
@@ -109,12 +143,18 @@ def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> 
                         _fail_dead(ctx, variant, series, repetition, rest, reason)
                     return
                 if ctx.anatomy:
-                    after = instruments.slab(ctx, level.value, pids, why, stats)
+                    after = instruments.slab(ctx, level.value, pids, why, held)
             if server.exited():
                 reason = f"server exited: {server.output_tail()}"
                 for rest in runnable[index:]:
                     _fail_dead(ctx, variant, series, repetition, rest, reason)
                 return
+            if holders:
+                short = _holders_short(serving, level.value)
+                if short:
+                    for rest in runnable[index:]:
+                        _fail_dead(ctx, variant, series, repetition, rest, short)
+                    return
             # wrk runs for a fixed time: only httperf's length needs the reply rate.
             reply_rate = _probe_rate(ctx, cs["clients"], port) if ctx.plan.load == loads.HTTPERF else None
             memory = instruments.memory(before, after, pids, why) if ctx.anatomy else None
@@ -124,8 +164,35 @@ def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> 
         for managed, runner in ((deadconn, ctx.clients), (server, ctx.servers)):
             if managed:
                 runner.stop(managed)
-                _save_log(ctx, managed, f"dead-{variant}-{series.slug}-r{repetition}.{managed.role}.log")
+                suffix = "-direct" if runnable[0].overlap else ""
+                _save_log(ctx, managed, f"dead-{variant}-{series.slug}-r{repetition}{suffix}.{managed.role}.log")
                 runner.remove(managed)
+
+
+def held_by_holders(snapshot: dict | None) -> int | None:
+    """The dead connections ephttpd's holders have open, from a snapshot line (None: the line has none).
+    With holders the dead connections are not the server's own: its "open" and "accepted" never count them."""
+    holders = (snapshot or {}).get("dead_holders")
+    return int(holders["open"]) if isinstance(holders, dict) and "open" in holders else None
+
+
+def _holders_short(serving: Serving, dead: int) -> str | None:
+    """None once the holders have every one of the dead connections deadconn opened in the server's set
+    (they accept them a little after deadconn's connect() returns); else why not, after HOLDERS_SETTLE_S."""
+    deadline = time.monotonic() + HOLDERS_SETTLE_S
+    held: int | None = None
+    snapshot: dict | None = None
+    while True:
+        snapshot = _server_stats(serving)
+        held = held_by_holders(snapshot)
+        if held == dead or time.monotonic() > deadline or serving.managed.exited():
+            break
+        time.sleep(HOLDERS_POLL_S)
+    if held == dead:
+        return None
+    holders = (snapshot or {}).get("dead_holders") or {}
+    return (f"the holders hold {held} of {dead} dead connections after {HOLDERS_SETTLE_S} s "
+            f"(alive {holders.get('alive')} of {holders.get('holders')}, lost {holders.get('lost')})")
 
 
 def _fail_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level, reason: str) -> None:

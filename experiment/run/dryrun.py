@@ -18,7 +18,7 @@ from .. import catalog, model
 from ..errors import UserError
 from ..model import DEAD, PIPETEST, Plan
 from .pipetest import PIPETEST_SECONDS
-from .plan import Level, dead_levels, pipe_levels
+from .plan import Level, pipe_levels, series_levels
 from .reproduce import count_points
 
 # Seconds a point takes beyond its load: httperf's probe runs before each point; a series starts its server
@@ -37,9 +37,10 @@ def lines(plan: Plan, fd_limit: int) -> list[tuple[str, str, str, list[Level]]]:
     found = []
     for variant in plan.variants:
         if DEAD in plan.sweeps:
-            found += [(DEAD, variant, s.label, dead_levels(plan, fd_limit, s.backend)) for s in plan.series]
+            found += [(DEAD, variant, s.label, series_levels(plan, fd_limit, s)) for s in plan.series]
         if PIPETEST in plan.sweeps:
-            found += [(PIPETEST, variant, b, pipe_levels(plan, fd_limit, b)) for b in plan.backends]
+            found += [(PIPETEST, variant, f"{b} ({walk})", pipe_levels(plan, fd_limit, b))
+                      for walk in plan.walks for b in plan.backends]
     return found
 
 
@@ -79,9 +80,12 @@ def describe(plan: Plan, results_dir: Path, say: Callable[[str], None] = print,
         f"{plan.repeat} repetition(s); {plan.duration_s:g} s of {plan.load} per dead point")
     say(f"fd limit {fd_limit} (this host's hard limit; the run uses its engine's)")
     for sweep, variant, label, levels in lines(plan, fd_limit):
-        run = [f"{lv.value:,}" + (" (host max)" if lv.host_max else "") for lv in levels if not lv.skip_reason]
+        run = [f"{lv.value:,}" + (" (host max)" if lv.host_max else "") + (" (direct)" if lv.overlap else "")
+               for lv in levels if not lv.skip_reason]
         skipped = [lv for lv in levels if lv.skip_reason]
-        text = f"{sweep} {variant.upper()} {label}: {', '.join(run) or 'nothing'}"
+        holders = max((lv.holders for lv in levels), default=0)
+        through = f" (dead connections held by {holders} helper processes)" if holders else ""
+        text = f"{sweep} {variant.upper()} {label}{through}: {', '.join(run) or 'nothing'}"
         if skipped:
             text += (f"; skips {', '.join(f'{lv.value:,}' for lv in skipped)} "
                      f"({skipped[0].skip_reason})")

@@ -73,14 +73,14 @@ def record_seccomp(ctx: Context, pid: int) -> None:
 
 
 def slab(ctx: Context, dead: int, pids: list[int], why: str,
-         stats: Stats | None = None) -> slabs.SlabSnapshot | model.Unavailable:
-    """/proc/slabinfo once the server holds `dead` connections and nothing else (its counters say so, when
-    it prints them), with its epoll watches; Unavailable when it cannot be read here."""
+         held: Callable[[], int | None] | None = None) -> slabs.SlabSnapshot | model.Unavailable:
+    """/proc/slabinfo once the server's side holds `dead` connections and nothing else (held: its count, when
+    it has one), with its epoll watches; Unavailable when it cannot be read here."""
     if not pids:
         return model.Unavailable(why)
-    if stats is not None:
+    if held is not None:
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while (snap := stats()) and snap.get("open") != dead and time.monotonic() < deadline:
+        while (count := held()) is not None and count != dead and time.monotonic() < deadline:
             time.sleep(POLL_S)
     try:
         return slabs.slab_snapshot(dead, pids)

@@ -1,5 +1,6 @@
-"""The pipetest sweep: per variant x backend x pipe count, about two seconds of token passing in the
-server's cpuset; passes per second from pipetest's own JSON."""
+"""The pipetest sweep: per variant x backend x token walk x pipe count, about two seconds of token passing in
+the server's cpuset; passes per second and the pipes' visits from pipetest's own JSON. The walks (the plan's,
+catalog.WALKS): stay, every token on its own pipe; stride, the 2002 pipetest's walk through all the pipes."""
 
 from __future__ import annotations
 
@@ -17,17 +18,23 @@ PIPETEST_GENERATIONS = 100_000_000
 
 
 def pipetest_series(ctx: Context, variant: str, backend: str, repetition: int) -> None:
+    for walk in ctx.plan.walks:
+        _walk_series(ctx, variant, Series(catalog.EPHTTPD, backend, walk), repetition)
+
+
+def _walk_series(ctx: Context, variant: str, line: Series, repetition: int) -> None:
     cs = ctx.cpusets[variant]
+    backend = line.backend
     for level in pipe_levels(ctx.plan, ctx.fd_limit, backend):
-        point = base_point(ctx, model.PIPETEST, variant, Series(catalog.EPHTTPD, backend), repetition, level)
+        point = base_point(ctx, model.PIPETEST, variant, line, repetition, level)
         if ctx.run.has_point(point.id):
             continue
         if level.skip_reason:
             finish(ctx, point, model.SKIPPED, level.skip_reason)
             continue
-        ctx.progress.describe(f"pipetest {variant} {backend} r{repetition}: {level.value} pipes")
+        ctx.progress.describe(f"pipetest {variant} {line.label} r{repetition}: {level.value} pipes")
         service = services.pipetest(backend, level.value, PIPETEST_GENERATIONS, PIPETEST_SECONDS,
-                                    cs["server"])
+                                    cs["server"], walk=line.walk)
         hygiene = checks.PointChecks.take()
         managed, output, code = ctx.servers.run_to_end(ctx.server_image, service,
                                                        timeout=PIPETEST_SECONDS * 10 + 60)
@@ -43,5 +50,7 @@ def pipetest_series(ctx: Context, variant: str, backend: str, repetition: int) -
             continue
         section["result"] = result
         point.figures = model.PipeFigures(passes_per_s=result["passes_per_s"], elapsed_s=result["elapsed_s"],
-                                          events_per_wait=result.get("events_per_wait"))
+                                          events_per_wait=result.get("events_per_wait"),
+                                          pipes_visited=result.get("pipes_visited"),
+                                          visits_min=result.get("visits_min"), visits_max=result.get("visits_max"))
         finish(ctx, point)

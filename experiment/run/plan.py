@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import catalog
-from ..catalog import DEFAULT_SERVER, FD_SETSIZE, Series
+from ..catalog import DEFAULT_SERVER, FD_SETSIZE, WALKS, Series
 from ..errors import UserError
 from ..model import DEAD, PIPETEST, SWEEPS, Plan
 from .servers import Choice, choose
@@ -28,10 +28,11 @@ def choices(plan: Plan) -> dict[str, Choice]:
 PROFILES = {
     "quick": Plan(profile="quick", sweeps=SWEEPS, variants=VARIANTS, backends=("poll", "epoll"),
                   dead=(0, 1000, 5000, 10000, 60000), pipes=(10, 100, 1000, 10000), repeat=1, duration_s=10,
-                  series=tuple(Series(DEFAULT_SERVER, b) for b in ("poll", "epoll")), anatomy=True),
+                  series=tuple(Series(DEFAULT_SERVER, b) for b in ("poll", "epoll")), anatomy=True, walks=WALKS),
     "paper": Plan(profile="paper", sweeps=SWEEPS, variants=VARIANTS, backends=catalog.EPHTTPD_BACKENDS,
                   dead=PAPER_DEAD, pipes=PAPER_PIPES, repeat=3, duration_s=10,
-                  series=tuple(Series(DEFAULT_SERVER, b) for b in catalog.EPHTTPD_BACKENDS), anatomy=True),
+                  series=tuple(Series(DEFAULT_SERVER, b) for b in catalog.EPHTTPD_BACKENDS), anatomy=True,
+                  walks=WALKS),
 }
 
 
@@ -58,7 +59,7 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
               backends: str | None = None, dead: str | None = None, pipes: str | None = None,
               repeat: int | None = None, duration: float | None = None, server: str | None = None,
               server_image: str | None = None, server_cmd: str | None = None, server_port: int | str | None = None,
-              load: str | None = None, anatomy: bool = True) -> Plan:
+              load: str | None = None, anatomy: bool = True, walks: str | None = None) -> Plan:
     """The profile's plan with each given flag replacing its part; invalid values are UserErrors.
 
     server may name several servers (ephttpd,nginx): each runs the given backends it has (a server of one's
@@ -93,6 +94,8 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
                             f"only; use --sweeps dead, or add ephttpd to --server")
     if variants is not None:
         changes["variants"] = _choices(variants, VARIANTS, "--variants")
+    if walks is not None:
+        changes["walks"] = _choices(walks, WALKS, "--walks")
     if load is not None:
         if load not in catalog.LOADS:
             raise UserError(f"--load {load!r}: give one load generator; valid: {','.join(catalog.LOADS)}")
@@ -121,6 +124,8 @@ class Level:
     value: int
     skip_reason: str | None = None
     host_max: bool = False
+    holders: int = 0  # helper processes holding the dead connections (ephttpd --dead-holders); 0: the server
+    overlap: bool = False  # a holders series' level measured the other way too: the server holding them
 
 
 def max_dead(fd_limit: int, backend: str, active: int) -> int:
@@ -142,6 +147,49 @@ def dead_levels(plan: Plan, fd_limit: int, backend: str) -> list[Level]:
            if catalog.backend(backend).fd_setsize_bound and below_fd_setsize
            else f"host allows {fd_limit} open files per process: at most {most} dead connections per server")
     return _levels(plan.dead, most, why, plan.add_host_max)
+
+
+def dead_holders(plan: Plan, fd_limit: int, series: Series) -> int:
+    """The helper processes that hold a dead series' connections in the server's epoll set: none (the server
+    holds them itself) unless the series' top planned level is more than one process may hold and its server
+    can share its interest set (ephttpd on catalog.SHAREABLE). Then the whole series runs with holders, not
+    only its upper levels, which would put a change of method inside one line."""
+    if series.server != DEFAULT_SERVER or series.backend not in catalog.SHAREABLE or not plan.dead:
+        return 0
+    top = max(plan.dead)
+    if top <= catalog.dead_capacity(fd_limit, plan.active_connections, series.backend):
+        return 0
+    return catalog.holders_for(top, fd_limit)
+
+
+def overlap_level(plan: Plan, fd_limit: int, backend: str) -> int | None:
+    """The level of a holders series measured both ways, to show the holders change nothing: the largest
+    planned level above 0 that one process can hold (10,000 of the 2002 steps on a 20,000-file host)."""
+    within = [v for v in plan.dead if 0 < v <= max_dead(fd_limit, backend, plan.active_connections)]
+    return max(within, default=None)
+
+
+def series_levels(plan: Plan, fd_limit: int, series: Series) -> list[Level]:
+    """A dead series' levels: through holders when dead_holders() says so, with the overlapping level once
+    more without them; else what one server process may hold (dead_levels)."""
+    holders = dead_holders(plan, fd_limit, series)
+    if not holders:
+        levels = dead_levels(plan, fd_limit, series.backend)
+        why_not = catalog.WHY_NOT_SHAREABLE.get(series.backend)
+        if series.server == DEFAULT_SERVER and why_not and not catalog.backend(series.backend).fd_setsize_bound:
+            levels = [replace(lv, skip_reason=f"{lv.skip_reason}; no helper processes can hold more for "
+                                              f"{series.backend}: {why_not}") if lv.skip_reason else lv
+                      for lv in levels]
+        return levels
+    most = holders * (fd_limit - catalog.HOLDER_RESERVE_FDS)
+    why = (f"{holders} holders of at most {fd_limit - catalog.HOLDER_RESERVE_FDS} dead connections each "
+           f"(ephttpd forks at most {catalog.MAX_HOLDERS})")
+    levels = [Level(v, holders=holders) if v <= most else Level(v, skip_reason=why, holders=holders)
+              for v in plan.dead]
+    overlap = overlap_level(plan, fd_limit, series.backend)
+    if overlap is not None:
+        levels.append(Level(overlap, overlap=True))
+    return sorted(levels, key=lambda level: (level.value, level.overlap))
 
 
 def pipe_levels(plan: Plan, fd_limit: int, backend: str) -> list[Level]:

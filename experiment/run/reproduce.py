@@ -33,7 +33,7 @@ from .containers import Containers
 from .context import Context
 from .dead import dead_series
 from .pipetest import pipetest_series
-from .plan import choices, dead_levels, max_dead, max_pipes, pipe_levels
+from .plan import choices, dead_holders, max_dead, max_pipes, pipe_levels, series_levels
 from .progress import Progress
 from .services import LOOPBACK
 
@@ -225,9 +225,14 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
         client_source = _source_address(client_engine, built["client"].tag, address)
     fd_limit, client_fd_limit = engines.fd_limit("server"), engines.fd_limit("client")
     settings = preflight.read_host_settings()
-    most_dead = max(max_dead(fd_limit, s.backend, plan.active_connections) for s in plan.series)
-    findings = preflight.assess(settings, min(most_dead, max(plan.dead)), plan.active_connections,
-                                source_addresses=max(1, max(plan.dead) // 20000 + 1))
+    holders = {s.label: dead_holders(plan, fd_limit, s) for s in plan.series}
+    reach = {s.label: _reach(plan, fd_limit, s) for s in plan.series}
+    findings = preflight.assess(
+        settings, max(reach.values(), default=0), plan.active_connections,
+        source_addresses=1 if client_source else preflight.source_addresses_needed(settings, max(reach.values(),
+                                                                                                 default=0)),
+        per_process_dead=max((reach[s.label] for s in plan.series if not holders[s.label]), default=0),
+        holder_pipe_bytes=catalog.holder_pipe_bytes(fd_limit) if any(holders.values()) else 0)
     for finding in findings:
         say(f"preflight: {finding.describe()}")
     meta = metadata.capture(server_engine, built, base, settings, server_url)
@@ -244,8 +249,12 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
     run.update_record(status="running", metadata=meta, cpusets=sets, harness=preflight.this_process(),
                       preflight=[f.to_dict() for f in findings],
                       limits={"fd_hard_limit": fd_limit, "client_fd_hard_limit": client_fd_limit,
-                              "max_dead": {s.label: max_dead(fd_limit, s.backend, plan.active_connections)
+                              # With holders a line reaches its top level, else what one process may hold.
+                              "max_dead": {s.label: reach[s.label] if holders[s.label]
+                                           else max_dead(fd_limit, s.backend, plan.active_connections)
                                            for s in plan.series},
+                              # The series whose dead connections helper processes hold, and how many.
+                              "dead_holders": {k: v for k, v in holders.items() if v},
                               "max_pipes": {b: max_pipes(fd_limit, b) for b in plan.backends}})
     server_runner = Containers(server_engine, run.id, fd_limit, run.path)
     client_runner = Containers(client_engine, run.id, client_fd_limit, run.path)
@@ -316,12 +325,18 @@ def _source_address(client: docker.DockerClient, image: str, address: str) -> st
                         "address of the server's host that the clients' host reaches") from None
 
 
+def _reach(plan: Plan, fd_limit: int, series: catalog.Series) -> int:
+    """The most dead connections a series opens: its top level that is not skipped."""
+    return max((lv.value for lv in series_levels(plan, fd_limit, series) if not lv.skip_reason), default=0)
+
+
 def count_points(plan: Plan, fd_limit: int, skipped: bool = False) -> int:
     """The points of the plan under this fd limit; with skipped, only those recorded as skipped."""
     levels = []
     if model.DEAD in plan.sweeps:
-        levels += [level for s in plan.series for level in dead_levels(plan, fd_limit, s.backend)]
+        levels += [level for s in plan.series for level in series_levels(plan, fd_limit, s)]
     if model.PIPETEST in plan.sweeps:
-        levels += [level for backend in plan.backends for level in pipe_levels(plan, fd_limit, backend)]
+        levels += [level for backend in plan.backends for level in pipe_levels(plan, fd_limit, backend)] \
+            * len(plan.walks)
     per_rep = sum(1 for level in levels if not skipped or level.skip_reason)
     return per_rep * plan.repeat * len(plan.variants)

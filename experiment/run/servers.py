@@ -59,13 +59,16 @@ class Choice:
                             f"{','.join(self.backends)}")
 
     def service(self, backend: str, port: int, msgsize: int, cpuset: str, fd_limit: int,
-                bind: str = LOOPBACK) -> Service:
-        """The server container's Service. port is the one to listen on (a custom server's own port)."""
+                bind: str = LOOPBACK, dead_holders: int = 0) -> Service:
+        """The server container's Service. port is the one to listen on (a custom server's own port).
+        dead_holders: ephttpd's helper processes for the dead connections (plan.dead_holders)."""
         self.check_backends((backend,))
         kind = catalog.SERVERS[self.kind]
         command: tuple[str, ...]
+        if dead_holders and self.kind != EPHTTPD:
+            raise ValueError(f"the {self.kind} server has no dead-connection holders")
         if self.kind == EPHTTPD:
-            return services.server(backend, port, msgsize, cpuset, bind)
+            return services.server(backend, port, msgsize, cpuset, bind, dead_holders=dead_holders)
         if self.kind == PYTHON:
             command = ("pyhttpd", "--backend", backend, "--bind", bind, "--port", str(port), "--msgsize",
                        str(msgsize))
