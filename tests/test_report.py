@@ -497,3 +497,51 @@ def test_a_point_without_the_anatomy_says_why_and_a_run_before_it_says_it_predat
     (before.path / "run.json").write_text(json.dumps(record))
     md = (render(before).parent / "report.md").read_text()
     assert "**Where the time goes:** Anatomy not measured: the run was started with --no-anatomy." in md
+
+
+# ---------------------------------------------------------------------------------------------------------
+# compare's rule: a change only beyond noise, never at a disturbed point
+
+PAIRS = Path(__file__).parent / "data" / "pairs"
+REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+
+
+def test_two_runs_of_one_tree_on_a_busy_host_show_no_change_and_say_they_were_disturbed(tmp_path):
+    """Two runs of one commit and images, three repetitions each, while other jobs shared the two CPUs: the
+    reply rates differ by up to 7x, and every point is flagged other load, so nothing is called a change."""
+    a, b = (load(Run(p)) for p in sorted((PAIRS / "same-tree").iterdir()))
+    assert a.metadata["git"] == b.metadata["git"] and a.metadata["image_ids"] == b.metadata["image_ids"]
+    compared, _ = comparison.compared_points(a, b)
+    assert len(compared) == 4 and max(c.ratio("reply_rate") for c in compared) > 2
+    (headline,) = comparison.compare_headline(compared)
+    assert headline.startswith("Reply rate: no change at any of 4 common points")
+    assert "4 of them were measured disturbed" in headline
+    assert all(c.verdict("reply_rate").disturbed for c in compared)
+
+
+def test_the_committed_quick_and_paper_runs_differ_at_one_point_beyond_both_ranges(tmp_path):
+    quick, paper = (load(Run(p)) for p in sorted(REFERENCE.iterdir()))
+    compared, _ = comparison.compared_points(quick, paper)
+    changed = [c for c in compared if c.verdict("reply_rate").change]
+    assert [(c.key[1], c.key[2].label, c.key[3]) for c in changed] == [("up", "poll", 0)]
+    (c,) = changed
+    assert max(c.group_a.values("reply_rate")) < min(c.group_b.values("reply_rate"))
+    (headline,) = comparison.compare_headline(compared)
+    assert headline.startswith("Reply rate: changed at 1 of 10 common points") and "poll UP at 0 dead" in headline
+    page = html.unescape(comparison.write(Run(sorted(REFERENCE.iterdir())[0]), Run(sorted(REFERENCE.iterdir())[1]),
+                                          tmp_path / "cmp").read_text())
+    assert "(within noise)" in page and headline in page
+
+
+def test_with_one_repetition_the_noise_allowance_decides_and_bad_allowances_are_one_line_errors():
+    run = load(Run(RUNS[0])) if RUNS else None
+    if run is None:
+        pytest.skip("no committed test runs")
+    compared, _ = comparison.compared_points(run, run)
+    verdicts = [c.verdict("reply_rate") for c in compared if c.key[0] == "dead"]
+    assert verdicts and not any(v.change for v in verdicts if v), "B/A = 1 is no change"
+    assert {v.rule for v in verdicts if v and not v.disturbed} <= {"one repetition: B/A within ±15%"}
+    assert comparison.noise_fraction(None) == comparison.NOISE and comparison.noise_fraction("0.1") == 0.1
+    for bad in ("1.5", "-0.1", "lots"):
+        with pytest.raises(UserError, match=r"--noise .*: give a fraction from 0 to below 1"):
+            comparison.noise_fraction(bad)

@@ -6,9 +6,10 @@ metadata that differs is listed, first the host and kernel facts that make the r
 
 A difference is called a change only by a stated rule (Verdict): where both runs repeated the point, their
 repetitions' ranges do not overlap; where either ran it once, B/A is further from 1 than the noise allowance
-(NOISE, ±15% by default: two 10-second quick runs of one tree on the 2-CPU host this was written on differed by
-up to that much at most points, and far more at 2-second ones). Everything else is "within noise", and the
-headline lists only changes.
+(NOISE, ±15% by default). A point whose measured repetitions were disturbed in either run (other load on
+the host, a throttled cgroup, a moved CPU clock: DISTURBED) is no change whatever its numbers, and is said to
+be disturbed (BenchExec's rule: flag a disturbed measurement, never read it). Everything else is "within
+noise", and the headline lists only changes.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 
 from ..catalog import Series
 from ..errors import UserError
+from ..host import checks
 from ..run.results import RESULTS, Run
 from . import draw
-from .data import HOST_KEYS, SWEEPS, VARIANT_ORDER, Group, RunData, legend_lines, load
+from .data import FLAG_TEXT, HOST_KEYS, SWEEPS, VARIANT_ORDER, Group, RunData, legend_lines, load
 from .page import flatten
 from .plots import FigureRow, figure_name, series_of
 from .render import epollbench_version, html_env, md_env, replace_folder
@@ -30,6 +32,8 @@ from .text import human, number, times
 
 # B/A within 1 ± NOISE is no change where a side has one repetition, so no spread of its own.
 NOISE = 0.15
+# The checks' flags that make a point's numbers no evidence of a change (a saturated client is expected).
+DISTURBED = (checks.OTHER_LOAD, checks.CPU_THROTTLED, checks.CPU_FREQUENCY_CHANGED)
 
 
 def noise_fraction(flag: str | None) -> float:
@@ -49,6 +53,7 @@ def noise_fraction(flag: str | None) -> float:
 class Verdict:
     change: bool
     rule: str  # why, in words: "ranges apart", "within both runs' ranges", "beyond ±15%", ...
+    disturbed: bool = False  # no change because a run's measurement was disturbed, whatever the numbers
 
 
 @dataclass
@@ -71,6 +76,9 @@ class ComparedPoint:
         ratio = self.ratio(metric_key)
         if not a or not b or ratio is None:
             return None
+        disturbed = sorted({FLAG_TEXT[f] for g in (self.group_a, self.group_b) for f in DISTURBED if g.flagged(f)})
+        if disturbed:
+            return Verdict(False, "disturbed: " + ", ".join(disturbed), disturbed=True)
         if len(a) >= 2 and len(b) >= 2:
             apart = max(a) < min(b) or max(b) < min(a)
             return Verdict(apart, f"the {len(a)} and {len(b)} repetitions' ranges "
@@ -150,11 +158,15 @@ def compare_headline(compared: list[ComparedPoint], noise: float = NOISE, count:
         rows = [(c, ratio) for c in compared if c.key[0] == sweep_name and (ratio := c.ratio(main))]
         if not rows:
             continue
-        changed = [(c, ratio) for c, ratio in rows if (v := c.verdict(main, noise)) and v.change]
+        verdicts = [c.verdict(main, noise) for c, _ in rows]
+        changed = [row for row, v in zip(rows, verdicts, strict=True) if v and v.change]
+        disturbed = sum(1 for v in verdicts if v and v.disturbed)
         title = f"{sweep.main.title[0].upper()}{sweep.main.title[1:]}"
+        aside = (f" {disturbed} of them were measured disturbed (other load, throttling or a moved clock in a "
+                 "run) and count as no change whatever their numbers." if disturbed else "")
         if not changed:
-            sentences.append(f"{title}: no change at any of {len(rows)} common points (all within noise: "
-                             f"{_rule_text(noise)}).")
+            sentences.append(f"{title}: no change at any of {len(rows)} common points ({_rule_text(noise)})."
+                             + aside)
             continue
         largest = sorted(changed, key=lambda row: -abs(math.log(row[1])))[:count]
         changes = "; ".join(
@@ -162,7 +174,7 @@ def compare_headline(compared: list[ComparedPoint], noise: float = NOISE, count:
             f"{times(ratio)} ({human(c.group_a.median(main))} → {human(c.group_b.median(main))} "
             f"{sweep.main.unit})" for c, ratio in largest)
         sentences.append(f"{title}: changed at {len(changed)} of {len(rows)} common points ({_rule_text(noise)}); "
-                         f"largest: {changes}. The other {len(rows) - len(changed)} are within noise.")
+                         f"largest: {changes}. The other {len(rows) - len(changed)} are no change." + aside)
     return sentences
 
 
@@ -225,7 +237,8 @@ def compare_table(compared: list[ComparedPoint], noise: float = NOISE) -> list[d
                 ratio = times(c.ratio(metric.key))
                 cells += [number(c.group_a.median(metric.key), metric.digits),
                           number(c.group_b.median(metric.key), metric.digits),
-                          ratio if verdict is None or verdict.change else f"{ratio} (within noise)"]
+                          ratio if verdict is None or verdict.change else
+                          f"{ratio} ({'disturbed' if verdict.disturbed else 'within noise'})"]
             flags = sorted(set(c.group_a.flags) | set(c.group_b.flags))
             body.append({"cells": cells, "flags": ", ".join(flags)})
         tables.append({"sweep": sweep_name, "title": sweep.title, "columns": columns + ["flags"], "rows": body})
