@@ -436,7 +436,7 @@ def test_the_command_the_sweep_would_run_is_the_programs_own(openload):
     assert proc.stderr == "openload: cannot connect to 127.0.0.1:9: Connection refused\n"
     assert argv[argv.index("--rate") + 1] == "1500.5" and argv[argv.index("--path") + 1] == "/x"
     assert argv[argv.index("--timer-slack-us") + 1] == "20"
-    assert load.bound_s == 1.5
+    assert load.bound_s == 10 + 0.5 + 1
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

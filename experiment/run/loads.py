@@ -274,6 +274,8 @@ OPEN_MAX_RATE = 1e8
 OPEN_MAX_DURATION_S = 86400.0
 OPEN_MAX_TIMEOUT_S = 600.0
 OPEN_MAX_TIMER_SLACK_US = 10_000
+# openload gives its connections this long to open (or --timeout when longer) before it gives up, exit 1.
+OPEN_CONNECT_S = 10.0
 # What openload prints: the percentiles of its latency objects, in microseconds.
 OPEN_PERCENTILES = ("p50", "p90", "p99", "p99.9", "max")
 OPEN_ERROR_KINDS = ("connect", "write", "read", "closed", "timeout", "parse", "unsent", "unanswered")
@@ -320,8 +322,8 @@ class OpenLoad:
 
     @property
     def bound_s(self) -> float:
-        """The longest the run can take once connected: the load, then the drain."""
-        return self.duration_s + self.timeout_s
+        """The longest the run can take: opening the connections, the load, then the drain."""
+        return max(OPEN_CONNECT_S, self.timeout_s) + self.duration_s + self.timeout_s
 
 
 def open_command(load: OpenLoad) -> list[str]:
