@@ -424,7 +424,8 @@ def test_openload_is_built_with_asan_and_ubsan(openload):
 def test_the_command_the_sweep_would_run_is_the_programs_own(openload):
     """services.openload's argv, with the client image's program swapped for the sanitized build, is accepted
     by openload (a run against a refused port: exit 1 after parsing, not 2)."""
-    load = loads.OpenLoad(port=9, rate=1500.5, connections=3, duration_s=0.5, timeout_s=1, path="/x")
+    load = loads.OpenLoad(port=9, rate=1500.5, connections=3, duration_s=0.5, timeout_s=1, path="/x",
+                          timer_slack_us=20)
     service = services.openload(load, "1")
     assert service.role == "openload" and service.target == "client" and service.cpuset == "1"
     argv = list(service.command)
@@ -434,7 +435,8 @@ def test_the_command_the_sweep_would_run_is_the_programs_own(openload):
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr == "openload: cannot connect to 127.0.0.1:9: Connection refused\n"
     assert argv[argv.index("--rate") + 1] == "1500.5" and argv[argv.index("--path") + 1] == "/x"
-    assert load.bound_s == 1.5
+    assert argv[argv.index("--timer-slack-us") + 1] == "20"
+    assert load.bound_s == 10 + 0.5 + 1
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -444,6 +446,7 @@ def test_the_command_the_sweep_would_run_is_the_programs_own(openload):
     ({"port": 0}, "not a TCP port"),
     ({"duration_s": 0}, "duration 0 s"),
     ({"path": "x"}, "start it with /"),
+    ({"timer_slack_us": 0}, "timer slack 0 us"),
 ])
 def test_a_bad_open_load_is_a_user_error(kwargs, message):
     with pytest.raises(UserError, match=message):

@@ -71,5 +71,5 @@ def pipetest(backend: str, pipes: int, generations: int, max_seconds: int, cpuse
 
 def openload(load: loads.OpenLoad, cpuset: str) -> Service:
     """openload (the client image's open-loop generator): one JSON object on stdout when it is done, at most
-    load.bound_s seconds after its connections are open."""
+    load.bound_s seconds after it starts."""
     return Service("openload", "client", tuple(loads.open_command(load)), cpuset)
