@@ -30,11 +30,12 @@ class Context:
     choices: dict[str, Choice]  # by kind: the servers under test
     server_address: str = LOOPBACK
     client_source: str | None = None  # deadconn's source address, for a server beyond loopback
+    open_rate: float | None = None  # the open-loop sweep's offered rate, requests/s (openloop.offered_rate)
 
 
 def point_id(sweep: str, variant: str, series: Series, repetition: int, x: int) -> str:
     """A point's file name, e.g. dead-up-nginx-epoll-r1-d001000."""
-    letter = "d" if sweep == model.DEAD else "p"
+    letter = "p" if sweep == model.PIPETEST else "d"
     return f"{sweep}-{variant}-{series.slug}-r{repetition}-{letter}{x:06d}"
 
 
@@ -42,7 +43,7 @@ def base_point(ctx: Context, sweep: str, variant: str, series: Series, repetitio
                level: Level) -> model.Point:
     return model.Point(id=point_id(sweep, variant, series, repetition, level.value), sweep=sweep, variant=variant,
                        series=series, repetition=repetition, x=level.value, host_max=level.host_max,
-                       started_at=model.utc_now(), load=ctx.plan.load if sweep == model.DEAD else None)
+                       started_at=model.utc_now(), load=ctx.plan.load_of(sweep))
 
 
 def finish(ctx: Context, point: model.Point, status: str = model.OK, reason: str | None = None) -> None:
