@@ -186,8 +186,8 @@ def test_openloads_flags_reach_the_points_flags_and_an_overloaded_point_stands(t
     script = Script(openload_at={
         0: {"lagged/raised": False},
         1000: {"lagged/raised": True, "lagged/late_sends": 12},
-        5000: {"lagged/raised": False, "overloaded/raised": True, "overloaded/achieved_share": 0.5, "achieved_rate": 10000.0,
-               "latency_us/p99": 900000.0, "errors/timeout": 4, "errors/unsent": 100}})
+        5000: {"lagged/raised": False, "overloaded/raised": True, "overloaded/achieved_share": 0.5,
+               "achieved_rate": 10000.0, "latency_us/p99": 900000.0, "errors/timeout": 4, "errors/unsent": 100}})
     ctx, _ = open_context(tmp_path, script)
     dead.dead_series(ctx, "up", EPOLL, 1, model.DEAD_OPEN)
     found = points(ctx)

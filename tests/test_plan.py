@@ -176,7 +176,8 @@ def test_a_rate_is_requests_per_second_or_a_share_of_capacity(given, rate, share
     ({"connections": "-3"}, "--connections -3: give at least 1 connection"),
     ({"connections": "many"}, "--connections many: give a whole number of connections, at least 1"),
     ({"connections": "10000000"}, "--connections 10000000: more than the open-file limit"),
-    ({"rate": "0.5x", "load": "wrk", "sweeps": "dead,pipetest"}, "--rate 0.5x: only the open-loop load takes it: add --load open"),
+    ({"rate": "0.5x", "load": "wrk", "sweeps": "dead,pipetest"},
+     "--rate 0.5x: only the open-loop load takes it: add --load open"),
     ({"connections": 10, "load": None, "sweeps": "dead"}, "--connections 10: only the open-loop load takes it"),
 ])
 def test_bad_open_loop_flags_are_one_line_errors(kwargs, message):
