@@ -13,7 +13,7 @@ from experiment import model
 from experiment.catalog import Series
 from experiment.host import checks
 from experiment.report.data import load
-from experiment.report.page import BREAK_FACTOR, headlines, notices
+from experiment.report.page import BREAK_FACTOR, headlines, host_caps, notices
 from experiment.report.plots import run_figure_rows
 from experiment.report.render import render
 from experiment.run import context, dead, plan, reproduce, results
@@ -37,6 +37,10 @@ def script_for(series: Series) -> Script:
 
 @pytest.fixture
 def open_run(tmp_path, monkeypatch) -> results.Run:
+    return measured(tmp_path, monkeypatch)
+
+
+def measured(tmp_path, monkeypatch, fd_limit: int = 20000) -> results.Run:
     # The host the tests share is busy: its real check would flag other load at random.
     monkeypatch.setattr(checks.LoadSnapshot, "other_load", lambda self, threshold_pct=0: False)
     the_plan = plan.make_plan("quick", sweeps="dead", variants="up", backends="poll,epoll", dead="0,1000,5000",
@@ -51,9 +55,11 @@ def open_run(tmp_path, monkeypatch) -> results.Run:
     shared: dict = {}
     servers, clients = FakeContainers(Script(), events, shared), FakeContainers(Script(), events, shared)
     ctx = context.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
-                          reproduce.cpusets([0, 1]), 20000, Progress(lambda _: None), plan.choices(the_plan))
+                          reproduce.cpusets([0, 1]), fd_limit, Progress(lambda _: None), plan.choices(the_plan))
     ctx.open_rate = RATE
-    ctx.progress.start(total=reproduce.count_points(the_plan, 20000), done=0)
+    ctx.progress.start(total=reproduce.count_points(the_plan, fd_limit), done=0)
+    run.update_record(limits={"fd_hard_limit": fd_limit, "max_dead_open": {
+        s.label: plan.max_dead(fd_limit, s.backend, the_plan.open_connections) for s in the_plan.series}})
     for series in (POLL, EPOLL):
         servers.script = clients.script = script_for(series)
         dead.dead_series(ctx, "up", series, 1, model.DEAD_OPEN)
@@ -107,3 +113,14 @@ def test_the_markdown_report_carries_the_headline_key_numbers_and_figures(open_r
     csv_rows = (index.parent / "points.csv").read_text().splitlines()
     header = csv_rows[0].split(",")
     assert "latency_p99_ms" in header and sum(r.startswith("dead-open-up-") for r in csv_rows) == 6
+
+
+def test_a_run_of_the_open_loop_alone_says_where_the_host_stopped_it(tmp_path, monkeypatch):
+    run = measured(tmp_path, monkeypatch, fd_limit=2000)
+    data = load(run)
+    (cap,) = host_caps(data)
+    assert cap == ("This host allows 2000 open files per process: dead connections stop at 1,836 per server (the "
+                   "2002 study went to 60,000).")
+    (head,) = headlines(data)
+    assert "up to 1,000 dead connections" in head.text and "poll's p99 never exceeded" in head.text
+    render(run)

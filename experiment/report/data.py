@@ -20,7 +20,7 @@ from ..run.results import Run
 VARIANT_ORDER = ("up", "smp")
 REFERENCE_FILE = "lse-2002.json"
 # The 2002 published series each sweep is drawn against.
-REFERENCE_KEY = {DEAD: "dphttpd_smp", PIPETEST: "pipetest_smp"}
+REFERENCE_KEY = {DEAD: "dphttpd_smp", DEAD_OPEN: "dphttpd_smp", PIPETEST: "pipetest_smp"}
 # Metadata that, when it differs, means two runs did not run on the same machine and kernel.
 HOST_KEYS = ("hostname", "kernel", "kernel_version", "machine", "os_release", "cpu_model", "cpus",
              "memory_bytes", "fd_hard_limit")
