@@ -38,7 +38,8 @@ class _LetterShortflags(Task):
 @task(klass=_LetterShortflags, help={
     "profile": "quick (default: UP and SMP, poll and epoll, ~5 dead levels, 4 pipe sizes, <= 10 min) "
                "or paper (the 2002 steps 0..60000, every backend, 3 repetitions)",
-    "sweeps": "comma list of dead,pipetest (default: both)",
+    "sweeps": "comma list of dead,dead-open,pipetest (default: the profile's; dead-open: the dead sweep under "
+              "the open-loop load, UP in both profiles)",
     "variants": "comma list of up,smp (default: the profile's)",
     "backends": "comma list of select,poll,epoll,epoll-et,io_uring,aio-poll (ephttpd's; pyhttpd has "
                 "select,poll,epoll,asyncio, nginx epoll): each server runs those of them it has (default: "
@@ -46,7 +47,7 @@ class _LetterShortflags(Task):
     "dead": "comma list of dead-connection levels, e.g. 0,1000,5000 (default: the profile's)",
     "pipes": "comma list of pipetest sizes, e.g. 10,100,1000 (default: the profile's)",
     "repeat": "repetitions of every series (default: the profile's)",
-    "duration": "seconds of httperf load per point (default: the profile's)",
+    "duration": "seconds of load per dead point, closed and open loop (default: the profile's: 10, open 4)",
     "resume": "continue the interrupted run RUN (a folder or an id under results/), skipping finished points",
     "tune_host": "as root, raise somaxconn etc. for the run and restore them at its end",
     "base_image": "base of both images (default debian:bookworm-slim; bootstrapped with mmdebstrap "
@@ -72,8 +73,12 @@ class _LetterShortflags(Task):
                      "the client image is copied there",
     "server_address": "the IPv4 address the server listens on and the clients target (default 127.0.0.1; "
                       "an address of the server's host when the clients run on another machine)",
-    "load": "httperf (default: the 2002 active load, paced by httperf) or wrk (fixed connections, closed "
-            "loop, --duration seconds: the server's capacity)",
+    "load": "httperf (default: the 2002 active load, paced by httperf), wrk (fixed connections, closed "
+            "loop, --duration seconds: the server's capacity) or open (openload: a fixed offered rate, open loop; "
+            "the dead sweep runs as dead-open)",
+    "rate": "the open loop's offered rate: requests/s (50000) or a share of the lowest capacity at 0 dead "
+            "connections, measured with wrk before the first point (0.5x, the default)",
+    "connections": "the open loop's keep-alive connections (default 100)",
     "dry_run": "print the plan: points per sweep, variant and line, the levels skipped and why, the expected "
                "time; build and start nothing",
     "no_anatomy": "leave out the kernel cost anatomy (on by default): after each dead point's measurement, a "
@@ -87,7 +92,7 @@ def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dea
               repeat=None, duration=None, resume=None, tune_host=False, base_image=None, no_report=False,
               results_dir=None, image=None, from_archive=None, published=None, server=None, server_image=None,
               server_cmd=None, server_port=None, server_engine=None, client_engine=None, server_address=None,
-              load=None, dry_run=False, no_anatomy=False, walks=None):
+              load=None, dry_run=False, no_anatomy=False, walks=None, rate=None, connections=None):
     """Build the images, run every sweep in containers, and render the report (--dry-run: only say what it would
     do)."""
     from experiment import pipeline
@@ -98,7 +103,7 @@ def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dea
                        published=published, server=server, server_image=server_image, server_cmd=server_cmd,
                        server_port=server_port, server_engine=server_engine, client_engine=client_engine,
                        server_address=server_address, load=load, dry_run=dry_run, no_anatomy=no_anatomy,
-                       walks=walks)
+                       walks=walks, rate=rate, connections=connections)
 
 
 @task(positional=["run"], help={"run": "a run folder or id under results/ (default: results/latest)"})
@@ -169,7 +174,8 @@ def compare(c, run_a, run_b, out=None, noise=None):
 
 @task(help={"profile": "the profile whose plan the checks judge the host for (default quick)",
             "dead": "comma list of dead-connection levels (default: the profile's)",
-            "sweeps": "comma list of dead,pipetest (default: both)",
+            "sweeps": "comma list of dead,dead-open,pipetest (default: the profile's; dead-open: the dead sweep under "
+              "the open-loop load, UP in both profiles)",
             "tune_host": "judge as for a run with --tune-host (the sysctls it would raise; needs root)",
             "results_dir": "where run folders go (default: results/)",
             "server_engine": "the server's Docker engine (default: DOCKER_HOST or the local socket)",

@@ -150,11 +150,10 @@ class Load:
 LOADS: dict[str, Load] = {load.name: load for load in (
     Load(HTTPERF, "the 2002 active load: httperf's hogging connections, paced by httperf"),
     Load(WRK, "fixed connections, closed loop, --duration seconds: the server's capacity"),
+    Load(OPEN, "a fixed offered rate (--rate) over fixed connections (--connections), open loop (each "
+               "connection on its own schedule): latency percentiles from the due time, coordinated omission "
+               "corrected; the dead sweep's points become the dead-open sweep's"),
 )}
-# Not in LOADS (what --load accepts) until the dead sweep runs it: experiment/run/loads.py has its command and
-# parser, experiment/run/services.py its container.
-OPEN_LOAD = Load(OPEN, "a fixed offered rate over fixed connections, open loop (each connection on its own "
-                       "schedule): latency percentiles from the due time, coordinated omission corrected")
 
 
 # pipetest's token walks (images/pipetest/pipetest.c): stay, every token keeps its pipe (the default, and

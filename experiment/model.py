@@ -29,6 +29,10 @@ History of schema_version:
     holders series measured the other way too, the server holding its own dead connections at one level
     to show the holders change nothing (default false; such a point is not part of its series' line).
     The plan's "walks": pipetest's walks (default ["stay"]).
+    (2026-12, issue 14) the open-loop dead sweep ("dead-open": openload at one offered rate, OpenFigures),
+      the plan's open_* fields (its variants, duration, rate or share of capacity, connections) and run.json's
+      optional "open_rate" (the offered rate and the wrk probe of capacity it came from). New optional fields
+      and a new sweep: records of version 2 without them read as before.
 
 A record is upgraded when it is read (upgrade()), never rewritten on disk: the committed runs stay as they
 were measured. A record of a later version than this one is refused, never misread. Upgraded, it is checked
@@ -49,7 +53,7 @@ from typing import Any, ClassVar
 import jsonschema
 
 from . import schema
-from .catalog import DEFAULT_SERVER, HTTPERF, STAY, WALKS, Series
+from .catalog import DEFAULT_SERVER, HTTPERF, OPEN, STAY, WALKS, Series
 from .errors import UserError
 
 SCHEMA_VERSION = 2
@@ -111,11 +115,15 @@ _STEPS = {1: {RUN: _run_1_to_2, POINT: _point_1_to_2, TUNING: lambda journal: jo
 
 # The sweeps, and what became of a point.
 DEAD, PIPETEST = "dead", "pipetest"
-SWEEPS = (DEAD, PIPETEST)
+# The dead sweep again under the open-loop load (openload at one fixed offered rate): its own points and figures.
+DEAD_OPEN = "dead-open"
+SWEEPS = (DEAD, DEAD_OPEN, PIPETEST)
+# The sweeps whose level is dead connections held by deadconn.
+DEAD_SWEEPS = (DEAD, DEAD_OPEN)
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 # The programs of a point, each with its section in the point file (cpuset, container, exact command, exit
 # code, raw output's path, and what the program said): the evidence behind the figures.
-PROGRAMS = ("server", "deadconn", "httperf", "wrk", "pipetest")
+PROGRAMS = ("server", "deadconn", "httperf", "wrk", "openload", "pipetest")
 
 
 @dataclass
@@ -153,7 +161,7 @@ class PipeFigures:
     visits_max: int | None = None
 
 
-def _figures_json(figures: DeadFigures | PipeFigures) -> dict:
+def _figures_json(figures: DeadFigures | PipeFigures | OpenFigures) -> dict:
     """The figures' record: a figure added later (it has a default) is left out while it holds it."""
     defaults = {f.name: f.default for f in fields(figures) if f.default is not MISSING}
     return {k: v for k, v in asdict(figures).items() if k not in defaults or v != defaults[k]}
@@ -222,7 +230,42 @@ def _measured(kind: type[AnatomyFigures] | type[MemoryFigures], value: object) -
     return kind(**value)
 
 
-FIGURES: dict[str, type[DeadFigures] | type[PipeFigures]] = {DEAD: DeadFigures, PIPETEST: PipeFigures}
+@dataclass
+class OpenFigures:
+    """What an open-loop dead-sweep point measured: openload's offered and achieved rate (requests/s), its
+    latency percentiles in ms counted from each request's due time (coordinated omission corrected; the
+    uncorrected ones from its send, for comparison), and the server's CPU from its cgroup: seconds, busy share
+    of its cpuset over openload's run (t0 to its end, drain included: 100 = every CPU of the cpuset busy), and
+    per reply. lagged: the generator sent late on a free connection (its fault); overloaded: the achieved rate
+    fell over 1% below the offered one (the server's). errors: every request that got no reply, by any kind."""
+
+    offered_rate: float
+    achieved_rate: float
+    achieved_share: float
+    latency_p50_ms: float
+    latency_p90_ms: float
+    latency_p99_ms: float
+    latency_p999_ms: float
+    latency_max_ms: float
+    uncorrected_p50_ms: float
+    uncorrected_p99_ms: float
+    uncorrected_p999_ms: float
+    requests: int
+    replies: int
+    errors: int
+    lagged: bool
+    overloaded: bool
+    server_cpu_s: float
+    server_cpu_busy_pct: float
+    server_cpu_us_per_reply: float | None
+    client_cpu_pct: float | None
+    connections: int
+    duration_s: float
+    elapsed_s: float
+
+
+FIGURES: dict[str, type[DeadFigures] | type[OpenFigures] | type[PipeFigures]] = {
+    DEAD: DeadFigures, DEAD_OPEN: OpenFigures, PIPETEST: PipeFigures}
 
 
 def figure_names(sweep: str) -> set[str]:
@@ -251,7 +294,7 @@ class Point:
     status: str = OK
     reason: str | None = None
     ended_at: str | None = None
-    figures: DeadFigures | PipeFigures | None = None
+    figures: DeadFigures | OpenFigures | PipeFigures | None = None
     flags: dict[str, bool | None] = field(default_factory=dict)  # None: the check could not tell
     checks: dict = field(default_factory=dict)
     programs: dict[str, dict] = field(default_factory=dict)
@@ -266,7 +309,7 @@ class Point:
                         "started_at": self.started_at, "ended_at": self.ended_at,
                         "figures": _figures_json(self.figures) if self.figures else {}, "flags": self.flags,
                         "checks": self.checks}
-        if self.sweep == DEAD:
+        if self.sweep in DEAD_SWEEPS:
             record.update(server_kind=self.series.server, load=self.load, dead=self.x)
             # Fields added later are written only when they differ from what a point before them meant.
             if self.dead_holders:
@@ -346,6 +389,14 @@ class Plan:
     # record predates it.
     anatomy: bool | None = None
     walks: tuple[str, ...] = (STAY,)  # pipetest's token walks (catalog.WALKS)
+    # The open-loop dead sweep (DEAD_OPEN): its variants and seconds of load per point, its offered rate (in
+    # requests/s, or as a share of the lowest 0-dead capacity among its lines: exactly one of the two is set)
+    # and openload's connections. Its lines, levels and repetitions are the dead sweep's.
+    open_variants: tuple[str, ...] = ("up",)
+    open_duration_s: float = 5.0
+    open_rate: float | None = None
+    open_rate_share: float | None = 0.5
+    open_connections: int = 100
 
     def to_dict(self) -> dict:
         # A dead line's series is its server and backend (a pipetest line's walk is the plan's walks).
@@ -353,7 +404,19 @@ class Plan:
 
     def levels(self, sweep: str) -> tuple[int, ...]:
         """The levels a sweep steps through: dead connections, or pipes."""
-        return {DEAD: self.dead, PIPETEST: self.pipes}[sweep]
+        return {DEAD: self.dead, DEAD_OPEN: self.dead, PIPETEST: self.pipes}[sweep]
+
+    def variants_of(self, sweep: str) -> tuple[str, ...]:
+        """The variants a sweep runs in: the open-loop sweep its own."""
+        return self.open_variants if sweep == DEAD_OPEN else self.variants
+
+    def active(self, sweep: str) -> int:
+        """The connections a sweep's load keeps busy beside the dead ones."""
+        return self.open_connections if sweep == DEAD_OPEN else self.active_connections
+
+    def load_of(self, sweep: str) -> str | None:
+        """The load generator of a sweep's points (None: pipetest has none)."""
+        return {DEAD: self.load, DEAD_OPEN: OPEN}.get(sweep)
 
     @classmethod
     def from_dict(cls, recorded: dict) -> Plan:
@@ -384,6 +447,8 @@ class RunRecord:
     timings: dict = field(default_factory=dict)  # seconds spent on images, points and the report
     harness: dict | None = None  # the process running it (preflight.this_process), for `invoke clean`
     error_traceback: str | None = None  # logs/traceback.txt, when an exception ended the run
+    # The open-loop sweep's offered rate and where it came from (run/openloop.py: offered_rate); None without it.
+    open_rate: dict | None = None
 
     def to_json(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, **asdict(self), "plan": self.plan.to_dict()}

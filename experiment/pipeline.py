@@ -23,8 +23,8 @@ def reproduce(profile: str = "quick", sweeps: str | None = None, variants: str |
               published: str | None = None, server: str | None = None, server_image: str | None = None,
               server_cmd: str | None = None, server_port: str | int | None = None, server_engine: str | None = None,
               client_engine: str | None = None, server_address: str | None = None, load: str | None = None,
-              dry_run: bool = False, no_anatomy: bool = False,
-              walks: str | None = None) -> Run | None:
+              dry_run: bool = False, no_anatomy: bool = False, walks: str | None = None,
+              rate: str | None = None, connections: str | int | None = None) -> Run | None:
     """`invoke reproduce`'s flags as given (strings from the command line): builds the images, runs every
     sweep in containers, and renders the report. Bad flags are UserErrors. What it prints goes to the run's
     logs/harness.log too (run/runlog.py). With dry_run, says what the run would do and returns None."""
@@ -33,7 +33,8 @@ def reproduce(profile: str = "quick", sweeps: str | None = None, variants: str |
                                   pipes=pipes, repeat=_number(repeat, int, "--repeat"),
                                   duration=_number(duration, float, "--duration"), server=server,
                                   server_image=server_image, server_cmd=server_cmd, server_port=server_port,
-                                  load=load, anatomy=not no_anatomy, walks=walks)
+                                  load=load, anatomy=not no_anatomy, walks=walks, rate=rate,
+                                  connections=connections)
         if base_image and (image or from_archive):
             raise UserError("--base-image builds the images; --image and --from-archive use published ones: "
                             "give one or the other")

@@ -1,10 +1,10 @@
 """A stand-in for the Docker engine at the level the sweeps use it (containers.Containers), so that the dead
 sweep's orchestration is tested without containers: what it starts, in which order, what it records, and
 how it fails. The programs are scripted: a server that says it listens and prints counters on SIGUSR1,
-deadconn that holds what it is told to grow to (or fails at a level), and httperf that prints a real captured
-output (tests/data/httperf). A server started with --dead-holders names a dead-connection port of its own
-and counts, as ephttpd does, the dead connections made to that port under "dead_holders" alone, and those
-made to its own port as its own."""
+deadconn that holds what it is told to grow to (or fails at a level), and httperf, wrk and openload that print
+real captured outputs (tests/data/httperf); openload's can be changed per level of dead connections held. A
+server started with --dead-holders names a dead-connection port of its own and counts, as ephttpd does, the
+dead connections made to that port under "dead_holders" alone, and those made to its own port as its own."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from pathlib import Path
 from experiment.run.containers import Managed
 from experiment.run.services import Service
 
-HTTPERF_OUTPUT = (Path(__file__).parent / "data" / "httperf" / "epoll-2500calls.txt").read_text()
+CAPTURED = Path(__file__).parent / "data" / "httperf"
+HTTPERF_OUTPUT = (CAPTURED / "epoll-2500calls.txt").read_text()
+WRK_OUTPUT = (CAPTURED / "wrk-epoll.txt").read_text()
+OPENLOAD_OUTPUT = (CAPTURED / "openload-epoll.txt").read_text()
 _ids = itertools.count(1)
 
 
@@ -30,6 +33,28 @@ class Script:
     deadconn_fails_at: int | None = None  # deadconn cannot open more than this many
     httperf_output: str = HTTPERF_OUTPUT
     holders_short_by: int = 0  # the holders have this many fewer than deadconn connected
+    wrk_output: str = WRK_OUTPUT
+    openload_output: str = OPENLOAD_OUTPUT
+    # openload's JSON changed at a level: {dead held: {key: value}} (nested keys as "latency_us/p99.9")
+    openload_at: dict[int, dict] = field(default_factory=dict)
+    openload_exit: int = 0
+
+    def client_output(self, role: str, held: int) -> str:
+        """What a load generator's container prints, with deadconn holding `held` dead connections."""
+        if role == "wrk":
+            return self.wrk_output
+        if role != "openload":
+            return self.httperf_output
+        if not self.openload_at:
+            return self.openload_output
+        data = json.loads(self.openload_output)
+        for key, value in self.openload_at.get(held, {}).items():
+            *path, last = key.split("/")
+            where = data
+            for part in path:
+                where = where[part]
+            where[last] = value
+        return json.dumps(data) + "\n"
 
 
 @dataclass
@@ -172,10 +197,10 @@ class FakeContainers:
                                            "events_per_wait": 1.0, "pipes_visited": pipes if walk == "stride" else 1,
                                            "visits_min": 0, "visits_max": 9}))
         else:
-            managed.log.append(self.script.httperf_output)
+            managed.log.append(self.script.client_output(service.role, deadconn.held if deadconn else 0))
         managed.end()
         self.remove(managed)
-        return managed, managed.output(), 0
+        return managed, managed.output(), self.script.openload_exit if service.role == "openload" else 0
 
     def finish(self, managed: FakeManaged, timeout: float) -> int | None:
         return 0

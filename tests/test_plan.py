@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from experiment import model
+from experiment import catalog, model
 from experiment.catalog import Series
 from experiment.errors import UserError
-from experiment.run import plan
+from experiment.run import plan, reproduce
 
 
 def test_quick_profile_reaches_the_most_the_host_allows_and_records_the_rest_as_skipped():
@@ -64,7 +64,7 @@ def test_explicit_levels_are_run_as_given_without_an_added_host_level():
     ({"profile": "huge"}, "--profile 'huge': valid: quick,paper"),
     ({"backends": "epoll,kqueue"}, "--backends 'epoll,kqueue': unknown kqueue; valid: select,poll,epoll,"),
     ({"variants": "numa"}, "--variants 'numa': unknown numa; valid: up,smp"),
-    ({"sweeps": ""}, "--sweeps '': empty; valid: dead,pipetest"),
+    ({"sweeps": ""}, "--sweeps '': empty; valid: dead,dead-open,pipetest"),
     ({"dead": "0,lots"}, "--dead '0,lots': give comma-separated whole numbers"),
     ({"pipes": "0"}, "--pipes '0': give comma-separated whole numbers >= 1"),
     ({"repeat": 0}, "--repeat 0: give a whole number from 1 to 100"),
@@ -201,3 +201,85 @@ def test_a_plan_from_before_walks_ran_stay_alone():
     recorded = plan.make_plan("quick").to_dict()
     del recorded["walks"]
     assert model.Plan.from_dict(recorded).walks == ("stay",)
+
+
+
+# ---------------------------------------------------------------------------------------- the open loop
+
+def test_the_profiles_add_an_open_loop_dead_sweep_on_up_over_their_lines():
+    quick, paper = plan.make_plan("quick"), plan.make_plan("paper")
+    assert quick.sweeps == ("dead", "dead-open", "pipetest") == paper.sweeps
+    assert (quick.open_variants, labels(quick)) == (("up",), ("poll", "epoll"))
+    assert (paper.open_variants, paper.series) == (("up",), tuple(Series("ephttpd", b) for b in catalog.EV_BACKENDS))
+    for the_plan in (quick, paper):
+        assert (the_plan.open_rate, the_plan.open_rate_share, the_plan.open_connections) == (None, 0.5, 100)
+        assert the_plan.open_duration_s == plan.OPEN_DURATION_S
+        assert the_plan.load_of("dead-open") == "open" and the_plan.load_of("dead") == "httperf"
+    assert plan.make_plan("quick", sweeps="dead,pipetest").sweeps == ("dead", "pipetest")
+
+
+def test_load_open_runs_the_dead_sweep_open_loop_in_its_variants_and_levels():
+    the_plan = plan.make_plan("quick", load="open", sweeps="dead,pipetest", variants="smp", dead="0,1000",
+                              duration=3)
+    assert (the_plan.sweeps, the_plan.load, the_plan.open_variants) == (("dead-open", "pipetest"), "open", ("smp",))
+    assert (the_plan.levels("dead-open"), the_plan.open_duration_s) == ((0, 1000), 3)
+    assert plan.make_plan("quick", load="open").sweeps == ("dead-open", "pipetest")
+    assert plan.make_plan("quick", load="open").open_variants == ("up", "smp"), "the dead sweep's variants"
+    assert model.Plan.from_dict(json.loads(json.dumps(the_plan.to_dict()))) == the_plan
+
+
+@pytest.mark.parametrize(("given", "rate", "share"), [
+    ("0.5x", None, 0.5), ("0.25X", None, 0.25), ("1.2x", None, 1.2), ("50000", 50000.0, None), (" 1e4 ", 1e4, None),
+    (2500.5, 2500.5, None),
+])
+def test_a_rate_is_requests_per_second_or_a_share_of_capacity(given, rate, share):
+    the_plan = plan.make_plan("quick", load="open", rate=given)
+    assert (the_plan.open_rate, the_plan.open_rate_share) == (rate, share)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"rate": "0"}, "--rate 0: give requests per second above 0 (e.g. 50000), or a share of the capacity at 0 "
+                    "dead connections (e.g. 0.5x)"),
+    ({"rate": "-5"}, "--rate -5: give requests per second above 0"),
+    ({"rate": "0x"}, "--rate 0x: give requests per second above 0"),
+    ({"rate": "-0.5x"}, "--rate -0.5x: give requests per second above 0"),
+    ({"rate": "fast"}, "--rate fast: give requests per second above 0"),
+    ({"rate": "nan"}, "--rate nan: give requests per second above 0"),
+    ({"rate": "inf"}, "--rate inf: give requests per second above 0"),
+    ({"rate": "1e9"}, "--rate 1e9: openload offers at most 1e+08 requests/s: give less"),
+    ({"connections": "0"}, "--connections 0: give at least 1 connection"),
+    ({"connections": "-3"}, "--connections -3: give at least 1 connection"),
+    ({"connections": "many"}, "--connections many: give a whole number of connections, at least 1"),
+    ({"connections": "10000000"}, "--connections 10000000: more than the open-file limit"),
+    ({"rate": "0.5x", "load": "wrk", "sweeps": "dead,pipetest"},
+     "--rate 0.5x: only the open-loop load takes it: add --load open"),
+    ({"connections": 10, "load": None, "sweeps": "dead"}, "--connections 10: only the open-loop load takes it"),
+])
+def test_bad_open_loop_flags_are_one_line_errors(kwargs, message):
+    kwargs = {"load": "open", **kwargs}
+    with pytest.raises(UserError) as caught:
+        plan.make_plan(**kwargs)
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_connections_up_to_the_fd_limit_less_openloads_own_are_accepted():
+    assert plan.parse_connections("500", 20000) == 500
+    assert plan.parse_connections(20000 - plan.OPENLOAD_FD_OVERHEAD, 20000) == 20000 - plan.OPENLOAD_FD_OVERHEAD
+    with pytest.raises(UserError, match=r"--connections 19985: more than the open-file limit \(20000 per process\) "
+                                        r"allows openload; give at most 19984, or raise the limit"):
+        plan.parse_connections(19985, 20000)
+
+
+def test_the_open_loops_connections_lower_its_host_maximum_of_dead_connections():
+    the_plan = plan.make_plan("quick", load="open", connections="5000")
+    assert the_plan.open_connections == 5000 and the_plan.active_connections == 100
+    closed = plan.dead_levels(the_plan, 20000, "epoll", "dead")
+    opened = plan.dead_levels(the_plan, 20000, "epoll", "dead-open")
+    assert max(lv.value for lv in closed if lv.host_max) == 19500
+    assert max(lv.value for lv in opened if lv.host_max) == 14500
+
+
+def test_the_open_sweep_counts_its_points_in_its_own_variants():
+    the_plan = plan.make_plan("quick", dead="0,1000", pipes="10")  # dead: up,smp; dead-open: up; pipetest: up,smp
+    assert reproduce.count_points(the_plan, 20000) == 2 * 2 * 2 + 2 * 2 * 1 + 2 * 1 * 2

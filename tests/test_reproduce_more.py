@@ -187,3 +187,43 @@ def test_wrk_measures_the_points_and_says_so(tmp_path):
         assert_held(p)
         served = p["server"]["stats_after"]["responses_200"] - p["server"]["stats_before"]["responses_200"]
         assert served >= figures_["replies"], "wrk counts the replies that arrived before it stopped"
+
+
+@pytest.mark.docker
+def test_the_open_loop_offers_one_rate_and_records_its_percentiles_and_flags(tmp_path):
+    run = smoke(tmp_path, "--backends", "epoll", "--load", "open")
+    record = run.record()
+    rate = record.open_rate
+    assert (rate["requested"], rate["share"], rate["lowest"], rate["probe"]["load"]) == \
+        ("0.5x", 0.5, "up/epoll", "wrk")
+    capacity = rate["capacity"]["up/epoll"]
+    assert capacity > 0 and rate["rate"] == pytest.approx(capacity / 2, abs=0.1)
+    assert record.metadata["wrk_version"].startswith("wrk ")
+    assert record.plan.sweeps == ("dead-open",) and record.limits["max_dead_open"]["epoll"] > 1000
+    points = {p["x"]: p for p in point_files(run)}
+    assert sorted(points) == [0, 1000]
+    for p in points.values():
+        assert (p["status"], p["sweep"], p["load"]) == ("ok", "dead-open", "open"), p["reason"]
+        assert p["id"] == f"dead-open-up-epoll-r1-d{p['x']:06d}" and "httperf" not in p and "wrk" not in p
+        f, parsed = p["figures"], p["openload"]["parsed"]
+        assert p["openload"]["exit_code"] == 0 and f["offered_rate"] == rate["rate"] == parsed["offered_rate"]
+        assert 0 < f["latency_p50_ms"] <= f["latency_p90_ms"] <= f["latency_p99_ms"] <= f["latency_p999_ms"] \
+            <= f["latency_max_ms"]
+        assert f["latency_p99_ms"] == parsed["latency_ms"]["p99"]
+        assert f["latency_p999_ms"] == parsed["latency_ms"]["p99.9"]
+        # A request is sent at or after it is due: each uncorrected percentile is at most the corrected one
+        # (within the histogram's 3 significant digits).
+        assert f["uncorrected_p99_ms"] <= f["latency_p99_ms"] * 1.001
+        assert f["replies"] == parsed["replies"] > 0 and f["requests"] == parsed["requests"]
+        assert f["connections"] == 100 and f["duration_s"] == 2
+        assert (p["flags"]["lagged"], p["flags"]["overloaded"]) == (f["lagged"], f["overloaded"]) == \
+            (parsed["lagged"], parsed["overloaded"])
+        assert f["overloaded"] == (f["achieved_share"] < 0.99)
+        assert f["server_cpu_s"] > 0 and 0 < f["server_cpu_busy_pct"] <= 105
+        assert f["server_cpu_us_per_reply"] == pytest.approx(f["server_cpu_s"] * 1e6 / f["replies"])
+        assert 0 < f["client_cpu_pct"] <= 105
+        assert (run.path / p["openload"]["raw"]).read_text().startswith('{"program":"openload"')
+        assert p["deadconn"]["held"] == p["x"]
+        assert_held(p)
+        served = p["server"]["stats_after"]["responses_200"] - p["server"]["stats_before"]["responses_200"]
+        assert served >= f["replies"], "openload counts the replies that arrived"

@@ -32,6 +32,10 @@ CLIENT_SATURATED = "client_saturated"
 SERVER_SATURATED = "server_saturated"
 CPU_THROTTLED = "cpu_throttled"
 CPU_FREQUENCY_CHANGED = "cpu_frequency_changed"
+# openload's two flags (images/openload), set on an open-loop point beside the checks': the generator sent late
+# on a free connection (its fault), the achieved rate fell below the offered one (the server's).
+LAGGED = "lagged"
+OVERLOADED = "overloaded"
 
 
 def merge(*results: dict) -> dict:

@@ -14,13 +14,13 @@ from importlib import resources
 from .. import catalog, model
 from ..catalog import Series
 from ..host import checks
-from ..model import DEAD, PIPETEST, Plan, Point, RunRecord
+from ..model import DEAD, DEAD_OPEN, PIPETEST, Plan, Point, RunRecord
 from ..run.results import Run
 
 VARIANT_ORDER = ("up", "smp")
 REFERENCE_FILE = "lse-2002.json"
 # The 2002 published series each sweep is drawn against.
-REFERENCE_KEY = {DEAD: "dphttpd_smp", PIPETEST: "pipetest_smp"}
+REFERENCE_KEY = {DEAD: "dphttpd_smp", DEAD_OPEN: "dphttpd_smp", PIPETEST: "pipetest_smp"}
 # Metadata that, when it differs, means two runs did not run on the same machine and kernel.
 HOST_KEYS = ("hostname", "kernel", "kernel_version", "machine", "os_release", "cpu_model", "cpus",
              "memory_bytes", "fd_hard_limit")
@@ -30,6 +30,8 @@ FLAG_TEXT = {
     checks.CPU_THROTTLED: "CPU throttled",
     checks.CPU_FREQUENCY_CHANGED: "CPU clock changed",
     checks.SERVER_SATURATED: "server saturated",
+    checks.LAGGED: "generator lagged",
+    checks.OVERLOADED: "server overloaded",
 }
 # Flags that qualify a number quoted in a headline (a saturated server is what a benchmark expects).
 CAVEATS = (checks.CLIENT_SATURATED, checks.OTHER_LOAD, checks.CPU_THROTTLED, checks.CPU_FREQUENCY_CHANGED)
@@ -44,10 +46,15 @@ class Metric:
     slug: str  # figure file name part
     title: str
     digits: int  # decimals in tables
+    logy: bool = False  # a log y axis whatever the values' spread
+    thin: str | None = None  # another figure of the sweep drawn in the same plot as a thinner line (p50 beside p99)
+    thin_label: str = ""  # what its lines' labels add to the series' label
+    line_label: str = ""  # what the metric's own lines' labels add, beside thin ones
 
     def __post_init__(self) -> None:
-        if self.key not in model.figure_names(self.sweep):
-            raise ValueError(f"{self.key} is not a figure the {self.sweep} sweep measures (model.FIGURES)")
+        for key in (self.key, self.thin):
+            if key is not None and key not in model.figure_names(self.sweep):
+                raise ValueError(f"{key} is not a figure the {self.sweep} sweep measures (model.FIGURES)")
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class Sweep:
     metrics: tuple[Metric, ...]
     logx: bool
     limit: str  # the run record's "limits" entry of the most a host allows per line
+    reference: bool = True  # drawn against the 2002 study's numbers (REFERENCE_KEY)
 
     def __post_init__(self) -> None:
         if any(m.sweep != self.name for m in self.metrics):
@@ -79,9 +87,23 @@ ERRORS = Metric(DEAD, "errors", "errors", "errors", "errors", "errors", 0)
 PASSES = Metric(PIPETEST, "passes_per_s", "token passes per second", "token passes/s", "passes",
                 "token passes per second", 0)
 
+# The open loop (DEAD_OPEN): latency at one offered rate, and what it costs the server.
+P99 = Metric(DEAD_OPEN, "latency_p99_ms", "reply latency [ms]", "ms", "latency", "p99 reply latency", 2, logy=True,
+             thin="latency_p50_ms", thin_label="p50", line_label="p99")
+P50 = Metric(DEAD_OPEN, "latency_p50_ms", "p50 reply latency [ms]", "ms", "latency-p50", "p50 reply latency", 2)
+CPU_BUSY = Metric(DEAD_OPEN, "server_cpu_busy_pct", "server CPU busy [% of its cpuset]", "%", "cpu-busy",
+                  "server CPU busy at the fixed rate", 1)
+OPEN_CPU_PER_REPLY = Metric(DEAD_OPEN, "server_cpu_us_per_reply", "server CPU per reply [µs]", "µs/reply",
+                            "cpu-per-reply", "server CPU per reply", 1)
+ACHIEVED = Metric(DEAD_OPEN, "achieved_rate", "achieved rate [replies/s]", "replies/s", "achieved-rate",
+                  "achieved rate", 0)
+
 SWEEPS = {
     DEAD: Sweep(DEAD, "Dead connections", "dead connections", "dead connections", "dead", "answered",
                 (REPLY_RATE, CPU_PER_REPLY, REPLY_TIME), logx=False, limit="max_dead"),
+    DEAD_OPEN: Sweep(DEAD_OPEN, "Dead connections, open loop at a fixed rate", "dead connections",
+                     "dead connections", "dead", "answered", (P99, CPU_BUSY, OPEN_CPU_PER_REPLY, ACHIEVED),
+                     logx=False, limit="max_dead_open", reference=False),
     PIPETEST: Sweep(PIPETEST, "Pipetest", "pipes", "pipes", "pipe", "passed", (PASSES,), logx=True,
                     limit="max_pipes"),
 }
@@ -204,9 +226,9 @@ class RunData:
         return self._ordered({k[1] for k in self.groups if k[0] == sweep}, VARIANT_ORDER)
 
     def planned_lines(self, sweep: str) -> list[Series]:
-        """The sweep's planned lines: the dead sweep's series (every server's backends), pipetest's backends
+        """The sweep's planned lines: the dead sweeps' series (every server's backends), pipetest's backends
         with each token walk."""
-        if sweep == DEAD:
+        if sweep in model.DEAD_SWEEPS:
             return list(self.plan.series)
         return [Series(catalog.DEFAULT_SERVER, b, w) for w in self.plan.walks for b in self.plan.backends]
 

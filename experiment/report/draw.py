@@ -49,6 +49,7 @@ class Series:
     saturated: list[bool] = field(default_factory=list)
     reference: bool = False  # a published series: hollow markers, thin dotted line
     dashed: bool = False  # the second run of a comparison
+    thin: bool = False  # a companion figure of the same line (p50 beside p99): thinner, smaller markers
 
 
 @dataclass
@@ -115,8 +116,9 @@ def _draw_series(ax, series: Series) -> None:
         return
     linestyle = (0, (4, 2)) if series.dashed else style["linestyle"]
     face = "white" if series.dashed else style["color"]
-    ax.plot(xs, ys, color=style["color"], marker=style["marker"], linestyle=linestyle, linewidth=1.8,
-            markersize=5.5, markerfacecolor=face, markeredgewidth=1.2, label=series.label, zorder=3)
+    width, size = (0.8, 3.0) if series.thin else (1.8, 5.5)
+    ax.plot(xs, ys, color=style["color"], marker=style["marker"], linestyle=linestyle, linewidth=width,
+            markersize=size, markerfacecolor=face, markeredgewidth=1.2, label=series.label, zorder=3)
     if series.lows and any(lo != hi for lo, hi in zip(series.lows, series.highs, strict=True)):
         band = [(x, lo, hi) for x, lo, hi in zip(series.xs, series.lows, series.highs, strict=True)
                 if lo is not None]

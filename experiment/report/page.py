@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from .. import catalog, model
 from ..catalog import Series
 from ..host import checks
-from ..model import DEAD, Point
+from ..model import DEAD, DEAD_OPEN, DEAD_SWEEPS, Point
 from .data import (
     CAVEATS,
     CPU_PER_REPLY,
     ERRORS,
     FLAG_TEXT,
+    OPEN_CPU_PER_REPLY,
+    P50,
+    P99,
     REPLY_TIME,
     SWEEPS,
     Group,
@@ -25,7 +28,7 @@ from .data import (
     Sweep,
     reference_max,
 )
-from .text import human, number, percent
+from .text import human, number, percent, times
 
 # ---------------------------------------------------------------------------------------------------------
 # What the page says
@@ -39,6 +42,7 @@ class HeadlineItem:
     base: float
     flags: list[str]
     capped: bool  # the host stopped this backend below the level the others reached
+    broke: bool | None = None  # open loop: whether p99 exceeded BREAK_FACTOR x its base at x (else: never, up to x)
 
     @property
     def ratio(self) -> float | None:
@@ -61,6 +65,8 @@ def headline(data: RunData, sweep_name: str, variant: str) -> Headline | None:
     A backend the host stops earlier than the rest (select at FD_SETSIZE: its higher levels are skipped)
     would pull that level down for all: it is quoted at its own last level instead, and said to stop there.
     """
+    if sweep_name == DEAD_OPEN:
+        return open_headline(data, variant)
     sweep = SWEEPS[sweep_name]
     key = sweep.main.key
     measured: dict[Series, dict[int, Group]] = {}
@@ -124,6 +130,53 @@ def _headline_text(sweep: Sweep, variant: str, x: int, items: list[HeadlineItem]
     return text
 
 
+# The open loop's headline: where a line's p99 first exceeds this many times its value at its fewest dead.
+BREAK_FACTOR = 10
+OPEN_CAVEATS = (*CAVEATS, checks.LAGGED, checks.OVERLOADED)
+
+
+def open_headline(data: RunData, variant: str) -> Headline | None:
+    """For each line of the open-loop sweep, the dead count at which its p99 first exceeded BREAK_FACTOR times
+    its value at its fewest dead connections (ideally 0), or that it never did up to its last measured level."""
+    key = P99.key
+    items: list[HeadlineItem] = []
+    without_data: dict[Series, str] = {}
+    for line in data.lines(DEAD_OPEN, variant):
+        series = data.line(DEAD_OPEN, variant, line)
+        groups = [g for g in series if g.median(key) is not None]
+        if not groups:
+            reasons = [p.reason for g in series for p in g.points if p.reason]
+            without_data[line] = str(reasons[0]) if reasons else "no measured point"
+            continue
+        base_group = groups[0]
+        base = base_group.measured_median(key)
+        broken = next((g for g in groups[1:] if g.measured_median(key) > BREAK_FACTOR * base), None)
+        at = broken or groups[-1]
+        items.append(HeadlineItem(series=line, x=at.x, value=at.measured_median(key), base_x=base_group.x, base=base,
+                                  flags=[FLAG_TEXT[n] for n in OPEN_CAVEATS if at.flagged(n)], capped=False,
+                                  broke=broken is not None))
+    if not items:
+        return None
+    offered = [g.median("offered_rate") for line in data.lines(DEAD_OPEN, variant)
+               for g in data.line(DEAD_OPEN, variant, line) if g.median("offered_rate")]
+    rate = f" at {human(offered[0])} requests/s" if offered else ""
+    parts = []
+    for item in items:
+        flags = f"; {', '.join(item.flags)}" if item.flags else ""
+        if item.broke:
+            parts.append(f"{item.series.label}'s p99 first exceeded {BREAK_FACTOR}× its {item.base_x:,}-dead value "
+                         f"({number(item.base, 2)} ms) at {item.x:,} dead connections ({number(item.value, 2)} ms"
+                         f"{flags})")
+        else:
+            parts.append(f"{item.series.label}'s p99 never exceeded {BREAK_FACTOR}× its {item.base_x:,}-dead value "
+                         f"({number(item.base, 2)} ms) up to {item.x:,} dead connections ({number(item.value, 2)} ms, "
+                         f"{times(item.ratio)}{flags})")
+    text = f"{variant.upper()}, open loop{rate}: " + "; ".join(parts) + "."
+    for line, why in without_data.items():
+        text += f" {line.label}: nothing measured ({why})."
+    return Headline(DEAD_OPEN, variant, max(i.x for i in items), items, without_data, text)
+
+
 def headlines(data: RunData) -> list[Headline]:
     return [h for s in data.sweeps() if s in SWEEPS for v in data.variants(s)
             if (h := headline(data, s, v)) is not None]
@@ -135,8 +188,8 @@ def host_caps(data: RunData) -> list[str]:
     fd_limit = limits.get("fd_hard_limit") or data.metadata.get("fd_hard_limit")
     sentences = []
     for sweep_name, sweep in SWEEPS.items():
-        if sweep_name not in data.sweeps():
-            continue
+        if sweep_name not in data.sweeps() or (sweep_name == DEAD_OPEN and DEAD in data.sweeps()):
+            continue  # the open loop's dead connections stop where the closed loop's do: said once
         skipped = [g for g in data.all_groups(sweep_name) if g.status == model.SKIPPED]
         # limits are keyed by each line's label (model: the run record's display keys).
         lines = {s.label: s for s in data.lines(sweep_name)}
@@ -149,7 +202,7 @@ def host_caps(data: RunData) -> list[str]:
                             if g.status != model.SKIPPED), default=0) for b in data.lines(sweep_name)}
         top = max(caps.values())
         host = f"This host allows {fd_limit} open files per process: " if fd_limit else ""
-        what = f"dead connections stop at {top:,} per server" if sweep_name == DEAD else \
+        what = f"dead connections stop at {top:,} per server" if sweep_name in DEAD_SWEEPS else \
             f"pipetest stops at {top:,} pipes"
         held = [lines[b] for b in (limits.get("dead_holders") or {}) if b in lines] if sweep_name == DEAD else []
         if held:  # helper processes held the dead connections of these lines past the cap
@@ -202,6 +255,15 @@ def notices(data: RunData) -> list[str]:
     if flagged.get(checks.CPU_FREQUENCY_CHANGED):
         found.append(f"At {flagged[checks.CPU_FREQUENCY_CHANGED]} points the CPU clock moved by more than "
                      f"{checks.FREQUENCY_CHANGE_FRACTION:.0%} during the measurement.")
+    open_ok = [p for p in ok if p.sweep == DEAD_OPEN]
+    if flagged.get(checks.OVERLOADED):
+        found.append(f"At {flagged[checks.OVERLOADED]} of {len(open_ok)} open-loop points the server did not keep up "
+                     "with the offered rate (overloaded: the achieved rate fell more than 1% below it): there the "
+                     "latency grows with the queue, and requests past openload's timeout are errors, not latencies.")
+    if flagged.get(checks.LAGGED):
+        found.append(f"At {flagged[checks.LAGGED]} of {len(open_ok)} open-loop points the generator lagged: openload "
+                     "sent requests later than 1 ms after they were due although their connection was free (its "
+                     "CPU was taken or it was descheduled), so part of those points' latency is the client's.")
     if (data.metadata.get("git") or {}).get("dirty"):
         found.append("The source tree had uncommitted changes when this run started (git dirty).")
     return found
@@ -246,27 +308,29 @@ def points_table(data: RunData, sweep_name: str) -> dict:
     """Every group of repetitions; a group with no success carries its reasons instead of numbers."""
     sweep = SWEEPS[sweep_name]
     columns = ["variant", "backend", sweep.x_label, "ok / runs"]
-    if sweep_name == DEAD:
+    dead = sweep_name in DEAD_SWEEPS
+    metrics = (P99, P50, *sweep.metrics[1:]) if sweep_name == DEAD_OPEN else sweep.metrics
+    if dead:
         columns += ["load", "bottleneck"]
-    for metric in sweep.metrics:
+    for metric in metrics:
         columns += [f"{metric.title} (median)", "min – max"]
-    if sweep_name == DEAD:
+    if dead:
         columns.append(ERRORS.key)
     columns += ["flags", "notes"]
     rows = []
     for group in data.all_groups(sweep_name):
         values = []
-        for metric in sweep.metrics:
+        for metric in metrics:
             values += [_value_cell(group, metric), _range_cell(group, metric)]
-        if sweep_name == DEAD:
+        if dead:
             values.append(number(group.total(ERRORS.key)))
         rows.append({"variant": group.variant.upper(), "backend": group.series,
                      "x": f"{group.x:,}" + (" (host max)" if group.host_max else ""),
                      "runs": f"{len(group.ok)} / {len(group.points)}", "values": values,
-                     "about": [group.loads, group.bottleneck] if sweep_name == DEAD else [],
+                     "about": [group.loads, group.bottleneck] if dead else [],
                      "flags": ", ".join(group.flags), "status": group.status, "reasons": group.reasons})
     return {"sweep": sweep_name, "title": sweep.title, "columns": columns, "rows": rows,
-            "value_columns": len(columns) - 6 - (2 if sweep_name == DEAD else 0)}
+            "value_columns": len(columns) - 6 - (2 if dead else 0)}
 
 
 def key_table(data: RunData, heads: list[Headline]) -> list[dict]:
@@ -275,6 +339,9 @@ def key_table(data: RunData, heads: list[Headline]) -> list[dict]:
         sweep = SWEEPS[head.sweep]
         for item in head.items:
             group = data.groups[(head.sweep, head.variant, item.series, item.x)]
+            if head.sweep == DEAD_OPEN:
+                rows.append(_open_key_row(head, item, group))
+                continue
             rows.append({
                 "sweep": head.sweep, "variant": head.variant.upper(), "backend": item.series,
                 "x": f"{item.x:,} {sweep.x_unit}", "value": f"{human(item.value)} {sweep.main.unit}",
@@ -283,6 +350,16 @@ def key_table(data: RunData, heads: list[Headline]) -> list[dict]:
                 "time": _value_cell(group, REPLY_TIME) if head.sweep == DEAD else "",
                 "flags": ", ".join(item.flags + (["host stops it here"] if item.capped else []))})
     return rows
+
+
+def _open_key_row(head: Headline, item: HeadlineItem, group: Group) -> dict:
+    """An open-loop line in the key numbers: its p99 where it broke (or at its last level), against its base."""
+    where = "p99 over 10× here" if item.broke else "p99 never over 10×"
+    return {"sweep": head.sweep, "variant": head.variant.upper(), "backend": item.series,
+            "x": f"{item.x:,} dead connections", "value": f"p99 {number(item.value, 2)} ms",
+            "relative": f"{times(item.ratio)} of {item.base_x:,}-dead p99",
+            "cpu": _value_cell(group, OPEN_CPU_PER_REPLY), "time": f"p50 {_value_cell(group, P50)}",
+            "flags": ", ".join([where, *item.flags])}
 
 
 def flatten(value, prefix: str = "") -> list[tuple[str, str]]:

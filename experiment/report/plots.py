@@ -8,22 +8,24 @@ from dataclasses import dataclass, field
 from .. import catalog
 from ..catalog import Series
 from ..host import checks
-from ..model import DEAD
+from ..model import DEAD, DEAD_OPEN
 from . import beyond, draw
 from .data import REFERENCE_KEY, SWEEPS, Metric, RunData, Sweep, reference
+from .text import human
 
 # ---------------------------------------------------------------------------------------------------------
 # Figures
 
 def series_of(data: RunData, sweep_name: str, variant: str, backend: Series, key: str, label: str,
-              scale_to_base: bool = False, ring_saturated: bool = False, dashed: bool = False) -> draw.Series:
+              scale_to_base: bool = False, ring_saturated: bool = False, dashed: bool = False,
+              thin: bool = False) -> draw.Series:
     """One line: medians and min-max of the repetitions, optionally divided by its first value."""
     groups = [(g, g.values(key)) for g in data.line(sweep_name, variant, backend) if g.values(key)]
     base = (groups[0][0].measured_median(key) if groups and scale_to_base else 1.0) or 1.0
     return draw.Series(
         label=label, style=backend.style(), xs=[g.x for g, _ in groups],
         medians=[g.measured_median(key) / base for g, _ in groups], lows=[min(v) / base for _, v in groups],
-        highs=[max(v) / base for _, v in groups], dashed=dashed,
+        highs=[max(v) / base for _, v in groups], dashed=dashed, thin=thin,
         saturated=[g.flagged(checks.CLIENT_SATURATED) for g, _ in groups] if ring_saturated else [])
 
 
@@ -94,19 +96,22 @@ def run_figure_rows(data: RunData) -> list[FigureRow]:
             variants = [v for v in data.variants(sweep_name) if _has(data, sweep_name, v, metric.key)]
             if not variants:
                 continue
+            title = f"{metric.title} and {metric.thin_label} (thin)" if metric.thin else metric.title
             plots = [draw.Plot(
                 name=figure_name(sweep_name, metric.slug, suffix),
-                title=f"{title}: {metric.title} vs {sweep.x_label}",
-                xlabel=sweep.x_label, ylabel=metric.label, logx=sweep.logx, logy=sweep.logx,
-                series=[series_of(data, sweep_name, v, b, metric.key, b.backend if w else b.label,
+                title=f"{prefix}: {title} vs {sweep.x_label}",
+                xlabel=sweep.x_label, ylabel=metric.label, logx=sweep.logx, logy=sweep.logx or metric.logy,
+                series=[series_of(data, sweep_name, v, b, metric.key,
+                                  f"{b.backend if w else b.label} {metric.line_label}".strip(),
                                   ring_saturated=metric.key == "reply_rate")
-                        for b in lines]
-                + (_extrapolated(extended, v) if metric.key == "server_cpu_us_per_reply" else []))
-                for v in variants for suffix, title, w, lines in _panels(data, sweep_name, [v])]
-            rows.append(FigureRow(f"{metric.title[0].upper()}{metric.title[1:]} vs {sweep.x_label}",
+                        for b in lines] + _thin_series(data, sweep_name, v, metric)
+                + (_extrapolated(extended, v) if sweep_name == DEAD and metric.key == "server_cpu_us_per_reply"
+                   else []))
+                for v in variants for suffix, prefix, w, lines in _panels(data, sweep_name, [v])]
+            rows.append(FigureRow(f"{_capital(title)} vs {sweep.x_label}",
                                   _caption(data, sweep, metric), plots))
         variants = [v for v in data.variants(sweep_name) if _has(data, sweep_name, v, sweep.main.key)]
-        if variants:
+        if variants and sweep.reference:
             first = reference()[REFERENCE_KEY[sweep_name]]["series"]
             base_x = min(x for pairs in first.values() for x, _ in pairs)
             plots = [draw.Plot(
@@ -128,8 +133,38 @@ def run_figure_rows(data: RunData) -> list[FigureRow]:
     return rows
 
 
+def _capital(text: str) -> str:
+    """A title's first letter in capitals, unless its first word is a name such as p99."""
+    first = text.split(" ", 1)[0]
+    return text if any(c.isdigit() for c in first) else text[0].upper() + text[1:]
+
+
+def _thin_series(data: RunData, sweep_name: str, variant: str, metric: Metric) -> list[draw.Series]:
+    """A metric's companion figure (p50 beside p99), one thinner line per series."""
+    if metric.thin is None:
+        return []
+    return [series_of(data, sweep_name, variant, b, metric.thin, f"{b.label} {metric.thin_label}", thin=True)
+            for b in data.lines(sweep_name, variant)]
+
+
+def _offered(data: RunData) -> str:
+    """The open loop's offered rate and where it came from, in words."""
+    recorded = data.record.open_rate or {}
+    rate = recorded.get("rate")
+    if not rate:
+        return "one offered rate"
+    text = f"{human(rate)} requests/s offered"
+    if recorded.get("share") and recorded.get("lowest"):
+        capacity = (recorded.get("capacity") or {}).get(recorded["lowest"])
+        text += (f" ({recorded['share']:g} × {human(capacity)}/s, the lowest capacity at 0 dead connections, "
+                 f"{recorded['lowest']}'s, by wrk)")
+    return text
+
+
 def _caption(data: RunData, sweep: Sweep, metric: Metric) -> str:
     spread = _repetitions_text(data)
+    if sweep.name == DEAD_OPEN:
+        return _open_caption(data, metric) + " " + spread
     if metric.key == "reply_rate":
         loads = sorted({p.load for p in data.points if p.sweep == DEAD and p.load})
         what = {"httperf": "httperf's average reply rate", "wrk": "wrk's requests per second (its fixed "
@@ -148,3 +183,19 @@ def _caption(data: RunData, sweep: Sweep, metric: Metric) -> str:
     walks = (" One figure per token walk: stay (each token keeps its pipe) and stride (the 2002 pipetest.c's "
              "walk through all the pipes)." if beyond.walks_note(data) else "")
     return "Token passes per second through the pipes, log-log. " + spread + walks
+
+
+def _open_caption(data: RunData, metric: Metric) -> str:
+    offered = _offered(data)
+    if metric.thin is not None:
+        return (f"openload at {offered}, open loop: each request's latency counts from the time it was due "
+                "(coordinated omission corrected), so a server that falls behind is charged for every request it "
+                "delayed. Thick lines p99, thin lines p50; log scale. Requests unanswered after openload's timeout "
+                "are errors, not latencies: at an overloaded point the p99 is a lower bound.")
+    if metric.key == "server_cpu_busy_pct":
+        return (f"The server's CPU time (its cgroup) over openload's run at {offered}, in % of its cpuset: at a fixed "
+                "rate, what the dead connections cost shows as CPU, until it runs out (100%).")
+    if metric.key == "server_cpu_us_per_reply":
+        return "Server CPU time during the open-loop measurement divided by the replies it sent."
+    return (f"Replies per second openload received at {offered}: below the offered rate, the server did not keep "
+            "up (flagged overloaded).")

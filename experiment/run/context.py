@@ -33,13 +33,14 @@ class Context:
     # The kernel cost anatomy's perf, found and checked once per run (run/instruments.py); None: --no-anatomy.
     anatomy: anatomy.Instruments | None = None
     server_local: bool = True  # the server's engine runs on this machine: its processes are ours to watch
+    open_rate: float | None = None  # the open-loop sweep's offered rate, requests/s (openloop.offered_rate)
 
 
 def point_id(sweep: str, variant: str, series: Series, repetition: int, x: int, overlap: bool = False) -> str:
     """A point's file name, e.g. dead-up-nginx-epoll-r1-d001000, pipetest-up-epoll-stride-r1-p000010 (a walk
     other than stay is in the series' slug), dead-up-epoll-r1-d010000-direct (a holders series' overlapping
-    level measured without holders)."""
-    letter = "d" if sweep == model.DEAD else "p"
+    level measured without holders), dead-open-up-epoll-r1-d001000."""
+    letter = "p" if sweep == model.PIPETEST else "d"
     return f"{sweep}-{variant}-{series.slug}-r{repetition}-{letter}{x:06d}" + ("-direct" if overlap else "")
 
 
@@ -47,7 +48,7 @@ def base_point(ctx: Context, sweep: str, variant: str, series: Series, repetitio
                level: Level) -> model.Point:
     return model.Point(id=point_id(sweep, variant, series, repetition, level.value, level.overlap), sweep=sweep,
                        variant=variant, series=series, repetition=repetition, x=level.value, host_max=level.host_max,
-                       started_at=model.utc_now(), load=ctx.plan.load if sweep == model.DEAD else None,
+                       started_at=model.utc_now(), load=ctx.plan.load_of(sweep),
                        walk=series.walk or None if sweep == model.PIPETEST else None,
                        dead_holders=level.holders, overlap=level.overlap)
 

@@ -28,7 +28,7 @@ from ..host import checks, engine, machine
 from . import instruments, loads, servers, services
 from .containers import Managed
 from .context import Context, base_point, finish, point_id
-from .plan import Level, series_levels
+from .plan import Level, dead_levels, series_levels
 from .services import Service
 
 DEADCONN_STEP_TIMEOUT_S = 120
@@ -59,30 +59,35 @@ class Serving:
     port: int
 
 
-def dead_series(ctx: Context, variant: str, series: Series, repetition: int) -> None:
-    """One series: its levels (plan.series_levels), all on one server; a series whose dead connections are
-    held by helper processes (ephttpd --dead-holders) measures its overlapping level once more on a server
-    of its own that holds them itself."""
-    levels = [lv for lv in series_levels(ctx.plan, ctx.fd_limit, series)
-              if not ctx.run.has_point(point_id(model.DEAD, variant, series, repetition, lv.value, lv.overlap))]
+def dead_series(ctx: Context, variant: str, series: Series, repetition: int, sweep: str = model.DEAD) -> None:
+    """One line of a dead sweep. DEAD (httperf or wrk): its levels (plan.series_levels) all on one server; a
+    series whose dead connections helper processes hold (ephttpd --dead-holders) measures its overlapping
+    level once more on a server of its own that holds them itself. DEAD_OPEN (openload at ctx.open_rate):
+    what one server process holds."""
+    planned = (series_levels(ctx.plan, ctx.fd_limit, series) if sweep == model.DEAD
+               else dead_levels(ctx.plan, ctx.fd_limit, series.backend, sweep))
+    levels = [lv for lv in planned
+              if not ctx.run.has_point(point_id(sweep, variant, series, repetition, lv.value, lv.overlap))]
     for level in [lv for lv in levels if lv.skip_reason]:
-        finish(ctx, base_point(ctx, model.DEAD, variant, series, repetition, level), model.SKIPPED,
+        finish(ctx, base_point(ctx, sweep, variant, series, repetition, level), model.SKIPPED,
                level.skip_reason)
     runnable = [lv for lv in levels if not lv.skip_reason]
     for group in ([lv for lv in runnable if not lv.overlap], [lv for lv in runnable if lv.overlap]):
         if group:
-            _run_levels(ctx, variant, series, repetition, group)
+            _run_levels(ctx, variant, series, repetition, group, sweep)
 
 
-def _run_levels(ctx: Context, variant: str, series: Series, repetition: int, runnable: list[Level]) -> None:
+def _run_levels(ctx: Context, variant: str, series: Series, repetition: int, runnable: list[Level],
+                sweep: str = model.DEAD) -> None:
     """Levels of one server, in order: one server container and one deadconn ramping up through them."""
     choice = ctx.choices[series.server]
     holders = runnable[0].holders
     cs = ctx.cpusets[variant]
+    anatomy = ctx.anatomy if sweep == model.DEAD else None  # the open loop's points carry none
     # A server of the user's own listens where it listens; ours on a port free here (on another host's
     # engine only a guess, and the check below catches a wrong one).
     port = choice.port or machine.free_port()
-    doing = f"dead {variant} {series.label} r{repetition}" + (f" ({holders} holders)" if holders else "") + \
+    doing = f"{sweep} {variant} {series.label} r{repetition}" + (f" ({holders} holders)" if holders else "") + \
         (" (overlap, no holders)" if runnable[0].overlap else "")
     ctx.progress.describe(f"{doing}: starting server")
     service = choice.service(series.backend, port, ctx.plan.msgsize, cs["server"], ctx.fd_limit, ctx.server_address,
@@ -91,7 +96,7 @@ def _run_levels(ctx: Context, variant: str, series: Series, repetition: int, run
         reason = (f"something already answers on {ctx.server_address}:{port} before the server started: stop "
                   "it, or run the server on another port")
         for level in runnable:
-            _fail_dead(ctx, variant, series, repetition, level, reason)
+            _fail_dead(ctx, variant, series, repetition, level, reason, sweep)
         return
     server = ctx.servers.run(service.image or ctx.server_image, service)
     deadconn = None
@@ -100,7 +105,7 @@ def _run_levels(ctx: Context, variant: str, series: Series, repetition: int, run
         if not listening:
             reason = f"server did not start: {server.output_tail() or 'no output'}"
             for level in runnable:
-                _fail_dead(ctx, variant, series, repetition, level, reason)
+                _fail_dead(ctx, variant, series, repetition, level, reason, sweep)
             return
         # With holders the dead connections go to their own port (the listening line names it), so that they
         # never mix with the active ones on the server's.
@@ -108,7 +113,7 @@ def _run_levels(ctx: Context, variant: str, series: Series, repetition: int, run
         if not dead_port:
             reason = f"the server started with {holders} holders named no dead-connection port: {listening}"
             for level in runnable:
-                _fail_dead(ctx, variant, series, repetition, level, reason)
+                _fail_dead(ctx, variant, series, repetition, level, reason, sweep)
             return
         deadconn = ctx.clients.run(ctx.client_image, services.deadconn(
             dead_port, 0, DEADCONN_STEP_TIMEOUT_S, cs["clients"], ctx.server_address, ctx.client_source))
@@ -116,11 +121,11 @@ def _run_levels(ctx: Context, variant: str, series: Series, repetition: int, run
         if not ready or ready["event"] != "ready":
             reason = f"deadconn did not start: {deadconn.output_tail() or 'no output'}"
             for level in runnable:
-                _fail_dead(ctx, variant, series, repetition, level, reason)
+                _fail_dead(ctx, variant, series, repetition, level, reason, sweep)
             return
         serving = Serving(server, service, listening, port)
-        pids, why = instruments.server_pids(ctx, server) if ctx.anatomy else ([], "")
-        if ctx.anatomy and pids and server.pid():
+        pids, why = instruments.server_pids(ctx, server) if anatomy else ([], "")
+        if anatomy and pids and server.pid():
             instruments.record_seccomp(ctx, server.pid() or pids[0])
         stats = (lambda: _server_stats(serving)) if service.stats else None
         # The dead connections the server's side holds now: the holders' count, or the server's own "open".
@@ -131,7 +136,7 @@ def _run_levels(ctx: Context, variant: str, series: Series, repetition: int, run
             before = after = None
             if grow > 0:
                 ctx.progress.describe(f"{doing}: opening {level.value} dead")
-                if ctx.anatomy:
+                if anatomy:
                     before = instruments.slab(ctx, ready["held"], pids, why, held)
                 deadconn.send_stdin(f"grow {grow}\n")
                 ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S + 10) or {
@@ -140,32 +145,33 @@ def _run_levels(ctx: Context, variant: str, series: Series, repetition: int, run
                     reason = (f"deadconn held {ready.get('held')} of {level.value} dead connections: "
                               f"{ready.get('reason')}")
                     for rest in runnable[index:]:
-                        _fail_dead(ctx, variant, series, repetition, rest, reason)
+                        _fail_dead(ctx, variant, series, repetition, rest, reason, sweep)
                     return
-                if ctx.anatomy:
+                if anatomy:
                     after = instruments.slab(ctx, level.value, pids, why, held)
             if server.exited():
                 reason = f"server exited: {server.output_tail()}"
                 for rest in runnable[index:]:
-                    _fail_dead(ctx, variant, series, repetition, rest, reason)
+                    _fail_dead(ctx, variant, series, repetition, rest, reason, sweep)
                 return
             if holders:
                 short = _holders_short(serving, level.value)
                 if short:
                     for rest in runnable[index:]:
-                        _fail_dead(ctx, variant, series, repetition, rest, short)
+                        _fail_dead(ctx, variant, series, repetition, rest, short, sweep)
                     return
             # wrk runs for a fixed time: only httperf's length needs the reply rate.
-            reply_rate = _probe_rate(ctx, cs["clients"], port) if ctx.plan.load == loads.HTTPERF else None
-            memory = instruments.memory(before, after, pids, why) if ctx.anatomy else None
+            closed_httperf = sweep == model.DEAD and ctx.plan.load == loads.HTTPERF
+            reply_rate = _probe_rate(ctx, cs["clients"], port) if closed_httperf else None
+            memory = instruments.memory(before, after, pids, why) if anatomy else None
             _measure_dead(ctx, variant, series, repetition, level, serving, deadconn, ready, reply_rate,
-                          memory, pids, why)
+                          memory, pids, why, sweep)
     finally:
         for managed, runner in ((deadconn, ctx.clients), (server, ctx.servers)):
             if managed:
                 runner.stop(managed)
                 suffix = "-direct" if runnable[0].overlap else ""
-                _save_log(ctx, managed, f"dead-{variant}-{series.slug}-r{repetition}{suffix}.{managed.role}.log")
+                _save_log(ctx, managed, f"{sweep}-{variant}-{series.slug}-r{repetition}{suffix}.{managed.role}.log")
                 runner.remove(managed)
 
 
@@ -195,8 +201,9 @@ def _holders_short(serving: Serving, dead: int) -> str | None:
             f"(alive {holders.get('alive')} of {holders.get('holders')}, lost {holders.get('lost')})")
 
 
-def _fail_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level, reason: str) -> None:
-    finish(ctx, base_point(ctx, model.DEAD, variant, series, repetition, level), model.FAILED, reason)
+def _fail_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level, reason: str,
+               sweep: str = model.DEAD) -> None:
+    finish(ctx, base_point(ctx, sweep, variant, series, repetition, level), model.FAILED, reason)
 
 
 def _save_log(ctx: Context, managed: Managed, name: str) -> None:
@@ -238,7 +245,9 @@ def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
 def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level,
                   serving: Serving, deadconn: Managed, ready: dict, reply_rate: float | None,
                   memory: model.MemoryFigures | model.Unavailable | None = None, pids: list[int] | None = None,
-                  why: str = "") -> model.Point:
+                  why: str = "", sweep: str = model.DEAD) -> model.Point:
+    if sweep == model.DEAD_OPEN:
+        return _measure_open(ctx, variant, series, repetition, level, serving, deadconn, ready)
     cs = ctx.cpusets[variant]
     load_name = ctx.plan.load
     point = base_point(ctx, model.DEAD, variant, series, repetition, level)
@@ -387,3 +396,107 @@ def _wrk_figures(parsed: dict, server_cpu_s: float, client_cpu_s: float | None) 
         server_cpu_us_per_reply=server_cpu_s * 1e6 / replies if replies else None,
         client_cpu_pct=round(100.0 * client_cpu_s / duration, 1) if client_cpu_s is not None and duration > 0
         else None, duration_s=duration)
+
+
+# ---- the open loop (DEAD_OPEN) ------------------------------------------------------------------------------
+
+# openload's timeout of a request, and so the longest drain after the load: short, so that an overloaded point
+# (whose late requests wait for the drain) ends soon after its duration. A request later than this is an error
+# of kind "timeout" and its latency is not in the percentiles: beyond it, "overloaded" says enough.
+OPEN_TIMEOUT_S = 2.0
+# openload's error kinds that a server under an offered rate it cannot meet causes (kept as figures, the point
+# stands, flagged overloaded); any other kind, or a non-2xx reply, fails the point as the closed loads' errors do.
+OPEN_OVERLOAD_ERRORS = ("timeout", "unsent", "unanswered")
+
+
+def _measure_open(ctx: Context, variant: str, series: Series, repetition: int, level: Level,
+                  serving: Serving, deadconn: Managed, ready: dict) -> model.Point:
+    """An open-loop point: openload in a fresh client container offers ctx.open_rate for open_duration_s over
+    open_connections; the server's CPU from its cgroup around it, its counters before and after."""
+    if ctx.open_rate is None:
+        raise ValueError("an open-loop point needs the sweep's offered rate first (openloop.offered_rate)")
+    cs = ctx.cpusets[variant]
+    point = base_point(ctx, model.DEAD_OPEN, variant, series, repetition, level)
+    ctx.progress.describe(f"{model.DEAD_OPEN} {variant} {series.label} r{repetition}: {level.value} dead, measuring")
+    load = loads.OpenLoad(port=serving.port, rate=ctx.open_rate, server=ctx.server_address,
+                          connections=ctx.plan.open_connections, duration_s=ctx.plan.open_duration_s,
+                          timeout_s=OPEN_TIMEOUT_S)
+    timeout = load.bound_s + 60
+    server = serving.managed
+    container_id = str(server.container.id)
+    hygiene = checks.PointChecks.take(container_ids={"server": container_id})
+    stats_before = _server_stats(serving)
+    cpu_before = server.cpu_ns()
+    command, output, code = _run_client(ctx, services.openload(load, cs["clients"]), timeout)
+    cpu_after = server.cpu_ns()
+    stats_after = _server_stats(serving)
+    raw = ctx.run.raw_path(f"{point.id}.{loads.OPENLOAD}.txt")
+    raw.write_text(output)
+    server_cpu_s = (cpu_after - cpu_before) / 1e9
+    point.programs["server"] = {
+        "kind": series.server, "image": serving.service.image or ctx.server_image,
+        "image_id": server.container.attrs.get("Image"), "readiness": serving.service.readiness,
+        "ready": serving.ready, "address": ctx.server_address, "port": serving.port, "cpuset": cs["server"],
+        "command": server.command, "container": container_id[:12], "cpu_s": server_cpu_s,
+        "stats_before": stats_before, "stats_after": stats_after}
+    point.programs["deadconn"] = {"cpuset": cs["clients"], "command": deadconn.command, "held": ready["held"],
+                                  "ready": ready}
+    section = {"cpuset": cs["clients"], "command": command, "exit_code": code,
+               "raw": str(raw.relative_to(ctx.run.path))}
+    point.programs[loads.OPENLOAD] = section
+    if code is None:
+        finish(ctx, point, model.FAILED, f"{loads.OPENLOAD} did not finish within {timeout:.0f} s")
+        return point
+    try:
+        parsed = loads.parse_openload(output)
+    except ValueError as e:
+        tail = output.strip().splitlines()[-1:] or ["no output"]
+        finish(ctx, point, model.FAILED, f"{loads.OPENLOAD} output unreadable (exit code {code}): {e}: {tail[0]}")
+        return point
+    section["parsed"] = {k: v for k, v in parsed.items() if k != "raw"}  # the whole object is in the raw file
+    server_cpus = len(engine.expand_cpu_list(cs["server"]))
+    figures = open_figures(parsed, server_cpu_s, server_cpus)
+    point.figures = figures
+    # openload is one thread: it can use one CPU of its cpuset at most.
+    point.set_checks(hygiene.finish(client_cpu_pct=figures.client_cpu_pct, client_cpus=1,
+                                    server_cpu_s=server_cpu_s, duration_s=_open_wall_s(parsed),
+                                    server_cpus=server_cpus))
+    point.flags.update({checks.LAGGED: figures.lagged, checks.OVERLOADED: figures.overloaded})
+    hard = {kind: n for kind, n in parsed["errors"].items() if n and kind not in OPEN_OVERLOAD_ERRORS}
+    if parsed["non_2xx"]:
+        hard["non_2xx"] = parsed["non_2xx"]
+    if code != 0:
+        finish(ctx, point, model.FAILED, f"{loads.OPENLOAD} exited with {code}")
+    elif figures.replies == 0:
+        finish(ctx, point, model.FAILED, f"no replies ({figures.errors} {loads.OPENLOAD} errors)")
+    elif hard:
+        finish(ctx, point, model.FAILED, f"{loads.OPENLOAD} counted {sum(hard.values())} errors: "
+               + ", ".join(f"{k} {v}" for k, v in hard.items()))
+    else:
+        finish(ctx, point)
+    return point
+
+
+def _open_wall_s(parsed: dict) -> float:
+    """openload's time from its schedule's start to its end, drain included (wall_s; elapsed_s if absent)."""
+    wall = parsed["raw"].get("wall_s")
+    return float(wall) if isinstance(wall, int | float) and wall > 0 else parsed["elapsed_s"]
+
+
+def open_figures(parsed: dict, server_cpu_s: float, server_cpus: int) -> model.OpenFigures:
+    """The figures of an open-loop point from openload's parsed output (loads.parse_openload) and the server's
+    CPU seconds over it. Busy share: the server's CPU over openload's run, in % of its cpuset."""
+    latency, uncorrected = parsed["latency_ms"], parsed["uncorrected_latency_ms"]
+    replies, wall = parsed["replies"], _open_wall_s(parsed)
+    return model.OpenFigures(
+        offered_rate=parsed["offered_rate"], achieved_rate=parsed["achieved_rate"],
+        achieved_share=parsed["achieved_share"], latency_p50_ms=latency["p50"], latency_p90_ms=latency["p90"],
+        latency_p99_ms=latency["p99"], latency_p999_ms=latency["p99.9"], latency_max_ms=latency["max"],
+        uncorrected_p50_ms=uncorrected["p50"], uncorrected_p99_ms=uncorrected["p99"],
+        uncorrected_p999_ms=uncorrected["p99.9"], requests=parsed["requests"], replies=replies,
+        errors=parsed["error_total"], lagged=parsed["lagged"], overloaded=parsed["overloaded"],
+        server_cpu_s=server_cpu_s,
+        server_cpu_busy_pct=round(100.0 * server_cpu_s / (wall * max(1, server_cpus)), 2) if wall > 0 else 0.0,
+        server_cpu_us_per_reply=server_cpu_s * 1e6 / replies if replies else None,
+        client_cpu_pct=round(100.0 * parsed["cpu"]["busy_share"], 1), connections=parsed["connections"],
+        duration_s=parsed["duration_s"], elapsed_s=parsed["elapsed_s"])

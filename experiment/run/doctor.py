@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from .. import catalog
+from .. import catalog, model
 from ..errors import UserError
 from ..host import engine, images, machine, preflight
 from . import leftovers
@@ -136,7 +136,7 @@ def _host_settings(plan: Plan, tune_host: bool) -> list[Check]:
     """The fd limit, the sysctls and loopback conntrack, as the run's preflight will judge them."""
     settings = preflight.read_host_settings()
     hard = settings[preflight.FD_HARD_LIMIT]
-    top = max(plan.dead) if "dead" in plan.sweeps else 0
+    top = max(plan.dead) if set(model.DEAD_SWEEPS) & set(plan.sweeps) else 0
     reachable = top if hard is None else min(top, max(max_dead(hard, s.backend, plan.active_connections)
                                                         for s in plan.series))
     findings = preflight.assess(settings, reachable, plan.active_connections,
@@ -263,7 +263,7 @@ def _memory(plan: Plan) -> Check:
         if line.startswith("MemAvailable:"):
             available = int(line.split()[1]) * 1024
     hard = machine.fd_hard_limit()
-    top = max(plan.dead) if "dead" in plan.sweeps else 0
+    top = max(plan.dead) if set(model.DEAD_SWEEPS) & set(plan.sweeps) else 0
     connections = min(top, max(max_dead(hard, s.backend, plan.active_connections) for s in plan.series)) \
         + plan.active_connections
     needed = MEMORY_BASE + connections * MEMORY_PER_CONNECTION

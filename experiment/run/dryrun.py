@@ -16,16 +16,18 @@ from pathlib import Path
 
 from .. import catalog, model
 from ..errors import UserError
-from ..model import DEAD, PIPETEST, Plan
+from ..model import DEAD, DEAD_OPEN, PIPETEST, Plan
 from .pipetest import PIPETEST_SECONDS
-from .plan import Level, pipe_levels, series_levels
+from .plan import Level, dead_levels, pipe_levels, series_levels
 from .reproduce import count_points
 
 # Seconds a point takes beyond its load: httperf's probe runs before each point; a series starts its server
 # and deadconn once. From the reference runs: 10.4-10.5 s per 10-second httperf point, 2.8 s per 2-second
 # pipetest point, and 106-240 s of the rest over 60-162 dead points.
-POINT_OVERHEAD_S = {catalog.HTTPERF: 2.0, catalog.WRK: 1.0, PIPETEST: 1.0}
+POINT_OVERHEAD_S = {catalog.HTTPERF: 2.0, catalog.WRK: 1.0, catalog.OPEN: 1.5, PIPETEST: 1.0}
 SERIES_START_S = 3.0
+# The open loop's capacity probe: a server and PROBE_S of wrk per line and variant.
+OPEN_PROBE_S = 4.0
 
 
 def local_fd_limit() -> int:
@@ -41,6 +43,9 @@ def lines(plan: Plan, fd_limit: int) -> list[tuple[str, str, str, list[Level]]]:
         if PIPETEST in plan.sweeps:
             found += [(PIPETEST, variant, f"{b} ({walk})", pipe_levels(plan, fd_limit, b))
                       for walk in plan.walks for b in plan.backends]
+    for variant in plan.open_variants if DEAD_OPEN in plan.sweeps else ():
+        found += [(DEAD_OPEN, variant, s.label, dead_levels(plan, fd_limit, s.backend, DEAD_OPEN))
+                  for s in plan.series]
     return found
 
 
@@ -51,6 +56,10 @@ def estimate_s(plan: Plan, fd_limit: int) -> float:
         measured = sum(1 for level in levels if not level.skip_reason)
         if sweep == DEAD:
             total += plan.repeat * (SERIES_START_S + measured * (plan.duration_s + POINT_OVERHEAD_S[plan.load]))
+        elif sweep == DEAD_OPEN:
+            total += plan.repeat * (SERIES_START_S + measured * (plan.open_duration_s
+                                                                 + POINT_OVERHEAD_S[catalog.OPEN]))
+            total += OPEN_PROBE_S if plan.open_rate is None else 0.0
         else:
             total += plan.repeat * measured * (PIPETEST_SECONDS + POINT_OVERHEAD_S[PIPETEST])
     return total
@@ -78,6 +87,11 @@ def describe(plan: Plan, results_dir: Path, say: Callable[[str], None] = print,
     fd_limit = fd_limit if fd_limit is not None else local_fd_limit()
     say(f"plan {plan.profile}: sweeps {', '.join(plan.sweeps)}; variants {', '.join(plan.variants)}; "
         f"{plan.repeat} repetition(s); {plan.duration_s:g} s of {plan.load} per dead point")
+    if DEAD_OPEN in plan.sweeps:
+        rate = (f"{plan.open_rate:g} requests/s" if plan.open_rate is not None
+                else f"{plan.open_rate_share:g} x the lowest capacity at 0 dead (wrk probe before the first point)")
+        say(f"open loop ({DEAD_OPEN}): variants {', '.join(plan.open_variants)}; {plan.open_duration_s:g} s of "
+            f"openload per point at {rate}, {plan.open_connections} connections")
     say(f"fd limit {fd_limit} (this host's hard limit; the run uses its engine's)")
     for sweep, variant, label, levels in lines(plan, fd_limit):
         run = [f"{lv.value:,}" + (" (host max)" if lv.host_max else "") + (" (direct)" if lv.overlap else "")

@@ -8,7 +8,9 @@ from typing import Any
 from .. import catalog
 from ..catalog import DEFAULT_SERVER, FD_SETSIZE, WALKS, Series
 from ..errors import UserError
-from ..model import DEAD, PIPETEST, SWEEPS, Plan
+from ..host import machine
+from ..model import DEAD, DEAD_OPEN, PIPETEST, SWEEPS, Plan
+from .loads import OPEN_MAX_RATE
 from .servers import Choice, choose
 
 VARIANTS = ("up", "smp")
@@ -17,6 +19,11 @@ PAPER_DEAD = (0, 1000, 5000, 10000, 25000, 50000, 60000)
 PAPER_PIPES = (10, 100, 1000, 10000, 16000)
 # Pipetest holds two descriptors a pipe, plus stdio and the backend's own.
 PIPETEST_FD_OVERHEAD = 16
+# openload's descriptors beside its connections (RESERVED_FDS in images/openload/openload.c).
+OPENLOAD_FD_OVERHEAD = 16
+# The open-loop sweep's seconds of load per point in the profiles: short, so that quick stays within its
+# 10 minutes (at ~60k requests/s a 4-second point still has ~240k samples, 240 beyond its p99.9).
+OPEN_DURATION_S = 4.0
 
 
 def choices(plan: Plan) -> dict[str, Choice]:
@@ -28,11 +35,12 @@ def choices(plan: Plan) -> dict[str, Choice]:
 PROFILES = {
     "quick": Plan(profile="quick", sweeps=SWEEPS, variants=VARIANTS, backends=("poll", "epoll"),
                   dead=(0, 1000, 5000, 10000, 60000), pipes=(10, 100, 1000, 10000), repeat=1, duration_s=10,
-                  series=tuple(Series(DEFAULT_SERVER, b) for b in ("poll", "epoll")), anatomy=True, walks=WALKS),
+                  series=tuple(Series(DEFAULT_SERVER, b) for b in ("poll", "epoll")), anatomy=True, walks=WALKS,
+                  open_variants=("up",), open_duration_s=OPEN_DURATION_S),
     "paper": Plan(profile="paper", sweeps=SWEEPS, variants=VARIANTS, backends=catalog.EPHTTPD_BACKENDS,
                   dead=PAPER_DEAD, pipes=PAPER_PIPES, repeat=3, duration_s=10,
                   series=tuple(Series(DEFAULT_SERVER, b) for b in catalog.EPHTTPD_BACKENDS), anatomy=True,
-                  walks=WALKS),
+                  walks=WALKS, open_variants=("up",), open_duration_s=OPEN_DURATION_S),
 }
 
 
@@ -59,13 +67,17 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
               backends: str | None = None, dead: str | None = None, pipes: str | None = None,
               repeat: int | None = None, duration: float | None = None, server: str | None = None,
               server_image: str | None = None, server_cmd: str | None = None, server_port: int | str | None = None,
-              load: str | None = None, anatomy: bool = True, walks: str | None = None) -> Plan:
+              load: str | None = None, anatomy: bool = True, walks: str | None = None,
+              rate: str | float | None = None, connections: str | int | None = None) -> Plan:
     """The profile's plan with each given flag replacing its part; invalid values are UserErrors.
 
     server may name several servers (ephttpd,nginx): each runs the given backends it has (a server of one's
     own: its own), or by default ephttpd the profile's and any other all of its own. Pipetest does not
     involve the server: it runs ephttpd's backends, and only in a run that has ephttpd. anatomy False
-    (--no-anatomy): no kernel cost anatomy at the dead points."""
+    (--no-anatomy): no kernel cost anatomy at the dead points.
+
+    load "open" runs the dead sweep open loop: its points are the dead-open sweep's, in the dead sweep's
+    variants. rate and connections are the open loop's (parse_rate; openload's connections)."""
     if profile not in PROFILES:
         raise UserError(f"--profile {profile!r}: valid: {','.join(PROFILES)}")
     plan = PROFILES[profile]
@@ -93,13 +105,26 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
             raise UserError(f"--sweeps {sweeps}: pipetest does not involve the server, so it runs with ephttpd "
                             f"only; use --sweeps dead, or add ephttpd to --server")
     if variants is not None:
-        changes["variants"] = _choices(variants, VARIANTS, "--variants")
+        changes["variants"] = changes["open_variants"] = _choices(variants, VARIANTS, "--variants")
     if walks is not None:
         changes["walks"] = _choices(walks, WALKS, "--walks")
     if load is not None:
         if load not in catalog.LOADS:
             raise UserError(f"--load {load!r}: give one load generator; valid: {','.join(catalog.LOADS)}")
         changes["load"] = load
+        if load == catalog.OPEN:  # the dead sweep, open loop: as the closed one would have run
+            chosen_sweeps = changes.get("sweeps", plan.sweeps)
+            changes["sweeps"] = tuple(dict.fromkeys(DEAD_OPEN if s == DEAD else s for s in chosen_sweeps))
+            changes["open_variants"] = changes.get("variants", plan.variants)
+    open_sweep = DEAD_OPEN in changes.get("sweeps", plan.sweeps)
+    for flag, given in (("--rate", rate), ("--connections", connections)):
+        if given is not None and not open_sweep:
+            raise UserError(f"{flag} {given}: only the open-loop load takes it: add --load open (or dead-open "
+                            "to --sweeps)")
+    if rate is not None:
+        changes["open_rate"], changes["open_rate_share"] = parse_rate(rate)
+    if connections is not None:
+        changes["open_connections"] = parse_connections(connections, machine.fd_hard_limit())
     if dead is not None:
         changes["dead"] = _counts(dead, "--dead", 0)
         changes["add_host_max"] = False
@@ -113,8 +138,41 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
     if duration is not None:
         if not 1 <= duration <= 600:
             raise UserError(f"--duration {duration}: give seconds from 1 to 600")
-        changes["duration_s"] = duration
+        changes["duration_s"] = changes["open_duration_s"] = duration
     return replace(plan, **changes)
+
+
+def parse_rate(value: str | float) -> tuple[float | None, float | None]:
+    """--rate: requests/s (50000) as (rate, None), or a share of the lowest 0-dead capacity (0.5x) as (None, 0.5)."""
+    text = str(value).strip().lower()
+    share = text.endswith("x")
+    try:
+        number = float(text[:-1] if share else text)
+    except ValueError:
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise UserError(f"--rate {value}: give requests per second above 0 (e.g. 50000), or a share of the "
+                        "capacity at 0 dead connections (e.g. 0.5x)")
+    if share:
+        return None, number
+    if number > OPEN_MAX_RATE:
+        raise UserError(f"--rate {value}: openload offers at most {OPEN_MAX_RATE:g} requests/s: give less")
+    return number, None
+
+
+def parse_connections(value: str | int, fd_limit: int) -> int:
+    """--connections: openload's keep-alive connections, at least 1 and within the open-file limit."""
+    try:
+        count = int(str(value).strip())
+    except ValueError:
+        raise UserError(f"--connections {value}: give a whole number of connections, at least 1") from None
+    if count < 1:
+        raise UserError(f"--connections {value}: give at least 1 connection")
+    most = fd_limit - OPENLOAD_FD_OVERHEAD
+    if count > most:
+        raise UserError(f"--connections {value}: more than the open-file limit ({fd_limit} per process) allows "
+                        f"openload; give at most {most}, or raise the limit (ulimit -Hn)")
+    return count
 
 
 @dataclass(frozen=True)
@@ -140,9 +198,10 @@ def max_pipes(fd_limit: int, backend: str) -> int:
     return max(0, (limit - PIPETEST_FD_OVERHEAD) // 2)
 
 
-def dead_levels(plan: Plan, fd_limit: int, backend: str) -> list[Level]:
-    most = max_dead(fd_limit, backend, plan.active_connections)
-    below_fd_setsize = most < catalog.dead_capacity(fd_limit, plan.active_connections)
+def dead_levels(plan: Plan, fd_limit: int, backend: str, sweep: str = DEAD) -> list[Level]:
+    """The levels of a dead sweep's line (the open-loop sweep's load keeps its own connections busy)."""
+    most = max_dead(fd_limit, backend, plan.active(sweep))
+    below_fd_setsize = most < catalog.dead_capacity(fd_limit, plan.active(sweep))
     why = (f"{backend} watches descriptors below FD_SETSIZE={FD_SETSIZE}: at most {most} dead connections"
            if catalog.backend(backend).fd_setsize_bound and below_fd_setsize
            else f"host allows {fd_limit} open files per process: at most {most} dead connections per server")

@@ -28,12 +28,21 @@ from .. import anatomy, catalog, model
 from ..errors import UserError
 from ..host import engine, images, machine, metadata, preflight, publish
 from ..model import Plan
-from . import instruments, results, runlog, servers
+from . import instruments, openloop, results, runlog, servers
 from .containers import Containers
 from .context import Context
 from .dead import dead_series
 from .pipetest import pipetest_series
-from .plan import choices, dead_holders, max_dead, max_pipes, pipe_levels, series_levels
+from .plan import (
+    OPENLOAD_FD_OVERHEAD,
+    choices,
+    dead_holders,
+    dead_levels,
+    max_dead,
+    max_pipes,
+    pipe_levels,
+    series_levels,
+)
 from .progress import Progress
 from .services import LOOPBACK
 
@@ -240,10 +249,14 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
     meta["engines"] = {"server": engine.facts(server_engine, server_url, server_probe),
                        "client": engine.facts(client_engine, client_url, client_probe)}
     meta["servers_under_test"] = under_test
-    if plan.load == catalog.WRK:
+    open_probe = model.DEAD_OPEN in plan.sweeps and plan.open_rate is None  # its capacity probe runs wrk
+    if plan.load == catalog.WRK or open_probe:
         meta["wrk_version"] = metadata.wrk_version(client_engine, built["client"].tag)
     if options.resume:
         metadata.check_resumable(run.id, record.metadata, meta)
+    if model.DEAD_OPEN in plan.sweeps and plan.open_connections > client_fd_limit - OPENLOAD_FD_OVERHEAD:
+        raise UserError(f"--connections {plan.open_connections}: more than the clients' engine's open-file limit "
+                        f"({client_fd_limit}) allows openload; give at most {client_fd_limit - OPENLOAD_FD_OVERHEAD}")
     sets = cpusets(engines.cpus("server"), engines.cpus("client"), engines.same_host)
     # The harness: this process (a resumed run's is the one resuming it, once the resume is accepted).
     run.update_record(status="running", metadata=meta, cpusets=sets, harness=preflight.this_process(),
@@ -255,7 +268,10 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
                                            for s in plan.series},
                               # The series whose dead connections helper processes hold, and how many.
                               "dead_holders": {k: v for k, v in holders.items() if v},
-                              "max_pipes": {b: max_pipes(fd_limit, b) for b in plan.backends}})
+                              "max_pipes": {b: max_pipes(fd_limit, b) for b in plan.backends},
+                              **({"max_dead_open": {s.label: max_dead(fd_limit, s.backend, plan.open_connections)
+                                                    for s in plan.series}} if model.DEAD_OPEN in plan.sweeps
+                                 else {})})
     server_runner = Containers(server_engine, run.id, fd_limit, run.path)
     client_runner = Containers(client_engine, run.id, client_fd_limit, run.path)
     # The kernel cost anatomy's perf, found (or installed) and checked once; on a remote engine, why not.
@@ -276,6 +292,10 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
         measuring = time.monotonic()
         folding = 0.0
         try:
+            if model.DEAD_OPEN in plan.sweeps:  # its one offered rate, before the first point
+                rate = openloop.offered_rate(ctx, run.record().open_rate, say)
+                run.update_record(open_rate=rate)
+                ctx.open_rate = rate["rate"]
             for variant in plan.variants:
                 for series in plan.series if model.DEAD in plan.sweeps else ():
                     for repetition in range(1, plan.repeat + 1):
@@ -283,6 +303,10 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
                 for backend in plan.backends if model.PIPETEST in plan.sweeps else ():
                     for repetition in range(1, plan.repeat + 1):
                         pipetest_series(ctx, variant, backend, repetition)
+            for variant in plan.open_variants if model.DEAD_OPEN in plan.sweeps else ():
+                for series in plan.series:
+                    for repetition in range(1, plan.repeat + 1):
+                        dead_series(ctx, variant, series, repetition, model.DEAD_OPEN)
         finally:
             removed = server_runner.remove_all() + client_runner.remove_all()
             if removed:
@@ -332,11 +356,14 @@ def _reach(plan: Plan, fd_limit: int, series: catalog.Series) -> int:
 
 def count_points(plan: Plan, fd_limit: int, skipped: bool = False) -> int:
     """The points of the plan under this fd limit; with skipped, only those recorded as skipped."""
-    levels = []
-    if model.DEAD in plan.sweeps:
-        levels += [level for s in plan.series for level in series_levels(plan, fd_limit, s)]
-    if model.PIPETEST in plan.sweeps:
-        levels += [level for backend in plan.backends for level in pipe_levels(plan, fd_limit, backend)] \
-            * len(plan.walks)
-    per_rep = sum(1 for level in levels if not skipped or level.skip_reason)
-    return per_rep * plan.repeat * len(plan.variants)
+    levels = []  # (sweep, level) once per variant the sweep runs in
+    for sweep in plan.sweeps:
+        if sweep == model.DEAD:
+            found = [level for s in plan.series for level in series_levels(plan, fd_limit, s)]
+        elif sweep in model.DEAD_SWEEPS:
+            found = [level for s in plan.series for level in dead_levels(plan, fd_limit, s.backend, sweep)]
+        else:
+            found = [level for backend in plan.backends for level in pipe_levels(plan, fd_limit, backend)] \
+                * len(plan.walks)
+        levels += found * len(plan.variants_of(sweep))
+    return sum(1 for level in levels if not skipped or level.skip_reason) * plan.repeat

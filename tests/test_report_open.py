@@ -1,0 +1,126 @@
+"""The open-loop sweep in the report: a run measured by the dead sweep's own code on the fake engine
+(tests/fakeengine.py), openload's captured output changed per level so that poll's p99 breaks and epoll's does
+not; its figures, headline, key numbers, notices and markdown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fakeengine import FakeContainers, Script
+
+from experiment import model
+from experiment.catalog import Series
+from experiment.host import checks
+from experiment.report.data import load
+from experiment.report.page import BREAK_FACTOR, headlines, host_caps, notices
+from experiment.report.plots import run_figure_rows
+from experiment.report.render import render
+from experiment.run import context, dead, plan, reproduce, results
+from experiment.run.progress import Progress
+
+POLL, EPOLL = Series("ephttpd", "poll"), Series("ephttpd", "epoll")
+# p99 in ms by dead connections: poll's passes 10x its 0-dead value at 5000 (overloaded there), epoll's never.
+P99_MS = {POLL: {0: 2.0, 1000: 5.0, 5000: 30.0}, EPOLL: {0: 2.0, 1000: 2.5, 5000: 3.0}}
+P50_MS = 0.5
+RATE = 20000.0
+
+
+def script_for(series: Series) -> Script:
+    at = {}
+    for x, p99 in P99_MS[series].items():
+        over = series == POLL and x == 5000
+        at[x] = {"latency_us/p99": p99 * 1e3, "latency_us/p50": P50_MS * 1e3, "lagged/raised": x == 1000,
+                 "overloaded/raised": over, "achieved_rate": RATE / 2 if over else RATE}
+    return Script(openload_at=at)
+
+
+@pytest.fixture
+def open_run(tmp_path, monkeypatch) -> results.Run:
+    return measured(tmp_path, monkeypatch)
+
+
+def measured(tmp_path, monkeypatch, fd_limit: int = 20000) -> results.Run:
+    # The host the tests share is busy: its real check would flag other load at random.
+    monkeypatch.setattr(checks.LoadSnapshot, "other_load", lambda self, threshold_pct=0: False)
+    the_plan = plan.make_plan("quick", sweeps="dead", variants="up", backends="poll,epoll", dead="0,1000,5000",
+                              duration=1, load="open")
+    run = results.Run.create(model.RunRecord(run_id="test-open", profile="quick", status="complete",
+                                             started_at=model.utc_now(), command_line=[], plan=the_plan), tmp_path)
+    run.update_record(open_rate={"rate": RATE, "requested": "0.5x", "share": 0.5,
+                                 "capacity": {"up/poll": 41000.0, "up/epoll": 40000.0}, "lowest": "up/epoll",
+                                 "probe": {"load": "wrk", "duration_s": 2.0, "connections": 100, "dead": 0,
+                                           "failed": {}}})
+    events: list = []
+    shared: dict = {}
+    servers, clients = FakeContainers(Script(), events, shared), FakeContainers(Script(), events, shared)
+    ctx = context.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
+                          reproduce.cpusets([0, 1]), fd_limit, Progress(lambda _: None), plan.choices(the_plan))
+    ctx.open_rate = RATE
+    ctx.progress.start(total=reproduce.count_points(the_plan, fd_limit), done=0)
+    run.update_record(limits={"fd_hard_limit": fd_limit, "max_dead_open": {
+        s.label: plan.max_dead(fd_limit, s.backend, the_plan.open_connections) for s in the_plan.series}})
+    for series in (POLL, EPOLL):
+        servers.script = clients.script = script_for(series)
+        dead.dead_series(ctx, "up", series, 1, model.DEAD_OPEN)
+    return run
+
+
+def test_the_headline_names_where_each_lines_p99_first_exceeds_ten_times_its_0_dead_value(open_run):
+    data = load(open_run)
+    (head,) = [h for h in headlines(data) if h.sweep == model.DEAD_OPEN]
+    items = {i.series: i for i in head.items}
+    assert (items[POLL].broke, items[POLL].x, items[EPOLL].broke, items[EPOLL].x) == (True, 5000, False, 5000)
+    breaks = next(x for x, v in P99_MS[POLL].items() if v > BREAK_FACTOR * P99_MS[POLL][0])
+    assert head.text == (
+        f"UP, open loop at 20.0k requests/s: poll's p99 first exceeded 10× its 0-dead value (2.00 ms) at {breaks:,} "
+        "dead connections (30.00 ms; server overloaded); epoll's p99 never exceeded 10× its 0-dead value (2.00 ms) "
+        "up to 5,000 dead connections (3.00 ms, ×1.50).")
+    said = " ".join(notices(data))
+    assert "At 1 of 6 open-loop points the server did not keep up with the offered rate" in said
+    assert "At 2 of 6 open-loop points the generator lagged" in said
+
+
+def test_the_figures_draw_p99_with_p50_thinner_on_a_log_axis_and_the_servers_cpu_busy(open_run):
+    rows = {row.plots[0].name: row for row in run_figure_rows(load(open_run))}
+    assert set(rows) == {"dead-open-latency-up", "dead-open-cpu-busy-up", "dead-open-cpu-per-reply-up",
+                         "dead-open-achieved-rate-up"}, "no 2002 comparison for the open loop"
+    (latency,) = rows["dead-open-latency-up"].plots
+    assert latency.logy
+    assert [(s.label, s.thin) for s in latency.series] == [("poll p99", False), ("epoll p99", False),
+                                                           ("poll p50", True), ("epoll p50", True)]
+    assert latency.series[0].medians == pytest.approx(list(P99_MS[POLL].values()))
+    assert latency.series[2].medians == pytest.approx([P50_MS] * 3)
+    (busy,) = rows["dead-open-cpu-busy-up"].plots
+    expected = [json.loads(p.read_text())["figures"]["server_cpu_busy_pct"]
+                for p in sorted(open_run.points_dir.glob("dead-open-up-poll-*.json"))]
+    assert busy.series[0].medians == expected and all(v > 0 for v in expected)
+    assert "20.0k requests/s offered (0.5 × 40.0k/s, the lowest capacity at 0 dead connections, up/epoll's" \
+        in rows["dead-open-latency-up"].caption
+
+
+def test_the_markdown_report_carries_the_headline_key_numbers_and_figures(open_run):
+    index = render(open_run)
+    markdown = (index.parent / "report.md").read_text()
+    assert "**UP, open loop at 20.0k requests/s: poll's p99 first exceeded 10× its 0-dead value" in markdown
+    assert "| dead-open | UP | poll | 5,000 dead connections | p99 30.00 ms | ×15.00 of 0-dead p99 |" in markdown
+    assert "p99 over 10× here, server overloaded |" in markdown and "p99 never over 10× |" in markdown
+    assert "![UP: p99 reply latency and p50 (thin) vs dead connections](figures/dead-open-latency-up.png)" in markdown
+    assert (index.parent / "figures" / "dead-open-cpu-busy-up.svg").exists()
+    page = index.read_text()
+    assert "p99 reply latency (median)" in page and "p50 reply latency (median)" in page
+    assert "server overloaded" in page and "generator lagged" in page
+    csv_rows = (index.parent / "points.csv").read_text().splitlines()
+    header = csv_rows[0].split(",")
+    assert "latency_p99_ms" in header and sum(r.startswith("dead-open-up-") for r in csv_rows) == 6
+
+
+def test_a_run_of_the_open_loop_alone_says_where_the_host_stopped_it(tmp_path, monkeypatch):
+    run = measured(tmp_path, monkeypatch, fd_limit=2000)
+    data = load(run)
+    (cap,) = host_caps(data)
+    assert cap == ("This host allows 2000 open files per process: dead connections stop at 1,836 per server (the "
+                   "2002 study went to 60,000).")
+    (head,) = headlines(data)
+    assert "up to 1,000 dead connections" in head.text and "poll's p99 never exceeded" in head.text
+    render(run)
