@@ -156,6 +156,9 @@ def pip_settings(environ: dict[str, str], confs: tuple[Path, ...] = PIP_CONFS
     return env, files, folders
 
 
+TRACEFS = Path("/sys/kernel/tracing")
+
+
 def container_options(work: Path, socket: str, fd_limit: int, environ: dict[str, str],
                       confs: tuple[Path, ...] = PIP_CONFS) -> dict:
     """docker create's options for the clean room, less the image and the name."""
@@ -164,6 +167,10 @@ def container_options(work: Path, socket: str, fd_limit: int, environ: dict[str,
                str(work): {"bind": str(work), "mode": "rw"}}
     for folder in folders:
         volumes[str(folder)] = {"bind": str(folder), "mode": "ro"}
+    # A fresh Debian machine has tracefs mounted (systemd does it); a container does not, and perf's syscall
+    # tracepoints (the anatomy) need it.
+    if TRACEFS.is_dir() and any(TRACEFS.iterdir()):
+        volumes[str(TRACEFS)] = {"bind": str(TRACEFS), "mode": "rw"}
     return {
         # SIGINT ignored: a Ctrl-C is passed on with `kill -INT -1`, which must not end the container first.
         "command": ["sh", "-c", "trap '' INT; exec sleep infinity"],
