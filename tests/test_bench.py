@@ -232,6 +232,22 @@ def test_an_unavailable_place_leaves_only_the_ratios_that_need_it_empty():
     assert ratios["filter_ns_per_reply"] is None and ratios["filter_ns_per_syscall"] is None
 
 
+def test_the_probes_per_call_cost_predicts_each_backends_cost_per_reply():
+    probes = [{"place": "filtered", "round": 1, "ns_per_call": 260.0}, {"place": "unconfined", "round": 1,
+                                                                        "ns_per_call": 220.0},
+              {"place": "unconfined", "round": 2, "ns_per_call": 230.0}, {"place": "filtered", "round": 2,
+                                                                          "ns_per_call": 280.0}]
+    rows = seccomp_rows({("epoll", "native"): [8.0, 8.0], (catalog.URING_RECV, "native"): [7.0, 7.0]},
+                        {"epoll": [2.0, 2.0], catalog.URING_RECV: [0.2, 0.2]})
+    found = measure.filter_per_call(probes, rows)
+    assert found["filter_ns_per_call"] == pytest.approx((45.0, 40.0, 50.0))  # each round's own difference
+    assert found["filtered_ns_per_call"] == pytest.approx((270.0, 260.0, 280.0))
+    assert found["predicted"]["epoll"] == pytest.approx({"ns_per_reply": 90.0, "share_of_native_reply": 90 / 8000})
+    assert found["predicted"][catalog.URING_RECV]["ns_per_reply"] == pytest.approx(9.0)
+    alone = measure.filter_per_call([p for p in probes if p["place"] == "filtered"], rows)
+    assert alone["filter_ns_per_call"] is None and alone["predicted"] == {"epoll": None, catalog.URING_RECV: None}
+
+
 def test_a_service_names_the_seccomp_docker_applies():
     from experiment.run import seccomp
 
@@ -276,5 +292,10 @@ def test_the_seccomp_item_measures_each_backend_natively_and_in_the_container(bu
             assert places["unconfined"]["unavailable"] and ratios["filtered/unconfined"] is None
         else:
             assert math.isfinite(ratios["filtered/unconfined"][0]) and ratios["filtered/unconfined"][0] > 0
+    probes = result["syscall_probe"]["rows"]
+    assert {p["place"] for p in probes} == {p for p in ("filtered", "unconfined") if "unavailable" not in places[p]}
+    assert all(p["ns_per_call"] > 0 for p in probes), probes
+    if "unavailable" not in places["unconfined"]:
+        assert math.isfinite(result["syscall_probe"]["filter_ns_per_call"][0])
     leftovers = client.containers.list(all=True, filters={"label": f"org.epollbench.run=bench-seccomp-{os.getpid()}"})
     assert leftovers == []

@@ -30,7 +30,10 @@ others, as in the UP variant):
      a sweep runs it) and in the container unconfined (where the engine allows it; else recorded as
      unavailable with the reason), over SECCOMP_ROUNDS interleaved rounds: per-round ratios container/native
      and filtered/unconfined with their median and 95% interval, the filter's cost per reply, and per system
-     call from syscalls per reply counted natively (a second wrk load under perf, as item 7). A container's
+     call from syscalls per reply counted natively (a second wrk load under perf, as item 7); and, since a
+     reply's two calls or fewer cost too little against its TCP path's noise, the filter's cost per system
+     call directly (a getppid() loop in the server image, filtered minus unconfined) and what it predicts
+     per reply for each backend. A container's
      CPU is its cgroup's (what a sweep reads), the native server's /proc's; the image's ephttpd is built by
      the image from the same sources, so container/native also holds any difference of compiler or libc.
 The metric is CPU time from /proc/PID/stat (user + system, every process of the server) over the load,
@@ -371,8 +374,28 @@ SECCOMP_BACKENDS = ("epoll", catalog.URING_RECV)
 NATIVE, FILTERED, UNCONFINED = "native", "filtered", "unconfined"
 SECCOMP_PLACES = (NATIVE, FILTERED, UNCONFINED)
 SECCOMP_EXPECTED = {FILTERED: "filter", UNCONFINED: "disabled"}
-SECCOMP_ROUNDS = 4
-SECCOMP_LOAD_SECONDS = 4
+# Six rounds: the fewest whose median has a distribution-free 95% interval (with six, the range: 96.9%;
+# with four the range is only 87.5%). Each load is short so that the item stays under 4 minutes.
+SECCOMP_ROUNDS = 6
+SECCOMP_LOAD_SECONDS = 3
+# The filter's cost per system call, measured directly (a reply's few calls cost too little against the
+# noise of its TCP path): CPU time per getppid() call of a Python loop in the server image, the least of
+# SYSCALL_PROBE_REPEATS runs of SYSCALL_PROBE_CALLS, filtered and unconfined; the interpreter's share
+# cancels in the difference. getppid, like recv, send, epoll_wait and io_uring_enter, is a call Docker's
+# profile allows whatever its arguments.
+SYSCALL_PROBE_CALLS = 200_000
+SYSCALL_PROBE_REPEATS = 7
+SYSCALL_PROBE = f"""\
+import json, os, time
+best = None
+for _ in range({SYSCALL_PROBE_REPEATS}):
+    started = time.process_time_ns()
+    for _ in range({SYSCALL_PROBE_CALLS}):
+        os.getppid()
+    spent = (time.process_time_ns() - started) / {SYSCALL_PROBE_CALLS}
+    best = spent if best is None else min(best, spent)
+print(json.dumps({{"event": "syscall_probe", "ns_per_call": best}}))
+"""
 CONTAINER_START_TIMEOUT_S = 30
 MSGSIZE = 128  # the body: ephttpd's default, which the native server runs with, and a sweep's (Plan.msgsize)
 
@@ -422,6 +445,33 @@ def seccomp_ratios(rows: list[dict], backends: tuple[str, ...] = SECCOMP_BACKEND
     return ratios
 
 
+def filter_per_call(probes: list[dict], rows: list[dict], backends: tuple[str, ...] = SECCOMP_BACKENDS) -> dict:
+    """From the syscall probes: the filter's ns per call (filtered minus unconfined, each round's own), its
+    median [95% interval], and per backend what that predicts per reply (the median ns per call times the
+    median native syscalls per reply, and that as a share of the native CPU per reply); None without an
+    unconfined probe."""
+    def probe(place: str, n: int) -> float | None:
+        return next((p["ns_per_call"] for p in probes if (p["place"], p["round"]) == (place, n)), None)
+
+    rounds = sorted({p["round"] for p in probes})
+    diffs = [f - u for n in rounds if (f := probe(FILTERED, n)) is not None and (u := probe(UNCONFINED, n)) is not None]
+    per_call = median_interval(diffs)
+    predicted: dict[str, dict | None] = {}
+    for backend in backends:
+        native = [r for r in rows if (r["backend"], r["place"]) == (backend, NATIVE)]
+        calls = median_interval([r["syscalls_per_reply"] for r in native if r.get("syscalls_per_reply") is not None])
+        cost = median_interval([r["cpu_us_per_reply"] for r in native if r.get("cpu_us_per_reply")])
+        predicted[backend] = None if per_call is None or calls is None else {
+            "ns_per_reply": per_call[0] * calls[0],
+            "share_of_native_reply": per_call[0] * calls[0] / (cost[0] * 1e3) if cost else None}
+    return {"filter_ns_per_call": per_call,
+            "filtered_ns_per_call": median_interval([p["ns_per_call"] for p in probes
+                                                     if p["place"] == FILTERED and p["ns_per_call"] is not None]),
+            "unconfined_ns_per_call": median_interval([p["ns_per_call"] for p in probes
+                                                       if p["place"] == UNCONFINED and p["ns_per_call"] is not None]),
+            "predicted": predicted}
+
+
 def _proc_cpu_s(pids: list[int]) -> float:
     return _ticks(pids) / os.sysconf("SC_CLK_TCK")
 
@@ -460,6 +510,20 @@ def _contained(runner: Containers, image: str, cpus: Cpus, backend: str,
         runner.remove(server)
 
 
+def _syscall_probe(runner: Containers, image: str, cpus: Cpus, profile: str) -> float | None:
+    """SYSCALL_PROBE in the server image on the server CPU under the seccomp profile given: CPU ns per
+    getppid() call, or None when it printed none."""
+    service = services.Service("probe", "server", ("python3", "-c", SYSCALL_PROBE), ",".join(map(str, sorted(
+        cpus.server))), seccomp=profile)
+    _managed, output, _code = runner.run_to_end(image, service, timeout=120)
+    for line in reversed(output.splitlines()):
+        with contextlib.suppress(json.JSONDecodeError, TypeError):
+            said = json.loads(line)
+            if isinstance(said, dict) and said.get("event") == "syscall_probe":
+                return float(said["ns_per_call"])
+    return None
+
+
 def _engine_for_bench() -> tuple[docker.DockerClient | None, str | None]:
     """A client of this machine's Docker engine, or None and why not: wrk here reaches a server container on
     loopback only when the engine runs its containers on this machine."""
@@ -474,10 +538,11 @@ def _engine_for_bench() -> tuple[docker.DockerClient | None, str | None]:
 
 def seccomp_cost(cpus: Cpus, client: docker.DockerClient | None = None, image: str | None = None,
                  rounds: int = SECCOMP_ROUNDS, seconds: float = SECCOMP_LOAD_SECONDS) -> dict:
-    """Item 9: each round, each backend natively, in the container under our filter and unconfined (in
-    place_order(round)), every load wrk for `seconds` at 0 dead; then natively a second load under perf for
-    syscalls per reply. client and image: the engine and the server image (default: this machine's engine
-    and images.build's). A place the host does not allow is recorded under "places" as unavailable."""
+    """Item 9: each round, first the syscall probe (SYSCALL_PROBE) filtered and unconfined, then each backend
+    natively, in the container under our filter and unconfined (in place_order(round)), every load wrk for
+    `seconds` at 0 dead; natively a second load under perf for syscalls per reply. client and image: the
+    engine and the server image (default: this machine's engine and images.build's). A place the host does
+    not allow is recorded under "places" as unavailable."""
     places: dict[str, dict] = {NATIVE: {}, FILTERED: {"seccomp": seccomp.profile_name()},
                                UNCONFINED: {"seccomp": seccomp.UNCONFINED}}
     if client is None:
@@ -490,8 +555,13 @@ def seccomp_cost(cpus: Cpus, client: docker.DockerClient | None = None, image: s
             image = images.build(client, images.DEFAULT_BASE_IMAGE, Path(log_dir))["server"].tag
     runner = Containers(client, f"bench-seccomp-{os.getpid()}", machine.fd_hard_limit()) if client else None
     rows: list[dict] = []
+    probes: list[dict] = []
     try:
         for n in range(1, rounds + 1):
+            if runner is not None and image is not None:
+                for place in (p for p in place_order(n) if p != NATIVE and "unavailable" not in places[p]):
+                    probes.append({"place": place, "round": n,
+                                   "ns_per_call": _syscall_probe(runner, image, cpus, places[place]["seccomp"])})
             for backend in SECCOMP_BACKENDS:
                 for place in place_order(n):
                     if "unavailable" in places[place]:
@@ -538,7 +608,9 @@ def seccomp_cost(cpus: Cpus, client: docker.DockerClient | None = None, image: s
                for backend in SECCOMP_BACKENDS for place in SECCOMP_PLACES
                if (same := [r for r in rows if (r["backend"], r["place"]) == (backend, place)])]
     return {"rounds": rounds, "load_seconds": seconds, "dead": 0, "image": image, "places": places, "rows": rows,
-            "summary": summary, "ratios": seccomp_ratios(rows)}
+            "summary": summary, "ratios": seccomp_ratios(rows), "syscall_probe": {
+                "calls": SYSCALL_PROBE_CALLS, "repeats": SYSCALL_PROBE_REPEATS, "rows": probes,
+                **filter_per_call(probes, rows)}}
 
 
 def _point(cpus: Cpus, server: str, backend: str, dead: int, load: str) -> dict:
@@ -771,6 +843,15 @@ def _print_seccomp(c: dict) -> None:
     for backend, ratios in c["ratios"].items():
         console.print(f"  {backend}: " + ", ".join(f"{key} {_interval(value, '.3f' if '/' in key else '.0f')}"
                                                    for key, value in ratios.items()))
+    probe = c["syscall_probe"]
+    console.print(f"  the filter per system call (getppid in the server image, filtered - unconfined): "
+                  f"{_interval(probe['filter_ns_per_call'], '.1f')} ns (filtered "
+                  f"{_interval(probe['filtered_ns_per_call'], '.1f')}, unconfined "
+                  f"{_interval(probe['unconfined_ns_per_call'], '.1f')})")
+    for backend, predicted in probe["predicted"].items():
+        if predicted:
+            console.print(f"  {backend}: predicted filter cost {predicted['ns_per_reply']:.0f} ns per reply "
+                          f"({_num(predicted['share_of_native_reply'], '.1%')} of its native CPU per reply)")
 
 
 def _print(r: dict) -> None:
