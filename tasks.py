@@ -265,11 +265,12 @@ def clean_room(c):
 
 @task(help={"json_out": "where to write the JSON results (default benchmarks/results/bench-<stamp>.json)",
             "skip_harness": "leave out the timed quick profile run (item 4), which takes about 5 minutes",
-            "only": "run one item alone: completion (item 6, io_uring-recv vs io_uring vs epoll)"})
+            "only": "run one item alone: completion (item 7, io_uring-recv vs io_uring vs epoll) or seccomp "
+                    "(item 9, native vs the server container with our seccomp filter and unconfined)"})
 @_user_errors
 def bench(c, json_out=None, skip_harness=False, only=None):
     """ephttpd vs nginx per reply, capacity per backend, deadconn's rate, the harness, pipetest, completion vs
-    readiness: one run."""
+    readiness, the container's and its seccomp filter's cost: one run."""
     from experiment.bench import measure
 
     measure.main(json_out, skip_harness=skip_harness, only=only)

@@ -1,5 +1,7 @@
 """The building blocks of `invoke bench` measure what they say; the numbers themselves are never asserted."""
 
+import json
+import math
 import os
 from pathlib import Path
 
@@ -188,3 +190,112 @@ def test_the_quick_profiles_dead_points_are_those_a_quick_run_measures_here():
     quick = plan.make_plan("quick")
     # 20,000 open files: 0, 1,000, 5,000, 10,000 and the host's most (19,500); 60,000 skipped
     assert anatomy.quick_dead_points(20000) == 5 * len(quick.series) * len(quick.variants)
+
+
+# ---- item 9: the server container and its seccomp filter ------------------------------------------------------
+
+def test_each_round_rotates_the_places_so_none_always_runs_first():
+    orders = [measure.place_order(n) for n in range(1, 4)]
+    assert orders == [("native", "filtered", "unconfined"), ("filtered", "unconfined", "native"),
+                      ("unconfined", "native", "filtered")]
+    assert measure.place_order(4) == orders[0]
+
+
+def seccomp_rows(costs: dict, calls: dict) -> list[dict]:
+    """Rows as seccomp_cost makes them: costs[(backend, place)] one CPU per reply per round; calls[backend]
+    the native syscalls per reply per round."""
+    return [{"backend": backend, "place": place, "round": n, "cpu_us_per_reply": cost,
+             **({"syscalls_per_reply": calls[backend][n - 1]} if place == "native" else {})}
+            for (backend, place), values in costs.items() for n, cost in enumerate(values, 1)]
+
+
+def test_the_filters_cost_is_each_rounds_own_ratio_and_difference():
+    # Round 2 is disturbed for every place alike: its ratios stay those of rounds 1 and 3.
+    rows = seccomp_rows({("epoll", "native"): [7.0, 14.0, 7.0], ("epoll", "filtered"): [7.7, 15.4, 7.7],
+                         ("epoll", "unconfined"): [7.28, 14.56, 7.28]},
+                        {"epoll": [2.0, 2.0, 2.0]})
+    epoll = measure.seccomp_ratios(rows, ("epoll",))["epoll"]
+    assert epoll["filtered/native"] == pytest.approx((1.1, 1.1, 1.1))
+    assert epoll["unconfined/native"] == pytest.approx((1.04, 1.04, 1.04))
+    assert epoll["filtered/unconfined"][0] == pytest.approx(7.7 / 7.28)
+    # (7.7 - 7.28) µs = 420 ns per reply, at 2 calls per reply 210 ns per call; round 2 doubles both.
+    assert epoll["filter_ns_per_reply"] == pytest.approx((420.0, 420.0, 840.0))
+    assert epoll["filter_ns_per_syscall"] == pytest.approx((210.0, 210.0, 420.0))
+
+
+def test_an_unavailable_place_leaves_only_the_ratios_that_need_it_empty():
+    rows = seccomp_rows({(catalog.URING_RECV, "native"): [6.0, 6.0], (catalog.URING_RECV, "filtered"): [6.3, 6.6]},
+                        {catalog.URING_RECV: [0.2, None]})
+    ratios = measure.seccomp_ratios(rows, (catalog.URING_RECV,))[catalog.URING_RECV]
+    assert ratios["filtered/native"] == pytest.approx((1.075, 1.05, 1.1))
+    assert ratios["unconfined/native"] is None and ratios["filtered/unconfined"] is None
+    assert ratios["filter_ns_per_reply"] is None and ratios["filter_ns_per_syscall"] is None
+
+
+def test_the_probes_per_call_cost_predicts_each_backends_cost_per_reply():
+    probes = [{"place": "filtered", "round": 1, "ns_per_call": 260.0}, {"place": "unconfined", "round": 1,
+                                                                        "ns_per_call": 220.0},
+              {"place": "unconfined", "round": 2, "ns_per_call": 230.0}, {"place": "filtered", "round": 2,
+                                                                          "ns_per_call": 280.0}]
+    rows = seccomp_rows({("epoll", "native"): [8.0, 8.0], (catalog.URING_RECV, "native"): [7.0, 7.0]},
+                        {"epoll": [2.0, 2.0], catalog.URING_RECV: [0.2, 0.2]})
+    found = measure.filter_per_call(probes, rows)
+    assert found["filter_ns_per_call"] == pytest.approx((45.0, 40.0, 50.0))  # each round's own difference
+    assert found["filtered_ns_per_call"] == pytest.approx((270.0, 260.0, 280.0))
+    assert found["predicted"]["epoll"] == pytest.approx({"ns_per_reply": 90.0, "share_of_native_reply": 90 / 8000})
+    assert found["predicted"][catalog.URING_RECV]["ns_per_reply"] == pytest.approx(9.0)
+    alone = measure.filter_per_call([p for p in probes if p["place"] == "filtered"], rows)
+    assert alone["filter_ns_per_call"] is None and alone["predicted"] == {"epoll": None, catalog.URING_RECV: None}
+
+
+def test_a_service_names_the_seccomp_docker_applies():
+    from experiment.run import seccomp
+
+    ours = seccomp.security_opt(seccomp.profile_name())
+    assert ours is not None and json.loads(ours[0].removeprefix("seccomp=")) == json.loads(seccomp.profile_text())
+    assert seccomp.security_opt(seccomp.UNCONFINED) == ["seccomp=unconfined"]
+    assert seccomp.security_opt(None) is None  # the engine's default
+    with pytest.raises(ValueError, match="unknown seccomp profile"):
+        seccomp.security_opt("seccomp-docker-default@000000000000")
+
+
+def test_only_names_the_items_it_can_run_alone():
+    from experiment.errors import UserError
+
+    with pytest.raises(UserError, match="'completion' and 'seccomp'"):
+        measure.main(only="nginx")
+
+
+@pytest.mark.docker
+@pytest.mark.needs_tool("wrk")
+def test_the_seccomp_item_measures_each_backend_natively_and_in_the_container(build_dir, cpus, client,
+                                                                               tmp_path_factory):
+    """One round of 1 s loads on the real engine: every place a row with server CPU, the container's under the
+    seccomp mode asked for (where this process can see it), and finite ratios, or the reason a place is
+    unavailable."""
+    from experiment.host import images
+
+    image = images.build(client, images.DEFAULT_BASE_IMAGE, tmp_path_factory.mktemp("build"))["server"].tag
+    result = measure.seccomp_cost(cpus, client, image, rounds=1, seconds=1)
+    places = result["places"]
+    assert "unavailable" not in places["native"] and "unavailable" not in places["filtered"], places
+    for row in result["rows"]:
+        assert row["errors"] == 0 and row["replies"] > 0 and row["cpu_us_per_reply"] > 0, row
+        seen = row["seccomp_mode"]["mode"]
+        assert seen is None or row["place"] == "native" or seen == measure.SECCOMP_EXPECTED[row["place"]], row
+    assert {(r["backend"], r["place"]) for r in result["rows"]} == {
+        (b, p) for b in measure.SECCOMP_BACKENDS for p in measure.SECCOMP_PLACES if "unavailable" not in places[p]}
+    for backend in measure.SECCOMP_BACKENDS:
+        ratios = result["ratios"][backend]
+        assert math.isfinite(ratios["filtered/native"][0]) and ratios["filtered/native"][0] > 0
+        if "unavailable" in places["unconfined"]:
+            assert places["unconfined"]["unavailable"] and ratios["filtered/unconfined"] is None
+        else:
+            assert math.isfinite(ratios["filtered/unconfined"][0]) and ratios["filtered/unconfined"][0] > 0
+    probes = result["syscall_probe"]["rows"]
+    assert {p["place"] for p in probes} == {p for p in ("filtered", "unconfined") if "unavailable" not in places[p]}
+    assert all(p["ns_per_call"] > 0 for p in probes), probes
+    if "unavailable" not in places["unconfined"]:
+        assert math.isfinite(result["syscall_probe"]["filter_ns_per_call"][0])
+    leftovers = client.containers.list(all=True, filters={"label": f"org.epollbench.run=bench-seccomp-{os.getpid()}"})
+    assert leftovers == []

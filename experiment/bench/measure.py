@@ -25,10 +25,21 @@ others, as in the UP variant):
      cost stays out of the CPU figures.
   8. the kernel cost anatomy's own cost (bench/anatomy.py): the perturbation of CPU per reply while perf
      profiles and counts, and its added wall time per dead point, extrapolated to the quick profile.
+  9. what the server container and its seccomp filter cost (issue 15): server CPU per reply of ephttpd epoll
+     and io_uring-recv under wrk at 0 dead, natively, in the server container under our seccomp profile (as
+     a sweep runs it) and in the container unconfined (where the engine allows it; else recorded as
+     unavailable with the reason), over SECCOMP_ROUNDS interleaved rounds: per-round ratios container/native
+     and filtered/unconfined with their median and 95% interval, the filter's cost per reply, and per system
+     call from syscalls per reply counted natively (a second wrk load under perf, as item 7); and, since a
+     reply's two calls or fewer cost too little against its TCP path's noise, the filter's cost per system
+     call directly (a getppid() loop in the server image, filtered minus unconfined) and what it predicts
+     per reply for each backend. A container's
+     CPU is its cgroup's (what a sweep reads), the native server's /proc's; the image's ephttpd is built by
+     the image from the same sources, so container/native also holds any difference of compiler or libc.
 The metric is CPU time from /proc/PID/stat (user + system, every process of the server) over the load,
 divided by the replies the load generator counted. Items 1-3 run ROUNDS rounds, each taking every row once,
 and report medians (ratios: the median of the rounds' ratios).
-Not measured: anything inside containers except item 4; reply rates measured with httperf, which is
+Not measured: anything inside containers except items 4 and 9; reply rates measured with httperf, which is
 single-threaded and busy-polls, say more about httperf than about a server on a 2-CPU host. No test asserts
 any of these numbers: they are written to benchmarks/results/ and printed.
 """
@@ -36,6 +47,7 @@ any of these numbers: they are written to benchmarks/results/ and printed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -46,16 +58,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import docker
+import docker.errors
 from rich.console import Console
 from rich.table import Table
 
 from .. import catalog, paths
+from ..anatomy import host as anatomy_host
 from ..errors import UserError
-from ..host import machine, preflight
-from ..run import loads, servers
+from ..host import engine, images, machine, preflight
+from ..run import loads, seccomp, servers, services
+from ..run.containers import Containers, Managed
 from ..run.plan import max_dead, max_pipes
 from . import anatomy as anatomy_cost
 from . import native
@@ -170,10 +186,10 @@ def dead_connections(cpus: Cpus | None, port: int, count: int) -> Iterator[dict]
         proc.wait(timeout=30)
 
 
-def _wrk(cpus: Cpus, port: int) -> dict:
-    command = loads.wrk_command(f"http://127.0.0.1:{port}/", connections=ACTIVE, threads=1,
-                                  duration_s=LOAD_SECONDS)
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=LOAD_SECONDS * 4 + 30,
+def _wrk(cpus: Cpus, port: int, seconds: float | None = None) -> dict:
+    seconds = seconds or LOAD_SECONDS
+    command = loads.wrk_command(f"http://127.0.0.1:{port}/", connections=ACTIVE, threads=1, duration_s=seconds)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=seconds * 4 + 30,
                           preexec_fn=cpus.pin_clients)
     parsed = loads.parse_wrk(proc.stdout)
     return {"replies": parsed["requests"], "rate": parsed["requests_per_s"], "duration_s": parsed["duration_s"],
@@ -289,13 +305,13 @@ COMPLETION_SERIES: tuple[tuple[str, str, dict[str, str]], ...] = (("epoll", "epo
                      (f"{catalog.URING_RECV}/fixed", catalog.URING_RECV, {"EPHTTPD_URING_FIXED_FILES": "1"}))
 
 
-def _syscalls_per_reply(cpus: Cpus, port: int, pids: list[int]) -> float | None:
+def _syscalls_per_reply(cpus: Cpus, port: int, pids: list[int], seconds: float | None = None) -> float | None:
     """A second wrk load with perf counting the server's system calls (raw_syscalls:sys_enter)."""
     perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p", ",".join(map(str, pids))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)  # attached before the load; an idle server makes no calls meanwhile
     try:
-        result = _wrk(cpus, port)
+        result = _wrk(cpus, port, seconds)
     finally:
         perf.send_signal(signal.SIGINT)
         _, said = perf.communicate(timeout=30)
@@ -350,6 +366,251 @@ def completion_model(cpus: Cpus, fd_limit: int, rounds: int = COMPLETION_ROUNDS)
         ratios[f"{label} most/zero"] = median_interval(kept)
     return {"rows": rows, "summary": summary, "ratios": ratios,
             "goals": {"cpu_vs_epoll_at_zero": 0.9, "most_over_zero": 1.05, "syscalls_per_reply": 0.5}}
+
+
+# Item 9: the backends compared (a readiness one, ~2 system calls per reply, and the completion one, ~0.2),
+# where ephttpd runs, and what each place's seccomp mode must read in /proc/PID/status for the row to be it.
+SECCOMP_BACKENDS = ("epoll", catalog.URING_RECV)
+NATIVE, FILTERED, UNCONFINED = "native", "filtered", "unconfined"
+SECCOMP_PLACES = (NATIVE, FILTERED, UNCONFINED)
+SECCOMP_EXPECTED = {FILTERED: "filter", UNCONFINED: "disabled"}
+# Six rounds: the fewest whose median has a distribution-free 95% interval (with six, the range: 96.9%;
+# with four the range is only 87.5%). Each load is short so that the item stays under 4 minutes.
+SECCOMP_ROUNDS = 6
+SECCOMP_LOAD_SECONDS = 3
+# The filter's cost per system call, measured directly (a reply's few calls cost too little against the
+# noise of its TCP path): CPU time per getppid() call of a Python loop in the server image, the least of
+# SYSCALL_PROBE_REPEATS runs of SYSCALL_PROBE_CALLS, filtered and unconfined; the interpreter's share
+# cancels in the difference. getppid, like recv, send, epoll_wait and io_uring_enter, is a call Docker's
+# profile allows whatever its arguments.
+SYSCALL_PROBE_CALLS = 200_000
+SYSCALL_PROBE_REPEATS = 7
+SYSCALL_PROBE = f"""\
+import json, os, time
+best = None
+for _ in range({SYSCALL_PROBE_REPEATS}):
+    started = time.process_time_ns()
+    for _ in range({SYSCALL_PROBE_CALLS}):
+        os.getppid()
+    spent = (time.process_time_ns() - started) / {SYSCALL_PROBE_CALLS}
+    best = spent if best is None else min(best, spent)
+print(json.dumps({{"event": "syscall_probe", "ns_per_call": best}}))
+"""
+CONTAINER_START_TIMEOUT_S = 30
+MSGSIZE = 128  # the body: ephttpd's default, which the native server runs with, and a sweep's (Plan.msgsize)
+
+
+def place_order(n: int) -> tuple[str, ...]:
+    """The places in round n's order (n from 1): rotated one step a round, so that none always runs first
+    (or last) for a backend and a drift within rounds falls on each alike."""
+    shift = (n - 1) % len(SECCOMP_PLACES)
+    return SECCOMP_PLACES[shift:] + SECCOMP_PLACES[:shift]
+
+
+def seccomp_ratios(rows: list[dict], backends: tuple[str, ...] = SECCOMP_BACKENDS) -> dict:
+    """Per backend, each a median [95% interval] of the rounds' own values (a round compares runs seconds
+    apart): CPU per reply filtered/native (the container as a sweep runs it), unconfined/native and
+    filtered/unconfined (the filter alone); the filter's cost per reply (ns), and per system call from the
+    native syscalls per reply of the same round. A ratio needing a place with no row in a round leaves that
+    round out; None where no round has it."""
+    def cost(backend: str, place: str, n: int) -> float | None:
+        row = next((r for r in rows if (r["backend"], r["place"], r["round"]) == (backend, place, n)), None)
+        return row["cpu_us_per_reply"] if row else None
+
+    def calls(backend: str, n: int) -> float | None:
+        row = next((r for r in rows if (r["backend"], r["place"], r["round"]) == (backend, NATIVE, n)), None)
+        return row.get("syscalls_per_reply") if row else None
+
+    ratios: dict[str, dict] = {}
+    for backend in backends:
+        rounds = sorted({r["round"] for r in rows if r["backend"] == backend})
+        ratio: dict[str, list[float]] = {f"{a}/{b}": [] for a, b in ((FILTERED, NATIVE), (UNCONFINED, NATIVE),
+                                                                      (FILTERED, UNCONFINED))}
+        filter_ns: list[float] = []
+        per_call: list[float] = []
+        for n in rounds:
+            for key, values in ratio.items():
+                a, b = (cost(backend, place, n) for place in key.split("/"))
+                if a and b:
+                    values.append(a / b)
+            filtered, unconfined, native_calls = cost(backend, FILTERED, n), cost(backend, UNCONFINED, n), \
+                calls(backend, n)
+            if filtered and unconfined:
+                filter_ns.append((filtered - unconfined) * 1e3)
+                if native_calls:
+                    per_call.append((filtered - unconfined) * 1e3 / native_calls)
+        ratios[backend] = {**{key: median_interval(values) for key, values in ratio.items()},
+                           "filter_ns_per_reply": median_interval(filter_ns),
+                           "filter_ns_per_syscall": median_interval(per_call)}
+    return ratios
+
+
+def filter_per_call(probes: list[dict], rows: list[dict], backends: tuple[str, ...] = SECCOMP_BACKENDS) -> dict:
+    """From the syscall probes: the filter's ns per call (filtered minus unconfined, each round's own), its
+    median [95% interval], and per backend what that predicts per reply (the median ns per call times the
+    median native syscalls per reply, and that as a share of the native CPU per reply); None without an
+    unconfined probe."""
+    def probe(place: str, n: int) -> float | None:
+        return next((p["ns_per_call"] for p in probes if (p["place"], p["round"]) == (place, n)), None)
+
+    rounds = sorted({p["round"] for p in probes})
+    diffs = [f - u for n in rounds if (f := probe(FILTERED, n)) is not None and (u := probe(UNCONFINED, n)) is not None]
+    per_call = median_interval(diffs)
+    predicted: dict[str, dict | None] = {}
+    for backend in backends:
+        native = [r for r in rows if (r["backend"], r["place"]) == (backend, NATIVE)]
+        calls = median_interval([r["syscalls_per_reply"] for r in native if r.get("syscalls_per_reply") is not None])
+        cost = median_interval([r["cpu_us_per_reply"] for r in native if r.get("cpu_us_per_reply")])
+        predicted[backend] = None if per_call is None or calls is None else {
+            "ns_per_reply": per_call[0] * calls[0],
+            "share_of_native_reply": per_call[0] * calls[0] / (cost[0] * 1e3) if cost else None}
+    return {"filter_ns_per_call": per_call,
+            "filtered_ns_per_call": median_interval([p["ns_per_call"] for p in probes
+                                                     if p["place"] == FILTERED and p["ns_per_call"] is not None]),
+            "unconfined_ns_per_call": median_interval([p["ns_per_call"] for p in probes
+                                                       if p["place"] == UNCONFINED and p["ns_per_call"] is not None]),
+            "predicted": predicted}
+
+
+def _proc_cpu_s(pids: list[int]) -> float:
+    return _ticks(pids) / os.sysconf("SC_CLK_TCK")
+
+
+def _cgroup_cpu_s(server: Managed) -> float:
+    return server.cpu_ns() / 1e9
+
+
+def _cost_under_wrk(cpus: Cpus, port: int, cpu_s: Callable[[], float], seconds: float) -> dict:
+    """One wrk load and the server CPU it cost (cpu_s: the server's CPU seconds so far)."""
+    before = cpu_s()
+    result = _wrk(cpus, port, seconds)
+    used = cpu_s() - before
+    replies = result["replies"]
+    return {**result, "server_cpu_s": used,
+            "server_busy_pct": 100 * used / result["duration_s"] if result["duration_s"] else None,
+            "cpu_us_per_reply": used * 1e6 / replies if replies else None}
+
+
+@contextlib.contextmanager
+def _contained(runner: Containers, image: str, cpus: Cpus, backend: str,
+               profile: str) -> Iterator[tuple[int, Managed]]:
+    """ephttpd in the server container as a sweep starts it (services.server: host network, the server CPU,
+    the host's fd limit), under the seccomp profile given (ours or seccomp.UNCONFINED)."""
+    port = machine.free_port()
+    cpuset = ",".join(map(str, sorted(cpus.server)))
+    service = dataclasses.replace(services.server(backend, port, MSGSIZE, cpuset), seccomp=profile)
+    server = runner.run(image, service)
+    try:
+        if not servers.wait_ready(server, service, services.LOOPBACK, port, CONTAINER_START_TIMEOUT_S):
+            raise UserError(f"ephttpd {backend} did not start in its container (seccomp {profile}): "
+                            f"{server.output_tail() or 'no output'}")
+        yield port, server
+        runner.stop(server)
+    finally:
+        runner.remove(server)
+
+
+def _syscall_probe(runner: Containers, image: str, cpus: Cpus, profile: str) -> float | None:
+    """SYSCALL_PROBE in the server image on the server CPU under the seccomp profile given: CPU ns per
+    getppid() call, or None when it printed none."""
+    service = services.Service("probe", "server", ("python3", "-c", SYSCALL_PROBE), ",".join(map(str, sorted(
+        cpus.server))), seccomp=profile)
+    _managed, output, _code = runner.run_to_end(image, service, timeout=120)
+    for line in reversed(output.splitlines()):
+        with contextlib.suppress(json.JSONDecodeError, TypeError):
+            said = json.loads(line)
+            if isinstance(said, dict) and said.get("event") == "syscall_probe":
+                return float(said["ns_per_call"])
+    return None
+
+
+def _engine_for_bench() -> tuple[docker.DockerClient | None, str | None]:
+    """A client of this machine's Docker engine, or None and why not: wrk here reaches a server container on
+    loopback only when the engine runs its containers on this machine."""
+    url = os.environ.get("DOCKER_HOST")
+    if not engine.is_local(url):
+        return None, f"the Docker engine at {url} is not on this machine: wrk here cannot reach its containers"
+    try:
+        return engine.connect(url), None
+    except UserError as error:
+        return None, str(error)
+
+
+def seccomp_cost(cpus: Cpus, client: docker.DockerClient | None = None, image: str | None = None,
+                 rounds: int = SECCOMP_ROUNDS, seconds: float = SECCOMP_LOAD_SECONDS) -> dict:
+    """Item 9: each round, first the syscall probe (SYSCALL_PROBE) filtered and unconfined, then each backend
+    natively, in the container under our filter and unconfined (in place_order(round)), every load wrk for
+    `seconds` at 0 dead; natively a second load under perf for syscalls per reply. client and image: the
+    engine and the server image (default: this machine's engine and images.build's). A place the host does
+    not allow is recorded under "places" as unavailable."""
+    places: dict[str, dict] = {NATIVE: {}, FILTERED: {"seccomp": seccomp.profile_name()},
+                               UNCONFINED: {"seccomp": seccomp.UNCONFINED}}
+    if client is None:
+        client, why = _engine_for_bench()
+        if why:
+            for place in (FILTERED, UNCONFINED):
+                places[place]["unavailable"] = why
+    if client is not None and image is None:
+        with tempfile.TemporaryDirectory(prefix="epollbench-bench-build-") as log_dir:
+            image = images.build(client, images.DEFAULT_BASE_IMAGE, Path(log_dir))["server"].tag
+    runner = Containers(client, f"bench-seccomp-{os.getpid()}", machine.fd_hard_limit()) if client else None
+    rows: list[dict] = []
+    probes: list[dict] = []
+    try:
+        for n in range(1, rounds + 1):
+            if runner is not None and image is not None:
+                for place in (p for p in place_order(n) if p != NATIVE and "unavailable" not in places[p]):
+                    probes.append({"place": place, "round": n,
+                                   "ns_per_call": _syscall_probe(runner, image, cpus, places[place]["seccomp"])})
+            for backend in SECCOMP_BACKENDS:
+                for place in place_order(n):
+                    if "unavailable" in places[place]:
+                        continue
+                    row = {"backend": backend, "place": place, "round": n}
+                    if place == NATIVE:
+                        with ephttpd(cpus, backend) as (port, pids):
+                            row["seccomp_mode"] = anatomy_host.seccomp(pids[0])
+                            row.update(_cost_under_wrk(cpus, port, functools.partial(_proc_cpu_s, pids),
+                                                       seconds))
+                            row["syscalls_per_reply"] = _syscalls_per_reply(cpus, port, pids, seconds)
+                        rows.append(row)
+                        continue
+                    assert runner is not None and image is not None  # a container place is available
+                    try:
+                        with _contained(runner, image, cpus, backend, places[place]["seccomp"]) as (port, server):
+                            pid = server.pid()
+                            mode = anatomy_host.seccomp(pid) if pid else {"mode": None}
+                            row["seccomp_mode"] = mode
+                            # None: this process cannot see the container's processes (another PID
+                            # namespace); the engine was asked, and the row says it could not be checked.
+                            if mode["mode"] not in (None, SECCOMP_EXPECTED[place]):
+                                places[place]["unavailable"] = (
+                                    f"the container asked for seccomp {places[place]['seccomp']} ran with "
+                                    f"seccomp mode {mode['mode']} (/proc/PID/status), not {SECCOMP_EXPECTED[place]}")
+                                continue
+                            row.update(_cost_under_wrk(cpus, port, functools.partial(_cgroup_cpu_s, server),
+                                                       seconds))
+                    except docker.errors.APIError as error:
+                        if place != UNCONFINED:
+                            raise
+                        places[place]["unavailable"] = ("the engine refused seccomp=unconfined: "
+                                                        f"{error.explanation or error}")
+                        continue
+                    rows.append(row)
+    finally:
+        if runner is not None:
+            runner.remove_all()
+    summary = [{"backend": backend, "place": place, "rounds": len(same),
+                "cpu_us_per_reply": median_interval([r["cpu_us_per_reply"] for r in same if r["cpu_us_per_reply"]]),
+                "rate": median_interval([r["rate"] for r in same]),
+                "syscalls_per_reply": median_interval([r["syscalls_per_reply"] for r in same
+                                                       if r.get("syscalls_per_reply") is not None])}
+               for backend in SECCOMP_BACKENDS for place in SECCOMP_PLACES
+               if (same := [r for r in rows if (r["backend"], r["place"]) == (backend, place)])]
+    return {"rounds": rounds, "load_seconds": seconds, "dead": 0, "image": image, "places": places, "rows": rows,
+            "summary": summary, "ratios": seccomp_ratios(rows), "syscall_probe": {
+                "calls": SYSCALL_PROBE_CALLS, "repeats": SYSCALL_PROBE_REPEATS, "rows": probes,
+                **filter_per_call(probes, rows)}}
 
 
 def _point(cpus: Cpus, server: str, backend: str, dead: int, load: str) -> dict:
@@ -483,7 +744,13 @@ def pipetest(fd_limit: int) -> dict:
     return {"rows": rows, "reference_2002": reference}
 
 
+# What --only may name: nothing (every item), or the one item run alone.
+ONLY = (None, "completion", "seccomp")
+
+
 def main(json_out: str | None = None, skip_harness: bool = False, only: str | None = None) -> dict:
+    if only not in ONLY:
+        raise UserError(f"--only {only!r}: the items run alone are {' and '.join(map(repr, ONLY[1:]))} (items 7, 9)")
     machine.ensure_packages(NATIVE_PACKAGES, "./run bench")
     native.build()
     fd_limit = machine.fd_hard_limit()
@@ -499,13 +766,14 @@ def main(json_out: str | None = None, skip_harness: bool = False, only: str | No
     # with --tune-host, where this process may.
     _state, finding = _untracking()
     result["loads_loopback_untracked"] = finding is not None
-    if only not in (None, "completion"):
-        raise UserError(f"--only {only!r}: the one item run alone is 'completion' (item 7)")
     with preflight.tune([finding] if finding else []):
         if only is None:
             result["versus_nginx"] = versus_nginx(cpus, most)
             result["capacity"] = capacity(cpus, fd_limit)
-        result["completion"] = completion_model(cpus, fd_limit)
+        if only in (None, "completion"):
+            result["completion"] = completion_model(cpus, fd_limit)
+        if only in (None, "seccomp"):
+            result["seccomp"] = seccomp_cost(cpus)
     if only is None:
         result["deadconn"] = deadconn_rate(fd_limit)
         result["pipetest"] = pipetest(fd_limit)
@@ -517,7 +785,10 @@ def main(json_out: str | None = None, skip_harness: bool = False, only: str | No
         result["anatomy"] = {"perturbation": anatomy_cost.perturbation(cpus.server, cpus.clients),
                              "wall_time": anatomy_cost.wall_time(fd_limit, quick_wall, source)}
         _print(result)
-    _print_completion(result["completion"])
+    if "completion" in result:
+        _print_completion(result["completion"])
+    if "seccomp" in result:
+        _print_seccomp(result["seccomp"])
     path = Path(json_out) if json_out else RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%SZ')}.json"
     if path.exists():
         raise UserError(f"{path} exists: results are never overwritten; choose another --json-out")
@@ -557,6 +828,30 @@ def _print_completion(c: dict) -> None:
     console.print(f"  goals: io_uring-recv/epoll at 0 dead <= {goals['cpu_vs_epoll_at_zero']}, most/zero <= "
                   f"{goals['most_over_zero']}, syscalls/reply <= {goals['syscalls_per_reply']}: met only where "
                   "the whole interval is")
+
+
+def _print_seccomp(c: dict) -> None:
+    console = Console()
+    console.print(_table(f"9. the container and its seccomp filter under wrk at 0 dead (medians [95% interval] of "
+                         f"{c['rounds']} rounds)", ["backend", "place", "CPU µs/reply", "syscalls/reply", "replies/s"],
+                         [[x["backend"], x["place"], _interval(x["cpu_us_per_reply"]),
+                           _interval(x["syscalls_per_reply"], ".3f"), _interval(x["rate"], ",.0f")]
+                          for x in c["summary"]]))
+    for place, how in c["places"].items():
+        if "unavailable" in how:
+            console.print(f"  {place}: unavailable ({how['unavailable']})")
+    for backend, ratios in c["ratios"].items():
+        console.print(f"  {backend}: " + ", ".join(f"{key} {_interval(value, '.3f' if '/' in key else '.0f')}"
+                                                   for key, value in ratios.items()))
+    probe = c["syscall_probe"]
+    console.print(f"  the filter per system call (getppid in the server image, filtered - unconfined): "
+                  f"{_interval(probe['filter_ns_per_call'], '.1f')} ns (filtered "
+                  f"{_interval(probe['filtered_ns_per_call'], '.1f')}, unconfined "
+                  f"{_interval(probe['unconfined_ns_per_call'], '.1f')})")
+    for backend, predicted in probe["predicted"].items():
+        if predicted:
+            console.print(f"  {backend}: predicted filter cost {predicted['ns_per_reply']:.0f} ns per reply "
+                          f"({_num(predicted['share_of_native_reply'], '.1%')} of its native CPU per reply)")
 
 
 def _print(r: dict) -> None:

@@ -142,10 +142,10 @@ class Containers:
 
     def run(self, image: str, service: Service) -> Managed:
         """Starts service from image: host network, its cpuset, the host's fd limit, this run's labels, and
-        our seccomp profile when the service names it (seccomp.py)."""
+        the seccomp profile the service names (seccomp.security_opt)."""
         container = self.client.containers.run(
             image, list(service.command), detach=True, network_mode="host", cpuset_cpus=service.cpuset,
-            security_opt=seccomp.security_opt() if service.seccomp else None,
+            security_opt=seccomp.security_opt(service.seccomp),
             ulimits=[docker.types.Ulimit(name="nofile", soft=self.fd_limit, hard=self.fd_limit)],
             labels={**self.labels, LABEL_ROLE: service.role}, stdin_open=service.stdin, init=True,
             name=f"epollbench-{self.run_id[:15].lower()}-{service.role}-{time.monotonic_ns() % 10**9}")

@@ -18,6 +18,9 @@ from importlib import resources
 
 PROFILE_FILE = "seccomp-docker-default-io_uring.json"
 IO_URING_SYSCALLS = ("io_uring_setup", "io_uring_enter", "io_uring_register")
+# A Service's seccomp that runs it with no filter at all (Docker's seccomp=unconfined), what `invoke bench`
+# compares our filter with; an engine may refuse it (a policy plugin, a rootless engine's own filter).
+UNCONFINED = "unconfined"
 
 
 @cache
@@ -38,5 +41,13 @@ def allowed(profile: dict) -> set[str]:
             and not rule.get("includes") and not rule.get("excludes") for name in rule["names"]}
 
 
-def security_opt() -> list[str]:
+def security_opt(profile: str | None) -> list[str] | None:
+    """Docker's security_opt for a Service's seccomp: None, the engine's default; UNCONFINED, no filter;
+    profile_name(), ours."""
+    if profile is None:
+        return None
+    if profile == UNCONFINED:
+        return [f"seccomp={UNCONFINED}"]
+    if profile != profile_name():
+        raise ValueError(f"unknown seccomp profile {profile!r}: ours is {profile_name()}, or {UNCONFINED}")
     return [f"seccomp={json.dumps(json.loads(profile_text()), separators=(',', ':'))}"]
