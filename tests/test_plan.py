@@ -210,7 +210,8 @@ def test_the_profiles_add_an_open_loop_dead_sweep_on_up_over_their_lines():
     quick, paper = plan.make_plan("quick"), plan.make_plan("paper")
     assert quick.sweeps == ("dead", "dead-open", "pipetest") == paper.sweeps
     assert (quick.open_variants, labels(quick)) == (("up",), ("poll", "epoll"))
-    assert (paper.open_variants, paper.series) == (("up",), tuple(Series("ephttpd", b) for b in catalog.EV_BACKENDS))
+    assert (paper.open_variants, paper.series) == (("up",),
+                                                   tuple(Series("ephttpd", b) for b in catalog.EPHTTPD_BACKENDS))
     for the_plan in (quick, paper):
         assert (the_plan.open_rate, the_plan.open_rate_share, the_plan.open_connections) == (None, 0.5, 100)
         assert the_plan.open_duration_s == plan.OPEN_DURATION_S
@@ -281,5 +282,6 @@ def test_the_open_loops_connections_lower_its_host_maximum_of_dead_connections()
 
 
 def test_the_open_sweep_counts_its_points_in_its_own_variants():
-    the_plan = plan.make_plan("quick", dead="0,1000", pipes="10")  # dead: up,smp; dead-open: up; pipetest: up,smp
-    assert reproduce.count_points(the_plan, 20000) == 2 * 2 * 2 + 2 * 2 * 1 + 2 * 1 * 2
+    # dead: up,smp; dead-open: up; pipetest: up,smp, both walks
+    the_plan = plan.make_plan("quick", dead="0,1000", pipes="10")
+    assert reproduce.count_points(the_plan, 20000) == 2 * 2 * 2 + 2 * 2 * 1 + 2 * 1 * 2 * 2

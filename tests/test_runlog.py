@@ -16,7 +16,7 @@ from experiment.run import runlog
 from experiment.run.results import Run
 
 TINY = ["--sweeps", "pipetest", "--variants", "up", "--backends", "epoll", "--pipes", "10", "--duration", "1",
-        "--no-report"]
+        "--no-report", "--walks", "stay"]
 
 
 def test_what_is_printed_before_the_run_folder_exists_is_logged_once_it_does(tmp_path, capsys):
