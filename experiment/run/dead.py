@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -265,26 +266,8 @@ def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, l
                                                                    ctx.plan.active_connections))
         service = services.active_load(load, cs["clients"])
         timeout = ctx.plan.duration_s * 4 + 60
-    server = serving.managed
-    container_id = str(server.container.id)
-    hygiene = checks.PointChecks.take(container_ids={"server": container_id})
-    stats_before = _server_stats(serving)
-    cpu_before = server.cpu_ns()
-    command, output, code = _run_client(ctx, service, timeout)
-    cpu_after = server.cpu_ns()
-    stats_after = _server_stats(serving)
-    raw = ctx.run.raw_path(f"{point.id}.{load_name}.txt")
-    raw.write_text(output)
-    server_cpu_s = (cpu_after - cpu_before) / 1e9
-    point.programs["server"] = {
-        "kind": series.server, "image": serving.service.image or ctx.server_image,
-        "image_id": server.container.attrs.get("Image"), "readiness": serving.service.readiness,
-        "ready": serving.ready, "address": ctx.server_address, "port": serving.port, "cpuset": cs["server"],
-        "command": server.command, "container": container_id[:12], "cpu_s": server_cpu_s,
-        "stats_before": stats_before, "stats_after": stats_after,
-        "seccomp": serving.service.seccomp or "engine default"}
-    point.programs["deadconn"] = {"cpuset": cs["clients"], "command": deadconn.command, "held": ready["held"],
-                                  "ready": ready}
+    hygiene, command, output, code, raw, server_cpu_s = _under_load(ctx, point, serving, deadconn, ready, cs,
+                                                                    service, timeout, load_name)
     client_cpu_s = None
     if load_name == loads.WRK:
         code, client_cpu_s = _wrk_status(output, code)
@@ -356,6 +339,35 @@ def _load_rate(output: str) -> float | None:
         return None
 
 
+def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: Managed, ready: dict, cs: dict,
+                service: Service, timeout: float,
+                program: str) -> tuple[checks.PointChecks, list, str, int | None, Path, float]:
+    """Runs a load generator's container against the serving server, the checks taken before it, and records
+    the server's and deadconn's sections of the point: (checks, command, output, exit code, raw output's
+    file, server CPU seconds over the load from its cgroup)."""
+    server = serving.managed
+    container_id = str(server.container.id)
+    hygiene = checks.PointChecks.take(container_ids={"server": container_id})
+    stats_before = _server_stats(serving)
+    cpu_before = server.cpu_ns()
+    command, output, code = _run_client(ctx, service, timeout)
+    cpu_after = server.cpu_ns()
+    stats_after = _server_stats(serving)
+    raw = ctx.run.raw_path(f"{point.id}.{program}.txt")
+    raw.write_text(output)
+    server_cpu_s = (cpu_after - cpu_before) / 1e9
+    point.programs["server"] = {
+        "kind": point.series.server, "image": serving.service.image or ctx.server_image,
+        "image_id": server.container.attrs.get("Image"), "readiness": serving.service.readiness,
+        "ready": serving.ready, "address": ctx.server_address, "port": serving.port, "cpuset": cs["server"],
+        "command": server.command, "container": container_id[:12], "cpu_s": server_cpu_s,
+        "stats_before": stats_before, "stats_after": stats_after,
+        "seccomp": serving.service.seccomp or "engine default"}
+    point.programs["deadconn"] = {"cpuset": cs["clients"], "command": deadconn.command, "held": ready["held"],
+                                  "ready": ready}
+    return hygiene, command, output, code, raw, server_cpu_s
+
+
 def _dead_figures(parsed: dict, server_cpu_s: float) -> model.DeadFigures:
     """The figures from httperf's output. reply_rate is the mean of its 5 s samples (replies / test duration
     when the run was too short for a sample; reply_rate_source says)."""
@@ -422,25 +434,8 @@ def _measure_open(ctx: Context, variant: str, series: Series, repetition: int, l
                           connections=ctx.plan.open_connections, duration_s=ctx.plan.open_duration_s,
                           timeout_s=OPEN_TIMEOUT_S)
     timeout = load.bound_s + 60
-    server = serving.managed
-    container_id = str(server.container.id)
-    hygiene = checks.PointChecks.take(container_ids={"server": container_id})
-    stats_before = _server_stats(serving)
-    cpu_before = server.cpu_ns()
-    command, output, code = _run_client(ctx, services.openload(load, cs["clients"]), timeout)
-    cpu_after = server.cpu_ns()
-    stats_after = _server_stats(serving)
-    raw = ctx.run.raw_path(f"{point.id}.{loads.OPENLOAD}.txt")
-    raw.write_text(output)
-    server_cpu_s = (cpu_after - cpu_before) / 1e9
-    point.programs["server"] = {
-        "kind": series.server, "image": serving.service.image or ctx.server_image,
-        "image_id": server.container.attrs.get("Image"), "readiness": serving.service.readiness,
-        "ready": serving.ready, "address": ctx.server_address, "port": serving.port, "cpuset": cs["server"],
-        "command": server.command, "container": container_id[:12], "cpu_s": server_cpu_s,
-        "stats_before": stats_before, "stats_after": stats_after}
-    point.programs["deadconn"] = {"cpuset": cs["clients"], "command": deadconn.command, "held": ready["held"],
-                                  "ready": ready}
+    hygiene, command, output, code, raw, server_cpu_s = _under_load(
+        ctx, point, serving, deadconn, ready, cs, services.openload(load, cs["clients"]), timeout, loads.OPENLOAD)
     section = {"cpuset": cs["clients"], "command": command, "exit_code": code,
                "raw": str(raw.relative_to(ctx.run.path))}
     point.programs[loads.OPENLOAD] = section
