@@ -178,9 +178,10 @@ def container_options(work: Path, socket: str, fd_limit: int, environ: dict[str,
         "network_mode": "host",
         # On a machine perf runs as root (the anatomy's tests); in a container perf_event_open needs Docker's
         # seccomp filter lifted and CAP_SYS_ADMIN, and perf record's ring buffers locked memory beyond the
-        # container's limit (CAP_IPC_LOCK; the host refuses a higher RLIMIT_MEMLOCK), as the machine's root has.
+        # container's limit (CAP_IPC_LOCK; the host refuses a higher RLIMIT_MEMLOCK), and /proc/kallsyms's
+        # addresses for the kernel frames the folding goes by (CAP_SYSLOG), as the machine's root has.
         "security_opt": ["seccomp=unconfined"],
-        "cap_add": ["SYS_ADMIN", "IPC_LOCK"],
+        "cap_add": ["SYS_ADMIN", "IPC_LOCK", "SYSLOG"],
         "ulimits": [docker.types.Ulimit(name="nofile", soft=fd_limit, hard=fd_limit)],
         "shm_size": SHM_SIZE,
         "environment": {**pip_env, "CI": "true", "EPOLLBENCH_CLEAN_ROOM": "1", "TMPDIR": str(work / "tmp")},
