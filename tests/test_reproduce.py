@@ -36,6 +36,8 @@ ANATOMY_KEYS = ("window_s", "syscalls_per_reply", "syscalls", "context_switches_
 MEMORY_KEYS = ("kernel_bytes_per_dead", "slab_bytes_per_dead", "server_rss_bytes")
 
 
+@pytest.mark.needs_host("perf watches the server container's processes by their pids, which a container's "
+                        "pid namespace does not see")
 def test_the_smoke_sweeps_dead_points_carry_the_anatomy_and_polls_scan_grows_with_the_dead(smoke_run):
     """The anatomy is on by default: each dead point has a window of its own with real perf on the server's
     container, its profile folded after the sweep, and slabinfo around deadconn's step."""
