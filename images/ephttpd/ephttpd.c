@@ -51,6 +51,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <netdb.h>
@@ -84,6 +85,18 @@
 
 volatile sig_atomic_t stop_requested, snapshot_requested;
 int wake_write_fd = -1;
+
+void open_wake_and_reserve(int *wake_fd, int *reserve_fd)
+{
+	int wake[2];
+	if (pipe2(wake, O_NONBLOCK | O_CLOEXEC) < 0)
+		die("pipe: %s", strerror(errno));
+	*wake_fd = wake[0];
+	wake_write_fd = wake[1];
+	*reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (*reserve_fd < 0)
+		die("/dev/null: %s", strerror(errno));
+}
 sigset_t unblocked_signals;
 
 /* One line on stderr; usage_error then exits 2 (bad usage), die exits 1 (anything else). */

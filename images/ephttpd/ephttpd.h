@@ -48,6 +48,9 @@ extern volatile sig_atomic_t stop_requested, snapshot_requested;
 extern sigset_t unblocked_signals;
 /* The write end of the running worker's wake-up pipe, for the signal handlers. */
 extern int wake_write_fd;
+/* A loop's wake pipe (its write end in wake_write_fd, for the signal handlers) and the spare descriptor it
+ * closes to refuse a connection when the process is out of descriptors; dies if either cannot be opened. */
+void open_wake_and_reserve(int *wake_fd, int *reserve_fd);
 
 /* One line on stderr; usage_error then exits 2 (bad usage), die exits 1 (anything else). */
 _Noreturn void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -390,14 +390,7 @@ struct server *server_create(const struct options *o, int listen_fd, int max_fds
 	if (!s->loop)
 		usage_error("%s", err);
 
-	int wake[2];
-	if (pipe2(wake, O_NONBLOCK | O_CLOEXEC) < 0)
-		die("pipe: %s", strerror(errno));
-	s->wake_fd = wake[0];
-	wake_write_fd = wake[1];
-	s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (s->reserve_fd < 0)
-		die("/dev/null: %s", strerror(errno));
+	open_wake_and_reserve(&s->wake_fd, &s->reserve_fd);
 
 	int failed = ev_add(s->loop, listen_fd, EV_READ);
 	if (failed < 0)

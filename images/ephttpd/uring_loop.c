@@ -688,14 +688,7 @@ struct uring_server *uring_server_create(const struct options *o, int listen_fd,
 	if (listen_fd < 0)
 		return s; /* a probe of the kernel's features (workers.c) */
 
-	int wake[2];
-	if (pipe2(wake, O_NONBLOCK | O_CLOEXEC) < 0)
-		die("pipe: %s", strerror(errno));
-	s->wake_fd = wake[0];
-	wake_write_fd = wake[1];
-	s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (s->reserve_fd < 0)
-		die("/dev/null: %s", strerror(errno));
+	open_wake_and_reserve(&s->wake_fd, &s->reserve_fd);
 	arm_wake(s);
 	arm_accept(s);
 	return s;
