@@ -15,7 +15,18 @@ from experiment.catalog import Series
 from experiment.errors import UserError
 from experiment.report import beyond, page
 from experiment.report import data as report_data
-from experiment.run import context, dead, instruments, openloop, pipetest, plan, reproduce, results, seccomp
+from experiment.run import (
+    context,
+    dead,
+    durations,
+    instruments,
+    openloop,
+    pipetest,
+    plan,
+    reproduce,
+    results,
+    seccomp,
+)
 from experiment.run.progress import Progress
 from experiment.run.results import Run
 
@@ -267,6 +278,25 @@ def test_pipetest_runs_each_walk_of_the_plan_and_records_the_walk_and_the_visits
     events.clear()
     pipetest.pipetest_series(ctx, "up", "epoll", 1)
     assert events == [], "a resume finds every walk's points"
+
+
+def test_the_plans_expected_seconds_name_exactly_the_points_the_sweeps_measure(tmp_path):
+    # Holders, their direct overlap, a skipped level, both walks: each measured point is one the ETA expected.
+    ctx, _ = sweep_context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000, backends="select,epoll",
+                           sweeps="dead,pipetest", pipes="10,1000")
+    expected = reproduce.expected_seconds(ctx.plan, ctx.fd_limit)
+    ctx.progress.start(total=reproduce.count_points(ctx.plan, ctx.fd_limit), done=0, expected=expected)
+    for series in ctx.plan.series:
+        dead.dead_series(ctx, "up", series, 1)
+    for backend in ctx.plan.backends:
+        pipetest.pipetest_series(ctx, "up", backend, 1)
+    measured = {p.id for p in ctx.run.points() if p.status != model.SKIPPED}
+    assert measured == set(expected) and "dead-up-epoll-r1-d001000-direct" in measured
+    assert ctx.progress.eta() == 0.0, "every expectation was used up by its point"
+    # A dead line's first level starts its server, later ones open their step of dead connections.
+    first, step = expected["dead-up-epoll-r1-d000000"], expected["dead-up-epoll-r1-d005000"]
+    assert first == pytest.approx(durations.point_s(ctx.plan, model.DEAD) + durations.SERIES_START_S)
+    assert step == pytest.approx(durations.point_s(ctx.plan, model.DEAD) + 4000 / durations.OPENED_PER_S)
 
 
 def test_the_report_of_a_holders_series_says_who_held_them_and_compares_the_overlap(tmp_path):

@@ -28,7 +28,7 @@ def point(n: int, status: str = "ok") -> Point:
                  else None)
 
 
-def test_eta_is_the_mean_measured_point_times_the_points_left_to_measure():
+def test_eta_is_the_time_measured_over_its_expectation_times_what_is_left():
     assert eta_s(30.0, 3, 5) == 50.0
     assert eta_s(12.0, 4, 0) == 0.0
     assert eta_s(0.0, 0, 7) is None, "nothing measured yet: nothing to go by"
@@ -37,6 +37,22 @@ def test_eta_is_the_mean_measured_point_times_the_points_left_to_measure():
     with pytest.raises(ValueError):
         eta_s(1.0, 1, -1)
     assert clock_text(None) == "-:--:--" and clock_text(3725.4) == "1:02:05" and clock_text(-3) == "0:00:00"
+
+
+def test_with_expectations_the_eta_weighs_each_point_left_by_what_is_expected_of_it():
+    clock = Clock()
+    progress = Progress(lambda _: None, clock=clock)
+    # A 15-second dead point and three 3-second pipetest points expected; the first point took 30 s: twice its
+    # expectation, so the rest should too. Unweighted, the mean point (30 s) times 3 left would say 90 s.
+    progress.start(total=4, done=0, expected={"p1": 15.0, "p2": 3.0, "p3": 3.0, "p4": 3.0})
+    assert progress.eta() is None
+    clock.now += 30
+    progress.advance(point(1))
+    assert progress.eta() == pytest.approx(2 * 9)
+    clock.now += 3
+    progress.advance(point(2))  # 33 s for 18 expected
+    assert progress.eta() == pytest.approx(33 / 18 * 6)
+    assert progress.bar.tasks[0].fields["eta_at"] == pytest.approx(clock.now + 33 / 18 * 6)
 
 
 def test_skipped_points_count_neither_in_the_mean_nor_in_what_is_left():

@@ -3,8 +3,8 @@
 Per sweep, variant and line: the levels it would measure and those it would skip and why, under the fd limit
 this process may raise its own to (the engine's, probed when the run starts, is the same for a local engine;
 a remote one's may differ, and the run adapts to it). The expected wall time comes from the last complete
-run of the same plan on this host when there is one, else from the plan's durations with the per-point
-overheads the committed reference runs show (POINT_OVERHEAD_S).
+run of the same plan on this host when there is one, else from the plan's durations with the overheads the
+committed reference runs show (durations.py).
 """
 
 from __future__ import annotations
@@ -14,20 +14,12 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import catalog, model
+from .. import model
 from ..errors import UserError
 from ..model import DEAD, DEAD_OPEN, PIPETEST, Plan
-from .pipetest import PIPETEST_SECONDS
+from . import durations
 from .plan import Level, dead_levels, pipe_levels, series_levels
-from .reproduce import count_points
-
-# Seconds a point takes beyond its load: httperf's probe runs before each point; a series starts its server
-# and deadconn once. From the reference runs: 10.4-10.5 s per 10-second httperf point, 2.8 s per 2-second
-# pipetest point, and 106-240 s of the rest over 60-162 dead points.
-POINT_OVERHEAD_S = {catalog.HTTPERF: 2.0, catalog.WRK: 1.0, catalog.OPEN: 1.5, PIPETEST: 1.0}
-SERIES_START_S = 3.0
-# The open loop's capacity probe: a server and PROBE_S of wrk per line and variant.
-OPEN_PROBE_S = 4.0
+from .reproduce import count_points, expected_seconds
 
 
 def local_fd_limit() -> int:
@@ -51,18 +43,9 @@ def lines(plan: Plan, fd_limit: int) -> list[tuple[str, str, str, list[Level]]]:
 
 def estimate_s(plan: Plan, fd_limit: int) -> float:
     """Seconds of measuring from the plan's durations (images and report not included)."""
-    total = 0.0
-    for sweep, _variant, _label, levels in lines(plan, fd_limit):
-        measured = sum(1 for level in levels if not level.skip_reason)
-        if sweep == DEAD:
-            total += plan.repeat * (SERIES_START_S + measured * (plan.duration_s + POINT_OVERHEAD_S[plan.load]))
-        elif sweep == DEAD_OPEN:
-            total += plan.repeat * (SERIES_START_S + measured * (plan.open_duration_s
-                                                                 + POINT_OVERHEAD_S[catalog.OPEN]))
-            total += OPEN_PROBE_S if plan.open_rate is None else 0.0
-        else:
-            total += plan.repeat * measured * (PIPETEST_SECONDS + POINT_OVERHEAD_S[PIPETEST])
-    return total
+    # The open loop's capacity probe: one per line and variant, unless the plan gives the rate.
+    probes = len(plan.series) * len(plan.open_variants) if DEAD_OPEN in plan.sweeps and plan.open_rate is None else 0
+    return sum(expected_seconds(plan, fd_limit).values()) + probes * durations.OPEN_PROBE_S
 
 
 def previous(plan: Plan, results_dir: Path) -> model.RunRecord | None:

@@ -1,16 +1,19 @@
 """Progress on the terminal: the current point, points done of total, ETA, and the last figure measured.
 
-The ETA is the mean wall time of the points measured so far (failed ones included: they took their time,
-and so do the setup and ramp-up before each) times the points still to measure. A skipped point (a level
-above what the host allows) is recorded at once and takes no time, so it counts neither in the mean nor in
-what is left: counted as done, as a time-per-point estimate over all points would, a run whose top levels
-are skipped would look nearly finished long before it is.
+The ETA is the expected seconds of the points still to measure (run/durations.py: a 10-second dead point
+with its anatomy window weighs about five 2-second pipetest points), scaled by how long the points measured so
+far took against what was expected of them (failed ones included: they took their time, and so do the setup
+and ramp-up before each). Without expectations every point weighs the same and the ETA is the mean measured
+point times the points left. A skipped point (a level above what the host allows) is recorded at once and
+takes no time, so it counts neither in the scale nor in what is left: counted as done, as a time-per-point
+estimate over all points would, a run whose top levels are skipped would look nearly finished long before
+it is.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TaskID, TextColumn, TimeElapsedColumn
@@ -21,12 +24,12 @@ from ..model import FAILED, SKIPPED, DeadFigures, PipeFigures, Point
 from . import runlog
 
 
-def eta_s(measured_s: float, measured: int, to_measure: int) -> float | None:
-    """Seconds left: the mean of the measured points' wall time times the points left to measure; None
-    before the first point is measured (nothing to go by)."""
-    if measured_s < 0 or to_measure < 0:
-        raise ValueError(f"eta_s needs measured_s >= 0 and to_measure >= 0 (got {measured_s}, {to_measure})")
-    return measured_s / measured * to_measure if measured >= 1 else None
+def eta_s(measured_s: float, expected_measured: float, expected_left: float) -> float | None:
+    """Seconds left: what is expected of the points left to measure, times the measured points' wall time over
+    what was expected of them; None before the first point is measured (nothing to go by)."""
+    if measured_s < 0 or expected_left < 0:
+        raise ValueError(f"eta_s needs measured_s >= 0 and expected_left >= 0 (got {measured_s}, {expected_left})")
+    return measured_s / expected_measured * expected_left if expected_measured > 0 else None
 
 
 def clock_text(seconds: float | None) -> str:
@@ -63,9 +66,11 @@ class Progress:
                                 # Not on a terminal (a log file, CI): no bar at all, one line per point.
                                 disable=not self.console.is_terminal)
         self.task: TaskID | None = None
-        self.total = self.completed = self.measured = 0
+        self.total = self.completed = 0
         self.to_skip = 0  # planned skipped points not yet recorded
-        self.measured_s = 0.0
+        self.measured_s = 0.0  # wall time of the points measured since start()
+        self.expected_measured = 0.0  # what was expected of them
+        self.expected: dict[str, float] | None = None  # of each point left to measure, by id
         self.mark = clock()
 
     def __enter__(self) -> Progress:
@@ -75,10 +80,12 @@ class Progress:
     def __exit__(self, *exc) -> None:
         self.bar.stop()
 
-    def start(self, total: int, done: int, to_skip: int = 0) -> None:
+    def start(self, total: int, done: int, to_skip: int = 0, expected: Mapping[str, float] | None = None) -> None:
         """total: the run's points, done: those recorded already (a resumed run's), to_skip: of those left,
-        the ones that will be recorded as skipped."""
+        the ones that will be recorded as skipped; expected: the seconds each point left to measure is
+        expected to take, by id (reproduce.expected_seconds); without it every point weighs the same."""
         self.total, self.completed, self.to_skip = total, done, to_skip
+        self.expected = dict(expected) if expected is not None else None
         self.mark = self.clock()
         self.task = self.bar.add_task("starting", total=total, completed=done, last="", eta_at=None)
 
@@ -92,16 +99,17 @@ class Progress:
 
     def eta(self) -> float | None:
         """Seconds left, as of the last point recorded."""
-        return eta_s(self.measured_s, self.measured, self.to_measure)
+        left = float(self.to_measure) if self.expected is None else sum(self.expected.values())
+        return eta_s(self.measured_s, self.expected_measured, left)
 
-    def record(self, status: str) -> None:
+    def record(self, point_id: str, status: str) -> None:
         """Counts a point recorded now: a skipped one takes no time; any other took the time since the last."""
         now = self.clock()
         self.completed += 1
         if status == SKIPPED:
             self.to_skip = max(0, self.to_skip - 1)
         else:
-            self.measured += 1
+            self.expected_measured += 1.0 if self.expected is None else self.expected.pop(point_id, 0.0)
             self.measured_s += now - self.mark
         self.mark = now
 
@@ -117,7 +125,7 @@ class Progress:
             last = f"last: {point.id}"
         if self.task is None:
             raise RuntimeError("Progress.advance before Progress.start")
-        self.record(point.status)
+        self.record(point.id, point.status)
         eta = self.eta()
         self.bar.update(self.task, advance=1, last=last, eta_at=None if eta is None else self.mark + eta)
         what = last if point.ok else f"{point.status}: {point.reason}"

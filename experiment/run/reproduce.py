@@ -28,13 +28,14 @@ from .. import anatomy, catalog, model
 from ..errors import UserError
 from ..host import engine, images, machine, metadata, preflight, publish
 from ..model import Plan
-from . import instruments, openloop, results, runlog, servers
+from . import durations, instruments, openloop, results, runlog, servers
 from .containers import Containers
-from .context import Context
+from .context import Context, point_id
 from .dead import dead_series
 from .pipetest import pipetest_series
 from .plan import (
     OPENLOAD_FD_OVERHEAD,
+    Level,
     choices,
     dead_holders,
     dead_levels,
@@ -286,9 +287,11 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
         ctx = Context(run, plan, server_runner, client_runner, built["server"].tag, built["client"].tag, sets, fd_limit,
                       progress, chosen, address, client_source, instruments_found, server_local)
         done = run.points()
+        recorded = {p.id for p in done}
         progress.start(total=count_points(plan, fd_limit), done=len(done),
                        to_skip=max(0, count_points(plan, fd_limit, skipped=True)
-                                   - sum(p.status == model.SKIPPED for p in done)))
+                                   - sum(p.status == model.SKIPPED for p in done)),
+                       expected={k: v for k, v in expected_seconds(plan, fd_limit).items() if k not in recorded})
         measuring = time.monotonic()
         folding = 0.0
         try:
@@ -354,16 +357,33 @@ def _reach(plan: Plan, fd_limit: int, series: catalog.Series) -> int:
     return max((lv.value for lv in series_levels(plan, fd_limit, series) if not lv.skip_reason), default=0)
 
 
+def planned(plan: Plan, fd_limit: int) -> list[tuple[str, str, catalog.Series, int, list[Level]]]:
+    """Every line of the plan under this fd limit, in the order the run measures them: (sweep, variant,
+    series, repetition, its levels)."""
+    found = []
+    for variant in plan.variants:
+        for series in plan.series if model.DEAD in plan.sweeps else ():
+            found += [(model.DEAD, variant, series, r, series_levels(plan, fd_limit, series))
+                      for r in range(1, plan.repeat + 1)]
+        for backend in plan.backends if model.PIPETEST in plan.sweeps else ():
+            found += [(model.PIPETEST, variant, catalog.Series(catalog.EPHTTPD, backend, walk), r,
+                       pipe_levels(plan, fd_limit, backend))
+                      for r in range(1, plan.repeat + 1) for walk in plan.walks]
+    for variant in plan.open_variants if model.DEAD_OPEN in plan.sweeps else ():
+        found += [(model.DEAD_OPEN, variant, series, r, dead_levels(plan, fd_limit, series.backend, model.DEAD_OPEN))
+                  for series in plan.series for r in range(1, plan.repeat + 1)]
+    return found
+
+
 def count_points(plan: Plan, fd_limit: int, skipped: bool = False) -> int:
     """The points of the plan under this fd limit; with skipped, only those recorded as skipped."""
-    levels = []  # (sweep, level) once per variant the sweep runs in
-    for sweep in plan.sweeps:
-        if sweep == model.DEAD:
-            found = [level for s in plan.series for level in series_levels(plan, fd_limit, s)]
-        elif sweep in model.DEAD_SWEEPS:
-            found = [level for s in plan.series for level in dead_levels(plan, fd_limit, s.backend, sweep)]
-        else:
-            found = [level for backend in plan.backends for level in pipe_levels(plan, fd_limit, backend)] \
-                * len(plan.walks)
-        levels += found * len(plan.variants_of(sweep))
-    return sum(1 for level in levels if not skipped or level.skip_reason) * plan.repeat
+    return sum(1 for *_, levels in planned(plan, fd_limit) for level in levels
+               if not skipped or level.skip_reason)
+
+
+def expected_seconds(plan: Plan, fd_limit: int) -> dict[str, float]:
+    """The seconds each point the plan measures is expected to take (durations.line_s), by point id."""
+    return {point_id(sweep, variant, series, repetition, level.value, level.overlap): seconds
+            for sweep, variant, series, repetition, levels in planned(plan, fd_limit)
+            for level, seconds in zip(levels, durations.line_s(plan, sweep, levels), strict=True)
+            if not level.skip_reason}

@@ -1,0 +1,58 @@
+"""What a point is expected to take: the dry run's estimate and the progress ETA both go by these.
+
+A point's seconds are its load's duration plus what comes with it: httperf's probe before each dead point,
+the container starts, and the anatomy's window after a dead point's measurement (a second run of the load
+generator under perf). A series adds its server's start, and each dead level the opening of its step of dead
+connections. The constants are the wall times the reference runs show on the 2-core development machine;
+only their proportions matter to the ETA, which scales them by what the points measured so far took.
+"""
+
+from __future__ import annotations
+
+from .. import catalog
+from ..model import DEAD, DEAD_OPEN, PIPETEST, Plan
+from . import pipetest
+from .plan import Level
+
+# Seconds a point takes beyond its load: 10.4-10.5 s per 10-second httperf point and 2.8 s per 2-second
+# pipetest point in the committed paper run of 2026-11-28 (before the anatomy).
+POINT_OVERHEAD_S = {catalog.HTTPERF: 2.0, catalog.WRK: 1.0, catalog.OPEN: 1.5, PIPETEST: 1.0}
+# The anatomy window's own time per dead point (bench item 8 measured 3.0 s; the paper run of 2026-11-30, 3.5).
+ANATOMY_S = 3.5
+SERIES_START_S = 3.0
+# deadconn opens about this many dead connections a second (loopback untracked; 25,000 in about 4 s in the
+# paper run of 2026-11-30).
+OPENED_PER_S = 6000.0
+# The open loop's capacity probe: a server and PROBE_S of wrk per line and variant.
+OPEN_PROBE_S = 4.0
+
+
+def point_s(plan: Plan, sweep: str) -> float:
+    """Seconds one point of the sweep is expected to take, its step of dead connections not included."""
+    if sweep == DEAD:
+        return plan.duration_s + POINT_OVERHEAD_S[plan.load] + (ANATOMY_S if plan.anatomy else 0.0)
+    if sweep == DEAD_OPEN:
+        return plan.open_duration_s + POINT_OVERHEAD_S[catalog.OPEN]
+    if sweep == PIPETEST:
+        return pipetest.PIPETEST_SECONDS + POINT_OVERHEAD_S[PIPETEST]
+    raise ValueError(f"unknown sweep {sweep!r}")
+
+
+def line_s(plan: Plan, sweep: str, levels: list[Level]) -> list[float]:
+    """Seconds each level of one line is expected to take, in the order a run measures them (0 for a skipped
+    one). A dead line starts its server before its first level and opens each level's step of dead
+    connections; its overlapping level (a holders line measured without them) does both once more."""
+    seconds = []
+    opened: dict[bool, int] = {}  # by level.overlap: the dead connections its server holds so far
+    for level in levels:
+        if level.skip_reason:
+            seconds.append(0.0)
+            continue
+        took = point_s(plan, sweep)
+        if sweep != PIPETEST:
+            if level.overlap not in opened:
+                took += SERIES_START_S
+            took += max(0, level.value - opened.get(level.overlap, 0)) / OPENED_PER_S
+            opened[level.overlap] = level.value
+        seconds.append(took)
+    return seconds
