@@ -265,12 +265,13 @@ def clean_room(c):
 
 @task(help={"json_out": "where to write the JSON results (default benchmarks/results/bench-<stamp>.json)",
             "skip_harness": "leave out the timed quick profile run (item 4), which takes about 5 minutes",
-            "only": "run one item alone: completion (item 7, io_uring-recv vs io_uring vs epoll) or seccomp "
-                    "(item 9, native vs the server container with our seccomp filter and unconfined)"})
+            "only": "run one item alone: completion (item 7, io_uring-recv vs io_uring vs epoll), seccomp "
+                    "(item 9, native vs the server container with our seccomp filter and unconfined) or walk "
+                    "(item 10, where pipetest's time goes as the pipes grow, each token walk)"})
 @_user_errors
 def bench(c, json_out=None, skip_harness=False, only=None):
     """ephttpd vs nginx per reply, capacity per backend, deadconn's rate, the harness, pipetest, completion vs
-    readiness, the container's and its seccomp filter's cost: one run."""
+    readiness, the container's and its seccomp filter's cost, pipetest's walks under perf: one run."""
     from experiment.bench import measure
 
     measure.main(json_out, skip_harness=skip_harness, only=only)

@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+import tools
 
 from experiment import catalog
-from experiment.bench import measure, stats
+from experiment.bench import measure, pipewalk, stats
 from experiment.run import loads
 
 
@@ -262,7 +263,7 @@ def test_a_service_names_the_seccomp_docker_applies():
 def test_only_names_the_items_it_can_run_alone():
     from experiment.errors import UserError
 
-    with pytest.raises(UserError, match="'completion' and 'seccomp'"):
+    with pytest.raises(UserError, match="'completion', 'seccomp', 'walk'"):
         measure.main(only="nginx")
 
 
@@ -299,3 +300,54 @@ def test_the_seccomp_item_measures_each_backend_natively_and_in_the_container(bu
         assert math.isfinite(result["syscall_probe"]["filter_ns_per_call"][0])
     leftovers = client.containers.list(all=True, filters={"label": f"org.epollbench.run=bench-seccomp-{os.getpid()}"})
     assert leftovers == []
+
+
+REPORT = """\
+    41.07% ;[kernel.kallsyms]  ;[k] pipe_read
+    12.50% ;pipetest           ;[.] main
+     6.25% ;[kernel.kallsyms]  ;[k] ep_poll_callback
+     0.18% ;libc.so.6          ;[.] __GI___libc_read
+# a comment line perf may print
+"""
+
+
+def test_the_walk_item_reads_each_functions_share_of_perfs_report():
+    shares = pipewalk.parse_report(REPORT)
+    assert shares == pytest.approx({"[k] pipe_read": 0.4107, "[.] main": 0.125, "[k] ep_poll_callback": 0.0625,
+                                    "[.] __GI___libc_read": 0.0018})
+
+
+def test_the_walk_items_growth_is_the_median_functions_from_the_fewest_pipes_to_the_most():
+    def run(ns: float, functions: dict) -> dict:
+        return {"ns_per_pass": ns, "functions_ns": functions}
+
+    runs = {10: [run(800, {"[k] pipe_read": 300, "[.] main": 100}), run(900, {"[k] pipe_read": 320, "[.] main": 90}),
+                 run(850, {"[k] pipe_read": 310, "[.] main": 95})],
+            9992: [run(2400, {"[k] pipe_read": 900, "[.] main": 400, "[k] fdget": 50}),
+                   run(2500, {"[k] pipe_read": 1000, "[.] main": 390}),
+                   {"error": "perf failed"}]}
+    found = pipewalk.growth(runs, top=2)
+    assert found["ns_per_pass"] == {10: 850, 9992: 2450} and found["grew_ns"] == 1600
+    # Medians per function over the completed runs: pipe_read 310 -> 950, main 95 -> 395, fdget 0 -> 25.
+    assert [(f["function"], f["grew_ns"]) for f in found["functions"]] == [("[k] pipe_read", 640), ("[.] main", 300)]
+    assert found["kernel_grew_ns"] == 665 and found["user_grew_ns"] == 300
+    assert pipewalk.growth({10: [{"error": "x"}], 20: [run(1, {})]}) == {"error": "no run completed at both ends"}
+
+
+def test_a_walk_run_under_perf_splits_its_time_per_pass_among_functions(build_dir, tmp_path, monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("perf record needs root here")
+    from experiment import anatomy
+
+    instruments = anatomy.prepare()
+    if instruments.perf is None:
+        tools.missing(f"perf cannot run here: {instruments.reason}")
+    monkeypatch.setattr(pipewalk, "RUN_S", 1)
+    found = pipewalk.run_once(instruments.perf, "epoll", "stride", 1000, min(os.sched_getaffinity(0)),
+                              tmp_path / "perf.data")
+    assert "error" not in found, found
+    assert found["passes_per_s"] > 0 and not found["setup_in_profile"]
+    assert found["ns_per_pass"] == pytest.approx(1e9 / found["passes_per_s"])
+    # The shares cover the samples: the functions' nanoseconds add up to about one pass (perf rounds each share).
+    assert sum(found["functions_ns"].values()) == pytest.approx(found["ns_per_pass"], rel=0.05)
+    assert any(name.startswith("[k] ") for name in found["functions_ns"]), "kernel functions are named"

@@ -36,6 +36,8 @@ others, as in the UP variant):
      per reply for each backend. A container's
      CPU is its cgroup's (what a sweep reads), the native server's /proc's; the image's ephttpd is built by
      the image from the same sources, so container/native also holds any difference of compiler or libc.
+ 10. where pipetest's time goes as the pipes grow, with each token walk (issue 16, bench/pipewalk.py):
+     nanoseconds per pass of each function from a cpu-clock profile, and those that grew most.
 The metric is CPU time from /proc/PID/stat (user + system, every process of the server) over the load,
 divided by the replies the load generator counted. Items 1-3 run ROUNDS rounds, each taking every row once,
 and report medians (ratios: the median of the rounds' ratios).
@@ -74,7 +76,7 @@ from ..run import loads, seccomp, servers, services
 from ..run.containers import Containers, Managed
 from ..run.plan import max_dead, max_pipes
 from . import anatomy as anatomy_cost
-from . import native
+from . import native, pipewalk
 from .stats import median_interval
 
 ACTIVE = 100               # connections of each load, as the 2002 study's httperf
@@ -745,12 +747,12 @@ def pipetest(fd_limit: int) -> dict:
 
 
 # What --only may name: nothing (every item), or the one item run alone.
-ONLY = (None, "completion", "seccomp")
+ONLY = (None, "completion", "seccomp", "walk")
 
 
 def main(json_out: str | None = None, skip_harness: bool = False, only: str | None = None) -> dict:
     if only not in ONLY:
-        raise UserError(f"--only {only!r}: the items run alone are {' and '.join(map(repr, ONLY[1:]))} (items 7, 9)")
+        raise UserError(f"--only {only!r}: the items run alone are {', '.join(map(repr, ONLY[1:]))} (items 7, 9, 10)")
     machine.ensure_packages(NATIVE_PACKAGES, "./run bench")
     native.build()
     fd_limit = machine.fd_hard_limit()
@@ -774,6 +776,8 @@ def main(json_out: str | None = None, skip_harness: bool = False, only: str | No
             result["completion"] = completion_model(cpus, fd_limit)
         if only in (None, "seccomp"):
             result["seccomp"] = seccomp_cost(cpus)
+    if only in (None, "walk"):
+        result["pipe_walk"] = pipewalk.measure(fd_limit, min(cpus.server))
     if only is None:
         result["deadconn"] = deadconn_rate(fd_limit)
         result["pipetest"] = pipetest(fd_limit)
@@ -789,6 +793,8 @@ def main(json_out: str | None = None, skip_harness: bool = False, only: str | No
         _print_completion(result["completion"])
     if "seccomp" in result:
         _print_seccomp(result["seccomp"])
+    if "pipe_walk" in result:
+        _print_pipe_walk(result["pipe_walk"])
     path = Path(json_out) if json_out else RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%SZ')}.json"
     if path.exists():
         raise UserError(f"{path} exists: results are never overwritten; choose another --json-out")
@@ -918,3 +924,19 @@ def _print_anatomy(console: Console, a: dict | None) -> None:
                   f"and without); extrapolated to the quick profile's {w['quick_dead_points']} dead points: "
                   f"+{w['quick_added_s_extrapolated']:.0f} s on {_num(w['quick_wall_s'])} s "
                   f"({w['quick_wall_source']}) = {_num(share, '.0%')} (target <= {w['target_share']:.0%})")
+
+
+def _print_pipe_walk(w: dict) -> None:
+    console = Console()
+    if "unavailable" in w:
+        console.print(f"10. pipetest's walks: unavailable ({w['unavailable']})")
+        return
+    for backend, found in w["backends"].items():
+        for walk, summary in found["walks"].items():
+            if "error" in summary:
+                console.print(f"10. pipetest {backend} ({walk}): {summary['error']}")
+                continue
+            per_pass = ", ".join(f"{_num(int(p))} pipes {ns:,.0f} ns" for p, ns in summary["ns_per_pass"].items())
+            console.print(f"10. pipetest {backend} ({walk}) per pass: {per_pass}; grew {summary['grew_ns']:,.0f} ns "
+                          f"(kernel {summary['kernel_grew_ns']:,.0f}, user {summary['user_grew_ns']:,.0f}); most: "
+                          + ", ".join(f"{f['function']} +{f['grew_ns']:,.0f}" for f in summary["functions"][:5]))
