@@ -81,8 +81,8 @@ WHY_NOT_SHAREABLE = {
     "aio-poll": "an AIO context belongs to one address space, which a child of fork does not share",
 }
 # Descriptors a holder keeps beside its connections (images/ephttpd/holders.c, HOLDER_RESERVE_FDS), the most
-# holders ephttpd forks (ephttpd.h, MAX_HOLDERS), and the bytes of one event message a holder's channel pipe
-# has room for per connection it may hold (holders.c, struct forward), plus a page.
+# holders ephttpd forks (images/ephttpd/parts.h, MAX_HOLDERS), and the bytes of one event message a holder's
+# channel pipe has room for per connection it may hold (holders.c, struct forward), plus a page.
 HOLDER_RESERVE_FDS = 16
 MAX_HOLDERS = 64
 HOLDER_MESSAGE_BYTES = 8

@@ -27,7 +27,8 @@
  * out (a client that never finishes its request holds its connection until it
  * closes it), TLS, host names in --bind, or Host header checks.
  *
- * The parts: this file (options, signals, the listener, main), server.c (a
+ * The parts: this file (options, the listener, main), process.c (errors,
+ * signals and the wake pipe every part uses), server.c (a
  * worker's event loop: the I/O, the per-event caps and the ready list),
  * uring_loop.c (--backend io_uring-recv: a worker's loop on io_uring's
  * completions, multishot recv into a buffer ring and send SQEs, not ev.h),
@@ -36,7 +37,7 @@
  * --workers N), holders.c (--dead-holders N: helper processes that hold dead
  * connections, from a port of their own, in this process's epoll set, so
  * that it waits on more connections than it may open), stats.c (the JSON
- * lines).
+ * lines); parts.h declares what they share.
  *
  * Output: JSON lines on stdout - "listening" once connections are accepted,
  * a "snapshot" per worker on SIGUSR1, and on SIGTERM or SIGINT exactly one
@@ -68,7 +69,7 @@
 #include <unistd.h>
 
 #include "conn.h"
-#include "ephttpd.h"
+#include "parts.h"
 #include "ev.h"
 
 #define DEFAULT_BACKEND "epoll"
@@ -82,85 +83,6 @@
  * batch of connects, before the loop turns to the other descriptors. */
 #define DEFAULT_READS_PER_EVENT   1
 #define DEFAULT_ACCEPTS_PER_EVENT 64
-
-volatile sig_atomic_t stop_requested, snapshot_requested;
-int wake_write_fd = -1;
-
-void open_wake_and_reserve(int *wake_fd, int *reserve_fd)
-{
-	int wake[2];
-	if (pipe2(wake, O_NONBLOCK | O_CLOEXEC) < 0)
-		die("pipe: %s", strerror(errno));
-	*wake_fd = wake[0];
-	wake_write_fd = wake[1];
-	*reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (*reserve_fd < 0)
-		die("/dev/null: %s", strerror(errno));
-}
-sigset_t unblocked_signals;
-
-/* One line on stderr; usage_error then exits 2 (bad usage), die exits 1 (anything else). */
-static void print_error(const char *fmt, va_list ap)
-{
-	fputs("ephttpd: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-}
-
-void usage_error(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	print_error(fmt, ap);
-	va_end(ap);
-	exit(2);
-}
-
-void die(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	print_error(fmt, ap);
-	va_end(ap);
-	exit(1);
-}
-
-/*
- * A flag alone could be missed: a signal landing after the loop tested it but
- * before it blocked in ev_wait would not interrupt that wait.  The byte in the
- * pipe wakes it in any case.
- */
-static void wake_loop(void)
-{
-	int saved = errno;
-	if (wake_write_fd >= 0 && write(wake_write_fd, "", 1) < 0) {
-		/* a full pipe wakes the loop just as well */
-	}
-	errno = saved;
-}
-
-static void on_stop_signal(int sig)
-{
-	(void)sig;
-	stop_requested = 1;
-	wake_loop();
-}
-
-static void on_snapshot_signal(int sig)
-{
-	(void)sig;
-	snapshot_requested = 1;
-	wake_loop();
-}
-
-void install_handler(int sig, void (*handler)(int))
-{
-	/* Without SA_RESTART, so that the signal interrupts ev_wait with EINTR. */
-	struct sigaction sa = { .sa_handler = handler };
-	sigemptyset(&sa.sa_mask);
-	if (sigaction(sig, &sa, NULL) < 0)
-		die("sigaction(%d): %s", sig, strerror(errno));
-}
 
 /* ---------------------------------------------------------------- setup */
 
@@ -354,29 +276,6 @@ static struct options parse_options(int argc, char **argv)
 	return o;
 }
 
-int serve_worker(const struct options *o, int listen_fd, int max_fds, int worker, int port,
-		 struct worker_stats *out)
-{
-	struct worker_stats *stats;
-	int status;
-	if (strcmp(o->backend, URING_RECV_BACKEND) == 0) {
-		struct uring_server *s = uring_server_create(o, listen_fd, max_fds);
-		if (port >= 0)
-			announce(o, port, 0, max_fds);
-		status = uring_server_run(s, worker, &stats);
-		*out = *stats;
-		uring_server_destroy(s);
-	} else {
-		struct server *s = server_create(o, listen_fd, max_fds);
-		if (port >= 0)
-			announce(o, port, 0, max_fds);
-		status = server_run(s, worker, &stats);
-		*out = *stats;
-		server_destroy(s);
-	}
-	return status;
-}
-
 int main(int argc, char **argv)
 {
 	struct options o = parse_options(argc, argv);
@@ -384,11 +283,7 @@ int main(int argc, char **argv)
 	if (!conn_build_responses((size_t)o.msgsize))
 		die("out of memory for the responses (lower --msgsize)");
 
-	signal(SIGPIPE, SIG_IGN); /* a closed stdout or stats pipe is an EPIPE, not a death */
-	sigprocmask(SIG_SETMASK, NULL, &unblocked_signals);
-	install_handler(SIGTERM, on_stop_signal);
-	install_handler(SIGINT, on_stop_signal);
-	install_handler(SIGUSR1, on_snapshot_signal);
+	install_loop_handlers();
 
 	int listeners[MAX_WORKERS];
 	int port = o.port;

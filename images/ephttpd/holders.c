@@ -63,7 +63,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "ephttpd.h"
+#include "parts.h"
 #include "ev.h"
 
 /* Descriptors a holder keeps besides its connections: stderr, the shared set, the listener, its channel,
@@ -106,9 +106,7 @@ static void on_holder_exit(int sig)
 {
 	(void)sig;
 	holder_exited = 1;
-	if (wake_write_fd >= 0 && write(wake_write_fd, "", 1) < 0) {
-		/* a full pipe wakes the loop just as well */
-	}
+	wake_loop();
 }
 
 static uint64_t get(const uint64_t *counter)

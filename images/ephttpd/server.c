@@ -32,7 +32,7 @@
 #include <unistd.h>
 
 #include "conn.h"
-#include "ephttpd.h"
+#include "parts.h"
 #include "ev.h"
 
 /* One read asks for far more than a request head, so a short read means drained. */

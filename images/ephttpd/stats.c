@@ -8,7 +8,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "ephttpd.h"
+#include "parts.h"
 
 void take_cpu_times(struct worker_stats *st)
 {

@@ -61,7 +61,7 @@
  * path on a kernel that has everything.  Debian's liburing 2.3 lacks
  * io_uring_setup_buf_ring (2.4): the ring is mapped and registered here.
  *
- * Counters (ephttpd.h): events are the completions that brought input or a
+ * Counters (parts.h): events are the completions that brought input or a
  * connection (as a readiness backend's events); wait_calls the
  * submit-and-waits that returned any completion but the wake pipe's;
  * submissions the SQEs submitted, completions every CQE reaped but the
@@ -96,7 +96,7 @@
 #include <unistd.h>
 
 #include "conn.h"
-#include "ephttpd.h"
+#include "parts.h"
 #include "ev_backend.h"
 #include "http.h"
 

@@ -1,6 +1,7 @@
 /*
- * workers.c - --workers N: the parent forks N workers, each with its own loop
- * and SO_REUSEPORT listener, then only waits: it forwards SIGTERM/SIGINT and
+ * workers.c - a worker's whole life on either loop (serve_worker), and
+ * --workers N: the parent forks N workers, each with its own loop and
+ * SO_REUSEPORT listener, then only waits: it forwards SIGTERM/SIGINT and
  * SIGUSR1, and at the end sums the stats each worker sends through a pipe.
  */
 #define _GNU_SOURCE
@@ -14,7 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "ephttpd.h"
+#include "parts.h"
 #include "ev.h"
 
 static void on_child_exit(int sig)
@@ -159,5 +160,28 @@ int run_workers(const struct options *o, const int *listeners, int port, int fd_
 		close(stats_reads[i]);
 	}
 	print_stats(o, fd_limit, per_worker, reported, NULL);
+	return status;
+}
+
+int serve_worker(const struct options *o, int listen_fd, int max_fds, int worker, int port,
+		 struct worker_stats *out)
+{
+	struct worker_stats *stats;
+	int status;
+	if (strcmp(o->backend, URING_RECV_BACKEND) == 0) {
+		struct uring_server *s = uring_server_create(o, listen_fd, max_fds);
+		if (port >= 0)
+			announce(o, port, 0, max_fds);
+		status = uring_server_run(s, worker, &stats);
+		*out = *stats;
+		uring_server_destroy(s);
+	} else {
+		struct server *s = server_create(o, listen_fd, max_fds);
+		if (port >= 0)
+			announce(o, port, 0, max_fds);
+		status = server_run(s, worker, &stats);
+		*out = *stats;
+		server_destroy(s);
+	}
 	return status;
 }

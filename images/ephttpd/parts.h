@@ -1,11 +1,13 @@
 /*
- * ephttpd.h - what the parts of ephttpd share: the options (ephttpd.c), a
- * worker's event loop (server.c), the supervisor of several workers
- * (workers.c) and the JSON lines of counters (stats.c).  The HTTP state of a
- * connection is conn.h's, the request parser http.h's.
+ * parts.h - what the parts of ephttpd share: the options (parsed by
+ * ephttpd.c), the process's errors, signals and wake pipe (process.c), a
+ * worker's event loop (server.c, uring_loop.c), the supervisor of several
+ * workers (workers.c), the holders (holders.c) and the JSON lines of counters
+ * (stats.c).  The HTTP state of a connection is conn.h's, the request parser
+ * http.h's.
  */
-#ifndef EPHTTPD_H
-#define EPHTTPD_H
+#ifndef EPHTTPD_PARTS_H
+#define EPHTTPD_PARTS_H
 
 #include <signal.h>
 #include <stddef.h>
@@ -42,7 +44,7 @@ struct worker_stats {
 	int32_t pid;
 };
 
-/* Set by the signal handlers (ephttpd.c); the loops act on them. */
+/* Set by the signal handlers (process.c); the loops act on them. */
 extern volatile sig_atomic_t stop_requested, snapshot_requested;
 /* The signal mask outside the waits. */
 extern sigset_t unblocked_signals;
@@ -56,6 +58,11 @@ void open_wake_and_reserve(int *wake_fd, int *reserve_fd);
 _Noreturn void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 _Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void install_handler(int sig, void (*handler)(int));
+/* The process's handlers: SIGTERM and SIGINT set stop_requested, SIGUSR1 snapshot_requested, each writing to
+ * the wake pipe; SIGPIPE ignored; unblocked_signals is the mask they leave. */
+void install_loop_handlers(void);
+/* Writes a byte to the wake pipe (from a signal handler): the loop's wait returns. */
+void wake_loop(void);
 
 struct server;
 struct holders;
