@@ -19,6 +19,7 @@ from httpclient import deadconn, next_event, send, serving, settled_snapshot
 from experiment import anatomy
 from experiment.anatomy import fold, memory, perf, procs
 from experiment.anatomy.fold import Frame, classify
+from experiment.host import syscall_cost
 from experiment.run import loads
 
 K = 0xFFFFFFFF81000000  # a kernel address
@@ -200,7 +201,7 @@ def test_this_process_cgroup_and_its_own_switches_and_rss():
 
 
 def test_syscall_cost_factors_name_the_kernel_command_line_mitigations_clocksource_and_seccomp():
-    found = anatomy.host.syscall_cost_factors(os.getpid())
+    found = syscall_cost.syscall_cost_factors(os.getpid())
     assert found["kernel_cmdline"] == Path("/proc/cmdline").read_text().strip()
     vulnerabilities = Path("/sys/devices/system/cpu/vulnerabilities")
     if vulnerabilities.is_dir():
@@ -208,7 +209,7 @@ def test_syscall_cost_factors_name_the_kernel_command_line_mitigations_clocksour
     assert found["clocksource"]
     status = Path(f"/proc/{os.getpid()}/status").read_text()
     mode = next(line.split()[1] for line in status.splitlines() if line.startswith("Seccomp:"))
-    assert found["seccomp"]["mode"] == anatomy.host.SECCOMP_MODES[mode]
+    assert found["seccomp"]["mode"] == syscall_cost.SECCOMP_MODES[mode]
 
 
 # ---- perf unavailable --------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@
   memory.py  slab per dead connection from /proc/slabinfo at two dead levels, the server's RSS
   procs.py   the server's processes (its container's cgroup) and their context switches
   perf.py    finding, installing (Debian's linux-perf) and driving perf
-  host.py    what a system call's cost depends on, for the run's metadata
 
 The order of a point, for a caller:
   instruments = prepare()                      once per run: finds or installs perf, checks it works
@@ -23,7 +22,7 @@ Nothing here raises for a missing or refused perf or slabinfo: the caller record
 
 from __future__ import annotations
 
-from . import fold, host, memory, perf, procs
+from . import fold, memory, perf, procs
 from .window import (
     Anatomy,
     Counts,
@@ -36,5 +35,5 @@ from .window import (
     prepare,
 )
 
-__all__ = ["Anatomy", "Counts", "Instruments", "Profile", "Unavailable", "Window", "fold", "fold_profile", "host",
+__all__ = ["Anatomy", "Counts", "Instruments", "Profile", "Unavailable", "Window", "fold", "fold_profile",
            "measure", "memory", "perf", "prepare", "procs"]

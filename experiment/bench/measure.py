@@ -69,9 +69,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import catalog, paths
-from ..anatomy import host as anatomy_host
 from ..errors import UserError
-from ..host import engine, images, machine, preflight
+from ..host import engine, images, machine, preflight, syscall_cost
 from ..run import loads, seccomp, servers, services
 from ..run.containers import Containers, Managed
 from ..run.plan import max_dead, max_pipes
@@ -571,7 +570,7 @@ def seccomp_cost(cpus: Cpus, client: docker.DockerClient | None = None, image: s
                     row = {"backend": backend, "place": place, "round": n}
                     if place == NATIVE:
                         with ephttpd(cpus, backend) as (port, pids):
-                            row["seccomp_mode"] = anatomy_host.seccomp(pids[0])
+                            row["seccomp_mode"] = syscall_cost.seccomp(pids[0])
                             row.update(_cost_under_wrk(cpus, port, functools.partial(_proc_cpu_s, pids),
                                                        seconds))
                             row["syscalls_per_reply"] = _syscalls_per_reply(cpus, port, pids, seconds)
@@ -581,7 +580,7 @@ def seccomp_cost(cpus: Cpus, client: docker.DockerClient | None = None, image: s
                     try:
                         with _contained(runner, image, cpus, backend, places[place]["seccomp"]) as (port, server):
                             pid = server.pid()
-                            mode = anatomy_host.seccomp(pid) if pid else {"mode": None}
+                            mode = syscall_cost.seccomp(pid) if pid else {"mode": None}
                             row["seccomp_mode"] = mode
                             # None: this process cannot see the container's processes (another PID
                             # namespace); the engine was asked, and the row says it could not be checked.

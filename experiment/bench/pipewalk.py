@@ -103,7 +103,7 @@ def measure(fd_limit: int, cpu: int, rounds: int = ROUNDS) -> dict:
     with tempfile.TemporaryDirectory(prefix="epollbench-pipewalk-") as tmp:
         for backend in BACKENDS:
             counts = (*PIPES, max_pipes(fd_limit, backend))
-            runs = {walk: {pipes: [] for pipes in counts} for walk in catalog.WALKS}
+            runs: dict[str, dict[int, list[dict]]] = {walk: {pipes: [] for pipes in counts} for walk in catalog.WALKS}
             for n in range(rounds):
                 for walk in catalog.WALKS:
                     for pipes in counts:

@@ -11,9 +11,9 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from ..anatomy.host import syscall_cost_factors
 from ..errors import UserError
 from . import images, machine
+from .syscall_cost import syscall_cost_factors
 
 # A resumed run must match these, or its points would mix two machines or two builds.
 CHECKED = ("hostname", "kernel", "cpu_model", "cpus", "fd_hard_limit", "image_ids")

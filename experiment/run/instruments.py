@@ -33,6 +33,7 @@ from pathlib import Path
 from .. import anatomy, model
 from ..anatomy import memory as slabs
 from ..anatomy import procs
+from ..host import syscall_cost
 from .containers import Managed
 from .context import Context
 from .services import Service
@@ -68,7 +69,7 @@ def record_seccomp(ctx: Context, pid: int) -> None:
     cost = dict(record.metadata.get("syscall_cost") or {})
     if "seccomp" in cost:
         return
-    cost["seccomp"] = anatomy.host.seccomp(pid)
+    cost["seccomp"] = syscall_cost.seccomp(pid)
     ctx.run.update_record(metadata={**record.metadata, "syscall_cost": cost})
 
 
