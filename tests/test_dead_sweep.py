@@ -321,7 +321,7 @@ def test_the_report_of_a_holders_series_says_who_held_them_and_compares_the_over
 
 
 def test_a_stopped_lines_extrapolation_is_a_least_squares_line_with_its_residuals():
-    run = Run(Path(__file__).resolve().parent.parent / "results" / "reference" / "20261128T002856Z-vm-paper")
+    run = Run(Path(__file__).resolve().parent / "data" / "previous" / "20261128T002856Z-vm-paper")
     extended = {(e.variant, e.series.label): e for e in beyond.extrapolations(report_data.load(run))}
     assert ("up", "select") not in extended, "FD_SETSIZE stops select for good"
     poll = extended[("up", "poll")]

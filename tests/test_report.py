@@ -504,6 +504,8 @@ def test_a_point_without_the_anatomy_says_why_and_a_run_before_it_says_it_predat
 
 PAIRS = Path(__file__).parent / "data" / "pairs"
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+# The paper reference run before issue 16's re-run (schema 1), an hour after the quick one.
+PAPER_2026_11_28 = Path(__file__).parent / "data" / "previous" / "20261128T002856Z-vm-paper"
 
 
 def test_two_runs_of_one_tree_on_a_busy_host_show_no_change_and_say_they_were_disturbed(tmp_path):
@@ -520,7 +522,7 @@ def test_two_runs_of_one_tree_on_a_busy_host_show_no_change_and_say_they_were_di
 
 
 def test_the_committed_quick_and_paper_runs_differ_at_one_point_beyond_both_ranges(tmp_path):
-    quick, paper = (load(Run(p)) for p in sorted(REFERENCE.iterdir()))
+    quick, paper = (load(Run(p)) for p in (REFERENCE / "20261127T235918Z-vm-quick", PAPER_2026_11_28))
     compared, _ = comparison.compared_points(quick, paper)
     changed = [c for c in compared if c.verdict("reply_rate").change]
     assert [(c.key[1], c.key[2].label, c.key[3]) for c in changed] == [("up", "poll", 0)]
@@ -528,7 +530,7 @@ def test_the_committed_quick_and_paper_runs_differ_at_one_point_beyond_both_rang
     assert max(c.group_a.values("reply_rate")) < min(c.group_b.values("reply_rate"))
     (headline,) = comparison.compare_headline(compared)
     assert headline.startswith("Reply rate: changed at 1 of 10 common points") and "poll UP at 0 dead" in headline
-    page = html.unescape(comparison.write(Run(sorted(REFERENCE.iterdir())[0]), Run(sorted(REFERENCE.iterdir())[1]),
+    page = html.unescape(comparison.write(Run(REFERENCE / "20261127T235918Z-vm-quick"), Run(PAPER_2026_11_28),
                                           tmp_path / "cmp").read_text())
     assert "(within noise)" in page and headline in page
 
