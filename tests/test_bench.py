@@ -169,6 +169,17 @@ def test_the_median_interval_takes_the_order_statistics_a_binomial_tail_allows()
     assert stats.median_interval([]) is None
 
 
+def test_summarize_groups_rows_in_the_order_first_seen_with_a_median_interval_per_metric():
+    rows = [{"backend": b, "round": n, "cost": c, "calls": k}
+            for n, (b, c, k) in enumerate([("epoll", 6.0, 2.0), ("poll", 9.0, None), ("epoll", 1.0, 0.0),
+                                           ("epoll", 4.0, 2.0), ("poll", 0.0, None)], 1)]
+    lines = stats.summarize(rows, ("backend",), {"cost": stats.positive, "calls": stats.measured})
+    assert [(x["backend"], x["rounds"]) for x in lines] == [("epoll", 3), ("poll", 2)]
+    assert lines[0]["cost"] == (4.0, 1.0, 6.0) and lines[0]["calls"] == (2.0, 0.0, 2.0)
+    assert lines[1]["cost"] == (9.0, 9.0, 9.0) and lines[1]["calls"] is None  # zero cost and no calls left out
+    assert stats.summarize(rows, ("backend",), {"missing": stats.measured})[0]["missing"] is None
+
+
 def test_the_completion_item_compares_io_uring_recv_plain_and_direct_with_the_readiness_backends():
     series = {label: backend for label, backend, _env in measure.COMPLETION_SERIES}
     assert set(series.values()) == {"epoll", "io_uring", catalog.URING_RECV}
