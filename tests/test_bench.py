@@ -9,7 +9,8 @@ import pytest
 import tools
 
 from experiment import catalog
-from experiment.bench import measure, pipewalk, stats
+from experiment.bench import measure, stats
+from experiment.bench.items import walk as pipewalk
 from experiment.run import loads
 
 
@@ -188,7 +189,7 @@ def test_the_completion_item_compares_io_uring_recv_plain_and_direct_with_the_re
 
 
 def test_the_anatomy_item_records_the_benchs_one_interval():
-    from experiment.bench import anatomy
+    from experiment.bench.items import anatomy
 
     values = [1.0, 1.1, 1.2, 1.3, 5.0, 1.15]
     assert anatomy.median_interval(values) == {"median": pytest.approx(1.175), "low": 1.0, "high": 5.0, "n": 6}
@@ -196,7 +197,7 @@ def test_the_anatomy_item_records_the_benchs_one_interval():
 
 
 def test_the_quick_profiles_dead_points_are_those_a_quick_run_measures_here():
-    from experiment.bench import anatomy
+    from experiment.bench.items import anatomy
     from experiment.run import plan
 
     quick = plan.make_plan("quick")

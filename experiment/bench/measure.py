@@ -23,7 +23,7 @@ others, as in the UP variant):
      COMPLETION_ROUNDS rounds: medians with a distribution-free 95% interval (order statistics). Syscalls come
      from a second wrk load with `perf stat -e raw_syscalls:sys_enter` attached, so that the tracepoint's
      cost stays out of the CPU figures.
-  8. the kernel cost anatomy's own cost (bench/anatomy.py): the perturbation of CPU per reply while perf
+  8. the kernel cost anatomy's own cost (bench/items/anatomy.py): the perturbation of CPU per reply while perf
      profiles and counts, and its added wall time per dead point, extrapolated to the quick profile.
   9. what the server container and its seccomp filter cost (issue 15): server CPU per reply of ephttpd epoll
      and io_uring-recv under wrk at 0 dead, natively, in the server container under our seccomp profile (as
@@ -36,7 +36,7 @@ others, as in the UP variant):
      per reply for each backend. A container's
      CPU is its cgroup's (what a sweep reads), the native server's /proc's; the image's ephttpd is built by
      the image from the same sources, so container/native also holds any difference of compiler or libc.
- 10. where pipetest's time goes as the pipes grow, with each token walk (issue 16, bench/pipewalk.py):
+ 10. where pipetest's time goes as the pipes grow, with each token walk (issue 16, bench/items/walk.py):
      nanoseconds per pass of each function from a cpu-clock profile, and those that grew most.
 The metric is CPU time from /proc/PID/stat (user + system, every process of the server) over the load,
 divided by the replies the load generator counted. Items 1-3 run ROUNDS rounds, each taking every row once,
@@ -74,8 +74,9 @@ from ..host import engine, images, machine, preflight, syscall_cost
 from ..run import loads, seccomp, servers, services
 from ..run.containers import Containers, Managed
 from ..run.plan import max_dead, max_pipes
-from . import anatomy as anatomy_cost
-from . import native, pipewalk
+from . import native
+from .items import anatomy as anatomy_cost
+from .items import walk as pipewalk
 from .stats import median_interval
 
 ACTIVE = 100               # connections of each load, as the 2002 study's httperf

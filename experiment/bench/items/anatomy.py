@@ -31,10 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import anatomy, model, paths
-from ..errors import UserError
-from ..run import loads, plan
-from . import native, stats
+from ... import anatomy, model, paths
+from ...errors import UserError
+from ...run import loads, plan
+from .. import native, stats
 
 DEAD = 5000
 ROUNDS = 8

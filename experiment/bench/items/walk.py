@@ -25,9 +25,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .. import anatomy, catalog
-from ..run.plan import max_pipes
-from . import native
+from ... import anatomy, catalog
+from ...run.plan import max_pipes
+from .. import native
 
 BACKENDS = ("epoll", "poll")
 PIPES = (10, 1000)  # and the most the host allows
