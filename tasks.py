@@ -272,9 +272,9 @@ def clean_room(c):
 def bench(c, json_out=None, skip_harness=False, only=None):
     """ephttpd vs nginx per reply, capacity per backend, deadconn's rate, the harness, pipetest, completion vs
     readiness, the container's and its seccomp filter's cost, pipetest's walks under perf: one run."""
-    from experiment.bench import measure
+    from experiment.bench import runner
 
-    measure.main(json_out, skip_harness=skip_harness, only=only)
+    runner.main(json_out, skip_harness=skip_harness, only=only)
 
 
 @task
