@@ -295,6 +295,13 @@ def test_only_accepts_every_registered_item_and_refuses_another_name_in_one_line
     assert "\n" not in message and "'nginx-vs-apache'" in message and message.endswith(", ".join(names))
 
 
+def test_the_bench_tasks_help_lists_every_item_from_the_table():
+    import tasks
+
+    assert tasks.bench.help["only"] == registry.help_text()
+    assert all(f"{item.name} (item {item.number}," in tasks.bench.help["only"] for item in registry.ITEMS)
+
+
 def test_every_item_has_a_module_that_runs_it_and_a_printer():
     import importlib
 
