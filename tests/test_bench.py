@@ -317,6 +317,28 @@ def test_every_item_has_a_module_that_runs_it_and_a_printer():
     assert untracked == sorted(untracked, reverse=True)
 
 
+def test_one_item_alone_is_measured_printed_and_written_under_the_benchs_header(tmp_path, monkeypatch, capsys):
+    from experiment.bench import native, runner
+    from experiment.bench.items import pipetest
+    from experiment.errors import UserError
+    from experiment.host import machine
+
+    section = {"rows": [{"backend": "epoll", "pipes": 10, "passes_per_s": 1000.0}], "reference_2002": {}}
+    monkeypatch.setattr(machine, "ensure_packages", lambda *_: None)
+    monkeypatch.setattr(native, "build", lambda: None)
+    monkeypatch.setattr(launch, "untracking", lambda: ({"tracked": None}, None))
+    monkeypatch.setattr(pipetest, "pipetest", lambda fd_limit: section)
+    path = tmp_path / "bench.json"
+    result = runner.main(json_out=str(path), only="pipetest")
+    written = json.loads(path.read_text())
+    assert written == result and written["pipetest"] == section and written["loads_loopback_untracked"] is False
+    assert {"schema_version", "benchmark", "date", "kernel", "fd_limit", "targets", "load_seconds"} <= set(written)
+    assert written["targets"] == registry.TARGETS and written["date"].endswith("Z")
+    assert "5. pipetest" in capsys.readouterr().out
+    with pytest.raises(UserError, match="results are never overwritten"):
+        runner.main(json_out=str(path), only="pipetest")
+
+
 def test_an_unknown_item_is_refused_before_anything_is_installed(monkeypatch):
     from experiment.bench import runner
     from experiment.errors import UserError
