@@ -263,18 +263,23 @@ def clean_room(c):
         raise Exit(code=code)
 
 
+def _bench_only_help() -> str:
+    """--only's help: the items as the bench's table names them (it imports no item)."""
+    from experiment.bench import registry
+
+    return registry.help_text()
+
+
 @task(help={"json_out": "where to write the JSON results (default benchmarks/results/bench-<stamp>.json)",
             "skip_harness": "leave out the timed quick profile run (item 4), which takes about 5 minutes",
-            "only": "run one item alone: completion (item 7, io_uring-recv vs io_uring vs epoll), seccomp "
-                    "(item 9, native vs the server container with our seccomp filter and unconfined) or walk "
-                    "(item 10, where pipetest's time goes as the pipes grow, each token walk)"})
+            "only": _bench_only_help()})
 @_user_errors
 def bench(c, json_out=None, skip_harness=False, only=None):
     """ephttpd vs nginx per reply, capacity per backend, deadconn's rate, the harness, pipetest, completion vs
     readiness, the container's and its seccomp filter's cost, pipetest's walks under perf: one run."""
-    from experiment.bench import measure
+    from experiment.bench import runner
 
-    measure.main(json_out, skip_harness=skip_harness, only=only)
+    runner.main(json_out, skip_harness=skip_harness, only=only)
 
 
 @task

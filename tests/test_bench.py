@@ -9,19 +9,22 @@ import pytest
 import tools
 
 from experiment import catalog
-from experiment.bench import measure, pipewalk, stats
+from experiment.bench import launch, registry, stats
+from experiment.bench.items import capacity, completion, generators, nginx, seccomp, seccomp_figures
+from experiment.bench.items import walk as pipewalk
 from experiment.run import loads
+from experiment.run.plan import max_dead
 
 
 @pytest.fixture
 def cpus():
-    return measure.Cpus()
+    return launch.Cpus()
 
 
 @pytest.mark.parametrize("server", ["ephttpd", pytest.param("nginx", marks=pytest.mark.needs_tool("nginx", root=True))])
 def test_a_point_counts_every_server_process_and_the_loads_replies(build_dir, cpus, server, monkeypatch):
-    monkeypatch.setattr(measure, "LOAD_SECONDS", 2)
-    point = measure._point(cpus, server, "epoll", 300, "wrk")
+    monkeypatch.setattr(launch, "LOAD_SECONDS", 2)
+    point = launch.point(cpus, server, "epoll", 300, "wrk")
 
     assert point["replies"] > 0 and point["errors"] == 0
     # nginx serves from its worker, not its master: a CPU time of zero would mean the worker was missed.
@@ -31,7 +34,7 @@ def test_a_point_counts_every_server_process_and_the_loads_replies(build_dir, cp
 
 
 def test_server_processes_are_pinned_to_the_server_cpu(build_dir, cpus):
-    with measure.ephttpd(cpus, "epoll", workers=2) as (_port, pids):
+    with launch.ephttpd(cpus, "epoll", workers=2) as (_port, pids):
         assert len(pids) == 3, "the parent and its two workers"
         assert all(os.sched_getaffinity(pid) == cpus.server for pid in pids)
 
@@ -47,7 +50,7 @@ def recorded_httperf(monkeypatch, outputs: list[str]) -> list:
         asked.append(load)
         return outputs[len(asked) - 1]
 
-    monkeypatch.setattr(measure, "_run_httperf", run)
+    monkeypatch.setattr(launch, "run_httperf", run)
     return asked
 
 
@@ -56,13 +59,13 @@ def test_the_httperf_load_is_sized_by_a_fast_probe_and_reports_the_sampled_rate(
     load_output = (HTTPERF_DATA / "epoll-2500calls.txt").read_text()     # two 5 s samples
     probe, load = loads.parse(probe_output), loads.parse(load_output)
     started = recorded_httperf(monkeypatch, [probe_output, load_output])
-    result = measure._httperf(cpus, 8080, measure._probe_rate(cpus, 8080))
+    result = launch.httperf(cpus, 8080, launch.probe_rate(cpus, 8080))
 
-    assert [(x.rate, x.connections) for x in started] == [(loads.PROBE_CONNECTION_RATE, measure.ACTIVE),
-                                                        (loads.ActiveLoad(port=1).rate, measure.ACTIVE)]
+    assert [(x.rate, x.connections) for x in started] == [(loads.PROBE_CONNECTION_RATE, launch.ACTIVE),
+                                                        (loads.ActiveLoad(port=1).rate, launch.ACTIVE)]
     assert started[0].num_calls == loads.PROBE_CALLS
-    assert started[1].num_calls == loads.calls_for_duration(probe["reply_rate"]["overall"], measure.HTTPERF_SECONDS,
-                                                            measure.ACTIVE)
+    assert started[1].num_calls == loads.calls_for_duration(probe["reply_rate"]["overall"], launch.HTTPERF_SECONDS,
+                                                            launch.ACTIVE)
     # The rate is httperf's mean of its samples, not replies over a test duration that includes the ramp.
     assert result["rate"] == load["reply_rate"]["avg"] != load["reply_rate"]["overall"]
     assert (result["rate_source"], result["rate_samples"]) == ("samples", 2)
@@ -74,19 +77,19 @@ def test_a_probe_too_short_to_tell_is_run_again_sized_for_the_probe_length(cpus,
     short = (HTTPERF_DATA / "epoll-50calls.txt").read_text().replace("test-duration 0.995 s", "test-duration 0.1 s")
     longer = (HTTPERF_DATA / "epoll-2500calls.txt").read_text()
     started = recorded_httperf(monkeypatch, [short, longer])
-    assert measure._probe_rate(cpus, 8080) == loads.parse(longer)["reply_rate"]["overall"]
+    assert launch.probe_rate(cpus, 8080) == loads.parse(longer)["reply_rate"]["overall"]
     assert [x.rate for x in started] == [loads.PROBE_CONNECTION_RATE] * 2
     short_rate = loads.parse(short)["reply_rate"]["overall"]
     assert short_rate == pytest.approx(10 * loads.parse(short.replace("0.1 s", "1 s"))["reply_rate"]["overall"])
-    assert started[1].num_calls == loads.calls_for_duration(short_rate, loads.PROBE_SECONDS, measure.ACTIVE)
+    assert started[1].num_calls == loads.calls_for_duration(short_rate, loads.PROBE_SECONDS, launch.ACTIVE)
 
 
 def test_an_httperf_point_counts_every_call_of_every_connection(build_dir, cpus, monkeypatch):
-    monkeypatch.setattr(measure, "HTTPERF_SECONDS", 1)
-    point = measure._point(cpus, "ephttpd", "epoll", 0, "httperf")
+    monkeypatch.setattr(launch, "HTTPERF_SECONDS", 1)
+    point = launch.point(cpus, "ephttpd", "epoll", 0, "httperf")
 
     calls = int(point["command"][point["command"].index("--num-calls") + 1])
-    assert point["errors"] == 0 and point["replies"] == measure.ACTIVE * calls
+    assert point["errors"] == 0 and point["replies"] == launch.ACTIVE * calls
     assert point["server_cpu_s"] > 0 and point["probe_rate"] > 0
     if point["rate_source"] == "replies/test-duration":
         assert point["rate"] == pytest.approx(point["replies"] / point["duration_s"])
@@ -96,9 +99,9 @@ def test_the_server_cpu_time_leaves_out_the_probe(cpus, monkeypatch):
     """The probe's replies are not counted, so neither is the CPU time the server spent on them."""
     events = []
     output = (HTTPERF_DATA / "epoll-2500calls.txt").read_text()
-    monkeypatch.setattr(measure, "_run_httperf", lambda _c, load, _s: events.append(load.rate) or output)
-    monkeypatch.setattr(measure, "_ticks", lambda pids: events.append("cpu read") or 0)
-    measure._under_load(cpus, 8080, [1], "httperf")
+    monkeypatch.setattr(launch, "run_httperf", lambda _c, load, _s: events.append(load.rate) or output)
+    monkeypatch.setattr(launch, "ticks", lambda pids: events.append("cpu read") or 0)
+    launch.under_load(cpus, 8080, [1], "httperf")
     assert events == [loads.PROBE_CONNECTION_RATE, "cpu read", loads.ActiveLoad(port=1).rate, "cpu read"]
 
 
@@ -118,10 +121,10 @@ def fake_point(costs: dict):
 
 def test_the_ephttpd_over_nginx_ratio_is_the_median_of_each_rounds_ratio(cpus, monkeypatch):
     # Round 2 is disturbed for both servers alike: its ratio is still 0.8, while pooling would skew it.
-    monkeypatch.setattr(measure, "_point", fake_point({
+    monkeypatch.setattr(launch, "point", fake_point({
         ("ephttpd", "epoll", 0): [8.0, 16.0, 8.8], ("nginx", "epoll", 0): [10.0, 20.0, 10.0],
         ("ephttpd", "epoll", 500): [9.0, 9.0, 9.0], ("nginx", "epoll", 500): [9.0, 10.0, 12.0]}))
-    result = measure.versus_nginx(cpus, 500, rounds=3)
+    result = nginx.versus_nginx(cpus, 500, rounds=3)
     assert len(result["rows"]) == 3 * 2 * 2 * 2
     assert result["ephttpd_over_nginx"]["wrk@0"] == pytest.approx(0.8)
     assert result["ephttpd_over_nginx"]["wrk@500"] == pytest.approx(0.9)
@@ -131,12 +134,12 @@ def test_the_ephttpd_over_nginx_ratio_is_the_median_of_each_rounds_ratio(cpus, m
 
 
 def test_capacity_kept_compares_replies_per_cpu_second_and_poll_pays_per_dead_connection(cpus, monkeypatch):
-    most = measure.max_dead(20000, "epoll", measure.ACTIVE)
+    most = max_dead(20000, "epoll", launch.ACTIVE)
     costs = {("ephttpd", b, d): [8.0] * 2
-             for b in catalog.EPHTTPD_BACKENDS for d in (0, measure.max_dead(20000, b, 100))}
+             for b in catalog.EPHTTPD_BACKENDS for d in (0, max_dead(20000, b, 100))}
     costs[("ephttpd", "poll", most)] = [8.0 + most * 6e-3] * 2  # 6 ns per dead connection per reply
-    monkeypatch.setattr(measure, "_point", fake_point(costs))
-    result = measure.capacity(cpus, 20000, rounds=2)
+    monkeypatch.setattr(launch, "point", fake_point(costs))
+    result = capacity.capacity(cpus, 20000, rounds=2)
     assert result["capacity_kept"]["epoll"] == pytest.approx(1.0)
     assert result["capacity_kept"]["poll"] == pytest.approx(8.0 / (8.0 + most * 6e-3))
     assert result["poll_ns_per_dead_per_reply"] == pytest.approx(6.0)
@@ -146,9 +149,9 @@ def test_the_generators_item_climbs_openloads_rates_until_one_is_overloaded(buil
     """One round: wrk, httperf, then openload at each offered rate until one is not achieved; 10 M/s is never
     achieved here, so the climb ends there, and the sustained rate is the highest offered before it that
     was achieved (or none)."""
-    monkeypatch.setattr(measure, "LOAD_SECONDS", 1)
-    monkeypatch.setattr(measure, "OPEN_RATES", (500, 10_000_000, 1_000))
-    result = measure.generators(cpus, rounds=1)
+    monkeypatch.setattr(launch, "LOAD_SECONDS", 1)
+    monkeypatch.setattr(generators, "OPEN_RATES", (500, 10_000_000, 1_000))
+    result = generators.generators(cpus, rounds=1)
     rows = result["rows"]
     assert [r["generator"] for r in rows[:2]] == ["wrk", "httperf"]
     opened = [r for r in rows if r["generator"] == "openload"]
@@ -170,22 +173,39 @@ def test_the_median_interval_takes_the_order_statistics_a_binomial_tail_allows()
 
 
 def test_the_completion_item_compares_io_uring_recv_plain_and_direct_with_the_readiness_backends():
-    series = {label: backend for label, backend, _env in measure.COMPLETION_SERIES}
+    series = {label: backend for label, backend, _env in completion.SERIES}
     assert set(series.values()) == {"epoll", "io_uring", catalog.URING_RECV}
-    fixed = [env for label, _b, env in measure.COMPLETION_SERIES if label.endswith("/fixed")]
+    fixed = [env for label, _b, env in completion.SERIES if label.endswith("/fixed")]
     assert fixed == [{"EPHTTPD_URING_FIXED_FILES": "1"}]
 
 
 def test_the_anatomy_item_records_the_benchs_one_interval():
-    from experiment.bench import anatomy
-
     values = [1.0, 1.1, 1.2, 1.3, 5.0, 1.15]
-    assert anatomy.median_interval(values) == {"median": pytest.approx(1.175), "low": 1.0, "high": 5.0, "n": 6}
-    assert anatomy.median_interval([]) == {"median": None, "low": None, "high": None, "n": 0}
+    assert stats.interval_record(values) == {"median": pytest.approx(1.175), "low": 1.0, "high": 5.0, "n": 6}
+    assert stats.interval_record([]) == {"median": None, "low": None, "high": None, "n": 0}
+
+
+def test_summarize_groups_rows_in_the_order_first_seen_with_a_median_interval_per_metric():
+    rows = [{"backend": b, "round": n, "cost": c, "calls": k}
+            for n, (b, c, k) in enumerate([("epoll", 6.0, 2.0), ("poll", 9.0, None), ("epoll", 1.0, 0.0),
+                                           ("epoll", 4.0, 2.0), ("poll", 0.0, None)], 1)]
+    lines = stats.summarize(rows, ("backend",), {"cost": stats.positive, "calls": stats.measured})
+    assert [(x["backend"], x["rounds"]) for x in lines] == [("epoll", 3), ("poll", 2)]
+    assert lines[0]["cost"] == (4.0, 1.0, 6.0) and lines[0]["calls"] == (2.0, 0.0, 2.0)
+    assert lines[1]["cost"] == (9.0, 9.0, 9.0) and lines[1]["calls"] is None  # zero cost and no calls left out
+    assert stats.summarize(rows, ("backend",), {"missing": stats.measured})[0]["missing"] is None
+
+
+def test_the_one_interval_format_takes_both_forms_the_results_hold():
+    from experiment.bench import show
+
+    assert show.interval((1.0, 0.5, 2.0)) == "1.00 [0.50, 2.00]"
+    assert show.interval(stats.interval_record([1.0, 0.5, 2.0]), ".1f") == "1.0 [0.5, 2.0]"
+    assert show.interval(None) == show.interval(stats.interval_record([])) == "-"
 
 
 def test_the_quick_profiles_dead_points_are_those_a_quick_run_measures_here():
-    from experiment.bench import anatomy
+    from experiment.bench.items import anatomy
     from experiment.run import plan
 
     quick = plan.make_plan("quick")
@@ -196,10 +216,10 @@ def test_the_quick_profiles_dead_points_are_those_a_quick_run_measures_here():
 # ---- item 9: the server container and its seccomp filter ------------------------------------------------------
 
 def test_each_round_rotates_the_places_so_none_always_runs_first():
-    orders = [measure.place_order(n) for n in range(1, 4)]
+    orders = [seccomp_figures.place_order(n) for n in range(1, 4)]
     assert orders == [("native", "filtered", "unconfined"), ("filtered", "unconfined", "native"),
                       ("unconfined", "native", "filtered")]
-    assert measure.place_order(4) == orders[0]
+    assert seccomp_figures.place_order(4) == orders[0]
 
 
 def seccomp_rows(costs: dict, calls: dict) -> list[dict]:
@@ -215,7 +235,7 @@ def test_the_filters_cost_is_each_rounds_own_ratio_and_difference():
     rows = seccomp_rows({("epoll", "native"): [7.0, 14.0, 7.0], ("epoll", "filtered"): [7.7, 15.4, 7.7],
                          ("epoll", "unconfined"): [7.28, 14.56, 7.28]},
                         {"epoll": [2.0, 2.0, 2.0]})
-    epoll = measure.seccomp_ratios(rows, ("epoll",))["epoll"]
+    epoll = seccomp_figures.seccomp_ratios(rows, ("epoll",))["epoll"]
     assert epoll["filtered/native"] == pytest.approx((1.1, 1.1, 1.1))
     assert epoll["unconfined/native"] == pytest.approx((1.04, 1.04, 1.04))
     assert epoll["filtered/unconfined"][0] == pytest.approx(7.7 / 7.28)
@@ -227,7 +247,7 @@ def test_the_filters_cost_is_each_rounds_own_ratio_and_difference():
 def test_an_unavailable_place_leaves_only_the_ratios_that_need_it_empty():
     rows = seccomp_rows({(catalog.URING_RECV, "native"): [6.0, 6.0], (catalog.URING_RECV, "filtered"): [6.3, 6.6]},
                         {catalog.URING_RECV: [0.2, None]})
-    ratios = measure.seccomp_ratios(rows, (catalog.URING_RECV,))[catalog.URING_RECV]
+    ratios = seccomp_figures.seccomp_ratios(rows, (catalog.URING_RECV,))[catalog.URING_RECV]
     assert ratios["filtered/native"] == pytest.approx((1.075, 1.05, 1.1))
     assert ratios["unconfined/native"] is None and ratios["filtered/unconfined"] is None
     assert ratios["filter_ns_per_reply"] is None and ratios["filter_ns_per_syscall"] is None
@@ -240,12 +260,12 @@ def test_the_probes_per_call_cost_predicts_each_backends_cost_per_reply():
                                                                           "ns_per_call": 280.0}]
     rows = seccomp_rows({("epoll", "native"): [8.0, 8.0], (catalog.URING_RECV, "native"): [7.0, 7.0]},
                         {"epoll": [2.0, 2.0], catalog.URING_RECV: [0.2, 0.2]})
-    found = measure.filter_per_call(probes, rows)
+    found = seccomp_figures.filter_per_call(probes, rows)
     assert found["filter_ns_per_call"] == pytest.approx((45.0, 40.0, 50.0))  # each round's own difference
     assert found["filtered_ns_per_call"] == pytest.approx((270.0, 260.0, 280.0))
     assert found["predicted"]["epoll"] == pytest.approx({"ns_per_reply": 90.0, "share_of_native_reply": 90 / 8000})
     assert found["predicted"][catalog.URING_RECV]["ns_per_reply"] == pytest.approx(9.0)
-    alone = measure.filter_per_call([p for p in probes if p["place"] == "filtered"], rows)
+    alone = seccomp_figures.filter_per_call([p for p in probes if p["place"] == "filtered"], rows)
     assert alone["filter_ns_per_call"] is None and alone["predicted"] == {"epoll": None, catalog.URING_RECV: None}
 
 
@@ -260,11 +280,73 @@ def test_a_service_names_the_seccomp_docker_applies():
         seccomp.security_opt("seccomp-docker-default@000000000000")
 
 
-def test_only_names_the_items_it_can_run_alone():
+def test_only_accepts_every_registered_item_and_refuses_another_name_in_one_line_naming_them():
     from experiment.errors import UserError
 
-    with pytest.raises(UserError, match="'completion', 'seccomp', 'walk'"):
-        measure.main(only="nginx")
+    names = registry.names()
+    assert len(set(names)) == len(names) == len({item.key for item in registry.ITEMS})
+    assert {item.number for item in registry.ITEMS} == set(range(1, len(names) + 1))
+    for name in names:
+        assert [item.name for item in registry.select(name)] == [name]
+    assert registry.select(None) == list(registry.ITEMS)
+    with pytest.raises(UserError) as refused:
+        registry.select("nginx-vs-apache")
+    message = str(refused.value)
+    assert "\n" not in message and "'nginx-vs-apache'" in message and message.endswith(", ".join(names))
+
+
+def test_the_bench_tasks_help_lists_every_item_from_the_table():
+    import tasks
+
+    assert tasks.bench.help["only"] == registry.help_text()
+    assert all(f"{item.name} (item {item.number}," in tasks.bench.help["only"] for item in registry.ITEMS)
+
+
+def test_every_item_has_a_module_that_runs_it_and_a_printer():
+    import importlib
+
+    from experiment.bench import show
+
+    for item in registry.ITEMS:
+        assert callable(importlib.import_module(f"experiment.bench.items.{item.name}").run), item.name
+        assert callable(getattr(show, item.name)), item.name
+    # Item 8 reads item 4's wall time: it runs after it; the items under untracked loopback run first.
+    order = registry.names()
+    assert order.index("harness") < order.index("anatomy")
+    untracked = [item.untracked for item in registry.ITEMS]
+    assert untracked == sorted(untracked, reverse=True)
+
+
+def test_one_item_alone_is_measured_printed_and_written_under_the_benchs_header(tmp_path, monkeypatch, capsys):
+    from experiment.bench import native, runner
+    from experiment.bench.items import pipetest
+    from experiment.errors import UserError
+    from experiment.host import machine
+
+    section = {"rows": [{"backend": "epoll", "pipes": 10, "passes_per_s": 1000.0}], "reference_2002": {}}
+    monkeypatch.setattr(machine, "ensure_packages", lambda *_: None)
+    monkeypatch.setattr(native, "build", lambda: None)
+    monkeypatch.setattr(launch, "untracking", lambda: ({"tracked": None}, None))
+    monkeypatch.setattr(pipetest, "pipetest", lambda fd_limit: section)
+    path = tmp_path / "bench.json"
+    result = runner.main(json_out=str(path), only="pipetest")
+    written = json.loads(path.read_text())
+    assert written == result and written["pipetest"] == section and written["loads_loopback_untracked"] is False
+    assert {"schema_version", "benchmark", "date", "kernel", "fd_limit", "targets", "load_seconds"} <= set(written)
+    assert written["targets"] == registry.TARGETS and written["date"].endswith("Z")
+    assert "5. pipetest" in capsys.readouterr().out
+    with pytest.raises(UserError, match="results are never overwritten"):
+        runner.main(json_out=str(path), only="pipetest")
+
+
+def test_an_unknown_item_is_refused_before_anything_is_installed(monkeypatch):
+    from experiment.bench import runner
+    from experiment.errors import UserError
+    from experiment.host import machine
+
+    monkeypatch.setattr(machine, "ensure_packages", lambda *_: pytest.fail("installed before --only was checked"))
+    with pytest.raises(UserError, match="the items are nginx, capacity"):
+        runner.main(only="apache")
 
 
 @pytest.mark.docker
@@ -277,16 +359,16 @@ def test_the_seccomp_item_measures_each_backend_natively_and_in_the_container(bu
     from experiment.host import images
 
     image = images.build(client, images.DEFAULT_BASE_IMAGE, tmp_path_factory.mktemp("build"))["server"].tag
-    result = measure.seccomp_cost(cpus, client, image, rounds=1, seconds=1)
+    result = seccomp.seccomp_cost(cpus, client, image, rounds=1, seconds=1)
     places = result["places"]
     assert "unavailable" not in places["native"] and "unavailable" not in places["filtered"], places
     for row in result["rows"]:
         assert row["errors"] == 0 and row["replies"] > 0 and row["cpu_us_per_reply"] > 0, row
         seen = row["seccomp_mode"]["mode"]
-        assert seen is None or row["place"] == "native" or seen == measure.SECCOMP_EXPECTED[row["place"]], row
+        assert seen is None or row["place"] == "native" or seen == seccomp.EXPECTED[row["place"]], row
     assert {(r["backend"], r["place"]) for r in result["rows"]} == {
-        (b, p) for b in measure.SECCOMP_BACKENDS for p in measure.SECCOMP_PLACES if "unavailable" not in places[p]}
-    for backend in measure.SECCOMP_BACKENDS:
+        (b, p) for b in seccomp.BACKENDS for p in seccomp.PLACES if "unavailable" not in places[p]}
+    for backend in seccomp.BACKENDS:
         ratios = result["ratios"][backend]
         assert math.isfinite(ratios["filtered/native"][0]) and ratios["filtered/native"][0] > 0
         if "unavailable" in places["unconfined"]:

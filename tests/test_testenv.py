@@ -4,12 +4,12 @@ import pytest
 import tools
 
 from dev import testenv
-from experiment.bench import measure
+from experiment.bench import runner
 from experiment.host import machine
 
 
 class Installed(Exception):
-    """Stops measure.main at its install step, with what it asked for."""
+    """Stops runner.main at its install step, with what it asked for."""
 
 
 def test_every_tool_a_test_requires_is_installed_by_the_test_task():
@@ -28,9 +28,9 @@ def test_bench_installs_what_it_runs_natively_before_anything_else(monkeypatch):
         raise Installed
 
     monkeypatch.setattr(machine, "ensure_packages", ensure)
-    monkeypatch.setattr(measure.native, "build", lambda: pytest.fail("native.build ran before ensure_packages"))
+    monkeypatch.setattr(runner.native, "build", lambda: pytest.fail("native.build ran before ensure_packages"))
     with pytest.raises(Installed):
-        measure.main()
+        runner.main()
     (packages, why), = asked
     assert {"nginx-light", "httperf", "wrk", "gcc", "make", "liburing-dev"} <= set(packages)
     assert why == "./run bench"

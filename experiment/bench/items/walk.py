@@ -1,4 +1,4 @@
-"""`invoke bench` item 10: where pipetest's time goes as its pipe count grows, with each token walk (issue 16).
+"""Item 10: where pipetest's time goes as its pipe count grows, with each token walk.
 
 What is measured: natively, pipetest (BACKENDS, each walk of catalog.WALKS, at PIPES and the most pipes the host
 allows) pinned to the server CPU, under `perf record -e cpu-clock` started DELAY_MS after it (so that creating
@@ -12,7 +12,7 @@ most from the fewest pipes to the most: where the growth goes.
 Not measured: hardware cache and TLB misses (this VM exposes no hardware counters: perf reports cycles as
 <not supported>), so a function that grew is known to take longer per pass, not why; what happens in other
 contexts than pipetest's (nothing does for pipes); the closing of the pipes after the loop, which falls
-in the profile (a few milliseconds against RUN_S). No test asserts these numbers.
+in the profile (briefly, against RUN_S). No test asserts these numbers.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .. import anatomy, catalog
-from ..run.plan import max_pipes
-from . import native
+from ... import anatomy, catalog
+from ...run.plan import max_pipes
+from .. import native
+from ..registry import Context
 
 BACKENDS = ("epoll", "poll")
 PIPES = (10, 1000)  # and the most the host allows
@@ -38,6 +39,10 @@ TOP = 8  # functions listed per walk: the largest growths
 GENERATIONS = 1_000_000_000  # never reached: RUN_S bounds the run
 # A `perf report -t ';' --sort dso,sym` line: " 16.31% ;libc.so.6   ;[.] __strcmp_evex"
 _REPORT_LINE = re.compile(r"^\s*([\d.]+)%\s*;([^;]*);\[(.)\]\s+(.+?)\s*$")
+
+
+def run(context: Context) -> dict:
+    return measure(context.fd_limit, min(context.cpus.server))
 
 
 def parse_report(text: str) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""`invoke bench` item 8: what the kernel cost anatomy costs (issue 13).
+"""Item 8: what the kernel cost anatomy costs.
 
   perturbation  natively, ephttpd (poll, pinned to the server CPU) holding DEAD dead connections under wrk:
                 in each round, the server's CPU per reply over a plain second, then over each phase of an
@@ -31,10 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import anatomy, model, paths
-from ..errors import UserError
-from ..run import loads, plan
-from . import native, stats
+from ... import anatomy, model, paths
+from ...errors import UserError
+from ...run import loads, plan
+from .. import native, stats
+from ..registry import Context
 
 DEAD = 5000
 ROUNDS = 8
@@ -43,19 +44,20 @@ WINDOW_S = 1.0  # as a sweep's (run/instruments.py WINDOW_S)
 LOAD_S = 9      # wrk's run per round: plain, window with perf's start and teardown, plain
 SMALL_DURATION_S = 3
 MAX_ADDED_SHARE = 0.15
+QUICK_TIMED_HERE = "item 4 (anatomy on)"  # the quick profile's wall time came from this bench's item 4
 
 
 def _cpu_ns(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
-def median_interval(values: list[float]) -> dict:
-    """stats.median_interval as this item's JSON records it."""
-    found = stats.median_interval(values)
-    if found is None:
-        return {"median": None, "low": None, "high": None, "n": 0}
-    median, low, high = found
-    return {"median": median, "low": low, "high": high, "n": len(values)}
+def run(context: Context) -> dict:
+    """The perturbation, and the wall time extrapolated to the quick profile: item 4's when it ran in this
+    bench, else the newest stored bench's."""
+    timed = context.sections.get("harness")
+    quick_wall, source = ((timed["wall_s"], QUICK_TIMED_HERE) if timed else last_quick_wall(context.results))
+    return {"perturbation": perturbation(context.cpus.server, context.cpus.clients),
+            "wall_time": wall_time(context.fd_limit, quick_wall, source)}
 
 
 def perturbation(server_cpus: set[int], client_cpus: set[int], rounds: int = ROUNDS) -> dict:
@@ -83,8 +85,8 @@ def perturbation(server_cpus: set[int], client_cpus: set[int], rounds: int = ROU
     ratios = {phase: [r[phase] / r["plain"] for r in rows if r.get(phase) and r.get("plain")]
               for phase in ("profile", "counting")}
     return {"server": "ephttpd", "backend": "poll", "dead": DEAD, "rows": rows,
-            "cpu_per_reply_ratio": {phase: median_interval(v) for phase, v in ratios.items()},
-            "plain_us_per_reply": median_interval([r["plain"] for r in rows if r.get("plain")])}
+            "cpu_per_reply_ratio": {phase: stats.interval_record(v) for phase, v in ratios.items()},
+            "plain_us_per_reply": stats.interval_record([r["plain"] for r in rows if r.get("plain")])}
 
 
 def _round(instruments: anatomy.Instruments, server: native.Ephttpd, client_cpus: set[int], out: Path) -> dict:
@@ -163,7 +165,7 @@ def wall_time(fd_limit: int, quick_wall_s: float | None, quick_source: str) -> d
               "quick_wall_source": quick_source, "target_share": MAX_ADDED_SHARE}
     if quick_wall_s:
         # The quick run of item 4 measured with the anatomy on: its wall time without is that minus the added.
-        base = quick_wall_s - extrapolated if quick_source == "item 4 (anatomy on)" else quick_wall_s
+        base = quick_wall_s - extrapolated if quick_source == QUICK_TIMED_HERE else quick_wall_s
         result["quick_added_share_extrapolated"] = round(extrapolated / base, 3) if base > 0 else None
     return result
 
