@@ -23,7 +23,7 @@ from test_preflight import OUR_RULES, clean_raw_table, fake_proc_sys, raw_rules
 
 from experiment import catalog, model
 from experiment.errors import UserError
-from experiment.host import preflight
+from experiment.host import preflight, process
 from experiment.host.preflight import Finding
 from experiment.run.results import Run
 
@@ -112,7 +112,7 @@ def test_a_dead_runs_tuning_goes_back_where_it_is_as_the_run_left_it(tmp_path, m
 def test_a_live_runs_journal_is_never_touched_but_a_recycled_pid_is_no_live_run(tmp_path, monkeypatch):
     root, journal = killed_run(tmp_path, monkeypatch, RAISE[:1])
     record = model.read_json(journal, model.TUNING)
-    this = {"pid": os.getpid(), "pid_start": preflight._start_ticks(os.getpid())}
+    this = {"pid": os.getpid(), "pid_start": process._start_ticks(os.getpid())}
     model.write_json_atomic(journal, dict(record, **this), overwrite=True)
     said = []
     assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [] and said == []

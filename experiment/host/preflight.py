@@ -38,6 +38,7 @@ from typing import Any
 
 from .. import catalog, model
 from ..errors import UserError
+from .process import alive, boot_id, namespaces, this_process
 
 PROC_SYS = Path("/proc/sys")
 SYSCTLS = ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.ip_local_port_range",
@@ -75,7 +76,6 @@ FIREWALL_TIMEOUT_S = 30
 # A run's journal of what tune() changed: tuning.json, a resumed attempt's tuning.1.json and so on.
 JOURNAL = "tuning.json"
 JOURNAL_GLOB = "tuning*.json"
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 @dataclass(frozen=True)
@@ -424,8 +424,8 @@ class Tuning:
     left_alone: list[dict] = field(default_factory=list)
     restored: bool = False
     journal: Path | None = None
-    # The journal's contents: which process changed the host (this_process) and when, and whether and when
-    # it was all put back, beside the changes.
+    # The journal's contents: which process changed the host (process.this_process) and when, and whether
+    # and when it was all put back, beside the changes.
     record: dict = field(default_factory=dict)
 
     def _begin(self, change: dict) -> dict:
@@ -597,49 +597,15 @@ def journal_path(run_dir: Path) -> Path:
     return path
 
 
-def _boot_id() -> str:
-    return BOOT_ID.read_text().strip()
-
-
-def _start_ticks(pid: int) -> int | None:
-    """When process pid started, in clock ticks after boot (with the pid and the boot id, it names one process
-    for good: pids are recycled); None when no such process is alive, a zombie included."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    state, *fields = stat[stat.rindex(")") + 2:].split()
-    return None if state in ("Z", "X") else int(fields[18])
-
-
-def _namespaces() -> dict:
-    """This process's pid and network namespaces: a pid means this process only within its pid namespace,
-    and the net.* sysctls and the rules are its network namespace's."""
-    return {kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("pid", "net")}
-
-
-def this_process() -> dict:
-    """Names this process for good, for a record another process reads (alive()): pid, start time, boot id and
-    namespaces."""
-    return {"pid": os.getpid(), "pid_start": _start_ticks(os.getpid()), "boot_id": _boot_id(),
-            "namespaces": _namespaces()}
-
-
-def alive(record: dict) -> bool:
-    """Whether the process a this_process() record names still runs (same boot, same pid, same start time)."""
-    return (record.get("boot_id") == _boot_id() and record.get("pid_start") is not None
-            and _start_ticks(record["pid"]) == record["pid_start"])
-
-
 def journal_state(record: dict) -> str:
     """What a tuning journal needs: "restored" (nothing), "rebooted" (the reboot undid it), "elsewhere" (made
     from another pid or network namespace: not ours to judge), "running" (its run goes on), or "abandoned"
     (its process is gone without restoring: restore_abandoned() undoes it)."""
     if record.get("restored_at"):
         return "restored"
-    if record.get("boot_id") != _boot_id():
+    if record.get("boot_id") != boot_id():
         return "rebooted"
-    if record.get("namespaces") != _namespaces():
+    if record.get("namespaces") != namespaces():
         return "elsewhere"
     return "running" if alive(record) else "abandoned"
 

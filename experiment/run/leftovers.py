@@ -31,7 +31,7 @@ from docker.models.containers import Container
 
 from .. import model
 from ..errors import UserError
-from ..host import images, preflight
+from ..host import images, preflight, process
 from .containers import LABEL_HARNESS, LABEL_RUN, LABEL_RUN_DIR
 from .results import LOCK, RESULTS, Run
 
@@ -91,14 +91,14 @@ def run_state(run_id: str, labels: dict, results_dir: Path) -> tuple[str, str, P
             harness = json.loads(labels[LABEL_HARNESS])
         except json.JSONDecodeError:
             harness = {}
-        this = preflight.this_process()
+        this = process.this_process()
         if harness.get("hostname") != socket.gethostname():  # an engine two machines share
             return UNKNOWN, f"its harness runs on another machine ({harness.get('hostname')})", run_dir
         if harness.get("boot_id") != this["boot_id"]:
             return ENDED, "its harness ran before the host last booted", run_dir
         if (harness.get("namespaces") or {}).get("pid") != this["namespaces"]["pid"]:
             return UNKNOWN, "its harness runs in another pid namespace (a container?), not seen from here", run_dir
-        if preflight.alive(harness):
+        if process.alive(harness):
             return RUNNING, f"its harness process {harness['pid']} is alive", run_dir
         return ENDED, f"its harness process {harness.get('pid')} is gone", run_dir
     folder = results_dir / run_id
