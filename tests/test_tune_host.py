@@ -23,7 +23,7 @@ from test_preflight import OUR_RULES, clean_raw_table, fake_proc_sys, raw_rules
 
 from experiment import catalog, model
 from experiment.errors import UserError
-from experiment.host import preflight, process
+from experiment.host import conntrack, preflight, process
 from experiment.host.preflight import Finding
 from experiment.run.results import Run
 
@@ -177,7 +177,7 @@ def host_that_needs_tuning():
 def host_is_tuned() -> bool:
     rules = raw_rules()
     return (int(SOMAXCONN.read_text()) == catalog.LISTEN_BACKLOG
-            and all(OUR_RULES[chain] in rules for chain in preflight.NOTRACK_CHAINS))
+            and all(OUR_RULES[chain] in rules for chain in conntrack.NOTRACK_CHAINS))
 
 
 def wait_until_measuring(proc: subprocess.Popen, results_dir: Path, client) -> Run:
@@ -266,7 +266,7 @@ def test_the_next_reproduce_puts_back_what_a_killed_run_changed(tmp_path, client
         assert int(SOMAXCONN.read_text()) == LOW_SOMAXCONN
         assert raw_rules() == rules_before
         restored = [line for line in out.splitlines() if line.startswith(f"tune-host: run {run.id}")]
-        assert len(restored) == 1 + len(preflight.NOTRACK_CHAINS), out
+        assert len(restored) == 1 + len(conntrack.NOTRACK_CHAINS), out
         assert any(f"net.core.somaxconn back to {LOW_SOMAXCONN}" in line for line in restored), restored
         assert run.record().status == "complete"
         assert labelled_containers(client, run.id) == []

@@ -70,7 +70,7 @@ from rich.table import Table
 
 from .. import catalog, paths
 from ..errors import UserError
-from ..host import engine, images, machine, preflight, syscall_cost
+from ..host import conntrack, engine, images, machine, preflight, syscall_cost
 from ..run import loads, seccomp, servers, services
 from ..run.containers import Containers, Managed
 from ..run.plan import max_dead, max_pipes
@@ -690,7 +690,7 @@ def _open_dead(fd_limit: int) -> dict:
 def _untracking() -> tuple[dict, preflight.Finding | None]:
     """Whether loopback is connection-tracked here, and the finding that --tune-host's rule would undo it,
     when this process may apply it (root, iptables or nft)."""
-    state = preflight.read_loopback_conntrack(preflight.read_host_settings()["net.netfilter.nf_conntrack_max"]
+    state = conntrack.read_loopback_conntrack(preflight.read_host_settings()["net.netfilter.nf_conntrack_max"]
                                               is not None)
     finding = preflight.loopback_finding(state)
     usable = finding is not None and finding.tunable and state["tracked"] is True and os.geteuid() == 0

@@ -30,7 +30,6 @@ import os
 import re
 import resource
 import shlex
-import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +37,18 @@ from typing import Any
 
 from .. import catalog, model
 from ..errors import UserError
+from .conntrack import (
+    IPTABLES,
+    NFT,
+    NFT_TABLE,
+    NOTRACK_CHAINS,
+    firewall,
+    firewall_or_fail,
+    iptables_notrack_rule,
+    nft_notrack_table,
+    notrack_commands,
+    read_loopback_conntrack,
+)
 from .process import alive, boot_id, namespaces, this_process
 
 PROC_SYS = Path("/proc/sys")
@@ -62,17 +73,7 @@ FILE_MAX_SLACK = 65536
 # The lowest ephemeral port that keeps clear of the well-known and registered-by-convention ports.
 LOWEST_EPHEMERAL_PORT = 1024
 HIGHEST_PORT = 65535
-IPTABLES = Path("/usr/sbin/iptables")
-NFT = Path("/usr/sbin/nft")
 LOOPBACK_CONNTRACK = "loopback_conntrack"
-LOOPBACK_NET = "127.0.0.0/8"
-# A loopback packet passes the raw table twice: in OUTPUT as it is sent on lo, in PREROUTING as it arrives.
-NOTRACK_CHAINS = {"PREROUTING": "-i", "OUTPUT": "-o"}
-# Marks the iptables rules tune() adds, so that restore() deletes those and no one else's.
-NOTRACK_COMMENT = "epollbench: loopback untracked"
-# The nft table tune() adds when the host has nft but no iptables; restore() deletes it whole.
-NFT_TABLE = "epollbench_notrack"
-FIREWALL_TIMEOUT_S = 30
 # A run's journal of what tune() changed: tuning.json, a resumed attempt's tuning.1.json and so on.
 JOURNAL = "tuning.json"
 JOURNAL_GLOB = "tuning*.json"
@@ -112,7 +113,7 @@ def _read_sysctl(name: str, proc_sys: Path = PROC_SYS) -> int | list[int] | None
 def read_host_settings(proc_sys: Path = PROC_SYS, meminfo: Path = MEMINFO) -> dict:
     """The sysctls in SYSCTLS (None when absent, e.g. nf_conntrack_max without the module loaded),
     ip_local_port_range as [low, high], this process's RLIMIT_NOFILE hard limit (None: unlimited) and
-    whether loopback traffic is tracked (read_loopback_conntrack)."""
+    whether loopback traffic is tracked (conntrack.read_loopback_conntrack)."""
     settings: dict[str, Any] = {name: _read_sysctl(name, proc_sys) for name in SYSCTLS}
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     settings[FD_HARD_LIMIT] = None if hard == resource.RLIM_INFINITY else hard
@@ -138,86 +139,6 @@ def source_addresses_needed(settings: dict, dead: int) -> int:
         return 1
     share = max(1, int(DEADCONN_PORT_SHARE * (port_range[1] - port_range[0] + 1)))
     return max(1, math.ceil(dead / share))
-
-
-def _firewall(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=FIREWALL_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return subprocess.CompletedProcess(argv, 1, "", f"{argv[0]} did not answer within {FIREWALL_TIMEOUT_S} s")
-
-
-def iptables_rule_untracks_loopback(line: str, chain: str) -> bool:
-    """Whether an `iptables -S` line is a rule of chain that exempts all loopback traffic from conntrack:
-    target CT --notrack (or NOTRACK), narrowed by nothing but the lo interface and 127.0.0.0/8 addresses."""
-    tokens = shlex.split(line)
-    if tokens[:2] != ["-A", chain]:
-        return False
-    matches = tokens[2:]
-    for at in range(len(matches) - 3):
-        if matches[at:at + 3] == ["-m", "comment", "--comment"]:
-            del matches[at:at + 4]  # a comment narrows nothing
-            break
-    for target in (["-j", "CT", "--notrack"], ["-j", "NOTRACK"]):
-        if matches[-len(target):] == target:
-            matches = matches[:-len(target)]
-            break
-    else:
-        return False
-    allowed = {("-s", LOOPBACK_NET), ("-d", LOOPBACK_NET), (NOTRACK_CHAINS[chain], "lo")}
-    return len(matches) % 2 == 0 and set(zip(matches[::2], matches[1::2], strict=True)) <= allowed
-
-
-_NFT_HOOK = re.compile(r"^\s*type filter hook (prerouting|output) priority ")
-_NFT_NOTRACK = re.compile(r'^\s*(?:(iifname|oifname) "lo" )?(?:ip saddr 127\.0\.0\.0/8 )?(?:ip daddr 127\.0\.0\.0/8 )?'
-                          r'(?:counter (?:packets \d+ bytes \d+ )?)?notrack(?: comment ".*")?\s*$')
-
-
-def nft_untracked_chains(ruleset: str) -> list[str]:
-    """The raw-table chains (PREROUTING, OUTPUT) in which an `nft list ruleset` exempts all loopback traffic
-    from conntrack: a notrack rule in a base chain on that hook narrowed only by lo and 127.0.0.0/8."""
-    found, hook = set(), None
-    for line in ruleset.splitlines():
-        if line.strip().startswith("chain "):
-            hook = None
-        matched = _NFT_HOOK.match(line)
-        if matched:
-            hook = matched.group(1).upper()
-            continue
-        rule = _NFT_NOTRACK.match(line)
-        if hook and rule and rule.group(1) in (None, "iifname" if hook == "PREROUTING" else "oifname"):
-            found.add(hook)
-    return [chain for chain in NOTRACK_CHAINS if chain in found]
-
-
-def read_loopback_conntrack(conntrack_loaded: bool, iptables: Path = IPTABLES, nft: Path = NFT) -> dict:
-    """Whether this network namespace tracks loopback traffic: conntrack loaded and no rule in the raw table
-    exempting lo's 127.0.0.0/8 traffic in both PREROUTING and OUTPUT. The tool is iptables when installed
-    (backend "nf_tables" or "legacy", as `iptables -V` says), else nft. tracked is None when the rules could
-    not be read (reading needs root; `error` says why) or there is no tool to read them with."""
-    state: dict[str, Any] = {"conntrack_loaded": conntrack_loaded, "tool": None, "backend": None,
-                             "untracked_chains": [], "tracked": None, "error": None}
-    if os.access(iptables, os.X_OK):
-        version = _firewall([str(iptables), "-V"]).stdout
-        backend = re.search(r"\((nf_tables|legacy)\)", version)
-        # iptables before 1.8 has only the legacy backend and does not name it.
-        state.update(tool="iptables", backend=backend.group(1) if backend else "legacy")
-        listing = _firewall([str(iptables), "-t", "raw", "-S"])
-        chains = [c for c in NOTRACK_CHAINS
-                  if any(iptables_rule_untracks_loopback(line, c) for line in listing.stdout.splitlines())]
-    elif os.access(nft, os.X_OK):
-        state.update(tool="nft", backend="nf_tables")
-        listing = _firewall([str(nft), "list", "ruleset"])
-        chains = nft_untracked_chains(listing.stdout)
-    else:
-        state["tracked"] = conntrack_loaded
-        return state
-    if listing.returncode != 0:
-        state["error"] = listing.stderr.strip() or f"{state['tool']} exited with {listing.returncode}"
-        return state
-    state["untracked_chains"] = chains
-    state["tracked"] = conntrack_loaded and chains != list(NOTRACK_CHAINS)
-    return state
 
 
 def fds_needed(dead: int, active_connections: int) -> int:
@@ -356,11 +277,6 @@ def assess(settings: dict, planned_dead_max: int, active_connections: int, sourc
     return findings
 
 
-def _notrack_fix(iptables: Path = IPTABLES) -> str:
-    return "; ".join(f"{iptables} -t raw -I {chain} {side} lo -s {LOOPBACK_NET} -d {LOOPBACK_NET} -j CT --notrack"
-                     for chain, side in NOTRACK_CHAINS.items())
-
-
 def loopback_finding(state: dict | None) -> Finding | None:
     """A finding when loopback traffic is tracked (or may be: the rules were unreadable), None otherwise."""
     if not state or not state["conntrack_loaded"] or state["tracked"] is False:
@@ -371,27 +287,15 @@ def loopback_finding(state: dict | None) -> Finding | None:
            "120 s after closing, so back-to-back points can fill nf_conntrack_max and have their SYNs dropped")
     if state["tool"] is None:
         return Finding(LOOPBACK_CONNTRACK, "tracked", "untracked", why + "; neither iptables nor nft is installed",
-                       f"apt-get install iptables, then run with --tune-host (or: {_notrack_fix()})", tunable=False)
+                       f"apt-get install iptables, then run with --tune-host (or: {notrack_commands()})", tunable=False)
     if state["tracked"] is None:
         return Finding(LOOPBACK_CONNTRACK, "unknown", "untracked",
                        f"{state['tool']} could not list the raw table ({state['error']}); if it is tracked, {why}",
-                       f"run as root with --tune-host, or: {_notrack_fix()}")
+                       f"run as root with --tune-host, or: {notrack_commands()}")
     return Finding(LOOPBACK_CONNTRACK, "tracked", "untracked", why,
-                   f"run with --tune-host (adds these and removes them at the end), or: {_notrack_fix()}"
+                   f"run with --tune-host (adds these and removes them at the end), or: {notrack_commands()}"
                    if state["tool"] == "iptables" else
                    f"run with --tune-host (adds nft table ip {NFT_TABLE} and deletes it at the end)")
-
-
-def _iptables_notrack_rule(chain: str) -> list[str]:
-    return [chain, NOTRACK_CHAINS[chain], "lo", "-s", LOOPBACK_NET, "-d", LOOPBACK_NET,
-            "-m", "comment", "--comment", NOTRACK_COMMENT, "-j", "CT", "--notrack"]
-
-
-def _nft_notrack_table(chains: list[str]) -> str:
-    body = "".join(f"  chain {chain.lower()} {{\n    type filter hook {chain.lower()} priority raw;\n"
-                   f'    {"iifname" if chain == "PREROUTING" else "oifname"} "lo" ip saddr {LOOPBACK_NET} '
-                   f"ip daddr {LOOPBACK_NET} notrack\n  }}\n" for chain in chains)
-    return f"table ip {NFT_TABLE} {{\n{body}}}\n"
 
 
 def _enough(setting: str, current: int | list[int] | None, needed: int | list[int] | str) -> bool:
@@ -460,7 +364,7 @@ class Tuning:
         if not missing:
             self.left_alone.append({"setting": LOOPBACK_CONNTRACK, "value": "untracked", "needed": "untracked"})
             return
-        if state["tool"] == "nft" and _firewall([str(self.nft), "list", "table", "ip", NFT_TABLE]).returncode == 0:
+        if state["tool"] == "nft" and firewall([str(self.nft), "list", "table", "ip", NFT_TABLE]).returncode == 0:
             raise UserError(f"nft table ip {NFT_TABLE} exists but does not exempt all loopback traffic: "
                             f"`nft delete table ip {NFT_TABLE}` (a run that did not end cleanly left it)")
         change = {"setting": LOOPBACK_CONNTRACK, "old": "tracked", "new": "untracked", "tool": state["tool"],
@@ -470,23 +374,23 @@ class Tuning:
             # when the rule goes: hooks every packet passes. Drop them again if they were not there before.
             raw_table = [str(self.nft), "list", "table", "ip", "raw"]
             change["drop_empty_raw_table"] = (state["backend"] == "nf_tables" and os.access(self.nft, os.X_OK)
-                                              and _firewall(raw_table).returncode != 0)
+                                              and firewall(raw_table).returncode != 0)
         # Each rule's undo is recorded before the rule goes in: a delete of a rule that never went in fails
         # harmlessly, a rule in without its undo recorded would stay for good.
         self._begin(change)
         if state["tool"] == "iptables":
             for chain in missing:
-                rule = _iptables_notrack_rule(chain)
+                rule = iptables_notrack_rule(chain)
                 change["added"].append(shlex.join(["iptables", "-t", "raw", "-A", *rule]))
                 change["undo"].append([str(self.iptables), "-t", "raw", "-D", *rule])
                 self._write_journal()
-                _firewall_or_fail([str(self.iptables), "-t", "raw", "-I", *rule])
+                firewall_or_fail([str(self.iptables), "-t", "raw", "-I", *rule])
         else:
-            table = _nft_notrack_table(missing)
+            table = nft_notrack_table(missing)
             change["added"].append(table)
             change["undo"].append([str(self.nft), "delete", "table", "ip", NFT_TABLE])
             self._write_journal()
-            _firewall_or_fail([str(self.nft), "-f", "-"], stdin=table)
+            firewall_or_fail([str(self.nft), "-f", "-"], stdin=table)
         self._applied(change)
 
     def _apply(self, findings: list[Finding]) -> None:
@@ -520,7 +424,7 @@ class Tuning:
             if "undo" in change:
                 failed = []
                 for argv in change["undo"]:
-                    proc = _firewall(argv)
+                    proc = firewall(argv)
                     if proc.returncode == 0:
                         if say:
                             say(f"{change['setting']}: removed with `{shlex.join(argv)}`")
@@ -548,21 +452,15 @@ class Tuning:
 
     def _drop_raw_table_if_empty(self) -> None:
         """Deletes the raw table tune() made iptables create, unless someone has put a rule in it since."""
-        listing = _firewall([str(self.iptables), "-t", "raw", "-S"])
+        listing = firewall([str(self.iptables), "-t", "raw", "-S"])
         if listing.returncode == 0 and all(line.startswith("-P ") for line in listing.stdout.splitlines()):
-            _firewall([str(self.nft), "delete", "table", "ip", "raw"])
+            firewall([str(self.nft), "delete", "table", "ip", "raw"])
 
     def __enter__(self) -> Tuning:
         return self
 
     def __exit__(self, *exc) -> None:
         self.restore()
-
-
-def _firewall_or_fail(argv: list[str], stdin: str | None = None) -> None:
-    proc = _firewall(argv, stdin)
-    if proc.returncode != 0:
-        raise UserError(f"`{shlex.join(argv)}` failed: {proc.stderr.strip()}")
 
 
 def tune(findings: list[Finding], proc_sys: Path = PROC_SYS, iptables: Path = IPTABLES, nft: Path = NFT,
