@@ -1,6 +1,6 @@
 """`invoke reproduce --tune-host` puts the host back: a real run on the real host when it is interrupted
 (SIGINT, SIGTERM), and when it is killed outright (SIGKILL), the next `reproduce` does, from the journal the
-run keeps (preflight.restore_abandoned); the journal's rules are checked on a fake /proc/sys first.
+run keeps (journal.restore_abandoned); the journal's rules are checked on a fake /proc/sys first.
 
 The real runs first make the host need tuning, so that --tune-host changes something: somaxconn below the
 server's backlog, loopback traffic tracked (they skip on a host whose own rules exempt loopback). The host's
@@ -24,6 +24,7 @@ from test_preflight import OUR_RULES, clean_raw_table, fake_proc_sys, raw_rules
 from experiment import catalog, model
 from experiment.errors import UserError
 from experiment.host import conntrack, preflight, process
+from experiment.host.journal import journal_path, restore_abandoned
 from experiment.host.preflight import Finding
 from experiment.run.results import Run
 
@@ -56,7 +57,7 @@ def killed_run(tmp_path: Path, monkeypatch, findings=RAISE) -> tuple[Path, Path]
     `findings` and was never restored, its process gone: (the fake tree, the journal)."""
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     root = fake_proc_sys(tmp_path / "proc-sys", LOW)
-    journal = preflight.journal_path(tmp_path / "results" / "run-a")
+    journal = journal_path(tmp_path / "results" / "run-a")
     preflight.tune(findings, proc_sys=root, journal=journal)  # no restore: the process is "killed" here
     record = model.read_json(journal, model.TUNING)
     model.write_json_atomic(journal, dict(record, pid=gone_pid()), overwrite=True)
@@ -74,7 +75,7 @@ def test_each_change_is_journalled_before_it_is_made(tmp_path, monkeypatch):
     (root / "net/ipv4").mkdir()
     (root / "net/ipv4/tcp_max_syn_backlog").symlink_to(READ_ONLY_SYSCTL)
     unwritable = Finding("net.ipv4.tcp_max_syn_backlog", 0, int(READ_ONLY_SYSCTL.read_text()) + 1, "", "")
-    journal = preflight.journal_path(tmp_path / "run")
+    journal = journal_path(tmp_path / "run")
     with pytest.raises(UserError, match="could not write"):
         preflight.tune([RAISE[0], unwritable], proc_sys=root, journal=journal)
     record = model.read_json(journal, model.TUNING)
@@ -82,7 +83,7 @@ def test_each_change_is_journalled_before_it_is_made(tmp_path, monkeypatch):
                                                                           ("net.ipv4.tcp_max_syn_backlog", False)]
     assert record["pid"] == os.getpid() and record["restored_at"] and record["restored_by"] == os.getpid()
     assert (root / "net/core/somaxconn").read_text() == "128"
-    assert preflight.journal_path(tmp_path / "run").name == "tuning.1.json", "a resumed attempt's is another"
+    assert journal_path(tmp_path / "run").name == "tuning.1.json", "a resumed attempt's is another"
 
 
 def test_a_dead_runs_tuning_goes_back_where_it_is_as_the_run_left_it(tmp_path, monkeypatch):
@@ -95,7 +96,7 @@ def test_a_dead_runs_tuning_goes_back_where_it_is_as_the_run_left_it(tmp_path, m
     model.write_json_atomic(journal, record, overwrite=True)
 
     said = []
-    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [journal]
+    assert restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [journal]
     assert values(root) == {"net.core.somaxconn": "128", "net.ipv4.tcp_max_syn_backlog": "4096",
                             "fs.nr_open": "1024"}
     about = "tune-host: run run-a ended without restoring the host: "
@@ -106,7 +107,7 @@ def test_a_dead_runs_tuning_goes_back_where_it_is_as_the_run_left_it(tmp_path, m
     assert record["restored_at"] and record["restored_by"] == os.getpid()
     assert [c["setting"] for c in record["not_restored"]] == ["net.ipv4.tcp_max_syn_backlog"]
     said.clear()
-    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [] and said == []
+    assert restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [] and said == []
 
 
 def test_a_live_runs_journal_is_never_touched_but_a_recycled_pid_is_no_live_run(tmp_path, monkeypatch):
@@ -115,12 +116,12 @@ def test_a_live_runs_journal_is_never_touched_but_a_recycled_pid_is_no_live_run(
     this = {"pid": os.getpid(), "pid_start": process._start_ticks(os.getpid())}
     model.write_json_atomic(journal, dict(record, **this), overwrite=True)
     said = []
-    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [] and said == []
+    assert restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [] and said == []
     assert values(root)["net.core.somaxconn"] == "2048"
 
     model.write_json_atomic(journal, dict(record, pid=os.getpid(), pid_start=this["pid_start"] - 1), overwrite=True)
     elsewhere = tmp_path / "other-results"  # a resumed run named by its folder, outside the results dir
-    assert preflight.restore_abandoned(elsewhere, said.append, also=[journal.parent], proc_sys=root) == [journal]
+    assert restore_abandoned(elsewhere, said.append, also=[journal.parent], proc_sys=root) == [journal]
     assert values(root)["net.core.somaxconn"] == "128"
 
 
@@ -129,7 +130,7 @@ def test_a_journal_from_before_a_reboot_is_closed_without_touching_the_host(tmp_
     record = model.read_json(journal, model.TUNING)
     model.write_json_atomic(journal, dict(record, boot_id="another boot"), overwrite=True)
     said = []
-    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
+    assert restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
     assert said == ["tune-host: run run-a ended without restoring the host, but the host has rebooted since, "
                     "which undid it: nothing to restore"]
     assert values(root)["net.core.somaxconn"] == "2048"
@@ -141,7 +142,7 @@ def test_a_journal_from_another_namespace_is_left_for_a_reproduce_there(tmp_path
     record = model.read_json(journal, model.TUNING)
     model.write_json_atomic(journal, dict(record, namespaces={"pid": 1, "net": 2}), overwrite=True)
     said = []
-    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
+    assert restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
     assert said == [f"tune-host: run run-a tuned the host from another pid or network namespace (a container?): "
                     f"its journal {journal} is left for a reproduce there"]
     assert values(root)["net.core.somaxconn"] == "2048"
@@ -152,7 +153,7 @@ def test_without_root_a_dead_runs_tuning_is_named_and_left_for_root(tmp_path, mo
     root, journal = killed_run(tmp_path, monkeypatch, RAISE[:1])
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     said = []
-    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
+    assert restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
     assert said == ["tune-host: run run-a ended without restoring the host (net.core.somaxconn): as root, the next "
                     "`invoke reproduce` (or `invoke clean`) puts it back"]
     assert values(root)["net.core.somaxconn"] == "2048"
@@ -242,7 +243,7 @@ def test_an_interrupted_run_puts_the_host_back(tmp_path, client, signum):
         with cleaned_up(proc, client) as started:
             run = started.run = wait_until_measuring(proc, tmp_path, client)
             said = []
-            assert preflight.restore_abandoned(tmp_path, say=said.append) == [] and said == []
+            assert restore_abandoned(tmp_path, say=said.append) == [] and said == []
             assert host_is_tuned(), "a live run's tuning is never undone by another process"
             proc.send_signal(signum)
             code, out, err = finished(proc, 120)

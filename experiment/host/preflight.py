@@ -18,19 +18,18 @@ namespace has its own copies (set them with `docker run --sysctl`); nf_conntrack
 
 A process killed outright (SIGKILL, the OOM killer) restores nothing, and the sysctls and rules outlive it. So
 tune() keeps a journal in the run folder (tuning.json), written before each change and again after it, and
-marked when everything is back; restore_abandoned() finds the journals of runs whose process is gone without
+marked when everything is back; journal.restore_abandoned() finds the journals of runs whose process is gone without
 restoring, and undoes what they say was changed, where it is still as that run left it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
 import resource
 import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ from .conntrack import (
     notrack_commands,
     read_loopback_conntrack,
 )
-from .process import alive, boot_id, namespaces, this_process
+from .process import this_process
 
 PROC_SYS = Path("/proc/sys")
 SYSCTLS = ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.ip_local_port_range",
@@ -74,9 +73,6 @@ FILE_MAX_SLACK = 65536
 LOWEST_EPHEMERAL_PORT = 1024
 HIGHEST_PORT = 65535
 LOOPBACK_CONNTRACK = "loopback_conntrack"
-# A run's journal of what tune() changed: tuning.json, a resumed attempt's tuning.1.json and so on.
-JOURNAL = "tuning.json"
-JOURNAL_GLOB = "tuning*.json"
 
 
 @dataclass(frozen=True)
@@ -319,7 +315,7 @@ class Tuning:
     """The sysctls tune() changed and the loopback NOTRACK rules it added; restore() (or leaving its `with`
     block, however) puts the sysctls back and removes those rules. A change with "undo" is rules: the
     commands that remove exactly what was added. A change is recorded before it is made ("applied" false
-    until it is), and with a journal every record is written there too, for restore_abandoned()."""
+    until it is), and with a journal every record is written there too, for journal.restore_abandoned()."""
 
     proc_sys: Path = PROC_SYS
     iptables: Path = IPTABLES
@@ -467,8 +463,8 @@ def tune(findings: list[Finding], proc_sys: Path = PROC_SYS, iptables: Path = IP
          journal: Path | None = None) -> Tuning:
     """Raises (never lowers) the tunable findings' sysctls now and exempts loopback from conntrack when that
     was found; use as `with tune(findings) as tuning:` so all is undone on the way out, exceptions and
-    KeyboardInterrupt included. With a journal (journal_path), each change is written there before it is
-    made, so that restore_abandoned() can undo it should this process be killed before it can."""
+    KeyboardInterrupt included. With a journal (journal.journal_path), each change is written there before it
+    is made, so that journal.restore_abandoned() can undo it should this process be killed before it can."""
     tunable = [f for f in findings if f.tunable]
     if tunable and os.geteuid() != 0:
         raise UserError("raising host limits needs root: run as root, or first run "
@@ -484,93 +480,3 @@ def tune(findings: list[Finding], proc_sys: Path = PROC_SYS, iptables: Path = IP
             raise UserError(f"could not write {error.filename}: {error.strerror}{hint}") from error
         raise
     return tuning
-
-
-def journal_path(run_dir: Path) -> Path:
-    """Where an attempt at a run journals its tuning: tuning.json, or for a resumed run, tuning.N.json
-    beside the earlier attempts' journals."""
-    path, n = run_dir / JOURNAL, 1
-    while path.exists():
-        path, n = run_dir / f"tuning.{n}.json", n + 1
-    return path
-
-
-def journal_state(record: dict) -> str:
-    """What a tuning journal needs: "restored" (nothing), "rebooted" (the reboot undid it), "elsewhere" (made
-    from another pid or network namespace: not ours to judge), "running" (its run goes on), or "abandoned"
-    (its process is gone without restoring: restore_abandoned() undoes it)."""
-    if record.get("restored_at"):
-        return "restored"
-    if record.get("boot_id") != boot_id():
-        return "rebooted"
-    if record.get("namespaces") != namespaces():
-        return "elsewhere"
-    return "running" if alive(record) else "abandoned"
-
-
-def journals(results_dir: Path | None, also: Iterable[Path] = ()) -> list[Path]:
-    """Every tuning journal in a run folder under results_dir (None: none) or in the run folders `also` names."""
-    found = [*(results_dir.glob(f"*/{JOURNAL_GLOB}") if results_dir else ()),
-             *(p for run in also for p in Path(run).glob(JOURNAL_GLOB))]
-    return sorted({p.resolve() for p in found})  # resolved: results/latest is a run folder again
-
-
-def abandoned_journals(results_dir: Path | None, also: Iterable[Path] = ()) -> list[Path]:
-    """The journals restore_abandoned() would undo, without undoing anything."""
-    abandoned = []
-    for path in journals(results_dir, also):
-        with contextlib.suppress(UserError):
-            if journal_state(model.read_json(path, model.TUNING)) == "abandoned":
-                abandoned.append(path)
-    return abandoned
-
-
-def restore_abandoned(results_dir: Path | None, say: Callable[[str], None] = print, also: Iterable[Path] = (),
-                      proc_sys: Path = PROC_SYS) -> list[Path]:
-    """Undoes the tuning of runs that ended without undoing it (SIGKILL, the OOM killer): every journal in
-    a run folder under results_dir (None: none), or in the run folders `also` names, that is not marked
-    restored and whose process is gone. Each sysctl goes back where it still has the value that run wrote;
-    each rule it added is deleted (a rule already gone is left so). One line per item says so, and the
-    journal is marked restored. A live run's journal is never touched, nor one from another pid or network
-    namespace (a container's: its process cannot be told apart from here, and its changes are not this
-    namespace's). Returns the journals
-    it restored."""
-    restored = []
-    for path in journals(results_dir, also):
-        try:
-            record = model.read_json(path, model.TUNING)
-        except UserError as error:
-            say(f"tune-host: {error}")
-            continue
-        state = journal_state(record)
-        if state in ("restored", "running"):
-            continue
-        about = f"tune-host: run {path.parent.name} ended without restoring the host"
-        if state == "rebooted":
-            say(f"{about}, but the host has rebooted since, which undid it: nothing to restore")
-            with contextlib.suppress(OSError):  # a user's reproduce in root's results: said, left to root
-                model.write_json_atomic(path, dict(record, restored_at=model.utc_now(), restored_by="reboot"),
-                                          overwrite=True)
-            continue
-        if state == "elsewhere":
-            say(f"tune-host: run {path.parent.name} tuned the host from another pid or network namespace (a "
-                f"container?): its journal {path} is left for a reproduce there")
-            continue
-        if os.geteuid() != 0:
-            say(f"{about} ({', '.join(c['setting'] for c in record['changes'])}): as root, the next "
-                "`invoke reproduce` (or `invoke clean`) puts it back")
-            continue
-        tuning = Tuning(proc_sys=proc_sys, changed=record["changes"], journal=path, record=record)
-        try:
-            def said(line: str, about: str = about) -> None:
-                say(f"{about}: {line}")
-
-            left = tuning.restore(say=said)
-        except OSError as error:
-            say(f"{about}, and cannot write {error.filename} ({error.strerror}): restore it by hand from {path}")
-            continue
-        for change in left:
-            say(f"{about}: left {change['setting']} as it is ({change['found']}): it was set to "
-                f"{change['new']}, and has been changed since")
-        restored.append(path)
-    return restored

@@ -26,7 +26,7 @@ from docker.utils import parse_repository_tag
 
 from .. import anatomy, catalog, model
 from ..errors import UserError
-from ..host import engine, images, machine, metadata, preflight, process, publish
+from ..host import engine, images, journal, machine, metadata, preflight, process, publish
 from ..model import Plan
 from . import durations, instruments, openloop, results, runlog, servers
 from .containers import Containers
@@ -198,7 +198,7 @@ class Engines:
 
 def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options: Options, say) -> None:
     # First, what an earlier run killed outright left tuned (a resumed run's own folder may lie elsewhere).
-    preflight.restore_abandoned(options.results_dir, say, also=[run.path])
+    journal.restore_abandoned(options.results_dir, say, also=[run.path])
     # The engines and the address the run was started with (a resumed run's own; the default for a run
     # recorded before they could be chosen).
     where = record.engines or {"server": engine.default_url(), "client": engine.default_url(),
@@ -280,7 +280,7 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
     instruments_found = anatomy.prepare(local=server_local) if plan.anatomy and model.DEAD in plan.sweeps else None
     if instruments_found is not None and instruments_found.perf is None:
         say(f"anatomy: perf unavailable, the points will say why: {instruments_found.reason}")
-    tuning = preflight.tune(findings if options.tune_host else [], journal=preflight.journal_path(run.path))
+    tuning = preflight.tune(findings if options.tune_host else [], journal=journal.journal_path(run.path))
     with tuning as tuned, Progress(say) as progress:
         if tuned.changed:
             run.update_record(tuned=tuned.changed)
