@@ -9,6 +9,7 @@ from experiment import catalog
 from experiment.errors import UserError
 from experiment.host import conntrack, preflight
 from experiment.host.preflight import Finding
+from experiment.host.tuning import Tuning, tune
 
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 
@@ -162,7 +163,7 @@ def test_tune_writes_the_fake_tree_never_lowers_and_restores(tmp_path):
                 Finding("net.ipv4.ip_local_port_range", [32768, 60999], [5436, 65535], "", ""),
                 Finding("net.ipv4.tcp_tw_reuse", 0, 2, "", ""),  # now 1: enough already
                 Finding("fd_hard_limit", 20000, 60164, "", "", tunable=False)]
-    with preflight.tune(findings, proc_sys=root) as tuning:
+    with tune(findings, proc_sys=root) as tuning:
         assert (root / "net/core/somaxconn").read_text() == "2048"
         assert (root / "net/ipv4/ip_local_port_range").read_text() == "5436 65535"
         assert (root / "net/ipv4/tcp_tw_reuse").read_text() == "1\n"
@@ -174,7 +175,7 @@ def test_tune_writes_the_fake_tree_never_lowers_and_restores(tmp_path):
 
 def test_restore_leaves_a_value_someone_else_changed_since(tmp_path):
     root = fake_proc_sys(tmp_path, {"net.core.somaxconn": "128"})
-    tuning = preflight.tune([Finding("net.core.somaxconn", 128, 2048, "", "")], proc_sys=root)
+    tuning = tune([Finding("net.core.somaxconn", 128, 2048, "", "")], proc_sys=root)
     (root / "net/core/somaxconn").write_text("8192")
     not_restored = tuning.restore()
     assert [(c["setting"], c["found"]) for c in not_restored] == [("net.core.somaxconn", 8192)]
@@ -188,7 +189,7 @@ def test_a_failed_write_undoes_the_writes_before_it(tmp_path):
     findings = [Finding("net.core.somaxconn", 128, 2048, "", ""),
                 Finding("net.ipv4.tcp_max_syn_backlog", 128, 2048, "", "")]
     with pytest.raises(UserError, match="could not write .*tcp_max_syn_backlog"):
-        preflight.tune(findings, proc_sys=root)
+        tune(findings, proc_sys=root)
     assert (root / "net/core/somaxconn").read_text().strip() == "128"
 
 
@@ -199,7 +200,7 @@ def test_tune_raises_the_real_somaxconn_and_restores_it(interruption):
     value = int(original)
     expected = pytest.raises(interruption) if interruption else contextlib.nullcontext()
     try:
-        with expected, preflight.tune([Finding("net.core.somaxconn", value, value + 1, "test", "")]) as tuning:
+        with expected, tune([Finding("net.core.somaxconn", value, value + 1, "test", "")]) as tuning:
             assert int(SOMAXCONN.read_text()) == value + 1
             assert tuning.changed[0]["old"] == value and tuning.changed[0]["new"] == value + 1
             if interruption:
@@ -214,7 +215,7 @@ def test_tune_raises_the_real_somaxconn_and_restores_it(interruption):
 def test_tune_never_lowers_the_real_somaxconn():
     original = SOMAXCONN.read_text()
     value = int(original)
-    with preflight.tune([Finding("net.core.somaxconn", value, value - 1, "test", "")]) as tuning:
+    with tune([Finding("net.core.somaxconn", value, value - 1, "test", "")]) as tuning:
         assert SOMAXCONN.read_text() == original
         assert tuning.changed == [] and tuning.left_alone[0]["value"] == value
 
@@ -222,8 +223,8 @@ def test_tune_never_lowers_the_real_somaxconn():
 def test_tune_as_a_user_says_what_to_run(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(UserError, match="needs root.*sysctl -w net.core.somaxconn=2048"):
-        preflight.tune([Finding("net.core.somaxconn", 128, 2048, "", "sysctl -w net.core.somaxconn=2048")])
-    assert preflight.tune([Finding("fd_hard_limit", 1, 2, "", "", tunable=False)]).changed == []
+        tune([Finding("net.core.somaxconn", 128, 2048, "", "sysctl -w net.core.somaxconn=2048")])
+    assert tune([Finding("fd_hard_limit", 1, 2, "", "", tunable=False)]).changed == []
 
 
 
@@ -339,14 +340,14 @@ def test_an_unreadable_raw_table_is_an_unknown_finding_and_tune_adds_nothing(tmp
     f = preflight.loopback_finding(state)
     assert f.value == "unknown" and f.tunable and "must be root" in f.why
     with pytest.raises(UserError, match="cannot exempt loopback.*must be root"):
-        preflight.tune([f], iptables=iptables)
+        tune([f], iptables=iptables)
     assert not (tmp_path / "calls").exists()
 
 
 def test_tune_adds_only_the_missing_chain_and_restore_deletes_only_that(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     iptables = fake_iptables(tmp_path, "iptables v1.8.9 (nf_tables)", f"-P OUTPUT ACCEPT\n{OUR_RULES['OUTPUT']}\n")
-    with preflight.tune([preflight.loopback_finding(loopback())], iptables=iptables) as tuning:
+    with tune([preflight.loopback_finding(loopback())], iptables=iptables) as tuning:
         calls = (tmp_path / "calls").read_text().splitlines()
         assert calls == [f"-t raw -I PREROUTING -i lo -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "
                          f"{conntrack.NOTRACK_COMMENT} -j CT --notrack"]
@@ -358,7 +359,7 @@ def test_tune_adds_only_the_missing_chain_and_restore_deletes_only_that(tmp_path
 def test_tune_without_a_firewall_tool_fails_clearly(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     with pytest.raises(UserError, match="neither iptables nor nft"):
-        preflight.tune([preflight.loopback_finding(loopback())], iptables=NOT_THERE, nft=NOT_THERE)
+        tune([preflight.loopback_finding(loopback())], iptables=NOT_THERE, nft=NOT_THERE)
 
 
 def raw_rules() -> list[str]:
@@ -381,7 +382,7 @@ def clean_raw_table():
                 subprocess.run([str(conntrack.IPTABLES), "-t", "raw", "-D",
                                 *conntrack.iptables_notrack_rule(chain)], check=True)
         if existed is False and nft_raw_table_exists():
-            preflight.Tuning()._drop_raw_table_if_empty()
+            Tuning()._drop_raw_table_if_empty()
 
 
 def nft_raw_table_exists() -> bool | None:
@@ -401,13 +402,13 @@ def test_tune_adds_the_real_notrack_rules_once_and_removes_them(interruption):
         before, table_before = raw_rules(), nft_raw_table_exists()
         expected = pytest.raises(interruption) if interruption else contextlib.nullcontext()
         finding = preflight.loopback_finding(conntrack.read_loopback_conntrack(True))
-        with expected, preflight.tune([finding]) as tuning:
+        with expected, tune([finding]) as tuning:
             rules = raw_rules()
             assert all(OUR_RULES[chain] in rules for chain in conntrack.NOTRACK_CHAINS)
             assert conntrack.read_loopback_conntrack(True)["tracked"] is False
             change, = tuning.changed
             assert (change["tool"], len(change["undo"])) == ("iptables", 2)
-            with preflight.tune([finding]) as again:  # idempotent: present already, nothing added
+            with tune([finding]) as again:  # idempotent: present already, nothing added
                 assert again.changed == [] and again.left_alone[0]["value"] == "untracked"
                 assert raw_rules() == rules
             assert raw_rules() == rules, "the inner tune removed nothing it had not added"
@@ -423,7 +424,7 @@ def test_tune_never_deletes_a_notrack_rule_it_did_not_add():
     with clean_raw_table():
         subprocess.run([str(conntrack.IPTABLES), "-t", "raw", "-I", *foreign], check=True)
         try:
-            with preflight.tune([preflight.loopback_finding(loopback())]) as tuning:
+            with tune([preflight.loopback_finding(loopback())]) as tuning:
                 assert tuning.changed[0]["undo"] == [[str(conntrack.IPTABLES), "-t", "raw", "-D",
                                                      *conntrack.iptables_notrack_rule("PREROUTING")]]
                 assert "-A OUTPUT -o lo -j CT --notrack" in raw_rules()
@@ -436,7 +437,7 @@ def test_tune_never_deletes_a_notrack_rule_it_did_not_add():
 @needs_root_and_iptables
 def test_restore_reports_a_rule_someone_else_removed():
     with clean_raw_table():
-        tuning = preflight.tune([preflight.loopback_finding(loopback())])
+        tuning = tune([preflight.loopback_finding(loopback())])
         subprocess.run([str(conntrack.IPTABLES), "-t", "raw", "-D", *conntrack.iptables_notrack_rule("OUTPUT")],
                        check=True)
         not_restored, = tuning.restore()
@@ -453,7 +454,7 @@ def test_without_iptables_tune_uses_its_own_nft_table_and_deletes_it():
     if table_exists():
         pytest.skip(f"nft table ip {conntrack.NFT_TABLE} exists already")
     try:
-        with preflight.tune([preflight.loopback_finding(loopback(tool="nft"))], iptables=NOT_THERE) as tuning:
+        with tune([preflight.loopback_finding(loopback(tool="nft"))], iptables=NOT_THERE) as tuning:
             assert table_exists() and tuning.changed[0]["tool"] == "nft"
             assert conntrack.read_loopback_conntrack(True, iptables=NOT_THERE)["tracked"] is False
         assert not table_exists()

@@ -26,6 +26,7 @@ from experiment.errors import UserError
 from experiment.host import conntrack, preflight, process
 from experiment.host.journal import journal_path, restore_abandoned
 from experiment.host.preflight import Finding
+from experiment.host.tuning import tune
 from experiment.run.results import Run
 
 real_host = pytest.mark.needs_host("changes the host's /proc/sys and raw table", tools=["iptables"])
@@ -58,7 +59,7 @@ def killed_run(tmp_path: Path, monkeypatch, findings=RAISE) -> tuple[Path, Path]
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     root = fake_proc_sys(tmp_path / "proc-sys", LOW)
     journal = journal_path(tmp_path / "results" / "run-a")
-    preflight.tune(findings, proc_sys=root, journal=journal)  # no restore: the process is "killed" here
+    tune(findings, proc_sys=root, journal=journal)  # no restore: the process is "killed" here
     record = model.read_json(journal, model.TUNING)
     model.write_json_atomic(journal, dict(record, pid=gone_pid()), overwrite=True)
     return root, journal
@@ -77,7 +78,7 @@ def test_each_change_is_journalled_before_it_is_made(tmp_path, monkeypatch):
     unwritable = Finding("net.ipv4.tcp_max_syn_backlog", 0, int(READ_ONLY_SYSCTL.read_text()) + 1, "", "")
     journal = journal_path(tmp_path / "run")
     with pytest.raises(UserError, match="could not write"):
-        preflight.tune([RAISE[0], unwritable], proc_sys=root, journal=journal)
+        tune([RAISE[0], unwritable], proc_sys=root, journal=journal)
     record = model.read_json(journal, model.TUNING)
     assert [(c["setting"], c["applied"]) for c in record["changes"]] == [("net.core.somaxconn", True),
                                                                           ("net.ipv4.tcp_max_syn_backlog", False)]

@@ -70,7 +70,7 @@ from rich.table import Table
 
 from .. import catalog, paths
 from ..errors import UserError
-from ..host import conntrack, engine, images, machine, preflight, syscall_cost
+from ..host import conntrack, engine, images, machine, preflight, syscall_cost, tuning
 from ..run import loads, seccomp, servers, services
 from ..run.containers import Containers, Managed
 from ..run.plan import max_dead, max_pipes
@@ -705,7 +705,7 @@ def deadconn_rate(fd_limit: int, rounds: int = ROUNDS) -> dict:
     for n in range(1, rounds + 1):
         rows.append({**_open_dead(fd_limit), "round": n, "loopback_tracked": state["tracked"]})
         if finding is not None:
-            with preflight.tune([finding]):
+            with tuning.tune([finding]):
                 rows.append({**_open_dead(fd_limit), "round": n, "loopback_tracked": False})
     by_tracking = {}
     for tracked in dict.fromkeys(r["loopback_tracked"] for r in rows):
@@ -767,7 +767,7 @@ def main(json_out: str | None = None, skip_harness: bool = False, only: str | No
     # with --tune-host, where this process may.
     _state, finding = _untracking()
     result["loads_loopback_untracked"] = finding is not None
-    with preflight.tune([finding] if finding else []):
+    with tuning.tune([finding] if finding else []):
         if only is None:
             result["versus_nginx"] = versus_nginx(cpus, most)
             result["capacity"] = capacity(cpus, fd_limit)

@@ -1,7 +1,7 @@
 """The journal of what --tune-host changed on the host, and the restoring of a killed run's.
 
 A process killed outright (SIGKILL, the OOM killer) restores nothing, and the sysctls and rules it changed
-outlive it. So tune() keeps a journal in the run folder, tuning.json: which process changed the
+outlive it. So tune() (tuning.py) keeps a journal in the run folder, tuning.json: which process changed the
 host (process.this_process), each change written before it is made and again after, and when it was all put
 back. restore_abandoned() finds the journals of runs whose process is gone without restoring, and undoes what
 they say was changed, where it is still as that run left it.
@@ -16,8 +16,9 @@ from pathlib import Path
 
 from .. import model
 from ..errors import UserError
-from .preflight import PROC_SYS, Tuning
+from .preflight import PROC_SYS
 from .process import alive, boot_id, namespaces
+from .tuning import Tuning
 
 # A run's journal of what tune() changed: tuning.json, a resumed attempt's tuning.1.json and so on.
 JOURNAL = "tuning.json"

@@ -27,6 +27,7 @@ from docker.utils import parse_repository_tag
 from .. import anatomy, catalog, model
 from ..errors import UserError
 from ..host import engine, images, journal, machine, metadata, preflight, process, publish
+from ..host.tuning import tune
 from ..model import Plan
 from . import durations, instruments, openloop, results, runlog, servers
 from .containers import Containers
@@ -280,7 +281,7 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
     instruments_found = anatomy.prepare(local=server_local) if plan.anatomy and model.DEAD in plan.sweeps else None
     if instruments_found is not None and instruments_found.perf is None:
         say(f"anatomy: perf unavailable, the points will say why: {instruments_found.reason}")
-    tuning = preflight.tune(findings if options.tune_host else [], journal=journal.journal_path(run.path))
+    tuning = tune(findings if options.tune_host else [], journal=journal.journal_path(run.path))
     with tuning as tuned, Progress(say) as progress:
         if tuned.changed:
             run.update_record(tuned=tuned.changed)
