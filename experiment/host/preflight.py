@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import re
 import resource
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,8 @@ class Finding:
         return f"{self.setting} is {self.value}, needs {self.needed}: {self.why}; fix: {self.fix}"
 
 
+# ---- reading the host --------------------------------------------------------------------------------------
+
 def sysctl_path(name: str, proc_sys: Path = PROC_SYS) -> Path:
     return proc_sys / name.replace(".", "/")
 
@@ -104,6 +107,8 @@ def read_mem_available(meminfo: Path = MEMINFO) -> int | None:
         return None
     return int(found.group(1)) * 1024 if found else None
 
+
+# ---- what a plan needs -------------------------------------------------------------------------------------
 
 def source_addresses_needed(settings: dict, dead: int) -> int:
     """The loopback source addresses deadconn spreads `dead` connections over: one per DEADCONN_PORT_SHARE of
@@ -140,6 +145,163 @@ def _port_range_for(needed_ports: int, current: list[int]) -> list[int] | None:
     return [low, high] if low >= LOWEST_EPHEMERAL_PORT else None
 
 
+@dataclass(frozen=True)
+class _Sweep:
+    """What a planned sweep asks of the host: assess()'s arguments."""
+
+    dead: int  # the most dead connections at a point
+    active: int  # httperf's connections beside them
+    source_addresses: int  # the client addresses the dead connections come from
+    backlog: int  # the server's listen() backlog
+    per_process_dead: int  # of the dead, the most one server process holds itself
+    holder_pipe_bytes: int  # each dead-connection holder's channel pipe (0: no holders)
+
+    @property
+    def connections(self) -> int:
+        return self.dead + self.active
+
+    @property
+    def server_fds(self) -> int:
+        return fds_needed(self.per_process_dead, self.active)
+
+
+# ---- the checks: one per setting, each a finding when it is too low ----------------------------------------
+
+def _too_low(settings: dict, name: str, needed: int, why: str) -> Finding | None:
+    """A finding when the sysctl name is below needed (an absent one is never too low)."""
+    value = settings.get(name)
+    if value is not None and value < needed:
+        return Finding(name, value, needed, why, f"sysctl -w {name}={needed}")
+    return None
+
+
+def _accept_queue(settings: dict, sweep: _Sweep) -> Finding | None:
+    return _too_low(settings, "net.core.somaxconn", sweep.backlog,
+                    f"listen() silently cuts the server's backlog of {sweep.backlog} to somaxconn: connections "
+                    "beyond the shorter accept queue are dropped and retried after a 1 s SYN timeout, a cost "
+                    "the 2002 setup did not have")
+
+
+def _syn_queue(settings: dict, sweep: _Sweep) -> Finding | None:
+    return _too_low(settings, "net.ipv4.tcp_max_syn_backlog", sweep.backlog,
+                    f"the SYN queue is shorter than the server's backlog of {sweep.backlog}: a burst of connects "
+                    "beyond it falls back to SYN cookies or is dropped")
+
+
+def _conntrack_table(settings: dict, sweep: _Sweep) -> Finding | None:
+    # Closed connections keep their conntrack entry for nf_conntrack_tcp_timeout_time_wait (120 s), so the
+    # previous point's connections can still be in the table while the next point opens its own.
+    connections = sweep.connections
+    return _too_low(settings, "net.netfilter.nf_conntrack_max", 2 * connections,
+                    f"every loopback connection takes a conntrack entry and a closed one keeps it for 120 s: "
+                    f"{connections} connections, plus the previous point's still closing, need "
+                    f"{2 * connections}; once the table is full the kernel drops new connections' SYNs "
+                    "('nf_conntrack: table full, dropping packet')")
+
+
+def _open_files(settings: dict, sweep: _Sweep) -> Finding | None:
+    connections = sweep.connections
+    return _too_low(settings, "fs.file-max", 2 * connections + FILE_MAX_SLACK,
+                    f"both ends of {connections} loopback connections are open files on this host, "
+                    f"{2 * connections} in all, beside what the rest of the system holds")
+
+
+def _epoll_watches(settings: dict, sweep: _Sweep) -> Finding | None:
+    # Every dead connection is an item of one epoll set (the server's, or with holders the shared one).
+    watches = sweep.connections + EPOLL_WATCH_SLACK
+    return _too_low(settings, "fs.epoll.max_user_watches", watches,
+                    f"an epoll set holds one watch per descriptor and a user may hold at most max_user_watches "
+                    f"in all: {sweep.dead} dead and {sweep.active} active connections need {watches} with "
+                    "slack; beyond it epoll_ctl fails with ENOSPC")
+
+
+def _holder_pipes(settings: dict, sweep: _Sweep) -> Finding | None:
+    if not sweep.holder_pipe_bytes:
+        return None
+    return _too_low(settings, "fs.pipe-max-size", sweep.holder_pipe_bytes,
+                    f"each dead-connection holder's channel from the server is a pipe of {sweep.holder_pipe_bytes} "
+                    "bytes (one 8-byte message per connection it may hold); F_SETPIPE_SZ refuses more than "
+                    "pipe-max-size, and ephttpd refuses to start")
+
+
+def _memory(settings: dict, sweep: _Sweep) -> Finding | None:
+    available = settings.get(MEM_AVAILABLE)
+    memory = sweep.connections * BYTES_PER_CONNECTION
+    if available is None or available >= memory:
+        return None
+    return Finding(MEM_AVAILABLE, available, memory,
+                   f"{sweep.connections} connections cost about {BYTES_PER_CONNECTION // 1024} KiB each on this "
+                   "host (both ends and deadconn's share): short of memory, the kernel or deadconn fail or the "
+                   "OOM killer ends a program mid-sweep",
+                   "free memory, or plan fewer dead connections (--dead)", tunable=False)
+
+
+def _fd_ceiling(settings: dict, sweep: _Sweep) -> Finding | None:
+    return _too_low(settings, "fs.nr_open", sweep.server_fds,
+                    f"setrlimit cannot raise a process's fd limit above fs.nr_open; the server needs "
+                    f"{sweep.server_fds}")
+
+
+def _time_wait_reuse(settings: dict, sweep: _Sweep) -> Finding | None:
+    tw_reuse = settings.get("net.ipv4.tcp_tw_reuse")
+    if tw_reuse != 0:
+        return None
+    return Finding("net.ipv4.tcp_tw_reuse", tw_reuse, 2,
+                   "connections closed at the end of a point hold their source port in TIME_WAIT for 60 s: "
+                   "without reuse, the next point's connects fail with EADDRNOTAVAIL (httperf: addrunavail) "
+                   "once the ephemeral range is used up",
+                   "sysctl -w net.ipv4.tcp_tw_reuse=2 (reuse for loopback only)")
+
+
+def _ephemeral_ports(settings: dict, sweep: _Sweep) -> Finding | None:
+    port_range = settings.get("net.ipv4.ip_local_port_range")
+    if port_range is None:
+        return None
+    # httperf may share a source address with deadconn; without TIME_WAIT reuse a point needs the ports of the
+    # one before it too.
+    no_reuse = settings.get("net.ipv4.tcp_tw_reuse") == 0
+    ports = (math.ceil(sweep.dead / sweep.source_addresses) + sweep.active) * (2 if no_reuse else 1)
+    size = port_range[1] - port_range[0] + 1
+    if size >= ports:
+        return None
+    why = (f"each connection from one source address to the server needs its own ephemeral port: "
+           f"{sweep.dead} dead connections over {sweep.source_addresses} source address(es) plus "
+           f"{sweep.active} active{', twice over without TIME_WAIT reuse,' if no_reuse else ''} need {ports} "
+           f"ports, the range has {size}")
+    wider = _port_range_for(ports, port_range)
+    if wider is None:
+        addresses = math.ceil(sweep.dead / (HIGHEST_PORT - LOWEST_EPHEMERAL_PORT + 1 - sweep.active))
+        return Finding("net.ipv4.ip_local_port_range", port_range, ports, why,
+                       f"not fixable by the port range alone: spread the dead connections over at least "
+                       f"{addresses} source addresses (127.0.0.0/8)", tunable=False)
+    return Finding("net.ipv4.ip_local_port_range", port_range, wider, why,
+                   f"sysctl -w net.ipv4.ip_local_port_range='{wider[0]} {wider[1]}'")
+
+
+def _loopback_tracking(settings: dict, sweep: _Sweep) -> Finding | None:
+    return loopback_finding(settings.get(LOOPBACK_CONNTRACK))
+
+
+def _fd_hard_limit(settings: dict, sweep: _Sweep) -> Finding | None:
+    hard = settings.get(FD_HARD_LIMIT)
+    if hard is None or hard >= sweep.server_fds:
+        return None
+    most = max_dead_connections(settings, sweep.active)
+    return Finding(FD_HARD_LIMIT, hard, sweep.server_fds,
+                   f"the server holds every dead and active connection as an fd: it needs {sweep.server_fds}, "
+                   f"the hard RLIMIT_NOFILE is {hard}, so one server process holds at most {most} dead "
+                   "connections",
+                   f"not fixable by tuning: the hard limit is inherited from whoever started this process "
+                   f"(ulimit -Hn, systemd LimitNOFILE, docker --ulimit); the sweep adapts and runs no point "
+                   f"above {most} dead connections", tunable=False)
+
+
+# In the order assess() lists the findings.
+_CHECKS: tuple[Callable[[dict, _Sweep], Finding | None], ...] = (
+    _accept_queue, _syn_queue, _conntrack_table, _open_files, _epoll_watches, _holder_pipes, _memory,
+    _fd_ceiling, _time_wait_reuse, _ephemeral_ports, _loopback_tracking, _fd_hard_limit)
+
+
 def assess(settings: dict, planned_dead_max: int, active_connections: int, source_addresses: int,
            backlog: int = catalog.LISTEN_BACKLOG, per_process_dead: int | None = None,
            holder_pipe_bytes: int = 0) -> list[Finding]:
@@ -150,105 +312,9 @@ def assess(settings: dict, planned_dead_max: int, active_connections: int, sourc
     if planned_dead_max < 0 or active_connections < 0 or source_addresses < 1:
         raise ValueError(f"assess needs planned_dead_max >= 0, active_connections >= 0, source_addresses >= 1 "
                          f"(got {planned_dead_max}, {active_connections}, {source_addresses})")
-    findings = []
-    connections = planned_dead_max + active_connections
-
-    def sysctl(name: str, needed: int, why: str) -> None:
-        value = settings.get(name)
-        if value is not None and value < needed:
-            findings.append(Finding(name, value, needed, why, f"sysctl -w {name}={needed}"))
-
-    sysctl("net.core.somaxconn", backlog,
-           f"listen() silently cuts the server's backlog of {backlog} to somaxconn: connections beyond the "
-           "shorter accept queue are dropped and retried after a 1 s SYN timeout, a cost the 2002 setup "
-           "did not have")
-    sysctl("net.ipv4.tcp_max_syn_backlog", backlog,
-           f"the SYN queue is shorter than the server's backlog of {backlog}: a burst of connects beyond it "
-           "falls back to SYN cookies or is dropped")
-    # Closed connections keep their conntrack entry for nf_conntrack_tcp_timeout_time_wait (120 s), so the
-    # previous point's connections can still be in the table while the next point opens its own.
-    sysctl("net.netfilter.nf_conntrack_max", 2 * connections,
-           f"every loopback connection takes a conntrack entry and a closed one keeps it for 120 s: "
-           f"{connections} connections, plus the previous point's still closing, need {2 * connections}; "
-           "once the table is full the kernel drops new connections' SYNs "
-           "('nf_conntrack: table full, dropping packet')")
-    sysctl("fs.file-max", 2 * connections + FILE_MAX_SLACK,
-           f"both ends of {connections} loopback connections are open files on this host, "
-           f"{2 * connections} in all, beside what the rest of the system holds")
-    per_process = fds_needed(planned_dead_max if per_process_dead is None else per_process_dead,
-                             active_connections)
-    # Every dead connection is an item of one epoll set (the server's, or with holders the shared one).
-    watches = planned_dead_max + active_connections + EPOLL_WATCH_SLACK
-    sysctl("fs.epoll.max_user_watches", watches,
-           f"an epoll set holds one watch per descriptor and a user may hold at most max_user_watches in all: "
-           f"{planned_dead_max} dead and {active_connections} active connections need {watches} with slack; "
-           "beyond it epoll_ctl fails with ENOSPC")
-    if holder_pipe_bytes:
-        sysctl("fs.pipe-max-size", holder_pipe_bytes,
-               f"each dead-connection holder's channel from the server is a pipe of {holder_pipe_bytes} bytes "
-               "(one 8-byte message per connection it may hold); F_SETPIPE_SZ refuses more than pipe-max-size, "
-               "and ephttpd refuses to start")
-    available = settings.get(MEM_AVAILABLE)
-    memory = (planned_dead_max + active_connections) * BYTES_PER_CONNECTION
-    if available is not None and available < memory:
-        findings.append(Finding(
-            MEM_AVAILABLE, available, memory,
-            f"{planned_dead_max + active_connections} connections cost about {BYTES_PER_CONNECTION // 1024} KiB "
-            "each on this host (both ends and deadconn's share): short of memory, the kernel or deadconn fail "
-            "or the OOM killer ends a program mid-sweep",
-            "free memory, or plan fewer dead connections (--dead)", tunable=False))
-    sysctl("fs.nr_open", per_process,
-           f"setrlimit cannot raise a process's fd limit above fs.nr_open; the server needs {per_process}")
-
-    tw_reuse = settings.get("net.ipv4.tcp_tw_reuse")
-    if tw_reuse == 0:
-        findings.append(Finding(
-            "net.ipv4.tcp_tw_reuse", tw_reuse, 2,
-            "connections closed at the end of a point hold their source port in TIME_WAIT for 60 s: without "
-            "reuse, the next point's connects fail with EADDRNOTAVAIL (httperf: addrunavail) once the "
-            "ephemeral range is used up",
-            "sysctl -w net.ipv4.tcp_tw_reuse=2 (reuse for loopback only)"))
-
-    port_range = settings.get("net.ipv4.ip_local_port_range")
-    if port_range is not None:
-        # httperf may share a source address with deadconn; without TIME_WAIT reuse a point needs the
-        # ports of the one before it too.
-        ports = math.ceil(planned_dead_max / source_addresses) + active_connections
-        ports *= 1 if tw_reuse != 0 else 2
-        size = port_range[1] - port_range[0] + 1
-        if size < ports:
-            why = (f"each connection from one source address to the server needs its own ephemeral port: "
-                   f"{planned_dead_max} dead connections over {source_addresses} source address(es) plus "
-                   f"{active_connections} active"
-                   f"{', twice over without TIME_WAIT reuse,' if tw_reuse == 0 else ''} need {ports} ports, "
-                   f"the range has {size}")
-            wider = _port_range_for(ports, port_range)
-            if wider is None:
-                addresses = math.ceil(planned_dead_max / (HIGHEST_PORT - LOWEST_EPHEMERAL_PORT + 1
-                                                          - active_connections))
-                findings.append(Finding("net.ipv4.ip_local_port_range", port_range, ports, why,
-                                        f"not fixable by the port range alone: spread the dead connections "
-                                        f"over at least {addresses} source addresses (127.0.0.0/8)",
-                                        tunable=False))
-            else:
-                findings.append(Finding("net.ipv4.ip_local_port_range", port_range, wider, why,
-                                        f"sysctl -w net.ipv4.ip_local_port_range='{wider[0]} {wider[1]}'"))
-
-    loopback = loopback_finding(settings.get(LOOPBACK_CONNTRACK))
-    if loopback:
-        findings.append(loopback)
-
-    hard = settings.get(FD_HARD_LIMIT)
-    if hard is not None and hard < per_process:
-        most = max_dead_connections(settings, active_connections)
-        findings.append(Finding(
-            FD_HARD_LIMIT, hard, per_process,
-            f"the server holds every dead and active connection as an fd: it needs {per_process}, the hard "
-            f"RLIMIT_NOFILE is {hard}, so one server process holds at most {most} dead connections",
-            f"not fixable by tuning: the hard limit is inherited from whoever started this process (ulimit "
-            f"-Hn, systemd LimitNOFILE, docker --ulimit); the sweep adapts and runs no point above {most} "
-            "dead connections", tunable=False))
-    return findings
+    sweep = _Sweep(planned_dead_max, active_connections, source_addresses, backlog,
+                   planned_dead_max if per_process_dead is None else per_process_dead, holder_pipe_bytes)
+    return [finding for check in _CHECKS if (finding := check(settings, sweep)) is not None]
 
 
 def loopback_finding(state: dict | None) -> Finding | None:
@@ -261,7 +327,8 @@ def loopback_finding(state: dict | None) -> Finding | None:
            "120 s after closing, so back-to-back points can fill nf_conntrack_max and have their SYNs dropped")
     if state["tool"] is None:
         return Finding(LOOPBACK_CONNTRACK, "tracked", "untracked", why + "; neither iptables nor nft is installed",
-                       f"apt-get install iptables, then run with --tune-host (or: {notrack_commands()})", tunable=False)
+                       f"apt-get install iptables, then run with --tune-host (or: {notrack_commands()})",
+                       tunable=False)
     if state["tracked"] is None:
         return Finding(LOOPBACK_CONNTRACK, "unknown", "untracked",
                        f"{state['tool']} could not list the raw table ({state['error']}); if it is tracked, {why}",
