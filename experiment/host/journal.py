@@ -72,44 +72,47 @@ def restore_abandoned(results_dir: Path | None, say: Callable[[str], None] = pri
     each rule it added is deleted (a rule already gone is left so). One line per item says so, and the
     journal is marked restored. A live run's journal is never touched, nor one from another pid or network
     namespace (a container's: its process cannot be told apart from here, and its changes are not this
-    namespace's). Returns the journals
-    it restored."""
-    restored = []
-    for path in journals(results_dir, also):
-        try:
-            record = model.read_json(path, model.TUNING)
-        except UserError as error:
-            say(f"tune-host: {error}")
-            continue
-        state = journal_state(record)
-        if state in ("restored", "running"):
-            continue
-        about = f"tune-host: run {path.parent.name} ended without restoring the host"
-        if state == "rebooted":
-            say(f"{about}, but the host has rebooted since, which undid it: nothing to restore")
-            with contextlib.suppress(OSError):  # a user's reproduce in root's results: said, left to root
-                model.write_json_atomic(path, dict(record, restored_at=model.utc_now(), restored_by="reboot"),
-                                          overwrite=True)
-            continue
-        if state == "elsewhere":
-            say(f"tune-host: run {path.parent.name} tuned the host from another pid or network namespace (a "
-                f"container?): its journal {path} is left for a reproduce there")
-            continue
-        if os.geteuid() != 0:
-            say(f"{about} ({', '.join(c['setting'] for c in record['changes'])}): as root, the next "
-                "`invoke reproduce` (or `invoke clean`) puts it back")
-            continue
-        tuning = Tuning(proc_sys=proc_sys, changed=record["changes"], journal=path, record=record)
-        try:
-            def said(line: str, about: str = about) -> None:
-                say(f"{about}: {line}")
+    namespace's). Returns the journals it restored."""
+    return [path for path in journals(results_dir, also) if _restore_journal(path, say, proc_sys)]
 
-            left = tuning.restore(say=said)
-        except OSError as error:
-            say(f"{about}, and cannot write {error.filename} ({error.strerror}): restore it by hand from {path}")
-            continue
-        for change in left:
-            say(f"{about}: left {change['setting']} as it is ({change['found']}): it was set to "
-                f"{change['new']}, and has been changed since")
-        restored.append(path)
-    return restored
+
+def _restore_journal(path: Path, say: Callable[[str], None], proc_sys: Path) -> bool:
+    """restore_abandoned() for one journal: whether it restored what the journal says was changed."""
+    try:
+        record = model.read_json(path, model.TUNING)
+    except UserError as error:
+        say(f"tune-host: {error}")
+        return False
+    state = journal_state(record)
+    if state in ("restored", "running"):
+        return False
+    about = f"tune-host: run {path.parent.name} ended without restoring the host"
+    if state == "rebooted":
+        say(f"{about}, but the host has rebooted since, which undid it: nothing to restore")
+        with contextlib.suppress(OSError):  # a user's reproduce in root's results: said, left to root
+            model.write_json_atomic(path, dict(record, restored_at=model.utc_now(), restored_by="reboot"),
+                                      overwrite=True)
+        return False
+    if state == "elsewhere":
+        say(f"tune-host: run {path.parent.name} tuned the host from another pid or network namespace (a "
+            f"container?): its journal {path} is left for a reproduce there")
+        return False
+    if os.geteuid() != 0:
+        say(f"{about} ({', '.join(c['setting'] for c in record['changes'])}): as root, the next "
+            "`invoke reproduce` (or `invoke clean`) puts it back")
+        return False
+    return _undo(path, record, about, say, proc_sys)
+
+
+def _undo(path: Path, record: dict, about: str, say: Callable[[str], None], proc_sys: Path) -> bool:
+    """Puts back what an abandoned journal's run changed, saying each item after `about`; whether it could."""
+    tuning = Tuning(proc_sys=proc_sys, changed=record["changes"], journal=path, record=record)
+    try:
+        left = tuning.restore(say=lambda line: say(f"{about}: {line}"))
+    except OSError as error:
+        say(f"{about}, and cannot write {error.filename} ({error.strerror}): restore it by hand from {path}")
+        return False
+    for change in left:
+        say(f"{about}: left {change['setting']} as it is ({change['found']}): it was set to "
+            f"{change['new']}, and has been changed since")
+    return True

@@ -94,6 +94,28 @@ class Tuning:
             if must:  # no change is made that the journal does not hold
                 raise
 
+    # ---- making the changes --------------------------------------------------------------------------------
+
+    def _apply(self, findings: list[Finding]) -> None:
+        for finding in findings:
+            if not finding.tunable:
+                continue
+            if finding.setting == LOOPBACK_CONNTRACK:
+                self._untrack_loopback()
+            else:
+                self._raise_sysctl(finding)
+
+    def _raise_sysctl(self, finding: Finding) -> None:
+        current = read_sysctl(finding.setting, self.proc_sys)
+        if _enough(finding.setting, current, finding.needed):
+            self.left_alone.append({"setting": finding.setting, "value": current, "needed": finding.needed})
+            return
+        path = sysctl_path(finding.setting, self.proc_sys)
+        change = self._begin({"setting": finding.setting, "old": current, "new": finding.needed,
+                              "old_text": path.read_text().strip()})
+        path.write_text(_sysctl_text(finding.needed))
+        self._applied(change)
+
     def _untrack_loopback(self) -> None:
         state = read_loopback_conntrack(True, self.iptables, self.nft)
         if state["tool"] is None or state["error"]:
@@ -118,36 +140,27 @@ class Tuning:
         # harmlessly, a rule in without its undo recorded would stay for good.
         self._begin(change)
         if state["tool"] == "iptables":
-            for chain in missing:
-                rule = iptables_notrack_rule(chain)
-                change["added"].append(shlex.join(["iptables", "-t", "raw", "-A", *rule]))
-                change["undo"].append([str(self.iptables), "-t", "raw", "-D", *rule])
-                self._write_journal()
-                firewall_or_fail([str(self.iptables), "-t", "raw", "-I", *rule])
+            self._add_iptables_rules(change, missing)
         else:
-            table = nft_notrack_table(missing)
-            change["added"].append(table)
-            change["undo"].append([str(self.nft), "delete", "table", "ip", NFT_TABLE])
-            self._write_journal()
-            firewall_or_fail([str(self.nft), "-f", "-"], stdin=table)
+            self._add_nft_table(change, missing)
         self._applied(change)
 
-    def _apply(self, findings: list[Finding]) -> None:
-        for finding in findings:
-            if not finding.tunable:
-                continue
-            if finding.setting == LOOPBACK_CONNTRACK:
-                self._untrack_loopback()
-                continue
-            current = read_sysctl(finding.setting, self.proc_sys)
-            if _enough(finding.setting, current, finding.needed):
-                self.left_alone.append({"setting": finding.setting, "value": current, "needed": finding.needed})
-                continue
-            path = sysctl_path(finding.setting, self.proc_sys)
-            change = self._begin({"setting": finding.setting, "old": current, "new": finding.needed,
-                                  "old_text": path.read_text().strip()})
-            path.write_text(_sysctl_text(finding.needed))
-            self._applied(change)
+    def _add_iptables_rules(self, change: dict, chains: list[str]) -> None:
+        for chain in chains:
+            rule = iptables_notrack_rule(chain)
+            change["added"].append(shlex.join(["iptables", "-t", "raw", "-A", *rule]))
+            change["undo"].append([str(self.iptables), "-t", "raw", "-D", *rule])
+            self._write_journal()
+            firewall_or_fail([str(self.iptables), "-t", "raw", "-I", *rule])
+
+    def _add_nft_table(self, change: dict, chains: list[str]) -> None:
+        table = nft_notrack_table(chains)
+        change["added"].append(table)
+        change["undo"].append([str(self.nft), "delete", "table", "ip", NFT_TABLE])
+        self._write_journal()
+        firewall_or_fail([str(self.nft), "-f", "-"], stdin=table)
+
+    # ---- putting them back ---------------------------------------------------------------------------------
 
     def restore(self, say: Callable[[str], None] | None = None) -> list[dict]:
         """Writes back every value tune() changed, unless someone else changed it since (then it is left
@@ -160,34 +173,42 @@ class Tuning:
         for change in reversed(self.changed):
             if change.get("undone"):  # by a restore that was itself cut short
                 continue
-            if "undo" in change:
-                failed = []
-                for argv in change["undo"]:
-                    proc = firewall(argv)
-                    if proc.returncode == 0:
-                        if say:
-                            say(f"{change['setting']}: removed with `{shlex.join(argv)}`")
-                    elif change["applied"]:  # someone removed it already; a delete never matches a rule we did not add
-                        failed.append(f"{shlex.join(argv)}: {proc.stderr.strip()}")
-                if failed:
-                    not_restored.append(dict(change, found="; ".join(failed)))
-                if change.get("drop_empty_raw_table"):
-                    self._drop_raw_table_if_empty()
-            else:
-                current = read_sysctl(change["setting"], self.proc_sys)
-                if current == change["new"]:
-                    sysctl_path(change["setting"], self.proc_sys).write_text(change["old_text"])
-                    if say:
-                        say(f"{change['setting']} back to {' '.join(change['old_text'].split())} "
-                            f"from {_sysctl_text(change['new'])}")
-                elif change["applied"]:  # else the process died before the write: nothing to put back
-                    not_restored.append(dict(change, found=current))
+            left = self._remove_rules(change, say) if "undo" in change else self._restore_sysctl(change, say)
+            if left is not None:
+                not_restored.append(left)
             change["undone"] = True
             self._write_journal(must=False)  # a full disk must not keep the rest of the host from going back
         if self.record:
             self.record.update(restored_at=model.utc_now(), restored_by=os.getpid(), not_restored=not_restored)
             self._write_journal(must=False)
         return not_restored
+
+    def _remove_rules(self, change: dict, say: Callable[[str], None] | None) -> dict | None:
+        """Runs a rules change's undo commands; the change with what failed when some did, else None."""
+        failed = []
+        for argv in change["undo"]:
+            proc = firewall(argv)
+            if proc.returncode == 0:
+                if say:
+                    say(f"{change['setting']}: removed with `{shlex.join(argv)}`")
+            elif change["applied"]:  # someone removed it already; a delete never matches a rule we did not add
+                failed.append(f"{shlex.join(argv)}: {proc.stderr.strip()}")
+        if change.get("drop_empty_raw_table"):
+            self._drop_raw_table_if_empty()
+        return dict(change, found="; ".join(failed)) if failed else None
+
+    def _restore_sysctl(self, change: dict, say: Callable[[str], None] | None) -> dict | None:
+        """Writes a sysctl back if it still has the value tune() wrote; the change with the value found when
+        someone else has changed it since, else None."""
+        current = read_sysctl(change["setting"], self.proc_sys)
+        if current == change["new"]:
+            sysctl_path(change["setting"], self.proc_sys).write_text(change["old_text"])
+            if say:
+                say(f"{change['setting']} back to {' '.join(change['old_text'].split())} "
+                    f"from {_sysctl_text(change['new'])}")
+        elif change["applied"]:  # else the process died before the write: nothing to put back
+            return dict(change, found=current)
+        return None
 
     def _drop_raw_table_if_empty(self) -> None:
         """Deletes the raw table tune() made iptables create, unless someone has put a rule in it since."""
