@@ -445,7 +445,7 @@ class RunRecord:
     limits: dict = field(default_factory=dict)  # the fd limit, and the most each line may reach under it
     tuned: list[dict] = field(default_factory=list)  # what --tune-host changed
     timings: dict = field(default_factory=dict)  # seconds spent on images, points and the report
-    harness: dict | None = None  # the process running it (preflight.this_process), for `invoke clean`
+    harness: dict | None = None  # the process running it (process.this_process), for `invoke clean`
     error_traceback: str | None = None  # logs/traceback.txt, when an exception ended the run
     # The open-loop sweep's offered rate and where it came from (run/openloop.py: offered_rate); None without it.
     open_rate: dict | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import signal
 import socket
@@ -22,7 +23,7 @@ from reproducing import labelled_containers, run_record
 from test_tune_host import LOW_SOMAXCONN, SOMAXCONN, killed_tuned_run, raw_rules, real_host
 
 from experiment import model
-from experiment.host import images, preflight
+from experiment.host import images, process
 from experiment.run import leftovers
 from experiment.run.containers import LABEL_HARNESS, LABEL_ROLE, LABEL_RUN, Containers
 from experiment.run.results import Run
@@ -112,7 +113,7 @@ def test_without_its_folder_a_run_is_judged_by_its_harness_process(client, image
     sleeper(client, image, here, tmp_path / "removed" / here)  # this process is its harness: alive
     # A run whose folder is gone (a test's temporary folder) and whose harness has ended; and one whose
     # harness ran on another machine sharing the engine, where its pid says nothing.
-    harness = dict(preflight.this_process(), pid=gone_pid(), hostname=socket.gethostname())
+    harness = dict(process.this_process(), pid=gone_pid(), hostname=socket.gethostname())
     for run_id, host in ((gone, harness["hostname"]), (elsewhere, "elsewhere.example")):
         client.containers.run(image, ["sleep", "600"], detach=True, network_mode="host", labels={
             LABEL_RUN: run_id, LABEL_ROLE: "sleeper", LABEL_HARNESS: json.dumps(dict(harness, hostname=host))})
@@ -124,7 +125,7 @@ def test_without_its_folder_a_run_is_judged_by_its_harness_process(client, image
     assert f"removed 1 container(s) of run {gone}, which is not running (its harness process {harness['pid']} " \
            "is gone)" in said
     assert len(labelled_containers(client, here)) == 2
-    assert f"left 2 container(s) of run {here}: it is running (its harness process {preflight.os.getpid()} is " \
+    assert f"left 2 container(s) of run {here}: it is running (its harness process {os.getpid()} is " \
            "alive)" in said
 
 

@@ -20,7 +20,7 @@ from reproducing import finished, invoke, labelled_containers
 
 from experiment import catalog
 from experiment.errors import UserError
-from experiment.host import engine, images, preflight
+from experiment.host import engine, images, preflight, process
 from experiment.paths import ROOT
 from experiment.run import doctor, plan
 from experiment.run.containers import LABEL_HARNESS, LABEL_ROLE, LABEL_RUN
@@ -123,7 +123,7 @@ def test_reproduce_warns_at_start_of_leftovers(client, tmp_path):
     run_id = f"test-doctor-{uuid.uuid4().hex[:8]}"
     gone = subprocess.Popen(["true"])
     gone.wait()
-    harness = dict(preflight.this_process(), pid=gone.pid, hostname=socket.gethostname())
+    harness = dict(process.this_process(), pid=gone.pid, hostname=socket.gethostname())
     image = images.build(client, images.DEFAULT_BASE_IMAGE, tmp_path)["client"].tag
     try:
         client.containers.run(image, ["sleep", "600"], detach=True, network_mode="host",

@@ -7,8 +7,9 @@ import pytest
 
 from experiment import catalog
 from experiment.errors import UserError
-from experiment.host import preflight
+from experiment.host import conntrack, preflight
 from experiment.host.preflight import Finding
+from experiment.host.tuning import Tuning, tune
 
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 
@@ -162,7 +163,7 @@ def test_tune_writes_the_fake_tree_never_lowers_and_restores(tmp_path):
                 Finding("net.ipv4.ip_local_port_range", [32768, 60999], [5436, 65535], "", ""),
                 Finding("net.ipv4.tcp_tw_reuse", 0, 2, "", ""),  # now 1: enough already
                 Finding("fd_hard_limit", 20000, 60164, "", "", tunable=False)]
-    with preflight.tune(findings, proc_sys=root) as tuning:
+    with tune(findings, proc_sys=root) as tuning:
         assert (root / "net/core/somaxconn").read_text() == "2048"
         assert (root / "net/ipv4/ip_local_port_range").read_text() == "5436 65535"
         assert (root / "net/ipv4/tcp_tw_reuse").read_text() == "1\n"
@@ -174,7 +175,7 @@ def test_tune_writes_the_fake_tree_never_lowers_and_restores(tmp_path):
 
 def test_restore_leaves_a_value_someone_else_changed_since(tmp_path):
     root = fake_proc_sys(tmp_path, {"net.core.somaxconn": "128"})
-    tuning = preflight.tune([Finding("net.core.somaxconn", 128, 2048, "", "")], proc_sys=root)
+    tuning = tune([Finding("net.core.somaxconn", 128, 2048, "", "")], proc_sys=root)
     (root / "net/core/somaxconn").write_text("8192")
     not_restored = tuning.restore()
     assert [(c["setting"], c["found"]) for c in not_restored] == [("net.core.somaxconn", 8192)]
@@ -188,7 +189,7 @@ def test_a_failed_write_undoes_the_writes_before_it(tmp_path):
     findings = [Finding("net.core.somaxconn", 128, 2048, "", ""),
                 Finding("net.ipv4.tcp_max_syn_backlog", 128, 2048, "", "")]
     with pytest.raises(UserError, match="could not write .*tcp_max_syn_backlog"):
-        preflight.tune(findings, proc_sys=root)
+        tune(findings, proc_sys=root)
     assert (root / "net/core/somaxconn").read_text().strip() == "128"
 
 
@@ -199,7 +200,7 @@ def test_tune_raises_the_real_somaxconn_and_restores_it(interruption):
     value = int(original)
     expected = pytest.raises(interruption) if interruption else contextlib.nullcontext()
     try:
-        with expected, preflight.tune([Finding("net.core.somaxconn", value, value + 1, "test", "")]) as tuning:
+        with expected, tune([Finding("net.core.somaxconn", value, value + 1, "test", "")]) as tuning:
             assert int(SOMAXCONN.read_text()) == value + 1
             assert tuning.changed[0]["old"] == value and tuning.changed[0]["new"] == value + 1
             if interruption:
@@ -214,7 +215,7 @@ def test_tune_raises_the_real_somaxconn_and_restores_it(interruption):
 def test_tune_never_lowers_the_real_somaxconn():
     original = SOMAXCONN.read_text()
     value = int(original)
-    with preflight.tune([Finding("net.core.somaxconn", value, value - 1, "test", "")]) as tuning:
+    with tune([Finding("net.core.somaxconn", value, value - 1, "test", "")]) as tuning:
         assert SOMAXCONN.read_text() == original
         assert tuning.changed == [] and tuning.left_alone[0]["value"] == value
 
@@ -222,16 +223,16 @@ def test_tune_never_lowers_the_real_somaxconn():
 def test_tune_as_a_user_says_what_to_run(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(UserError, match="needs root.*sysctl -w net.core.somaxconn=2048"):
-        preflight.tune([Finding("net.core.somaxconn", 128, 2048, "", "sysctl -w net.core.somaxconn=2048")])
-    assert preflight.tune([Finding("fd_hard_limit", 1, 2, "", "", tunable=False)]).changed == []
+        tune([Finding("net.core.somaxconn", 128, 2048, "", "sysctl -w net.core.somaxconn=2048")])
+    assert tune([Finding("fd_hard_limit", 1, 2, "", "", tunable=False)]).changed == []
 
 
 
 # ---- loopback connection tracking -------------------------------------------------------------------------
 
 OUR_RULES = {chain: f'-A {chain} -s 127.0.0.0/8 -d 127.0.0.0/8 {side} lo -m comment --comment '
-                    f'"{preflight.NOTRACK_COMMENT}" -j CT --notrack'
-             for chain, side in preflight.NOTRACK_CHAINS.items()}
+                    f'"{conntrack.NOTRACK_COMMENT}" -j CT --notrack'
+             for chain, side in conntrack.NOTRACK_CHAINS.items()}
 NOT_THERE = Path("/nonexistent/iptables")
 
 
@@ -241,21 +242,21 @@ def loopback(**changes) -> dict:
                  "tracked": True, "error": None}, **changes)
 
 
-@pytest.mark.parametrize("chain", list(preflight.NOTRACK_CHAINS))
+@pytest.mark.parametrize("chain", list(conntrack.NOTRACK_CHAINS))
 def test_an_iptables_rule_counts_only_when_it_untracks_all_loopback_traffic(chain):
-    side = preflight.NOTRACK_CHAINS[chain]
+    side = conntrack.NOTRACK_CHAINS[chain]
     other = "OUTPUT" if chain == "PREROUTING" else "PREROUTING"
-    assert preflight.iptables_rule_untracks_loopback(OUR_RULES[chain], chain)
-    assert not preflight.iptables_rule_untracks_loopback(OUR_RULES[chain], other)
-    assert preflight.iptables_rule_untracks_loopback(f"-A {chain} {side} lo -j NOTRACK", chain)
-    assert preflight.iptables_rule_untracks_loopback(f"-A {chain} -d 127.0.0.0/8 -j CT --notrack", chain)
+    assert conntrack.iptables_rule_untracks_loopback(OUR_RULES[chain], chain)
+    assert not conntrack.iptables_rule_untracks_loopback(OUR_RULES[chain], other)
+    assert conntrack.iptables_rule_untracks_loopback(f"-A {chain} {side} lo -j NOTRACK", chain)
+    assert conntrack.iptables_rule_untracks_loopback(f"-A {chain} -d 127.0.0.0/8 -j CT --notrack", chain)
     for narrower in (f"-A {chain} {side} lo -p tcp -j CT --notrack",       # TCP only
                      f"-A {chain} ! -s 127.0.0.0/8 -j CT --notrack",        # everything but loopback
                      f"-A {chain} {side} eth0 -j CT --notrack",
                      f"-A {chain} -s 127.0.0.1/32 -j CT --notrack",
                      f"-A {chain} {side} lo -j ACCEPT",
                      f"-P {chain} ACCEPT"):
-        assert not preflight.iptables_rule_untracks_loopback(narrower, chain), narrower
+        assert not conntrack.iptables_rule_untracks_loopback(narrower, chain), narrower
 
 
 NFT_OURS = """table ip epollbench_notrack {
@@ -272,14 +273,14 @@ NFT_OURS = """table ip epollbench_notrack {
 
 
 def test_nft_notrack_rules_count_in_a_hooked_chain_on_the_right_interface():
-    assert preflight.nft_untracked_chains(NFT_OURS) == ["PREROUTING", "OUTPUT"]
-    assert preflight.nft_untracked_chains(NFT_OURS.replace('oifname "lo"', 'iifname "lo"')) == ["PREROUTING"]
-    assert preflight.nft_untracked_chains(NFT_OURS.replace("notrack\n", "tcp dport 80 notrack\n")) == ["OUTPUT"]
+    assert conntrack.nft_untracked_chains(NFT_OURS) == ["PREROUTING", "OUTPUT"]
+    assert conntrack.nft_untracked_chains(NFT_OURS.replace('oifname "lo"', 'iifname "lo"')) == ["PREROUTING"]
+    assert conntrack.nft_untracked_chains(NFT_OURS.replace("notrack\n", "tcp dport 80 notrack\n")) == ["OUTPUT"]
     # A regular chain runs only when jumped to: its rules alone exempt nothing.
     regular = "table ip t {\n\tchain c {\n\t\tiifname \"lo\" notrack\n\t}\n}\n"
-    assert preflight.nft_untracked_chains(regular) == []
+    assert conntrack.nft_untracked_chains(regular) == []
     # What tune() loads is what nft_untracked_chains recognises.
-    assert preflight.nft_untracked_chains(preflight._nft_notrack_table(["OUTPUT"])) == ["OUTPUT"]
+    assert conntrack.nft_untracked_chains(conntrack.nft_notrack_table(["OUTPUT"])) == ["OUTPUT"]
 
 
 def test_tracked_loopback_is_a_tunable_finding_with_the_rules_to_add():
@@ -287,7 +288,7 @@ def test_tracked_loopback_is_a_tunable_finding_with_the_rules_to_add():
     assert (f.setting, f.value, f.needed, f.tunable) == (preflight.LOOPBACK_CONNTRACK, "tracked", "untracked", True)
     assert "nf_conntrack_max" in f.why and "slower" in f.why
     assert "--tune-host" in f.fix
-    for chain, side in preflight.NOTRACK_CHAINS.items():
+    for chain, side in conntrack.NOTRACK_CHAINS.items():
         assert f"-t raw -I {chain} {side} lo -s 127.0.0.0/8 -d 127.0.0.0/8 -j CT --notrack" in f.fix
     found = by_setting(preflight.assess(dict(ROOMY, loopback_conntrack=loopback()), 60000, 100, 4))
     assert list(found) == [preflight.LOOPBACK_CONNTRACK]
@@ -300,11 +301,11 @@ def test_untracked_or_unloaded_conntrack_is_no_finding():
 
 
 def test_without_iptables_or_nft_the_finding_says_so_and_is_not_tunable():
-    state = preflight.read_loopback_conntrack(True, iptables=NOT_THERE, nft=NOT_THERE)
+    state = conntrack.read_loopback_conntrack(True, iptables=NOT_THERE, nft=NOT_THERE)
     assert (state["tool"], state["tracked"]) == (None, True)
     f = preflight.loopback_finding(state)
     assert not f.tunable and "neither iptables nor nft" in f.why and "apt-get install iptables" in f.fix
-    assert preflight.read_loopback_conntrack(False, iptables=NOT_THERE, nft=NOT_THERE)["tracked"] is False
+    assert conntrack.read_loopback_conntrack(False, iptables=NOT_THERE, nft=NOT_THERE)["tracked"] is False
 
 
 def fake_iptables(tmp_path: Path, version: str, listing: str, code: int = 0) -> Path:
@@ -324,32 +325,32 @@ esac
 
 def test_read_loopback_conntrack_names_the_backend_and_finds_the_rules(tmp_path):
     listing = "-P PREROUTING ACCEPT\n-P OUTPUT ACCEPT\n" + OUR_RULES["OUTPUT"] + "\n"
-    state = preflight.read_loopback_conntrack(True, fake_iptables(tmp_path, "iptables v1.8.9 (legacy)", listing))
+    state = conntrack.read_loopback_conntrack(True, fake_iptables(tmp_path, "iptables v1.8.9 (legacy)", listing))
     assert (state["tool"], state["backend"], state["untracked_chains"], state["tracked"]) == \
         ("iptables", "legacy", ["OUTPUT"], True)
     listing += OUR_RULES["PREROUTING"] + "\n"
-    state = preflight.read_loopback_conntrack(True, fake_iptables(tmp_path, "iptables v1.6.1", listing))
+    state = conntrack.read_loopback_conntrack(True, fake_iptables(tmp_path, "iptables v1.6.1", listing))
     assert (state["backend"], state["tracked"]) == ("legacy", False)
 
 
 def test_an_unreadable_raw_table_is_an_unknown_finding_and_tune_adds_nothing(tmp_path):
     iptables = fake_iptables(tmp_path, "iptables v1.8.9 (nf_tables)", "", code=4)
-    state = preflight.read_loopback_conntrack(True, iptables)
+    state = conntrack.read_loopback_conntrack(True, iptables)
     assert state["tracked"] is None and "must be root" in state["error"]
     f = preflight.loopback_finding(state)
     assert f.value == "unknown" and f.tunable and "must be root" in f.why
     with pytest.raises(UserError, match="cannot exempt loopback.*must be root"):
-        preflight.tune([f], iptables=iptables)
+        tune([f], iptables=iptables)
     assert not (tmp_path / "calls").exists()
 
 
 def test_tune_adds_only_the_missing_chain_and_restore_deletes_only_that(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     iptables = fake_iptables(tmp_path, "iptables v1.8.9 (nf_tables)", f"-P OUTPUT ACCEPT\n{OUR_RULES['OUTPUT']}\n")
-    with preflight.tune([preflight.loopback_finding(loopback())], iptables=iptables) as tuning:
+    with tune([preflight.loopback_finding(loopback())], iptables=iptables) as tuning:
         calls = (tmp_path / "calls").read_text().splitlines()
         assert calls == [f"-t raw -I PREROUTING -i lo -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "
-                         f"{preflight.NOTRACK_COMMENT} -j CT --notrack"]
+                         f"{conntrack.NOTRACK_COMMENT} -j CT --notrack"]
         assert [c["setting"] for c in tuning.changed] == [preflight.LOOPBACK_CONNTRACK]
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls[1:] == [calls[0].replace(" -I ", " -D ")]
@@ -358,11 +359,11 @@ def test_tune_adds_only_the_missing_chain_and_restore_deletes_only_that(tmp_path
 def test_tune_without_a_firewall_tool_fails_clearly(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     with pytest.raises(UserError, match="neither iptables nor nft"):
-        preflight.tune([preflight.loopback_finding(loopback())], iptables=NOT_THERE, nft=NOT_THERE)
+        tune([preflight.loopback_finding(loopback())], iptables=NOT_THERE, nft=NOT_THERE)
 
 
 def raw_rules() -> list[str]:
-    return subprocess.run([str(preflight.IPTABLES), "-t", "raw", "-S"], capture_output=True, text=True,
+    return subprocess.run([str(conntrack.IPTABLES), "-t", "raw", "-S"], capture_output=True, text=True,
                           check=True).stdout.splitlines()
 
 
@@ -370,25 +371,25 @@ def raw_rules() -> list[str]:
 def clean_raw_table():
     """Skips a test that finds loopback untracked already (it could not see tune add anything); removes any
     rule of ours a failed test left."""
-    if preflight.read_loopback_conntrack(True)["tracked"] is not True:
+    if conntrack.read_loopback_conntrack(True)["tracked"] is not True:
         pytest.skip("this host already exempts loopback from conntrack")
     existed = nft_raw_table_exists()
     try:
         yield
     finally:
-        for chain in preflight.NOTRACK_CHAINS:
+        for chain in conntrack.NOTRACK_CHAINS:
             while OUR_RULES[chain] in raw_rules():
-                subprocess.run([str(preflight.IPTABLES), "-t", "raw", "-D",
-                                *preflight._iptables_notrack_rule(chain)], check=True)
+                subprocess.run([str(conntrack.IPTABLES), "-t", "raw", "-D",
+                                *conntrack.iptables_notrack_rule(chain)], check=True)
         if existed is False and nft_raw_table_exists():
-            preflight.Tuning()._drop_raw_table_if_empty()
+            Tuning()._drop_raw_table_if_empty()
 
 
 def nft_raw_table_exists() -> bool | None:
     """Whether nftables has an ip raw table (iptables-nft's); None without nft."""
-    if not os.access(preflight.NFT, os.X_OK):
+    if not os.access(conntrack.NFT, os.X_OK):
         return None
-    return subprocess.run([str(preflight.NFT), "list", "table", "ip", "raw"], capture_output=True).returncode == 0
+    return subprocess.run([str(conntrack.NFT), "list", "table", "ip", "raw"], capture_output=True).returncode == 0
 
 
 needs_root_and_iptables = pytest.mark.needs_host("changes the host's iptables raw table", tools=["iptables"])
@@ -400,14 +401,14 @@ def test_tune_adds_the_real_notrack_rules_once_and_removes_them(interruption):
     with clean_raw_table():
         before, table_before = raw_rules(), nft_raw_table_exists()
         expected = pytest.raises(interruption) if interruption else contextlib.nullcontext()
-        finding = preflight.loopback_finding(preflight.read_loopback_conntrack(True))
-        with expected, preflight.tune([finding]) as tuning:
+        finding = preflight.loopback_finding(conntrack.read_loopback_conntrack(True))
+        with expected, tune([finding]) as tuning:
             rules = raw_rules()
-            assert all(OUR_RULES[chain] in rules for chain in preflight.NOTRACK_CHAINS)
-            assert preflight.read_loopback_conntrack(True)["tracked"] is False
+            assert all(OUR_RULES[chain] in rules for chain in conntrack.NOTRACK_CHAINS)
+            assert conntrack.read_loopback_conntrack(True)["tracked"] is False
             change, = tuning.changed
             assert (change["tool"], len(change["undo"])) == ("iptables", 2)
-            with preflight.tune([finding]) as again:  # idempotent: present already, nothing added
+            with tune([finding]) as again:  # idempotent: present already, nothing added
                 assert again.changed == [] and again.left_alone[0]["value"] == "untracked"
                 assert raw_rules() == rules
             assert raw_rules() == rules, "the inner tune removed nothing it had not added"
@@ -421,42 +422,42 @@ def test_tune_adds_the_real_notrack_rules_once_and_removes_them(interruption):
 def test_tune_never_deletes_a_notrack_rule_it_did_not_add():
     foreign = ["OUTPUT", "-o", "lo", "-j", "CT", "--notrack"]
     with clean_raw_table():
-        subprocess.run([str(preflight.IPTABLES), "-t", "raw", "-I", *foreign], check=True)
+        subprocess.run([str(conntrack.IPTABLES), "-t", "raw", "-I", *foreign], check=True)
         try:
-            with preflight.tune([preflight.loopback_finding(loopback())]) as tuning:
-                assert tuning.changed[0]["undo"] == [[str(preflight.IPTABLES), "-t", "raw", "-D",
-                                                     *preflight._iptables_notrack_rule("PREROUTING")]]
+            with tune([preflight.loopback_finding(loopback())]) as tuning:
+                assert tuning.changed[0]["undo"] == [[str(conntrack.IPTABLES), "-t", "raw", "-D",
+                                                     *conntrack.iptables_notrack_rule("PREROUTING")]]
                 assert "-A OUTPUT -o lo -j CT --notrack" in raw_rules()
             assert "-A OUTPUT -o lo -j CT --notrack" in raw_rules()
             assert OUR_RULES["PREROUTING"] not in raw_rules()
         finally:
-            subprocess.run([str(preflight.IPTABLES), "-t", "raw", "-D", *foreign], check=True)
+            subprocess.run([str(conntrack.IPTABLES), "-t", "raw", "-D", *foreign], check=True)
 
 
 @needs_root_and_iptables
 def test_restore_reports_a_rule_someone_else_removed():
     with clean_raw_table():
-        tuning = preflight.tune([preflight.loopback_finding(loopback())])
-        subprocess.run([str(preflight.IPTABLES), "-t", "raw", "-D", *preflight._iptables_notrack_rule("OUTPUT")],
+        tuning = tune([preflight.loopback_finding(loopback())])
+        subprocess.run([str(conntrack.IPTABLES), "-t", "raw", "-D", *conntrack.iptables_notrack_rule("OUTPUT")],
                        check=True)
         not_restored, = tuning.restore()
         assert "-D OUTPUT" in not_restored["found"]
-        assert not any(OUR_RULES[chain] in raw_rules() for chain in preflight.NOTRACK_CHAINS)
+        assert not any(OUR_RULES[chain] in raw_rules() for chain in conntrack.NOTRACK_CHAINS)
 
 
 @pytest.mark.needs_host("changes the host's nftables ruleset", tools=["nft"])
 def test_without_iptables_tune_uses_its_own_nft_table_and_deletes_it():
     def table_exists() -> bool:
-        return subprocess.run([str(preflight.NFT), "list", "table", "ip", preflight.NFT_TABLE],
+        return subprocess.run([str(conntrack.NFT), "list", "table", "ip", conntrack.NFT_TABLE],
                               capture_output=True).returncode == 0
 
     if table_exists():
-        pytest.skip(f"nft table ip {preflight.NFT_TABLE} exists already")
+        pytest.skip(f"nft table ip {conntrack.NFT_TABLE} exists already")
     try:
-        with preflight.tune([preflight.loopback_finding(loopback(tool="nft"))], iptables=NOT_THERE) as tuning:
+        with tune([preflight.loopback_finding(loopback(tool="nft"))], iptables=NOT_THERE) as tuning:
             assert table_exists() and tuning.changed[0]["tool"] == "nft"
-            assert preflight.read_loopback_conntrack(True, iptables=NOT_THERE)["tracked"] is False
+            assert conntrack.read_loopback_conntrack(True, iptables=NOT_THERE)["tracked"] is False
         assert not table_exists()
     finally:
         if table_exists():
-            subprocess.run([str(preflight.NFT), "delete", "table", "ip", preflight.NFT_TABLE], check=True)
+            subprocess.run([str(conntrack.NFT), "delete", "table", "ip", conntrack.NFT_TABLE], check=True)

@@ -1,6 +1,6 @@
 """`invoke reproduce --tune-host` puts the host back: a real run on the real host when it is interrupted
 (SIGINT, SIGTERM), and when it is killed outright (SIGKILL), the next `reproduce` does, from the journal the
-run keeps (preflight.restore_abandoned); the journal's rules are checked on a fake /proc/sys first.
+run keeps (journal.restore_abandoned); the journal's rules are checked on a fake /proc/sys first.
 
 The real runs first make the host need tuning, so that --tune-host changes something: somaxconn below the
 server's backlog, loopback traffic tracked (they skip on a host whose own rules exempt loopback). The host's
@@ -23,8 +23,10 @@ from test_preflight import OUR_RULES, clean_raw_table, fake_proc_sys, raw_rules
 
 from experiment import catalog, model
 from experiment.errors import UserError
-from experiment.host import preflight
+from experiment.host import conntrack, preflight, process
+from experiment.host.journal import journal_path, restore_abandoned
 from experiment.host.preflight import Finding
+from experiment.host.tuning import tune
 from experiment.run.results import Run
 
 real_host = pytest.mark.needs_host("changes the host's /proc/sys and raw table", tools=["iptables"])
@@ -56,8 +58,8 @@ def killed_run(tmp_path: Path, monkeypatch, findings=RAISE) -> tuple[Path, Path]
     `findings` and was never restored, its process gone: (the fake tree, the journal)."""
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     root = fake_proc_sys(tmp_path / "proc-sys", LOW)
-    journal = preflight.journal_path(tmp_path / "results" / "run-a")
-    preflight.tune(findings, proc_sys=root, journal=journal)  # no restore: the process is "killed" here
+    journal = journal_path(tmp_path / "results" / "run-a")
+    tune(findings, proc_sys=root, journal=journal)  # no restore: the process is "killed" here
     record = model.read_json(journal, model.TUNING)
     model.write_json_atomic(journal, dict(record, pid=gone_pid()), overwrite=True)
     return root, journal
@@ -74,15 +76,15 @@ def test_each_change_is_journalled_before_it_is_made(tmp_path, monkeypatch):
     (root / "net/ipv4").mkdir()
     (root / "net/ipv4/tcp_max_syn_backlog").symlink_to(READ_ONLY_SYSCTL)
     unwritable = Finding("net.ipv4.tcp_max_syn_backlog", 0, int(READ_ONLY_SYSCTL.read_text()) + 1, "", "")
-    journal = preflight.journal_path(tmp_path / "run")
+    journal = journal_path(tmp_path / "run")
     with pytest.raises(UserError, match="could not write"):
-        preflight.tune([RAISE[0], unwritable], proc_sys=root, journal=journal)
+        tune([RAISE[0], unwritable], proc_sys=root, journal=journal)
     record = model.read_json(journal, model.TUNING)
     assert [(c["setting"], c["applied"]) for c in record["changes"]] == [("net.core.somaxconn", True),
                                                                           ("net.ipv4.tcp_max_syn_backlog", False)]
     assert record["pid"] == os.getpid() and record["restored_at"] and record["restored_by"] == os.getpid()
     assert (root / "net/core/somaxconn").read_text() == "128"
-    assert preflight.journal_path(tmp_path / "run").name == "tuning.1.json", "a resumed attempt's is another"
+    assert journal_path(tmp_path / "run").name == "tuning.1.json", "a resumed attempt's is another"
 
 
 def test_a_dead_runs_tuning_goes_back_where_it_is_as_the_run_left_it(tmp_path, monkeypatch):
@@ -95,7 +97,7 @@ def test_a_dead_runs_tuning_goes_back_where_it_is_as_the_run_left_it(tmp_path, m
     model.write_json_atomic(journal, record, overwrite=True)
 
     said = []
-    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [journal]
+    assert restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [journal]
     assert values(root) == {"net.core.somaxconn": "128", "net.ipv4.tcp_max_syn_backlog": "4096",
                             "fs.nr_open": "1024"}
     about = "tune-host: run run-a ended without restoring the host: "
@@ -106,21 +108,21 @@ def test_a_dead_runs_tuning_goes_back_where_it_is_as_the_run_left_it(tmp_path, m
     assert record["restored_at"] and record["restored_by"] == os.getpid()
     assert [c["setting"] for c in record["not_restored"]] == ["net.ipv4.tcp_max_syn_backlog"]
     said.clear()
-    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [] and said == []
+    assert restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [] and said == []
 
 
 def test_a_live_runs_journal_is_never_touched_but_a_recycled_pid_is_no_live_run(tmp_path, monkeypatch):
     root, journal = killed_run(tmp_path, monkeypatch, RAISE[:1])
     record = model.read_json(journal, model.TUNING)
-    this = {"pid": os.getpid(), "pid_start": preflight._start_ticks(os.getpid())}
+    this = {"pid": os.getpid(), "pid_start": process._start_ticks(os.getpid())}
     model.write_json_atomic(journal, dict(record, **this), overwrite=True)
     said = []
-    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [] and said == []
+    assert restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == [] and said == []
     assert values(root)["net.core.somaxconn"] == "2048"
 
     model.write_json_atomic(journal, dict(record, pid=os.getpid(), pid_start=this["pid_start"] - 1), overwrite=True)
     elsewhere = tmp_path / "other-results"  # a resumed run named by its folder, outside the results dir
-    assert preflight.restore_abandoned(elsewhere, said.append, also=[journal.parent], proc_sys=root) == [journal]
+    assert restore_abandoned(elsewhere, said.append, also=[journal.parent], proc_sys=root) == [journal]
     assert values(root)["net.core.somaxconn"] == "128"
 
 
@@ -129,7 +131,7 @@ def test_a_journal_from_before_a_reboot_is_closed_without_touching_the_host(tmp_
     record = model.read_json(journal, model.TUNING)
     model.write_json_atomic(journal, dict(record, boot_id="another boot"), overwrite=True)
     said = []
-    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
+    assert restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
     assert said == ["tune-host: run run-a ended without restoring the host, but the host has rebooted since, "
                     "which undid it: nothing to restore"]
     assert values(root)["net.core.somaxconn"] == "2048"
@@ -141,7 +143,7 @@ def test_a_journal_from_another_namespace_is_left_for_a_reproduce_there(tmp_path
     record = model.read_json(journal, model.TUNING)
     model.write_json_atomic(journal, dict(record, namespaces={"pid": 1, "net": 2}), overwrite=True)
     said = []
-    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
+    assert restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
     assert said == [f"tune-host: run run-a tuned the host from another pid or network namespace (a container?): "
                     f"its journal {journal} is left for a reproduce there"]
     assert values(root)["net.core.somaxconn"] == "2048"
@@ -152,7 +154,7 @@ def test_without_root_a_dead_runs_tuning_is_named_and_left_for_root(tmp_path, mo
     root, journal = killed_run(tmp_path, monkeypatch, RAISE[:1])
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     said = []
-    assert preflight.restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
+    assert restore_abandoned(tmp_path / "results", said.append, proc_sys=root) == []
     assert said == ["tune-host: run run-a ended without restoring the host (net.core.somaxconn): as root, the next "
                     "`invoke reproduce` (or `invoke clean`) puts it back"]
     assert values(root)["net.core.somaxconn"] == "2048"
@@ -177,7 +179,7 @@ def host_that_needs_tuning():
 def host_is_tuned() -> bool:
     rules = raw_rules()
     return (int(SOMAXCONN.read_text()) == catalog.LISTEN_BACKLOG
-            and all(OUR_RULES[chain] in rules for chain in preflight.NOTRACK_CHAINS))
+            and all(OUR_RULES[chain] in rules for chain in conntrack.NOTRACK_CHAINS))
 
 
 def wait_until_measuring(proc: subprocess.Popen, results_dir: Path, client) -> Run:
@@ -242,7 +244,7 @@ def test_an_interrupted_run_puts_the_host_back(tmp_path, client, signum):
         with cleaned_up(proc, client) as started:
             run = started.run = wait_until_measuring(proc, tmp_path, client)
             said = []
-            assert preflight.restore_abandoned(tmp_path, say=said.append) == [] and said == []
+            assert restore_abandoned(tmp_path, say=said.append) == [] and said == []
             assert host_is_tuned(), "a live run's tuning is never undone by another process"
             proc.send_signal(signum)
             code, out, err = finished(proc, 120)
@@ -266,7 +268,7 @@ def test_the_next_reproduce_puts_back_what_a_killed_run_changed(tmp_path, client
         assert int(SOMAXCONN.read_text()) == LOW_SOMAXCONN
         assert raw_rules() == rules_before
         restored = [line for line in out.splitlines() if line.startswith(f"tune-host: run {run.id}")]
-        assert len(restored) == 1 + len(preflight.NOTRACK_CHAINS), out
+        assert len(restored) == 1 + len(conntrack.NOTRACK_CHAINS), out
         assert any(f"net.core.somaxconn back to {LOW_SOMAXCONN}" in line for line in restored), restored
         assert run.record().status == "complete"
         assert labelled_containers(client, run.id) == []

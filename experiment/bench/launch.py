@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 
 from ..errors import UserError
-from ..host import engine, machine, preflight
+from ..host import conntrack, engine, machine, preflight
 from ..run import loads, servers, services
 from ..run.containers import Containers, Managed
 from . import native
@@ -193,7 +193,7 @@ def dead_connections(cpus: Cpus | None, port: int, count: int) -> Iterator[dict]
 def untracking() -> tuple[dict, preflight.Finding | None]:
     """Whether loopback is connection-tracked here, and the finding that --tune-host's rule would undo it,
     when this process may apply it (root, iptables or nft)."""
-    state = preflight.read_loopback_conntrack(preflight.read_host_settings()["net.netfilter.nf_conntrack_max"]
+    state = conntrack.read_loopback_conntrack(preflight.read_host_settings()["net.netfilter.nf_conntrack_max"]
                                               is not None)
     finding = preflight.loopback_finding(state)
     usable = finding is not None and finding.tunable and state["tracked"] is True and os.geteuid() == 0

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from .. import model, paths
 from ..errors import UserError
-from ..host import machine, preflight
+from ..host import machine, tuning
 from . import launch, native, registry
 
 # What the items run natively, installed first as root on Debian: the native build, nginx, the loads, and
@@ -51,7 +51,7 @@ def measure(items: list[registry.Item], context: registry.Context, result: dict)
     --tune-host, where this process may untrack it."""
     _state, finding = launch.untracking()
     result["loads_loopback_untracked"] = finding is not None
-    with preflight.tune([finding] if finding else []):
+    with tuning.tune([finding] if finding else []):
         for item in items:
             if item.untracked:
                 result[item.key] = item.run(context)

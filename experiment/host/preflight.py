@@ -3,41 +3,30 @@
 A dead-connection sweep holds tens of thousands of loopback connections open. Several host settings bound
 that without an error anyone would see in a reply rate: the listen queue (somaxconn), the conntrack table
 (full: SYNs are dropped), the ephemeral ports per source address (EADDRNOTAVAIL), the fd limits.
-assess() says which settings are too low for a plan and why; tune() raises them (root, /proc/sys) and puts
-the old values back when the sweep ends, whatever way it ends.
+read_host_settings() reads them; assess() says which are too low for a plan, why, and how to fix each.
+Raising them (--tune-host) is tuning.py's.
 
 Connection tracking also costs on loopback: each connect creates a conntrack entry (deadconn opens fewer
 connections per second in the host's network namespace than in one without conntrack) and a closed one keeps
-it for 120 s. tune() can exempt loopback traffic (lo, 127.0.0.0/8 both ends) in the raw table, with the tool
-the host's other rules use (iptables, whichever its backend; nft only without iptables), and removes exactly
-the rules it added. Untracked loopback packets skip NAT too: a DNAT to 127.0.0.1 (Docker with
-userland-proxy off) stops working while the rules are in; the sweep's containers use the host network.
+it for 120 s. So loopback traffic that no raw-table rule exempts (conntrack.py reads the rules) is a finding
+too.
 
 The net.* settings belong to a network namespace: these are the host's. A container with its own network
 namespace has its own copies (set them with `docker run --sysctl`); nf_conntrack_max is global.
-
-A process killed outright (SIGKILL, the OOM killer) restores nothing, and the sysctls and rules outlive it. So
-tune() keeps a journal in the run folder (tuning.json), written before each change and again after it, and
-marked when everything is back; restore_abandoned() finds the journals of runs whose process is gone without
-restoring, and undoes what they say was changed, where it is still as that run left it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
 import resource
-import shlex
-import subprocess
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import catalog, model
-from ..errors import UserError
+from .. import catalog
+from .conntrack import NFT_TABLE, notrack_commands, read_loopback_conntrack
 
 PROC_SYS = Path("/proc/sys")
 SYSCTLS = ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.ip_local_port_range",
@@ -61,21 +50,7 @@ FILE_MAX_SLACK = 65536
 # The lowest ephemeral port that keeps clear of the well-known and registered-by-convention ports.
 LOWEST_EPHEMERAL_PORT = 1024
 HIGHEST_PORT = 65535
-IPTABLES = Path("/usr/sbin/iptables")
-NFT = Path("/usr/sbin/nft")
 LOOPBACK_CONNTRACK = "loopback_conntrack"
-LOOPBACK_NET = "127.0.0.0/8"
-# A loopback packet passes the raw table twice: in OUTPUT as it is sent on lo, in PREROUTING as it arrives.
-NOTRACK_CHAINS = {"PREROUTING": "-i", "OUTPUT": "-o"}
-# Marks the iptables rules tune() adds, so that restore() deletes those and no one else's.
-NOTRACK_COMMENT = "epollbench: loopback untracked"
-# The nft table tune() adds when the host has nft but no iptables; restore() deletes it whole.
-NFT_TABLE = "epollbench_notrack"
-FIREWALL_TIMEOUT_S = 30
-# A run's journal of what tune() changed: tuning.json, a resumed attempt's tuning.1.json and so on.
-JOURNAL = "tuning.json"
-JOURNAL_GLOB = "tuning*.json"
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 @dataclass(frozen=True)
@@ -97,13 +72,16 @@ class Finding:
         return f"{self.setting} is {self.value}, needs {self.needed}: {self.why}; fix: {self.fix}"
 
 
-def _sysctl_path(name: str, proc_sys: Path = PROC_SYS) -> Path:
+# ---- reading the host --------------------------------------------------------------------------------------
+
+def sysctl_path(name: str, proc_sys: Path = PROC_SYS) -> Path:
     return proc_sys / name.replace(".", "/")
 
 
-def _read_sysctl(name: str, proc_sys: Path = PROC_SYS) -> int | list[int] | None:
+def read_sysctl(name: str, proc_sys: Path = PROC_SYS) -> int | list[int] | None:
+    """A sysctl's value: an int, a list of ints for one of several fields, None when it does not exist."""
     try:
-        fields = [int(x) for x in _sysctl_path(name, proc_sys).read_text().split()]
+        fields = [int(x) for x in sysctl_path(name, proc_sys).read_text().split()]
     except FileNotFoundError:
         return None
     return fields[0] if len(fields) == 1 else fields
@@ -112,8 +90,8 @@ def _read_sysctl(name: str, proc_sys: Path = PROC_SYS) -> int | list[int] | None
 def read_host_settings(proc_sys: Path = PROC_SYS, meminfo: Path = MEMINFO) -> dict:
     """The sysctls in SYSCTLS (None when absent, e.g. nf_conntrack_max without the module loaded),
     ip_local_port_range as [low, high], this process's RLIMIT_NOFILE hard limit (None: unlimited) and
-    whether loopback traffic is tracked (read_loopback_conntrack)."""
-    settings: dict[str, Any] = {name: _read_sysctl(name, proc_sys) for name in SYSCTLS}
+    whether loopback traffic is tracked (conntrack.read_loopback_conntrack)."""
+    settings: dict[str, Any] = {name: read_sysctl(name, proc_sys) for name in SYSCTLS}
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     settings[FD_HARD_LIMIT] = None if hard == resource.RLIM_INFINITY else hard
     settings[LOOPBACK_CONNTRACK] = read_loopback_conntrack(settings["net.netfilter.nf_conntrack_max"] is not None)
@@ -130,6 +108,8 @@ def read_mem_available(meminfo: Path = MEMINFO) -> int | None:
     return int(found.group(1)) * 1024 if found else None
 
 
+# ---- what a plan needs -------------------------------------------------------------------------------------
+
 def source_addresses_needed(settings: dict, dead: int) -> int:
     """The loopback source addresses deadconn spreads `dead` connections over: one per DEADCONN_PORT_SHARE of
     the ephemeral port range (so a plan's ports per address are what deadconn will use)."""
@@ -138,86 +118,6 @@ def source_addresses_needed(settings: dict, dead: int) -> int:
         return 1
     share = max(1, int(DEADCONN_PORT_SHARE * (port_range[1] - port_range[0] + 1)))
     return max(1, math.ceil(dead / share))
-
-
-def _firewall(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=FIREWALL_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return subprocess.CompletedProcess(argv, 1, "", f"{argv[0]} did not answer within {FIREWALL_TIMEOUT_S} s")
-
-
-def iptables_rule_untracks_loopback(line: str, chain: str) -> bool:
-    """Whether an `iptables -S` line is a rule of chain that exempts all loopback traffic from conntrack:
-    target CT --notrack (or NOTRACK), narrowed by nothing but the lo interface and 127.0.0.0/8 addresses."""
-    tokens = shlex.split(line)
-    if tokens[:2] != ["-A", chain]:
-        return False
-    matches = tokens[2:]
-    for at in range(len(matches) - 3):
-        if matches[at:at + 3] == ["-m", "comment", "--comment"]:
-            del matches[at:at + 4]  # a comment narrows nothing
-            break
-    for target in (["-j", "CT", "--notrack"], ["-j", "NOTRACK"]):
-        if matches[-len(target):] == target:
-            matches = matches[:-len(target)]
-            break
-    else:
-        return False
-    allowed = {("-s", LOOPBACK_NET), ("-d", LOOPBACK_NET), (NOTRACK_CHAINS[chain], "lo")}
-    return len(matches) % 2 == 0 and set(zip(matches[::2], matches[1::2], strict=True)) <= allowed
-
-
-_NFT_HOOK = re.compile(r"^\s*type filter hook (prerouting|output) priority ")
-_NFT_NOTRACK = re.compile(r'^\s*(?:(iifname|oifname) "lo" )?(?:ip saddr 127\.0\.0\.0/8 )?(?:ip daddr 127\.0\.0\.0/8 )?'
-                          r'(?:counter (?:packets \d+ bytes \d+ )?)?notrack(?: comment ".*")?\s*$')
-
-
-def nft_untracked_chains(ruleset: str) -> list[str]:
-    """The raw-table chains (PREROUTING, OUTPUT) in which an `nft list ruleset` exempts all loopback traffic
-    from conntrack: a notrack rule in a base chain on that hook narrowed only by lo and 127.0.0.0/8."""
-    found, hook = set(), None
-    for line in ruleset.splitlines():
-        if line.strip().startswith("chain "):
-            hook = None
-        matched = _NFT_HOOK.match(line)
-        if matched:
-            hook = matched.group(1).upper()
-            continue
-        rule = _NFT_NOTRACK.match(line)
-        if hook and rule and rule.group(1) in (None, "iifname" if hook == "PREROUTING" else "oifname"):
-            found.add(hook)
-    return [chain for chain in NOTRACK_CHAINS if chain in found]
-
-
-def read_loopback_conntrack(conntrack_loaded: bool, iptables: Path = IPTABLES, nft: Path = NFT) -> dict:
-    """Whether this network namespace tracks loopback traffic: conntrack loaded and no rule in the raw table
-    exempting lo's 127.0.0.0/8 traffic in both PREROUTING and OUTPUT. The tool is iptables when installed
-    (backend "nf_tables" or "legacy", as `iptables -V` says), else nft. tracked is None when the rules could
-    not be read (reading needs root; `error` says why) or there is no tool to read them with."""
-    state: dict[str, Any] = {"conntrack_loaded": conntrack_loaded, "tool": None, "backend": None,
-                             "untracked_chains": [], "tracked": None, "error": None}
-    if os.access(iptables, os.X_OK):
-        version = _firewall([str(iptables), "-V"]).stdout
-        backend = re.search(r"\((nf_tables|legacy)\)", version)
-        # iptables before 1.8 has only the legacy backend and does not name it.
-        state.update(tool="iptables", backend=backend.group(1) if backend else "legacy")
-        listing = _firewall([str(iptables), "-t", "raw", "-S"])
-        chains = [c for c in NOTRACK_CHAINS
-                  if any(iptables_rule_untracks_loopback(line, c) for line in listing.stdout.splitlines())]
-    elif os.access(nft, os.X_OK):
-        state.update(tool="nft", backend="nf_tables")
-        listing = _firewall([str(nft), "list", "ruleset"])
-        chains = nft_untracked_chains(listing.stdout)
-    else:
-        state["tracked"] = conntrack_loaded
-        return state
-    if listing.returncode != 0:
-        state["error"] = listing.stderr.strip() or f"{state['tool']} exited with {listing.returncode}"
-        return state
-    state["untracked_chains"] = chains
-    state["tracked"] = conntrack_loaded and chains != list(NOTRACK_CHAINS)
-    return state
 
 
 def fds_needed(dead: int, active_connections: int) -> int:
@@ -245,6 +145,163 @@ def _port_range_for(needed_ports: int, current: list[int]) -> list[int] | None:
     return [low, high] if low >= LOWEST_EPHEMERAL_PORT else None
 
 
+@dataclass(frozen=True)
+class _Sweep:
+    """What a planned sweep asks of the host: assess()'s arguments."""
+
+    dead: int  # the most dead connections at a point
+    active: int  # httperf's connections beside them
+    source_addresses: int  # the client addresses the dead connections come from
+    backlog: int  # the server's listen() backlog
+    per_process_dead: int  # of the dead, the most one server process holds itself
+    holder_pipe_bytes: int  # each dead-connection holder's channel pipe (0: no holders)
+
+    @property
+    def connections(self) -> int:
+        return self.dead + self.active
+
+    @property
+    def server_fds(self) -> int:
+        return fds_needed(self.per_process_dead, self.active)
+
+
+# ---- the checks: one per setting, each a finding when it is too low ----------------------------------------
+
+def _too_low(settings: dict, name: str, needed: int, why: str) -> Finding | None:
+    """A finding when the sysctl name is below needed (an absent one is never too low)."""
+    value = settings.get(name)
+    if value is not None and value < needed:
+        return Finding(name, value, needed, why, f"sysctl -w {name}={needed}")
+    return None
+
+
+def _accept_queue(settings: dict, sweep: _Sweep) -> Finding | None:
+    return _too_low(settings, "net.core.somaxconn", sweep.backlog,
+                    f"listen() silently cuts the server's backlog of {sweep.backlog} to somaxconn: connections "
+                    "beyond the shorter accept queue are dropped and retried after a 1 s SYN timeout, a cost "
+                    "the 2002 setup did not have")
+
+
+def _syn_queue(settings: dict, sweep: _Sweep) -> Finding | None:
+    return _too_low(settings, "net.ipv4.tcp_max_syn_backlog", sweep.backlog,
+                    f"the SYN queue is shorter than the server's backlog of {sweep.backlog}: a burst of connects "
+                    "beyond it falls back to SYN cookies or is dropped")
+
+
+def _conntrack_table(settings: dict, sweep: _Sweep) -> Finding | None:
+    # Closed connections keep their conntrack entry for nf_conntrack_tcp_timeout_time_wait (120 s), so the
+    # previous point's connections can still be in the table while the next point opens its own.
+    connections = sweep.connections
+    return _too_low(settings, "net.netfilter.nf_conntrack_max", 2 * connections,
+                    f"every loopback connection takes a conntrack entry and a closed one keeps it for 120 s: "
+                    f"{connections} connections, plus the previous point's still closing, need "
+                    f"{2 * connections}; once the table is full the kernel drops new connections' SYNs "
+                    "('nf_conntrack: table full, dropping packet')")
+
+
+def _open_files(settings: dict, sweep: _Sweep) -> Finding | None:
+    connections = sweep.connections
+    return _too_low(settings, "fs.file-max", 2 * connections + FILE_MAX_SLACK,
+                    f"both ends of {connections} loopback connections are open files on this host, "
+                    f"{2 * connections} in all, beside what the rest of the system holds")
+
+
+def _epoll_watches(settings: dict, sweep: _Sweep) -> Finding | None:
+    # Every dead connection is an item of one epoll set (the server's, or with holders the shared one).
+    watches = sweep.connections + EPOLL_WATCH_SLACK
+    return _too_low(settings, "fs.epoll.max_user_watches", watches,
+                    f"an epoll set holds one watch per descriptor and a user may hold at most max_user_watches "
+                    f"in all: {sweep.dead} dead and {sweep.active} active connections need {watches} with "
+                    "slack; beyond it epoll_ctl fails with ENOSPC")
+
+
+def _holder_pipes(settings: dict, sweep: _Sweep) -> Finding | None:
+    if not sweep.holder_pipe_bytes:
+        return None
+    return _too_low(settings, "fs.pipe-max-size", sweep.holder_pipe_bytes,
+                    f"each dead-connection holder's channel from the server is a pipe of {sweep.holder_pipe_bytes} "
+                    "bytes (one 8-byte message per connection it may hold); F_SETPIPE_SZ refuses more than "
+                    "pipe-max-size, and ephttpd refuses to start")
+
+
+def _memory(settings: dict, sweep: _Sweep) -> Finding | None:
+    available = settings.get(MEM_AVAILABLE)
+    memory = sweep.connections * BYTES_PER_CONNECTION
+    if available is None or available >= memory:
+        return None
+    return Finding(MEM_AVAILABLE, available, memory,
+                   f"{sweep.connections} connections cost about {BYTES_PER_CONNECTION // 1024} KiB each on this "
+                   "host (both ends and deadconn's share): short of memory, the kernel or deadconn fail or the "
+                   "OOM killer ends a program mid-sweep",
+                   "free memory, or plan fewer dead connections (--dead)", tunable=False)
+
+
+def _fd_ceiling(settings: dict, sweep: _Sweep) -> Finding | None:
+    return _too_low(settings, "fs.nr_open", sweep.server_fds,
+                    f"setrlimit cannot raise a process's fd limit above fs.nr_open; the server needs "
+                    f"{sweep.server_fds}")
+
+
+def _time_wait_reuse(settings: dict, sweep: _Sweep) -> Finding | None:
+    tw_reuse = settings.get("net.ipv4.tcp_tw_reuse")
+    if tw_reuse != 0:
+        return None
+    return Finding("net.ipv4.tcp_tw_reuse", tw_reuse, 2,
+                   "connections closed at the end of a point hold their source port in TIME_WAIT for 60 s: "
+                   "without reuse, the next point's connects fail with EADDRNOTAVAIL (httperf: addrunavail) "
+                   "once the ephemeral range is used up",
+                   "sysctl -w net.ipv4.tcp_tw_reuse=2 (reuse for loopback only)")
+
+
+def _ephemeral_ports(settings: dict, sweep: _Sweep) -> Finding | None:
+    port_range = settings.get("net.ipv4.ip_local_port_range")
+    if port_range is None:
+        return None
+    # httperf may share a source address with deadconn; without TIME_WAIT reuse a point needs the ports of the
+    # one before it too.
+    no_reuse = settings.get("net.ipv4.tcp_tw_reuse") == 0
+    ports = (math.ceil(sweep.dead / sweep.source_addresses) + sweep.active) * (2 if no_reuse else 1)
+    size = port_range[1] - port_range[0] + 1
+    if size >= ports:
+        return None
+    why = (f"each connection from one source address to the server needs its own ephemeral port: "
+           f"{sweep.dead} dead connections over {sweep.source_addresses} source address(es) plus "
+           f"{sweep.active} active{', twice over without TIME_WAIT reuse,' if no_reuse else ''} need {ports} "
+           f"ports, the range has {size}")
+    wider = _port_range_for(ports, port_range)
+    if wider is None:
+        addresses = math.ceil(sweep.dead / (HIGHEST_PORT - LOWEST_EPHEMERAL_PORT + 1 - sweep.active))
+        return Finding("net.ipv4.ip_local_port_range", port_range, ports, why,
+                       f"not fixable by the port range alone: spread the dead connections over at least "
+                       f"{addresses} source addresses (127.0.0.0/8)", tunable=False)
+    return Finding("net.ipv4.ip_local_port_range", port_range, wider, why,
+                   f"sysctl -w net.ipv4.ip_local_port_range='{wider[0]} {wider[1]}'")
+
+
+def _loopback_tracking(settings: dict, sweep: _Sweep) -> Finding | None:
+    return loopback_finding(settings.get(LOOPBACK_CONNTRACK))
+
+
+def _fd_hard_limit(settings: dict, sweep: _Sweep) -> Finding | None:
+    hard = settings.get(FD_HARD_LIMIT)
+    if hard is None or hard >= sweep.server_fds:
+        return None
+    most = max_dead_connections(settings, sweep.active)
+    return Finding(FD_HARD_LIMIT, hard, sweep.server_fds,
+                   f"the server holds every dead and active connection as an fd: it needs {sweep.server_fds}, "
+                   f"the hard RLIMIT_NOFILE is {hard}, so one server process holds at most {most} dead "
+                   "connections",
+                   f"not fixable by tuning: the hard limit is inherited from whoever started this process "
+                   f"(ulimit -Hn, systemd LimitNOFILE, docker --ulimit); the sweep adapts and runs no point "
+                   f"above {most} dead connections", tunable=False)
+
+
+# In the order assess() lists the findings.
+_CHECKS: tuple[Callable[[dict, _Sweep], Finding | None], ...] = (
+    _accept_queue, _syn_queue, _conntrack_table, _open_files, _epoll_watches, _holder_pipes, _memory,
+    _fd_ceiling, _time_wait_reuse, _ephemeral_ports, _loopback_tracking, _fd_hard_limit)
+
+
 def assess(settings: dict, planned_dead_max: int, active_connections: int, source_addresses: int,
            backlog: int = catalog.LISTEN_BACKLOG, per_process_dead: int | None = None,
            holder_pipe_bytes: int = 0) -> list[Finding]:
@@ -255,110 +312,9 @@ def assess(settings: dict, planned_dead_max: int, active_connections: int, sourc
     if planned_dead_max < 0 or active_connections < 0 or source_addresses < 1:
         raise ValueError(f"assess needs planned_dead_max >= 0, active_connections >= 0, source_addresses >= 1 "
                          f"(got {planned_dead_max}, {active_connections}, {source_addresses})")
-    findings = []
-    connections = planned_dead_max + active_connections
-
-    def sysctl(name: str, needed: int, why: str) -> None:
-        value = settings.get(name)
-        if value is not None and value < needed:
-            findings.append(Finding(name, value, needed, why, f"sysctl -w {name}={needed}"))
-
-    sysctl("net.core.somaxconn", backlog,
-           f"listen() silently cuts the server's backlog of {backlog} to somaxconn: connections beyond the "
-           "shorter accept queue are dropped and retried after a 1 s SYN timeout, a cost the 2002 setup "
-           "did not have")
-    sysctl("net.ipv4.tcp_max_syn_backlog", backlog,
-           f"the SYN queue is shorter than the server's backlog of {backlog}: a burst of connects beyond it "
-           "falls back to SYN cookies or is dropped")
-    # Closed connections keep their conntrack entry for nf_conntrack_tcp_timeout_time_wait (120 s), so the
-    # previous point's connections can still be in the table while the next point opens its own.
-    sysctl("net.netfilter.nf_conntrack_max", 2 * connections,
-           f"every loopback connection takes a conntrack entry and a closed one keeps it for 120 s: "
-           f"{connections} connections, plus the previous point's still closing, need {2 * connections}; "
-           "once the table is full the kernel drops new connections' SYNs "
-           "('nf_conntrack: table full, dropping packet')")
-    sysctl("fs.file-max", 2 * connections + FILE_MAX_SLACK,
-           f"both ends of {connections} loopback connections are open files on this host, "
-           f"{2 * connections} in all, beside what the rest of the system holds")
-    per_process = fds_needed(planned_dead_max if per_process_dead is None else per_process_dead,
-                             active_connections)
-    # Every dead connection is an item of one epoll set (the server's, or with holders the shared one).
-    watches = planned_dead_max + active_connections + EPOLL_WATCH_SLACK
-    sysctl("fs.epoll.max_user_watches", watches,
-           f"an epoll set holds one watch per descriptor and a user may hold at most max_user_watches in all: "
-           f"{planned_dead_max} dead and {active_connections} active connections need {watches} with slack; "
-           "beyond it epoll_ctl fails with ENOSPC")
-    if holder_pipe_bytes:
-        sysctl("fs.pipe-max-size", holder_pipe_bytes,
-               f"each dead-connection holder's channel from the server is a pipe of {holder_pipe_bytes} bytes "
-               "(one 8-byte message per connection it may hold); F_SETPIPE_SZ refuses more than pipe-max-size, "
-               "and ephttpd refuses to start")
-    available = settings.get(MEM_AVAILABLE)
-    memory = (planned_dead_max + active_connections) * BYTES_PER_CONNECTION
-    if available is not None and available < memory:
-        findings.append(Finding(
-            MEM_AVAILABLE, available, memory,
-            f"{planned_dead_max + active_connections} connections cost about {BYTES_PER_CONNECTION // 1024} KiB "
-            "each on this host (both ends and deadconn's share): short of memory, the kernel or deadconn fail "
-            "or the OOM killer ends a program mid-sweep",
-            "free memory, or plan fewer dead connections (--dead)", tunable=False))
-    sysctl("fs.nr_open", per_process,
-           f"setrlimit cannot raise a process's fd limit above fs.nr_open; the server needs {per_process}")
-
-    tw_reuse = settings.get("net.ipv4.tcp_tw_reuse")
-    if tw_reuse == 0:
-        findings.append(Finding(
-            "net.ipv4.tcp_tw_reuse", tw_reuse, 2,
-            "connections closed at the end of a point hold their source port in TIME_WAIT for 60 s: without "
-            "reuse, the next point's connects fail with EADDRNOTAVAIL (httperf: addrunavail) once the "
-            "ephemeral range is used up",
-            "sysctl -w net.ipv4.tcp_tw_reuse=2 (reuse for loopback only)"))
-
-    port_range = settings.get("net.ipv4.ip_local_port_range")
-    if port_range is not None:
-        # httperf may share a source address with deadconn; without TIME_WAIT reuse a point needs the
-        # ports of the one before it too.
-        ports = math.ceil(planned_dead_max / source_addresses) + active_connections
-        ports *= 1 if tw_reuse != 0 else 2
-        size = port_range[1] - port_range[0] + 1
-        if size < ports:
-            why = (f"each connection from one source address to the server needs its own ephemeral port: "
-                   f"{planned_dead_max} dead connections over {source_addresses} source address(es) plus "
-                   f"{active_connections} active"
-                   f"{', twice over without TIME_WAIT reuse,' if tw_reuse == 0 else ''} need {ports} ports, "
-                   f"the range has {size}")
-            wider = _port_range_for(ports, port_range)
-            if wider is None:
-                addresses = math.ceil(planned_dead_max / (HIGHEST_PORT - LOWEST_EPHEMERAL_PORT + 1
-                                                          - active_connections))
-                findings.append(Finding("net.ipv4.ip_local_port_range", port_range, ports, why,
-                                        f"not fixable by the port range alone: spread the dead connections "
-                                        f"over at least {addresses} source addresses (127.0.0.0/8)",
-                                        tunable=False))
-            else:
-                findings.append(Finding("net.ipv4.ip_local_port_range", port_range, wider, why,
-                                        f"sysctl -w net.ipv4.ip_local_port_range='{wider[0]} {wider[1]}'"))
-
-    loopback = loopback_finding(settings.get(LOOPBACK_CONNTRACK))
-    if loopback:
-        findings.append(loopback)
-
-    hard = settings.get(FD_HARD_LIMIT)
-    if hard is not None and hard < per_process:
-        most = max_dead_connections(settings, active_connections)
-        findings.append(Finding(
-            FD_HARD_LIMIT, hard, per_process,
-            f"the server holds every dead and active connection as an fd: it needs {per_process}, the hard "
-            f"RLIMIT_NOFILE is {hard}, so one server process holds at most {most} dead connections",
-            f"not fixable by tuning: the hard limit is inherited from whoever started this process (ulimit "
-            f"-Hn, systemd LimitNOFILE, docker --ulimit); the sweep adapts and runs no point above {most} "
-            "dead connections", tunable=False))
-    return findings
-
-
-def _notrack_fix(iptables: Path = IPTABLES) -> str:
-    return "; ".join(f"{iptables} -t raw -I {chain} {side} lo -s {LOOPBACK_NET} -d {LOOPBACK_NET} -j CT --notrack"
-                     for chain, side in NOTRACK_CHAINS.items())
+    sweep = _Sweep(planned_dead_max, active_connections, source_addresses, backlog,
+                   planned_dead_max if per_process_dead is None else per_process_dead, holder_pipe_bytes)
+    return [finding for check in _CHECKS if (finding := check(settings, sweep)) is not None]
 
 
 def loopback_finding(state: dict | None) -> Finding | None:
@@ -371,342 +327,13 @@ def loopback_finding(state: dict | None) -> Finding | None:
            "120 s after closing, so back-to-back points can fill nf_conntrack_max and have their SYNs dropped")
     if state["tool"] is None:
         return Finding(LOOPBACK_CONNTRACK, "tracked", "untracked", why + "; neither iptables nor nft is installed",
-                       f"apt-get install iptables, then run with --tune-host (or: {_notrack_fix()})", tunable=False)
+                       f"apt-get install iptables, then run with --tune-host (or: {notrack_commands()})",
+                       tunable=False)
     if state["tracked"] is None:
         return Finding(LOOPBACK_CONNTRACK, "unknown", "untracked",
                        f"{state['tool']} could not list the raw table ({state['error']}); if it is tracked, {why}",
-                       f"run as root with --tune-host, or: {_notrack_fix()}")
+                       f"run as root with --tune-host, or: {notrack_commands()}")
     return Finding(LOOPBACK_CONNTRACK, "tracked", "untracked", why,
-                   f"run with --tune-host (adds these and removes them at the end), or: {_notrack_fix()}"
+                   f"run with --tune-host (adds these and removes them at the end), or: {notrack_commands()}"
                    if state["tool"] == "iptables" else
                    f"run with --tune-host (adds nft table ip {NFT_TABLE} and deletes it at the end)")
-
-
-def _iptables_notrack_rule(chain: str) -> list[str]:
-    return [chain, NOTRACK_CHAINS[chain], "lo", "-s", LOOPBACK_NET, "-d", LOOPBACK_NET,
-            "-m", "comment", "--comment", NOTRACK_COMMENT, "-j", "CT", "--notrack"]
-
-
-def _nft_notrack_table(chains: list[str]) -> str:
-    body = "".join(f"  chain {chain.lower()} {{\n    type filter hook {chain.lower()} priority raw;\n"
-                   f'    {"iifname" if chain == "PREROUTING" else "oifname"} "lo" ip saddr {LOOPBACK_NET} '
-                   f"ip daddr {LOOPBACK_NET} notrack\n  }}\n" for chain in chains)
-    return f"table ip {NFT_TABLE} {{\n{body}}}\n"
-
-
-def _enough(setting: str, current: int | list[int] | None, needed: int | list[int] | str) -> bool:
-    if current is None:
-        return True
-    if isinstance(current, list) and isinstance(needed, list):  # a range: ip_local_port_range
-        return current[1] - current[0] >= needed[1] - needed[0]
-    if setting == "net.ipv4.tcp_tw_reuse":
-        return current != 0
-    if isinstance(current, int) and isinstance(needed, int):
-        return current >= needed
-    raise TypeError(f"{setting}: cannot compare {current!r} with {needed!r}")
-
-
-def _sysctl_text(value: int | list[int] | str) -> str:
-    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-@dataclass
-class Tuning:
-    """The sysctls tune() changed and the loopback NOTRACK rules it added; restore() (or leaving its `with`
-    block, however) puts the sysctls back and removes those rules. A change with "undo" is rules: the
-    commands that remove exactly what was added. A change is recorded before it is made ("applied" false
-    until it is), and with a journal every record is written there too, for restore_abandoned()."""
-
-    proc_sys: Path = PROC_SYS
-    iptables: Path = IPTABLES
-    nft: Path = NFT
-    changed: list[dict] = field(default_factory=list)
-    left_alone: list[dict] = field(default_factory=list)
-    restored: bool = False
-    journal: Path | None = None
-    # The journal's contents: which process changed the host (this_process) and when, and whether and when
-    # it was all put back, beside the changes.
-    record: dict = field(default_factory=dict)
-
-    def _begin(self, change: dict) -> dict:
-        change["applied"] = False
-        self.changed.append(change)
-        self._write_journal()
-        return change
-
-    def _applied(self, change: dict) -> None:
-        change["applied"] = True
-        self._write_journal()
-
-    def _write_journal(self, must: bool = True) -> None:
-        if self.journal is None:
-            return
-        if not self.record:
-            self.record = {"schema_version": model.SCHEMA_VERSION, **this_process(),
-                           "started_at": model.utc_now(), "restored_at": None}
-        self.record["changes"] = self.changed
-        try:
-            model.write_json_atomic(self.journal, self.record, overwrite=True)
-        except OSError:
-            if must:  # no change is made that the journal does not hold
-                raise
-
-    def _untrack_loopback(self) -> None:
-        state = read_loopback_conntrack(True, self.iptables, self.nft)
-        if state["tool"] is None or state["error"]:
-            raise UserError("cannot exempt loopback from conntrack: "
-                            + (state["error"] or "neither iptables nor nft is installed (apt-get install iptables)"))
-        missing = [chain for chain in NOTRACK_CHAINS if chain not in state["untracked_chains"]]
-        if not missing:
-            self.left_alone.append({"setting": LOOPBACK_CONNTRACK, "value": "untracked", "needed": "untracked"})
-            return
-        if state["tool"] == "nft" and _firewall([str(self.nft), "list", "table", "ip", NFT_TABLE]).returncode == 0:
-            raise UserError(f"nft table ip {NFT_TABLE} exists but does not exempt all loopback traffic: "
-                            f"`nft delete table ip {NFT_TABLE}` (a run that did not end cleanly left it)")
-        change = {"setting": LOOPBACK_CONNTRACK, "old": "tracked", "new": "untracked", "tool": state["tool"],
-                  "backend": state["backend"], "added": [], "undo": []}
-        if state["tool"] == "iptables":
-            # iptables-nft creates the raw table and its base chains for the first rule and leaves them behind
-            # when the rule goes: hooks every packet passes. Drop them again if they were not there before.
-            raw_table = [str(self.nft), "list", "table", "ip", "raw"]
-            change["drop_empty_raw_table"] = (state["backend"] == "nf_tables" and os.access(self.nft, os.X_OK)
-                                              and _firewall(raw_table).returncode != 0)
-        # Each rule's undo is recorded before the rule goes in: a delete of a rule that never went in fails
-        # harmlessly, a rule in without its undo recorded would stay for good.
-        self._begin(change)
-        if state["tool"] == "iptables":
-            for chain in missing:
-                rule = _iptables_notrack_rule(chain)
-                change["added"].append(shlex.join(["iptables", "-t", "raw", "-A", *rule]))
-                change["undo"].append([str(self.iptables), "-t", "raw", "-D", *rule])
-                self._write_journal()
-                _firewall_or_fail([str(self.iptables), "-t", "raw", "-I", *rule])
-        else:
-            table = _nft_notrack_table(missing)
-            change["added"].append(table)
-            change["undo"].append([str(self.nft), "delete", "table", "ip", NFT_TABLE])
-            self._write_journal()
-            _firewall_or_fail([str(self.nft), "-f", "-"], stdin=table)
-        self._applied(change)
-
-    def _apply(self, findings: list[Finding]) -> None:
-        for finding in findings:
-            if not finding.tunable:
-                continue
-            if finding.setting == LOOPBACK_CONNTRACK:
-                self._untrack_loopback()
-                continue
-            current = _read_sysctl(finding.setting, self.proc_sys)
-            if _enough(finding.setting, current, finding.needed):
-                self.left_alone.append({"setting": finding.setting, "value": current, "needed": finding.needed})
-                continue
-            path = _sysctl_path(finding.setting, self.proc_sys)
-            change = self._begin({"setting": finding.setting, "old": current, "new": finding.needed,
-                                  "old_text": path.read_text().strip()})
-            path.write_text(_sysctl_text(finding.needed))
-            self._applied(change)
-
-    def restore(self, say: Callable[[str], None] | None = None) -> list[dict]:
-        """Writes back every value tune() changed, unless someone else changed it since (then it is left
-        and reported), and deletes the rules it added. Returns the settings not restored; with say, says
-        one line per item put back. Safe to call more than once."""
-        not_restored: list[dict] = []
-        if self.restored:
-            return not_restored
-        self.restored = True
-        for change in reversed(self.changed):
-            if change.get("undone"):  # by a restore that was itself cut short
-                continue
-            if "undo" in change:
-                failed = []
-                for argv in change["undo"]:
-                    proc = _firewall(argv)
-                    if proc.returncode == 0:
-                        if say:
-                            say(f"{change['setting']}: removed with `{shlex.join(argv)}`")
-                    elif change["applied"]:  # someone removed it already; a delete never matches a rule we did not add
-                        failed.append(f"{shlex.join(argv)}: {proc.stderr.strip()}")
-                if failed:
-                    not_restored.append(dict(change, found="; ".join(failed)))
-                if change.get("drop_empty_raw_table"):
-                    self._drop_raw_table_if_empty()
-            else:
-                current = _read_sysctl(change["setting"], self.proc_sys)
-                if current == change["new"]:
-                    _sysctl_path(change["setting"], self.proc_sys).write_text(change["old_text"])
-                    if say:
-                        say(f"{change['setting']} back to {' '.join(change['old_text'].split())} "
-                            f"from {_sysctl_text(change['new'])}")
-                elif change["applied"]:  # else the process died before the write: nothing to put back
-                    not_restored.append(dict(change, found=current))
-            change["undone"] = True
-            self._write_journal(must=False)  # a full disk must not keep the rest of the host from going back
-        if self.record:
-            self.record.update(restored_at=model.utc_now(), restored_by=os.getpid(), not_restored=not_restored)
-            self._write_journal(must=False)
-        return not_restored
-
-    def _drop_raw_table_if_empty(self) -> None:
-        """Deletes the raw table tune() made iptables create, unless someone has put a rule in it since."""
-        listing = _firewall([str(self.iptables), "-t", "raw", "-S"])
-        if listing.returncode == 0 and all(line.startswith("-P ") for line in listing.stdout.splitlines()):
-            _firewall([str(self.nft), "delete", "table", "ip", "raw"])
-
-    def __enter__(self) -> Tuning:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.restore()
-
-
-def _firewall_or_fail(argv: list[str], stdin: str | None = None) -> None:
-    proc = _firewall(argv, stdin)
-    if proc.returncode != 0:
-        raise UserError(f"`{shlex.join(argv)}` failed: {proc.stderr.strip()}")
-
-
-def tune(findings: list[Finding], proc_sys: Path = PROC_SYS, iptables: Path = IPTABLES, nft: Path = NFT,
-         journal: Path | None = None) -> Tuning:
-    """Raises (never lowers) the tunable findings' sysctls now and exempts loopback from conntrack when that
-    was found; use as `with tune(findings) as tuning:` so all is undone on the way out, exceptions and
-    KeyboardInterrupt included. With a journal (journal_path), each change is written there before it is
-    made, so that restore_abandoned() can undo it should this process be killed before it can."""
-    tunable = [f for f in findings if f.tunable]
-    if tunable and os.geteuid() != 0:
-        raise UserError("raising host limits needs root: run as root, or first run "
-                        + "; ".join(f.fix for f in tunable))
-    tuning = Tuning(proc_sys=proc_sys, iptables=iptables, nft=nft, journal=journal)
-    try:
-        tuning._apply(tunable)
-    except BaseException as error:
-        tuning.restore()
-        if isinstance(error, OSError):
-            hint = " (in a container, /proc/sys is read-only: tune the host)" \
-                if str(error.filename).startswith(str(proc_sys)) else ""
-            raise UserError(f"could not write {error.filename}: {error.strerror}{hint}") from error
-        raise
-    return tuning
-
-
-def journal_path(run_dir: Path) -> Path:
-    """Where an attempt at a run journals its tuning: tuning.json, or for a resumed run, tuning.N.json
-    beside the earlier attempts' journals."""
-    path, n = run_dir / JOURNAL, 1
-    while path.exists():
-        path, n = run_dir / f"tuning.{n}.json", n + 1
-    return path
-
-
-def _boot_id() -> str:
-    return BOOT_ID.read_text().strip()
-
-
-def _start_ticks(pid: int) -> int | None:
-    """When process pid started, in clock ticks after boot (with the pid and the boot id, it names one process
-    for good: pids are recycled); None when no such process is alive, a zombie included."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    state, *fields = stat[stat.rindex(")") + 2:].split()
-    return None if state in ("Z", "X") else int(fields[18])
-
-
-def _namespaces() -> dict:
-    """This process's pid and network namespaces: a pid means this process only within its pid namespace,
-    and the net.* sysctls and the rules are its network namespace's."""
-    return {kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("pid", "net")}
-
-
-def this_process() -> dict:
-    """Names this process for good, for a record another process reads (alive()): pid, start time, boot id and
-    namespaces."""
-    return {"pid": os.getpid(), "pid_start": _start_ticks(os.getpid()), "boot_id": _boot_id(),
-            "namespaces": _namespaces()}
-
-
-def alive(record: dict) -> bool:
-    """Whether the process a this_process() record names still runs (same boot, same pid, same start time)."""
-    return (record.get("boot_id") == _boot_id() and record.get("pid_start") is not None
-            and _start_ticks(record["pid"]) == record["pid_start"])
-
-
-def journal_state(record: dict) -> str:
-    """What a tuning journal needs: "restored" (nothing), "rebooted" (the reboot undid it), "elsewhere" (made
-    from another pid or network namespace: not ours to judge), "running" (its run goes on), or "abandoned"
-    (its process is gone without restoring: restore_abandoned() undoes it)."""
-    if record.get("restored_at"):
-        return "restored"
-    if record.get("boot_id") != _boot_id():
-        return "rebooted"
-    if record.get("namespaces") != _namespaces():
-        return "elsewhere"
-    return "running" if alive(record) else "abandoned"
-
-
-def journals(results_dir: Path | None, also: Iterable[Path] = ()) -> list[Path]:
-    """Every tuning journal in a run folder under results_dir (None: none) or in the run folders `also` names."""
-    found = [*(results_dir.glob(f"*/{JOURNAL_GLOB}") if results_dir else ()),
-             *(p for run in also for p in Path(run).glob(JOURNAL_GLOB))]
-    return sorted({p.resolve() for p in found})  # resolved: results/latest is a run folder again
-
-
-def abandoned_journals(results_dir: Path | None, also: Iterable[Path] = ()) -> list[Path]:
-    """The journals restore_abandoned() would undo, without undoing anything."""
-    abandoned = []
-    for path in journals(results_dir, also):
-        with contextlib.suppress(UserError):
-            if journal_state(model.read_json(path, model.TUNING)) == "abandoned":
-                abandoned.append(path)
-    return abandoned
-
-
-def restore_abandoned(results_dir: Path | None, say: Callable[[str], None] = print, also: Iterable[Path] = (),
-                      proc_sys: Path = PROC_SYS) -> list[Path]:
-    """Undoes the tuning of runs that ended without undoing it (SIGKILL, the OOM killer): every journal in
-    a run folder under results_dir (None: none), or in the run folders `also` names, that is not marked
-    restored and whose process is gone. Each sysctl goes back where it still has the value that run wrote;
-    each rule it added is deleted (a rule already gone is left so). One line per item says so, and the
-    journal is marked restored. A live run's journal is never touched, nor one from another pid or network
-    namespace (a container's: its process cannot be told apart from here, and its changes are not this
-    namespace's). Returns the journals
-    it restored."""
-    restored = []
-    for path in journals(results_dir, also):
-        try:
-            record = model.read_json(path, model.TUNING)
-        except UserError as error:
-            say(f"tune-host: {error}")
-            continue
-        state = journal_state(record)
-        if state in ("restored", "running"):
-            continue
-        about = f"tune-host: run {path.parent.name} ended without restoring the host"
-        if state == "rebooted":
-            say(f"{about}, but the host has rebooted since, which undid it: nothing to restore")
-            with contextlib.suppress(OSError):  # a user's reproduce in root's results: said, left to root
-                model.write_json_atomic(path, dict(record, restored_at=model.utc_now(), restored_by="reboot"),
-                                          overwrite=True)
-            continue
-        if state == "elsewhere":
-            say(f"tune-host: run {path.parent.name} tuned the host from another pid or network namespace (a "
-                f"container?): its journal {path} is left for a reproduce there")
-            continue
-        if os.geteuid() != 0:
-            say(f"{about} ({', '.join(c['setting'] for c in record['changes'])}): as root, the next "
-                "`invoke reproduce` (or `invoke clean`) puts it back")
-            continue
-        tuning = Tuning(proc_sys=proc_sys, changed=record["changes"], journal=path, record=record)
-        try:
-            def said(line: str, about: str = about) -> None:
-                say(f"{about}: {line}")
-
-            left = tuning.restore(say=said)
-        except OSError as error:
-            say(f"{about}, and cannot write {error.filename} ({error.strerror}): restore it by hand from {path}")
-            continue
-        for change in left:
-            say(f"{about}: left {change['setting']} as it is ({change['found']}): it was set to "
-                f"{change['new']}, and has been changed since")
-        restored.append(path)
-    return restored

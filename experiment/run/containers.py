@@ -18,14 +18,14 @@ import docker.errors
 import docker.types
 from docker.models.containers import Container
 
-from ..host import preflight
+from ..host import process
 from . import seccomp
 from .services import Service
 
 LABEL_RUN = "org.epollbench.run"
 LABEL_ROLE = "org.epollbench.role"
 # Whose container it is, for `invoke clean` to tell a running run's containers from leftovers: the run folder
-# (its run.lock is held while the run runs) and the harness process (preflight.this_process() and the host
+# (its run.lock is held while the run runs) and the harness process (process.this_process() and the host
 # name, as JSON).
 LABEL_RUN_DIR = "org.epollbench.run-dir"
 LABEL_HARNESS = "org.epollbench.harness"
@@ -135,7 +135,7 @@ class Containers:
         self.client = client
         self.run_id = run_id
         self.fd_limit = fd_limit
-        harness = {**preflight.this_process(), "hostname": socket.gethostname()}
+        harness = {**process.this_process(), "hostname": socket.gethostname()}
         self.labels = {LABEL_RUN: run_id, LABEL_HARNESS: json.dumps(harness)}
         if run_dir is not None:
             self.labels[LABEL_RUN_DIR] = os.path.abspath(run_dir)

@@ -6,7 +6,7 @@ A run removes its containers and puts the host back however it ends, short of be
 - image tags of ours (epollbench/server:<source hash>, epollbench/client:<source hash>) that no run folder
   and no current source refers to, from builds of trees since changed;
 - what --tune-host changed on the host: sysctls and the loopback NOTRACK rules, which the run's journal
-  (tuning.json) lists (preflight.restore_abandoned).
+  (tuning.json) lists (journal.restore_abandoned).
 
 A container is removed only when its run is known not to be running; other people's runs may share the
 engine. A run is running while its harness process holds its run.lock (containers.LABEL_RUN_DIR names the
@@ -31,7 +31,7 @@ from docker.models.containers import Container
 
 from .. import model
 from ..errors import UserError
-from ..host import images, preflight
+from ..host import images, journal, process
 from .containers import LABEL_HARNESS, LABEL_RUN, LABEL_RUN_DIR
 from .results import LOCK, RESULTS, Run
 
@@ -91,14 +91,14 @@ def run_state(run_id: str, labels: dict, results_dir: Path) -> tuple[str, str, P
             harness = json.loads(labels[LABEL_HARNESS])
         except json.JSONDecodeError:
             harness = {}
-        this = preflight.this_process()
+        this = process.this_process()
         if harness.get("hostname") != socket.gethostname():  # an engine two machines share
             return UNKNOWN, f"its harness runs on another machine ({harness.get('hostname')})", run_dir
         if harness.get("boot_id") != this["boot_id"]:
             return ENDED, "its harness ran before the host last booted", run_dir
         if (harness.get("namespaces") or {}).get("pid") != this["namespaces"]["pid"]:
             return UNKNOWN, "its harness runs in another pid namespace (a container?), not seen from here", run_dir
-        if preflight.alive(harness):
+        if process.alive(harness):
             return RUNNING, f"its harness process {harness['pid']} is alive", run_dir
         return ENDED, f"its harness process {harness.get('pid')} is gone", run_dir
     folder = results_dir / run_id
@@ -151,7 +151,7 @@ def find(client: docker.DockerClient | None, results_dir: Path, runs: Collection
                     found.image_tags += [tag for tag in image.tags if tag.rpartition(":")[0] == repository
                                          and tag.rpartition(":")[2] not in keep | {"latest"}]
     folders = [r.run_dir for r in found.runs if r.run_dir is not None]
-    journals = preflight.abandoned_journals(results_dir, also=folders)
+    journals = journal.abandoned_journals(results_dir, also=folders)
     found.journals = [j for j in journals if runs is None or j.parent.name in runs]
     return found
 
@@ -184,7 +184,7 @@ def clean(client: docker.DockerClient | None, results_dir: Path, say: Callable[[
         except docker.errors.APIError as error:  # a container still uses it
             say(f"left image tag {tag}: {error.explanation or error}")
     if found.journals:
-        preflight.restore_abandoned(None, say, also=sorted({j.parent for j in found.journals}))
+        journal.restore_abandoned(None, say, also=sorted({j.parent for j in found.journals}))
     if not found.runs and not found.image_tags and not found.journals:
         say("nothing to clean: no containers of runs that are not running, no unused image tags of ours, "
             "no host tuning left by a killed run" + ("" if client is not None else " (no Docker engine answers)"))

@@ -26,7 +26,8 @@ from docker.utils import parse_repository_tag
 
 from .. import anatomy, catalog, model
 from ..errors import UserError
-from ..host import engine, images, machine, metadata, preflight, publish
+from ..host import engine, images, journal, machine, metadata, preflight, process, publish
+from ..host.tuning import tune
 from ..model import Plan
 from . import durations, instruments, openloop, results, runlog, servers
 from .containers import Containers
@@ -121,7 +122,7 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
                  "server_address": check_address(options.server_address)}
         record = model.RunRecord(run_id=results.new_run_id(plan.profile), profile=plan.profile, status="preparing",
                                  started_at=model.utc_now(), command_line=list(sys.argv), plan=plan, engines=where,
-                                 harness=preflight.this_process())
+                                 harness=process.this_process())
         run = results.Run.create(record, options.results_dir)
         run.hold()
         runlog.attach(run.path)
@@ -198,7 +199,7 @@ class Engines:
 
 def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options: Options, say) -> None:
     # First, what an earlier run killed outright left tuned (a resumed run's own folder may lie elsewhere).
-    preflight.restore_abandoned(options.results_dir, say, also=[run.path])
+    journal.restore_abandoned(options.results_dir, say, also=[run.path])
     # The engines and the address the run was started with (a resumed run's own; the default for a run
     # recorded before they could be chosen).
     where = record.engines or {"server": engine.default_url(), "client": engine.default_url(),
@@ -260,7 +261,7 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
                         f"({client_fd_limit}) allows openload; give at most {client_fd_limit - OPENLOAD_FD_OVERHEAD}")
     sets = cpusets(engines.cpus("server"), engines.cpus("client"), engines.same_host)
     # The harness: this process (a resumed run's is the one resuming it, once the resume is accepted).
-    run.update_record(status="running", metadata=meta, cpusets=sets, harness=preflight.this_process(),
+    run.update_record(status="running", metadata=meta, cpusets=sets, harness=process.this_process(),
                       preflight=[f.to_dict() for f in findings],
                       limits={"fd_hard_limit": fd_limit, "client_fd_hard_limit": client_fd_limit,
                               # With holders a line reaches its top level, else what one process may hold.
@@ -280,7 +281,7 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
     instruments_found = anatomy.prepare(local=server_local) if plan.anatomy and model.DEAD in plan.sweeps else None
     if instruments_found is not None and instruments_found.perf is None:
         say(f"anatomy: perf unavailable, the points will say why: {instruments_found.reason}")
-    tuning = preflight.tune(findings if options.tune_host else [], journal=preflight.journal_path(run.path))
+    tuning = tune(findings if options.tune_host else [], journal=journal.journal_path(run.path))
     with tuning as tuned, Progress(say) as progress:
         if tuned.changed:
             run.update_record(tuned=tuned.changed)

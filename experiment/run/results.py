@@ -6,7 +6,7 @@ Layout of a run folder (schema_version: model.SCHEMA_VERSION):
   raw/<id>.*            raw outputs (httperf text, ephttpd and deadconn JSON lines, pipetest JSON)
   logs/                 image builds, dockerd, mmdebstrap
   tuning.json           what --tune-host changed on the host, written before each change, and when it was
-                        put back (tuning.N.json: a resumed attempt's; preflight.restore_abandoned)
+                        put back (tuning.N.json: a resumed attempt's; journal.restore_abandoned)
   run.lock              held (flock) by the process running the run, as long as it runs: `invoke clean` tells
                         a run that is not running by it, whatever way its process ended
   report/               written by `invoke report`

@@ -4,7 +4,7 @@ rule). stats.ROUNDS rounds, medians."""
 
 from __future__ import annotations
 
-from ...host import preflight
+from ...host import tuning
 from ...run.plan import max_dead
 from .. import launch, native, stats
 from ..registry import Context
@@ -33,7 +33,7 @@ def deadconn_rate(fd_limit: int, rounds: int = stats.ROUNDS) -> dict:
     for n in range(1, rounds + 1):
         rows.append({**open_dead(fd_limit), "round": n, "loopback_tracked": state["tracked"]})
         if finding is not None:
-            with preflight.tune([finding]):
+            with tuning.tune([finding]):
                 rows.append({**open_dead(fd_limit), "round": n, "loopback_tracked": False})
     by_tracking = {}
     for tracked in dict.fromkeys(r["loopback_tracked"] for r in rows):
