@@ -295,21 +295,7 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
         measuring = time.monotonic()
         folding = 0.0
         try:
-            if model.DEAD_OPEN in plan.sweeps:  # its one offered rate, before the first point
-                rate = openloop.offered_rate(ctx, run.record().open_rate, say)
-                run.update_record(open_rate=rate)
-                ctx.open_rate = rate["rate"]
-            for variant in plan.variants:
-                for series in plan.series if model.DEAD in plan.sweeps else ():
-                    for repetition in range(1, plan.repeat + 1):
-                        dead_series(ctx, variant, series, repetition)
-                for backend in plan.backends if model.PIPETEST in plan.sweeps else ():
-                    for repetition in range(1, plan.repeat + 1):
-                        pipetest_series(ctx, variant, backend, repetition)
-            for variant in plan.open_variants if model.DEAD_OPEN in plan.sweeps else ():
-                for series in plan.series:
-                    for repetition in range(1, plan.repeat + 1):
-                        dead_series(ctx, variant, series, repetition, model.DEAD_OPEN)
+            measure_lines(ctx, say)
         finally:
             removed = server_runner.remove_all() + client_runner.remove_all()
             if removed:
@@ -324,6 +310,20 @@ def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options:
                                        "setup_s": round(measuring - images_done, 1),
                                        "measuring_s": round(time.monotonic() - measuring, 1),
                                        "anatomy_fold_s": round(folding, 1)})
+
+
+def measure_lines(ctx: Context, say: Callable[[str], None]) -> None:
+    """Every line of planned() in its order, each by its sweep's module; the open loop's one offered rate
+    before the first point."""
+    if model.DEAD_OPEN in ctx.plan.sweeps:
+        rate = openloop.offered_rate(ctx, ctx.run.record().open_rate, say)
+        ctx.run.update_record(open_rate=rate)
+        ctx.open_rate = rate["rate"]
+    for line in planned(ctx.plan, ctx.fd_limit):
+        if line.sweep == model.PIPETEST:
+            pipetest_series(ctx, line.variant, line.series, line.repetition)
+        else:
+            dead_series(ctx, line.variant, line.series, line.repetition, line.sweep)
 
 
 def _user_image(client: docker.DockerClient, ref: str, say):
@@ -357,33 +357,50 @@ def _reach(plan: Plan, fd_limit: int, series: catalog.Series) -> int:
     return max((lv.value for lv in series_levels(plan, fd_limit, series) if not lv.skip_reason), default=0)
 
 
-def planned(plan: Plan, fd_limit: int) -> list[tuple[str, str, catalog.Series, int, list[Level]]]:
-    """Every line of the plan under this fd limit, in the order the run measures them: (sweep, variant,
-    series, repetition, its levels)."""
+@dataclass(frozen=True)
+class Line:
+    """One line as the run measures it: a series of one sweep, variant and repetition, over its levels."""
+
+    sweep: str
+    variant: str
+    series: catalog.Series  # a pipetest line's names its walk
+    repetition: int
+    levels: tuple[Level, ...]
+
+    def point_id(self, level: Level) -> str:
+        """The id of the point this line records at that level."""
+        return point_id(self.sweep, self.variant, self.series, self.repetition, level.value, level.overlap)
+
+
+def planned(plan: Plan, fd_limit: int) -> list[Line]:
+    """Every line of the plan under this fd limit, in the order the run measures them (measure_lines): per
+    variant the dead sweep's series, then pipetest's backends, each repetition of a backend with each walk;
+    after all variants, the open loop's."""
+    repetitions = range(1, plan.repeat + 1)
     found = []
     for variant in plan.variants:
-        for series in plan.series if model.DEAD in plan.sweeps else ():
-            found += [(model.DEAD, variant, series, r, series_levels(plan, fd_limit, series))
-                      for r in range(1, plan.repeat + 1)]
-        for backend in plan.backends if model.PIPETEST in plan.sweeps else ():
-            found += [(model.PIPETEST, variant, catalog.Series(catalog.EPHTTPD, backend, walk), r,
-                       pipe_levels(plan, fd_limit, backend))
-                      for r in range(1, plan.repeat + 1) for walk in plan.walks]
-    for variant in plan.open_variants if model.DEAD_OPEN in plan.sweeps else ():
-        found += [(model.DEAD_OPEN, variant, series, r, dead_levels(plan, fd_limit, series.backend, model.DEAD_OPEN))
-                  for series in plan.series for r in range(1, plan.repeat + 1)]
+        if model.DEAD in plan.sweeps:
+            found += [Line(model.DEAD, variant, series, r, tuple(series_levels(plan, fd_limit, series)))
+                      for series in plan.series for r in repetitions]
+        if model.PIPETEST in plan.sweeps:
+            found += [Line(model.PIPETEST, variant, catalog.Series(catalog.EPHTTPD, backend, walk), r,
+                           tuple(pipe_levels(plan, fd_limit, backend)))
+                      for backend in plan.backends for r in repetitions for walk in plan.walks]
+    if model.DEAD_OPEN in plan.sweeps:
+        found += [Line(model.DEAD_OPEN, variant, series, r,
+                       tuple(dead_levels(plan, fd_limit, series.backend, model.DEAD_OPEN)))
+                  for variant in plan.open_variants for series in plan.series for r in repetitions]
     return found
 
 
 def count_points(plan: Plan, fd_limit: int, skipped: bool = False) -> int:
     """The points of the plan under this fd limit; with skipped, only those recorded as skipped."""
-    return sum(1 for *_, levels in planned(plan, fd_limit) for level in levels
-               if not skipped or level.skip_reason)
+    return sum(1 for line in planned(plan, fd_limit) for level in line.levels if not skipped or level.skip_reason)
 
 
 def expected_seconds(plan: Plan, fd_limit: int) -> dict[str, float]:
     """The seconds each point the plan measures is expected to take (durations.line_s), by point id."""
-    return {point_id(sweep, variant, series, repetition, level.value, level.overlap): seconds
-            for sweep, variant, series, repetition, levels in planned(plan, fd_limit)
-            for level, seconds in zip(levels, durations.line_s(plan, sweep, levels), strict=True)
+    return {line.point_id(level): seconds
+            for line in planned(plan, fd_limit)
+            for level, seconds in zip(line.levels, durations.line_s(plan, line.sweep, line.levels), strict=True)
             if not level.skip_reason}
