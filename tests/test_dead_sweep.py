@@ -21,7 +21,6 @@ from experiment.run import (
     durations,
     instruments,
     openloop,
-    pipetest,
     plan,
     reproduce,
     results,
@@ -264,7 +263,7 @@ def test_an_anatomy_entry_with_an_unknown_field_is_refused_in_one_line(tmp_path)
 
 def test_pipetest_runs_each_walk_of_the_plan_and_records_the_walk_and_the_visits(tmp_path):
     ctx, events = sweep_context(tmp_path, Script(), sweeps="pipetest", pipes="10,1000")
-    pipetest.pipetest_series(ctx, "up", "epoll", 1)
+    reproduce.measure_lines(ctx, lambda _: None)
     commands = [e[2] for e in events if e[:2] == ("run", "pipetest")]
     assert [(c[c.index("--walk") + 1], c[c.index("--pipes") + 1]) for c in commands] == [
         ("stay", "10"), ("stay", "1000"), ("stride", "10"), ("stride", "1000")]
@@ -276,7 +275,7 @@ def test_pipetest_runs_each_walk_of_the_plan_and_records_the_walk_and_the_visits
     stay = json.loads(ctx.run.point_path("pipetest-up-epoll-r1-p001000").read_text())
     assert (stay["walk"], stay["figures"]["pipes_visited"], stay["figures"]["visits_max"]) == ("stay", 1, 9)
     events.clear()
-    pipetest.pipetest_series(ctx, "up", "epoll", 1)
+    reproduce.measure_lines(ctx, lambda _: None)
     assert events == [], "a resume finds every walk's points"
 
 
@@ -286,10 +285,7 @@ def test_the_plans_expected_seconds_name_exactly_the_points_the_sweeps_measure(t
                            sweeps="dead,pipetest", pipes="10,1000")
     expected = reproduce.expected_seconds(ctx.plan, ctx.fd_limit)
     ctx.progress.start(total=reproduce.count_points(ctx.plan, ctx.fd_limit), done=0, expected=expected)
-    for series in ctx.plan.series:
-        dead.dead_series(ctx, "up", series, 1)
-    for backend in ctx.plan.backends:
-        pipetest.pipetest_series(ctx, "up", backend, 1)
+    reproduce.measure_lines(ctx, lambda _: None)
     measured = {p.id for p in ctx.run.points() if p.status != model.SKIPPED}
     assert measured == set(expected) and "dead-up-epoll-r1-d001000-direct" in measured
     assert ctx.progress.eta() == 0.0, "every expectation was used up by its point"

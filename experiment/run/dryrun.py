@@ -16,29 +16,25 @@ from pathlib import Path
 
 from .. import model
 from ..errors import UserError
-from ..model import DEAD, DEAD_OPEN, PIPETEST, Plan
+from ..model import DEAD_OPEN, PIPETEST, Plan
 from . import durations
-from .plan import Level, dead_levels, pipe_levels, series_levels
-from .reproduce import count_points, expected_seconds
+from .plan import Level
+from .reproduce import count_points, expected_seconds, planned
 
 
 def local_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
-def lines(plan: Plan, fd_limit: int) -> list[tuple[str, str, str, list[Level]]]:
-    """(sweep, variant, line label, its levels) in the order the run measures them."""
-    found = []
-    for variant in plan.variants:
-        if DEAD in plan.sweeps:
-            found += [(DEAD, variant, s.label, series_levels(plan, fd_limit, s)) for s in plan.series]
-        if PIPETEST in plan.sweeps:
-            found += [(PIPETEST, variant, f"{b} ({walk})", pipe_levels(plan, fd_limit, b))
-                      for walk in plan.walks for b in plan.backends]
-    for variant in plan.open_variants if DEAD_OPEN in plan.sweeps else ():
-        found += [(DEAD_OPEN, variant, s.label, dead_levels(plan, fd_limit, s.backend, DEAD_OPEN))
-                  for s in plan.series]
-    return found
+def lines(plan: Plan, fd_limit: int) -> list[tuple[str, str, str, tuple[Level, ...]]]:
+    """(sweep, variant, line label, its levels): one row per line of planned() and its repetitions, in the
+    order the run first measures each."""
+    rows: dict[tuple[str, str, str], tuple[Level, ...]] = {}
+    for line in planned(plan, fd_limit):
+        # A pipetest row names its walk even when it stays, which a figure's legend leaves unsaid.
+        label = f"{line.series.backend} ({line.series.walk})" if line.sweep == PIPETEST else line.series.label
+        rows.setdefault((line.sweep, line.variant, label), line.levels)
+    return [(sweep, variant, label, levels) for (sweep, variant, label), levels in rows.items()]
 
 
 def estimate_s(plan: Plan, fd_limit: int) -> float:

@@ -9,6 +9,8 @@ only their proportions matter to the ETA, which scales them by what the points m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .. import catalog
 from ..model import DEAD, DEAD_OPEN, PIPETEST, Plan
 from . import pipetest
@@ -38,7 +40,7 @@ def point_s(plan: Plan, sweep: str) -> float:
     raise ValueError(f"unknown sweep {sweep!r}")
 
 
-def line_s(plan: Plan, sweep: str, levels: list[Level]) -> list[float]:
+def line_s(plan: Plan, sweep: str, levels: Sequence[Level]) -> list[float]:
     """Seconds each level of one line is expected to take, in the order a run measures them (0 for a skipped
     one). A dead line starts its server before its first level and opens each level's step of dead
     connections; its overlapping level (a holders line measured without them) does both once more."""

@@ -80,57 +80,101 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
     variants. rate and connections are the open loop's (parse_rate; openload's connections)."""
     if profile not in PROFILES:
         raise UserError(f"--profile {profile!r}: valid: {','.join(PROFILES)}")
-    plan = PROFILES[profile]
-    chosen = choose(server, server_image, server_cmd, server_port)
+    plan = _with_servers(PROFILES[profile], choose(server, server_image, server_cmd, server_port), backends)
+    plan = _with_sweeps(plan, sweeps, variants, walks)
+    plan = _with_load(plan, load)
+    plan = _with_open_loop(plan, rate, connections)
+    plan = _with_levels(plan, dead, pipes)
+    plan = _with_run_length(plan, repeat, duration)
+    return replace(plan, anatomy=anatomy)
+
+
+def _with_servers(plan: Plan, chosen: tuple[Choice, ...], backends: str | None) -> Plan:
+    """The chosen servers under test and their lines (a server of one's own as given); without ephttpd, the
+    dead sweep alone."""
     kinds = tuple(c.kind for c in chosen)
     own = next((c for c in chosen if c.kind == catalog.CUSTOM), Choice(catalog.CUSTOM))
-    per_server = {c.kind: plan.backends if c.kind == DEFAULT_SERVER else c.backends for c in chosen}
-    if backends is not None:
-        asked = _choices(backends, tuple(dict.fromkeys(b for c in chosen for b in c.backends)), "--backends")
-        # A server of one's own has one backend, its own, which no flag chooses.
-        per_server = {c.kind: c.backends if c.kind == catalog.CUSTOM else tuple(b for b in asked if b in c.backends)
-                      for c in chosen}
-        for kind, found in per_server.items():
-            if not found:
-                raise UserError(f"--backends {backends}: the {kind} server has none of these; its backends: "
-                                f"{','.join(catalog.SERVERS[kind].backends)}")
+    per_server = _backends_per_server(plan, chosen, backends)
     changes: dict[str, Any] = {"servers": kinds, "series": tuple(Series(k, b) for k in kinds for b in per_server[k]),
-               "backends": per_server.get(DEFAULT_SERVER, ()), "server_image": own.image,
-               "server_cmd": own.command, "server_port": own.port, "anatomy": anatomy}
+                               "backends": per_server.get(DEFAULT_SERVER, ()), "server_image": own.image,
+                               "server_cmd": own.command, "server_port": own.port}
     if DEFAULT_SERVER not in kinds:
         changes["sweeps"] = (DEAD,)
+    return replace(plan, **changes)
+
+
+def _backends_per_server(plan: Plan, chosen: tuple[Choice, ...], backends: str | None) -> dict[str, tuple[str, ...]]:
+    """Each chosen server's backends: of --backends those it has, or by default ephttpd the profile's and any
+    other all of its own."""
+    if backends is None:
+        return {c.kind: plan.backends if c.kind == DEFAULT_SERVER else c.backends for c in chosen}
+    asked = _choices(backends, tuple(dict.fromkeys(b for c in chosen for b in c.backends)), "--backends")
+    # A server of one's own has one backend, its own, which no flag chooses.
+    per_server = {c.kind: c.backends if c.kind == catalog.CUSTOM else tuple(b for b in asked if b in c.backends)
+                  for c in chosen}
+    for kind, found in per_server.items():
+        if not found:
+            raise UserError(f"--backends {backends}: the {kind} server has none of these; its backends: "
+                            f"{','.join(catalog.SERVERS[kind].backends)}")
+    return per_server
+
+
+def _with_sweeps(plan: Plan, sweeps: str | None, variants: str | None, walks: str | None) -> Plan:
+    """--sweeps (pipetest only with ephttpd), --variants (the open loop's too) and --walks."""
+    changes: dict[str, Any] = {}
     if sweeps is not None:
         changes["sweeps"] = _choices(sweeps, SWEEPS, "--sweeps")
-        if DEFAULT_SERVER not in kinds and PIPETEST in changes["sweeps"]:
+        if DEFAULT_SERVER not in plan.servers and PIPETEST in changes["sweeps"]:
             raise UserError(f"--sweeps {sweeps}: pipetest does not involve the server, so it runs with ephttpd "
                             f"only; use --sweeps dead, or add ephttpd to --server")
     if variants is not None:
         changes["variants"] = changes["open_variants"] = _choices(variants, VARIANTS, "--variants")
     if walks is not None:
         changes["walks"] = _choices(walks, WALKS, "--walks")
-    if load is not None:
-        if load not in catalog.LOADS:
-            raise UserError(f"--load {load!r}: give one load generator; valid: {','.join(catalog.LOADS)}")
-        changes["load"] = load
-        if load == catalog.OPEN:  # the dead sweep, open loop: as the closed one would have run
-            chosen_sweeps = changes.get("sweeps", plan.sweeps)
-            changes["sweeps"] = tuple(dict.fromkeys(DEAD_OPEN if s == DEAD else s for s in chosen_sweeps))
-            changes["open_variants"] = changes.get("variants", plan.variants)
-    open_sweep = DEAD_OPEN in changes.get("sweeps", plan.sweeps)
+    return replace(plan, **changes)
+
+
+def _with_load(plan: Plan, load: str | None) -> Plan:
+    """--load; the open load runs the dead sweep open loop instead, as the closed one would have run."""
+    if load is None:
+        return plan
+    if load not in catalog.LOADS:
+        raise UserError(f"--load {load!r}: give one load generator; valid: {','.join(catalog.LOADS)}")
+    if load != catalog.OPEN:
+        return replace(plan, load=load)
+    return replace(plan, load=load, sweeps=tuple(dict.fromkeys(DEAD_OPEN if s == DEAD else s for s in plan.sweeps)),
+                   open_variants=plan.variants)
+
+
+def _with_open_loop(plan: Plan, rate: str | float | None, connections: str | int | None) -> Plan:
+    """--rate and --connections, which only the open loop takes."""
     for flag, given in (("--rate", rate), ("--connections", connections)):
-        if given is not None and not open_sweep:
+        if given is not None and DEAD_OPEN not in plan.sweeps:
             raise UserError(f"{flag} {given}: only the open-loop load takes it: add --load open (or dead-open "
                             "to --sweeps)")
+    changes: dict[str, Any] = {}
     if rate is not None:
         changes["open_rate"], changes["open_rate_share"] = parse_rate(rate)
     if connections is not None:
         changes["open_connections"] = parse_connections(connections, machine.fd_hard_limit())
+    return replace(plan, **changes)
+
+
+def _with_levels(plan: Plan, dead: str | None, pipes: str | None) -> Plan:
+    """--dead and --pipes: those levels, without the host's maximum added."""
+    changes: dict[str, Any] = {}
     if dead is not None:
         changes["dead"] = _counts(dead, "--dead", 0)
         changes["add_host_max"] = False
     if pipes is not None:
         changes["pipes"] = _counts(pipes, "--pipes", 1)
         changes["add_host_max"] = False
+    return replace(plan, **changes)
+
+
+def _with_run_length(plan: Plan, repeat: int | None, duration: float | None) -> Plan:
+    """--repeat and --duration (the open loop's points too)."""
+    changes: dict[str, Any] = {}
     if repeat is not None:
         if not 1 <= repeat <= 100:
             raise UserError(f"--repeat {repeat}: give a whole number from 1 to 100")

@@ -1,5 +1,6 @@
-"""`invoke reproduce`: a run from its plan: the engines and images, the host's preflight, metadata and cpusets,
-then the variant x series x repetition loop over the sweeps (dead.py, pipetest.py).
+"""`invoke reproduce`: a run from its plan, in named steps (_measure_all): the engines connected and the images
+placed on them, the servers under test, the host assessed (limits, preflight, metadata, cpusets), then the
+sweep: every line planned() lists, in its order, each measured by its sweep's module (dead.py, pipetest.py).
 
 The server may run on one Docker engine and the clients on another (--server-engine, --client-engine): the
 server listens on --server-address, which the clients target; each engine's containers get that engine's
@@ -17,7 +18,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
@@ -47,6 +48,8 @@ from .plan import (
 )
 from .progress import Progress
 from .services import LOOPBACK
+
+Say = Callable[[str], None]
 
 # The address a client host connects to a server from, asked of a client container (the client image has
 # Python): a UDP socket's connect() picks the route's source address without sending anything.
@@ -95,10 +98,11 @@ def check_address(address: str) -> str:
 
 
 def engine_url(url: str | None) -> str:
+    """An engine flag's URL; not given: DOCKER_HOST's, or the local socket."""
     return url or engine.default_url()
 
 
-def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) -> results.Run:
+def reproduce(plan: Plan, options: Options, say: Say = print) -> results.Run:
     """Builds the images, runs every planned point not yet done, and returns the run.
 
     SIGTERM is handled like Ctrl-C: the run's containers are removed, tuned sysctls restored, finished
@@ -106,30 +110,10 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
     it failed with the message, its traceback in logs/traceback*.txt. While it runs, this process holds the
     run's lock (results.Run.hold), and what it prints goes to logs/harness.log too (runlog)."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    if options.resume:
-        run = results.Run.open(options.resume, options.results_dir)
-        run.hold()
-        runlog.attach(run.path)
-        record = run.record()
-        plan = record.plan
-        say(f"resuming {run.id}: {len(run.points())} points already done")
-        if (written := run.recorded_version()) != model.SCHEMA_VERSION:
-            say(f"{run.id} was written with schema_version {written}: its records are read upgraded to "
-                f"{model.SCHEMA_VERSION}, and what this run adds is written as {model.SCHEMA_VERSION}")
-    else:
-        server_url = engine_url(options.server_engine_url)
-        where = {"server": server_url, "client": engine_url(options.client_engine_url or server_url),
-                 "server_address": check_address(options.server_address)}
-        record = model.RunRecord(run_id=results.new_run_id(plan.profile), profile=plan.profile, status="preparing",
-                                 started_at=model.utc_now(), command_line=list(sys.argv), plan=plan, engines=where,
-                                 harness=process.this_process())
-        run = results.Run.create(record, options.results_dir)
-        run.hold()
-        runlog.attach(run.path)
-        say(f"results: {run.path}")
+    run, record = _resume_run(options, say) if options.resume else _create_run(plan, options, say)
     status, error, refused, traced = "failed", None, False, None
     try:
-        _measure_all(run, record, plan, options, say)
+        _measure_all(run, record, options, say)
         status = "complete"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -150,6 +134,35 @@ def reproduce(plan: Plan, options: Options, say: Callable[[str], None] = print) 
     return run
 
 
+def _resume_run(options: Options, say: Say) -> tuple[results.Run, model.RunRecord]:
+    """The run --resume names, held by this process, and its record as its last attempt left it."""
+    run = results.Run.open(options.resume, options.results_dir)
+    run.hold()
+    runlog.attach(run.path)
+    record = run.record()
+    say(f"resuming {run.id}: {len(run.points())} points already done")
+    if (written := run.recorded_version()) != model.SCHEMA_VERSION:
+        say(f"{run.id} was written with schema_version {written}: its records are read upgraded to "
+            f"{model.SCHEMA_VERSION}, and what this run adds is written as {model.SCHEMA_VERSION}")
+    return run, record
+
+
+def _create_run(plan: Plan, options: Options, say: Say) -> tuple[results.Run, model.RunRecord]:
+    """A new run of the plan, its folder created and held by this process, and its record: the engines and
+    the server's address it was asked for, and this process as its harness."""
+    server_url = engine_url(options.server_engine_url)
+    endpoints = {"server": server_url, "client": engine_url(options.client_engine_url or server_url),
+                 "server_address": check_address(options.server_address)}
+    record = model.RunRecord(run_id=results.new_run_id(plan.profile), profile=plan.profile, status="preparing",
+                             started_at=model.utc_now(), command_line=list(sys.argv), plan=plan, engines=endpoints,
+                             harness=process.this_process())
+    run = results.Run.create(record, options.results_dir)
+    run.hold()
+    runlog.attach(run.path)
+    say(f"results: {run.path}")
+    return run, record
+
+
 def _write_traceback(run: results.Run) -> str | None:
     """The exception being handled, with its traceback, in logs/traceback.txt (a resumed attempt's:
     traceback.1.txt, ...); its path within the run folder, or None when it cannot be written."""
@@ -164,32 +177,78 @@ def _write_traceback(run: results.Run) -> str | None:
     return str(path.relative_to(run.path))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Engines:
-    """The two engines of a run (one client object when both URLs are the same) and what they told us."""
+    """The run's two Docker engines (one client object when both URLs are the same), and the address the
+    server listens on and the clients target."""
 
     server_url: str
     client_url: str
+    server_address: str
     server: docker.DockerClient
     client: docker.DockerClient
-    probed: dict  # {"server": engine.probe(...), "client": ...}
+
+    @classmethod
+    def connect(cls, endpoints: dict, log_dir: Path, say: Say) -> Engines:
+        """The engines of run.json's "engines" ({"server", "client", "server_address"}), connected."""
+        server_url, client_url = endpoints["server"], endpoints["client"]
+        server = engine.connect(server_url, log_dir=log_dir, say=say)
+        client = server if client_url == server_url else engine.connect(client_url, log_dir=log_dir, say=say)
+        return cls(server_url, client_url, endpoints["server_address"], server, client)
+
+    def url(self, role: str) -> str:
+        """The URL of the role's engine: "server" or "client"."""
+        return self.server_url if role == "server" else self.client_url
+
+
+@dataclass(frozen=True)
+class PlacedImages:
+    """The run's images on the engines that start them (publish.prepare), and where they came from."""
+
+    built: dict[str, images.BuiltImage]  # by target: "server", "client"
+    base: dict  # the base image they were built on
+    provenance: dict  # run.json's metadata "images_source"
+
+    @property
+    def server_tag(self) -> str:
+        """What the server's containers start from."""
+        return self.built["server"].tag
+
+    @property
+    def client_tag(self) -> str:
+        """What the clients' containers start from."""
+        return self.built["client"].tag
+
+
+@dataclass(frozen=True)
+class Probed:
+    """What the run's engines give their containers (engine.probe: open-file limit, CPUs, boot id), by role."""
+
+    engines: Engines
+    found: dict  # {"server": engine.probe(...), "client": ...}
+
+    @classmethod
+    def take(cls, engines: Engines, placed: PlacedImages) -> Probed:
+        """Each engine probed once, in a container of the image its role runs."""
+        server = engine.probe(engines.server, placed.server_tag)
+        client = server if engines.client is engines.server else engine.probe(engines.client, placed.client_tag)
+        return cls(engines, {"server": server, "client": client})
 
     @property
     def same_host(self) -> bool:
         """Whether the two engines run on one kernel (two dockerds of one machine, or one engine)."""
-        return self.probed["server"].get("boot_id") == self.probed["client"].get("boot_id")
+        return self.found["server"].get("boot_id") == self.found["client"].get("boot_id")
 
     def fd_limit(self, role: str) -> int:
         """The open-file limit of the role's containers: what its engine gives a container, and for an
         engine on this machine no more than this process's own hard limit (which is what we were given)."""
-        probed = self.probed[role]["fd_hard_limit"]
-        url = self.server_url if role == "server" else self.client_url
-        return min(machine.fd_hard_limit(), probed) if engine.is_local(url) else probed
+        probed = self.found[role]["fd_hard_limit"]
+        return min(machine.fd_hard_limit(), probed) if engine.is_local(self.engines.url(role)) else probed
 
     def cpus(self, role: str) -> list[int]:
         """The CPUs the role's containers may use; on this machine, within our own affinity."""
-        found = engine.expand_cpu_list(self.probed[role]["cpu_list"]) or list(range(self.probed[role]["nproc"]))
-        url = self.server_url if role == "server" else self.client_url
+        found = engine.expand_cpu_list(self.found[role]["cpu_list"]) or list(range(self.found[role]["nproc"]))
+        url = self.engines.url(role)
         if engine.is_local(url):
             found = [c for c in found if c in machine.cpus()] or found
         if not found:
@@ -197,137 +256,86 @@ class Engines:
         return found
 
 
-def _measure_all(run: results.Run, record: model.RunRecord, plan: Plan, options: Options, say) -> None:
-    # First, what an earlier run killed outright left tuned (a resumed run's own folder may lie elsewhere).
+@dataclass(frozen=True)
+class AssessedHost:
+    """What the host gives the run, as assessed before its first point."""
+
+    fd_limit: int  # the server's containers' open-file limit
+    client_fd_limit: int
+    cpusets: dict  # by variant: cpusets()
+    findings: list[preflight.Finding]  # the host settings below what the plan needs (--tune-host raises them)
+    client_source: str | None  # deadconn's source address, for a server beyond loopback
+
+
+@dataclass
+class Stopwatch:
+    """The moments a run's wall time divides at, for run.json's "timings" (`invoke bench` reports them)."""
+
+    started: float = field(default_factory=time.monotonic)
+    images_done: float = 0.0
+    measuring: float = 0.0
+
+    def timings(self, folding_s: float) -> dict[str, float]:
+        """Seconds of engines and images, of setup before the first point, of measuring up to now."""
+        return {"images_s": round(self.images_done - self.started, 1),
+                "setup_s": round(self.measuring - self.images_done, 1),
+                "measuring_s": round(time.monotonic() - self.measuring, 1),
+                "anatomy_fold_s": round(folding_s, 1)}
+
+
+def _measure_all(run: results.Run, record: model.RunRecord, options: Options, say: Say) -> None:
+    """The run's steps: the engines connected and the images placed on them, the servers under test, the host
+    assessed, the sweep. Each takes and returns what it works on (Engines, PlacedImages, Probed, AssessedHost),
+    so that a run over several engines can take them once per engine."""
+    # What an earlier run killed outright left tuned comes first (a resumed run's own folder may lie elsewhere).
     journal.restore_abandoned(options.results_dir, say, also=[run.path])
-    # The engines and the address the run was started with (a resumed run's own; the default for a run
-    # recorded before they could be chosen).
-    where = record.engines or {"server": engine.default_url(), "client": engine.default_url(),
-                                      "server_address": LOOPBACK}
-    server_url, client_url, address = where["server"], where["client"], where["server_address"]
-    servers.refuse_taken_ports(choices(plan).values(), address)
-    started = time.monotonic()
-    server_engine = engine.connect(server_url, log_dir=run.logs_dir, say=say)
-    client_engine = server_engine if client_url == server_url else engine.connect(client_url, log_dir=run.logs_dir,
-                                                                                  say=say)
+    plan, endpoints = record.plan, _recorded_endpoints(record)
+    servers.refuse_taken_ports(choices(plan).values(), endpoints["server_address"])
+    stopwatch = Stopwatch()
+    engines = Engines.connect(endpoints, run.logs_dir, say)
+    placed = _place_images(run, record, options, engines, say)
+    stopwatch.images_done = time.monotonic()
+    probed = Probed.take(engines, placed)
+    under_test = _servers_under_test(plan, engines, placed, say)
+    host = _assess_host(run, record, options, probed, placed, under_test, say)
+    _sweep(run, plan, engines, placed, host, options.tune_host, stopwatch, say)
+
+
+def _recorded_endpoints(record: model.RunRecord) -> dict:
+    """The engines and the server's address the run was started with (a resumed run's own; for a run recorded
+    before they could be chosen, the default engine and loopback)."""
+    return record.engines or {"server": engine.default_url(), "client": engine.default_url(),
+                              "server_address": LOOPBACK}
+
+
+def _place_images(run: results.Run, record: model.RunRecord, options: Options, engines: Engines,
+                  say: Say) -> PlacedImages:
+    """The images on the server's engine, built or obtained as asked (a resumed run's from where its first
+    attempt's came), and the client image copied to the clients' engine when that is another one."""
     resumed_from = record.metadata.get("images_source") if options.resume else None
-    built, base, provenance = publish.prepare(server_engine, options.base_image, run.logs_dir, options.image_ref,
+    built, base, provenance = publish.prepare(engines.server, options.base_image, run.logs_dir, options.image_ref,
                                               options.archive, options.published_json, resumed_from, say=say)
-    if client_engine is not server_engine:
-        say(f"copying {built['client'].tag} to the clients' engine at {client_url}")
-        provenance["copied_to_client_engine"] = engine.copy_images(server_engine, client_engine,
+    if engines.client is not engines.server:
+        say(f"copying {built['client'].tag} to the clients' engine at {engines.client_url}")
+        provenance["copied_to_client_engine"] = engine.copy_images(engines.server, engines.client,
                                                                    [built["client"].tag])
-    images_done = time.monotonic()
-    server_probe = engine.probe(server_engine, built["server"].tag)
-    client_probe = server_probe if client_engine is server_engine else engine.probe(client_engine,
-                                                                                   built["client"].tag)
-    engines = Engines(server_url, client_url, server_engine, client_engine,
-                      {"server": server_probe, "client": client_probe})
-    chosen = choices(plan)
+    return PlacedImages(built, base, provenance)
+
+
+def _servers_under_test(plan: Plan, engines: Engines, placed: PlacedImages, say: Say) -> dict[str, dict]:
+    """run.json's servers under test, by kind: ours in the server image, or a server of the user's own in its
+    image on the server's engine."""
     under_test = {}
-    for kind, choice in chosen.items():
-        under_test[kind] = {"kind": kind, "image": built["server"].tag, "image_id": built["server"].id,
-                            "command": choice.command, "port": choice.port, "address": address,
+    for kind, choice in choices(plan).items():
+        under_test[kind] = {"kind": kind, "image": placed.server_tag, "image_id": placed.built["server"].id,
+                            "command": choice.command, "port": choice.port, "address": engines.server_address,
                             "readiness": catalog.SERVERS[kind].readiness}
         if choice.image:
-            under_test[kind].update(image=choice.image, image_id=_user_image(server_engine, choice.image, say).id)
-    client_source = None
-    if not ipaddress.IPv4Address(address).is_loopback:
-        client_source = _source_address(client_engine, built["client"].tag, address)
-    fd_limit, client_fd_limit = engines.fd_limit("server"), engines.fd_limit("client")
-    settings = preflight.read_host_settings()
-    holders = {s.label: dead_holders(plan, fd_limit, s) for s in plan.series}
-    reach = {s.label: _reach(plan, fd_limit, s) for s in plan.series}
-    findings = preflight.assess(
-        settings, max(reach.values(), default=0), plan.active_connections,
-        source_addresses=1 if client_source else preflight.source_addresses_needed(settings, max(reach.values(),
-                                                                                                 default=0)),
-        per_process_dead=max((reach[s.label] for s in plan.series if not holders[s.label]), default=0),
-        holder_pipe_bytes=catalog.holder_pipe_bytes(fd_limit) if any(holders.values()) else 0)
-    for finding in findings:
-        say(f"preflight: {finding.describe()}")
-    meta = metadata.capture(server_engine, built, base, settings, server_url)
-    meta["images_source"] = provenance
-    meta["engines"] = {"server": engine.facts(server_engine, server_url, server_probe),
-                       "client": engine.facts(client_engine, client_url, client_probe)}
-    meta["servers_under_test"] = under_test
-    open_probe = model.DEAD_OPEN in plan.sweeps and plan.open_rate is None  # its capacity probe runs wrk
-    if plan.load == catalog.WRK or open_probe:
-        meta["wrk_version"] = metadata.wrk_version(client_engine, built["client"].tag)
-    if options.resume:
-        metadata.check_resumable(run.id, record.metadata, meta)
-    if model.DEAD_OPEN in plan.sweeps and plan.open_connections > client_fd_limit - OPENLOAD_FD_OVERHEAD:
-        raise UserError(f"--connections {plan.open_connections}: more than the clients' engine's open-file limit "
-                        f"({client_fd_limit}) allows openload; give at most {client_fd_limit - OPENLOAD_FD_OVERHEAD}")
-    sets = cpusets(engines.cpus("server"), engines.cpus("client"), engines.same_host)
-    # The harness: this process (a resumed run's is the one resuming it, once the resume is accepted).
-    run.update_record(status="running", metadata=meta, cpusets=sets, harness=process.this_process(),
-                      preflight=[f.to_dict() for f in findings],
-                      limits={"fd_hard_limit": fd_limit, "client_fd_hard_limit": client_fd_limit,
-                              # With holders a line reaches its top level, else what one process may hold.
-                              "max_dead": {s.label: reach[s.label] if holders[s.label]
-                                           else max_dead(fd_limit, s.backend, plan.active_connections)
-                                           for s in plan.series},
-                              # The series whose dead connections helper processes hold, and how many.
-                              "dead_holders": {k: v for k, v in holders.items() if v},
-                              "max_pipes": {b: max_pipes(fd_limit, b) for b in plan.backends},
-                              **({"max_dead_open": {s.label: max_dead(fd_limit, s.backend, plan.open_connections)
-                                                    for s in plan.series}} if model.DEAD_OPEN in plan.sweeps
-                                 else {})})
-    server_runner = Containers(server_engine, run.id, fd_limit, run.path)
-    client_runner = Containers(client_engine, run.id, client_fd_limit, run.path)
-    # The kernel cost anatomy's perf, found (or installed) and checked once; on a remote engine, why not.
-    server_local = engine.is_local(server_url)
-    instruments_found = anatomy.prepare(local=server_local) if plan.anatomy and model.DEAD in plan.sweeps else None
-    if instruments_found is not None and instruments_found.perf is None:
-        say(f"anatomy: perf unavailable, the points will say why: {instruments_found.reason}")
-    tuning = tune(findings if options.tune_host else [], journal=journal.journal_path(run.path))
-    with tuning as tuned, Progress(say) as progress:
-        if tuned.changed:
-            run.update_record(tuned=tuned.changed)
-        ctx = Context(run, plan, server_runner, client_runner, built["server"].tag, built["client"].tag, sets, fd_limit,
-                      progress, chosen, address, client_source, instruments_found, server_local)
-        done = run.points()
-        recorded = {p.id for p in done}
-        progress.start(total=count_points(plan, fd_limit), done=len(done),
-                       to_skip=max(0, count_points(plan, fd_limit, skipped=True)
-                                   - sum(p.status == model.SKIPPED for p in done)),
-                       expected={k: v for k, v in expected_seconds(plan, fd_limit).items() if k not in recorded})
-        measuring = time.monotonic()
-        folding = 0.0
-        try:
-            if model.DEAD_OPEN in plan.sweeps:  # its one offered rate, before the first point
-                rate = openloop.offered_rate(ctx, run.record().open_rate, say)
-                run.update_record(open_rate=rate)
-                ctx.open_rate = rate["rate"]
-            for variant in plan.variants:
-                for series in plan.series if model.DEAD in plan.sweeps else ():
-                    for repetition in range(1, plan.repeat + 1):
-                        dead_series(ctx, variant, series, repetition)
-                for backend in plan.backends if model.PIPETEST in plan.sweeps else ():
-                    for repetition in range(1, plan.repeat + 1):
-                        pipetest_series(ctx, variant, backend, repetition)
-            for variant in plan.open_variants if model.DEAD_OPEN in plan.sweeps else ():
-                for series in plan.series:
-                    for repetition in range(1, plan.repeat + 1):
-                        dead_series(ctx, variant, series, repetition, model.DEAD_OPEN)
-        finally:
-            removed = server_runner.remove_all() + client_runner.remove_all()
-            if removed:
-                say(f"removed {removed} container(s) of this run")
-            # The profiles are folded after the sweep, not per point (`perf script` takes a while each), and
-            # also when it was interrupted, so that the points it kept are complete before a resume.
-            if instruments_found is not None and instruments_found.perf is not None:
-                progress.describe("anatomy: folding the profiles")
-                folding = instruments.fold(run.path, run.points(), instruments_found, run.update_point, say)
-            # Where the wall time went (`invoke bench` reports it): engine and images, setup, measuring.
-            run.update_record(timings={"images_s": round(images_done - started, 1),
-                                       "setup_s": round(measuring - images_done, 1),
-                                       "measuring_s": round(time.monotonic() - measuring, 1),
-                                       "anatomy_fold_s": round(folding, 1)})
+            under_test[kind].update(image=choice.image, image_id=_user_image(engines.server, choice.image, say).id)
+    return under_test
 
 
-def _user_image(client: docker.DockerClient, ref: str, say):
+def _user_image(client: docker.DockerClient, ref: str, say: Say):
     """The image of a server of the user's own, on the server's engine: there already, or pulled."""
     try:
         return client.images.get(ref)
@@ -343,14 +351,167 @@ def _user_image(client: docker.DockerClient, ref: str, say):
                         "build or load it there, or check the name") from None
 
 
-def _source_address(client: docker.DockerClient, image: str, address: str) -> str:
+def _assess_host(run: results.Run, record: model.RunRecord, options: Options, probed: Probed,
+                 placed: PlacedImages, under_test: dict[str, dict], say: Say) -> AssessedHost:
+    """The host before the first point: the clients' source address, the engines' limits, the preflight's
+    findings, the metadata (a resumed run's checked against what it recorded) and the cpusets, recorded in
+    run.json with the run now running."""
+    plan = record.plan
+    client_source = _client_source(probed.engines, placed)
+    fd_limit, client_fd_limit = probed.fd_limit("server"), probed.fd_limit("client")
+    settings = preflight.read_host_settings()
+    findings = _preflight(plan, fd_limit, settings, client_source, say)
+    meta = _metadata(plan, probed, placed, settings, under_test)
+    if options.resume:
+        metadata.check_resumable(run.id, record.metadata, meta)
+    _check_open_connections(plan, client_fd_limit)
+    host = AssessedHost(fd_limit, client_fd_limit, cpusets(probed.cpus("server"), probed.cpus("client"),
+                                                           probed.same_host), findings, client_source)
+    # The harness: this process (a resumed run's is the one resuming it, once the resume is accepted).
+    run.update_record(status="running", metadata=meta, cpusets=host.cpusets, harness=process.this_process(),
+                      preflight=[f.to_dict() for f in findings], limits=_limits(plan, fd_limit, client_fd_limit))
+    return host
+
+
+def _client_source(engines: Engines, placed: PlacedImages) -> str | None:
+    """The address the clients' host reaches a server beyond loopback from, which deadconn connects from;
+    None on loopback."""
+    address = engines.server_address
+    if ipaddress.IPv4Address(address).is_loopback:
+        return None
     try:
-        out = client.containers.run(image, ["python3", "-c", SOURCE_ADDRESS_SCRIPT, address], remove=True,
-                                    network_mode="host", stdout=True, stderr=True)
+        out = engines.client.containers.run(placed.client_tag, ["python3", "-c", SOURCE_ADDRESS_SCRIPT, address],
+                                            remove=True, network_mode="host", stdout=True, stderr=True)
         return check_address(out.decode().strip())
     except (docker.errors.DockerException, UserError) as error:
         raise UserError(f"the clients' host has no route to --server-address {address} ({error}): give an "
                         "address of the server's host that the clients' host reaches") from None
+
+
+def _preflight(plan: Plan, fd_limit: int, settings: dict, client_source: str | None,
+               say: Say) -> list[preflight.Finding]:
+    """The host settings below what the plan's dead connections need, each said."""
+    holders = {s.label: dead_holders(plan, fd_limit, s) for s in plan.series}
+    reach = {s.label: _reach(plan, fd_limit, s) for s in plan.series}
+    most = max(reach.values(), default=0)
+    findings = preflight.assess(
+        settings, most, plan.active_connections,
+        source_addresses=1 if client_source else preflight.source_addresses_needed(settings, most),
+        per_process_dead=max((reach[s.label] for s in plan.series if not holders[s.label]), default=0),
+        holder_pipe_bytes=catalog.holder_pipe_bytes(fd_limit) if any(holders.values()) else 0)
+    for finding in findings:
+        say(f"preflight: {finding.describe()}")
+    return findings
+
+
+def _metadata(plan: Plan, probed: Probed, placed: PlacedImages, settings: dict, under_test: dict[str, dict]) -> dict:
+    """run.json's metadata: the host's and its engines', the images' source, the servers under test, and wrk's
+    version when the run uses wrk."""
+    engines = probed.engines
+    meta = metadata.capture(engines.server, placed.built, placed.base, settings, engines.server_url)
+    meta["images_source"] = placed.provenance
+    meta["engines"] = {"server": engine.facts(engines.server, engines.server_url, probed.found["server"]),
+                       "client": engine.facts(engines.client, engines.client_url, probed.found["client"])}
+    meta["servers_under_test"] = under_test
+    open_probe = model.DEAD_OPEN in plan.sweeps and plan.open_rate is None  # its capacity probe runs wrk
+    if plan.load == catalog.WRK or open_probe:
+        meta["wrk_version"] = metadata.wrk_version(engines.client, placed.client_tag)
+    return meta
+
+
+def _check_open_connections(plan: Plan, client_fd_limit: int) -> None:
+    """UserError when the open loop's --connections are more than the clients' engine lets openload open."""
+    most = client_fd_limit - OPENLOAD_FD_OVERHEAD
+    if model.DEAD_OPEN in plan.sweeps and plan.open_connections > most:
+        raise UserError(f"--connections {plan.open_connections}: more than the clients' engine's open-file limit "
+                        f"({client_fd_limit}) allows openload; give at most {most}")
+
+
+def _limits(plan: Plan, fd_limit: int, client_fd_limit: int) -> dict:
+    """run.json's limits: the engines' open-file limits, and what the server's allows each line."""
+    holders = {s.label: dead_holders(plan, fd_limit, s) for s in plan.series}
+    return {"fd_hard_limit": fd_limit, "client_fd_hard_limit": client_fd_limit,
+            # With holders a line reaches its top level, else what one process may hold.
+            "max_dead": {s.label: _reach(plan, fd_limit, s) if holders[s.label]
+                         else max_dead(fd_limit, s.backend, plan.active_connections) for s in plan.series},
+            # The series whose dead connections helper processes hold, and how many.
+            "dead_holders": {k: v for k, v in holders.items() if v},
+            "max_pipes": {b: max_pipes(fd_limit, b) for b in plan.backends},
+            **({"max_dead_open": {s.label: max_dead(fd_limit, s.backend, plan.open_connections)
+                                  for s in plan.series}} if model.DEAD_OPEN in plan.sweeps else {})}
+
+
+def _sweep(run: results.Run, plan: Plan, engines: Engines, placed: PlacedImages, host: AssessedHost,
+           tune_host: bool, stopwatch: Stopwatch, say: Say) -> None:
+    """Every planned line not yet recorded (measure_lines), with the host tuned meanwhile (--tune-host) and the
+    progress shown; however it ends, the containers removed and the anatomy folded (_finish_sweep)."""
+    server_runner = Containers(engines.server, run.id, host.fd_limit, run.path)
+    client_runner = Containers(engines.client, run.id, host.client_fd_limit, run.path)
+    perf = _anatomy_instruments(plan, engines.server_url, say)
+    tuning = tune(host.findings if tune_host else [], journal=journal.journal_path(run.path))
+    with tuning as tuned, Progress(say) as progress:
+        if tuned.changed:
+            run.update_record(tuned=tuned.changed)
+        ctx = Context(run, plan, server_runner, client_runner, placed.server_tag, placed.client_tag, host.cpusets,
+                      host.fd_limit, progress, choices(plan), engines.server_address, host.client_source, perf,
+                      engine.is_local(engines.server_url))
+        _start_progress(ctx)
+        stopwatch.measuring = time.monotonic()
+        try:
+            measure_lines(ctx, say)
+        finally:
+            _finish_sweep(ctx, stopwatch, say)
+
+
+def _anatomy_instruments(plan: Plan, server_url: str, say: Say) -> anatomy.Instruments | None:
+    """The kernel cost anatomy's perf, found (or installed) and checked once; on a remote engine, why not.
+    None when the plan takes no anatomy."""
+    if not (plan.anatomy and model.DEAD in plan.sweeps):
+        return None
+    found = anatomy.prepare(local=engine.is_local(server_url))
+    if found.perf is None:
+        say(f"anatomy: perf unavailable, the points will say why: {found.reason}")
+    return found
+
+
+def _start_progress(ctx: Context) -> None:
+    """The progress' total, what earlier attempts recorded, and the seconds each point left is expected to take."""
+    done = ctx.run.points()
+    recorded = {p.id for p in done}
+    ctx.progress.start(total=count_points(ctx.plan, ctx.fd_limit), done=len(done),
+                       to_skip=max(0, count_points(ctx.plan, ctx.fd_limit, skipped=True)
+                                   - sum(p.status == model.SKIPPED for p in done)),
+                       expected={k: v for k, v in expected_seconds(ctx.plan, ctx.fd_limit).items()
+                                 if k not in recorded})
+
+
+def measure_lines(ctx: Context, say: Say) -> None:
+    """Every line of planned() in its order, each by its sweep's module; the open loop's one offered rate
+    before the first point."""
+    if model.DEAD_OPEN in ctx.plan.sweeps:
+        rate = openloop.offered_rate(ctx, ctx.run.record().open_rate, say)
+        ctx.run.update_record(open_rate=rate)
+        ctx.open_rate = rate["rate"]
+    for line in planned(ctx.plan, ctx.fd_limit):
+        if line.sweep == model.PIPETEST:
+            pipetest_series(ctx, line.variant, line.series, line.repetition)
+        else:
+            dead_series(ctx, line.variant, line.series, line.repetition, line.sweep)
+
+
+def _finish_sweep(ctx: Context, stopwatch: Stopwatch, say: Say) -> None:
+    """After the sweep, however it ended: the run's containers removed, the anatomy's profiles folded, and
+    where the wall time went recorded."""
+    removed = ctx.servers.remove_all() + ctx.clients.remove_all()
+    if removed:
+        say(f"removed {removed} container(s) of this run")
+    folding = 0.0
+    # The profiles are folded after the sweep, not per point (`perf script` takes a while each), and also when
+    # it was interrupted, so that the points it kept are complete before a resume.
+    if ctx.anatomy is not None and ctx.anatomy.perf is not None:
+        ctx.progress.describe("anatomy: folding the profiles")
+        folding = instruments.fold(ctx.run.path, ctx.run.points(), ctx.anatomy, ctx.run.update_point, say)
+    ctx.run.update_record(timings=stopwatch.timings(folding))
 
 
 def _reach(plan: Plan, fd_limit: int, series: catalog.Series) -> int:
@@ -358,33 +519,50 @@ def _reach(plan: Plan, fd_limit: int, series: catalog.Series) -> int:
     return max((lv.value for lv in series_levels(plan, fd_limit, series) if not lv.skip_reason), default=0)
 
 
-def planned(plan: Plan, fd_limit: int) -> list[tuple[str, str, catalog.Series, int, list[Level]]]:
-    """Every line of the plan under this fd limit, in the order the run measures them: (sweep, variant,
-    series, repetition, its levels)."""
+@dataclass(frozen=True)
+class Line:
+    """One line as the run measures it: a series of one sweep, variant and repetition, over its levels."""
+
+    sweep: str
+    variant: str
+    series: catalog.Series  # a pipetest line's names its walk
+    repetition: int
+    levels: tuple[Level, ...]
+
+    def point_id(self, level: Level) -> str:
+        """The id of the point this line records at that level."""
+        return point_id(self.sweep, self.variant, self.series, self.repetition, level.value, level.overlap)
+
+
+def planned(plan: Plan, fd_limit: int) -> list[Line]:
+    """Every line of the plan under this fd limit, in the order the run measures them (measure_lines): per
+    variant the dead sweep's series, then pipetest's backends, each repetition of a backend with each walk;
+    after all variants, the open loop's."""
+    repetitions = range(1, plan.repeat + 1)
     found = []
     for variant in plan.variants:
-        for series in plan.series if model.DEAD in plan.sweeps else ():
-            found += [(model.DEAD, variant, series, r, series_levels(plan, fd_limit, series))
-                      for r in range(1, plan.repeat + 1)]
-        for backend in plan.backends if model.PIPETEST in plan.sweeps else ():
-            found += [(model.PIPETEST, variant, catalog.Series(catalog.EPHTTPD, backend, walk), r,
-                       pipe_levels(plan, fd_limit, backend))
-                      for r in range(1, plan.repeat + 1) for walk in plan.walks]
-    for variant in plan.open_variants if model.DEAD_OPEN in plan.sweeps else ():
-        found += [(model.DEAD_OPEN, variant, series, r, dead_levels(plan, fd_limit, series.backend, model.DEAD_OPEN))
-                  for series in plan.series for r in range(1, plan.repeat + 1)]
+        if model.DEAD in plan.sweeps:
+            found += [Line(model.DEAD, variant, series, r, tuple(series_levels(plan, fd_limit, series)))
+                      for series in plan.series for r in repetitions]
+        if model.PIPETEST in plan.sweeps:
+            found += [Line(model.PIPETEST, variant, catalog.Series(catalog.EPHTTPD, backend, walk), r,
+                           tuple(pipe_levels(plan, fd_limit, backend)))
+                      for backend in plan.backends for r in repetitions for walk in plan.walks]
+    if model.DEAD_OPEN in plan.sweeps:
+        found += [Line(model.DEAD_OPEN, variant, series, r,
+                       tuple(dead_levels(plan, fd_limit, series.backend, model.DEAD_OPEN)))
+                  for variant in plan.open_variants for series in plan.series for r in repetitions]
     return found
 
 
 def count_points(plan: Plan, fd_limit: int, skipped: bool = False) -> int:
     """The points of the plan under this fd limit; with skipped, only those recorded as skipped."""
-    return sum(1 for *_, levels in planned(plan, fd_limit) for level in levels
-               if not skipped or level.skip_reason)
+    return sum(1 for line in planned(plan, fd_limit) for level in line.levels if not skipped or level.skip_reason)
 
 
 def expected_seconds(plan: Plan, fd_limit: int) -> dict[str, float]:
     """The seconds each point the plan measures is expected to take (durations.line_s), by point id."""
-    return {point_id(sweep, variant, series, repetition, level.value, level.overlap): seconds
-            for sweep, variant, series, repetition, levels in planned(plan, fd_limit)
-            for level, seconds in zip(levels, durations.line_s(plan, sweep, levels), strict=True)
+    return {line.point_id(level): seconds
+            for line in planned(plan, fd_limit)
+            for level, seconds in zip(line.levels, durations.line_s(plan, line.sweep, line.levels), strict=True)
             if not level.skip_reason}
