@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,11 @@ import docker
 import docker.errors
 
 from .. import model
+from ..anatomy import memory as slabs
 from ..catalog import Series
 from ..host import checks, engine, machine
 from . import instruments, loads, servers, services
-from .containers import Managed
+from .containers import Containers, Managed
 from .context import Context, base_point, finish, point_id
 from .plan import Level, dead_levels, series_levels
 from .services import Service
@@ -46,6 +48,10 @@ HOLDERS_SETTLE_S = 120
 HOLDERS_POLL_S = 0.2
 
 
+# /proc/slabinfo as the anatomy read it around a deadconn step, or why it could not.
+SlabReading = slabs.SlabSnapshot | model.Unavailable
+
+
 # /proc/PID/stat counts CPU time in USER_HZ clock ticks, 100 per second on every Linux.
 CLOCK_TICKS_PER_S = 100
 
@@ -58,6 +64,71 @@ class Serving:
     service: Service
     ready: dict
     port: int
+
+
+@dataclass
+class Deadconn:
+    """deadconn's container and what it last said: its ready line, whose "held" is how many dead connections
+    it holds now."""
+
+    managed: Managed
+    ready: dict
+
+
+@dataclass(frozen=True)
+class Line:
+    """The levels one server measures in order, one deadconn ramping up through them; and what names their
+    points, their containers' logs and the progress line."""
+
+    sweep: str
+    variant: str
+    series: Series
+    repetition: int
+    levels: tuple[Level, ...]
+
+    @property
+    def holders(self) -> int:
+        return self.levels[0].holders
+
+    @property
+    def name(self) -> str:
+        return f"{self.sweep} {self.variant} {self.series.label} r{self.repetition}"
+
+    @property
+    def label(self) -> str:
+        """The name, and how the dead connections are held when that is not the usual way."""
+        return self.name + (f" ({self.holders} holders)" if self.holders else "") + \
+            (" (overlap, no holders)" if self.levels[0].overlap else "")
+
+    def point(self, ctx: Context, level: Level) -> model.Point:
+        return base_point(ctx, self.sweep, self.variant, self.series, self.repetition, level)
+
+    def log_name(self, role: str) -> str:
+        suffix = "-direct" if self.levels[0].overlap else ""
+        return f"{self.sweep}-{self.variant}-{self.series.slug}-r{self.repetition}{suffix}.{role}.log"
+
+
+@dataclass(frozen=True)
+class Watched:
+    """The server as the kernel cost anatomy watches it: its processes on this machine (pids; else why it
+    cannot see them), and how many dead connections the server's side holds now (held; None: no counters)."""
+
+    pids: list[int]
+    why: str
+    held: Callable[[], int | None] | None
+
+    def slab(self, ctx: Context, dead: int) -> SlabReading:
+        return instruments.slab(ctx, dead, self.pids, self.why, self.held)
+
+
+class LevelsFailed(Exception):
+    """The line cannot go on: its levels from `level` on (every one when None) are recorded failed with
+    `reason`, the one failure path of _run_levels."""
+
+    def __init__(self, reason: str, level: Level | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.level = level
 
 
 def dead_series(ctx: Context, variant: str, series: Series, repetition: int, sweep: str = model.DEAD) -> None:
@@ -75,105 +146,121 @@ def dead_series(ctx: Context, variant: str, series: Series, repetition: int, swe
     runnable = [lv for lv in levels if not lv.skip_reason]
     for group in ([lv for lv in runnable if not lv.overlap], [lv for lv in runnable if lv.overlap]):
         if group:
-            _run_levels(ctx, variant, series, repetition, group, sweep)
+            _run_levels(ctx, Line(sweep, variant, series, repetition, tuple(group)))
 
 
-def _run_levels(ctx: Context, variant: str, series: Series, repetition: int, runnable: list[Level],
-                sweep: str = model.DEAD) -> None:
-    """Levels of one server, in order: one server container and one deadconn ramping up through them."""
-    choice = ctx.choices[series.server]
-    holders = runnable[0].holders
-    cs = ctx.cpusets[variant]
-    anatomy = ctx.anatomy if sweep == model.DEAD else None  # the open loop's points carry none
+def _run_levels(ctx: Context, line: Line) -> None:
+    """The line's levels, in order, on one server container and one deadconn. Whatever stops the line fails
+    the level it happens at and every one after it; the containers started are stopped and their logs kept."""
+    started: list[tuple[Managed, Containers]] = []
+    try:
+        serving = _start_server(ctx, line, started)
+        deadconn = _start_deadconn(ctx, line, serving, started)
+        watched = _watch(ctx, line, serving)
+        for level in line.levels:
+            _run_level(ctx, line, level, serving, deadconn, watched)
+    except LevelsFailed as failed:
+        first = 0 if failed.level is None else line.levels.index(failed.level)
+        for level in line.levels[first:]:
+            finish(ctx, line.point(ctx, level), model.FAILED, failed.reason)
+    finally:
+        for managed, runner in reversed(started):
+            runner.stop(managed)
+            _save_log(ctx, managed, line.log_name(managed.role))
+            runner.remove(managed)
+
+
+def _start_server(ctx: Context, line: Line, started: list[tuple[Managed, Containers]]) -> Serving:
+    """The line's server, listening; appended to `started` as soon as its container runs."""
+    choice = ctx.choices[line.series.server]
     # A server of the user's own listens where it listens; ours on a port free here (on another host's
     # engine only a guess, and the check below catches a wrong one).
     port = choice.port or machine.free_port()
-    doing = f"{sweep} {variant} {series.label} r{repetition}" + (f" ({holders} holders)" if holders else "") + \
-        (" (overlap, no holders)" if runnable[0].overlap else "")
-    ctx.progress.describe(f"{doing}: starting server")
-    service = choice.service(series.backend, port, ctx.plan.msgsize, cs["server"], ctx.fd_limit, ctx.server_address,
-                             dead_holders=holders)
+    ctx.progress.describe(f"{line.label}: starting server")
+    service = choice.service(line.series.backend, port, ctx.plan.msgsize, ctx.cpusets[line.variant]["server"],
+                             ctx.fd_limit, ctx.server_address, dead_holders=line.holders)
+    # A "tcp" server is ready once its port takes a connection: something already there would pass for it.
     if service.readiness == "tcp" and servers.tcp_connects(ctx.server_address, port):
-        reason = (f"something already answers on {ctx.server_address}:{port} before the server started: stop "
-                  "it, or run the server on another port")
-        for level in runnable:
-            _fail_dead(ctx, variant, series, repetition, level, reason, sweep)
-        return
+        raise LevelsFailed(f"something already answers on {ctx.server_address}:{port} before the server "
+                           "started: stop it, or run the server on another port")
     server = ctx.servers.run(service.image or ctx.server_image, service)
-    deadconn = None
-    try:
-        listening = servers.wait_ready(server, service, ctx.server_address, port, SERVER_START_TIMEOUT_S)
-        if not listening:
-            reason = f"server did not start: {server.output_tail() or 'no output'}"
-            for level in runnable:
-                _fail_dead(ctx, variant, series, repetition, level, reason, sweep)
-            return
-        # With holders the dead connections go to their own port (the listening line names it), so that they
-        # never mix with the active ones on the server's.
-        dead_port = listening.get("dead_port") if holders else port
-        if not dead_port:
-            reason = f"the server started with {holders} holders named no dead-connection port: {listening}"
-            for level in runnable:
-                _fail_dead(ctx, variant, series, repetition, level, reason, sweep)
-            return
-        deadconn = ctx.clients.run(ctx.client_image, services.deadconn(
-            dead_port, 0, DEADCONN_STEP_TIMEOUT_S, cs["clients"], ctx.server_address, ctx.client_source))
-        ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S)
-        if not ready or ready["event"] != "ready":
-            reason = f"deadconn did not start: {deadconn.output_tail() or 'no output'}"
-            for level in runnable:
-                _fail_dead(ctx, variant, series, repetition, level, reason, sweep)
-            return
-        serving = Serving(server, service, listening, port)
-        pids, why = instruments.server_pids(ctx, server) if anatomy else ([], "")
-        if anatomy and pids and server.pid():
-            instruments.record_seccomp(ctx, server.pid() or pids[0])
-        stats = (lambda: _server_stats(serving)) if service.stats else None
-        # The dead connections the server's side holds now: the holders' count, or the server's own "open".
-        held = None if stats is None else (lambda: held_by_holders(_server_stats(serving))) if holders else \
-            (lambda: (_server_stats(serving) or {}).get("open"))
-        for index, level in enumerate(runnable):
-            grow = level.value - ready["held"]
-            before = after = None
-            if grow > 0:
-                ctx.progress.describe(f"{doing}: opening {level.value} dead")
-                if anatomy:
-                    before = instruments.slab(ctx, ready["held"], pids, why, held)
-                deadconn.send_stdin(f"grow {grow}\n")
-                ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S + 10) or {
-                    "event": "failed", "reason": f"no answer: {deadconn.output_tail()}", "held": None}
-                if ready["event"] != "ready":
-                    reason = (f"deadconn held {ready.get('held')} of {level.value} dead connections: "
-                              f"{ready.get('reason')}")
-                    for rest in runnable[index:]:
-                        _fail_dead(ctx, variant, series, repetition, rest, reason, sweep)
-                    return
-                if anatomy:
-                    after = instruments.slab(ctx, level.value, pids, why, held)
-            if server.exited():
-                reason = f"server exited: {server.output_tail()}"
-                for rest in runnable[index:]:
-                    _fail_dead(ctx, variant, series, repetition, rest, reason, sweep)
-                return
-            if holders:
-                short = _holders_short(serving, level.value)
-                if short:
-                    for rest in runnable[index:]:
-                        _fail_dead(ctx, variant, series, repetition, rest, short, sweep)
-                    return
-            # wrk runs for a fixed time: only httperf's length needs the reply rate.
-            closed_httperf = sweep == model.DEAD and ctx.plan.load == loads.HTTPERF
-            reply_rate = _probe_rate(ctx, cs["clients"], port) if closed_httperf else None
-            memory = instruments.memory(before, after, pids, why) if anatomy else None
-            _measure_dead(ctx, variant, series, repetition, level, serving, deadconn, ready, reply_rate,
-                          memory, pids, why, sweep)
-    finally:
-        for managed, runner in ((deadconn, ctx.clients), (server, ctx.servers)):
-            if managed:
-                runner.stop(managed)
-                suffix = "-direct" if runnable[0].overlap else ""
-                _save_log(ctx, managed, f"{sweep}-{variant}-{series.slug}-r{repetition}{suffix}.{managed.role}.log")
-                runner.remove(managed)
+    started.append((server, ctx.servers))
+    listening = servers.wait_ready(server, service, ctx.server_address, port, SERVER_START_TIMEOUT_S)
+    if not listening:
+        raise LevelsFailed(f"server did not start: {server.output_tail() or 'no output'}")
+    return Serving(server, service, listening, port)
+
+
+def _start_deadconn(ctx: Context, line: Line, serving: Serving,
+                    started: list[tuple[Managed, Containers]]) -> Deadconn:
+    """deadconn, ready to open dead connections to the server and holding none yet; appended to `started`."""
+    # With holders the dead connections go to their own port (the listening line names it), so that they
+    # never mix with the active ones on the server's.
+    dead_port = serving.ready.get("dead_port") if line.holders else serving.port
+    if not dead_port:
+        raise LevelsFailed(f"the server started with {line.holders} holders named no dead-connection port: "
+                           f"{serving.ready}")
+    deadconn = ctx.clients.run(ctx.client_image, services.deadconn(
+        dead_port, 0, DEADCONN_STEP_TIMEOUT_S, ctx.cpusets[line.variant]["clients"], ctx.server_address,
+        ctx.client_source))
+    started.append((deadconn, ctx.clients))
+    ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S)
+    if not ready or ready["event"] != "ready":
+        raise LevelsFailed(f"deadconn did not start: {deadconn.output_tail() or 'no output'}")
+    return Deadconn(deadconn, ready)
+
+
+def _watch(ctx: Context, line: Line, serving: Serving) -> Watched | None:
+    """What the anatomy sees of the server; None when the line's points carry no anatomy (--no-anatomy, and
+    the open loop's points)."""
+    if ctx.anatomy is None or line.sweep != model.DEAD:
+        return None
+    pids, why = instruments.server_pids(ctx, serving.managed)
+    pid = serving.managed.pid() if pids else None
+    if pid:
+        instruments.record_seccomp(ctx, pid)
+    if not serving.service.stats:
+        return Watched(pids, why, None)
+    if line.holders:
+        return Watched(pids, why, lambda: held_by_holders(_server_stats(serving)))
+    return Watched(pids, why, lambda: (_server_stats(serving) or {}).get("open"))
+
+
+def _run_level(ctx: Context, line: Line, level: Level, serving: Serving, deadconn: Deadconn,
+               watched: Watched | None) -> None:
+    """One level: deadconn grown to it, the server found still whole, the point measured."""
+    before, after = _grow(ctx, line, level, deadconn, watched)
+    if serving.managed.exited():
+        raise LevelsFailed(f"server exited: {serving.managed.output_tail()}", level)
+    if line.holders:
+        _wait_for_holders(serving, level)
+    if line.sweep == model.DEAD_OPEN:
+        _measure_open(ctx, line, level, serving, deadconn)
+        return
+    # wrk runs for a fixed time: only httperf's length needs the reply rate.
+    reply_rate = (_probe_rate(ctx, ctx.cpusets[line.variant]["clients"], serving.port)
+                  if ctx.plan.load == loads.HTTPERF else None)
+    memory = instruments.memory(before, after, watched.pids, watched.why) if watched else None
+    _measure_dead(ctx, line, level, serving, deadconn, reply_rate, memory, watched)
+
+
+def _grow(ctx: Context, line: Line, level: Level, deadconn: Deadconn,
+          watched: Watched | None) -> tuple[SlabReading | None, SlabReading | None]:
+    """deadconn grown to the level's dead connections: /proc/slabinfo before and after its step for the
+    anatomy (None without it, or when the level needs no step)."""
+    held = deadconn.ready["held"]
+    if level.value <= held:
+        return None, None
+    ctx.progress.describe(f"{line.label}: opening {level.value} dead")
+    before = watched.slab(ctx, held) if watched else None
+    deadconn.managed.send_stdin(f"grow {level.value - held}\n")
+    ready = deadconn.managed.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S + 10) or {
+        "event": "failed", "reason": f"no answer: {deadconn.managed.output_tail()}", "held": None}
+    if ready["event"] != "ready":
+        raise LevelsFailed(f"deadconn held {ready.get('held')} of {level.value} dead connections: "
+                           f"{ready.get('reason')}", level)
+    deadconn.ready = ready
+    return before, watched.slab(ctx, level.value) if watched else None
 
 
 def held_by_holders(snapshot: dict | None) -> int | None:
@@ -183,28 +270,23 @@ def held_by_holders(snapshot: dict | None) -> int | None:
     return int(holders["open"]) if isinstance(holders, dict) and "open" in holders else None
 
 
-def _holders_short(serving: Serving, dead: int) -> str | None:
-    """None once the holders have every one of the dead connections deadconn opened in the server's set
-    (they accept them a little after deadconn's connect() returns); else why not, after HOLDERS_SETTLE_S."""
+def _wait_for_holders(serving: Serving, level: Level) -> None:
+    """Waits until the holders have every one of the level's dead connections in the server's set (they accept
+    them a little after deadconn's connect() returns); the line fails here when they lack some after
+    HOLDERS_SETTLE_S."""
     deadline = time.monotonic() + HOLDERS_SETTLE_S
-    held: int | None = None
-    snapshot: dict | None = None
     while True:
         snapshot = _server_stats(serving)
         held = held_by_holders(snapshot)
-        if held == dead or time.monotonic() > deadline or serving.managed.exited():
+        if held == level.value:
+            return
+        if time.monotonic() > deadline or serving.managed.exited():
             break
         time.sleep(HOLDERS_POLL_S)
-    if held == dead:
-        return None
     holders = (snapshot or {}).get("dead_holders") or {}
-    return (f"the holders hold {held} of {dead} dead connections after {HOLDERS_SETTLE_S} s "
-            f"(alive {holders.get('alive')} of {holders.get('holders')}, lost {holders.get('lost')})")
-
-
-def _fail_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level, reason: str,
-               sweep: str = model.DEAD) -> None:
-    finish(ctx, base_point(ctx, sweep, variant, series, repetition, level), model.FAILED, reason)
+    raise LevelsFailed(f"the holders hold {held} of {level.value} dead connections after {HOLDERS_SETTLE_S} s "
+                       f"(alive {holders.get('alive')} of {holders.get('holders')}, lost {holders.get('lost')})",
+                       level)
 
 
 def _save_log(ctx: Context, managed: Managed, name: str) -> None:
@@ -243,16 +325,13 @@ def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
     return loads.probe_rate(run, ctx.server_address, port, ctx.plan.active_connections)
 
 
-def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level,
-                  serving: Serving, deadconn: Managed, ready: dict, reply_rate: float | None,
-                  memory: model.MemoryFigures | model.Unavailable | None = None, pids: list[int] | None = None,
-                  why: str = "", sweep: str = model.DEAD) -> model.Point:
-    if sweep == model.DEAD_OPEN:
-        return _measure_open(ctx, variant, series, repetition, level, serving, deadconn, ready)
-    cs = ctx.cpusets[variant]
+def _measure_dead(ctx: Context, line: Line, level: Level, serving: Serving, deadconn: Deadconn,
+                  reply_rate: float | None, memory: model.MemoryFigures | model.Unavailable | None,
+                  watched: Watched | None) -> model.Point:
+    cs = ctx.cpusets[line.variant]
     load_name = ctx.plan.load
-    point = base_point(ctx, model.DEAD, variant, series, repetition, level)
-    ctx.progress.describe(f"dead {variant} {series.label} r{repetition}: {level.value} dead, measuring")
+    point = line.point(ctx, level)
+    ctx.progress.describe(f"{line.name}: {level.value} dead, measuring")
     if load_name == loads.WRK:
         service = services.wrk(f"http://{ctx.server_address}:{serving.port}/", ctx.plan.active_connections,
                                ctx.plan.duration_s, cs["clients"])
@@ -266,8 +345,8 @@ def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, l
                                                                    ctx.plan.active_connections))
         service = services.active_load(load, cs["clients"])
         timeout = ctx.plan.duration_s * 4 + 60
-    hygiene, command, output, code, raw, server_cpu_s = _under_load(ctx, point, serving, deadconn, ready, cs,
-                                                                    service, timeout, load_name)
+    hygiene, command, output, code, raw, server_cpu_s = _under_load(ctx, point, serving, deadconn, service, timeout,
+                                                                    load_name)
     client_cpu_s = None
     if load_name == loads.WRK:
         code, client_cpu_s = _wrk_status(output, code)
@@ -294,11 +373,11 @@ def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, l
     point.set_checks(hygiene.finish(client_cpu_pct=figures.client_cpu_pct, client_cpus=1,
                                     server_cpu_s=server_cpu_s, duration_s=figures.duration_s,
                                     server_cpus=len(engine.expand_cpu_list(cs["server"]))))
-    if ctx.anatomy is not None:
+    if watched is not None:
         point.memory = memory
         if figures.replies and not figures.errors:
-            ctx.progress.describe(f"dead {variant} {series.label} r{repetition}: {level.value} dead, anatomy")
-            point.anatomy = _anatomy_window(ctx, point, serving, figures, pids or [], why)
+            ctx.progress.describe(f"{line.name}: {level.value} dead, anatomy")
+            point.anatomy = _anatomy_window(ctx, point, serving, figures, watched.pids, watched.why)
     if figures.replies == 0:
         finish(ctx, point, model.FAILED, f"no replies ({figures.errors} {load_name} errors)")
     elif figures.errors:
@@ -339,12 +418,12 @@ def _load_rate(output: str) -> float | None:
         return None
 
 
-def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: Managed, ready: dict, cs: dict,
-                service: Service, timeout: float,
-                program: str) -> tuple[checks.PointChecks, list, str, int | None, Path, float]:
+def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: Deadconn, service: Service,
+                timeout: float, program: str) -> tuple[checks.PointChecks, list, str, int | None, Path, float]:
     """Runs a load generator's container against the serving server, the checks taken before it, and records
     the server's and deadconn's sections of the point: (checks, command, output, exit code, raw output's
     file, server CPU seconds over the load from its cgroup)."""
+    cpusets = ctx.cpusets[point.variant]
     server = serving.managed
     container_id = str(server.container.id)
     hygiene = checks.PointChecks.take(container_ids={"server": container_id})
@@ -359,12 +438,12 @@ def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: Ma
     point.programs["server"] = {
         "kind": point.series.server, "image": serving.service.image or ctx.server_image,
         "image_id": server.container.attrs.get("Image"), "readiness": serving.service.readiness,
-        "ready": serving.ready, "address": ctx.server_address, "port": serving.port, "cpuset": cs["server"],
+        "ready": serving.ready, "address": ctx.server_address, "port": serving.port, "cpuset": cpusets["server"],
         "command": server.command, "container": container_id[:12], "cpu_s": server_cpu_s,
         "stats_before": stats_before, "stats_after": stats_after,
         "seccomp": serving.service.seccomp or "engine default"}
-    point.programs["deadconn"] = {"cpuset": cs["clients"], "command": deadconn.command, "held": ready["held"],
-                                  "ready": ready}
+    point.programs["deadconn"] = {"cpuset": cpusets["clients"], "command": deadconn.managed.command,
+                                  "held": deadconn.ready["held"], "ready": deadconn.ready}
     return hygiene, command, output, code, raw, server_cpu_s
 
 
@@ -421,21 +500,20 @@ OPEN_TIMEOUT_S = 2.0
 OPEN_OVERLOAD_ERRORS = ("timeout", "unsent", "unanswered")
 
 
-def _measure_open(ctx: Context, variant: str, series: Series, repetition: int, level: Level,
-                  serving: Serving, deadconn: Managed, ready: dict) -> model.Point:
+def _measure_open(ctx: Context, line: Line, level: Level, serving: Serving, deadconn: Deadconn) -> model.Point:
     """An open-loop point: openload in a fresh client container offers ctx.open_rate for open_duration_s over
     open_connections; the server's CPU from its cgroup around it, its counters before and after."""
     if ctx.open_rate is None:
         raise ValueError("an open-loop point needs the sweep's offered rate first (openloop.offered_rate)")
-    cs = ctx.cpusets[variant]
-    point = base_point(ctx, model.DEAD_OPEN, variant, series, repetition, level)
-    ctx.progress.describe(f"{model.DEAD_OPEN} {variant} {series.label} r{repetition}: {level.value} dead, measuring")
+    cs = ctx.cpusets[line.variant]
+    point = line.point(ctx, level)
+    ctx.progress.describe(f"{line.name}: {level.value} dead, measuring")
     load = loads.OpenLoad(port=serving.port, rate=ctx.open_rate, server=ctx.server_address,
                           connections=ctx.plan.open_connections, duration_s=ctx.plan.open_duration_s,
                           timeout_s=OPEN_TIMEOUT_S)
     timeout = load.bound_s + 60
     hygiene, command, output, code, raw, server_cpu_s = _under_load(
-        ctx, point, serving, deadconn, ready, cs, services.openload(load, cs["clients"]), timeout, loads.OPENLOAD)
+        ctx, point, serving, deadconn, services.openload(load, cs["clients"]), timeout, loads.OPENLOAD)
     section = {"cpuset": cs["clients"], "command": command, "exit_code": code,
                "raw": str(raw.relative_to(ctx.run.path))}
     point.programs[loads.OPENLOAD] = section
