@@ -311,16 +311,11 @@ def _run_client(ctx: Context, service: Service, timeout: float) -> tuple[list, s
     return list(service.command), output, code
 
 
-def _run_httperf(ctx: Context, cpuset: str, load: loads.ActiveLoad,
-                 timeout: float) -> tuple[list, str, int | None]:
-    return _run_client(ctx, services.active_load(load, cpuset), timeout)
-
-
 def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
     """The reply rate at this level from short httperf runs (loads.probe_rate), so that the point lasts
     about `duration`."""
     def run(load: loads.ActiveLoad) -> str:
-        return _run_httperf(ctx, cpuset, load, timeout=120)[1]
+        return _run_client(ctx, services.active_load(load, cpuset), timeout=120)[1]
 
     return loads.probe_rate(run, ctx.server_address, port, ctx.plan.active_connections)
 
@@ -328,31 +323,20 @@ def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
 def _measure_dead(ctx: Context, line: Line, level: Level, serving: Serving, deadconn: Deadconn,
                   reply_rate: float | None, memory: model.MemoryFigures | model.Unavailable | None,
                   watched: Watched | None) -> model.Point:
-    cs = ctx.cpusets[line.variant]
+    """A closed-loop point: httperf or wrk (ctx.plan.load) in a fresh client container keeps the active load
+    on the server; the server's CPU from its cgroup around it, its counters before and after; with the
+    anatomy, the point's memory and, when its load ran clean, a window of its own."""
+    cpusets = ctx.cpusets[line.variant]
     load_name = ctx.plan.load
     point = line.point(ctx, level)
     ctx.progress.describe(f"{line.name}: {level.value} dead, measuring")
-    if load_name == loads.WRK:
-        service = services.wrk(f"http://{ctx.server_address}:{serving.port}/", ctx.plan.active_connections,
-                               ctx.plan.duration_s, cs["clients"])
-        timeout = ctx.plan.duration_s + 60
-    else:
-        if reply_rate is None:
-            raise ValueError("an httperf point is sized by its level's probe: no reply rate was given")
-        load = loads.ActiveLoad(server=ctx.server_address, port=serving.port,
-                                connections=ctx.plan.active_connections,
-                                num_calls=loads.calls_for_duration(reply_rate, ctx.plan.duration_s,
-                                                                   ctx.plan.active_connections))
-        service = services.active_load(load, cs["clients"])
-        timeout = ctx.plan.duration_s * 4 + 60
+    service, timeout = _closed_load(ctx, serving.port, reply_rate, cpusets["clients"])
     hygiene, command, output, code, raw, server_cpu_s = _under_load(ctx, point, serving, deadconn, service, timeout,
                                                                     load_name)
     client_cpu_s = None
     if load_name == loads.WRK:
         code, client_cpu_s = _wrk_status(output, code)
-    section = {"cpuset": cs["clients"], "command": command, "exit_code": code,
-               "raw": str(raw.relative_to(ctx.run.path))}
-    point.programs[load_name] = section
+    section = _record_load(ctx, point, load_name, cpusets["clients"], command, code, raw)
     if code is None:
         finish(ctx, point, model.FAILED, f"{load_name} did not finish within {timeout:.0f} s")
         return point
@@ -362,30 +346,64 @@ def _measure_dead(ctx: Context, line: Line, level: Level, serving: Serving, dead
         finish(ctx, point, model.FAILED, f"{load_name} output unreadable (exit code {code}): {e}")
         return point
     section["parsed"] = parsed
-    if load_name == loads.WRK:
-        figures = _wrk_figures(parsed, server_cpu_s, client_cpu_s)
-        errors = {**parsed["socket_errors"], "non_2xx_3xx": parsed["non_2xx_3xx"]}
-    else:
-        figures = _dead_figures(parsed, server_cpu_s)
-        errors = {k: v for k, v in parsed["errors"].items() if k != "total"}
+    figures = (_wrk_figures(parsed, server_cpu_s, client_cpu_s) if load_name == loads.WRK
+               else _dead_figures(parsed, server_cpu_s))
     point.figures = figures
     # httperf and wrk (-t1) are one thread each: they can use one CPU of their cpuset at most.
     point.set_checks(hygiene.finish(client_cpu_pct=figures.client_cpu_pct, client_cpus=1,
                                     server_cpu_s=server_cpu_s, duration_s=figures.duration_s,
-                                    server_cpus=len(engine.expand_cpu_list(cs["server"]))))
+                                    server_cpus=len(engine.expand_cpu_list(cpusets["server"]))))
     if watched is not None:
-        point.memory = memory
-        if figures.replies and not figures.errors:
-            ctx.progress.describe(f"{line.name}: {level.value} dead, anatomy")
-            point.anatomy = _anatomy_window(ctx, point, serving, figures, watched.pids, watched.why)
-    if figures.replies == 0:
-        finish(ctx, point, model.FAILED, f"no replies ({figures.errors} {load_name} errors)")
-    elif figures.errors:
-        finish(ctx, point, model.FAILED, f"{load_name} counted {figures.errors} errors: "
-               + ", ".join(f"{k} {v}" for k, v in errors.items() if v))
-    else:
-        finish(ctx, point)
+        _add_anatomy(ctx, line, point, serving, figures, memory, watched)
+    failure = _closed_failure(load_name, parsed, figures)
+    finish(ctx, point, model.FAILED if failure else model.OK, failure)
     return point
+
+
+def _closed_load(ctx: Context, port: int, reply_rate: float | None, cpuset: str) -> tuple[Service, float]:
+    """The closed-loop point's load generator and how long it may take: wrk for exactly `duration`, or
+    httperf with as many calls as last about `duration` at the level's probed reply rate."""
+    plan = ctx.plan
+    if plan.load == loads.WRK:
+        return (services.wrk(f"http://{ctx.server_address}:{port}/", plan.active_connections, plan.duration_s,
+                             cpuset), plan.duration_s + 60)
+    if reply_rate is None:
+        raise ValueError("an httperf point is sized by its level's probe: no reply rate was given")
+    calls = loads.calls_for_duration(reply_rate, plan.duration_s, plan.active_connections)
+    load = loads.ActiveLoad(server=ctx.server_address, port=port, connections=plan.active_connections,
+                            num_calls=calls)
+    return services.active_load(load, cpuset), plan.duration_s * 4 + 60
+
+
+def _record_load(ctx: Context, point: model.Point, program: str, cpuset: str, command: list, code: int | None,
+                 raw: Path) -> dict:
+    """The point's section of its load generator: where it ran, how, its exit code and its raw output's file."""
+    section = {"cpuset": cpuset, "command": command, "exit_code": code, "raw": str(raw.relative_to(ctx.run.path))}
+    point.programs[program] = section
+    return section
+
+
+def _closed_failure(load_name: str, parsed: dict, figures: model.DeadFigures) -> str | None:
+    """Why a closed-loop point fails: no replies, or errors its load generator counted (by kind); None when
+    it stands."""
+    if figures.replies == 0:
+        return f"no replies ({figures.errors} {load_name} errors)"
+    if not figures.errors:
+        return None
+    if load_name == loads.WRK:
+        by_kind = {**parsed["socket_errors"], "non_2xx_3xx": parsed["non_2xx_3xx"]}
+    else:
+        by_kind = {k: v for k, v in parsed["errors"].items() if k != "total"}
+    return f"{load_name} counted {figures.errors} errors: " + ", ".join(f"{k} {v}" for k, v in by_kind.items() if v)
+
+
+def _add_anatomy(ctx: Context, line: Line, point: model.Point, serving: Serving, figures: model.DeadFigures,
+                 memory: model.MemoryFigures | model.Unavailable | None, watched: Watched) -> None:
+    """The point's memory, and when its load ran clean (replies, no errors) an anatomy window of its own."""
+    point.memory = memory
+    if figures.replies and not figures.errors:
+        ctx.progress.describe(f"{line.name}: {point.x} dead, anatomy")
+        point.anatomy = _anatomy_window(ctx, point, serving, figures, watched.pids, watched.why)
 
 
 def _anatomy_window(ctx: Context, point: model.Point, serving: Serving, figures: model.DeadFigures,
@@ -394,16 +412,16 @@ def _anatomy_window(ctx: Context, point: model.Point, serving: Serving, figures:
     outlast the window: a server with counters has its load stopped once the window is over, so its load is
     sized for three times as long, at the point's highest rate (the window may see a faster server than the
     point's average, whose ramp it counts)."""
-    cs = ctx.cpusets[point.variant]
+    clients = ctx.cpusets[point.variant]["clients"]
     seconds = (instruments.WINDOW_S + instruments.LOAD_MARGIN_S) * (3 if serving.service.stats else 1)
     active = ctx.plan.active_connections
     if ctx.plan.load == loads.WRK:
-        load = services.wrk(f"http://{ctx.server_address}:{serving.port}/", active, seconds, cs["clients"])
+        load = services.wrk(f"http://{ctx.server_address}:{serving.port}/", active, seconds, clients)
     else:
         rate = max(r for r in (figures.reply_rate, figures.reply_rate_max, figures.reply_rate_overall, 1.0) if r)
         load = services.active_load(loads.ActiveLoad(
             server=ctx.server_address, port=serving.port, connections=active,
-            num_calls=loads.calls_for_duration(rate, seconds, active)), cs["clients"])
+            num_calls=loads.calls_for_duration(rate, seconds, active)), clients)
     stats = (lambda: _server_stats(serving)) if serving.service.stats else None
     return instruments.window(ctx, point, pids, why, load, stats, active, _load_rate)
 
@@ -505,7 +523,7 @@ def _measure_open(ctx: Context, line: Line, level: Level, serving: Serving, dead
     open_connections; the server's CPU from its cgroup around it, its counters before and after."""
     if ctx.open_rate is None:
         raise ValueError("an open-loop point needs the sweep's offered rate first (openloop.offered_rate)")
-    cs = ctx.cpusets[line.variant]
+    cpusets = ctx.cpusets[line.variant]
     point = line.point(ctx, level)
     ctx.progress.describe(f"{line.name}: {level.value} dead, measuring")
     load = loads.OpenLoad(port=serving.port, rate=ctx.open_rate, server=ctx.server_address,
@@ -513,10 +531,8 @@ def _measure_open(ctx: Context, line: Line, level: Level, serving: Serving, dead
                           timeout_s=OPEN_TIMEOUT_S)
     timeout = load.bound_s + 60
     hygiene, command, output, code, raw, server_cpu_s = _under_load(
-        ctx, point, serving, deadconn, services.openload(load, cs["clients"]), timeout, loads.OPENLOAD)
-    section = {"cpuset": cs["clients"], "command": command, "exit_code": code,
-               "raw": str(raw.relative_to(ctx.run.path))}
-    point.programs[loads.OPENLOAD] = section
+        ctx, point, serving, deadconn, services.openload(load, cpusets["clients"]), timeout, loads.OPENLOAD)
+    section = _record_load(ctx, point, loads.OPENLOAD, cpusets["clients"], command, code, raw)
     if code is None:
         finish(ctx, point, model.FAILED, f"{loads.OPENLOAD} did not finish within {timeout:.0f} s")
         return point
@@ -527,7 +543,7 @@ def _measure_open(ctx: Context, line: Line, level: Level, serving: Serving, dead
         finish(ctx, point, model.FAILED, f"{loads.OPENLOAD} output unreadable (exit code {code}): {e}: {tail[0]}")
         return point
     section["parsed"] = {k: v for k, v in parsed.items() if k != "raw"}  # the whole object is in the raw file
-    server_cpus = len(engine.expand_cpu_list(cs["server"]))
+    server_cpus = len(engine.expand_cpu_list(cpusets["server"]))
     figures = open_figures(parsed, server_cpu_s, server_cpus)
     point.figures = figures
     # openload is one thread: it can use one CPU of its cpuset at most.
@@ -535,19 +551,25 @@ def _measure_open(ctx: Context, line: Line, level: Level, serving: Serving, dead
                                     server_cpu_s=server_cpu_s, duration_s=_open_wall_s(parsed),
                                     server_cpus=server_cpus))
     point.flags.update({checks.LAGGED: figures.lagged, checks.OVERLOADED: figures.overloaded})
+    failure = _open_failure(code, parsed, figures)
+    finish(ctx, point, model.FAILED if failure else model.OK, failure)
+    return point
+
+
+def _open_failure(code: int, parsed: dict, figures: model.OpenFigures) -> str | None:
+    """Why an open-loop point fails: openload's exit, no replies, or errors of a kind other than an
+    overloaded server's (OPEN_OVERLOAD_ERRORS), non-2xx replies among them; None when it stands."""
+    if code != 0:
+        return f"{loads.OPENLOAD} exited with {code}"
+    if figures.replies == 0:
+        return f"no replies ({figures.errors} {loads.OPENLOAD} errors)"
     hard = {kind: n for kind, n in parsed["errors"].items() if n and kind not in OPEN_OVERLOAD_ERRORS}
     if parsed["non_2xx"]:
         hard["non_2xx"] = parsed["non_2xx"]
-    if code != 0:
-        finish(ctx, point, model.FAILED, f"{loads.OPENLOAD} exited with {code}")
-    elif figures.replies == 0:
-        finish(ctx, point, model.FAILED, f"no replies ({figures.errors} {loads.OPENLOAD} errors)")
-    elif hard:
-        finish(ctx, point, model.FAILED, f"{loads.OPENLOAD} counted {sum(hard.values())} errors: "
-               + ", ".join(f"{k} {v}" for k, v in hard.items()))
-    else:
-        finish(ctx, point)
-    return point
+    if hard:
+        return (f"{loads.OPENLOAD} counted {sum(hard.values())} errors: "
+                + ", ".join(f"{k} {v}" for k, v in hard.items()))
+    return None
 
 
 def _open_wall_s(parsed: dict) -> float:
