@@ -34,12 +34,11 @@ from .context import Context, base_point, finish, point_id
 from .plan import Level, dead_levels, series_levels
 from .services import Service
 
+# deadconn's own time limit on opening one level's step (its --timeout), and how long it may take to start.
 DEADCONN_STEP_TIMEOUT_S = 120
-
-
+# How long a server may take to listen.
 SERVER_START_TIMEOUT_S = 20
-
-
+# How long a server may take to print its counters once asked (SIGUSR1).
 STATS_TIMEOUT_S = 5
 
 
@@ -88,6 +87,7 @@ class Line:
 
     @property
     def holders(self) -> int:
+        """The helper processes holding the line's dead connections; 0: the server holds them."""
         return self.levels[0].holders
 
     @property
@@ -96,14 +96,17 @@ class Line:
 
     @property
     def label(self) -> str:
-        """The name, and how the dead connections are held when that is not the usual way."""
+        """The name, and who holds the dead connections when a series has holders: "(4 holders)", or "(overlap,
+        no holders)" on the line that measures the overlapping level with the server holding them."""
         return self.name + (f" ({self.holders} holders)" if self.holders else "") + \
             (" (overlap, no holders)" if self.levels[0].overlap else "")
 
     def point(self, ctx: Context, level: Level) -> model.Point:
+        """A level's point, begun now."""
         return base_point(ctx, self.sweep, self.variant, self.series, self.repetition, level)
 
     def log_name(self, role: str) -> str:
+        """The file of a container's output, e.g. dead-up-epoll-r1-direct.server.log."""
         suffix = "-direct" if self.levels[0].overlap else ""
         return f"{self.sweep}-{self.variant}-{self.series.slug}-r{self.repetition}{suffix}.{role}.log"
 
@@ -290,6 +293,7 @@ def _wait_for_holders(serving: Serving, level: Level) -> None:
 
 
 def _save_log(ctx: Context, managed: Managed, name: str) -> None:
+    """Keeps a container's output in the run's raw files."""
     ctx.run.raw_path(name).write_text("\n".join(managed.log) + "\n")
 
 
