@@ -29,8 +29,11 @@ class Script:
     """How the fake programs behave."""
 
     server_starts: bool = True
+    names_dead_port: bool = True  # a server started with --dead-holders names its holders' port when listening
     server_exits_at_level: int | None = None  # the server exits once deadconn holds this many
+    deadconn_starts: bool = True
     deadconn_fails_at: int | None = None  # deadconn cannot open more than this many
+    deadconn_silent_at: int | None = None  # deadconn says nothing when told to grow past this many
     httperf_output: str = HTTPERF_OUTPUT
     holders_short_by: int = 0  # the holders have this many fewer than deadconn connected
     wrk_output: str = WRK_OUTPUT
@@ -132,6 +135,10 @@ class FakeManaged(Managed):
         self.events.append(("stdin", self.role, text.strip()))
         grow = int(text.split()[1])
         wanted = self.held + grow
+        silent = self.script.deadconn_silent_at
+        if silent is not None and wanted > silent:
+            self.log.append("deadconn: still connecting")
+            return
         limit = self.script.deadconn_fails_at
         if limit is not None and wanted > limit:
             self.held = limit
@@ -170,13 +177,16 @@ class FakeContainers:
             if self.script.server_starts:
                 port = int(service.command[service.command.index("--port") + 1])
                 listening = {"event": "listening", "port": port}
-                if managed.dead_port():
+                if managed.dead_port() and self.script.names_dead_port:
                     listening.update(dead_holders=managed.option("--dead-holders"), dead_port=managed.dead_port())
                 managed.say(listening)
             else:
                 managed.log.append("ephttpd: io_uring: io_uring_setup: Operation not permitted")
                 managed.end()
             self.deadconn_of["server"] = managed
+        elif service.role == "deadconn" and not self.script.deadconn_starts:
+            managed.log.append("deadconn: socket: Too many open files")
+            managed.say({"event": "failed", "held": 0, "reason": "socket: Too many open files"})
         elif service.role == "deadconn":
             managed.say({"event": "ready", "held": 0})
             self.deadconn_of["deadconn"] = managed

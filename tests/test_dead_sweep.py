@@ -5,6 +5,7 @@ real-Docker end-to-end runs are in test_reproduce*.py."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from experiment.run import (
     reproduce,
     results,
     seccomp,
+    servers,
 )
 from experiment.run.progress import Progress
 from experiment.run.results import Run
@@ -179,6 +181,56 @@ def test_a_server_that_exits_mid_sweep_fails_the_levels_after_it(tmp_path):
     found = points(ctx)
     assert found[0]["status"] == "ok"
     assert found[5000]["status"] == "failed" and "server exited" in found[5000]["reason"]
+
+
+@pytest.mark.parametrize(("script", "first_failed", "reason"), [
+    (Script(server_starts=False), 0, "server did not start: ephttpd: io_uring: io_uring_setup: Operation not "
+                                     "permitted"),
+    (Script(deadconn_starts=False), 0, 'deadconn did not start: deadconn: socket: Too many open files | '
+                                       '{"event": "failed", "held": 0, "reason": "socket: Too many open files"}'),
+    (Script(deadconn_fails_at=3000), 5000, "deadconn held 3000 of 5000 dead connections: connect: Cannot assign "
+                                           "requested address"),
+    (Script(deadconn_silent_at=0), 1000, 'deadconn held None of 1000 dead connections: no answer: '
+                                         '{"event": "ready", "held": 0} | deadconn: still connecting'),
+    (Script(server_exits_at_level=1000), 5000, 'server exited: {"event": "listening", "port": '),
+], ids=["server-does-not-start", "deadconn-does-not-start", "deadconn-fails-a-step", "deadconn-silent-at-a-step",
+        "server-exits"])
+def test_a_failure_fails_its_level_and_every_later_one_with_its_reason_and_stops_what_started(tmp_path, script,
+                                                                                             first_failed, reason):
+    ctx, events = sweep_context(tmp_path, script, dead="0,1000,5000,10000")
+    dead.dead_series(ctx, "up", EPOLL, 1)
+    found = points(ctx)
+    assert [found[x]["status"] for x in (0, 1000, 5000, 10000)] == [
+        "ok" if x < first_failed else "failed" for x in (0, 1000, 5000, 10000)]
+    failed = [found[x]["reason"] for x in (0, 1000, 5000, 10000) if x >= first_failed]
+    assert all(r.startswith(reason) for r in failed) and len(set(failed)) == 1, failed
+    started = [e[1] for e in events if e[0] == "run" and e[1] in ("server", "deadconn")]
+    assert events[-2 * len(started):] == [e for role in reversed(started) for e in (("stop", role), ("remove", role))]
+
+
+def test_something_already_answering_on_the_servers_port_fails_every_level_and_starts_nothing(tmp_path,
+                                                                                             monkeypatch):
+    monkeypatch.setattr(servers, "tcp_connects", lambda address, port, timeout=1.0: True)
+    ctx, events = sweep_context(tmp_path, Script(), dead="0,1000", server="nginx")
+    dead.dead_series(ctx, "up", Series("nginx", "epoll"), 1)
+    found = points(ctx)
+    assert {p["status"] for p in found.values()} == {"failed"}
+    (reason,) = {p["reason"] for p in found.values()}
+    assert re.fullmatch(rf"something already answers on {re.escape(ctx.server_address)}:\d+ before the server "
+                        "started: stop it, or run the server on another port", reason), reason
+    assert events == []
+
+
+def test_a_server_with_holders_that_names_no_port_for_them_fails_its_line_and_the_direct_level_still_runs(tmp_path):
+    ctx, events = sweep_context(tmp_path, Script(names_dead_port=False), dead="0,1000,5000", fd_limit=2000)
+    dead.dead_series(ctx, "up", EPOLL, 1)
+    found = {p.id: p for p in ctx.run.points()}
+    through_holders = [found[f"dead-up-epoll-r1-d{x:06d}"] for x in (0, 1000, 5000)]
+    assert {p.status for p in through_holders} == {"failed"}
+    assert all(re.fullmatch(r"the server started with 4 holders named no dead-connection port: "
+                            r"\{'event': 'listening', 'port': \d+\}", p.reason or "") for p in through_holders)
+    assert found["dead-up-epoll-r1-d001000-direct"].status == "ok"
+    assert [e[1] for e in events if e[0] == "run"][:2] == ["server", "server"], "no deadconn for the holders' line"
 
 
 def test_a_resumed_series_measures_only_the_levels_it_lacks(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,26 +25,30 @@ import docker
 import docker.errors
 
 from .. import model
+from ..anatomy import memory as slabs
 from ..catalog import Series
 from ..host import checks, engine, machine
 from . import instruments, loads, servers, services
-from .containers import Managed
+from .containers import Containers, Managed
 from .context import Context, base_point, finish, point_id
 from .plan import Level, dead_levels, series_levels
 from .services import Service
 
+# deadconn's own time limit on opening one level's step (its --timeout), and how long it may take to start.
 DEADCONN_STEP_TIMEOUT_S = 120
-
-
+# How long a server may take to listen.
 SERVER_START_TIMEOUT_S = 20
-
-
+# How long a server may take to print its counters once asked (SIGUSR1).
 STATS_TIMEOUT_S = 5
 
 
 # How long the holders may take to accept what deadconn has connected, and how often to look.
 HOLDERS_SETTLE_S = 120
 HOLDERS_POLL_S = 0.2
+
+
+# /proc/slabinfo as the anatomy read it around a deadconn step, or why it could not.
+SlabReading = slabs.SlabSnapshot | model.Unavailable
 
 
 # /proc/PID/stat counts CPU time in USER_HZ clock ticks, 100 per second on every Linux.
@@ -58,6 +63,75 @@ class Serving:
     service: Service
     ready: dict
     port: int
+
+
+@dataclass
+class Deadconn:
+    """deadconn's container and what it last said: its ready line, whose "held" is how many dead connections
+    it holds now."""
+
+    managed: Managed
+    ready: dict
+
+
+@dataclass(frozen=True)
+class Line:
+    """The levels one server measures in order, one deadconn ramping up through them; and what names their
+    points, their containers' logs and the progress line."""
+
+    sweep: str
+    variant: str
+    series: Series
+    repetition: int
+    levels: tuple[Level, ...]
+
+    @property
+    def holders(self) -> int:
+        """The helper processes holding the line's dead connections; 0: the server holds them."""
+        return self.levels[0].holders
+
+    @property
+    def name(self) -> str:
+        return f"{self.sweep} {self.variant} {self.series.label} r{self.repetition}"
+
+    @property
+    def label(self) -> str:
+        """The name, and who holds the dead connections when a series has holders: "(4 holders)", or "(overlap,
+        no holders)" on the line that measures the overlapping level with the server holding them."""
+        return self.name + (f" ({self.holders} holders)" if self.holders else "") + \
+            (" (overlap, no holders)" if self.levels[0].overlap else "")
+
+    def point(self, ctx: Context, level: Level) -> model.Point:
+        """A level's point, begun now."""
+        return base_point(ctx, self.sweep, self.variant, self.series, self.repetition, level)
+
+    def log_name(self, role: str) -> str:
+        """The file of a container's output, e.g. dead-up-epoll-r1-direct.server.log."""
+        suffix = "-direct" if self.levels[0].overlap else ""
+        return f"{self.sweep}-{self.variant}-{self.series.slug}-r{self.repetition}{suffix}.{role}.log"
+
+
+@dataclass(frozen=True)
+class Watched:
+    """The server as the kernel cost anatomy watches it: its processes on this machine (pids; else why it
+    cannot see them), and how many dead connections the server's side holds now (held; None: no counters)."""
+
+    pids: list[int]
+    why: str
+    held: Callable[[], int | None] | None
+
+    def slab(self, ctx: Context, dead: int) -> SlabReading:
+        return instruments.slab(ctx, dead, self.pids, self.why, self.held)
+
+
+class LevelsFailed(Exception):
+    """The line cannot go on: its levels from `level` on (every one when None) are recorded failed with
+    `reason`, the one failure path of _run_levels."""
+
+    def __init__(self, reason: str, level: Level | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.level = level
 
 
 def dead_series(ctx: Context, variant: str, series: Series, repetition: int, sweep: str = model.DEAD) -> None:
@@ -75,105 +149,121 @@ def dead_series(ctx: Context, variant: str, series: Series, repetition: int, swe
     runnable = [lv for lv in levels if not lv.skip_reason]
     for group in ([lv for lv in runnable if not lv.overlap], [lv for lv in runnable if lv.overlap]):
         if group:
-            _run_levels(ctx, variant, series, repetition, group, sweep)
+            _run_levels(ctx, Line(sweep, variant, series, repetition, tuple(group)))
 
 
-def _run_levels(ctx: Context, variant: str, series: Series, repetition: int, runnable: list[Level],
-                sweep: str = model.DEAD) -> None:
-    """Levels of one server, in order: one server container and one deadconn ramping up through them."""
-    choice = ctx.choices[series.server]
-    holders = runnable[0].holders
-    cs = ctx.cpusets[variant]
-    anatomy = ctx.anatomy if sweep == model.DEAD else None  # the open loop's points carry none
+def _run_levels(ctx: Context, line: Line) -> None:
+    """The line's levels, in order, on one server container and one deadconn. Whatever stops the line fails
+    the level it happens at and every one after it; the containers started are stopped and their logs kept."""
+    started: list[tuple[Managed, Containers]] = []
+    try:
+        serving = _start_server(ctx, line, started)
+        deadconn = _start_deadconn(ctx, line, serving, started)
+        watched = _watch(ctx, line, serving)
+        for level in line.levels:
+            _run_level(ctx, line, level, serving, deadconn, watched)
+    except LevelsFailed as failed:
+        first = 0 if failed.level is None else line.levels.index(failed.level)
+        for level in line.levels[first:]:
+            finish(ctx, line.point(ctx, level), model.FAILED, failed.reason)
+    finally:
+        for managed, runner in reversed(started):
+            runner.stop(managed)
+            _save_log(ctx, managed, line.log_name(managed.role))
+            runner.remove(managed)
+
+
+def _start_server(ctx: Context, line: Line, started: list[tuple[Managed, Containers]]) -> Serving:
+    """The line's server, listening; appended to `started` as soon as its container runs."""
+    choice = ctx.choices[line.series.server]
     # A server of the user's own listens where it listens; ours on a port free here (on another host's
     # engine only a guess, and the check below catches a wrong one).
     port = choice.port or machine.free_port()
-    doing = f"{sweep} {variant} {series.label} r{repetition}" + (f" ({holders} holders)" if holders else "") + \
-        (" (overlap, no holders)" if runnable[0].overlap else "")
-    ctx.progress.describe(f"{doing}: starting server")
-    service = choice.service(series.backend, port, ctx.plan.msgsize, cs["server"], ctx.fd_limit, ctx.server_address,
-                             dead_holders=holders)
+    ctx.progress.describe(f"{line.label}: starting server")
+    service = choice.service(line.series.backend, port, ctx.plan.msgsize, ctx.cpusets[line.variant]["server"],
+                             ctx.fd_limit, ctx.server_address, dead_holders=line.holders)
+    # A "tcp" server is ready once its port takes a connection: something already there would pass for it.
     if service.readiness == "tcp" and servers.tcp_connects(ctx.server_address, port):
-        reason = (f"something already answers on {ctx.server_address}:{port} before the server started: stop "
-                  "it, or run the server on another port")
-        for level in runnable:
-            _fail_dead(ctx, variant, series, repetition, level, reason, sweep)
-        return
+        raise LevelsFailed(f"something already answers on {ctx.server_address}:{port} before the server "
+                           "started: stop it, or run the server on another port")
     server = ctx.servers.run(service.image or ctx.server_image, service)
-    deadconn = None
-    try:
-        listening = servers.wait_ready(server, service, ctx.server_address, port, SERVER_START_TIMEOUT_S)
-        if not listening:
-            reason = f"server did not start: {server.output_tail() or 'no output'}"
-            for level in runnable:
-                _fail_dead(ctx, variant, series, repetition, level, reason, sweep)
-            return
-        # With holders the dead connections go to their own port (the listening line names it), so that they
-        # never mix with the active ones on the server's.
-        dead_port = listening.get("dead_port") if holders else port
-        if not dead_port:
-            reason = f"the server started with {holders} holders named no dead-connection port: {listening}"
-            for level in runnable:
-                _fail_dead(ctx, variant, series, repetition, level, reason, sweep)
-            return
-        deadconn = ctx.clients.run(ctx.client_image, services.deadconn(
-            dead_port, 0, DEADCONN_STEP_TIMEOUT_S, cs["clients"], ctx.server_address, ctx.client_source))
-        ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S)
-        if not ready or ready["event"] != "ready":
-            reason = f"deadconn did not start: {deadconn.output_tail() or 'no output'}"
-            for level in runnable:
-                _fail_dead(ctx, variant, series, repetition, level, reason, sweep)
-            return
-        serving = Serving(server, service, listening, port)
-        pids, why = instruments.server_pids(ctx, server) if anatomy else ([], "")
-        if anatomy and pids and server.pid():
-            instruments.record_seccomp(ctx, server.pid() or pids[0])
-        stats = (lambda: _server_stats(serving)) if service.stats else None
-        # The dead connections the server's side holds now: the holders' count, or the server's own "open".
-        held = None if stats is None else (lambda: held_by_holders(_server_stats(serving))) if holders else \
-            (lambda: (_server_stats(serving) or {}).get("open"))
-        for index, level in enumerate(runnable):
-            grow = level.value - ready["held"]
-            before = after = None
-            if grow > 0:
-                ctx.progress.describe(f"{doing}: opening {level.value} dead")
-                if anatomy:
-                    before = instruments.slab(ctx, ready["held"], pids, why, held)
-                deadconn.send_stdin(f"grow {grow}\n")
-                ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S + 10) or {
-                    "event": "failed", "reason": f"no answer: {deadconn.output_tail()}", "held": None}
-                if ready["event"] != "ready":
-                    reason = (f"deadconn held {ready.get('held')} of {level.value} dead connections: "
-                              f"{ready.get('reason')}")
-                    for rest in runnable[index:]:
-                        _fail_dead(ctx, variant, series, repetition, rest, reason, sweep)
-                    return
-                if anatomy:
-                    after = instruments.slab(ctx, level.value, pids, why, held)
-            if server.exited():
-                reason = f"server exited: {server.output_tail()}"
-                for rest in runnable[index:]:
-                    _fail_dead(ctx, variant, series, repetition, rest, reason, sweep)
-                return
-            if holders:
-                short = _holders_short(serving, level.value)
-                if short:
-                    for rest in runnable[index:]:
-                        _fail_dead(ctx, variant, series, repetition, rest, short, sweep)
-                    return
-            # wrk runs for a fixed time: only httperf's length needs the reply rate.
-            closed_httperf = sweep == model.DEAD and ctx.plan.load == loads.HTTPERF
-            reply_rate = _probe_rate(ctx, cs["clients"], port) if closed_httperf else None
-            memory = instruments.memory(before, after, pids, why) if anatomy else None
-            _measure_dead(ctx, variant, series, repetition, level, serving, deadconn, ready, reply_rate,
-                          memory, pids, why, sweep)
-    finally:
-        for managed, runner in ((deadconn, ctx.clients), (server, ctx.servers)):
-            if managed:
-                runner.stop(managed)
-                suffix = "-direct" if runnable[0].overlap else ""
-                _save_log(ctx, managed, f"{sweep}-{variant}-{series.slug}-r{repetition}{suffix}.{managed.role}.log")
-                runner.remove(managed)
+    started.append((server, ctx.servers))
+    listening = servers.wait_ready(server, service, ctx.server_address, port, SERVER_START_TIMEOUT_S)
+    if not listening:
+        raise LevelsFailed(f"server did not start: {server.output_tail() or 'no output'}")
+    return Serving(server, service, listening, port)
+
+
+def _start_deadconn(ctx: Context, line: Line, serving: Serving,
+                    started: list[tuple[Managed, Containers]]) -> Deadconn:
+    """deadconn, ready to open dead connections to the server and holding none yet; appended to `started`."""
+    # With holders the dead connections go to their own port (the listening line names it), so that they
+    # never mix with the active ones on the server's.
+    dead_port = serving.ready.get("dead_port") if line.holders else serving.port
+    if not dead_port:
+        raise LevelsFailed(f"the server started with {line.holders} holders named no dead-connection port: "
+                           f"{serving.ready}")
+    deadconn = ctx.clients.run(ctx.client_image, services.deadconn(
+        dead_port, 0, DEADCONN_STEP_TIMEOUT_S, ctx.cpusets[line.variant]["clients"], ctx.server_address,
+        ctx.client_source))
+    started.append((deadconn, ctx.clients))
+    ready = deadconn.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S)
+    if not ready or ready["event"] != "ready":
+        raise LevelsFailed(f"deadconn did not start: {deadconn.output_tail() or 'no output'}")
+    return Deadconn(deadconn, ready)
+
+
+def _watch(ctx: Context, line: Line, serving: Serving) -> Watched | None:
+    """What the anatomy sees of the server; None when the line's points carry no anatomy (--no-anatomy, and
+    the open loop's points)."""
+    if ctx.anatomy is None or line.sweep != model.DEAD:
+        return None
+    pids, why = instruments.server_pids(ctx, serving.managed)
+    pid = serving.managed.pid() if pids else None
+    if pid:
+        instruments.record_seccomp(ctx, pid)
+    if not serving.service.stats:
+        return Watched(pids, why, None)
+    if line.holders:
+        return Watched(pids, why, lambda: held_by_holders(_server_stats(serving)))
+    return Watched(pids, why, lambda: (_server_stats(serving) or {}).get("open"))
+
+
+def _run_level(ctx: Context, line: Line, level: Level, serving: Serving, deadconn: Deadconn,
+               watched: Watched | None) -> None:
+    """One level: deadconn grown to it, the server found still whole, the point measured."""
+    before, after = _grow(ctx, line, level, deadconn, watched)
+    if serving.managed.exited():
+        raise LevelsFailed(f"server exited: {serving.managed.output_tail()}", level)
+    if line.holders:
+        _wait_for_holders(serving, level)
+    if line.sweep == model.DEAD_OPEN:
+        _measure_open(ctx, line, level, serving, deadconn)
+        return
+    # wrk runs for a fixed time: only httperf's length needs the reply rate.
+    reply_rate = (_probe_rate(ctx, ctx.cpusets[line.variant]["clients"], serving.port)
+                  if ctx.plan.load == loads.HTTPERF else None)
+    memory = instruments.memory(before, after, watched.pids, watched.why) if watched else None
+    _measure_dead(ctx, line, level, serving, deadconn, reply_rate, memory, watched)
+
+
+def _grow(ctx: Context, line: Line, level: Level, deadconn: Deadconn,
+          watched: Watched | None) -> tuple[SlabReading | None, SlabReading | None]:
+    """deadconn grown to the level's dead connections: /proc/slabinfo before and after its step for the
+    anatomy (None without it, or when the level needs no step)."""
+    held = deadconn.ready["held"]
+    if level.value <= held:
+        return None, None
+    ctx.progress.describe(f"{line.label}: opening {level.value} dead")
+    before = watched.slab(ctx, held) if watched else None
+    deadconn.managed.send_stdin(f"grow {level.value - held}\n")
+    ready = deadconn.managed.next_json(("ready", "failed"), DEADCONN_STEP_TIMEOUT_S + 10) or {
+        "event": "failed", "reason": f"no answer: {deadconn.managed.output_tail()}", "held": None}
+    if ready["event"] != "ready":
+        raise LevelsFailed(f"deadconn held {ready.get('held')} of {level.value} dead connections: "
+                           f"{ready.get('reason')}", level)
+    deadconn.ready = ready
+    return before, watched.slab(ctx, level.value) if watched else None
 
 
 def held_by_holders(snapshot: dict | None) -> int | None:
@@ -183,31 +273,27 @@ def held_by_holders(snapshot: dict | None) -> int | None:
     return int(holders["open"]) if isinstance(holders, dict) and "open" in holders else None
 
 
-def _holders_short(serving: Serving, dead: int) -> str | None:
-    """None once the holders have every one of the dead connections deadconn opened in the server's set
-    (they accept them a little after deadconn's connect() returns); else why not, after HOLDERS_SETTLE_S."""
+def _wait_for_holders(serving: Serving, level: Level) -> None:
+    """Waits until the holders have every one of the level's dead connections in the server's set (they accept
+    them a little after deadconn's connect() returns); the line fails here when they lack some after
+    HOLDERS_SETTLE_S."""
     deadline = time.monotonic() + HOLDERS_SETTLE_S
-    held: int | None = None
-    snapshot: dict | None = None
     while True:
         snapshot = _server_stats(serving)
         held = held_by_holders(snapshot)
-        if held == dead or time.monotonic() > deadline or serving.managed.exited():
+        if held == level.value:
+            return
+        if time.monotonic() > deadline or serving.managed.exited():
             break
         time.sleep(HOLDERS_POLL_S)
-    if held == dead:
-        return None
     holders = (snapshot or {}).get("dead_holders") or {}
-    return (f"the holders hold {held} of {dead} dead connections after {HOLDERS_SETTLE_S} s "
-            f"(alive {holders.get('alive')} of {holders.get('holders')}, lost {holders.get('lost')})")
-
-
-def _fail_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level, reason: str,
-               sweep: str = model.DEAD) -> None:
-    finish(ctx, base_point(ctx, sweep, variant, series, repetition, level), model.FAILED, reason)
+    raise LevelsFailed(f"the holders hold {held} of {level.value} dead connections after {HOLDERS_SETTLE_S} s "
+                       f"(alive {holders.get('alive')} of {holders.get('holders')}, lost {holders.get('lost')})",
+                       level)
 
 
 def _save_log(ctx: Context, managed: Managed, name: str) -> None:
+    """Keeps a container's output in the run's raw files."""
     ctx.run.raw_path(name).write_text("\n".join(managed.log) + "\n")
 
 
@@ -229,51 +315,32 @@ def _run_client(ctx: Context, service: Service, timeout: float) -> tuple[list, s
     return list(service.command), output, code
 
 
-def _run_httperf(ctx: Context, cpuset: str, load: loads.ActiveLoad,
-                 timeout: float) -> tuple[list, str, int | None]:
-    return _run_client(ctx, services.active_load(load, cpuset), timeout)
-
-
 def _probe_rate(ctx: Context, cpuset: str, port: int) -> float:
     """The reply rate at this level from short httperf runs (loads.probe_rate), so that the point lasts
     about `duration`."""
     def run(load: loads.ActiveLoad) -> str:
-        return _run_httperf(ctx, cpuset, load, timeout=120)[1]
+        return _run_client(ctx, services.active_load(load, cpuset), timeout=120)[1]
 
     return loads.probe_rate(run, ctx.server_address, port, ctx.plan.active_connections)
 
 
-def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, level: Level,
-                  serving: Serving, deadconn: Managed, ready: dict, reply_rate: float | None,
-                  memory: model.MemoryFigures | model.Unavailable | None = None, pids: list[int] | None = None,
-                  why: str = "", sweep: str = model.DEAD) -> model.Point:
-    if sweep == model.DEAD_OPEN:
-        return _measure_open(ctx, variant, series, repetition, level, serving, deadconn, ready)
-    cs = ctx.cpusets[variant]
+def _measure_dead(ctx: Context, line: Line, level: Level, serving: Serving, deadconn: Deadconn,
+                  reply_rate: float | None, memory: model.MemoryFigures | model.Unavailable | None,
+                  watched: Watched | None) -> model.Point:
+    """A closed-loop point: httperf or wrk (ctx.plan.load) in a fresh client container keeps the active load
+    on the server; the server's CPU from its cgroup around it, its counters before and after; with the
+    anatomy, the point's memory and, when its load ran clean, a window of its own."""
+    cpusets = ctx.cpusets[line.variant]
     load_name = ctx.plan.load
-    point = base_point(ctx, model.DEAD, variant, series, repetition, level)
-    ctx.progress.describe(f"dead {variant} {series.label} r{repetition}: {level.value} dead, measuring")
-    if load_name == loads.WRK:
-        service = services.wrk(f"http://{ctx.server_address}:{serving.port}/", ctx.plan.active_connections,
-                               ctx.plan.duration_s, cs["clients"])
-        timeout = ctx.plan.duration_s + 60
-    else:
-        if reply_rate is None:
-            raise ValueError("an httperf point is sized by its level's probe: no reply rate was given")
-        load = loads.ActiveLoad(server=ctx.server_address, port=serving.port,
-                                connections=ctx.plan.active_connections,
-                                num_calls=loads.calls_for_duration(reply_rate, ctx.plan.duration_s,
-                                                                   ctx.plan.active_connections))
-        service = services.active_load(load, cs["clients"])
-        timeout = ctx.plan.duration_s * 4 + 60
-    hygiene, command, output, code, raw, server_cpu_s = _under_load(ctx, point, serving, deadconn, ready, cs,
-                                                                    service, timeout, load_name)
+    point = line.point(ctx, level)
+    ctx.progress.describe(f"{line.name}: {level.value} dead, measuring")
+    service, timeout = _closed_load(ctx, serving.port, reply_rate, cpusets["clients"])
+    hygiene, command, output, code, raw, server_cpu_s = _under_load(ctx, point, serving, deadconn, service, timeout,
+                                                                    load_name)
     client_cpu_s = None
     if load_name == loads.WRK:
         code, client_cpu_s = _wrk_status(output, code)
-    section = {"cpuset": cs["clients"], "command": command, "exit_code": code,
-               "raw": str(raw.relative_to(ctx.run.path))}
-    point.programs[load_name] = section
+    section = _record_load(ctx, point, load_name, cpusets["clients"], command, code, raw)
     if code is None:
         finish(ctx, point, model.FAILED, f"{load_name} did not finish within {timeout:.0f} s")
         return point
@@ -283,30 +350,64 @@ def _measure_dead(ctx: Context, variant: str, series: Series, repetition: int, l
         finish(ctx, point, model.FAILED, f"{load_name} output unreadable (exit code {code}): {e}")
         return point
     section["parsed"] = parsed
-    if load_name == loads.WRK:
-        figures = _wrk_figures(parsed, server_cpu_s, client_cpu_s)
-        errors = {**parsed["socket_errors"], "non_2xx_3xx": parsed["non_2xx_3xx"]}
-    else:
-        figures = _dead_figures(parsed, server_cpu_s)
-        errors = {k: v for k, v in parsed["errors"].items() if k != "total"}
+    figures = (_wrk_figures(parsed, server_cpu_s, client_cpu_s) if load_name == loads.WRK
+               else _dead_figures(parsed, server_cpu_s))
     point.figures = figures
     # httperf and wrk (-t1) are one thread each: they can use one CPU of their cpuset at most.
     point.set_checks(hygiene.finish(client_cpu_pct=figures.client_cpu_pct, client_cpus=1,
                                     server_cpu_s=server_cpu_s, duration_s=figures.duration_s,
-                                    server_cpus=len(engine.expand_cpu_list(cs["server"]))))
-    if ctx.anatomy is not None:
-        point.memory = memory
-        if figures.replies and not figures.errors:
-            ctx.progress.describe(f"dead {variant} {series.label} r{repetition}: {level.value} dead, anatomy")
-            point.anatomy = _anatomy_window(ctx, point, serving, figures, pids or [], why)
-    if figures.replies == 0:
-        finish(ctx, point, model.FAILED, f"no replies ({figures.errors} {load_name} errors)")
-    elif figures.errors:
-        finish(ctx, point, model.FAILED, f"{load_name} counted {figures.errors} errors: "
-               + ", ".join(f"{k} {v}" for k, v in errors.items() if v))
-    else:
-        finish(ctx, point)
+                                    server_cpus=len(engine.expand_cpu_list(cpusets["server"]))))
+    if watched is not None:
+        _add_anatomy(ctx, line, point, serving, figures, memory, watched)
+    failure = _closed_failure(load_name, parsed, figures)
+    finish(ctx, point, model.FAILED if failure else model.OK, failure)
     return point
+
+
+def _closed_load(ctx: Context, port: int, reply_rate: float | None, cpuset: str) -> tuple[Service, float]:
+    """The closed-loop point's load generator and how long it may take: wrk for exactly `duration`, or
+    httperf with as many calls as last about `duration` at the level's probed reply rate."""
+    plan = ctx.plan
+    if plan.load == loads.WRK:
+        return (services.wrk(f"http://{ctx.server_address}:{port}/", plan.active_connections, plan.duration_s,
+                             cpuset), plan.duration_s + 60)
+    if reply_rate is None:
+        raise ValueError("an httperf point is sized by its level's probe: no reply rate was given")
+    calls = loads.calls_for_duration(reply_rate, plan.duration_s, plan.active_connections)
+    load = loads.ActiveLoad(server=ctx.server_address, port=port, connections=plan.active_connections,
+                            num_calls=calls)
+    return services.active_load(load, cpuset), plan.duration_s * 4 + 60
+
+
+def _record_load(ctx: Context, point: model.Point, program: str, cpuset: str, command: list, code: int | None,
+                 raw: Path) -> dict:
+    """The point's section of its load generator: where it ran, how, its exit code and its raw output's file."""
+    section = {"cpuset": cpuset, "command": command, "exit_code": code, "raw": str(raw.relative_to(ctx.run.path))}
+    point.programs[program] = section
+    return section
+
+
+def _closed_failure(load_name: str, parsed: dict, figures: model.DeadFigures) -> str | None:
+    """Why a closed-loop point fails: no replies, or errors its load generator counted (by kind); None when
+    it stands."""
+    if figures.replies == 0:
+        return f"no replies ({figures.errors} {load_name} errors)"
+    if not figures.errors:
+        return None
+    if load_name == loads.WRK:
+        by_kind = {**parsed["socket_errors"], "non_2xx_3xx": parsed["non_2xx_3xx"]}
+    else:
+        by_kind = {k: v for k, v in parsed["errors"].items() if k != "total"}
+    return f"{load_name} counted {figures.errors} errors: " + ", ".join(f"{k} {v}" for k, v in by_kind.items() if v)
+
+
+def _add_anatomy(ctx: Context, line: Line, point: model.Point, serving: Serving, figures: model.DeadFigures,
+                 memory: model.MemoryFigures | model.Unavailable | None, watched: Watched) -> None:
+    """The point's memory, and when its load ran clean (replies, no errors) an anatomy window of its own."""
+    point.memory = memory
+    if figures.replies and not figures.errors:
+        ctx.progress.describe(f"{line.name}: {point.x} dead, anatomy")
+        point.anatomy = _anatomy_window(ctx, point, serving, figures, watched.pids, watched.why)
 
 
 def _anatomy_window(ctx: Context, point: model.Point, serving: Serving, figures: model.DeadFigures,
@@ -315,16 +416,16 @@ def _anatomy_window(ctx: Context, point: model.Point, serving: Serving, figures:
     outlast the window: a server with counters has its load stopped once the window is over, so its load is
     sized for three times as long, at the point's highest rate (the window may see a faster server than the
     point's average, whose ramp it counts)."""
-    cs = ctx.cpusets[point.variant]
+    clients = ctx.cpusets[point.variant]["clients"]
     seconds = (instruments.WINDOW_S + instruments.LOAD_MARGIN_S) * (3 if serving.service.stats else 1)
     active = ctx.plan.active_connections
     if ctx.plan.load == loads.WRK:
-        load = services.wrk(f"http://{ctx.server_address}:{serving.port}/", active, seconds, cs["clients"])
+        load = services.wrk(f"http://{ctx.server_address}:{serving.port}/", active, seconds, clients)
     else:
         rate = max(r for r in (figures.reply_rate, figures.reply_rate_max, figures.reply_rate_overall, 1.0) if r)
         load = services.active_load(loads.ActiveLoad(
             server=ctx.server_address, port=serving.port, connections=active,
-            num_calls=loads.calls_for_duration(rate, seconds, active)), cs["clients"])
+            num_calls=loads.calls_for_duration(rate, seconds, active)), clients)
     stats = (lambda: _server_stats(serving)) if serving.service.stats else None
     return instruments.window(ctx, point, pids, why, load, stats, active, _load_rate)
 
@@ -339,12 +440,12 @@ def _load_rate(output: str) -> float | None:
         return None
 
 
-def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: Managed, ready: dict, cs: dict,
-                service: Service, timeout: float,
-                program: str) -> tuple[checks.PointChecks, list, str, int | None, Path, float]:
+def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: Deadconn, service: Service,
+                timeout: float, program: str) -> tuple[checks.PointChecks, list, str, int | None, Path, float]:
     """Runs a load generator's container against the serving server, the checks taken before it, and records
     the server's and deadconn's sections of the point: (checks, command, output, exit code, raw output's
     file, server CPU seconds over the load from its cgroup)."""
+    cpusets = ctx.cpusets[point.variant]
     server = serving.managed
     container_id = str(server.container.id)
     hygiene = checks.PointChecks.take(container_ids={"server": container_id})
@@ -359,12 +460,12 @@ def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: Ma
     point.programs["server"] = {
         "kind": point.series.server, "image": serving.service.image or ctx.server_image,
         "image_id": server.container.attrs.get("Image"), "readiness": serving.service.readiness,
-        "ready": serving.ready, "address": ctx.server_address, "port": serving.port, "cpuset": cs["server"],
+        "ready": serving.ready, "address": ctx.server_address, "port": serving.port, "cpuset": cpusets["server"],
         "command": server.command, "container": container_id[:12], "cpu_s": server_cpu_s,
         "stats_before": stats_before, "stats_after": stats_after,
         "seccomp": serving.service.seccomp or "engine default"}
-    point.programs["deadconn"] = {"cpuset": cs["clients"], "command": deadconn.command, "held": ready["held"],
-                                  "ready": ready}
+    point.programs["deadconn"] = {"cpuset": cpusets["clients"], "command": deadconn.managed.command,
+                                  "held": deadconn.ready["held"], "ready": deadconn.ready}
     return hygiene, command, output, code, raw, server_cpu_s
 
 
@@ -421,24 +522,21 @@ OPEN_TIMEOUT_S = 2.0
 OPEN_OVERLOAD_ERRORS = ("timeout", "unsent", "unanswered")
 
 
-def _measure_open(ctx: Context, variant: str, series: Series, repetition: int, level: Level,
-                  serving: Serving, deadconn: Managed, ready: dict) -> model.Point:
+def _measure_open(ctx: Context, line: Line, level: Level, serving: Serving, deadconn: Deadconn) -> model.Point:
     """An open-loop point: openload in a fresh client container offers ctx.open_rate for open_duration_s over
     open_connections; the server's CPU from its cgroup around it, its counters before and after."""
     if ctx.open_rate is None:
         raise ValueError("an open-loop point needs the sweep's offered rate first (openloop.offered_rate)")
-    cs = ctx.cpusets[variant]
-    point = base_point(ctx, model.DEAD_OPEN, variant, series, repetition, level)
-    ctx.progress.describe(f"{model.DEAD_OPEN} {variant} {series.label} r{repetition}: {level.value} dead, measuring")
+    cpusets = ctx.cpusets[line.variant]
+    point = line.point(ctx, level)
+    ctx.progress.describe(f"{line.name}: {level.value} dead, measuring")
     load = loads.OpenLoad(port=serving.port, rate=ctx.open_rate, server=ctx.server_address,
                           connections=ctx.plan.open_connections, duration_s=ctx.plan.open_duration_s,
                           timeout_s=OPEN_TIMEOUT_S)
     timeout = load.bound_s + 60
     hygiene, command, output, code, raw, server_cpu_s = _under_load(
-        ctx, point, serving, deadconn, ready, cs, services.openload(load, cs["clients"]), timeout, loads.OPENLOAD)
-    section = {"cpuset": cs["clients"], "command": command, "exit_code": code,
-               "raw": str(raw.relative_to(ctx.run.path))}
-    point.programs[loads.OPENLOAD] = section
+        ctx, point, serving, deadconn, services.openload(load, cpusets["clients"]), timeout, loads.OPENLOAD)
+    section = _record_load(ctx, point, loads.OPENLOAD, cpusets["clients"], command, code, raw)
     if code is None:
         finish(ctx, point, model.FAILED, f"{loads.OPENLOAD} did not finish within {timeout:.0f} s")
         return point
@@ -449,7 +547,7 @@ def _measure_open(ctx: Context, variant: str, series: Series, repetition: int, l
         finish(ctx, point, model.FAILED, f"{loads.OPENLOAD} output unreadable (exit code {code}): {e}: {tail[0]}")
         return point
     section["parsed"] = {k: v for k, v in parsed.items() if k != "raw"}  # the whole object is in the raw file
-    server_cpus = len(engine.expand_cpu_list(cs["server"]))
+    server_cpus = len(engine.expand_cpu_list(cpusets["server"]))
     figures = open_figures(parsed, server_cpu_s, server_cpus)
     point.figures = figures
     # openload is one thread: it can use one CPU of its cpuset at most.
@@ -457,19 +555,25 @@ def _measure_open(ctx: Context, variant: str, series: Series, repetition: int, l
                                     server_cpu_s=server_cpu_s, duration_s=_open_wall_s(parsed),
                                     server_cpus=server_cpus))
     point.flags.update({checks.LAGGED: figures.lagged, checks.OVERLOADED: figures.overloaded})
+    failure = _open_failure(code, parsed, figures)
+    finish(ctx, point, model.FAILED if failure else model.OK, failure)
+    return point
+
+
+def _open_failure(code: int, parsed: dict, figures: model.OpenFigures) -> str | None:
+    """Why an open-loop point fails: openload's exit, no replies, or errors of a kind other than an
+    overloaded server's (OPEN_OVERLOAD_ERRORS), non-2xx replies among them; None when it stands."""
+    if code != 0:
+        return f"{loads.OPENLOAD} exited with {code}"
+    if figures.replies == 0:
+        return f"no replies ({figures.errors} {loads.OPENLOAD} errors)"
     hard = {kind: n for kind, n in parsed["errors"].items() if n and kind not in OPEN_OVERLOAD_ERRORS}
     if parsed["non_2xx"]:
         hard["non_2xx"] = parsed["non_2xx"]
-    if code != 0:
-        finish(ctx, point, model.FAILED, f"{loads.OPENLOAD} exited with {code}")
-    elif figures.replies == 0:
-        finish(ctx, point, model.FAILED, f"no replies ({figures.errors} {loads.OPENLOAD} errors)")
-    elif hard:
-        finish(ctx, point, model.FAILED, f"{loads.OPENLOAD} counted {sum(hard.values())} errors: "
-               + ", ".join(f"{k} {v}" for k, v in hard.items()))
-    else:
-        finish(ctx, point)
-    return point
+    if hard:
+        return (f"{loads.OPENLOAD} counted {sum(hard.values())} errors: "
+                + ", ".join(f"{k} {v}" for k, v in hard.items()))
+    return None
 
 
 def _open_wall_s(parsed: dict) -> float:
