@@ -25,6 +25,7 @@ TOOLS = {
     "git": (("git",), "git"),
     "wrk": (("wrk",), "wrk"),
     "openssl": (("openssl",), "openssl"),
+    "ctags": (("ctags",), "universal-ctags"),
     # The test task gets dockerd from docker.io when no engine answers (experiment/host/engine.py).
     "dockerd": (("dockerd", "/usr/sbin/dockerd"), "docker.io"),
     "docker": (("/usr/bin/docker", "docker"), "docker.io"),
