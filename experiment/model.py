@@ -170,7 +170,7 @@ def _figures_json(figures: DeadFigures | PipeFigures | OpenFigures) -> dict:
 @dataclass
 class Unavailable:
     """Why a point has no anatomy (or no memory figure): perf or slabinfo could not run here. A record, never
-    an error. JSON: {"unavailable": reason}."""
+    an error: experiment/anatomy answers it and the point stores it as it is. JSON: {"unavailable": reason}."""
 
     JSON_SCHEMA: ClassVar[dict] = {"type": "object", "properties": {"unavailable": {"type": "string"}},
                                    "required": ["unavailable"], "additionalProperties": False}
