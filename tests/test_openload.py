@@ -27,7 +27,7 @@ import pytest
 from experiment.bench import native
 from experiment.errors import UserError
 from experiment.host import images, machine
-from experiment.run import loads, services
+from experiment.run import jsonlines, loads, services
 from experiment.run.containers import Containers
 
 SANITIZE_UB = ["-O1", "-g", "-fsanitize=undefined", "-fno-sanitize-recover=all"]
@@ -458,6 +458,15 @@ def test_output_that_is_not_openloads_is_a_value_error():
         loads.parse_openload("Requests/sec: 5\n")
     with pytest.raises(ValueError, match="not openload output"):
         loads.parse_openload(json.dumps({"program": "openload", "offered_rate": 5}))
+
+
+def test_a_programs_json_objects_are_found_among_its_other_lines():
+    output = '{"program": "openload", "n": 1}\nwarning: {not json\n[1, 2]\n  {"program": "other"}  \n"text"\n'
+    assert jsonlines.last_json(output) == {"program": "other"}
+    assert jsonlines.last_json(output, lambda d: d.get("program") == "openload") == {"program": "openload", "n": 1}
+    assert jsonlines.last_json("no JSON here\n[1]\n") is None
+    assert [jsonlines.json_object(line) for line in output.splitlines()] == [
+        {"program": "openload", "n": 1}, None, None, {"program": "other"}, None]
 
 
 # ---- in the client image ---------------------------------------------------------------------------------------
