@@ -47,7 +47,6 @@ import ipaddress
 import json
 import math
 import os
-import resource
 import select
 import selectors
 import signal
@@ -56,6 +55,11 @@ import stat
 import sys
 import time
 import traceback
+
+# fdlimit.py, shared with pyhttpd: beside this program in the image (/usr/local/bin), in images/pylib/ in the
+# source tree.
+sys.path.append(os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir, "pylib"))
+import fdlimit  # noqa: E402
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -846,20 +850,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def raise_fd_limit() -> int:
-    """Raise RLIMIT_NOFILE's soft limit to the hard one; the limit we run under."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        with open("/proc/sys/fs/nr_open") as f:
-            hard = int(f.read())
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError) as error:
-        complain(f"cannot raise RLIMIT_NOFILE to {hard} ({error}); keeping {soft}")
-        return soft
-    return hard
-
-
 def port_range() -> tuple[int, int]:
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
@@ -925,7 +915,7 @@ def setup(argv: list[str]) -> tuple[Deadconn, int | None, str | None]:
         raise UsageError(f"--source-base {options.source_base} is not an IPv4 address") from None
     destination = resolve(options.host, options.port)
     check_source(str(base))
-    fd_limit = raise_fd_limit()
+    fd_limit = fdlimit.raise_fd_limit(complain)
     most = fd_limit - FD_RESERVE
     if most < 1:
         raise UsageError(f"the descriptor limit {fd_limit} leaves no room for connections; raise it")
