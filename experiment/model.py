@@ -359,7 +359,7 @@ class Plan:
     server_cmd: str | None = None
     server_port: int | None = None
     load: str = HTTPERF
-    # The kernel cost anatomy at every dead point (issue 13): True on, False --no-anatomy, None the run's
+    # The kernel cost anatomy at every dead point: True on, False --no-anatomy, None the run's
     # record predates it.
     anatomy: bool | None = None
     walks: tuple[str, ...] = (STAY,)  # pipetest's token walks (catalog.WALKS)

@@ -281,7 +281,7 @@ def test_a_server_stall_shows_in_the_corrected_tail_not_in_the_latency_of_reques
     least 50 ms: so p99.9 counted from the due time is at least 50 ms whatever else the host does; counted
     from when each was sent, only the 4 in flight at each stall waited (0.03 %).
 
-    10k, not the issue's 20k: with one request in flight per connection, 4 connections carry at most 4 round
+    10k, not 20k: with one request in flight per connection, 4 connections carry at most 4 round
     trips at a time, and on this shared 2-CPU host a round trip (generator, loopback, server) averages about
     150 us, so 20k/s leaves no room to catch up after a stall and the run turns overloaded (the tail would be
     the backlog's, not the stall's); the sanitized generator is not the limit (the optimised one fares the

@@ -504,7 +504,7 @@ def test_a_point_without_the_anatomy_says_why_and_a_run_before_it_says_it_predat
 
 PAIRS = Path(__file__).parent / "data" / "pairs"
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
-# The paper reference run before issue 16's re-run (schema 1), an hour after the quick one.
+# The paper reference run before its re-run in results/reference (schema 1), an hour after the quick one.
 PAPER_2026_11_28 = Path(__file__).parent / "data" / "previous" / "20261128T002856Z-vm-paper"
 
 

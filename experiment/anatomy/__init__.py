@@ -1,4 +1,4 @@
-"""The kernel cost anatomy of a point (issue 13): where a server's time and memory go.
+"""The kernel cost anatomy of a point: where a server's time and memory go.
 
   window.py  one window on a running server under load: system calls and context switches per reply
              (`perf stat` on syscall tracepoints), then a cpu-clock profile (`perf record -g`), folded

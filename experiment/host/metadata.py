@@ -72,7 +72,7 @@ def capture(client: docker.DockerClient, built: dict, base_image: dict, sysctls:
         "httperf_version": _httperf_version(client, built["client"].id),
         "epollbench_version": _package_version(),
         "load_at_start": list(os.getloadavg()),
-        # What a system call costs depends on (issue 13); the server container's seccomp mode is added per
+        # What a system call costs depends on; the server container's seccomp mode is added per
         # server by syscall_cost_factors(pid) once it runs.
         "syscall_cost": syscall_cost_factors(),
     }
