@@ -17,7 +17,7 @@ a load of its own. The replies a window divides by are the server's own counter 
 it on SIGUSR1) read at each phase's edges; a server without counters (nginx, a server of one's own) has
 the load generator's mean reply rate over its run times each phase's length instead (replies_source says
 which). perf counts on while the counter is read through the engine's log stream at a phase's end, so the
-per-reply figures are high by what the server did meanwhile: up to ~5% in the smoke sweep's 0.5 s phases.
+per-reply figures are high by what the server did meanwhile (the README says by how much).
 
 Where perf or slabinfo cannot run (a remote engine, a refused perf_event_open, not root, no process on this
 machine) the point records Unavailable with the reason; nothing here fails a point.

@@ -17,8 +17,8 @@ that all those CPUs open in parallel.  Each connection binds a source address (1
 127.0.0.1 is left to the active load) with IP_BIND_ADDRESS_NO_PORT, which leaves the port choice to
 connect(): ports are then unique per (source, destination) pair, not per host.  connect() tries ports of
 one parity first, and once that half of ip_local_port_range is in use it scans the whole half for every
-new connection (we measured 600 connections/s instead of 15,000 on kernel 6.18), so by default a source
-address takes at most PORT_SHARE of the range and sources are added as the count grows.  A connection is
+new connection, so by default a source address takes at most PORT_SHARE of the range and sources are added
+as the count grows.  A connection is
 opened without blocking: socket, bind, connect and send of the request back to back; on loopback the
 handshake is over when connect() returns, and one still shaking hands (the server's accept queue was full)
 is finished from epoll.  Connections are never retried: a step that cannot reach its target fails, and
@@ -29,7 +29,7 @@ the parent's dispatch to the last worker's answer (forking new workers is not in
 After each step and on "status" every worker checks that its connections are still open (a peer close or
 reset shows as POLLRDHUP/POLLHUP); one the server has closed is dropped and counted under failures.reset.
 The rate is the kernel's more than ours: on loopback the client's system calls also run the server's
-side of the handshake, and netfilter connection tracking, when loaded, adds about a quarter.  Where it is
+side of the handshake, and netfilter connection tracking, when loaded, adds its own work.  Where it is
 loaded, "conntrack_drops" counts the packets it dropped in the step for want of a table entry (anyone's,
 in our network namespace): dropped SYNs are retried after 1, 3, 7... s, so the step is slow or fails.
 
