@@ -150,8 +150,9 @@ def water_fill(loads: list[int], capacities: list[float], count: int) -> list[in
 # ---------------------------------------------------------------------------------------------- worker
 
 
-class Holder:
-    """A worker's connections: opens more on command, checks them, reports on its channel to the parent."""
+class ConnectionWorker:
+    """A worker process, inside it: holds its connections, opens more and checks them on the parent's commands,
+    and answers on its channel to the parent (which sees it through a WorkerHandle)."""
 
     def __init__(self, channel: socket.socket, destination: tuple[str, int], request: bytes, complete: bool):
         self.channel = channel
@@ -244,18 +245,18 @@ class Holder:
 class Step:
     """The connections of one open command that are not established yet, and what went wrong."""
 
-    def __init__(self, holder: Holder, deadline: float):
-        self.holder = holder
+    def __init__(self, worker: ConnectionWorker, deadline: float):
+        self.worker = worker
         self.deadline = deadline
         self.in_flight: dict[int, tuple[_socket.socket, bytearray | None]] = {}  # fd -> (sock, reply so far)
-        self.held_before = len(holder.held)
+        self.held_before = len(worker.held)
         self.failures = empty_failures()
         self.errors: dict[str, str] = {}  # reason -> the first error of that kind, for the message
         self.failed = 0
 
     @property
     def opened(self) -> int:
-        return len(self.holder.held) - self.held_before
+        return len(self.worker.held) - self.held_before
 
     def fail(self, code: int | None, text: str, count: int = 1) -> bool:
         """Count a failure; True when there have been enough to give up opening more."""
@@ -267,15 +268,15 @@ class Step:
 
     def connecting(self, sock: _socket.socket) -> None:
         self.in_flight[sock.fileno()] = (sock, None)
-        self.holder.epoll.register(sock.fileno(), select.EPOLLOUT)
+        self.worker.epoll.register(sock.fileno(), select.EPOLLOUT)
 
     def awaiting_reply(self, sock: _socket.socket) -> None:
         self.in_flight[sock.fileno()] = (sock, bytearray())
-        self.holder.epoll.register(sock.fileno(), select.EPOLLIN)
+        self.worker.epoll.register(sock.fileno(), select.EPOLLIN)
 
     def wait(self, until_below: int) -> None:
         """Finish handshakes and read replies until fewer than until_below are in flight, or time is up."""
-        epoll = self.holder.epoll
+        epoll = self.worker.epoll
         while len(self.in_flight) >= until_below:
             left = self.deadline - time.monotonic()
             if left <= 0:
@@ -290,15 +291,15 @@ class Step:
                     self._read_reply(fd, sock, reply)
 
     def _drop(self, fd: int, sock: _socket.socket, code: int | None, text: str) -> None:
-        self.holder.epoll.unregister(fd)
+        self.worker.epoll.unregister(fd)
         del self.in_flight[fd]
         sock.close()
         self.fail(code, text)
 
     def _established(self, fd: int, sock: _socket.socket) -> None:
-        self.holder.epoll.unregister(fd)
+        self.worker.epoll.unregister(fd)
         del self.in_flight[fd]
-        self.holder.held.append(sock)
+        self.worker.held.append(sock)
 
     def _handshake_done(self, fd: int, sock: _socket.socket) -> None:
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -306,12 +307,12 @@ class Step:
             self._drop(fd, sock, code, os.strerror(code))
             return
         try:
-            sock.send(self.holder.request)
+            sock.send(self.worker.request)
         except OSError as error:
             self._drop(fd, sock, error.errno, error.strerror)
             return
-        if self.holder.complete:
-            self.holder.epoll.modify(fd, select.EPOLLIN)
+        if self.worker.complete:
+            self.worker.epoll.modify(fd, select.EPOLLIN)
             self.in_flight[fd] = (sock, bytearray())
         else:
             self._established(fd, sock)
@@ -360,16 +361,16 @@ def parse_head(head: bytes) -> tuple[int, int]:
 def worker_main(channel: socket.socket, destination: tuple[str, int], request: bytes, complete: bool) -> None:
     """A forked worker's life: serve the parent, then exit and let the kernel close every connection."""
     status = 0
-    holder = None
+    worker = None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the parent, which stops us
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})  # blocked by _spawn
-        holder = Holder(channel, destination, request, complete)
-        holder.serve()
+        worker = ConnectionWorker(channel, destination, request, complete)
+        worker.serve()
     except Stop:
         with contextlib.suppress(OSError):
-            channel.sendall(encode({"reply": "closed", "held": len(holder.held) if holder else 0}))
+            channel.sendall(encode({"reply": "closed", "held": len(worker.held) if worker else 0}))
     except (BrokenPipeError, ConnectionResetError):  # the parent is gone
         pass
     except BaseException:  # a bug: say where, and let the parent see the channel close
@@ -386,8 +387,9 @@ def _raise_stop(_signum, _frame) -> None:
 # ---------------------------------------------------------------------------------------------- parent
 
 
-class Worker:
-    """The parent's view of one worker process."""
+class WorkerHandle:
+    """The parent's view of one worker process (a ConnectionWorker): its pid, its channel, and how many
+    connections it last said it held."""
 
     def __init__(self, pid: int, channel: socket.socket):
         self.pid = pid
@@ -436,7 +438,7 @@ class Deadconn:
         self.complete = options.mode == "complete"
         self.request = (f"GET / HTTP/1.1\r\nHost: {options.host}\r\n\r\n".encode() if self.complete
                         else DEAD_REQUEST)
-        self.workers: list[Worker] = []
+        self.workers: list[WorkerHandle] = []
         self.sources: list[str] = []
         self.source_loads: list[int] = []
         self.target = 0
@@ -477,7 +479,7 @@ class Deadconn:
                 if key.fd == self.wake_read:
                     _drain(self.wake_read)
                     continue
-                if isinstance(key.data, Worker):
+                if isinstance(key.data, WorkerHandle):
                     return self._lost(f"worker {key.data.pid} exited on its own")
                 try:
                     data = os.read(key.fd, 65536)
@@ -610,7 +612,7 @@ class Deadconn:
                 self.failures["reset"] += answer["lost"]
                 self.errors.setdefault("reset", "closed by the server after the handshake")
 
-    def _gather(self, workers: list[Worker], timeout: float, command: dict | None = None) -> dict:
+    def _gather(self, workers: list[WorkerHandle], timeout: float, command: dict | None = None) -> dict:
         """Each worker's answer (to command, sent first when given); Interrupted when a signal comes first."""
         if command:
             for worker in workers:
@@ -665,7 +667,7 @@ class Deadconn:
                 os._exit(1)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
         theirs.close()
-        self.workers.append(Worker(pid, mine))
+        self.workers.append(WorkerHandle(pid, mine))
 
     def _add_source(self) -> None:
         base = ipaddress.IPv4Address(self.options.source_base)
@@ -752,7 +754,7 @@ def conntrack_drops() -> int | None:
         return None
 
 
-def _await_closed(worker: Worker, deadline: float) -> int:
+def _await_closed(worker: WorkerHandle, deadline: float) -> int:
     """The count a stopping worker reports as it closes; 0 when it exits without saying."""
     held = 0
     with selectors.PollSelector() as selector:
