@@ -17,6 +17,7 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ephttpd /out/pipetest /usr/local/bin/
 COPY images/pyhttpd/pyhttpd.py /usr/local/bin/pyhttpd
+COPY images/pylib/fdlimit.py /usr/local/bin/
 RUN chmod 0755 /usr/local/bin/pyhttpd
 CMD ["ephttpd", "--help"]
 
@@ -26,5 +27,6 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/openload /usr/local/bin/
 COPY images/deadconn/deadconn.py /usr/local/bin/deadconn
+COPY images/pylib/fdlimit.py /usr/local/bin/
 RUN chmod 0755 /usr/local/bin/deadconn
 CMD ["httperf", "--version"]

@@ -22,13 +22,9 @@ SERVER_FD_OVERHEAD = 64
 
 @dataclass(frozen=True)
 class Backend:
-    """An event mechanism a server waits with. The colour (Okabe-Ito, safe for the common colour-vision
-    deficiencies), marker and dash pattern tell its lines apart in colour and in greyscale."""
+    """An event mechanism a server waits with. How its lines look is the report's (experiment/report/styles.py)."""
 
     name: str
-    colour: str
-    marker: str
-    linestyle: str | tuple
     fd_setsize_bound: bool = False  # watches descriptors below FD_SETSIZE only
 
     def max_descriptors(self, fd_limit: int) -> int:
@@ -37,18 +33,18 @@ class Backend:
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("select", "#CC79A7", "s", ":", fd_setsize_bound=True),
-    Backend("poll", "#D55E00", "o", "-"),
-    Backend("epoll", "#0072B2", "^", "--"),
-    Backend("epoll-et", "#56B4E9", "v", "-."),
-    Backend("io_uring", "#009E73", "D", (0, (5, 1, 1, 1, 1, 1))),
-    Backend("aio-poll", "#E69F00", "P", (0, (1, 1))),
-    # The same ring as a completion API: a darker shade of io_uring's green, its own marker and dashes.
-    Backend("io_uring-recv", "#005C45", "<", (0, (4, 1, 4, 1, 1, 1))),
-    # pyhttpd's asyncio: epoll underneath, but its own event loop; dark grey keeps it apart from epoll's blue.
-    Backend("asyncio", "#666666", "h", (0, (2, 1, 2, 3))),
+    Backend("select", fd_setsize_bound=True),
+    Backend("poll"),
+    Backend("epoll"),
+    Backend("epoll-et"),
+    Backend("io_uring"),
+    Backend("aio-poll"),
+    # The same ring as a completion API: ephttpd's own loop on io_uring's completions (URING_RECV below).
+    Backend("io_uring-recv"),
+    # pyhttpd's asyncio: epoll underneath, but its own event loop.
+    Backend("asyncio"),
     # A server of the user's own uses whatever it uses: one backend, named for the points.
-    Backend("own", "#000000", "X", (0, (3, 1, 1, 1))),
+    Backend("own"),
 )}
 # images/ev's backends, in ev.c's order: ephttpd and pipetest offer each of them.
 EV_BACKENDS = ("select", "poll", "epoll", "epoll-et", "io_uring", "aio-poll")
@@ -60,7 +56,7 @@ EPHTTPD_BACKENDS = (*EV_BACKENDS, URING_RECV)
 # What pipetest runs: ev.h's backends.
 PIPETEST_BACKENDS = EV_BACKENDS
 # A line of a backend this catalog does not know (a run of a later version, say).
-UNKNOWN_BACKEND = Backend("unknown", "#000000", "X", (0, (3, 1, 1, 1)))
+UNKNOWN_BACKEND = Backend("unknown")
 
 
 def backend(name: str) -> Backend:
@@ -114,24 +110,20 @@ EPHTTPD, PYTHON, NGINX, CUSTOM = "ephttpd", "python", "nginx", "custom"
 class ServerKind:
     """A server a dead sweep can put under test. readiness: "json" (it prints a listening line, and
     snapshot counters on SIGUSR1, as ephttpd does) or "tcp" (ready once its port accepts a connection; its
-    CPU time comes from its container's cgroup alone). marker and linestyle: its lines keep their backend's
-    colour and take these, so that ephttpd's epoll and nginx's differ (ephttpd's take the backend's own)."""
+    CPU time comes from its container's cgroup alone)."""
 
     name: str
     program: str
     backends: tuple[str, ...]
     readiness: str
     stats: bool
-    marker: str | None = None
-    linestyle: str | tuple | None = None
 
 
 SERVERS: dict[str, ServerKind] = {k.name: k for k in (
     ServerKind(EPHTTPD, "ephttpd", EPHTTPD_BACKENDS, "json", True),
-    ServerKind(PYTHON, "pyhttpd", ("select", "poll", "epoll", "asyncio"), "json", True, "h",
-               (0, (2, 1, 2, 3))),
-    ServerKind(NGINX, "nginx", ("epoll",), "tcp", False, "*", (0, (6, 2))),
-    ServerKind(CUSTOM, "server", ("own",), "tcp", False, "p", (0, (8, 2, 2, 2))),
+    ServerKind(PYTHON, "pyhttpd", ("select", "poll", "epoll", "asyncio"), "json", True),
+    ServerKind(NGINX, "nginx", ("epoll",), "tcp", False),
+    ServerKind(CUSTOM, "server", ("own",), "tcp", False),
 )}
 # The study's server: its series carry their plain backend names.
 DEFAULT_SERVER = EPHTTPD
@@ -189,14 +181,3 @@ class Series:
         """The label in a file name: nginx-epoll, epoll-stride (a stay line keeps its backend's name)."""
         label = self.backend if self.server == DEFAULT_SERVER else f"{self.server}-{self.backend}"
         return f"{label}-{self.walk}" if self.walk not in ("", STAY) else label
-
-    def style(self) -> dict:
-        """matplotlib keyword arguments: the backend's colour, marker and dash pattern; a server beside
-        ephttpd its own marker and dash pattern."""
-        own = backend(self.backend)
-        kind = SERVERS.get(self.server)
-        if self.server == DEFAULT_SERVER or kind is None or kind.marker is None:
-            if kind is None:
-                own = UNKNOWN_BACKEND
-            return {"color": own.colour, "marker": own.marker, "linestyle": own.linestyle}
-        return {"color": own.colour, "marker": kind.marker, "linestyle": kind.linestyle}

@@ -1,43 +1,14 @@
-"""The records a run folder holds (run.json and points/<id>.json), their schema's history, and the one
-upgrade path from every earlier version to this one. A point is a Point: its fields, and the figures each
-sweep measures (DeadFigures, PipeFigures), are named here once; the runner fills them and the report reads
-them by name.
-
-History of schema_version:
-  1 (2026-11-27): a point's "backend" held the series label ("epoll", "nginx/epoll") and a dead point of a
-    server other than ephttpd named its backend in "mechanism"; the plan's "series" were labels too, and a
-    plan before several servers could run had one "server" and no "series".
-  2 (2026-11-30): a point's "backend" is the event backend alone, its "server_kind" the server ("ephttpd",
-    "python", "nginx", "custom"; dead points only), and no label is stored to be parsed back: the plan's
-    "series" are {"server", "backend"} objects. tuning.json (--tune-host's journal) is unchanged.
-  2, addition (2026-12-01, issue 13): a dead point may carry "anatomy" (AnatomyFigures: system calls, context
-    switches and CPU shares per reply, from a window of its own after the point's measurement) and "memory"
-    (MemoryFigures: slab and RSS per dead connection), each {"unavailable": reason} where the instruments
-    could not run; the plan gains "anatomy" (true: measured, false: --no-anatomy). The version stays 2
-    because nothing is renamed or reinterpreted: a point without the keys was not measured by the anatomy
-    (it predates it, ran with --no-anatomy, or is not a dead point) and a plan without "anatomy" predates it
-    (Plan.anatomy None), so every version-2 record reads as it always did and the committed runs re-render
-    unchanged, saying that they predate the anatomy. An epollbench from before the addition refuses a point
-    that has the keys in one line (unknown fields), never misreads it.
-  Fields added to version 2 since, each absent from the records written before it and read with its default
-  (a record keeps them out while they hold it, so that an older record reads and writes back unchanged):
-    (2026-12, issue 16) a point's "walk": pipetest's token walk, "stay" or "stride" (default "stay": every
-    token kept its pipe before walks existed); its figures' "pipes_visited", "visits_min", "visits_max"
-    (pipes that carried a token, and the fewest and most passes of one pipe; default absent). A dead point's
-    "dead_holders": the helper processes that held its dead connections in the server's epoll set
-    (ephttpd --dead-holders; default 0, the server held them itself), and "overlap": true on the point of a
-    holders series measured the other way too, the server holding its own dead connections at one level
-    to show the holders change nothing (default false; such a point is not part of its series' line).
-    The plan's "walks": pipetest's walks (default ["stay"]).
-    (2026-12, issue 14) the open-loop dead sweep ("dead-open": openload at one offered rate, OpenFigures),
-      the plan's open_* fields (its variants, duration, rate or share of capacity, connections) and run.json's
-      optional "open_rate" (the offered rate and the wrk probe of capacity it came from). New optional fields
-      and a new sweep: records of version 2 without them read as before.
+"""The records a run folder holds (run.json and points/<id>.json), and the one upgrade path from every earlier
+schema version to this one (what each version changed: schemas/HISTORY.md). A point is a Point: its fields,
+and the figures each sweep measures (DeadFigures, PipeFigures), are named here once; the runner fills them and
+the report reads them by name.
 
 A record is upgraded when it is read (upgrade()), never rewritten on disk: the committed runs stay as they
 were measured. A record of a later version than this one is refused, never misread. Upgraded, it is checked
 against this version's JSON Schema (json_schema(), published as schemas/*.schema.json by `invoke schemas`):
-a version's schema changes only with SCHEMA_VERSION, except that a new optional field may extend it.
+a version's schema changes only with SCHEMA_VERSION, except that a new optional field may extend it. Such a
+field has a default, and a record leaves it out while it holds it, so that a record written before the field
+existed reads and writes back unchanged.
 """
 
 from __future__ import annotations
@@ -75,6 +46,9 @@ def upgrade(data: dict, kind: str, where: object) -> dict:
     return data
 
 
+# Version 1, as the steps below read it: a point's "backend" held the series label ("epoll", "nginx/epoll") and
+# a dead point of a server other than ephttpd named its backend in "mechanism"; the plan's "series" were labels
+# too, and a plan from before several servers could run had one "server" and no "series".
 def _label_to_series(label: str) -> Series:
     """A version-1 series label: the backend alone for ephttpd, else server/backend."""
     server, _, backend = label.rpartition("/")
@@ -170,7 +144,7 @@ def _figures_json(figures: DeadFigures | PipeFigures | OpenFigures) -> dict:
 @dataclass
 class Unavailable:
     """Why a point has no anatomy (or no memory figure): perf or slabinfo could not run here. A record, never
-    an error. JSON: {"unavailable": reason}."""
+    an error: experiment/anatomy answers it and the point stores it as it is. JSON: {"unavailable": reason}."""
 
     JSON_SCHEMA: ClassVar[dict] = {"type": "object", "properties": {"unavailable": {"type": "string"}},
                                    "required": ["unavailable"], "additionalProperties": False}
@@ -385,7 +359,7 @@ class Plan:
     server_cmd: str | None = None
     server_port: int | None = None
     load: str = HTTPERF
-    # The kernel cost anatomy at every dead point (issue 13): True on, False --no-anatomy, None the run's
+    # The kernel cost anatomy at every dead point: True on, False --no-anatomy, None the run's
     # record predates it.
     anatomy: bool | None = None
     walks: tuple[str, ...] = (STAY,)  # pipetest's token walks (catalog.WALKS)

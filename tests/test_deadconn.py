@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -286,3 +287,32 @@ def test_pair_gives_each_worker_its_count_from_the_sources_in_order():
     plans = pair([3, 4], [("a", 5), ("b", 2)])
     assert plans == [[["a", 3]], [["a", 2], ["b", 2]]]
     assert pair([0, 2], [("a", 0), ("b", 2)]) == [[], [["b", 2]]]
+
+
+@pytest.mark.parametrize("soft, hard, raised", [(1024, 4096, 4096), (4096, 4096, 4096),
+                                                (1024, resource.RLIM_INFINITY, 123456)])
+def test_the_fd_limit_rises_to_the_hard_one_and_an_unlimited_one_to_nr_open(monkeypatch, tmp_path, soft, hard, raised):
+    """images/pylib/fdlimit.py, which deadconn and pyhttpd share."""
+    fdlimit = load_deadconn().fdlimit
+    (tmp_path / "nr_open").write_text("123456\n")
+    monkeypatch.setattr(fdlimit, "NR_OPEN", str(tmp_path / "nr_open"))
+    monkeypatch.setattr(fdlimit.resource, "getrlimit", lambda _: (soft, hard))
+    set_to = []
+    monkeypatch.setattr(fdlimit.resource, "setrlimit", lambda _, limits: set_to.append(limits))
+    said = []
+    assert fdlimit.raise_fd_limit(said.append) == raised
+    assert set_to == ([] if soft == raised else [(raised, raised)])
+    assert not said
+
+
+def test_a_refused_fd_limit_is_said_and_the_soft_one_kept(monkeypatch):
+    fdlimit = load_deadconn().fdlimit
+    monkeypatch.setattr(fdlimit.resource, "getrlimit", lambda _: (1024, 4096))
+
+    def refuse(_resource, _limits):
+        raise ValueError("not allowed")
+
+    monkeypatch.setattr(fdlimit.resource, "setrlimit", refuse)
+    said = []
+    assert fdlimit.raise_fd_limit(said.append) == 1024
+    assert said == ["cannot raise RLIMIT_NOFILE to 4096 (not allowed); keeping 1024"]

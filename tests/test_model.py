@@ -33,16 +33,6 @@ def test_series_labels_name_ephttpd_by_backend_and_others_by_server_and_backend(
     assert Series("python", "asyncio").slug == "python-asyncio"
 
 
-def test_every_line_has_its_own_style_and_each_server_keeps_its_backends_colour():
-    styles = [Series(kind.name, b).style() for kind in catalog.SERVERS.values() for b in kind.backends]
-    assert len({(s["color"], s["marker"], str(s["linestyle"])) for s in styles}) == len(styles)
-    assert Series("nginx", "epoll").style()["color"] == Series("ephttpd", "epoll").style()["color"]
-    assert Series("nginx", "epoll").style()["marker"] != Series("ephttpd", "epoll").style()["marker"]
-    unknown = catalog.UNKNOWN_BACKEND
-    for series in (Series("ephttpd", "kqueue"), Series("apache", "epoll")):
-        assert series.style() == {"color": unknown.colour, "marker": unknown.marker, "linestyle": unknown.linestyle}
-
-
 def test_a_version_1_plan_of_several_servers_upgrades_to_series():
     record = {"schema_version": 1, "plan": {**Plan(profile="quick", sweeps=("dead",), variants=("up",),
                                                    backends=("epoll",), dead=(0,), pipes=(), repeat=1,

@@ -27,7 +27,7 @@ import pytest
 from experiment.bench import native
 from experiment.errors import UserError
 from experiment.host import images, machine
-from experiment.run import loads, services
+from experiment.run import jsonlines, loads, services
 from experiment.run.containers import Containers
 
 SANITIZE_UB = ["-O1", "-g", "-fsanitize=undefined", "-fno-sanitize-recover=all"]
@@ -281,7 +281,7 @@ def test_a_server_stall_shows_in_the_corrected_tail_not_in_the_latency_of_reques
     least 50 ms: so p99.9 counted from the due time is at least 50 ms whatever else the host does; counted
     from when each was sent, only the 4 in flight at each stall waited (0.03 %).
 
-    10k, not the issue's 20k: with one request in flight per connection, 4 connections carry at most 4 round
+    10k, not 20k: with one request in flight per connection, 4 connections carry at most 4 round
     trips at a time, and on this shared 2-CPU host a round trip (generator, loopback, server) averages about
     150 us, so 20k/s leaves no room to catch up after a stall and the run turns overloaded (the tail would be
     the backlog's, not the stall's); the sanitized generator is not the limit (the optimised one fares the
@@ -458,6 +458,15 @@ def test_output_that_is_not_openloads_is_a_value_error():
         loads.parse_openload("Requests/sec: 5\n")
     with pytest.raises(ValueError, match="not openload output"):
         loads.parse_openload(json.dumps({"program": "openload", "offered_rate": 5}))
+
+
+def test_a_programs_json_objects_are_found_among_its_other_lines():
+    output = '{"program": "openload", "n": 1}\nwarning: {not json\n[1, 2]\n  {"program": "other"}  \n"text"\n'
+    assert jsonlines.last_json(output) == {"program": "other"}
+    assert jsonlines.last_json(output, lambda d: d.get("program") == "openload") == {"program": "openload", "n": 1}
+    assert jsonlines.last_json("no JSON here\n[1]\n") is None
+    assert [jsonlines.json_object(line) for line in output.splitlines()] == [
+        {"program": "openload", "n": 1}, None, None, {"program": "other"}, None]
 
 
 # ---- in the client image ---------------------------------------------------------------------------------------

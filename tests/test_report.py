@@ -15,16 +15,19 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from experiment import model
+from experiment import catalog, model
+from experiment.catalog import Series
 from experiment.errors import UserError
 from experiment.host import checks
-from experiment.report import attach, comparison, export
+from experiment.report import attach, comparison, export, styles
 from experiment.report.data import FLAG_TEXT, load
 from experiment.report.page import flatten, headlines, notices
 from experiment.report.render import render
@@ -110,6 +113,25 @@ def test_percent_keeps_small_shares_visible():
 def test_markdown_escape_makes_markup_literal():
     escaped = md_escape(f"{SCRIPT} | *x* [l](u) a&b")
     assert escaped == '&lt;script&gt;alert("x")&lt;/script&gt; \\| \\*x\\* \\[l\\](u) a&amp;b'
+
+
+def test_every_line_has_its_own_style_and_each_server_keeps_its_backends_colour():
+    assert set(styles.BACKENDS) == set(catalog.BACKENDS)
+    assert set(styles.SERVERS) == set(catalog.SERVERS) - {catalog.DEFAULT_SERVER}
+    found = [styles.style(Series(kind.name, b)) for kind in catalog.SERVERS.values() for b in kind.backends]
+    assert len({(s["color"], s["marker"], str(s["linestyle"])) for s in found}) == len(found)
+    assert styles.style(Series("nginx", "epoll"))["color"] == styles.style(Series("ephttpd", "epoll"))["color"]
+    assert styles.style(Series("nginx", "epoll"))["marker"] != styles.style(Series("ephttpd", "epoll"))["marker"]
+    unknown = styles.UNKNOWN
+    for series in (Series("ephttpd", "kqueue"), Series("apache", "epoll")):
+        assert styles.style(series) == {"color": unknown.colour, "marker": unknown.marker,
+                                        "linestyle": unknown.linestyle}
+
+
+def test_the_catalog_imports_nothing_of_the_report_that_styles_its_lines():
+    script = "import sys, experiment.catalog; print(sorted(m for m in sys.modules if m.startswith('experiment.')))"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert "experiment.catalog" in loaded and "experiment.report" not in loaded
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -504,7 +526,7 @@ def test_a_point_without_the_anatomy_says_why_and_a_run_before_it_says_it_predat
 
 PAIRS = Path(__file__).parent / "data" / "pairs"
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
-# The paper reference run before issue 16's re-run (schema 1), an hour after the quick one.
+# The paper reference run before its re-run in results/reference (schema 1), an hour after the quick one.
 PAPER_2026_11_28 = Path(__file__).parent / "data" / "previous" / "20261128T002856Z-vm-paper"
 
 

@@ -1,4 +1,4 @@
-"""The kernel cost anatomy of a point (issue 13): where a server's time and memory go.
+"""The kernel cost anatomy of a point: where a server's time and memory go.
 
   window.py  one window on a running server under load: system calls and context switches per reply
              (`perf stat` on syscall tracepoints), then a cpu-clock profile (`perf record -g`), folded
@@ -13,7 +13,7 @@ The order of a point, for a caller:
   snap = memory.slab_snapshot(dead, pids)      at each dead level, settled, before the load
   ... the point's own measurement ...
   window = measure(instruments, pids, raw_dir, replies)   under the same load, right after it
-  result = window.finish()                     before the next measurement (perf stat's teardown, ~1 s)
+  result = window.finish()                     before the next measurement (perf stat's teardown)
   memory.per_dead(previous_level_snap, snap, memory.rss_bytes(pids))
   after the sweep: fold_profile(instruments, result.profile) for every point, then result.to_json()
 

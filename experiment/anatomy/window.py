@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..model import Unavailable
 from . import fold, perf, procs
 
 SYSCALLS = ("recvfrom", "recvmsg", "read", "sendto", "sendmsg", "write", "writev", "poll", "ppoll", "select",
@@ -40,16 +41,6 @@ PROFILE_HZ = 999   # samples per second of CPU: odd, so as not to beat with the 
 DEFAULT_WINDOW_S = 2.0
 PERF_DATA, PERF_STAT, FOLDED = "perf.data", "perf-stat.csv", "stacks.folded"
 Replies = Callable[[], int]
-
-
-@dataclass
-class Unavailable:
-    """Why there is no anatomy (or no memory figure) for a point: a record, never an error."""
-
-    reason: str
-
-    def to_json(self) -> dict:
-        return {"unavailable": self.reason}
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The report's "Where the time goes" section (issue 13): from each dead point's anatomy and memory entries,
+"""The report's "Where the time goes" section: from each dead point's anatomy and memory entries,
 server CPU per reply split by category (a stacked bar per dead level, one group per backend), the system
 calls and context switches per reply, and the memory per dead connection per backend; or why the run has
 none (it predates the anatomy, ran with --no-anatomy, or perf could not run: the points' reasons).

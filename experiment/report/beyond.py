@@ -1,4 +1,4 @@
-"""What a report says about going past the host's open-file cap (issue 16): the dead connections held by
+"""What a report says about going past the host's open-file cap: the dead connections held by
 ephttpd's helper processes, the level measured both ways, the backends that stop at the cap and their cost
 per reply extended to the 2002 study's top level by a fit, and pipetest's two token walks.
 

@@ -28,6 +28,7 @@ from .data import FLAG_TEXT, HOST_KEYS, SWEEPS, VARIANT_ORDER, Group, RunData, l
 from .page import flatten
 from .plots import FigureRow, figure_name, series_of
 from .render import epollbench_version, html_env, md_env, replace_folder
+from .styles import style
 from .text import human, number, times
 
 # B/A within 1 ± NOISE is no change where a side has one repetition, so no spread of its own.
@@ -200,7 +201,7 @@ def compare_figure_rows(a: RunData, b: RunData, compared: list[ComparedPoint]) -
                                                 f"{backend.label} {side}", dashed=dashed))
                     pts = [(c.key[3], ratio) for c in compared if c.key[:3] == (sweep_name, v, backend)
                            and (ratio := c.ratio(metric.key)) is not None]
-                    ratio_series.append(draw.Series(label=backend.label, style=backend.style(),
+                    ratio_series.append(draw.Series(label=backend.label, style=style(backend),
                                                     xs=[x for x, _ in pts], medians=[r for _, r in pts]))
                 if any(s.medians for s in series):
                     plots.append(draw.Plot(

@@ -1,4 +1,4 @@
-"""The report's figures: matplotlib on the Agg canvas, each line in its series' style (catalog.Series.style:
+"""The report's figures: matplotlib on the Agg canvas, each line in its series' style (styles.style:
 the backend's colour, marker and dash pattern, a server beside ephttpd its own marker and dash pattern).
 
 The 2002 reference is drawn in its backend's colour with hollow markers and thin dotted lines. Renders are
@@ -41,7 +41,7 @@ class Series:
     """One line: medians over repetitions at each x, with the min-max of the repetitions as a band."""
 
     label: str
-    style: dict  # color, marker, linestyle (catalog.Series.style)
+    style: dict  # color, marker, linestyle (styles.style)
     xs: list[float]
     medians: list[float]
     lows: list[float] = field(default_factory=list)

@@ -11,6 +11,7 @@ from ..host import checks
 from ..model import DEAD, DEAD_OPEN
 from . import beyond, draw
 from .data import REFERENCE_KEY, SWEEPS, Metric, RunData, Sweep, reference
+from .styles import style
 from .text import human
 
 # ---------------------------------------------------------------------------------------------------------
@@ -23,7 +24,7 @@ def series_of(data: RunData, sweep_name: str, variant: str, backend: Series, key
     groups = [(g, g.values(key)) for g in data.line(sweep_name, variant, backend) if g.values(key)]
     base = (groups[0][0].measured_median(key) if groups and scale_to_base else 1.0) or 1.0
     return draw.Series(
-        label=label, style=backend.style(), xs=[g.x for g, _ in groups],
+        label=label, style=style(backend), xs=[g.x for g, _ in groups],
         medians=[g.measured_median(key) / base for g, _ in groups], lows=[min(v) / base for _, v in groups],
         highs=[max(v) / base for _, v in groups], dashed=dashed, thin=thin,
         saturated=[g.flagged(checks.CLIENT_SATURATED) for g, _ in groups] if ring_saturated else [])
@@ -36,8 +37,8 @@ def _reference_series(sweep_name: str) -> list[draw.Series]:
     for name, pairs in block["series"].items():
         pairs = sorted(pairs)
         base = pairs[0][1]
-        style = Series(catalog.DEFAULT_SERVER, draw.REFERENCE_BACKEND.get(name, name)).style()
-        found.append(draw.Series(label=f"2002 {name} (SMP)", style=style,
+        line = Series(catalog.DEFAULT_SERVER, draw.REFERENCE_BACKEND.get(name, name))
+        found.append(draw.Series(label=f"2002 {name} (SMP)", style=style(line),
                                     xs=[x for x, _ in pairs], medians=[y / base for _, y in pairs],
                                     reference=True))
     return found
@@ -80,7 +81,7 @@ def _panels(data: RunData, sweep_name: str, variants: list[str]) -> list[tuple[s
 
 def _extrapolated(extended: list[beyond.Extrapolation], variant: str) -> list[draw.Series]:
     """A stopped line's fit from its last measured level to the 2002 study's largest, dashed."""
-    return [draw.Series(label=f"{e.series.label} extrapolated", style=e.series.style(),
+    return [draw.Series(label=f"{e.series.label} extrapolated", style=style(e.series),
                         xs=[e.xs[-1], e.to_x], medians=[e.at(e.xs[-1]), e.value], dashed=True)
             for e in extended if e.variant == variant]
 

@@ -30,7 +30,7 @@ import jinja2
 from ..errors import UserError
 from ..model import RunRecord
 from ..run.results import Run
-from . import anatomy, beyond, draw, export
+from . import anatomy, beyond, draw, export, styles
 from .data import SWEEPS, RunData, legend_lines, load, reference
 from .page import engines_table, flatten, headlines, host_caps, key_table, method, notices, points_table
 from .plots import run_figure_rows
@@ -60,7 +60,7 @@ _NUMERIC = re.compile(r"^[-–×+\d.,% ]+(?:\(host max\))?$")
 
 
 def _filters(env: jinja2.Environment) -> None:
-    env.filters.update(human=human, percent=percent, number=number, times=times)
+    env.filters.update(human=human, percent=percent, number=number, times=times, colour=styles.colour)
     env.tests["numeric"] = lambda text: bool(_NUMERIC.match(str(text)))
 
 

@@ -20,6 +20,7 @@ from docker.models.containers import Container
 
 from ..host import process
 from . import seccomp
+from .jsonlines import json_object
 from .services import Service
 
 LABEL_RUN = "org.epollbench.run"
@@ -83,11 +84,8 @@ class Managed:
             if line is None:
                 self.lines.put(None)
                 return None
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(data, dict) and data.get("event") in events:
+            data = json_object(line)
+            if data is not None and data.get("event") in events:
                 return data
         return None
 

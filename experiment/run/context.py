@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from .. import anatomy, model
@@ -10,6 +9,7 @@ from ..catalog import Series
 from ..model import Plan
 from . import results
 from .containers import Containers
+from .jsonlines import last_json as last_json  # where the sweeps import it from
 from .plan import Level
 from .progress import Progress
 from .servers import Choice
@@ -57,14 +57,3 @@ def finish(ctx: Context, point: model.Point, status: str = model.OK, reason: str
     point.status, point.reason, point.ended_at = status, reason, model.utc_now()
     ctx.run.write_point(point)
     ctx.progress.advance(point)
-
-
-def last_json(text: str) -> dict | None:
-    for line in reversed(text.splitlines()):
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict):
-            return data
-    return None

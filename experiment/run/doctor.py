@@ -41,8 +41,8 @@ MEMINFO = Path("/proc/meminfo")
 MEMORY_PER_CONNECTION = 12 * 1024
 # The containers of a point beside the connections: the server, deadconn's processes, the load generator.
 MEMORY_BASE = 512 * 1024**2
-# Disk: the base image and both images with the build stage's layers (first build, measured ~1.1 GB; with
-# room), and per point its record and raw outputs (the reference paper run: 8.4 KB a point) plus the report.
+# Disk: the base image and both images with the build stage's layers (a first build's, with room), and per
+# point its record and raw outputs (a point of the reference paper run's, with room) plus the report.
 IMAGES_DISK = 1536 * 1024**2
 POINT_DISK = 32 * 1024
 REPORT_DISK = 32 * 1024**2

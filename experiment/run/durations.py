@@ -16,14 +16,13 @@ from ..model import DEAD, DEAD_OPEN, PIPETEST, Plan
 from . import pipetest
 from .plan import Level
 
-# Seconds a point takes beyond its load: 10.4-10.5 s per 10-second httperf point and 2.8 s per 2-second
-# pipetest point in the committed paper run of 2026-11-28 (before the anatomy).
+# Seconds a point takes beyond its load, by its load (httperf's and pipetest's from the committed paper runs:
+# README, --dry-run).
 POINT_OVERHEAD_S = {catalog.HTTPERF: 2.0, catalog.WRK: 1.0, catalog.OPEN: 1.5, PIPETEST: 1.0}
-# The anatomy window's own time per dead point (bench item 8 measured 3.0 s; the paper run of 2026-11-30, 3.5).
+# The anatomy window's own time per dead point, as the paper run took it.
 ANATOMY_S = 3.5
 SERIES_START_S = 3.0
-# deadconn opens about this many dead connections a second (loopback untracked; 25,000 in about 4 s in the
-# paper run of 2026-11-30).
+# deadconn opens about this many dead connections a second (loopback untracked), as in the paper run.
 OPENED_PER_S = 6000.0
 # The open loop's capacity probe: a server and PROBE_S of wrk per line and variant.
 OPEN_PROBE_S = 4.0

@@ -17,7 +17,7 @@ a load of its own. The replies a window divides by are the server's own counter 
 it on SIGUSR1) read at each phase's edges; a server without counters (nginx, a server of one's own) has
 the load generator's mean reply rate over its run times each phase's length instead (replies_source says
 which). perf counts on while the counter is read through the engine's log stream at a phase's end, so the
-per-reply figures are high by what the server did meanwhile: up to ~5% in the smoke sweep's 0.5 s phases.
+per-reply figures are high by what the server did meanwhile (the README says by how much).
 
 Where perf or slabinfo cannot run (a remote engine, a refused perf_event_open, not root, no process on this
 machine) the point records Unavailable with the reason; nothing here fails a point.
@@ -127,16 +127,16 @@ def window(ctx: Context, point: model.Point, pids: list[int], why: str, load: Se
         counter = (lambda: _replies(stats)) if stats is not None else clock.ticks
         _wait_for_load(stats, point.x + active)
         opened = anatomy.measure(instruments, pids, out_dir, counter, WINDOW_S)
-        result = opened if isinstance(opened, anatomy.Unavailable) else opened.finish()
+        result = opened if isinstance(opened, model.Unavailable) else opened.finish()
     except _NoCounter as error:
-        result = anatomy.Unavailable(str(error))
+        result = model.Unavailable(str(error))
     finally:
         output, code = _end_load(ctx, managed, wait=stats is None)
     if stats is None:
         (out_dir / f"{load.role}.txt").parent.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{load.role}.txt").write_text(output)
-    if isinstance(result, anatomy.Unavailable):
-        return model.Unavailable(result.reason)
+    if isinstance(result, model.Unavailable):
+        return result
     if not result.counts.seconds or not result.profile.seconds or (stats is not None and not (
             result.counts.replies and result.profile.replies)):
         (out_dir / anatomy.window.PERF_DATA).unlink(missing_ok=True)

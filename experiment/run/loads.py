@@ -10,7 +10,6 @@ point lasts about as long as planned at the reply rate it will see.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 
 from ..catalog import HTTPERF, OPEN, WRK
 from ..errors import UserError
+from .jsonlines import last_json
 
 # httperf samples the reply rate once per 5 s (RATE_INTERVAL in httperf.c): a shorter run has no samples.
 REPLY_RATE_SAMPLE_S = 5.0
@@ -336,17 +336,10 @@ def open_command(load: OpenLoad) -> list[str]:
 
 def _open_object(text: str) -> dict:
     """The last JSON object line of openload's output."""
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict) and data.get("program") == OPENLOAD:
-            return data
-    raise ValueError("not openload output: no JSON object with \"program\": \"openload\"")
+    data = last_json(text, lambda d: d.get("program") == OPENLOAD)
+    if data is None:
+        raise ValueError("not openload output: no JSON object with \"program\": \"openload\"")
+    return data
 
 
 def parse_openload(text: str) -> dict:

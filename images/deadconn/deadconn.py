@@ -17,8 +17,8 @@ that all those CPUs open in parallel.  Each connection binds a source address (1
 127.0.0.1 is left to the active load) with IP_BIND_ADDRESS_NO_PORT, which leaves the port choice to
 connect(): ports are then unique per (source, destination) pair, not per host.  connect() tries ports of
 one parity first, and once that half of ip_local_port_range is in use it scans the whole half for every
-new connection (we measured 600 connections/s instead of 15,000 on kernel 6.18), so by default a source
-address takes at most PORT_SHARE of the range and sources are added as the count grows.  A connection is
+new connection, so by default a source address takes at most PORT_SHARE of the range and sources are added
+as the count grows.  A connection is
 opened without blocking: socket, bind, connect and send of the request back to back; on loopback the
 handshake is over when connect() returns, and one still shaking hands (the server's accept queue was full)
 is finished from epoll.  Connections are never retried: a step that cannot reach its target fails, and
@@ -29,7 +29,7 @@ the parent's dispatch to the last worker's answer (forking new workers is not in
 After each step and on "status" every worker checks that its connections are still open (a peer close or
 reset shows as POLLRDHUP/POLLHUP); one the server has closed is dropped and counted under failures.reset.
 The rate is the kernel's more than ours: on loopback the client's system calls also run the server's
-side of the handshake, and netfilter connection tracking, when loaded, adds about a quarter.  Where it is
+side of the handshake, and netfilter connection tracking, when loaded, adds its own work.  Where it is
 loaded, "conntrack_drops" counts the packets it dropped in the step for want of a table entry (anyone's,
 in our network namespace): dropped SYNs are retried after 1, 3, 7... s, so the step is slow or fails.
 
@@ -47,7 +47,6 @@ import ipaddress
 import json
 import math
 import os
-import resource
 import select
 import selectors
 import signal
@@ -56,6 +55,11 @@ import stat
 import sys
 import time
 import traceback
+
+# fdlimit.py, shared with pyhttpd: beside this program in the image (/usr/local/bin), in images/pylib/ in the
+# source tree.
+sys.path.append(os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir, "pylib"))
+import fdlimit  # noqa: E402
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -146,8 +150,9 @@ def water_fill(loads: list[int], capacities: list[float], count: int) -> list[in
 # ---------------------------------------------------------------------------------------------- worker
 
 
-class Holder:
-    """A worker's connections: opens more on command, checks them, reports on its channel to the parent."""
+class ConnectionWorker:
+    """A worker process, inside it: holds its connections, opens more and checks them on the parent's commands,
+    and answers on its channel to the parent (which sees it through a WorkerHandle)."""
 
     def __init__(self, channel: socket.socket, destination: tuple[str, int], request: bytes, complete: bool):
         self.channel = channel
@@ -240,18 +245,18 @@ class Holder:
 class Step:
     """The connections of one open command that are not established yet, and what went wrong."""
 
-    def __init__(self, holder: Holder, deadline: float):
-        self.holder = holder
+    def __init__(self, worker: ConnectionWorker, deadline: float):
+        self.worker = worker
         self.deadline = deadline
         self.in_flight: dict[int, tuple[_socket.socket, bytearray | None]] = {}  # fd -> (sock, reply so far)
-        self.held_before = len(holder.held)
+        self.held_before = len(worker.held)
         self.failures = empty_failures()
         self.errors: dict[str, str] = {}  # reason -> the first error of that kind, for the message
         self.failed = 0
 
     @property
     def opened(self) -> int:
-        return len(self.holder.held) - self.held_before
+        return len(self.worker.held) - self.held_before
 
     def fail(self, code: int | None, text: str, count: int = 1) -> bool:
         """Count a failure; True when there have been enough to give up opening more."""
@@ -263,15 +268,15 @@ class Step:
 
     def connecting(self, sock: _socket.socket) -> None:
         self.in_flight[sock.fileno()] = (sock, None)
-        self.holder.epoll.register(sock.fileno(), select.EPOLLOUT)
+        self.worker.epoll.register(sock.fileno(), select.EPOLLOUT)
 
     def awaiting_reply(self, sock: _socket.socket) -> None:
         self.in_flight[sock.fileno()] = (sock, bytearray())
-        self.holder.epoll.register(sock.fileno(), select.EPOLLIN)
+        self.worker.epoll.register(sock.fileno(), select.EPOLLIN)
 
     def wait(self, until_below: int) -> None:
         """Finish handshakes and read replies until fewer than until_below are in flight, or time is up."""
-        epoll = self.holder.epoll
+        epoll = self.worker.epoll
         while len(self.in_flight) >= until_below:
             left = self.deadline - time.monotonic()
             if left <= 0:
@@ -286,15 +291,15 @@ class Step:
                     self._read_reply(fd, sock, reply)
 
     def _drop(self, fd: int, sock: _socket.socket, code: int | None, text: str) -> None:
-        self.holder.epoll.unregister(fd)
+        self.worker.epoll.unregister(fd)
         del self.in_flight[fd]
         sock.close()
         self.fail(code, text)
 
     def _established(self, fd: int, sock: _socket.socket) -> None:
-        self.holder.epoll.unregister(fd)
+        self.worker.epoll.unregister(fd)
         del self.in_flight[fd]
-        self.holder.held.append(sock)
+        self.worker.held.append(sock)
 
     def _handshake_done(self, fd: int, sock: _socket.socket) -> None:
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -302,12 +307,12 @@ class Step:
             self._drop(fd, sock, code, os.strerror(code))
             return
         try:
-            sock.send(self.holder.request)
+            sock.send(self.worker.request)
         except OSError as error:
             self._drop(fd, sock, error.errno, error.strerror)
             return
-        if self.holder.complete:
-            self.holder.epoll.modify(fd, select.EPOLLIN)
+        if self.worker.complete:
+            self.worker.epoll.modify(fd, select.EPOLLIN)
             self.in_flight[fd] = (sock, bytearray())
         else:
             self._established(fd, sock)
@@ -356,16 +361,16 @@ def parse_head(head: bytes) -> tuple[int, int]:
 def worker_main(channel: socket.socket, destination: tuple[str, int], request: bytes, complete: bool) -> None:
     """A forked worker's life: serve the parent, then exit and let the kernel close every connection."""
     status = 0
-    holder = None
+    worker = None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the parent, which stops us
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})  # blocked by _spawn
-        holder = Holder(channel, destination, request, complete)
-        holder.serve()
+        worker = ConnectionWorker(channel, destination, request, complete)
+        worker.serve()
     except Stop:
         with contextlib.suppress(OSError):
-            channel.sendall(encode({"reply": "closed", "held": len(holder.held) if holder else 0}))
+            channel.sendall(encode({"reply": "closed", "held": len(worker.held) if worker else 0}))
     except (BrokenPipeError, ConnectionResetError):  # the parent is gone
         pass
     except BaseException:  # a bug: say where, and let the parent see the channel close
@@ -382,8 +387,9 @@ def _raise_stop(_signum, _frame) -> None:
 # ---------------------------------------------------------------------------------------------- parent
 
 
-class Worker:
-    """The parent's view of one worker process."""
+class WorkerHandle:
+    """The parent's view of one worker process (a ConnectionWorker): its pid, its channel, and how many
+    connections it last said it held."""
 
     def __init__(self, pid: int, channel: socket.socket):
         self.pid = pid
@@ -432,7 +438,7 @@ class Deadconn:
         self.complete = options.mode == "complete"
         self.request = (f"GET / HTTP/1.1\r\nHost: {options.host}\r\n\r\n".encode() if self.complete
                         else DEAD_REQUEST)
-        self.workers: list[Worker] = []
+        self.workers: list[WorkerHandle] = []
         self.sources: list[str] = []
         self.source_loads: list[int] = []
         self.target = 0
@@ -473,7 +479,7 @@ class Deadconn:
                 if key.fd == self.wake_read:
                     _drain(self.wake_read)
                     continue
-                if isinstance(key.data, Worker):
+                if isinstance(key.data, WorkerHandle):
                     return self._lost(f"worker {key.data.pid} exited on its own")
                 try:
                     data = os.read(key.fd, 65536)
@@ -606,7 +612,7 @@ class Deadconn:
                 self.failures["reset"] += answer["lost"]
                 self.errors.setdefault("reset", "closed by the server after the handshake")
 
-    def _gather(self, workers: list[Worker], timeout: float, command: dict | None = None) -> dict:
+    def _gather(self, workers: list[WorkerHandle], timeout: float, command: dict | None = None) -> dict:
         """Each worker's answer (to command, sent first when given); Interrupted when a signal comes first."""
         if command:
             for worker in workers:
@@ -661,7 +667,7 @@ class Deadconn:
                 os._exit(1)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
         theirs.close()
-        self.workers.append(Worker(pid, mine))
+        self.workers.append(WorkerHandle(pid, mine))
 
     def _add_source(self) -> None:
         base = ipaddress.IPv4Address(self.options.source_base)
@@ -748,7 +754,7 @@ def conntrack_drops() -> int | None:
         return None
 
 
-def _await_closed(worker: Worker, deadline: float) -> int:
+def _await_closed(worker: WorkerHandle, deadline: float) -> int:
     """The count a stopping worker reports as it closes; 0 when it exits without saying."""
     held = 0
     with selectors.PollSelector() as selector:
@@ -846,20 +852,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def raise_fd_limit() -> int:
-    """Raise RLIMIT_NOFILE's soft limit to the hard one; the limit we run under."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        with open("/proc/sys/fs/nr_open") as f:
-            hard = int(f.read())
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError) as error:
-        complain(f"cannot raise RLIMIT_NOFILE to {hard} ({error}); keeping {soft}")
-        return soft
-    return hard
-
-
 def port_range() -> tuple[int, int]:
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
@@ -925,7 +917,7 @@ def setup(argv: list[str]) -> tuple[Deadconn, int | None, str | None]:
         raise UsageError(f"--source-base {options.source_base} is not an IPv4 address") from None
     destination = resolve(options.host, options.port)
     check_source(str(base))
-    fd_limit = raise_fd_limit()
+    fd_limit = fdlimit.raise_fd_limit(complain)
     most = fd_limit - FD_RESERVE
     if most < 1:
         raise UsageError(f"the descriptor limit {fd_limit} leaves no room for connections; raise it")

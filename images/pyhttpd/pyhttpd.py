@@ -48,6 +48,11 @@ import signal
 import socket
 import sys
 
+# fdlimit.py, shared with deadconn: beside this program in the image (/usr/local/bin), in images/pylib/ in the
+# source tree.
+sys.path.append(os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir, "pylib"))
+import fdlimit  # noqa: E402
+
 DEFAULT_BACKEND = "epoll"
 DEFAULT_BIND = "127.0.0.1"  # loopback: with host networking a wildcard would expose it
 DEFAULT_PORT = 8080
@@ -570,19 +575,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return options
 
 
-def raise_fd_limit() -> int:
-    """Raises RLIMIT_NOFILE's soft limit to the hard one; the limit we run under."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == hard:
-        return soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError) as error:
-        complain(f"cannot raise RLIMIT_NOFILE to {hard} ({error}); keeping {soft}")
-        return soft
-    return hard
-
-
 def open_listener(bind: str, port: int, backlog: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)[0][0]
@@ -610,7 +602,7 @@ def emit(event: dict) -> None:
 def main(argv: list[str]) -> int:
     try:
         options = parse_args(argv)
-        fd_limit = raise_fd_limit()
+        fd_limit = fdlimit.raise_fd_limit(complain)
         listener = open_listener(options.bind, options.port, options.backlog)
     except UsageError as error:
         complain(str(error))
