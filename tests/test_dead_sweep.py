@@ -50,8 +50,16 @@ def sweep_context(tmp_path, script: Script, dead: str = "0,1000,5000", fd_limit:
     ctx = context.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
                         reproduce.cpusets([0, 1]), fd_limit, Progress(lambda _: None), plan.choices(the_plan),
                         anatomy=perf)
-    ctx.progress.start(total=reproduce.count_points(the_plan, fd_limit), done=0)
+    ctx.progress.start(total=plan.count_points(the_plan, fd_limit), done=0)
     return ctx, events
+
+
+def run_line(ctx, variant: str, series: Series, repetition: int, sweep: str = model.DEAD) -> None:
+    """The plan's line of that sweep, variant, series and repetition, through the dead sweep."""
+    line, = [line for line in plan.planned(ctx.plan, ctx.fd_limit) if (line.sweep, line.variant, line.series,
+                                                                        line.repetition) == (sweep, variant, series,
+                                                                                             repetition)]
+    dead.dead_series(ctx, line)
 
 
 def points(ctx) -> dict[int, dict]:
@@ -62,7 +70,7 @@ def points(ctx) -> dict[int, dict]:
 
 def test_a_series_runs_one_server_and_one_deadconn_and_measures_each_level(tmp_path):
     ctx, events = sweep_context(tmp_path, Script())
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     found = points(ctx)
     assert sorted(found) == [0, 1000, 5000]
     for x, p in found.items():
@@ -89,7 +97,7 @@ def test_a_series_runs_one_server_and_one_deadconn_and_measures_each_level(tmp_p
 
 def test_levels_above_the_hosts_limit_are_skipped_with_the_reason_and_start_nothing(tmp_path):
     ctx, events = sweep_context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000, backends="poll")
-    dead.dead_series(ctx, "up", Series("ephttpd", "poll"), 1)
+    run_line(ctx, "up", Series("ephttpd", "poll"), 1)
     found = points(ctx)
     assert [found[x]["status"] for x in (0, 1000, 5000)] == ["ok", "ok", "skipped"]
     assert "host allows 2000 open files per process" in found[5000]["reason"]
@@ -100,7 +108,7 @@ def test_levels_above_the_hosts_limit_are_skipped_with_the_reason_and_start_noth
 
 def test_an_epoll_series_past_the_hosts_limit_runs_whole_through_holders_and_measures_the_overlap_directly(tmp_path):
     ctx, events = sweep_context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000)
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     found = {(p["x"], p.get("overlap", False)): p for p in points(ctx).values()} | {
         (p["x"], True): p for p in (json.loads(f.read_text()) for f in ctx.run.points_dir.glob("*-direct.json"))}
     assert {k: p["status"] for k, p in found.items()} == {(0, False): "ok", (1000, False): "ok", (5000, False): "ok",
@@ -134,14 +142,14 @@ def test_an_epoll_series_past_the_hosts_limit_runs_whole_through_holders_and_mea
                     "dead-up-epoll-r1.deadconn.log", "dead-up-epoll-r1.server.log"]
     ctx.run.point_path(found[(1000, True)]["id"]).unlink()
     events.clear()
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     assert [e[2] for e in events if e[0] == "stdin"] == ["grow 1000"], "a resume measures the missing overlap alone"
 
 
 def test_a_level_the_holders_do_not_all_hold_fails_with_their_count(tmp_path, monkeypatch):
     monkeypatch.setattr(dead, "HOLDERS_SETTLE_S", 0.3)
     ctx, events = sweep_context(tmp_path, Script(holders_short_by=7), dead="0,1000,5000", fd_limit=2000)
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     found = points(ctx)
     assert found[0]["status"] == "ok"
     assert found[1000]["status"] == found[5000]["status"] == "failed"
@@ -150,7 +158,7 @@ def test_a_level_the_holders_do_not_all_hold_fails_with_their_count(tmp_path, mo
 
 def test_select_stops_below_fd_setsize_and_says_why(tmp_path):
     ctx, events = sweep_context(tmp_path, Script(), dead="0,1000,5000", backends="select")
-    dead.dead_series(ctx, "up", Series("ephttpd", "select"), 1)
+    run_line(ctx, "up", Series("ephttpd", "select"), 1)
     found = points(ctx)
     assert [found[x]["status"] for x in (0, 1000, 5000)] == ["ok", "skipped", "skipped"]
     assert all("FD_SETSIZE=1024" in found[x]["reason"] for x in (1000, 5000))
@@ -158,7 +166,7 @@ def test_select_stops_below_fd_setsize_and_says_why(tmp_path):
 
 def test_a_server_that_does_not_start_fails_every_level_with_its_output(tmp_path):
     ctx, events = sweep_context(tmp_path, Script(server_starts=False))
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     found = points(ctx)
     assert {p["status"] for p in found.values()} == {"failed"}
     assert all("server did not start: ephttpd: io_uring" in p["reason"] for p in found.values())
@@ -167,7 +175,7 @@ def test_a_server_that_does_not_start_fails_every_level_with_its_output(tmp_path
 
 def test_deadconn_failing_at_a_level_fails_that_level_and_the_rest_and_keeps_the_earlier_ones(tmp_path):
     ctx, events = sweep_context(tmp_path, Script(deadconn_fails_at=3000))
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     found = points(ctx)
     assert [found[x]["status"] for x in (0, 1000, 5000)] == ["ok", "ok", "failed"]
     assert found[5000]["reason"] == ("deadconn held 3000 of 5000 dead connections: connect: Cannot assign "
@@ -177,7 +185,7 @@ def test_deadconn_failing_at_a_level_fails_that_level_and_the_rest_and_keeps_the
 
 def test_a_server_that_exits_mid_sweep_fails_the_levels_after_it(tmp_path):
     ctx, events = sweep_context(tmp_path, Script(server_exits_at_level=1000))
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     found = points(ctx)
     assert found[0]["status"] == "ok"
     assert found[5000]["status"] == "failed" and "server exited" in found[5000]["reason"]
@@ -198,7 +206,7 @@ def test_a_server_that_exits_mid_sweep_fails_the_levels_after_it(tmp_path):
 def test_a_failure_fails_its_level_and_every_later_one_with_its_reason_and_stops_what_started(tmp_path, script,
                                                                                              first_failed, reason):
     ctx, events = sweep_context(tmp_path, script, dead="0,1000,5000,10000")
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     found = points(ctx)
     assert [found[x]["status"] for x in (0, 1000, 5000, 10000)] == [
         "ok" if x < first_failed else "failed" for x in (0, 1000, 5000, 10000)]
@@ -212,7 +220,7 @@ def test_something_already_answering_on_the_servers_port_fails_every_level_and_s
                                                                                              monkeypatch):
     monkeypatch.setattr(servers, "tcp_connects", lambda address, port, timeout=1.0: True)
     ctx, events = sweep_context(tmp_path, Script(), dead="0,1000", server="nginx")
-    dead.dead_series(ctx, "up", Series("nginx", "epoll"), 1)
+    run_line(ctx, "up", Series("nginx", "epoll"), 1)
     found = points(ctx)
     assert {p["status"] for p in found.values()} == {"failed"}
     (reason,) = {p["reason"] for p in found.values()}
@@ -223,7 +231,7 @@ def test_something_already_answering_on_the_servers_port_fails_every_level_and_s
 
 def test_a_server_with_holders_that_names_no_port_for_them_fails_its_line_and_the_direct_level_still_runs(tmp_path):
     ctx, events = sweep_context(tmp_path, Script(names_dead_port=False), dead="0,1000,5000", fd_limit=2000)
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     found = {p.id: p for p in ctx.run.points()}
     through_holders = [found[f"dead-up-epoll-r1-d{x:06d}"] for x in (0, 1000, 5000)]
     assert {p.status for p in through_holders} == {"failed"}
@@ -235,20 +243,20 @@ def test_a_server_with_holders_that_names_no_port_for_them_fails_its_line_and_th
 
 def test_a_resumed_series_measures_only_the_levels_it_lacks(tmp_path):
     ctx, events = sweep_context(tmp_path, Script())
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     ctx.run.point_path(points(ctx)[5000]["id"]).unlink()
     events.clear()
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     assert [e[2] for e in events if e[0] == "stdin"] == ["grow 5000"], "straight to the missing level"
     assert sorted(points(ctx)) == [0, 1000, 5000]
     events.clear()
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     assert events == [], "a complete series starts nothing"
 
 
 def test_another_servers_points_name_their_server_and_backend_apart(tmp_path):
     ctx, events = sweep_context(tmp_path, Script(), dead="0", server="python", backends="asyncio")
-    dead.dead_series(ctx, "up", Series("python", "asyncio"), 1)
+    run_line(ctx, "up", Series("python", "asyncio"), 1)
     (point,) = ctx.run.points()
     assert (point.id, point.series) == ("dead-up-python-asyncio-r1-d000000", Series("python", "asyncio"))
     assert point.programs["server"]["command"][:3] == ["pyhttpd", "--backend", "asyncio"]
@@ -261,7 +269,7 @@ def test_another_servers_points_name_their_server_and_backend_apart(tmp_path):
 def test_without_perf_every_measured_point_records_the_anatomy_unavailable_with_the_reason(tmp_path):
     reason = "perf is not installed: apt-get install linux-perf"
     ctx, events = sweep_context(tmp_path, Script(), perf=anatomy.Instruments(None, reason))
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     found = points(ctx)
     assert {p["status"] for p in found.values()} == {"ok"}
     for p in found.values():
@@ -274,12 +282,12 @@ def test_without_perf_every_measured_point_records_the_anatomy_unavailable_with_
 
 def test_with_perf_a_server_without_a_process_here_records_why_and_starts_no_window_load(tmp_path):
     ctx, events = sweep_context(tmp_path, Script(), perf=anatomy.Instruments("/usr/bin/perf"))
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     for p in points(ctx).values():
         assert p["anatomy"] == {"unavailable": instruments.NO_PROCESS}
         assert p["memory"] == {"unavailable": instruments.NO_PROCESS}
     off, off_events = sweep_context(tmp_path / "off", Script())
-    dead.dead_series(off, "up", EPOLL, 1)
+    run_line(off, "up", EPOLL, 1)
     assert [e[1] for e in events if e[0] == "run"] == [e[1] for e in off_events if e[0] == "run"], \
         "the same containers as without the anatomy: no window load for a window that cannot open"
 
@@ -288,7 +296,7 @@ def test_a_remote_server_records_why_perf_and_slabinfo_cannot_see_it(tmp_path):
     remote = anatomy.prepare(local=False)
     ctx, events = sweep_context(tmp_path, Script(), perf=remote)
     ctx.server_local = False
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     for p in points(ctx).values():
         assert p["anatomy"] == {"unavailable": remote.reason}
         assert p["memory"] == {"unavailable": instruments.REMOTE}
@@ -297,7 +305,7 @@ def test_a_remote_server_records_why_perf_and_slabinfo_cannot_see_it(tmp_path):
 def test_no_anatomy_records_nothing_of_it(tmp_path):
     ctx, events = sweep_context(tmp_path, Script())
     assert ctx.run.record().plan.anatomy is False
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     for p in points(ctx).values():
         assert "anatomy" not in p and "memory" not in p
         assert model.Point.from_json(p, "point").anatomy is None
@@ -306,7 +314,7 @@ def test_no_anatomy_records_nothing_of_it(tmp_path):
 
 def test_an_anatomy_entry_with_an_unknown_field_is_refused_in_one_line(tmp_path):
     ctx, events = sweep_context(tmp_path, Script(), dead="0", perf=anatomy.Instruments(None, "no perf"))
-    dead.dead_series(ctx, "up", EPOLL, 1)
+    run_line(ctx, "up", EPOLL, 1)
     (p,) = points(ctx).values()
     p["anatomy"] = {"window_s": 1.0, "cpu_shares": {}}
     with pytest.raises(model.UserError, match="is not a point this epollbench wrote: .*cpu_shares"):
@@ -335,8 +343,8 @@ def test_the_plans_expected_seconds_name_exactly_the_points_the_sweeps_measure(t
     # Holders, their direct overlap, a skipped level, both walks: each measured point is one the ETA expected.
     ctx, _ = sweep_context(tmp_path, Script(), dead="0,1000,5000", fd_limit=2000, backends="select,epoll",
                            sweeps="dead,pipetest", pipes="10,1000")
-    expected = reproduce.expected_seconds(ctx.plan, ctx.fd_limit)
-    ctx.progress.start(total=reproduce.count_points(ctx.plan, ctx.fd_limit), done=0, expected=expected)
+    expected = durations.expected_seconds(ctx.plan, ctx.fd_limit)
+    ctx.progress.start(total=plan.count_points(ctx.plan, ctx.fd_limit), done=0, expected=expected)
     reproduce.measure_lines(ctx, lambda _: None)
     measured = {p.id for p in ctx.run.points() if p.status != model.SKIPPED}
     assert measured == set(expected) and "dead-up-epoll-r1-d001000-direct" in measured
@@ -352,7 +360,7 @@ def test_the_report_of_a_holders_series_says_who_held_them_and_compares_the_over
     ctx.run.update_record(limits={"fd_hard_limit": 2000, "max_dead": {"poll": 1500, "epoll": 5000},
                                   "dead_holders": {"epoll": 4}})
     for series in (Series("ephttpd", "poll"), EPOLL):
-        dead.dead_series(ctx, "up", series, 1)
+        run_line(ctx, "up", series, 1)
     data = report_data.load(ctx.run)
     assert [p.id for p in data.overlaps] == ["dead-up-epoll-r1-d001000-direct"]
     assert len(data.groups[("dead", "up", EPOLL, 1000)].points) == 1, "the direct point is not a repetition"
@@ -398,7 +406,7 @@ def open_context(tmp_path, script: Script, **kwargs):
 def test_an_open_loop_series_runs_openload_at_the_sweeps_rate_and_records_its_percentiles(tmp_path):
     ctx, events = open_context(tmp_path, Script())
     assert ctx.plan.sweeps == ("dead-open",) and ctx.plan.open_variants == ("up",)
-    dead.dead_series(ctx, "up", EPOLL, 1, model.DEAD_OPEN)
+    run_line(ctx, "up", EPOLL, 1, model.DEAD_OPEN)
     found = points(ctx)
     assert sorted(found) == [0, 1000, 5000]
     latency = OPEN_CAPTURED["latency_us"]
@@ -436,7 +444,7 @@ def test_openloads_flags_reach_the_points_flags_and_an_overloaded_point_stands(t
         5000: {"lagged/raised": False, "overloaded/raised": True, "overloaded/achieved_share": 0.5,
                "achieved_rate": 10000.0, "latency_us/p99": 900000.0, "errors/timeout": 4, "errors/unsent": 100}})
     ctx, _ = open_context(tmp_path, script)
-    dead.dead_series(ctx, "up", EPOLL, 1, model.DEAD_OPEN)
+    run_line(ctx, "up", EPOLL, 1, model.DEAD_OPEN)
     found = points(ctx)
     assert [(found[x]["flags"]["lagged"], found[x]["flags"]["overloaded"]) for x in (0, 1000, 5000)] == \
         [(False, False), (True, False), (False, True)]
@@ -454,14 +462,14 @@ def test_openloads_flags_reach_the_points_flags_and_an_overloaded_point_stands(t
 ])
 def test_an_open_loop_point_fails_on_the_servers_errors_or_openloads_exit(tmp_path, change, exit_code, reason):
     ctx, _ = open_context(tmp_path, Script(openload_at={1000: change}, openload_exit=exit_code), dead="1000")
-    dead.dead_series(ctx, "up", EPOLL, 1, model.DEAD_OPEN)
+    run_line(ctx, "up", EPOLL, 1, model.DEAD_OPEN)
     (point,) = points(ctx).values()
     assert (point["status"], point["reason"]) == ("failed", reason)
 
 
 def test_unreadable_openload_output_fails_the_point_with_its_last_line(tmp_path):
     ctx, _ = open_context(tmp_path, Script(openload_output="openload: connect: Connection refused\n"), dead="0")
-    dead.dead_series(ctx, "up", EPOLL, 1, model.DEAD_OPEN)
+    run_line(ctx, "up", EPOLL, 1, model.DEAD_OPEN)
     (point,) = points(ctx).values()
     assert point["status"] == "failed"
     assert point["reason"].startswith("openload output unreadable (exit code 0): not openload output")

@@ -10,7 +10,7 @@ from reproducing import finished, invoke
 
 from experiment.run import dryrun, plan
 from experiment.run.containers import LABEL_RUN
-from experiment.run.reproduce import count_points
+from experiment.run.plan import count_points
 from experiment.run.results import Run
 
 TINY = ["--sweeps", "dead,pipetest", "--variants", "up", "--backends", "epoll", "--dead", "0,1000,5000",
@@ -28,7 +28,7 @@ def test_a_dry_run_lists_each_lines_levels_and_why_it_skips_some(tmp_path):
     # runs through them, and its overlapping level once more without
     assert "dead UP epoll (dead connections held by 5 helper processes): 0, 1,000, 1,000 (direct), 5,000" in text
     assert "pipetest UP epoll (stride): 10, 100; skips 1,000, 10,000 (host allows 1500 open files" in text
-    # In the run's order (reproduce.planned): a backend's walks one after the other, repetition by repetition
+    # In the run's order (plan.planned): a backend's walks one after the other, repetition by repetition
     assert [row.split(":")[0] for row in said if row.startswith("pipetest")] == [
         "pipetest UP select (stay)", "pipetest UP select (stride)", "pipetest UP epoll (stay)",
         "pipetest UP epoll (stride)"]

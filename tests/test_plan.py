@@ -7,7 +7,7 @@ import pytest
 from experiment import catalog, model
 from experiment.catalog import Series
 from experiment.errors import UserError
-from experiment.run import plan, reproduce
+from experiment.run import plan
 
 
 def test_quick_profile_reaches_the_most_the_host_allows_and_records_the_rest_as_skipped():
@@ -284,4 +284,4 @@ def test_the_open_loops_connections_lower_its_host_maximum_of_dead_connections()
 def test_the_open_sweep_counts_its_points_in_its_own_variants():
     # dead: up,smp; dead-open: up; pipetest: up,smp, both walks
     the_plan = plan.make_plan("quick", dead="0,1000", pipes="10")
-    assert reproduce.count_points(the_plan, 20000) == 2 * 2 * 2 + 2 * 2 * 1 + 2 * 1 * 2 * 2
+    assert plan.count_points(the_plan, 20000) == 2 * 2 * 2 + 2 * 2 * 1 + 2 * 1 * 2 * 2

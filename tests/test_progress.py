@@ -8,8 +8,8 @@ from experiment.catalog import Series
 from experiment.host.images import BuildSteps
 from experiment.model import PIPETEST, PipeFigures, Point, utc_now
 from experiment.run import plan, runlog
+from experiment.run.plan import count_points
 from experiment.run.progress import Progress, clock_text, eta_s
-from experiment.run.reproduce import count_points
 
 
 class Clock:

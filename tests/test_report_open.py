@@ -57,12 +57,14 @@ def measured(tmp_path, monkeypatch, fd_limit: int = 20000) -> results.Run:
     ctx = context.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
                           reproduce.cpusets([0, 1]), fd_limit, Progress(lambda _: None), plan.choices(the_plan))
     ctx.open_rate = RATE
-    ctx.progress.start(total=reproduce.count_points(the_plan, fd_limit), done=0)
+    ctx.progress.start(total=plan.count_points(the_plan, fd_limit), done=0)
     run.update_record(limits={"fd_hard_limit": fd_limit, "max_dead_open": {
         s.label: plan.max_dead(fd_limit, s.backend, the_plan.open_connections) for s in the_plan.series}})
     for series in (POLL, EPOLL):
         servers.script = clients.script = script_for(series)
-        dead.dead_series(ctx, "up", series, 1, model.DEAD_OPEN)
+        line, = [line for line in plan.planned(the_plan, fd_limit)
+                 if line.sweep == model.DEAD_OPEN and line.series == series]
+        dead.dead_series(ctx, line)
     return run
 
 

@@ -1,4 +1,4 @@
-"""The run measures its lines in reproduce.planned()'s order, which the dry run, the point count and the ETA go by
+"""The run measures its lines in plan.planned()'s order, which the dry run, the point count and the ETA go by
 too: on the fake engine (tests/fakeengine.py), every point written by the run's sweep loop, checked against
 planned(), over the dead sweep, both pipetest walks and the open loop, repeated, in two variants."""
 
@@ -26,7 +26,7 @@ def run_context(tmp_path, events: list) -> context.Context:
     servers, clients = FakeContainers(Script(), events, shared), FakeContainers(Script(), events, shared)
     ctx = context.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
                           reproduce.cpusets([0, 1]), FD_LIMIT, Progress(lambda _: None), plan.choices(the_plan))
-    ctx.progress.start(total=reproduce.count_points(the_plan, FD_LIMIT), done=0)
+    ctx.progress.start(total=plan.count_points(the_plan, FD_LIMIT), done=0)
     return ctx
 
 
@@ -47,7 +47,7 @@ def test_the_run_writes_each_planned_line_whole_and_in_planned_order(tmp_path, m
     ctx = run_context(tmp_path, events)
     reproduce.measure_lines(ctx, lambda _: None)
 
-    lines = reproduce.planned(ctx.plan, FD_LIMIT)
+    lines = plan.planned(ctx.plan, FD_LIMIT)
     assert {line.sweep for line in lines} == {model.DEAD, model.PIPETEST, model.DEAD_OPEN}
     assert {line.series.walk for line in lines if line.sweep == model.PIPETEST} == {"stay", "stride"}
     line_of = {line.point_id(level): n for n, line in enumerate(lines) for level in line.levels}

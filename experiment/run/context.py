@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import anatomy, model
-from ..catalog import Series
 from ..model import Plan
 from . import results
 from .containers import Containers
-from .jsonlines import last_json as last_json  # where the sweeps import it from
-from .plan import Level
+from .plan import Level, Line
 from .progress import Progress
 from .servers import Choice
 from .services import LOOPBACK
@@ -36,20 +34,12 @@ class Context:
     open_rate: float | None = None  # the open-loop sweep's offered rate, requests/s (openloop.offered_rate)
 
 
-def point_id(sweep: str, variant: str, series: Series, repetition: int, x: int, overlap: bool = False) -> str:
-    """A point's file name, e.g. dead-up-nginx-epoll-r1-d001000, pipetest-up-epoll-stride-r1-p000010 (a walk
-    other than stay is in the series' slug), dead-up-epoll-r1-d010000-direct (a holders series' overlapping
-    level measured without holders), dead-open-up-epoll-r1-d001000."""
-    letter = "p" if sweep == model.PIPETEST else "d"
-    return f"{sweep}-{variant}-{series.slug}-r{repetition}-{letter}{x:06d}" + ("-direct" if overlap else "")
-
-
-def base_point(ctx: Context, sweep: str, variant: str, series: Series, repetition: int,
-               level: Level) -> model.Point:
-    return model.Point(id=point_id(sweep, variant, series, repetition, level.value, level.overlap), sweep=sweep,
-                       variant=variant, series=series, repetition=repetition, x=level.value, host_max=level.host_max,
-                       started_at=model.utc_now(), load=ctx.plan.load_of(sweep),
-                       walk=series.walk or None if sweep == model.PIPETEST else None,
+def base_point(ctx: Context, line: Line, level: Level) -> model.Point:
+    """The point a line records at a level, begun now."""
+    return model.Point(id=line.point_id(level), sweep=line.sweep, variant=line.variant, series=line.series,
+                       repetition=line.repetition, x=level.value, host_max=level.host_max,
+                       started_at=model.utc_now(), load=ctx.plan.load_of(line.sweep),
+                       walk=line.series.walk or None if line.sweep == model.PIPETEST else None,
                        dead_holders=level.holders, overlap=level.overlap)
 
 

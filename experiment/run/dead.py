@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import docker
@@ -26,12 +26,11 @@ import docker.errors
 
 from .. import model
 from ..anatomy import memory as slabs
-from ..catalog import Series
 from ..host import checks, engine, machine
 from . import instruments, loads, servers, services
 from .containers import Containers, Managed
-from .context import Context, base_point, finish, point_id
-from .plan import Level, dead_levels, series_levels
+from .context import Context, base_point, finish
+from .plan import Level, Line
 from .services import Service
 
 # deadconn's own time limit on opening one level's step (its --timeout), and how long it may take to start.
@@ -75,43 +74,6 @@ class Deadconn:
 
 
 @dataclass(frozen=True)
-class Line:
-    """The levels one server measures in order, one deadconn ramping up through them; and what names their
-    points, their containers' logs and the progress line."""
-
-    sweep: str
-    variant: str
-    series: Series
-    repetition: int
-    levels: tuple[Level, ...]
-
-    @property
-    def holders(self) -> int:
-        """The helper processes holding the line's dead connections; 0: the server holds them."""
-        return self.levels[0].holders
-
-    @property
-    def name(self) -> str:
-        return f"{self.sweep} {self.variant} {self.series.label} r{self.repetition}"
-
-    @property
-    def label(self) -> str:
-        """The name, and who holds the dead connections when a series has holders: "(4 holders)", or "(overlap,
-        no holders)" on the line that measures the overlapping level with the server holding them."""
-        return self.name + (f" ({self.holders} holders)" if self.holders else "") + \
-            (" (overlap, no holders)" if self.levels[0].overlap else "")
-
-    def point(self, ctx: Context, level: Level) -> model.Point:
-        """A level's point, begun now."""
-        return base_point(ctx, self.sweep, self.variant, self.series, self.repetition, level)
-
-    def log_name(self, role: str) -> str:
-        """The file of a container's output, e.g. dead-up-epoll-r1-direct.server.log."""
-        suffix = "-direct" if self.levels[0].overlap else ""
-        return f"{self.sweep}-{self.variant}-{self.series.slug}-r{self.repetition}{suffix}.{role}.log"
-
-
-@dataclass(frozen=True)
 class Watched:
     """The server as the kernel cost anatomy watches it: its processes on this machine (pids; else why it
     cannot see them), and how many dead connections the server's side holds now (held; None: no counters)."""
@@ -134,22 +96,18 @@ class LevelsFailed(Exception):
         self.level = level
 
 
-def dead_series(ctx: Context, variant: str, series: Series, repetition: int, sweep: str = model.DEAD) -> None:
+def dead_series(ctx: Context, line: Line) -> None:
     """One line of a dead sweep. DEAD (httperf or wrk): its levels (plan.series_levels) all on one server; a
     series whose dead connections helper processes hold (ephttpd --dead-holders) measures its overlapping
     level once more on a server of its own that holds them itself. DEAD_OPEN (openload at ctx.open_rate):
     what one server process holds."""
-    planned = (series_levels(ctx.plan, ctx.fd_limit, series) if sweep == model.DEAD
-               else dead_levels(ctx.plan, ctx.fd_limit, series.backend, sweep))
-    levels = [lv for lv in planned
-              if not ctx.run.has_point(point_id(sweep, variant, series, repetition, lv.value, lv.overlap))]
+    levels = [lv for lv in line.levels if not ctx.run.has_point(line.point_id(lv))]
     for level in [lv for lv in levels if lv.skip_reason]:
-        finish(ctx, base_point(ctx, sweep, variant, series, repetition, level), model.SKIPPED,
-               level.skip_reason)
+        finish(ctx, base_point(ctx, line, level), model.SKIPPED, level.skip_reason)
     runnable = [lv for lv in levels if not lv.skip_reason]
     for group in ([lv for lv in runnable if not lv.overlap], [lv for lv in runnable if lv.overlap]):
         if group:
-            _run_levels(ctx, Line(sweep, variant, series, repetition, tuple(group)))
+            _run_levels(ctx, replace(line, levels=tuple(group)))
 
 
 def _run_levels(ctx: Context, line: Line) -> None:
@@ -165,7 +123,7 @@ def _run_levels(ctx: Context, line: Line) -> None:
     except LevelsFailed as failed:
         first = 0 if failed.level is None else line.levels.index(failed.level)
         for level in line.levels[first:]:
-            finish(ctx, line.point(ctx, level), model.FAILED, failed.reason)
+            finish(ctx, base_point(ctx, line, level), model.FAILED, failed.reason)
     finally:
         for managed, runner in reversed(started):
             runner.stop(managed)
@@ -332,7 +290,7 @@ def _measure_dead(ctx: Context, line: Line, level: Level, serving: Serving, dead
     anatomy, the point's memory and, when its load ran clean, a window of its own."""
     cpusets = ctx.cpusets[line.variant]
     load_name = ctx.plan.load
-    point = line.point(ctx, level)
+    point = base_point(ctx, line, level)
     ctx.progress.describe(f"{line.name}: {level.value} dead, measuring")
     service, timeout = _closed_load(ctx, serving.port, reply_rate, cpusets["clients"])
     hygiene, command, output, code, raw, server_cpu_s = _under_load(ctx, point, serving, deadconn, service, timeout,
@@ -528,7 +486,7 @@ def _measure_open(ctx: Context, line: Line, level: Level, serving: Serving, dead
     if ctx.open_rate is None:
         raise ValueError("an open-loop point needs the sweep's offered rate first (openloop.offered_rate)")
     cpusets = ctx.cpusets[line.variant]
-    point = line.point(ctx, level)
+    point = base_point(ctx, line, level)
     ctx.progress.describe(f"{line.name}: {level.value} dead, measuring")
     load = loads.OpenLoad(port=serving.port, rate=ctx.open_rate, server=ctx.server_address,
                           connections=ctx.plan.open_connections, duration_s=ctx.plan.open_duration_s,

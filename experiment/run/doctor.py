@@ -26,8 +26,7 @@ from .. import catalog, model
 from ..errors import UserError
 from ..host import engine, images, machine, preflight
 from . import leftovers
-from .plan import Plan, max_dead
-from .reproduce import count_points
+from .plan import Plan, count_points, max_dead
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 ENGINE_TIMEOUT_S = 3

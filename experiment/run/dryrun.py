@@ -18,8 +18,7 @@ from .. import model
 from ..errors import UserError
 from ..model import DEAD_OPEN, PIPETEST, Plan
 from . import durations
-from .plan import Level
-from .reproduce import count_points, expected_seconds, planned
+from .plan import Level, count_points, planned
 
 
 def local_fd_limit() -> int:
@@ -41,7 +40,7 @@ def estimate_s(plan: Plan, fd_limit: int) -> float:
     """Seconds of measuring from the plan's durations (images and report not included)."""
     # The open loop's capacity probe: one per line and variant, unless the plan gives the rate.
     probes = len(plan.series) * len(plan.open_variants) if DEAD_OPEN in plan.sweeps and plan.open_rate is None else 0
-    return sum(expected_seconds(plan, fd_limit).values()) + probes * durations.OPEN_PROBE_S
+    return sum(durations.expected_seconds(plan, fd_limit).values()) + probes * durations.OPEN_PROBE_S
 
 
 def previous(plan: Plan, results_dir: Path) -> model.RunRecord | None:

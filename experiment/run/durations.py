@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from .. import catalog
 from ..model import DEAD, DEAD_OPEN, PIPETEST, Plan
 from . import pipetest
-from .plan import Level
+from .plan import Level, planned
 
 # Seconds a point takes beyond its load, by its load (httperf's and pipetest's from the committed paper runs:
 # README, --dry-run).
@@ -57,3 +57,11 @@ def line_s(plan: Plan, sweep: str, levels: Sequence[Level]) -> list[float]:
             opened[level.overlap] = level.value
         seconds.append(took)
     return seconds
+
+
+def expected_seconds(plan: Plan, fd_limit: int) -> dict[str, float]:
+    """The seconds each point the plan measures is expected to take (line_s), by point id."""
+    return {line.point_id(level): seconds
+            for line in planned(plan, fd_limit)
+            for level, seconds in zip(line.levels, line_s(plan, line.sweep, line.levels), strict=True)
+            if not level.skip_reason}

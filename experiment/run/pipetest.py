@@ -8,8 +8,9 @@ from .. import model
 from ..catalog import Series
 from ..host import checks
 from . import services
-from .context import Context, base_point, finish, last_json
-from .plan import pipe_levels
+from .context import Context, base_point, finish
+from .jsonlines import last_json
+from .plan import Line
 
 PIPETEST_SECONDS = 2
 
@@ -17,19 +18,19 @@ PIPETEST_SECONDS = 2
 PIPETEST_GENERATIONS = 100_000_000
 
 
-def pipetest_series(ctx: Context, variant: str, series: Series, repetition: int) -> None:
+def pipetest_series(ctx: Context, line: Line) -> None:
     """One line of the pipetest sweep, a backend with its token walk: each pipe count not yet recorded,
     measured, or recorded as skipped with the reason."""
-    server_cpus = ctx.cpusets[variant]["server"]
-    for level in pipe_levels(ctx.plan, ctx.fd_limit, series.backend):
-        point = base_point(ctx, model.PIPETEST, variant, series, repetition, level)
+    server_cpus = ctx.cpusets[line.variant]["server"]
+    for level in line.levels:
+        point = base_point(ctx, line, level)
         if ctx.run.has_point(point.id):
             continue
         if level.skip_reason:
             finish(ctx, point, model.SKIPPED, level.skip_reason)
             continue
-        ctx.progress.describe(f"pipetest {variant} {series.label} r{repetition}: {level.value} pipes")
-        _measure_point(ctx, point, series, server_cpus)
+        ctx.progress.describe(f"{line.name}: {level.value} pipes")
+        _measure_point(ctx, point, line.series, server_cpus)
 
 
 def _measure_point(ctx: Context, point: model.Point, series: Series, server_cpus: str) -> None:

@@ -313,3 +313,73 @@ def _levels(wanted: tuple[int, ...], most: int, why: str, add_host_max: bool) ->
         levels.append(Level(most, host_max=True))
     return sorted(levels, key=lambda level: (level.value, level.skip_reason is not None))
 
+
+def point_id(sweep: str, variant: str, series: Series, repetition: int, x: int, overlap: bool = False) -> str:
+    """A point's file name, e.g. dead-up-nginx-epoll-r1-d001000, pipetest-up-epoll-stride-r1-p000010 (a walk
+    other than stay is in the series' slug), dead-up-epoll-r1-d010000-direct (a holders series' overlapping
+    level measured without holders), dead-open-up-epoll-r1-d001000."""
+    letter = "p" if sweep == PIPETEST else "d"
+    return f"{sweep}-{variant}-{series.slug}-r{repetition}-{letter}{x:06d}" + ("-direct" if overlap else "")
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line as the run measures it: a series of one sweep, variant and repetition, over its levels (a dead
+    line's levels may be run on more than one server: its holders' levels, then its overlapping level direct)."""
+
+    sweep: str
+    variant: str
+    series: Series  # a pipetest line's names its walk
+    repetition: int
+    levels: tuple[Level, ...]
+
+    def point_id(self, level: Level) -> str:
+        """The id of the point this line records at that level."""
+        return point_id(self.sweep, self.variant, self.series, self.repetition, level.value, level.overlap)
+
+    @property
+    def holders(self) -> int:
+        """The helper processes holding the line's dead connections; 0: the server holds them."""
+        return self.levels[0].holders if self.levels else 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.sweep} {self.variant} {self.series.label} r{self.repetition}"
+
+    @property
+    def label(self) -> str:
+        """The name, and who holds the dead connections when a series has holders: "(4 holders)", or "(overlap,
+        no holders)" on the line that measures the overlapping level with the server holding them."""
+        return self.name + (f" ({self.holders} holders)" if self.holders else "") + \
+            (" (overlap, no holders)" if self.levels and self.levels[0].overlap else "")
+
+    def log_name(self, role: str) -> str:
+        """The file of a container's output, e.g. dead-up-epoll-r1-direct.server.log."""
+        suffix = "-direct" if self.levels and self.levels[0].overlap else ""
+        return f"{self.sweep}-{self.variant}-{self.series.slug}-r{self.repetition}{suffix}.{role}.log"
+
+
+def planned(plan: Plan, fd_limit: int) -> list[Line]:
+    """Every line of the plan under this fd limit, in the order the run measures them: per variant the dead
+    sweep's series, then pipetest's backends, each repetition of a backend with each walk; after all variants,
+    the open loop's. The one place that order is written: the run, the dry run, the point count and the ETA go
+    by it."""
+    repetitions = range(1, plan.repeat + 1)
+    found = []
+    for variant in plan.variants:
+        if DEAD in plan.sweeps:
+            found += [Line(DEAD, variant, series, r, tuple(series_levels(plan, fd_limit, series)))
+                      for series in plan.series for r in repetitions]
+        if PIPETEST in plan.sweeps:
+            found += [Line(PIPETEST, variant, Series(catalog.EPHTTPD, backend, walk), r,
+                           tuple(pipe_levels(plan, fd_limit, backend)))
+                      for backend in plan.backends for r in repetitions for walk in plan.walks]
+    if DEAD_OPEN in plan.sweeps:
+        found += [Line(DEAD_OPEN, variant, series, r, tuple(dead_levels(plan, fd_limit, series.backend, DEAD_OPEN)))
+                  for variant in plan.open_variants for series in plan.series for r in repetitions]
+    return found
+
+
+def count_points(plan: Plan, fd_limit: int, skipped: bool = False) -> int:
+    """The points of the plan under this fd limit; with skipped, only those recorded as skipped."""
+    return sum(1 for line in planned(plan, fd_limit) for level in line.levels if not skipped or level.skip_reason)

@@ -32,18 +32,17 @@ from ..host.tuning import tune
 from ..model import Plan
 from . import durations, instruments, openloop, results, runlog, servers
 from .containers import Containers
-from .context import Context, point_id
+from .context import Context
 from .dead import dead_series
 from .pipetest import pipetest_series
 from .plan import (
     OPENLOAD_FD_OVERHEAD,
-    Level,
     choices,
+    count_points,
     dead_holders,
-    dead_levels,
     max_dead,
     max_pipes,
-    pipe_levels,
+    planned,
     series_levels,
 )
 from .progress import Progress
@@ -481,7 +480,7 @@ def _start_progress(ctx: Context) -> None:
     ctx.progress.start(total=count_points(ctx.plan, ctx.fd_limit), done=len(done),
                        to_skip=max(0, count_points(ctx.plan, ctx.fd_limit, skipped=True)
                                    - sum(p.status == model.SKIPPED for p in done)),
-                       expected={k: v for k, v in expected_seconds(ctx.plan, ctx.fd_limit).items()
+                       expected={k: v for k, v in durations.expected_seconds(ctx.plan, ctx.fd_limit).items()
                                  if k not in recorded})
 
 
@@ -494,9 +493,9 @@ def measure_lines(ctx: Context, say: Say) -> None:
         ctx.open_rate = rate["rate"]
     for line in planned(ctx.plan, ctx.fd_limit):
         if line.sweep == model.PIPETEST:
-            pipetest_series(ctx, line.variant, line.series, line.repetition)
+            pipetest_series(ctx, line)
         else:
-            dead_series(ctx, line.variant, line.series, line.repetition, line.sweep)
+            dead_series(ctx, line)
 
 
 def _finish_sweep(ctx: Context, stopwatch: Stopwatch, say: Say) -> None:
@@ -517,52 +516,3 @@ def _finish_sweep(ctx: Context, stopwatch: Stopwatch, say: Say) -> None:
 def _reach(plan: Plan, fd_limit: int, series: catalog.Series) -> int:
     """The most dead connections a series opens: its top level that is not skipped."""
     return max((lv.value for lv in series_levels(plan, fd_limit, series) if not lv.skip_reason), default=0)
-
-
-@dataclass(frozen=True)
-class Line:
-    """One line as the run measures it: a series of one sweep, variant and repetition, over its levels."""
-
-    sweep: str
-    variant: str
-    series: catalog.Series  # a pipetest line's names its walk
-    repetition: int
-    levels: tuple[Level, ...]
-
-    def point_id(self, level: Level) -> str:
-        """The id of the point this line records at that level."""
-        return point_id(self.sweep, self.variant, self.series, self.repetition, level.value, level.overlap)
-
-
-def planned(plan: Plan, fd_limit: int) -> list[Line]:
-    """Every line of the plan under this fd limit, in the order the run measures them (measure_lines): per
-    variant the dead sweep's series, then pipetest's backends, each repetition of a backend with each walk;
-    after all variants, the open loop's."""
-    repetitions = range(1, plan.repeat + 1)
-    found = []
-    for variant in plan.variants:
-        if model.DEAD in plan.sweeps:
-            found += [Line(model.DEAD, variant, series, r, tuple(series_levels(plan, fd_limit, series)))
-                      for series in plan.series for r in repetitions]
-        if model.PIPETEST in plan.sweeps:
-            found += [Line(model.PIPETEST, variant, catalog.Series(catalog.EPHTTPD, backend, walk), r,
-                           tuple(pipe_levels(plan, fd_limit, backend)))
-                      for backend in plan.backends for r in repetitions for walk in plan.walks]
-    if model.DEAD_OPEN in plan.sweeps:
-        found += [Line(model.DEAD_OPEN, variant, series, r,
-                       tuple(dead_levels(plan, fd_limit, series.backend, model.DEAD_OPEN)))
-                  for variant in plan.open_variants for series in plan.series for r in repetitions]
-    return found
-
-
-def count_points(plan: Plan, fd_limit: int, skipped: bool = False) -> int:
-    """The points of the plan under this fd limit; with skipped, only those recorded as skipped."""
-    return sum(1 for line in planned(plan, fd_limit) for level in line.levels if not skipped or level.skip_reason)
-
-
-def expected_seconds(plan: Plan, fd_limit: int) -> dict[str, float]:
-    """The seconds each point the plan measures is expected to take (durations.line_s), by point id."""
-    return {line.point_id(level): seconds
-            for line in planned(plan, fd_limit)
-            for level, seconds in zip(line.levels, durations.line_s(plan, line.sweep, line.levels), strict=True)
-            if not level.skip_reason}
