@@ -344,7 +344,7 @@ def test_an_unknown_item_is_refused_before_anything_is_installed(monkeypatch):
     from experiment.errors import UserError
     from experiment.host import machine
 
-    monkeypatch.setattr(machine, "ensure_packages", lambda *_: pytest.fail("packages were set up before --only was checked"))
+    monkeypatch.setattr(machine, "ensure_packages", lambda *_: pytest.fail("set up before --only was checked"))
     with pytest.raises(UserError, match="the items are nginx, capacity"):
         runner.main(only="apache")
 

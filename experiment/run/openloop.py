@@ -63,10 +63,11 @@ def offered_rate(ctx: Context, recorded: dict | None, say: Callable[[str], None]
 
 def _capacity(ctx: Context, variant: str, series: Series) -> tuple[float | None, str | None]:
     """wrk's requests/s against a fresh server of this line at 0 dead connections; (None, why) when it fails."""
-    cs = ctx.cpusets[variant]
+    cpusets = ctx.cpusets[variant]
     choice = ctx.choices[series.server]
     port = choice.port or machine.free_port()
-    service = choice.service(series.backend, port, ctx.plan.msgsize, cs["server"], ctx.fd_limit, ctx.server_address)
+    service = choice.service(series.backend, port, ctx.plan.msgsize, cpusets["server"], ctx.fd_limit,
+                             ctx.server_address)
     if service.readiness == "tcp" and servers.tcp_connects(ctx.server_address, port):
         return None, f"something already answers on {ctx.server_address}:{port}"
     server = ctx.servers.run(service.image or ctx.server_image, service)
@@ -74,7 +75,7 @@ def _capacity(ctx: Context, variant: str, series: Series) -> tuple[float | None,
         if not servers.wait_ready(server, service, ctx.server_address, port, SERVER_START_TIMEOUT_S):
             return None, f"server did not start: {server.output_tail() or 'no output'}"
         probe = services.wrk(f"http://{ctx.server_address}:{port}/", ctx.plan.open_connections, PROBE_S,
-                             cs["clients"])
+                             cpusets["clients"])
         _, output, code = ctx.clients.run_to_end(ctx.client_image, probe, PROBE_S + 60)
         try:
             rate = loads.parse_wrk(output)["requests_per_s"]
