@@ -97,7 +97,7 @@
 
 #include "conn.h"
 #include "parts.h"
-#include "ev_backend.h"
+#include "ev.h"
 #include "http.h"
 
 /* The provided buffers: a request is far smaller, a burst takes several. */

@@ -71,6 +71,17 @@ const char *ev_name(const struct ev_loop *loop);
 void ev_destroy(struct ev_loop *loop);
 
 /*
+ * Writes to err why the kernel refused a system call that sets up a backend,
+ * as ev_create reports it: "<backend>: <syscall>: <strerror> (<why>)".  why is
+ * the caller's own diagnosis (a sysctl, a limit); when it is NULL, a seccomp
+ * filter, a security policy or a kernel built without the syscall is named if
+ * that explains errno_value.  For programs that set up such a mechanism
+ * themselves, so that their refusals read as ev_create's.
+ */
+void ev_refused(const char *backend, const char *syscall_name, int errno_value, const char *why,
+		char *err, size_t errlen);
+
+/*
  * Sharing the interest set with other processes: foreign items (epoll and
  * epoll-et only).
  *
