@@ -4,12 +4,13 @@
  *
  * Why: the 2002 study measured one interest set of up to 60,000 idle (dead)
  * connections beside the active ones.  A host that caps a process at fewer
- * open files (20,000 here) cannot let one process hold them; but for epoll
- * the cap is not a limit of the mechanism: an epoll instance is a file, a
- * child of fork holds it too, and a descriptor the child registers in it is
- * reported to whoever waits on it (ev.h's foreign items).  So the serving
- * process waits on an interest set of all the dead connections while it has
- * only its own few descriptors open.
+ * open files (README.md gives the reference host's cap) cannot let one
+ * process hold them; but for epoll the cap is not a limit of the mechanism:
+ * an epoll instance is a file, a child of fork holds it too, and a descriptor
+ * the child registers in it is reported to whoever waits on it.  ev.h offers
+ * that as foreign items (ev_add_foreign, ev_rearm_foreign), and this file is
+ * how ephttpd uses them: the serving process waits on an interest set of all
+ * the dead connections while it has only its own few descriptors open.
  *
  * The model: before the server accepts anything, main forks N holders that
  * share its loop (epoll or epoll-et only: ev_shareable).  A holder closes

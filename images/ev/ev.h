@@ -87,10 +87,9 @@ void ev_refused(const char *backend, const char *syscall_name, int errno_value, 
  *
  * An epoll instance is a file, so a process forked after ev_create holds it
  * too and may register its own descriptors in it; the waiting process's
- * ev_wait then reports them although it does not have them open.  That is how
- * one process can wait on more descriptors than it may open (ephttpd's
- * --dead-holders, images/ephttpd/holders.c).  Such descriptors are foreign
- * items:
+ * ev_wait then reports them although it does not have them open, so one
+ * process can wait on more descriptors than its descriptor limit lets it open.
+ * Such descriptors are foreign items:
  *   - ev_add_foreign(loop, fd, events, data) registers the caller's fd,
  *     one-shot (EPOLLONESHOT): reported once, then disabled until its owner
  *     re-arms it with ev_rearm_foreign, so that the waiting process can hand
