@@ -91,8 +91,7 @@ static void close_conn(struct server *s, int fd)
 	 * this descriptor next is never listed twice: the list never outgrows max_fds. */
 	*c = (struct slot){ .ready = c->ready };
 	conn_init(&c->http);
-	s->stats.closed++;
-	s->stats.open--;
+	count_closed(&s->stats);
 }
 
 static void admit(struct server *s, int fd)
@@ -110,9 +109,7 @@ static void admit(struct server *s, int fd)
 		return;
 	}
 	s->slots[fd].open = true;
-	s->stats.accepted++;
-	if (++s->stats.open > s->stats.peak_open)
-		s->stats.peak_open = s->stats.open;
+	count_opened(&s->stats);
 }
 
 /*
@@ -193,8 +190,7 @@ static enum flush_result flush(struct server *s, int fd, struct slot *c)
 			break;
 		}
 	}
-	s->stats.responses_200 += counts.responses_200;
-	s->stats.responses_4xx += counts.responses_4xx;
+	count_http(&s->stats, &counts);
 	return result;
 }
 
@@ -294,7 +290,7 @@ static enum read_result read_requests(struct server *s, int fd, struct slot *c)
 	}
 	struct conn_counts counts = { 0 };
 	bool kept = conn_input(&c->http, s->in, have + (size_t)n, &counts);
-	s->stats.requests += counts.requests;
+	count_http(&s->stats, &counts);
 	if (!kept)
 		return READ_FAILED;
 	return (size_t)n < room ? READ_SHORT : READ_MORE;
@@ -420,18 +416,10 @@ void server_destroy(struct server *s)
 		conn_free(&s->slots[fd].http);
 	}
 	ev_destroy(s->loop);
-	close(s->wake_fd);
-	if (s->reserve_fd >= 0)
-		close(s->reserve_fd);
+	close_wake_and_reserve(s->wake_fd, s->reserve_fd);
 	free(s->slots);
 	free(s->ready);
 	free(s);
-}
-
-static void drain_wake_pipe(struct server *s)
-{
-	while (read(s->wake_fd, s->in, sizeof(s->in)) == (ssize_t)sizeof(s->in))
-		continue;
 }
 
 int server_run(struct server *s, int worker, struct worker_stats **stats)
@@ -452,7 +440,7 @@ int server_run(struct server *s, int worker, struct worker_stats **stats)
 		for (int i = 0; i < n; i++) {
 			int fd = events[i].fd;
 			if (fd == s->wake_fd) {
-				drain_wake_pipe(s);
+				drain_wake_pipe(s->wake_fd);
 				continue;
 			}
 			served++;

@@ -296,8 +296,7 @@ static void close_conn(struct uring_server *s, int fd)
 	conn_free(&c->http);
 	*c = (struct uslot){ .gen = (c->gen + 1) & GEN_MASK, .out = c->out };
 	conn_init(&c->http);
-	s->stats.closed++;
-	s->stats.open--;
+	count_closed(&s->stats);
 }
 
 static void admit(struct uring_server *s, int fd)
@@ -309,9 +308,7 @@ static void admit(struct uring_server *s, int fd)
 	}
 	struct uslot *c = &s->slots[fd];
 	c->open = true;
-	s->stats.accepted++;
-	if (++s->stats.open > s->stats.peak_open)
-		s->stats.peak_open = s->stats.open;
+	count_opened(&s->stats);
 	arm_recv(s, fd);
 }
 
@@ -424,7 +421,7 @@ static void input(struct uring_server *s, int fd, const char *bytes, size_t n)
 		memcpy(s->in + have, bytes, n);
 		kept = conn_input(&c->http, s->in, have + n, &counts);
 	}
-	s->stats.requests += counts.requests;
+	count_http(&s->stats, &counts);
 	if (!kept) {
 		close_conn(s, fd);
 		return;
@@ -483,8 +480,7 @@ static void on_send(struct uring_server *s, uint32_t fd, uint32_t gen, int res)
 	}
 	struct conn_counts counts = { 0 };
 	conn_sent(&c->http, (size_t)res, &counts);
-	s->stats.responses_200 += counts.responses_200;
-	s->stats.responses_4xx += counts.responses_4xx;
+	count_http(&s->stats, &counts);
 	after_output(s, (int)fd);
 }
 
@@ -522,8 +518,7 @@ static void on_accept(struct uring_server *s, int res, unsigned flags)
 
 static void on_wake(struct uring_server *s, unsigned flags)
 {
-	while (read(s->wake_fd, s->in, sizeof(s->in)) == (ssize_t)sizeof(s->in))
-		continue;
+	drain_wake_pipe(s->wake_fd);
 	if (!(flags & IORING_CQE_F_MORE))
 		arm_wake(s);
 }
@@ -705,13 +700,7 @@ void uring_server_destroy(struct uring_server *s)
 	io_uring_queue_exit(&s->ring); /* cancels what is armed, frees the direct table and the buffer group */
 	munmap(s->buf_ring, s->buf_ring_bytes);
 	free(s->bufs);
-	if (s->wake_fd >= 0) {
-		close(s->wake_fd);
-		close(wake_write_fd);
-		wake_write_fd = -1;
-	}
-	if (s->reserve_fd >= 0)
-		close(s->reserve_fd);
+	close_wake_and_reserve(s->wake_fd, s->reserve_fd);
 	free(s->slots);
 	free(s);
 }
