@@ -115,13 +115,42 @@
 #define PRETEND_ENV "EPHTTPD_URING_PRETEND_MISSING"
 #define FIXED_ENV   "EPHTTPD_URING_FIXED_FILES"
 
-enum kind { K_ACCEPT = 1, K_LISTEN_POLL, K_RECV, K_SEND, K_SHUTDOWN, K_WAKE, K_PROBE, K_IGNORE };
+/* What a request was submitted for, which its completions carry back in their user_data. */
+enum request_kind {
+	REQ_ACCEPT = 1,  /* the multishot accept */
+	REQ_LISTEN_POLL, /* the one-shot poll that waits for a connection when out of descriptors */
+	REQ_RECV,        /* a connection's multishot recv */
+	REQ_SEND,        /* a connection's send or sendmsg */
+	REQ_SHUTDOWN,    /* a connection's SHUT_WR */
+	REQ_WAKE,        /* the multishot poll on the wake pipe */
+	REQ_PROBE,       /* the multishot recv that checks the kernel's support */
+	REQ_IGNORE,      /* a cancel or close, whose completion comes only when it fails */
+};
 
-#define GEN_MASK 0xffffffu
+/* A request's user_data: its kind in the top byte, then a connection's generation (24 bits) and its
+ * descriptor or direct index (32 bits); both 0 for the requests that are not a connection's. */
+#define KIND_SHIFT 56
+#define GEN_SHIFT  32
+#define GEN_MASK   0xffffffu
 
-static uint64_t tag(enum kind k, uint32_t fd, uint32_t gen)
+static uint64_t user_data_of(enum request_kind kind, uint32_t fd, uint32_t gen)
 {
-	return (uint64_t)k << 56 | (uint64_t)(gen & GEN_MASK) << 32 | fd;
+	return (uint64_t)kind << KIND_SHIFT | (uint64_t)(gen & GEN_MASK) << GEN_SHIFT | fd;
+}
+
+static enum request_kind kind_of(uint64_t user_data)
+{
+	return (enum request_kind)(user_data >> KIND_SHIFT);
+}
+
+static uint32_t fd_of(uint64_t user_data)
+{
+	return (uint32_t)user_data;
+}
+
+static uint32_t gen_of(uint64_t user_data)
+{
+	return (uint32_t)(user_data >> GEN_SHIFT) & GEN_MASK;
 }
 
 /* A sendmsg's header and iovecs; the kernel reads them when the SQE is submitted. */
@@ -216,12 +245,24 @@ static void mark_fixed(struct uring_server *s, struct io_uring_sqe *sqe)
 		sqe->flags |= IOSQE_FIXED_FILE;
 }
 
-static void recycle(struct uring_server *s, unsigned flags)
+/* The provided buffer a completion's flags name (IORING_CQE_F_BUFFER). */
+static unsigned buffer_id(unsigned flags)
+{
+	return flags >> IORING_CQE_BUFFER_SHIFT;
+}
+
+static char *buffer_bytes(const struct uring_server *s, unsigned id)
+{
+	return s->bufs + (size_t)id * BUF_SIZE;
+}
+
+/* Gives the provided buffer a completion used, if any, back to the ring. */
+static void return_buffer(struct uring_server *s, unsigned flags)
 {
 	if (!(flags & IORING_CQE_F_BUFFER))
 		return;
-	unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-	io_uring_buf_ring_add(s->buf_ring, s->bufs + (size_t)bid * BUF_SIZE, BUF_SIZE, (unsigned short)bid,
+	unsigned id = buffer_id(flags);
+	io_uring_buf_ring_add(s->buf_ring, buffer_bytes(s, id), BUF_SIZE, (unsigned short)id,
 			      io_uring_buf_ring_mask(BUF_COUNT), 0);
 	io_uring_buf_ring_advance(s->buf_ring, 1);
 }
@@ -234,7 +275,7 @@ static void arm_recv(struct uring_server *s, int fd)
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BUF_GROUP;
 	mark_fixed(s, sqe);
-	io_uring_sqe_set_data64(sqe, tag(K_RECV, (uint32_t)fd, c->gen));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_RECV, (uint32_t)fd, c->gen));
 	c->recv_armed = true;
 }
 
@@ -247,7 +288,7 @@ static void arm_accept(struct uring_server *s)
 		io_uring_prep_multishot_accept_direct(sqe, s->listen_fd, NULL, NULL, 0);
 	else
 		io_uring_prep_multishot_accept(sqe, s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-	io_uring_sqe_set_data64(sqe, tag(K_ACCEPT, 0, 0));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_ACCEPT, 0, 0));
 }
 
 /* Out of descriptors, an accept fails at once, whether a connection is queued or not: the loop waits for one
@@ -256,14 +297,14 @@ static void arm_listen_poll(struct uring_server *s)
 {
 	struct io_uring_sqe *sqe = next_sqe(s);
 	io_uring_prep_poll_add(sqe, s->listen_fd, POLLIN);
-	io_uring_sqe_set_data64(sqe, tag(K_LISTEN_POLL, 0, 0));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_LISTEN_POLL, 0, 0));
 }
 
 static void arm_wake(struct uring_server *s)
 {
 	struct io_uring_sqe *sqe = next_sqe(s);
 	io_uring_prep_poll_multishot(sqe, s->wake_fd, POLLIN);
-	io_uring_sqe_set_data64(sqe, tag(K_WAKE, 0, 0));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_WAKE, 0, 0));
 }
 
 /* ------------------------------------------------------------ connections */
@@ -282,9 +323,9 @@ static void close_conn(struct uring_server *s, int fd)
 	}
 	if (c->recv_armed) {
 		struct io_uring_sqe *sqe = next_sqe(s);
-		io_uring_prep_cancel64(sqe, tag(K_RECV, (uint32_t)fd, c->gen), 0);
+		io_uring_prep_cancel64(sqe, user_data_of(REQ_RECV, (uint32_t)fd, c->gen), 0);
 		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-		io_uring_sqe_set_data64(sqe, tag(K_IGNORE, 0, 0));
+		io_uring_sqe_set_data64(sqe, user_data_of(REQ_IGNORE, 0, 0));
 	}
 	struct io_uring_sqe *sqe = next_sqe(s);
 	if (s->fixed)
@@ -292,7 +333,7 @@ static void close_conn(struct uring_server *s, int fd)
 	else
 		io_uring_prep_close(sqe, fd);
 	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-	io_uring_sqe_set_data64(sqe, tag(K_IGNORE, 0, 0));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_IGNORE, 0, 0));
 	conn_free(&c->http);
 	*c = (struct uslot){ .gen = (c->gen + 1) & GEN_MASK, .out = c->out };
 	conn_init(&c->http);
@@ -373,7 +414,7 @@ static void start_send(struct uring_server *s, int fd)
 		io_uring_prep_sendmsg(sqe, fd, &c->out->msg, MSG_NOSIGNAL);
 	}
 	mark_fixed(s, sqe);
-	io_uring_sqe_set_data64(sqe, tag(K_SEND, (uint32_t)fd, c->gen));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_SEND, (uint32_t)fd, c->gen));
 	c->sending = true;
 }
 
@@ -394,7 +435,7 @@ static void after_output(struct uring_server *s, int fd)
 		struct io_uring_sqe *sqe = next_sqe(s);
 		io_uring_prep_shutdown(sqe, fd, SHUT_WR);
 		mark_fixed(s, sqe);
-		io_uring_sqe_set_data64(sqe, tag(K_SHUTDOWN, (uint32_t)fd, c->gen));
+		io_uring_sqe_set_data64(sqe, user_data_of(REQ_SHUTDOWN, (uint32_t)fd, c->gen));
 		c->lingering = true;
 		c->shutting = true;
 		return;
@@ -403,7 +444,9 @@ static void after_output(struct uring_server *s, int fd)
 		close_conn(s, fd);
 }
 
-static void input(struct uring_server *s, int fd, const char *bytes, size_t n)
+/* Feeds the bytes a recv completion brought to the connection's HTTP state (after its stash, if it kept one),
+ * and starts a send when that queued responses and none is in flight. */
+static void serve_received(struct uring_server *s, int fd, const char *bytes, size_t n)
 {
 	struct uslot *c = &s->slots[fd];
 	if (c->lingering || c->http.closing)
@@ -432,15 +475,17 @@ static void input(struct uring_server *s, int fd, const char *bytes, size_t n)
 
 /* ------------------------------------------------------------ completions */
 
-static bool current(const struct uring_server *s, uint32_t fd, uint32_t gen)
+/* Whether the connection a completion names (its descriptor and generation) is the one open there now: a
+ * close advances the generation, so a completion of an earlier connection on that number is stale. */
+static bool still_open(const struct uring_server *s, uint32_t fd, uint32_t gen)
 {
 	return fd < (uint32_t)s->max_fds && s->slots[fd].open && s->slots[fd].gen == gen;
 }
 
 static void on_recv(struct uring_server *s, uint32_t fd, uint32_t gen, int res, unsigned flags)
 {
-	if (!current(s, fd, gen)) {
-		recycle(s, flags);
+	if (!still_open(s, fd, gen)) {
+		return_buffer(s, flags);
 		return;
 	}
 	struct uslot *c = &s->slots[fd];
@@ -448,14 +493,14 @@ static void on_recv(struct uring_server *s, uint32_t fd, uint32_t gen, int res, 
 	if (!(flags & IORING_CQE_F_MORE))
 		c->recv_armed = false;
 	if (res > 0) {
-		input(s, (int)fd, s->bufs + (size_t)(flags >> IORING_CQE_BUFFER_SHIFT) * BUF_SIZE, (size_t)res);
-		recycle(s, flags);
+		serve_received(s, (int)fd, buffer_bytes(s, buffer_id(flags)), (size_t)res);
+		return_buffer(s, flags);
 		/* Ended for another reason than EOF (the kernel could not post a completion): arm it again. */
-		if (current(s, fd, gen) && !c->recv_armed)
+		if (still_open(s, fd, gen) && !c->recv_armed)
 			arm_recv(s, (int)fd);
 		return;
 	}
-	recycle(s, flags);
+	return_buffer(s, flags);
 	if (res == -ENOBUFS) {
 		s->stats.recv_rearmed++;
 		arm_recv(s, (int)fd);
@@ -470,7 +515,7 @@ static void on_recv(struct uring_server *s, uint32_t fd, uint32_t gen, int res, 
 
 static void on_send(struct uring_server *s, uint32_t fd, uint32_t gen, int res)
 {
-	if (!current(s, fd, gen))
+	if (!still_open(s, fd, gen))
 		return;
 	struct uslot *c = &s->slots[fd];
 	c->sending = false;
@@ -486,7 +531,7 @@ static void on_send(struct uring_server *s, uint32_t fd, uint32_t gen, int res)
 
 static void on_shutdown(struct uring_server *s, uint32_t fd, uint32_t gen, int res)
 {
-	if (!current(s, fd, gen))
+	if (!still_open(s, fd, gen))
 		return;
 	struct uslot *c = &s->slots[fd];
 	c->shutting = false;
@@ -523,46 +568,52 @@ static void on_wake(struct uring_server *s, unsigned flags)
 		arm_wake(s);
 }
 
-/* Handles every completion there is; returns how many were the workload's (not the wake pipe's: our own signals). */
+/* Hands one completion to its handler; returns whether it was the workload's (not the wake pipe's: our own
+ * signals). */
+static bool handle_completion(struct uring_server *s, const struct io_uring_cqe *cqe)
+{
+	uint64_t user_data = io_uring_cqe_get_data64(cqe);
+	uint32_t fd = fd_of(user_data), gen = gen_of(user_data);
+	int res = cqe->res;
+	unsigned flags = cqe->flags;
+	switch (kind_of(user_data)) {
+	case REQ_ACCEPT:
+		on_accept(s, res, flags);
+		break;
+	case REQ_LISTEN_POLL:
+		arm_accept(s);
+		break;
+	case REQ_RECV:
+		on_recv(s, fd, gen, res, flags);
+		break;
+	case REQ_SEND:
+		on_send(s, fd, gen, res);
+		break;
+	case REQ_SHUTDOWN:
+		on_shutdown(s, fd, gen, res);
+		break;
+	case REQ_WAKE:
+		on_wake(s, flags);
+		return false;
+	default:
+		return_buffer(s, flags); /* a failed cancel or close: nothing to do */
+		break;
+	}
+	return true;
+}
+
+/* Handles every completion there is; returns how many were the workload's. */
 static unsigned reap(struct uring_server *s)
 {
 	struct io_uring_cqe *cqe;
-	unsigned head, seen = 0, served = 0;
+	unsigned head, reaped = 0, workload = 0;
 	io_uring_for_each_cqe(&s->ring, head, cqe) {
-		uint64_t data = io_uring_cqe_get_data64(cqe);
-		int res = cqe->res;
-		unsigned flags = cqe->flags;
-		uint32_t fd = (uint32_t)data, gen = (uint32_t)(data >> 32) & GEN_MASK;
-		seen++;
-		served++;
-		switch ((enum kind)(data >> 56)) {
-		case K_ACCEPT:
-			on_accept(s, res, flags);
-			break;
-		case K_LISTEN_POLL:
-			arm_accept(s);
-			break;
-		case K_RECV:
-			on_recv(s, fd, gen, res, flags);
-			break;
-		case K_SEND:
-			on_send(s, fd, gen, res);
-			break;
-		case K_SHUTDOWN:
-			on_shutdown(s, fd, gen, res);
-			break;
-		case K_WAKE:
-			served--;
-			on_wake(s, flags);
-			break;
-		default:
-			recycle(s, flags); /* a failed cancel, close or shutdown: nothing to do */
-			break;
-		}
+		reaped++;
+		workload += handle_completion(s, cqe);
 	}
-	io_uring_cq_advance(&s->ring, seen);
-	s->stats.completions += served;
-	return served;
+	io_uring_cq_advance(&s->ring, reaped);
+	s->stats.completions += workload;
+	return workload;
 }
 
 /* ------------------------------------------------------------ setup */
@@ -580,7 +631,7 @@ static void probe_multishot_recv(struct uring_server *s)
 	io_uring_prep_recv_multishot(sqe, pair[0], NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BUF_GROUP;
-	io_uring_sqe_set_data64(sqe, tag(K_PROBE, 0, 0));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_PROBE, 0, 0));
 	if (send(pair[1], "x", 1, 0) != 1)
 		die("socketpair: %s", strerror(errno));
 	bool more = true, first = true;
@@ -595,7 +646,7 @@ static void probe_multishot_recv(struct uring_server *s)
 			die("io_uring-recv: probing multishot recv: %s", strerror(-ret));
 		int res = cqe->res;
 		unsigned flags = cqe->flags;
-		recycle(s, flags);
+		return_buffer(s, flags);
 		io_uring_cqe_seen(&s->ring, cqe);
 		more = flags & IORING_CQE_F_MORE;
 		if (first && res == -EINVAL)
@@ -647,7 +698,7 @@ static void setup_ring(struct uring_server *s)
 		die("io_uring-recv: registering the buffer ring: %s", strerror(-ret));
 	io_uring_buf_ring_init(s->buf_ring);
 	for (unsigned i = 0; i < BUF_COUNT; i++)
-		io_uring_buf_ring_add(s->buf_ring, s->bufs + (size_t)i * BUF_SIZE, BUF_SIZE, (unsigned short)i,
+		io_uring_buf_ring_add(s->buf_ring, buffer_bytes(s, i), BUF_SIZE, (unsigned short)i,
 				      io_uring_buf_ring_mask(BUF_COUNT), (int)i);
 	io_uring_buf_ring_advance(s->buf_ring, BUF_COUNT);
 	probe_multishot_recv(s);
