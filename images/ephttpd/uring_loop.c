@@ -70,11 +70,12 @@
  * reads_capped, accepts_capped and ready_served stay 0: the kernel bounds a
  * multishot request's turn itself.
  *
- * Memory per connection: its slot here (sizeof(struct uslot), 88 bytes),
- * the kernel's socket and one armed multishot recv (an io_kiocb, its async
- * state and poll entry: about 0.9 KiB, against epoll's 0.3 KiB); no buffer
- * (the ring is shared, and a dead connection's half request lives in its
- * stash, as with every backend).
+ * Memory per connection: its slot here (struct uslot), the kernel's socket
+ * and one armed multishot recv (an io_kiocb, its async state and poll entry,
+ * more kernel memory than epoll's epitem and wait-queue entry: README.md,
+ * "io_uring as a completion API", has the sizes); no buffer (the ring is
+ * shared, and a dead connection's half request lives in its stash, as with
+ * every backend).
  *
  * Not measured or done: zero-copy send, registered buffers for sends,
  * SQPOLL (a kernel thread polling the SQ would hide CPU time from the
