@@ -351,10 +351,16 @@ static struct {
 	char buf[READ_BUFFER];
 } run;
 
-static int64_t intended_of(size_t index, uint64_t k)
+/* Request n of the run is due n/R after start: start + n x (1e9/R) ns, to the nearest nanosecond. */
+static int64_t due_ns(int64_t start, uint64_t n, double ns_per_request)
 {
-	double n = (double)k * (double)connections + (double)index;
-	return run.t0 + (int64_t)llround(n * run.ns_per_request);
+	return start + (int64_t)llround((double)n * ns_per_request);
+}
+
+/* When request k of connection index is due: it is request k x C + index of the run. */
+static int64_t conn_due_ns(size_t index, uint64_t k)
+{
+	return due_ns(run.t0, k * (uint64_t)connections + index, run.ns_per_request);
 }
 
 static void watch(size_t index, bool write)
@@ -455,7 +461,7 @@ static void send_next(size_t index, int64_t now)
 		}
 		if (c->state != C_IDLE)
 			return;
-		c->intended_ns = intended_of(index, c->next);
+		c->intended_ns = conn_due_ns(index, c->next);
 		c->sent_ns = now;
 		c->next++;
 		c->written = 0;
@@ -665,7 +671,7 @@ static void schedule(int64_t now)
 {
 	while (run.scheduled < run.total) {
 		uint64_t n = run.scheduled;
-		int64_t due_at = run.t0 + (int64_t)llround((double)n * run.ns_per_request);
+		int64_t due_at = due_ns(run.t0, n, run.ns_per_request);
 		if (due_at > now)
 			break;
 		size_t index = (size_t)(n % (uint64_t)connections);
@@ -695,7 +701,7 @@ static void check_timeouts(int64_t now)
 			fail_request(c, E_TIMEOUT, now);
 			send_next((size_t)i, now);
 		} else if (c->state == C_CONNECTING && c->next < c->due &&
-			   now - intended_of((size_t)i, c->next) > limit) {
+			   now - conn_due_ns((size_t)i, c->next) > limit) {
 			c->next++;
 			fail_request(c, E_CONNECT, now);
 			send_next((size_t)i, now);
@@ -943,7 +949,7 @@ int main(int argc, char **argv)
 			break;
 		int64_t deadline = next_housekeeping < run.drain_end ? next_housekeeping : run.drain_end;
 		if (run.scheduled < run.total) {
-			int64_t due_at = run.t0 + (int64_t)llround((double)run.scheduled * run.ns_per_request);
+			int64_t due_at = due_ns(run.t0, run.scheduled, run.ns_per_request);
 			if (due_at < deadline)
 				deadline = due_at;
 		}
