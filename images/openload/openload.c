@@ -149,25 +149,51 @@ static _Noreturn __attribute__((format(printf, 1, 2))) void fail(const char *fmt
 	exit(1);
 }
 
+static bool rate_given;
+
+/* The options, one a row, in the order --help lists them: each sets one of the variables above. */
+static const struct option_spec {
+	const char *name;
+	const char *value_name;
+	const char **text; /* set for a string option */
+	long *whole;       /* set for a whole-number option */
+	double *real;      /* set for a number option */
+	const char *help;  /* followed by the default, unless it says (required...) */
+} option_specs[] = {
+	{ "rate", "R", NULL, NULL, &rate, "requests per second over all connections (required, > 0)" },
+	{ "connections", "C", NULL, &connections, NULL, "keep-alive connections" },
+	{ "duration", "S", NULL, NULL, &duration_s, "seconds during which requests are due" },
+	{ "host", "ADDR", &host, NULL, NULL, "IPv4 address of the server" },
+	{ "port", "N", NULL, &port, NULL, "its port" },
+	{ "path", "P", &path, NULL, NULL, "the request target" },
+	{ "timeout", "S", NULL, NULL, &timeout_s, "a request unanswered this long is an error; also the drain" },
+	{ "lag-threshold-us", "N", NULL, &lag_threshold_us, NULL, "a free connection's request found due this late is lag" },
+	{ "timer", "MODE", &timer_mode, NULL, NULL, "auto|epoll_pwait2|timerfd: how the loop sleeps until due" },
+	{ "timer-slack-us", "N", NULL, &timer_slack_us, NULL, "how late the kernel may end a sleep, to batch wakeups" },
+};
+#define OPTION_COUNT (sizeof(option_specs) / sizeof(option_specs[0]))
+
 static void usage(FILE *out)
 {
 	fprintf(out,
 		"usage: openload --rate R [options]\n"
 		"Offers R requests/s over keep-alive connections, each on its own fixed schedule (open loop),\n"
-		"and prints one JSON object: rates, latency percentiles from the due time, errors, own CPU.\n\n"
-		"  --rate R              requests per second over all connections (required, > 0)\n"
-		"  --connections C       keep-alive connections (default %d)\n"
-		"  --duration S          seconds during which requests are due (default %g)\n"
-		"  --host ADDR           IPv4 address of the server (default %s)\n"
-		"  --port N              its port (default %ld)\n"
-		"  --path P              the request target (default %s)\n"
-		"  --timeout S           a request unanswered this long is an error; also the drain (default %g)\n"
-		"  --lag-threshold-us N  a free connection's request found due this late is lag (default %d)\n"
-		"  --timer MODE          auto|epoll_pwait2|timerfd: how the loop sleeps until due (default auto)\n"
-		"  --timer-slack-us N    how late the kernel may end a sleep, to batch wakeups (default %d)\n"
-		"  --help                show this and exit\n",
-		DEFAULT_CONNECTIONS, DEFAULT_DURATION_S, host, port, path, DEFAULT_TIMEOUT_S, DEFAULT_LAG_THRESHOLD,
-		DEFAULT_TIMER_SLACK_US);
+		"and prints one JSON object: rates, latency percentiles from the due time, errors, own CPU.\n\n");
+	for (size_t i = 0; i < OPTION_COUNT; i++) {
+		const struct option_spec *o = &option_specs[i];
+		char option[32], value[64];
+		snprintf(option, sizeof(option), "--%s %s", o->name, o->value_name);
+		if (o->real == &rate)
+			value[0] = '\0';
+		else if (o->text)
+			snprintf(value, sizeof(value), " (default %s)", *o->text);
+		else if (o->whole)
+			snprintf(value, sizeof(value), " (default %ld)", *o->whole);
+		else
+			snprintf(value, sizeof(value), " (default %g)", *o->real);
+		fprintf(out, "  %-21s %s%s\n", option, o->help, value);
+	}
+	fprintf(out, "  %-21s %s\n", "--help", "show this and exit");
 }
 
 static double parse_double(const char *name, const char *text)
@@ -190,69 +216,23 @@ static long parse_long(const char *name, const char *text)
 	return value;
 }
 
-static void parse_args(int argc, char **argv)
+/* Sets the option's variable from its value. */
+static void set_option(const struct option_spec *o, const char *value)
 {
-	enum { O_RATE = 1, O_CONNECTIONS, O_DURATION, O_HOST, O_PORT, O_PATH, O_TIMEOUT, O_LAG, O_TIMER, O_SLACK };
-	static const struct option options[] = {
-		{ "rate", required_argument, NULL, O_RATE },
-		{ "connections", required_argument, NULL, O_CONNECTIONS },
-		{ "duration", required_argument, NULL, O_DURATION },
-		{ "host", required_argument, NULL, O_HOST },
-		{ "port", required_argument, NULL, O_PORT },
-		{ "path", required_argument, NULL, O_PATH },
-		{ "timeout", required_argument, NULL, O_TIMEOUT },
-		{ "lag-threshold-us", required_argument, NULL, O_LAG },
-		{ "timer", required_argument, NULL, O_TIMER },
-		{ "timer-slack-us", required_argument, NULL, O_SLACK },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	bool have_rate = false;
-	int key;
-	opterr = 0;
-	while ((key = getopt_long(argc, argv, "", options, NULL)) != -1) {
-		switch (key) {
-		case 'h':
-			usage(stdout);
-			exit(0);
-		case O_RATE:
-			rate = parse_double("rate", optarg);
-			have_rate = true;
-			break;
-		case O_CONNECTIONS:
-			connections = parse_long("connections", optarg);
-			break;
-		case O_DURATION:
-			duration_s = parse_double("duration", optarg);
-			break;
-		case O_HOST:
-			host = optarg;
-			break;
-		case O_PORT:
-			port = parse_long("port", optarg);
-			break;
-		case O_PATH:
-			path = optarg;
-			break;
-		case O_TIMEOUT:
-			timeout_s = parse_double("timeout", optarg);
-			break;
-		case O_LAG:
-			lag_threshold_us = parse_long("lag-threshold-us", optarg);
-			break;
-		case O_TIMER:
-			timer_mode = optarg;
-			break;
-		case O_SLACK:
-			timer_slack_us = parse_long("timer-slack-us", optarg);
-			break;
-		default:
-			usage_error("unknown option or missing value in '%s'", argv[optind - 1]);
-		}
-	}
-	if (optind < argc)
-		usage_error("unexpected argument '%s'", argv[optind]);
-	if (!have_rate)
+	if (o->text)
+		*o->text = value;
+	else if (o->whole)
+		*o->whole = parse_long(o->name, value);
+	else
+		*o->real = parse_double(o->name, value);
+	if (o->real == &rate)
+		rate_given = true;
+}
+
+/* The values together, each within its bounds. */
+static void check_args(void)
+{
+	if (!rate_given)
 		usage_error("--rate is required: requests per second, e.g. --rate 10000");
 	if (!(rate > 0))
 		usage_error("--rate must be above 0 requests/s (got %g)", rate);
@@ -277,6 +257,30 @@ static void parse_args(int argc, char **argv)
 	struct in_addr addr;
 	if (inet_pton(AF_INET, host, &addr) != 1)
 		usage_error("--host must be an IPv4 address such as 127.0.0.1 (got '%s')", host);
+}
+
+static void parse_args(int argc, char **argv)
+{
+	struct option long_options[OPTION_COUNT + 2];
+	for (size_t i = 0; i < OPTION_COUNT; i++)
+		long_options[i] = (struct option){ option_specs[i].name, required_argument, NULL, (int)i };
+	long_options[OPTION_COUNT] = (struct option){ "help", no_argument, NULL, 'h' };
+	long_options[OPTION_COUNT + 1] = (struct option){ 0 };
+
+	int key;
+	opterr = 0;
+	while ((key = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
+		if (key == 'h') {
+			usage(stdout);
+			exit(0);
+		}
+		if (key == '?')
+			usage_error("unknown option or missing value in '%s'", argv[optind - 1]);
+		set_option(&option_specs[key], optarg);
+	}
+	if (optind < argc)
+		usage_error("unexpected argument '%s'", argv[optind]);
+	check_args();
 }
 
 /* Raises the soft descriptor limit to the hard one; returns the limit. */
