@@ -833,26 +833,20 @@ static void print_json_string(const char *s)
 	putchar('"');
 }
 
-static void report(int64_t end, const struct rusage *ru0, const struct rusage *ru1, long fd_limit)
+/* The time the achieved rate is over: from t0 to the last reply when every request finished (at least
+ * --duration), else to the end of the run. */
+static double achieved_span_s(int64_t end)
 {
-	uint64_t unsent = 0, unanswered = 0;
-	for (long i = 0; i < connections; i++) {
-		const struct conn *c = &run.conns[i];
-		unsent += c->due - c->next;
-		if (c->state == C_BUSY)
-			unanswered++; /* a connecting one's request is still among the unsent */
-	}
 	bool all_done = run.finished == run.total && !interrupted;
 	int64_t span = all_done ? run.last_finish_ns - run.t0 : end - run.t0;
 	double elapsed_s = (double)span / 1e9;
 	if (elapsed_s < duration_s && all_done)
 		elapsed_s = duration_s;
-	double achieved = elapsed_s > 0 ? (double)run.replies / elapsed_s : 0;
-	double share = achieved / rate;
-	double user = cpu_seconds(ru1, true) - cpu_seconds(ru0, true);
-	double sys = cpu_seconds(ru1, false) - cpu_seconds(ru0, false);
-	double wall = (double)(end - run.t0) / 1e9;
+	return elapsed_s;
+}
 
+static void print_settings(long fd_limit)
+{
 	printf("{\"program\":\"openload\",\"target\":{\"host\":");
 	print_json_string(host);
 	printf(",\"port\":%ld,\"path\":", port);
@@ -862,8 +856,18 @@ static void report(int64_t end, const struct rusage *ru0, const struct rusage *r
 	       connections, duration_s, timeout_s, run.use_timerfd ? "timerfd" : "epoll_pwait2", timer_slack_us,
 	       fd_limit);
 	printf("\"interrupted\":%s,", interrupted ? "true" : "false");
-	printf("\"offered_rate\":%.3f,\"achieved_rate\":%.3f,\"elapsed_s\":%.6f,\"wall_s\":%.6f,", rate, achieved,
-	       elapsed_s, wall);
+}
+
+/* Every request due, as replies and errors by kind: also those never sent and those never answered. */
+static void print_counts(void)
+{
+	uint64_t unsent = 0, unanswered = 0;
+	for (long i = 0; i < connections; i++) {
+		const struct conn *c = &run.conns[i];
+		unsent += c->due - c->next;
+		if (c->state == C_BUSY)
+			unanswered++; /* a connecting one's request is still among the unsent */
+	}
 	printf("\"requests\":%" PRIu64 ",\"sent\":%" PRIu64 ",\"replies\":%" PRIu64 ",\"non_2xx\":%" PRIu64
 	       ",\"reconnects\":%" PRIu64 ",\"unsolicited\":%" PRIu64 ",",
 	       run.scheduled, run.sent, run.replies, run.non_2xx, run.reconnects, run.unsolicited);
@@ -871,35 +875,67 @@ static void report(int64_t end, const struct rusage *ru0, const struct rusage *r
 	for (int k = 0; k < E_KINDS; k++)
 		printf("\"%s\":%" PRIu64 ",", error_names[k], run.errors[k]);
 	printf("\"unsent\":%" PRIu64 ",\"unanswered\":%" PRIu64 "},", unsent, unanswered);
+}
+
+/* lagged (the generator's fault) and overloaded (the server's), with the figures behind them. */
+static void print_flags(double achieved_share)
+{
+	printf("\"lagged\":{\"raised\":%s,\"late_sends\":%" PRIu64 ",\"checked_sends\":%" PRIu64
+	       ",\"max_lag_us\":%.3f,\"mean_lag_us\":%.3f,\"threshold_us\":%ld},",
+	       run.late > 0 ? "true" : "false", run.late, run.free_found, (double)run.lag_max_ns / 1e3,
+	       run.free_found ? (double)run.lag_sum_ns / (double)run.free_found / 1e3 : 0.0, lag_threshold_us);
+	printf("\"overloaded\":{\"raised\":%s,\"achieved_share\":%.6f,\"tolerance\":%g},",
+	       achieved_share < 1.0 - OVERLOAD_TOLERANCE ? "true" : "false", achieved_share, OVERLOAD_TOLERANCE);
+}
+
+/* The generator's own CPU time over the load (ru0 to ru1) against the wall-clock time of the run. */
+static void print_cpu(const struct rusage *ru0, const struct rusage *ru1, double wall)
+{
+	double user = cpu_seconds(ru1, true) - cpu_seconds(ru0, true);
+	double sys = cpu_seconds(ru1, false) - cpu_seconds(ru0, false);
+	printf("\"cpu\":{\"user_s\":%.6f,\"system_s\":%.6f,\"busy_share\":%.6f,\"per_reply_us\":%.3f}}\n", user,
+	       sys, wall > 0 ? (user + sys) / wall : 0.0,
+	       run.replies ? (user + sys) * 1e6 / (double)run.replies : 0.0);
+}
+
+/* The one JSON object on stdout. */
+static void report(int64_t end, const struct rusage *ru0, const struct rusage *ru1, long fd_limit)
+{
+	double elapsed_s = achieved_span_s(end);
+	double achieved = elapsed_s > 0 ? (double)run.replies / elapsed_s : 0;
+	double wall = (double)(end - run.t0) / 1e9;
+	print_settings(fd_limit);
+	printf("\"offered_rate\":%.3f,\"achieved_rate\":%.3f,\"elapsed_s\":%.6f,\"wall_s\":%.6f,", rate, achieved,
+	       elapsed_s, wall);
+	print_counts();
 	print_latency("latency_us", run.corrected);
 	putchar(',');
 	print_latency("uncorrected_latency_us", run.uncorrected);
 	printf(",\"histogram\":{\"unit\":\"ns\",\"significant_digits\":3,\"relative_precision\":%.6g,"
 	       "\"highest_s\":%g},",
 	       1.0 / HIST_HALF, (double)HIST_HIGHEST / 1e9);
-	printf("\"lagged\":{\"raised\":%s,\"late_sends\":%" PRIu64 ",\"checked_sends\":%" PRIu64
-	       ",\"max_lag_us\":%.3f,\"mean_lag_us\":%.3f,\"threshold_us\":%ld},",
-	       run.late > 0 ? "true" : "false", run.late, run.free_found, (double)run.lag_max_ns / 1e3,
-	       run.free_found ? (double)run.lag_sum_ns / (double)run.free_found / 1e3 : 0.0, lag_threshold_us);
-	printf("\"overloaded\":{\"raised\":%s,\"achieved_share\":%.6f,\"tolerance\":%g},",
-	       share < 1.0 - OVERLOAD_TOLERANCE ? "true" : "false", share, OVERLOAD_TOLERANCE);
-	printf("\"cpu\":{\"user_s\":%.6f,\"system_s\":%.6f,\"busy_share\":%.6f,\"per_reply_us\":%.3f}}\n", user,
-	       sys, wall > 0 ? (user + sys) / wall : 0.0,
-	       run.replies ? (user + sys) * 1e6 / (double)run.replies : 0.0);
+	print_flags(achieved / rate);
+	print_cpu(ru0, ru1, wall);
 }
 
-int main(int argc, char **argv)
-{
-	parse_args(argc, argv);
-	long fd_limit = raise_fd_limit();
-	if (connections > fd_limit - RESERVED_FDS) {
-		fprintf(stderr,
-			"openload: %ld connections need %ld descriptors; this host allows %ld per process: "
-			"use --connections %ld or fewer\n",
-			connections, connections + RESERVED_FDS, fd_limit, fd_limit - RESERVED_FDS);
-		return 2;
-	}
+/* ---- the run ------------------------------------------------------------------------------------------ */
 
+/* Exits 2 when the connections need more descriptors than the limit allows. */
+static void check_fd_limit(long fd_limit)
+{
+	if (connections <= fd_limit - RESERVED_FDS)
+		return;
+	fprintf(stderr,
+		"openload: %ld connections need %ld descriptors; this host allows %ld per process: "
+		"use --connections %ld or fewer\n",
+		connections, connections + RESERVED_FDS, fd_limit, fd_limit - RESERVED_FDS);
+	exit(2);
+}
+
+/* SIGINT and SIGTERM end the run early (it still reports), a reset connection is an EPIPE and not a death,
+ * and the kernel may end a sleep at most --timer-slack-us late. */
+static void install_signals_and_slack(void)
+{
 	struct sigaction sa = { .sa_handler = on_signal };
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
@@ -907,7 +943,11 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if (prctl(PR_SET_TIMERSLACK, (unsigned long)timer_slack_us * 1000, 0, 0, 0) < 0)
 		fail("prctl(PR_SET_TIMERSLACK): %s", strerror(errno));
+}
 
+/* The request, the schedule's pace and length, the connections (closed), the histograms, the epoll set. */
+static void prepare_run(void)
+{
 	run.addr.sin_family = AF_INET;
 	run.addr.sin_port = htons((uint16_t)port);
 	inet_pton(AF_INET, host, &run.addr.sin_addr);
@@ -930,11 +970,31 @@ int main(int argc, char **argv)
 	run.epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (run.epfd < 0)
 		fail("epoll_create1: %s", strerror(errno));
-	setup_timer();
-	open_connections();
+}
 
-	struct rusage ru0, ru1;
-	getrusage(RUSAGE_SELF, &ru0);
+/* When the loop must wake at the latest: the next housekeeping, the drain's end or the next request due. */
+static int64_t next_deadline(int64_t next_housekeeping)
+{
+	int64_t deadline = next_housekeeping < run.drain_end ? next_housekeeping : run.drain_end;
+	if (run.scheduled < run.total) {
+		int64_t due_at = due_ns(run.t0, run.scheduled, run.ns_per_request);
+		if (due_at < deadline)
+			deadline = due_at;
+	}
+	return deadline;
+}
+
+static void on_timer(void)
+{
+	uint64_t expirations;
+	if (read(run.timerfd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
+		fail("reading the timerfd: %s", strerror(errno));
+	run.timer_armed_ns = 0;
+}
+
+/* The schedule from t0: requests come due, replies are read, until all are done, the drain ends or a signal. */
+static void run_schedule(void)
+{
 	run.t0 = now_ns();
 	run.t_end = run.t0 + (int64_t)(duration_s * 1e9);
 	run.drain_end = run.t_end + (int64_t)(timeout_s * 1e9);
@@ -951,32 +1011,21 @@ int main(int argc, char **argv)
 			break;
 		if (now >= run.drain_end)
 			break;
-		int64_t deadline = next_housekeeping < run.drain_end ? next_housekeeping : run.drain_end;
-		if (run.scheduled < run.total) {
-			int64_t due_at = due_ns(run.t0, run.scheduled, run.ns_per_request);
-			if (due_at < deadline)
-				deadline = due_at;
-		}
-		int n = wait_until(events, deadline, now);
+		int n = wait_until(events, next_deadline(next_housekeeping), now);
 		if (n < 0 && errno != EINTR)
 			fail("waiting: %s", strerror(errno));
 		now = now_ns();
 		for (int i = 0; i < n; i++) {
-			uint32_t index = events[i].data.u32;
-			if (index == TIMER_TOKEN) {
-				uint64_t expirations;
-				if (read(run.timerfd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
-					fail("reading the timerfd: %s", strerror(errno));
-				run.timer_armed_ns = 0;
-				continue;
-			}
-			on_event(index, events[i].events, now);
+			if (events[i].data.u32 == TIMER_TOKEN)
+				on_timer();
+			else
+				on_event(events[i].data.u32, events[i].events, now);
 		}
 	}
-	int64_t end = now_ns();
-	getrusage(RUSAGE_SELF, &ru1);
-	report(end, &ru0, &ru1, fd_limit);
+}
 
+static void free_run(void)
+{
 	for (long i = 0; i < connections; i++) {
 		close_conn(&run.conns[i]);
 		free(run.conns[i].head);
@@ -987,5 +1036,24 @@ int main(int argc, char **argv)
 	if (run.timerfd >= 0)
 		close(run.timerfd);
 	close(run.epfd);
+}
+
+int main(int argc, char **argv)
+{
+	parse_args(argc, argv);
+	long fd_limit = raise_fd_limit();
+	check_fd_limit(fd_limit);
+	install_signals_and_slack();
+	prepare_run();
+	setup_timer();
+	open_connections();
+
+	struct rusage ru0, ru1;
+	getrusage(RUSAGE_SELF, &ru0);
+	run_schedule();
+	int64_t end = now_ns();
+	getrusage(RUSAGE_SELF, &ru1);
+	report(end, &ru0, &ru1, fd_limit);
+	free_run();
 	return 0;
 }
