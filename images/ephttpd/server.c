@@ -422,6 +422,47 @@ void server_destroy(struct server *s)
 	free(s);
 }
 
+/* Hands each event to its handler; returns how many were the workload's (the wake pipe's are our signals). */
+static int serve_events(struct server *s, const struct ev_event *events, int n)
+{
+	int served = 0;
+	for (int i = 0; i < n; i++) {
+		int fd = events[i].fd;
+		if (fd == s->wake_fd) {
+			drain_wake_pipe(s->wake_fd);
+			continue;
+		}
+		served++;
+		if (fd == EV_FOREIGN)
+			holders_forward(s->holders, &events[i]);
+		else if (fd == s->listen_fd)
+			accept_connections(s);
+		else
+			serve(s, fd, events[i].events);
+	}
+	return served;
+}
+
+/* Wakeups by our own signals (EINTR, the pipe) are not the workload's: only the others count as waits. */
+static void count_wait(struct server *s, int n, int served)
+{
+	if (served > 0 || (n == 0 && s->ready_count == 0)) {
+		s->stats.wait_calls++;
+		s->stats.events += (uint64_t)served;
+	}
+}
+
+/* What the signals asked, after the pipe was drained (a signal since then left a byte in it). */
+static void answer_signals(struct server *s, int worker)
+{
+	if (s->holders)
+		holders_reap(s->holders);
+	if (snapshot_requested) {
+		snapshot_requested = 0;
+		print_snapshot(&s->stats, worker, s->holders);
+	}
+}
+
 int server_run(struct server *s, int worker, struct worker_stats **stats)
 {
 	struct ev_event events[WAIT_BATCH];
@@ -436,34 +477,9 @@ int server_run(struct server *s, int worker, struct worker_stats **stats)
 			status = 1;
 			break;
 		}
-		int served = 0;
-		for (int i = 0; i < n; i++) {
-			int fd = events[i].fd;
-			if (fd == s->wake_fd) {
-				drain_wake_pipe(s->wake_fd);
-				continue;
-			}
-			served++;
-			if (fd == EV_FOREIGN)
-				holders_forward(s->holders, &events[i]);
-			else if (fd == s->listen_fd)
-				accept_connections(s);
-			else
-				serve(s, fd, events[i].events);
-		}
-		/* Wakeups by our own signals (EINTR, the pipe) are not the workload's. */
-		if (served > 0 || (n == 0 && s->ready_count == 0)) {
-			s->stats.wait_calls++;
-			s->stats.events += (uint64_t)served;
-		}
+		count_wait(s, n, serve_events(s, events, n));
 		serve_ready_list(s);
-		/* After the pipe was drained: a signal since then left a byte in it. */
-		if (s->holders)
-			holders_reap(s->holders);
-		if (snapshot_requested) {
-			snapshot_requested = 0;
-			print_snapshot(&s->stats, worker, s->holders);
-		}
+		answer_signals(s, worker);
 	}
 	take_cpu_times(&s->stats);
 	return status;
