@@ -661,9 +661,9 @@ static void probe_multishot_recv(struct uring_server *s)
 	close(pair[0]);
 }
 
-static void setup_ring(struct uring_server *s)
+/* The ring, with room for a completion from every connection at once; exits 2 when the kernel refuses it. */
+static void create_ring(struct uring_server *s)
 {
-	/* Room for a completion from every connection at once. */
 	struct io_uring_params params = {
 		.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
 			 IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP,
@@ -680,7 +680,12 @@ static void setup_ring(struct uring_server *s)
 	ret = io_uring_register_ring_fd(&s->ring);
 	if (ret < 0)
 		die("io_uring-recv: registering the ring's descriptor: %s", strerror(-ret));
+}
 
+/* The provided buffers, mapped and registered here (liburing 2.3 lacks io_uring_setup_buf_ring), all given
+ * to the ring. */
+static void setup_buffer_ring(struct uring_server *s)
+{
 	s->buf_ring_bytes = BUF_COUNT * sizeof(struct io_uring_buf);
 	void *mapped = mmap(NULL, s->buf_ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	s->bufs = malloc((size_t)BUF_COUNT * BUF_SIZE);
@@ -692,7 +697,7 @@ static void setup_ring(struct uring_server *s)
 		.ring_entries = BUF_COUNT,
 		.bgid = BUF_GROUP,
 	};
-	ret = pretend_missing(&buffer_rings) ? -EINVAL : io_uring_register_buf_ring(&s->ring, &reg, 0);
+	int ret = pretend_missing(&buffer_rings) ? -EINVAL : io_uring_register_buf_ring(&s->ring, &reg, 0);
 	if (ret == -EINVAL)
 		lacks(&buffer_rings);
 	if (ret < 0)
@@ -702,15 +707,25 @@ static void setup_ring(struct uring_server *s)
 		io_uring_buf_ring_add(s->buf_ring, buffer_bytes(s, i), BUF_SIZE, (unsigned short)i,
 				      io_uring_buf_ring_mask(BUF_COUNT), (int)i);
 	io_uring_buf_ring_advance(s->buf_ring, BUF_COUNT);
-	probe_multishot_recv(s);
+}
 
-	if (s->fixed) {
-		/* The table counts against the descriptor limit with the process's own descriptors. */
-		s->max_fds = s->max_fds > 2 * OWN_FDS ? s->max_fds - OWN_FDS : s->max_fds / 2;
-		ret = io_uring_register_files_sparse(&s->ring, (unsigned)s->max_fds);
-		if (ret < 0)
-			die("io_uring-recv: a table of %d direct descriptors: %s", s->max_fds, strerror(-ret));
-	}
+/* EPHTTPD_URING_FIXED_FILES=1: a sparse table of direct descriptors, which counts against the descriptor
+ * limit with the process's own descriptors. */
+static void register_direct_table(struct uring_server *s)
+{
+	s->max_fds = s->max_fds > 2 * OWN_FDS ? s->max_fds - OWN_FDS : s->max_fds / 2;
+	int ret = io_uring_register_files_sparse(&s->ring, (unsigned)s->max_fds);
+	if (ret < 0)
+		die("io_uring-recv: a table of %d direct descriptors: %s", s->max_fds, strerror(-ret));
+}
+
+static void setup_ring(struct uring_server *s)
+{
+	create_ring(s);
+	setup_buffer_ring(s);
+	probe_multishot_recv(s);
+	if (s->fixed)
+		register_direct_table(s);
 }
 
 struct uring_server *uring_server_create(const struct options *o, int listen_fd, int max_fds)
