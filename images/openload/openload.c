@@ -554,6 +554,35 @@ static const char *find_head_end(const char *p, size_t n)
 	return e ? e + 4 : NULL;
 }
 
+/* A head split over reads: gathers it in c->head, up to its end, and parses it there.  Returns the bytes of
+ * p[0..n) it took, or -1 when the request failed (a head too long, or not one this generator reads). */
+static ssize_t gather_head(struct conn *c, const char *p, size_t n, int64_t now)
+{
+	if (!c->head && !(c->head = malloc(HEAD_MAX)))
+		fail("out of memory");
+	size_t room = HEAD_MAX - c->head_len;
+	size_t take = n < room ? n : room;
+	size_t from = c->head_len > 3 ? c->head_len - 3 : 0;
+	memcpy(c->head + c->head_len, p, take);
+	c->head_len += take;
+	const char *e = find_head_end(c->head + from, c->head_len - from);
+	if (e) {
+		size_t head_len = (size_t)(e - c->head);
+		size_t used = take - (c->head_len - head_len);
+		c->head_len = 0;
+		if (!parse_head(c, c->head, head_len)) {
+			fail_request(c, E_PARSE, now);
+			return -1;
+		}
+		return (ssize_t)used;
+	}
+	if (c->head_len == HEAD_MAX) {
+		fail_request(c, E_PARSE, now);
+		return -1;
+	}
+	return (ssize_t)take;
+}
+
 /* Feeds bytes read to the reply parser; false when the connection was closed for an error. */
 static bool feed(size_t index, const char *p, size_t n, int64_t now)
 {
@@ -588,30 +617,10 @@ static bool feed(size_t index, const char *p, size_t n, int64_t now)
 				continue;
 			}
 		}
-		/* A head split over reads: gather it. */
-		if (!c->head && !(c->head = malloc(HEAD_MAX)))
-			fail("out of memory");
-		size_t room = HEAD_MAX - c->head_len;
-		size_t take = (size_t)(end - p) < room ? (size_t)(end - p) : room;
-		size_t from = c->head_len > 3 ? c->head_len - 3 : 0;
-		memcpy(c->head + c->head_len, p, take);
-		c->head_len += take;
-		const char *e = find_head_end(c->head + from, c->head_len - from);
-		if (e) {
-			size_t head_len = (size_t)(e - c->head);
-			size_t used = take - (c->head_len - head_len);
-			c->head_len = 0;
-			if (!parse_head(c, c->head, head_len)) {
-				fail_request(c, E_PARSE, now);
-				return false;
-			}
-			p += used;
-		} else if (c->head_len == HEAD_MAX) {
-			fail_request(c, E_PARSE, now);
+		ssize_t used = gather_head(c, p, (size_t)(end - p), now);
+		if (used < 0)
 			return false;
-		} else {
-			p += take;
-		}
+		p += used;
 	}
 	return true;
 }
