@@ -233,6 +233,36 @@ static _Noreturn void run_holder(struct ev_loop *loop, int index, int listener, 
 	}
 }
 
+/* Forks holder i with its channel, and returns once it has closed what it does not need. */
+static void start_holder(struct holders *hs, int i, int listener, pid_t server)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		die("pipe: %s", strerror(errno));
+	int want = hs->cap * (int)sizeof(struct forward) + 4096;
+	if (fcntl(p[1], F_SETPIPE_SZ, want) < want)
+		die("a holder's channel needs a pipe of %d bytes (F_SETPIPE_SZ: %s; see fs.pipe-max-size)", want,
+		    strerror(errno));
+	/* Only the holder keeps the write end of started: its EOF here says that the holder has closed
+	 * what it does not need, so the server announces itself with its holders in their final state. */
+	int started[2];
+	if (pipe2(started, O_CLOEXEC) < 0)
+		die("pipe: %s", strerror(errno));
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork: %s", strerror(errno));
+	if (pid == 0)
+		run_holder(hs->loop, i, listener, p[0], hs->cap, &hs->counts[i], server);
+	close(started[1]);
+	char byte;
+	while (read(started[0], &byte, 1) < 0 && errno == EINTR)
+		continue;
+	close(started[0]);
+	close(p[0]);
+	hs->h[i] = (struct holder){ .pid = pid, .channel = p[1], .alive = true };
+}
+
 struct holders *holders_start(const struct options *o, struct ev_loop *loop, int listener, int port,
 			      int fd_limit)
 {
@@ -255,33 +285,8 @@ struct holders *holders_start(const struct options *o, struct ev_loop *loop, int
 
 	install_handler(SIGCHLD, on_holder_exit);
 	pid_t server = getpid();
-	for (int i = 0; i < hs->count; i++) {
-		int p[2];
-		if (pipe2(p, O_CLOEXEC) < 0)
-			die("pipe: %s", strerror(errno));
-		int want = hs->cap * (int)sizeof(struct forward) + 4096;
-		if (fcntl(p[1], F_SETPIPE_SZ, want) < want)
-			die("a holder's channel needs a pipe of %d bytes (F_SETPIPE_SZ: %s; see fs.pipe-max-size)", want,
-			    strerror(errno));
-		/* Only the holder keeps the write end of started: its EOF here says that the holder has closed
-		 * what it does not need, so the server announces itself with its holders in their final state. */
-		int started[2];
-		if (pipe2(started, O_CLOEXEC) < 0)
-			die("pipe: %s", strerror(errno));
-		fflush(stdout);
-		pid_t pid = fork();
-		if (pid < 0)
-			die("fork: %s", strerror(errno));
-		if (pid == 0)
-			run_holder(loop, i, listener, p[0], hs->cap, &hs->counts[i], server);
-		close(started[1]);
-		char byte;
-		while (read(started[0], &byte, 1) < 0 && errno == EINTR)
-			continue;
-		close(started[0]);
-		close(p[0]);
-		hs->h[i] = (struct holder){ .pid = pid, .channel = p[1], .alive = true };
-	}
+	for (int i = 0; i < hs->count; i++)
+		start_holder(hs, i, listener, server);
 	close(listener);
 	return hs;
 }
