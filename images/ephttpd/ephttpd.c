@@ -36,8 +36,9 @@
  * system calls), http.c (the request parser), workers.c (the supervisor of
  * --workers N), holders.c (--dead-holders N: helper processes that hold dead
  * connections, from a port of their own, in this process's epoll set, so
- * that it waits on more connections than it may open), stats.c (the JSON
- * lines); parts.h declares what they share.
+ * that it waits on more connections than it may open), stats.c (the
+ * counters both loops keep, and the JSON lines); parts.h declares what they
+ * share.
  *
  * Output: JSON lines on stdout - "listening" once connections are accepted,
  * a "snapshot" per worker on SIGUSR1, and on SIGTERM or SIGINT exactly one

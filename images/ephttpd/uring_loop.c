@@ -36,7 +36,7 @@
  *     are posted when the loop enters the kernel and not by task work
  *     interrupting it, and its descriptor is registered (io_uring_enter
  *     skips the fd lookup);
- *   - signals: the handlers write to a pipe (ephttpd.c) on which a multishot
+ *   - signals: the handlers write to a pipe (process.c) on which a multishot
  *     poll is armed, so a signal landing between the loop's check and its
  *     wait still wakes it.
  * A completion's user_data names its kind, its connection (descriptor or
