@@ -478,6 +478,23 @@ static void send_next(size_t index, int64_t now)
 
 /* ---- replies ------------------------------------------------------------------------------------------ */
 
+/* A Content-Length value, p[0..eol): digits after optional white space; false when there are none or they
+ * overflow. */
+static bool parse_length(const char *p, const char *eol, uint64_t *length)
+{
+	while (p < eol && (*p == ' ' || *p == '\t'))
+		p++;
+	if (p == eol || *p < '0' || *p > '9')
+		return false;
+	*length = 0;
+	while (p < eol && *p >= '0' && *p <= '9') {
+		if (*length > (UINT64_MAX - 9) / 10)
+			return false;
+		*length = *length * 10 + (uint64_t)(*p++ - '0');
+	}
+	return true;
+}
+
 /* Parses a complete reply head; false when it is not one this generator reads. */
 static bool parse_head(struct conn *c, const char *head, size_t len)
 {
@@ -498,17 +515,8 @@ static bool parse_head(struct conn *c, const char *head, size_t len)
 		size_t n = (size_t)(eol - line);
 		static const char cl[] = "content-length:", conn_hdr[] = "connection:", te[] = "transfer-encoding:";
 		if (n > sizeof(cl) - 1 && strncasecmp(line, cl, sizeof(cl) - 1) == 0) {
-			const char *p = line + sizeof(cl) - 1;
-			while (p < eol && (*p == ' ' || *p == '\t'))
-				p++;
-			if (p == eol || *p < '0' || *p > '9')
+			if (!parse_length(line + sizeof(cl) - 1, eol, &length))
 				return false;
-			length = 0;
-			while (p < eol && *p >= '0' && *p <= '9') {
-				if (length > (UINT64_MAX - 9) / 10)
-					return false;
-				length = length * 10 + (uint64_t)(*p++ - '0');
-			}
 			have_length = true;
 		} else if (n > sizeof(conn_hdr) - 1 && strncasecmp(line, conn_hdr, sizeof(conn_hdr) - 1) == 0) {
 			const char *v = line + sizeof(conn_hdr) - 1;
