@@ -191,6 +191,22 @@ static void take_connections(struct ev_loop *loop, int listener, int index, int 
 	}
 }
 
+/* The events the server forwarded down the channel: each connection is read, then re-armed, or dropped at
+ * EOF or an error.  Exits when the server is gone. */
+static void serve_forwarded(struct ev_loop *loop, int channel, int index, struct holder_counts *c)
+{
+	struct forward got[HOLDER_BATCH];
+	ssize_t bytes = read(channel, got, sizeof(got));
+	if (bytes == 0)
+		_exit(0); /* the server is gone */
+	for (ssize_t i = 0; bytes > 0 && i < bytes / (ssize_t)sizeof(got[0]); i++) {
+		if (drain(got[i].fd))
+			ev_rearm_foreign(loop, got[i].fd, EV_READ, (uint64_t)index << 32 | (uint32_t)got[i].fd);
+		else
+			drop(loop, got[i].fd, c);
+	}
+}
+
 static _Noreturn void run_holder(struct ev_loop *loop, int index, int listener, int channel, int cap,
 				 struct holder_counts *c, pid_t server)
 {
@@ -216,18 +232,8 @@ static _Noreturn void run_holder(struct ev_loop *loop, int index, int listener, 
 				continue;
 			_exit(1);
 		}
-		if (fds[0].revents) {
-			struct forward got[HOLDER_BATCH];
-			ssize_t bytes = read(channel, got, sizeof(got));
-			if (bytes == 0)
-				_exit(0); /* the server is gone */
-			for (ssize_t i = 0; bytes > 0 && i < bytes / (ssize_t)sizeof(got[0]); i++) {
-				if (drain(got[i].fd))
-					ev_rearm_foreign(loop, got[i].fd, EV_READ, (uint64_t)index << 32 | (uint32_t)got[i].fd);
-				else
-					drop(loop, got[i].fd, c);
-			}
-		}
+		if (fds[0].revents)
+			serve_forwarded(loop, channel, index, c);
 		if (n > 0 && fds[1].revents)
 			take_connections(loop, listener, index, cap, c, &reported);
 	}
