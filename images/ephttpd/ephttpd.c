@@ -196,21 +196,30 @@ static const struct option_spec {
 #define HELP_OPTION_WIDTH  18
 #define HELP_MEANING_COLUMN 33
 
-/* One option's line of --help. */
-static void print_option_help(const struct option_spec *o)
+/* Each option's default as --help shows it, taken before any option is read. */
+static char option_defaults[OPTION_COUNT][32];
+
+static void format_value(const struct option_spec *o, char *buf, size_t size)
 {
-	char option[32], value[32] = "";
+	if (o->text)
+		snprintf(buf, size, "%s", *o->text ? *o->text : "none");
+	else if (o->integer)
+		snprintf(buf, size, "%d", *o->integer);
+	else if (o->number)
+		snprintf(buf, size, "%ld", *o->number);
+	else
+		buf[0] = '\0';
+}
+
+/* One option's line of --help. */
+static void print_option_help(const struct option_spec *o, const char *default_value)
+{
+	char option[32];
 	snprintf(option, sizeof(option), "--%s%s%s", o->name, o->value_name ? " " : "",
 		 o->value_name ? o->value_name : "");
-	if (o->text)
-		snprintf(value, sizeof(value), "%s", *o->text ? *o->text : "none");
-	else if (o->integer)
-		snprintf(value, sizeof(value), "%d", *o->integer);
-	else if (o->number)
-		snprintf(value, sizeof(value), "%ld", *o->number);
 	int used = printf("  %-*s", HELP_OPTION_WIDTH, option);
 	if (o->value_name)
-		used += printf(" %s", value);
+		used += printf(" %s", default_value);
 	printf("%*s%s", used < HELP_MEANING_COLUMN ? HELP_MEANING_COLUMN - used : 1, "", o->help);
 	if (o->text == &options.backend)
 		printf("%s|%s", ev_backend_names(), URING_RECV_BACKEND);
@@ -229,7 +238,7 @@ static void print_help(void)
 	       "\n"
 	       "  option             default     meaning\n");
 	for (size_t i = 0; i < OPTION_COUNT; i++)
-		print_option_help(&option_specs[i]);
+		print_option_help(&option_specs[i], option_defaults[i]);
 	exit(0);
 }
 
@@ -290,6 +299,9 @@ static struct options parse_options(int argc, char **argv)
 						   option_specs[i].value_name ? required_argument : no_argument, NULL,
 						   (int)i };
 	long_options[OPTION_COUNT] = (struct option){ 0 };
+
+	for (size_t i = 0; i < OPTION_COUNT; i++)
+		format_value(&option_specs[i], option_defaults[i], sizeof(option_defaults[i]));
 
 	opterr = 0;
 	int key;

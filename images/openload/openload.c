@@ -173,6 +173,21 @@ static const struct option_spec {
 };
 #define OPTION_COUNT (sizeof(option_specs) / sizeof(option_specs[0]))
 
+/* Each option's default as --help shows it (" (default ...)"), taken before any option is read. */
+static char option_defaults[OPTION_COUNT][64];
+
+static void format_default(const struct option_spec *o, char *buf, size_t size)
+{
+	if (o->real == &rate)
+		buf[0] = '\0';
+	else if (o->text)
+		snprintf(buf, size, " (default %s)", *o->text);
+	else if (o->whole)
+		snprintf(buf, size, " (default %ld)", *o->whole);
+	else
+		snprintf(buf, size, " (default %g)", *o->real);
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out,
@@ -181,17 +196,9 @@ static void usage(FILE *out)
 		"and prints one JSON object: rates, latency percentiles from the due time, errors, own CPU.\n\n");
 	for (size_t i = 0; i < OPTION_COUNT; i++) {
 		const struct option_spec *o = &option_specs[i];
-		char option[32], value[64];
+		char option[32];
 		snprintf(option, sizeof(option), "--%s %s", o->name, o->value_name);
-		if (o->real == &rate)
-			value[0] = '\0';
-		else if (o->text)
-			snprintf(value, sizeof(value), " (default %s)", *o->text);
-		else if (o->whole)
-			snprintf(value, sizeof(value), " (default %ld)", *o->whole);
-		else
-			snprintf(value, sizeof(value), " (default %g)", *o->real);
-		fprintf(out, "  %-21s %s%s\n", option, o->help, value);
+		fprintf(out, "  %-21s %s%s\n", option, o->help, option_defaults[i]);
 	}
 	fprintf(out, "  %-21s %s\n", "--help", "show this and exit");
 }
@@ -266,6 +273,8 @@ static void parse_args(int argc, char **argv)
 		long_options[i] = (struct option){ option_specs[i].name, required_argument, NULL, (int)i };
 	long_options[OPTION_COUNT] = (struct option){ "help", no_argument, NULL, 'h' };
 	long_options[OPTION_COUNT + 1] = (struct option){ 0 };
+	for (size_t i = 0; i < OPTION_COUNT; i++)
+		format_default(&option_specs[i], option_defaults[i], sizeof(option_defaults[i]));
 
 	int key;
 	opterr = 0;
