@@ -2,8 +2,9 @@
  * conn.h - one HTTP connection of ephttpd as a state machine that makes no
  * system call.  Bytes read go in (conn_input); the responses they ask for are
  * queued as runs of prebuilt responses and come out as iovecs (conn_output);
- * what the socket took is reported back (conn_sent).  The event loop
- * (server.c) does the reading, writing and closing that the state asks for.
+ * what the socket took is reported back (conn_sent).  The event loops
+ * (server.c, uring_loop.c) do the reading, writing and closing that the
+ * state asks for.
  *
  * A request that ends the connection (Connection: close, HTTP/1.0 without
  * keep-alive, an error) is the last one parsed: whatever follows it is never

@@ -36,8 +36,9 @@
  * system calls), http.c (the request parser), workers.c (the supervisor of
  * --workers N), holders.c (--dead-holders N: helper processes that hold dead
  * connections, from a port of their own, in this process's epoll set, so
- * that it waits on more connections than it may open), stats.c (the JSON
- * lines); parts.h declares what they share.
+ * that it waits on more connections than it may open), stats.c (the
+ * counters both loops keep, and the JSON lines); parts.h declares what they
+ * share.
  *
  * Output: JSON lines on stdout - "listening" once connections are accepted,
  * a "snapshot" per worker on SIGUSR1, and on SIGTERM or SIGINT exactly one
@@ -142,6 +143,89 @@ static int open_listener(const struct options *o, int port, bool share_port, int
 
 /* ---------------------------------------------------------------- options */
 
+static struct options options = {
+	.backend = DEFAULT_BACKEND,
+	.bind = DEFAULT_BIND,
+	.port = DEFAULT_PORT,
+	.backlog = DEFAULT_BACKLOG,
+	.msgsize = DEFAULT_MSGSIZE,
+	.workers = DEFAULT_WORKERS,
+	.reads_per_event = DEFAULT_READS_PER_EVENT,
+	.accepts_per_event = DEFAULT_ACCEPTS_PER_EVENT,
+};
+
+static _Noreturn void print_help(void);
+static _Noreturn void list_backends(void);
+
+/* The options, one a row, in the order --help lists them: each sets one member of options, or acts. */
+static const struct option_spec {
+	const char *name;
+	const char *value_name; /* NULL: an option without a value, which acts */
+	const char **text;      /* set for a string option */
+	int *integer;           /* set for an integer option, from min to max */
+	long *number;           /* set for a long one, from min to max */
+	long min, max;
+	void (*act)(void);      /* set for an option without a value */
+	const char *help;
+} option_specs[] = {
+	{ "backend", "NAME", &options.backend, NULL, NULL, 0, 0, NULL, "event backend: " /* and their names */ },
+	{ "bind", "ADDR", &options.bind, NULL, NULL, 0, 0, NULL, "numeric IPv4 or IPv6 address to listen on" },
+	{ "port", "N", NULL, &options.port, NULL, 0, 65535, NULL,
+	  "TCP port; 0 takes a free one (the listening line says which)" },
+	{ "backlog", "N", NULL, &options.backlog, NULL, 1, INT_MAX, NULL,
+	  "listen() backlog (the kernel caps it at net.core.somaxconn)" },
+	{ "msgsize", "BYTES", NULL, NULL, &options.msgsize, 0, MAX_MSGSIZE, NULL, "body size of every 200 response" },
+	{ "workers", "N", NULL, &options.workers, NULL, 1, MAX_WORKERS, NULL,
+	  "processes, each with its own loop and SO_REUSEPORT listener" },
+	{ "ready-file", "PATH", &options.ready_file, NULL, NULL, 0, 0, NULL,
+	  "also write the listening line to PATH, atomically" },
+	{ "reads-per-event", "N", NULL, &options.reads_per_event, NULL, 1, INT_MAX, NULL,
+	  "full reads of one connection per event before the others'" },
+	{ "accepts-per-event", "N", NULL, &options.accepts_per_event, NULL, 1, INT_MAX, NULL,
+	  "accepts per listener event before the connections' events" },
+	{ "dead-holders", "N", NULL, &options.dead_holders, NULL, 0, MAX_HOLDERS, NULL,
+	  "processes holding dead connections in this one's epoll set (holders.c)" },
+	{ "dead-port", "N", NULL, &options.dead_port, NULL, 0, 65535, NULL,
+	  "their listener's port, for deadconn; 0 takes a free one" },
+	{ "list-backends", NULL, NULL, NULL, NULL, 0, 0, list_backends, "the event backends, one a line, and exit" },
+	{ "help", NULL, NULL, NULL, NULL, 0, 0, print_help, "this text" },
+};
+#define OPTION_COUNT (sizeof(option_specs) / sizeof(option_specs[0]))
+/* --help's columns: the option and its value from the third, its default from the 22nd, its meaning from the
+ * 34th (an option too long for its column pushes the default right, not the meaning). */
+#define HELP_OPTION_WIDTH  18
+#define HELP_MEANING_COLUMN 33
+
+/* Each option's default as --help shows it, taken before any option is read. */
+static char option_defaults[OPTION_COUNT][32];
+
+static void format_value(const struct option_spec *o, char *buf, size_t size)
+{
+	if (o->text)
+		snprintf(buf, size, "%s", *o->text ? *o->text : "none");
+	else if (o->integer)
+		snprintf(buf, size, "%d", *o->integer);
+	else if (o->number)
+		snprintf(buf, size, "%ld", *o->number);
+	else
+		buf[0] = '\0';
+}
+
+/* One option's line of --help. */
+static void print_option_help(const struct option_spec *o, const char *default_value)
+{
+	char option[32];
+	snprintf(option, sizeof(option), "--%s%s%s", o->name, o->value_name ? " " : "",
+		 o->value_name ? o->value_name : "");
+	int used = printf("  %-*s", HELP_OPTION_WIDTH, option);
+	if (o->value_name)
+		used += printf(" %s", default_value);
+	printf("%*s%s", used < HELP_MEANING_COLUMN ? HELP_MEANING_COLUMN - used : 1, "", o->help);
+	if (o->text == &options.backend)
+		printf("%s|%s", ev_backend_names(), URING_RECV_BACKEND);
+	putchar('\n');
+}
+
 static void print_help(void)
 {
 	printf("usage: ephttpd [options]\n"
@@ -152,22 +236,18 @@ static void print_help(void)
 	       "stdout: \"listening\" when ready; on SIGTERM or SIGINT one \"stats\" line, then\n"
 	       "exit 0; on SIGUSR1 a \"snapshot\" line per worker.\n"
 	       "\n"
-	       "  option             default     meaning\n"
-	       "  --backend NAME     %-11s event backend: %s|%s\n"
-	       "  --bind ADDR        %-11s numeric IPv4 or IPv6 address to listen on\n"
-	       "  --port N           %-11d TCP port; 0 takes a free one (the listening line says which)\n"
-	       "  --backlog N        %-11d listen() backlog (the kernel caps it at net.core.somaxconn)\n"
-	       "  --msgsize BYTES    %-11d body size of every 200 response\n"
-	       "  --workers N        %-11d processes, each with its own loop and SO_REUSEPORT listener\n"
-	       "  --ready-file PATH  %-11s also write the listening line to PATH, atomically\n"
-	       "  --reads-per-event N %-10d full reads of one connection per event before the others'\n"
-	       "  --accepts-per-event N %-8d accepts per listener event before the connections' events\n"
-	       "  --dead-holders N   %-11d processes holding dead connections in this one's epoll set (holders.c)\n"
-	       "  --dead-port N      %-11d their listener's port, for deadconn; 0 takes a free one\n"
-	       "  --list-backends                the event backends, one a line, and exit\n"
-	       "  --help                         this text\n",
-	       DEFAULT_BACKEND, ev_backend_names(), URING_RECV_BACKEND, DEFAULT_BIND, DEFAULT_PORT, DEFAULT_BACKLOG,
-	       DEFAULT_MSGSIZE, DEFAULT_WORKERS, "none", DEFAULT_READS_PER_EVENT, DEFAULT_ACCEPTS_PER_EVENT, 0, 0);
+	       "  option             default     meaning\n");
+	for (size_t i = 0; i < OPTION_COUNT; i++)
+		print_option_help(&option_specs[i], option_defaults[i]);
+	exit(0);
+}
+
+static void list_backends(void)
+{
+	for (size_t i = 0; ev_backend_at(i); i++)
+		puts(ev_backend_at(i));
+	puts(URING_RECV_BACKEND);
+	exit(0);
 }
 
 static long parse_number(const char *option, const char *text, long min, long max)
@@ -180,100 +260,64 @@ static long parse_number(const char *option, const char *text, long min, long ma
 	return value;
 }
 
+/* Sets the option's member from its value, or does what it says. */
+static void set_option(const struct option_spec *o, const char *value)
+{
+	char option[32];
+	snprintf(option, sizeof(option), "--%s", o->name);
+	if (o->act)
+		o->act();
+	else if (o->text)
+		*o->text = value;
+	else if (o->integer)
+		*o->integer = (int)parse_number(option, value, o->min, o->max);
+	else
+		*o->number = parse_number(option, value, o->min, o->max);
+}
+
+/* The options together: the backend known, and --dead-holders with what it needs. */
+static void check_options(const struct options *o)
+{
+	if (o->dead_holders && o->workers > 1)
+		usage_error("--dead-holders works with one worker: the holders share that worker's interest set "
+			    "(drop --workers or --dead-holders)");
+	bool known = strcmp(o->backend, URING_RECV_BACKEND) == 0;
+	for (size_t i = 0; !known && ev_backend_at(i); i++)
+		known = strcmp(o->backend, ev_backend_at(i)) == 0;
+	if (!known)
+		usage_error("unknown backend '%s' (choose %s|%s)", o->backend, ev_backend_names(), URING_RECV_BACKEND);
+	if (o->dead_holders && strcmp(o->backend, URING_RECV_BACKEND) == 0)
+		usage_error("--dead-holders shares an epoll interest set, and io_uring-recv's ring has one issuer "
+			    "(use --backend epoll or epoll-et)");
+}
+
 static struct options parse_options(int argc, char **argv)
 {
-	static const struct option long_options[] = {
-		{ "backend", required_argument, NULL, 'b' },
-		{ "bind", required_argument, NULL, 'a' },
-		{ "port", required_argument, NULL, 'p' },
-		{ "backlog", required_argument, NULL, 'l' },
-		{ "msgsize", required_argument, NULL, 'm' },
-		{ "workers", required_argument, NULL, 'w' },
-		{ "ready-file", required_argument, NULL, 'r' },
-		{ "reads-per-event", required_argument, NULL, 'R' },
-		{ "accepts-per-event", required_argument, NULL, 'A' },
-		{ "dead-holders", required_argument, NULL, 'H' },
-		{ "dead-port", required_argument, NULL, 'P' },
-		{ "list-backends", no_argument, NULL, 'L' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
-	struct options o = {
-		.backend = DEFAULT_BACKEND,
-		.bind = DEFAULT_BIND,
-		.port = DEFAULT_PORT,
-		.backlog = DEFAULT_BACKLOG,
-		.msgsize = DEFAULT_MSGSIZE,
-		.workers = DEFAULT_WORKERS,
-		.reads_per_event = DEFAULT_READS_PER_EVENT,
-		.accepts_per_event = DEFAULT_ACCEPTS_PER_EVENT,
-	};
+	struct option long_options[OPTION_COUNT + 1];
+	for (size_t i = 0; i < OPTION_COUNT; i++)
+		long_options[i] = (struct option){ option_specs[i].name,
+						   option_specs[i].value_name ? required_argument : no_argument, NULL,
+						   (int)i };
+	long_options[OPTION_COUNT] = (struct option){ 0 };
+
+	for (size_t i = 0; i < OPTION_COUNT; i++)
+		format_value(&option_specs[i], option_defaults[i], sizeof(option_defaults[i]));
+
 	opterr = 0;
-	int opt;
-	while ((opt = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
-		switch (opt) {
-		case 'b':
-			o.backend = optarg;
-			break;
-		case 'a':
-			o.bind = optarg;
-			break;
-		case 'p':
-			o.port = (int)parse_number("--port", optarg, 0, 65535);
-			break;
-		case 'l':
-			o.backlog = (int)parse_number("--backlog", optarg, 1, INT_MAX);
-			break;
-		case 'm':
-			o.msgsize = parse_number("--msgsize", optarg, 0, MAX_MSGSIZE);
-			break;
-		case 'w':
-			o.workers = (int)parse_number("--workers", optarg, 1, MAX_WORKERS);
-			break;
-		case 'r':
-			o.ready_file = optarg;
-			break;
-		case 'R':
-			o.reads_per_event = (int)parse_number("--reads-per-event", optarg, 1, INT_MAX);
-			break;
-		case 'A':
-			o.accepts_per_event = (int)parse_number("--accepts-per-event", optarg, 1, INT_MAX);
-			break;
-		case 'H':
-			o.dead_holders = (int)parse_number("--dead-holders", optarg, 0, MAX_HOLDERS);
-			break;
-		case 'P':
-			o.dead_port = (int)parse_number("--dead-port", optarg, 0, 65535);
-			break;
-		case 'L':
-			for (size_t i = 0; ev_backend_at(i); i++)
-				puts(ev_backend_at(i));
-			puts(URING_RECV_BACKEND);
-			exit(0);
-		case 'h':
+	int key;
+	while ((key = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
+		if (key == 'h')
 			print_help();
-			exit(0);
-		case ':':
+		if (key == ':')
 			usage_error("%s needs a value (see --help)", argv[optind - 1]);
-			break;
-		default:
+		if (key == '?')
 			usage_error("unknown option '%s' (see --help)", argv[optind - 1]);
-		}
+		set_option(&option_specs[key], optarg);
 	}
 	if (optind < argc)
 		usage_error("unexpected argument '%s' (see --help)", argv[optind]);
-	if (o.dead_holders && o.workers > 1)
-		usage_error("--dead-holders works with one worker: the holders share that worker's interest set "
-			    "(drop --workers or --dead-holders)");
-	bool known = strcmp(o.backend, URING_RECV_BACKEND) == 0;
-	for (size_t i = 0; !known && ev_backend_at(i); i++)
-		known = strcmp(o.backend, ev_backend_at(i)) == 0;
-	if (!known)
-		usage_error("unknown backend '%s' (choose %s|%s)", o.backend, ev_backend_names(), URING_RECV_BACKEND);
-	if (o.dead_holders && strcmp(o.backend, URING_RECV_BACKEND) == 0)
-		usage_error("--dead-holders shares an epoll interest set, and io_uring-recv's ring has one issuer "
-			    "(use --backend epoll or epoll-et)");
-	return o;
+	check_options(&options);
+	return options;
 }
 
 int main(int argc, char **argv)

@@ -4,12 +4,13 @@
  *
  * Why: the 2002 study measured one interest set of up to 60,000 idle (dead)
  * connections beside the active ones.  A host that caps a process at fewer
- * open files (20,000 here) cannot let one process hold them; but for epoll
- * the cap is not a limit of the mechanism: an epoll instance is a file, a
- * child of fork holds it too, and a descriptor the child registers in it is
- * reported to whoever waits on it (ev.h's foreign items).  So the serving
- * process waits on an interest set of all the dead connections while it has
- * only its own few descriptors open.
+ * open files (README.md gives the reference host's cap) cannot let one
+ * process hold them; but for epoll the cap is not a limit of the mechanism:
+ * an epoll instance is a file, a child of fork holds it too, and a descriptor
+ * the child registers in it is reported to whoever waits on it.  ev.h offers
+ * that as foreign items (ev_add_foreign, ev_rearm_foreign), and this file is
+ * how ephttpd uses them: the serving process waits on an interest set of all
+ * the dead connections while it has only its own few descriptors open.
  *
  * The model: before the server accepts anything, main forks N holders that
  * share its loop (epoll or epoll-et only: ev_shareable).  A holder closes
@@ -190,6 +191,22 @@ static void take_connections(struct ev_loop *loop, int listener, int index, int 
 	}
 }
 
+/* The events the server forwarded down the channel: each connection is read, then re-armed, or dropped at
+ * EOF or an error.  Exits when the server is gone. */
+static void serve_forwarded(struct ev_loop *loop, int channel, int index, struct holder_counts *c)
+{
+	struct forward got[HOLDER_BATCH];
+	ssize_t bytes = read(channel, got, sizeof(got));
+	if (bytes == 0)
+		_exit(0); /* the server is gone */
+	for (ssize_t i = 0; bytes > 0 && i < bytes / (ssize_t)sizeof(got[0]); i++) {
+		if (drain(got[i].fd))
+			ev_rearm_foreign(loop, got[i].fd, EV_READ, (uint64_t)index << 32 | (uint32_t)got[i].fd);
+		else
+			drop(loop, got[i].fd, c);
+	}
+}
+
 static _Noreturn void run_holder(struct ev_loop *loop, int index, int listener, int channel, int cap,
 				 struct holder_counts *c, pid_t server)
 {
@@ -215,21 +232,41 @@ static _Noreturn void run_holder(struct ev_loop *loop, int index, int listener, 
 				continue;
 			_exit(1);
 		}
-		if (fds[0].revents) {
-			struct forward got[HOLDER_BATCH];
-			ssize_t bytes = read(channel, got, sizeof(got));
-			if (bytes == 0)
-				_exit(0); /* the server is gone */
-			for (ssize_t i = 0; bytes > 0 && i < bytes / (ssize_t)sizeof(got[0]); i++) {
-				if (drain(got[i].fd))
-					ev_rearm_foreign(loop, got[i].fd, EV_READ, (uint64_t)index << 32 | (uint32_t)got[i].fd);
-				else
-					drop(loop, got[i].fd, c);
-			}
-		}
+		if (fds[0].revents)
+			serve_forwarded(loop, channel, index, c);
 		if (n > 0 && fds[1].revents)
 			take_connections(loop, listener, index, cap, c, &reported);
 	}
+}
+
+/* Forks holder i with its channel, and returns once it has closed what it does not need. */
+static void start_holder(struct holders *hs, int i, int listener, pid_t server)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		die("pipe: %s", strerror(errno));
+	int want = hs->cap * (int)sizeof(struct forward) + 4096;
+	if (fcntl(p[1], F_SETPIPE_SZ, want) < want)
+		die("a holder's channel needs a pipe of %d bytes (F_SETPIPE_SZ: %s; see fs.pipe-max-size)", want,
+		    strerror(errno));
+	/* Only the holder keeps the write end of started: its EOF here says that the holder has closed
+	 * what it does not need, so the server announces itself with its holders in their final state. */
+	int started[2];
+	if (pipe2(started, O_CLOEXEC) < 0)
+		die("pipe: %s", strerror(errno));
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork: %s", strerror(errno));
+	if (pid == 0)
+		run_holder(hs->loop, i, listener, p[0], hs->cap, &hs->counts[i], server);
+	close(started[1]);
+	char byte;
+	while (read(started[0], &byte, 1) < 0 && errno == EINTR)
+		continue;
+	close(started[0]);
+	close(p[0]);
+	hs->h[i] = (struct holder){ .pid = pid, .channel = p[1], .alive = true };
 }
 
 struct holders *holders_start(const struct options *o, struct ev_loop *loop, int listener, int port,
@@ -254,33 +291,8 @@ struct holders *holders_start(const struct options *o, struct ev_loop *loop, int
 
 	install_handler(SIGCHLD, on_holder_exit);
 	pid_t server = getpid();
-	for (int i = 0; i < hs->count; i++) {
-		int p[2];
-		if (pipe2(p, O_CLOEXEC) < 0)
-			die("pipe: %s", strerror(errno));
-		int want = hs->cap * (int)sizeof(struct forward) + 4096;
-		if (fcntl(p[1], F_SETPIPE_SZ, want) < want)
-			die("a holder's channel needs a pipe of %d bytes (F_SETPIPE_SZ: %s; see fs.pipe-max-size)", want,
-			    strerror(errno));
-		/* Only the holder keeps the write end of started: its EOF here says that the holder has closed
-		 * what it does not need, so the server announces itself with its holders in their final state. */
-		int started[2];
-		if (pipe2(started, O_CLOEXEC) < 0)
-			die("pipe: %s", strerror(errno));
-		fflush(stdout);
-		pid_t pid = fork();
-		if (pid < 0)
-			die("fork: %s", strerror(errno));
-		if (pid == 0)
-			run_holder(loop, i, listener, p[0], hs->cap, &hs->counts[i], server);
-		close(started[1]);
-		char byte;
-		while (read(started[0], &byte, 1) < 0 && errno == EINTR)
-			continue;
-		close(started[0]);
-		close(p[0]);
-		hs->h[i] = (struct holder){ .pid = pid, .channel = p[1], .alive = true };
-	}
+	for (int i = 0; i < hs->count; i++)
+		start_holder(hs, i, listener, server);
 	close(listener);
 	return hs;
 }

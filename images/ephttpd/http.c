@@ -139,6 +139,30 @@ static int empty_line(const char *buf, size_t len)
 	return len == 1 && buf[0] == '\r' ? -1 : 0;
 }
 
+/* One header line, line[0..n) without its line end: name, colon, value with optional white space around it.
+ * Notes what Connection, Content-Length and Transfer-Encoding say; false when the line is malformed. */
+static bool read_header(const char *line, size_t n, bool *close, bool *keep_alive, bool *has_body)
+{
+	size_t name_len = 0;
+	while (name_len < n && is_token_char((unsigned char)line[name_len]))
+		name_len++;
+	if (name_len == 0 || name_len == n || line[name_len] != ':')
+		return false;
+	const char *value = line + name_len + 1;
+	size_t value_len = n - name_len - 1;
+	while (value_len > 0 && (*value == ' ' || *value == '\t'))
+		value++, value_len--;
+	while (value_len > 0 && (value[value_len - 1] == ' ' || value[value_len - 1] == '\t'))
+		value_len--;
+	if (name_is(line, name_len, "connection"))
+		read_connection_options(value, value_len, close, keep_alive);
+	else if (name_is(line, name_len, "content-length"))
+		return read_content_length(value, value_len, has_body);
+	else if (name_is(line, name_len, "transfer-encoding"))
+		*has_body = true;
+	return true;
+}
+
 enum http_verdict http_parse(const char *buf, size_t len, struct http_request *req)
 {
 	int skip = empty_line(buf, len);
@@ -167,24 +191,8 @@ enum http_verdict http_parse(const char *buf, size_t len, struct http_request *r
 		size_t n = line_length(p, newline);
 		if (n == 0)
 			break;
-		size_t name_len = 0;
-		while (name_len < n && is_token_char((unsigned char)p[name_len]))
-			name_len++;
-		if (name_len == 0 || name_len == n || p[name_len] != ':')
+		if (!read_header(p, n, &close, &keep_alive, &has_body))
 			return HTTP_BAD_REQUEST;
-		const char *value = p + name_len + 1;
-		size_t value_len = n - name_len - 1;
-		while (value_len > 0 && (*value == ' ' || *value == '\t'))
-			value++, value_len--;
-		while (value_len > 0 && (value[value_len - 1] == ' ' || value[value_len - 1] == '\t'))
-			value_len--;
-		if (name_is(p, name_len, "connection"))
-			read_connection_options(value, value_len, &close, &keep_alive);
-		else if (name_is(p, name_len, "content-length")) {
-			if (!read_content_length(value, value_len, &has_body))
-				return HTTP_BAD_REQUEST;
-		} else if (name_is(p, name_len, "transfer-encoding"))
-			has_body = true;
 		p = newline + 1;
 	}
 	req->head_len = (size_t)(newline + 1 - start);

@@ -2,9 +2,9 @@
  * parts.h - what the parts of ephttpd share: the options (parsed by
  * ephttpd.c), the process's errors, signals and wake pipe (process.c), a
  * worker's event loop (server.c, uring_loop.c), the supervisor of several
- * workers (workers.c), the holders (holders.c) and the JSON lines of counters
- * (stats.c).  The HTTP state of a connection is conn.h's, the request parser
- * http.h's.
+ * workers (workers.c), the holders (holders.c) and the counters with their
+ * JSON lines (stats.c).  The HTTP state of a connection is conn.h's, the
+ * request parser http.h's.
  */
 #ifndef EPHTTPD_PARTS_H
 #define EPHTTPD_PARTS_H
@@ -44,6 +44,13 @@ struct worker_stats {
 	int32_t pid;
 };
 
+/* What both loops count the same way (stats.c): a connection admitted, one closed, and what the connection's
+ * state machine counted (conn.h's struct conn_counts: requests parsed, responses sent). */
+struct conn_counts;
+void count_opened(struct worker_stats *st);
+void count_closed(struct worker_stats *st);
+void count_http(struct worker_stats *st, const struct conn_counts *counts);
+
 /* Set by the signal handlers (process.c); the loops act on them. */
 extern volatile sig_atomic_t stop_requested, snapshot_requested;
 /* The signal mask outside the waits. */
@@ -53,6 +60,10 @@ extern int wake_write_fd;
 /* A loop's wake pipe (its write end in wake_write_fd, for the signal handlers) and the spare descriptor it
  * closes to refuse a connection when the process is out of descriptors; dies if either cannot be opened. */
 void open_wake_and_reserve(int *wake_fd, int *reserve_fd);
+/* Empties the wake pipe once the loop has woken (the signals are in the flags above). */
+void drain_wake_pipe(int wake_fd);
+/* Closes what open_wake_and_reserve opened; a descriptor below 0 is one never opened. */
+void close_wake_and_reserve(int wake_fd, int reserve_fd);
 
 /* One line on stderr; usage_error then exits 2 (bad usage), die exits 1 (anything else). */
 _Noreturn void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -30,6 +30,24 @@ void open_wake_and_reserve(int *wake_fd, int *reserve_fd)
 		die("/dev/null: %s", strerror(errno));
 }
 
+void drain_wake_pipe(int wake_fd)
+{
+	char bytes[256];
+	while (read(wake_fd, bytes, sizeof(bytes)) == (ssize_t)sizeof(bytes))
+		continue;
+}
+
+void close_wake_and_reserve(int wake_fd, int reserve_fd)
+{
+	if (wake_fd >= 0) {
+		close(wake_fd);
+		close(wake_write_fd);
+		wake_write_fd = -1;
+	}
+	if (reserve_fd >= 0)
+		close(reserve_fd);
+}
+
 sigset_t unblocked_signals;
 
 /* One line on stderr; usage_error then exits 2 (bad usage), die exits 1 (anything else). */

@@ -91,8 +91,7 @@ static void close_conn(struct server *s, int fd)
 	 * this descriptor next is never listed twice: the list never outgrows max_fds. */
 	*c = (struct slot){ .ready = c->ready };
 	conn_init(&c->http);
-	s->stats.closed++;
-	s->stats.open--;
+	count_closed(&s->stats);
 }
 
 static void admit(struct server *s, int fd)
@@ -110,9 +109,7 @@ static void admit(struct server *s, int fd)
 		return;
 	}
 	s->slots[fd].open = true;
-	s->stats.accepted++;
-	if (++s->stats.open > s->stats.peak_open)
-		s->stats.peak_open = s->stats.open;
+	count_opened(&s->stats);
 }
 
 /*
@@ -193,8 +190,7 @@ static enum flush_result flush(struct server *s, int fd, struct slot *c)
 			break;
 		}
 	}
-	s->stats.responses_200 += counts.responses_200;
-	s->stats.responses_4xx += counts.responses_4xx;
+	count_http(&s->stats, &counts);
 	return result;
 }
 
@@ -294,7 +290,7 @@ static enum read_result read_requests(struct server *s, int fd, struct slot *c)
 	}
 	struct conn_counts counts = { 0 };
 	bool kept = conn_input(&c->http, s->in, have + (size_t)n, &counts);
-	s->stats.requests += counts.requests;
+	count_http(&s->stats, &counts);
 	if (!kept)
 		return READ_FAILED;
 	return (size_t)n < room ? READ_SHORT : READ_MORE;
@@ -420,18 +416,51 @@ void server_destroy(struct server *s)
 		conn_free(&s->slots[fd].http);
 	}
 	ev_destroy(s->loop);
-	close(s->wake_fd);
-	if (s->reserve_fd >= 0)
-		close(s->reserve_fd);
+	close_wake_and_reserve(s->wake_fd, s->reserve_fd);
 	free(s->slots);
 	free(s->ready);
 	free(s);
 }
 
-static void drain_wake_pipe(struct server *s)
+/* Hands each event to its handler; returns how many were the workload's (the wake pipe's are our signals). */
+static int serve_events(struct server *s, const struct ev_event *events, int n)
 {
-	while (read(s->wake_fd, s->in, sizeof(s->in)) == (ssize_t)sizeof(s->in))
-		continue;
+	int served = 0;
+	for (int i = 0; i < n; i++) {
+		int fd = events[i].fd;
+		if (fd == s->wake_fd) {
+			drain_wake_pipe(s->wake_fd);
+			continue;
+		}
+		served++;
+		if (fd == EV_FOREIGN)
+			holders_forward(s->holders, &events[i]);
+		else if (fd == s->listen_fd)
+			accept_connections(s);
+		else
+			serve(s, fd, events[i].events);
+	}
+	return served;
+}
+
+/* Wakeups by our own signals (EINTR, the pipe) are not the workload's: only the others count as waits. */
+static void count_wait(struct server *s, int n, int served)
+{
+	if (served > 0 || (n == 0 && s->ready_count == 0)) {
+		s->stats.wait_calls++;
+		s->stats.events += (uint64_t)served;
+	}
+}
+
+/* What the signals asked, after the pipe was drained (a signal since then left a byte in it). */
+static void answer_signals(struct server *s, int worker)
+{
+	if (s->holders)
+		holders_reap(s->holders);
+	if (snapshot_requested) {
+		snapshot_requested = 0;
+		print_snapshot(&s->stats, worker, s->holders);
+	}
 }
 
 int server_run(struct server *s, int worker, struct worker_stats **stats)
@@ -448,34 +477,9 @@ int server_run(struct server *s, int worker, struct worker_stats **stats)
 			status = 1;
 			break;
 		}
-		int served = 0;
-		for (int i = 0; i < n; i++) {
-			int fd = events[i].fd;
-			if (fd == s->wake_fd) {
-				drain_wake_pipe(s);
-				continue;
-			}
-			served++;
-			if (fd == EV_FOREIGN)
-				holders_forward(s->holders, &events[i]);
-			else if (fd == s->listen_fd)
-				accept_connections(s);
-			else
-				serve(s, fd, events[i].events);
-		}
-		/* Wakeups by our own signals (EINTR, the pipe) are not the workload's. */
-		if (served > 0 || (n == 0 && s->ready_count == 0)) {
-			s->stats.wait_calls++;
-			s->stats.events += (uint64_t)served;
-		}
+		count_wait(s, n, serve_events(s, events, n));
 		serve_ready_list(s);
-		/* After the pipe was drained: a signal since then left a byte in it. */
-		if (s->holders)
-			holders_reap(s->holders);
-		if (snapshot_requested) {
-			snapshot_requested = 0;
-			print_snapshot(&s->stats, worker, s->holders);
-		}
+		answer_signals(s, worker);
 	}
 	take_cpu_times(&s->stats);
 	return status;

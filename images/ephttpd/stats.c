@@ -1,4 +1,7 @@
-/* stats.c - ephttpd's JSON lines on stdout: "listening", "snapshot", "stats". */
+/*
+ * stats.c - ephttpd's counters: what both loops count the same way, and the
+ * JSON lines on stdout that report them: "listening", "snapshot", "stats".
+ */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
@@ -8,7 +11,28 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "conn.h"
 #include "parts.h"
+
+void count_opened(struct worker_stats *st)
+{
+	st->accepted++;
+	if (++st->open > st->peak_open)
+		st->peak_open = st->open;
+}
+
+void count_closed(struct worker_stats *st)
+{
+	st->closed++;
+	st->open--;
+}
+
+void count_http(struct worker_stats *st, const struct conn_counts *counts)
+{
+	st->requests += counts->requests;
+	st->responses_200 += counts->responses_200;
+	st->responses_4xx += counts->responses_4xx;
+}
 
 void take_cpu_times(struct worker_stats *st)
 {

@@ -36,7 +36,7 @@
  *     are posted when the loop enters the kernel and not by task work
  *     interrupting it, and its descriptor is registered (io_uring_enter
  *     skips the fd lookup);
- *   - signals: the handlers write to a pipe (ephttpd.c) on which a multishot
+ *   - signals: the handlers write to a pipe (process.c) on which a multishot
  *     poll is armed, so a signal landing between the loop's check and its
  *     wait still wakes it.
  * A completion's user_data names its kind, its connection (descriptor or
@@ -70,11 +70,12 @@
  * reads_capped, accepts_capped and ready_served stay 0: the kernel bounds a
  * multishot request's turn itself.
  *
- * Memory per connection: its slot here (sizeof(struct uslot), 88 bytes),
- * the kernel's socket and one armed multishot recv (an io_kiocb, its async
- * state and poll entry: about 0.9 KiB, against epoll's 0.3 KiB); no buffer
- * (the ring is shared, and a dead connection's half request lives in its
- * stash, as with every backend).
+ * Memory per connection: its slot here (struct uslot), the kernel's socket
+ * and one armed multishot recv (an io_kiocb, its async state and poll entry,
+ * more kernel memory than epoll's epitem and wait-queue entry: README.md,
+ * "io_uring as a completion API", has the sizes); no buffer (the ring is
+ * shared, and a dead connection's half request lives in its stash, as with
+ * every backend).
  *
  * Not measured or done: zero-copy send, registered buffers for sends,
  * SQPOLL (a kernel thread polling the SQ would hide CPU time from the
@@ -97,7 +98,7 @@
 
 #include "conn.h"
 #include "parts.h"
-#include "ev_backend.h"
+#include "ev.h"
 #include "http.h"
 
 /* The provided buffers: a request is far smaller, a burst takes several. */
@@ -115,13 +116,42 @@
 #define PRETEND_ENV "EPHTTPD_URING_PRETEND_MISSING"
 #define FIXED_ENV   "EPHTTPD_URING_FIXED_FILES"
 
-enum kind { K_ACCEPT = 1, K_LISTEN_POLL, K_RECV, K_SEND, K_SHUTDOWN, K_WAKE, K_PROBE, K_IGNORE };
+/* What a request was submitted for, which its completions carry back in their user_data. */
+enum request_kind {
+	REQ_ACCEPT = 1,  /* the multishot accept */
+	REQ_LISTEN_POLL, /* the one-shot poll that waits for a connection when out of descriptors */
+	REQ_RECV,        /* a connection's multishot recv */
+	REQ_SEND,        /* a connection's send or sendmsg */
+	REQ_SHUTDOWN,    /* a connection's SHUT_WR */
+	REQ_WAKE,        /* the multishot poll on the wake pipe */
+	REQ_PROBE,       /* the multishot recv that checks the kernel's support */
+	REQ_IGNORE,      /* a cancel or close, whose completion comes only when it fails */
+};
 
-#define GEN_MASK 0xffffffu
+/* A request's user_data: its kind in the top byte, then a connection's generation (24 bits) and its
+ * descriptor or direct index (32 bits); both 0 for the requests that are not a connection's. */
+#define KIND_SHIFT 56
+#define GEN_SHIFT  32
+#define GEN_MASK   0xffffffu
 
-static uint64_t tag(enum kind k, uint32_t fd, uint32_t gen)
+static uint64_t user_data_of(enum request_kind kind, uint32_t fd, uint32_t gen)
 {
-	return (uint64_t)k << 56 | (uint64_t)(gen & GEN_MASK) << 32 | fd;
+	return (uint64_t)kind << KIND_SHIFT | (uint64_t)(gen & GEN_MASK) << GEN_SHIFT | fd;
+}
+
+static enum request_kind kind_of(uint64_t user_data)
+{
+	return (enum request_kind)(user_data >> KIND_SHIFT);
+}
+
+static uint32_t fd_of(uint64_t user_data)
+{
+	return (uint32_t)user_data;
+}
+
+static uint32_t gen_of(uint64_t user_data)
+{
+	return (uint32_t)(user_data >> GEN_SHIFT) & GEN_MASK;
 }
 
 /* A sendmsg's header and iovecs; the kernel reads them when the SQE is submitted. */
@@ -216,12 +246,24 @@ static void mark_fixed(struct uring_server *s, struct io_uring_sqe *sqe)
 		sqe->flags |= IOSQE_FIXED_FILE;
 }
 
-static void recycle(struct uring_server *s, unsigned flags)
+/* The provided buffer a completion's flags name (IORING_CQE_F_BUFFER). */
+static unsigned buffer_id(unsigned flags)
+{
+	return flags >> IORING_CQE_BUFFER_SHIFT;
+}
+
+static char *buffer_bytes(const struct uring_server *s, unsigned id)
+{
+	return s->bufs + (size_t)id * BUF_SIZE;
+}
+
+/* Gives the provided buffer a completion used, if any, back to the ring. */
+static void return_buffer(struct uring_server *s, unsigned flags)
 {
 	if (!(flags & IORING_CQE_F_BUFFER))
 		return;
-	unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-	io_uring_buf_ring_add(s->buf_ring, s->bufs + (size_t)bid * BUF_SIZE, BUF_SIZE, (unsigned short)bid,
+	unsigned id = buffer_id(flags);
+	io_uring_buf_ring_add(s->buf_ring, buffer_bytes(s, id), BUF_SIZE, (unsigned short)id,
 			      io_uring_buf_ring_mask(BUF_COUNT), 0);
 	io_uring_buf_ring_advance(s->buf_ring, 1);
 }
@@ -234,7 +276,7 @@ static void arm_recv(struct uring_server *s, int fd)
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BUF_GROUP;
 	mark_fixed(s, sqe);
-	io_uring_sqe_set_data64(sqe, tag(K_RECV, (uint32_t)fd, c->gen));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_RECV, (uint32_t)fd, c->gen));
 	c->recv_armed = true;
 }
 
@@ -247,7 +289,7 @@ static void arm_accept(struct uring_server *s)
 		io_uring_prep_multishot_accept_direct(sqe, s->listen_fd, NULL, NULL, 0);
 	else
 		io_uring_prep_multishot_accept(sqe, s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-	io_uring_sqe_set_data64(sqe, tag(K_ACCEPT, 0, 0));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_ACCEPT, 0, 0));
 }
 
 /* Out of descriptors, an accept fails at once, whether a connection is queued or not: the loop waits for one
@@ -256,14 +298,14 @@ static void arm_listen_poll(struct uring_server *s)
 {
 	struct io_uring_sqe *sqe = next_sqe(s);
 	io_uring_prep_poll_add(sqe, s->listen_fd, POLLIN);
-	io_uring_sqe_set_data64(sqe, tag(K_LISTEN_POLL, 0, 0));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_LISTEN_POLL, 0, 0));
 }
 
 static void arm_wake(struct uring_server *s)
 {
 	struct io_uring_sqe *sqe = next_sqe(s);
 	io_uring_prep_poll_multishot(sqe, s->wake_fd, POLLIN);
-	io_uring_sqe_set_data64(sqe, tag(K_WAKE, 0, 0));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_WAKE, 0, 0));
 }
 
 /* ------------------------------------------------------------ connections */
@@ -282,9 +324,9 @@ static void close_conn(struct uring_server *s, int fd)
 	}
 	if (c->recv_armed) {
 		struct io_uring_sqe *sqe = next_sqe(s);
-		io_uring_prep_cancel64(sqe, tag(K_RECV, (uint32_t)fd, c->gen), 0);
+		io_uring_prep_cancel64(sqe, user_data_of(REQ_RECV, (uint32_t)fd, c->gen), 0);
 		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-		io_uring_sqe_set_data64(sqe, tag(K_IGNORE, 0, 0));
+		io_uring_sqe_set_data64(sqe, user_data_of(REQ_IGNORE, 0, 0));
 	}
 	struct io_uring_sqe *sqe = next_sqe(s);
 	if (s->fixed)
@@ -292,12 +334,11 @@ static void close_conn(struct uring_server *s, int fd)
 	else
 		io_uring_prep_close(sqe, fd);
 	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-	io_uring_sqe_set_data64(sqe, tag(K_IGNORE, 0, 0));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_IGNORE, 0, 0));
 	conn_free(&c->http);
 	*c = (struct uslot){ .gen = (c->gen + 1) & GEN_MASK, .out = c->out };
 	conn_init(&c->http);
-	s->stats.closed++;
-	s->stats.open--;
+	count_closed(&s->stats);
 }
 
 static void admit(struct uring_server *s, int fd)
@@ -309,9 +350,7 @@ static void admit(struct uring_server *s, int fd)
 	}
 	struct uslot *c = &s->slots[fd];
 	c->open = true;
-	s->stats.accepted++;
-	if (++s->stats.open > s->stats.peak_open)
-		s->stats.peak_open = s->stats.open;
+	count_opened(&s->stats);
 	arm_recv(s, fd);
 }
 
@@ -376,7 +415,7 @@ static void start_send(struct uring_server *s, int fd)
 		io_uring_prep_sendmsg(sqe, fd, &c->out->msg, MSG_NOSIGNAL);
 	}
 	mark_fixed(s, sqe);
-	io_uring_sqe_set_data64(sqe, tag(K_SEND, (uint32_t)fd, c->gen));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_SEND, (uint32_t)fd, c->gen));
 	c->sending = true;
 }
 
@@ -397,7 +436,7 @@ static void after_output(struct uring_server *s, int fd)
 		struct io_uring_sqe *sqe = next_sqe(s);
 		io_uring_prep_shutdown(sqe, fd, SHUT_WR);
 		mark_fixed(s, sqe);
-		io_uring_sqe_set_data64(sqe, tag(K_SHUTDOWN, (uint32_t)fd, c->gen));
+		io_uring_sqe_set_data64(sqe, user_data_of(REQ_SHUTDOWN, (uint32_t)fd, c->gen));
 		c->lingering = true;
 		c->shutting = true;
 		return;
@@ -406,7 +445,9 @@ static void after_output(struct uring_server *s, int fd)
 		close_conn(s, fd);
 }
 
-static void input(struct uring_server *s, int fd, const char *bytes, size_t n)
+/* Feeds the bytes a recv completion brought to the connection's HTTP state (after its stash, if it kept one),
+ * and starts a send when that queued responses and none is in flight. */
+static void serve_received(struct uring_server *s, int fd, const char *bytes, size_t n)
 {
 	struct uslot *c = &s->slots[fd];
 	if (c->lingering || c->http.closing)
@@ -424,7 +465,7 @@ static void input(struct uring_server *s, int fd, const char *bytes, size_t n)
 		memcpy(s->in + have, bytes, n);
 		kept = conn_input(&c->http, s->in, have + n, &counts);
 	}
-	s->stats.requests += counts.requests;
+	count_http(&s->stats, &counts);
 	if (!kept) {
 		close_conn(s, fd);
 		return;
@@ -435,15 +476,17 @@ static void input(struct uring_server *s, int fd, const char *bytes, size_t n)
 
 /* ------------------------------------------------------------ completions */
 
-static bool current(const struct uring_server *s, uint32_t fd, uint32_t gen)
+/* Whether the connection a completion names (its descriptor and generation) is the one open there now: a
+ * close advances the generation, so a completion of an earlier connection on that number is stale. */
+static bool still_open(const struct uring_server *s, uint32_t fd, uint32_t gen)
 {
 	return fd < (uint32_t)s->max_fds && s->slots[fd].open && s->slots[fd].gen == gen;
 }
 
 static void on_recv(struct uring_server *s, uint32_t fd, uint32_t gen, int res, unsigned flags)
 {
-	if (!current(s, fd, gen)) {
-		recycle(s, flags);
+	if (!still_open(s, fd, gen)) {
+		return_buffer(s, flags);
 		return;
 	}
 	struct uslot *c = &s->slots[fd];
@@ -451,14 +494,14 @@ static void on_recv(struct uring_server *s, uint32_t fd, uint32_t gen, int res, 
 	if (!(flags & IORING_CQE_F_MORE))
 		c->recv_armed = false;
 	if (res > 0) {
-		input(s, (int)fd, s->bufs + (size_t)(flags >> IORING_CQE_BUFFER_SHIFT) * BUF_SIZE, (size_t)res);
-		recycle(s, flags);
+		serve_received(s, (int)fd, buffer_bytes(s, buffer_id(flags)), (size_t)res);
+		return_buffer(s, flags);
 		/* Ended for another reason than EOF (the kernel could not post a completion): arm it again. */
-		if (current(s, fd, gen) && !c->recv_armed)
+		if (still_open(s, fd, gen) && !c->recv_armed)
 			arm_recv(s, (int)fd);
 		return;
 	}
-	recycle(s, flags);
+	return_buffer(s, flags);
 	if (res == -ENOBUFS) {
 		s->stats.recv_rearmed++;
 		arm_recv(s, (int)fd);
@@ -473,7 +516,7 @@ static void on_recv(struct uring_server *s, uint32_t fd, uint32_t gen, int res, 
 
 static void on_send(struct uring_server *s, uint32_t fd, uint32_t gen, int res)
 {
-	if (!current(s, fd, gen))
+	if (!still_open(s, fd, gen))
 		return;
 	struct uslot *c = &s->slots[fd];
 	c->sending = false;
@@ -483,14 +526,13 @@ static void on_send(struct uring_server *s, uint32_t fd, uint32_t gen, int res)
 	}
 	struct conn_counts counts = { 0 };
 	conn_sent(&c->http, (size_t)res, &counts);
-	s->stats.responses_200 += counts.responses_200;
-	s->stats.responses_4xx += counts.responses_4xx;
+	count_http(&s->stats, &counts);
 	after_output(s, (int)fd);
 }
 
 static void on_shutdown(struct uring_server *s, uint32_t fd, uint32_t gen, int res)
 {
-	if (!current(s, fd, gen))
+	if (!still_open(s, fd, gen))
 		return;
 	struct uslot *c = &s->slots[fd];
 	c->shutting = false;
@@ -522,52 +564,57 @@ static void on_accept(struct uring_server *s, int res, unsigned flags)
 
 static void on_wake(struct uring_server *s, unsigned flags)
 {
-	while (read(s->wake_fd, s->in, sizeof(s->in)) == (ssize_t)sizeof(s->in))
-		continue;
+	drain_wake_pipe(s->wake_fd);
 	if (!(flags & IORING_CQE_F_MORE))
 		arm_wake(s);
 }
 
-/* Handles every completion there is; returns how many were the workload's (not the wake pipe's: our own signals). */
+/* Hands one completion to its handler; returns whether it was the workload's (not the wake pipe's: our own
+ * signals). */
+static bool handle_completion(struct uring_server *s, const struct io_uring_cqe *cqe)
+{
+	uint64_t user_data = io_uring_cqe_get_data64(cqe);
+	uint32_t fd = fd_of(user_data), gen = gen_of(user_data);
+	int res = cqe->res;
+	unsigned flags = cqe->flags;
+	switch (kind_of(user_data)) {
+	case REQ_ACCEPT:
+		on_accept(s, res, flags);
+		break;
+	case REQ_LISTEN_POLL:
+		arm_accept(s);
+		break;
+	case REQ_RECV:
+		on_recv(s, fd, gen, res, flags);
+		break;
+	case REQ_SEND:
+		on_send(s, fd, gen, res);
+		break;
+	case REQ_SHUTDOWN:
+		on_shutdown(s, fd, gen, res);
+		break;
+	case REQ_WAKE:
+		on_wake(s, flags);
+		return false;
+	default:
+		return_buffer(s, flags); /* a failed cancel or close: nothing to do */
+		break;
+	}
+	return true;
+}
+
+/* Handles every completion there is; returns how many were the workload's. */
 static unsigned reap(struct uring_server *s)
 {
 	struct io_uring_cqe *cqe;
-	unsigned head, seen = 0, served = 0;
+	unsigned head, reaped = 0, workload = 0;
 	io_uring_for_each_cqe(&s->ring, head, cqe) {
-		uint64_t data = io_uring_cqe_get_data64(cqe);
-		int res = cqe->res;
-		unsigned flags = cqe->flags;
-		uint32_t fd = (uint32_t)data, gen = (uint32_t)(data >> 32) & GEN_MASK;
-		seen++;
-		served++;
-		switch ((enum kind)(data >> 56)) {
-		case K_ACCEPT:
-			on_accept(s, res, flags);
-			break;
-		case K_LISTEN_POLL:
-			arm_accept(s);
-			break;
-		case K_RECV:
-			on_recv(s, fd, gen, res, flags);
-			break;
-		case K_SEND:
-			on_send(s, fd, gen, res);
-			break;
-		case K_SHUTDOWN:
-			on_shutdown(s, fd, gen, res);
-			break;
-		case K_WAKE:
-			served--;
-			on_wake(s, flags);
-			break;
-		default:
-			recycle(s, flags); /* a failed cancel, close or shutdown: nothing to do */
-			break;
-		}
+		reaped++;
+		workload += handle_completion(s, cqe);
 	}
-	io_uring_cq_advance(&s->ring, seen);
-	s->stats.completions += served;
-	return served;
+	io_uring_cq_advance(&s->ring, reaped);
+	s->stats.completions += workload;
+	return workload;
 }
 
 /* ------------------------------------------------------------ setup */
@@ -585,7 +632,7 @@ static void probe_multishot_recv(struct uring_server *s)
 	io_uring_prep_recv_multishot(sqe, pair[0], NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BUF_GROUP;
-	io_uring_sqe_set_data64(sqe, tag(K_PROBE, 0, 0));
+	io_uring_sqe_set_data64(sqe, user_data_of(REQ_PROBE, 0, 0));
 	if (send(pair[1], "x", 1, 0) != 1)
 		die("socketpair: %s", strerror(errno));
 	bool more = true, first = true;
@@ -600,7 +647,7 @@ static void probe_multishot_recv(struct uring_server *s)
 			die("io_uring-recv: probing multishot recv: %s", strerror(-ret));
 		int res = cqe->res;
 		unsigned flags = cqe->flags;
-		recycle(s, flags);
+		return_buffer(s, flags);
 		io_uring_cqe_seen(&s->ring, cqe);
 		more = flags & IORING_CQE_F_MORE;
 		if (first && res == -EINVAL)
@@ -614,9 +661,9 @@ static void probe_multishot_recv(struct uring_server *s)
 	close(pair[0]);
 }
 
-static void setup_ring(struct uring_server *s)
+/* The ring, with room for a completion from every connection at once; exits 2 when the kernel refuses it. */
+static void create_ring(struct uring_server *s)
 {
-	/* Room for a completion from every connection at once. */
 	struct io_uring_params params = {
 		.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
 			 IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP,
@@ -633,7 +680,12 @@ static void setup_ring(struct uring_server *s)
 	ret = io_uring_register_ring_fd(&s->ring);
 	if (ret < 0)
 		die("io_uring-recv: registering the ring's descriptor: %s", strerror(-ret));
+}
 
+/* The provided buffers, mapped and registered here (liburing 2.3 lacks io_uring_setup_buf_ring), all given
+ * to the ring. */
+static void setup_buffer_ring(struct uring_server *s)
+{
 	s->buf_ring_bytes = BUF_COUNT * sizeof(struct io_uring_buf);
 	void *mapped = mmap(NULL, s->buf_ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	s->bufs = malloc((size_t)BUF_COUNT * BUF_SIZE);
@@ -645,25 +697,35 @@ static void setup_ring(struct uring_server *s)
 		.ring_entries = BUF_COUNT,
 		.bgid = BUF_GROUP,
 	};
-	ret = pretend_missing(&buffer_rings) ? -EINVAL : io_uring_register_buf_ring(&s->ring, &reg, 0);
+	int ret = pretend_missing(&buffer_rings) ? -EINVAL : io_uring_register_buf_ring(&s->ring, &reg, 0);
 	if (ret == -EINVAL)
 		lacks(&buffer_rings);
 	if (ret < 0)
 		die("io_uring-recv: registering the buffer ring: %s", strerror(-ret));
 	io_uring_buf_ring_init(s->buf_ring);
 	for (unsigned i = 0; i < BUF_COUNT; i++)
-		io_uring_buf_ring_add(s->buf_ring, s->bufs + (size_t)i * BUF_SIZE, BUF_SIZE, (unsigned short)i,
+		io_uring_buf_ring_add(s->buf_ring, buffer_bytes(s, i), BUF_SIZE, (unsigned short)i,
 				      io_uring_buf_ring_mask(BUF_COUNT), (int)i);
 	io_uring_buf_ring_advance(s->buf_ring, BUF_COUNT);
-	probe_multishot_recv(s);
+}
 
-	if (s->fixed) {
-		/* The table counts against the descriptor limit with the process's own descriptors. */
-		s->max_fds = s->max_fds > 2 * OWN_FDS ? s->max_fds - OWN_FDS : s->max_fds / 2;
-		ret = io_uring_register_files_sparse(&s->ring, (unsigned)s->max_fds);
-		if (ret < 0)
-			die("io_uring-recv: a table of %d direct descriptors: %s", s->max_fds, strerror(-ret));
-	}
+/* EPHTTPD_URING_FIXED_FILES=1: a sparse table of direct descriptors, which counts against the descriptor
+ * limit with the process's own descriptors. */
+static void register_direct_table(struct uring_server *s)
+{
+	s->max_fds = s->max_fds > 2 * OWN_FDS ? s->max_fds - OWN_FDS : s->max_fds / 2;
+	int ret = io_uring_register_files_sparse(&s->ring, (unsigned)s->max_fds);
+	if (ret < 0)
+		die("io_uring-recv: a table of %d direct descriptors: %s", s->max_fds, strerror(-ret));
+}
+
+static void setup_ring(struct uring_server *s)
+{
+	create_ring(s);
+	setup_buffer_ring(s);
+	probe_multishot_recv(s);
+	if (s->fixed)
+		register_direct_table(s);
 }
 
 struct uring_server *uring_server_create(const struct options *o, int listen_fd, int max_fds)
@@ -705,13 +767,7 @@ void uring_server_destroy(struct uring_server *s)
 	io_uring_queue_exit(&s->ring); /* cancels what is armed, frees the direct table and the buffer group */
 	munmap(s->buf_ring, s->buf_ring_bytes);
 	free(s->bufs);
-	if (s->wake_fd >= 0) {
-		close(s->wake_fd);
-		close(wake_write_fd);
-		wake_write_fd = -1;
-	}
-	if (s->reserve_fd >= 0)
-		close(s->reserve_fd);
+	close_wake_and_reserve(s->wake_fd, s->reserve_fd);
 	free(s->slots);
 	free(s);
 }

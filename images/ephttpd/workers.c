@@ -64,27 +64,34 @@ static _Noreturn void run_child(const struct options *o, int worker, const int *
 	_exit(status);
 }
 
-/*
- * The parent forks the workers, then only waits: it forwards SIGTERM/SIGINT
- * and SIGUSR1, and at the end sums the stats each worker sends through a pipe.
- */
-int run_workers(const struct options *o, const int *listeners, int port, int fd_limit)
-{
+/* What the parent keeps of its workers: a pid (0 once it exited) and the read end of a stats pipe each. */
+struct supervisor {
+	const struct options *o;
 	pid_t pids[MAX_WORKERS];
 	int stats_reads[MAX_WORKERS];
-	pid_t parent = getpid();
+	int live;
+	bool stopping; /* the workers were told to stop */
+	int status;
+};
 
-	/* A backend the kernel refuses ends the parent with exit 2, before any worker. */
+/* A backend the kernel refuses ends the parent with exit 2, before any worker. */
+static void probe_backend(const struct options *o, int fd_limit)
+{
 	if (strcmp(o->backend, URING_RECV_BACKEND) == 0) {
 		uring_server_destroy(uring_server_create(o, -1, fd_limit));
-	} else {
-		char err[512];
-		struct ev_loop *probe = ev_create(o->backend, fd_limit, err, sizeof(err));
-		if (!probe)
-			usage_error("%s", err);
-		ev_destroy(probe);
+		return;
 	}
+	char err[512];
+	struct ev_loop *probe = ev_create(o->backend, fd_limit, err, sizeof(err));
+	if (!probe)
+		usage_error("%s", err);
+	ev_destroy(probe);
+}
 
+/* The signals the parent acts on stay blocked but in its sigsuspend, so none slips in between its checks
+ * and its wait. */
+static void block_signals(void)
+{
 	install_handler(SIGCHLD, on_child_exit);
 	sigset_t blocked;
 	sigemptyset(&blocked);
@@ -93,9 +100,12 @@ int run_workers(const struct options *o, const int *listeners, int port, int fd_
 	sigaddset(&blocked, SIGUSR1);
 	sigaddset(&blocked, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &blocked, NULL);
+}
 
-	announce(o, port, 0, fd_limit);
-	for (int i = 0; i < o->workers; i++) {
+static void fork_workers(struct supervisor *sv, const int *listeners, int fd_limit)
+{
+	pid_t parent = getpid();
+	for (int i = 0; i < sv->o->workers; i++) {
 		int p[2];
 		if (pipe2(p, O_CLOEXEC) < 0)
 			die("pipe: %s", strerror(errno));
@@ -104,63 +114,91 @@ int run_workers(const struct options *o, const int *listeners, int port, int fd_
 			die("fork: %s", strerror(errno));
 		if (pid == 0) {
 			close(p[0]);
-			run_child(o, i, listeners, stats_reads, p[1], fd_limit, parent);
+			run_child(sv->o, i, listeners, sv->stats_reads, p[1], fd_limit, parent);
 		}
 		close(p[1]);
-		pids[i] = pid;
-		stats_reads[i] = p[0];
+		sv->pids[i] = pid;
+		sv->stats_reads[i] = p[0];
 	}
-	for (int i = 0; i < o->workers; i++)
+	for (int i = 0; i < sv->o->workers; i++)
 		close(listeners[i]);
+}
 
-	int status = 0, live = o->workers;
-	bool stopping = false;
-	while (live > 0) {
-		if (stop_requested && !stopping) {
-			stopping = true;
-			signal_workers(pids, o->workers, SIGTERM);
-		}
+static void stop_workers(struct supervisor *sv)
+{
+	if (!sv->stopping) {
+		sv->stopping = true;
+		signal_workers(sv->pids, sv->o->workers, SIGTERM);
+	}
+}
+
+/* A worker exited: one that did before it was told to, or failed, is reported and stops the others. */
+static void note_exit(struct supervisor *sv, pid_t pid, int wstatus)
+{
+	int i = index_of(sv->pids, sv->o->workers, pid);
+	if (i < 0)
+		return;
+	sv->pids[i] = 0;
+	sv->live--;
+	if (!sv->stopping || !WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
+		char how[64];
+		describe_exit(how, sizeof(how), wstatus);
+		fprintf(stderr, "ephttpd: worker %d (pid %d) %s%s\n", i, (int)pid, how,
+			sv->stopping ? "" : "; stopping the others");
+		sv->status = 1;
+	}
+	stop_workers(sv);
+}
+
+/* Until every worker exited: forwards SIGTERM/SIGINT and SIGUSR1, notes the exits, sleeps in sigsuspend. */
+static void supervise(struct supervisor *sv)
+{
+	while (sv->live > 0) {
+		if (stop_requested)
+			stop_workers(sv);
 		if (snapshot_requested) {
 			snapshot_requested = 0;
-			signal_workers(pids, o->workers, SIGUSR1);
+			signal_workers(sv->pids, sv->o->workers, SIGUSR1);
 		}
 		int wstatus;
 		pid_t pid;
-		while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0) {
-			int i = index_of(pids, o->workers, pid);
-			if (i < 0)
-				continue;
-			pids[i] = 0;
-			live--;
-			if (!stopping || !WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
-				char how[64];
-				describe_exit(how, sizeof(how), wstatus);
-				fprintf(stderr, "ephttpd: worker %d (pid %d) %s%s\n", i, (int)pid, how,
-					stopping ? "" : "; stopping the others");
-				status = 1;
-			}
-			if (!stopping) {
-				stopping = true;
-				signal_workers(pids, o->workers, SIGTERM);
-			}
-		}
-		/* Signals stay blocked but here, so none slips in between the checks and the wait. */
-		if (live > 0)
+		while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0)
+			note_exit(sv, pid, wstatus);
+		if (sv->live > 0)
 			sigsuspend(&unblocked_signals);
 	}
+}
 
+/* Sums the stats each worker sent and prints the one stats line; a worker that sent none fails the run. */
+static void collect_stats(struct supervisor *sv, int fd_limit)
+{
 	struct worker_stats per_worker[MAX_WORKERS];
 	int reported = 0;
-	for (int i = 0; i < o->workers; i++) {
+	for (int i = 0; i < sv->o->workers; i++) {
 		struct worker_stats st;
-		if (read(stats_reads[i], &st, sizeof(st)) == (ssize_t)sizeof(st))
+		if (read(sv->stats_reads[i], &st, sizeof(st)) == (ssize_t)sizeof(st))
 			per_worker[reported++] = st;
 		else
-			status = 1;
-		close(stats_reads[i]);
+			sv->status = 1;
+		close(sv->stats_reads[i]);
 	}
-	print_stats(o, fd_limit, per_worker, reported, NULL);
-	return status;
+	print_stats(sv->o, fd_limit, per_worker, reported, NULL);
+}
+
+/*
+ * The parent forks the workers, then only waits: it forwards SIGTERM/SIGINT
+ * and SIGUSR1, and at the end sums the stats each worker sends through a pipe.
+ */
+int run_workers(const struct options *o, const int *listeners, int port, int fd_limit)
+{
+	struct supervisor sv = { .o = o, .live = o->workers };
+	probe_backend(o, fd_limit);
+	block_signals();
+	announce(o, port, 0, fd_limit);
+	fork_workers(&sv, listeners, fd_limit);
+	supervise(&sv);
+	collect_stats(&sv, fd_limit);
+	return sv.status;
 }
 
 int serve_worker(const struct options *o, int listen_fd, int max_fds, int worker, int port,

@@ -71,15 +71,25 @@ const char *ev_name(const struct ev_loop *loop);
 void ev_destroy(struct ev_loop *loop);
 
 /*
+ * Writes to err why the kernel refused a system call that sets up a backend,
+ * as ev_create reports it: "<backend>: <syscall>: <strerror> (<why>)".  why is
+ * the caller's own diagnosis (a sysctl, a limit); when it is NULL, a seccomp
+ * filter, a security policy or a kernel built without the syscall is named if
+ * that explains errno_value.  For programs that set up such a mechanism
+ * themselves, so that their refusals read as ev_create's.
+ */
+void ev_refused(const char *backend, const char *syscall_name, int errno_value, const char *why,
+		char *err, size_t errlen);
+
+/*
  * Sharing the interest set with other processes: foreign items (epoll and
  * epoll-et only).
  *
  * An epoll instance is a file, so a process forked after ev_create holds it
  * too and may register its own descriptors in it; the waiting process's
- * ev_wait then reports them although it does not have them open.  That is how
- * one process can wait on more descriptors than it may open (ephttpd's
- * --dead-holders, images/ephttpd/holders.c).  Such descriptors are foreign
- * items:
+ * ev_wait then reports them although it does not have them open, so one
+ * process can wait on more descriptors than its descriptor limit lets it open.
+ * Such descriptors are foreign items:
  *   - ev_add_foreign(loop, fd, events, data) registers the caller's fd,
  *     one-shot (EPOLLONESHOT): reported once, then disabled until its owner
  *     re-arms it with ev_rearm_foreign, so that the waiting process can hand

@@ -26,13 +26,4 @@ extern const struct ev_backend ev_epoll_et_backend;
 extern const struct ev_backend ev_uring_backend;
 extern const struct ev_backend ev_aio_backend;
 
-/*
- * Writes to err why the kernel refused a backend: "<backend>: <syscall>:
- * <strerror> (<why>)".  why is the backend's own diagnosis (a sysctl, a
- * limit); when it is NULL, a seccomp filter or a kernel built without the
- * syscall is named if that explains errno_value.
- */
-void ev_refused(const char *backend, const char *syscall_name, int errno_value, const char *why,
-		char *err, size_t errlen);
-
 #endif

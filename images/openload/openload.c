@@ -149,25 +149,58 @@ static _Noreturn __attribute__((format(printf, 1, 2))) void fail(const char *fmt
 	exit(1);
 }
 
+static bool rate_given;
+
+/* The options, one a row, in the order --help lists them: each sets one of the variables above. */
+static const struct option_spec {
+	const char *name;
+	const char *value_name;
+	const char **text; /* set for a string option */
+	long *whole;       /* set for a whole-number option */
+	double *real;      /* set for a number option */
+	const char *help;  /* followed by the default, unless it says (required...) */
+} option_specs[] = {
+	{ "rate", "R", NULL, NULL, &rate, "requests per second over all connections (required, > 0)" },
+	{ "connections", "C", NULL, &connections, NULL, "keep-alive connections" },
+	{ "duration", "S", NULL, NULL, &duration_s, "seconds during which requests are due" },
+	{ "host", "ADDR", &host, NULL, NULL, "IPv4 address of the server" },
+	{ "port", "N", NULL, &port, NULL, "its port" },
+	{ "path", "P", &path, NULL, NULL, "the request target" },
+	{ "timeout", "S", NULL, NULL, &timeout_s, "a request unanswered this long is an error; also the drain" },
+	{ "lag-threshold-us", "N", NULL, &lag_threshold_us, NULL, "a free connection's request found due this late is lag" },
+	{ "timer", "MODE", &timer_mode, NULL, NULL, "auto|epoll_pwait2|timerfd: how the loop sleeps until due" },
+	{ "timer-slack-us", "N", NULL, &timer_slack_us, NULL, "how late the kernel may end a sleep, to batch wakeups" },
+};
+#define OPTION_COUNT (sizeof(option_specs) / sizeof(option_specs[0]))
+
+/* Each option's default as --help shows it (" (default ...)"), taken before any option is read. */
+static char option_defaults[OPTION_COUNT][64];
+
+static void format_default(const struct option_spec *o, char *buf, size_t size)
+{
+	if (o->real == &rate)
+		buf[0] = '\0';
+	else if (o->text)
+		snprintf(buf, size, " (default %s)", *o->text);
+	else if (o->whole)
+		snprintf(buf, size, " (default %ld)", *o->whole);
+	else
+		snprintf(buf, size, " (default %g)", *o->real);
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out,
 		"usage: openload --rate R [options]\n"
 		"Offers R requests/s over keep-alive connections, each on its own fixed schedule (open loop),\n"
-		"and prints one JSON object: rates, latency percentiles from the due time, errors, own CPU.\n\n"
-		"  --rate R              requests per second over all connections (required, > 0)\n"
-		"  --connections C       keep-alive connections (default %d)\n"
-		"  --duration S          seconds during which requests are due (default %g)\n"
-		"  --host ADDR           IPv4 address of the server (default %s)\n"
-		"  --port N              its port (default %ld)\n"
-		"  --path P              the request target (default %s)\n"
-		"  --timeout S           a request unanswered this long is an error; also the drain (default %g)\n"
-		"  --lag-threshold-us N  a free connection's request found due this late is lag (default %d)\n"
-		"  --timer MODE          auto|epoll_pwait2|timerfd: how the loop sleeps until due (default auto)\n"
-		"  --timer-slack-us N    how late the kernel may end a sleep, to batch wakeups (default %d)\n"
-		"  --help                show this and exit\n",
-		DEFAULT_CONNECTIONS, DEFAULT_DURATION_S, host, port, path, DEFAULT_TIMEOUT_S, DEFAULT_LAG_THRESHOLD,
-		DEFAULT_TIMER_SLACK_US);
+		"and prints one JSON object: rates, latency percentiles from the due time, errors, own CPU.\n\n");
+	for (size_t i = 0; i < OPTION_COUNT; i++) {
+		const struct option_spec *o = &option_specs[i];
+		char option[32];
+		snprintf(option, sizeof(option), "--%s %s", o->name, o->value_name);
+		fprintf(out, "  %-21s %s%s\n", option, o->help, option_defaults[i]);
+	}
+	fprintf(out, "  %-21s %s\n", "--help", "show this and exit");
 }
 
 static double parse_double(const char *name, const char *text)
@@ -190,69 +223,23 @@ static long parse_long(const char *name, const char *text)
 	return value;
 }
 
-static void parse_args(int argc, char **argv)
+/* Sets the option's variable from its value. */
+static void set_option(const struct option_spec *o, const char *value)
 {
-	enum { O_RATE = 1, O_CONNECTIONS, O_DURATION, O_HOST, O_PORT, O_PATH, O_TIMEOUT, O_LAG, O_TIMER, O_SLACK };
-	static const struct option options[] = {
-		{ "rate", required_argument, NULL, O_RATE },
-		{ "connections", required_argument, NULL, O_CONNECTIONS },
-		{ "duration", required_argument, NULL, O_DURATION },
-		{ "host", required_argument, NULL, O_HOST },
-		{ "port", required_argument, NULL, O_PORT },
-		{ "path", required_argument, NULL, O_PATH },
-		{ "timeout", required_argument, NULL, O_TIMEOUT },
-		{ "lag-threshold-us", required_argument, NULL, O_LAG },
-		{ "timer", required_argument, NULL, O_TIMER },
-		{ "timer-slack-us", required_argument, NULL, O_SLACK },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	bool have_rate = false;
-	int key;
-	opterr = 0;
-	while ((key = getopt_long(argc, argv, "", options, NULL)) != -1) {
-		switch (key) {
-		case 'h':
-			usage(stdout);
-			exit(0);
-		case O_RATE:
-			rate = parse_double("rate", optarg);
-			have_rate = true;
-			break;
-		case O_CONNECTIONS:
-			connections = parse_long("connections", optarg);
-			break;
-		case O_DURATION:
-			duration_s = parse_double("duration", optarg);
-			break;
-		case O_HOST:
-			host = optarg;
-			break;
-		case O_PORT:
-			port = parse_long("port", optarg);
-			break;
-		case O_PATH:
-			path = optarg;
-			break;
-		case O_TIMEOUT:
-			timeout_s = parse_double("timeout", optarg);
-			break;
-		case O_LAG:
-			lag_threshold_us = parse_long("lag-threshold-us", optarg);
-			break;
-		case O_TIMER:
-			timer_mode = optarg;
-			break;
-		case O_SLACK:
-			timer_slack_us = parse_long("timer-slack-us", optarg);
-			break;
-		default:
-			usage_error("unknown option or missing value in '%s'", argv[optind - 1]);
-		}
-	}
-	if (optind < argc)
-		usage_error("unexpected argument '%s'", argv[optind]);
-	if (!have_rate)
+	if (o->text)
+		*o->text = value;
+	else if (o->whole)
+		*o->whole = parse_long(o->name, value);
+	else
+		*o->real = parse_double(o->name, value);
+	if (o->real == &rate)
+		rate_given = true;
+}
+
+/* The values together, each within its bounds. */
+static void check_args(void)
+{
+	if (!rate_given)
 		usage_error("--rate is required: requests per second, e.g. --rate 10000");
 	if (!(rate > 0))
 		usage_error("--rate must be above 0 requests/s (got %g)", rate);
@@ -277,6 +264,32 @@ static void parse_args(int argc, char **argv)
 	struct in_addr addr;
 	if (inet_pton(AF_INET, host, &addr) != 1)
 		usage_error("--host must be an IPv4 address such as 127.0.0.1 (got '%s')", host);
+}
+
+static void parse_args(int argc, char **argv)
+{
+	struct option long_options[OPTION_COUNT + 2];
+	for (size_t i = 0; i < OPTION_COUNT; i++)
+		long_options[i] = (struct option){ option_specs[i].name, required_argument, NULL, (int)i };
+	long_options[OPTION_COUNT] = (struct option){ "help", no_argument, NULL, 'h' };
+	long_options[OPTION_COUNT + 1] = (struct option){ 0 };
+	for (size_t i = 0; i < OPTION_COUNT; i++)
+		format_default(&option_specs[i], option_defaults[i], sizeof(option_defaults[i]));
+
+	int key;
+	opterr = 0;
+	while ((key = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
+		if (key == 'h') {
+			usage(stdout);
+			exit(0);
+		}
+		if (key == '?')
+			usage_error("unknown option or missing value in '%s'", argv[optind - 1]);
+		set_option(&option_specs[key], optarg);
+	}
+	if (optind < argc)
+		usage_error("unexpected argument '%s'", argv[optind]);
+	check_args();
 }
 
 /* Raises the soft descriptor limit to the hard one; returns the limit. */
@@ -351,10 +364,16 @@ static struct {
 	char buf[READ_BUFFER];
 } run;
 
-static int64_t intended_of(size_t index, uint64_t k)
+/* Request n of the run is due n/R after start: start + n x (1e9/R) ns, to the nearest nanosecond. */
+static int64_t due_ns(int64_t start, uint64_t n, double ns_per_request)
 {
-	double n = (double)k * (double)connections + (double)index;
-	return run.t0 + (int64_t)llround(n * run.ns_per_request);
+	return start + (int64_t)llround((double)n * ns_per_request);
+}
+
+/* When request k of connection index is due: it is request k x C + index of the run. */
+static int64_t conn_due_ns(size_t index, uint64_t k)
+{
+	return due_ns(run.t0, k * (uint64_t)connections + index, run.ns_per_request);
 }
 
 static void watch(size_t index, bool write)
@@ -455,7 +474,7 @@ static void send_next(size_t index, int64_t now)
 		}
 		if (c->state != C_IDLE)
 			return;
-		c->intended_ns = intended_of(index, c->next);
+		c->intended_ns = conn_due_ns(index, c->next);
 		c->sent_ns = now;
 		c->next++;
 		c->written = 0;
@@ -467,6 +486,23 @@ static void send_next(size_t index, int64_t now)
 }
 
 /* ---- replies ------------------------------------------------------------------------------------------ */
+
+/* A Content-Length value, p[0..eol): digits after optional white space; false when there are none or they
+ * overflow. */
+static bool parse_length(const char *p, const char *eol, uint64_t *length)
+{
+	while (p < eol && (*p == ' ' || *p == '\t'))
+		p++;
+	if (p == eol || *p < '0' || *p > '9')
+		return false;
+	*length = 0;
+	while (p < eol && *p >= '0' && *p <= '9') {
+		if (*length > (UINT64_MAX - 9) / 10)
+			return false;
+		*length = *length * 10 + (uint64_t)(*p++ - '0');
+	}
+	return true;
+}
 
 /* Parses a complete reply head; false when it is not one this generator reads. */
 static bool parse_head(struct conn *c, const char *head, size_t len)
@@ -488,17 +524,8 @@ static bool parse_head(struct conn *c, const char *head, size_t len)
 		size_t n = (size_t)(eol - line);
 		static const char cl[] = "content-length:", conn_hdr[] = "connection:", te[] = "transfer-encoding:";
 		if (n > sizeof(cl) - 1 && strncasecmp(line, cl, sizeof(cl) - 1) == 0) {
-			const char *p = line + sizeof(cl) - 1;
-			while (p < eol && (*p == ' ' || *p == '\t'))
-				p++;
-			if (p == eol || *p < '0' || *p > '9')
+			if (!parse_length(line + sizeof(cl) - 1, eol, &length))
 				return false;
-			length = 0;
-			while (p < eol && *p >= '0' && *p <= '9') {
-				if (length > (UINT64_MAX - 9) / 10)
-					return false;
-				length = length * 10 + (uint64_t)(*p++ - '0');
-			}
 			have_length = true;
 		} else if (n > sizeof(conn_hdr) - 1 && strncasecmp(line, conn_hdr, sizeof(conn_hdr) - 1) == 0) {
 			const char *v = line + sizeof(conn_hdr) - 1;
@@ -544,6 +571,35 @@ static const char *find_head_end(const char *p, size_t n)
 	return e ? e + 4 : NULL;
 }
 
+/* A head split over reads: gathers it in c->head, up to its end, and parses it there.  Returns the bytes of
+ * p[0..n) it took, or -1 when the request failed (a head too long, or not one this generator reads). */
+static ssize_t gather_head(struct conn *c, const char *p, size_t n, int64_t now)
+{
+	if (!c->head && !(c->head = malloc(HEAD_MAX)))
+		fail("out of memory");
+	size_t room = HEAD_MAX - c->head_len;
+	size_t take = n < room ? n : room;
+	size_t from = c->head_len > 3 ? c->head_len - 3 : 0;
+	memcpy(c->head + c->head_len, p, take);
+	c->head_len += take;
+	const char *e = find_head_end(c->head + from, c->head_len - from);
+	if (e) {
+		size_t head_len = (size_t)(e - c->head);
+		size_t used = take - (c->head_len - head_len);
+		c->head_len = 0;
+		if (!parse_head(c, c->head, head_len)) {
+			fail_request(c, E_PARSE, now);
+			return -1;
+		}
+		return (ssize_t)used;
+	}
+	if (c->head_len == HEAD_MAX) {
+		fail_request(c, E_PARSE, now);
+		return -1;
+	}
+	return (ssize_t)take;
+}
+
 /* Feeds bytes read to the reply parser; false when the connection was closed for an error. */
 static bool feed(size_t index, const char *p, size_t n, int64_t now)
 {
@@ -578,30 +634,10 @@ static bool feed(size_t index, const char *p, size_t n, int64_t now)
 				continue;
 			}
 		}
-		/* A head split over reads: gather it. */
-		if (!c->head && !(c->head = malloc(HEAD_MAX)))
-			fail("out of memory");
-		size_t room = HEAD_MAX - c->head_len;
-		size_t take = (size_t)(end - p) < room ? (size_t)(end - p) : room;
-		size_t from = c->head_len > 3 ? c->head_len - 3 : 0;
-		memcpy(c->head + c->head_len, p, take);
-		c->head_len += take;
-		const char *e = find_head_end(c->head + from, c->head_len - from);
-		if (e) {
-			size_t head_len = (size_t)(e - c->head);
-			size_t used = take - (c->head_len - head_len);
-			c->head_len = 0;
-			if (!parse_head(c, c->head, head_len)) {
-				fail_request(c, E_PARSE, now);
-				return false;
-			}
-			p += used;
-		} else if (c->head_len == HEAD_MAX) {
-			fail_request(c, E_PARSE, now);
+		ssize_t used = gather_head(c, p, (size_t)(end - p), now);
+		if (used < 0)
 			return false;
-		} else {
-			p += take;
-		}
+		p += used;
 	}
 	return true;
 }
@@ -665,7 +701,7 @@ static void schedule(int64_t now)
 {
 	while (run.scheduled < run.total) {
 		uint64_t n = run.scheduled;
-		int64_t due_at = run.t0 + (int64_t)llround((double)n * run.ns_per_request);
+		int64_t due_at = due_ns(run.t0, n, run.ns_per_request);
 		if (due_at > now)
 			break;
 		size_t index = (size_t)(n % (uint64_t)connections);
@@ -695,7 +731,7 @@ static void check_timeouts(int64_t now)
 			fail_request(c, E_TIMEOUT, now);
 			send_next((size_t)i, now);
 		} else if (c->state == C_CONNECTING && c->next < c->due &&
-			   now - intended_of((size_t)i, c->next) > limit) {
+			   now - conn_due_ns((size_t)i, c->next) > limit) {
 			c->next++;
 			fail_request(c, E_CONNECT, now);
 			send_next((size_t)i, now);
@@ -823,26 +859,20 @@ static void print_json_string(const char *s)
 	putchar('"');
 }
 
-static void report(int64_t end, const struct rusage *ru0, const struct rusage *ru1, long fd_limit)
+/* The time the achieved rate is over: from t0 to the last reply when every request finished (at least
+ * --duration), else to the end of the run. */
+static double achieved_span_s(int64_t end)
 {
-	uint64_t unsent = 0, unanswered = 0;
-	for (long i = 0; i < connections; i++) {
-		const struct conn *c = &run.conns[i];
-		unsent += c->due - c->next;
-		if (c->state == C_BUSY)
-			unanswered++; /* a connecting one's request is still among the unsent */
-	}
 	bool all_done = run.finished == run.total && !interrupted;
 	int64_t span = all_done ? run.last_finish_ns - run.t0 : end - run.t0;
 	double elapsed_s = (double)span / 1e9;
 	if (elapsed_s < duration_s && all_done)
 		elapsed_s = duration_s;
-	double achieved = elapsed_s > 0 ? (double)run.replies / elapsed_s : 0;
-	double share = achieved / rate;
-	double user = cpu_seconds(ru1, true) - cpu_seconds(ru0, true);
-	double sys = cpu_seconds(ru1, false) - cpu_seconds(ru0, false);
-	double wall = (double)(end - run.t0) / 1e9;
+	return elapsed_s;
+}
 
+static void print_settings(long fd_limit)
+{
 	printf("{\"program\":\"openload\",\"target\":{\"host\":");
 	print_json_string(host);
 	printf(",\"port\":%ld,\"path\":", port);
@@ -852,8 +882,18 @@ static void report(int64_t end, const struct rusage *ru0, const struct rusage *r
 	       connections, duration_s, timeout_s, run.use_timerfd ? "timerfd" : "epoll_pwait2", timer_slack_us,
 	       fd_limit);
 	printf("\"interrupted\":%s,", interrupted ? "true" : "false");
-	printf("\"offered_rate\":%.3f,\"achieved_rate\":%.3f,\"elapsed_s\":%.6f,\"wall_s\":%.6f,", rate, achieved,
-	       elapsed_s, wall);
+}
+
+/* Every request due, as replies and errors by kind: also those never sent and those never answered. */
+static void print_counts(void)
+{
+	uint64_t unsent = 0, unanswered = 0;
+	for (long i = 0; i < connections; i++) {
+		const struct conn *c = &run.conns[i];
+		unsent += c->due - c->next;
+		if (c->state == C_BUSY)
+			unanswered++; /* a connecting one's request is still among the unsent */
+	}
 	printf("\"requests\":%" PRIu64 ",\"sent\":%" PRIu64 ",\"replies\":%" PRIu64 ",\"non_2xx\":%" PRIu64
 	       ",\"reconnects\":%" PRIu64 ",\"unsolicited\":%" PRIu64 ",",
 	       run.scheduled, run.sent, run.replies, run.non_2xx, run.reconnects, run.unsolicited);
@@ -861,35 +901,67 @@ static void report(int64_t end, const struct rusage *ru0, const struct rusage *r
 	for (int k = 0; k < E_KINDS; k++)
 		printf("\"%s\":%" PRIu64 ",", error_names[k], run.errors[k]);
 	printf("\"unsent\":%" PRIu64 ",\"unanswered\":%" PRIu64 "},", unsent, unanswered);
+}
+
+/* lagged (the generator's fault) and overloaded (the server's), with the figures behind them. */
+static void print_flags(double achieved_share)
+{
+	printf("\"lagged\":{\"raised\":%s,\"late_sends\":%" PRIu64 ",\"checked_sends\":%" PRIu64
+	       ",\"max_lag_us\":%.3f,\"mean_lag_us\":%.3f,\"threshold_us\":%ld},",
+	       run.late > 0 ? "true" : "false", run.late, run.free_found, (double)run.lag_max_ns / 1e3,
+	       run.free_found ? (double)run.lag_sum_ns / (double)run.free_found / 1e3 : 0.0, lag_threshold_us);
+	printf("\"overloaded\":{\"raised\":%s,\"achieved_share\":%.6f,\"tolerance\":%g},",
+	       achieved_share < 1.0 - OVERLOAD_TOLERANCE ? "true" : "false", achieved_share, OVERLOAD_TOLERANCE);
+}
+
+/* The generator's own CPU time over the load (ru0 to ru1) against the wall-clock time of the run. */
+static void print_cpu(const struct rusage *ru0, const struct rusage *ru1, double wall)
+{
+	double user = cpu_seconds(ru1, true) - cpu_seconds(ru0, true);
+	double sys = cpu_seconds(ru1, false) - cpu_seconds(ru0, false);
+	printf("\"cpu\":{\"user_s\":%.6f,\"system_s\":%.6f,\"busy_share\":%.6f,\"per_reply_us\":%.3f}}\n", user,
+	       sys, wall > 0 ? (user + sys) / wall : 0.0,
+	       run.replies ? (user + sys) * 1e6 / (double)run.replies : 0.0);
+}
+
+/* The one JSON object on stdout. */
+static void report(int64_t end, const struct rusage *ru0, const struct rusage *ru1, long fd_limit)
+{
+	double elapsed_s = achieved_span_s(end);
+	double achieved = elapsed_s > 0 ? (double)run.replies / elapsed_s : 0;
+	double wall = (double)(end - run.t0) / 1e9;
+	print_settings(fd_limit);
+	printf("\"offered_rate\":%.3f,\"achieved_rate\":%.3f,\"elapsed_s\":%.6f,\"wall_s\":%.6f,", rate, achieved,
+	       elapsed_s, wall);
+	print_counts();
 	print_latency("latency_us", run.corrected);
 	putchar(',');
 	print_latency("uncorrected_latency_us", run.uncorrected);
 	printf(",\"histogram\":{\"unit\":\"ns\",\"significant_digits\":3,\"relative_precision\":%.6g,"
 	       "\"highest_s\":%g},",
 	       1.0 / HIST_HALF, (double)HIST_HIGHEST / 1e9);
-	printf("\"lagged\":{\"raised\":%s,\"late_sends\":%" PRIu64 ",\"checked_sends\":%" PRIu64
-	       ",\"max_lag_us\":%.3f,\"mean_lag_us\":%.3f,\"threshold_us\":%ld},",
-	       run.late > 0 ? "true" : "false", run.late, run.free_found, (double)run.lag_max_ns / 1e3,
-	       run.free_found ? (double)run.lag_sum_ns / (double)run.free_found / 1e3 : 0.0, lag_threshold_us);
-	printf("\"overloaded\":{\"raised\":%s,\"achieved_share\":%.6f,\"tolerance\":%g},",
-	       share < 1.0 - OVERLOAD_TOLERANCE ? "true" : "false", share, OVERLOAD_TOLERANCE);
-	printf("\"cpu\":{\"user_s\":%.6f,\"system_s\":%.6f,\"busy_share\":%.6f,\"per_reply_us\":%.3f}}\n", user,
-	       sys, wall > 0 ? (user + sys) / wall : 0.0,
-	       run.replies ? (user + sys) * 1e6 / (double)run.replies : 0.0);
+	print_flags(achieved / rate);
+	print_cpu(ru0, ru1, wall);
 }
 
-int main(int argc, char **argv)
-{
-	parse_args(argc, argv);
-	long fd_limit = raise_fd_limit();
-	if (connections > fd_limit - RESERVED_FDS) {
-		fprintf(stderr,
-			"openload: %ld connections need %ld descriptors; this host allows %ld per process: "
-			"use --connections %ld or fewer\n",
-			connections, connections + RESERVED_FDS, fd_limit, fd_limit - RESERVED_FDS);
-		return 2;
-	}
+/* ---- the run ------------------------------------------------------------------------------------------ */
 
+/* Exits 2 when the connections need more descriptors than the limit allows. */
+static void check_fd_limit(long fd_limit)
+{
+	if (connections <= fd_limit - RESERVED_FDS)
+		return;
+	fprintf(stderr,
+		"openload: %ld connections need %ld descriptors; this host allows %ld per process: "
+		"use --connections %ld or fewer\n",
+		connections, connections + RESERVED_FDS, fd_limit, fd_limit - RESERVED_FDS);
+	exit(2);
+}
+
+/* SIGINT and SIGTERM end the run early (it still reports), a reset connection is an EPIPE and not a death,
+ * and the kernel may end a sleep at most --timer-slack-us late. */
+static void install_signals_and_slack(void)
+{
 	struct sigaction sa = { .sa_handler = on_signal };
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
@@ -897,7 +969,11 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if (prctl(PR_SET_TIMERSLACK, (unsigned long)timer_slack_us * 1000, 0, 0, 0) < 0)
 		fail("prctl(PR_SET_TIMERSLACK): %s", strerror(errno));
+}
 
+/* The request, the schedule's pace and length, the connections (closed), the histograms, the epoll set. */
+static void prepare_run(void)
+{
 	run.addr.sin_family = AF_INET;
 	run.addr.sin_port = htons((uint16_t)port);
 	inet_pton(AF_INET, host, &run.addr.sin_addr);
@@ -920,11 +996,31 @@ int main(int argc, char **argv)
 	run.epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (run.epfd < 0)
 		fail("epoll_create1: %s", strerror(errno));
-	setup_timer();
-	open_connections();
+}
 
-	struct rusage ru0, ru1;
-	getrusage(RUSAGE_SELF, &ru0);
+/* When the loop must wake at the latest: the next housekeeping, the drain's end or the next request due. */
+static int64_t next_deadline(int64_t next_housekeeping)
+{
+	int64_t deadline = next_housekeeping < run.drain_end ? next_housekeeping : run.drain_end;
+	if (run.scheduled < run.total) {
+		int64_t due_at = due_ns(run.t0, run.scheduled, run.ns_per_request);
+		if (due_at < deadline)
+			deadline = due_at;
+	}
+	return deadline;
+}
+
+static void on_timer(void)
+{
+	uint64_t expirations;
+	if (read(run.timerfd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
+		fail("reading the timerfd: %s", strerror(errno));
+	run.timer_armed_ns = 0;
+}
+
+/* The schedule from t0: requests come due, replies are read, until all are done, the drain ends or a signal. */
+static void run_schedule(void)
+{
 	run.t0 = now_ns();
 	run.t_end = run.t0 + (int64_t)(duration_s * 1e9);
 	run.drain_end = run.t_end + (int64_t)(timeout_s * 1e9);
@@ -941,32 +1037,21 @@ int main(int argc, char **argv)
 			break;
 		if (now >= run.drain_end)
 			break;
-		int64_t deadline = next_housekeeping < run.drain_end ? next_housekeeping : run.drain_end;
-		if (run.scheduled < run.total) {
-			int64_t due_at = run.t0 + (int64_t)llround((double)run.scheduled * run.ns_per_request);
-			if (due_at < deadline)
-				deadline = due_at;
-		}
-		int n = wait_until(events, deadline, now);
+		int n = wait_until(events, next_deadline(next_housekeeping), now);
 		if (n < 0 && errno != EINTR)
 			fail("waiting: %s", strerror(errno));
 		now = now_ns();
 		for (int i = 0; i < n; i++) {
-			uint32_t index = events[i].data.u32;
-			if (index == TIMER_TOKEN) {
-				uint64_t expirations;
-				if (read(run.timerfd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
-					fail("reading the timerfd: %s", strerror(errno));
-				run.timer_armed_ns = 0;
-				continue;
-			}
-			on_event(index, events[i].events, now);
+			if (events[i].data.u32 == TIMER_TOKEN)
+				on_timer();
+			else
+				on_event(events[i].data.u32, events[i].events, now);
 		}
 	}
-	int64_t end = now_ns();
-	getrusage(RUSAGE_SELF, &ru1);
-	report(end, &ru0, &ru1, fd_limit);
+}
 
+static void free_run(void)
+{
 	for (long i = 0; i < connections; i++) {
 		close_conn(&run.conns[i]);
 		free(run.conns[i].head);
@@ -977,5 +1062,24 @@ int main(int argc, char **argv)
 	if (run.timerfd >= 0)
 		close(run.timerfd);
 	close(run.epfd);
+}
+
+int main(int argc, char **argv)
+{
+	parse_args(argc, argv);
+	long fd_limit = raise_fd_limit();
+	check_fd_limit(fd_limit);
+	install_signals_and_slack();
+	prepare_run();
+	setup_timer();
+	open_connections();
+
+	struct rusage ru0, ru1;
+	getrusage(RUSAGE_SELF, &ru0);
+	run_schedule();
+	int64_t end = now_ns();
+	getrusage(RUSAGE_SELF, &ru1);
+	report(end, &ru0, &ru1, fd_limit);
+	free_run();
 	return 0;
 }

@@ -62,6 +62,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,190 +213,263 @@ static double seconds_since(const struct timespec *start)
 	return (double)(now.tv_sec - start->tv_sec) + (double)(now.tv_nsec - start->tv_nsec) / 1e9;
 }
 
-int main(int argc, char **argv)
+static _Noreturn __attribute__((format(printf, 2, 3))) void fail(int status, const char *fmt, ...)
 {
-	parse_args(argc, argv);
-	long fd_limit = raise_fd_limit();
-	long max_pipes = (fd_limit - RESERVED_FDS) / 2;
-	if (pipes > max_pipes) {
-		fprintf(stderr,
-			"pipetest: %ld pipes need %ld descriptors; this host allows %ld per process: "
-			"use --pipes %ld or fewer\n",
-			pipes, 2 * pipes + RESERVED_FDS, fd_limit, max_pipes);
-		return 2;
-	}
+	va_list args;
+	va_start(args, fmt);
+	fprintf(stderr, "pipetest: ");
+	vfprintf(stderr, fmt, args);
+	fprintf(stderr, "\n");
+	va_end(args);
+	exit(status);
+}
 
-	char err[256];
-	struct ev_loop *loop = ev_create(backend, (int)fd_limit, err, sizeof(err));
-	if (!loop) {
-		fprintf(stderr, "pipetest: %s\n", err);
-		return 2;
+/* ---- the run's state ---------------------------------------------------------------------------------- */
+
+static struct {
+	struct ev_loop *loop;
+	long fd_limit;
+	int (*pipe_fds)[2];
+	long *pipe_of_fd;
+	/* The tokens on each pipe, as a list through next_token; a token's passes so far. */
+	long *first_token;
+	long *tokens_on;
+	long *next_token;
+	long *passes_made;
+	uint64_t *visits;          /* passes each pipe carried */
+	struct ev_event *events;   /* room for one wait's events: a pipe per token at most */
+	uint64_t passes, wait_calls, events_seen;
+	const char *stopped_by;
+	double setup_s, elapsed_s;
+} run;
+
+/* ---- setup (not timed as passes: setup_s) ------------------------------------------------------------- */
+
+/* Exits 2 when the pipes need more descriptors than the limit allows. */
+static void check_fd_limit(void)
+{
+	long max_pipes = (run.fd_limit - RESERVED_FDS) / 2;
+	if (pipes > max_pipes)
+		fail(2, "%ld pipes need %ld descriptors; this host allows %ld per process: use --pipes %ld or fewer",
+		     pipes, 2 * pipes + RESERVED_FDS, run.fd_limit, max_pipes);
+}
+
+static void allocate(void)
+{
+	run.pipe_fds = calloc((size_t)pipes, sizeof(*run.pipe_fds));
+	run.pipe_of_fd = calloc((size_t)run.fd_limit, sizeof(*run.pipe_of_fd));
+	run.first_token = malloc((size_t)pipes * sizeof(*run.first_token));
+	run.tokens_on = calloc((size_t)pipes, sizeof(*run.tokens_on));
+	run.visits = calloc((size_t)pipes, sizeof(*run.visits));
+	run.next_token = calloc((size_t)tokens, sizeof(*run.next_token));
+	run.passes_made = calloc((size_t)tokens, sizeof(*run.passes_made));
+	run.events = calloc((size_t)tokens, sizeof(*run.events));
+	if (!run.pipe_fds || !run.pipe_of_fd || !run.first_token || !run.tokens_on || !run.visits ||
+	    !run.next_token || !run.passes_made || !run.events)
+		fail(1, "out of memory for %ld pipes", pipes);
+}
+
+/* Every pipe, its read end registered for EV_READ, in pipe order. */
+static void open_pipes(void)
+{
+	for (long i = 0; i < pipes; i++) {
+		if (pipe2(run.pipe_fds[i], O_NONBLOCK | O_CLOEXEC) < 0)
+			fail(1, "pipe %ld of %ld: %s", i + 1, pipes, strerror(errno));
+		int read_fd = run.pipe_fds[i][0];
+		int ret = ev_add(run.loop, read_fd, EV_READ);
+		if (ret == -ERANGE)
+			fail(2, "%s cannot watch descriptor %d: use --pipes %ld or fewer with it", ev_name(run.loop),
+			     read_fd, i);
+		if (ret < 0)
+			fail(1, "registering pipe %ld with %s: %s", i + 1, ev_name(run.loop), strerror(-ret));
+		run.pipe_of_fd[read_fd] = i;
+		run.first_token[i] = -1;
 	}
+}
+
+/* Backends that hand registrations to the kernel lazily (io_uring and aio-poll arm their polls at the next
+ * wait) do so here, untimed. */
+static void hand_registrations_to_kernel(void)
+{
+	int idle = ev_wait(run.loop, run.events, (int)tokens, 0);
+	if (idle != 0)
+		fail(1, "%s: first wait, before any token: %s", ev_name(run.loop),
+		     idle < 0 ? strerror(-idle) : "reported an idle pipe ready");
+}
+
+/* Puts token t on pipe p: on its list, and its byte in the pipe. */
+static void put_token(long t, long p)
+{
+	run.next_token[t] = run.first_token[p];
+	run.first_token[p] = t;
+	run.tokens_on[p]++;
+}
+
+static void place_tokens(void)
+{
+	for (long t = 0; t < tokens; t++) {
+		long p = pipe_of_token(t, 0);
+		put_token(t, p);
+		if (write(run.pipe_fds[p][1], "t", 1) != 1)
+			fail(1, "placing token %ld: %s", t + 1, strerror(errno));
+	}
+}
+
+static void setup(void)
+{
+	run.fd_limit = raise_fd_limit();
+	check_fd_limit();
+	char err[256];
+	run.loop = ev_create(backend, (int)run.fd_limit, err, sizeof(err));
+	if (!run.loop)
+		fail(2, "%s", err);
 
 	struct timespec setup_start;
 	clock_gettime(CLOCK_MONOTONIC, &setup_start);
-	int (*pipe_fds)[2] = calloc((size_t)pipes, sizeof(*pipe_fds));
-	long *pipe_of_fd = calloc((size_t)fd_limit, sizeof(*pipe_of_fd));
-	/* The tokens on each pipe, as a list through next_token; a token's passes so far. */
-	long *first_token = malloc((size_t)pipes * sizeof(*first_token));
-	long *tokens_on = calloc((size_t)pipes, sizeof(*tokens_on));
-	uint64_t *visits = calloc((size_t)pipes, sizeof(*visits));
-	long *next_token = calloc((size_t)tokens, sizeof(*next_token));
-	long *passes_made = calloc((size_t)tokens, sizeof(*passes_made));
-	struct ev_event *events = calloc((size_t)tokens, sizeof(*events));
-	if (!pipe_fds || !pipe_of_fd || !first_token || !tokens_on || !visits || !next_token || !passes_made ||
-	    !events) {
-		fprintf(stderr, "pipetest: out of memory for %ld pipes\n", pipes);
-		return 1;
-	}
-	for (long i = 0; i < pipes; i++) {
-		if (pipe2(pipe_fds[i], O_NONBLOCK | O_CLOEXEC) < 0) {
-			fprintf(stderr, "pipetest: pipe %ld of %ld: %s\n", i + 1, pipes, strerror(errno));
-			return 1;
-		}
-		int read_fd = pipe_fds[i][0];
-		int ret = ev_add(loop, read_fd, EV_READ);
-		if (ret == -ERANGE) {
-			fprintf(stderr,
-				"pipetest: %s cannot watch descriptor %d: use --pipes %ld or fewer with it\n",
-				ev_name(loop), read_fd, i);
-			return 2;
-		}
-		if (ret < 0) {
-			fprintf(stderr, "pipetest: registering pipe %ld with %s: %s\n", i + 1, ev_name(loop),
-				strerror(-ret));
-			return 1;
-		}
-		pipe_of_fd[read_fd] = i;
-	}
-	/* Backends that hand registrations to the kernel lazily (io_uring and
-	 * aio-poll arm their polls at the next wait) do so here, untimed. */
-	int idle = ev_wait(loop, events, (int)tokens, 0);
-	if (idle != 0) {
-		fprintf(stderr, "pipetest: %s: first wait, before any token: %s\n", ev_name(loop),
-			idle < 0 ? strerror(-idle) : "reported an idle pipe ready");
-		return 1;
-	}
-	for (long p = 0; p < pipes; p++)
-		first_token[p] = -1;
-	for (long t = 0; t < tokens; t++) {
-		long p = pipe_of_token(t, 0);
-		next_token[t] = first_token[p];
-		first_token[p] = t;
-		tokens_on[p]++;
-		if (write(pipe_fds[p][1], "t", 1) != 1) {
-			fprintf(stderr, "pipetest: placing token %ld: %s\n", t + 1, strerror(errno));
-			return 1;
-		}
-	}
-	double setup_s = seconds_since(&setup_start);
+	allocate();
+	open_pipes();
+	hand_registrations_to_kernel();
+	place_tokens();
+	run.setup_s = seconds_since(&setup_start);
+}
 
+/* ---- the walk ----------------------------------------------------------------------------------------- */
+
+/*
+ * Reads the tokens of a pipe reported ready: a pipe's bytes are its tokens.  Each read asks for one byte more
+ * than is left, so that a read that gets them all is short: the pipe is drained (edge triggering needs that)
+ * and holds nothing else.  Returns false for a pipe whose tokens were taken earlier in this batch (nothing to
+ * read); exits 1 when the pipe did not hold its tokens' bytes exactly.
+ */
+static bool take_tokens(const struct ev_event *e, long p)
+{
+	long on = run.tokens_on[p];
+	long got = 0;
+	ssize_t r;
+	char buf[READ_CHUNK];
+	for (;;) {
+		size_t ask = (size_t)(on - got) + 1 < sizeof(buf) ? (size_t)(on - got) + 1 : sizeof(buf);
+		r = read(e->fd, buf, ask);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		got += r;
+		if ((size_t)r < ask || got > on)
+			break;
+	}
+	int read_errno = r < 0 ? errno : 0;
+	if (on == 0 && got == 0 && read_errno == EAGAIN)
+		return false;
+	if (got != on || r == 0 || (read_errno && read_errno != EAGAIN) || (e->events & EV_ERROR))
+		fail(1, "pipe %ld: expected its %ld token byte(s), got %s", p + 1, on,
+		     (e->events & EV_ERROR)                 ? "an error or hang-up"
+		     : r == 0                               ? "end of file"
+		     : read_errno && read_errno != EAGAIN ? strerror(read_errno)
+							  : "another number");
+	return true;
+}
+
+/* Each token taken from pipe p makes its pass: on to its next pipe, unless that was its last. */
+static void pass_tokens(long p)
+{
+	long t = run.first_token[p];
+	run.first_token[p] = -1;
+	run.visits[p] += (uint64_t)run.tokens_on[p];
+	run.tokens_on[p] = 0;
+	while (t >= 0) {
+		long next = run.next_token[t];
+		run.passes++;
+		if (++run.passes_made[t] < generations) {
+			long q = pipe_of_token(t, run.passes_made[t]);
+			if (write(run.pipe_fds[q][1], "t", 1) != 1)
+				fail(1, "passing token %ld to pipe %ld: %s", t + 1, q + 1, strerror(errno));
+			put_token(t, q);
+		}
+		t = next;
+	}
+}
+
+/* One wait and its events; false when --max-seconds is up. */
+static bool wait_and_pass(uint64_t total_passes, const struct timespec *start)
+{
+	if (max_seconds && run.wait_calls % CLOCK_CHECK_WAITS == 0 && seconds_since(start) >= (double)max_seconds)
+		return false;
+	int n = ev_wait(run.loop, run.events, (int)tokens, STALL_TIMEOUT_MS);
+	if (n == -EINTR)
+		return true;
+	if (n < 0)
+		fail(1, "waiting with %s: %s", ev_name(run.loop), strerror(-n));
+	if (n == 0)
+		fail(1, "no token moved for %d s with %s after %" PRIu64 " of %" PRIu64
+			" passes: the backend lost a readiness event",
+		     STALL_TIMEOUT_MS / 1000, ev_name(run.loop), run.passes, total_passes);
+	run.wait_calls++;
+	run.events_seen += (uint64_t)n;
+	for (int i = 0; i < n; i++) {
+		long p = run.pipe_of_fd[run.events[i].fd];
+		if (take_tokens(&run.events[i], p))
+			pass_tokens(p);
+	}
+	return true;
+}
+
+/* The passing loop, timed: until every token made its G passes, or --max-seconds. */
+static void walk_tokens(void)
+{
 	uint64_t total_passes = (uint64_t)tokens * (uint64_t)generations;
-	uint64_t passes = 0, wait_calls = 0, events_seen = 0;
 	struct timespec start;
 	clock_gettime(CLOCK_MONOTONIC, &start);
-	const char *stopped_by = "generations";
-	while (passes < total_passes) {
-		if (max_seconds && wait_calls % CLOCK_CHECK_WAITS == 0 && seconds_since(&start) >= (double)max_seconds) {
-			stopped_by = "max-seconds";
+	run.stopped_by = "generations";
+	while (run.passes < total_passes) {
+		if (!wait_and_pass(total_passes, &start)) {
+			run.stopped_by = "max-seconds";
 			break;
 		}
-		int n = ev_wait(loop, events, (int)tokens, STALL_TIMEOUT_MS);
-		if (n == -EINTR)
-			continue;
-		if (n < 0) {
-			fprintf(stderr, "pipetest: waiting with %s: %s\n", ev_name(loop), strerror(-n));
-			return 1;
-		}
-		if (n == 0) {
-			fprintf(stderr, "pipetest: no token moved for %d s with %s after %" PRIu64 " of %" PRIu64
-				" passes: the backend lost a readiness event\n",
-				STALL_TIMEOUT_MS / 1000, ev_name(loop), passes, total_passes);
-			return 1;
-		}
-		wait_calls++;
-		events_seen += (uint64_t)n;
-		for (int i = 0; i < n; i++) {
-			long p = pipe_of_fd[events[i].fd];
-			long on = tokens_on[p];
-			/* A pipe's bytes are its tokens.  Each read asks for one byte more than
-			 * is left, so that a read that gets them all is short: the pipe is
-			 * drained (edge triggering needs that) and holds nothing else. */
-			long got = 0;
-			ssize_t r;
-			char buf[READ_CHUNK];
-			for (;;) {
-				size_t ask = (size_t)(on - got) + 1 < sizeof(buf) ? (size_t)(on - got) + 1 : sizeof(buf);
-				r = read(events[i].fd, buf, ask);
-				if (r < 0 && errno == EINTR)
-					continue;
-				if (r <= 0)
-					break;
-				got += r;
-				if ((size_t)r < ask || got > on)
-					break;
-			}
-			int read_errno = r < 0 ? errno : 0;
-			/* A pipe whose tokens were taken earlier in this batch: nothing to read. */
-			if (on == 0 && got == 0 && read_errno == EAGAIN)
-				continue;
-			if (got != on || r == 0 || (read_errno && read_errno != EAGAIN) || (events[i].events & EV_ERROR)) {
-				fprintf(stderr, "pipetest: pipe %ld: expected its %ld token byte(s), got %s\n", p + 1, on,
-					(events[i].events & EV_ERROR) ? "an error or hang-up"
-					: r == 0                      ? "end of file"
-					: read_errno && read_errno != EAGAIN ? strerror(read_errno)
-									   : "another number");
-				return 1;
-			}
-			long t = first_token[p];
-			first_token[p] = -1;
-			tokens_on[p] = 0;
-			visits[p] += (uint64_t)on;
-			while (t >= 0) {
-				long next = next_token[t];
-				passes++;
-				if (++passes_made[t] < generations) {
-					long q = pipe_of_token(t, passes_made[t]);
-					if (write(pipe_fds[q][1], "t", 1) != 1) {
-						fprintf(stderr, "pipetest: passing token %ld to pipe %ld: %s\n", t + 1,
-							q + 1, strerror(errno));
-						return 1;
-					}
-					next_token[t] = first_token[q];
-					first_token[q] = t;
-					tokens_on[q]++;
-				}
-				t = next;
-			}
-		}
 	}
-	double elapsed_s = seconds_since(&start);
+	run.elapsed_s = seconds_since(&start);
+}
 
+/* ---- the report --------------------------------------------------------------------------------------- */
+
+/* --visits PATH: every pipe's passes, one a line, in pipe order. */
+static void write_visits(void)
+{
+	FILE *out = fopen(visits_path, "w");
+	for (long p = 0; out && p < pipes; p++)
+		fprintf(out, "%" PRIu64 "\n", run.visits[p]);
+	if (!out || fclose(out) != 0)
+		fail(1, "--visits %s: %s", visits_path, strerror(errno));
+}
+
+static void report(void)
+{
 	long pipes_visited = 0;
 	uint64_t visits_min = UINT64_MAX, visits_max = 0;
 	for (long p = 0; p < pipes; p++) {
-		pipes_visited += visits[p] > 0;
-		visits_min = visits[p] < visits_min ? visits[p] : visits_min;
-		visits_max = visits[p] > visits_max ? visits[p] : visits_max;
+		pipes_visited += run.visits[p] > 0;
+		visits_min = run.visits[p] < visits_min ? run.visits[p] : visits_min;
+		visits_max = run.visits[p] > visits_max ? run.visits[p] : visits_max;
 	}
-	if (*visits_path) {
-		FILE *out = fopen(visits_path, "w");
-		for (long p = 0; out && p < pipes; p++)
-			fprintf(out, "%" PRIu64 "\n", visits[p]);
-		if (!out || fclose(out) != 0) {
-			fprintf(stderr, "pipetest: --visits %s: %s\n", visits_path, strerror(errno));
-			return 1;
-		}
-	}
-
+	if (*visits_path)
+		write_visits();
+	double events_per_wait = run.wait_calls ? (double)run.events_seen / (double)run.wait_calls : 0.0;
 	printf("{\"backend\": \"%s\", \"walk\": \"%s\", \"pipes\": %ld, \"tokens\": %ld, \"generations\": %ld, "
 	       "\"passes\": %" PRIu64 ", \"elapsed_s\": %.6f, \"passes_per_s\": %.1f, \"setup_s\": %.6f, "
 	       "\"fd_limit\": %ld, \"wait_calls\": %" PRIu64 ", \"events_per_wait\": %.3f, "
 	       "\"max_seconds\": %ld, \"stopped_by\": \"%s\", \"pipes_visited\": %ld, "
 	       "\"visits_min\": %" PRIu64 ", \"visits_max\": %" PRIu64 "}\n",
-	       ev_name(loop), walk, pipes, tokens, generations, passes, elapsed_s, (double)passes / elapsed_s,
-	       setup_s, fd_limit, wait_calls, wait_calls ? (double)events_seen / (double)wait_calls : 0.0,
-	       max_seconds, stopped_by, pipes_visited, visits_min, visits_max);
-	ev_destroy(loop);
+	       ev_name(run.loop), walk, pipes, tokens, generations, run.passes, run.elapsed_s,
+	       (double)run.passes / run.elapsed_s, run.setup_s, run.fd_limit, run.wait_calls, events_per_wait,
+	       max_seconds, run.stopped_by, pipes_visited, visits_min, visits_max);
+}
+
+int main(int argc, char **argv)
+{
+	parse_args(argc, argv);
+	setup();
+	walk_tokens();
+	report();
+	ev_destroy(run.loop);
 	return 0;
 }
