@@ -20,6 +20,7 @@ LONGEST_FUNCTION = 60  # lines, any function of experiment/
 LONGEST_STEP_LIST = 40  # lines, the run's own loops: a short list of named steps
 STEP_LISTS = {("run/reproduce.py", "_measure_all"), ("run/dead.py", "_run_levels")}
 LARGEST_BENCH_MODULE = 300  # lines, each module of experiment/bench/
+LONGEST_C_FUNCTION = 40  # lines, any function of images/
 
 
 def python_functions(root: Path) -> list[tuple[str, str, int]]:
@@ -151,8 +152,10 @@ def link_units() -> dict[str, list[Path]]:
 
 
 def c_definitions(files: list[Path]) -> dict[str, Path]:
-    """Function name -> the file of these that defines it, for functions other files can call (not static)."""
-    command = [tools.require("ctags"), "-f", "-", "--languages=C", "--kinds-C=f", "--fields=+S{file}", *map(str, files)]
+    """Name -> the file of these that defines it, for the functions and variables other files can reach (not
+    static): a backend table that names another file's ops variable depends on that file as a call does."""
+    command = [tools.require("ctags"), "-f", "-", "--languages=C", "--kinds-C=fv", "--fields=+S{file}",
+               *map(str, files)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     defined = {}
     for row in out.splitlines():
@@ -163,7 +166,8 @@ def c_definitions(files: list[Path]) -> dict[str, Path]:
 
 
 def call_graph(files: list[Path]) -> dict[str, set[str]]:
-    """One program's .c file -> the others whose functions it calls (a name used outside comments and strings)."""
+    """One program's .c file -> the others whose functions it calls or whose variables it names (a name used
+    outside comments and strings)."""
     defined = c_definitions(files)
     graph = {}
     for path in files:
@@ -177,6 +181,17 @@ def test_no_c_file_includes_a_file_that_includes_it_back():
     graph = include_graph()
     assert any(graph.values())
     assert cycles(graph) == []
+
+
+def test_no_c_function_is_longer_than_its_limit():
+    command = [tools.require("ctags"), "-f", "-", "--languages=C", "--kinds-C=f", "--fields=+ne", "-R", str(IMAGES)]
+    rows = [row.split("\t") for row in subprocess.run(command, capture_output=True, text=True,
+                                                       check=True).stdout.splitlines()]
+    spans = {f"{Path(file).relative_to(IMAGES)}:{name}": dict(f.split(":", 1) for f in fields if ":" in f)
+             for name, file, *fields in rows}
+    lengths = {k: int(f["end"]) - int(f["line"]) + 1 for k, f in spans.items() if "end" in f}
+    assert len(lengths) > 200, "the C functions were not found"
+    assert {k: v for k, v in lengths.items() if v > LONGEST_C_FUNCTION} == {}
 
 
 @pytest.mark.parametrize("program", ["ephttpd", "pipetest", "openload"])
