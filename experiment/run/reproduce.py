@@ -27,7 +27,7 @@ from docker.utils import parse_repository_tag
 
 from .. import anatomy, catalog, model
 from ..errors import UserError
-from ..host import engine, images, journal, machine, metadata, preflight, process, publish
+from ..host import engine, images, journal, machine, metadata, preflight, process, publish, tracefs
 from ..host.tuning import tune
 from ..model import Plan
 from . import durations, instruments, openloop, results, runlog, servers
@@ -446,7 +446,7 @@ def _sweep(run: results.Run, plan: Plan, engines: Engines, placed: PlacedImages,
     progress shown; however it ends, the containers removed and the anatomy folded (_finish_sweep)."""
     server_runner = Containers(engines.server, run.id, host.fd_limit, run.path)
     client_runner = Containers(engines.client, run.id, host.client_fd_limit, run.path)
-    perf = _anatomy_instruments(plan, engines.server_url, say)
+    perf = _anatomy_instruments(run, plan, engines.server_url, say)
     tuning = tune(host.findings if tune_host else [], journal=journal.journal_path(run.path))
     with tuning as tuned, Progress(say) as progress:
         if tuned.changed:
@@ -462,15 +462,33 @@ def _sweep(run: results.Run, plan: Plan, engines: Engines, placed: PlacedImages,
             _finish_sweep(ctx, stopwatch, say)
 
 
-def _anatomy_instruments(plan: Plan, server_url: str, say: Say) -> anatomy.Instruments | None:
-    """The kernel cost anatomy's perf, found (or installed) and checked once; on a remote engine, why not.
-    None when the plan takes no anatomy."""
+def _anatomy_instruments(run: results.Run, plan: Plan, server_url: str, say: Say) -> anatomy.Instruments | None:
+    """The kernel cost anatomy's perf, found (or installed) and checked once, with tracefs mounted for its
+    syscall counts (recorded in run.json's metadata "tracefs"); on a remote engine, why not. None when the
+    plan takes no anatomy."""
     if not (plan.anatomy and model.DEAD in plan.sweeps):
         return None
-    found = anatomy.prepare(local=engine.is_local(server_url))
+    local = engine.is_local(server_url)
+    no_tracefs = _mount_tracefs(run, say) if local else ""
+    found = anatomy.prepare(local=local, no_tracefs=no_tracefs)
     if found.perf is None:
         say(f"anatomy: perf unavailable, the points will say why: {found.reason}")
+    elif found.no_tracepoints:
+        say(f"anatomy: the system calls cannot be counted, the points will say why ({found.no_tracepoints}); "
+            "where the CPU goes and the context switches are measured")
     return found
+
+
+def _mount_tracefs(run: results.Run, say: Say) -> str:
+    """tracefs mounted where the kernel has it and this process may (host/tracefs.py), said in one line when
+    this run mounts it, and recorded in the run's metadata; why it is missing ("": it is there)."""
+    state = tracefs.ensure()
+    if state.mounted_here:
+        say(f"anatomy: mounted tracefs at {state.where} for the syscall counts (it stays mounted, as systemd "
+            "mounts it at boot)")
+    record = run.record()
+    run.update_record(metadata={**record.metadata, "tracefs": state.describe()})
+    return state.reason if state.where is None else ""
 
 
 def _start_progress(ctx: Context) -> None:
