@@ -427,6 +427,9 @@ class RunRecord:
     preflight: list[dict] = field(default_factory=list)  # host settings below what the plan needs
     limits: dict = field(default_factory=dict)  # the fd limit, and the most each line may reach under it
     tuned: list[dict] = field(default_factory=list)  # what --tune-host changed
+    # Whether the run was started with --tune-host: a resume tunes the host as it did (None: the run was
+    # recorded before run.json kept it).
+    tune_host: bool | None = None
     timings: dict = field(default_factory=dict)  # seconds spent on images, points and the report
     harness: dict | None = None  # the process running it (process.this_process), for `invoke clean`
     error_traceback: str | None = None  # logs/traceback.txt, when an exception ended the run

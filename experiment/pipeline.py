@@ -50,8 +50,8 @@ def reproduce(profile: str = "quick", sweeps: str | None = None, variants: str |
             return None
         # The same checks as `invoke doctor` first: a failure stops here, before anything is built.
         where = (recorded.engines if recorded else None) or {"server": server_engine, "client": client_engine}
-        doctor.gate(recorded.plan if recorded else the_plan, options.results_dir,
-                    where["server"], where["client"], tune_host, options.base_image)
+        doctor.gate(recorded.plan if recorded else the_plan, options.results_dir, where["server"], where["client"],
+                    running.tunes_host(recorded, tune_host)[0] if recorded else tune_host, options.base_image)
         run = running.reproduce(the_plan, options)
         print(f"results: {run.path}")
         if options.render_report:

@@ -140,10 +140,29 @@ def _resume_run(options: Options, say: Say) -> tuple[results.Run, model.RunRecor
     runlog.attach(run.path)
     record = run.record()
     say(f"resuming {run.id}: {len(run.points())} points already done")
+    if note := tunes_host(record, options.tune_host)[1]:
+        say(note)
     if (written := run.recorded_version()) != model.SCHEMA_VERSION:
         say(f"{run.id} was written with schema_version {written}: its records are read upgraded to "
             f"{model.SCHEMA_VERSION}, and what this run adds is written as {model.SCHEMA_VERSION}")
     return run, record
+
+
+def tunes_host(record: model.RunRecord, flag: bool) -> tuple[bool, str]:
+    """Whether the run tunes the host (--tune-host): as it was started, a resume too, whatever this command's
+    flag says, so that every point is measured on the same host settings; by the flag for a run whose
+    run.json does not record it. With what to say when that is not simply the flag ("" when it is)."""
+    if record.tune_host is None:
+        given = "with --tune-host" if flag else "without --tune-host"
+        return flag, (f"{record.run_id}'s run.json does not record whether it was started with --tune-host (it "
+                      f"was written before that was recorded): this resume goes by its own flag, {given}")
+    if record.tune_host and not flag:
+        return True, (f"{record.run_id} was started with --tune-host: its resume tunes the host as it did (the flag "
+                      "need not be given again), so that all its points are measured on the same host settings")
+    if flag and not record.tune_host:
+        return False, (f"{record.run_id} was started without --tune-host: its resume does not tune the host either "
+                       "(--tune-host is ignored), so that all its points are measured on the same host settings")
+    return flag, ""
 
 
 def _create_run(plan: Plan, options: Options, say: Say) -> tuple[results.Run, model.RunRecord]:
@@ -154,7 +173,7 @@ def _create_run(plan: Plan, options: Options, say: Say) -> tuple[results.Run, mo
                  "server_address": check_address(options.server_address)}
     record = model.RunRecord(run_id=results.new_run_id(plan.profile), profile=plan.profile, status="preparing",
                              started_at=model.utc_now(), command_line=list(sys.argv), plan=plan, engines=endpoints,
-                             harness=process.this_process())
+                             harness=process.this_process(), tune_host=options.tune_host)
     run = results.Run.create(record, options.results_dir)
     run.hold()
     runlog.attach(run.path)
@@ -297,7 +316,7 @@ def _measure_all(run: results.Run, record: model.RunRecord, options: Options, sa
     probed = Probed.take(engines, placed)
     under_test = _servers_under_test(plan, engines, placed, say)
     host = _assess_host(run, record, options, probed, placed, under_test, say)
-    _sweep(run, plan, engines, placed, host, options.tune_host, stopwatch, say)
+    _sweep(run, plan, engines, placed, host, tunes_host(record, options.tune_host)[0], stopwatch, say)
 
 
 def _recorded_endpoints(record: model.RunRecord) -> dict:
