@@ -35,21 +35,70 @@ class _LetterShortflags(Task):
         return super().arg_opts(name, default, taken_names | {"_", "-"})
 
 
+# The lists in the help texts come from where the names are defined (the catalog, the model), so that a backend,
+# server, load or walk added there is in --help too.
+def _sweeps_help() -> str:
+    from experiment.model import SWEEPS
+
+    return (f"comma list of {','.join(SWEEPS)} (default: the profile's; dead-open: the dead sweep under the "
+            "open-loop load, UP in both profiles)")
+
+
+def _variants_help() -> str:
+    from experiment.catalog import VARIANTS
+
+    return f"comma list of {','.join(VARIANTS)} (default: the profile's)"
+
+
+def _backends_help() -> str:
+    from experiment import catalog
+
+    others = ", ".join(f"{kind.program} {','.join(kind.backends)}" for kind in catalog.SERVERS.values()
+                       if kind.name not in (catalog.DEFAULT_SERVER, catalog.CUSTOM))
+    not_ev = [b for b in catalog.EPHTTPD_BACKENDS if b not in catalog.PIPETEST_BACKENDS]
+    return (f"comma list of {','.join(catalog.EPHTTPD_BACKENDS)} (ephttpd's; pipetest skips {','.join(not_ev)}; "
+            f"{others}): each server runs those of them it has (default: ephttpd the profile's, any other server "
+            "all of its own)")
+
+
+def _servers_help() -> str:
+    from experiment import catalog
+
+    kinds = [f"{kind.name} ({'default: ' if kind.name == catalog.DEFAULT_SERVER else ''}{kind.about}"
+             + (f": {','.join(kind.backends)})" if kind.name != catalog.CUSTOM else ")")
+             for kind in catalog.SERVERS.values()]
+    return (f"the servers under test, a comma list drawn in the same figures: {', '.join(kinds)}; pipetest runs "
+            f"only in a run with {catalog.DEFAULT_SERVER}")
+
+
+def _loads_help() -> str:
+    from experiment import catalog
+
+    loads = [f"{load.name} ({'default: ' if load.name == catalog.HTTPERF else ''}{load.description})"
+             for load in catalog.LOADS.values()]
+    return ", ".join(loads[:-1]) + f" or {loads[-1]}"
+
+
+def _walks_help() -> str:
+    from experiment import catalog
+
+    walks = [f"{walk} ({catalog.WALK_ABOUT[walk]})" for walk in catalog.WALKS]
+    return f"pipetest's token walks, a comma list (default: all): {', '.join(walks[:-1])} and {walks[-1]}"
+
+
 @task(klass=_LetterShortflags, help={
     "profile": "quick (default: UP and SMP, poll and epoll, ~5 dead levels, 4 pipe sizes, <= 10 min) "
                "or paper (the 2002 steps 0..60000, every backend, 3 repetitions)",
-    "sweeps": "comma list of dead,dead-open,pipetest (default: the profile's; dead-open: the dead sweep under "
-              "the open-loop load, UP in both profiles)",
-    "variants": "comma list of up,smp (default: the profile's)",
-    "backends": "comma list of select,poll,epoll,epoll-et,io_uring,aio-poll (ephttpd's; pyhttpd has "
-                "select,poll,epoll,asyncio, nginx epoll): each server runs those of them it has (default: "
-                "ephttpd the profile's, any other server all of its own)",
+    "sweeps": _sweeps_help(),
+    "variants": _variants_help(),
+    "backends": _backends_help(),
     "dead": "comma list of dead-connection levels, e.g. 0,1000,5000 (default: the profile's)",
     "pipes": "comma list of pipetest sizes, e.g. 10,100,1000 (default: the profile's)",
     "repeat": "repetitions of every series (default: the profile's)",
     "duration": "seconds of load per dead point, closed and open loop (default: the profile's: 10, open 4)",
     "resume": "continue the interrupted run RUN (a folder or an id under results/), skipping finished points",
-    "tune_host": "as root, raise somaxconn etc. for the run and restore them at its end",
+    "tune_host": "as root, raise somaxconn etc. for the run and restore them at its end (a resume tunes the host "
+                 "as its run was started, with or without it)",
     "base_image": "base of both images (default debian:bookworm-slim; bootstrapped with mmdebstrap "
                   "from the host's apt mirror when it cannot be pulled)",
     "no_report": "do not render the report at the end",
@@ -59,9 +108,7 @@ class _LetterShortflags(Task):
     "from_archive": "use the images of FILE.tar.gz written by `invoke publish` instead of building",
     "published": "the published.json to check the images' digests against (default: FILE.published.json "
                  "beside --from-archive); alone, it says where to take the images from",
-    "server": "the servers under test, a comma list drawn in the same figures: ephttpd (default: the "
-              "study's server), python (pyhttpd: select,poll,epoll,asyncio), nginx (Debian's nginx-light, "
-              "epoll), custom (your own: --server-image etc.); pipetest runs only in a run with ephttpd",
+    "server": _servers_help(),
     "server_image": "a server of your own: the image to run it from (on the server's engine, or pulled); "
                     "needs --server-cmd and --server-port; alone, or as custom in --server's list",
     "server_cmd": "a server of your own: its command in the image, as one string; {port}, {bind} and "
@@ -73,9 +120,7 @@ class _LetterShortflags(Task):
                      "the client image is copied there",
     "server_address": "the IPv4 address the server listens on and the clients target (default 127.0.0.1; "
                       "an address of the server's host when the clients run on another machine)",
-    "load": "httperf (default: the 2002 active load, paced by httperf), wrk (fixed connections, closed "
-            "loop, --duration seconds: the server's capacity) or open (openload: a fixed offered rate, open loop; "
-            "the dead sweep runs as dead-open)",
+    "load": _loads_help(),
     "rate": "the open loop's offered rate: requests/s (50000) or a share of the lowest capacity at 0 dead "
             "connections, measured with wrk before the first point (0.5x, the default)",
     "connections": "the open loop's keep-alive connections (default 100)",
@@ -84,8 +129,7 @@ class _LetterShortflags(Task):
     "no_anatomy": "leave out the kernel cost anatomy (on by default): after each dead point's measurement, a "
                   "window of its own with perf (syscalls, context switches, where the CPU goes) and slabinfo "
                   "(memory per dead connection)",
-    "walks": "pipetest's token walks, a comma list (default: both): stay (each token keeps its pipe) and "
-             "stride (the 2002 pipetest.c's walk through all the pipes)",
+    "walks": _walks_help(),
 })
 @_user_errors
 def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dead=None, pipes=None,
@@ -174,8 +218,7 @@ def compare(c, run_a, run_b, out=None, noise=None):
 
 @task(help={"profile": "the profile whose plan the checks judge the host for (default quick)",
             "dead": "comma list of dead-connection levels (default: the profile's)",
-            "sweeps": "comma list of dead,dead-open,pipetest (default: the profile's; dead-open: the dead sweep under "
-              "the open-loop load, UP in both profiles)",
+            "sweeps": _sweeps_help(),
             "tune_host": "judge as for a run with --tune-host (the sysctls it would raise; needs root)",
             "results_dir": "where run folders go (default: results/)",
             "server_engine": "the server's Docker engine (default: DOCKER_HOST or the local socket)",

@@ -117,13 +117,14 @@ class ServerKind:
     backends: tuple[str, ...]
     readiness: str
     stats: bool
+    about: str = ""  # what it is, in a few words, for --server's help
 
 
 SERVERS: dict[str, ServerKind] = {k.name: k for k in (
-    ServerKind(EPHTTPD, "ephttpd", EPHTTPD_BACKENDS, "json", True),
-    ServerKind(PYTHON, "pyhttpd", ("select", "poll", "epoll", "asyncio"), "json", True),
-    ServerKind(NGINX, "nginx", ("epoll",), "tcp", False),
-    ServerKind(CUSTOM, "server", ("own",), "tcp", False),
+    ServerKind(EPHTTPD, "ephttpd", EPHTTPD_BACKENDS, "json", True, "the study's server"),
+    ServerKind(PYTHON, "pyhttpd", ("select", "poll", "epoll", "asyncio"), "json", True, "pyhttpd"),
+    ServerKind(NGINX, "nginx", ("epoll",), "tcp", False, "Debian's nginx-light"),
+    ServerKind(CUSTOM, "server", ("own",), "tcp", False, "your own: --server-image etc."),
 )}
 # The study's server: its series carry their plain backend names.
 DEFAULT_SERVER = EPHTTPD
@@ -152,6 +153,11 @@ LOADS: dict[str, Load] = {load.name: load for load in (
 # what pipetest did before walks existed); stride, the walk of the 2002 pipetest.c (17 pipes on per pass).
 STAY, STRIDE = "stay", "stride"
 WALKS = (STAY, STRIDE)
+WALK_ABOUT = {STAY: "each token keeps its pipe", STRIDE: "the 2002 pipetest.c's walk through all the pipes"}
+
+# The CPU placements a sweep runs in (run/reproduce.py's cpusets): UP, the server on one CPU and the clients
+# on the others; SMP, everyone on every CPU.
+VARIANTS = ("up", "smp")
 
 
 @dataclass(frozen=True, order=True)

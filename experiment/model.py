@@ -160,7 +160,12 @@ class AnatomyFigures:
     of its own right after the point's measurement, under a second run of the same load. Per reply: the
     replies the window counted (replies_source says whose count). cpu_share (category -> fraction, summing
     to 1) and folded_stacks (path under the run folder) are None until the profile is folded, after the
-    sweep. wall_s: what the window added to the point's wall time (its load, perf's start and teardown)."""
+    sweep. wall_s: what the window added to the point's wall time (its load, perf's start and teardown).
+    syscalls_unavailable: why the system calls were not counted (tracefs missing: syscalls_per_reply is None
+    and syscalls empty; the CPU shares and context switches are measured), left out of the record while None."""
+
+    # Added after the anatomy itself: left out of a point's record while they hold their default.
+    LATER: ClassVar[tuple[str, ...]] = ("syscalls_unavailable",)
 
     window_s: float
     syscalls_per_reply: float | None
@@ -173,6 +178,10 @@ class AnatomyFigures:
     samples: int | None
     replies_source: str = "server"
     wall_s: float | None = None
+    syscalls_unavailable: str | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in self.LATER or v is not None}
 
 
 @dataclass
@@ -297,7 +306,7 @@ class Point:
         record.update((name, self.programs[name]) for name in PROGRAMS if name in self.programs)
         for name, value in (("anatomy", self.anatomy), ("memory", self.memory)):
             if value is not None:
-                record[name] = value.to_json() if isinstance(value, Unavailable) else asdict(value)
+                record[name] = asdict(value) if isinstance(value, MemoryFigures) else value.to_json()
         return record
 
     @classmethod
@@ -418,6 +427,9 @@ class RunRecord:
     preflight: list[dict] = field(default_factory=list)  # host settings below what the plan needs
     limits: dict = field(default_factory=dict)  # the fd limit, and the most each line may reach under it
     tuned: list[dict] = field(default_factory=list)  # what --tune-host changed
+    # Whether the run was started with --tune-host: a resume tunes the host as it did (None: the run was
+    # recorded before run.json kept it).
+    tune_host: bool | None = None
     timings: dict = field(default_factory=dict)  # seconds spent on images, points and the report
     harness: dict | None = None  # the process running it (process.this_process), for `invoke clean`
     error_traceback: str | None = None  # logs/traceback.txt, when an exception ended the run

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .host import images
+from .model import Plan, RunRecord
 from .report import render
 from .run import doctor, dryrun, plan, runlog
 from .run import reproduce as running
@@ -48,18 +49,29 @@ def reproduce(profile: str = "quick", sweeps: str | None = None, variants: str |
         if dry_run:
             dryrun.describe(recorded.plan if recorded else the_plan, options.results_dir)
             return None
-        # The same checks as `invoke doctor` first: a failure stops here, before anything is built.
-        where = (recorded.engines if recorded else None) or {"server": server_engine, "client": client_engine}
-        doctor.gate(recorded.plan if recorded else the_plan, options.results_dir,
-                    where["server"], where["client"], tune_host, options.base_image)
+        _gate(the_plan, recorded, options)
         run = running.reproduce(the_plan, options)
         print(f"results: {run.path}")
         if options.render_report:
-            started = time.monotonic()
-            print(f"report: {render.render(run)}")
-            run.update_record(timings={**run.record().timings,
-                                       "report_s": round(time.monotonic() - started, 1)})
+            _render_report(run)
         return run
+
+
+def _render_report(run: Run) -> None:
+    """The run's report, and the seconds it took in run.json's timings."""
+    started = time.monotonic()
+    print(f"report: {render.render(run)}")
+    run.update_record(timings={**run.record().timings, "report_s": round(time.monotonic() - started, 1)})
+
+
+def _gate(the_plan: Plan, recorded: RunRecord | None, options: running.Options) -> None:
+    """The same checks as `invoke doctor` first, for the run as it will run (a resumed one's plan, engines and
+    --tune-host as it recorded them): a failure stops here, before anything is built."""
+    where = (recorded.engines if recorded else None) or {"server": options.server_engine_url,
+                                                         "client": options.client_engine_url}
+    tune_host = running.tunes_host(recorded, options.tune_host)[0] if recorded else options.tune_host
+    doctor.gate(recorded.plan if recorded else the_plan, options.results_dir, where["server"], where["client"],
+                tune_host, options.base_image)
 
 
 def _number(value, kind, flag: str):

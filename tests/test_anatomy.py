@@ -424,3 +424,28 @@ def test_a_window_without_replies_has_counts_but_no_per_reply_figures(anatomies,
     assert result.counts.replies == 0 and result.counts.total_syscalls > 0  # the snapshots' own
     assert doc["syscalls_per_reply"] is None and doc["context_switches_per_reply"] is None
     assert doc["cpu_share"] is None and doc["folded_stacks"] is None  # not folded
+
+
+def test_without_tracefs_the_window_still_splits_the_cpu_and_says_why_the_syscalls_are_missing(
+        build_dir, tmp_path, monkeypatch):
+    """tracefs not mounted (here: perf looks for it where it is not, so that the machine's own mount, which
+    other processes use, stays): the cpu-clock profile needs none and still gives the CPU split, the context
+    switches are still counted, and the system calls alone are missing, with the reason; perf stat opened no
+    tracepoint."""
+    monkeypatch.setattr(perf, "TRACEFS", (tmp_path / "no-tracefs",))
+    instruments = real_perf()
+    assert instruments.no_tracepoints == perf.tracefs_missing()
+    assert instruments.no_tracepoints.startswith(f"tracefs is not mounted ({tmp_path / 'no-tracefs'})")
+    with serving("ephttpd", "epoll") as server:
+        result, _, _ = measure_level(instruments, server, tmp_path / "run" / "window", 0)
+        server.stop()
+    assert result.profile.samples >= 100 and sum(result.profile.shares.values()) == pytest.approx(1.0)
+    assert result.counts.total_syscalls is None and result.counts.syscalls == {}
+    assert result.counts.syscalls_unavailable == instruments.no_tracepoints
+    assert "sys_enter" not in (tmp_path / "run" / "window" / anatomy.window.PERF_STAT).read_text()
+    doc = result.to_json(relative_to=tmp_path / "run")
+    assert doc["syscalls_per_reply"] is None and doc["syscalls"] == {}
+    assert doc["syscalls_unavailable"] == instruments.no_tracepoints
+    assert doc["context_switches_per_reply"] is not None and doc["cpu_share"] == result.profile.shares
+    assert (tmp_path / "run" / doc["folded_stacks"]).exists()
+

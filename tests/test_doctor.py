@@ -27,8 +27,8 @@ from experiment.run.containers import LABEL_HARNESS, LABEL_ROLE, LABEL_RUN
 
 LINE = re.compile(r"^(ok|warn|fail) +([a-z ,()]+): (.+)$")
 NO_ENGINE = "unix:///nonexistent/epollbench-test/docker.sock"
-NAMES = {"server engine", "base image", "images", "fd limit", "loopback conntrack", "perf", "slabinfo", "chromium",
-         "memory", "leftovers"}
+NAMES = {"server engine", "base image", "images", "fd limit", "loopback conntrack", "perf", "tracefs", "slabinfo",
+         "chromium", "memory", "leftovers"}
 
 
 def run_doctor(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -157,3 +157,21 @@ def test_a_point_whose_field_has_the_wrong_type_is_refused_in_one_line_naming_it
     with pytest.raises(UserError, match=r"does not match the point schema of version 2 at \$\.figures") as caught:
         model.read_point(written)
     assert "\n" not in str(caught.value)
+
+
+def test_an_anatomy_without_syscall_counts_records_why_and_one_with_them_leaves_the_key_out(tmp_path):
+    path = next((COMMITTED[0] / "points").glob("dead-*.json"))
+    point = model.read_point(path)
+    why = "tracefs is not mounted, and mounting it needs root: sudo mount -t tracefs nodev /sys/kernel/tracing"
+    measured = model.AnatomyFigures(window_s=1.0, syscalls_per_reply=None, syscalls={}, context_switches_per_reply=0.5,
+                                    context_switches={"voluntary": 0.5, "involuntary": 0.0},
+                                    cpu_share={"user": 1.0}, folded_stacks=None, replies={"counting": 10},
+                                    samples=100, syscalls_unavailable=why)
+    for anatomy, key in ((measured, True), (model.AnatomyFigures(**{**measured.__dict__, "syscalls_unavailable": None,
+                                                                   "syscalls_per_reply": 4.0}), False)):
+        point.anatomy = anatomy
+        record = point.to_json()
+        assert ("syscalls_unavailable" in record["anatomy"]) is key
+        written = tmp_path / f"{key}.json"
+        written.write_text(json.dumps(record))
+        assert model.read_point(written).anatomy == anatomy

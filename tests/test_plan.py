@@ -285,3 +285,21 @@ def test_the_open_sweep_counts_its_points_in_its_own_variants():
     # dead: up,smp; dead-open: up; pipetest: up,smp, both walks
     the_plan = plan.make_plan("quick", dead="0,1000", pipes="10")
     assert plan.count_points(the_plan, 20000) == 2 * 2 * 2 + 2 * 2 * 1 + 2 * 1 * 2 * 2
+
+
+def test_the_help_lists_what_the_catalog_and_the_model_define():
+    """`./run --help reproduce` (and doctor's --sweeps) name every backend, server, load, walk, sweep and variant
+    from where they are defined, not from a copy."""
+    import tasks
+
+    helps = tasks.reproduce.help
+    assert f"comma list of {','.join(catalog.EPHTTPD_BACKENDS)} (ephttpd's;" in helps["backends"]
+    for name in catalog.BACKENDS.keys() - {"own"}:  # a server of one's own: its own, which no flag chooses
+        assert name in helps["backends"], name
+    assert all(f"{kind.name} (" in helps["server"] and kind.about in helps["server"]
+               for kind in catalog.SERVERS.values())
+    assert all(f"{load.name} (" in helps["load"] and load.description in helps["load"]
+               for load in catalog.LOADS.values())
+    assert all(f"{walk} ({catalog.WALK_ABOUT[walk]})" in helps["walks"] for walk in catalog.WALKS)
+    assert f"comma list of {','.join(model.SWEEPS)} (" in helps["sweeps"] == tasks.doctor.help["sweeps"]
+    assert f"comma list of {','.join(catalog.VARIANTS)} (" in helps["variants"]

@@ -14,11 +14,12 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from reproducing import finished, invoke, labelled_containers
+from reproducing import finished, invoke, labelled_containers, run_record
 from test_preflight import OUR_RULES, clean_raw_table, fake_proc_sys, raw_rules
 
 from experiment import catalog, model
@@ -27,6 +28,7 @@ from experiment.host import conntrack, preflight, process
 from experiment.host.journal import journal_path, restore_abandoned
 from experiment.host.preflight import Finding
 from experiment.host.tuning import tune
+from experiment.run.reproduce import tunes_host
 from experiment.run.results import Run
 
 real_host = pytest.mark.needs_host("changes the host's /proc/sys and raw table", tools=["iptables"])
@@ -161,6 +163,30 @@ def test_without_root_a_dead_runs_tuning_is_named_and_left_for_root(tmp_path, mo
     assert model.read_json(journal, model.TUNING)["restored_at"] is None
 
 
+# ---- a resume tunes as the run was started ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("recorded", "flag", "tunes"), [(True, False, True), (True, True, True),
+                                                          (False, True, False), (False, False, False)])
+def test_a_resume_tunes_the_host_as_its_run_was_started_whatever_its_flag(recorded, flag, tunes):
+    record = run_record("run-a", tune_host=recorded)
+    tuned, note = tunes_host(record, flag)
+    assert tuned is tunes
+    if recorded == flag:
+        assert note == ""
+    else:
+        assert note.startswith(f"run-a was started {'with' if recorded else 'without'} --tune-host: its resume ")
+        assert note.endswith("so that all its points are measured on the same host settings")
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_a_run_recorded_before_tune_host_was_says_so_and_goes_by_the_flag(flag):
+    tuned, note = tunes_host(run_record("run-a"), flag)
+    assert tuned is flag
+    assert note == ("run-a's run.json does not record whether it was started with --tune-host (it was written "
+                    f"before that was recorded): this resume goes by its own flag, {'with' if flag else 'without'} "
+                    "--tune-host")
+
+
 # ---- real runs on the real host --------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -197,7 +223,9 @@ def wait_until_measuring(proc: subprocess.Popen, results_dir: Path, client) -> R
 
 
 def journals(run: Run) -> list[dict]:
-    return [model.read_json(path, model.TUNING) for path in sorted(run.path.glob("tuning*.json"))]
+    """The run's journals, its first attempt's first (tuning.json, then a resume's tuning.1.json, ...)."""
+    paths = sorted(run.path.glob("tuning*.json"), key=lambda p: (p.name != "tuning.json", p.name))
+    return [model.read_json(path, model.TUNING) for path in paths]
 
 
 class Started:
@@ -272,5 +300,35 @@ def test_the_next_reproduce_puts_back_what_a_killed_run_changed(tmp_path, client
         assert any(f"net.core.somaxconn back to {LOW_SOMAXCONN}" in line for line in restored), restored
         assert run.record().status == "complete"
         assert labelled_containers(client, run.id) == []
-        killed, = journals(run)
+        killed, resumed = journals(run)
         assert killed["pid"] == proc.pid and killed["restored_at"] and killed["restored_by"] != proc.pid
+        assert resumed["restored_by"] == resumed["pid"] == killed["restored_by"], "the resume tuned and restored"
+
+
+@pytest.mark.docker
+@real_host
+def test_a_resume_after_clean_tunes_the_host_again_and_puts_it_back(tmp_path, client):
+    """A --tune-host run killed mid-sweep, the host put back by `invoke clean`, then resumed without the flag:
+    the points it has left are measured on the tuned host as the first ones were, and the host is put back at
+    the end."""
+    with killed_tuned_run(tmp_path, client) as (run, proc, rules_before):
+        assert run.record().tune_host is True
+        cleaning = subprocess.run([sys.executable, "-m", "invoke", "clean", "--results-dir", str(tmp_path),
+                                   "--run", run.id], capture_output=True, text=True, timeout=300)
+        assert cleaning.returncode == 0, cleaning.stderr
+        assert not host_is_tuned() and labelled_containers(client, run.id) == []
+        kept = len(run.points())
+        resume = invoke("--resume", run.id, "--no-report", results_dir=tmp_path)
+        with cleaned_up(resume, client):
+            wait_until_measuring(resume, tmp_path, client)  # tuned, with a container of its own
+            code, out, err = finished(resume, 300)
+        assert code == 0, f"{out}\n{err}"
+        assert (f"{run.id} was started with --tune-host: its resume tunes the host as it did (the flag need not "
+                "be given again)") in out
+        assert int(SOMAXCONN.read_text()) == LOW_SOMAXCONN and raw_rules() == rules_before
+        assert run.record().status == "complete" and len(run.points()) == 4 > kept
+        killed, resumed = journals(run)
+        assert killed["pid"] == proc.pid and killed["restored_at"]
+        assert resumed["pid"] == resumed["restored_by"] == resume.pid and resumed["restored_at"]
+        assert {c["setting"] for c in resumed["changes"]} == {"net.core.somaxconn", preflight.LOOPBACK_CONNTRACK}
+        assert {c["setting"] for c in run.record().tuned} == {"net.core.somaxconn", preflight.LOOPBACK_CONNTRACK}

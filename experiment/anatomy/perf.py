@@ -99,21 +99,38 @@ def tracepoints(names: list[str]) -> list[str]:
 
 
 def check(perf: str) -> str:
-    """"" when perf can count a syscall tracepoint and sample a process here, else the reason it cannot
-    (not root, perf_event_paranoid, no tracefs, a perf that is not one)."""
+    """"" when perf can count and sample a process here (software events: no tracefs needed), else the reason
+    it cannot (not root, perf_event_paranoid, a perf that is not one)."""
     if not os.access(perf, os.X_OK):
         return f"{perf} is not an executable (apt-get install {PACKAGE})"
-    if tracefs() is None:
-        return "tracefs is not mounted (/sys/kernel/tracing): the syscall tracepoints cannot be counted"
+    return _counts(perf, ["cpu-clock", "context-switches"])
+
+
+def check_tracepoints(perf: str) -> str:
+    """"" when perf can count the syscall tracepoints here, else the reason it cannot (tracefs not mounted,
+    no raw_syscalls tracepoint, perf refused)."""
+    return tracefs_missing() or _counts(perf, ["raw_syscalls:sys_enter"])
+
+
+def tracefs_missing() -> str:
+    """Why the tracepoints cannot be listed and opened: tracefs is not mounted; "" when it is."""
+    if tracefs() is not None:
+        return ""
+    return (f"tracefs is not mounted ({TRACEFS[0]}): the syscall tracepoints cannot be counted (as root, "
+            f"`invoke reproduce` mounts it; or: mount -t tracefs nodev {TRACEFS[0]})")
+
+
+def _counts(perf: str, events: list[str]) -> str:
+    """"" when `perf stat` counts every one of events over `true`, else why not."""
     try:
-        proc = subprocess.run([perf, "stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "--", "true"],
+        proc = subprocess.run([perf, "stat", "-x", ",", "-e", ",".join(events), "--", "true"],
                               capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"{perf} stat failed to run: {error}"
-    counted = [line for line in proc.stderr.splitlines() if "raw_syscalls:sys_enter" in line]
-    if proc.returncode != 0 or not counted or not counted[0].split(",")[0].isdigit():
+    counted = parse_stat_csv(proc.stderr)
+    if proc.returncode != 0 or any(counted.get(event) is None for event in events):
         tail = " ".join(proc.stderr.strip().splitlines()[-2:])
-        return f"perf cannot count raw_syscalls:sys_enter here (exit {proc.returncode}): {tail}"
+        return f"perf cannot count {','.join(events)} here (exit {proc.returncode}): {tail}"
     return ""
 
 

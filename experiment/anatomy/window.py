@@ -3,7 +3,9 @@ where its CPU goes, in two phases one after the other.
 
   counting  `perf stat` on the syscalls:sys_enter_* tracepoints of SYSCALLS, raw_syscalls:sys_enter (every
             system call) and the context-switches software event, on every thread of the server's
-            processes; voluntary and involuntary switches from /proc/PID/task/*/status deltas.
+            processes; voluntary and involuntary switches from /proc/PID/task/*/status deltas. Where the
+            tracepoints cannot be counted (tracefs not mounted: host/tracefs.py), the context switches
+            alone, and the anatomy says why its system calls are missing.
   profile   `perf record -e cpu-clock -F PROFILE_HZ -g` on the same processes, into perf.data; folded into
             categories later (fold.py, fold_profile()), after the sweep, so that the sweep does not wait on
             `perf script`.
@@ -36,6 +38,7 @@ SYSCALLS = ("recvfrom", "recvmsg", "read", "sendto", "sendmsg", "write", "writev
             "pselect6", "epoll_wait", "epoll_pwait", "epoll_pwait2", "epoll_ctl", "io_uring_enter",
             "io_submit", "io_getevents", "io_pgetevents", "accept", "accept4")
 ALL_SYSCALLS = "raw_syscalls:sys_enter"
+SYSCALL_EVENT = "syscalls:sys_enter_"  # a system call's tracepoint: this and its name
 CONTEXT_SWITCHES = "context-switches"
 PROFILE_HZ = 999   # samples per second of CPU: odd, so as not to beat with the kernel's tick
 DEFAULT_WINDOW_S = 2.0
@@ -50,10 +53,11 @@ class Counts:
     seconds: float
     replies: int
     syscalls: dict[str, int]  # tracepoint name (recvfrom, epoll_wait, ...) -> calls
-    total_syscalls: int
+    total_syscalls: int | None  # None: not counted (syscalls_unavailable says why)
     context_switches: int
     voluntary_switches: int
     involuntary_switches: int
+    syscalls_unavailable: str = ""  # why the system calls were not counted ("": they were)
 
 
 @dataclass
@@ -97,7 +101,9 @@ class Anatomy:
 
     def syscalls_per_reply(self) -> dict[str, float | None]:
         """name -> calls per reply of every counted system call that was called, and "other": the rest of
-        raw_syscalls:sys_enter."""
+        raw_syscalls:sys_enter. Empty when the system calls were not counted."""
+        if self.counts.total_syscalls is None:
+            return {}
         named = {name: n for name, n in self.counts.syscalls.items() if n}
         named["other"] = max(0, self.counts.total_syscalls - sum(named.values()))
         return {name: self.per_reply(n) for name, n in named.items()}
@@ -105,13 +111,17 @@ class Anatomy:
     def to_json(self, relative_to: Path | None = None) -> dict:
         """The point's "anatomy" entry: the contract keys (window_s, syscalls_per_reply, syscalls,
         context_switches_per_reply, cpu_share, folded_stacks) and the voluntary/involuntary split, the
-        replies and the samples they rest on. cpu_share and folded_stacks are None until fold_profile()."""
+        replies and the samples they rest on. cpu_share and folded_stacks are None until fold_profile().
+        Where the system calls could not be counted, syscalls_per_reply is None, syscalls empty, and
+        syscalls_unavailable says why (the key is there only then)."""
         folded = self.profile.folded
         if folded is not None and relative_to is not None:
             folded = folded.relative_to(relative_to)
+        total = self.counts.total_syscalls
+        missing = {"syscalls_unavailable": self.counts.syscalls_unavailable} if total is None else {}
         return {
             "window_s": round(self.window_s, 3),
-            "syscalls_per_reply": self.per_reply(self.counts.total_syscalls),
+            "syscalls_per_reply": self.per_reply(total) if total is not None else None,
             "syscalls": self.syscalls_per_reply(),
             "context_switches_per_reply": self.per_reply(self.counts.context_switches),
             "context_switches": {"voluntary": self.per_reply(self.counts.voluntary_switches),
@@ -120,25 +130,30 @@ class Anatomy:
             "folded_stacks": str(folded) if folded is not None else None,
             "replies": {"counting": self.counts.replies, "profile": self.profile.replies},
             "samples": self.profile.samples,
+            **missing,
         }
 
 
 @dataclass
 class Instruments:
-    """perf, found (or installed) and checked once per run; or why not."""
+    """perf, found (or installed) and checked once per run; or why not. no_tracepoints: why perf cannot count
+    the syscall tracepoints here ("": it can); the profile and the context switches need none."""
 
     perf: str | None
     reason: str = ""
+    no_tracepoints: str = ""
 
     @property
     def unavailable(self) -> Unavailable | None:
         return Unavailable(self.reason) if self.perf is None else None
 
 
-def prepare(install: bool = True, perf_path: str | None = None, local: bool = True) -> Instruments:
-    """Finds perf (installing linux-perf as root on Debian when install), and checks it can count and sample
-    here. perf_path: that binary instead. local False: the server runs on another machine's engine, where
-    this machine's perf cannot see it. Never raises."""
+def prepare(install: bool = True, perf_path: str | None = None, local: bool = True,
+            no_tracefs: str = "") -> Instruments:
+    """Finds perf (installing linux-perf as root on Debian when install), and checks it can sample and count
+    here, and count the syscall tracepoints. perf_path: that binary instead. local False: the server runs on
+    another machine's engine, where this machine's perf cannot see it. no_tracefs: why tracefs is missing,
+    when the caller knows (host/tracefs.py): the tracepoints' reason then. Never raises."""
     if not local:
         return Instruments(None, "the server runs on a remote Docker engine: perf sees only this machine's processes")
     if perf_path is None:
@@ -147,7 +162,9 @@ def prepare(install: bool = True, perf_path: str | None = None, local: bool = Tr
             return Instruments(None, why)
         perf_path = found
     reason = perf.check(perf_path)
-    return Instruments(None, reason) if reason else Instruments(perf_path)
+    if reason:
+        return Instruments(None, reason)
+    return Instruments(perf_path, no_tracepoints=no_tracefs or perf.check_tracepoints(perf_path))
 
 
 def measure(instruments: Instruments, pids: Sequence[int], out_dir: Path, replies: Replies,
@@ -156,7 +173,8 @@ def measure(instruments: Instruments, pids: Sequence[int], out_dir: Path, replie
     the load runs: the profile phase, then the counting phase. replies() is the server's cumulative reply
     count, read at each phase's edges. perf.data goes to out_dir. Returns as the window ends, with perf
     still tearing down: Window.finish() gives the Anatomy. Unavailable, with the reason, when perf is or
-    a phase fails; never raises."""
+    a phase fails; never raises. Where the syscall tracepoints cannot be counted, the counting phase counts
+    the context switches alone and the Anatomy says why its system calls are missing."""
     if instruments.perf is None:
         return Unavailable(instruments.reason)
     pids = sorted(set(pids))
@@ -164,22 +182,19 @@ def measure(instruments: Instruments, pids: Sequence[int], out_dir: Path, replie
         return Unavailable("no server process to watch")
     out_dir.mkdir(parents=True, exist_ok=True)
     started: list[perf.Controlled] = []
+    watched = ",".join(map(str, pids))
     try:
         record = perf.Controlled.start(instruments.perf, "record", [
-            "-e", "cpu-clock", "-F", str(PROFILE_HZ), "-g", "-q", "-o", str(out_dir / PERF_DATA),
-            "-p", ",".join(map(str, pids))])
+            "-e", "cpu-clock", "-F", str(PROFILE_HZ), "-g", "-q", "-o", str(out_dir / PERF_DATA), "-p", watched])
         started.append(record)
         profile_s, profile_replies = _phase(record, replies, seconds / 2)
         profile = Profile(profile_s, profile_replies, out_dir / PERF_DATA, recording=record)
         # Only now: a syscall tracepoint sends every system call through the slow path from the moment perf
         # opens it, enabled or not.
-        tracepoints = perf.tracepoints([f"syscalls:sys_enter_{name}" for name in SYSCALLS])
-        if ALL_SYSCALLS not in perf.tracepoints([ALL_SYSCALLS]):
-            raise perf.PerfError(f"this kernel has no {ALL_SYSCALLS} tracepoint")
-        events = [ALL_SYSCALLS, CONTEXT_SWITCHES, *tracepoints]
+        events, no_syscalls = stat_events(instruments)
         csv = out_dir / PERF_STAT
-        stat = perf.Controlled.start(instruments.perf, "stat", [
-            "-x", ",", "-o", str(csv), "-e", ",".join(events), "-p", ",".join(map(str, pids))])
+        stat = perf.Controlled.start(instruments.perf, "stat", ["-x", ",", "-o", str(csv), "-e", ",".join(events),
+                                                                "-p", watched])
         started.append(stat)
         switches0 = procs.context_switches(pids)
         count_s, count_replies = _phase(stat, replies, seconds / 2)
@@ -189,7 +204,18 @@ def measure(instruments: Instruments, pids: Sequence[int], out_dir: Path, replie
             command.close()
             command.cleanup()
         return Unavailable(f"perf failed: {error}")
-    return Window(profile, stat, csv, events, count_s, count_replies, switches, list(pids))
+    return Window(profile, stat, csv, events, count_s, count_replies, switches, list(pids), no_syscalls)
+
+
+def stat_events(instruments: Instruments) -> tuple[list[str], str]:
+    """perf stat's events: the context switches, and where the syscall tracepoints can be counted, every
+    system call and each of SYSCALLS this kernel has; with why they cannot ("": they can)."""
+    why = instruments.no_tracepoints or perf.tracefs_missing()
+    if not why and not perf.tracepoints([ALL_SYSCALLS]):
+        why = f"this kernel has no {ALL_SYSCALLS} tracepoint"
+    if why:
+        return [CONTEXT_SWITCHES], why
+    return [CONTEXT_SWITCHES, ALL_SYSCALLS, *perf.tracepoints([SYSCALL_EVENT + name for name in SYSCALLS])], ""
 
 
 def _phase(command: perf.Controlled, replies: Replies, seconds: float) -> tuple[float, int]:
@@ -209,7 +235,7 @@ class Window:
     """A window whose perf commands are still exiting: perf stat unregisters each tracepoint after an RCU
     grace period (about a second for all of them), and perf record writes its data. finish() waits for
     both; call it before the next measurement, for the system calls take the slow path until perf stat is
-    done."""
+    done. no_syscalls: why the system calls are not among the events ("": they are)."""
 
     profile: Profile
     stat: perf.Controlled
@@ -219,6 +245,7 @@ class Window:
     replies: int
     switches: tuple[int, int]
     pids: list[int]
+    no_syscalls: str = ""
 
     def finish(self) -> Anatomy | Unavailable:
         """Waits for perf stat to exit (and perf record, long done by then) and reads the counts."""
@@ -231,13 +258,23 @@ class Window:
             counted = perf.parse_stat_csv(self.csv.read_text()) if self.csv.exists() else {}
         except (perf.PerfError, OSError) as error:
             return Unavailable(f"perf stat failed: {error}")
-        missing = [e for e in self.events if counted.get(e) is None]
-        if missing:
-            return Unavailable(f"perf stat counted nothing for {', '.join(missing)}: {err.strip()[-200:]}")
-        counts = Counts(self.seconds, self.replies,
-                        {e.removeprefix("syscalls:sys_enter_"): counted[e] or 0 for e in self.events[2:]},
-                        counted[ALL_SYSCALLS] or 0, counted[CONTEXT_SWITCHES] or 0, *self.switches)
-        return Anatomy(counts, self.profile, self.pids)
+        if counted.get(CONTEXT_SWITCHES) is None:
+            return Unavailable(f"perf stat counted nothing for {CONTEXT_SWITCHES}: {err.strip()[-200:]}")
+        return Anatomy(self._counts(counted, err), self.profile, self.pids)
+
+    def _counts(self, counted: dict[str, int | None], err: str) -> Counts:
+        """The counting phase's counts; the system calls as not counted, and why, when perf counted one of
+        them not at all."""
+        why = self.no_syscalls
+        syscalls = [e for e in self.events if e != CONTEXT_SWITCHES]
+        missing = [e for e in syscalls if counted.get(e) is None]
+        if missing and not why:
+            why = f"perf stat counted nothing for {', '.join(missing)}: {err.strip()[-200:]}"
+        calls = {} if why else {e.removeprefix(SYSCALL_EVENT): counted[e] or 0 for e in syscalls
+                                if e != ALL_SYSCALLS}
+        total = None if why else counted[ALL_SYSCALLS] or 0
+        return Counts(self.seconds, self.replies, calls, total, counted[CONTEXT_SWITCHES] or 0, *self.switches,
+                      syscalls_unavailable=why)
 
 
 def fold_profile(instruments: Instruments, profile: Profile, folded: Path | None = None) -> Profile:

@@ -24,7 +24,7 @@ import docker.errors
 
 from .. import catalog, model
 from ..errors import UserError
-from ..host import engine, images, machine, preflight
+from ..host import engine, images, machine, preflight, tracefs
 from . import leftovers
 from .plan import Plan, count_points, max_dead
 
@@ -199,6 +199,26 @@ def _perf() -> Check:
     return Check("perf", OK, proc.stdout.strip())
 
 
+def _tracefs() -> Check:
+    """tracefs, which the anatomy's syscall counts need: mounted, or what reproduce does about it."""
+    found = tracefs.check()
+    if found.where is not None:
+        return Check("tracefs", OK, f"mounted at {found.where}: the anatomy counts the system calls")
+    if found.can_mount:
+        return Check("tracefs", WARN, f"not mounted: reproduce mounts it at {tracefs.MOUNT_POINT} (as systemd does "
+                     "at boot) for the anatomy's syscall counts", "nothing to do, or: "
+                     + " ".join(tracefs.mount_command()))
+    command = " ".join(tracefs.mount_command())
+    if os.geteuid() != 0:
+        fix = f"run as root (reproduce mounts it), or: sudo {command}"
+    elif not tracefs.kernel_has():
+        fix = "a kernel with tracefs (CONFIG_TRACING; Debian's has it)"
+    else:
+        fix = f"mount sysfs on /sys, then: {command}"
+    return Check("tracefs", WARN, f"{found.reason}; the anatomy's points will lack their syscall counts (where the "
+                 "CPU goes is still measured)", fix)
+
+
 def _slabinfo() -> Check:
     try:
         with open(SLABINFO) as f:
@@ -300,7 +320,7 @@ def checks(plan: Plan, results_dir: Path, server_engine: str | None = None, clie
     result.append(built)
     result += _host_settings(plan, tune_host)
     # Tools for looking closer and for the tests: said by doctor, not by every reproduce.
-    result += [replace(c, gate_says=False) for c in (_perf(), _slabinfo(), _chromium())]
+    result += [replace(c, gate_says=False) for c in (_perf(), _tracefs(), _slabinfo(), _chromium())]
     result += _disk(plan, server, results_dir, "are built" in built.detail)
     result.append(_memory(plan))
     result.append(_leftovers(server, results_dir))

@@ -6,14 +6,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import catalog
-from ..catalog import DEFAULT_SERVER, FD_SETSIZE, WALKS, Series
+from ..catalog import DEFAULT_SERVER, FD_SETSIZE, VARIANTS, WALKS, Series
 from ..errors import UserError
 from ..host import machine
 from ..model import DEAD, DEAD_OPEN, PIPETEST, SWEEPS, Plan
 from .loads import OPEN_MAX_RATE
 from .servers import Choice, choose
 
-VARIANTS = ("up", "smp")
 # The 2002 study's dead-connection steps and pipetest sizes (lse-2002.json).
 PAPER_DEAD = (0, 1000, 5000, 10000, 25000, 50000, 60000)
 PAPER_PIPES = (10, 100, 1000, 10000, 16000)

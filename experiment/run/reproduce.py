@@ -27,7 +27,7 @@ from docker.utils import parse_repository_tag
 
 from .. import anatomy, catalog, model
 from ..errors import UserError
-from ..host import engine, images, journal, machine, metadata, preflight, process, publish
+from ..host import engine, images, journal, machine, metadata, preflight, process, publish, tracefs
 from ..host.tuning import tune
 from ..model import Plan
 from . import durations, instruments, openloop, results, runlog, servers
@@ -140,10 +140,29 @@ def _resume_run(options: Options, say: Say) -> tuple[results.Run, model.RunRecor
     runlog.attach(run.path)
     record = run.record()
     say(f"resuming {run.id}: {len(run.points())} points already done")
+    if note := tunes_host(record, options.tune_host)[1]:
+        say(note)
     if (written := run.recorded_version()) != model.SCHEMA_VERSION:
         say(f"{run.id} was written with schema_version {written}: its records are read upgraded to "
             f"{model.SCHEMA_VERSION}, and what this run adds is written as {model.SCHEMA_VERSION}")
     return run, record
+
+
+def tunes_host(record: model.RunRecord, flag: bool) -> tuple[bool, str]:
+    """Whether the run tunes the host (--tune-host): as it was started, a resume too, whatever this command's
+    flag says, so that every point is measured on the same host settings; by the flag for a run whose
+    run.json does not record it. With what to say when that is not simply the flag ("" when it is)."""
+    if record.tune_host is None:
+        given = "with --tune-host" if flag else "without --tune-host"
+        return flag, (f"{record.run_id}'s run.json does not record whether it was started with --tune-host (it "
+                      f"was written before that was recorded): this resume goes by its own flag, {given}")
+    if record.tune_host and not flag:
+        return True, (f"{record.run_id} was started with --tune-host: its resume tunes the host as it did (the flag "
+                      "need not be given again), so that all its points are measured on the same host settings")
+    if flag and not record.tune_host:
+        return False, (f"{record.run_id} was started without --tune-host: its resume does not tune the host either "
+                       "(--tune-host is ignored), so that all its points are measured on the same host settings")
+    return flag, ""
 
 
 def _create_run(plan: Plan, options: Options, say: Say) -> tuple[results.Run, model.RunRecord]:
@@ -154,7 +173,7 @@ def _create_run(plan: Plan, options: Options, say: Say) -> tuple[results.Run, mo
                  "server_address": check_address(options.server_address)}
     record = model.RunRecord(run_id=results.new_run_id(plan.profile), profile=plan.profile, status="preparing",
                              started_at=model.utc_now(), command_line=list(sys.argv), plan=plan, engines=endpoints,
-                             harness=process.this_process())
+                             harness=process.this_process(), tune_host=options.tune_host)
     run = results.Run.create(record, options.results_dir)
     run.hold()
     runlog.attach(run.path)
@@ -297,7 +316,7 @@ def _measure_all(run: results.Run, record: model.RunRecord, options: Options, sa
     probed = Probed.take(engines, placed)
     under_test = _servers_under_test(plan, engines, placed, say)
     host = _assess_host(run, record, options, probed, placed, under_test, say)
-    _sweep(run, plan, engines, placed, host, options.tune_host, stopwatch, say)
+    _sweep(run, plan, engines, placed, host, tunes_host(record, options.tune_host)[0], stopwatch, say)
 
 
 def _recorded_endpoints(record: model.RunRecord) -> dict:
@@ -446,7 +465,7 @@ def _sweep(run: results.Run, plan: Plan, engines: Engines, placed: PlacedImages,
     progress shown; however it ends, the containers removed and the anatomy folded (_finish_sweep)."""
     server_runner = Containers(engines.server, run.id, host.fd_limit, run.path)
     client_runner = Containers(engines.client, run.id, host.client_fd_limit, run.path)
-    perf = _anatomy_instruments(plan, engines.server_url, say)
+    perf = _anatomy_instruments(run, plan, engines.server_url, say)
     tuning = tune(host.findings if tune_host else [], journal=journal.journal_path(run.path))
     with tuning as tuned, Progress(say) as progress:
         if tuned.changed:
@@ -462,15 +481,33 @@ def _sweep(run: results.Run, plan: Plan, engines: Engines, placed: PlacedImages,
             _finish_sweep(ctx, stopwatch, say)
 
 
-def _anatomy_instruments(plan: Plan, server_url: str, say: Say) -> anatomy.Instruments | None:
-    """The kernel cost anatomy's perf, found (or installed) and checked once; on a remote engine, why not.
-    None when the plan takes no anatomy."""
+def _anatomy_instruments(run: results.Run, plan: Plan, server_url: str, say: Say) -> anatomy.Instruments | None:
+    """The kernel cost anatomy's perf, found (or installed) and checked once, with tracefs mounted for its
+    syscall counts (recorded in run.json's metadata "tracefs"); on a remote engine, why not. None when the
+    plan takes no anatomy."""
     if not (plan.anatomy and model.DEAD in plan.sweeps):
         return None
-    found = anatomy.prepare(local=engine.is_local(server_url))
+    local = engine.is_local(server_url)
+    no_tracefs = _mount_tracefs(run, say) if local else ""
+    found = anatomy.prepare(local=local, no_tracefs=no_tracefs)
     if found.perf is None:
         say(f"anatomy: perf unavailable, the points will say why: {found.reason}")
+    elif found.no_tracepoints:
+        say(f"anatomy: the system calls cannot be counted, the points will say why ({found.no_tracepoints}); "
+            "where the CPU goes and the context switches are measured")
     return found
+
+
+def _mount_tracefs(run: results.Run, say: Say) -> str:
+    """tracefs mounted where the kernel has it and this process may (host/tracefs.py), said in one line when
+    this run mounts it, and recorded in the run's metadata; why it is missing ("": it is there)."""
+    state = tracefs.ensure()
+    if state.mounted_here:
+        say(f"anatomy: mounted tracefs at {state.where} for the syscall counts (it stays mounted, as systemd "
+            "mounts it at boot)")
+    record = run.record()
+    run.update_record(metadata={**record.metadata, "tracefs": state.describe()})
+    return state.reason if state.where is None else ""
 
 
 def _start_progress(ctx: Context) -> None:
