@@ -29,7 +29,7 @@ from experiment.errors import UserError
 from experiment.host import checks
 from experiment.report import attach, comparison, export, styles
 from experiment.report.data import FLAG_TEXT, load
-from experiment.report.page import flatten, headlines, notices
+from experiment.report.page import flatten, headlines, missing_levels, notices
 from experiment.report.render import render
 from experiment.report.text import human, md_escape, percent, times
 from experiment.run.results import Run
@@ -390,6 +390,30 @@ def test_a_point_flag_the_checks_record_reaches_the_notices_and_the_headline(tmp
     assert any(notice in text for text in notices(data))
     quoted = [h for h in headlines(data) if h.sweep == "dead"]
     assert quoted and all(FLAG_TEXT[flag] in h.text for h in quoted)
+
+
+REFERENCE_RUNS = sorted(p.parent for p in (Path(__file__).resolve().parent.parent / "results" / "reference")
+                        .glob("*/run.json"))
+
+
+@pytest.mark.parametrize("committed", REFERENCE_RUNS, ids=lambda p: p.name)
+def test_a_complete_run_has_no_planned_point_without_a_result(committed):
+    """The plan's own lines (plan.planned) decide what was planned: quick's open loop runs on UP alone, and a
+    run's holders series have their direct overlap level."""
+    data = load(Run(committed))
+    assert data.record.status == "complete"
+    assert missing_levels(data) == []
+    assert not [n for n in notices(data) if "no result" in n]
+
+
+@needs_runs
+def test_a_point_file_that_is_gone_is_said_to_have_no_result(tmp_path):
+    run = copy_run(RUNS[0], tmp_path)
+    gone = next(p for p in read_points(run) if p["sweep"] == "dead" and p["status"] == "ok" and p["x"] > 0)
+    run.point_path(gone["id"]).unlink()
+    label = f"dead {gone['variant'].upper()} {gone['backend']} {gone['x']:,}"
+    assert missing_levels(load(run)) == [label]
+    assert f"1 planned point has no result: {label}." in notices(load(run))
 
 
 @needs_runs

@@ -12,6 +12,7 @@ from .. import catalog, model
 from ..catalog import Series
 from ..host import checks
 from ..model import DEAD, DEAD_OPEN, DEAD_SWEEPS, Point
+from ..run.plan import Level, Line, dead_levels, planned
 from .data import (
     CAVEATS,
     CPU_PER_REPLY,
@@ -235,7 +236,7 @@ def notices(data: RunData) -> list[str]:
     missing = missing_levels(data)
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        found.append(f"{len(missing)} planned points have no result: {shown}.")
+        found.append(f"{len(missing)} planned point{'s have' if len(missing) > 1 else ' has'} no result: {shown}.")
     failed = [p for p in data.points if p.status == model.FAILED]
     if failed:
         reasons = Counter(p.reason or "no reason recorded" for p in failed)
@@ -276,18 +277,40 @@ def _tuned(data: RunData, finding: dict) -> bool:
     return finding.get("setting") in settings
 
 
-def missing_levels(data: RunData) -> list[str]:
-    """Planned (sweep, variant, backend, x) with no point file at all."""
-    plan = data.plan
-    missing = []
-    for sweep_name in plan.sweeps:
-        levels = plan.levels(sweep_name)
-        for variant in plan.variants:
-            for backend in data.planned_lines(sweep_name):
-                missing += [f"{sweep_name} {variant.upper()} {backend.label} {x:,}" for x in levels
-                            if (sweep_name, variant, backend, int(x)) not in data.groups]
-    return missing
+def fd_limit(data: RunData) -> int | None:
+    """The server's open-file limit the run planned under (run.json's limits, or its metadata before limits)."""
+    value = data.record.limits.get("fd_hard_limit") or data.metadata.get("fd_hard_limit")
+    return value if isinstance(value, int) else None
 
+
+def planned_levels(data: RunData) -> list[tuple[Line, Level]]:
+    """Every (line, level) the run planned: plan.planned() under the run's fd limit. A run recorded before
+    helper processes held dead connections (its limits name no dead_holders) ran every line on one process,
+    so its lines have the levels one process may hold."""
+    limit = fd_limit(data)
+    if limit is None:
+        return []
+    held = data.record.limits.get("dead_holders")
+    found = []
+    for line in planned(data.plan, limit):
+        levels = line.levels
+        if line.holders and held is None:
+            levels = tuple(dead_levels(data.plan, limit, line.series.backend))
+        found += [(line, level) for level in levels]
+    return found
+
+
+def missing_levels(data: RunData) -> list[str]:
+    """The planned points (planned_levels) with no point file, by sweep, variant, line and level (and
+    repetition when the plan repeats)."""
+    recorded = {(p.sweep, p.variant, p.series, p.x, p.repetition, p.overlap) for p in data.points}
+    missing = []
+    for line, level in planned_levels(data):
+        if (line.sweep, line.variant, line.series, level.value, line.repetition, level.overlap) not in recorded:
+            missing.append(f"{line.sweep} {line.variant.upper()} {line.series.label} {level.value:,}"
+                           + (" direct" if level.overlap else "")
+                           + (f" r{line.repetition}" if data.plan.repeat > 1 else ""))
+    return missing
 
 
 # ---------------------------------------------------------------------------------------------------------
