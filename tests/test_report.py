@@ -376,6 +376,48 @@ def test_page_loads_offline_in_chromium(chromium, rendered, tmp_path):
     assert {f["id"] for f in loads[0].figures if f["id"]} == {f"fig-{n}" for n in expected_figures(read_points(run))}
 
 
+# Where the first figure and the first summary table lie on the page, in CSS pixels from its top-left corner.
+FIRST_SCREEN_JS = """
+(() => {
+  const box = e => {
+    if (!e) return null;
+    const r = e.getBoundingClientRect();
+    return {top: r.top + scrollY, bottom: r.bottom + scrollY, left: r.left + scrollX, right: r.right + scrollX,
+            width: r.width, height: r.height};
+  };
+  const figure = document.querySelector('figure img');
+  const table = document.querySelector('table');
+  const frame = table && table.closest('.wide');
+  return {figure: box(figure), figureInSummary: !!(figure && figure.closest('#summary')),
+          decoded: !!(figure && figure.complete && figure.naturalWidth > 0),
+          table: box(table), tableIsSummary: !!(table && table.classList.contains('summary')),
+          tableClipped: !!(frame && frame.scrollWidth > frame.clientWidth + 1),
+          viewport: {width: innerWidth, height: innerHeight}};
+})()
+"""
+
+
+@pytest.mark.browser
+def test_the_first_screen_shows_the_key_figure_and_the_summary_table(chromium, tmp_path):
+    """The paper reference opened at 1280 x 800: its first figure (at least 600 px wide) and its first summary
+    table lie wholly within the first screen, before anything else the page says."""
+    paper = next(p for p in REFERENCE_RUNS if p.name.endswith("-paper"))
+    index = render(copy_run(paper, tmp_path))
+    with chromium.Chromium(tmp_path / "chromium") as browser:
+        page = browser.load(index, width=1280, height=800, expression=FIRST_SCREEN_JS)
+    (tmp_path / "first-screen.png").write_bytes(page.screenshot)
+    assert page.failed == [] and page.errors == []
+    boxes = page.evaluated
+    assert boxes["viewport"] == {"width": 1280, "height": 800}
+    assert boxes["figureInSummary"] and boxes["decoded"] and boxes["tableIsSummary"], boxes
+    figure, table = boxes["figure"], boxes["table"]
+    assert figure["width"] >= 600, figure
+    for box in (figure, table):
+        assert box["top"] >= 0 and box["bottom"] <= 800, (box, boxes)
+        assert box["left"] >= 0 and box["right"] <= 1280, (box, boxes)
+    assert not boxes["tableClipped"], "the summary table is wider than its column: part of it is scrolled away"
+
+
 @needs_runs
 @pytest.mark.parametrize("flag, notice", [(checks.CPU_THROTTLED, "throttled during the measurement"),
                                           (checks.CPU_FREQUENCY_CHANGED, "CPU clock moved")])
