@@ -7,6 +7,7 @@ nothing errs and every figure is drawn.
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import html
@@ -30,7 +31,9 @@ from experiment.host import checks
 from experiment.report import attach, comparison, export, styles
 from experiment.report.data import FLAG_TEXT, load
 from experiment.report.page import flatten, headlines, missing_levels, notices
+from experiment.report.plots import run_figure_rows
 from experiment.report.render import render
+from experiment.report.summary import summaries
 from experiment.report.text import human, md_escape, percent, times
 from experiment.run.results import Run
 
@@ -173,6 +176,40 @@ def test_headline_numbers_equal_the_data(rendered):
             assert percent(measured[item.series.label][at] / measured[item.series.label][base_x]) in head.text
         assert f"{head.x:,}" in head.text
         assert html.escape(head.text, quote=False) in page
+
+
+@needs_runs
+def test_the_first_screen_quotes_each_lines_numbers_at_the_level_it_reached(rendered):
+    run, index = rendered
+    points = read_points(run)
+    expected = medians(points)
+    data = load(run)
+    firsts = summaries(data, {p.stem for p in (index.parent / "figures").glob("*.png")})
+    assert [s.variant for s in firsts] == [v for v in ("up", "smp") if any(p["variant"] == v for p in points)]
+    page = html.unescape(index.read_text())
+    for first in firsts:
+        dead = {(b, x): m for (sweep, v, b, x), m in expected.items() if (sweep, v) == ("dead", first.variant)}
+        ok = [p for p in points if (p["sweep"], p["variant"], p["status"]) == ("dead", first.variant, "ok")]
+        levels = {(p["backend"], p["x"]) for p in ok}
+        saturated = {(p["backend"], p["x"]) for p in ok if (p.get("flags") or {}).get(checks.CLIENT_SATURATED)}
+        slug = "cpu-per-reply" if len(saturated) > len(levels) / 2 else "normalised"
+        assert first.figure == f"dead-{slug}-{first.variant}"
+        drawn = base64.b64encode((index.parent / "figures" / f"{first.figure}.png").read_bytes()).decode()
+        assert re.search(rf'<div class="first" id="summary-{first.variant}">\s*<figure class="key">\s*'
+                         rf'<img src="data:image/png;base64,{re.escape(drawn)}"', index.read_text())
+        for row in first.rows:
+            xs = sorted(x for b, x in dead if b == row.series.label)
+            top, base = dead[(row.series.label, xs[-1])], dead[(row.series.label, xs[0])]
+            assert row.cells["reached"].text == f"{xs[-1]:,}"
+            assert row.cells["rate"].text == human(top["reply_rate"])
+            assert row.cells["share"].text == percent(top["reply_rate"] / base["reply_rate"])
+            assert row.cells["cpu"].text == f"{top['server_cpu_us_per_reply']:.1f}"
+        assert 1 <= len(first.prose) <= 3
+        assert " ".join(first.prose) in page and first.title in page
+    # The summary comes before every notice and figure row on the page and in report.md.
+    markdown = (index.parent / "report.md").read_text()
+    assert markdown.index("| backend |") < min(markdown.index(h) for h in ("### Figures", "### Key numbers"))
+    assert index.read_text().index('class="summary"') < index.read_text().index('id="notices"')
 
 
 @needs_runs
@@ -446,6 +483,20 @@ def test_a_complete_run_has_no_planned_point_without_a_result(committed):
     assert data.record.status == "complete"
     assert missing_levels(data) == []
     assert not [n for n in notices(data) if "no result" in n]
+
+
+@pytest.mark.parametrize("committed", REFERENCE_RUNS, ids=lambda p: p.name)
+def test_where_the_client_saturated_everywhere_the_first_figure_is_server_cpu_per_reply(committed):
+    """Every dead point of the reference runs has the client saturated: their reply rate is the client's limit,
+    so each variant's first figure is the server's CPU per reply, and poll is the line that collapsed."""
+    data = load(Run(committed))
+    firsts = summaries(data, {p.name for row in run_figure_rows(data) for p in row.plots})
+    assert [s.figure for s in firsts] == [f"dead-cpu-per-reply-{v}" for v in data.variants("dead")]
+    for first in firsts:
+        assert first.figure_note.startswith("Server CPU per reply: the client saturated at ")
+        collapsed = next(s for s in first.prose if s.startswith("Collapsed: "))
+        assert collapsed.startswith("Collapsed: poll, ") and "epoll" not in collapsed
+        assert "epoll" in first.prose[0] and first.prose[0].startswith("Flat: ")
 
 
 @needs_runs

@@ -56,7 +56,7 @@ COLUMNS = {
     "share": "of 0-dead rate",
     "cpu": "CPU/reply [µs]",
     "p99": "p99 [ms], open loop",
-    "pipes": "pipetest, stay / stride",
+    "pipes": "pipetest",  # with each walk's name when it ran more than one
 }
 
 
@@ -99,7 +99,9 @@ def summaries(data: RunData, figures: set[str]) -> list[VariantSummary]:
             continue
         rows = [Row(series, {**_dead_cells(data, variant, series), **_open_cell(data, variant, series),
                              **_pipes_cell(data, variant, series)}) for series in _rows(data, variant)]
-        columns = [(k, t) for k, t in COLUMNS.items() if any(r.cells.get(k, Cell()).text != "–" for r in rows)]
+        walks = list(dict.fromkeys(s.walk or catalog.STAY for s in data.lines(PIPETEST, variant)))
+        titles = {**COLUMNS, "pipes": "pipetest, " + " / ".join(walks) if len(walks) > 1 else "pipetest"}
+        columns = [(k, t) for k, t in titles.items() if any(r.cells.get(k, Cell()).text != "–" for r in rows)]
         used = "".join(c.marks for r in rows for c in r.cells.values())
         found.append(VariantSummary(
             variant=variant, title=_title(data, variant), figure=chosen[0], figure_note=chosen[1], columns=columns,
@@ -119,12 +121,13 @@ def _title(data: RunData, variant: str) -> str:
 
 def _caption(columns: list[tuple[str, str]]) -> str:
     keys = {k for k, _ in columns}
-    parts = ["Medians over the repetitions, at the most dead connections each line reached; CPU/reply: server CPU "
-             "per reply"]
+    parts = ["Medians over the repetitions" + (", at the most dead connections each line reached; CPU/reply: server "
+                                               "CPU per reply" if "reached" in keys else "")]
     if "p99" in keys:
         parts.append("p99: the open loop at one offered rate (@: at its own last level, where that is another)")
     if "pipes" in keys:
-        parts.append("pipetest: token passes/s at its most pipes as a share of its rate at its fewest, per walk")
+        parts.append("pipetest: token passes/s at its most pipes as a share of its rate at its fewest (per token "
+                     "walk where it ran more than one)")
     return ". ".join(parts) + "."
 
 
