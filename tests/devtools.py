@@ -63,6 +63,7 @@ class PageLoad:
     figures: list[dict] = field(default_factory=list)
     screenshot: bytes = b""
     isolated: bool = False  # loaded inside a network namespace without network
+    evaluated: object = None  # what the caller's expression returned in the page
 
 
 class Chromium:
@@ -153,8 +154,9 @@ class Chromium:
                 return event
 
     def load(self, path: Path, width: int = 1366, height: int = 900, media: str = "screen",
-             full_page_px: int = 0) -> PageLoad:
-        """Opens path offline; returns every request, failure and error, the figures' sizes, a screenshot.
+             full_page_px: int = 0, expression: str = "") -> PageLoad:
+        """Opens path offline; returns every request, failure and error, the figures' sizes, a screenshot, and
+        the value of expression (JavaScript) evaluated in the loaded page.
 
         The screenshot shows the first screen, or up to full_page_px pixels of the page when given.
         """
@@ -173,6 +175,8 @@ class Chromium:
         self.wait_for("Page.loadEventFired")
         figures = self.send("Runtime.evaluate", {"expression": FIGURES_JS, "returnByValue": True},
                             session=session)["result"].get("value", [])
+        evaluated = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True},
+                              session=session)["result"].get("value") if expression else None
         capture = {"format": "png"}
         if full_page_px:
             size = self.send("Page.getLayoutMetrics", session=session)["cssContentSize"]
@@ -180,7 +184,7 @@ class Chromium:
                                                              "height": min(size["height"], full_page_px)})
         shot = self.send("Page.captureScreenshot", capture, session=session)
         result = PageLoad(url=url, figures=figures, screenshot=base64.b64decode(shot["data"]),
-                          isolated=bool(self.prefix))
+                          isolated=bool(self.prefix), evaluated=evaluated)
         urls = {}
         for event in self.events:
             method, params = event.get("method"), event.get("params", {})

@@ -16,6 +16,7 @@ from experiment.catalog import Series
 from experiment.errors import UserError
 from experiment.report import beyond, page
 from experiment.report import data as report_data
+from experiment.report.text import human
 from experiment.run import (
     context,
     dead,
@@ -364,15 +365,26 @@ def test_the_report_of_a_holders_series_says_who_held_them_and_compares_the_over
     data = report_data.load(ctx.run)
     assert [p.id for p in data.overlaps] == ["dead-up-epoll-r1-d001000-direct"]
     assert len(data.groups[("dead", "up", EPOLL, 1000)].points) == 1, "the direct point is not a repetition"
-    notes = beyond.holders_notes(data)
-    assert notes[0].startswith("epoll: dead connections held by 4 helper processes in the server's epoll set, "
-                               "because this host caps a process at 2,000 files")
-    assert notes[1].startswith("UP epoll at 1,000 dead connections, measured both ways (repetition 1): through "
-                               "holders 21.9k replies/s")
+    held = beyond.holders(data)
+    assert held is not None and held.intro.startswith(
+        "epoll: dead connections held by 4 helper processes in the server's epoll set at every level, because this "
+        "host caps a process at 2,000 files")
+    (row,) = held.rows  # the repetition's own point through the holders beside its direct one
+    through = data.groups[("dead", "up", EPOLL, 1000)].points[0].figures
+    direct = data.overlaps[0].figures
+    assert (row["variant"], row["series"], row["x"], row["repetition"]) == ("UP", EPOLL, "1,000", 1)
+    assert (row["through_rate"], row["through_cpu"]) == ("21.9k", f"{through.server_cpu_us_per_reply:.2f}")
+    assert (row["direct_rate"], row["direct_cpu"]) == (human(direct.reply_rate),
+                                                       f"{direct.server_cpu_us_per_reply:.2f}")
     caps = page.host_caps(data)
     assert caps[0].startswith("This host allows 2000 open files per process: one server process holds at most "
                               "1,500 dead connections; epoll reached 5,000 through helper processes")
-    assert "poll stops at 1,500 dead connections (host allows 2000" in caps[0]
+    (limit,) = page.host_limit_rows(data)
+    assert (limit["sweep"], limit["lines"], limit["at"], limit["more"]) == ("dead", "poll", "1,500 dead connections",
+                                                                           True)
+    assert limit["why"].startswith("host allows 2000 open files per process: at most ") and ";" not in limit["why"]
+    (why,) = page.limit_reasons(data)
+    assert why["line"] == "poll" and "no helper processes can hold more for poll" in why["reason"]
     assert beyond.extrapolations(data) == [], "two measured levels are too few for a fit"
 
 
@@ -385,9 +397,14 @@ def test_a_stopped_lines_extrapolation_is_a_least_squares_line_with_its_residual
     assert sum(poll.residuals) == pytest.approx(0, abs=1e-9)
     assert sum(r * x for r, x in zip(poll.residuals, poll.xs, strict=True)) == pytest.approx(0, abs=1e-6)
     assert poll.value == pytest.approx(poll.intercept + poll.slope * 60000)
-    assert poll.text().startswith("UP poll: 2.40 µs + 6.242 µs per 1,000 dead connections (residuals +4.75")
-    intro = beyond.extrapolation_texts(report_data.load(run))[0]
-    assert intro.endswith("Beside it, 2002: poll on SMP answered 414.5 replies/s at 60,000.")
+    row = poll.row()
+    assert (row["line"], row["fit"], row["value"]) == ("UP poll", "2.40 + 6.242", f"{poll.value:.1f}")
+    low, high = min(poll.residuals), max(poll.residuals)
+    assert row["residuals"] == f"{low:+.2f} to {high:+.2f}".replace("-", "−") and high == pytest.approx(4.75, abs=5e-3)
+    told = beyond.extrapolated(report_data.load(run))
+    assert told is not None and told.top == 60000
+    assert told.intro.startswith("poll, epoll, epoll-et, io_uring, aio-poll stop at the host's cap; their server CPU")
+    assert told.intro.endswith("Beside it, 2002: poll on SMP answered 414.5 replies/s at 60,000.")
 
 
 

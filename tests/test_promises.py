@@ -420,7 +420,7 @@ def test_the_headline_quotes_the_median_of_the_repetitions(repeated):
             assert item.value == pytest.approx(median, rel=1e-12)
             assert human(median) in head.text
         assert head.text in page
-        assert f"**{md_escape(head.text)}**" in markdown
+        assert f"\n- {md_escape(head.text)}\n" in markdown
 
 
 # ---------------------------------------------------------------------------------------------------------

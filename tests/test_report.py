@@ -7,6 +7,7 @@ nothing errs and every figure is drawn.
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import html
@@ -29,8 +30,10 @@ from experiment.errors import UserError
 from experiment.host import checks
 from experiment.report import attach, comparison, export, styles
 from experiment.report.data import FLAG_TEXT, load
-from experiment.report.page import flatten, headlines, notices
+from experiment.report.page import flatten, headlines, missing_levels, notices
+from experiment.report.plots import run_figure_rows
 from experiment.report.render import render
+from experiment.report.summary import summaries
 from experiment.report.text import human, md_escape, percent, times
 from experiment.run.results import Run
 
@@ -176,6 +179,40 @@ def test_headline_numbers_equal_the_data(rendered):
 
 
 @needs_runs
+def test_the_first_screen_quotes_each_lines_numbers_at_the_level_it_reached(rendered):
+    run, index = rendered
+    points = read_points(run)
+    expected = medians(points)
+    data = load(run)
+    firsts = summaries(data, {p.stem for p in (index.parent / "figures").glob("*.png")})
+    assert [s.variant for s in firsts] == [v for v in ("up", "smp") if any(p["variant"] == v for p in points)]
+    page = html.unescape(index.read_text())
+    for first in firsts:
+        dead = {(b, x): m for (sweep, v, b, x), m in expected.items() if (sweep, v) == ("dead", first.variant)}
+        ok = [p for p in points if (p["sweep"], p["variant"], p["status"]) == ("dead", first.variant, "ok")]
+        levels = {(p["backend"], p["x"]) for p in ok}
+        saturated = {(p["backend"], p["x"]) for p in ok if (p.get("flags") or {}).get(checks.CLIENT_SATURATED)}
+        slug = "cpu-per-reply" if len(saturated) > len(levels) / 2 else "normalised"
+        assert first.figure == f"dead-{slug}-{first.variant}"
+        drawn = base64.b64encode((index.parent / "figures" / f"{first.figure}.png").read_bytes()).decode()
+        assert re.search(rf'<div class="first" id="summary-{first.variant}">\s*<figure class="key">\s*'
+                         rf'<img src="data:image/png;base64,{re.escape(drawn)}"', index.read_text())
+        for row in first.rows:
+            xs = sorted(x for b, x in dead if b == row.series.label)
+            top, base = dead[(row.series.label, xs[-1])], dead[(row.series.label, xs[0])]
+            assert row.cells["reached"].text == f"{xs[-1]:,}"
+            assert row.cells["rate"].text == human(top["reply_rate"])
+            assert row.cells["share"].text == percent(top["reply_rate"] / base["reply_rate"])
+            assert row.cells["cpu"].text == f"{top['server_cpu_us_per_reply']:.1f}"
+        assert 1 <= len(first.prose) <= 3
+        assert " ".join(first.prose) in page and first.title in page
+    # The summary comes before every notice and figure row on the page and in report.md.
+    markdown = (index.parent / "report.md").read_text()
+    assert markdown.index("| backend |") < min(markdown.index(h) for h in ("### Figures", "### Key numbers"))
+    assert index.read_text().index('class="summary"') < index.read_text().index('id="notices"')
+
+
+@needs_runs
 def test_every_figure_is_present(rendered):
     run, index = rendered
     names = expected_figures(read_points(run))
@@ -286,7 +323,7 @@ def test_failed_and_skipped_points_render_with_reasons(tmp_path):
             assert p["reason"] in html.unescape(page)
             assert p["id"] in page
     assert re.search(r'<tr class="(failed|partial)">', page)
-    assert "points failed" in page
+    assert re.search(r"\d+ points? failed: ", page)
 
 
 @needs_runs
@@ -373,7 +410,49 @@ def test_page_loads_offline_in_chromium(chromium, rendered, tmp_path):
             assert figure["width"] > 100 and figure["height"] > 50, figure
         assert page_load.screenshot.startswith(b"\x89PNG")
         (tmp_path / f"screenshot-{loads.index(page_load)}.png").write_bytes(page_load.screenshot)
-    assert {f["id"] for f in loads[0].figures} == {f"fig-{n}" for n in expected_figures(read_points(run))}
+    assert {f["id"] for f in loads[0].figures if f["id"]} == {f"fig-{n}" for n in expected_figures(read_points(run))}
+
+
+# Where the first figure and the first summary table lie on the page, in CSS pixels from its top-left corner.
+FIRST_SCREEN_JS = """
+(() => {
+  const box = e => {
+    if (!e) return null;
+    const r = e.getBoundingClientRect();
+    return {top: r.top + scrollY, bottom: r.bottom + scrollY, left: r.left + scrollX, right: r.right + scrollX,
+            width: r.width, height: r.height};
+  };
+  const figure = document.querySelector('figure img');
+  const table = document.querySelector('table');
+  const frame = table && table.closest('.wide');
+  return {figure: box(figure), figureInSummary: !!(figure && figure.closest('#summary')),
+          decoded: !!(figure && figure.complete && figure.naturalWidth > 0),
+          table: box(table), tableIsSummary: !!(table && table.classList.contains('summary')),
+          tableClipped: !!(frame && frame.scrollWidth > frame.clientWidth + 1),
+          viewport: {width: innerWidth, height: innerHeight}};
+})()
+"""
+
+
+@pytest.mark.browser
+def test_the_first_screen_shows_the_key_figure_and_the_summary_table(chromium, tmp_path):
+    """The paper reference opened at 1280 x 800: its first figure (at least 600 px wide) and its first summary
+    table lie wholly within the first screen, before anything else the page says."""
+    paper = next(p for p in REFERENCE_RUNS if p.name.endswith("-paper"))
+    index = render(copy_run(paper, tmp_path))
+    with chromium.Chromium(tmp_path / "chromium") as browser:
+        page = browser.load(index, width=1280, height=800, expression=FIRST_SCREEN_JS)
+    (tmp_path / "first-screen.png").write_bytes(page.screenshot)
+    assert page.failed == [] and page.errors == []
+    boxes = page.evaluated
+    assert boxes["viewport"] == {"width": 1280, "height": 800}
+    assert boxes["figureInSummary"] and boxes["decoded"] and boxes["tableIsSummary"], boxes
+    figure, table = boxes["figure"], boxes["table"]
+    assert figure["width"] >= 600, figure
+    for box in (figure, table):
+        assert box["top"] >= 0 and box["bottom"] <= 800, (box, boxes)
+        assert box["left"] >= 0 and box["right"] <= 1280, (box, boxes)
+    assert not boxes["tableClipped"], "the summary table is wider than its column: part of it is scrolled away"
 
 
 @needs_runs
@@ -390,6 +469,44 @@ def test_a_point_flag_the_checks_record_reaches_the_notices_and_the_headline(tmp
     assert any(notice in text for text in notices(data))
     quoted = [h for h in headlines(data) if h.sweep == "dead"]
     assert quoted and all(FLAG_TEXT[flag] in h.text for h in quoted)
+
+
+REFERENCE_RUNS = sorted(p.parent for p in (Path(__file__).resolve().parent.parent / "results" / "reference")
+                        .glob("*/run.json"))
+
+
+@pytest.mark.parametrize("committed", REFERENCE_RUNS, ids=lambda p: p.name)
+def test_a_complete_run_has_no_planned_point_without_a_result(committed):
+    """The plan's own lines (plan.planned) decide what was planned: quick's open loop runs on UP alone, and a
+    run's holders series have their direct overlap level."""
+    data = load(Run(committed))
+    assert data.record.status == "complete"
+    assert missing_levels(data) == []
+    assert not [n for n in notices(data) if "no result" in n]
+
+
+@pytest.mark.parametrize("committed", REFERENCE_RUNS, ids=lambda p: p.name)
+def test_where_the_client_saturated_everywhere_the_first_figure_is_server_cpu_per_reply(committed):
+    """Every dead point of the reference runs has the client saturated: their reply rate is the client's limit,
+    so each variant's first figure is the server's CPU per reply, and poll is the line that collapsed."""
+    data = load(Run(committed))
+    firsts = summaries(data, {p.name for row in run_figure_rows(data) for p in row.plots})
+    assert [s.figure for s in firsts] == [f"dead-cpu-per-reply-{v}" for v in data.variants("dead")]
+    for first in firsts:
+        assert first.figure_note.startswith("Server CPU per reply: the client saturated at ")
+        collapsed = next(s for s in first.prose if s.startswith("Collapsed: "))
+        assert collapsed.startswith("Collapsed: poll, ") and "epoll" not in collapsed
+        assert "epoll" in first.prose[0] and first.prose[0].startswith("Flat: ")
+
+
+@needs_runs
+def test_a_point_file_that_is_gone_is_said_to_have_no_result(tmp_path):
+    run = copy_run(RUNS[0], tmp_path)
+    gone = next(p for p in read_points(run) if p["sweep"] == "dead" and p["status"] == "ok" and p["x"] > 0)
+    run.point_path(gone["id"]).unlink()
+    label = f"dead {gone['variant'].upper()} {gone['backend']} {gone['x']:,}"
+    assert missing_levels(load(run)) == [label]
+    assert f"1 planned point has no result: {label}." in notices(load(run))
 
 
 @needs_runs
@@ -425,7 +542,12 @@ def test_attach_writes_an_issue_body_under_githubs_limit_beside_the_figures_it_n
     assert all(h.text.replace("_", "\\_") in text for h in headlines(data))
     assert attach.environment_line(data).replace("_", "\\_") in text and "**Command:**" in text
     named = re.findall(r"`([\w.-]+\.png)`", text)
-    assert named and sorted(named) == sorted(p.name for p in made.figures)
+    assert named and set(named) == {p.name for p in made.figures}
+    # The first screen comes first: each variant's key figure named above its table, before any notice.
+    first_table = text.index("| backend |")
+    assert text.index(f"**Figure:** `{made.figures[0].name}`") < first_table
+    assert first_table < text.index("### Key numbers")
+    assert "### Notices" not in text or first_table < text.index("### Notices")
     assert all((made.folder / name).read_bytes() == (run.path / "report" / "figures" / name).read_bytes()
                for name in named)
     assert made.zip_path.stat().st_size < attach.ATTACHMENT_LIMIT and zipfile.is_zipfile(made.zip_path)

@@ -104,7 +104,7 @@ def test_the_figures_draw_p99_with_p50_thinner_on_a_log_axis_and_the_servers_cpu
 def test_the_markdown_report_carries_the_headline_key_numbers_and_figures(open_run):
     index = render(open_run)
     markdown = (index.parent / "report.md").read_text()
-    assert "**UP, open loop at 20.0k requests/s: poll's p99 first exceeded 10× its 0-dead value" in markdown
+    assert "\n- UP, open loop at 20.0k requests/s: poll's p99 first exceeded 10× its 0-dead value" in markdown
     assert "| dead-open | UP | poll | 5,000 dead connections | p99 30.00 ms | ×15.00 of 0-dead p99 |" in markdown
     assert "p99 over 10× here, server overloaded |" in markdown and "p99 never over 10× |" in markdown
     assert "![UP: p99 reply latency and p50 (thin) vs dead connections](figures/dead-open-latency-up.png)" in markdown

@@ -1,8 +1,9 @@
 """An issue-ready export of a run: results/<run>/attach/ with issue.md (to paste as an issue's or a comment's
-body), the two figures that matter most as PNGs (to drag in; issue.md names them), and report.zip.
+body; the first screen's tables first, each naming its figure where it belongs), the first screen's figures as
+PNGs (to drag in there), and report.zip.
 
 GitHub refuses an issue body over 65,536 characters and an attachment over 25 MB: issue.md is cut to fit (the
-points table goes first, then notices; the headline and key numbers stay) and the zip's size is checked.
+points table goes first, then the notices; the first screen and the key numbers stay) and the zip's size is checked.
 Nothing is sent from here: `attach` prints the `gh` command that would post issue.md.
 """
 
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..model import DEAD, PIPETEST
 from ..run.results import Run
-from .data import CPU_PER_REPLY, PASSES, REPLY_RATE, RunData, load
-from .plots import figure_name
+from .data import RunData, load
+from .plots import run_figure_rows
 from .render import md_env, render, report_context
+from .summary import summaries
 
 BODY_LIMIT = 65_536  # characters GitHub accepts in an issue's or a comment's body
 ATTACHMENT_LIMIT = 25 * 1024 * 1024  # bytes GitHub accepts for one attached file
@@ -35,17 +36,9 @@ class Attachment:
 
 
 def key_figures(data: RunData) -> list[str]:
-    """The names of the two figures that matter most: the dead sweep's server CPU per reply (the figure to
-    compare mechanisms by) and its reply rate, in the first variant measured; pipetest's when there is no
-    dead sweep."""
-    sweeps = data.sweeps()
-    if DEAD in sweeps:
-        variant = data.variants(DEAD)[0]
-        return [figure_name(DEAD, CPU_PER_REPLY.slug, variant), figure_name(DEAD, REPLY_RATE.slug, variant)]
-    if PIPETEST in sweeps:
-        variants = data.variants(PIPETEST)
-        return [figure_name(PIPETEST, PASSES.slug, v) for v in variants[:2]]
-    return []
+    """The names of the figures that matter most: the first screen's, one per variant (summary.key_figure: the
+    dead sweep's reply rate relative to 0 dead, or its server CPU per reply where the client saturated)."""
+    return [s.figure for s in summaries(data, {p.name for row in run_figure_rows(data) for p in row.plots})]
 
 
 def environment_line(data: RunData) -> str:
@@ -77,7 +70,7 @@ def attach(run: Run) -> Attachment:
         raise UserError(f"{zip_path} is {zip_path.stat().st_size / 2**20:.1f} MB, over GitHub's 25 MB for one "
                         f"file: attach issue.md and the figures, and put report.zip elsewhere, or leave raw/ out "
                         f"of it (zip -d {zip_path.name} '{run.id}/raw/*')")
-    context = {**report_context(data), "environment_line": environment_line(data),
+    context = {**report_context(data), "issue": True, "environment_line": environment_line(data),
                "command": shlex.join(str(c) for c in data.record.command_line),
                "figures": [f.name for f in figures], "zip_name": zip_path.name}
     text = _fit(context)
@@ -90,11 +83,16 @@ def attach(run: Run) -> Attachment:
     return Attachment(folder, issue_md, figures, zip_path, gh)
 
 
+# What issue.md leaves out, in turn, to stay within BODY_LIMIT: the points tables, then the notices.
+CUTS: dict[str, dict[str, object]] = {"tables": {"tables": []},
+        "notices": {"notes": [], "caps": [], "limit_rows": [], "holders": None, "extrapolated": None, "walks": None}}
+
+
 def _fit(context: dict) -> str:
     """issue.md within BODY_LIMIT: first without the points table, then without the notices, saying so."""
     template = md_env().get_template("issue.md.j2")
     for cut in ((), ("tables",), ("tables", "notices")):
-        shown = {**context, **{k: [] for k in cut}, "cut": cut}
+        shown = {**context, **{k: v for name in cut for k, v in CUTS[name].items()}, "cut": cut}
         text = template.render(shown)
         if len(text) <= BODY_LIMIT:
             return text

@@ -1,14 +1,8 @@
 """What a report says about going past the host's open-file cap: the dead connections held by
 ephttpd's helper processes, the level measured both ways, the backends that stop at the cap and their cost
-per reply extended to the 2002 study's top level by a fit, and pipetest's two token walks.
-
-The extrapolation: for each backend that the host stops below the 2002 study's largest level (but not select,
-which FD_SETSIZE stops for good), a least-squares line through the medians of server CPU per reply over its
-measured levels, cost = a + b x dead connections, extended to that level. A line is the model of a mechanism
-that scans every watched descriptor at each wait (poll: the cost per reply grows with the descriptors); for
-one that does not (io_uring, aio-poll), the slope comes out near zero. Its residuals are stated beside it:
-a curve the line does not fit shows there. The implied reply rate is 1e6 / cost: what one CPU (ephttpd is one
-thread) could answer if the server's CPU were the only limit. Not measured: anything past the last level.
+per reply extended to the 2002 study's top level by a fit, and pipetest's two token walks: each as one
+sentence and a table for the page's notices, and the whole of how it was done for its method (EXTRAPOLATION_METHOD,
+HOLDERS_METHOD, WALKS_METHOD).
 """
 
 from __future__ import annotations
@@ -18,7 +12,7 @@ from dataclasses import dataclass
 from .. import catalog, model
 from ..catalog import STRIDE, Series
 from ..model import DEAD, PIPETEST
-from .data import CPU_PER_REPLY, REFERENCE_KEY, Group, RunData, reference, reference_max
+from .data import CPU_PER_REPLY, REFERENCE_KEY, VARIANT_ORDER, Group, RunData, reference, reference_max
 from .text import human, number
 
 # The 2002 series whose value at the top level the extrapolation is set beside.
@@ -50,32 +44,55 @@ class Extrapolation:
     def value(self) -> float:
         return self.at(self.to_x)
 
-    def text(self) -> str:
-        residuals = ", ".join(f"{r:+.2f}".replace("-", "−") for r in self.residuals)
-        implied = f", at most {human(1e6 / self.value)} replies/s on one CPU" if self.value > 0 else ""
+    def row(self) -> dict:
+        """The fit as a row of the extrapolations' table: its line, a + b per 1,000 dead connections, the
+        range of its residuals, its value at to_x and the rate that implies."""
+        residuals = self.residuals
         sign = "−" if self.slope < 0 else "+"
-        return (f"{self.variant.upper()} {self.series.label}: {number(self.intercept, 2)} µs {sign} "
-                f"{number(abs(self.slope) * 1000, 3)} µs per 1,000 dead connections (residuals {residuals} µs at "
-                f"{', '.join(f'{x:,}' for x in self.xs)}): {number(self.value, 1)} µs per reply at "
-                f"{self.to_x:,}{implied}.")
+        return {"line": f"{self.variant.upper()} {self.series.label}", "series": self.series,
+                "fit": f"{number(self.intercept, 2)} {sign} {number(abs(self.slope) * 1000, 3)}",
+                "residuals": f"{_signed(min(residuals))} to {_signed(max(residuals))}",
+                "levels": ", ".join(f"{x:,}" for x in self.xs),
+                "value": number(self.value, 1), "implied": human(1e6 / self.value) if self.value > 0 else "–"}
 
 
-def extrapolation_texts(data: RunData) -> list[str]:
-    """What the page says of the extrapolations: how they were made, the 2002 value, then one per line."""
+def _signed(value: float) -> str:
+    return f"{value:+.2f}".replace("-", "−")
+
+
+EXTRAPOLATION_METHOD = (
+    "For each backend the host stops below the 2002 study's largest level (select excepted: FD_SETSIZE stops "
+    "it for good, whatever the host), a least-squares line through the medians of its server CPU per reply at "
+    "its measured levels, cost = a + b × dead connections, extended to that level; its residuals show how well "
+    "a line fits. A line is the model of a mechanism that scans every watched descriptor at each wait (poll: "
+    "the cost per reply grows with the descriptors); for one that does not (io_uring, aio-poll), the slope "
+    "comes out near zero. The implied rate is 1,000,000 / that cost: what one CPU (ephttpd is one thread) "
+    "could answer with nothing else limiting it. Nothing past a line's last measured level is measured.")
+
+
+@dataclass(frozen=True)
+class Extrapolated:
+    """What the page says of the extrapolations: one sentence, then a row per line."""
+
+    intro: str
+    top: int  # the level the lines are extended to
+    rows: list[dict]
+
+
+def extrapolated(data: RunData) -> Extrapolated | None:
     extended = extrapolations(data)
     if not extended:
-        return []
+        return None
     top = extended[0].to_x
     reference_rate = dict(reference()[REFERENCE_KEY[DEAD]]["series"].get(REFERENCE_POLL, [])).get(top)
     beside = (f" Beside it, 2002: {REFERENCE_POLL} on SMP answered {number(reference_rate, 1)} replies/s at "
               f"{top:,}." if reference_rate is not None else "")
-    lines = ", ".join(dict.fromkeys(e.series.label for e in extended))
-    intro = (f"{lines} stop at the host's cap; their server CPU per reply is extended to {top:,} dead "
-             "connections by a least-squares line through each one's measured levels (dashed in the server CPU "
-             "per reply figure; not measured), the residuals showing how well a line fits. The implied rate "
-             "is 1,000,000 / that cost: what one CPU (ephttpd is one thread) could answer with nothing else "
-             f"limiting it.{beside}")
-    return [intro] + [e.text() for e in extended]
+    lines = list(dict.fromkeys(e.series.label for e in extended))
+    stops, its, each = ("stops", "its", "its") if len(lines) == 1 else ("stop", "their", "each one's")
+    intro = (f"{', '.join(lines)} {stops} at the host's cap; {its} server CPU per reply is extended to {top:,} dead "
+             f"connections by a least-squares line through {each} measured levels (dashed in the server CPU per "
+             f"reply figure; not measured).{beside}")
+    return Extrapolated(intro, top, [e.row() for e in extended])
 
 
 def _fit(xs: list[int], ys: list[float]) -> tuple[float, float]:
@@ -114,44 +131,75 @@ def extrapolations(data: RunData) -> list[Extrapolation]:
     return found
 
 
-def holders_notes(data: RunData) -> list[str]:
-    """The lines measured through helper processes, why, how, and the level measured both ways."""
+HOLDERS_METHOD = (
+    "A line whose top level is more dead connections than one process may open ran every level through "
+    "ephttpd's helper processes (ephttpd --dead-holders), not only its upper levels, which would put a change of "
+    "method inside one line. deadconn opened the dead connections to the holders' own port, so active and dead "
+    "connections never mixed; the holders put them in the server's epoll set, so the server waited on one "
+    "interest set of all of them beside the active connections, as the 2002 server did, while holding only its "
+    "own descriptors. One level was measured once more with the server holding its dead connections itself, "
+    "to show what the holders change.")
+
+
+@dataclass(frozen=True)
+class Holders:
+    """What the page says of the lines measured through helper processes: one sentence, then a row per
+    repetition of the level measured both ways."""
+
+    intro: str
+    rows: list[dict]
+
+
+def holders(data: RunData) -> Holders | None:
     held = sorted({(p.series, p.dead_holders) for p in data.points if p.sweep == DEAD and p.dead_holders})
     if not held:
-        return []
+        return None
     fd_limit = data.record.limits.get("fd_hard_limit") or data.metadata.get("fd_hard_limit")
     counts = sorted({n for _, n in held})
-    lines = ", ".join(dict.fromkeys(s.label for s, _ in held))
+    lines = list(dict.fromkeys(s.label for s, _ in held))
     cap = f"{fd_limit:,}" if isinstance(fd_limit, int) else "fewer"
-    notes = [f"{lines}: dead connections held by {' or '.join(map(str, counts))} helper processes in the "
-             f"server's epoll set, because this host caps a process at {cap} files (ephttpd --dead-holders, "
-             "every level of these lines). deadconn opened them to the holders' own port, so active and dead "
-             "connections never mixed; the server waited on one interest set of all of them beside the active "
-             "connections, as the 2002 server did, while holding only its own descriptors."]
-    for point in sorted(data.overlaps, key=lambda p: (p.variant, p.series, p.repetition)):
-        through = data.groups.get((DEAD, point.variant, point.series, point.x))
-        if through is None or not point.ok or through.median(CPU_PER_REPLY.key) is None:
-            continue
-        figures = point.figures
-        if not isinstance(figures, model.DeadFigures):
-            continue
-        notes.append(
-            f"{point.variant.upper()} {point.series.label} at {point.x:,} dead connections, measured both ways "
-            f"(repetition {point.repetition}): through holders {human(through.measured_median('reply_rate'))} "
-            f"replies/s and {number(through.measured_median(CPU_PER_REPLY.key), 2)} µs of server CPU per reply; "
-            f"held by the server itself {human(figures.reply_rate)} replies/s and "
-            f"{number(figures.server_cpu_us_per_reply, 2)} µs per reply.")
-    return notes
+    order = {v: n for n, v in enumerate(VARIANT_ORDER)}
+    rows = [row for point in sorted(data.overlaps, key=lambda p: (order.get(p.variant, len(order)), p.variant,
+                                                                 p.series, p.repetition))
+            if (row := _both_ways(data, point))]
+    intro = (f"{', '.join(lines)}: dead connections held by {' or '.join(map(str, counts))} helper processes in "
+             f"the server's epoll set at every level, because this host caps a process at {cap} files.")
+    return Holders(intro, rows)
+
+
+def _both_ways(data: RunData, direct: model.Point) -> dict | None:
+    """A row of the holders' table: one repetition at the level measured both ways, through the holders (that
+    repetition's point on the line) and held by the server itself (its overlap point)."""
+    group = data.groups.get((DEAD, direct.variant, direct.series, direct.x))
+    through = next((p for p in group.ok if p.repetition == direct.repetition), None) if group else None
+    if not direct.ok or through is None:
+        return None
+    cells = [_rate_and_cost(p) for p in (through, direct)]
+    return {"variant": direct.variant.upper(), "series": direct.series, "x": f"{direct.x:,}",
+            "repetition": direct.repetition, "through_rate": cells[0][0], "through_cpu": cells[0][1],
+            "direct_rate": cells[1][0], "direct_cpu": cells[1][1]}
+
+
+def _rate_and_cost(point: model.Point) -> tuple[str, str]:
+    figures = point.figures
+    if not isinstance(figures, model.DeadFigures):
+        return "–", "–"
+    return human(figures.reply_rate), number(figures.server_cpu_us_per_reply, 2)
+
+
+WALKS_METHOD = (
+    "Pipetest ran two token walks. stay: each token keeps its own pipe, so the working set does not grow with "
+    "the pipes. stride: each token moves 17 pipes on at every pass through all of them (pipe = (generation × 17 "
+    "+ token + token × pipes / tokens) mod pipes), the walk of Ben LaHaise's pipetest.c as its 2006 revision "
+    "still carries it, there disabled under #if 0; the 2002 runs predate that revision, so they may have walked: "
+    "which pattern the 2002 numbers measured is not known. Where 17 divides the pipe count the stride walk visits "
+    "only a 17th of the pipes (pipes_visited in the points).")
 
 
 def walks_note(data: RunData) -> str | None:
-    """What pipetest's two token walks are, and what is known of the 2002 one."""
+    """Pipetest's two token walks in one sentence (the whole of it: WALKS_METHOD)."""
     if PIPETEST not in data.sweeps() or not any(s.walk == STRIDE for s in data.lines(PIPETEST)):
         return None
-    return ("Pipetest ran two token walks. stay: each token keeps its own pipe, so the working set does not "
-            "grow with the pipes. stride: each token moves 17 pipes on at every pass through all of them (pipe = "
-            "(generation × 17 + token + token × pipes / tokens) mod pipes), the walk of Ben LaHaise's pipetest.c "
-            "as its 2006 revision still carries it, there disabled under #if 0; the 2002 runs predate that "
-            "revision, so they may have walked: which pattern the 2002 numbers measured is not known. Where 17 "
-            "divides the pipe count the stride walk visits only a 17th of the pipes (pipes_visited in the "
-            "points).")
+    return ("Pipetest ran two token walks: stay (each token keeps its own pipe) and stride (each token moves 17 "
+            "pipes on at every pass, as Ben LaHaise's pipetest.c can); which one the 2002 numbers measured is not "
+            "known.")

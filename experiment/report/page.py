@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import shlex
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import catalog, model
 from ..catalog import Series
 from ..host import checks
 from ..model import DEAD, DEAD_OPEN, DEAD_SWEEPS, Point
+from ..run.plan import Level, Line, dead_levels, planned
 from .data import (
     CAVEATS,
     CPU_PER_REPLY,
@@ -59,6 +60,39 @@ class Headline:
     text: str
 
 
+@dataclass
+class _Lines:
+    """The lines of one sweep and variant as a headline reads them."""
+
+    measured: dict[Series, dict[int, Group]] = field(default_factory=dict)  # by level, where key was measured
+    attempted: dict[Series, int] = field(default_factory=dict)  # each measured line's largest level not skipped
+    capped: set[Series] = field(default_factory=set)  # a level above that one was skipped: the host stopped it
+    without_data: dict[Series, str] = field(default_factory=dict)  # run, but nothing measured: why
+
+
+def _first_reason(groups: list[Group]) -> str:
+    reasons = [p.reason for g in groups for p in g.points if p.reason]
+    return str(reasons[0]) if reasons else "no measured point"
+
+
+def _lines(data: RunData, sweep_name: str, variant: str, key: str) -> _Lines:
+    """A line whose every point was skipped is left out: the sweep does not apply to it (the method says
+    why, not_applicable)."""
+    found = _Lines()
+    for backend in data.lines(sweep_name, variant):
+        series = data.line(sweep_name, variant, backend)
+        groups = {g.x: g for g in series if g.median(key) is not None}
+        if not groups:
+            if any(g.status != model.SKIPPED for g in series):
+                found.without_data[backend] = _first_reason(series)
+            continue
+        found.measured[backend] = groups
+        found.attempted[backend] = max(g.x for g in series if g.status != model.SKIPPED)
+        if any(g.status == model.SKIPPED and g.x > found.attempted[backend] for g in series):
+            found.capped.add(backend)
+    return found
+
+
 def headline(data: RunData, sweep_name: str, variant: str) -> Headline | None:
     """The main metric of each backend at the largest x every backend measured, relative to its smallest x.
 
@@ -69,40 +103,38 @@ def headline(data: RunData, sweep_name: str, variant: str) -> Headline | None:
         return open_headline(data, variant)
     sweep = SWEEPS[sweep_name]
     key = sweep.main.key
-    measured: dict[Series, dict[int, Group]] = {}
-    without_data: dict[Series, str] = {}
-    attempted_max: dict[Series, int] = {}
-    host_capped: set[Series] = set()
-    for backend in data.lines(sweep_name, variant):
-        series = data.line(sweep_name, variant, backend)
-        groups = {g.x: g for g in series if g.median(key) is not None}
-        if groups:
-            measured[backend] = groups
-            attempted_max[backend] = max(g.x for g in series if g.status != model.SKIPPED)
-            if any(g.status == model.SKIPPED and g.x > attempted_max[backend] for g in series):
-                host_capped.add(backend)
-        else:
-            reasons = [p.reason for g in series for p in g.points if p.reason]
-            without_data[backend] = str(reasons[0]) if reasons else "no measured point"
-    if not measured:
+    lines = _lines(data, sweep_name, variant, key)
+    if not lines.measured:
         return None
-    top = max(attempted_max.values())
-    full = [b for b in measured if attempted_max[b] == top or b not in host_capped]
-    common = set.intersection(*(set(measured[b]) for b in full))
+    top = max(lines.attempted.values())
+    full = [b for b in lines.measured if lines.attempted[b] == top or b not in lines.capped]
+    common = set.intersection(*(set(lines.measured[b]) for b in full))
     if not common:
         return None
     x = max(common)
     items = []
-    for backend, groups in measured.items():
-        at = x if backend in full else max(groups)
+    for backend, groups in lines.measured.items():
+        group = groups[x if backend in full else max(groups)]
         base_x = min(groups)
-        group = groups[at]
-        caveats = [FLAG_TEXT[name] for name in CAVEATS if group.flagged(name)]
-        items.append(HeadlineItem(series=backend, x=at, value=group.measured_median(key), base_x=base_x,
-                                  base=groups[base_x].measured_median(key), flags=caveats,
-                                  capped=backend not in full))
-    return Headline(sweep_name, variant, x, items, without_data, _headline_text(sweep, variant, x, items,
-                                                                                 without_data))
+        items.append(HeadlineItem(series=backend, x=group.x, value=group.measured_median(key), base_x=base_x,
+                                  base=groups[base_x].measured_median(key), capped=backend not in full,
+                                  flags=[FLAG_TEXT[name] for name in CAVEATS if group.flagged(name)]))
+    text = _headline_text(sweep, variant, x, items, lines.without_data)
+    return Headline(sweep_name, variant, x, items, lines.without_data, text)
+
+
+def not_applicable(data: RunData) -> list[dict]:
+    """The lines of a sweep that has no point to measure for them (every point skipped before it ran, such as
+    pipetest for a backend of ephttpd's own): once per sweep and reason, with the lines it names."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for sweep_name in data.sweeps():
+        for backend in data.lines(sweep_name):
+            groups = [g for v in data.variants(sweep_name) for g in data.line(sweep_name, v, backend)]
+            if groups and all(g.status == model.SKIPPED for g in groups):
+                labels = found.setdefault((sweep_name, _first_reason(groups)), [])
+                labels += [] if backend.label in labels else [backend.label]
+    return [{"sweep": sweep_name, "lines": ", ".join(labels), "reason": reason}
+            for (sweep_name, reason), labels in found.items()]
 
 
 def _headline_text(sweep: Sweep, variant: str, x: int, items: list[HeadlineItem],
@@ -138,43 +170,38 @@ OPEN_CAVEATS = (*CAVEATS, checks.LAGGED, checks.OVERLOADED)
 def open_headline(data: RunData, variant: str) -> Headline | None:
     """For each line of the open-loop sweep, the dead count at which its p99 first exceeded BREAK_FACTOR times
     its value at its fewest dead connections (ideally 0), or that it never did up to its last measured level."""
-    key = P99.key
-    items: list[HeadlineItem] = []
-    without_data: dict[Series, str] = {}
-    for line in data.lines(DEAD_OPEN, variant):
-        series = data.line(DEAD_OPEN, variant, line)
-        groups = [g for g in series if g.median(key) is not None]
-        if not groups:
-            reasons = [p.reason for g in series for p in g.points if p.reason]
-            without_data[line] = str(reasons[0]) if reasons else "no measured point"
-            continue
-        base_group = groups[0]
-        base = base_group.measured_median(key)
-        broken = next((g for g in groups[1:] if g.measured_median(key) > BREAK_FACTOR * base), None)
-        at = broken or groups[-1]
-        items.append(HeadlineItem(series=line, x=at.x, value=at.measured_median(key), base_x=base_group.x, base=base,
-                                  flags=[FLAG_TEXT[n] for n in OPEN_CAVEATS if at.flagged(n)], capped=False,
-                                  broke=broken is not None))
+    lines = _lines(data, DEAD_OPEN, variant, P99.key)
+    items = [_open_item(series, [groups[x] for x in sorted(groups)]) for series, groups in lines.measured.items()]
     if not items:
         return None
     offered = [g.median("offered_rate") for line in data.lines(DEAD_OPEN, variant)
                for g in data.line(DEAD_OPEN, variant, line) if g.median("offered_rate")]
     rate = f" at {human(offered[0])} requests/s" if offered else ""
-    parts = []
-    for item in items:
-        flags = f"; {', '.join(item.flags)}" if item.flags else ""
-        if item.broke:
-            parts.append(f"{item.series.label}'s p99 first exceeded {BREAK_FACTOR}× its {item.base_x:,}-dead value "
-                         f"({number(item.base, 2)} ms) at {item.x:,} dead connections ({number(item.value, 2)} ms"
-                         f"{flags})")
-        else:
-            parts.append(f"{item.series.label}'s p99 never exceeded {BREAK_FACTOR}× its {item.base_x:,}-dead value "
-                         f"({number(item.base, 2)} ms) up to {item.x:,} dead connections ({number(item.value, 2)} ms, "
-                         f"{times(item.ratio)}{flags})")
-    text = f"{variant.upper()}, open loop{rate}: " + "; ".join(parts) + "."
-    for line, why in without_data.items():
+    text = f"{variant.upper()}, open loop{rate}: " + "; ".join(_open_part(item) for item in items) + "."
+    for line, why in lines.without_data.items():
         text += f" {line.label}: nothing measured ({why})."
-    return Headline(DEAD_OPEN, variant, max(i.x for i in items), items, without_data, text)
+    return Headline(DEAD_OPEN, variant, max(i.x for i in items), items, lines.without_data, text)
+
+
+def _open_item(series: Series, groups: list[Group]) -> HeadlineItem:
+    """A line's first level whose p99 exceeded BREAK_FACTOR x its first level's, else its last level."""
+    key = P99.key
+    base = groups[0].measured_median(key)
+    broken = next((g for g in groups[1:] if g.measured_median(key) > BREAK_FACTOR * base), None)
+    at = broken or groups[-1]
+    return HeadlineItem(series=series, x=at.x, value=at.measured_median(key), base_x=groups[0].x, base=base,
+                        flags=[FLAG_TEXT[n] for n in OPEN_CAVEATS if at.flagged(n)], capped=False,
+                        broke=broken is not None)
+
+
+def _open_part(item: HeadlineItem) -> str:
+    flags = f"; {', '.join(item.flags)}" if item.flags else ""
+    if item.broke:
+        return (f"{item.series.label}'s p99 first exceeded {BREAK_FACTOR}× its {item.base_x:,}-dead value "
+                f"({number(item.base, 2)} ms) at {item.x:,} dead connections ({number(item.value, 2)} ms{flags})")
+    return (f"{item.series.label}'s p99 never exceeded {BREAK_FACTOR}× its {item.base_x:,}-dead value "
+            f"({number(item.base, 2)} ms) up to {item.x:,} dead connections ({number(item.value, 2)} ms, "
+            f"{times(item.ratio)}{flags})")
 
 
 def headlines(data: RunData) -> list[Headline]:
@@ -182,41 +209,104 @@ def headlines(data: RunData) -> list[Headline]:
             if (h := headline(data, s, v)) is not None]
 
 
-def host_caps(data: RunData) -> list[str]:
-    """Where the host stopped a sweep short of its plan or of the 2002 study, in one sentence each."""
-    limits = data.record.limits
-    fd_limit = limits.get("fd_hard_limit") or data.metadata.get("fd_hard_limit")
-    sentences = []
-    for sweep_name, sweep in SWEEPS.items():
-        if sweep_name not in data.sweeps() or (sweep_name == DEAD_OPEN and DEAD in data.sweeps()):
-            continue  # the open loop's dead connections stop where the closed loop's do: said once
-        skipped = [g for g in data.all_groups(sweep_name) if g.status == model.SKIPPED]
-        # limits are keyed by each line's label (model: the run record's display keys).
-        lines = {s.label: s for s in data.lines(sweep_name)}
-        caps = {lines[b]: int(v) for b, v in (limits.get(sweep.limit) or {}).items() if b in lines}
-        planned = max(data.plan.levels(sweep_name), default=0)
-        if not skipped and not any(v < planned for v in caps.values()):
-            continue
-        if not caps:  # an older record without limits: the levels that ran say where it stopped
-            caps = {b: max((g.x for v in data.variants(sweep_name) for g in data.line(sweep_name, v, b)
+def _caps(data: RunData, sweep_name: str) -> dict[Series, int]:
+    """The most each line of the sweep reached under the host's limits (run.json's limits, by label), or, in an
+    older record without limits, the largest level each line ran: empty when nothing stopped short of the plan."""
+    sweep = SWEEPS[sweep_name]
+    skipped = [g for g in data.all_groups(sweep_name) if g.status == model.SKIPPED]
+    lines = {s.label: s for s in data.lines(sweep_name)}
+    caps = {lines[b]: int(v) for b, v in (data.record.limits.get(sweep.limit) or {}).items() if b in lines}
+    planned = max(data.plan.levels(sweep_name), default=0)
+    if not skipped and not any(v < planned for v in caps.values()):
+        return {}
+    return caps or {b: max((g.x for v in data.variants(sweep_name) for g in data.line(sweep_name, v, b)
                             if g.status != model.SKIPPED), default=0) for b in data.lines(sweep_name)}
+
+
+def _capped_sweeps(data: RunData) -> list[str]:
+    return [s for s in SWEEPS if s in data.sweeps() and _caps(data, s)]
+
+
+def host_caps(data: RunData) -> list[str]:
+    """Where the host stopped a sweep short of its plan or of the 2002 study, in one sentence each (the lines
+    it stopped earlier than the others: host_limit_rows)."""
+    fd_limit = data.record.limits.get("fd_hard_limit") or data.metadata.get("fd_hard_limit")
+    sentences = []
+    for sweep_name in _capped_sweeps(data):
+        if sweep_name == DEAD_OPEN and DEAD in data.sweeps():
+            continue  # the open loop's dead connections stop where the closed loop's do: said once
+        caps = _caps(data, sweep_name)
         top = max(caps.values())
         host = f"This host allows {fd_limit} open files per process: " if fd_limit else ""
         what = f"dead connections stop at {top:,} per server" if sweep_name in DEAD_SWEEPS else \
             f"pipetest stops at {top:,} pipes"
-        held = [lines[b] for b in (limits.get("dead_holders") or {}) if b in lines] if sweep_name == DEAD else []
+        held = [s for s in data.lines(DEAD) if s.label in (data.record.limits.get("dead_holders") or {})] \
+            if sweep_name == DEAD else []
         if held:  # helper processes held the dead connections of these lines past the cap
             alone = [v for b, v in caps.items() if b not in held]
             what = (f"one server process holds at most {max(alone, default=top):,} dead connections; "
                     f"{', '.join(b.label for b in held)} reached {max(caps[b] for b in held):,} through helper "
                     "processes")
-        text = f"{host}{what} (the 2002 study went to {reference_max(sweep_name):,})."
-        for backend, cap in sorted(caps.items(), key=lambda kv: kv[1]):
-            if cap < top:
-                why = next((p.reason for g in skipped if g.series == backend for p in g.points), None)
-                text += f" {backend.label} stops at {cap:,} {sweep.x_unit}" + (f" ({why})." if why else ".")
-        sentences.append(text)
+        sentences.append(f"{host}{what} (the 2002 study went to {reference_max(sweep_name):,}).")
     return sentences
+
+
+def _stopped_lines(data: RunData, sweep_name: str) -> list[tuple[Series, int, str]]:
+    """The sweep's lines the host stopped short of the plan: (line, the most it reached, why: the recorded
+    reason of its first level skipped). A line the sweep does not apply to (not_applicable) is left out, and an
+    open-loop line that stops where its closed-loop line does."""
+    caps = _caps(data, sweep_name)
+    closed = _caps(data, DEAD) if sweep_name == DEAD_OPEN else {}
+    planned = max(data.plan.levels(sweep_name), default=0)
+    found = []
+    for line, cap in caps.items():
+        groups = [g for v in data.variants(sweep_name) for g in data.line(sweep_name, v, line)]
+        if cap >= planned or all(g.status == model.SKIPPED for g in groups) or closed.get(line) == cap:
+            continue
+        reasons = [p.reason for g in groups if g.status == model.SKIPPED and g.x > cap for p in g.points if p.reason]
+        found.append((line, cap, str(reasons[0]) if reasons else ""))
+    return found
+
+
+def host_limit_rows(data: RunData) -> list[dict]:
+    """The host's limits as one table: per sweep, the lines stopped at the same level for the same reason, one
+    row each; the reason up to its first ";", the rest in the method (limit_reasons)."""
+    rows: dict[tuple[str, int, str], dict] = {}
+    for sweep_name in _capped_sweeps(data):
+        for line, cap, reason in _stopped_lines(data, sweep_name):
+            short = reason.split(";")[0]
+            row = rows.setdefault((sweep_name, cap, short), {
+                "sweep": sweep_name, "lines": [], "at": f"{cap:,} {SWEEPS[sweep_name].x_unit}", "why": short or "–",
+                "more": False})
+            row["lines"] += [] if line.label in row["lines"] else [line.label]
+            row["more"] = row["more"] or short != reason
+    return [{**row, "lines": ", ".join(row["lines"])} for row in rows.values()]
+
+
+def limit_reasons(data: RunData) -> list[dict]:
+    """The whole recorded reason of each stopped line whose table row shows only its first part."""
+    return [{"sweep": s, "line": line.label, "reason": reason} for s in _capped_sweeps(data)
+            for line, _, reason in _stopped_lines(data, s) if reason.split(";")[0] != reason]
+
+
+# The notices of the checks' flags: {n} points flagged ({points}: "1 point", "6 points"), of {ok} measured points,
+# of {open} open-loop points.
+FLAG_NOTICES = {
+    checks.CLIENT_SATURATED: "At {n} of {ok} measured points the client saturated (ringed in the reply-rate figures): "
+                             "there the reply rate is the client's limit, not the server's. Server CPU per reply "
+                             "still measures the server's cost per reply.",
+    checks.OTHER_LOAD: "At {points} other load ran on the host during the measurement.",
+    checks.CPU_THROTTLED: "At {points} the server's or the client's cgroup was throttled during the measurement: "
+                          "its CPU quota, not the mechanism, limited it.",
+    checks.CPU_FREQUENCY_CHANGED: f"At {{points}} the CPU clock moved by more than "
+                                  f"{checks.FREQUENCY_CHANGE_FRACTION:.0%} during the measurement.",
+    checks.OVERLOADED: "At {n} of {open} open-loop points the server did not keep up with the offered rate "
+                       "(overloaded: the achieved rate fell more than 1% below it): there the latency grows with "
+                       "the queue, and requests past openload's timeout are errors, not latencies.",
+    checks.LAGGED: "At {n} of {open} open-loop points the generator lagged: openload sent requests later than 1 ms "
+                   "after they were due although their connection was free (its CPU was taken or it was "
+                   "descheduled), so part of those points' latency is the client's.",
+}
 
 
 def notices(data: RunData) -> list[str]:
@@ -227,46 +317,31 @@ def notices(data: RunData) -> list[str]:
         found.append(f"This run's status is {status!s}: it did not finish, so points may be missing.")
     if data.record.error:
         found.append(f"The run stopped with an error: {data.record.error}")
-    for finding in data.record.preflight:
-        if isinstance(finding, dict):
-            found.append(f"Preflight: {finding.get('setting')} was {finding.get('value')}, the plan needs "
-                         f"{finding.get('needed')}: {finding.get('why')}"
-                         + (" (changed for this run by --tune-host)." if _tuned(data, finding) else "."))
     missing = missing_levels(data)
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        found.append(f"{len(missing)} planned points have no result: {shown}.")
+        found.append(f"{len(missing)} planned point{'s have' if len(missing) > 1 else ' has'} no result: {shown}.")
     failed = [p for p in data.points if p.status == model.FAILED]
     if failed:
         reasons = Counter(p.reason or "no reason recorded" for p in failed)
-        found.append(f"{len(failed)} points failed: "
+        found.append(f"{len(failed)} point{'s' if len(failed) > 1 else ''} failed: "
                      + "; ".join(f"{r} (×{n})" if n > 1 else r for r, n in reasons.most_common()) + ".")
     ok = [p for p in data.points if p.ok]
     flagged = Counter(name for p in ok for name, on in p.flags.items() if on)
-    if flagged.get(checks.CLIENT_SATURATED):
-        found.append(f"At {flagged[checks.CLIENT_SATURATED]} of {len(ok)} measured points the client saturated "
-                     "(ringed in the reply-rate figures): there the reply rate is the client's limit, not the "
-                     "server's. Server CPU per reply still measures the server's cost per reply.")
-    if flagged.get(checks.OTHER_LOAD):
-        found.append(f"At {flagged[checks.OTHER_LOAD]} points other load ran on the host during the measurement.")
-    if flagged.get(checks.CPU_THROTTLED):
-        found.append(f"At {flagged[checks.CPU_THROTTLED]} points the server's or the client's cgroup was "
-                     "throttled during the measurement: its CPU quota, not the mechanism, limited it.")
-    if flagged.get(checks.CPU_FREQUENCY_CHANGED):
-        found.append(f"At {flagged[checks.CPU_FREQUENCY_CHANGED]} points the CPU clock moved by more than "
-                     f"{checks.FREQUENCY_CHANGE_FRACTION:.0%} during the measurement.")
-    open_ok = [p for p in ok if p.sweep == DEAD_OPEN]
-    if flagged.get(checks.OVERLOADED):
-        found.append(f"At {flagged[checks.OVERLOADED]} of {len(open_ok)} open-loop points the server did not keep up "
-                     "with the offered rate (overloaded: the achieved rate fell more than 1% below it): there the "
-                     "latency grows with the queue, and requests past openload's timeout are errors, not latencies.")
-    if flagged.get(checks.LAGGED):
-        found.append(f"At {flagged[checks.LAGGED]} of {len(open_ok)} open-loop points the generator lagged: openload "
-                     "sent requests later than 1 ms after they were due although their connection was free (its "
-                     "CPU was taken or it was descheduled), so part of those points' latency is the client's.")
+    counts = {"ok": len(ok), "open": sum(p.sweep == DEAD_OPEN for p in ok)}
+    found += [text.format(n=flagged[name], points=f"{flagged[name]} point{'s' if flagged[name] > 1 else ''}", **counts)
+              for name, text in FLAG_NOTICES.items() if flagged.get(name)]
     if (data.metadata.get("git") or {}).get("dirty"):
         found.append("The source tree had uncommitted changes when this run started (git dirty).")
     return found
+
+
+def preflight_notes(data: RunData) -> list[str]:
+    """The host settings the preflight found below what the plan needs, one short sentence each (why each
+    matters: the method's preflight)."""
+    return [f"Preflight: {f.get('setting')} was {f.get('value')}, the plan needs {f.get('needed')}"
+            + (" (changed for this run by --tune-host)." if _tuned(data, f) else ".")
+            for f in data.record.preflight if isinstance(f, dict)]
 
 
 def _tuned(data: RunData, finding: dict) -> bool:
@@ -276,18 +351,40 @@ def _tuned(data: RunData, finding: dict) -> bool:
     return finding.get("setting") in settings
 
 
-def missing_levels(data: RunData) -> list[str]:
-    """Planned (sweep, variant, backend, x) with no point file at all."""
-    plan = data.plan
-    missing = []
-    for sweep_name in plan.sweeps:
-        levels = plan.levels(sweep_name)
-        for variant in plan.variants:
-            for backend in data.planned_lines(sweep_name):
-                missing += [f"{sweep_name} {variant.upper()} {backend.label} {x:,}" for x in levels
-                            if (sweep_name, variant, backend, int(x)) not in data.groups]
-    return missing
+def fd_limit(data: RunData) -> int | None:
+    """The server's open-file limit the run planned under (run.json's limits, or its metadata before limits)."""
+    value = data.record.limits.get("fd_hard_limit") or data.metadata.get("fd_hard_limit")
+    return value if isinstance(value, int) else None
 
+
+def planned_levels(data: RunData) -> list[tuple[Line, Level]]:
+    """Every (line, level) the run planned: plan.planned() under the run's fd limit. A run recorded before
+    helper processes held dead connections (its limits name no dead_holders) ran every line on one process,
+    so its lines have the levels one process may hold."""
+    limit = fd_limit(data)
+    if limit is None:
+        return []
+    held = data.record.limits.get("dead_holders")
+    found = []
+    for line in planned(data.plan, limit):
+        levels = line.levels
+        if line.holders and held is None:
+            levels = tuple(dead_levels(data.plan, limit, line.series.backend))
+        found += [(line, level) for level in levels]
+    return found
+
+
+def missing_levels(data: RunData) -> list[str]:
+    """The planned points (planned_levels) with no point file, by sweep, variant, line and level (and
+    repetition when the plan repeats)."""
+    recorded = {(p.sweep, p.variant, p.series, p.x, p.repetition, p.overlap) for p in data.points}
+    missing = []
+    for line, level in planned_levels(data):
+        if (line.sweep, line.variant, line.series, level.value, line.repetition, level.overlap) not in recorded:
+            missing.append(f"{line.sweep} {line.variant.upper()} {line.series.label} {level.value:,}"
+                           + (" direct" if level.overlap else "")
+                           + (f" r{line.repetition}" if data.plan.repeat > 1 else ""))
+    return missing
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -423,6 +520,10 @@ def method(data: RunData) -> dict:
     limits = data.record.limits
     return {
         "examples": examples,
+        "limit_reasons": limit_reasons(data),
+        "not_applicable": not_applicable(data),
+        "preflight": [{"setting": str(f.get("setting")), "why": str(f.get("why"))}
+                      for f in data.record.preflight if isinstance(f, dict)],
         "cpusets": [{"variant": v.upper(), **{k: str(x) for k, x in (c or {}).items()}}
                     for v, c in data.record.cpusets.items()],
         "limits": flatten(limits) if limits else [],

@@ -175,8 +175,8 @@ def _caption(data: RunData, sweep: Sweep, metric: Metric) -> str:
                 "client's limit.")
     if metric.key == "server_cpu_us_per_reply":
         extended = (" Dashed from a line's last level: its extrapolation to the 2002 study's largest level, a "
-                    "least-squares line through its measured points (the fit and its residuals are under the "
-                    "headlines); not measured." if beyond.extrapolations(data) else "")
+                    "least-squares line through its measured points (the fit and its residuals: Notices, "
+                    "Extrapolated); not measured." if beyond.extrapolations(data) else "")
         return ("Server CPU time during the measurement divided by the replies it sent. This cost per reply "
                 "holds whether or not the client saturated. " + spread + extended)
     if metric.key == "reply_time_ms":

@@ -32,8 +32,20 @@ from ..model import RunRecord
 from ..run.results import Run
 from . import anatomy, beyond, draw, export, styles
 from .data import SWEEPS, RunData, legend_lines, load, reference
-from .page import engines_table, flatten, headlines, host_caps, key_table, method, notices, points_table
+from .page import (
+    engines_table,
+    flatten,
+    headlines,
+    host_caps,
+    host_limit_rows,
+    key_table,
+    method,
+    notices,
+    points_table,
+    preflight_notes,
+)
 from .plots import run_figure_rows
+from .summary import SUMMARY_METHOD, summaries
 from .text import human, md_escape, number, percent, times
 
 # ---------------------------------------------------------------------------------------------------------
@@ -119,18 +131,29 @@ def epollbench_version() -> str:
 
 
 def report_context(data: RunData) -> dict:
+    """What the report's templates say: the first screen, the notices by kind, the figures (not yet drawn:
+    render draws them), the tables, the method and the environment."""
     heads = headlines(data)
+    figure_rows = run_figure_rows(data)
+    holders, extrapolated = beyond.holders(data), beyond.extrapolated(data)
+    walks = beyond.walks_note(data)
     return {
         "run_id": data.run.id,
         "record": data.record,
         "meta": data.metadata,
+        "first": summaries(data, {p.name for row in figure_rows for p in row.plots}),
         "headlines": heads,
+        "notes": [(text, "method-preflight") for text in preflight_notes(data)] + [(t, "") for t in notices(data)],
         "caps": host_caps(data),
-        "holders": beyond.holders_notes(data),
-        "extrapolated": beyond.extrapolation_texts(data),
-        "walks": beyond.walks_note(data),
-        "notices": notices(data),
+        "limit_rows": host_limit_rows(data),
+        "holders": holders,
+        "extrapolated": extrapolated,
+        "walks": walks,
+        "method_texts": {"holders": beyond.HOLDERS_METHOD if holders else "",
+                         "extrapolation": beyond.EXTRAPOLATION_METHOD if extrapolated else "",
+                         "walks": beyond.WALKS_METHOD if walks else "", "summary": SUMMARY_METHOD},
         "key_table": key_table(data, heads),
+        "figure_rows": figure_rows,
         "tables": [points_table(data, s) for s in data.sweeps() if s in SWEEPS],
         "method": method(data),
         "environment": flatten(data.metadata),
@@ -144,6 +167,7 @@ def report_context(data: RunData) -> dict:
         "version": epollbench_version(),
         "counts": Counter(p.status for p in data.points),
         "anatomy": anatomy.section(data),
+        "issue": False,
     }
 
 
@@ -172,10 +196,11 @@ def render(run: Run) -> Path:
     context = report_context(data)
 
     def build(folder: Path) -> None:
-        rows = run_figure_rows(data)
-        for row in rows:
+        for row in context["figure_rows"]:
             row.files = [draw.save(plot, folder / "figures") for plot in row.plots]
-        context["figure_rows"] = rows
+        drawn = {f.name: f for row in context["figure_rows"] for f in row.files}
+        for first in context["first"]:
+            first.file = drawn.get(first.figure)
         for row in context["anatomy"].rows if context["anatomy"] else []:
             row.files = [draw.save(plot, folder / "figures") for plot in row.plots]
         (folder / "index.html").write_text(html_env().get_template("report.html.j2").render(context))
