@@ -76,8 +76,8 @@ static long parse_whole(const struct command_line *cl, const struct option_spec 
 	long value = strtol(text, &end, 10);
 	if (errno || end == text || *end || value < min || value > max) {
 		if (bounded)
-			cl->says.usage_error(cl->says.not_within, o->name, min, max, text);
-		cl->says.usage_error(cl->says.not_whole, o->name, text);
+			cl->says.complain(cl->says.not_within, o->name, min, max, text);
+		cl->says.complain(cl->says.not_whole, o->name, text);
 	}
 	return value;
 }
@@ -88,7 +88,7 @@ static double parse_real(const struct command_line *cl, const struct option_spec
 	errno = 0;
 	double value = strtod(text, &end);
 	if (errno || end == text || *end || !isfinite(value))
-		cl->says.usage_error(cl->says.not_number, o->name, text);
+		cl->says.complain(cl->says.not_number, o->name, text);
 	return value;
 }
 
@@ -128,11 +128,11 @@ void options_parse(const struct command_line *cl, int argc, char **argv)
 		if (key == 'h')
 			print_help(cl, defaults);
 		if (key == ':')
-			cl->says.usage_error(cl->says.missing, argv[optind - 1]);
+			cl->says.complain(cl->says.missing, argv[optind - 1]);
 		if (key == '?')
-			cl->says.usage_error(cl->says.unknown, argv[optind - 1]);
+			cl->says.complain(cl->says.unknown, argv[optind - 1]);
 		set_option(cl, &cl->options[key - FIRST_KEY], optarg);
 	}
 	if (optind < argc)
-		cl->says.usage_error(cl->says.unexpected, argv[optind]);
+		cl->says.complain(cl->says.unexpected, argv[optind]);
 }

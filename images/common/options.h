@@ -9,9 +9,9 @@
  * command line is read.
  *
  * A mistake on the command line is said in the program's own words (struct
- * options_messages, printf formats) through its own usage_error, which prints
- * one line and exits 2.  Checks across options are the program's, after
- * options_parse.
+ * options_messages, printf formats) through its own complaint (its
+ * usage_error), which prints one line and exits 2.  Checks across options are
+ * the program's, after options_parse.
  */
 #ifndef OPTIONS_H
 #define OPTIONS_H
@@ -33,7 +33,7 @@ struct option_spec {
 	const char *help;       /* its meaning, in --help */
 };
 
-/* What the program says of a mistake: a format each, given to usage_error. */
+/* What the program says of a mistake: a format each, given to complain. */
 struct options_messages {
 	const char *unknown;    /* an option not in the table: %s, the argument */
 	const char *missing;    /* an option without its value: %s, the argument */
@@ -41,7 +41,8 @@ struct options_messages {
 	const char *not_within; /* %s, the option's name; %ld and %ld, its bounds; %s, the value */
 	const char *not_number; /* %s, the option's name; %s, the value */
 	const char *unexpected; /* an argument that is no option: %s, the argument */
-	void (*usage_error)(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+	/* The program's usage_error: prints the message as one line, and exits 2. */
+	void (*complain)(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 };
 
 /* Where --help puts an option's parts on its line: "--name VALUE" after two spaces, padded to option_width; then

@@ -195,7 +195,7 @@ static const struct command_line command_line = {
 		.missing = "%s needs a value (see --help)",
 		.not_within = "--%s: expected an integer in %ld..%ld, got '%s'",
 		.unexpected = "unexpected argument '%s' (see --help)",
-		.usage_error = usage_error,
+		.complain = usage_error,
 	},
 };
 

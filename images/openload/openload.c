@@ -181,7 +181,7 @@ static const struct command_line command_line = {
 		.not_whole = "--%s needs a whole number, not '%s'",
 		.not_number = "--%s needs a number, not '%s'",
 		.unexpected = "unexpected argument '%s'",
-		.usage_error = usage_error,
+		.complain = usage_error,
 	},
 };
 

@@ -135,7 +135,7 @@ static const struct command_line command_line = {
 		.missing = "unknown option or missing value in '%s'",
 		.not_within = "--%s needs a whole number from %ld to %ld, not '%s'",
 		.unexpected = "unexpected argument '%s'",
-		.usage_error = usage_error,
+		.complain = usage_error,
 	},
 };
 
