@@ -143,11 +143,18 @@ def include_graph() -> dict[str, set[str]]:
     return graph
 
 
+# The folders a program's rule in images/Makefile may link besides its own, by the variable that names their files.
+SHARED_SOURCES = {"EV_SRC": "ev", "COMMON_SRC": "common"}
+
+
 def link_units() -> dict[str, list[Path]]:
-    """Program -> the .c files images/Makefile links into it: its own folder, and images/ev where it links EV_SRC."""
+    """Program -> the .c files images/Makefile links into it: its own folder, and images/ev and images/common
+    where its rule links EV_SRC and COMMON_SRC."""
     rules = re.findall(r"^\$\(BUILD\)/(\w+):([^\n]*)", (IMAGES / "Makefile").read_text(), re.M)
     assert rules, "images/Makefile's program rules were not found"
-    return {name: sorted([*(IMAGES / name).glob("*.c"), *((IMAGES / "ev").glob("*.c") if "EV_SRC" in deps else [])])
+    return {name: sorted([*(IMAGES / name).glob("*.c"),
+                          *(path for variable, folder in SHARED_SOURCES.items() if variable in deps
+                            for path in (IMAGES / folder).glob("*.c"))])
             for name, deps in rules}
 
 

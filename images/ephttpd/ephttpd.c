@@ -54,7 +54,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -65,13 +64,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "conn.h"
 #include "parts.h"
 #include "ev.h"
+#include "fdlimit.h"
+#include "options.h"
 
 #define DEFAULT_BACKEND "epoll"
 #define DEFAULT_BIND    "127.0.0.1" /* loopback: with host networking a wildcard would expose it */
@@ -86,23 +86,6 @@
 #define DEFAULT_ACCEPTS_PER_EVENT 64
 
 /* ---------------------------------------------------------------- setup */
-
-static int raise_fd_limit(void)
-{
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-		die("getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
-	if (rl.rlim_cur < rl.rlim_max) {
-		rlim_t soft = rl.rlim_cur;
-		rl.rlim_cur = rl.rlim_max;
-		if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
-			fprintf(stderr, "ephttpd: cannot raise RLIMIT_NOFILE to %llu (%s); keeping %llu\n",
-				(unsigned long long)rl.rlim_max, strerror(errno), (unsigned long long)soft);
-			rl.rlim_cur = soft;
-		}
-	}
-	return rl.rlim_cur > INT_MAX ? INT_MAX : (int)rl.rlim_cur;
-}
 
 /* A listening socket; port 0 takes a free one, reported in *bound_port. */
 static int open_listener(const struct options *o, int port, bool share_port, int *bound_port)
@@ -154,95 +137,7 @@ static struct options options = {
 	.accepts_per_event = DEFAULT_ACCEPTS_PER_EVENT,
 };
 
-static _Noreturn void print_help(void);
-static _Noreturn void list_backends(void);
-
-/* The options, one a row, in the order --help lists them: each sets one member of options, or acts. */
-static const struct option_spec {
-	const char *name;
-	const char *value_name; /* NULL: an option without a value, which acts */
-	const char **text;      /* set for a string option */
-	int *integer;           /* set for an integer option, from min to max */
-	long *number;           /* set for a long one, from min to max */
-	long min, max;
-	void (*act)(void);      /* set for an option without a value */
-	const char *help;
-} option_specs[] = {
-	{ "backend", "NAME", &options.backend, NULL, NULL, 0, 0, NULL, "event backend: " /* and their names */ },
-	{ "bind", "ADDR", &options.bind, NULL, NULL, 0, 0, NULL, "numeric IPv4 or IPv6 address to listen on" },
-	{ "port", "N", NULL, &options.port, NULL, 0, 65535, NULL,
-	  "TCP port; 0 takes a free one (the listening line says which)" },
-	{ "backlog", "N", NULL, &options.backlog, NULL, 1, INT_MAX, NULL,
-	  "listen() backlog (the kernel caps it at net.core.somaxconn)" },
-	{ "msgsize", "BYTES", NULL, NULL, &options.msgsize, 0, MAX_MSGSIZE, NULL, "body size of every 200 response" },
-	{ "workers", "N", NULL, &options.workers, NULL, 1, MAX_WORKERS, NULL,
-	  "processes, each with its own loop and SO_REUSEPORT listener" },
-	{ "ready-file", "PATH", &options.ready_file, NULL, NULL, 0, 0, NULL,
-	  "also write the listening line to PATH, atomically" },
-	{ "reads-per-event", "N", NULL, &options.reads_per_event, NULL, 1, INT_MAX, NULL,
-	  "full reads of one connection per event before the others'" },
-	{ "accepts-per-event", "N", NULL, &options.accepts_per_event, NULL, 1, INT_MAX, NULL,
-	  "accepts per listener event before the connections' events" },
-	{ "dead-holders", "N", NULL, &options.dead_holders, NULL, 0, MAX_HOLDERS, NULL,
-	  "processes holding dead connections in this one's epoll set (holders.c)" },
-	{ "dead-port", "N", NULL, &options.dead_port, NULL, 0, 65535, NULL,
-	  "their listener's port, for deadconn; 0 takes a free one" },
-	{ "list-backends", NULL, NULL, NULL, NULL, 0, 0, list_backends, "the event backends, one a line, and exit" },
-	{ "help", NULL, NULL, NULL, NULL, 0, 0, print_help, "this text" },
-};
-#define OPTION_COUNT (sizeof(option_specs) / sizeof(option_specs[0]))
-/* --help's columns: the option and its value from the third, its default from the 22nd, its meaning from the
- * 34th (an option too long for its column pushes the default right, not the meaning). */
-#define HELP_OPTION_WIDTH  18
-#define HELP_MEANING_COLUMN 33
-
-/* Each option's default as --help shows it, taken before any option is read. */
-static char option_defaults[OPTION_COUNT][32];
-
-static void format_value(const struct option_spec *o, char *buf, size_t size)
-{
-	if (o->text)
-		snprintf(buf, size, "%s", *o->text ? *o->text : "none");
-	else if (o->integer)
-		snprintf(buf, size, "%d", *o->integer);
-	else if (o->number)
-		snprintf(buf, size, "%ld", *o->number);
-	else
-		buf[0] = '\0';
-}
-
-/* One option's line of --help. */
-static void print_option_help(const struct option_spec *o, const char *default_value)
-{
-	char option[32];
-	snprintf(option, sizeof(option), "--%s%s%s", o->name, o->value_name ? " " : "",
-		 o->value_name ? o->value_name : "");
-	int used = printf("  %-*s", HELP_OPTION_WIDTH, option);
-	if (o->value_name)
-		used += printf(" %s", default_value);
-	printf("%*s%s", used < HELP_MEANING_COLUMN ? HELP_MEANING_COLUMN - used : 1, "", o->help);
-	if (o->text == &options.backend)
-		printf("%s|%s", ev_backend_names(), URING_RECV_BACKEND);
-	putchar('\n');
-}
-
-static void print_help(void)
-{
-	printf("usage: ephttpd [options]\n"
-	       "\n"
-	       "Answers every HTTP/1.0 and 1.1 GET with 200 and a body of --msgsize bytes\n"
-	       "(HEAD with its head alone),\n"
-	       "through one event loop per process on the backend chosen.  JSON lines on\n"
-	       "stdout: \"listening\" when ready; on SIGTERM or SIGINT one \"stats\" line, then\n"
-	       "exit 0; on SIGUSR1 a \"snapshot\" line per worker.\n"
-	       "\n"
-	       "  option             default     meaning\n");
-	for (size_t i = 0; i < OPTION_COUNT; i++)
-		print_option_help(&option_specs[i], option_defaults[i]);
-	exit(0);
-}
-
-static void list_backends(void)
+static _Noreturn void list_backends(void)
 {
 	for (size_t i = 0; ev_backend_at(i); i++)
 		puts(ev_backend_at(i));
@@ -250,30 +145,59 @@ static void list_backends(void)
 	exit(0);
 }
 
-static long parse_number(const char *option, const char *text, long min, long max)
-{
-	char *end;
-	errno = 0;
-	long value = strtol(text, &end, 10);
-	if (errno || end == text || *end || value < min || value > max)
-		usage_error("%s: expected an integer in %ld..%ld, got '%s'", option, min, max, text);
-	return value;
-}
+/* --backend's meaning, with the backends' names: parse_options writes it. */
+static char backend_help[128];
 
-/* Sets the option's member from its value, or does what it says. */
-static void set_option(const struct option_spec *o, const char *value)
-{
-	char option[32];
-	snprintf(option, sizeof(option), "--%s", o->name);
-	if (o->act)
-		o->act();
-	else if (o->text)
-		*o->text = value;
-	else if (o->integer)
-		*o->integer = (int)parse_number(option, value, o->min, o->max);
-	else
-		*o->number = parse_number(option, value, o->min, o->max);
-}
+/* The options, one a row, in the order --help lists them: each sets one member of options, or acts. */
+static const struct option_spec option_specs[] = {
+	{ "backend", "NAME", .text = &options.backend, .help = backend_help },
+	{ "bind", "ADDR", .text = &options.bind, .help = "numeric IPv4 or IPv6 address to listen on" },
+	{ "port", "N", .integer = &options.port, .min = 0, .max = 65535,
+	  .help = "TCP port; 0 takes a free one (the listening line says which)" },
+	{ "backlog", "N", .integer = &options.backlog, .min = 1, .max = INT_MAX,
+	  .help = "listen() backlog (the kernel caps it at net.core.somaxconn)" },
+	{ "msgsize", "BYTES", .whole = &options.msgsize, .min = 0, .max = MAX_MSGSIZE,
+	  .help = "body size of every 200 response" },
+	{ "workers", "N", .integer = &options.workers, .min = 1, .max = MAX_WORKERS,
+	  .help = "processes, each with its own loop and SO_REUSEPORT listener" },
+	{ "ready-file", "PATH", .text = &options.ready_file,
+	  .help = "also write the listening line to PATH, atomically" },
+	{ "reads-per-event", "N", .integer = &options.reads_per_event, .min = 1, .max = INT_MAX,
+	  .help = "full reads of one connection per event before the others'" },
+	{ "accepts-per-event", "N", .integer = &options.accepts_per_event, .min = 1, .max = INT_MAX,
+	  .help = "accepts per listener event before the connections' events" },
+	{ "dead-holders", "N", .integer = &options.dead_holders, .min = 0, .max = MAX_HOLDERS,
+	  .help = "processes holding dead connections in this one's epoll set (holders.c)" },
+	{ "dead-port", "N", .integer = &options.dead_port, .min = 0, .max = 65535,
+	  .help = "their listener's port, for deadconn; 0 takes a free one" },
+	{ "list-backends", NULL, .act = list_backends, .help = "the event backends, one a line, and exit" },
+};
+
+static const struct command_line command_line = {
+	.usage = "usage: ephttpd [options]\n"
+		 "\n"
+		 "Answers every HTTP/1.0 and 1.1 GET with 200 and a body of --msgsize bytes\n"
+		 "(HEAD with its head alone),\n"
+		 "through one event loop per process on the backend chosen.  JSON lines on\n"
+		 "stdout: \"listening\" when ready; on SIGTERM or SIGINT one \"stats\" line, then\n"
+		 "exit 0; on SIGUSR1 a \"snapshot\" line per worker.\n"
+		 "\n"
+		 "  option             default     meaning\n",
+	.options = option_specs,
+	.count = sizeof(option_specs) / sizeof(option_specs[0]),
+	.help_meaning = "this text",
+	.short_help = true,
+	/* The option and its value from the third column, its default from the 22nd, its meaning from the 34th (an
+	 * option too long for its column pushes the default right, not the meaning). */
+	.layout = { .option_width = 18, .meaning_at = 33 },
+	.says = {
+		.unknown = "unknown option '%s' (see --help)",
+		.missing = "%s needs a value (see --help)",
+		.not_within = "--%s: expected an integer in %ld..%ld, got '%s'",
+		.unexpected = "unexpected argument '%s' (see --help)",
+		.complain = usage_error,
+	},
+};
 
 /* The options together: the backend known, and --dead-holders with what it needs. */
 static void check_options(const struct options *o)
@@ -293,29 +217,8 @@ static void check_options(const struct options *o)
 
 static struct options parse_options(int argc, char **argv)
 {
-	struct option long_options[OPTION_COUNT + 1];
-	for (size_t i = 0; i < OPTION_COUNT; i++)
-		long_options[i] = (struct option){ option_specs[i].name,
-						   option_specs[i].value_name ? required_argument : no_argument, NULL,
-						   (int)i };
-	long_options[OPTION_COUNT] = (struct option){ 0 };
-
-	for (size_t i = 0; i < OPTION_COUNT; i++)
-		format_value(&option_specs[i], option_defaults[i], sizeof(option_defaults[i]));
-
-	opterr = 0;
-	int key;
-	while ((key = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
-		if (key == 'h')
-			print_help();
-		if (key == ':')
-			usage_error("%s needs a value (see --help)", argv[optind - 1]);
-		if (key == '?')
-			usage_error("unknown option '%s' (see --help)", argv[optind - 1]);
-		set_option(&option_specs[key], optarg);
-	}
-	if (optind < argc)
-		usage_error("unexpected argument '%s' (see --help)", argv[optind]);
+	snprintf(backend_help, sizeof(backend_help), "event backend: %s|%s", ev_backend_names(), URING_RECV_BACKEND);
+	options_parse(&command_line, argc, argv);
 	check_options(&options);
 	return options;
 }
@@ -323,7 +226,7 @@ static struct options parse_options(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	struct options o = parse_options(argc, argv);
-	int fd_limit = raise_fd_limit();
+	int fd_limit = raise_fd_limit("ephttpd", FD_RAISE_OR_KEEP);
 	if (!conn_build_responses((size_t)o.msgsize))
 		die("out of memory for the responses (lower --msgsize)");
 

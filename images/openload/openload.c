@@ -70,7 +70,6 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -91,7 +90,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fdlimit.h"
 #include "hist.h"
+#include "options.h"
 
 #define DEFAULT_CONNECTIONS   100
 #define DEFAULT_DURATION_S    10.0
@@ -118,7 +119,7 @@ static const char *host = "127.0.0.1";
 static long port = 8080;
 static const char *path = "/";
 static long connections = DEFAULT_CONNECTIONS;
-static double rate = 0;
+static double rate = NAN; /* until --rate is read */
 static double duration_s = DEFAULT_DURATION_S;
 static double timeout_s = DEFAULT_TIMEOUT_S;
 static long lag_threshold_us = DEFAULT_LAG_THRESHOLD;
@@ -149,97 +150,45 @@ static _Noreturn __attribute__((format(printf, 1, 2))) void fail(const char *fmt
 	exit(1);
 }
 
-static bool rate_given;
-
 /* The options, one a row, in the order --help lists them: each sets one of the variables above. */
-static const struct option_spec {
-	const char *name;
-	const char *value_name;
-	const char **text; /* set for a string option */
-	long *whole;       /* set for a whole-number option */
-	double *real;      /* set for a number option */
-	const char *help;  /* followed by the default, unless it says (required...) */
-} option_specs[] = {
-	{ "rate", "R", NULL, NULL, &rate, "requests per second over all connections (required, > 0)" },
-	{ "connections", "C", NULL, &connections, NULL, "keep-alive connections" },
-	{ "duration", "S", NULL, NULL, &duration_s, "seconds during which requests are due" },
-	{ "host", "ADDR", &host, NULL, NULL, "IPv4 address of the server" },
-	{ "port", "N", NULL, &port, NULL, "its port" },
-	{ "path", "P", &path, NULL, NULL, "the request target" },
-	{ "timeout", "S", NULL, NULL, &timeout_s, "a request unanswered this long is an error; also the drain" },
-	{ "lag-threshold-us", "N", NULL, &lag_threshold_us, NULL, "a free connection's request found due this late is lag" },
-	{ "timer", "MODE", &timer_mode, NULL, NULL, "auto|epoll_pwait2|timerfd: how the loop sleeps until due" },
-	{ "timer-slack-us", "N", NULL, &timer_slack_us, NULL, "how late the kernel may end a sleep, to batch wakeups" },
+static const struct option_spec option_specs[] = {
+	{ "rate", "R", .real = &rate, .no_default = true,
+	  .help = "requests per second over all connections (required, > 0)" },
+	{ "connections", "C", .whole = &connections, .help = "keep-alive connections" },
+	{ "duration", "S", .real = &duration_s, .help = "seconds during which requests are due" },
+	{ "host", "ADDR", .text = &host, .help = "IPv4 address of the server" },
+	{ "port", "N", .whole = &port, .help = "its port" },
+	{ "path", "P", .text = &path, .help = "the request target" },
+	{ "timeout", "S", .real = &timeout_s, .help = "a request unanswered this long is an error; also the drain" },
+	{ "lag-threshold-us", "N", .whole = &lag_threshold_us,
+	  .help = "a free connection's request found due this late is lag" },
+	{ "timer", "MODE", .text = &timer_mode, .help = "auto|epoll_pwait2|timerfd: how the loop sleeps until due" },
+	{ "timer-slack-us", "N", .whole = &timer_slack_us,
+	  .help = "how late the kernel may end a sleep, to batch wakeups" },
 };
-#define OPTION_COUNT (sizeof(option_specs) / sizeof(option_specs[0]))
 
-/* Each option's default as --help shows it (" (default ...)"), taken before any option is read. */
-static char option_defaults[OPTION_COUNT][64];
-
-static void format_default(const struct option_spec *o, char *buf, size_t size)
-{
-	if (o->real == &rate)
-		buf[0] = '\0';
-	else if (o->text)
-		snprintf(buf, size, " (default %s)", *o->text);
-	else if (o->whole)
-		snprintf(buf, size, " (default %ld)", *o->whole);
-	else
-		snprintf(buf, size, " (default %g)", *o->real);
-}
-
-static void usage(FILE *out)
-{
-	fprintf(out,
-		"usage: openload --rate R [options]\n"
-		"Offers R requests/s over keep-alive connections, each on its own fixed schedule (open loop),\n"
-		"and prints one JSON object: rates, latency percentiles from the due time, errors, own CPU.\n\n");
-	for (size_t i = 0; i < OPTION_COUNT; i++) {
-		const struct option_spec *o = &option_specs[i];
-		char option[32];
-		snprintf(option, sizeof(option), "--%s %s", o->name, o->value_name);
-		fprintf(out, "  %-21s %s%s\n", option, o->help, option_defaults[i]);
-	}
-	fprintf(out, "  %-21s %s\n", "--help", "show this and exit");
-}
-
-static double parse_double(const char *name, const char *text)
-{
-	char *end;
-	errno = 0;
-	double value = strtod(text, &end);
-	if (errno || end == text || *end || !isfinite(value))
-		usage_error("--%s needs a number, not '%s'", name, text);
-	return value;
-}
-
-static long parse_long(const char *name, const char *text)
-{
-	char *end;
-	errno = 0;
-	long value = strtol(text, &end, 10);
-	if (errno || end == text || *end)
-		usage_error("--%s needs a whole number, not '%s'", name, text);
-	return value;
-}
-
-/* Sets the option's variable from its value. */
-static void set_option(const struct option_spec *o, const char *value)
-{
-	if (o->text)
-		*o->text = value;
-	else if (o->whole)
-		*o->whole = parse_long(o->name, value);
-	else
-		*o->real = parse_double(o->name, value);
-	if (o->real == &rate)
-		rate_given = true;
-}
+static const struct command_line command_line = {
+	.usage = "usage: openload --rate R [options]\n"
+		 "Offers R requests/s over keep-alive connections, each on its own fixed schedule (open loop),\n"
+		 "and prints one JSON object: rates, latency percentiles from the due time, errors, own CPU.\n\n",
+	.options = option_specs,
+	.count = sizeof(option_specs) / sizeof(option_specs[0]),
+	.help_meaning = "show this and exit",
+	.layout = { .option_width = 21 },
+	.says = {
+		.unknown = "unknown option or missing value in '%s'",
+		.missing = "unknown option or missing value in '%s'",
+		.not_whole = "--%s needs a whole number, not '%s'",
+		.not_number = "--%s needs a number, not '%s'",
+		.unexpected = "unexpected argument '%s'",
+		.complain = usage_error,
+	},
+};
 
 /* The values together, each within its bounds. */
 static void check_args(void)
 {
-	if (!rate_given)
+	if (isnan(rate))
 		usage_error("--rate is required: requests per second, e.g. --rate 10000");
 	if (!(rate > 0))
 		usage_error("--rate must be above 0 requests/s (got %g)", rate);
@@ -268,40 +217,8 @@ static void check_args(void)
 
 static void parse_args(int argc, char **argv)
 {
-	struct option long_options[OPTION_COUNT + 2];
-	for (size_t i = 0; i < OPTION_COUNT; i++)
-		long_options[i] = (struct option){ option_specs[i].name, required_argument, NULL, (int)i };
-	long_options[OPTION_COUNT] = (struct option){ "help", no_argument, NULL, 'h' };
-	long_options[OPTION_COUNT + 1] = (struct option){ 0 };
-	for (size_t i = 0; i < OPTION_COUNT; i++)
-		format_default(&option_specs[i], option_defaults[i], sizeof(option_defaults[i]));
-
-	int key;
-	opterr = 0;
-	while ((key = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
-		if (key == 'h') {
-			usage(stdout);
-			exit(0);
-		}
-		if (key == '?')
-			usage_error("unknown option or missing value in '%s'", argv[optind - 1]);
-		set_option(&option_specs[key], optarg);
-	}
-	if (optind < argc)
-		usage_error("unexpected argument '%s'", argv[optind]);
+	options_parse(&command_line, argc, argv);
 	check_args();
-}
-
-/* Raises the soft descriptor limit to the hard one; returns the limit. */
-static long raise_fd_limit(void)
-{
-	struct rlimit limit;
-	if (getrlimit(RLIMIT_NOFILE, &limit) < 0)
-		fail("getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
-	limit.rlim_cur = limit.rlim_max;
-	if (setrlimit(RLIMIT_NOFILE, &limit) < 0)
-		fail("setrlimit(RLIMIT_NOFILE): %s", strerror(errno));
-	return limit.rlim_cur > INT32_MAX ? INT32_MAX : (long)limit.rlim_cur;
 }
 
 static int64_t now_ns(void)
@@ -1067,7 +984,7 @@ static void free_run(void)
 int main(int argc, char **argv)
 {
 	parse_args(argc, argv);
-	long fd_limit = raise_fd_limit();
+	long fd_limit = raise_fd_limit("openload", FD_RAISE_OR_EXIT);
 	check_fd_limit(fd_limit);
 	install_signals_and_slack();
 	prepare_run();

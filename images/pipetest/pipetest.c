@@ -59,7 +59,6 @@
 #define _GNU_SOURCE /* pipe2 */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -67,11 +66,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "ev.h"
+#include "fdlimit.h"
+#include "options.h"
 
 #define DEFAULT_BACKEND     "epoll"
 #define DEFAULT_PIPES       1000
@@ -99,40 +99,6 @@ static const char *walk = "stay";
 static const char *visits_path = "";
 static int striding; /* --walk stride */
 
-static const struct option_spec {
-	const char *name;
-	const char *value_name;
-	const char **text; /* set for a string option */
-	long *number;      /* set for a number option (at least 1) */
-	const char *help;
-} option_specs[] = {
-	{ "backend", "NAME", &backend, NULL, "select|poll|epoll|epoll-et|io_uring|aio-poll" },
-	{ "pipes", "N", NULL, &pipes, "pipes watched (with stay all but the tokens' idle)" },
-	{ "tokens", "M", NULL, &tokens, "tokens circulating (M <= N)" },
-	{ "generations", "G", NULL, &generations, "passes each token makes" },
-	{ "max-seconds", "S", NULL, &max_seconds, "stop passing after S seconds (0: when G is reached)" },
-	{ "walk", "stay|stride", &walk, NULL, "stay: tokens keep their pipes; stride: 2002's walk" },
-	{ "visits", "PATH", &visits_path, NULL, "write each pipe's passes there, one a line" },
-};
-#define OPTION_COUNT (sizeof(option_specs) / sizeof(option_specs[0]))
-
-static void usage(FILE *out)
-{
-	fprintf(out, "usage: pipetest [options]\n"
-		     "Passes tokens through N pipes watched by one event backend; prints one JSON object.\n\n");
-	for (size_t i = 0; i < OPTION_COUNT; i++) {
-		const struct option_spec *o = &option_specs[i];
-		char option[32], value[32];
-		snprintf(option, sizeof(option), "--%s %s", o->name, o->value_name);
-		if (o->text)
-			snprintf(value, sizeof(value), "%s", **o->text ? *o->text : "none");
-		else
-			snprintf(value, sizeof(value), "%ld", *o->number);
-		fprintf(out, "  %-19s %-50s (default %s)\n", option, o->help, value);
-	}
-	fprintf(out, "  %-19s %s\n", "--help", "show this and exit");
-}
-
 static _Noreturn __attribute__((format(printf, 1, 2))) void usage_error(const char *fmt, ...)
 {
 	va_list args;
@@ -144,37 +110,38 @@ static _Noreturn __attribute__((format(printf, 1, 2))) void usage_error(const ch
 	exit(2);
 }
 
+/* The options, one a row, in the order --help lists them: each sets one of the variables above. */
+static const struct option_spec option_specs[] = {
+	{ "backend", "NAME", .text = &backend, .help = "select|poll|epoll|epoll-et|io_uring|aio-poll" },
+	{ "pipes", "N", .whole = &pipes, .min = 1, .max = INT32_MAX,
+	  .help = "pipes watched (with stay all but the tokens' idle)" },
+	{ "tokens", "M", .whole = &tokens, .min = 1, .max = INT32_MAX, .help = "tokens circulating (M <= N)" },
+	{ "generations", "G", .whole = &generations, .min = 1, .max = INT32_MAX, .help = "passes each token makes" },
+	{ "max-seconds", "S", .whole = &max_seconds, .min = 1, .max = INT32_MAX,
+	  .help = "stop passing after S seconds (0: when G is reached)" },
+	{ "walk", "stay|stride", .text = &walk, .help = "stay: tokens keep their pipes; stride: 2002's walk" },
+	{ "visits", "PATH", .text = &visits_path, .help = "write each pipe's passes there, one a line" },
+};
+
+static const struct command_line command_line = {
+	.usage = "usage: pipetest [options]\n"
+		 "Passes tokens through N pipes watched by one event backend; prints one JSON object.\n\n",
+	.options = option_specs,
+	.count = sizeof(option_specs) / sizeof(option_specs[0]),
+	.help_meaning = "show this and exit",
+	.layout = { .option_width = 19, .meaning_width = 50 },
+	.says = {
+		.unknown = "unknown option or missing value in '%s'",
+		.missing = "unknown option or missing value in '%s'",
+		.not_within = "--%s needs a whole number from %ld to %ld, not '%s'",
+		.unexpected = "unexpected argument '%s'",
+		.complain = usage_error,
+	},
+};
+
 static void parse_args(int argc, char **argv)
 {
-	struct option long_options[OPTION_COUNT + 2];
-	for (size_t i = 0; i < OPTION_COUNT; i++)
-		long_options[i] = (struct option){ option_specs[i].name, required_argument, NULL, (int)i };
-	long_options[OPTION_COUNT] = (struct option){ "help", no_argument, NULL, 'h' };
-	long_options[OPTION_COUNT + 1] = (struct option){ 0 };
-
-	int key;
-	opterr = 0;
-	while ((key = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
-		if (key == 'h') {
-			usage(stdout);
-			exit(0);
-		}
-		if (key == '?')
-			usage_error("unknown option or missing value in '%s'", argv[optind - 1]);
-		const struct option_spec *o = &option_specs[key];
-		if (o->text) {
-			*o->text = optarg;
-			continue;
-		}
-		char *end;
-		errno = 0;
-		long value = strtol(optarg, &end, 10);
-		if (errno || end == optarg || *end || value < 1 || value > INT32_MAX)
-			usage_error("--%s needs a whole number from 1 to 2147483647, not '%s'", o->name, optarg);
-		*o->number = value;
-	}
-	if (optind < argc)
-		usage_error("unexpected argument '%s'", argv[optind]);
+	options_parse(&command_line, argc, argv);
 	if (tokens > pipes)
 		usage_error("%ld tokens need as many pipes: use --tokens %ld or fewer", tokens, pipes);
 	if (strcmp(walk, "stay") != 0 && strcmp(walk, "stride") != 0)
@@ -188,22 +155,6 @@ static long pipe_of_token(long t, long g)
 	if (!striding)
 		return (long)((int64_t)(t + 1) * pipes / tokens) - 1;
 	return (long)(((int64_t)g * WALK_STRIDE + t + (int64_t)t * (pipes / tokens)) % pipes);
-}
-
-/* Raises the soft descriptor limit to the hard one; returns the limit. */
-static long raise_fd_limit(void)
-{
-	struct rlimit limit;
-	if (getrlimit(RLIMIT_NOFILE, &limit) < 0) {
-		perror("pipetest: getrlimit(RLIMIT_NOFILE)");
-		exit(1);
-	}
-	limit.rlim_cur = limit.rlim_max;
-	if (setrlimit(RLIMIT_NOFILE, &limit) < 0) {
-		perror("pipetest: setrlimit(RLIMIT_NOFILE)");
-		exit(1);
-	}
-	return limit.rlim_cur > INT32_MAX ? INT32_MAX : (long)limit.rlim_cur;
 }
 
 static double seconds_since(const struct timespec *start)
@@ -317,7 +268,7 @@ static void place_tokens(void)
 
 static void setup(void)
 {
-	run.fd_limit = raise_fd_limit();
+	run.fd_limit = raise_fd_limit("pipetest", FD_RAISE_OR_EXIT);
 	check_fd_limit();
 	char err[256];
 	run.loop = ev_create(backend, (int)run.fd_limit, err, sizeof(err));
