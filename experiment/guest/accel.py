@@ -18,6 +18,7 @@ from .initramfs import PROBE_MARKER
 
 MODES = ("auto", "kvm", "tcg")
 PROBE_TIMEOUT_S = 60
+KVM_DEVICE = "/dev/kvm"
 _probed: dict[tuple[str, str], str | None] = {}
 
 
@@ -72,8 +73,8 @@ def kvm_failure(vmlinuz: Path, initrd: Path) -> str | None:
 
 
 def _probe(vmlinuz: Path, initrd: Path) -> str | None:
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "/dev/kvm is missing or not accessible"
+    if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
+        return f"{KVM_DEVICE} is missing or not accessible"
     with tempfile.TemporaryDirectory(prefix="epollbench-kvm-probe-") as folder:
         console = Path(folder) / "console.log"
         command = [qemu_binary(), "-M", "microvm", *Accelerator("kvm", "").qemu_args(), "-smp", "1", "-m", "256",

@@ -65,7 +65,8 @@ def leftover_guests(proc: Path = PROC) -> list[LeftoverGuest]:
         label, env = guest
         owner = env.get(OWNER_ENV, "")
         owner_pid = owner.partition(":")[0]
-        if not owner_pid.isdigit() or owner_identity(int(owner_pid), proc) != owner:
+        now = owner_identity(int(owner_pid), proc) if owner_pid.isdigit() else "gone"
+        if now.endswith(":gone") or now != owner:
             found.append(LeftoverGuest(int(pid_dir.name), label, env.get(FOLDER_ENV, ""), owner))
     return found
 

@@ -119,7 +119,7 @@ def boot(kernel: Kernel, folder: Path, *, vcpus: int = 2, memory_mb: int = 4096,
     started = time.monotonic()
     start(guest, initrd, disk, extra_cmdline)
     try:
-        client = wait_ready(guest, started + timeout_s)
+        client = wait_ready(guest, started, timeout_s)
     except BaseException:
         shutdown(guest)
         raise
@@ -129,10 +129,10 @@ def boot(kernel: Kernel, folder: Path, *, vcpus: int = 2, memory_mb: int = 4096,
     return guest
 
 
-def wait_ready(guest: Guest, deadline: float) -> docker.DockerClient:
+def wait_ready(guest: Guest, started: float, timeout_s: float) -> docker.DockerClient:
     """A client of the guest's dockerd once it answers through the forwarded port; a UserError when QEMU ends
-    first or the deadline passes."""
-    while time.monotonic() < deadline:
+    first or timeout_s pass from started."""
+    while time.monotonic() < started + timeout_s:
         if guest.process.poll() is not None:
             raise UserError(f"the guest {guest.label} stopped before its dockerd answered (QEMU exited with "
                             f"{guest.process.returncode}): {failure_tail(guest)}")
@@ -140,7 +140,7 @@ def wait_ready(guest: Guest, deadline: float) -> docker.DockerClient:
         if client is not None:
             return client
         time.sleep(0.5)
-    raise UserError(f"the guest {guest.label}'s dockerd did not answer within {BOOT_TIMEOUT_S} s: "
+    raise UserError(f"the guest {guest.label}'s dockerd did not answer within {timeout_s:g} s: "
                     f"{failure_tail(guest)}")
 
 
