@@ -52,8 +52,8 @@ def tcg_cmdline() -> list[str]:
     return [f"tsc_early_khz={khz}", "tsc=reliable"] if khz else []
 
 
-def _guest_time(client: docker.DockerClient) -> tuple[float, float]:
-    """(host monotonic seconds at the request's midpoint, the guest's wall clock in seconds) via the engine."""
+def _guest_time(client: docker.DockerClient) -> tuple[float, float, float]:
+    """(host monotonic seconds before the request, after it, the guest's wall clock in seconds between them)."""
     before = time.monotonic()
     text = client.info()["SystemTime"]
     after = time.monotonic()
@@ -61,13 +61,16 @@ def _guest_time(client: docker.DockerClient) -> tuple[float, float]:
     if not m:
         raise ValueError(f"unreadable SystemTime {text!r}")
     seconds = datetime.fromisoformat(m.group(1) + (m.group(3) or "").replace("Z", "+00:00")).timestamp()
-    return (before + after) / 2, seconds + float("0." + (m.group(2) or "0"))
+    return before, after, seconds + float("0." + (m.group(2) or "0"))
 
 
-def clock_ratio(client: docker.DockerClient, interval_s: float = 3.0) -> float:
-    """The guest's seconds per host second over interval_s, read through its engine (1.0: on time; the API's
-    latency makes it good to about a percent)."""
-    host_1, guest_1 = _guest_time(client)
+def clock_ratio(client: docker.DockerClient, interval_s: float = 3.0) -> tuple[float, float, float]:
+    """The guest's seconds per host second over interval_s, read through its engine: (estimate, lowest,
+    highest). The guest read its clock somewhere within each request, so the true ratio lies between lowest and
+    highest; an emulated guest's slow answers widen them."""
+    before_1, after_1, guest_1 = _guest_time(client)
     time.sleep(interval_s)
-    host_2, guest_2 = _guest_time(client)
-    return (guest_2 - guest_1) / (host_2 - host_1)
+    before_2, after_2, guest_2 = _guest_time(client)
+    elapsed = guest_2 - guest_1
+    estimate = elapsed / ((before_2 + after_2) / 2 - (before_1 + after_1) / 2)
+    return estimate, elapsed / (after_2 - before_1), elapsed / (before_2 - after_1)

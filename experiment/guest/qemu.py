@@ -66,14 +66,22 @@ class Guest:
         return self.folder / f"guest-{self.label}.{suffix}"
 
 
-def command(guest: Guest, initrd: Path, disk: Path, cmdline: list[str]) -> list[str]:
+def drives(disks: list[Path]) -> list[str]:
+    """-drive and -device for each disk, as virtio-blk with its writes discarded when QEMU ends."""
+    args = []
+    for number, disk in enumerate(disks):
+        args += ["-drive", f"if=none,id=disk{number},file={disk},format=raw,snapshot=on",
+                 "-device", f"virtio-blk-device,drive=disk{number}"]
+    return args
+
+
+def command(guest: Guest, initrd: Path, disks: list[Path], cmdline: list[str]) -> list[str]:
     """QEMU's command line for the guest."""
     forward = f"hostfwd=tcp:127.0.0.1:{guest.port}-:{GUEST_ENGINE_PORT}"
     return [accel.qemu_binary(), "-name", f"epollbench-guest,process={PROCESS_PREFIX}{guest.label}",
             "-M", "microvm", *guest.accelerator.qemu_args(), "-smp", str(guest.vcpus), "-m", str(guest.memory_mb),
             "-kernel", str(guest.kernel.vmlinuz), "-initrd", str(initrd), "-append", " ".join(cmdline),
-            "-drive", f"if=none,id=root,file={disk},format=raw,snapshot=on",
-            "-device", "virtio-blk-device,drive=root",
+            *drives(disks),
             "-netdev", f"user,id=n0,restrict=on,{forward}", "-device", "virtio-net-device,netdev=n0",
             "-serial", f"file:{guest.path('console.log')}", "-display", "none", "-monitor", "none",
             "-qmp", f"unix:{guest.qmp_folder / 'qmp.sock'},server=on,wait=off",
@@ -92,9 +100,9 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def start(guest: Guest, initrd: Path, disk: Path, extra_cmdline: tuple[str, ...]) -> None:
+def start(guest: Guest, initrd: Path, disks: list[Path], extra_cmdline: tuple[str, ...]) -> None:
     """QEMU started for the guest, its output to guest-<label>.qemu.log."""
-    cmd = command(guest, initrd, disk, kernel_cmdline(guest.accelerator, extra_cmdline))
+    cmd = command(guest, initrd, disks, kernel_cmdline(guest.accelerator, extra_cmdline))
     env = dict(os.environ, **{OWNER_ENV: owner_identity(os.getpid()), FOLDER_ENV: str(guest.folder)})
     with open(guest.path("qemu.log"), "wb") as log:
         guest.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
@@ -104,9 +112,10 @@ def start(guest: Guest, initrd: Path, disk: Path, extra_cmdline: tuple[str, ...]
 
 def boot(kernel: Kernel, folder: Path, *, vcpus: int = 2, memory_mb: int = 4096, accelerator: str = "auto",
          label: str | None = None, timeout_s: float = BOOT_TIMEOUT_S, extra_cmdline: tuple[str, ...] = (),
-         say=print) -> Guest:
+         images_disk: Path | None = None, say=print) -> Guest:
     """A guest of the kernel, booted and its dockerd answering at guest.url; a UserError with the console's last
-    lines when it does not within timeout_s (the console log is kept). Boot it from the thread that outlives it:
+    lines when it does not within timeout_s (the console log is kept). images_disk (imagedisk.build) becomes its
+    dockerd's data root, images in place. Boot it from the thread that outlives it:
     QEMU gets SIGTERM when that thread ends."""
     folder.mkdir(parents=True, exist_ok=True)
     initrd, disk = initramfs.build(kernel, say), rootfs.build(say)
@@ -117,7 +126,7 @@ def boot(kernel: Kernel, folder: Path, *, vcpus: int = 2, memory_mb: int = 4096,
                   qmp_folder=Path(tempfile.mkdtemp(prefix="epollbench-qmp-")))
     say(f"booting {kernel.release} in a guest ({chosen.name}: {chosen.reason}; {vcpus} vCPUs, {memory_mb} MiB)")
     started = time.monotonic()
-    start(guest, initrd, disk, extra_cmdline)
+    start(guest, initrd, [disk] + ([images_disk] if images_disk else []), extra_cmdline)
     try:
         client = wait_ready(guest, started, timeout_s)
     except BaseException:
@@ -167,15 +176,17 @@ def record(guest: Guest, client: docker.DockerClient) -> None:
     """The guest's facts gathered (kernel, accelerator, QEMU, console facts, the clock check) and written to
     guest-<label>.json."""
     console = guest.path("console.log").read_text(errors="replace")
-    ratio = clock.clock_ratio(client)
+    ratio, lowest, highest = clock.clock_ratio(client)
     guest.facts.update(label=guest.label, kernel=guest.kernel.facts(), accelerator=guest.accelerator.name,
                        accelerator_reason=guest.accelerator.reason, qemu_version=accel.qemu_version(),
                        vcpus=guest.vcpus, memory_mb=guest.memory_mb, engine_url=guest.url,
-                       guest=console_facts(console), clock_ratio=round(ratio, 4))
+                       guest=console_facts(console), clock_ratio=round(ratio, 4),
+                       clock_ratio_bounds=[round(lowest, 4), round(highest, 4)])
     guest.path("json").write_text(json.dumps(guest.facts, indent=2) + "\n")
-    if abs(ratio - 1) > CLOCK_TOLERANCE:
-        raise UserError(f"the guest {guest.label}'s clock runs at {ratio:.3f} of the host's: its rates would be "
-                        f"off; check guest.clocksource in {guest.path('json')}")
+    if highest < 1 - CLOCK_TOLERANCE or lowest > 1 + CLOCK_TOLERANCE:
+        raise UserError(f"the guest {guest.label}'s clock runs at {ratio:.3f} (between {lowest:.3f} and "
+                        f"{highest:.3f}) of the host's: its rates would be off; check guest.clocksource in "
+                        f"{guest.path('json')}")
 
 
 def _qmp_quit(path: Path) -> bool:
