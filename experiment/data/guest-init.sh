@@ -21,6 +21,12 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo 1 > /proc/sys/kernel/sysrq
+# A disk of images (experiment/guest/imagedisk.py), when the guest has one: dockerd's data root, images in place.
+for disk in /dev/vd?; do
+    [ "$(blkid -s LABEL -o value "$disk")" = epollbench-imgs ] || continue
+    mkdir -p /var/lib/docker
+    mount -t ext4 "$disk" /var/lib/docker && fact images_disk "$disk" || say "cannot mount the images disk $disk"
+done
 echo epollbench-guest > /proc/sys/kernel/hostname
 
 sysctl -q -w net.core.somaxconn=65535 net.ipv4.tcp_max_syn_backlog=65535 \

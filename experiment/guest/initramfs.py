@@ -1,8 +1,8 @@
 """A kernel's initramfs: Debian's static busybox, the kernel's needed modules (modules.py) and a tiny /init that
-loads them, mounts the root disk (/dev/vda) and switch_roots into the guest's init. Booted with
-`epollbench.probe` on its command line, /init only prints PROBE_MARKER and ends the guest: the accelerator
-probe. Built once per kernel (and recipe) into the cache; busybox comes through the private apt (apt.py), so
-the host's own busybox, if any, stays as it is."""
+loads them, mounts the root disk (the /dev/vd* that holds the guest's init) and switch_roots into the guest's
+init. Booted with `epollbench.probe` on its command line, /init only prints PROBE_MARKER and ends the guest:
+the accelerator probe. Built once per kernel (and recipe) into the cache; busybox comes through the private
+apt (apt.py), so the host's own busybox, if any, stays as it is."""
 
 from __future__ import annotations
 
@@ -35,7 +35,12 @@ say "modules loaded: $(cat /modules/order | tr '\\n' ' ')"
 tries=0
 while [ ! -b /dev/vda ] && [ $tries -lt 200 ]; do sleep 0.1; tries=$((tries + 1)); done
 mkdir -p /newroot
-if ! mount -t ext4 -o rw /dev/vda /newroot; then say "cannot mount the root disk /dev/vda"; reboot -f; fi
+for disk in /dev/vd?; do
+    mount -t ext4 -o rw "$disk" /newroot 2> /dev/null || continue
+    [ -e /newroot@INIT@ ] && break
+    umount /newroot
+done
+if [ ! -e /newroot@INIT@ ]; then say "no root disk: no /dev/vd* holds @INIT@"; reboot -f; fi
 init=@INIT@
 for arg in $(cat /proc/cmdline); do case "$arg" in init=*) init="${arg#init=}";; esac; done
 umount /proc /sys

@@ -21,13 +21,13 @@ PACKAGES = ("docker.io", "iproute2", "procps", "kmod", "ca-certificates")
 GUEST_INIT = ROOT / "experiment" / "data" / "guest-init.sh"
 SIZE = "12G"  # sparse: the host's file holds only what is written
 # No metadata checksums: ext4 would need the crc32c module before the root disk mounts.
-MKFS_OPTIONS = ("-q", "-F", "-L", "epollbench-root", "-O", "^metadata_csum,^metadata_csum_seed",
-                "-E", "root_owner=0:0")
+MKFS_OPTIONS = ("-q", "-F", "-O", "^metadata_csum,^metadata_csum_seed", "-E", "root_owner=0:0")
+LABEL = "epollbench-root"
 
 
 def recipe() -> str:
     """A hash of everything that makes the disk: suite, packages, init script, size, mkfs options."""
-    text = "\0".join([SUITE, *PACKAGES, GUEST_INIT.read_text(), SIZE, *MKFS_OPTIONS])
+    text = "\0".join([SUITE, *PACKAGES, GUEST_INIT.read_text(), SIZE, *MKFS_OPTIONS, LABEL])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -45,7 +45,7 @@ def build(say=print) -> Path:
         bootstrap(tree, log)
         install_init(tree)
         partial = image.with_suffix(".partial")
-        mkfs(tree, partial)
+        mkfs(tree, partial, SIZE, LABEL)
         partial.rename(image)
     finally:
         shutil.rmtree(tree, ignore_errors=True)
@@ -75,11 +75,12 @@ def install_init(tree: Path) -> None:
                 path.unlink()
 
 
-def mkfs(tree: Path, image: Path) -> None:
-    """An ext4 image of SIZE holding the folder (mkfs.ext4 -d)."""
+def mkfs(tree: Path, image: Path, size: str, label: str) -> None:
+    """An ext4 image of size holding the folder, labelled (mkfs.ext4 -d keeps owners, modes, special files and
+    extended attributes)."""
     image.unlink(missing_ok=True)
-    proc = subprocess.run(["mkfs.ext4", *MKFS_OPTIONS, "-d", str(tree), str(image), SIZE],
+    proc = subprocess.run(["mkfs.ext4", *MKFS_OPTIONS, "-L", label, "-d", str(tree), str(image), size],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise UserError(f"mkfs.ext4 -d could not write the guests' root disk ({proc.stderr.strip()[-200:]}): "
+        raise UserError(f"mkfs.ext4 -d could not write the disk {label} ({proc.stderr.strip()[-200:]}): "
                         f"check the free space under {image.parent}")
