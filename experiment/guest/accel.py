@@ -60,7 +60,8 @@ def choose(mode: str, vmlinuz: Path, initrd: Path) -> Accelerator:
     if failure is None:
         return Accelerator("kvm", "the KVM probe guest booted")
     if mode == "kvm":
-        raise UserError(f"KVM cannot run the guest ({failure}): use --accel tcg (about 3.5x slower) or auto")
+        raise UserError(f"KVM cannot run the guest ({failure}): use --accel tcg (emulated, several times slower) "
+                        "or auto")
     return Accelerator("tcg", f"KVM failed: {failure}")
 
 
