@@ -15,9 +15,10 @@ from ..errors import UserError
 from ..host import machine
 
 # What the guest needs beyond a console, in the cloud kernels all modules: the microvm's virtio-mmio bus, its
-# root disk and network card, ext4 for the root disk, overlay for dockerd's overlay2. A kernel that has one built
-# in (modules.builtin) or lacks the file, as a user-built kernel without modules may, loads the rest.
-NEEDED = ("virtio_mmio", "virtio_blk", "virtio_net", "ext4", "overlay")
+# root disk and network card, ext4 for the root disk and the crc32c it asks the crypto API for when it mounts
+# one (a module in the rt kernels; crc32c_cryptoapi in 7.x), overlay for dockerd's overlay2. A kernel that has
+# one built in (modules.builtin) or lacks the file, as a user-built kernel without modules may, loads the rest.
+NEEDED = ("virtio_mmio", "virtio_blk", "virtio_net", "crc32c_generic", "crc32c_cryptoapi", "ext4", "overlay")
 SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
 
