@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from experiment.errors import UserError
-from experiment.guest import accel, apt, cpio, debversion, kernels, leftovers, modules, qemu
+from experiment.guest import accel, apt, cache, cpio, debversion, imagedisk, kernels, leftovers, modules, qemu
 
 DATA = Path(__file__).parent / "data" / "guest"
 REAL_GUEST = "boots a QEMU guest: installs qemu-system-x86, fetches a Debian kernel, bootstraps the root disk"
@@ -257,3 +257,31 @@ def test_a_real_guest_runs_a_container_of_a_copied_image_and_leaves_no_qemu(book
         assert facts["qemu_version"].startswith("QEMU emulator version")
         assert (tmp_path / "guest-6.1.0-50-cloud-amd64.json").is_file()
     assert our_qemus() == [] and guest.process.returncode is not None
+
+
+def test_the_cache_keeps_the_most_recently_used_disks(tmp_path):
+    disks = []
+    for age, name in enumerate(["a", "b", "c", "d"]):
+        disk = tmp_path / f"{name}.ext4"
+        disk.write_text(name)
+        os.utime(disk, (1000 + age, 1000 + age))
+        disks.append(disk)
+    removed = cache.prune(tmp_path, "*.ext4", 2, disks[0])  # a, the oldest, is in use now
+    assert sorted(p.name for p in removed) == ["b.ext4", "c.ext4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ext4", "d.ext4"]
+
+
+@pytest.mark.needs_host(REAL_GUEST + ", starts a dockerd of its own")
+def test_a_guest_booted_with_an_images_disk_has_the_images_at_once(bookworm_kernel, tmp_path, client):
+    from experiment.host import engine, images
+
+    base = images.ensure_base_image(client, images.DEFAULT_BASE_IMAGE, tmp_path)["name"]
+    disk = imagedisk.build(client, [base])
+    assert imagedisk.build(client, [base]) == disk  # cached
+    with qemu.running(bookworm_kernel, tmp_path, vcpus=1, memory_mb=1024, accelerator="tcg",
+                      images_disk=disk) as guest:
+        inside = engine.answers(guest.url, timeout=30)
+        assert inside is not None and guest.facts["guest"]["images_disk"].startswith("/dev/vd")
+        assert inside.images.get(base).id == client.images.get(base).id
+        assert engine.copy_images(client, inside, [base]) == {base: "present"}
+    assert our_qemus() == []

@@ -12,3 +12,15 @@ def cache_dir(*parts: str) -> Path:
     path = Path(base, "epollbench", *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def prune(folder: Path, pattern: str, keep: int, using: Path) -> list[Path]:
+    """Removes all but the keep most recently used files of folder matching pattern, marking using as just used
+    first (a root disk of an older recipe, or an images disk of an older image build, is never asked for again).
+    Returns what it removed."""
+    using.touch()
+    files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    stale = [p for p in files[keep:] if p != using]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

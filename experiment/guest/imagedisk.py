@@ -20,9 +20,10 @@ import docker
 
 from ..errors import UserError
 from ..host import engine, machine
-from .cache import cache_dir
+from .cache import cache_dir, prune
 from .rootfs import mkfs
 
+KEEP = 3  # images disks kept in the cache, the most recently used
 SIZE = "16G"  # sparse: room for containers' writes beside the images
 # The guest's init mounts the disk of this label on /var/lib/docker (an ext4 label has 16 bytes at most).
 LABEL = "epollbench-imgs"
@@ -35,6 +36,7 @@ def build(host: docker.DockerClient, refs: list[str], say=print) -> Path:
     key = hashlib.sha256("\0".join([*refs, *ids, SIZE]).encode()).hexdigest()[:16]
     disk = cache_dir("images-disks") / f"{key}.ext4"
     if disk.is_file():
+        prune(disk.parent, "*.ext4", KEEP, disk)
         return disk
     machine.ensure_packages(["docker.io", "e2fsprogs"], "writing the guests' images disk")
     say(f"writing the guests' images disk with {', '.join(refs)}")
@@ -51,6 +53,7 @@ def build(host: docker.DockerClient, refs: list[str], say=print) -> Path:
     finally:
         _unmount_under(root)
         shutil.rmtree(root, ignore_errors=True)
+    prune(disk.parent, "*.ext4", KEEP, disk)
     return disk
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 from ..errors import UserError
 from ..host import machine
 from ..paths import ROOT
-from .cache import cache_dir
+from .cache import cache_dir, prune
 
 SUITE = "bookworm"
 PACKAGES = ("docker.io", "iproute2", "procps", "kmod", "ca-certificates")
 GUEST_INIT = ROOT / "experiment" / "data" / "guest-init.sh"
 SIZE = "12G"  # sparse: the host's file holds only what is written
+KEEP = 2  # root disks kept in the cache (another checkout may use another recipe), the most recently used
 # No metadata checksums: ext4 would need the crc32c module before the root disk mounts.
 MKFS_OPTIONS = ("-q", "-F", "-O", "^metadata_csum,^metadata_csum_seed", "-E", "root_owner=0:0")
 LABEL = "epollbench-root"
@@ -36,6 +37,7 @@ def build(say=print) -> Path:
     folder = cache_dir("rootfs")
     image = folder / f"bookworm-docker-{recipe()}.ext4"
     if image.is_file():
+        prune(folder, "bookworm-docker-*.ext4", KEEP, image)
         return image
     machine.ensure_packages(["mmdebstrap", "e2fsprogs"], "building the guests' root disk")
     tree, log = folder / f"tree-{recipe()}", folder / f"mmdebstrap-{recipe()}.log"
@@ -49,6 +51,7 @@ def build(say=print) -> Path:
         partial.rename(image)
     finally:
         shutil.rmtree(tree, ignore_errors=True)
+    prune(folder, "bookworm-docker-*.ext4", KEEP, image)
     return image
 
 
