@@ -115,8 +115,8 @@ def boot(kernel: Kernel, folder: Path, *, vcpus: int = 2, memory_mb: int = 4096,
          images_disk: Path | None = None, say=print) -> Guest:
     """A guest of the kernel, booted and its dockerd answering at guest.url; a UserError with the console's last
     lines when it does not within timeout_s (the console log is kept). images_disk (imagedisk.build) becomes its
-    dockerd's data root, images in place. Boot it from the thread that outlives it:
-    QEMU gets SIGTERM when that thread ends."""
+    dockerd's data root, images in place. Boot it from the thread that outlives it: QEMU gets SIGTERM when
+    that thread ends."""
     folder.mkdir(parents=True, exist_ok=True)
     initrd, disk = initramfs.build(kernel, say), rootfs.build(say)
     chosen = accel.choose(accelerator, kernel.vmlinuz or Path(), initrd)
@@ -129,11 +129,11 @@ def boot(kernel: Kernel, folder: Path, *, vcpus: int = 2, memory_mb: int = 4096,
     start(guest, initrd, [disk] + ([images_disk] if images_disk else []), extra_cmdline)
     try:
         client = wait_ready(guest, started, timeout_s)
+        guest.facts.update(boot_s=round(time.monotonic() - started, 1))
+        record(guest, client)
     except BaseException:
         shutdown(guest)
         raise
-    guest.facts.update(boot_s=round(time.monotonic() - started, 1))
-    record(guest, client)
     say(f"guest {guest.label} up in {guest.facts['boot_s']} s: its engine is {guest.url}")
     return guest
 
