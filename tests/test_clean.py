@@ -187,3 +187,23 @@ def test_clean_after_a_killed_tune_host_run_leaves_no_container_rule_or_changed_
                f"{LOW_SOMAXCONN}" in out
         assert model.read_json(run.path / "tuning.json", model.TUNING)["restored_at"]
         assert leftovers.find(client, tmp_path, runs={run.id}, repositories=()).summary() is None
+
+
+def test_clean_stops_the_qemu_guest_of_a_run_that_is_gone(tmp_path):
+    from experiment.guest import leftovers as guest_leftovers
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    env = dict(os.environ, **{guest_leftovers.OWNER_ENV: guest_leftovers.owner_identity(gone.pid),
+                              guest_leftovers.FOLDER_ENV: str(tmp_path)})
+    label = f"test-{uuid.uuid4().hex[:8]}"
+    guest = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-name",
+                              f"epollbench-guest,process={guest_leftovers.PROCESS_PREFIX}{label}"], env=env)
+    said: list[str] = []
+    try:
+        leftovers.clean(None, tmp_path, said.append)
+        assert guest.wait(timeout=30) is not None
+    finally:
+        guest.kill()
+    assert any(label in line and "the run that booted it is gone" in line for line in said), said
+    assert not any(line.startswith("nothing to clean") for line in said)

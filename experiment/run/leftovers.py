@@ -31,6 +31,7 @@ from docker.models.containers import Container
 
 from .. import model
 from ..errors import UserError
+from ..guest import leftovers as guest_leftovers
 from ..host import images, journal, process
 from .containers import LABEL_HARNESS, LABEL_RUN, LABEL_RUN_DIR
 from .results import LOCK, RESULTS, Run
@@ -159,7 +160,8 @@ def find(client: docker.DockerClient | None, results_dir: Path, runs: Collection
 def clean(client: docker.DockerClient | None, results_dir: Path, say: Callable[[str], None] = print,
           runs: Collection[str] | None = None, repositories: Collection[str] = REPOSITORIES) -> Leftovers:
     """Removes what find() finds: the containers of runs that are not running, the image tags no run refers
-    to, and the host tuning of killed runs (restored where still as they left it). Says one line per item
+    to, and the host tuning of killed runs (restored where still as they left it); and stops the QEMU guests
+    whose run is gone. Says one line per item
     and per run it leaves alone. Returns what it found."""
     found = find(client, results_dir, runs, repositories)
     for run in found.runs:
@@ -185,9 +187,11 @@ def clean(client: docker.DockerClient | None, results_dir: Path, say: Callable[[
             say(f"left image tag {tag}: {error.explanation or error}")
     if found.journals:
         journal.restore_abandoned(None, say, also=sorted({j.parent for j in found.journals}))
-    if not found.runs and not found.image_tags and not found.journals:
+    guests = guest_leftovers.stop_leftover_guests(say)
+    if not found.runs and not found.image_tags and not found.journals and not guests:
         say("nothing to clean: no containers of runs that are not running, no unused image tags of ours, "
-            "no host tuning left by a killed run" + ("" if client is not None else " (no Docker engine answers)"))
+            "no host tuning left by a killed run, no QEMU guest of a run that is gone"
+            + ("" if client is not None else " (no Docker engine answers)"))
     return found
 
 
