@@ -152,13 +152,13 @@ def test_the_generators_item_runs_each_openload_variant_then_a_saturation_probe(
     monkeypatch.setattr(launch, "LOAD_SECONDS", 1)
     monkeypatch.setattr(generators, "OPEN_RATE", 500)
     monkeypatch.setattr(generators, "SATURATION_RATE", 10_000_000)
-    variants = (generators.DEFAULT, generators.Variant(20, 100))
+    variants = (generators.DEFAULT, generators.Variant(20, 100), generators.Variant(1, 100, "timerfd"))
     monkeypatch.setattr(generators, "VARIANTS", variants)
     result = generators.generators(cpus, rounds=1)
     rows = result["rows"]
     assert [r["generator"] for r in rows[:2]] == ["wrk", "httperf"]
     opened = [r for r in rows if r["generator"] == "openload"]
-    assert {(r["variant"], r["offered"]) for r in opened[:2]} == {(v.name, 500) for v in variants}
+    assert {(r["variant"], r["timer"], r["offered"]) for r in opened[:3]} == {(v.name, v.timer, 500) for v in variants}
     assert (opened[-1]["variant"], opened[-1]["offered"]) == (generators.DEFAULT.name, 10_000_000)
     assert opened[-1]["overloaded"] and opened[-1]["rate"] < 10_000_000
     assert all(r["requests"] > 0 and r["cpu_us_per_request"] > 0 for r in rows)
@@ -176,7 +176,8 @@ def test_the_generators_item_runs_each_openload_variant_then_a_saturation_probe(
 def variant_rows(shares: list[float], lagged: list[bool], variant=None) -> list[dict]:
     variant = variant or generators.DEFAULT
     return [{"generator": "openload", "variant": variant.name, "offered": generators.OPEN_RATE,
-             "timer_slack_us": variant.timer_slack_us, "batch_us": variant.batch_us, "round": n,
+             "timer": variant.timer, "timer_slack_us": variant.timer_slack_us, "batch_us": variant.batch_us,
+             "round": n, "waits_per_reply": 1.0,
              "rate": share * generators.OPEN_RATE, "achieved_share": share, "overloaded": share < 0.99,
              "lagged": late, "cpu_us_per_request": 9.0, "late_share": 0.0, "mean_lag_us": 5.0, "busy_share": 0.9,
              "p50_ms": 0.1, "p99_ms": 1.0, "p99.9_ms": 2.0}

@@ -472,7 +472,7 @@ def test_the_command_the_sweep_would_run_is_the_programs_own(openload):
     """services.openload's argv, with the client image's program swapped for the sanitized build, is accepted
     by openload (a run against a refused port: exit 1 after parsing, not 2)."""
     load = loads.OpenLoad(port=9, rate=1500.5, connections=3, duration_s=0.5, timeout_s=1, path="/x",
-                          timer_slack_us=20, batch_us=30)
+                          timer_slack_us=20, batch_us=30, timer="timerfd")
     service = services.openload(load, "1")
     assert service.role == "openload" and service.target == "client" and service.cpuset == "1"
     argv = list(service.command)
@@ -483,6 +483,7 @@ def test_the_command_the_sweep_would_run_is_the_programs_own(openload):
     assert proc.stderr == "openload: cannot connect to 127.0.0.1:9: Connection refused\n"
     assert argv[argv.index("--rate") + 1] == "1500.5" and argv[argv.index("--path") + 1] == "/x"
     assert argv[argv.index("--timer-slack-us") + 1] == "20" and argv[argv.index("--batch-us") + 1] == "30"
+    assert argv[argv.index("--timer") + 1] == "timerfd"
     assert load.bound_s == 10 + 0.5 + 1
 
 
@@ -495,6 +496,7 @@ def test_the_command_the_sweep_would_run_is_the_programs_own(openload):
     ({"path": "x"}, "start it with /"),
     ({"timer_slack_us": 0}, "timer slack 0 us"),
     ({"batch_us": -1}, "batch window -1 us"),
+    ({"timer": "busy"}, "timer 'busy'"),
 ])
 def test_a_bad_open_load_is_a_user_error(kwargs, message):
     with pytest.raises(UserError, match=message):

@@ -83,10 +83,11 @@ def generators(console: Console, g: dict) -> None:
                   f"{interval(s['httperf']['cpu_us_per_request_interval'])} µs/request")
     console.print(_table("   openload per variant (timer slack, batch window; µs)",
                          ["variant", "offered/s", "achieved/s", "CPU µs/request", "late share", "mean lag µs",
-                          "p99 ms", "lagged", "overloaded"],
+                          "waits/reply", "p99 ms", "lagged", "overloaded"],
                          [[x["variant"], _num(x["offered"]), interval(x["rate"], ",.0f"),
                            interval(x["cpu_us_per_request"]), interval(x["late_share"], ".4f"),
-                           interval(x["mean_lag_us"], ".1f"), interval(x["p99_ms"], ".3f"),
+                           interval(x["mean_lag_us"], ".1f"), interval(x["waits_per_reply"]),
+                           interval(x["p99_ms"], ".3f"),
                            f"{x['lagged_rounds']}/{x['rounds']}", f"{x['overloaded_rounds']}/{x['rounds']}"]
                           for x in s["openload_variants"]]))
     goal = s["goal"]

@@ -1,10 +1,10 @@
 """Item 6: the load generators, each on one client CPU, against ephttpd (epoll, 0 dead) on the server CPU, over
 ROUNDS interleaved rounds, medians with a distribution-free 95% interval (stats.median_interval): wrk's and
-httperf's rate and their own CPU per request; openload at OPEN_RATE in each of VARIANTS (its timer slack and
-its batch window, in an order rotated each round), then at SATURATION_RATE, more than it can send on one CPU,
-with its defaults (the rate it reaches there is its ceiling). Per openload row: the achieved rate, its CPU
-per request (getrusage of each child), the share of its checked sends it found late (`lagged`'s late sends),
-its mean lag, lagged and overloaded."""
+httperf's rate and their own CPU per request; openload at OPEN_RATE in each of VARIANTS (its timer, timer
+slack and batch window, in an order rotated each round), then at SATURATION_RATE, more than it can send on
+one CPU, with its defaults (the rate it reaches there is its ceiling). Per openload row: the achieved rate,
+its CPU per request (getrusage of each child), the share of its checked sends it found late (`lagged`'s late
+sends), its mean lag, its loop's waits per reply, lagged and overloaded."""
 
 from __future__ import annotations
 
@@ -26,18 +26,23 @@ ACHIEVED_SHARE = 0.99
 
 @dataclass(frozen=True)
 class Variant:
-    """How openload sleeps: its timer slack (--timer-slack-us) and its batch window (--batch-us)."""
+    """How openload sleeps: its timer slack (--timer-slack-us), its batch window (--batch-us) and its timer
+    (--timer; a timerfd has no slack)."""
 
     timer_slack_us: int
     batch_us: int
+    timer: str = loads.OPEN_TIMERS[0]
 
     @property
     def name(self) -> str:
+        if self.timer == "timerfd":
+            return f"timerfd batch {self.batch_us}"
         return f"slack {self.timer_slack_us} batch {self.batch_us}"
 
 
 DEFAULT = Variant(loads.OPEN_DEFAULT_TIMER_SLACK_US, loads.OPEN_DEFAULT_BATCH_US)
-VARIANTS = (Variant(1, 0), Variant(20, 0), Variant(50, 0), Variant(1, 10), Variant(1, 20), Variant(1, 50))
+VARIANTS = (Variant(1, 0), Variant(20, 0), Variant(50, 0), Variant(1, 20), Variant(1, 50),
+            Variant(1, 0, "timerfd"), Variant(1, 20, "timerfd"), Variant(1, 50, "timerfd"))
 
 
 def run(context: Context) -> dict:
@@ -90,14 +95,15 @@ def _sustained(rows: list[dict], n: int) -> dict | None:
 
 VARIANT_METRICS = {"rate": stats.measured, "achieved_share": stats.measured, "cpu_us_per_request": stats.positive,
                    "late_share": stats.measured, "mean_lag_us": stats.measured, "busy_share": stats.measured,
-                   "p50_ms": stats.measured, "p99_ms": stats.measured, "p99.9_ms": stats.measured}
+                   "waits_per_reply": stats.measured, "p50_ms": stats.measured, "p99_ms": stats.measured,
+                   "p99.9_ms": stats.measured}
 
 
 def variant_lines(rows: list[dict]) -> list[dict]:
     """One line per variant and offered rate: the median [95% interval] of each of VARIANT_METRICS, and in how
     many rounds it was lagged and overloaded."""
     opened = [r for r in rows if r["generator"] == "openload"]
-    lines = stats.summarize(opened, ("variant", "offered", "timer_slack_us", "batch_us"), VARIANT_METRICS)
+    lines = stats.summarize(opened, ("variant", "offered", "timer", "timer_slack_us", "batch_us"), VARIANT_METRICS)
     for line in lines:
         same = [r for r in opened if (r["variant"], r["offered"]) == (line["variant"], line["offered"])]
         line["lagged_rounds"] = sum(r["lagged"] for r in same)
@@ -155,14 +161,15 @@ _CLOSED = {"wrk": _wrk, "httperf": _httperf}
 def _openload(cpus: Cpus, port: int, rate: float | None, variant: Variant) -> dict:
     load = loads.OpenLoad(port=port, rate=float(rate or 0), connections=launch.ACTIVE,
                           duration_s=launch.LOAD_SECONDS, timeout_s=2, timer_slack_us=variant.timer_slack_us,
-                          batch_us=variant.batch_us)
+                          batch_us=variant.batch_us, timer=variant.timer)
     proc = subprocess.run([str(native.BUILD / loads.OPENLOAD), *loads.open_command(load)[1:]],
                           capture_output=True, text=True, timeout=load.bound_s + 60, preexec_fn=cpus.pin_clients)
     parsed = loads.parse_openload(proc.stdout)
     lag = parsed["raw"]["lagged"]
     return {"requests": parsed["replies"], "rate": parsed["achieved_rate"], "offered": rate,
             "overloaded": parsed["overloaded"], "lagged": parsed["lagged"], "p99_ms": parsed["latency_ms"]["p99"],
-            "variant": variant.name, "timer_slack_us": variant.timer_slack_us, "batch_us": variant.batch_us,
+            "variant": variant.name, "timer": variant.timer, "timer_slack_us": variant.timer_slack_us,
+            "batch_us": variant.batch_us, "waits_per_reply": parsed["raw"]["cpu"]["waits_per_reply"],
             "achieved_share": parsed["achieved_share"], "p50_ms": parsed["latency_ms"]["p50"],
             "p99.9_ms": parsed["latency_ms"]["p99.9"], "busy_share": parsed["cpu"]["busy_share"],
             "late_share": lag["late_sends"] / lag["checked_sends"] if lag["checked_sends"] else 0.0,
