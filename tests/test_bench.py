@@ -145,22 +145,59 @@ def test_capacity_kept_compares_replies_per_cpu_second_and_poll_pays_per_dead_co
     assert result["poll_ns_per_dead_per_reply"] == pytest.approx(6.0)
 
 
-def test_the_generators_item_climbs_openloads_rates_until_one_is_overloaded(build_dir, cpus, monkeypatch):
-    """One round: wrk, httperf, then openload at each offered rate until one is not achieved; 10 M/s is never
-    achieved here, so the climb ends there, and the sustained rate is the highest offered before it that
-    was achieved (or none)."""
+def test_the_generators_item_runs_each_openload_variant_then_a_saturation_probe(build_dir, cpus, monkeypatch):
+    """One round: wrk, httperf, openload in each variant at the offered rate (500/s, achieved here), then with
+    its defaults at 10 M/s, never achieved here: the sustained rate is the highest offered with the defaults
+    that was achieved (or none)."""
     monkeypatch.setattr(launch, "LOAD_SECONDS", 1)
-    monkeypatch.setattr(generators, "OPEN_RATES", (500, 10_000_000, 1_000))
+    monkeypatch.setattr(generators, "OPEN_RATE", 500)
+    monkeypatch.setattr(generators, "SATURATION_RATE", 10_000_000)
+    variants = (generators.DEFAULT, generators.Variant(20, 100), generators.Variant(1, 100, "timerfd"))
+    monkeypatch.setattr(generators, "VARIANTS", variants)
     result = generators.generators(cpus, rounds=1)
     rows = result["rows"]
     assert [r["generator"] for r in rows[:2]] == ["wrk", "httperf"]
     opened = [r for r in rows if r["generator"] == "openload"]
-    assert [r["offered"] for r in opened] == [500, 10_000_000]
+    assert {(r["variant"], r["timer"], r["offered"]) for r in opened[:3]} == {(v.name, v.timer, 500) for v in variants}
+    assert (opened[-1]["variant"], opened[-1]["offered"]) == (generators.DEFAULT.name, 10_000_000)
     assert opened[-1]["overloaded"] and opened[-1]["rate"] < 10_000_000
     assert all(r["requests"] > 0 and r["cpu_us_per_request"] > 0 for r in rows)
-    expected = None if opened[0]["overloaded"] else 500
-    assert result["summary"]["openload"]["max_sustained_rate"] == expected
-    assert result["summary"]["wrk"]["rate"] == rows[0]["rate"]
+    assert all(0 <= r["late_share"] <= 1 and r["mean_lag_us"] >= 0 for r in opened)
+    default_row = next(r for r in opened if (r["variant"], r["offered"]) == (generators.DEFAULT.name, 500))
+    expected = None if default_row["overloaded"] else 500
+    summary = result["summary"]
+    assert summary["openload"]["max_sustained_rate"] == expected
+    assert summary["wrk"]["rate"] == rows[0]["rate"]
+    assert [(x["variant"], x["offered"]) for x in summary["openload_variants"]] == [
+        (r["variant"], r["offered"]) for r in opened]
+    assert summary["goal"]["variant"] == generators.DEFAULT.name
+
+
+def variant_rows(shares: list[float], lagged: list[bool], variant=None) -> list[dict]:
+    variant = variant or generators.DEFAULT
+    return [{"generator": "openload", "variant": variant.name, "offered": generators.OPEN_RATE,
+             "timer": variant.timer, "timer_slack_us": variant.timer_slack_us, "batch_us": variant.batch_us,
+             "round": n, "waits_per_reply": 1.0,
+             "rate": share * generators.OPEN_RATE, "achieved_share": share, "overloaded": share < 0.99,
+             "lagged": late, "cpu_us_per_request": 9.0, "late_share": 0.0, "mean_lag_us": 5.0, "busy_share": 0.9,
+             "p50_ms": 0.1, "p99_ms": 1.0, "p99.9_ms": 2.0}
+            for n, (share, late) in enumerate(zip(shares, lagged, strict=True), 1)]
+
+
+@pytest.mark.parametrize(("shares", "lagged", "verdict"), [
+    ([1.0, 0.999, 0.995, 1.0, 0.998, 0.997], [False] * 6, "met"),
+    ([1.0, 0.999, 0.95, 1.0, 0.998, 0.997], [False] * 6, "median"),  # one round overloaded: the interval says
+    ([1.0, 0.999, 0.995, 1.0, 0.998, 0.997], [True, False, False, False, False, False], "median"),
+    ([1.0, 0.98, 0.95, 0.97, 0.998, 0.97], [False] * 6, "missed"),
+    ([1.0, 0.999, 0.995, 1.0, 0.998, 0.997], [True, True, True, True, False, False], "missed"),
+])
+def test_openloads_goal_is_met_only_where_the_whole_interval_is_and_no_round_was_flagged(shares, lagged, verdict):
+    other = variant_rows([0.5] * 6, [True] * 6, generators.Variant(50, 0))
+    lines = generators.variant_lines(variant_rows(shares, lagged) + other)
+    assert [x["lagged_rounds"] for x in lines] == [sum(lagged), 6]
+    found = generators.goal(lines)
+    assert found["verdict"] == verdict
+    assert found["achieved_share"][0] == pytest.approx(sorted(shares)[2] / 2 + sorted(shares)[3] / 2)
 
 
 def test_the_median_interval_takes_the_order_statistics_a_binomial_tail_allows():

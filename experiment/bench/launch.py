@@ -8,6 +8,7 @@ container's cgroup), divided by the replies the load generator counted."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import json
@@ -73,6 +74,12 @@ class Cpus:
 
     def pin_clients(self) -> None:
         os.sched_setaffinity(0, self.clients)
+
+    def one_client(self) -> Cpus:
+        """The same server CPU, and the first of the clients' CPUs alone: for loads that must do with one."""
+        narrowed = copy.copy(self)
+        narrowed.clients = {min(self.clients)}
+        return narrowed
 
     def pin_server(self) -> None:
         os.sched_setaffinity(0, self.server)

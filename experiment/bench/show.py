@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .items import completion as completion_item
+from .items import generators as generators_item
 from .registry import TARGETS
 from .stats import ROUNDS
 
@@ -75,11 +76,25 @@ def pipetest(console: Console, p: dict) -> None:
 
 def generators(console: Console, g: dict) -> None:
     s = g["summary"]
-    console.print(f"6. load generators on one CPU (ephttpd epoll, medians of {ROUNDS} rounds): "
-                  f"wrk {_num(s['wrk']['rate'])}/s at {_num(s['wrk']['cpu_us_per_request'], '.2f')} µs/request, "
-                  f"httperf {_num(s['httperf']['rate'])}/s at {_num(s['httperf']['cpu_us_per_request'], '.2f')} µs, "
-                  f"openload sustains {_num(s['openload']['max_sustained_rate'])}/s at "
-                  f"{_num(s['openload']['cpu_us_per_request'], '.2f')} µs (target >= {TARGETS['openload_per_s']:,}/s)")
+    console.print(f"6. load generators on one CPU (ephttpd epoll, medians [95% interval] of {generators_item.ROUNDS} "
+                  f"rounds): wrk {interval(s['wrk']['rate_interval'], ',.0f')}/s at "
+                  f"{interval(s['wrk']['cpu_us_per_request_interval'])} µs/request, httperf "
+                  f"{interval(s['httperf']['rate_interval'], ',.0f')}/s at "
+                  f"{interval(s['httperf']['cpu_us_per_request_interval'])} µs/request")
+    console.print(_table("   openload per variant (timer slack, batch window; µs)",
+                         ["variant", "offered/s", "achieved/s", "CPU µs/request", "late share", "mean lag µs",
+                          "waits/reply", "p99 ms", "lagged", "overloaded"],
+                         [[x["variant"], _num(x["offered"]), interval(x["rate"], ",.0f"),
+                           interval(x["cpu_us_per_request"]), interval(x["late_share"], ".4f"),
+                           interval(x["mean_lag_us"], ".1f"), interval(x["waits_per_reply"]),
+                           interval(x["p99_ms"], ".3f"),
+                           f"{x['lagged_rounds']}/{x['rounds']}", f"{x['overloaded_rounds']}/{x['rounds']}"]
+                          for x in s["openload_variants"]]))
+    goal = s["goal"]
+    console.print(f"   openload's defaults ({goal['variant']}) at {goal['rate']:,}/s (target >= "
+                  f"{TARGETS['openload_per_s']:,}/s, not lagged): {goal['verdict']}, achieved share "
+                  f"{interval(goal['achieved_share'], '.4f')}; met only where the whole interval is and no round "
+                  "was lagged or overloaded")
 
 
 def completion(console: Console, c: dict) -> None:

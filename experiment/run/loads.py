@@ -274,6 +274,11 @@ OPEN_MAX_RATE = 1e8
 OPEN_MAX_DURATION_S = 86400.0
 OPEN_MAX_TIMEOUT_S = 600.0
 OPEN_MAX_TIMER_SLACK_US = 10_000
+OPEN_MAX_BATCH_US = 10_000
+# openload's defaults (openload.c), which OpenLoad passes on unless told otherwise.
+OPEN_DEFAULT_TIMER_SLACK_US = 1
+OPEN_DEFAULT_BATCH_US = 0
+OPEN_TIMERS = ("auto", "epoll_pwait2", "timerfd")
 # openload gives its connections this long to open (or --timeout when longer) before it gives up, exit 1.
 OPEN_CONNECT_S = 10.0
 # What openload prints: the percentiles of its latency objects, in microseconds.
@@ -297,7 +302,13 @@ class OpenLoad:
     lag_threshold_us: int = 1000
     # How late the kernel may end the generator's sleeps (PR_SET_TIMERSLACK): larger batches wakeups, saving
     # CPU, and adds up to that much to the latency of requests sent on time.
-    timer_slack_us: int = 1
+    timer_slack_us: int = OPEN_DEFAULT_TIMER_SLACK_US
+    # How late the generator lets the next request be before it wakes to send it with every other request due
+    # by then (--batch-us): never early; the delay counts in each request's latency.
+    batch_us: int = OPEN_DEFAULT_BATCH_US
+    # How the generator sleeps until due (--timer): epoll_pwait2's timeout ("auto" where the kernel has it) or
+    # a timerfd, armed again only when the time it waits for changes.
+    timer: str = OPEN_TIMERS[0]
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -315,6 +326,10 @@ class OpenLoad:
                             f"{OPEN_MAX_TIMEOUT_S:g}")
         if not 1 <= self.timer_slack_us <= OPEN_MAX_TIMER_SLACK_US:
             raise UserError(f"{OPEN} load timer slack {self.timer_slack_us} us: give 1-{OPEN_MAX_TIMER_SLACK_US}")
+        if not 0 <= self.batch_us <= OPEN_MAX_BATCH_US:
+            raise UserError(f"{OPEN} load batch window {self.batch_us} us: give 0-{OPEN_MAX_BATCH_US}")
+        if self.timer not in OPEN_TIMERS:
+            raise UserError(f"{OPEN} load timer {self.timer!r}: choose {'|'.join(OPEN_TIMERS)}")
         if self.lag_threshold_us < 0:
             raise UserError(f"{OPEN} load lag threshold must be 0 us or more (got {self.lag_threshold_us})")
         if not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
@@ -331,7 +346,8 @@ def open_command(load: OpenLoad) -> list[str]:
     return [OPENLOAD, "--host", load.server, "--port", str(load.port), "--path", load.path,
             "--connections", str(load.connections), "--rate", _arg(load.rate), "--duration", _arg(load.duration_s),
             "--timeout", _arg(load.timeout_s), "--lag-threshold-us", str(load.lag_threshold_us),
-            "--timer-slack-us", str(load.timer_slack_us)]
+            "--timer-slack-us", str(load.timer_slack_us), "--batch-us", str(load.batch_us),
+            "--timer", load.timer]
 
 
 def _open_object(text: str) -> dict:

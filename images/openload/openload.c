@@ -8,7 +8,7 @@
  * ("uncorrected", for comparison), as percentiles of a histogram of three
  * significant digits over 1 us..60 s (hist.h); the rate of replies achieved
  * against the rate offered; errors by kind; and the generator's own CPU time
- * (getrusage) over the load, in total and per reply.
+ * (getrusage) over the load, in total and per reply, with its loop's waits.
  *
  * The model: --connections C keep-alive connections, opened before the
  * schedule starts (their set-up is not measured).  Request n of the run is due
@@ -29,12 +29,15 @@
  * is due with epoll_pwait2's nanosecond timeout (or, with --timer timerfd or
  * where the kernel lacks epoll_pwait2, a timerfd armed at the due time), and
  * a timer slack of --timer-slack-us (PR_SET_TIMERSLACK; 1 us by default, where
- * Linux's own is 50 us: a larger slack lets the kernel end a sleep that much
- * late to batch wakeups, which saves CPU and adds up to that much to the
- * latency of requests sent on time).  It never polls without sleeping except
- * when a request is already due.  Each wakeup handles the replies that
- * arrived, then every request that has come due: a request whose connection
- * is free is sent at once.
+ * Linux's own is 50 us: a larger slack lets the kernel end epoll_pwait2's
+ * sleep that much late to batch wakeups, which saves CPU and adds up to that
+ * much to the latency of requests sent on time; a timerfd has no slack).
+ * With --batch-us W the loop sleeps until the next request has been due W us
+ * (0 by default), so that one wakeup sends every request due in that window,
+ * none before its due time (next_deadline says why).  It never polls without
+ * sleeping except when a request is already due.  Each wakeup handles the
+ * replies that arrived, then every request that has come due: a request whose
+ * connection is free is sent at once.
  *
  * The two flags, always printed with the figures behind them:
  *   lagged: the generator found a request due later than --lag-threshold-us
@@ -100,6 +103,8 @@
 #define DEFAULT_LAG_THRESHOLD 1000 /* us */
 #define DEFAULT_TIMER_SLACK_US 1
 #define MAX_TIMER_SLACK_US    10000
+#define DEFAULT_BATCH_US      0
+#define MAX_BATCH_US          10000
 #define MAX_DURATION_S        86400.0
 #define MAX_TIMEOUT_S         600.0
 #define MAX_RATE              1e8
@@ -125,6 +130,7 @@ static double timeout_s = DEFAULT_TIMEOUT_S;
 static long lag_threshold_us = DEFAULT_LAG_THRESHOLD;
 static const char *timer_mode = "auto";
 static long timer_slack_us = DEFAULT_TIMER_SLACK_US;
+static long batch_us = DEFAULT_BATCH_US;
 
 static volatile sig_atomic_t interrupted;
 
@@ -165,6 +171,8 @@ static const struct option_spec option_specs[] = {
 	{ "timer", "MODE", .text = &timer_mode, .help = "auto|epoll_pwait2|timerfd: how the loop sleeps until due" },
 	{ "timer-slack-us", "N", .whole = &timer_slack_us,
 	  .help = "how late the kernel may end a sleep, to batch wakeups" },
+	{ "batch-us", "N", .whole = &batch_us,
+	  .help = "sleep until a request is this late, then send all due: fewer wakeups" },
 };
 
 static const struct command_line command_line = {
@@ -206,6 +214,8 @@ static void check_args(void)
 		usage_error("--lag-threshold-us must be 0 or more (got %ld)", lag_threshold_us);
 	if (timer_slack_us < 1 || timer_slack_us > MAX_TIMER_SLACK_US)
 		usage_error("--timer-slack-us must be 1-%d (got %ld)", MAX_TIMER_SLACK_US, timer_slack_us);
+	if (batch_us < 0 || batch_us > MAX_BATCH_US)
+		usage_error("--batch-us must be 0-%d (got %ld)", MAX_BATCH_US, batch_us);
 	if (strcmp(timer_mode, "auto") && strcmp(timer_mode, "epoll_pwait2") && strcmp(timer_mode, "timerfd"))
 		usage_error("unknown --timer '%s' (choose auto|epoll_pwait2|timerfd)", timer_mode);
 	if (!*path || path[0] != '/' || strpbrk(path, " \r\n"))
@@ -273,6 +283,7 @@ static struct {
 	uint64_t sent, replies, non_2xx, finished; /* finished: replied or failed */
 	uint64_t errors[E_KINDS];
 	uint64_t reconnects, unsolicited;
+	uint64_t waits;         /* the loop's sleeps (calls that may sleep), over the schedule and the drain */
 	int64_t last_finish_ns;
 	/* lag */
 	uint64_t free_found, late, lag_sum_ns;
@@ -795,9 +806,9 @@ static void print_settings(long fd_limit)
 	printf(",\"port\":%ld,\"path\":", port);
 	print_json_string(path);
 	printf("},\"connections\":%ld,\"duration_s\":%g,\"timeout_s\":%g,\"timer\":\"%s\",\"timer_slack_us\":%ld,"
-	       "\"fd_limit\":%ld,",
+	       "\"batch_us\":%ld,\"fd_limit\":%ld,",
 	       connections, duration_s, timeout_s, run.use_timerfd ? "timerfd" : "epoll_pwait2", timer_slack_us,
-	       fd_limit);
+	       batch_us, fd_limit);
 	printf("\"interrupted\":%s,", interrupted ? "true" : "false");
 }
 
@@ -831,14 +842,17 @@ static void print_flags(double achieved_share)
 	       achieved_share < 1.0 - OVERLOAD_TOLERANCE ? "true" : "false", achieved_share, OVERLOAD_TOLERANCE);
 }
 
-/* The generator's own CPU time over the load (ru0 to ru1) against the wall-clock time of the run. */
+/* The generator's own CPU time over the load (ru0 to ru1) against the wall-clock time of the run, and how often
+ * its loop waited (each wait a possible sleep and wakeup) per reply. */
 static void print_cpu(const struct rusage *ru0, const struct rusage *ru1, double wall)
 {
 	double user = cpu_seconds(ru1, true) - cpu_seconds(ru0, true);
 	double sys = cpu_seconds(ru1, false) - cpu_seconds(ru0, false);
-	printf("\"cpu\":{\"user_s\":%.6f,\"system_s\":%.6f,\"busy_share\":%.6f,\"per_reply_us\":%.3f}}\n", user,
-	       sys, wall > 0 ? (user + sys) / wall : 0.0,
-	       run.replies ? (user + sys) * 1e6 / (double)run.replies : 0.0);
+	printf("\"cpu\":{\"user_s\":%.6f,\"system_s\":%.6f,\"busy_share\":%.6f,\"per_reply_us\":%.3f,"
+	       "\"waits\":%" PRIu64 ",\"waits_per_reply\":%.4f}}\n",
+	       user, sys, wall > 0 ? (user + sys) / wall : 0.0,
+	       run.replies ? (user + sys) * 1e6 / (double)run.replies : 0.0, run.waits,
+	       run.replies ? (double)run.waits / (double)run.replies : 0.0);
 }
 
 /* The one JSON object on stdout. */
@@ -915,14 +929,23 @@ static void prepare_run(void)
 		fail("epoll_create1: %s", strerror(errno));
 }
 
-/* When the loop must wake at the latest: the next housekeeping, the drain's end or the next request due. */
+/* When the loop must wake at the latest: the next housekeeping, the drain's end or --batch-us after the next
+ * request is due.
+ *
+ * Batching only ever delays: the loop sleeps until the next request has been due --batch-us, then schedule()
+ * sends it and every other request due by then, so one wakeup serves the requests due within that window.
+ * No request goes out before its due time.  Sending early was rejected: it would change the load itself (the
+ * server would see bursts ahead of the schedule), and a request sent before it was due would have its latency
+ * counted from a due time later than its send, shortened or even negative; clamping that to the send time
+ * would hide it.  Sent late instead, a request's latency still counts from its due time, so the delay the
+ * window adds (at most --batch-us, its mean in `lagged`) is in the corrected latency, never hidden. */
 static int64_t next_deadline(int64_t next_housekeeping)
 {
 	int64_t deadline = next_housekeeping < run.drain_end ? next_housekeeping : run.drain_end;
 	if (run.scheduled < run.total) {
-		int64_t due_at = due_ns(run.t0, run.scheduled, run.ns_per_request);
-		if (due_at < deadline)
-			deadline = due_at;
+		int64_t wake_at = due_ns(run.t0, run.scheduled, run.ns_per_request) + batch_us * 1000;
+		if (wake_at < deadline)
+			deadline = wake_at;
 	}
 	return deadline;
 }
@@ -955,6 +978,7 @@ static void run_schedule(void)
 		if (now >= run.drain_end)
 			break;
 		int n = wait_until(events, next_deadline(next_housekeeping), now);
+		run.waits++;
 		if (n < 0 && errno != EINTR)
 			fail("waiting: %s", strerror(errno));
 		now = now_ns();
