@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import queue
+import signal
 import socket
 import threading
 import time
@@ -208,16 +209,32 @@ class Containers:
         running.reader.start()
         return running
 
-    def signal_exec(self, running: Exec, signal: str = "INT", timeout: float = OUTPUT_END_TIMEOUT_S) -> bool:
-        """Sends the program run with exec() a signal (by name), through another exec of the shell's kill,
-        without waiting for it to act; False when the program never said its PID or has ended."""
+    def signal_exec(self, running: Exec, name: str = "INT", timeout: float = OUTPUT_END_TIMEOUT_S) -> bool:
+        """Sends the program run with exec() a signal (by name, without SIG) and returns at once: directly
+        where the engine's PID for it is a process of this machine in the container's cgroup, else through
+        another exec of the shell's kill. False when the program never said its PID or has ended."""
         if not running.started.wait(timeout) or running.pid is None:
             return False
         if running.reader is not None and not running.reader.is_alive():
             return False
-        kill = self.client.api.exec_create(running.managed.container.id, ["sh", "-c", f"kill -{signal} {running.pid}"])
+        host_pid = self._host_pid(running)
+        if host_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(host_pid, getattr(signal, f"SIG{name}"))
+            return True
+        kill = self.client.api.exec_create(running.managed.container.id, ["sh", "-c", f"kill -{name} {running.pid}"])
         self.client.api.exec_start(kill["Id"], detach=True)
         return True
+
+    def _host_pid(self, running: Exec) -> int | None:
+        """The engine's PID for the program run with exec(), when it is a process here in the container's
+        cgroup (a local engine in this machine's PID namespace); None otherwise."""
+        pid = int(self.client.api.exec_inspect(running.exec_id).get("Pid") or 0)
+        try:
+            cgroup = Path(f"/proc/{pid}/cgroup").read_text() if pid else ""
+        except OSError:
+            return None
+        return pid if str(running.managed.container.id) in cgroup else None
 
     def exec_code(self, running: Exec) -> int | None:
         """The exit code of the program run with exec(), None while it runs (or when the engine cannot say)."""

@@ -30,7 +30,9 @@ machine) the point records Unavailable with the reason; nothing here fails a poi
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -52,6 +54,7 @@ CONNECTION_RATE = 1000     # connections per second the window's httperf opens (
 LOAD_IN_TIMEOUT_S = 10.0   # the most the window waits for the load's connections to be in
 LOAD_POLL_S = 0.03         # how often it looks
 LOAD_END_TIMEOUT_S = 5.0   # the most it waits for the interrupted load to print its summary and exit
+FOLD_WORKERS = os.cpu_count() or 1  # profiles folded at once after the sweep
 SETTLE_TIMEOUT_S = 10.0    # the most a slab snapshot waits for the server to hold exactly the dead connections
 POLL_S = 0.1
 RAMP_S = 0.25              # how long a load whose connections cannot be counted is given to come in
@@ -240,24 +243,29 @@ def fold(run_path: Path, points: list[model.Point], instruments: anatomy.Instrum
     """After the sweep: every point whose anatomy is not folded yet and whose perf.data is there (a resumed
     run's earlier ones too, when the run was killed outright before it could fold them) gets its CPU shares
     and collapsed stacks, and is written again (write). A fold that fails leaves the shares None and says
-    why. Returns the seconds it took."""
+    why. The `perf script`s run FOLD_WORKERS at a time (nothing else runs then); the points are written in
+    order. Returns the seconds it took."""
     started = time.monotonic()
-    todo = [p for p in points if isinstance(p.anatomy, model.AnatomyFigures) and p.anatomy.cpu_share is None]
-    for point in todo:
-        assert isinstance(point.anatomy, model.AnatomyFigures)
-        data = run_path / "raw" / f"{point.id}.anatomy" / anatomy.window.PERF_DATA
-        if not data.exists():
-            continue
-        profile = anatomy.Profile(0.0, point.anatomy.replies.get("profile", 0), data)
-        try:
-            anatomy.fold_profile(instruments, profile)
-        except anatomy.perf.PerfError as error:
-            say(f"{point.id}: the profile could not be folded: {error}")
-            continue
-        assert profile.folded is not None
-        point.anatomy = model.AnatomyFigures(**{**asdict(point.anatomy), "cpu_share": profile.shares,
-                                                "samples": profile.samples,
-                                                "folded_stacks": str(profile.folded.relative_to(run_path))})
-        data.unlink()
-        write(point)
+    todo = [(p, run_path / "raw" / f"{p.id}.anatomy" / anatomy.window.PERF_DATA) for p in points
+            if isinstance(p.anatomy, model.AnatomyFigures) and p.anatomy.cpu_share is None]
+    todo = [(point, data) for point, data in todo if data.exists()]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=FOLD_WORKERS) as pool:
+        folds = [pool.submit(_fold_one, instruments, point, data) for point, data in todo]
+        for (point, data), done in zip(todo, folds, strict=True):
+            try:
+                profile = done.result()
+            except anatomy.perf.PerfError as error:
+                say(f"{point.id}: the profile could not be folded: {error}")
+                continue
+            assert profile.folded is not None and isinstance(point.anatomy, model.AnatomyFigures)
+            point.anatomy = model.AnatomyFigures(**{**asdict(point.anatomy), "cpu_share": profile.shares,
+                                                    "samples": profile.samples,
+                                                    "folded_stacks": str(profile.folded.relative_to(run_path))})
+            data.unlink()
+            write(point)
     return time.monotonic() - started
+
+
+def _fold_one(instruments: anatomy.Instruments, point: model.Point, data: Path) -> anatomy.Profile:
+    assert isinstance(point.anatomy, model.AnatomyFigures)
+    return anatomy.fold_profile(instruments, anatomy.Profile(0.0, point.anatomy.replies.get("profile", 0), data))
