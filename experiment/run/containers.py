@@ -38,6 +38,15 @@ OUTPUT_END_TIMEOUT_S = 5
 EXEC_PID_MARK = "epollbench-exec-pid"
 
 
+def local_process(pid: int | None, container_id: str) -> bool:
+    """Whether pid, as an engine gave it, is a process of this machine in the container's cgroup (the engine
+    runs here, in this machine's PID namespace): then it can be signalled directly."""
+    try:
+        return bool(pid) and container_id in Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+
+
 @dataclass
 class Managed:
     """A running container whose stdout is read line by line in a background thread."""
@@ -230,11 +239,7 @@ class Containers:
         """The engine's PID for the program run with exec(), when it is a process here in the container's
         cgroup (a local engine in this machine's PID namespace); None otherwise."""
         pid = int(self.client.api.exec_inspect(running.exec_id).get("Pid") or 0)
-        try:
-            cgroup = Path(f"/proc/{pid}/cgroup").read_text() if pid else ""
-        except OSError:
-            return None
-        return pid if str(running.managed.container.id) in cgroup else None
+        return pid if local_process(pid, str(running.managed.container.id)) else None
 
     def exec_code(self, running: Exec) -> int | None:
         """The exit code of the program run with exec(), None while it runs (or when the engine cannot say)."""

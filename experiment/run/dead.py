@@ -15,7 +15,9 @@ counting them. Such a series measures its overlapping level once more without ho
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -84,6 +86,9 @@ class Watched:
     pids: list[int]
     why: str
     held: Callable[[], int | None] | None
+    # The server container's init process as a process here, which the anatomy's readings of its counters
+    # signal directly (None: through the engine).
+    init: int | None = None
 
     def slab(self, ctx: Context, dead: int) -> SlabReading:
         return instruments.slab(ctx, dead, self.pids, self.why, self.held)
@@ -183,11 +188,12 @@ def _watch(ctx: Context, line: Line, serving: Serving) -> Watched | None:
     pid = serving.managed.pid() if pids else None
     if pid:
         instruments.record_seccomp(ctx, pid)
+    init = instruments.local_process(serving.managed, pid)
     if not serving.service.stats:
-        return Watched(pids, why, None)
+        return Watched(pids, why, None, init)
     if line.holders:
-        return Watched(pids, why, lambda: held_by_holders(_server_stats(serving)))
-    return Watched(pids, why, lambda: (_server_stats(serving) or {}).get("open"))
+        return Watched(pids, why, lambda: held_by_holders(_server_stats(serving, init)), init)
+    return Watched(pids, why, lambda: (_server_stats(serving, init) or {}).get("open"), init)
 
 
 def _run_level(ctx: Context, line: Line, level: Level, serving: Serving, deadconn: Deadconn,
@@ -258,14 +264,19 @@ def _save_log(ctx: Context, managed: Managed, name: str) -> None:
     ctx.run.raw_path(name).write_text("\n".join(managed.log) + "\n")
 
 
-def _server_stats(serving: Serving) -> dict | None:
+def _server_stats(serving: Serving, init: int | None = None) -> dict | None:
     """The server's counters so far: SIGUSR1 makes ephttpd and pyhttpd print a snapshot line and go on
-    serving. None for a server that prints none (nginx, a server of the user's own)."""
+    serving. None for a server that prints none (nginx, a server of the user's own). init: the container's
+    init process here, signalled directly (the anatomy's many readings), else through the engine, which
+    takes a round trip."""
     if not serving.service.stats:
         return None
     try:
-        serving.managed.container.kill(signal="SIGUSR1")
-    except docker.errors.APIError:
+        if init is not None:
+            os.kill(init, signal.SIGUSR1)
+        else:
+            serving.managed.container.kill(signal="SIGUSR1")
+    except (docker.errors.APIError, ProcessLookupError):
         return None
     return serving.managed.next_json(("snapshot",), STATS_TIMEOUT_S)
 
@@ -369,12 +380,11 @@ def _add_anatomy(ctx: Context, line: Line, point: model.Point, serving: Serving,
     point.memory = memory
     if figures.replies and not figures.errors:
         ctx.progress.describe(f"{line.name}: {point.x} dead, anatomy")
-        point.anatomy = _anatomy_window(ctx, point, serving, deadconn, figures, watched.pids, watched.why)
+        point.anatomy = _anatomy_window(ctx, point, serving, deadconn, figures, watched)
 
 
 def _anatomy_window(ctx: Context, point: model.Point, serving: Serving, deadconn: Deadconn,
-                    figures: model.DeadFigures, pids: list[int],
-                    why: str) -> model.AnatomyFigures | model.Unavailable:
+                    figures: model.DeadFigures, watched: Watched) -> model.AnatomyFigures | model.Unavailable:
     """The point's anatomy window (instruments.window) under a second run of its load generator beside
     deadconn, sized to outlast the window (it is interrupted once the window is over) at the point's highest
     rate (the window may see a faster server than the point's average). httperf opens its connections at
@@ -390,8 +400,9 @@ def _anatomy_window(ctx: Context, point: model.Point, serving: Serving, deadconn
         load = services.active_load(loads.ActiveLoad(
             server=ctx.server_address, port=serving.port, connections=active, rate=instruments.CONNECTION_RATE,
             num_calls=loads.calls_for_duration(rate, seconds, active)), clients)
-    stats = (lambda: _server_stats(serving)) if serving.service.stats else None
-    return instruments.window(ctx, point, pids, why, load, stats, active, _load_rate, deadconn.managed)
+    stats = (lambda: _server_stats(serving, watched.init)) if serving.service.stats else None
+    return instruments.window(ctx, point, watched.pids, watched.why, load, stats, active, _load_rate,
+                              deadconn.managed)
 
 
 def _load_rate(output: str) -> float | None:

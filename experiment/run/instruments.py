@@ -44,6 +44,7 @@ from .. import anatomy, model
 from ..anatomy import memory as slabs
 from ..anatomy import procs
 from ..host import syscall_cost
+from . import containers
 from .containers import Exec, Managed
 from .context import Context
 from .services import Service
@@ -56,7 +57,7 @@ LOAD_POLL_S = 0.03         # how often it looks
 LOAD_END_TIMEOUT_S = 5.0   # the most it waits for the interrupted load to print its summary and exit
 FOLD_WORKERS = os.cpu_count() or 1  # profiles folded at once after the sweep
 SETTLE_TIMEOUT_S = 10.0    # the most a slab snapshot waits for the server to hold exactly the dead connections
-POLL_S = 0.1
+POLL_S = 0.02             # how often it looks
 RAMP_S = 0.25              # how long a load whose connections cannot be counted is given to come in
 REMOTE = "the server runs on a remote Docker engine: this machine's perf and /proc/slabinfo do not see it"
 NO_PROCESS = "the server's container has no process on this machine (its engine reports no PID)"
@@ -74,6 +75,12 @@ def server_pids(ctx: Context, server: Managed) -> tuple[list[int], str]:
     if pid is None:
         return [], NO_PROCESS
     return procs.cgroup_pids(pid), ""
+
+
+def local_process(managed: Managed, pid: int | None) -> int | None:
+    """pid, the engine's PID for the container's init process, when it is a process here in the container's
+    cgroup (containers.local_process), to signal directly; else None."""
+    return pid if pid and containers.local_process(pid, str(managed.container.id)) else None
 
 
 def record_seccomp(ctx: Context, pid: int) -> None:
