@@ -12,7 +12,9 @@
                 taken under perf: this says what the window's own figures carry.
   wall time     the quick profile's wall time with and without the anatomy is too long to take twice in a
                 bench, so a small dead sweep (UP, poll, SMALL_DEAD dead connections, SMALL_DURATION_S
-                points) runs in containers with and without --no-anatomy, in WALL_ROUNDS rounds (the order
+                points under wrk, whose points last exactly their duration: an httperf point is sized by a
+                probe whose one or two runs move a point's time by a second, more than what is measured)
+                runs in containers with and without --no-anatomy, in WALL_ROUNDS rounds (the order
                 alternating); each round's difference in measuring time (the fold after the sweep
                 included) per dead point is the anatomy's added time per point: the median [95% interval]
                 over the rounds, with the windows' own wall time (AnatomyFigures.wall_s); extrapolated to
@@ -49,6 +51,7 @@ WINDOW_S = 1.0  # as a sweep's (run/instruments.py WINDOW_S)
 LOAD_S = 12     # wrk's run per round: plain, two windows with perf's start and teardown, plain
 SMALL_DEAD = (0, 1000, 2000, DEAD)
 SMALL_DURATION_S = 3
+SMALL_LOAD = "wrk"
 WALL_ROUNDS = 6
 MAX_ADDED_S_PER_POINT = 1.5
 MAX_ADDED_SHARE = 0.15
@@ -140,8 +143,8 @@ def _per_reply(a: tuple[int, int], b: tuple[int, int]) -> float | None:
 
 def _small_run(results_dir: str, with_anatomy: bool) -> dict:
     argv = [sys.executable, "-m", "invoke", "reproduce", "--sweeps", "dead", "--variants", "up", "--backends",
-            "poll", "--dead", ",".join(map(str, SMALL_DEAD)), "--duration", str(SMALL_DURATION_S), "--no-report",
-            "--results-dir", results_dir] + ([] if with_anatomy else ["--no-anatomy"])
+            "poll", "--dead", ",".join(map(str, SMALL_DEAD)), "--duration", str(SMALL_DURATION_S), "--load",
+            SMALL_LOAD, "--no-report", "--results-dir", results_dir] + ([] if with_anatomy else ["--no-anatomy"])
     started = time.monotonic()
     proc = subprocess.run(argv, cwd=paths.ROOT, capture_output=True, text=True)
     wall = time.monotonic() - started
