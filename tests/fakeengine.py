@@ -161,6 +161,17 @@ class FakeManaged(Managed):
         return "\n".join(self.log) + "\n"
 
 
+@dataclass
+class FakeExec:
+    """What FakeContainers.exec ran: in whose container, and what it prints."""
+
+    role: str
+    printed: str
+
+    def output(self, timeout: float = 0) -> str:
+        return self.printed
+
+
 class FakeContainers:
     """containers.Containers' interface over scripted programs; `events` records what was done, in order."""
 
@@ -211,6 +222,19 @@ class FakeContainers:
         managed.end()
         self.remove(managed)
         return managed, managed.output(), self.script.openload_exit if service.role == "openload" else 0
+
+    def exec(self, managed: FakeManaged, command: list[str] | tuple[str, ...]) -> FakeExec:
+        """A load run beside the container's program: it prints the captured output of its kind."""
+        self.events.append(("exec", managed.role, tuple(command)))
+        deadconn = self.deadconn_of.get("deadconn")
+        return FakeExec(managed.role, self.script.client_output(command[0], deadconn.held if deadconn else 0))
+
+    def signal_exec(self, running: FakeExec, signal: str = "INT", timeout: float = 0) -> bool:
+        self.events.append(("signal exec", running.role, signal))
+        return True
+
+    def exec_code(self, running: FakeExec) -> int | None:
+        return 0
 
     def finish(self, managed: FakeManaged, timeout: float) -> int | None:
         return 0

@@ -6,10 +6,12 @@ epoll registers one eventpoll_epi per dead connection where poll registers none.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,6 +153,36 @@ def test_perf_stat_csv_counts_and_uncounted_events():
             "17,,syscalls:sys_enter_recvfrom,2003927076,100.00,,\n")
     assert perf.parse_stat_csv(text) == {"raw_syscalls:sys_enter": 123456, "syscalls:sys_enter_poll": None,
                                          "context-switches": None, "syscalls:sys_enter_recvfrom": 17}
+
+
+def test_perf_stat_rows_keep_perfs_order_and_an_event_counted_twice_under_one_name():
+    text = ("4,,context-switches,100,100.00,,\n"
+            "900,,raw_syscalls:sys_enter,100,100.00,,\n"
+            "300,,raw_syscalls:sys_enter,100,100.00,,\n"
+            "<not counted>,,raw_syscalls:sys_enter,0,100.00,,\n")
+    rows = perf.parse_stat_rows(text)
+    assert rows == [("context-switches", 4), ("raw_syscalls:sys_enter", 900), ("raw_syscalls:sys_enter", 300),
+                    ("raw_syscalls:sys_enter", None)]
+    events, why = anatomy.window.stat_events(anatomy.Instruments("perf", syscall_numbers={"read": 0, "poll": 7}))
+    assert why == "" or "tracefs" in why or "tracepoint" in why
+    if not why:  # the names: context-switches, every system call, then each of SYSCALLS in its order
+        assert [e.name for e in events] == ["context-switches", "raw_syscalls:sys_enter", "syscalls:sys_enter_read",
+                                            "syscalls:sys_enter_poll"]
+        assert events[2].args == ("-e", "raw_syscalls:sys_enter", "--filter", "id == 0")
+        assert anatomy.window.counted_by_name(events, rows) == {
+            "context-switches": 4, "raw_syscalls:sys_enter": 900, "syscalls:sys_enter_read": 300,
+            "syscalls:sys_enter_poll": None}
+        assert anatomy.window.counted_by_name(events, rows[:3]) == {}  # rows that do not line up: none
+
+
+def test_the_syscall_numbers_are_the_kernel_headers_where_they_are_installed():
+    header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
+    if not header.exists():
+        pytest.skip(f"{header} is not here (linux-libc-dev)")
+    defined = dict(line.split()[1:3] for line in header.read_text().splitlines() if line.startswith("#define __NR_"))
+    numbers = anatomy.window.SYSCALL_NUMBERS["x86_64"]
+    assert set(numbers) == set(anatomy.window.SYSCALLS)
+    assert {name: int(defined[f"__NR_{name}"]) for name in numbers} == numbers
 
 
 SLABINFO_HEAD = ("slabinfo - version: 2.1\n# name            <active_objs> <num_objs> <objsize> <objperslab> "
@@ -424,6 +456,28 @@ def test_a_window_without_replies_has_counts_but_no_per_reply_figures(anatomies,
     assert result.counts.replies == 0 and result.counts.total_syscalls > 0  # the snapshots' own
     assert doc["syscalls_per_reply"] is None and doc["context_switches_per_reply"] is None
     assert doc["cpu_share"] is None and doc["folded_stacks"] is None  # not folded
+
+
+def test_raw_syscalls_filtered_by_number_count_what_each_systems_calls_tracepoint_counts():
+    """One perf stat over a program that reads 1,000 times: each of SYSCALLS counted both ways, the same."""
+    instruments = real_perf()
+    if not instruments.syscall_numbers:
+        pytest.skip("this machine's system call numbers are not known here: the window counts the tracepoints")
+    filtered, why = anatomy.window.stat_events(instruments)
+    own, _ = anatomy.window.stat_events(dataclasses.replace(instruments, syscall_numbers={}))
+    assert not why and {e.event for e in filtered[2:]} == {anatomy.window.ALL_SYSCALLS}
+    events = filtered + own[2:]
+    reads = "import os\nfd = os.open('/dev/zero', os.O_RDONLY)\nfor _ in range(1000):\n    os.read(fd, 1)\n"
+    proc = subprocess.run([instruments.perf, "stat", "-x", ",", *(a for e in events for a in e.args), "--",
+                           sys.executable, "-c", reads], capture_output=True, text=True, timeout=60)
+    rows = perf.parse_stat_rows(proc.stderr)
+    assert proc.returncode == 0 and [name for name, _ in rows] == [e.event for e in events], proc.stderr
+    counts = [value for _, value in rows]
+    n = len(filtered) - 2
+    by_number = dict(zip((e.name for e in filtered[2:]), counts[2:2 + n], strict=True))
+    by_tracepoint = dict(zip((e.name for e in own[2:]), counts[2 + n:], strict=True))  # those this kernel has
+    assert by_tracepoint and {name: by_number[name] for name in by_tracepoint} == by_tracepoint
+    assert counts[[e.name for e in filtered].index("syscalls:sys_enter_read")] >= 1000
 
 
 def test_without_tracefs_the_window_still_splits_the_cpu_and_says_why_the_syscalls_are_missing(

@@ -5,6 +5,7 @@ real-Docker end-to-end runs are in test_reproduce*.py."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -291,6 +292,50 @@ def test_with_perf_a_server_without_a_process_here_records_why_and_starts_no_win
     run_line(off, "up", EPOLL, 1)
     assert [e[1] for e in events if e[0] == "run"] == [e[1] for e in off_events if e[0] == "run"], \
         "the same containers as without the anatomy: no window load for a window that cannot open"
+
+
+class StandInWindow:
+    """anatomy.start's stand-in: perf is not run, the counter is read at each phase's edges as the window reads
+    it, and the window counts 3 system calls and 1 context switch per reply."""
+
+    def __init__(self, instruments, pids, out_dir: Path):
+        self.out_dir = out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def measure(self, replies, seconds: float = 1.0):
+        edges = [replies() for _ in range(4)]
+        self.counted = (edges[1] - edges[0], edges[3] - edges[2])
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def finish(self) -> anatomy.Anatomy:
+        profiled, counted = self.counted
+        counts = anatomy.Counts(0.5, counted, {"epoll_wait": counted}, 3 * counted, counted, counted, 0)
+        return anatomy.Anatomy(counts, anatomy.Profile(0.5, profiled, self.out_dir / "perf.data"))
+
+
+def test_the_window_runs_its_load_beside_deadconn_and_interrupts_it_starting_no_container(tmp_path, monkeypatch):
+    """With a process to watch (this one, standing for the server's) and perf stood in for: each point's window
+    runs a second httperf in deadconn's container (docker exec), opening its connections fast, and interrupts
+    it; the sweep starts exactly the containers it starts without the anatomy."""
+    monkeypatch.setattr(instruments, "server_pids", lambda ctx, managed: ([os.getpid()], ""))
+    monkeypatch.setattr(instruments.anatomy, "start", StandInWindow)
+    ctx, events = sweep_context(tmp_path, Script(), dead="0,1000", perf=anatomy.Instruments("/usr/bin/perf"))
+    run_line(ctx, "up", EPOLL, 1)
+    off, off_events = sweep_context(tmp_path / "off", Script(), dead="0,1000")
+    run_line(off, "up", EPOLL, 1)
+    assert [e[1] for e in events if e[0] == "run"] == [e[1] for e in off_events if e[0] == "run"]
+    execs = [e for e in events if e[0] == "exec"]
+    assert [(role, command[0]) for _, role, command in execs] == [("deadconn", "httperf")] * 2
+    assert all(command[command.index("--rate") + 1] == str(instruments.CONNECTION_RATE) for *_, command in execs)
+    assert [e for e in events if e[0] == "signal exec"] == [("signal exec", "deadconn", "INT")] * 2
+    for p in points(ctx).values():
+        assert p["status"] == "ok", p
+        assert p["anatomy"]["replies_source"] == instruments.SERVER_COUNT and p["anatomy"]["wall_s"] is not None
+        assert p["anatomy"]["replies"] == {"counting": 1000, "profile": 1000}  # the fake's counter: +1000 a read
+        assert p["anatomy"]["syscalls_per_reply"] == 3.0
 
 
 def test_a_remote_server_records_why_perf_and_slabinfo_cannot_see_it(tmp_path):

@@ -112,6 +112,11 @@ def check_tracepoints(perf: str) -> str:
     return tracefs_missing() or _counts(perf, ["raw_syscalls:sys_enter"])
 
 
+def check_filter(perf: str, event: str, condition: str) -> str:
+    """"" when perf can count the tracepoint event with a filter on its fields (`--filter`), else why not."""
+    return _counts(perf, [event], ["-e", event, "--filter", condition])
+
+
 def tracefs_missing() -> str:
     """Why the tracepoints cannot be listed and opened: tracefs is not mounted; "" when it is."""
     if tracefs() is not None:
@@ -120,10 +125,11 @@ def tracefs_missing() -> str:
             f"`invoke reproduce` mounts it; or: mount -t tracefs nodev {TRACEFS[0]})")
 
 
-def _counts(perf: str, events: list[str]) -> str:
-    """"" when `perf stat` counts every one of events over `true`, else why not."""
+def _counts(perf: str, events: list[str], args: list[str] | None = None) -> str:
+    """"" when `perf stat` counts every one of events over `true` (args: its arguments for them, by default
+    -e and their names), else why not."""
     try:
-        proc = subprocess.run([perf, "stat", "-x", ",", "-e", ",".join(events), "--", "true"],
+        proc = subprocess.run([perf, "stat", "-x", ",", *(args or ["-e", ",".join(events)]), "--", "true"],
                               capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"{perf} stat failed to run: {error}"
@@ -225,7 +231,13 @@ def _tail(path: Path, lines: int = 3) -> str:
 
 def parse_stat_csv(text: str) -> dict[str, int | None]:
     """event -> count from `perf stat -x ,` output; None where perf says "<not counted>" or "<not supported>"."""
-    counts: dict[str, int | None] = {}
+    return dict(parse_stat_rows(text))
+
+
+def parse_stat_rows(text: str) -> list[tuple[str, int | None]]:
+    """(event, count) from `perf stat -x ,` output, in the order perf printed them (its events' order: an
+    event given twice, with two filters, is printed twice under one name); None as in parse_stat_csv."""
+    rows: list[tuple[str, int | None]] = []
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
@@ -234,7 +246,7 @@ def parse_stat_csv(text: str) -> dict[str, int | None]:
             continue
         value, event = fields[0], fields[2]
         try:
-            counts[event] = int(float(value))
+            rows.append((event, int(float(value))))
         except ValueError:
-            counts[event] = None
-    return counts
+            rows.append((event, None))
+    return rows

@@ -1,20 +1,31 @@
-"""One anatomy window on a running server under load: its system calls and context switches per reply, then
-where its CPU goes, in two phases one after the other.
+"""One anatomy window on a running server under load: where its CPU goes, then its system calls and context
+switches per reply, in two phases one after the other.
 
-  counting  `perf stat` on the syscalls:sys_enter_* tracepoints of SYSCALLS, raw_syscalls:sys_enter (every
-            system call) and the context-switches software event, on every thread of the server's
-            processes; voluntary and involuntary switches from /proc/PID/task/*/status deltas. Where the
-            tracepoints cannot be counted (tracefs not mounted: host/tracefs.py), the context switches
-            alone, and the anatomy says why its system calls are missing.
-  profile   `perf record -e cpu-clock -F PROFILE_HZ -g` on the same processes, into perf.data; folded into
-            categories later (fold.py, fold_profile()), after the sweep, so that the sweep does not wait on
-            `perf script`.
+  profile   `perf record -e cpu-clock -F PROFILE_HZ -g` on every process of the server, into perf.data;
+            folded into categories later (fold.py, fold_profile()), after the sweep, so that the sweep does
+            not wait on `perf script`. It is started, disabled, before the caller's load (start()): perf
+            reads every process's mappings first, and the load's start-up hides that.
+  counting  `perf stat` on raw_syscalls:sys_enter (every system call), each of SYSCALLS, and the
+            context-switches software event, on every thread of the server's processes; voluntary and
+            involuntary switches from /proc/PID/task/*/status deltas. Where the tracepoints cannot be
+            counted (tracefs not mounted: host/tracefs.py), the context switches alone, and the anatomy says
+            why its system calls are missing.
 
 The phases are sequential because a syscall tracepoint, once perf has registered it, sends every system
 call of every task through the slow entry path: the profile would show that as syscall_entry time. Each
 phase is half the window. Replies are read from the caller's counter at each phase's edges, inside the
 interval in which perf counts (perf acknowledged "enable" before the first read and "disable" after the
 second), so the per-reply figures are slightly high by what perf counted while the counter was read.
+
+Each of SYSCALLS is counted, where this machine's system call numbers are known (SYSCALL_NUMBERS), as
+raw_syscalls:sys_enter with a filter on its number rather than as its own syscalls:sys_enter_NAME
+tracepoint: the counts are the same, but perf stat's exit unregisters each distinct tracepoint after an
+RCU grace period of its own, one after the other, and one tracepoint for all of them ends the window
+without waiting for twenty-odd grace periods. The price is on the counting phase: every filtered event
+tests every system call of the server (bench item 8 measures both). Elsewhere, the tracepoints.
+perf record runs with --no-bpf-event: its side-band thread for BPF events would hold its exit for up to a
+second; the samples in a BPF program (a container's seccomp filter) are then unnamed, and fold.py puts
+them where it put them named (other).
 
 What is not measured: the client's side (only the server's processes are watched), the instruments' own
 cost on the server (tracepoint hits while counting, sampling interrupts while profiling: measure it by
@@ -24,6 +35,7 @@ contexts (softirqs on another CPU, kernel threads).
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import tempfile
 import time
@@ -39,6 +51,13 @@ SYSCALLS = ("recvfrom", "recvmsg", "read", "sendto", "sendmsg", "write", "writev
             "io_submit", "io_getevents", "io_pgetevents", "accept", "accept4")
 ALL_SYSCALLS = "raw_syscalls:sys_enter"
 SYSCALL_EVENT = "syscalls:sys_enter_"  # a system call's tracepoint: this and its name
+# SYSCALLS' numbers by machine (uname -m), from the kernel's syscall table (arch/x86/entry/syscalls/syscall_64.tbl:
+# a stable ABI); a machine not named here counts them with their own tracepoints.
+SYSCALL_NUMBERS = {"x86_64": {
+    "recvfrom": 45, "recvmsg": 47, "read": 0, "sendto": 44, "sendmsg": 46, "write": 1, "writev": 20, "poll": 7,
+    "ppoll": 271, "select": 23, "pselect6": 270, "epoll_wait": 232, "epoll_pwait": 281, "epoll_pwait2": 441,
+    "epoll_ctl": 233, "io_uring_enter": 426, "io_submit": 209, "io_getevents": 208, "io_pgetevents": 333,
+    "accept": 43, "accept4": 288}}
 CONTEXT_SWITCHES = "context-switches"
 PROFILE_HZ = 999   # samples per second of CPU: odd, so as not to beat with the kernel's tick
 DEFAULT_WINDOW_S = 2.0
@@ -137,11 +156,14 @@ class Anatomy:
 @dataclass
 class Instruments:
     """perf, found (or installed) and checked once per run; or why not. no_tracepoints: why perf cannot count
-    the syscall tracepoints here ("": it can); the profile and the context switches need none."""
+    the syscall tracepoints here ("": it can); the profile and the context switches need none.
+    syscall_numbers: SYSCALLS' numbers, to count each as raw_syscalls:sys_enter filtered on it ({}: each as
+    its own tracepoint)."""
 
     perf: str | None
     reason: str = ""
     no_tracepoints: str = ""
+    syscall_numbers: dict[str, int] = field(default_factory=dict)
 
     @property
     def unavailable(self) -> Unavailable | None:
@@ -151,9 +173,10 @@ class Instruments:
 def prepare(install: bool = True, perf_path: str | None = None, local: bool = True,
             no_tracefs: str = "") -> Instruments:
     """Finds perf (installing linux-perf as root on Debian when install), and checks it can sample and count
-    here, and count the syscall tracepoints. perf_path: that binary instead. local False: the server runs on
-    another machine's engine, where this machine's perf cannot see it. no_tracefs: why tracefs is missing,
-    when the caller knows (host/tracefs.py): the tracepoints' reason then. Never raises."""
+    here, and count the syscall tracepoints, filtered by system call number where this machine's are known.
+    perf_path: that binary instead. local False: the server runs on another machine's engine, where this
+    machine's perf cannot see it. no_tracefs: why tracefs is missing, when the caller knows
+    (host/tracefs.py): the tracepoints' reason then. Never raises."""
     if not local:
         return Instruments(None, "the server runs on a remote Docker engine: perf sees only this machine's processes")
     if perf_path is None:
@@ -164,58 +187,123 @@ def prepare(install: bool = True, perf_path: str | None = None, local: bool = Tr
     reason = perf.check(perf_path)
     if reason:
         return Instruments(None, reason)
-    return Instruments(perf_path, no_tracepoints=no_tracefs or perf.check_tracepoints(perf_path))
+    no_tracepoints = no_tracefs or perf.check_tracepoints(perf_path)
+    numbers = SYSCALL_NUMBERS.get(platform.machine(), {})
+    if no_tracepoints or not numbers or perf.check_filter(perf_path, ALL_SYSCALLS, f"id == {numbers['read']}"):
+        numbers = {}
+    return Instruments(perf_path, no_tracepoints=no_tracepoints, syscall_numbers=numbers)
 
 
-def measure(instruments: Instruments, pids: Sequence[int], out_dir: Path, replies: Replies,
-            seconds: float = DEFAULT_WINDOW_S) -> Window | Unavailable:
-    """A window of `seconds` on the processes (every PID of the server's container, procs.cgroup_pids) while
-    the load runs: the profile phase, then the counting phase. replies() is the server's cumulative reply
-    count, read at each phase's edges. perf.data goes to out_dir. Returns as the window ends, with perf
-    still tearing down: Window.finish() gives the Anatomy. Unavailable, with the reason, when perf is or
-    a phase fails; never raises. Where the syscall tracepoints cannot be counted, the counting phase counts
-    the context switches alone and the Anatomy says why its system calls are missing."""
+def start(instruments: Instruments, pids: Sequence[int], out_dir: Path) -> Opened | Unavailable:
+    """A window on the processes (every PID of the server's container, procs.cgroup_pids), its profile's
+    perf record started disabled: perf reads every process's mappings before it can be enabled, and the
+    caller starts its load meanwhile, then calls Opened.measure(). perf.data goes to out_dir. Unavailable,
+    with the reason, when perf is or fails to start; never raises."""
     if instruments.perf is None:
         return Unavailable(instruments.reason)
     pids = sorted(set(pids))
     if not pids:
         return Unavailable("no server process to watch")
     out_dir.mkdir(parents=True, exist_ok=True)
-    started: list[perf.Controlled] = []
-    watched = ",".join(map(str, pids))
     try:
         record = perf.Controlled.start(instruments.perf, "record", [
-            "-e", "cpu-clock", "-F", str(PROFILE_HZ), "-g", "-q", "-o", str(out_dir / PERF_DATA), "-p", watched])
-        started.append(record)
-        profile_s, profile_replies = _phase(record, replies, seconds / 2)
-        profile = Profile(profile_s, profile_replies, out_dir / PERF_DATA, recording=record)
-        # Only now: a syscall tracepoint sends every system call through the slow path from the moment perf
-        # opens it, enabled or not.
-        events, no_syscalls = stat_events(instruments)
-        csv = out_dir / PERF_STAT
-        stat = perf.Controlled.start(instruments.perf, "stat", ["-x", ",", "-o", str(csv), "-e", ",".join(events),
-                                                                "-p", watched])
-        started.append(stat)
-        switches0 = procs.context_switches(pids)
-        count_s, count_replies = _phase(stat, replies, seconds / 2)
-        switches = procs.switches_between(switches0, procs.context_switches(pids))
+            "-e", "cpu-clock", "-F", str(PROFILE_HZ), "-g", "-q", "--no-bpf-event", "-o", str(out_dir / PERF_DATA),
+            "-p", ",".join(map(str, pids))])
     except (perf.PerfError, OSError) as error:
-        for command in started:
-            command.close()
-            command.cleanup()
         return Unavailable(f"perf failed: {error}")
-    return Window(profile, stat, csv, events, count_s, count_replies, switches, list(pids), no_syscalls)
+    return Opened(instruments, instruments.perf, pids, out_dir, record)
 
 
-def stat_events(instruments: Instruments) -> tuple[list[str], str]:
+def measure(instruments: Instruments, pids: Sequence[int], out_dir: Path, replies: Replies,
+            seconds: float = DEFAULT_WINDOW_S) -> Window | Unavailable:
+    """start() and Opened.measure() in one, for a load that is already running."""
+    opened = start(instruments, pids, out_dir)
+    return opened if isinstance(opened, Unavailable) else opened.measure(replies, seconds)
+
+
+@dataclass
+class Opened:
+    """A window whose perf record is starting, disabled."""
+
+    instruments: Instruments
+    perf_path: str
+    pids: list[int]
+    out_dir: Path
+    record: perf.Controlled
+
+    def measure(self, replies: Replies, seconds: float = DEFAULT_WINDOW_S) -> Window | Unavailable:
+        """A window of `seconds` while the load runs: the profile phase, then the counting phase. replies() is
+        the server's cumulative reply count, read at each phase's edges. Returns as the window ends, with perf
+        still exiting: Window.finish() gives the Anatomy. Unavailable, with the reason, when a phase fails;
+        never raises. Where the syscall tracepoints cannot be counted, the counting phase counts the context
+        switches alone and the Anatomy says why its system calls are missing."""
+        started = [self.record]
+        try:
+            profile_s, profile_replies = _phase(self.record, replies, seconds / 2)
+            profile = Profile(profile_s, profile_replies, self.out_dir / PERF_DATA, recording=self.record)
+            # Only now: a syscall tracepoint sends every system call through the slow path from the moment perf
+            # opens it, enabled or not.
+            events, no_syscalls = stat_events(self.instruments)
+            csv = self.out_dir / PERF_STAT
+            args = [arg for event in events for arg in event.args]
+            stat = perf.Controlled.start(self.perf_path, "stat", ["-x", ",", "-o", str(csv), *args,
+                                                                  "-p", ",".join(map(str, self.pids))])
+            started.append(stat)
+            switches0 = procs.context_switches(self.pids)
+            count_s, count_replies = _phase(stat, replies, seconds / 2)
+            switches = procs.switches_between(switches0, procs.context_switches(self.pids))
+        except (perf.PerfError, OSError) as error:
+            for command in started:
+                command.close()
+                command.cleanup()
+            return Unavailable(f"perf failed: {error}")
+        return Window(profile, stat, csv, events, count_s, count_replies, switches, self.pids, no_syscalls)
+
+    def close(self) -> None:
+        """Gives the window up before measuring (its load did not start): perf record is killed."""
+        self.record.close()
+        self.record.cleanup()
+
+
+@dataclass(frozen=True)
+class Counted:
+    """An event perf stat counts: its name in the counts (context-switches, raw_syscalls:sys_enter, and
+    syscalls:sys_enter_NAME for each of SYSCALLS however it is counted) and perf stat's arguments for it."""
+
+    name: str
+    args: tuple[str, ...]
+
+    @property
+    def event(self) -> str:
+        """The event as perf stat prints it: a filtered raw_syscalls:sys_enter under that name."""
+        return self.args[1]
+
+
+def stat_events(instruments: Instruments) -> tuple[list[Counted], str]:
     """perf stat's events: the context switches, and where the syscall tracepoints can be counted, every
-    system call and each of SYSCALLS this kernel has; with why they cannot ("": they can)."""
+    system call and each of SYSCALLS this kernel has (filtered by number where instruments has them, else
+    its own tracepoint); with why they cannot ("": they can)."""
     why = instruments.no_tracepoints or perf.tracefs_missing()
     if not why and not perf.tracepoints([ALL_SYSCALLS]):
         why = f"this kernel has no {ALL_SYSCALLS} tracepoint"
+    switches = Counted(CONTEXT_SWITCHES, ("-e", CONTEXT_SWITCHES))
     if why:
-        return [CONTEXT_SWITCHES], why
-    return [CONTEXT_SWITCHES, ALL_SYSCALLS, *perf.tracepoints([SYSCALL_EVENT + name for name in SYSCALLS])], ""
+        return [switches], why
+    numbers = instruments.syscall_numbers
+    if numbers:
+        each = [Counted(SYSCALL_EVENT + name, ("-e", ALL_SYSCALLS, "--filter", f"id == {numbers[name]}"))
+                for name in SYSCALLS if name in numbers]
+    else:
+        each = [Counted(event, ("-e", event)) for event in perf.tracepoints([SYSCALL_EVENT + n for n in SYSCALLS])]
+    return [switches, Counted(ALL_SYSCALLS, ("-e", ALL_SYSCALLS)), *each], ""
+
+
+def counted_by_name(events: list[Counted], rows: list[tuple[str, int | None]]) -> dict[str, int | None]:
+    """perf stat's rows (perf.parse_stat_rows), which it prints in the order of its events, by the events'
+    names; {} when they do not line up."""
+    if [event.event for event in events] != [name for name, _ in rows]:
+        return {}
+    return {event.name: value for event, (_, value) in zip(events, rows, strict=True)}
 
 
 def _phase(command: perf.Controlled, replies: Replies, seconds: float) -> tuple[float, int]:
@@ -232,15 +320,15 @@ def _phase(command: perf.Controlled, replies: Replies, seconds: float) -> tuple[
 
 @dataclass
 class Window:
-    """A window whose perf commands are still exiting: perf stat unregisters each tracepoint after an RCU
-    grace period (about a second for all of them), and perf record writes its data. finish() waits for
+    """A window whose perf commands are still exiting: perf stat unregisters each distinct tracepoint after an
+    RCU grace period (one with the filtered events), and perf record writes its data. finish() waits for
     both; call it before the next measurement, for the system calls take the slow path until perf stat is
     done. no_syscalls: why the system calls are not among the events ("": they are)."""
 
     profile: Profile
     stat: perf.Controlled
     csv: Path
-    events: list[str]
+    events: list[Counted]
     seconds: float
     replies: int
     switches: tuple[int, int]
@@ -255,9 +343,13 @@ class Window:
             finally:
                 self.stat.cleanup()
             self.profile.wait()
-            counted = perf.parse_stat_csv(self.csv.read_text()) if self.csv.exists() else {}
+            rows = perf.parse_stat_rows(self.csv.read_text()) if self.csv.exists() else []
         except (perf.PerfError, OSError) as error:
             return Unavailable(f"perf stat failed: {error}")
+        counted = counted_by_name(self.events, rows)
+        if rows and not counted:
+            return Unavailable(f"perf stat printed {len(rows)} counts for {len(self.events)} events: "
+                               f"{', '.join(name for name, _ in rows)[:200]}")
         if counted.get(CONTEXT_SWITCHES) is None:
             return Unavailable(f"perf stat counted nothing for {CONTEXT_SWITCHES}: {err.strip()[-200:]}")
         return Anatomy(self._counts(counted, err), self.profile, self.pids)
@@ -266,7 +358,7 @@ class Window:
         """The counting phase's counts; the system calls as not counted, and why, when perf counted one of
         them not at all."""
         why = self.no_syscalls
-        syscalls = [e for e in self.events if e != CONTEXT_SWITCHES]
+        syscalls = [e.name for e in self.events if e.name != CONTEXT_SWITCHES]
         missing = [e for e in syscalls if counted.get(e) is None]
         if missing and not why:
             why = f"perf stat counted nothing for {', '.join(missing)}: {err.strip()[-200:]}"

@@ -121,13 +121,17 @@ def anatomy(console: Console, a: dict) -> None:
         console.print(f"8. anatomy, {p['server']} {p['backend']} at {p['dead']:,} dead, {len(p['rows'])} rounds: "
                       f"CPU per reply {interval(p['plain_us_per_reply'], '.2f')} µs plain; while perf profiles "
                       f"x{interval(ratios['profile'], '.3f')}, while it counts syscalls "
-                      f"x{interval(ratios['counting'], '.3f')} (median [95% interval])")
+                      f"x{interval(ratios['counting'], '.3f')} (filtered by number; on each one's tracepoint "
+                      f"x{interval(ratios.get('counting_tracepoints'), '.3f')}) (median [95% interval])")
     w = a["wall_time"]
     share = w.get("quick_added_share_extrapolated")
-    console.print(f"   anatomy wall time: +{w['added_s_per_dead_point']:.1f} s per dead point (one small sweep with "
-                  f"and without); extrapolated to the quick profile's {w['quick_dead_points']} dead points: "
-                  f"+{w['quick_added_s_extrapolated']:.0f} s on {_num(w['quick_wall_s'])} s "
-                  f"({w['quick_wall_source']}) = {_num(share, '.0%')} (target <= {w['target_share']:.0%})")
+    added = w["added_s_per_dead_point"]
+    console.print(f"   anatomy wall time: +{interval(added)} s per dead point (median [95% interval] of "
+                  f"{added['n']} rounds of a small sweep with and without; target <= {w['target_s_per_point']} s), "
+                  f"each window {interval(w['window_wall_s'])} s; extrapolated to the quick profile's "
+                  f"{w['quick_dead_points']} dead points: +{w['quick_added_s_extrapolated']:.0f} s on "
+                  f"{_num(w['quick_wall_s'])} s ({w['quick_wall_source']}) = {_num(share, '.0%')} "
+                  f"(target <= {w['target_share']:.0%})")
 
 
 def seccomp(console: Console, c: dict) -> None:

@@ -6,9 +6,11 @@ import contextlib
 import json
 import os
 import queue
+import signal
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -32,6 +34,17 @@ LABEL_RUN_DIR = "org.epollbench.run-dir"
 LABEL_HARNESS = "org.epollbench.harness"
 # How long an exited container's last output may take to come through the engine's log stream.
 OUTPUT_END_TIMEOUT_S = 5
+# The first line a program run with Containers.exec prints: its PID in the container, to signal it by.
+EXEC_PID_MARK = "epollbench-exec-pid"
+
+
+def local_process(pid: int | None, container_id: str) -> bool:
+    """Whether pid, as an engine gave it, is a process of this machine in the container's cgroup (the engine
+    runs here, in this machine's PID namespace): then it can be signalled directly."""
+    try:
+        return bool(pid) and container_id in Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
 
 
 @dataclass
@@ -126,6 +139,47 @@ class Managed:
         return " | ".join(x for x in self.log[-lines:] if x.strip())
 
 
+@dataclass
+class Exec:
+    """A program run in a running container beside its own (docker exec), its output read in a background
+    thread; pid: its PID in the container, once its first line (EXEC_PID_MARK) has come."""
+
+    managed: Managed
+    exec_id: str
+    command: list[str]
+    log: list[str] = field(default_factory=list)
+    pid: int | None = None
+    started: threading.Event = field(default_factory=threading.Event)
+    reader: threading.Thread | None = None
+
+    def read(self, stream: Iterable[bytes]) -> None:
+        buffer = b""
+        try:
+            for chunk in stream:
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    self._line(line.decode(errors="replace"))
+        except (docker.errors.DockerException, OSError, ValueError):
+            pass
+        if buffer:
+            self._line(buffer.decode(errors="replace"))
+        self.started.set()
+
+    def _line(self, text: str) -> None:
+        if self.pid is None and text.startswith(EXEC_PID_MARK + " "):
+            self.pid = int(text.split()[1])
+            self.started.set()
+        else:
+            self.log.append(text)
+
+    def output(self, timeout: float = OUTPUT_END_TIMEOUT_S) -> str:
+        """Everything the program printed once it has ended (at most timeout seconds from now)."""
+        if self.reader:
+            self.reader.join(timeout)
+        return "\n".join(self.log) + "\n"
+
+
 class Containers:
     """Starts the containers of one run and removes every one of them at the end, whatever happens."""
 
@@ -151,6 +205,49 @@ class Containers:
                           command=list(service.command))
         managed.start_reader()
         return managed
+
+    def exec(self, managed: Managed, command: list[str] | tuple[str, ...]) -> Exec:
+        """Runs command in managed's container, beside its own program (same cgroup, cpuset and limits),
+        through a shell that prints its PID first (Exec.pid) and then becomes the command."""
+        wrapped = ["sh", "-c", f'echo "{EXEC_PID_MARK} $$"; exec "$@"', "sh", *command]
+        exec_id = self.client.api.exec_create(managed.container.id, wrapped, stdout=True, stderr=True)["Id"]
+        running = Exec(managed, exec_id, list(command))
+        stream = self.client.api.exec_start(exec_id, stream=True)
+        running.reader = threading.Thread(target=running.read, args=(stream,), daemon=True,
+                                          name=f"exec-{managed.role}")
+        running.reader.start()
+        return running
+
+    def signal_exec(self, running: Exec, name: str = "INT", timeout: float = OUTPUT_END_TIMEOUT_S) -> bool:
+        """Sends the program run with exec() a signal (by name, without SIG) and returns at once: directly
+        where the engine's PID for it is a process of this machine in the container's cgroup, else through
+        another exec of the shell's kill. False when the program never said its PID or has ended."""
+        if not running.started.wait(timeout) or running.pid is None:
+            return False
+        if running.reader is not None and not running.reader.is_alive():
+            return False
+        host_pid = self._host_pid(running)
+        if host_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(host_pid, getattr(signal, f"SIG{name}"))
+            return True
+        kill = self.client.api.exec_create(running.managed.container.id, ["sh", "-c", f"kill -{name} {running.pid}"])
+        self.client.api.exec_start(kill["Id"], detach=True)
+        return True
+
+    def _host_pid(self, running: Exec) -> int | None:
+        """The engine's PID for the program run with exec(), when it is a process here in the container's
+        cgroup (a local engine in this machine's PID namespace); None otherwise."""
+        pid = int(self.client.api.exec_inspect(running.exec_id).get("Pid") or 0)
+        return pid if local_process(pid, str(running.managed.container.id)) else None
+
+    def exec_code(self, running: Exec) -> int | None:
+        """The exit code of the program run with exec(), None while it runs (or when the engine cannot say)."""
+        try:
+            code = self.client.api.exec_inspect(running.exec_id).get("ExitCode")
+        except docker.errors.DockerException:
+            return None
+        return None if code is None else int(code)
 
     def finish(self, managed: Managed, timeout: float) -> int | None:
         """Waits for the container to exit by itself; its exit code, or None when it had to be killed."""

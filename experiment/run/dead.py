@@ -15,7 +15,9 @@ counting them. Such a series measures its overlapping level once more without ho
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -53,6 +55,9 @@ SlabReading = slabs.SlabSnapshot | model.Unavailable
 # /proc/PID/stat counts CPU time in USER_HZ clock ticks, 100 per second on every Linux.
 CLOCK_TICKS_PER_S = 100
 
+# A line of wrk's summary that httperf's has not.
+WRK_SUMMARY = "Requests/sec:"
+
 
 @dataclass(frozen=True)
 class Serving:
@@ -81,6 +86,9 @@ class Watched:
     pids: list[int]
     why: str
     held: Callable[[], int | None] | None
+    # The server container's init process as a process here, which the anatomy's readings of its counters
+    # signal directly (None: through the engine).
+    init: int | None = None
 
     def slab(self, ctx: Context, dead: int) -> SlabReading:
         return instruments.slab(ctx, dead, self.pids, self.why, self.held)
@@ -180,11 +188,12 @@ def _watch(ctx: Context, line: Line, serving: Serving) -> Watched | None:
     pid = serving.managed.pid() if pids else None
     if pid:
         instruments.record_seccomp(ctx, pid)
+    init = instruments.local_process(serving.managed, pid)
     if not serving.service.stats:
-        return Watched(pids, why, None)
+        return Watched(pids, why, None, init)
     if line.holders:
-        return Watched(pids, why, lambda: held_by_holders(_server_stats(serving)))
-    return Watched(pids, why, lambda: (_server_stats(serving) or {}).get("open"))
+        return Watched(pids, why, lambda: held_by_holders(_server_stats(serving, init)), init)
+    return Watched(pids, why, lambda: (_server_stats(serving, init) or {}).get("open"), init)
 
 
 def _run_level(ctx: Context, line: Line, level: Level, serving: Serving, deadconn: Deadconn,
@@ -255,14 +264,19 @@ def _save_log(ctx: Context, managed: Managed, name: str) -> None:
     ctx.run.raw_path(name).write_text("\n".join(managed.log) + "\n")
 
 
-def _server_stats(serving: Serving) -> dict | None:
+def _server_stats(serving: Serving, init: int | None = None) -> dict | None:
     """The server's counters so far: SIGUSR1 makes ephttpd and pyhttpd print a snapshot line and go on
-    serving. None for a server that prints none (nginx, a server of the user's own)."""
+    serving. None for a server that prints none (nginx, a server of the user's own). init: the container's
+    init process here, signalled directly (the anatomy's many readings), else through the engine, which
+    takes a round trip."""
     if not serving.service.stats:
         return None
     try:
-        serving.managed.container.kill(signal="SIGUSR1")
-    except docker.errors.APIError:
+        if init is not None:
+            os.kill(init, signal.SIGUSR1)
+        else:
+            serving.managed.container.kill(signal="SIGUSR1")
+    except (docker.errors.APIError, ProcessLookupError):
         return None
     return serving.managed.next_json(("snapshot",), STATS_TIMEOUT_S)
 
@@ -316,7 +330,7 @@ def _measure_dead(ctx: Context, line: Line, level: Level, serving: Serving, dead
                                     server_cpu_s=server_cpu_s, duration_s=figures.duration_s,
                                     server_cpus=len(engine.expand_cpu_list(cpusets["server"]))))
     if watched is not None:
-        _add_anatomy(ctx, line, point, serving, figures, memory, watched)
+        _add_anatomy(ctx, line, point, serving, deadconn, figures, memory, watched)
     failure = _closed_failure(load_name, parsed, figures)
     finish(ctx, point, model.FAILED if failure else model.OK, failure)
     return point
@@ -359,39 +373,42 @@ def _closed_failure(load_name: str, parsed: dict, figures: model.DeadFigures) ->
     return f"{load_name} counted {figures.errors} errors: " + ", ".join(f"{k} {v}" for k, v in by_kind.items() if v)
 
 
-def _add_anatomy(ctx: Context, line: Line, point: model.Point, serving: Serving, figures: model.DeadFigures,
-                 memory: model.MemoryFigures | model.Unavailable | None, watched: Watched) -> None:
+def _add_anatomy(ctx: Context, line: Line, point: model.Point, serving: Serving, deadconn: Deadconn,
+                 figures: model.DeadFigures, memory: model.MemoryFigures | model.Unavailable | None,
+                 watched: Watched) -> None:
     """The point's memory, and when its load ran clean (replies, no errors) an anatomy window of its own."""
     point.memory = memory
     if figures.replies and not figures.errors:
         ctx.progress.describe(f"{line.name}: {point.x} dead, anatomy")
-        point.anatomy = _anatomy_window(ctx, point, serving, figures, watched.pids, watched.why)
+        point.anatomy = _anatomy_window(ctx, point, serving, deadconn, figures, watched)
 
 
-def _anatomy_window(ctx: Context, point: model.Point, serving: Serving, figures: model.DeadFigures,
-                    pids: list[int], why: str) -> model.AnatomyFigures | model.Unavailable:
-    """The point's anatomy window (instruments.window) under a second run of its load generator, sized to
-    outlast the window: a server with counters has its load stopped once the window is over, so its load is
-    sized for three times as long, at the point's highest rate (the window may see a faster server than the
-    point's average, whose ramp it counts)."""
+def _anatomy_window(ctx: Context, point: model.Point, serving: Serving, deadconn: Deadconn,
+                    figures: model.DeadFigures, watched: Watched) -> model.AnatomyFigures | model.Unavailable:
+    """The point's anatomy window (instruments.window) under a second run of its load generator beside
+    deadconn, sized to outlast the window (it is interrupted once the window is over) at the point's highest
+    rate (the window may see a faster server than the point's average). httperf opens its connections at
+    instruments.CONNECTION_RATE; wrk runs without the shell that reports its CPU time, so that the
+    interruption reaches it."""
     clients = ctx.cpusets[point.variant]["clients"]
-    seconds = (instruments.WINDOW_S + instruments.LOAD_MARGIN_S) * (3 if serving.service.stats else 1)
+    seconds = instruments.LOAD_S
     active = ctx.plan.active_connections
     if ctx.plan.load == loads.WRK:
-        load = services.wrk(f"http://{ctx.server_address}:{serving.port}/", active, seconds, clients)
+        load = services.wrk_alone(f"http://{ctx.server_address}:{serving.port}/", active, seconds, clients)
     else:
         rate = max(r for r in (figures.reply_rate, figures.reply_rate_max, figures.reply_rate_overall, 1.0) if r)
         load = services.active_load(loads.ActiveLoad(
-            server=ctx.server_address, port=serving.port, connections=active,
+            server=ctx.server_address, port=serving.port, connections=active, rate=instruments.CONNECTION_RATE,
             num_calls=loads.calls_for_duration(rate, seconds, active)), clients)
-    stats = (lambda: _server_stats(serving)) if serving.service.stats else None
-    return instruments.window(ctx, point, pids, why, load, stats, active, _load_rate)
+    stats = (lambda: _server_stats(serving, watched.init)) if serving.service.stats else None
+    return instruments.window(ctx, point, watched.pids, watched.why, load, stats, active, _load_rate,
+                              deadconn.managed)
 
 
 def _load_rate(output: str) -> float | None:
     """The mean reply rate of a load generator's whole run: httperf's replies per test second, wrk's."""
     try:
-        if services.WRK_CPU_MARK in output:
+        if WRK_SUMMARY in output:
             return float(loads.parse_wrk(output)["requests_per_s"])
         return float(loads.parse(output)["reply_rate"]["overall"])
     except (ValueError, KeyError, TypeError):

@@ -57,6 +57,12 @@ def wrk(url: str, connections: int, duration_s: float, cpuset: str) -> Service:
     return Service("wrk", "client", ("sh", "-c", script), cpuset)
 
 
+def wrk_alone(url: str, connections: int, duration_s: float, cpuset: str) -> Service:
+    """wrk, one thread, alone: a signal sent to it reaches it (wrk prints its summary on SIGINT), but nothing
+    reports its CPU time."""
+    return Service("wrk", "client", tuple(loads.wrk_command(url, connections, 1, duration_s)), cpuset)
+
+
 def active_load(load: loads.ActiveLoad, cpuset: str) -> Service:
     return Service("httperf", "client", tuple(loads.command(load)), cpuset)
 

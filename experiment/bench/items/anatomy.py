@@ -2,19 +2,25 @@
 
   perturbation  natively, ephttpd (poll, pinned to the server CPU) holding DEAD dead connections under wrk:
                 in each round, the server's CPU per reply over a plain second, then over each phase of an
-                anatomy window (perf record's profile, perf stat's syscall tracepoints), then over a plain
-                second again, all under the same wrk run. CPU time: the server's /proc/PID/schedstat (ns);
-                replies: its own counter. Reported per phase as the ratio to the mean of the two plain
-                seconds around it: the median over ROUNDS rounds and a 95% interval of that median
-                (order statistics: stats.median_interval). The headline figures are never taken under perf: this
-                says what the window's own figures carry.
+                anatomy window (perf record's profile, perf stat's syscall counting as the sweep counts
+                them: raw_syscalls:sys_enter filtered by number), then over the counting phase of a window
+                that counts each system call's own tracepoint (as the anatomy did before), then over a
+                plain second again, all under the same wrk run. CPU time: the server's
+                /proc/PID/schedstat (ns); replies: its own counter. Reported per phase as the ratio to the
+                mean of the two plain seconds around it: the median over ROUNDS rounds and a 95% interval
+                of that median (order statistics: stats.median_interval). The headline figures are never
+                taken under perf: this says what the window's own figures carry.
   wall time     the quick profile's wall time with and without the anatomy is too long to take twice in a
-                bench, so one small dead sweep (UP, poll, 0 and DEAD dead connections, SMALL_DURATION_S
-                points) runs twice in containers, with and without --no-anatomy; the difference in its
-                measuring time (the fold after the sweep included) per dead point is the anatomy's added
-                time per point, extrapolated to the quick profile's dead points on this host and stated as
-                such, as a share of the quick profile's wall time (item 4's when it ran here, else the last
-                bench's); the target is at most MAX_ADDED_SHARE.
+                bench, so a small dead sweep (UP, poll, SMALL_DEAD dead connections, SMALL_DURATION_S
+                points under wrk, whose points last exactly their duration: an httperf point is sized by a
+                probe whose one or two runs move a point's time by a second, more than what is measured)
+                runs in containers with and without --no-anatomy, in WALL_ROUNDS rounds (the order
+                alternating); each round's difference in measuring time (the fold after the sweep
+                included) per dead point is the anatomy's added time per point: the median [95% interval]
+                over the rounds, with the windows' own wall time (AnatomyFigures.wall_s); extrapolated to
+                the quick profile's dead points on this host and stated as such, as a share of the quick
+                profile's wall time (item 4's when it ran here, else the last bench's); the targets are at
+                most MAX_ADDED_S_PER_POINT per point and MAX_ADDED_SHARE.
 
 Not measured: the slab snapshots' cost on their own (included in the wall time), the anatomy on other
 servers than ephttpd, or on SMP.
@@ -22,6 +28,7 @@ servers than ephttpd, or on SMP.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -41,8 +48,12 @@ DEAD = 5000
 ROUNDS = 8
 PLAIN_S = 1.0
 WINDOW_S = 1.0  # as a sweep's (run/instruments.py WINDOW_S)
-LOAD_S = 9      # wrk's run per round: plain, window with perf's start and teardown, plain
+LOAD_S = 12     # wrk's run per round: plain, two windows with perf's start and teardown, plain
+SMALL_DEAD = (0, 1000, 2000, DEAD)
 SMALL_DURATION_S = 3
+SMALL_LOAD = "wrk"
+WALL_ROUNDS = 6
+MAX_ADDED_S_PER_POINT = 1.5
 MAX_ADDED_SHARE = 0.15
 QUICK_TIMED_HERE = "item 4 (anatomy on)"  # the quick profile's wall time came from this bench's item 4
 
@@ -83,7 +94,7 @@ def perturbation(server_cpus: set[int], client_cpus: set[int], rounds: int = ROU
             dead.wait(timeout=30)
         server.stop()
     ratios = {phase: [r[phase] / r["plain"] for r in rows if r.get(phase) and r.get("plain")]
-              for phase in ("profile", "counting")}
+              for phase in ("profile", "counting", "counting_tracepoints")}
     return {"server": "ephttpd", "backend": "poll", "dead": DEAD, "rows": rows,
             "cpu_per_reply_ratio": {phase: stats.interval_record(v) for phase, v in ratios.items()},
             "plain_us_per_reply": stats.interval_record([r["plain"] for r in rows if r.get("plain")])}
@@ -103,33 +114,37 @@ def _round(instruments: anatomy.Instruments, server: native.Ephttpd, client_cpus
         edges.append(reading())
         return edges[-1][1]
 
-    def per_reply(a: tuple[int, int], b: tuple[int, int]) -> float | None:
-        return (b[0] - a[0]) / 1e3 / (b[1] - a[1]) if b[1] > a[1] else None
-
     try:
         time.sleep(1.0)  # wrk's connections in
         first = reading()
         time.sleep(PLAIN_S)
-        before = per_reply(first, reading())
-        window = anatomy.measure(instruments, [server.pid], out, replies, WINDOW_S)
-        if isinstance(window, anatomy.Unavailable):
-            return {"unavailable": window.reason}
-        window.finish()
+        before = _per_reply(first, reading())
+        # As the sweep counts, then each system call's own tracepoint (the counting phase alone is kept).
+        for each in (instruments, dataclasses.replace(instruments, syscall_numbers={})):
+            window = anatomy.measure(each, [server.pid], out / str(len(edges)), replies, WINDOW_S)
+            if isinstance(window, anatomy.Unavailable):
+                return {"unavailable": window.reason}
+            window.finish()
         first = reading()
         time.sleep(PLAIN_S)
-        after = per_reply(first, reading())
+        after = _per_reply(first, reading())
     finally:
         wrk.communicate(timeout=LOAD_S + 60)
     plain = [v for v in (before, after) if v is not None]
+    phases = [_per_reply(edges[i], edges[i + 1]) if len(edges) == 8 else None for i in (0, 2, 6)]
     return {"plain": statistics.mean(plain) if plain else None, "plain_before": before, "plain_after": after,
-            "profile": per_reply(edges[0], edges[1]) if len(edges) == 4 else None,
-            "counting": per_reply(edges[2], edges[3]) if len(edges) == 4 else None}
+            **dict(zip(("profile", "counting", "counting_tracepoints"), phases, strict=True))}
+
+
+def _per_reply(a: tuple[int, int], b: tuple[int, int]) -> float | None:
+    """CPU µs per reply between two (CPU ns, replies) readings."""
+    return (b[0] - a[0]) / 1e3 / (b[1] - a[1]) if b[1] > a[1] else None
 
 
 def _small_run(results_dir: str, with_anatomy: bool) -> dict:
     argv = [sys.executable, "-m", "invoke", "reproduce", "--sweeps", "dead", "--variants", "up", "--backends",
-            "poll", "--dead", f"0,{DEAD}", "--duration", str(SMALL_DURATION_S), "--no-report", "--results-dir",
-            results_dir] + ([] if with_anatomy else ["--no-anatomy"])
+            "poll", "--dead", ",".join(map(str, SMALL_DEAD)), "--duration", str(SMALL_DURATION_S), "--load",
+            SMALL_LOAD, "--no-report", "--results-dir", results_dir] + ([] if with_anatomy else ["--no-anatomy"])
     started = time.monotonic()
     proc = subprocess.run(argv, cwd=paths.ROOT, capture_output=True, text=True)
     wall = time.monotonic() - started
@@ -140,8 +155,18 @@ def _small_run(results_dir: str, with_anatomy: bool) -> dict:
     points = [model.read_point(p) for p in sorted((run_dir / "points").glob("*.json"))]
     windows = [p.anatomy.wall_s for p in points if isinstance(p.anatomy, model.AnatomyFigures) and p.anatomy.wall_s]
     return {"anatomy": with_anatomy, "wall_s": round(wall, 1), "timings": record.get("timings", {}),
+            "measuring_s": record.get("timings", {}).get("measuring_s", 0.0),
             "dead_points": len([p for p in points if p.sweep == model.DEAD and p.ok]), "window_wall_s": windows,
             "unavailable": sorted({p.anatomy.reason for p in points if isinstance(p.anatomy, model.Unavailable)})}
+
+
+def _small_pair(n: int) -> tuple[dict, dict]:
+    """Round n's two small sweeps, (without, with) the anatomy, run in the order n's parity gives."""
+    pair = {}
+    for with_anatomy in ((False, True) if n % 2 else (True, False)):
+        with tempfile.TemporaryDirectory(prefix="epollbench-anatomy-wall-") as tmp:
+            pair[with_anatomy] = {"round": n, **_small_run(tmp, with_anatomy)}
+    return pair[False], pair[True]
 
 
 def quick_dead_points(fd_limit: int) -> int:
@@ -150,19 +175,20 @@ def quick_dead_points(fd_limit: int) -> int:
                for s in quick.series) * len(quick.variants) * quick.repeat
 
 
-def wall_time(fd_limit: int, quick_wall_s: float | None, quick_source: str) -> dict:
-    runs = []
-    for with_anatomy in (False, True):
-        with tempfile.TemporaryDirectory(prefix="epollbench-anatomy-wall-") as tmp:
-            runs.append(_small_run(tmp, with_anatomy))
-    off, on = runs
-    points = on["dead_points"] or 1
-    added = (on["timings"].get("measuring_s", 0) - off["timings"].get("measuring_s", 0)) / points
+def wall_time(fd_limit: int, quick_wall_s: float | None, quick_source: str, rounds: int = WALL_ROUNDS) -> dict:
+    runs, added = [], []
+    for n in range(1, rounds + 1):
+        off, on = _small_pair(n)
+        runs += [off, on]
+        added.append((on["measuring_s"] - off["measuring_s"]) / (on["dead_points"] or 1))
+    per_point = stats.interval_record(added)
     quick_points = quick_dead_points(fd_limit)
-    extrapolated = added * quick_points
-    result = {"runs": runs, "added_s_per_dead_point": round(added, 2), "quick_dead_points": quick_points,
-              "quick_added_s_extrapolated": round(extrapolated, 1), "quick_wall_s": quick_wall_s,
-              "quick_wall_source": quick_source, "target_share": MAX_ADDED_SHARE}
+    extrapolated = (per_point["median"] or 0.0) * quick_points
+    result = {"runs": runs, "added_s_per_dead_point": per_point, "rounds_added_s": [round(a, 3) for a in added],
+              "window_wall_s": stats.interval_record([w for run in runs for w in run["window_wall_s"]]),
+              "quick_dead_points": quick_points, "quick_added_s_extrapolated": round(extrapolated, 1),
+              "quick_wall_s": quick_wall_s, "quick_wall_source": quick_source,
+              "target_s_per_point": MAX_ADDED_S_PER_POINT, "target_share": MAX_ADDED_SHARE}
     if quick_wall_s:
         # The quick run of item 4 measured with the anatomy on: its wall time without is that minus the added.
         base = quick_wall_s - extrapolated if quick_source == QUICK_TIMED_HERE else quick_wall_s
