@@ -12,6 +12,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -304,19 +305,56 @@ def wrk(port: int) -> subprocess.Popen:
     return subprocess.Popen([path, *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def measure_level(instruments, server, out_dir: Path, dead: int) -> tuple[anatomy.Anatomy, dict, dict]:
+@dataclasses.dataclass
+class Level:
+    """One level's window: the anatomy, ephttpd's snapshots at the counting phase's edges, and the share of that
+    phase in which perf and the snapshots may not both have been counting (see misaligned_share)."""
+
+    result: anatomy.Anatomy
+    first: dict
+    last: dict
+    misaligned: float
+
+
+def misaligned_share(commands: list[tuple[str, float, float]], reads: list[tuple[float, float]]) -> float:
+    """perf counts from its "enable" to its "disable", the server's counters between two snapshots taken just
+    inside them; each command and each snapshot takes time (a snapshot is a signal and a printed line), so at
+    most the time from sending "enable" until the first snapshot returned, and from asking for the second
+    snapshot until "disable" was acknowledged, is counted by one side and maybe not the other."""
+    (_, enable_sent, _), (_, _, disable_acked) = commands[-2:]
+    (_, first_read), (second_asked, _) = reads[-2:]
+    phase = reads[-1][1] - reads[-2][0]
+    return ((first_read - enable_sent) + (disable_acked - second_asked)) / phase
+
+
+def measure_level(instruments, server, out_dir: Path, dead: int) -> Level:
     """The anatomy of a window under wrk, and ephttpd's snapshots at the counting phase's edges."""
     load = wrk(server.port)
+    commands: list[tuple[str, float, float]] = []
+    reads: list[tuple[float, float]] = []
+    command = perf.Controlled.command
+
+    def timed_command(self, word: str) -> None:
+        sent = time.monotonic()
+        command(self, word)
+        commands.append((word, sent, time.monotonic()))
+
     try:
         settled_snapshot(server, lambda s: s["open"] == dead + ACTIVE)  # the load's connections are in
         snaps = []
 
         def replies() -> int:
+            asked = time.monotonic()
             snap = server.snapshot()
+            reads.append((asked, time.monotonic()))
             snaps.append(snap)
             return snap["responses_200"]
 
-        window = anatomy.measure(instruments, [server.pid], out_dir, replies, seconds=WINDOW_S)
+        perf.Controlled.command = timed_command  # type: ignore[method-assign]
+        try:
+            window = anatomy.measure(instruments, [server.pid], out_dir, replies, seconds=WINDOW_S)
+        finally:
+            perf.Controlled.command = command  # type: ignore[method-assign]
         assert not isinstance(window, anatomy.Unavailable), window
         result = window.finish()
         assert not isinstance(result, anatomy.Unavailable), result
@@ -326,8 +364,8 @@ def measure_level(instruments, server, out_dir: Path, dead: int) -> tuple[anatom
     assert load.returncode == 0, out
     summary = loads.parse_wrk(out)
     assert summary["non_2xx_3xx"] == 0 and not any(summary["socket_errors"].values()), out
-    assert len(snaps) == 4
-    return result, snaps[2], snaps[3]
+    assert len(snaps) == 4 and [word for word, *_ in commands] == ["enable", "disable"] * 2, commands
+    return Level(result, snaps[2], snaps[3], misaligned_share(commands, reads))
 
 
 @pytest.fixture(scope="module")
@@ -361,7 +399,7 @@ def anatomies(build_dir, tmp_path_factory):
 
 
 def shares(found, backend, dead) -> dict[str, float]:
-    return found[backend]["levels"][dead][0].profile.shares
+    return found[backend]["levels"][dead].result.profile.shares
 
 
 def test_polls_readiness_scan_grows_with_the_dead_connections_and_epolls_does_not(anatomies):
@@ -369,7 +407,7 @@ def test_polls_readiness_scan_grows_with_the_dead_connections_and_epolls_does_no
         for dead in (0, DEAD):
             got = shares(anatomies, backend, dead)
             assert sum(got.values()) == pytest.approx(1.0), got
-            assert anatomies[backend]["levels"][dead][0].profile.samples >= 100
+            assert anatomies[backend]["levels"][dead].result.profile.samples >= 100
     poll_growth = shares(anatomies, "poll", DEAD)[fold.READINESS] - shares(anatomies, "poll", 0)[fold.READINESS]
     epoll_change = shares(anatomies, "epoll", DEAD)[fold.READINESS] - shares(anatomies, "epoll", 0)[fold.READINESS]
     assert poll_growth >= 0.3, (shares(anatomies, "poll", 0), shares(anatomies, "poll", DEAD))
@@ -378,10 +416,13 @@ def test_polls_readiness_scan_grows_with_the_dead_connections_and_epolls_does_no
 
 def test_the_syscalls_per_reply_agree_with_ephttpds_own_counters(anatomies):
     """ephttpd reads once per connection event, sends once per reply (no pipelining here) and counts its
-    waits: its counters over the counting phase predict perf's counts within 5%."""
+    waits: its counters over the counting phase predict perf's counts within 5%, plus the share of the phase
+    in which only one of the two may have been counting (misaligned_share: 1.4-2% of a 1 s phase here with
+    other work running, more beside busy loops), so that a busy host widens the bound by what it cost."""
     for backend, wait_call in (("poll", "poll"), ("epoll", "epoll_wait")):
         for dead in (0, DEAD):
-            result, a, b = anatomies[backend]["levels"][dead]
+            level = anatomies[backend]["levels"][dead]
+            result, a, b, within = level.result, level.first, level.last, 0.05 + level.misaligned
             replies = b["responses_200"] - a["responses_200"]
             assert replies == result.counts.replies > 0
             predicted = {"recvfrom": (b["events"] - a["events"]) / replies,
@@ -389,8 +430,9 @@ def test_the_syscalls_per_reply_agree_with_ephttpds_own_counters(anatomies):
                          wait_call: (b["wait_calls"] - a["wait_calls"]) / replies}
             doc = result.to_json()
             for name, value in predicted.items():
-                assert doc["syscalls"][name] == pytest.approx(value, rel=0.05), (backend, dead, name, doc)
-            assert doc["syscalls_per_reply"] == pytest.approx(sum(predicted.values()), rel=0.05), (backend, dead)
+                assert doc["syscalls"][name] == pytest.approx(value, rel=within), (backend, dead, name, within, doc)
+            assert doc["syscalls_per_reply"] == pytest.approx(sum(predicted.values()), rel=within), (backend, dead)
+            assert 0 < level.misaligned < 0.5, level.misaligned
             assert doc["context_switches_per_reply"] is not None
 
 
@@ -426,7 +468,7 @@ def test_epoll_registers_one_eventpoll_epi_per_dead_connection_and_poll_none(ana
 
 
 def test_the_anatomy_json_carries_the_contract_keys_and_the_folded_stacks(anatomies):
-    result = anatomies["epoll"]["levels"][DEAD][0]
+    result = anatomies["epoll"]["levels"][DEAD].result
     run_dir = result.profile.data.parent.parent
     doc = json.loads(json.dumps({"anatomy": result.to_json(relative_to=run_dir),
                                  "memory": anatomies["epoll"]["steps"][-1].to_json()}))
