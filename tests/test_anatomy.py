@@ -533,7 +533,7 @@ def test_without_tracefs_the_window_still_splits_the_cpu_and_says_why_the_syscal
     assert instruments.no_tracepoints == perf.tracefs_missing()
     assert instruments.no_tracepoints.startswith(f"tracefs is not mounted ({tmp_path / 'no-tracefs'})")
     with serving("ephttpd", "epoll") as server:
-        result, _, _ = measure_level(instruments, server, tmp_path / "run" / "window", 0)
+        result = measure_level(instruments, server, tmp_path / "run" / "window", 0).result
         server.stop()
     assert result.profile.samples >= 100 and sum(result.profile.shares.values()) == pytest.approx(1.0)
     assert result.counts.total_syscalls is None and result.counts.syscalls == {}

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -201,6 +202,10 @@ def test_clean_stops_the_qemu_guest_of_a_run_that_is_gone(tmp_path):
                               f"epollbench-guest,process={guest_leftovers.PROCESS_PREFIX}{label}"], env=env)
     said: list[str] = []
     try:
+        # Until it has exec'd, the child's /proc/PID/cmdline is still pytest's: wait until it reads as a guest.
+        deadline = time.monotonic() + 30
+        while label not in {g.label for g in guest_leftovers.leftover_guests()} and time.monotonic() < deadline:
+            time.sleep(0.05)
         leftovers.clean(None, tmp_path, said.append)
         assert guest.wait(timeout=30) is not None
     finally:
