@@ -500,6 +500,36 @@ def test_a_window_without_replies_has_counts_but_no_per_reply_figures(anatomies,
     assert doc["cpu_share"] is None and doc["folded_stacks"] is None  # not folded
 
 
+def perf_children() -> list[int]:
+    """This process's children that are perf."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        if comm == "perf" and int(rest[1]) == os.getpid():
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_counter_that_fails_in_the_counting_phase_leaves_no_perf_running(build_dir, tmp_path):
+    instruments = real_perf()
+    reads = iter(range(10))
+
+    def replies() -> int:
+        if next(reads) == 2:  # the counting phase's first read
+            raise RuntimeError("the server printed no counters")
+        return 0
+
+    with serving("ephttpd", "epoll") as server:
+        with pytest.raises(RuntimeError, match="no counters"):
+            anatomy.measure(instruments, [server.pid], tmp_path, replies, seconds=0.2)
+        server.stop()
+    assert perf_children() == []
+
+
 def test_raw_syscalls_filtered_by_number_count_what_each_systems_calls_tracepoint_counts():
     """One perf stat over a program that reads 1,000 times: each of SYSCALLS counted both ways, the same."""
     instruments = real_perf()

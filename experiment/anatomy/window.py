@@ -252,11 +252,13 @@ class Opened:
             switches0 = procs.context_switches(self.pids)
             count_s, count_replies = _phase(stat, replies, seconds / 2)
             switches = procs.switches_between(switches0, procs.context_switches(self.pids))
-        except (perf.PerfError, OSError) as error:
+        except BaseException as error:  # the caller's counter may raise too: no perf is left running
             for command in started:
                 command.close()
                 command.cleanup()
-            return Unavailable(f"perf failed: {error}")
+            if isinstance(error, perf.PerfError | OSError):
+                return Unavailable(f"perf failed: {error}")
+            raise
         return Window(profile, stat, csv, events, count_s, count_replies, switches, self.pids, no_syscalls)
 
     def close(self) -> None:

@@ -123,6 +123,11 @@ def anatomy(console: Console, a: dict) -> None:
                       f"x{interval(ratios['profile'], '.3f')}, while it counts syscalls "
                       f"x{interval(ratios['counting'], '.3f')} (filtered by number; on each one's tracepoint "
                       f"x{interval(ratios.get('counting_tracepoints'), '.3f')}) (median [95% interval])")
+        waits = p.get("waits_per_reply_ratio")
+        if waits:
+            console.print(f"   poll calls per reply {interval(p['plain_waits_per_reply'], '.4f')} plain; while it "
+                          f"counts x{interval(waits['counting'], '.3f')} (filtered), "
+                          f"x{interval(waits['counting_tracepoints'], '.3f')} (tracepoints)")
     w = a["wall_time"]
     share = w.get("quick_added_share_extrapolated")
     added = w["added_s_per_dead_point"]

@@ -2,9 +2,10 @@
 
 A point's seconds are its load's duration plus what comes with it: httperf's probe before each dead point,
 the container starts, and the anatomy's window after a dead point's measurement (a second run of the load
-generator under perf). A series adds its server's start, and each dead level the opening of its step of dead
-connections. The constants are the wall times the reference runs show on the 2-core development machine;
-only their proportions matter to the ETA, which scales them by what the points measured so far took.
+generator, beside deadconn, under perf). A series adds its server's start, and each dead level the opening
+of its step of dead connections. The constants are the wall times the reference runs show on the 2-core
+development machine; only their proportions matter to the ETA, which scales them by what the points
+measured so far took.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from .plan import Level, planned
 # Seconds a point takes beyond its load, by its load (httperf's and pipetest's from the committed paper runs:
 # README, --dry-run).
 POINT_OVERHEAD_S = {catalog.HTTPERF: 2.0, catalog.WRK: 1.0, catalog.OPEN: 1.5, PIPETEST: 1.0}
-# The anatomy window's own time per dead point, as the paper run took it.
-ANATOMY_S = 3.5
+# What the anatomy adds to a dead point (its window, the slab snapshots, the fold after the sweep), as bench
+# item 8 measures it.
+ANATOMY_S = 1.5
 SERIES_START_S = 3.0
 # deadconn opens about this many dead connections a second (loopback untracked), as in the paper run.
 OPENED_PER_S = 6000.0

@@ -17,12 +17,12 @@ The headline figures are never perturbed: the window runs after the point's load
 a load of its own. That load opens its connections faster than the point's (httperf at CONNECTION_RATE per
 second, not the 2002 study's 100: the window watches the steady state, once every connection is in, and
 need not wait a second for the ramp) and is interrupted (SIGINT: httperf and wrk print their summary) as
-soon as the window is over. The replies a window divides by are the server's own counter (ephttpd and pyhttpd print
-it on SIGUSR1) read at each phase's edges; a server without counters (nginx, a server of one's own) has
-the load generator's mean reply rate over its run (until it was interrupted) times each phase's length
-instead (replies_source says which). perf counts on while the counter is read through the engine's log
-stream at a phase's end, so the per-reply figures are high by what the server did meanwhile (the README
-says by how much).
+soon as the window is over. The replies a window divides by are the server's own counter (ephttpd and
+pyhttpd print it on SIGUSR1) read at each phase's edges; a server without counters (nginx, a server of
+one's own) has the load generator's mean reply rate over its run (until it was interrupted) times each
+phase's length instead (replies_source says which). perf counts on while the counter is read through the
+engine's log stream at a phase's end, so the per-reply figures are high by what the server did meanwhile
+(the README says by how much).
 
 Where perf or slabinfo cannot run (a remote engine, a refused perf_event_open, not root, no process on this
 machine) the point records Unavailable with the reason; nothing here fails a point.
@@ -171,7 +171,7 @@ def _measure(ctx: Context, opened: anatomy.Opened, running: Exec, stats: Stats |
         _wait_for_load(stats, connections)
         measured = opened.measure(counter, WINDOW_S)
     except _NoCounter as error:
-        opened.close()
+        opened.close()  # perf record, if the counter failed before the window (measure() closes its own)
         measured = model.Unavailable(str(error))
     finally:
         with contextlib.suppress(docker.errors.DockerException):

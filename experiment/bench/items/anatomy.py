@@ -6,8 +6,10 @@
                 them: raw_syscalls:sys_enter filtered by number), then over the counting phase of a window
                 that counts each system call's own tracepoint (as the anatomy did before), then over a
                 plain second again, all under the same wrk run. CPU time: the server's
-                /proc/PID/schedstat (ns); replies: its own counter. Reported per phase as the ratio to the
-                mean of the two plain seconds around it: the median over ROUNDS rounds and a 95% interval
+                /proc/PID/schedstat (ns); replies and poll calls: its own counters. Reported per phase as
+                the ratio to the mean of the two plain seconds around it, of CPU per reply and of poll
+                calls per reply (a slower server finds more ready per poll: the counts a window reports
+                move with its perturbation): the median over ROUNDS rounds and a 95% interval
                 of that median (order statistics: stats.median_interval). The headline figures are never
                 taken under perf: this says what the window's own figures carry.
   wall time     the quick profile's wall time with and without the anatomy is too long to take twice in a
@@ -93,22 +95,31 @@ def perturbation(server_cpus: set[int], client_cpus: set[int], rounds: int = ROU
             dead.terminate()
             dead.wait(timeout=30)
         server.stop()
-    ratios = {phase: [r[phase] / r["plain"] for r in rows if r.get(phase) and r.get("plain")]
-              for phase in ("profile", "counting", "counting_tracepoints")}
     return {"server": "ephttpd", "backend": "poll", "dead": DEAD, "rows": rows,
-            "cpu_per_reply_ratio": {phase: stats.interval_record(v) for phase, v in ratios.items()},
-            "plain_us_per_reply": stats.interval_record([r["plain"] for r in rows if r.get("plain")])}
+            "cpu_per_reply_ratio": {phase: _ratio(rows, phase, "plain") for phase in PHASES},
+            "waits_per_reply_ratio": {phase: _ratio(rows, f"{phase}_waits", "plain_waits") for phase in PHASES},
+            "plain_us_per_reply": stats.interval_record([r["plain"] for r in rows if r.get("plain")]),
+            "plain_waits_per_reply": stats.interval_record([r["plain_waits"] for r in rows if r.get("plain_waits")])}
+
+
+def _ratio(rows: list[dict], key: str, plain: str) -> dict:
+    """The rounds' key / plain: stats.interval_record."""
+    return stats.interval_record([r[key] / r[plain] for r in rows if r.get(key) and r.get(plain)])
+
+
+Reading = tuple[int, int, int]  # the server's CPU ns, replies and wait calls (its counters) so far
+PHASES = ("profile", "counting", "counting_tracepoints")
 
 
 def _round(instruments: anatomy.Instruments, server: native.Ephttpd, client_cpus: set[int], out: Path) -> dict:
     argv = loads.wrk_command(f"http://127.0.0.1:{server.port}/", connections=100, duration_s=LOAD_S)
     wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            preexec_fn=lambda: os.sched_setaffinity(0, client_cpus))
-    edges: list[tuple[int, int]] = []
+    edges: list[Reading] = []
 
-    def reading() -> tuple[int, int]:
-        replies = server.snapshot()["responses_200"]
-        return _cpu_ns(server.pid), replies
+    def reading() -> Reading:
+        snap = server.snapshot()
+        return _cpu_ns(server.pid), snap["responses_200"], snap["wait_calls"]
 
     def replies() -> int:
         edges.append(reading())
@@ -118,7 +129,7 @@ def _round(instruments: anatomy.Instruments, server: native.Ephttpd, client_cpus
         time.sleep(1.0)  # wrk's connections in
         first = reading()
         time.sleep(PLAIN_S)
-        before = _per_reply(first, reading())
+        spans = {"plain_before": (first, reading())}
         # As the sweep counts, then each system call's own tracepoint (the counting phase alone is kept).
         for each in (instruments, dataclasses.replace(instruments, syscall_numbers={})):
             window = anatomy.measure(each, [server.pid], out / str(len(edges)), replies, WINDOW_S)
@@ -127,18 +138,31 @@ def _round(instruments: anatomy.Instruments, server: native.Ephttpd, client_cpus
             window.finish()
         first = reading()
         time.sleep(PLAIN_S)
-        after = _per_reply(first, reading())
+        spans["plain_after"] = (first, reading())
     finally:
         wrk.communicate(timeout=LOAD_S + 60)
-    plain = [v for v in (before, after) if v is not None]
-    phases = [_per_reply(edges[i], edges[i + 1]) if len(edges) == 8 else None for i in (0, 2, 6)]
-    return {"plain": statistics.mean(plain) if plain else None, "plain_before": before, "plain_after": after,
-            **dict(zip(("profile", "counting", "counting_tracepoints"), phases, strict=True))}
+    if len(edges) == 8:
+        spans.update(zip(PHASES, ((edges[0], edges[1]), (edges[2], edges[3]), (edges[6], edges[7])), strict=True))
+    return _row(spans)
 
 
-def _per_reply(a: tuple[int, int], b: tuple[int, int]) -> float | None:
-    """CPU µs per reply between two (CPU ns, replies) readings."""
-    return (b[0] - a[0]) / 1e3 / (b[1] - a[1]) if b[1] > a[1] else None
+def _row(spans: dict[str, tuple[Reading, Reading]]) -> dict:
+    """Per span, CPU µs per reply (under its name) and wait calls per reply (NAME_waits); "plain" and
+    "plain_waits" the means of the plain spans before and after."""
+    row: dict[str, float | None] = {}
+    for name, (a, b) in spans.items():
+        ns = _per_reply(a, b, 0)
+        row[name] = ns / 1e3 if ns is not None else None
+        row[f"{name}_waits"] = _per_reply(a, b, 2)
+    for suffix in ("", "_waits"):
+        plain = [v for v in (row.get(f"plain_before{suffix}"), row.get(f"plain_after{suffix}")) if v is not None]
+        row[f"plain{suffix}"] = statistics.mean(plain) if plain else None
+    return row
+
+
+def _per_reply(a: Reading, b: Reading, which: int) -> float | None:
+    """Reading field `which` per reply between two readings."""
+    return (b[which] - a[which]) / (b[1] - a[1]) if b[1] > a[1] else None
 
 
 def _small_run(results_dir: str, with_anatomy: bool) -> dict:
