@@ -9,6 +9,8 @@ else here is the one home of its fact: the plan, the runner, the report and the 
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 # select(2) watches descriptors below FD_SETSIZE only.
@@ -162,22 +164,30 @@ VARIANTS = ("up", "smp")
 
 @dataclass(frozen=True, order=True)
 class Series:
-    """One line: a server's backend; a pipetest line also its token walk (walk is "" on a dead line)."""
+    """One line: a server's backend; a pipetest line also its token walk (walk is "" on a dead line); a line
+    measured in a guest also its kernel (kernel_name of the --kernels item; "": the host's own kernel)."""
 
     server: str
     backend: str
     walk: str = ""
+    kernel: str = ""
 
     def walking(self, walk: str) -> Series:
         """This backend's pipetest line with that walk."""
-        return Series(self.server, self.backend, walk)
+        return Series(self.server, self.backend, walk, self.kernel)
+
+    def on(self, kernel: str) -> Series:
+        """This line on that kernel ("": the host's)."""
+        return Series(self.server, self.backend, self.walk, kernel)
 
     @property
     def label(self) -> str:
         """How a figure's legend and a point file name it: the backend for ephttpd (the study's server),
-        else server/backend, e.g. nginx/epoll; a pipetest line that walks adds its walk: epoll (stride)."""
+        else server/backend, e.g. nginx/epoll; a pipetest line that walks adds its walk: epoll (stride); a
+        line in a guest its kernel: epoll on 6.1."""
         label = self.backend if self.server == DEFAULT_SERVER else f"{self.server}/{self.backend}"
-        return f"{label} ({self.walk})" if self.walk not in ("", STAY) else label
+        label = f"{label} ({self.walk})" if self.walk not in ("", STAY) else label
+        return f"{label} on {self.kernel}" if self.kernel else label
 
     def __str__(self) -> str:  # pages and tables show the label
         return self.label
@@ -186,4 +196,11 @@ class Series:
     def slug(self) -> str:
         """The label in a file name: nginx-epoll, epoll-stride (a stay line keeps its backend's name)."""
         label = self.backend if self.server == DEFAULT_SERVER else f"{self.server}-{self.backend}"
-        return f"{label}-{self.walk}" if self.walk not in ("", STAY) else label
+        label = f"{label}-{self.walk}" if self.walk not in ("", STAY) else label
+        return f"k{re.sub(r'[^0-9A-Za-z_.]+', '_', self.kernel)}-{label}" if self.kernel else label
+
+
+def kernel_name(spec: str) -> str:
+    """How a run names a --kernels item in its lines: the item (6.1, 7.2-rt, host), a kernel file's name."""
+    spec = spec.strip()
+    return spec.rstrip("/").rsplit("/", 1)[-1] if "/" in spec else spec

@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 import jsonschema
 
 from . import schema
-from .catalog import DEFAULT_SERVER, HTTPERF, OPEN, STAY, WALKS, Series
+from .catalog import DEFAULT_SERVER, HTTPERF, OPEN, STAY, WALKS, Series, kernel_name
 from .errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The records of a run folder: run.json, points/<id>.json, and tuning.json (what --tune-host changed).
 RUN, POINT, TUNING = "run", "point", "tuning"
 
@@ -84,7 +84,13 @@ def _point_1_to_2(point: dict) -> dict:
     return point
 
 
-_STEPS = {1: {RUN: _run_1_to_2, POINT: _point_1_to_2, TUNING: lambda journal: journal}}
+def _point_2_to_3(point: dict) -> dict:
+    point["kernel"] = None  # measured on the host's own kernel: the only one before --kernels
+    return point
+
+
+_STEPS = {1: {RUN: _run_1_to_2, POINT: _point_1_to_2, TUNING: lambda journal: journal},
+          2: {RUN: lambda record: record, POINT: _point_2_to_3, TUNING: lambda journal: journal}}
 
 
 # The sweeps, and what became of a point.
@@ -284,10 +290,14 @@ class Point:
     # The kernel cost anatomy of a dead point (None: not measured; its key is then absent from the file).
     anatomy: AnatomyFigures | Unavailable | None = None
     memory: MemoryFigures | Unavailable | None = None
+    # Measured in a guest (--kernels): the guest as guest.qemu recorded it (kernel facts, accelerator, vCPUs,
+    # memory, QEMU's version); None on the host's own kernel.
+    guest: dict | None = None
 
     def to_json(self) -> dict:
         record: dict = {"schema_version": SCHEMA_VERSION, "id": self.id, "sweep": self.sweep,
-                        "variant": self.variant, "backend": self.series.backend, "repetition": self.repetition,
+                        "variant": self.variant, "backend": self.series.backend,
+                        "kernel": self.series.kernel or None, "repetition": self.repetition,
                         "x": self.x, "host_max": self.host_max, "status": self.status, "reason": self.reason,
                         "started_at": self.started_at, "ended_at": self.ended_at,
                         "figures": _figures_json(self.figures) if self.figures else {}, "flags": self.flags,
@@ -307,6 +317,8 @@ class Point:
         for name, value in (("anatomy", self.anatomy), ("memory", self.memory)):
             if value is not None:
                 record[name] = asdict(value) if isinstance(value, MemoryFigures) else value.to_json()
+        if self.guest is not None:
+            record["guest"] = self.guest
         return record
 
     @classmethod
@@ -321,7 +333,8 @@ class Point:
             walk = data.get("walk")
             if sweep == PIPETEST and walk not in (None, *WALKS):
                 raise ValueError(f"unknown walk {walk!r}")
-            line = Series(data.get("server_kind") or DEFAULT_SERVER, str(data["backend"]))
+            line = Series(data.get("server_kind") or DEFAULT_SERVER, str(data["backend"]), "",
+                          str(data.get("kernel") or ""))
             return cls(id=str(data["id"]), sweep=sweep, variant=str(data["variant"]),
                        series=line.walking(walk or STAY) if sweep == PIPETEST else line, walk=walk,
                        dead_holders=int(data.get("dead_holders") or 0), overlap=bool(data.get("overlap")),
@@ -332,7 +345,7 @@ class Point:
                        checks=data.get("checks") or {},
                        programs={name: data[name] for name in PROGRAMS if isinstance(data.get(name), dict)},
                        anatomy=_measured(AnatomyFigures, data.get("anatomy")),
-                       memory=_measured(MemoryFigures, data.get("memory")))
+                       memory=_measured(MemoryFigures, data.get("memory")), guest=data.get("guest"))
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{where} is not a point this epollbench wrote: {e}") from None
 
@@ -380,6 +393,15 @@ class Plan:
     open_rate: float | None = None
     open_rate_share: float | None = 0.5
     open_connections: int = 100
+    # --kernels: each line measured once per kernel, each in a guest booted with it (guest/), by the
+    # accelerator --accel chose (auto, kvm, tcg); () measures on the host's own kernel.
+    kernels: tuple[str, ...] = ()
+    accel: str = "auto"
+    kernel_modules: str | None = None  # --kernel-modules: the modules of a kernel file among the kernels
+
+    def kernel_names(self) -> tuple[str, ...]:
+        """The kernels the lines are measured on, by name (catalog.kernel_name); ("",): the host's own."""
+        return tuple(kernel_name(k) for k in self.kernels) or ("",)
 
     def to_dict(self) -> dict:
         # A dead line's series is its server and backend (a pipetest line's walk is the plan's walks).
@@ -481,6 +503,7 @@ def json_schema(kind: str) -> dict:
         body["properties"] = {
             "schema_version": version, **body["properties"],
             "backend": {"type": "string"}, "server_kind": {"type": "string"},
+            "kernel": {"type": ["string", "null"]},
             "dead": {"type": "integer"}, "pipes": {"type": "integer"},
             "figures": {"anyOf": [*(schema.of_dataclass(f) for f in FIGURES.values()), unmeasured,
                                   {"type": "null"}]},
@@ -488,7 +511,8 @@ def json_schema(kind: str) -> dict:
         title = "epollbench points/<id>.json"
     else:
         raise ValueError(f"no schema for {kind}")
-    body["required"] = ["schema_version", *body["required"], *(["backend", "figures"] if kind == POINT else [])]
+    body["required"] = ["schema_version", *body["required"],
+                        *(["backend", "kernel", "figures"] if kind == POINT else [])]
     return {"$schema": schema.DIALECT, "title": f"{title}, schema_version {SCHEMA_VERSION}", **body}
 
 

@@ -64,7 +64,7 @@ def test_a_version_1_point_names_its_backend_and_server_apart(point, kind, backe
     assert "mechanism" not in upgraded
 
 
-@pytest.mark.parametrize("version", [0, 3, None, "2"])
+@pytest.mark.parametrize("version", [0, 4, None, "2"])
 def test_a_schema_this_version_cannot_read_is_refused_in_one_line(version):
     with pytest.raises(UserError, match=r"schema_version .*: use the epollbench version that wrote it") as caught:
         model.upgrade({"schema_version": version}, model.POINT, "x.json")
@@ -98,7 +98,7 @@ def test_a_run_record_with_a_field_this_version_does_not_know_is_refused_in_one_
     record = model.read_json(COMMITTED[0] / "run.json", model.RUN)
     written = tmp_path / "run.json"
     written.write_text(json.dumps({**record, "hostname": "x"}))
-    with pytest.raises(UserError, match=r"run.json does not match the run schema of version 2 at \$: "
+    with pytest.raises(UserError, match=r"run.json does not match the run schema of version 3 at \$: "
                                         r".*'hostname' was unexpected"):
         model.read_run(written)
 
@@ -109,7 +109,7 @@ def test_a_point_file_with_a_field_this_version_does_not_know_is_refused_in_one_
     for changed in ({**record, "throttled": True}, {**record, "figures": {**record["figures"], "rate": 1.0}}):
         written = tmp_path / path.name
         written.write_text(json.dumps(changed))
-        with pytest.raises(UserError, match=r"does not match the point schema of version 2 at "
+        with pytest.raises(UserError, match=r"does not match the point schema of version 3 at "
                                             r"\$(\.figures)?: .*(throttled|rate)") as caught:
             model.read_point(written)
         assert "\n" not in str(caught.value)
@@ -154,7 +154,7 @@ def test_a_point_whose_field_has_the_wrong_type_is_refused_in_one_line_naming_it
     record = model.read_json(path, model.POINT)
     written = tmp_path / path.name
     written.write_text(json.dumps({**record, "figures": {**record["figures"], "replies": "many"}}))
-    with pytest.raises(UserError, match=r"does not match the point schema of version 2 at \$\.figures") as caught:
+    with pytest.raises(UserError, match=r"does not match the point schema of version 3 at \$\.figures") as caught:
         model.read_point(written)
     assert "\n" not in str(caught.value)
 

@@ -32,6 +32,9 @@ class Context:
     anatomy: anatomy.Instruments | None = None
     server_local: bool = True  # the server's engine runs on this machine: its processes are ours to watch
     open_rate: float | None = None  # the open-loop sweep's offered rate, requests/s (openloop.offered_rate)
+    # The guest the engines run in (--kernels): what each point records of it (model.Point.guest); None: the host.
+    guest: dict | None = None
+    only: tuple[str, int] | None = None  # (kernel, vCPUs): the lines this guest measures (plan.guest_vcpus)
 
 
 def base_point(ctx: Context, line: Line, level: Level) -> model.Point:
@@ -40,7 +43,7 @@ def base_point(ctx: Context, line: Line, level: Level) -> model.Point:
                        repetition=line.repetition, x=level.value, host_max=level.host_max,
                        started_at=model.utc_now(), load=ctx.plan.load_of(line.sweep),
                        walk=line.series.walk or None if line.sweep == model.PIPETEST else None,
-                       dead_holders=level.holders, overlap=level.overlap)
+                       dead_holders=level.holders, overlap=level.overlap, guest=ctx.guest)
 
 
 def finish(ctx: Context, point: model.Point, status: str = model.OK, reason: str | None = None) -> None:

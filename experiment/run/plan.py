@@ -332,6 +332,11 @@ class Line:
     repetition: int
     levels: tuple[Level, ...]
 
+    @property
+    def kernel(self) -> str:
+        """The kernel it is measured on, by name ("": the host's own)."""
+        return self.series.kernel
+
     def point_id(self, level: Level) -> str:
         """The id of the point this line records at that level."""
         return point_id(self.sweep, self.variant, self.series, self.repetition, level.value, level.overlap)
@@ -359,10 +364,15 @@ class Line:
 
 
 def planned(plan: Plan, fd_limit: int) -> list[Line]:
-    """Every line of the plan under this fd limit, in the order the run measures them: per variant the dead
-    sweep's series, then pipetest's backends, each repetition of a backend with each walk; after all variants,
-    the open loop's. The one place that order is written: the run, the dry run, the point count and the ETA go
-    by it."""
+    """Every line of the plan under this fd limit, in the order the run measures them: per kernel (--kernels;
+    the host's own without), per variant the dead sweep's series, then pipetest's backends, each repetition of
+    a backend with each walk; after all variants, the open loop's. The one place that order is written: the
+    run, the dry run, the point count and the ETA go by it."""
+    return [replace(line, series=line.series.on(kernel))
+            for kernel in plan.kernel_names() for line in _planned_on_one_kernel(plan, fd_limit)]
+
+
+def _planned_on_one_kernel(plan: Plan, fd_limit: int) -> list[Line]:
     repetitions = range(1, plan.repeat + 1)
     found = []
     for variant in plan.variants:
@@ -377,6 +387,13 @@ def planned(plan: Plan, fd_limit: int) -> list[Line]:
         found += [Line(DEAD_OPEN, variant, series, r, tuple(dead_levels(plan, fd_limit, series.backend, DEAD_OPEN)))
                   for variant in plan.open_variants for series in plan.series for r in repetitions]
     return found
+
+
+def guest_vcpus(line: Line) -> int:
+    """The vCPUs of the guest a line of a --kernels run is measured in: one for pipetest's UP lines (the 2002
+    UP pipetest was the same machine with CONFIG_SMP=n, and a kernel that sees one CPU is the nearest to it),
+    two for the rest, so that UP places the server alone on vCPU 0 and the clients on vCPU 1."""
+    return 1 if line.sweep == PIPETEST and line.variant == "up" else 2
 
 
 def count_points(plan: Plan, fd_limit: int, skipped: bool = False) -> int:
