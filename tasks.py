@@ -130,13 +130,20 @@ def _walks_help() -> str:
                   "window of its own with perf (syscalls, context switches, where the CPU goes) and slabinfo "
                   "(memory per dead connection)",
     "walks": _walks_help(),
+    "kernels": "measure every point once per kernel, each in a QEMU guest: Debian versions (6.1, 6.12, 7.2; a full "
+               "Debian version pins one; -rt the PREEMPT_RT flavour), path/to/bzImage, or host; fetched once "
+               "into ~/.cache/epollbench",
+    "accel": "the guests' accelerator: auto (KVM where a probe guest boots, else TCG, saying why), kvm or tcg",
+    "kernel_modules": "the lib/modules folder of a kernel file given to --kernels (make modules_install "
+                      "INSTALL_MOD_PATH=DIR)",
 })
 @_user_errors
 def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dead=None, pipes=None,
               repeat=None, duration=None, resume=None, tune_host=False, base_image=None, no_report=False,
               results_dir=None, image=None, from_archive=None, published=None, server=None, server_image=None,
               server_cmd=None, server_port=None, server_engine=None, client_engine=None, server_address=None,
-              load=None, dry_run=False, no_anatomy=False, walks=None, rate=None, connections=None):
+              load=None, dry_run=False, no_anatomy=False, walks=None, rate=None, connections=None, kernels=None,
+              accel=None, kernel_modules=None):
     """Build the images, run every sweep in containers, and render the report (--dry-run: only say what it would
     do)."""
     from experiment import pipeline
@@ -147,7 +154,8 @@ def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dea
                        published=published, server=server, server_image=server_image, server_cmd=server_cmd,
                        server_port=server_port, server_engine=server_engine, client_engine=client_engine,
                        server_address=server_address, load=load, dry_run=dry_run, no_anatomy=no_anatomy,
-                       walks=walks, rate=rate, connections=connections)
+                       walks=walks, rate=rate, connections=connections, kernels=kernels, accel=accel,
+                       kernel_modules=kernel_modules)
 
 
 @task(positional=["run"], help={"run": "a run folder or id under results/ (default: results/latest)"})

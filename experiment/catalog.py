@@ -10,7 +10,6 @@ else here is the one home of its fact: the plan, the runner, the report and the 
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
 
 # select(2) watches descriptors below FD_SETSIZE only.

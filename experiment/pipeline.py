@@ -14,6 +14,7 @@ from .run import doctor, dryrun, plan, runlog
 from .run import reproduce as running
 from .run.results import RESULTS, Run
 from .run.services import LOOPBACK
+from .run.steps import Options
 
 
 def reproduce(profile: str = "quick", sweeps: str | None = None, variants: str | None = None,
@@ -25,7 +26,8 @@ def reproduce(profile: str = "quick", sweeps: str | None = None, variants: str |
               server_cmd: str | None = None, server_port: str | int | None = None, server_engine: str | None = None,
               client_engine: str | None = None, server_address: str | None = None, load: str | None = None,
               dry_run: bool = False, no_anatomy: bool = False, walks: str | None = None,
-              rate: str | None = None, connections: str | int | None = None) -> Run | None:
+              rate: str | None = None, connections: str | int | None = None, kernels: str | None = None,
+              accel: str | None = None, kernel_modules: str | None = None) -> Run | None:
     """`invoke reproduce`'s flags as given (strings from the command line): builds the images, runs every
     sweep in containers, and renders the report. Bad flags are UserErrors. What it prints goes to the run's
     logs/harness.log too (run/runlog.py). With dry_run, says what the run would do and returns None."""
@@ -35,11 +37,12 @@ def reproduce(profile: str = "quick", sweeps: str | None = None, variants: str |
                                   duration=_number(duration, float, "--duration"), server=server,
                                   server_image=server_image, server_cmd=server_cmd, server_port=server_port,
                                   load=load, anatomy=not no_anatomy, walks=walks, rate=rate,
-                                  connections=connections)
+                                  connections=connections, kernels=kernels, accel=accel,
+                                  kernel_modules=kernel_modules)
         if base_image and (image or from_archive):
             raise UserError("--base-image builds the images; --image and --from-archive use published ones: "
                             "give one or the other")
-        options = running.Options(base_image=base_image or images.DEFAULT_BASE_IMAGE, tune_host=tune_host,
+        options = Options(base_image=base_image or images.DEFAULT_BASE_IMAGE, tune_host=tune_host,
                                   resume=resume, render_report=not no_report,
                                   results_dir=Path(results_dir) if results_dir else RESULTS,
                                   image_ref=image, archive=from_archive, published_json=published,
@@ -64,7 +67,7 @@ def _render_report(run: Run) -> None:
     run.update_record(timings={**run.record().timings, "report_s": round(time.monotonic() - started, 1)})
 
 
-def _gate(the_plan: Plan, recorded: RunRecord | None, options: running.Options) -> None:
+def _gate(the_plan: Plan, recorded: RunRecord | None, options: Options) -> None:
     """The same checks as `invoke doctor` first, for the run as it will run (a resumed one's plan, engines and
     --tune-host as it recorded them): a failure stops here, before anything is built."""
     where = (recorded.engines if recorded else None) or {"server": options.server_engine_url,

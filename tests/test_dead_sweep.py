@@ -25,10 +25,10 @@ from experiment.run import (
     instruments,
     openloop,
     plan,
-    reproduce,
     results,
     seccomp,
     servers,
+    steps,
 )
 from experiment.run.progress import Progress
 from experiment.run.results import Run
@@ -50,7 +50,7 @@ def sweep_context(tmp_path, script: Script, dead: str = "0,1000,5000", fd_limit:
     shared: dict = {}
     servers, clients = FakeContainers(script, events, shared), FakeContainers(script, events, shared)
     ctx = context.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
-                        reproduce.cpusets([0, 1]), fd_limit, Progress(lambda _: None), plan.choices(the_plan),
+                        steps.cpusets([0, 1]), fd_limit, Progress(lambda _: None), plan.choices(the_plan),
                         anatomy=perf)
     ctx.progress.start(total=plan.count_points(the_plan, fd_limit), done=0)
     return ctx, events
@@ -369,7 +369,7 @@ def test_an_anatomy_entry_with_an_unknown_field_is_refused_in_one_line(tmp_path)
 
 def test_pipetest_runs_each_walk_of_the_plan_and_records_the_walk_and_the_visits(tmp_path):
     ctx, events = sweep_context(tmp_path, Script(), sweeps="pipetest", pipes="10,1000")
-    reproduce.measure_lines(ctx, lambda _: None)
+    steps.measure_lines(ctx, lambda _: None)
     commands = [e[2] for e in events if e[:2] == ("run", "pipetest")]
     assert [(c[c.index("--walk") + 1], c[c.index("--pipes") + 1]) for c in commands] == [
         ("stay", "10"), ("stay", "1000"), ("stride", "10"), ("stride", "1000")]
@@ -381,7 +381,7 @@ def test_pipetest_runs_each_walk_of_the_plan_and_records_the_walk_and_the_visits
     stay = json.loads(ctx.run.point_path("pipetest-up-epoll-r1-p001000").read_text())
     assert (stay["walk"], stay["figures"]["pipes_visited"], stay["figures"]["visits_max"]) == ("stay", 1, 9)
     events.clear()
-    reproduce.measure_lines(ctx, lambda _: None)
+    steps.measure_lines(ctx, lambda _: None)
     assert events == [], "a resume finds every walk's points"
 
 
@@ -391,7 +391,7 @@ def test_the_plans_expected_seconds_name_exactly_the_points_the_sweeps_measure(t
                            sweeps="dead,pipetest", pipes="10,1000")
     expected = durations.expected_seconds(ctx.plan, ctx.fd_limit)
     ctx.progress.start(total=plan.count_points(ctx.plan, ctx.fd_limit), done=0, expected=expected)
-    reproduce.measure_lines(ctx, lambda _: None)
+    steps.measure_lines(ctx, lambda _: None)
     measured = {p.id for p in ctx.run.points() if p.status != model.SKIPPED}
     assert measured == set(expected) and "dead-up-epoll-r1-d001000-direct" in measured
     assert ctx.progress.eta() == 0.0, "every expectation was used up by its point"

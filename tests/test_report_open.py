@@ -16,7 +16,7 @@ from experiment.report.data import load
 from experiment.report.page import BREAK_FACTOR, headlines, host_caps, notices
 from experiment.report.plots import run_figure_rows
 from experiment.report.render import render
-from experiment.run import context, dead, plan, reproduce, results
+from experiment.run import context, dead, plan, results, steps
 from experiment.run.progress import Progress
 
 POLL, EPOLL = Series("ephttpd", "poll"), Series("ephttpd", "epoll")
@@ -55,7 +55,7 @@ def measured(tmp_path, monkeypatch, fd_limit: int = 20000) -> results.Run:
     shared: dict = {}
     servers, clients = FakeContainers(Script(), events, shared), FakeContainers(Script(), events, shared)
     ctx = context.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
-                          reproduce.cpusets([0, 1]), fd_limit, Progress(lambda _: None), plan.choices(the_plan))
+                          steps.cpusets([0, 1]), fd_limit, Progress(lambda _: None), plan.choices(the_plan))
     ctx.open_rate = RATE
     ctx.progress.start(total=plan.count_points(the_plan, fd_limit), done=0)
     run.update_record(limits={"fd_hard_limit": fd_limit, "max_dead_open": {

@@ -17,7 +17,7 @@ from experiment.host import engine, machine
 from experiment.report.data import load
 from experiment.report.plots import run_figure_rows
 from experiment.report.render import render
-from experiment.run import dead, reproduce, servers, services
+from experiment.run import dead, servers, services, steps
 from experiment.run.containers import LABEL_ROLE, LABEL_RUN
 from experiment.run.results import Run
 
@@ -52,9 +52,9 @@ def assert_held(point: dict) -> None:
 
 
 def test_cpusets_of_two_hosts_give_the_clients_all_of_theirs():
-    assert reproduce.cpusets([0, 1]) == {"up": {"server": "0", "clients": "1"},
+    assert steps.cpusets([0, 1]) == {"up": {"server": "0", "clients": "1"},
                                      "smp": {"server": "0,1", "clients": "0,1"}}
-    assert reproduce.cpusets([0, 1], [0, 1, 2, 3], same_host=False) == {
+    assert steps.cpusets([0, 1], [0, 1, 2, 3], same_host=False) == {
         "up": {"server": "0", "clients": "0,1,2,3"}, "smp": {"server": "0,1", "clients": "0,1,2,3"}}
     assert engine.expand_cpu_list("0-2,5") == [0, 1, 2, 5]
 

@@ -8,7 +8,7 @@ from fakeengine import FakeContainers, Script
 
 from experiment import model
 from experiment.host import checks
-from experiment.run import context, plan, reproduce, results
+from experiment.run import context, plan, results, steps
 from experiment.run.progress import Progress
 
 FD_LIMIT = 2000  # poll's and the open loop's 5,000 skipped, epoll's through holders with its direct 1,000
@@ -25,7 +25,7 @@ def run_context(tmp_path, events: list) -> context.Context:
     shared: dict = {}
     servers, clients = FakeContainers(Script(), events, shared), FakeContainers(Script(), events, shared)
     ctx = context.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
-                          reproduce.cpusets([0, 1]), FD_LIMIT, Progress(lambda _: None), plan.choices(the_plan))
+                          steps.cpusets([0, 1]), FD_LIMIT, Progress(lambda _: None), plan.choices(the_plan))
     ctx.progress.start(total=plan.count_points(the_plan, FD_LIMIT), done=0)
     return ctx
 
@@ -45,7 +45,7 @@ def test_the_run_writes_each_planned_line_whole_and_in_planned_order(tmp_path, m
     monkeypatch.setattr(checks.PointChecks, "take", staticmethod(
         lambda cpus=None, container_ids=None, window_s=0.0: take(cpus, container_ids, 0.0)))
     ctx = run_context(tmp_path, events)
-    reproduce.measure_lines(ctx, lambda _: None)
+    steps.measure_lines(ctx, lambda _: None)
 
     lines = plan.planned(ctx.plan, FD_LIMIT)
     assert {line.sweep for line in lines} == {model.DEAD, model.PIPETEST, model.DEAD_OPEN}

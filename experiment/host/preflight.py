@@ -81,9 +81,14 @@ def sysctl_path(name: str, proc_sys: Path = PROC_SYS) -> Path:
 def read_sysctl(name: str, proc_sys: Path = PROC_SYS) -> int | list[int] | None:
     """A sysctl's value: an int, a list of ints for one of several fields, None when it does not exist."""
     try:
-        fields = [int(x) for x in sysctl_path(name, proc_sys).read_text().split()]
+        return parse_sysctl(sysctl_path(name, proc_sys).read_text())
     except FileNotFoundError:
         return None
+
+
+def parse_sysctl(text: str) -> int | list[int]:
+    """A sysctl file's text as its value: an int, or a list of ints for one of several fields."""
+    fields = [int(x) for x in text.split()]
     return fields[0] if len(fields) == 1 else fields
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from .. import catalog
 from ..catalog import DEFAULT_SERVER, FD_SETSIZE, VARIANTS, WALKS, Series
 from ..errors import UserError
+from ..guest.accel import MODES as ACCEL_MODES
 from ..host import machine
 from ..model import DEAD, DEAD_OPEN, PIPETEST, SWEEPS, Plan
 from .loads import OPEN_MAX_RATE
@@ -67,7 +68,8 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
               repeat: int | None = None, duration: float | None = None, server: str | None = None,
               server_image: str | None = None, server_cmd: str | None = None, server_port: int | str | None = None,
               load: str | None = None, anatomy: bool = True, walks: str | None = None,
-              rate: str | float | None = None, connections: str | int | None = None) -> Plan:
+              rate: str | float | None = None, connections: str | int | None = None, kernels: str | None = None,
+              accel: str | None = None, kernel_modules: str | None = None) -> Plan:
     """The profile's plan with each given flag replacing its part; invalid values are UserErrors.
 
     server may name several servers (ephttpd,nginx): each runs the given backends it has (a server of one's
@@ -85,6 +87,7 @@ def make_plan(profile: str = "quick", sweeps: str | None = None, variants: str |
     plan = _with_open_loop(plan, rate, connections)
     plan = _with_levels(plan, dead, pipes)
     plan = _with_run_length(plan, repeat, duration)
+    plan = _with_kernels(plan, kernels, accel, kernel_modules)
     return replace(plan, anatomy=anatomy)
 
 
@@ -183,6 +186,32 @@ def _with_run_length(plan: Plan, repeat: int | None, duration: float | None) -> 
             raise UserError(f"--duration {duration}: give seconds from 1 to 600")
         changes["duration_s"] = changes["open_duration_s"] = duration
     return replace(plan, **changes)
+
+
+def _with_kernels(plan: Plan, kernels: str | None, accel: str | None, kernel_modules: str | None) -> Plan:
+    """--kernels (each line measured once per kernel, each in a guest), --accel and --kernel-modules, which only
+    a run with --kernels takes. The items are checked against the mirror when the run starts (guest/kernels)."""
+    if kernels is None:
+        for flag, given in (("--accel", accel), ("--kernel-modules", kernel_modules)):
+            if given is not None:
+                raise UserError(f"{flag} {given}: only a run in guests takes it: add --kernels (e.g. 6.1,7.2)")
+        return plan
+    items = tuple(k.strip() for k in kernels.split(",") if k.strip())
+    names = [catalog.kernel_name(k) for k in items]
+    if not items or len(set(names)) < len(names):
+        raise UserError(f"--kernels {kernels!r}: give distinct kernels separated by commas, e.g. 6.1,6.12,7.2 "
+                        "(a Debian version, path/to/bzImage, or host)")
+    if accel is not None and accel not in ACCEL_MODES:
+        raise UserError(f"--accel {accel!r}: give {', '.join(ACCEL_MODES)}")
+    if kernel_modules is not None and not any("/" in k for k in items):
+        raise UserError(f"--kernel-modules {kernel_modules}: it holds the modules of a kernel file given to "
+                        "--kernels (path/to/bzImage), and none is given")
+    if outside := set(plan.sweeps) - {DEAD, PIPETEST}:
+        raise UserError(f"--kernels measures the dead sweep and pipetest; not {', '.join(sorted(outside))}"
+                        ": drop --load open (or dead-open from --sweeps)")
+    if plan.servers != (DEFAULT_SERVER,):
+        raise UserError("--kernels measures ephttpd, the study's server: drop --server")
+    return replace(plan, kernels=items, accel=accel or "auto", kernel_modules=kernel_modules)
 
 
 def parse_rate(value: str | float) -> tuple[float | None, float | None]:
