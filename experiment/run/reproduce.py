@@ -111,7 +111,8 @@ def _create_run(plan: Plan, options: Options, say: Say) -> tuple[results.Run, mo
     server_url = engine_url(options.server_engine_url)
     endpoints = {"server": server_url, "client": engine_url(options.client_engine_url or server_url),
                  "server_address": check_address(options.server_address)}
-    record = model.RunRecord(run_id=results.new_run_id(plan.profile + ("-kernels" if plan.kernels else "")), profile=plan.profile, status="preparing",
+    name = plan.profile + ("-kernels" if plan.kernels else "")
+    record = model.RunRecord(run_id=results.new_run_id(name), profile=plan.profile, status="preparing",
                              started_at=model.utc_now(), command_line=list(sys.argv), plan=plan, engines=endpoints,
                              harness=process.this_process(), tune_host=options.tune_host)
     run = results.Run.create(record, options.results_dir)
