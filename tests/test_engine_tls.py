@@ -121,3 +121,4 @@ def test_missing_certificate_files_are_named(tls_engine, clean_env, tmp_path):
     clean_env.setenv("DOCKER_CERT_PATH", str(tmp_path))
     with pytest.raises(UserError, match=f"put ca.pem, cert.pem and key.pem in {tmp_path}"):
         engine.connect(url)
+

@@ -145,7 +145,7 @@ def wait_ready(guest: Guest, started: float, timeout_s: float) -> docker.DockerC
         if guest.process.poll() is not None:
             raise UserError(f"the guest {guest.label} stopped before its dockerd answered (QEMU exited with "
                             f"{guest.process.returncode}): {failure_tail(guest)}")
-        client = engine.answers(guest.url, timeout=3)
+        client = engine.answers(guest.url, timeout=3, plain=True)
         if client is not None:
             return client
         time.sleep(0.5)

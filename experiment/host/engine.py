@@ -66,9 +66,9 @@ def _verify_with_own_ca(session) -> None:
     session.merge_environment_settings = merge_keeping_ca
 
 
-def _ping(base_url: str | None, timeout: int = 600) -> docker.DockerClient | None:
+def _ping(base_url: str | None, timeout: int = 600, plain: bool = False) -> docker.DockerClient | None:
     url = base_url or DEFAULT_SOCKET
-    tls = tls_settings(url)
+    tls = None if plain else tls_settings(url)
     try:
         if tls is not None and tls.verify and tls.ca_cert:
             # The API version is asked of the engine (as the SDK's "auto" does) once the session keeps its CA.
@@ -86,18 +86,21 @@ def _ping(base_url: str | None, timeout: int = 600) -> docker.DockerClient | Non
         return None
 
 
-def answers(base_url: str | None, timeout: int) -> docker.DockerClient | None:
+def answers(base_url: str | None, timeout: int, plain: bool = False) -> docker.DockerClient | None:
     """A client of the engine at base_url (default DOCKER_HOST, else the local socket) if it answers a ping
-    within timeout seconds, else None; never starts anything."""
-    client = _ping(base_url or os.environ.get("DOCKER_HOST"), timeout)
+    within timeout seconds, else None; never starts anything. plain: without TLS whatever DOCKER_TLS_VERIFY
+    says (a guest's engine, which serves plain TCP on a forwarded loopback port)."""
+    client = _ping(base_url or os.environ.get("DOCKER_HOST"), timeout, plain)
     if client is not None:
         client.api.timeout = 600
     return client
 
 
-def connect(base_url: str | None = None, log_dir: Path | None = None, say=print) -> docker.DockerClient:
-    """A client of the engine at base_url (default: the local socket, started here when needed)."""
-    client = _ping(base_url or os.environ.get("DOCKER_HOST"))
+def connect(base_url: str | None = None, log_dir: Path | None = None, say=print,
+            plain: bool = False) -> docker.DockerClient:
+    """A client of the engine at base_url (default: the local socket, started here when needed); plain: as for
+    answers()."""
+    client = _ping(base_url or os.environ.get("DOCKER_HOST"), plain=plain)
     if client:
         return client
     local = (base_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET) == DEFAULT_SOCKET

@@ -161,7 +161,7 @@ def _sweep_in(run: results.Run, plan: model.Plan, shape: Shape, guest: qemu.Gues
               say: Say) -> None:
     """The guest's lines, swept on its engine by the same steps as on the host."""
     engines = Engines.connect({"server": guest.url, "client": guest.url, "server_address": LOOPBACK},
-                              run.logs_dir, say)
+                              run.logs_dir, say, plain=True)
     probed = Probed.take(engines, placed)
     host = _assess_guest(run, plan, shape, guest, probed, placed, servers_under_test(plan, engines, placed, say),
                          say)

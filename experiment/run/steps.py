@@ -106,11 +106,13 @@ class Engines:
     client: docker.DockerClient
 
     @classmethod
-    def connect(cls, endpoints: dict, log_dir: Path, say: Say) -> Engines:
-        """The engines of run.json's "engines" ({"server", "client", "server_address"}), connected."""
+    def connect(cls, endpoints: dict, log_dir: Path, say: Say, plain: bool = False) -> Engines:
+        """The engines of run.json's "engines" ({"server", "client", "server_address"}), connected (plain: without
+        TLS, a guest's engine)."""
         server_url, client_url = endpoints["server"], endpoints["client"]
-        server = engine.connect(server_url, log_dir=log_dir, say=say)
-        client = server if client_url == server_url else engine.connect(client_url, log_dir=log_dir, say=say)
+        server = engine.connect(server_url, log_dir=log_dir, say=say, plain=plain)
+        client = server if client_url == server_url else engine.connect(client_url, log_dir=log_dir, say=say,
+                                                                        plain=plain)
         return cls(server_url, client_url, endpoints["server_address"], server, client)
 
     def url(self, role: str) -> str:
