@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import apt, debversion
-from .cache import cache_dir
+from .cache import cache_path
 
 FLAVOURS = ("cloud", "rt")
 # The package that holds a release's vmlinuz, most wanted first: sid splits it from the modules
@@ -174,7 +174,8 @@ def find(spec: str, say=print) -> Kernel:
 def fetch(kernel: Kernel, say=print) -> Kernel:
     """A resolved Debian kernel with its files: the packages downloaded (apt checks them against the signed
     indexes) and unpacked once into the cache, the vmlinuz and modules found, their sha256 recorded."""
-    folder = cache_dir("kernels", f"{kernel.release}_{kernel.version}")
+    folder = _folder(kernel)
+    folder.mkdir(parents=True, exist_ok=True)
     debs = {}
     for package in kernel.packages:
         deb = apt.download(package, kernel.version or "")
@@ -183,13 +184,30 @@ def fetch(kernel: Kernel, say=print) -> Kernel:
             say(f"unpacking {deb.name}")
             apt.extract(deb, folder)
             (folder / f".unpacked-{deb.name}").touch()
+    found = unpacked(kernel)
+    if found is None:  # every package is unpacked by now: they hold no vmlinuz
+        raise UserError(f"the packages {', '.join(kernel.packages)} hold no vmlinuz for {kernel.release}: "
+                        f"remove {folder} and try again")
+    return replace(found, debs=debs)
+
+
+def unpacked(kernel: Kernel) -> Kernel | None:
+    """A resolved Debian kernel with the vmlinuz and modules fetch() unpacked into the cache, None until it has
+    unpacked every package (looking fetches and creates nothing: the dry run and doctor ask)."""
+    folder, version = _folder(kernel), kernel.version or ""
+    if not all(any(folder.glob(f".unpacked-{apt.deb_pattern(p, version)}")) for p in kernel.packages):
+        return None
     vmlinuz = next((p for p in (folder / "boot" / f"vmlinuz-{kernel.release}",
                                 folder / "usr/lib/modules" / kernel.release / "vmlinuz",
                                 folder / "usr/lib/modules" / kernel.release / "vmlinuz.unsigned",
                                 folder / "lib/modules" / kernel.release / "vmlinuz") if p.is_file()), None)
     if vmlinuz is None:
-        raise UserError(f"the packages {', '.join(kernel.packages)} hold no vmlinuz for {kernel.release}: "
-                        f"remove {folder} and try again")
+        return None
     modules = next((p for p in (folder / "lib/modules" / kernel.release, folder / "usr/lib/modules" /
                                 kernel.release) if (p / "kernel").is_dir()), None)
-    return replace(kernel, vmlinuz=vmlinuz, modules=modules, sha256=sha256(vmlinuz), debs=debs)
+    return replace(kernel, vmlinuz=vmlinuz, modules=modules, sha256=sha256(vmlinuz))
+
+
+def _folder(kernel: Kernel) -> Path:
+    """Where fetch() unpacks a Debian kernel's packages."""
+    return cache_path("kernels", f"{kernel.release}_{kernel.version}")
