@@ -45,6 +45,14 @@ class Kernel:
     sha256: str | None = None  # of the vmlinuz
     debs: dict[str, str] = field(default_factory=dict, compare=False)  # .deb file name: its sha256
 
+    def about(self) -> str:
+        """What it is, in a few words: its release and where it comes from."""
+        if self.flavour == "host":
+            return f"{self.release} (the running kernel, {self.vmlinuz})"
+        if self.flavour == "custom":
+            return f"{self.release} (a kernel file, {self.vmlinuz})"
+        return f"{self.release} (Debian {self.version}, {self.suite})"
+
     def facts(self) -> dict:
         """What a run records of the kernel."""
         return {"spec": self.spec, "release": self.release, "flavour": self.flavour, "suite": self.suite,
@@ -86,7 +94,7 @@ def resolve(spec: str, index: dict[str, list[dict[str, str]]]) -> Kernel:
     spec = spec.strip()
     if spec == "host":
         return host_kernel()
-    if "/" in spec or Path(spec.split(":")[0]).is_file():
+    if not is_debian(spec):
         return custom_kernel(spec)
     base, flavour = (spec[:-3], "rt") if spec.endswith("-rt") else (spec, "cloud")
     if RELEASE.match(f"linux-image-{base}"):  # a release names its flavour itself
@@ -96,6 +104,23 @@ def resolve(spec: str, index: dict[str, list[dict[str, str]]]) -> Kernel:
         raise UserError(f"no Debian {flavour} kernel {base} on the mirror: it has {available(index, flavour)}; "
                         "give one of these (a -rt suffix for PREEMPT_RT), a path to a bzImage, or host")
     return replace(found[-1], spec=spec)
+
+
+def is_debian(spec: str) -> bool:
+    """Whether a spec names a Debian build, resolved against the mirror: not host, nor a kernel file."""
+    return not (spec.strip() == "host" or "/" in spec or Path(spec.split(":")[0]).is_file())
+
+
+def cached(spec: str, index: dict[str, list[dict[str, str]]] | None) -> Kernel | None:
+    """The kernel a spec names as far as the cache tells, fetching nothing: host or a kernel file with its files;
+    a Debian build resolved against index (the cached lists; None: not fetched yet, and so is the result), with
+    its files when fetch() has unpacked them. An unknown one is resolve()'s UserError."""
+    if not is_debian(spec):
+        return resolve(spec, {})
+    if index is None:
+        return None
+    kernel = resolve(spec, index)
+    return unpacked(kernel) or kernel
 
 
 def available(index: dict[str, list[dict[str, str]]], flavour: str = "cloud") -> str:
@@ -160,7 +185,7 @@ def sha256(path: Path) -> str:
 def find(spec: str, say=print) -> Kernel:
     """The kernel a spec names, fetched: resolved against the private apt lists (updated when missing or a
     day old, and once more on a miss), its packages downloaded and unpacked into the cache."""
-    if spec.strip() == "host" or "/" in spec or Path(spec.split(":")[0]).is_file():
+    if not is_debian(spec):
         return resolve(spec, {})
     apt.update(say=say)
     try:
