@@ -230,14 +230,19 @@ def compare(c, run_a, run_b, out=None, noise=None):
             "tune_host": "judge as for a run with --tune-host (the sysctls it would raise; needs root)",
             "results_dir": "where run folders go (default: results/)",
             "server_engine": "the server's Docker engine (default: DOCKER_HOST or the local socket)",
-            "client_engine": "the clients' Docker engine (default: the server's)"})
+            "client_engine": "the clients' Docker engine (default: the server's)",
+            "kernels": "judge for a run in QEMU guests of these kernels (as reproduce's --kernels): QEMU, the "
+                       "accelerator, each kernel as the cache has it; nothing is fetched",
+            "accel": "the guests' accelerator, as reproduce's --accel (auto, kvm or tcg)",
+            "kernel_modules": "as reproduce's --kernel-modules"})
 @_user_errors
 def doctor(c, profile="quick", dead=None, sweeps=None, tune_host=False, results_dir=None, server_engine=None,
-           client_engine=None):
+           client_engine=None, kernels=None, accel=None, kernel_modules=None):
     """Check the host for a run in seconds, building nothing: one line per check, ok / warn / fail and the fix."""
     from experiment.run import doctor as checking
 
-    if not checking.main(profile, dead, sweeps, tune_host, results_dir, server_engine, client_engine):
+    if not checking.main(profile, dead, sweeps, tune_host, results_dir, server_engine, client_engine,
+                         kernels=kernels, accel=accel, kernel_modules=kernel_modules):
         raise Exit(code=1)
 
 
