@@ -86,6 +86,17 @@ def _walks_help() -> str:
     return f"pipetest's token walks, a comma list (default: all): {', '.join(walks[:-1])} and {walks[-1]}"
 
 
+# The flags of a run in guests, which doctor takes too.
+GUESTS_HELP = {
+    "kernels": "measure every point once per kernel, each in a QEMU guest: Debian versions (6.1, 6.12, 7.2; a full "
+               "Debian version pins one; -rt the PREEMPT_RT flavour), path/to/bzImage, or host; fetched once "
+               "into ~/.cache/epollbench",
+    "accel": "the guests' accelerator: auto (KVM where a probe guest boots, else TCG, saying why), kvm or tcg",
+    "kernel_modules": "the lib/modules folder of a kernel file given to --kernels (make modules_install "
+                      "INSTALL_MOD_PATH=DIR)",
+}
+
+
 @task(klass=_LetterShortflags, help={
     "profile": "quick (default: UP and SMP, poll and epoll, ~5 dead levels, 4 pipe sizes, <= 10 min) "
                "or paper (the 2002 steps 0..60000, every backend, 3 repetitions)",
@@ -130,12 +141,7 @@ def _walks_help() -> str:
                   "window of its own with perf (syscalls, context switches, where the CPU goes) and slabinfo "
                   "(memory per dead connection)",
     "walks": _walks_help(),
-    "kernels": "measure every point once per kernel, each in a QEMU guest: Debian versions (6.1, 6.12, 7.2; a full "
-               "Debian version pins one; -rt the PREEMPT_RT flavour), path/to/bzImage, or host; fetched once "
-               "into ~/.cache/epollbench",
-    "accel": "the guests' accelerator: auto (KVM where a probe guest boots, else TCG, saying why), kvm or tcg",
-    "kernel_modules": "the lib/modules folder of a kernel file given to --kernels (make modules_install "
-                      "INSTALL_MOD_PATH=DIR)",
+    **GUESTS_HELP,
 })
 @_user_errors
 def reproduce(c, profile="quick", sweeps=None, variants=None, backends=None, dead=None, pipes=None,
@@ -230,14 +236,18 @@ def compare(c, run_a, run_b, out=None, noise=None):
             "tune_host": "judge as for a run with --tune-host (the sysctls it would raise; needs root)",
             "results_dir": "where run folders go (default: results/)",
             "server_engine": "the server's Docker engine (default: DOCKER_HOST or the local socket)",
-            "client_engine": "the clients' Docker engine (default: the server's)"})
+            "client_engine": "the clients' Docker engine (default: the server's)",
+            **GUESTS_HELP,
+            "kernels": "judge the host for a run in guests of these kernels (as reproduce's --kernels): QEMU, the "
+                       "accelerator, each kernel as the cache has it, fetching nothing"})
 @_user_errors
 def doctor(c, profile="quick", dead=None, sweeps=None, tune_host=False, results_dir=None, server_engine=None,
-           client_engine=None):
+           client_engine=None, kernels=None, accel=None, kernel_modules=None):
     """Check the host for a run in seconds, building nothing: one line per check, ok / warn / fail and the fix."""
     from experiment.run import doctor as checking
 
-    if not checking.main(profile, dead, sweeps, tune_host, results_dir, server_engine, client_engine):
+    if not checking.main(profile, dead, sweeps, tune_host, results_dir, server_engine, client_engine,
+                         kernels=kernels, accel=accel, kernel_modules=kernel_modules):
         raise Exit(code=1)
 
 

@@ -75,3 +75,10 @@ def second_engine():
         yield engine
     finally:
         engines.stop(engine)
+
+
+@pytest.fixture
+def guest_cache(tmp_path, monkeypatch):
+    """An empty cache of the guests' downloads in the test's folder (XDG_CACHE_HOME): guestcache lays it out."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "epollbench"

@@ -15,12 +15,15 @@ import sys
 import uuid
 from pathlib import Path
 
+import guestcache
 import pytest
 from reproducing import finished, invoke, labelled_containers
 
 from experiment import catalog
 from experiment.errors import UserError
-from experiment.host import engine, images, preflight, process
+from experiment.guest import accel, apt, initramfs, kernels
+from experiment.guest.initramfs import PROBE_MARKER
+from experiment.host import engine, images, machine, preflight, process
 from experiment.paths import ROOT
 from experiment.run import doctor, plan
 from experiment.run.containers import LABEL_HARNESS, LABEL_ROLE, LABEL_RUN
@@ -136,3 +139,112 @@ def test_reproduce_warns_at_start_of_leftovers(client, tmp_path):
         for container in labelled_containers(client, run_id):
             with contextlib.suppress(Exception):
                 container.remove(force=True)
+
+
+# A QEMU that says its version and fails under KVM as nested virtualization does here.
+FAKE_QEMU = """#!/bin/sh
+case "$*" in
+    --version) echo 'QEMU emulator version 9.9.9 (fake)';;
+    *'-accel kvm'*) echo 'qemu-system-x86_64: error: KVM internal error. Suberror: 1' >&2; exit 1;;
+esac
+"""
+HOST_ONLY = {"fd limit", "loopback conntrack", "sysctls", "net.core.somaxconn", "perf", "tracefs", "slabinfo"}
+
+
+@pytest.fixture
+def fake_qemu(tmp_path, monkeypatch):
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text(FAKE_QEMU)
+    fake.chmod(0o755)
+    monkeypatch.setenv("EPOLLBENCH_QEMU", str(fake))
+    monkeypatch.setattr(accel, "_probed", {})
+    return fake
+
+
+def in_guests(kernels_: str, accel_: str | None = None) -> plan.Plan:
+    return plan.make_plan("quick", sweeps="dead,pipetest", kernels=kernels_, accel=accel_)
+
+
+def test_qemu_missing_is_installed_by_reproduce_as_root_and_a_fail_otherwise(monkeypatch, fake_qemu):
+    assert doctor._qemu() == doctor.Check("qemu", "ok", f"{fake_qemu}: QEMU emulator version 9.9.9 (fake)")
+    monkeypatch.setattr(accel, "installed_qemu", lambda: None)
+    monkeypatch.setattr(machine, "is_debian_root", lambda: True)
+    assert doctor._qemu() == doctor.Check("qemu", "warn", "qemu-system-x86_64 is not installed: reproduce installs "
+                                          "qemu-system-x86", "nothing to do, or: apt-get install qemu-system-x86")
+    monkeypatch.setattr(machine, "is_debian_root", lambda: False)
+    missing = doctor._qemu()
+    assert missing.level == "fail" and "cannot be installed from here" in missing.detail
+    assert missing.fix == "apt-get install qemu-system-x86 as root, or set EPOLLBENCH_QEMU"
+
+
+def test_a_run_in_guests_is_judged_for_its_kernels_and_not_for_the_hosts_settings(guest_cache, tmp_path,
+                                                                                   monkeypatch, fake_qemu):
+    guestcache.write_lists()
+    guestcache.unpack(kernels.resolve("6.1", guestcache.recorded_index()))
+    # Settings a run on the host would fail on: somaxconn below the server's backlog, --tune-host without root
+    real = preflight.read_host_settings()
+    monkeypatch.setattr(preflight, "read_host_settings", lambda: {**real, "net.core.somaxconn": 128})
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    found = {c.name: c for c in doctor.checks(in_guests("6.1,7.2,6.5"), tmp_path, NO_ENGINE, tune_host=True)}
+    assert not HOST_ONLY & set(found), found.keys()
+    settings = found["host settings"]
+    assert settings.level == "ok" and "not judged: the levels run in guests" in settings.detail
+    assert found["qemu"].detail.endswith("QEMU emulator version 9.9.9 (fake)")
+    assert found["kernel 6.1"] == doctor.Check("kernel 6.1", "ok", "6.1.0-50-cloud-amd64 (Debian 6.1.176-1, "
+                                               "bookworm), in the cache")
+    assert found["kernel 7.2"].detail.startswith("7.2.13+deb14-cloud-amd64 (Debian 7.2.13-1, sid), not fetched yet: "
+                                                 "a run downloads linux-binary-unsigned-7.2.13+deb14-cloud-amd64")
+    unknown = found["kernel 6.5"]
+    assert unknown.level == "fail" and "\n" not in unknown.line()
+    assert unknown.detail.startswith("no Debian cloud kernel 6.5 on the mirror: it has 6.1.170-3, 6.1.176-1 "
+                                     "(bookworm); 6.12.107-1, 6.12.117-1 (trixie); 7.2.13-1 (sid)")
+    with pytest.raises(UserError, match="^kernel 6.5: no Debian cloud kernel 6.5 on the mirror"):
+        monkeypatch.setattr(doctor, "checks", lambda *args, **kwargs: [found["kernel 6.5"], found["kernel 6.1"]])
+        doctor.gate(in_guests("6.1,6.5"), tmp_path, say=lambda _: None)
+
+
+def test_a_kernel_unknown_to_lists_over_a_day_old_is_a_warn_the_run_updates_them(guest_cache):
+    guestcache.write_lists()
+    old = apt.LISTS_MAX_AGE_S + 3600
+    for paths in apt.index_files().values():
+        for path in paths:
+            os.utime(path, (path.stat().st_mtime - old, path.stat().st_mtime - old))
+    check, = doctor._kernels(in_guests("6.5"), {"6.5": "no Debian cloud kernel 6.5 on the mirror: it has ..."})
+    assert check.level == "warn" and "(as the apt lists of 25 h ago have it; a run updates them first)" in check.detail
+    without_lists, = doctor._kernels(in_guests("6.1"), {"6.1": None})
+    assert without_lists.level == "ok" and without_lists.detail.startswith("not fetched yet, nor the private apt lists")
+
+
+def test_kvm_is_probed_with_a_kernel_already_in_the_cache_else_at_the_runs_start(guest_cache, tmp_path,
+                                                                                 monkeypatch, fake_qemu):
+    device = tmp_path / "kvm"
+    device.write_text("")
+    monkeypatch.setattr(accel, "KVM_DEVICE", str(device))
+    guestcache.write_lists()
+    kernel = kernels.resolve("6.1", guestcache.recorded_index())
+    guestcache.unpack(kernel)
+    found = {"6.1": kernels.unpacked(kernel)}
+    later = doctor._accelerator(in_guests("6.1"), found)
+    assert later.level == "ok" and "probed at the run's start" in later.detail, "no initramfs to probe with yet"
+    initrd = initramfs.path_of(found["6.1"])
+    initrd.parent.mkdir(parents=True)
+    initrd.write_bytes(b"")
+    assert doctor._accelerator(in_guests("6.1"), found) == doctor.Check(
+        "accelerator", "warn", "KVM cannot run the guests (KVM internal error. Suberror: 1): they run under TCG, "
+        "emulated, several times slower", "a host where KVM runs guests (nested virtualization on), or --accel tcg "
+        "to skip the probe")
+    refused = doctor._accelerator(in_guests("6.1", "kvm"), found)
+    assert refused.level == "fail" and refused.fix == "--accel tcg (emulated, several times slower) or auto"
+    assert doctor._accelerator(in_guests("6.1", "tcg"), found).level == "ok"
+    booting = tmp_path / "booting-qemu"  # writes the probe's marker on the console it is given
+    booting.write_text("#!/bin/sh\nfor a in \"$@\"; do\n"
+                       f"    case \"$a\" in file:*) echo {PROBE_MARKER} > \"${{a#file:}}\";; esac\n"
+                       "done\n")
+    booting.chmod(0o755)
+    monkeypatch.setenv("EPOLLBENCH_QEMU", str(booting))
+    assert doctor._accelerator(in_guests("6.1", "kvm"), found) == doctor.Check(
+        "accelerator", "ok", "KVM: a probe guest of 6.1.0-50-cloud-amd64 booted under it")
+    monkeypatch.setattr(accel, "KVM_DEVICE", str(tmp_path / "no-kvm"))
+    no_device = doctor._accelerator(in_guests("6.1"), found)
+    assert no_device.level == "warn" and no_device.detail.startswith(f"KVM cannot run the guests ({tmp_path}/no-kvm "
+                                                                     "is missing or not accessible)")

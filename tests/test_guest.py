@@ -13,19 +13,30 @@ import sys
 import time
 from pathlib import Path
 
+import guestcache
 import pytest
 
 from experiment.errors import UserError
-from experiment.guest import accel, apt, cache, cpio, debversion, imagedisk, kernels, leftovers, modules, qemu
+from experiment.guest import (
+    accel,
+    apt,
+    cache,
+    cpio,
+    debversion,
+    imagedisk,
+    initramfs,
+    kernels,
+    leftovers,
+    modules,
+    qemu,
+)
 
-DATA = Path(__file__).parent / "data" / "guest"
 REAL_GUEST = "boots a QEMU guest: installs qemu-system-x86, fetches a Debian kernel, bootstraps the root disk"
 
 
 @pytest.fixture(scope="module")
 def index():
-    """The recorded excerpt: {suite: stanzas} as apt.packages() gives them."""
-    return {suite: apt.read_stanzas(DATA / f"Packages-{suite}") for suite in apt.SUITES}
+    return guestcache.recorded_index()
 
 
 def test_a_version_names_the_newest_cloud_build_of_it_in_the_suite_that_carries_it(index):
@@ -61,6 +72,25 @@ def test_an_unknown_version_is_one_line_listing_what_the_mirror_has(index):
     assert "6.1.170-3, 6.1.176-1 (bookworm)" in message and "7.2.13-1 (sid)" in message
     with pytest.raises(UserError, match="6.1.176-1"):
         kernels.resolve("6.1.176-9", index)
+
+
+def test_the_cache_is_looked_at_without_fetching_or_laying_out_anything(guest_cache):
+    assert apt.cached_packages() is None and not guest_cache.exists()
+    guestcache.write_lists()
+    index = apt.cached_packages()
+    assert index == guestcache.recorded_index()
+    six_one = kernels.resolve("6.1", index)
+    assert kernels.unpacked(six_one) is None
+    vmlinuz = guestcache.unpack(six_one)
+    found = kernels.unpacked(six_one)
+    assert found is not None and (found.vmlinuz, found.sha256) == (vmlinuz, kernels.sha256(vmlinuz))
+    assert found.modules == vmlinuz.parent.parent / "lib/modules" / six_one.release
+    sid = kernels.resolve("7.2", index)
+    guestcache.unpack(sid)
+    next(vmlinuz.parent.parent.parent.glob(f"7.2*/.unpacked-{sid.packages[1]}_*")).unlink()
+    assert kernels.unpacked(sid) is None, "one of its packages is not unpacked yet"
+    assert initramfs.path_of(found).parent == guest_cache / "initramfs"
+    assert sorted(p.name for p in guest_cache.iterdir()) == ["apt", "kernels"]
 
 
 def fake_bzimage(path: Path, release: str) -> Path:

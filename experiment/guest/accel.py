@@ -19,6 +19,7 @@ from .initramfs import PROBE_MARKER
 MODES = ("auto", "kvm", "tcg")
 PROBE_TIMEOUT_S = 60
 KVM_DEVICE = "/dev/kvm"
+QEMU, QEMU_PACKAGE = "qemu-system-x86_64", "qemu-system-x86"  # the binary and the Debian package holding it
 _probed: dict[tuple[str, str], str | None] = {}
 
 
@@ -34,14 +35,18 @@ class Accelerator:
         return ["-accel", "kvm", "-cpu", "host"] if self.name == "kvm" else ["-accel", "tcg", "-cpu", "max"]
 
 
+def installed_qemu() -> str | None:
+    """The QEMU a run would use, when it is there: EPOLLBENCH_QEMU, else qemu-system-x86_64 on the PATH."""
+    return os.environ.get("EPOLLBENCH_QEMU") or shutil.which(QEMU)
+
+
 def qemu_binary() -> str:
-    """The QEMU to run: EPOLLBENCH_QEMU, else qemu-system-x86_64 (qemu-system-x86 installed when missing)."""
-    chosen = os.environ.get("EPOLLBENCH_QEMU")
-    if chosen:
-        return chosen
-    if shutil.which("qemu-system-x86_64") is None:
-        machine.ensure_packages(["qemu-system-x86"], "booting kernels in QEMU guests")
-    return shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
+    """The QEMU to run: installed_qemu(), else qemu-system-x86 installed."""
+    found = installed_qemu()
+    if found:
+        return found
+    machine.ensure_packages([QEMU_PACKAGE], "booting kernels in QEMU guests")
+    return shutil.which(QEMU) or QEMU
 
 
 def qemu_version() -> str:
@@ -73,9 +78,14 @@ def kvm_failure(vmlinuz: Path, initrd: Path) -> str | None:
     return _probed[key]
 
 
+def device_failure() -> str | None:
+    """Why KVM cannot be used, as far as its device tells without a probe: None when /dev/kvm is there to open."""
+    return None if os.access(KVM_DEVICE, os.R_OK | os.W_OK) else f"{KVM_DEVICE} is missing or not accessible"
+
+
 def _probe(vmlinuz: Path, initrd: Path) -> str | None:
-    if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
-        return f"{KVM_DEVICE} is missing or not accessible"
+    if failure := device_failure():
+        return failure
     with tempfile.TemporaryDirectory(prefix="epollbench-kvm-probe-") as folder:
         console = Path(folder) / "console.log"
         command = [qemu_binary(), "-M", "microvm", *Accelerator("kvm", "").qemu_args(), "-smp", "1", "-m", "256",

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..host import machine
-from .cache import cache_dir
+from .cache import cache_dir, cache_path
 
 SUITES = ("bookworm", "trixie", "sid")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 LISTS_MAX_AGE_S = 24 * 3600
+FOLDER = "apt"  # in the cache
 # The host's apt.conf.d is read (a proxy set there still applies); its hooks are not run for these lists.
 APT_CONF = """\
 #clear APT::Update::Pre-Invoke;
@@ -29,7 +30,7 @@ Dir::Etc::SourceParts "{root}/sources.list.d";
 Dir::Etc::Preferences "{root}/preferences";
 Dir::Etc::PreferencesParts "{root}/preferences.d";
 Dir::State "{root}/state";
-Dir::State::Lists "{root}/state/lists";
+Dir::State::Lists "{lists}";
 Dir::State::status "{root}/state/status";
 Dir::Cache "{root}/cache";
 Dir::Cache::archives "{root}/cache/archives";
@@ -45,11 +46,12 @@ APT::Sandbox::User "root";
 
 def root() -> Path:
     """The private apt's folder, laid out on first use: sources.list, apt.conf, state and cache."""
-    path = cache_dir("apt")
-    for sub in ("sources.list.d", "preferences.d", "state/lists/partial", "cache/archives/partial", "debs"):
+    path = cache_dir(FOLDER)
+    for sub in ("sources.list.d", "preferences.d", "cache/archives/partial", "debs"):
         (path / sub).mkdir(parents=True, exist_ok=True)
+    (lists_folder() / "partial").mkdir(parents=True, exist_ok=True)
     (path / "state" / "status").touch()
-    (path / "apt.conf").write_text(APT_CONF.format(root=path))
+    (path / "apt.conf").write_text(APT_CONF.format(root=path, lists=lists_folder()))
     mirror, _suite = machine.apt_mirror()
     (path / "sources.list").write_text("".join(f"deb [signed-by={KEYRING}] {mirror} {suite} main\n"
                                                for suite in SUITES))
@@ -70,9 +72,14 @@ def apt_get(*args: str) -> str:
     return proc.stdout
 
 
+def lists_folder() -> Path:
+    """Where the private apt keeps its lists (not created: reading them lays out nothing)."""
+    return cache_path(FOLDER, "state", "lists")
+
+
 def index_files() -> dict[str, list[Path]]:
     """The suite's Packages index files the last update fetched, by suite (empty when never updated)."""
-    lists = root() / "state" / "lists"
+    lists = lists_folder()
     return {suite: sorted(lists.glob(f"*_dists_{suite}_main_binary-amd64_Packages")) for suite in SUITES}
 
 
@@ -122,10 +129,21 @@ def packages(prefix: str = "linux-") -> dict[str, list[dict[str, str]]]:
             for suite, paths in index_files().items()}
 
 
+def cached_packages(prefix: str = "linux-") -> dict[str, list[dict[str, str]]] | None:
+    """packages() when an update has fetched every suite's lists, else None: what the dry run and doctor
+    resolve against, since they never fetch."""
+    return packages(prefix) if lists_age_s() is not None else None
+
+
+def deb_pattern(package: str, version: str) -> str:
+    """The file names apt-get download gives the package's .deb of that version (its epoch's colon escaped)."""
+    return f"{package}_{version.replace(':', '%3a')}_*.deb"
+
+
 def download(package: str, version: str) -> Path:
     """The package's .deb of that version in the private cache, fetched (and verified by apt) when missing."""
     debs = root() / "debs"
-    pattern = f"{package}_{version.replace(':', '%3a')}_*.deb"
+    pattern = deb_pattern(package, version)
     found = sorted(debs.glob(pattern))
     if not found:
         apt_get("download", f"{package}={version}")

@@ -6,10 +6,16 @@ import os
 from pathlib import Path
 
 
-def cache_dir(*parts: str) -> Path:
-    """$XDG_CACHE_HOME/epollbench (else ~/.cache/epollbench), joined with parts, created."""
+def cache_path(*parts: str) -> Path:
+    """$XDG_CACHE_HOME/epollbench (else ~/.cache/epollbench), joined with parts, as it is: what looks without
+    fetching (the dry run, doctor) leaves the cache untouched."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = Path(base, "epollbench", *parts)
+    return Path(base, "epollbench", *parts)
+
+
+def cache_dir(*parts: str) -> Path:
+    """cache_path(*parts), created."""
+    path = cache_path(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import apt, cpio, modules
-from .cache import cache_dir
+from .cache import cache_dir, cache_path
 from .kernels import Kernel
 
 BUSYBOX_SUITE = "bookworm"
@@ -81,14 +81,20 @@ def entries(ordered: list[tuple[str, bytes]], box: bytes) -> list[cpio.Entry]:
     return members
 
 
-def build(kernel: Kernel, say=print) -> Path:
-    """The kernel's initramfs in the cache, built when missing (keyed by the kernel's image and this recipe)."""
+def path_of(kernel: Kernel) -> Path:
+    """Where the kernel's initramfs is cached (keyed by the kernel's image and this recipe), built or not."""
     recipe = hashlib.sha256(f"{kernel.sha256}\0{kernel.modules}\0{INIT}\0{modules.NEEDED}".encode()).hexdigest()
-    path = cache_dir("initramfs") / f"{kernel.release}-{recipe[:16]}.cpio"
+    return cache_path("initramfs") / f"{kernel.release}-{recipe[:16]}.cpio"
+
+
+def build(kernel: Kernel, say=print) -> Path:
+    """The kernel's initramfs in the cache (path_of), built when missing."""
+    path = path_of(kernel)
     if path.is_file():
         return path
     ordered = modules.load_order(kernel.modules) if kernel.modules else []
     say(f"building the initramfs of {kernel.release} ({len(ordered)} modules)")
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     partial.write_bytes(cpio.archive(entries(ordered, busybox())))
     partial.rename(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import apt, debversion
-from .cache import cache_dir
+from .cache import cache_path
 
 FLAVOURS = ("cloud", "rt")
 # The package that holds a release's vmlinuz, most wanted first: sid splits it from the modules
@@ -44,6 +44,14 @@ class Kernel:
     modules: Path | None = None  # its lib/modules/<release> folder; None: the kernel has no modules here
     sha256: str | None = None  # of the vmlinuz
     debs: dict[str, str] = field(default_factory=dict, compare=False)  # .deb file name: its sha256
+
+    def about(self) -> str:
+        """What it is, in a few words: its release and where it comes from."""
+        if self.flavour == "host":
+            return f"{self.release} (the running kernel, {self.vmlinuz})"
+        if self.flavour == "custom":
+            return f"{self.release} (a kernel file, {self.vmlinuz})"
+        return f"{self.release} (Debian {self.version}, {self.suite})"
 
     def facts(self) -> dict:
         """What a run records of the kernel."""
@@ -86,7 +94,7 @@ def resolve(spec: str, index: dict[str, list[dict[str, str]]]) -> Kernel:
     spec = spec.strip()
     if spec == "host":
         return host_kernel()
-    if "/" in spec or Path(spec.split(":")[0]).is_file():
+    if not is_debian(spec):
         return custom_kernel(spec)
     base, flavour = (spec[:-3], "rt") if spec.endswith("-rt") else (spec, "cloud")
     if RELEASE.match(f"linux-image-{base}"):  # a release names its flavour itself
@@ -96,6 +104,23 @@ def resolve(spec: str, index: dict[str, list[dict[str, str]]]) -> Kernel:
         raise UserError(f"no Debian {flavour} kernel {base} on the mirror: it has {available(index, flavour)}; "
                         "give one of these (a -rt suffix for PREEMPT_RT), a path to a bzImage, or host")
     return replace(found[-1], spec=spec)
+
+
+def is_debian(spec: str) -> bool:
+    """Whether a spec names a Debian build, resolved against the mirror: not host, nor a kernel file."""
+    return not (spec.strip() == "host" or "/" in spec or Path(spec.split(":")[0]).is_file())
+
+
+def cached(spec: str, index: dict[str, list[dict[str, str]]] | None) -> Kernel | None:
+    """The kernel a spec names as far as the cache tells, fetching nothing: host or a kernel file with its files;
+    a Debian build resolved against index (the cached lists; None: not fetched yet, and so is the result), with
+    its files when fetch() has unpacked them. An unknown one is resolve()'s UserError."""
+    if not is_debian(spec):
+        return resolve(spec, {})
+    if index is None:
+        return None
+    kernel = resolve(spec, index)
+    return unpacked(kernel) or kernel
 
 
 def available(index: dict[str, list[dict[str, str]]], flavour: str = "cloud") -> str:
@@ -160,7 +185,7 @@ def sha256(path: Path) -> str:
 def find(spec: str, say=print) -> Kernel:
     """The kernel a spec names, fetched: resolved against the private apt lists (updated when missing or a
     day old, and once more on a miss), its packages downloaded and unpacked into the cache."""
-    if spec.strip() == "host" or "/" in spec or Path(spec.split(":")[0]).is_file():
+    if not is_debian(spec):
         return resolve(spec, {})
     apt.update(say=say)
     try:
@@ -174,7 +199,8 @@ def find(spec: str, say=print) -> Kernel:
 def fetch(kernel: Kernel, say=print) -> Kernel:
     """A resolved Debian kernel with its files: the packages downloaded (apt checks them against the signed
     indexes) and unpacked once into the cache, the vmlinuz and modules found, their sha256 recorded."""
-    folder = cache_dir("kernels", f"{kernel.release}_{kernel.version}")
+    folder = _folder(kernel)
+    folder.mkdir(parents=True, exist_ok=True)
     debs = {}
     for package in kernel.packages:
         deb = apt.download(package, kernel.version or "")
@@ -183,13 +209,30 @@ def fetch(kernel: Kernel, say=print) -> Kernel:
             say(f"unpacking {deb.name}")
             apt.extract(deb, folder)
             (folder / f".unpacked-{deb.name}").touch()
+    found = unpacked(kernel)
+    if found is None:  # every package is unpacked by now: they hold no vmlinuz
+        raise UserError(f"the packages {', '.join(kernel.packages)} hold no vmlinuz for {kernel.release}: "
+                        f"remove {folder} and try again")
+    return replace(found, debs=debs)
+
+
+def unpacked(kernel: Kernel) -> Kernel | None:
+    """A resolved Debian kernel with the vmlinuz and modules fetch() unpacked into the cache, None until it has
+    unpacked every package (looking fetches and creates nothing: the dry run and doctor ask)."""
+    folder, version = _folder(kernel), kernel.version or ""
+    if not all(any(folder.glob(f".unpacked-{apt.deb_pattern(p, version)}")) for p in kernel.packages):
+        return None
     vmlinuz = next((p for p in (folder / "boot" / f"vmlinuz-{kernel.release}",
                                 folder / "usr/lib/modules" / kernel.release / "vmlinuz",
                                 folder / "usr/lib/modules" / kernel.release / "vmlinuz.unsigned",
                                 folder / "lib/modules" / kernel.release / "vmlinuz") if p.is_file()), None)
     if vmlinuz is None:
-        raise UserError(f"the packages {', '.join(kernel.packages)} hold no vmlinuz for {kernel.release}: "
-                        f"remove {folder} and try again")
+        return None
     modules = next((p for p in (folder / "lib/modules" / kernel.release, folder / "usr/lib/modules" /
                                 kernel.release) if (p / "kernel").is_dir()), None)
-    return replace(kernel, vmlinuz=vmlinuz, modules=modules, sha256=sha256(vmlinuz), debs=debs)
+    return replace(kernel, vmlinuz=vmlinuz, modules=modules, sha256=sha256(vmlinuz))
+
+
+def _folder(kernel: Kernel) -> Path:
+    """Where fetch() unpacks a Debian kernel's packages."""
+    return cache_path("kernels", f"{kernel.release}_{kernel.version}")

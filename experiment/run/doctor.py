@@ -6,6 +6,11 @@ A missing engine that reproduce would install and start itself is a warn. The ho
 preflight's (host/preflight.assess), the dead-connection capacity the catalog's (catalog.dead_capacity), the
 leftovers those `invoke clean` removes (run/leftovers.find).
 
+A run in guests (--kernels) is judged for what it needs instead: QEMU, the accelerator and each kernel, as far
+as the cache tells (doctor fetches nothing, and boots only KVM's probe guest, with a kernel already in the
+cache). The host's fd limit, sysctls and the anatomy's tools are not judged for it: the levels run in guests,
+which boot with their own.
+
 Lives in run/ rather than host/: it judges the host against a plan, and names a run's leftovers.
 """
 
@@ -24,8 +29,11 @@ import docker.errors
 
 from .. import catalog, model
 from ..errors import UserError
+from ..guest import accel, apt, initramfs, kernels
+from ..guest.kernels import Kernel
 from ..host import engine, images, machine, preflight, tracefs
-from . import leftovers
+from . import guests, leftovers
+from .guests import GUEST_FD_LIMIT, GUEST_MEMORY_MB
 from .plan import Plan, count_points, max_dead
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -178,6 +186,71 @@ def _tunable(name: str, finding: preflight.Finding, tune_host: bool) -> Check:
     return Check(name, OK, f"{finding.value}, needs {finding.needed}: --tune-host raises it for the run")
 
 
+def _in_guests(plan: Plan) -> list[Check]:
+    """A run in guests: QEMU, the accelerator, each kernel; and why the host's settings and tools are not judged."""
+    found = guests.cached_kernels(plan)
+    return [_qemu(), _accelerator(plan, found), *_kernels(plan, found),
+            Check("host settings", OK, "the fd limit, sysctls and loopback conntrack are not judged: the levels run "
+                  f"in guests, which boot with the settings the plan needs and {GUEST_FD_LIMIT} open files"),
+            Check("anatomy tools", OK, "perf, tracefs and slabinfo are not judged: the anatomy is not taken in a "
+                  "guest (perf runs on the host and cannot see inside one)", gate_says=False)]
+
+
+def _qemu() -> Check:
+    found = accel.installed_qemu()
+    if found is None:
+        if machine.is_debian_root():
+            return Check("qemu", WARN, f"{accel.QEMU} is not installed: reproduce installs {accel.QEMU_PACKAGE}",
+                         f"nothing to do, or: apt-get install {accel.QEMU_PACKAGE}")
+        return Check("qemu", FAIL, f"{accel.QEMU} is not installed, and it cannot be installed from here (needs "
+                     "root on Debian)", f"apt-get install {accel.QEMU_PACKAGE} as root, or set EPOLLBENCH_QEMU")
+    try:
+        return Check("qemu", OK, f"{found}: {accel.qemu_version()}")
+    except OSError as error:
+        return Check("qemu", FAIL, f"{found} does not run: {error}",
+                     f"apt-get install --reinstall {accel.QEMU_PACKAGE}, or set EPOLLBENCH_QEMU")
+
+
+def _accelerator(plan: Plan, found: dict[str, Kernel | str | None]) -> Check:
+    """KVM or TCG as the run's start will choose (accel.choose): KVM's probe guest booted now only when QEMU and
+    a kernel with its initramfs are in the cache already, else left to the run's start."""
+    if plan.accel == "tcg":
+        return Check("accelerator", OK, "TCG, as asked (--accel tcg): emulated, several times slower")
+    failure = accel.device_failure()
+    if failure is None:
+        probed = next((k for k in found.values() if isinstance(k, Kernel) and k.vmlinuz is not None
+                       and initramfs.path_of(k).is_file()), None)
+        if probed is None or accel.installed_qemu() is None:
+            return Check("accelerator", OK, f"{accel.KVM_DEVICE} is there: whether KVM runs a guest is probed at the "
+                         "run's start (no QEMU, or no kernel with its initramfs in the cache, to probe with now)")
+        failure = accel.kvm_failure(probed.vmlinuz or Path(), initramfs.path_of(probed))
+        if failure is None:
+            return Check("accelerator", OK, f"KVM: a probe guest of {probed.release} booted under it")
+    if plan.accel == "kvm":
+        return Check("accelerator", FAIL, f"KVM cannot run the guests ({failure}), and --accel kvm takes nothing else",
+                     "--accel tcg (emulated, several times slower) or auto")
+    return Check("accelerator", WARN, f"KVM cannot run the guests ({failure}): they run under TCG, emulated, several "
+                 "times slower", "a host where KVM runs guests (nested virtualization on), or --accel tcg to skip "
+                 "the probe")
+
+
+def _kernels(plan: Plan, found: dict[str, Kernel | str | None]) -> list[Check]:
+    """Each --kernels item as the cache resolves it. One that names no kernel fails, unless it names a Debian
+    build and the lists are over a day old: the run updates them before it resolves, and may find it."""
+    age = apt.lists_age_s()
+    result = []
+    for spec, (name, kernel) in zip(plan.kernels, found.items(), strict=True):
+        said = guests.describe_kernel(kernel)
+        if not isinstance(kernel, str):
+            result.append(Check(f"kernel {name}", OK, said))
+        elif kernels.is_debian(spec) and age is not None and age >= apt.LISTS_MAX_AGE_S:
+            result.append(Check(f"kernel {name}", WARN, f"{said} (as the apt lists of {age / 3600:.0f} h ago have "
+                                "it; a run updates them first)", "check the name against the versions listed"))
+        else:
+            result.append(Check(f"kernel {name}", FAIL, said, "change it in --kernels"))
+    return result
+
+
 def _perf() -> Check:
     perf = shutil.which("perf")
     if perf is None:
@@ -243,7 +316,8 @@ def _chromium() -> Check:
 
 def _disk(plan: Plan, client: docker.DockerClient | None, results_dir: Path, images_built: bool) -> list[Check]:
     """Free space where the results go and where the engine keeps images (one check when they share a disk)."""
-    needed = {"results": count_points(plan, machine.fd_hard_limit()) * POINT_DISK + REPORT_DISK,
+    fd_limit = GUEST_FD_LIMIT if plan.kernels else machine.fd_hard_limit()
+    needed = {"results": count_points(plan, fd_limit) * POINT_DISK + REPORT_DISK,
               "images": 0 if images_built else IMAGES_DISK}
     root = (client.info().get("DockerRootDir") if client is not None else None) or "/var/lib/docker"
     places = {"results": _existing(results_dir.resolve()), "images": _existing(Path(root))}
@@ -277,17 +351,24 @@ def _gib(n: float) -> str:
 
 
 def _memory(plan: Plan) -> Check:
+    """MemAvailable against what the run holds at once: its connections and containers, or one guest."""
     available = None
     for line in MEMINFO.read_text().splitlines():
         if line.startswith("MemAvailable:"):
             available = int(line.split()[1]) * 1024
+    if available is None:
+        return Check("memory", WARN, f"{MEMINFO} has no MemAvailable: cannot tell", "")
+    if plan.kernels:
+        needed = GUEST_MEMORY_MB * 1024**2
+        detail = f"{_gib(available)} available, each guest takes {_gib(needed)} (one at a time)"
+        if available < needed:
+            return Check("memory", WARN, detail + ": QEMU may fail to start, or the OOM killer end it", "free memory")
+        return Check("memory", OK, detail)
     hard = machine.fd_hard_limit()
     top = max(plan.dead) if set(model.DEAD_SWEEPS) & set(plan.sweeps) else 0
     connections = min(top, max(max_dead(hard, s.backend, plan.active_connections) for s in plan.series)) \
         + plan.active_connections
     needed = MEMORY_BASE + connections * MEMORY_PER_CONNECTION
-    if available is None:
-        return Check("memory", WARN, f"{MEMINFO} has no MemAvailable: cannot tell", "")
     detail = (f"{_gib(available)} available, the planned run needs about {_gib(needed)} "
               f"({connections} connections held open)")
     if available < needed:
@@ -318,9 +399,13 @@ def checks(plan: Plan, results_dir: Path, server_engine: str | None = None, clie
     result.append(_base_image(server, base_image))
     built = _images(server)
     result.append(built)
-    result += _host_settings(plan, tune_host)
-    # Tools for looking closer and for the tests: said by doctor, not by every reproduce.
-    result += [replace(c, gate_says=False) for c in (_perf(), _tracefs(), _slabinfo(), _chromium())]
+    if plan.kernels:
+        result += _in_guests(plan)
+    else:
+        result += _host_settings(plan, tune_host)
+        # Tools for looking closer: said by doctor, not by every reproduce.
+        result += [replace(c, gate_says=False) for c in (_perf(), _tracefs(), _slabinfo())]
+    result.append(replace(_chromium(), gate_says=False))  # for the tests
     result += _disk(plan, server, results_dir, "are built" in built.detail)
     result.append(_memory(plan))
     result.append(_leftovers(server, results_dir))
@@ -355,12 +440,13 @@ def gate(plan: Plan, results_dir: Path, server_engine: str | None = None, client
 
 def main(profile: str = "quick", dead: str | None = None, sweeps: str | None = None, tune_host: bool = False,
          results_dir: str | None = None, server_engine: str | None = None, client_engine: str | None = None,
+         kernels: str | None = None, accel: str | None = None, kernel_modules: str | None = None,
          say: Callable[[str], None] = print) -> bool:
     """`invoke doctor`: every check for the plan of these flags; whether none failed."""
     from .plan import make_plan
     from .results import RESULTS
 
     started = time.monotonic()
-    plan = make_plan(profile, dead=dead, sweeps=sweeps)
+    plan = make_plan(profile, dead=dead, sweeps=sweeps, kernels=kernels, accel=accel, kernel_modules=kernel_modules)
     found = checks(plan, Path(results_dir) if results_dir else RESULTS, server_engine, client_engine, tune_host)
     return report(found, time.monotonic() - started, say)

@@ -29,7 +29,7 @@ import requests
 from .. import model
 from ..catalog import kernel_name
 from ..errors import UserError
-from ..guest import imagedisk, kernels, qemu
+from ..guest import apt, imagedisk, kernels, qemu
 from ..guest import settings as guest_settings
 from ..guest.kernels import Kernel
 from ..host import engine, metadata, preflight, process
@@ -107,9 +107,7 @@ def resolve_kernels(plan: model.Plan, recorded: dict, say: Say) -> dict[str, Ker
     (by Debian version, or the same file by its sha256)."""
     found = {}
     for spec in plan.kernels:
-        name, asked = kernel_name(spec), spec
-        if "/" in spec and plan.kernel_modules:
-            asked = f"{spec}:{plan.kernel_modules}"
+        name, asked = kernel_name(spec), asked_spec(plan, spec)
         pinned = recorded.get(name) or {}
         if pinned.get("version"):
             asked = pinned["version"] + ("-rt" if pinned.get("flavour") == "rt" else "")
@@ -120,6 +118,37 @@ def resolve_kernels(plan: model.Plan, recorded: dict, say: Say) -> dict[str, Ker
                                          "new run instead")
         found[name] = kernel
     return found
+
+
+def asked_spec(plan: model.Plan, spec: str) -> str:
+    """A --kernels item as guest/kernels reads it: a kernel file's with the plan's --kernel-modules."""
+    return f"{spec}:{plan.kernel_modules}" if "/" in spec and plan.kernel_modules else spec
+
+
+def cached_kernels(plan: model.Plan) -> dict[str, Kernel | str | None]:
+    """Each --kernels item by name as the cache tells, fetching nothing (the dry run and doctor say it): the
+    kernel (kernels.cached), None while the apt lists are not fetched, or why the item names no kernel."""
+    index = apt.cached_packages() if any(kernels.is_debian(spec) for spec in plan.kernels) else None
+    found: dict[str, Kernel | str | None] = {}
+    for spec in plan.kernels:
+        try:
+            found[kernel_name(spec)] = kernels.cached(asked_spec(plan, spec), index)
+        except UserError as error:
+            found[kernel_name(spec)] = str(error)
+    return found
+
+
+def describe_kernel(found: Kernel | str | None) -> str:
+    """What cached_kernels() found of an item, said: its kernel and whether its files are in the cache."""
+    if found is None:
+        return "not fetched yet, nor the private apt lists: a run resolves it against the mirror at its start"
+    if isinstance(found, str):
+        return found
+    if found.flavour not in kernels.FLAVOURS:  # host or a kernel file: nothing to fetch
+        return found.about()
+    if found.vmlinuz is None:
+        return f"{found.about()}, not fetched yet: a run downloads {', '.join(found.packages)}"
+    return f"{found.about()}, in the cache"
 
 
 def _record_host(run: results.Run, record: model.RunRecord, options: Options, host: Engines,

@@ -1,0 +1,39 @@
+"""A cache of the guests' downloads (guest/cache.py) laid out in a test's folder: the recorded excerpt of the
+mirror's Packages indexes as the private apt's lists, and a Debian kernel as fetch() leaves it unpacked, so that
+what looks at the cache without fetching (the dry run, doctor) can be tested without a mirror."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from experiment.guest import apt, kernels
+from experiment.guest.cache import cache_path
+
+DATA = Path(__file__).parent / "data" / "guest"
+
+
+def recorded_index() -> dict[str, list[dict[str, str]]]:
+    """The recorded excerpt: {suite: stanzas} as apt.packages() gives them."""
+    return {suite: apt.read_stanzas(DATA / f"Packages-{suite}") for suite in apt.SUITES}
+
+
+def write_lists() -> None:
+    """The recorded excerpt as the private apt's lists, named as apt-get update names them."""
+    lists = apt.lists_folder()
+    lists.mkdir(parents=True, exist_ok=True)
+    for suite in apt.SUITES:
+        (lists / f"deb.debian.org_debian_dists_{suite}_main_binary-amd64_Packages").write_text(
+            (DATA / f"Packages-{suite}").read_text())
+
+
+def unpack(kernel: kernels.Kernel) -> Path:
+    """A resolved Debian kernel's folder as fetch() leaves it: every package marked unpacked, a vmlinuz in
+    boot/ and a modules folder. Returns the vmlinuz."""
+    folder = cache_path("kernels", f"{kernel.release}_{kernel.version}")
+    (folder / "boot").mkdir(parents=True)
+    (folder / "lib/modules" / kernel.release / "kernel").mkdir(parents=True)
+    for package in kernel.packages:
+        (folder / f".unpacked-{package}_{kernel.version}_amd64.deb").touch()
+    vmlinuz = folder / "boot" / f"vmlinuz-{kernel.release}"
+    vmlinuz.write_bytes(b"not a kernel")
+    return vmlinuz
