@@ -117,7 +117,7 @@ def guest_pace(results_dir: Path) -> GuestPace:
     return GuestPace(durations.GUEST_SLOWDOWN, durations.GUEST_BOOT_S,
                      f"no run with guests here yet: {durations.GUEST_SLOWDOWN:g}x the native estimate and "
                      f"{durations.GUEST_BOOT_S:.0f} s of boot per guest, as measured under TCG on the 2-core "
-                     "development machine (README, Kernels in guests)")
+                     "development machine (README, Kernels side by side)")
 
 
 def guest_seconds(plan: Plan, pace: GuestPace) -> dict[str, tuple[int, float, float]]:

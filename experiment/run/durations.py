@@ -29,7 +29,7 @@ OPENED_PER_S = 6000.0
 # The open loop's capacity probe: a server and PROBE_S of wrk per line and variant.
 OPEN_PROBE_S = 4.0
 # A --kernels run's guests, until one has run on this host (the dry run then goes by its timings): measuring in
-# a TCG guest took 2.4x its native time (README, Kernels in guests: 12 points at --duration 4, 144 s and 143 s
+# a TCG guest took 2.4x its native time (README, Kernels side by side: 12 points at --duration 4, 144 s and 143 s
 # in the guest against 59 s and 61 s natively, on the 2-core development machine), and a guest's boot until its
 # dockerd answered 32-46 s, its clock check 3 s more.
 GUEST_SLOWDOWN = 2.4
