@@ -4,37 +4,26 @@ The modern form of the 2002 page's comparison of two sys_epoll versions: two ker
 image versions. Points only one run measured (or only one measured successfully) are left out and listed;
 metadata that differs is listed, first the host and kernel facts that make the runs not like for like.
 
-A difference is called a change only by a stated rule (Verdict): where both runs repeated the point, their
-repetitions' ranges do not overlap; where either ran it once, B/A is further from 1 than the noise allowance
-(NOISE, ±15% by default). A point whose measured repetitions were disturbed in either run (other load on
-the host, a throttled cgroup, a moved CPU clock: DISTURBED) is no change whatever its numbers, and is said to
-be disturbed (BenchExec's rule: flag a disturbed measurement, never read it). Everything else is "within
-noise", and the headline lists only changes.
+A difference is called a change only by compare's rule (verdict.py: the repetitions' ranges apart, or with one
+repetition B/A beyond the noise allowance; never at a disturbed point), and the headline lists only changes.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..catalog import Series
 from ..errors import UserError
-from ..host import checks
 from ..run.results import RESULTS, Run
 from . import draw
-from .data import FLAG_TEXT, HOST_KEYS, SWEEPS, VARIANT_ORDER, Group, RunData, legend_lines, load
+from .data import HOST_KEYS, SWEEPS, VARIANT_ORDER, Group, RunData, legend_lines, load
 from .page import flatten
 from .plots import FigureRow, figure_name, series_of
 from .render import epollbench_version, html_env, md_env, replace_folder
 from .styles import style
 from .text import human, number, times
-
-# B/A within 1 ± NOISE is no change where a side has one repetition, so no spread of its own.
-NOISE = 0.15
-# The checks' flags that make a point's numbers no evidence of a change (a saturated client is expected).
-DISTURBED = (checks.OTHER_LOAD, checks.CPU_THROTTLED, checks.CPU_FREQUENCY_CHANGED)
+from .verdict import NOISE, ComparedPoint, rule_text
 
 
 def noise_fraction(flag: str | None) -> float:
@@ -48,44 +37,6 @@ def noise_fraction(flag: str | None) -> float:
     if not 0 <= value < 1:
         raise UserError(f"--noise {flag!r}: give a fraction from 0 to below 1, e.g. 0.15 for ±15%")
     return value
-
-
-@dataclass(frozen=True)
-class Verdict:
-    change: bool
-    rule: str  # why, in words: "ranges apart", "within both runs' ranges", "beyond ±15%", ...
-    disturbed: bool = False  # no change because a run's measurement was disturbed, whatever the numbers
-
-
-@dataclass
-class ComparedPoint:
-    group_a: Group
-    group_b: Group
-
-    @property
-    def key(self) -> tuple[str, str, Series, int]:
-        g = self.group_a
-        return (g.sweep, g.variant, g.series, g.x)
-
-    def ratio(self, metric_key: str) -> float | None:
-        a, b = self.group_a.median(metric_key), self.group_b.median(metric_key)
-        return b / a if a and b is not None else None
-
-    def verdict(self, metric_key: str, noise: float = NOISE) -> Verdict | None:
-        """Whether B differs from A beyond the noise, by the rule the module docstring states."""
-        a, b = self.group_a.values(metric_key), self.group_b.values(metric_key)
-        ratio = self.ratio(metric_key)
-        if not a or not b or ratio is None:
-            return None
-        disturbed = sorted({FLAG_TEXT[f] for g in (self.group_a, self.group_b) for f in DISTURBED if g.flagged(f)})
-        if disturbed:
-            return Verdict(False, "disturbed: " + ", ".join(disturbed), disturbed=True)
-        if len(a) >= 2 and len(b) >= 2:
-            apart = max(a) < min(b) or max(b) < min(a)
-            return Verdict(apart, f"the {len(a)} and {len(b)} repetitions' ranges "
-                                  + ("do not overlap" if apart else "overlap"))
-        beyond = abs(ratio - 1) > noise
-        return Verdict(beyond, f"one repetition: B/A {'beyond' if beyond else 'within'} ±{noise:.0%}")
 
 
 def _why_unmeasured(group: Group) -> str:
@@ -166,7 +117,7 @@ def compare_headline(compared: list[ComparedPoint], noise: float = NOISE, count:
         aside = (f" {disturbed} of them were measured disturbed (other load, throttling or a moved clock in a "
                  "run) and count as no change whatever their numbers." if disturbed else "")
         if not changed:
-            sentences.append(f"{title}: no change at any of {len(rows)} common points ({_rule_text(noise)})."
+            sentences.append(f"{title}: no change at any of {len(rows)} common points ({rule_text(noise)})."
                              + aside)
             continue
         largest = sorted(changed, key=lambda row: -abs(math.log(row[1])))[:count]
@@ -174,14 +125,9 @@ def compare_headline(compared: list[ComparedPoint], noise: float = NOISE, count:
             f"{c.group_a.series.label} {c.group_a.variant.upper()} at {c.group_a.x:,} {sweep.x_unit} "
             f"{times(ratio)} ({human(c.group_a.median(main))} → {human(c.group_b.median(main))} "
             f"{sweep.main.unit})" for c, ratio in largest)
-        sentences.append(f"{title}: changed at {len(changed)} of {len(rows)} common points ({_rule_text(noise)}); "
+        sentences.append(f"{title}: changed at {len(changed)} of {len(rows)} common points ({rule_text(noise)}); "
                          f"largest: {changes}. The other {len(rows) - len(changed)} are no change." + aside)
     return sentences
-
-
-def _rule_text(noise: float) -> str:
-    return (f"a change is B's and A's repetitions' ranges apart, or with one repetition B/A beyond "
-            f"±{noise:.0%}")
 
 
 def compare_figure_rows(a: RunData, b: RunData, compared: list[ComparedPoint]) -> list[FigureRow]:
