@@ -131,6 +131,17 @@ def test_every_line_has_its_own_style_and_each_server_keeps_its_backends_colour(
                                         "linestyle": unknown.linestyle}
 
 
+def test_a_backends_lines_on_several_kernels_keep_its_colour_and_marker_and_take_each_kernels_dash():
+    kernels = ("6.1", "7.2")
+    found = {(b, k): styles.style(Series("ephttpd", b, "", k), kernels) for b in ("poll", "epoll") for k in kernels}
+    for b in ("poll", "epoll"):
+        own = styles.style(Series("ephttpd", b))
+        assert {(s["color"], s["marker"]) for (line, _), s in found.items() if line == b} == \
+            {(own["color"], own["marker"])}
+    assert len({(s["color"], s["marker"], str(s["linestyle"])) for s in found.values()}) == len(found)
+    assert [styles.kernel_dash(k, kernels)[0] for k in kernels] == ["solid", "dashed"]
+
+
 def test_the_catalog_imports_nothing_of_the_report_that_styles_its_lines():
     script = "import sys, experiment.catalog; print(sorted(m for m in sys.modules if m.startswith('experiment.')))"
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout

@@ -33,6 +33,7 @@ RC: dict[Any, Any] = {  # matplotlib types its keys as literals
     "legend.frameon": False,
 }
 FIGSIZE = (6.4, 3.9)
+NOTE_COLOUR = "#A00000"
 PNG_DPI = 144
 
 
@@ -62,6 +63,9 @@ class Plot:
     logx: bool = False
     logy: bool = False
     ratio_series: list[Series] = field(default_factory=list)  # B/A panel of a comparison
+    # Above the plot, in NOTE_COLOUR: what the reader must know before reading any number of it (emulated CPUs),
+    # drawn into the figure so that it stays with a figure attached on its own.
+    note: str = ""
 
 
 @dataclass
@@ -165,6 +169,8 @@ def draw(plot: Plot) -> Figure:
                        label="client saturated")
         _style_axes(ax, plot, plot.ylabel, _wants_logy(plot))
         ax.set_title(plot.title, fontsize=11, loc="left")
+        if plot.note:
+            fig.suptitle(plot.note, fontsize=8.5, color=NOTE_COLOUR)
         if ratio_ax is not None:
             for series in plot.ratio_series:
                 _draw_series(ratio_ax, series)
