@@ -33,6 +33,11 @@ RC: dict[Any, Any] = {  # matplotlib types its keys as literals
     "legend.frameon": False,
 }
 FIGSIZE = (6.4, 3.9)
+# The legend's width in characters of its labels that fits FIGSIZE's width at its font, each column counting
+# LEGEND_COLUMN_EXTRA more for its marker and the space between columns (measured: the quick reference run's
+# reply-rate legend, 58 characters in 5 columns, just fits; a run over two kernels' comparison, 70, does not).
+LEGEND_WIDTH = 90
+LEGEND_COLUMN_EXTRA = 6
 NOTE_COLOUR = "#A00000"
 PNG_DPI = 144
 
@@ -185,10 +190,25 @@ def draw(plot: Plot) -> Figure:
         handles, labels = ax.get_legend_handles_labels()
         if handles:
             # Below the axes: it never hides a line, and placing it costs no search.
-            # Long labels (an extrapolated line's) in fewer columns, so that the legend stays in the figure.
-            columns = 5 if max(len(label) for label in labels) <= 16 else 3
-            fig.legend(handles, labels, loc="outside lower center", fontsize=8.5, ncols=min(len(labels), columns))
+            fig.legend(handles, labels, loc="outside lower center", fontsize=8.5, ncols=legend_columns(labels))
     return fig
+
+
+def legend_columns(labels: list[str]) -> int:
+    """The most columns, up to 5 (3 for long labels such as an extrapolated line's), in which the legend stays
+    within the figure's width. matplotlib fills the columns top to bottom, the first len % columns of them one
+    entry longer, and each is as wide as its widest label with its marker: their sum must fit LEGEND_WIDTH."""
+    most = 5 if max(len(label) for label in labels) <= 16 else 3
+    for columns in range(min(len(labels), most), 1, -1):
+        rows, longer = divmod(len(labels), columns)
+        width, start = 0, 0
+        for column in range(columns):
+            size = rows + (column < longer)
+            width += max(len(label) for label in labels[start:start + size]) + LEGEND_COLUMN_EXTRA
+            start += size
+        if width <= LEGEND_WIDTH:
+            return columns
+    return 1
 
 
 def draw_bars(plot: StackedBars) -> Figure:
