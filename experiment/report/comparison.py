@@ -17,11 +17,11 @@ from pathlib import Path
 from ..errors import UserError
 from ..run.results import RESULTS, Run
 from . import draw
-from .data import HOST_KEYS, SWEEPS, VARIANT_ORDER, Group, RunData, legend_lines, load
+from .data import EMULATED, HOST_KEYS, SWEEPS, VARIANT_ORDER, Group, RunData, legend_lines, load
 from .page import flatten
 from .plots import FigureRow, figure_name, series_of
 from .render import epollbench_version, html_env, md_env, replace_folder
-from .styles import style
+from .styles import kernel_dash, style
 from .text import human, number, times
 from .verdict import NOISE, ComparedPoint, rule_text
 
@@ -37,6 +37,29 @@ def noise_fraction(flag: str | None) -> float:
     if not 0 <= value < 1:
         raise UserError(f"--noise {flag!r}: give a fraction from 0 to below 1, e.g. 0.15 for ±15%")
     return value
+
+
+def refuse_unlike(a: RunData, b: RunData) -> None:
+    """Refuses, in one line naming why, two runs whose points must not share a line: one measured in guests and
+    the other on its host's own kernel, guests on other kernels, or guests under other accelerators (an
+    emulated CPU's costs are not a real one's)."""
+    if a.plan.kernel_names() != b.plan.kernel_names():
+        raise UserError(f"{a.run.id} ran {_where(a)} and {b.run.id} {_where(b)}: compare runs of the same --kernels "
+                        "(each run's Kernels section compares its own kernels)")
+    if _accelerators(a) != _accelerators(b):
+        raise UserError(f"{a.run.id}'s guests ran under {_accelerators(a)} and {b.run.id}'s under "
+                        f"{_accelerators(b)}, and an emulated CPU's (tcg) costs are not a real one's: compare runs "
+                        "under the same accelerator")
+
+
+def _where(data: RunData) -> str:
+    kernels = [k for k in data.plan.kernel_names() if k]
+    return f"in guests on kernels {', '.join(kernels)}" if kernels else "on its host's own kernel"
+
+
+def _accelerators(data: RunData) -> str:
+    """The accelerators the run's guests ran under, as a point records its guest's."""
+    return ", ".join(sorted({str(p.guest.get("accelerator")) for p in data.points if p.guest})) or "none"
 
 
 def _why_unmeasured(group: Group) -> str:
@@ -133,6 +156,12 @@ def compare_headline(compared: list[ComparedPoint], noise: float = NOISE, count:
 def compare_figure_rows(a: RunData, b: RunData, compared: list[ComparedPoint]) -> list[FigureRow]:
     rows = []
     common = {c.key for c in compared}
+    kernels = a.kernels()
+    note = EMULATED if a.emulated or b.emulated else ""
+    # Over several kernels each line keeps its kernel's dash pattern, so B's lines differ by hollow markers alone.
+    over_kernels = any(kernels)
+    look_b = {"hollow": True} if over_kernels else {"dashed": True}
+    sides = "A (filled) and B (hollow)" if over_kernels else "A (solid) and B (dashed, hollow)"
     for sweep_name, sweep in SWEEPS.items():
         variants = [v for v in VARIANT_ORDER + tuple(sorted({k[1] for k in common} - set(VARIANT_ORDER)))
                     if any(k[:2] == (sweep_name, v) for k in common)]
@@ -142,24 +171,33 @@ def compare_figure_rows(a: RunData, b: RunData, compared: list[ComparedPoint]) -
                 backends = [x for x in a.lines(sweep_name, v) if any(k[:3] == (sweep_name, v, x) for k in common)]
                 series, ratio_series = [], []
                 for backend in backends:
-                    for side, data, dashed in (("A", a, False), ("B", b, True)):
+                    for side, data, look in (("A", a, {}), ("B", b, look_b)):
                         series.append(series_of(_restricted(data, common), sweep_name, v, backend, metric.key,
-                                                f"{backend.label} {side}", dashed=dashed))
+                                                f"{backend.label} {side}", **look))
                     pts = [(c.key[3], ratio) for c in compared if c.key[:3] == (sweep_name, v, backend)
                            and (ratio := c.ratio(metric.key)) is not None]
-                    ratio_series.append(draw.Series(label=backend.label, style=style(backend),
+                    ratio_series.append(draw.Series(label=backend.label, style=style(backend, kernels),
                                                     xs=[x for x, _ in pts], medians=[r for _, r in pts]))
                 if any(s.medians for s in series):
                     plots.append(draw.Plot(
                         name=figure_name(sweep_name, metric.slug, v),
-                        title=f"{v.upper()}: {metric.title}, A (solid) and B (dashed, hollow)",
+                        title=f"{v.upper()}: {metric.title}, {sides}",
                         xlabel=sweep.x_label, ylabel=metric.label, logx=sweep.logx, logy=sweep.logx,
-                        series=series, ratio_series=ratio_series))
+                        series=series, ratio_series=ratio_series, note=note))
             if plots:
                 rows.append(FigureRow(f"{metric.title[0].upper()}{metric.title[1:]}: B / A",
                                       "Medians of each run at the points both measured; lower panel: B / A.",
                                       plots))
     return rows
+
+
+def _line_key(a: RunData) -> str:
+    """How the figures tell run A's lines from run B's (compare_figure_rows), in words."""
+    kernels = [k for k in a.kernels() if k]
+    if not kernels:
+        return "Run A: solid lines, filled markers; run B: dashed lines, hollow markers."
+    dashes = ", ".join(f"{k} {kernel_dash(k, kernels)[0]}" for k in kernels)
+    return f"Run A: filled markers; run B: hollow markers; each kernel in its dash pattern ({dashes})."
 
 
 def _restricted(data: RunData, keys: set) -> RunData:
@@ -195,6 +233,7 @@ def compare_table(compared: list[ComparedPoint], noise: float = NOISE) -> list[d
 def write(run_a: Run, run_b: Run, out_dir: Path | None = None, noise: float = NOISE) -> Path:
     """Writes the comparison page of two runs (B relative to A); returns its index.html."""
     a, b = load(run_a), load(run_b)
+    refuse_unlike(a, b)
     target = Path(out_dir) if out_dir else RESULTS / f"compare-{run_a.id}-vs-{run_b.id}"
     compared, left_out = compared_points(a, b)
     if not compared:
@@ -212,6 +251,8 @@ def write(run_a: Run, run_b: Run, out_dir: Path | None = None, noise: float = NO
         "colours": legend_lines(),
         "version": epollbench_version(),
         "common_count": len(compared),
+        "emulated": EMULATED if a.emulated or b.emulated else "",
+        "line_key": _line_key(a),
     }
 
     def build(folder: Path) -> None:

@@ -55,6 +55,7 @@ class Series:
     saturated: list[bool] = field(default_factory=list)
     reference: bool = False  # a published series: hollow markers, thin dotted line
     dashed: bool = False  # the second run of a comparison
+    hollow: bool = False  # the second run of a comparison over kernels: hollow markers, its kernel's dash kept
     thin: bool = False  # a companion figure of the same line (p50 beside p99): thinner, smaller markers
 
 
@@ -124,7 +125,7 @@ def _draw_series(ax, series: Series) -> None:
                 markersize=6, markerfacecolor="white", markeredgewidth=1.3, label=series.label, zorder=2)
         return
     linestyle = (0, (4, 2)) if series.dashed else style["linestyle"]
-    face = "white" if series.dashed else style["color"]
+    face = "white" if series.dashed or series.hollow else style["color"]
     width, size = (0.8, 3.0) if series.thin else (1.8, 5.5)
     ax.plot(xs, ys, color=style["color"], marker=style["marker"], linestyle=linestyle, linewidth=width,
             markersize=size, markerfacecolor=face, markeredgewidth=1.2, label=series.label, zorder=3)

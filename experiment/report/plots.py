@@ -19,14 +19,14 @@ from .text import human
 
 def series_of(data: RunData, sweep_name: str, variant: str, backend: Series, key: str, label: str,
               scale_to_base: bool = False, ring_saturated: bool = False, dashed: bool = False,
-              thin: bool = False) -> draw.Series:
+              thin: bool = False, hollow: bool = False) -> draw.Series:
     """One line: medians and min-max of the repetitions, optionally divided by its first value."""
     groups = [(g, g.values(key)) for g in data.line(sweep_name, variant, backend) if g.values(key)]
     base = (groups[0][0].measured_median(key) if groups and scale_to_base else 1.0) or 1.0
     return draw.Series(
         label=label, style=style(backend, data.kernels()), xs=[g.x for g, _ in groups],
         medians=[g.measured_median(key) / base for g, _ in groups], lows=[min(v) / base for _, v in groups],
-        highs=[max(v) / base for _, v in groups], dashed=dashed, thin=thin,
+        highs=[max(v) / base for _, v in groups], dashed=dashed, thin=thin, hollow=hollow,
         saturated=[g.flagged(checks.CLIENT_SATURATED) for g, _ in groups] if ring_saturated else [])
 
 
