@@ -28,7 +28,7 @@ from experiment import catalog, model
 from experiment.catalog import Series
 from experiment.errors import UserError
 from experiment.host import checks
-from experiment.report import attach, comparison, export, styles
+from experiment.report import attach, comparison, export, kernels, styles
 from experiment.report.data import FLAG_TEXT, load
 from experiment.report.page import flatten, headlines, missing_levels, notices
 from experiment.report.plots import run_figure_rows
@@ -132,14 +132,14 @@ def test_every_line_has_its_own_style_and_each_server_keeps_its_backends_colour(
 
 
 def test_a_backends_lines_on_several_kernels_keep_its_colour_and_marker_and_take_each_kernels_dash():
-    kernels = ("6.1", "7.2")
-    found = {(b, k): styles.style(Series("ephttpd", b, "", k), kernels) for b in ("poll", "epoll") for k in kernels}
+    names = ("6.1", "7.2")
+    found = {(b, k): styles.style(Series("ephttpd", b, "", k), names) for b in ("poll", "epoll") for k in names}
     for b in ("poll", "epoll"):
         own = styles.style(Series("ephttpd", b))
         assert {(s["color"], s["marker"]) for (line, _), s in found.items() if line == b} == \
             {(own["color"], own["marker"])}
     assert len({(s["color"], s["marker"], str(s["linestyle"])) for s in found.values()}) == len(found)
-    assert [styles.kernel_dash(k, kernels)[0] for k in kernels] == ["solid", "dashed"]
+    assert [styles.kernel_dash(k, names)[0] for k in names] == ["solid", "dashed"]
 
 
 def test_the_catalog_imports_nothing_of_the_report_that_styles_its_lines():
@@ -788,8 +788,7 @@ def test_an_emulated_run_labels_every_figure_and_table_block(kernels_rendered):
 def test_a_run_over_kernels_draws_a_line_per_kernel_and_backend_named_for_both(kernels_rendered):
     run, index = kernels_rendered
     data = load(run)
-    kernels = data.plan.kernel_names()
-    expected = {f"{backend} on {kernel}" for backend in data.plan.backends for kernel in kernels}
+    expected = {f"{backend} on {kernel}" for backend in data.plan.backends for kernel in data.plan.kernel_names()}
     for row in run_figure_rows(data):
         for plot in row.plots:
             lines = [s for s in plot.series if not s.reference]
@@ -799,6 +798,23 @@ def test_a_run_over_kernels_draws_a_line_per_kernel_and_backend_named_for_both(k
             assert all(f"<!-- {label} -->" in svg for label in expected), plot.name
     assert "One colour and marker per backend, one dash pattern per kernel: 6.1 solid, 7.2 dashed." in \
         (index.parent / "report.md").read_text()
+
+
+def test_kernels_whose_guests_ran_under_different_accelerators_are_said_to_before_the_headline(tmp_path):
+    run = copy_run(KERNELS_RUN, tmp_path)
+    for point in read_points(run):
+        if point["kernel"] == "7.2":
+            write_point(run, {**point, "guest": {**point["guest"], "accelerator": "kvm"}})
+    record = json.loads((run.path / "run.json").read_text())
+    for guest in record["metadata"]["guests"].values():
+        guest["accelerator"] = "kvm" if guest["kernel"]["spec"] == "7.2" else guest["accelerator"]
+    (run.path / "run.json").write_text(json.dumps(record))
+    found = kernels.section(load(run))
+    assert found is not None
+    assert found.headline.startswith("The kernels' guests ran under different accelerators (6.1 under tcg; 7.2 "
+                                     "under kvm): a ratio between them measures the accelerators as much as the "
+                                     "kernels. By compare's rule, against 6.1")
+    assert kernels.section(load(Run(KERNELS_RUN))).headline.startswith("By compare's rule, against 6.1")
 
 
 @needs_runs
@@ -828,11 +844,11 @@ def test_the_csv_names_each_points_kernel_and_accelerator(kernels_rendered, rend
 
 @needs_runs
 def test_compare_refuses_runs_whose_points_must_not_share_a_line(tmp_path):
-    kernels = copy_run(KERNELS_RUN, tmp_path / "kernels")
+    guests = copy_run(KERNELS_RUN, tmp_path / "kernels")
     native = copy_run(RUNS[0], tmp_path / "native")
     with pytest.raises(UserError, match=r"ran in guests on kernels 6\.1, 7\.2 and \S+ on its host's own kernel: "
                                         r"compare runs of the same --kernels") as caught:
-        comparison.write(kernels, native, tmp_path / "compare")
+        comparison.write(guests, native, tmp_path / "compare")
     assert "\n" not in str(caught.value)
 
     others = copy_run(KERNELS_RUN, tmp_path / "others")
@@ -840,15 +856,15 @@ def test_compare_refuses_runs_whose_points_must_not_share_a_line(tmp_path):
     record["plan"]["kernels"] = ["6.1", "6.12"]
     (others.path / "run.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match=r"on kernels 6\.1, 7\.2 and \S+ in guests on kernels 6\.1, 6\.12"):
-        comparison.write(kernels, others, tmp_path / "compare")
+        comparison.write(guests, others, tmp_path / "compare")
 
     under_kvm = copy_run(KERNELS_RUN, tmp_path / "kvm")
     for point in read_points(under_kvm):
         write_point(under_kvm, {**point, "guest": {**point["guest"], "accelerator": "kvm"}})
     with pytest.raises(UserError, match=r"guests ran under tcg and \S+'s under kvm"):
-        comparison.write(kernels, under_kvm, tmp_path / "compare")
+        comparison.write(guests, under_kvm, tmp_path / "compare")
     assert not (tmp_path / "compare").exists()
 
-    page = comparison.write(kernels, copy_run(KERNELS_RUN, tmp_path / "again"), tmp_path / "compare").read_text()
+    page = comparison.write(guests, copy_run(KERNELS_RUN, tmp_path / "again"), tmp_path / "compare").read_text()
     assert "emulated (TCG): compare these kernels with each other" in page
     assert "each kernel in its dash pattern (6.1 solid, 7.2 dashed)" in page

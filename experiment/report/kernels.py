@@ -41,7 +41,6 @@ class Row:
 
 @dataclass
 class Table:
-    sweep: str
     title: str
     metric: str  # the medians' metric and unit
     x_label: str
@@ -68,10 +67,20 @@ def section(data: RunData) -> Section | None:
     guests = {k: _guests(data, k) for k in kernels}
     reasons = sorted({f"{g['accelerator']}: {g['accelerator_reason']}" for found in guests.values() for g in found
                       if g.get("accelerator") and g.get("accelerator_reason")})
-    return Section(headline=headline(data, kernels), kernels=kernels,
-                   facts=[_facts(data, k, guests[k]) for k in kernels], reasons=reasons,
+    facts = [_facts(data, k, guests[k]) for k in kernels]
+    return Section(headline=_mixed(facts) + headline(data, kernels), kernels=kernels, facts=facts, reasons=reasons,
                    tables=[t for t in tables if t.rows], rule=_rule(),
                    dashes=[f"{k} {kernel_dash(k, kernels)[0]}" for k in kernels])
+
+
+def _mixed(facts: list[dict]) -> str:
+    """A sentence before the headline where the kernels' guests ran under different accelerators: a ratio between
+    an emulated CPU's kernel and a virtualised one's measures the emulation as much as the kernel."""
+    if len({f["accelerator"] for f in facts}) < 2:
+        return ""
+    under = "; ".join(f"{f['name']} under {f['accelerator']}" for f in facts)
+    return (f"The kernels' guests ran under different accelerators ({under}): a ratio between them measures the "
+            "accelerators as much as the kernels. ")
 
 
 def _rule() -> str:
@@ -121,7 +130,7 @@ def _table(data: RunData, sweep_name: str, kernels: list[str]) -> Table:
                 cells = [_cell(group, compared, metric.key, metric.digits)
                          for group, compared in _against_first(data, sweep_name, variant, line, x, kernels)]
                 rows.append(Row(variant.upper(), line, f"{x:,}", cells))
-    return Table(sweep_name, sweep.title, f"{metric.title} [{metric.unit}]", sweep.x_label, rows)
+    return Table(sweep.title, f"{metric.title} [{metric.unit}]", sweep.x_label, rows)
 
 
 def _cell(group: Group | None, compared: ComparedPoint | None, key: str, digits: int) -> Cell:
