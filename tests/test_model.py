@@ -21,6 +21,7 @@ from experiment.run.results import Run
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = sorted(p.parent for p in [*ROOT.glob("results/reference/*/run.json"),
                                       *ROOT.glob("tests/data/runs/*/run.json"),
+                                      *ROOT.glob("tests/data/kernels/*/run.json"),
                                       *ROOT.glob("tests/data/previous/*/run.json")] if not p.parent.is_symlink())
 # report.md of committed runs as rendered when they were committed (the schema-1 runs by the code before schema 2
 # and the catalog existed): a refactoring or a layout change shows here as a diff.

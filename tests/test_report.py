@@ -28,7 +28,7 @@ from experiment import catalog, model
 from experiment.catalog import Series
 from experiment.errors import UserError
 from experiment.host import checks
-from experiment.report import attach, comparison, export, styles
+from experiment.report import attach, comparison, export, kernels, styles
 from experiment.report.data import FLAG_TEXT, load
 from experiment.report.page import flatten, headlines, missing_levels, notices
 from experiment.report.plots import run_figure_rows
@@ -129,6 +129,17 @@ def test_every_line_has_its_own_style_and_each_server_keeps_its_backends_colour(
     for series in (Series("ephttpd", "kqueue"), Series("apache", "epoll")):
         assert styles.style(series) == {"color": unknown.colour, "marker": unknown.marker,
                                         "linestyle": unknown.linestyle}
+
+
+def test_a_backends_lines_on_several_kernels_keep_its_colour_and_marker_and_take_each_kernels_dash():
+    names = ("6.1", "7.2")
+    found = {(b, k): styles.style(Series("ephttpd", b, "", k), names) for b in ("poll", "epoll") for k in names}
+    for b in ("poll", "epoll"):
+        own = styles.style(Series("ephttpd", b))
+        assert {(s["color"], s["marker"]) for (line, _), s in found.items() if line == b} == \
+            {(own["color"], own["marker"])}
+    assert len({(s["color"], s["marker"], str(s["linestyle"])) for s in found.values()}) == len(found)
+    assert [styles.kernel_dash(k, names)[0] for k in names] == ["solid", "dashed"]
 
 
 def test_the_catalog_imports_nothing_of_the_report_that_styles_its_lines():
@@ -691,3 +702,169 @@ def test_with_one_repetition_the_noise_allowance_decides_and_bad_allowances_are_
     for bad in ("1.5", "-0.1", "lots"):
         with pytest.raises(UserError, match=r"--noise .*: give a fraction from 0 to below 1"):
             comparison.noise_fraction(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A run over kernels (--kernels): a real run in TCG guests on 6.1 and 7.2, one repetition per point
+
+KERNELS_RUN = Path(__file__).parent / "data" / "kernels" / "20261207T031916Z-vm-quick"
+DISTURBING = (checks.OTHER_LOAD, checks.CPU_THROTTLED, checks.CPU_FREQUENCY_CHANGED)
+
+
+@pytest.fixture(scope="module")
+def kernels_rendered(tmp_path_factory) -> tuple[Run, Path]:
+    run = copy_run(KERNELS_RUN, tmp_path_factory.mktemp("kernels"))
+    return run, render(run)
+
+
+def kernel_points(run: Run) -> dict[tuple, dict]:
+    """(sweep, variant, backend, kernel, x) -> the point file, each measured once in this run."""
+    found = {(p["sweep"], p["variant"], p["backend"], p["kernel"], p["x"]): p for p in read_points(run)}
+    assert len(found) == len(read_points(run)) and all(p["repetition"] == 1 for p in found.values())
+    return found
+
+
+def test_a_run_over_kernels_shows_each_kernels_median_and_its_ratio_to_the_first_by_compares_rule(kernels_rendered):
+    run, index = kernels_rendered
+    record = json.loads((run.path / "run.json").read_text())
+    first, other = record["plan"]["kernels"]
+    points = kernel_points(run)
+    markdown = (index.parent / "report.md").read_text()
+    section = markdown[markdown.index("### Kernels"):markdown.index("### Notices")]
+    assert 'id="kernels"' in index.read_text() and '<a href="#kernels">Kernels</a>' in index.read_text()
+    changed = []
+    for (sweep, variant, backend, kernel, x), a in points.items():
+        if kernel != first:
+            continue
+        b = points[(sweep, variant, backend, other, x)]
+        a_value, b_value = (p["figures"][MAIN_METRIC[sweep]] for p in (a, b))
+        ratio = b_value / a_value
+        disturbed = any(p["flags"].get(flag) for p in (a, b) for flag in DISTURBING)
+        change = not disturbed and abs(ratio - 1) > 0.15  # one repetition: beyond ±15%
+        shown = f"**{times(ratio)}**" if change else f"{times(ratio)} ({'disturbed' if disturbed else 'within noise'})"
+        row = f"| {variant.upper()} | {md_escape(backend)} | {x:,} | {a_value:,.0f} | {b_value:,.0f} | {shown} |"
+        assert row in section, row
+        changed += [(sweep, backend, variant, x)] if change else []
+    assert changed, "the committed run has changes to name"
+    headline = next(line for line in section.splitlines() if line.startswith("**By compare's rule"))
+    for sweep in ("dead", "pipetest"):
+        count = sum(1 for c in changed if c[0] == sweep)
+        assert (f"at {count} of 4 points" in headline) == bool(count)
+    assert all(f"{backend} {variant.upper()} at {x:,}" in headline for _, backend, variant, x in changed)
+    assert f"- {headline.strip('*')}" in markdown, "the headline leads the key numbers too"
+
+
+def test_a_run_over_kernels_lists_the_kernels_as_their_guests_recorded_them(kernels_rendered):
+    run, index = kernels_rendered
+    meta = json.loads((run.path / "run.json").read_text())["metadata"]
+    markdown = (index.parent / "report.md").read_text()
+    for name, kernel in meta["kernels"].items():
+        guests = [g for g in meta["guests"].values() if g["kernel"]["spec"] == kernel["spec"]]
+        vcpus = ", ".join(str(v) for v in sorted({g["vcpus"] for g in guests}))
+        accelerators = ", ".join(sorted({g["accelerator"] for g in guests}))
+        cells = [name, kernel["release"], kernel["version"], kernel["suite"], kernel["flavour"],
+                 kernel["vmlinuz_sha256"][:12], accelerators, vcpus]
+        row = "| " + " | ".join(md_escape(c) for c in cells) + " |"
+        assert row in markdown, row
+    assert "Accelerator tcg: KVM failed" in markdown
+    assert missing_levels(load(run)) == []
+
+
+def test_an_emulated_run_labels_every_figure_and_table_block(kernels_rendered):
+    run, index = kernels_rendered
+    page, markdown = index.read_text(), (index.parent / "report.md").read_text()
+    label = "emulated (TCG): compare these kernels with each other, not with native runs"
+    sections = dict(re.findall(r'<section id="([\w-]+)">(.*?)</section>', page, re.S))
+    for name in ("summary", "kernels", "figures", "key", "points"):
+        assert label in sections[name], name
+    for heading in ("### UP", "### Kernels", "### Figures", "### Key numbers"):
+        start = markdown.index(heading)
+        end = markdown.find("\n### ", start + len(heading))
+        assert label in markdown[start:end], heading
+    for svg in (index.parent / "figures").glob("*.svg"):
+        assert f"<!-- {label} -->" in svg.read_text(), svg.name
+
+
+def test_a_run_over_kernels_draws_a_line_per_kernel_and_backend_named_for_both(kernels_rendered):
+    run, index = kernels_rendered
+    data = load(run)
+    expected = {f"{backend} on {kernel}" for backend in data.plan.backends for kernel in data.plan.kernel_names()}
+    for row in run_figure_rows(data):
+        for plot in row.plots:
+            lines = [s for s in plot.series if not s.reference]
+            assert {s.label for s in lines} == expected, plot.name
+            assert len({(s.style["color"], s.style["marker"], str(s.style["linestyle"])) for s in lines}) == len(lines)
+            svg = (index.parent / "figures" / f"{plot.name}.svg").read_text()
+            assert all(f"<!-- {label} -->" in svg for label in expected), plot.name
+    assert "One colour and marker per backend, one dash pattern per kernel: 6.1 solid, 7.2 dashed." in \
+        (index.parent / "report.md").read_text()
+
+
+def test_kernels_whose_guests_ran_under_different_accelerators_are_said_to_before_the_headline(tmp_path):
+    run = copy_run(KERNELS_RUN, tmp_path)
+    for point in read_points(run):
+        if point["kernel"] == "7.2":
+            write_point(run, {**point, "guest": {**point["guest"], "accelerator": "kvm"}})
+    record = json.loads((run.path / "run.json").read_text())
+    for guest in record["metadata"]["guests"].values():
+        guest["accelerator"] = "kvm" if guest["kernel"]["spec"] == "7.2" else guest["accelerator"]
+    (run.path / "run.json").write_text(json.dumps(record))
+    found = kernels.section(load(run))
+    assert found is not None
+    assert found.headline.startswith("The kernels' guests ran under different accelerators (6.1 under tcg; 7.2 "
+                                     "under kvm): a ratio between them measures the accelerators as much as the "
+                                     "kernels. By compare's rule, against 6.1")
+    assert kernels.section(load(Run(KERNELS_RUN))).headline.startswith("By compare's rule, against 6.1")
+
+
+@needs_runs
+def test_a_run_on_its_hosts_kernel_has_no_kernels_section_and_no_emulation_label(rendered):
+    run, index = rendered
+    page, markdown = index.read_text(), (index.parent / "report.md").read_text()
+    assert 'id="kernels"' not in page and "### Kernels" not in markdown
+    assert "emulated (TCG)" not in page and "emulated (TCG)" not in markdown
+    assert all(not plot.note for row in run_figure_rows(load(run)) for plot in row.plots)
+
+
+@needs_runs
+def test_the_csv_names_each_points_kernel_and_accelerator(kernels_rendered, rendered):
+    for run, _ in (kernels_rendered, rendered):
+        files = {p["id"]: p for p in read_points(run)}
+        rows = list(csv.DictReader((run.path / "report" / "points.csv").open()))
+        assert sorted(r["id"] for r in rows) == sorted(files)
+        for r in rows:
+            point = files[r["id"]]
+            assert r["kernel"] == (point.get("kernel") or "")
+            assert r["accelerator"] == ((point.get("guest") or {}).get("accelerator") or "")
+    assert {r["accelerator"] for r in csv.DictReader((kernels_rendered[0].path / "report" / "points.csv").open())} \
+        == {"tcg"}
+    records = json.loads(export.export(kernels_rendered[0].points(), "json"))
+    assert all(r["kernel"] in ("6.1", "7.2") and r["guest"]["accelerator"] == "tcg" for r in records)
+
+
+@needs_runs
+def test_compare_refuses_runs_whose_points_must_not_share_a_line(tmp_path):
+    guests = copy_run(KERNELS_RUN, tmp_path / "kernels")
+    native = copy_run(RUNS[0], tmp_path / "native")
+    with pytest.raises(UserError, match=r"ran in guests on kernels 6\.1, 7\.2 and \S+ on its host's own kernel: "
+                                        r"compare runs of the same --kernels") as caught:
+        comparison.write(guests, native, tmp_path / "compare")
+    assert "\n" not in str(caught.value)
+
+    others = copy_run(KERNELS_RUN, tmp_path / "others")
+    record = json.loads((others.path / "run.json").read_text())
+    record["plan"]["kernels"] = ["6.1", "6.12"]
+    (others.path / "run.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"on kernels 6\.1, 7\.2 and \S+ in guests on kernels 6\.1, 6\.12"):
+        comparison.write(guests, others, tmp_path / "compare")
+
+    under_kvm = copy_run(KERNELS_RUN, tmp_path / "kvm")
+    for point in read_points(under_kvm):
+        write_point(under_kvm, {**point, "guest": {**point["guest"], "accelerator": "kvm"}})
+    with pytest.raises(UserError, match=r"guests ran under tcg and \S+'s under kvm"):
+        comparison.write(guests, under_kvm, tmp_path / "compare")
+    assert not (tmp_path / "compare").exists()
+
+    page = comparison.write(guests, copy_run(KERNELS_RUN, tmp_path / "again"), tmp_path / "compare").read_text()
+    assert "emulated (TCG): compare these kernels with each other" in page
+    assert "each kernel in its dash pattern (6.1 solid, 7.2 dashed)" in page

@@ -4,37 +4,26 @@ The modern form of the 2002 page's comparison of two sys_epoll versions: two ker
 image versions. Points only one run measured (or only one measured successfully) are left out and listed;
 metadata that differs is listed, first the host and kernel facts that make the runs not like for like.
 
-A difference is called a change only by a stated rule (Verdict): where both runs repeated the point, their
-repetitions' ranges do not overlap; where either ran it once, B/A is further from 1 than the noise allowance
-(NOISE, ±15% by default). A point whose measured repetitions were disturbed in either run (other load on
-the host, a throttled cgroup, a moved CPU clock: DISTURBED) is no change whatever its numbers, and is said to
-be disturbed (BenchExec's rule: flag a disturbed measurement, never read it). Everything else is "within
-noise", and the headline lists only changes.
+A difference is called a change only by compare's rule (verdict.py: the repetitions' ranges apart, or with one
+repetition B/A beyond the noise allowance; never at a disturbed point), and the headline lists only changes.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..catalog import Series
 from ..errors import UserError
-from ..host import checks
 from ..run.results import RESULTS, Run
 from . import draw
-from .data import FLAG_TEXT, HOST_KEYS, SWEEPS, VARIANT_ORDER, Group, RunData, legend_lines, load
+from .data import EMULATED, HOST_KEYS, SWEEPS, VARIANT_ORDER, Group, RunData, legend_lines, load
 from .page import flatten
 from .plots import FigureRow, figure_name, series_of
 from .render import epollbench_version, html_env, md_env, replace_folder
-from .styles import style
+from .styles import kernel_dash, style
 from .text import human, number, times
-
-# B/A within 1 ± NOISE is no change where a side has one repetition, so no spread of its own.
-NOISE = 0.15
-# The checks' flags that make a point's numbers no evidence of a change (a saturated client is expected).
-DISTURBED = (checks.OTHER_LOAD, checks.CPU_THROTTLED, checks.CPU_FREQUENCY_CHANGED)
+from .verdict import NOISE, ComparedPoint, rule_text
 
 
 def noise_fraction(flag: str | None) -> float:
@@ -50,42 +39,27 @@ def noise_fraction(flag: str | None) -> float:
     return value
 
 
-@dataclass(frozen=True)
-class Verdict:
-    change: bool
-    rule: str  # why, in words: "ranges apart", "within both runs' ranges", "beyond ±15%", ...
-    disturbed: bool = False  # no change because a run's measurement was disturbed, whatever the numbers
+def refuse_unlike(a: RunData, b: RunData) -> None:
+    """Refuses, in one line naming why, two runs whose points must not share a line: one measured in guests and
+    the other on its host's own kernel, guests on other kernels, or guests under other accelerators (an
+    emulated CPU's costs are not a real one's)."""
+    if a.plan.kernel_names() != b.plan.kernel_names():
+        raise UserError(f"{a.run.id} ran {_where(a)} and {b.run.id} {_where(b)}: compare runs of the same --kernels "
+                        "(each run's Kernels section compares its own kernels)")
+    if _accelerators(a) != _accelerators(b):
+        raise UserError(f"{a.run.id}'s guests ran under {_accelerators(a)} and {b.run.id}'s under "
+                        f"{_accelerators(b)}, and an emulated CPU's (tcg) costs are not a real one's: compare runs "
+                        "under the same accelerator")
 
 
-@dataclass
-class ComparedPoint:
-    group_a: Group
-    group_b: Group
+def _where(data: RunData) -> str:
+    kernels = [k for k in data.plan.kernel_names() if k]
+    return f"in guests on kernels {', '.join(kernels)}" if kernels else "on its host's own kernel"
 
-    @property
-    def key(self) -> tuple[str, str, Series, int]:
-        g = self.group_a
-        return (g.sweep, g.variant, g.series, g.x)
 
-    def ratio(self, metric_key: str) -> float | None:
-        a, b = self.group_a.median(metric_key), self.group_b.median(metric_key)
-        return b / a if a and b is not None else None
-
-    def verdict(self, metric_key: str, noise: float = NOISE) -> Verdict | None:
-        """Whether B differs from A beyond the noise, by the rule the module docstring states."""
-        a, b = self.group_a.values(metric_key), self.group_b.values(metric_key)
-        ratio = self.ratio(metric_key)
-        if not a or not b or ratio is None:
-            return None
-        disturbed = sorted({FLAG_TEXT[f] for g in (self.group_a, self.group_b) for f in DISTURBED if g.flagged(f)})
-        if disturbed:
-            return Verdict(False, "disturbed: " + ", ".join(disturbed), disturbed=True)
-        if len(a) >= 2 and len(b) >= 2:
-            apart = max(a) < min(b) or max(b) < min(a)
-            return Verdict(apart, f"the {len(a)} and {len(b)} repetitions' ranges "
-                                  + ("do not overlap" if apart else "overlap"))
-        beyond = abs(ratio - 1) > noise
-        return Verdict(beyond, f"one repetition: B/A {'beyond' if beyond else 'within'} ±{noise:.0%}")
+def _accelerators(data: RunData) -> str:
+    """The accelerators the run's guests ran under, as a point records its guest's."""
+    return ", ".join(sorted({str(p.guest.get("accelerator")) for p in data.points if p.guest})) or "none"
 
 
 def _why_unmeasured(group: Group) -> str:
@@ -166,7 +140,7 @@ def compare_headline(compared: list[ComparedPoint], noise: float = NOISE, count:
         aside = (f" {disturbed} of them were measured disturbed (other load, throttling or a moved clock in a "
                  "run) and count as no change whatever their numbers." if disturbed else "")
         if not changed:
-            sentences.append(f"{title}: no change at any of {len(rows)} common points ({_rule_text(noise)})."
+            sentences.append(f"{title}: no change at any of {len(rows)} common points ({rule_text(noise)})."
                              + aside)
             continue
         largest = sorted(changed, key=lambda row: -abs(math.log(row[1])))[:count]
@@ -174,19 +148,20 @@ def compare_headline(compared: list[ComparedPoint], noise: float = NOISE, count:
             f"{c.group_a.series.label} {c.group_a.variant.upper()} at {c.group_a.x:,} {sweep.x_unit} "
             f"{times(ratio)} ({human(c.group_a.median(main))} → {human(c.group_b.median(main))} "
             f"{sweep.main.unit})" for c, ratio in largest)
-        sentences.append(f"{title}: changed at {len(changed)} of {len(rows)} common points ({_rule_text(noise)}); "
+        sentences.append(f"{title}: changed at {len(changed)} of {len(rows)} common points ({rule_text(noise)}); "
                          f"largest: {changes}. The other {len(rows) - len(changed)} are no change." + aside)
     return sentences
-
-
-def _rule_text(noise: float) -> str:
-    return (f"a change is B's and A's repetitions' ranges apart, or with one repetition B/A beyond "
-            f"±{noise:.0%}")
 
 
 def compare_figure_rows(a: RunData, b: RunData, compared: list[ComparedPoint]) -> list[FigureRow]:
     rows = []
     common = {c.key for c in compared}
+    kernels = a.kernels()
+    note = EMULATED if a.emulated or b.emulated else ""
+    # Over several kernels each line keeps its kernel's dash pattern, so B's lines differ by hollow markers alone.
+    over_kernels = any(kernels)
+    look_b = {"hollow": True} if over_kernels else {"dashed": True}
+    sides = "A (filled) and B (hollow)" if over_kernels else "A (solid) and B (dashed, hollow)"
     for sweep_name, sweep in SWEEPS.items():
         variants = [v for v in VARIANT_ORDER + tuple(sorted({k[1] for k in common} - set(VARIANT_ORDER)))
                     if any(k[:2] == (sweep_name, v) for k in common)]
@@ -196,24 +171,33 @@ def compare_figure_rows(a: RunData, b: RunData, compared: list[ComparedPoint]) -
                 backends = [x for x in a.lines(sweep_name, v) if any(k[:3] == (sweep_name, v, x) for k in common)]
                 series, ratio_series = [], []
                 for backend in backends:
-                    for side, data, dashed in (("A", a, False), ("B", b, True)):
+                    for side, data, look in (("A", a, {}), ("B", b, look_b)):
                         series.append(series_of(_restricted(data, common), sweep_name, v, backend, metric.key,
-                                                f"{backend.label} {side}", dashed=dashed))
+                                                f"{backend.label} {side}", **look))
                     pts = [(c.key[3], ratio) for c in compared if c.key[:3] == (sweep_name, v, backend)
                            and (ratio := c.ratio(metric.key)) is not None]
-                    ratio_series.append(draw.Series(label=backend.label, style=style(backend),
+                    ratio_series.append(draw.Series(label=backend.label, style=style(backend, kernels),
                                                     xs=[x for x, _ in pts], medians=[r for _, r in pts]))
                 if any(s.medians for s in series):
                     plots.append(draw.Plot(
                         name=figure_name(sweep_name, metric.slug, v),
-                        title=f"{v.upper()}: {metric.title}, A (solid) and B (dashed, hollow)",
+                        title=f"{v.upper()}: {metric.title}, {sides}",
                         xlabel=sweep.x_label, ylabel=metric.label, logx=sweep.logx, logy=sweep.logx,
-                        series=series, ratio_series=ratio_series))
+                        series=series, ratio_series=ratio_series, note=note))
             if plots:
                 rows.append(FigureRow(f"{metric.title[0].upper()}{metric.title[1:]}: B / A",
                                       "Medians of each run at the points both measured; lower panel: B / A.",
                                       plots))
     return rows
+
+
+def _line_key(a: RunData) -> str:
+    """How the figures tell run A's lines from run B's (compare_figure_rows), in words."""
+    kernels = [k for k in a.kernels() if k]
+    if not kernels:
+        return "Run A: solid lines, filled markers; run B: dashed lines, hollow markers."
+    dashes = ", ".join(f"{k} {kernel_dash(k, kernels)[0]}" for k in kernels)
+    return f"Run A: filled markers; run B: hollow markers; each kernel in its dash pattern ({dashes})."
 
 
 def _restricted(data: RunData, keys: set) -> RunData:
@@ -249,6 +233,7 @@ def compare_table(compared: list[ComparedPoint], noise: float = NOISE) -> list[d
 def write(run_a: Run, run_b: Run, out_dir: Path | None = None, noise: float = NOISE) -> Path:
     """Writes the comparison page of two runs (B relative to A); returns its index.html."""
     a, b = load(run_a), load(run_b)
+    refuse_unlike(a, b)
     target = Path(out_dir) if out_dir else RESULTS / f"compare-{run_a.id}-vs-{run_b.id}"
     compared, left_out = compared_points(a, b)
     if not compared:
@@ -266,6 +251,8 @@ def write(run_a: Run, run_b: Run, out_dir: Path | None = None, noise: float = NO
         "colours": legend_lines(),
         "version": epollbench_version(),
         "common_count": len(compared),
+        "emulated": EMULATED if a.emulated or b.emulated else "",
+        "line_key": _line_key(a),
     }
 
     def build(folder: Path) -> None:

@@ -33,6 +33,10 @@ FLAG_TEXT = {
     checks.LAGGED: "generator lagged",
     checks.OVERLOADED: "server overloaded",
 }
+# The accelerator of a guest whose CPU QEMU emulates (guest/accel.py), and what labels every figure and table
+# of a run measured so: an emulated CPU's costs are not a real one's, but both kernels paid them alike.
+TCG = "tcg"
+EMULATED = "emulated (TCG): compare these kernels with each other, not with native runs"
 # Flags that qualify a number quoted in a headline (a saturated server is what a benchmark expects).
 CAVEATS = (checks.CLIENT_SATURATED, checks.OTHER_LOAD, checks.CPU_THROTTLED, checks.CPU_FREQUENCY_CHANGED)
 
@@ -216,6 +220,17 @@ class RunData:
     def metadata(self) -> dict:
         return self.record.metadata
 
+    def kernels(self) -> list[str]:
+        """The kernels the points were measured on, by name, in the order of the plan's --kernels ("": the
+        host's own)."""
+        return self._ordered({p.series.kernel for p in self.points}, self.plan.kernel_names())
+
+    @property
+    def emulated(self) -> bool:
+        """Whether a point was measured in a guest whose CPU QEMU emulated (TCG): its numbers are the
+        emulator's as much as the kernel's."""
+        return any((p.guest or {}).get("accelerator") == TCG for p in self.points)
+
     def _ordered(self, found: set, preferred) -> list:
         return [x for x in preferred if x in found] + sorted(found - set(preferred))
 
@@ -227,10 +242,13 @@ class RunData:
 
     def planned_lines(self, sweep: str) -> list[Series]:
         """The sweep's planned lines: the dead sweeps' series (every server's backends), pipetest's backends
-        with each token walk."""
+        with each token walk; each line on every kernel of the plan in turn, so that a backend's lines on
+        the kernels stand together."""
+        kernels = self.plan.kernel_names()
         if sweep in model.DEAD_SWEEPS:
-            return list(self.plan.series)
-        return [Series(catalog.DEFAULT_SERVER, b, w) for w in self.plan.walks for b in self.plan.backends]
+            return [s.on(k) for s in self.plan.series for k in kernels]
+        return [Series(catalog.DEFAULT_SERVER, b, w, k) for w in self.plan.walks for b in self.plan.backends
+                for k in kernels]
 
     def lines(self, sweep: str, variant: str | None = None) -> list[Series]:
         found = {k[2] for k in self.groups if k[0] == sweep and variant in (None, k[1])}

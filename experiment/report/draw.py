@@ -33,6 +33,12 @@ RC: dict[Any, Any] = {  # matplotlib types its keys as literals
     "legend.frameon": False,
 }
 FIGSIZE = (6.4, 3.9)
+# The legend's width in characters of its labels that fits FIGSIZE's width at its font, each column counting
+# LEGEND_COLUMN_EXTRA more for its marker and the space between columns (measured: the quick reference run's
+# reply-rate legend, 58 characters in 5 columns, just fits; a run over two kernels' comparison, 70, does not).
+LEGEND_WIDTH = 90
+LEGEND_COLUMN_EXTRA = 6
+NOTE_COLOUR = "#A00000"
 PNG_DPI = 144
 
 
@@ -49,6 +55,7 @@ class Series:
     saturated: list[bool] = field(default_factory=list)
     reference: bool = False  # a published series: hollow markers, thin dotted line
     dashed: bool = False  # the second run of a comparison
+    hollow: bool = False  # the second run of a comparison over kernels: hollow markers, its kernel's dash kept
     thin: bool = False  # a companion figure of the same line (p50 beside p99): thinner, smaller markers
 
 
@@ -62,6 +69,9 @@ class Plot:
     logx: bool = False
     logy: bool = False
     ratio_series: list[Series] = field(default_factory=list)  # B/A panel of a comparison
+    # Above the plot, in NOTE_COLOUR: what the reader must know before reading any number of it (emulated CPUs),
+    # drawn into the figure so that it stays with a figure attached on its own.
+    note: str = ""
 
 
 @dataclass
@@ -115,7 +125,7 @@ def _draw_series(ax, series: Series) -> None:
                 markersize=6, markerfacecolor="white", markeredgewidth=1.3, label=series.label, zorder=2)
         return
     linestyle = (0, (4, 2)) if series.dashed else style["linestyle"]
-    face = "white" if series.dashed else style["color"]
+    face = "white" if series.dashed or series.hollow else style["color"]
     width, size = (0.8, 3.0) if series.thin else (1.8, 5.5)
     ax.plot(xs, ys, color=style["color"], marker=style["marker"], linestyle=linestyle, linewidth=width,
             markersize=size, markerfacecolor=face, markeredgewidth=1.2, label=series.label, zorder=3)
@@ -165,6 +175,8 @@ def draw(plot: Plot) -> Figure:
                        label="client saturated")
         _style_axes(ax, plot, plot.ylabel, _wants_logy(plot))
         ax.set_title(plot.title, fontsize=11, loc="left")
+        if plot.note:
+            fig.suptitle(plot.note, fontsize=8.5, color=NOTE_COLOUR)
         if ratio_ax is not None:
             for series in plot.ratio_series:
                 _draw_series(ratio_ax, series)
@@ -179,10 +191,25 @@ def draw(plot: Plot) -> Figure:
         handles, labels = ax.get_legend_handles_labels()
         if handles:
             # Below the axes: it never hides a line, and placing it costs no search.
-            # Long labels (an extrapolated line's) in fewer columns, so that the legend stays in the figure.
-            columns = 5 if max(len(label) for label in labels) <= 16 else 3
-            fig.legend(handles, labels, loc="outside lower center", fontsize=8.5, ncols=min(len(labels), columns))
+            fig.legend(handles, labels, loc="outside lower center", fontsize=8.5, ncols=legend_columns(labels))
     return fig
+
+
+def legend_columns(labels: list[str]) -> int:
+    """The most columns, up to 5 (3 for long labels such as an extrapolated line's), in which the legend stays
+    within the figure's width. matplotlib fills the columns top to bottom, the first len % columns of them one
+    entry longer, and each is as wide as its widest label with its marker: their sum must fit LEGEND_WIDTH."""
+    most = 5 if max(len(label) for label in labels) <= 16 else 3
+    for columns in range(min(len(labels), most), 1, -1):
+        rows, longer = divmod(len(labels), columns)
+        width, start = 0, 0
+        for column in range(columns):
+            size = rows + (column < longer)
+            width += max(len(label) for label in labels[start:start + size]) + LEGEND_COLUMN_EXTRA
+            start += size
+        if width <= LEGEND_WIDTH:
+            return columns
+    return 1
 
 
 def draw_bars(plot: StackedBars) -> Figure:

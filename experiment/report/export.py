@@ -1,8 +1,10 @@
 """A run's points as flat rows for a spreadsheet or a notebook: report/points.csv and `invoke export`.
 
-One row per point file; the columns are the point's place (sweep, variant, server, backend, level,
-repetition), what became of it, every figure any sweep measures (model.FIGURES, empty where the point's sweep
-does not measure it or it was not measured), and the checks' flags that were raised.
+One row per point file; the columns are the point's place (sweep, variant, server, backend, kernel, level,
+repetition; kernel is empty on the host's own, and accelerator is that of the guest a point of --kernels was
+measured in: kvm, or tcg for an emulated CPU), what became of it, every figure any sweep measures
+(model.FIGURES, empty where the point's sweep does not measure it or it was not measured), and the checks'
+flags that were raised.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from .. import model
 from ..errors import UserError
 from ..model import Point
 
-PLACE = ("id", "sweep", "variant", "server", "backend", "level", "repetition", "status", "reason", "load",
-         "host_max", "started_at", "ended_at")
+PLACE = ("id", "sweep", "variant", "server", "backend", "kernel", "accelerator", "level", "repetition", "status",
+         "reason", "load", "host_max", "started_at", "ended_at")
 FIGURES = tuple(dict.fromkeys(f.name for kind in model.FIGURES.values() for f in fields(kind)))
 COLUMNS = (*PLACE, *FIGURES, "flags")
 FORMATS = ("csv", "json")
@@ -26,8 +28,10 @@ FORMATS = ("csv", "json")
 def row(point: Point) -> dict:
     figures = asdict(point.figures) if point.figures else {}
     return {"id": point.id, "sweep": point.sweep, "variant": point.variant, "server": point.series.server,
-            "backend": point.series.backend, "level": point.x, "repetition": point.repetition,
-            "status": point.status, "reason": point.reason or "", "load": point.load or "",
+            "backend": point.series.backend, "kernel": point.series.kernel,
+            "accelerator": (point.guest or {}).get("accelerator") or "", "level": point.x,
+            "repetition": point.repetition, "status": point.status, "reason": point.reason or "",
+            "load": point.load or "",
             "host_max": point.host_max, "started_at": point.started_at, "ended_at": point.ended_at or "",
             **{name: figures.get(name) for name in FIGURES},
             "flags": ";".join(sorted(name for name, on in point.flags.items() if on))}

@@ -10,7 +10,7 @@ from ..catalog import Series
 from ..host import checks
 from ..model import DEAD, DEAD_OPEN
 from . import beyond, draw
-from .data import REFERENCE_KEY, SWEEPS, Metric, RunData, Sweep, reference
+from .data import EMULATED, REFERENCE_KEY, SWEEPS, Metric, RunData, Sweep, reference
 from .styles import style
 from .text import human
 
@@ -19,14 +19,14 @@ from .text import human
 
 def series_of(data: RunData, sweep_name: str, variant: str, backend: Series, key: str, label: str,
               scale_to_base: bool = False, ring_saturated: bool = False, dashed: bool = False,
-              thin: bool = False) -> draw.Series:
+              thin: bool = False, hollow: bool = False) -> draw.Series:
     """One line: medians and min-max of the repetitions, optionally divided by its first value."""
     groups = [(g, g.values(key)) for g in data.line(sweep_name, variant, backend) if g.values(key)]
     base = (groups[0][0].measured_median(key) if groups and scale_to_base else 1.0) or 1.0
     return draw.Series(
-        label=label, style=style(backend), xs=[g.x for g, _ in groups],
+        label=label, style=style(backend, data.kernels()), xs=[g.x for g, _ in groups],
         medians=[g.measured_median(key) / base for g, _ in groups], lows=[min(v) / base for _, v in groups],
-        highs=[max(v) / base for _, v in groups], dashed=dashed, thin=thin,
+        highs=[max(v) / base for _, v in groups], dashed=dashed, thin=thin, hollow=hollow,
         saturated=[g.flagged(checks.CLIENT_SATURATED) for g, _ in groups] if ring_saturated else [])
 
 
@@ -79,9 +79,9 @@ def _panels(data: RunData, sweep_name: str, variants: list[str]) -> list[tuple[s
             for v in variants for w in walks]
 
 
-def _extrapolated(extended: list[beyond.Extrapolation], variant: str) -> list[draw.Series]:
+def _extrapolated(extended: list[beyond.Extrapolation], variant: str, kernels: list[str]) -> list[draw.Series]:
     """A stopped line's fit from its last measured level to the 2002 study's largest, dashed."""
-    return [draw.Series(label=f"{e.series.label} extrapolated", style=style(e.series),
+    return [draw.Series(label=f"{e.series.label} extrapolated", style=style(e.series, kernels),
                         xs=[e.xs[-1], e.to_x], medians=[e.at(e.xs[-1]), e.value], dashed=True)
             for e in extended if e.variant == variant]
 
@@ -89,6 +89,7 @@ def _extrapolated(extended: list[beyond.Extrapolation], variant: str) -> list[dr
 def run_figure_rows(data: RunData) -> list[FigureRow]:
     rows = []
     extended = beyond.extrapolations(data)
+    note = EMULATED if data.emulated else ""
     for sweep_name in data.sweeps():
         if sweep_name not in SWEEPS:
             continue
@@ -103,11 +104,11 @@ def run_figure_rows(data: RunData) -> list[FigureRow]:
                 title=f"{prefix}: {title} vs {sweep.x_label}",
                 xlabel=sweep.x_label, ylabel=metric.label, logx=sweep.logx, logy=sweep.logx or metric.logy,
                 series=[series_of(data, sweep_name, v, b, metric.key,
-                                  f"{b.backend if w else b.label} {metric.line_label}".strip(),
+                                  f"{_label(b, w)} {metric.line_label}".strip(),
                                   ring_saturated=metric.key == "reply_rate")
                         for b in lines] + _thin_series(data, sweep_name, v, metric)
-                + (_extrapolated(extended, v) if sweep_name == DEAD and metric.key == "server_cpu_us_per_reply"
-                   else []))
+                + (_extrapolated(extended, v, data.kernels())
+                   if sweep_name == DEAD and metric.key == "server_cpu_us_per_reply" else []), note=note)
                 for v in variants for suffix, prefix, w, lines in _panels(data, sweep_name, [v])]
             rows.append(FigureRow(f"{_capital(title)} vs {sweep.x_label}",
                                   _caption(data, sweep, metric), plots))
@@ -120,9 +121,8 @@ def run_figure_rows(data: RunData) -> list[FigureRow]:
                 title=f"{title}: {sweep.main.title} relative to {base_x:,} {sweep.x_unit}, with 2002",
                 xlabel=sweep.x_label, ylabel=f"{sweep.main.title} / own value at {base_x:,}",
                 logx=sweep.logx, logy=sweep.logx,
-                series=[series_of(data, sweep_name, v, b, sweep.main.key, b.backend if w else b.label,
-                                  scale_to_base=True)
-                        for b in lines] + _reference_series(sweep_name))
+                series=[series_of(data, sweep_name, v, b, sweep.main.key, _label(b, w), scale_to_base=True)
+                        for b in lines] + _reference_series(sweep_name), note=note)
                 for v in variants for suffix, title, w, lines in _panels(data, sweep_name, [v])]
             rows.append(FigureRow(
                 f"{sweep.main.title[0].upper()}{sweep.main.title[1:]} relative to {base_x:,} {sweep.x_unit}, "
@@ -132,6 +132,11 @@ def run_figure_rows(data: RunData) -> list[FigureRow]:
                 "of hardware while the absolute numbers do not. 2002 values (hollow markers, dotted): "
                 + reference()["about"], plots))
     return rows
+
+
+def _label(line: Series, walk: str) -> str:
+    """A line's name in a figure's legend: in a figure of one token walk, without the walk the title names."""
+    return line.walking("").label if walk else line.label
 
 
 def _capital(text: str) -> str:

@@ -30,8 +30,8 @@ import jinja2
 from ..errors import UserError
 from ..model import RunRecord
 from ..run.results import Run
-from . import anatomy, beyond, draw, export, styles
-from .data import SWEEPS, RunData, legend_lines, load, reference
+from . import anatomy, beyond, draw, export, kernels, styles
+from .data import EMULATED, SWEEPS, RunData, legend_lines, load, reference
 from .page import (
     engines_table,
     flatten,
@@ -167,6 +167,8 @@ def report_context(data: RunData) -> dict:
         "version": epollbench_version(),
         "counts": Counter(p.status for p in data.points),
         "anatomy": anatomy.section(data),
+        "kernels": kernels.section(data),
+        "emulated": EMULATED if data.emulated else "",
         "issue": False,
     }
 

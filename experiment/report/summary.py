@@ -165,9 +165,10 @@ def _saturated(data: RunData, variant: str) -> tuple[int, int]:
 # The table
 
 def _rows(data: RunData, variant: str) -> list[Series]:
-    """The dead sweep's lines (every server's), then any backend only pipetest ran (as ephttpd's)."""
+    """The dead sweep's lines (every server's), then any backend only pipetest ran (as ephttpd's), each on its
+    kernel."""
     found = [s for sweep in (DEAD, DEAD_OPEN) for s in data.lines(sweep, variant)]
-    found += [Series(catalog.DEFAULT_SERVER, s.backend) for s in data.lines(PIPETEST, variant)]
+    found += [s.walking("") for s in data.lines(PIPETEST, variant)]
     return list(dict.fromkeys(found))
 
 
@@ -212,7 +213,7 @@ def _pipes_cell(data: RunData, variant: str, series: Series) -> dict[str, Cell]:
     stopped it below the most pipes another line reached (select at FD_SETSIZE)."""
     if series.server != catalog.DEFAULT_SERVER:
         return {}
-    lines = [s for s in data.lines(PIPETEST, variant) if s.backend == series.backend]
+    lines = [s for s in data.lines(PIPETEST, variant) if s.walking("") == series]
     if not lines:
         return {}
     most = max((g.x for s in data.lines(PIPETEST, variant) for g in _measured(data, PIPETEST, variant, s, PASSES.key)),
