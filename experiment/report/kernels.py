@@ -3,7 +3,8 @@ each line's median at each level on each kernel with its ratio to the first kern
 called a change only by compare's rule (verdict.py), which also decides the section's one-sentence headline.
 
 The numbers are each sweep's main metric, the one its headlines quote: reply rate, token passes per second, the
-open loop's p99.
+open loop's p99; and for the dead sweeps server CPU per reply too, which measures the server where the client
+saturated (as in a guest of two vCPUs it mostly does) and the reply rate is the client's limit.
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ import math
 from dataclasses import dataclass
 
 from ..catalog import Series, kernel_name
-from .data import SWEEPS, Group, RunData, Sweep
+from .data import CPU_PER_REPLY, OPEN_CPU_PER_REPLY, SWEEPS, Group, Metric, RunData, Sweep
 from .styles import kernel_dash
 from .text import human, number, times
 from .verdict import NOISE, ComparedPoint
 
 # The largest changes the headline names per kernel and sweep.
 NAMED = 3
+# Compared beside each sweep's main metric: the server's cost per reply, which the client's limit does not cap.
+ALSO_COMPARED = {CPU_PER_REPLY.sweep: CPU_PER_REPLY, OPEN_CPU_PER_REPLY.sweep: OPEN_CPU_PER_REPLY}
+
+
+def compared_metrics(sweep: Sweep) -> list[Metric]:
+    """The metrics the section compares the kernels by, for a sweep: its main one, and its CPU per reply."""
+    return [sweep.main] + ([ALSO_COMPARED[sweep.name]] if sweep.name in ALSO_COMPARED else [])
 
 
 @dataclass
@@ -63,7 +71,8 @@ def section(data: RunData) -> Section | None:
     kernels = [k for k in data.kernels() if k]
     if not kernels:
         return None
-    tables = [_table(data, s, kernels) for s in data.sweeps() if s in SWEEPS]
+    tables = [_table(data, s, metric, kernels) for s in data.sweeps() if s in SWEEPS
+              for metric in compared_metrics(SWEEPS[s])]
     guests = {k: _guests(data, k) for k in kernels}
     reasons = sorted({f"{g['accelerator']}: {g['accelerator_reason']}" for found in guests.values() for g in found
                       if g.get("accelerator") and g.get("accelerator_reason")})
@@ -119,9 +128,8 @@ def _lines(data: RunData, sweep: str, variant: str) -> list[Series]:
     return list(dict.fromkeys(s.on("") for s in data.lines(sweep, variant)))
 
 
-def _table(data: RunData, sweep_name: str, kernels: list[str]) -> Table:
+def _table(data: RunData, sweep_name: str, metric: Metric, kernels: list[str]) -> Table:
     sweep = SWEEPS[sweep_name]
-    metric = sweep.main
     rows = []
     for variant in data.variants(sweep_name):
         for line in _lines(data, sweep_name, variant):
@@ -153,11 +161,12 @@ def headline(data: RunData, kernels: list[str]) -> str:
     for kernel in others:
         changes = []
         for sweep_name in (s for s in data.sweeps() if s in SWEEPS):
-            found = _kernel_points(data, sweep_name, [first, kernel])
-            compared_count += len(found)
-            changed = [c for c in found if (v := c.verdict(SWEEPS[sweep_name].main.key, NOISE)) and v.change]
-            if changed:
-                changes.append(_changes_text(SWEEPS[sweep_name], changed, len(found)))
+            for metric in compared_metrics(SWEEPS[sweep_name]):
+                found = _kernel_points(data, sweep_name, metric, [first, kernel])
+                compared_count += len(found) if metric is SWEEPS[sweep_name].main else 0
+                changed = [c for c in found if (v := c.verdict(metric.key, NOISE)) and v.change]
+                if changed:
+                    changes.append(_changes_text(SWEEPS[sweep_name], metric, changed, len(found)))
         parts.append(f"{kernel} changed " + (" and ".join(changes) if changes else "nothing"))
     if not compared_count:
         return f"No point was measured on {first} and on another kernel: nothing to compare."
@@ -167,19 +176,19 @@ def headline(data: RunData, kernels: list[str]) -> str:
     return f"By compare's rule, against {first} (the first of --kernels), " + "; ".join(parts) + "."
 
 
-def _kernel_points(data: RunData, sweep: str, kernels: list[str]) -> list[ComparedPoint]:
-    """The sweep's points both kernels measured, the first kernel's as A."""
-    key = SWEEPS[sweep].main.key
+def _kernel_points(data: RunData, sweep: str, metric: Metric, kernels: list[str]) -> list[ComparedPoint]:
+    """The sweep's points both kernels measured the metric at, the first kernel's as A."""
+    key = metric.key
     return [c for v in data.variants(sweep) for line in _lines(data, sweep, v)
             for x in sorted({g.x for g in data.line(sweep, v, line.on(kernels[0]))})
             for _, c in _against_first(data, sweep, v, line, x, kernels) if c and c.ratio(key) is not None]
 
 
-def _changes_text(sweep: Sweep, changed: list[ComparedPoint], count: int) -> str:
+def _changes_text(sweep: Sweep, metric: Metric, changed: list[ComparedPoint], count: int) -> str:
     """"the reply rate at 2 of 4 points (poll UP at 1,000 dead connections ×0.55, 9.54k → 5.2k replies/s; …)"."""
-    key = sweep.main.key
+    key = metric.key
     largest = sorted(changed, key=lambda c: -abs(math.log(c.ratio(key) or 1.0)))[:NAMED]
     named = "; ".join(f"{c.group_a.series.on('').label} {c.group_a.variant.upper()} at {c.group_a.x:,} "
                       f"{sweep.x_unit} {times(c.ratio(key))}, {human(c.group_a.median(key))} → "
-                      f"{human(c.group_b.median(key))} {sweep.main.unit}" for c in largest)
-    return f"the {sweep.main.title} at {len(changed)} of {count} points ({named})"
+                      f"{human(c.group_b.median(key))} {metric.unit}" for c in largest)
+    return f"the {metric.title} at {len(changed)} of {count} points ({named})"
