@@ -4,9 +4,10 @@ what looks at the cache without fetching (the dry run, doctor) can be tested wit
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from experiment.guest import apt, kernels
+from experiment.guest import apt, kernels, leftovers
 from experiment.guest.cache import cache_path
 
 DATA = Path(__file__).parent / "data" / "guest"
@@ -37,3 +38,14 @@ def unpack(kernel: kernels.Kernel) -> Path:
     vmlinuz = folder / "boot" / f"vmlinuz-{kernel.release}"
     vmlinuz.write_bytes(b"not a kernel")
     return vmlinuz
+
+
+def our_qemus() -> list[int]:
+    """The pids of this machine's guest QEMUs that this test process booted."""
+    mine = leftovers.owner_identity(os.getpid())
+    pids = []
+    for pid_dir in Path("/proc").iterdir():
+        guest = leftovers._guest_of(pid_dir) if pid_dir.name.isdigit() else None
+        if guest and guest[1].get(leftovers.OWNER_ENV) == mine:
+            pids.append(int(pid_dir.name))
+    return pids

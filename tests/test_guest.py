@@ -15,6 +15,7 @@ from pathlib import Path
 
 import guestcache
 import pytest
+from guestcache import our_qemus
 
 from experiment.errors import UserError
 from experiment.guest import (
@@ -23,7 +24,6 @@ from experiment.guest import (
     cache,
     cpio,
     debversion,
-    imagedisk,
     initramfs,
     kernels,
     leftovers,
@@ -231,17 +231,6 @@ def test_console_facts_are_read_from_the_console():
     assert qemu.console_facts(text) == {"kernel": "6.1.0-50-cloud-amd64", "vulnerability.mds": "Not affected"}
 
 
-def our_qemus() -> list[int]:
-    """The pids of this machine's guest QEMUs that this test process booted."""
-    mine = leftovers.owner_identity(os.getpid())
-    pids = []
-    for pid_dir in Path("/proc").iterdir():
-        guest = leftovers._guest_of(pid_dir) if pid_dir.name.isdigit() else None
-        if guest and guest[1].get(leftovers.OWNER_ENV) == mine:
-            pids.append(int(pid_dir.name))
-    return pids
-
-
 @pytest.fixture(scope="module")
 def bookworm_kernel():
     return kernels.find("6.1")
@@ -269,26 +258,6 @@ def test_a_guest_that_never_answers_fails_within_its_timeout(bookworm_kernel, tm
     assert time.monotonic() - started < 60 and our_qemus() == []
 
 
-@pytest.mark.needs_host(REAL_GUEST)
-def test_a_real_guest_runs_a_container_of_a_copied_image_and_leaves_no_qemu(bookworm_kernel, tmp_path, client):
-    from experiment.host import engine, images
-
-    base = images.ensure_base_image(client, images.DEFAULT_BASE_IMAGE, tmp_path)["name"]
-    with qemu.running(bookworm_kernel, tmp_path, vcpus=2, memory_mb=2048, accelerator="auto") as guest:
-        assert guest.url.startswith("tcp://127.0.0.1:") and our_qemus() == [guest.process.pid]
-        inside = engine.answers(guest.url, timeout=30)
-        assert inside is not None
-        assert engine.copy_images(client, inside, [base]) == {base: "copied"}
-        out = inside.containers.run(base, ["uname", "-r"], remove=True, network_mode="host")
-        assert out.decode().strip() == "6.1.0-50-cloud-amd64"
-        facts = guest.facts
-        assert facts["accelerator"] in ("kvm", "tcg") and facts["accelerator_reason"]
-        assert facts["guest"]["kernel"] == "6.1.0-50-cloud-amd64" and "overlay" in facts["guest"]["modules"]
-        assert facts["qemu_version"].startswith("QEMU emulator version")
-        assert (tmp_path / "guest-6.1.0-50-cloud-amd64.json").is_file()
-    assert our_qemus() == [] and guest.process.returncode is not None
-
-
 def test_the_cache_keeps_the_most_recently_used_disks(tmp_path):
     disks = []
     for age, name in enumerate(["a", "b", "c", "d"]):
@@ -299,19 +268,3 @@ def test_the_cache_keeps_the_most_recently_used_disks(tmp_path):
     removed = cache.prune(tmp_path, "*.ext4", 2, disks[0])  # a, the oldest, is in use now
     assert sorted(p.name for p in removed) == ["b.ext4", "c.ext4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ext4", "d.ext4"]
-
-
-@pytest.mark.needs_host(REAL_GUEST + ", starts a dockerd of its own")
-def test_a_guest_booted_with_an_images_disk_has_the_images_at_once(bookworm_kernel, tmp_path, client):
-    from experiment.host import engine, images
-
-    base = images.ensure_base_image(client, images.DEFAULT_BASE_IMAGE, tmp_path)["name"]
-    disk = imagedisk.build(client, [base])
-    assert imagedisk.build(client, [base]) == disk  # cached
-    with qemu.running(bookworm_kernel, tmp_path, vcpus=1, memory_mb=1024, accelerator="tcg",
-                      images_disk=disk) as guest:
-        inside = engine.answers(guest.url, timeout=30)
-        assert inside is not None and guest.facts["guest"]["images_disk"].startswith("/dev/vd")
-        assert inside.images.get(base).id == client.images.get(base).id
-        assert engine.copy_images(client, inside, [base]) == {base: "present"}
-    assert our_qemus() == []

@@ -11,6 +11,7 @@ import json
 
 import pytest
 from fakeengine import FakeContainers, Script
+from guestcache import our_qemus
 
 from experiment import model
 from experiment.errors import UserError
@@ -172,5 +173,14 @@ def test_a_real_run_over_two_kernels_records_each_points_kernel_under_tcg(tmp_pa
     assert {p.guest["accelerator"] for p in points if p.guest} == {"tcg"}
     assert {p.guest["vcpus"] for p in points if p.sweep == model.PIPETEST and p.guest} == {1}
     record = json.loads((run.path / "run.json").read_text())
-    assert set(record["metadata"]["guests"]) == {"6.1-2cpu", "6.1-1cpu", f"{sid}-2cpu", f"{sid}-1cpu"}
-    assert record["metadata"]["guests"]["6.1-2cpu"]["settings"]["net.core.somaxconn"] == 65535
+    booted = record["metadata"]["guests"]
+    assert set(booted) == {"6.1-2cpu", "6.1-1cpu", f"{sid}-2cpu", f"{sid}-1cpu"}
+    assert booted["6.1-2cpu"]["settings"]["net.core.somaxconn"] == 65535
+    assert booted["6.1-2cpu"]["guest"]["kernel"] == releases["6.1"] and booted["6.1-1cpu"]["guest"]["cpus"] == "1"
+    assert "overlay" in booted["6.1-2cpu"]["guest"]["modules"] and booted["6.1-2cpu"]["guest"]["images_disk"]
+    assert all(g["qemu_version"].startswith("QEMU emulator version") and g["accelerator_reason"]
+               for g in booted.values())
+    assert all((run.path / "guests" / f"guest-{label}.console.log").stat().st_size for label in booted)
+    assert our_qemus() == [], "no QEMU outlives the run"
+    report = (run.path / "report" / "report.md").read_text()
+    assert "### Kernels" in report and "emulated (TCG)" in report
