@@ -443,7 +443,8 @@ def test_a_stopped_generator_raises_lagged_for_p99(openload):
     assert lagged["late_share"] == pytest.approx(lagged["late_sends"] / 6000, abs=1e-6)
     assert lagged["checked_sends"] == data["requests"] == 6000
     parsed = loads.parse_openload(json.dumps(data))
-    assert parsed["lagged"]
+    assert parsed["lagged"] and parsed["lagged_p99"] and parsed["lagged_p999"]
+    assert parsed["lag"]["late_share"] == lagged["late_share"]
     assert parsed["lag"]["max_ms"] >= 150
     assert data["lagged"]["threshold_us"] == 1000
     assert parsed["latency_ms"]["max"] >= 150  # the lag is in the corrected latency: the flag says so
