@@ -1,0 +1,103 @@
+"""Whose a CPU's time was during a point (experiment/host: parties, switches, interference, stat_fallback): ours
+and third parties by comm, cgroup and the harness's descendants; `perf script` output of sched:sched_switch
+cut into each task's stretches, on a real capture of this host (tests/data/switches) and on made-up switches;
+third parties' share of a set of CPUs, their longest stretch and the flag over a window; the /proc/stat
+estimate where perf cannot record; and a real capture of a pinned busy loop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from experiment.host import parties
+from experiment.host.parties import IDLE, OURS, THIRD_PARTY, Ours, Task
+
+DATA = Path(__file__).parent / "data"
+CAPTURE = DATA / "switches" / "sched-switch.txt"  # tests/data/switches/README.md says what ran
+CAPTURED_FROM, CAPTURED_TO = 14897_205432630, 14897_353347685  # its first and last switch, ns
+CAPTURING_PROCESS = 11598
+CONTAINER = "3f" * 32
+OTHER_CONTAINER = "7a" * 32
+MS = 1_000_000
+
+
+# ---- ours and theirs ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("comm", ["dockerd", "containerd", "containerd-shim", "runc", "runc:[2:INIT]",
+                                  "docker-init", "tini", "docker-proxy", "perf"])
+def test_the_engine_and_the_instruments_are_ours_by_name(comm):
+    assert Ours().party(Task(4242, comm)) == OURS
+
+
+@pytest.mark.parametrize("comm", ["swapper/0", "swapper/1"])
+def test_the_idle_task_is_no_ones(comm):
+    assert Ours(harness=frozenset({0})).party(Task(0, comm)) == IDLE
+
+
+def test_a_task_in_one_of_the_runs_containers_is_ours_and_in_another_it_is_a_third_partys():
+    ours = Ours(frozenset({CONTAINER}))
+    v1 = f"12:pids:/docker/{CONTAINER}\n4:memory:/docker/{CONTAINER}\n0::/\n"
+    systemd = f"0::/system.slice/docker-{CONTAINER}.scope\n"
+    assert ours.party(Task(300, "ephttpd", 300, v1)) == ours.party(Task(301, "ephttpd", 300, systemd)) == OURS
+    assert ours.party(Task(400, "ephttpd", 400, f"0::/system.slice/docker-{OTHER_CONTAINER}.scope\n")) == THIRD_PARTY
+    assert ours.party(Task(500, "tokio-rt-worker", 1, "0::/\n")) == THIRD_PARTY
+    assert ours.party(Task(501, "ephttpd")) == THIRD_PARTY, "gone, and not named as the engine's"
+
+
+def test_the_harness_and_every_thread_of_its_processes_are_ours():
+    ours = Ours(harness=frozenset({1000, 1005}))
+    assert ours.party(Task(1000, "python")) == ours.party(Task(1007, "python", tgid=1005)) == OURS
+    assert ours.party(Task(1006, "python", tgid=1006)) == THIRD_PARTY
+
+
+def test_a_container_id_is_taken_whole_or_refused():
+    with pytest.raises(ValueError, match="not full container IDs"):
+        Ours(frozenset({CONTAINER[:12]}))
+
+
+def write_task(proc: Path, pid: int, comm: str, ppid: int, tgid: int | None = None, cgroup: str = "0::/\n") -> None:
+    folder = proc / str(pid)
+    folder.mkdir(parents=True)
+    (folder / "comm").write_text(comm + "\n")
+    (folder / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194560 0 0 0 0 7 3 0 0 20 0 1 0\n")
+    (folder / "status").write_text(f"Name:\t{comm}\nTgid:\t{tgid or pid}\nPid:\t{pid}\nPPid:\t{ppid}\n")
+    (folder / "cgroup").write_text(cgroup)
+
+
+def test_a_task_is_read_from_proc_while_it_still_is_that_task(tmp_path):
+    write_task(tmp_path, 300, "ephttpd", 1, cgroup=f"0::/system.slice/docker-{CONTAINER}.scope\n")
+    write_task(tmp_path, 301, "sh", 1)
+    assert Task.read(300, "ephttpd", tmp_path) == Task(300, "ephttpd", 300,
+                                                       f"0::/system.slice/docker-{CONTAINER}.scope\n")
+    assert Task.read(301, "ephttpd", tmp_path) == Task(301, "ephttpd"), "the pid is another program's now"
+    assert Task.read(302, "ephttpd", tmp_path) == Task(302, "ephttpd"), "gone"
+    assert Ours(frozenset({CONTAINER})).judge(300, "ephttpd", tmp_path) == OURS
+
+
+def test_the_harness_is_its_process_and_every_process_below_it(tmp_path):
+    """Descendants by each process's parent in stat, whatever its comm holds (spaces, parentheses)."""
+    write_task(tmp_path, 1, "init", 0)
+    write_task(tmp_path, 100, "python", 1)
+    write_task(tmp_path, 101, "perf", 100)
+    write_task(tmp_path, 102, "a (b) c", 100)
+    write_task(tmp_path, 103, "ephttpd", 102)
+    write_task(tmp_path, 200, "tokio-rt-worker", 1)
+    (tmp_path / "self").mkdir()
+    assert parties.descendants(100, tmp_path) == {100, 101, 102, 103}
+    ours = Ours.of_run([CONTAINER], 100, tmp_path)
+    assert ours.harness == {100, 101, 102, 103} and ours.container_ids == {CONTAINER}
+
+
+def test_this_process_and_a_child_it_started_are_ours_and_init_is_not():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        ours = Ours.of_run([], os.getpid())
+        assert ours.judge(child.pid, "sleep") == ours.judge(os.getpid(), Path("/proc/self/comm").read_text().strip()) \
+            == OURS
+        assert ours.judge(1, Path("/proc/1/comm").read_text().strip()) == THIRD_PARTY
+    finally:
+        child.kill()
+        child.wait()
