@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from experiment.host import parties
+from experiment.host import parties, switches
 from experiment.host.parties import IDLE, OURS, THIRD_PARTY, Ours, Task
+from experiment.host.switches import OnCpu
 
 DATA = Path(__file__).parent / "data"
 CAPTURE = DATA / "switches" / "sched-switch.txt"  # tests/data/switches/README.md says what ran
@@ -101,3 +102,60 @@ def test_this_process_and_a_child_it_started_are_ours_and_init_is_not():
     finally:
         child.kill()
         child.wait()
+
+
+# ---- switches and stretches --------------------------------------------------------------------------------
+
+def switch(t_ms: float, cpu: int, prev: tuple[str, int], nxt: tuple[str, int], state: str = "S") -> str:
+    """One line as `perf script --ns -F cpu,time,trace` prints it."""
+    ns = round(t_ms * MS)
+    return (f"[{cpu:03d}] {ns // 10**9}.{ns % 10**9:09d}: prev_comm={prev[0]} prev_pid={prev[1]} prev_prio=120 "
+            f"prev_state={state} ==> next_comm={nxt[0]} next_pid={nxt[1]} next_prio=120")
+
+
+def test_perf_scripts_lines_are_read_with_their_cpu_nanoseconds_and_tasks():
+    found = switches.parse(CAPTURE.read_text())
+    assert len(found) == 261
+    assert found[0] == switches.Switch(CAPTURED_FROM, 0, 0, "swapper/0", 11424, "epollbench-gues")
+    assert found[-1].time_ns == CAPTURED_TO
+    assert {s.cpu for s in found} == {0, 1}
+    assert switches.parse("\n[001] 5.000100: prev_comm=Web Content prev_pid=7 prev_prio=120 prev_state=R+ ==> "
+                          "next_comm=swapper/1 next_pid=0 next_prio=120\n\n") == \
+        [switches.Switch(5_000_100_000, 1, 7, "Web Content", 0, "swapper/1")]
+
+
+def test_a_line_that_is_not_a_switch_is_refused():
+    with pytest.raises(ValueError, match="line 2"):
+        switches.parse(switch(1, 0, ("a", 1), ("b", 2)) + "\nperf: lost 3 chunks\n")
+
+
+def test_each_cpus_time_is_cut_into_the_stretches_its_tasks_held_open_at_the_captures_edges():
+    found = switches.stretches(switches.parse(CAPTURE.read_text()))
+    for cpu in (0, 1):
+        mine = [s for s in found if s.cpu == cpu]
+        assert mine[0].start_ns is None and mine[-1].end_ns is None
+        assert all(a.end_ns == b.start_ns for a, b in zip(mine, mine[1:], strict=False)), "no gap, no overlap"
+    kdamond = max((s for s in found if s.comm == "kdamond.0"), key=lambda s: s.within(0, 2**62))
+    assert (kdamond.cpu, kdamond.pid, kdamond.start_ns, kdamond.end_ns) == (1, 105, 14897_209643439, 14897_211321282)
+
+
+def test_on_this_host_perf_never_sees_the_host_agents_threads_leave_a_cpu():
+    """tokio-rt-worker comes on CPU 1 three times in the capture, and each time the next switch there takes
+    another task off: its stretches end unseen (README). Every other task's are seen to the end."""
+    found = switches.stretches(switches.parse(CAPTURE.read_text()))
+    unseen = [s for s in found if not s.end_seen]
+    assert [(s.cpu, s.pid, s.comm) for s in unseen] == [(1, 103, "tokio-rt-worker")] * 3
+    assert all(s.end_seen for s in found if s.comm != "tokio-rt-worker")
+
+
+def test_a_task_perf_did_not_see_leave_holds_a_stretch_whose_end_is_not_seen():
+    lines = [switch(0, 0, ("swapper/0", 0), ("agent", 9)), switch(4, 0, ("swapper/0", 0), ("ephttpd", 300)),
+             switch(5, 0, ("ephttpd", 300), ("swapper/0", 0))]
+    found = switches.stretches(switches.parse("\n".join(lines)))
+    assert found == [OnCpu(0, 0, "swapper/0", None, 0), OnCpu(0, 9, "agent", 0, 4 * MS, end_seen=False),
+                     OnCpu(0, 300, "ephttpd", 4 * MS, 5 * MS), OnCpu(0, 0, "swapper/0", 5 * MS, None)]
+
+
+def test_perf_records_the_switches_of_the_cpus_asked_on_the_monotonic_clock(tmp_path):
+    assert switches.record_args([0, 2], tmp_path / "s.data") == [
+        "-e", "sched:sched_switch", "-C", "0,2", "-k", "CLOCK_MONOTONIC", "-o", str(tmp_path / "s.data")]
