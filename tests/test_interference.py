@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from experiment.host import parties, switches
+from experiment.host import interference, parties, switches
+from experiment.host.interference import Held
 from experiment.host.parties import IDLE, OURS, THIRD_PARTY, Ours, Task
 from experiment.host.switches import OnCpu
 
@@ -159,3 +160,77 @@ def test_a_task_perf_did_not_see_leave_holds_a_stretch_whose_end_is_not_seen():
 def test_perf_records_the_switches_of_the_cpus_asked_on_the_monotonic_clock(tmp_path):
     assert switches.record_args([0, 2], tmp_path / "s.data") == [
         "-e", "sched:sched_switch", "-C", "0,2", "-k", "CLOCK_MONOTONIC", "-o", str(tmp_path / "s.data")]
+
+
+# ---- interference ------------------------------------------------------------------------------------------
+
+def judge_by_name(pid: int, comm: str) -> str:
+    return IDLE if pid == 0 else OURS if comm in ("ephttpd", "openload") else THIRD_PARTY
+
+
+def test_a_third_partys_stretch_across_the_windows_edges_counts_only_inside_it():
+    """Window 10-20 ms on CPU 0: the neighbour holds 5-12 ms and 18-30 ms, ephttpd between, idle never."""
+    stretches = [OnCpu(0, 50, "neighbour", 5 * MS, 12 * MS), OnCpu(0, 300, "ephttpd", 12 * MS, 18 * MS),
+                 OnCpu(0, 50, "neighbour", 18 * MS, 30 * MS), OnCpu(1, 60, "other", None, None)]
+    found = interference.from_switches(stretches, [0], 10 * MS, 20 * MS, judge_by_name)
+    assert (found.window_s, found.third_party_s) == (0.01, 0.004)
+    assert found.third_party_share == pytest.approx(0.4)
+    assert found.longest == Held("neighbour", 50, 0, 2.0)
+    assert found.tasks == {"neighbour": 0.004}
+    assert (found.interfered, found.method, found.cpus, found.unattributed_s) == (True, "sched_switch", [0], 0.0)
+
+
+def test_the_flag_holds_over_two_percent_or_over_one_millisecond_at_a_stretch_and_not_at_them():
+    """100 ms on one CPU: 2 ms of third parties in 1 ms stretches is at both thresholds, not over them."""
+    def run(*held_ms: float) -> interference.Interference:
+        stretches, t = [], 0.0
+        for ms in held_ms:
+            stretches += [OnCpu(0, 50, "neighbour", round(t * MS), round((t + ms) * MS)),
+                          OnCpu(0, 300, "ephttpd", round((t + ms) * MS), round((t + 10) * MS))]
+            t += 10
+        stretches.append(OnCpu(0, 300, "ephttpd", round(t * MS), None))
+        return interference.from_switches(stretches, [0], 0, 100 * MS, judge_by_name)
+
+    assert run(1.0, 1.0).interfered is False
+    assert run(1.0, 1.0, 0.5).interfered is True, "2.5 % of the CPU"
+    assert run(1.2).interfered is True, "one stretch of 1.2 ms"
+    assert run().interfered is False and run().longest is None and run().tasks == {}
+    assert (interference.THIRD_PARTY_SHARE, interference.THIRD_PARTY_STRETCH_MS) == (0.02, 1.0)
+
+
+def test_a_stretch_whose_end_perf_did_not_see_is_unattributed_and_leaves_the_flag_undecided_when_it_could_matter():
+    base = [OnCpu(0, 300, "ephttpd", None, 50 * MS), OnCpu(0, 300, "ephttpd", 53 * MS, None)]
+    unseen = interference.from_switches([*base, OnCpu(0, 9, "agent", 50 * MS, 53 * MS, end_seen=False)], [0],
+                                        0, 100 * MS, judge_by_name)
+    assert (unseen.interfered, unseen.third_party_s, unseen.unattributed_s) == (None, 0.0, 0.003)
+    assert unseen.unseen_exits == {"agent": 0.003} and unseen.longest_unseen == Held("agent", 9, 0, 3.0)
+    short = [OnCpu(0, 300, "ephttpd", None, 50 * MS), OnCpu(0, 9, "agent", 50 * MS, 50 * MS + 500_000, False),
+             OnCpu(0, 300, "ephttpd", 50 * MS + 500_000, None)]
+    assert interference.from_switches(short, [0], 0, 100 * MS, judge_by_name).interfered is False
+
+
+def test_a_cpu_without_a_switch_is_unattributed_for_the_whole_window():
+    found = interference.from_switches([OnCpu(0, 300, "ephttpd", None, None)], [0, 1], 0, 10 * MS, judge_by_name)
+    assert (found.unattributed_s, found.third_party_s, found.interfered) == (0.01, 0.0, None)
+
+
+def test_the_captures_third_parties_with_their_share_longest_stretch_and_names():
+    """Over the fixture's span, the capturing process and the engine ours (parties.Ours, no /proc to read: the
+    tasks are long gone): CPU 0 is the guest's; on CPU 1 kdamond.0's 1.68 ms is the longest stretch seen whole,
+    and tokio-rt-worker's three are bounds (README)."""
+    stretches = switches.stretches(switches.parse(CAPTURE.read_text()))
+    ours = Ours(harness=frozenset({CAPTURING_PROCESS}))
+    judge = lambda pid, comm: ours.judge(pid, comm, DATA / "no-proc")  # noqa: E731
+    cpu0 = interference.from_switches(stretches, [0], CAPTURED_FROM, CAPTURED_TO, judge)
+    assert set(cpu0.tasks or {}) == {"epollbench-gues"} and cpu0.third_party_share > 0.98
+    cpu1 = interference.from_switches(stretches, [1], CAPTURED_FROM, CAPTURED_TO, judge)
+    assert cpu1.longest == Held("kdamond.0", 105, 1, 1.677843)
+    assert list(cpu1.tasks or {})[:2] == ["epollbench-gues", "kdamond.0"]
+    assert "containerd" not in (cpu1.tasks or {}) and "swapper/1" not in (cpu1.tasks or {})
+    assert cpu1.third_party_s == pytest.approx(sum((cpu1.tasks or {}).values()))
+    assert cpu1.unseen_exits == {"tokio-rt-worker": pytest.approx(0.005719027)}
+    assert cpu1.longest_unseen == Held("tokio-rt-worker", 103, 1, 3.139401)
+    assert cpu1.interfered is True
+    both = interference.from_switches(stretches, [0, 1], CAPTURED_FROM, CAPTURED_TO, judge)
+    assert both.third_party_s == pytest.approx(cpu0.third_party_s + cpu1.third_party_s)
+    assert both.to_json()["longest"] == {"comm": "epollbench-gues", "pid": 11424, "cpu": 0, "ms": 11.966381}
