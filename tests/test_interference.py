@@ -6,13 +6,14 @@ estimate where perf cannot record; and a real capture of a pinned busy loop."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from experiment.host import interference, parties, switches
+from experiment.host import interference, parties, stat_fallback, switches
 from experiment.host.interference import Held
 from experiment.host.parties import IDLE, OURS, THIRD_PARTY, Ours, Task
 from experiment.host.switches import OnCpu
@@ -234,3 +235,79 @@ def test_the_captures_third_parties_with_their_share_longest_stretch_and_names()
     both = interference.from_switches(stretches, [0, 1], CAPTURED_FROM, CAPTURED_TO, judge)
     assert both.third_party_s == pytest.approx(cpu0.third_party_s + cpu1.third_party_s)
     assert both.to_json()["longest"] == {"comm": "epollbench-gues", "pid": 11424, "cpu": 0, "ms": 11.966381}
+
+
+# ---- /proc/stat, where perf cannot record --------------------------------------------------------------------
+
+PROC_STAT = """cpu  100 0 50 1000 0 0 0 0 0 0
+cpu0 60 0 30 500 0 0 0 0 0 0
+cpu1 40 0 20 500 0 0 0 0 0 0
+intr 1
+"""
+
+
+def test_a_containers_cpu_time_is_read_from_its_cgroup_on_v1_and_v2(tmp_path):
+    v2 = tmp_path / "v2" / "system.slice" / f"docker-{CONTAINER}.scope"
+    v2.mkdir(parents=True)
+    (v2 / "cpu.stat").write_text("usage_usec 2500000\nuser_usec 500000\nsystem_usec 2000000\n")
+    v1 = tmp_path / "v1" / "cpuacct" / "docker" / CONTAINER
+    v1.mkdir(parents=True)
+    (v1 / "cpuacct.usage").write_text("1250000000\n")
+    assert stat_fallback.container_usage_s(CONTAINER, tmp_path / "v2") == 2.5
+    assert stat_fallback.container_usage_s(CONTAINER[:12], tmp_path / "v1") == 1.25
+    with pytest.raises(stat_fallback.Unreadable, match="container 7a7a7a7a7a7a"):
+        stat_fallback.container_usage_s(OTHER_CONTAINER, tmp_path / "v1")
+
+
+def test_a_processs_cpu_time_is_its_user_and_system_time(tmp_path):
+    write_task(tmp_path, 300, "a (b) c", 1)  # utime 7, stime 3 ticks
+    assert stat_fallback.process_usage_s(300, tmp_path) == 10 / stat_fallback.USER_HZ
+    with pytest.raises(stat_fallback.Unreadable, match="process 301"):
+        stat_fallback.process_usage_s(301, tmp_path)
+
+
+def test_a_reading_takes_the_cpus_busy_time_and_our_pinned_tasks(tmp_path):
+    (tmp_path / "stat").write_text(PROC_STAT)
+    write_task(tmp_path, 300, "ephttpd", 1)
+    reading = stat_fallback.Reading.take([0], pids=[300], proc=tmp_path)
+    hz = stat_fallback.USER_HZ
+    assert reading.busy_s == {0: 90 / hz} and reading.ours_s == 10 / hz
+    with pytest.raises(stat_fallback.Unreadable, match="CPU 5"):
+        stat_fallback.Reading.take([5], proc=tmp_path)
+
+
+def test_real_readings_give_the_busy_time_of_each_cpu(tmp_path):
+    """tests/data/procstat: CPU 0 busy 29 jiffies, CPU 1 80, in the second between the readings."""
+    readings = []
+    for name in ("before.txt", "after.txt"):
+        (tmp_path / "stat").write_text((DATA / "procstat" / name).read_text())
+        readings.append(dataclasses.replace(stat_fallback.Reading.take([0, 1], proc=tmp_path),
+                                            at_ns=len(readings) * 10**9))
+    found = stat_fallback.interference(*readings, "no perf")
+    hz = stat_fallback.USER_HZ
+    assert found.third_party_s == pytest.approx((29 + 80) / hz)
+    assert found.third_party_share == pytest.approx((29 + 80) / hz / 2)
+    alone = stat_fallback.interference(*(dataclasses.replace(r, busy_s={0: r.busy_s[0]}) for r in readings), "")
+    assert alone.third_party_share == pytest.approx(29 / hz)
+
+
+def test_the_fallback_gives_the_share_not_ours_and_says_why_the_stretch_is_unavailable():
+    """2 s on CPUs 0 and 1: 1.5 s busy, 1.4 s of it ours: 0.1 s of third parties, 2.5 %."""
+    before = stat_fallback.Reading(0, {0: 10.0, 1: 20.0}, 5.0)
+    after = stat_fallback.Reading(2 * 10**9, {0: 11.0, 1: 20.5}, 6.4)
+    found = stat_fallback.interference(before, after, "perf is not installed")
+    assert (found.method, found.cpus, found.window_s) == ("proc_stat", [0, 1], 2.0)
+    assert found.third_party_s == pytest.approx(0.1) and found.third_party_share == pytest.approx(0.025)
+    assert (found.interfered, found.longest, found.tasks) == (True, None, None)
+    assert found.stretch_unavailable == "perf is not installed"
+    quiet = stat_fallback.interference(before, stat_fallback.Reading(2 * 10**9, {0: 11.0, 1: 20.5}, 6.48), "why")
+    assert quiet.third_party_share == pytest.approx(0.005) and quiet.interfered is None, "a stretch may hide"
+    ours_more = stat_fallback.interference(before, stat_fallback.Reading(2 * 10**9, {0: 11.0, 1: 20.5}, 7.0), "")
+    assert ours_more.third_party_s == 0.0, "tick accounting against exact usage: never below nothing"
+
+
+def test_two_readings_of_the_same_cpus_one_after_the_other_are_needed():
+    with pytest.raises(ValueError):
+        stat_fallback.interference(stat_fallback.Reading(5, {0: 1.0}, 0), stat_fallback.Reading(5, {0: 1.0}, 0), "")
+    with pytest.raises(ValueError):
+        stat_fallback.interference(stat_fallback.Reading(0, {0: 1.0}, 0), stat_fallback.Reading(9, {1: 1.0}, 0), "")
