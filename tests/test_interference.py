@@ -9,10 +9,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import tools
 
+from experiment.anatomy import perf
 from experiment.host import interference, parties, stat_fallback, switches
 from experiment.host.interference import Held
 from experiment.host.parties import IDLE, OURS, THIRD_PARTY, Ours, Task
@@ -311,3 +315,44 @@ def test_two_readings_of_the_same_cpus_one_after_the_other_are_needed():
         stat_fallback.interference(stat_fallback.Reading(5, {0: 1.0}, 0), stat_fallback.Reading(5, {0: 1.0}, 0), "")
     with pytest.raises(ValueError):
         stat_fallback.interference(stat_fallback.Reading(0, {0: 1.0}, 0), stat_fallback.Reading(9, {1: 1.0}, 0), "")
+
+
+# ---- a real capture ----------------------------------------------------------------------------------------
+
+# A third party: on CPU 0 under SCHED_FIFO (nothing of a busy host's cuts its stretch), named spinner, it
+# sleeps 0.3 s, then spins 30 ms.
+SPIN = """import os, time
+os.sched_setaffinity(0, {0})
+os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+open("/proc/self/comm", "w").write("spinner")
+time.sleep(0.3)
+end = time.monotonic() + 0.03
+while time.monotonic() < end:
+    pass
+"""
+
+
+@pytest.mark.needs_host("records sched:sched_switch on a CPU and runs a SCHED_FIFO busy loop there")
+def test_a_busy_loop_pinned_to_the_cpu_is_a_third_party_holding_it_for_its_30_ms(tmp_path):
+    """A real capture of CPU 0 (perf on the other CPUs) while the spinner runs: a third party (nothing is ours
+    here: no harness, no containers), its stretch at least 25 ms, the CPU interfered."""
+    perf_path, why = perf.ensure(install=False)
+    why = why or switches.check(perf_path or "perf")
+    if perf_path is None or why:
+        tools.missing(f"perf cannot record the switches here: {why}")
+    cpus = os.sched_getaffinity(0)
+    if 0 not in cpus or len(cpus) < 2:
+        pytest.skip("needs CPU 0 and another CPU for perf")
+    capture = switches.Capture.start(perf_path, [0], tmp_path, away=cpus - {0})
+    try:
+        capture.open()
+        spinner = subprocess.run([sys.executable, "-c", SPIN], timeout=30)
+        time.sleep(0.05)
+        capture.close()
+    finally:
+        stretches = capture.finish(perf_path)
+    assert spinner.returncode == 0
+    found = interference.from_switches(stretches, [0], capture.start_ns, capture.end_ns, Ours().judge)
+    assert found.interfered is True
+    assert found.longest is not None and found.longest.comm == "spinner" and found.longest.ms >= 25
+    assert (found.tasks or {}).get("spinner", 0) >= 0.025

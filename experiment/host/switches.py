@@ -10,10 +10,11 @@ window.
 A switch whose outgoing task is not the one the previous switch put there means perf did not record that
 task leaving: the stretch began with it, then the CPU went to others (or idle) at a moment not known, so it
 held the CPU for part of the stretch only (end_seen False). perf loses switches when its buffer overflows;
-and on some hosts it never records a given task leaving. Here, a host agent's threads (tokio-rt-worker, of
-the host's process_api) are seen switched in and never switched out: perf records no event at all while one
-of them is the CPU's current task, and a sched_switch is recorded in the outgoing task's context. Such a
-task's stretches are bounded (at most until the next switch recorded there), never known.
+and on some hosts it never records a given task leaving. On the development host, a host agent's threads
+(tokio-rt-worker, of its process_api) are seen switched in and never switched out: perf recorded none of the
+events it was asked for (switches, wakeups, runtime updates) while one of them was a CPU's current task, and
+a sched_switch is recorded in the outgoing task's context. Such a task's stretches are bounded (at most until
+the next switch recorded there), never known (tests/data/switches/README.md).
 
 The capture runs on the CPUs watched (-C) with CLOCK_MONOTONIC timestamps (-k), the clock of
 time.monotonic_ns() and of openload's due times, so that a window taken in this process or in openload reads
