@@ -225,8 +225,12 @@ class OpenFigures:
     latency percentiles in ms counted from each request's due time (coordinated omission corrected; the
     uncorrected ones from its send, for comparison), and the server's CPU from its cgroup: seconds, busy share
     of its cpuset over openload's run (t0 to its end, drain included: 100 = every CPU of the cpuset busy), and
-    per reply. lagged: the generator sent late on a free connection (its fault); overloaded: the achieved rate
-    fell over 1% below the offered one (the server's). errors: every request that got no reply, by any kind."""
+    per reply. lagged: the generator found at least one request due late (a late send, its fault: lag.h in
+    images/openload; an openload before late_share counted only those found on a free connection), which alone
+    moves no percentile; late_share: its late sends over all its sends; lagged_p99, lagged_p999: they were at
+    least 1% (0.1%) of all sends, so its lateness alone could have moved that percentile (None: the point
+    predates them). overloaded: the achieved rate fell over 1% below the offered one (the server's). errors:
+    every request that got no reply, by any kind."""
 
     offered_rate: float
     achieved_rate: float
@@ -251,6 +255,9 @@ class OpenFigures:
     connections: int
     duration_s: float
     elapsed_s: float
+    late_share: float | None = None
+    lagged_p99: bool | None = None
+    lagged_p999: bool | None = None
 
 
 FIGURES: dict[str, type[DeadFigures] | type[OpenFigures] | type[PipeFigures]] = {

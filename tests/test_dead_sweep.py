@@ -489,7 +489,9 @@ def test_an_open_loop_series_runs_openload_at_the_sweeps_rate_and_records_its_pe
         assert f["server_cpu_us_per_reply"] == pytest.approx(CPU_S_PER_POINT * 1e6 / 40000)
         assert f["server_cpu_busy_pct"] == pytest.approx(100 * CPU_S_PER_POINT / OPEN_CAPTURED["wall_s"], abs=0.01)
         assert (f["lagged"], f["overloaded"]) == (True, False) == (OPEN_CAPTURED["lagged"]["raised"], False)
+        assert (f["late_share"], f["lagged_p99"], f["lagged_p999"]) == (0.229358, True, True)
         assert (p["flags"]["lagged"], p["flags"]["overloaded"]) == (True, False)
+        assert (p["flags"]["lagged_p99"], p["flags"]["lagged_p999"]) == (True, True)
         assert "client_saturated" in p["flags"] and "server_saturated" in p["flags"]
         assert (ctx.run.path / p["openload"]["raw"]).read_text().startswith('{"program":"openload"')
         assert model.read_point(ctx.run.point_path(p["id"])).figures == model.OpenFigures(**f)
@@ -499,17 +501,27 @@ def test_an_open_loop_series_runs_openload_at_the_sweeps_rate_and_records_its_pe
     assert logs == ["dead-open-up-epoll-r1.deadconn.log", "dead-open-up-epoll-r1.server.log"]
 
 
+def lag(raised: bool, p99: bool = False, p999: bool = False, late_share: float = 0.0) -> dict:
+    """openload's lagged object changed: any late send, and whether they were enough to move p99, p99.9."""
+    return {"lagged/raised": raised, "lagged/p99": p99, "lagged/p99.9": p999, "lagged/late_share": late_share}
+
+
 def test_openloads_flags_reach_the_points_flags_and_an_overloaded_point_stands(tmp_path):
+    """Late sends at 1000 too few to move a percentile (12 of 40,000), at 5000 enough for p99.9 alone."""
     script = Script(openload_at={
-        0: {"lagged/raised": False},
-        1000: {"lagged/raised": True, "lagged/late_sends": 12},
-        5000: {"lagged/raised": False, "overloaded/raised": True, "overloaded/achieved_share": 0.5,
-               "achieved_rate": 10000.0, "latency_us/p99": 900000.0, "errors/timeout": 4, "errors/unsent": 100}})
+        0: lag(False),
+        1000: {**lag(True, late_share=0.0003), "lagged/late_sends": 12},
+        5000: {**lag(True, p999=True, late_share=0.005), "overloaded/raised": True,
+               "overloaded/achieved_share": 0.5, "achieved_rate": 10000.0, "latency_us/p99": 900000.0,
+               "errors/timeout": 4, "errors/unsent": 100}})
     ctx, _ = open_context(tmp_path, script)
     run_line(ctx, "up", EPOLL, 1, model.DEAD_OPEN)
     found = points(ctx)
-    assert [(found[x]["flags"]["lagged"], found[x]["flags"]["overloaded"]) for x in (0, 1000, 5000)] == \
-        [(False, False), (True, False), (False, True)]
+    names = ("lagged", "lagged_p99", "lagged_p999", "overloaded")
+    assert [tuple(found[x]["flags"][n] for n in names) for x in (0, 1000, 5000)] == \
+        [(False, False, False, False), (True, False, False, False), (True, False, True, True)]
+    assert [found[x]["figures"]["late_share"] for x in (0, 1000, 5000)] == [0.0, 0.0003, 0.005]
+    assert [found[x]["figures"]["lagged_p999"] for x in (0, 1000, 5000)] == [False, False, True]
     overloaded = found[5000]
     assert overloaded["status"] == "ok", "the server's overload is the measurement, not a failure"
     assert overloaded["figures"]["latency_p99_ms"] == 900.0 and overloaded["figures"]["errors"] == 104

@@ -218,6 +218,8 @@ def test_the_open_loop_offers_one_rate_and_records_its_percentiles_and_flags(tmp
         assert f["connections"] == 100 and f["duration_s"] == 2
         assert (p["flags"]["lagged"], p["flags"]["overloaded"]) == (f["lagged"], f["overloaded"]) == \
             (parsed["lagged"], parsed["overloaded"])
+        assert (p["flags"]["lagged_p99"], p["flags"]["lagged_p999"]) == (f["lagged_p99"], f["lagged_p999"]) == \
+            (parsed["lagged_p99"], parsed["lagged_p999"])
         assert f["overloaded"] == (f["achieved_share"] < 0.99)
         assert f["server_cpu_s"] > 0 and 0 < f["server_cpu_busy_pct"] <= 105
         assert f["server_cpu_us_per_reply"] == pytest.approx(f["server_cpu_s"] * 1e6 / f["replies"])

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,10 +107,10 @@ def check(perf: str) -> str:
     return _counts(perf, ["cpu-clock", "context-switches"])
 
 
-def check_tracepoints(perf: str) -> str:
-    """"" when perf can count the syscall tracepoints here, else the reason it cannot (tracefs not mounted,
-    no raw_syscalls tracepoint, perf refused)."""
-    return tracefs_missing() or _counts(perf, ["raw_syscalls:sys_enter"])
+def check_tracepoints(perf: str, events: tuple[str, ...] = ("raw_syscalls:sys_enter",)) -> str:
+    """"" when perf can count the tracepoints here (by default the syscall tracepoint the anatomy needs), else
+    the reason it cannot (tracefs not mounted, no such tracepoint, perf refused)."""
+    return tracefs_missing() or _counts(perf, list(events))
 
 
 def check_filter(perf: str, event: str, condition: str) -> str:
@@ -152,7 +153,8 @@ class Controlled:
     stderr_path: Path
 
     @classmethod
-    def start(cls, perf: str, command: str, args: list[str]) -> Controlled:
+    def start(cls, perf: str, command: str, args: list[str], cpus: Iterable[int] | None = None) -> Controlled:
+        """perf command with args, disabled; cpus: the only CPUs perf's own process may run on (None: any)."""
         folder = tempfile.mkdtemp(prefix="epollbench-perf-")
         ctl_path, ack_path = os.path.join(folder, "ctl"), os.path.join(folder, "ack")
         os.mkfifo(ctl_path)
@@ -160,7 +162,9 @@ class Controlled:
         stderr_path = Path(folder) / "stderr"
         argv = [perf, command, "-D", "-1", "--control", f"fifo:{ctl_path},{ack_path}", *args]
         with open(stderr_path, "w") as err:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            allowed = None if cpus is None else set(cpus)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                    preexec_fn=None if allowed is None else lambda: os.sched_setaffinity(0, allowed))
         # Non-blocking opens: perf opens the FIFOs once it is set up; neither side must wait on the other.
         ack = os.open(ack_path, os.O_RDONLY | os.O_NONBLOCK)
         deadline = time.monotonic() + ACK_TIMEOUT_S

@@ -32,9 +32,12 @@ CLIENT_SATURATED = "client_saturated"
 SERVER_SATURATED = "server_saturated"
 CPU_THROTTLED = "cpu_throttled"
 CPU_FREQUENCY_CHANGED = "cpu_frequency_changed"
-# openload's two flags (images/openload), set on an open-loop point beside the checks': the generator sent late
-# on a free connection (its fault), the achieved rate fell below the offered one (the server's).
+# openload's flags (images/openload), set on an open-loop point beside the checks': the generator sent late on a
+# free connection (its fault) at least once, and often enough to move p99 (1% of its sends) or p99.9 (0.1%);
+# the achieved rate fell below the offered one (the server's).
 LAGGED = "lagged"
+LAGGED_P99 = "lagged_p99"
+LAGGED_P999 = "lagged_p999"
 OVERLOADED = "overloaded"
 
 

@@ -30,7 +30,9 @@ FLAG_TEXT = {
     checks.CPU_THROTTLED: "CPU throttled",
     checks.CPU_FREQUENCY_CHANGED: "CPU clock changed",
     checks.SERVER_SATURATED: "server saturated",
-    checks.LAGGED: "generator lagged",
+    checks.LAGGED: "late sends",
+    checks.LAGGED_P99: "generator lagged for p99",
+    checks.LAGGED_P999: "generator lagged for p99.9",
     checks.OVERLOADED: "server overloaded",
 }
 # The accelerator of a guest whose CPU QEMU emulates (guest/accel.py), and what labels every figure and table

@@ -164,7 +164,8 @@ def _headline_text(sweep: Sweep, variant: str, x: int, items: list[HeadlineItem]
 
 # The open loop's headline: where a line's p99 first exceeds this many times its value at its fewest dead.
 BREAK_FACTOR = 10
-OPEN_CAVEATS = (*CAVEATS, checks.LAGGED, checks.OVERLOADED)
+# The generator is named only where its late sends could have moved the headline's percentile, p99.
+OPEN_CAVEATS = (*CAVEATS, checks.LAGGED_P99, checks.OVERLOADED)
 
 
 def open_headline(data: RunData, variant: str) -> Headline | None:
@@ -303,9 +304,11 @@ FLAG_NOTICES = {
     checks.OVERLOADED: "At {n} of {open} open-loop points the server did not keep up with the offered rate "
                        "(overloaded: the achieved rate fell more than 1% below it): there the latency grows with "
                        "the queue, and requests past openload's timeout are errors, not latencies.",
-    checks.LAGGED: "At {n} of {open} open-loop points the generator lagged: openload sent requests later than 1 ms "
-                   "after they were due although their connection was free (its CPU was taken or it was "
-                   "descheduled), so part of those points' latency is the client's.",
+    checks.LAGGED_P99: "At {n} of {open} open-loop points the generator lagged on 1% or more of its sends: openload "
+                       "sent them later than 1 ms after they were due although their connection was free (its CPU "
+                       "was taken or it was descheduled), enough to have moved p99 and p99.9 there.",
+    checks.LAGGED_P999: "At {n} of {open} open-loop points the generator lagged on 0.1% or more of its sends: enough "
+                        "to have moved p99.9 there.",
 }
 
 
@@ -331,9 +334,21 @@ def notices(data: RunData) -> list[str]:
     counts = {"ok": len(ok), "open": sum(p.sweep == DEAD_OPEN for p in ok)}
     found += [text.format(n=flagged[name], points=f"{flagged[name]} point{'s' if flagged[name] > 1 else ''}", **counts)
               for name, text in FLAG_NOTICES.items() if flagged.get(name)]
+    found += _lag_unjudged(ok, counts["open"])
     if (data.metadata.get("git") or {}).get("dirty"):
         found.append("The source tree had uncommitted changes when this run started (git dirty).")
     return found
+
+
+def _lag_unjudged(ok: list[Point], open_points: int) -> list[str]:
+    """The open-loop points with late sends measured before openload said which percentiles they could move."""
+    late = [p for p in ok if p.flags.get(checks.LAGGED) and isinstance(p.figures, model.OpenFigures)
+            and p.figures.lagged_p99 is None]
+    if not late:
+        return []
+    return [f"At {len(late)} of {open_points} open-loop points openload sent requests late, but these points "
+            "predate its judgement of whether enough were late to move p99 or p99.9: this report neither puts "
+            "their tail down to the generator nor clears it."]
 
 
 def preflight_notes(data: RunData) -> list[str]:

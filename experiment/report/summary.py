@@ -45,11 +45,11 @@ MARKS = {
     "o": "other load on the host",
     "t": "CPU throttled",
     "f": "CPU clock changed",
-    "l": "generator lagged (open loop)",
+    "l": "generator lagged on 1% or more of its sends: enough to move p99 (open loop)",
     "v": "server overloaded (open loop)",
 }
 FLAG_MARKS = {checks.CLIENT_SATURATED: "s", checks.OTHER_LOAD: "o", checks.CPU_THROTTLED: "t",
-              checks.CPU_FREQUENCY_CHANGED: "f", checks.LAGGED: "l", checks.OVERLOADED: "v"}
+              checks.CPU_FREQUENCY_CHANGED: "f", checks.LAGGED_P99: "l", checks.OVERLOADED: "v"}
 COLUMNS = {
     "reached": "dead reached",
     "rate": "replies/s",

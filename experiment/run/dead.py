@@ -529,7 +529,8 @@ def _measure_open(ctx: Context, line: Line, level: Level, serving: Serving, dead
     point.set_checks(hygiene.finish(client_cpu_pct=figures.client_cpu_pct, client_cpus=1,
                                     server_cpu_s=server_cpu_s, duration_s=_open_wall_s(parsed),
                                     server_cpus=server_cpus))
-    point.flags.update({checks.LAGGED: figures.lagged, checks.OVERLOADED: figures.overloaded})
+    point.flags.update({checks.LAGGED: figures.lagged, checks.LAGGED_P99: figures.lagged_p99,
+                        checks.LAGGED_P999: figures.lagged_p999, checks.OVERLOADED: figures.overloaded})
     failure = _open_failure(code, parsed, figures)
     finish(ctx, point, model.FAILED if failure else model.OK, failure)
     return point
@@ -568,7 +569,8 @@ def open_figures(parsed: dict, server_cpu_s: float, server_cpus: int) -> model.O
         latency_p99_ms=latency["p99"], latency_p999_ms=latency["p99.9"], latency_max_ms=latency["max"],
         uncorrected_p50_ms=uncorrected["p50"], uncorrected_p99_ms=uncorrected["p99"],
         uncorrected_p999_ms=uncorrected["p99.9"], requests=parsed["requests"], replies=replies,
-        errors=parsed["error_total"], lagged=parsed["lagged"], overloaded=parsed["overloaded"],
+        errors=parsed["error_total"], lagged=parsed["lagged"], late_share=parsed["lag"]["late_share"],
+        lagged_p99=parsed["lagged_p99"], lagged_p999=parsed["lagged_p999"], overloaded=parsed["overloaded"],
         server_cpu_s=server_cpu_s,
         server_cpu_busy_pct=round(100.0 * server_cpu_s / (wall * max(1, server_cpus)), 2) if wall > 0 else 0.0,
         server_cpu_us_per_reply=server_cpu_s * 1e6 / replies if replies else None,

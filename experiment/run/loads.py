@@ -361,7 +361,8 @@ def _open_object(text: str) -> dict:
 def parse_openload(text: str) -> dict:
     """openload's figures: offered and achieved rate (requests/s), the latency percentiles in ms (corrected:
     from each request's due time; and uncorrected, from its send), requests, replies, errors by kind, the
-    two flags with what raised them, and the generator's CPU. raw keeps the whole object."""
+    two flags with what raised them (lagged: any late send; lagged_p99, lagged_p999: enough late sends to move
+    that percentile), and the generator's CPU. raw keeps the whole object."""
     data = _open_object(text)
     try:
         latency = {f"{kind}_ms": {p: data[f"{kind}_us"][p] / 1e3 for p in OPEN_PERCENTILES}
@@ -383,8 +384,11 @@ def parse_openload(text: str) -> dict:
             "errors": errors,
             "error_total": sum(errors.values()),
             "lagged": bool(lagged["raised"]),
+            "lagged_p99": bool(lagged["p99"]),
+            "lagged_p999": bool(lagged["p99.9"]),
             "lag": {"late_sends": int(lagged["late_sends"]), "checked_sends": int(lagged["checked_sends"]),
-                    "max_ms": lagged["max_lag_us"] / 1e3, "threshold_ms": lagged["threshold_us"] / 1e3},
+                    "late_share": float(lagged["late_share"]), "max_ms": lagged["max_lag_us"] / 1e3,
+                    "threshold_ms": lagged["threshold_us"] / 1e3},
             "overloaded": bool(overloaded["raised"]),
             "cpu": {"user_s": float(cpu["user_s"]), "system_s": float(cpu["system_s"]),
                     "busy_share": float(cpu["busy_share"])},

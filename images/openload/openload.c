@@ -40,11 +40,16 @@
  * connection is free is sent at once.
  *
  * The two flags, always printed with the figures behind them:
- *   lagged: the generator found a request due later than --lag-threshold-us
- *     after its due time while its connection was free (or closed): the
- *     generator's fault (it was descheduled, stopped, or too busy), and the
- *     corrected latency of that request includes the lag.  A request found
- *     due on time but behind a busy connection is the server's, not lag.
+ *   lagged: the generator found requests due later than --lag-threshold-us
+ *     after their due time (late sends, lag.h): its fault (it was
+ *     descheduled, stopped, or too busy), and the corrected latency of such a
+ *     request includes the lag.  A request found due on time but behind a
+ *     busy connection is the server's, not lag.  `raised` says that at least
+ *     one send was late; that alone moves no percentile.  Late sends can move
+ *     the p-th percentile of the latency only when they are at least (1 - p)
+ *     of all sends, so `p99` is raised at 1 % of sends late and `p99.9` at
+ *     0.1 % (LAG_PERCENTILES): only where it holds may that percentile be the
+ *     generator's doing.
  *   overloaded: the achieved rate fell more than 1 % below the offered one:
  *     the server (or errors) did not keep up.  The achieved rate is the
  *     replies to the run's requests over the time from t0 to the last of them
@@ -95,6 +100,7 @@
 
 #include "fdlimit.h"
 #include "hist.h"
+#include "lag.h"
 #include "options.h"
 
 #define DEFAULT_CONNECTIONS   100
@@ -116,6 +122,12 @@
 #define MAX_EVENTS  256
 /* How often in-flight requests are checked against --timeout. */
 #define HOUSEKEEPING_NS 50000000LL
+/* The percentiles `lagged` speaks for, each with the share of sends late that could move it, 1 - p, as one send
+ * in `one_in` (whole numbers: the comparison is exact). */
+static const struct {
+	const char *key;
+	uint64_t one_in;
+} LAG_PERCENTILES[] = { { "p99", 100 }, { "p99.9", 1000 } };
 /* The generator's tolerance before `overloaded`: achieved below (1 - this) x offered. */
 #define OVERLOAD_TOLERANCE 0.01
 #define TIMER_TOKEN UINT32_MAX
@@ -167,7 +179,7 @@ static const struct option_spec option_specs[] = {
 	{ "path", "P", .text = &path, .help = "the request target" },
 	{ "timeout", "S", .real = &timeout_s, .help = "a request unanswered this long is an error; also the drain" },
 	{ "lag-threshold-us", "N", .whole = &lag_threshold_us,
-	  .help = "a free connection's request found due this late is lag" },
+	  .help = "a request found due this late is a late send (the generator's lag)" },
 	{ "timer", "MODE", .text = &timer_mode, .help = "auto|epoll_pwait2|timerfd: how the loop sleeps until due" },
 	{ "timer-slack-us", "N", .whole = &timer_slack_us,
 	  .help = "how late the kernel may end a sleep, to batch wakeups" },
@@ -285,9 +297,7 @@ static struct {
 	uint64_t reconnects, unsolicited;
 	uint64_t waits;         /* the loop's sleeps (calls that may sleep), over the schedule and the drain */
 	int64_t last_finish_ns;
-	/* lag */
-	uint64_t free_found, late, lag_sum_ns;
-	int64_t lag_max_ns;
+	struct lag *lag;
 	struct hist *corrected, *uncorrected;
 	char buf[READ_BUFFER];
 } run;
@@ -636,17 +646,9 @@ static void schedule(int64_t now)
 		struct conn *c = &run.conns[index];
 		run.scheduled++;
 		c->due++;
-		bool free_conn = (c->state == C_IDLE || c->state == C_DOWN) && c->next + 1 == c->due;
-		if (free_conn) {
-			int64_t lag = now - due_at;
-			run.free_found++;
-			run.lag_sum_ns += (uint64_t)lag;
-			if (lag > run.lag_max_ns)
-				run.lag_max_ns = lag;
-			if (lag > (int64_t)lag_threshold_us * 1000)
-				run.late++;
+		lag_record(run.lag, now - due_at);
+		if ((c->state == C_IDLE || c->state == C_DOWN) && c->next + 1 == c->due)
 			send_next(index, now);
-		}
 	}
 }
 
@@ -831,13 +833,24 @@ static void print_counts(void)
 	printf("\"unsent\":%" PRIu64 ",\"unanswered\":%" PRIu64 "},", unsent, unanswered);
 }
 
+/* lagged (the generator's fault): any late send, the share of sends late, and each percentile they could move. */
+static void print_lagged(void)
+{
+	printf("\"lagged\":{\"raised\":%s,\"late_sends\":%" PRIu64 ",\"checked_sends\":%" PRIu64
+	       ",\"late_share\":%.6f,",
+	       lag_late(run.lag) > 0 ? "true" : "false", lag_late(run.lag), lag_checked(run.lag),
+	       lag_late_share(run.lag));
+	for (size_t i = 0; i < sizeof(LAG_PERCENTILES) / sizeof(LAG_PERCENTILES[0]); i++)
+		printf("\"%s\":%s,", LAG_PERCENTILES[i].key,
+		       lag_could_move(run.lag, LAG_PERCENTILES[i].one_in) ? "true" : "false");
+	printf("\"max_lag_us\":%.3f,\"mean_lag_us\":%.3f,\"threshold_us\":%ld},", (double)lag_max_ns(run.lag) / 1e3,
+	       lag_mean_ns(run.lag) / 1e3, lag_threshold_us);
+}
+
 /* lagged (the generator's fault) and overloaded (the server's), with the figures behind them. */
 static void print_flags(double achieved_share)
 {
-	printf("\"lagged\":{\"raised\":%s,\"late_sends\":%" PRIu64 ",\"checked_sends\":%" PRIu64
-	       ",\"max_lag_us\":%.3f,\"mean_lag_us\":%.3f,\"threshold_us\":%ld},",
-	       run.late > 0 ? "true" : "false", run.late, run.free_found, (double)run.lag_max_ns / 1e3,
-	       run.free_found ? (double)run.lag_sum_ns / (double)run.free_found / 1e3 : 0.0, lag_threshold_us);
+	print_lagged();
 	printf("\"overloaded\":{\"raised\":%s,\"achieved_share\":%.6f,\"tolerance\":%g},",
 	       achieved_share < 1.0 - OVERLOAD_TOLERANCE ? "true" : "false", achieved_share, OVERLOAD_TOLERANCE);
 }
@@ -920,7 +933,8 @@ static void prepare_run(void)
 	run.conns = calloc((size_t)connections, sizeof(*run.conns));
 	run.corrected = hist_create();
 	run.uncorrected = hist_create();
-	if (!run.conns || !run.corrected || !run.uncorrected)
+	run.lag = lag_create((int64_t)lag_threshold_us * 1000);
+	if (!run.conns || !run.corrected || !run.uncorrected || !run.lag)
 		fail("out of memory for %ld connections", connections);
 	for (long i = 0; i < connections; i++)
 		run.conns[i].fd = -1;
@@ -1000,6 +1014,7 @@ static void free_run(void)
 	free(run.conns);
 	hist_destroy(run.corrected);
 	hist_destroy(run.uncorrected);
+	lag_destroy(run.lag);
 	if (run.timerfd >= 0)
 		close(run.timerfd);
 	close(run.epfd);

@@ -3,8 +3,8 @@ ROUNDS interleaved rounds, medians with a distribution-free 95% interval (stats.
 httperf's rate and their own CPU per request; openload at OPEN_RATE in each of VARIANTS (its timer, timer
 slack and batch window, in an order rotated each round), then at SATURATION_RATE, more than it can send on
 one CPU, with its defaults (the rate it reaches there is its ceiling). Per openload row: the achieved rate,
-its CPU per request (getrusage of each child), the share of its checked sends it found late (`lagged`'s late
-sends), its mean lag, its loop's waits per reply, lagged and overloaded."""
+its CPU per request (getrusage of each child), the share of its sends it found late (`lagged`'s late_share),
+its mean lag, its loop's waits per reply, lagged and overloaded."""
 
 from __future__ import annotations
 
@@ -172,6 +172,6 @@ def _openload(cpus: Cpus, port: int, rate: float | None, variant: Variant) -> di
             "batch_us": variant.batch_us, "waits_per_reply": parsed["raw"]["cpu"]["waits_per_reply"],
             "achieved_share": parsed["achieved_share"], "p50_ms": parsed["latency_ms"]["p50"],
             "p99.9_ms": parsed["latency_ms"]["p99.9"], "busy_share": parsed["cpu"]["busy_share"],
-            "late_share": lag["late_sends"] / lag["checked_sends"] if lag["checked_sends"] else 0.0,
+            "late_share": lag["late_share"],
             "mean_lag_us": lag["mean_lag_us"], "late_sends": lag["late_sends"],
             "checked_sends": lag["checked_sends"]}

@@ -1,0 +1,141 @@
+"""Interference: what third parties (parties.py) took of a point's CPUs while it was measured, and the flag
+that says whether it was enough to matter.
+
+From a capture of the switches on the CPUs (switches.py), for a set of CPUs and a window: the CPU time third
+parties held there, as a share of the window times the CPUs; the longest stretch one third party held one of
+the CPUs, and which; and every third party by name with its total. A stretch counts inside the window only
+(one that crosses an edge is clipped). Time no one can be named for is apart, as unattributed: a stretch
+whose task perf did not see leave (switches.OnCpu.end_seen), a CPU that showed no switch at all. The
+stretches of the first kind are also kept by the name of the task they began with (unseen_exits), with the
+longest of them (longest_unseen): that task held the CPU at most that long.
+
+The flag: *interfered* when third parties took more than THIRD_PARTY_SHARE of the CPUs' time over the window,
+or held one of them longer than THIRD_PARTY_STRETCH_MS at a stretch. A stretch is what a tail sees: at 59k
+requests/s, 20 ms of a neighbour on the server's CPU puts ~1,200 requests behind it while it takes well
+under 2 % of a 6 s point; the share is what a throughput or a CPU-per-reply figure sees. The thresholds do
+not move to spare a host whose neighbours flag most of its points: that is the finding. The flag is cleared
+only when even the most the unseen stretches could add keeps both readings under their thresholds, and is
+left undecided (None) when only that most would cross one.
+
+Where perf cannot record the switches, stat_fallback.py estimates the share from /proc/stat alone; the
+stretch is then unknown, and the flag is raised on the share or left undecided (None), never cleared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+from .parties import THIRD_PARTY
+from .switches import OnCpu
+
+# The flag's thresholds, named once: over this share of the CPUs' time, or one stretch longer than this.
+THIRD_PARTY_SHARE = 0.02
+THIRD_PARTY_STRETCH_MS = 1.0
+# How the readings were taken.
+SCHED_SWITCH = "sched_switch"
+PROC_STAT = "proc_stat"
+Party = Callable[[int, str], str]  # (pid, comm) -> parties.OURS, THIRD_PARTY or IDLE
+
+
+@dataclass(frozen=True)
+class Held:
+    """One task's longest hold of one CPU within the window."""
+
+    comm: str
+    pid: int
+    cpu: int
+    ms: float
+
+
+@dataclass(frozen=True)
+class Interference:
+    """A point's interference on a set of CPUs over its window (the module's docstring): the flag and the
+    readings behind it. third_party_share: of window_s x the CPUs (0-1). longest, tasks, unseen_exits: None
+    where the method cannot see them (stretch_unavailable says why); tasks and unseen_exits by comm, in
+    seconds, most first."""
+
+    interfered: bool | None
+    method: str
+    cpus: list[int]
+    window_s: float
+    third_party_s: float
+    third_party_share: float
+    longest: Held | None
+    tasks: dict[str, float] | None
+    unattributed_s: float = 0.0
+    unseen_exits: dict[str, float] | None = None
+    longest_unseen: Held | None = None
+    stretch_unavailable: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def interfered(share: float, longest_ms: float | None, share_at_most: float = 0.0,
+               longest_at_most_ms: float = 0.0) -> bool | None:
+    """The flag: True when the share or the longest stretch is over its threshold; False when neither is, nor
+    what they could be at most (the unseen stretches added); None when only that most is over, or when the
+    longest stretch is unknown and the share under its threshold."""
+    if share > THIRD_PARTY_SHARE or (longest_ms is not None and longest_ms > THIRD_PARTY_STRETCH_MS):
+        return True
+    if longest_ms is None or share_at_most > THIRD_PARTY_SHARE or longest_at_most_ms > THIRD_PARTY_STRETCH_MS:
+        return None
+    return False
+
+
+def from_switches(stretches: Iterable[OnCpu], cpus: Iterable[int], start_ns: int, end_ns: int,
+                  party: Party) -> Interference:
+    """The interference on cpus over [start_ns, end_ns] (CLOCK_MONOTONIC) from a capture's stretches, each task
+    judged once by party."""
+    if end_ns <= start_ns:
+        raise ValueError(f"an empty window: {start_ns} to {end_ns} ns")
+    watched = sorted(set(cpus))
+    if not watched:
+        raise ValueError("no CPUs to judge")
+    judged: dict[tuple[int, str], str] = {}
+    held, unseen = _Tally(), _Tally()
+    seen: set[int] = set()
+    for stretch in stretches:
+        inside = stretch.within(start_ns, end_ns)
+        if stretch.cpu not in watched or not inside:
+            continue
+        seen.add(stretch.cpu)
+        if not stretch.end_seen:
+            unseen.add(stretch, inside)
+            continue
+        key = (stretch.pid, stretch.comm)
+        if key not in judged:
+            judged[key] = party(*key)
+        if judged[key] == THIRD_PARTY:
+            held.add(stretch, inside)
+    window_ns = end_ns - start_ns
+    silent_ns = window_ns * len(set(watched) - seen)  # no switch at all: whoever held those CPUs is not known
+    capacity_ns = window_ns * len(watched)
+    longest = held.longest()
+    longest_ms = longest.ms if longest else 0.0
+    flag = interfered(held.ns / capacity_ns, longest_ms, (held.ns + unseen.ns + silent_ns) / capacity_ns,
+                      max(longest_ms, unseen.longest_ns / 1e6, window_ns / 1e6 if silent_ns else 0.0))
+    return Interference(flag, SCHED_SWITCH, watched, window_ns / 1e9, held.ns / 1e9, held.ns / capacity_ns,
+                        longest, held.by_name(), (unseen.ns + silent_ns) / 1e9, unseen.by_name(), unseen.longest())
+
+
+class _Tally:
+    """Stretches of third parties inside a window: their time in all, by comm, and the longest one."""
+
+    def __init__(self) -> None:
+        self.ns = self.longest_ns = 0
+        self.names: dict[str, int] = {}
+        self.top: OnCpu | None = None
+
+    def add(self, stretch: OnCpu, inside_ns: int) -> None:
+        self.ns += inside_ns
+        self.names[stretch.comm] = self.names.get(stretch.comm, 0) + inside_ns
+        if inside_ns > self.longest_ns:
+            self.top, self.longest_ns = stretch, inside_ns
+
+    def by_name(self) -> dict[str, float]:
+        return {comm: ns / 1e9 for comm, ns in sorted(self.names.items(), key=lambda kv: -kv[1])}
+
+    def longest(self) -> Held | None:
+        return Held(self.top.comm, self.top.pid, self.top.cpu, self.longest_ns / 1e6) if self.top else None
