@@ -135,8 +135,10 @@ def _table(data: RunData, sweep_name: str, metric: Metric, kernels: list[str]) -
         for line in _lines(data, sweep_name, variant):
             levels = sorted({g.x for k in kernels for g in data.line(sweep_name, variant, line.on(k))})
             for x in levels:
-                cells = [_cell(group, compared, metric.key, metric.digits)
-                         for group, compared in _against_first(data, sweep_name, variant, line, x, kernels)]
+                found = _against_first(data, sweep_name, variant, line, x, kernels)
+                if all(group is None or group.median(metric.key) is None for group, _ in found):
+                    continue  # skipped on every kernel (the method says why): nothing to compare
+                cells = [_cell(group, compared, metric.key, metric.digits) for group, compared in found]
                 rows.append(Row(variant.upper(), line, f"{x:,}", cells))
     return Table(sweep.title, f"{metric.title} [{metric.unit}]", sweep.x_label, rows)
 
