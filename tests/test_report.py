@@ -506,8 +506,11 @@ def test_where_the_client_saturated_everywhere_the_first_figure_is_server_cpu_pe
     for first in firsts:
         assert first.figure_note.startswith("Server CPU per reply: the client saturated at ")
         collapsed = next(s for s in first.prose if s.startswith("Collapsed: "))
-        assert collapsed.startswith("Collapsed: poll, ") and "epoll" not in collapsed
-        assert "epoll" in first.prose[0] and first.prose[0].startswith("Flat: ")
+        assert collapsed.startswith(("Collapsed: poll, ", "Collapsed: poll on ")) and "epoll" not in collapsed
+        flat = first.prose[0]
+        assert flat.startswith("Flat: ") and not re.search(r"(?<![\w-])poll\b", flat), "poll is never flat"
+        # Under emulation (the run over kernels) epoll's cost grows ×1.26–1.39 to 10,000: in between, not flat.
+        assert "epoll" in flat or data.kernels() != [""]
 
 
 @needs_runs
