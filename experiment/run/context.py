@@ -9,7 +9,7 @@ from .. import anatomy, model
 from ..model import Plan
 from . import results
 from .containers import Containers
-from .plan import Level, Line, guest_vcpus
+from .plan import Level, Line, measured_in
 from .progress import Progress
 from .servers import Choice
 from .services import LOOPBACK
@@ -47,7 +47,7 @@ class InGuest:
     failure: Callable[[], str | None]
 
     def measures(self, line: Line) -> bool:
-        return line.kernel == self.kernel and guest_vcpus(line) == self.vcpus
+        return measured_in(line, self.kernel, self.vcpus)
 
 
 def base_point(ctx: Context, line: Line, level: Level) -> model.Point:

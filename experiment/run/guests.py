@@ -35,7 +35,7 @@ from ..guest.kernels import Kernel
 from ..host import engine, metadata, preflight, process
 from . import results
 from .context import InGuest, new_point
-from .plan import Line, guest_vcpus, planned
+from .plan import Line, guest_vcpus, measured_in, planned
 from .services import LOOPBACK
 from .steps import (
     AssessedHost,
@@ -73,7 +73,7 @@ class Shape:
         return f"{self.kernel}-{self.vcpus}cpu"
 
     def measures(self, line: Line) -> bool:
-        return line.kernel == self.kernel and guest_vcpus(line) == self.vcpus
+        return measured_in(line, self.kernel, self.vcpus)
 
 
 def shapes(plan: model.Plan) -> list[Shape]:

@@ -425,6 +425,11 @@ def guest_vcpus(line: Line) -> int:
     return 1 if line.sweep == PIPETEST and line.variant == "up" else 2
 
 
+def measured_in(line: Line, kernel: str, vcpus: int) -> bool:
+    """Whether a line of a --kernels run is measured in the guest of that kernel and vCPUs."""
+    return line.kernel == kernel and guest_vcpus(line) == vcpus
+
+
 def count_points(plan: Plan, fd_limit: int, skipped: bool = False) -> int:
     """The points of the plan under this fd limit; with skipped, only those recorded as skipped."""
     return sum(1 for line in planned(plan, fd_limit) for level in line.levels if not skipped or level.skip_reason)
