@@ -28,6 +28,9 @@ from .catalog import DEFAULT_SERVER, HTTPERF, OPEN, STAY, WALKS, Series, kernel_
 from .errors import UserError
 
 SCHEMA_VERSION = 3
+# The sets of a point's CPUs whose interference it records (Point.interference): the server's and the clients'.
+SERVER_CPUS, CLIENT_CPUS = "server", "clients"
+ROLES_WATCHED = (SERVER_CPUS, CLIENT_CPUS)
 # The records of a run folder: run.json, points/<id>.json, and tuning.json (what --tune-host changed).
 RUN, POINT, TUNING = "run", "point", "tuning"
 
@@ -160,6 +163,45 @@ class Unavailable:
         return {"unavailable": self.reason}
 
 
+@dataclass(frozen=True)
+class Held:
+    """One task's longest hold of one CPU within the window."""
+
+    comm: str
+    pid: int
+    cpu: int
+    ms: float
+
+
+@dataclass(frozen=True)
+class Interference:
+    """Who else held a set of a point's CPUs while it was measured (host/interference.py's docstring says how):
+    the flag and the readings behind it. third_party_share: of window_s x the CPUs (0-1). longest, tasks,
+    unseen_exits: None where the method cannot see them (stretch_unavailable says why); tasks and
+    unseen_exits by comm, in seconds, most first."""
+
+    interfered: bool | None
+    method: str
+    cpus: list[int]
+    window_s: float
+    third_party_s: float
+    third_party_share: float
+    longest: Held | None
+    tasks: dict[str, float] | None
+    unattributed_s: float = 0.0
+    unseen_exits: dict[str, float] | None = None
+    longest_unseen: Held | None = None
+    stretch_unavailable: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Interference:
+        held = {name: Held(**data[name]) if data.get(name) else None for name in ("longest", "longest_unseen")}
+        return cls(**{**data, **held})
+
+
 @dataclass
 class AnatomyFigures:
     """Where a dead point's server time goes (experiment/anatomy: Anatomy.to_json's keys), measured in a window
@@ -217,6 +259,15 @@ def _measured(kind: type[AnatomyFigures] | type[MemoryFigures], value: object) -
     if set(value) == {"unavailable"}:
         return Unavailable(str(value["unavailable"]))
     return kind(**value)
+
+
+def _interference(value: dict | None) -> dict[str, Interference] | Unavailable | None:
+    """An "interference" entry from its JSON: by role, or Unavailable."""
+    if value is None:
+        return None
+    if set(value) == {"unavailable"}:
+        return Unavailable(str(value["unavailable"]))
+    return {role: Interference.from_json(found) for role, found in value.items()}
 
 
 @dataclass
@@ -300,6 +351,10 @@ class Point:
     # Measured in a guest (--kernels): the guest as guest.qemu recorded it (kernel facts, accelerator, vCPUs,
     # memory, QEMU's version); None on the host's own kernel.
     guest: dict | None = None
+    # Who else held the point's CPUs while it was measured, by role (ROLES_WATCHED: the server's CPUs, the
+    # clients'); Unavailable where nothing here can see them (a guest, a remote engine). None: not watched
+    # (a point from before the watch); its key is then absent from the file.
+    interference: dict[str, Interference] | Unavailable | None = None
 
     def to_json(self) -> dict:
         record: dict = {"schema_version": SCHEMA_VERSION, "id": self.id, "sweep": self.sweep,
@@ -326,6 +381,10 @@ class Point:
                 record[name] = asdict(value) if isinstance(value, MemoryFigures) else value.to_json()
         if self.guest is not None:
             record["guest"] = self.guest
+        if isinstance(self.interference, Unavailable):
+            record["interference"] = self.interference.to_json()
+        elif self.interference is not None:
+            record["interference"] = {role: found.to_json() for role, found in self.interference.items()}
         return record
 
     @classmethod
@@ -352,7 +411,8 @@ class Point:
                        checks=data.get("checks") or {},
                        programs={name: data[name] for name in PROGRAMS if isinstance(data.get(name), dict)},
                        anatomy=_measured(AnatomyFigures, data.get("anatomy")),
-                       memory=_measured(MemoryFigures, data.get("memory")), guest=data.get("guest"))
+                       memory=_measured(MemoryFigures, data.get("memory")), guest=data.get("guest"),
+                       interference=_interference(data.get("interference")))
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{where} is not a point this epollbench wrote: {e}") from None
 

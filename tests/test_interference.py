@@ -51,7 +51,16 @@ def test_a_task_in_one_of_the_runs_containers_is_ours_and_in_another_it_is_a_thi
     assert ours.party(Task(300, "ephttpd", 300, v1)) == ours.party(Task(301, "ephttpd", 300, systemd)) == OURS
     assert ours.party(Task(400, "ephttpd", 400, f"0::/system.slice/docker-{OTHER_CONTAINER}.scope\n")) == THIRD_PARTY
     assert ours.party(Task(500, "tokio-rt-worker", 1, "0::/\n")) == THIRD_PARTY
-    assert ours.party(Task(501, "ephttpd")) == THIRD_PARTY, "gone, and not named as the engine's"
+    assert ours.party(Task(501, "ephttpd")) == OURS, "gone, and named as one of our images' programs"
+    assert ours.party(Task(502, "tokio-rt-worker")) == THIRD_PARTY, "gone, and not named as ours"
+
+
+def test_a_gone_thread_is_ours_when_the_capture_saw_it_in_the_harnesss_process(tmp_path):
+    """A thread of the harness that has exited (a log reader) is known by the process perf printed with it."""
+    ours = Ours(harness=frozenset({1000}))
+    assert ours.judge(1042, "invoke", 1000, proc=tmp_path) == OURS
+    assert ours.judge(1043, "invoke", 2000, proc=tmp_path) == THIRD_PARTY
+    assert ours.judge(1044, "invoke", proc=tmp_path) == THIRD_PARTY, "gone, its process not known"
 
 
 def test_the_harness_and_every_thread_of_its_processes_are_ours():
@@ -81,7 +90,7 @@ def test_a_task_is_read_from_proc_while_it_still_is_that_task(tmp_path):
                                                        f"0::/system.slice/docker-{CONTAINER}.scope\n")
     assert Task.read(301, "ephttpd", tmp_path) == Task(301, "ephttpd"), "the pid is another program's now"
     assert Task.read(302, "ephttpd", tmp_path) == Task(302, "ephttpd"), "gone"
-    assert Ours(frozenset({CONTAINER})).judge(300, "ephttpd", tmp_path) == OURS
+    assert Ours(frozenset({CONTAINER})).judge(300, "ephttpd", proc=tmp_path) == OURS
 
 
 def test_the_harness_is_its_process_and_every_process_below_it(tmp_path):
@@ -119,6 +128,37 @@ def switch(t_ms: float, cpu: int, prev: tuple[str, int], nxt: tuple[str, int], s
     ns = round(t_ms * MS)
     return (f"[{cpu:03d}] {ns // 10**9}.{ns % 10**9:09d}: prev_comm={prev[0]} prev_pid={prev[1]} prev_prio=120 "
             f"prev_state={state} ==> next_comm={nxt[0]} next_pid={nxt[1]} next_prio=120")
+
+
+def test_a_line_with_the_current_process_gives_the_outgoing_tasks_process():
+    line = ("11419/11424 [000] 14897.205432630: prev_comm=epollbench-gues prev_pid=11424 prev_prio=120 "
+            "prev_state=R ==> next_comm=swapper/0 next_pid=0 next_prio=120")
+    (found,) = switches.parse(line)
+    assert (found.prev_tgid, found.prev_pid, found.next_pid, found.cpu) == (11419, 11424, 0, 0)
+    assert switches.parse(switch(1, 0, ("a", 5), ("b", 6)))[0].prev_tgid is None
+
+
+def test_left_out_switches_among_our_programs_and_the_idle_task_are_no_missed_ends():
+    """With the quiet filter, ephttpd's switches to and from the idle task are not recorded: the gap from a
+    quiet task's switch-in to another quiet task's switch-out is theirs, seen whole; a third party's missed
+    exit is still unseen."""
+    lines = [switch(0, 0, ("kworker/0:1", 7), ("ephttpd", 300)),
+             switch(5, 0, ("swapper/0", 0), ("kdamond.0", 105)),  # ephttpd -> idle was left out
+             switch(6, 0, ("kdamond.0", 105), ("openload", 400)),
+             switch(9, 0, ("rcu_preempt", 16), ("kworker/0:1", 7))]  # openload -> ... -> rcu: not ours
+    quiet = switches.stretches(switches.parse("\n".join(lines)), parties.PROGRAMS)
+    assert [(s.comm, s.end_seen) for s in quiet[1:-1]] == [("ephttpd", True), ("kdamond.0", True),
+                                                         ("openload", False)]
+    unfiltered = switches.stretches(switches.parse("\n".join(lines)))
+    assert [s.end_seen for s in unfiltered[1:-1]] == [False, True, False]
+
+
+def test_the_quiet_filter_names_every_program_on_both_sides():
+    text = switches.quiet(["ephttpd", "wrk"])
+    assert text == ('(prev_pid != 0 && prev_comm != "ephttpd" && prev_comm != "wrk") || '
+                    '(next_pid != 0 && next_comm != "ephttpd" && next_comm != "wrk")')
+    args = switches.record_args([0], Path("x"), ["wrk"])
+    assert args[:4] == ["-e", switches.EVENT, "--filter", switches.quiet(["wrk"])]
 
 
 def test_perf_scripts_lines_are_read_with_their_cpu_nanoseconds_and_tasks():
@@ -171,7 +211,7 @@ def test_perf_records_the_switches_of_the_cpus_asked_on_the_monotonic_clock(tmp_
 
 # ---- interference ------------------------------------------------------------------------------------------
 
-def judge_by_name(pid: int, comm: str) -> str:
+def judge_by_name(pid: int, comm: str, tgid: int | None = None) -> str:
     return IDLE if pid == 0 else OURS if comm in ("ephttpd", "openload") else THIRD_PARTY
 
 
@@ -227,7 +267,7 @@ def test_the_captures_third_parties_with_their_share_longest_stretch_and_names()
     and tokio-rt-worker's three are bounds (README)."""
     stretches = switches.stretches(switches.parse(CAPTURE.read_text()))
     ours = Ours(harness=frozenset({CAPTURING_PROCESS}))
-    judge = lambda pid, comm: ours.judge(pid, comm, DATA / "no-proc")  # noqa: E731
+    judge = lambda pid, comm, tgid: ours.judge(pid, comm, tgid, DATA / "no-proc")  # noqa: E731
     cpu0 = interference.from_switches(stretches, [0], CAPTURED_FROM, CAPTURED_TO, judge)
     assert set(cpu0.tasks or {}) == {"epollbench-gues"} and cpu0.third_party_share > 0.98
     cpu1 = interference.from_switches(stretches, [1], CAPTURED_FROM, CAPTURED_TO, judge)
@@ -358,3 +398,38 @@ def test_a_busy_loop_pinned_to_the_cpu_is_a_third_party_holding_it_for_its_30_ms
     assert found.interfered is True
     assert found.longest is not None and found.longest.comm == "spinner" and found.longest.ms >= 25
     assert (found.tasks or {}).get("spinner", 0) >= 0.025
+
+
+NAMED_SLEEPER = """
+import ctypes, os, time
+ctypes.CDLL(None).prctl(15, b"ephttpd", 0, 0, 0)  # PR_SET_NAME: the comm of one of our programs
+os.sched_setaffinity(0, {0})
+for _ in range(300):
+    time.sleep(0.001)
+"""
+
+
+@pytest.mark.needs_host("records sched:sched_switch on a CPU with perf's filter")
+def test_a_capture_leaves_out_our_programs_switches_to_and_from_the_idle_task(tmp_path):
+    """A task named ephttpd that sleeps 1 ms 300 times on CPU 0 switches with the idle task some 600 times:
+    the capture's filter keeps none of those (its switches with other tasks stay); the stretches do not take
+    its gaps for missed exits."""
+    perf_path, why = perf.ensure(install=False)
+    why = why or switches.check(perf_path or "perf")
+    if perf_path is None or why:
+        tools.missing(f"perf cannot record the switches here: {why}")
+    cpus = os.sched_getaffinity(0)
+    if 0 not in cpus or len(cpus) < 2:
+        pytest.skip("needs CPU 0 and another CPU for perf")
+    capture = switches.Capture.start(perf_path, [0], tmp_path, away=cpus - {0})
+    try:
+        capture.open()
+        sleeper = subprocess.run([sys.executable, "-c", NAMED_SLEEPER], timeout=30)
+        capture.close()
+    finally:
+        stretches = capture.finish(perf_path)
+    assert sleeper.returncode == 0
+    recorded = switches.parse(switches.script(perf_path, capture.data))
+    quiet = [s for s in recorded if {s.prev_comm, s.next_comm} <= {"ephttpd", "swapper/0"}]
+    assert recorded and not quiet, f"{len(quiet)} switches between the sleeper and the idle task were recorded"
+    assert not [s for s in stretches if s.comm == "ephttpd" and s.start_ns and s.end_ns and not s.end_seen]

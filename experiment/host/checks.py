@@ -32,6 +32,9 @@ CLIENT_SATURATED = "client_saturated"
 SERVER_SATURATED = "server_saturated"
 CPU_THROTTLED = "cpu_throttled"
 CPU_FREQUENCY_CHANGED = "cpu_frequency_changed"
+# Third parties took more than 2 % of the server's CPUs, or held one of them over 1 ms at a stretch, while the
+# point was measured (host/interference.py; run/neighbours.py watches each point).
+INTERFERED = "interfered"
 # openload's flags (images/openload), set on an open-loop point beside the checks': the generator sent late on a
 # free connection (its fault) at least once, and often enough to move p99 (1% of its sends) or p99.9 (0.1%);
 # the achieved rate fell below the offered one (the server's).

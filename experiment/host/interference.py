@@ -24,8 +24,8 @@ stretch is then unknown, and the flag is raised on the share or left undecided (
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 
+from ..model import Held, Interference
 from .parties import THIRD_PARTY
 from .switches import OnCpu
 
@@ -35,41 +35,7 @@ THIRD_PARTY_STRETCH_MS = 1.0
 # How the readings were taken.
 SCHED_SWITCH = "sched_switch"
 PROC_STAT = "proc_stat"
-Party = Callable[[int, str], str]  # (pid, comm) -> parties.OURS, THIRD_PARTY or IDLE
-
-
-@dataclass(frozen=True)
-class Held:
-    """One task's longest hold of one CPU within the window."""
-
-    comm: str
-    pid: int
-    cpu: int
-    ms: float
-
-
-@dataclass(frozen=True)
-class Interference:
-    """A point's interference on a set of CPUs over its window (the module's docstring): the flag and the
-    readings behind it. third_party_share: of window_s x the CPUs (0-1). longest, tasks, unseen_exits: None
-    where the method cannot see them (stretch_unavailable says why); tasks and unseen_exits by comm, in
-    seconds, most first."""
-
-    interfered: bool | None
-    method: str
-    cpus: list[int]
-    window_s: float
-    third_party_s: float
-    third_party_share: float
-    longest: Held | None
-    tasks: dict[str, float] | None
-    unattributed_s: float = 0.0
-    unseen_exits: dict[str, float] | None = None
-    longest_unseen: Held | None = None
-    stretch_unavailable: str = ""
-
-    def to_json(self) -> dict:
-        return asdict(self)
+Party = Callable[[int, str, int | None], str]  # (pid, comm, its process) -> parties.OURS, THIRD_PARTY or IDLE
 
 
 def interfered(share: float, longest_ms: float | None, share_at_most: float = 0.0,
@@ -106,7 +72,7 @@ def from_switches(stretches: Iterable[OnCpu], cpus: Iterable[int], start_ns: int
             continue
         key = (stretch.pid, stretch.comm)
         if key not in judged:
-            judged[key] = party(*key)
+            judged[key] = party(stretch.pid, stretch.comm, stretch.tgid)
         if judged[key] == THIRD_PARTY:
             held.add(stretch, inside)
     window_ns = end_ns - start_ns

@@ -10,8 +10,10 @@ ksoftirqd, rcu_*), which run for whoever queued their work.
 
 A task is what the kernel schedules: sched_switch names it by its thread id ("pid" there) and its comm. Its
 process (Tgid) and its cgroup are read from /proc/<tid>/ when the task still exists and still has that comm
-(a pid can be reused, a comm changed by exec); a task that has gone is judged by its comm alone, so read the
-parties of a capture right after it, while the run's containers still run.
+(a pid can be reused, a comm changed by exec); a task that has gone is judged by its comm alone: the engine's,
+the instruments' and the programs of our images (PROGRAMS: the load generators exit, and their containers go,
+before a capture is read) are ours by name, so a third party that has gone and bears one of those names is
+taken for ours.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ IDLE_PID = 0
 ENGINE = frozenset({"dockerd", "containerd", "containerd-shim", "runc", "docker-init", "tini", "docker-proxy"})
 # The instruments the harness runs on the machine, which a capture sees beside the run (perf's own threads).
 INSTRUMENTS = frozenset({"perf"})
+# The programs of our images (images/), by comm: a task that has gone is ours by these names, and a capture
+# need not record their switches to and from the idle task (switches.py's filter). pyhttpd's comm is the
+# interpreter's, which a third party may share: it is judged by its container only.
+PROGRAMS = frozenset({"ephttpd", "deadconn", "httperf", "wrk", "openload", "pipetest", "nginx"})
 # A Docker container ID as a cgroup path names it: 64 hex digits (a shorter prefix would match by chance).
 CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -76,9 +82,11 @@ class Ours:
         """The run's containers and the harness process harness_pid with every process below it now."""
         return cls(frozenset(container_ids), frozenset(descendants(harness_pid, proc)))
 
-    def judge(self, pid: int, comm: str, proc: Path = PROC) -> str:
-        """The party of the task a capture saw as pid and comm, read from proc now (interference.Party)."""
-        return self.party(Task.read(pid, comm, proc))
+    def judge(self, pid: int, comm: str, tgid: int | None = None, proc: Path = PROC) -> str:
+        """The party of the task a capture saw as pid and comm (and its process tgid, where the capture has it),
+        read from proc now (interference.Party)."""
+        task = Task.read(pid, comm, proc)
+        return self.party(task if task.tgid is not None or tgid is None else Task(pid, comm, tgid))
 
     def party(self, task: Task) -> str:
         """OURS, THIRD_PARTY or IDLE."""
@@ -88,7 +96,9 @@ class Ours:
             return OURS
         if task.pid in self.harness or task.tgid in self.harness:
             return OURS
-        if task.cgroup is not None and any(cid in task.cgroup for cid in self.container_ids):
+        if task.cgroup is None:
+            return OURS if task.comm in PROGRAMS else THIRD_PARTY  # gone: its name (and process) is all there is
+        if any(cid in task.cgroup for cid in self.container_ids):
             return OURS
         return THIRD_PARTY
 

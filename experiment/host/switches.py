@@ -16,6 +16,12 @@ events it was asked for (switches, wakeups, runtime updates) while one of them w
 a sched_switch is recorded in the outgoing task's context. Such a task's stretches are bounded (at most until
 the next switch recorded there), never known (tests/data/switches/README.md).
 
+Most switches on a measured point's CPUs are between our programs and the idle task (a server that waits in
+epoll_wait between requests switches twice per wakeup). A capture leaves those out in the kernel (quiet(): a
+tracepoint filter), so that perf writes, and `perf script` reads, only the switches a third party or the
+engine is part of. stretches() is told which switches were left out: a gap between a quiet task's switch-in
+and another quiet task's switch-out is then theirs (ours, or no one's), not a stretch whose end was missed.
+
 The capture runs on the CPUs watched (-C) with CLOCK_MONOTONIC timestamps (-k), the clock of
 time.monotonic_ns() and of openload's due times, so that a window taken in this process or in openload reads
 against it directly. perf's own process is kept on other CPUs (Capture.start's `away`): on the CPUs it
@@ -34,11 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..anatomy import perf
+from .parties import IDLE_PID, PROGRAMS
 
 EVENT = "sched:sched_switch"
 SCRIPT_TIMEOUT_S = 120.0  # perf script over a few seconds of switches on a few CPUs: never a measurement
-# `perf script --ns -F cpu,time,trace` prints one line per switch; a comm may hold spaces, hence the lazy match.
-LINE = re.compile(r"\s*\[(?P<cpu>\d+)\]\s+(?P<s>\d+)\.(?P<frac>\d+):\s+"
+# `perf script --ns -F pid,tid,cpu,time,trace` prints one line per switch, led by the process and thread that were
+# current (the outgoing task: its process is known even after it has gone); a comm may hold spaces, hence the
+# lazy match. The leading pid/tid is optional, as in captures read without it.
+LINE = re.compile(r"\s*(?:(?P<tgid>-?\d+)/-?\d+\s+)?\[(?P<cpu>\d+)\]\s+(?P<s>\d+)\.(?P<frac>\d+):\s+"
                   r"prev_comm=(?P<prev_comm>.*?) prev_pid=(?P<prev_pid>-?\d+) prev_prio=-?\d+ prev_state=\S+ "
                   r"==> next_comm=(?P<next_comm>.*) next_pid=(?P<next_pid>-?\d+) next_prio=-?\d+\s*")
 
@@ -53,6 +62,7 @@ class Switch:
     prev_comm: str
     next_pid: int
     next_comm: str
+    prev_tgid: int | None = None  # the outgoing task's process, where perf script printed it
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ class OnCpu:
     start_ns: int | None
     end_ns: int | None
     end_seen: bool = True
+    tgid: int | None = None  # its process, from the switch that ended it (None: not seen, or not printed)
 
     def within(self, start_ns: int, end_ns: int) -> int:
         """Its nanoseconds inside [start_ns, end_ns]."""
@@ -87,37 +98,54 @@ def parse(text: str) -> list[Switch]:
             raise ValueError(f"not a sched_switch line of `perf script` (line {number}): {line[:160]!r}")
         found.append(Switch(int(match["s"]) * 10**9 + int(match["frac"].ljust(9, "0")[:9]), int(match["cpu"]),
                             int(match["prev_pid"]), match["prev_comm"], int(match["next_pid"]),
-                            match["next_comm"]))
+                            match["next_comm"], int(match["tgid"]) if match["tgid"] is not None else None))
     return found
 
 
-def stretches(switches: Iterable[Switch]) -> list[OnCpu]:
-    """Every CPU's time cut into the stretches its tasks held (the module's docstring), by CPU then time."""
+def quiet(comms: Iterable[str] = PROGRAMS) -> str:
+    """The capture's filter: every switch but those between the idle task and the tasks named comms (or between
+    two of them), which do not matter to who else held a CPU."""
+    def side(which: str) -> str:
+        return " && ".join([f"{which}_pid != {IDLE_PID}", *(f'{which}_comm != "{comm}"' for comm in sorted(comms))])
+
+    return f"({side('prev')}) || ({side('next')})"
+
+
+def stretches(switches: Iterable[Switch], quiet_comms: frozenset[str] = frozenset()) -> list[OnCpu]:
+    """Every CPU's time cut into the stretches its tasks held (the module's docstring), by CPU then time.
+    quiet_comms: the tasks whose switches to and from the idle task the capture left out (quiet())."""
+    def is_quiet(pid: int, comm: str) -> bool:
+        return bool(quiet_comms) and (pid == IDLE_PID or comm in quiet_comms)
+
     by_cpu: dict[int, list[Switch]] = {}
     for switch in sorted(switches, key=lambda s: (s.cpu, s.time_ns)):
         by_cpu.setdefault(switch.cpu, []).append(switch)
     found = []
     for cpu, ordered in by_cpu.items():
         first = ordered[0]
-        found.append(OnCpu(cpu, first.prev_pid, first.prev_comm, None, first.time_ns))
+        found.append(OnCpu(cpu, first.prev_pid, first.prev_comm, None, first.time_ns, tgid=first.prev_tgid))
         for before, after in zip(ordered, ordered[1:], strict=False):
-            seen = after.prev_pid == before.next_pid
-            found.append(OnCpu(cpu, before.next_pid, after.prev_comm if seen else before.next_comm,
-                               before.time_ns, after.time_ns, seen))
+            seen = after.prev_pid == before.next_pid or (
+                is_quiet(before.next_pid, before.next_comm) and is_quiet(after.prev_pid, after.prev_comm))
+            exact = after.prev_pid == before.next_pid
+            found.append(OnCpu(cpu, before.next_pid, after.prev_comm if exact else before.next_comm,
+                               before.time_ns, after.time_ns, seen, after.prev_tgid if exact else None))
         last = ordered[-1]
         found.append(OnCpu(cpu, last.next_pid, last.next_comm, last.time_ns, None))
     return found
 
 
-def record_args(cpus: Sequence[int], data: Path) -> list[str]:
-    """perf record's arguments for the switches on cpus, into the file data."""
-    return ["-e", EVENT, "-C", ",".join(str(c) for c in cpus), "-k", "CLOCK_MONOTONIC", "-o", str(data)]
+def record_args(cpus: Sequence[int], data: Path, quiet_comms: Iterable[str] = ()) -> list[str]:
+    """perf record's arguments for the switches on cpus, into the file data, less those among the idle task and
+    the tasks named quiet_comms (quiet())."""
+    only = ["--filter", quiet(quiet_comms)] if quiet_comms else []
+    return ["-e", EVENT, *only, "-C", ",".join(str(c) for c in cpus), "-k", "CLOCK_MONOTONIC", "-o", str(data)]
 
 
 def script(perf_path: str, data: Path) -> str:
     """`perf script` of a capture, in the form parse() reads; perf.PerfError when it fails."""
     try:
-        proc = subprocess.run([perf_path, "script", "-i", str(data), "--ns", "-F", "cpu,time,trace"],
+        proc = subprocess.run([perf_path, "script", "-i", str(data), "--ns", "-F", "pid,tid,cpu,time,trace"],
                               capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise perf.PerfError(f"perf script failed to run: {error}") from None
@@ -139,14 +167,19 @@ class Capture:
 
     recording: perf.Controlled
     data: Path
+    quiet_comms: frozenset[str] = frozenset()
     start_ns: int = 0
     end_ns: int = 0
 
     @classmethod
-    def start(cls, perf_path: str, cpus: Sequence[int], folder: Path, away: Iterable[int]) -> Capture:
-        """perf record on cpus, into folder/switches.data, its own process confined to the CPUs away."""
+    def start(cls, perf_path: str, cpus: Sequence[int], folder: Path, away: Iterable[int] | None,
+              quiet_comms: frozenset[str] = PROGRAMS) -> Capture:
+        """perf record on cpus, into folder/switches.data, its own process confined to the CPUs away (None: where
+        the scheduler puts it, when every CPU is watched), the switches among the idle task and quiet_comms
+        left out."""
         data = folder / "switches.data"
-        return cls(perf.Controlled.start(perf_path, "record", record_args(cpus, data), cpus=away), data)
+        recording = perf.Controlled.start(perf_path, "record", record_args(cpus, data, quiet_comms), cpus=away)
+        return cls(recording, data, quiet_comms)
 
     def open(self) -> None:
         self.recording.command("enable")
@@ -164,4 +197,4 @@ class Capture:
             self.recording.cleanup()
         if self.recording.proc.returncode not in (0, -2, 130) or not self.data.exists():
             raise perf.PerfError(f"perf record exited {self.recording.proc.returncode}: {err.strip()[-300:]}")
-        return stretches(parse(script(perf_path, self.data)))
+        return stretches(parse(script(perf_path, self.data)), self.quiet_comms)

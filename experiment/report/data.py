@@ -34,13 +34,15 @@ FLAG_TEXT = {
     checks.LAGGED_P99: "generator lagged for p99",
     checks.LAGGED_P999: "generator lagged for p99.9",
     checks.OVERLOADED: "server overloaded",
+    checks.INTERFERED: "third parties on the server's CPUs",
 }
 # The accelerator of a guest whose CPU QEMU emulates (guest/accel.py), and what labels every figure and table
 # of a run measured so: an emulated CPU's costs are not a real one's, but both kernels paid them alike.
 TCG = "tcg"
 EMULATED = "emulated (TCG): compare these kernels with each other, not with native runs"
 # Flags that qualify a number quoted in a headline (a saturated server is what a benchmark expects).
-CAVEATS = (checks.CLIENT_SATURATED, checks.OTHER_LOAD, checks.CPU_THROTTLED, checks.CPU_FREQUENCY_CHANGED)
+CAVEATS = (checks.CLIENT_SATURATED, checks.OTHER_LOAD, checks.INTERFERED, checks.CPU_THROTTLED,
+           checks.CPU_FREQUENCY_CHANGED)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from .. import catalog, model
 from ..catalog import Series
 from ..host import checks
+from ..host.interference import THIRD_PARTY_SHARE, THIRD_PARTY_STRETCH_MS
 from ..model import DEAD, DEAD_OPEN, DEAD_SWEEPS, Point
 from ..run.plan import Level, Line, dead_levels, planned
 from .data import (
@@ -297,6 +298,10 @@ FLAG_NOTICES = {
                              "there the reply rate is the client's limit, not the server's. Server CPU per reply "
                              "still measures the server's cost per reply.",
     checks.OTHER_LOAD: "At {points} other load ran on the host during the measurement.",
+    checks.INTERFERED: f"At {{points}} third parties (tasks neither the run's, its engine's nor its instruments') "
+                       f"took more than {THIRD_PARTY_SHARE:.0%} of the server's CPUs, or held one of them longer "
+                       f"than {THIRD_PARTY_STRETCH_MS:g} ms at a stretch, while the point was measured: each "
+                       "point names them, with their time and longest stretch (interference).",
     checks.CPU_THROTTLED: "At {points} the server's or the client's cgroup was throttled during the measurement: "
                           "its CPU quota, not the mechanism, limited it.",
     checks.CPU_FREQUENCY_CHANGED: f"At {{points}} the CPU clock moved by more than "

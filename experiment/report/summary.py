@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from .. import catalog
 from ..catalog import Series
 from ..host import checks
+from ..host.interference import THIRD_PARTY_SHARE, THIRD_PARTY_STRETCH_MS
 from ..model import DEAD, DEAD_OPEN, PIPETEST
 from .data import CPU_PER_REPLY, P99, PASSES, REPLY_RATE, VARIANT_ORDER, Group, Metric, RunData
 from .draw import FigureFile
@@ -43,12 +44,14 @@ MARKS = {
     "x": "the host stops the line here (Host limits, below)",
     "s": "client saturated: the rate is the client's limit",
     "o": "other load on the host",
+    "i": f"third parties held the server's CPUs (over {THIRD_PARTY_SHARE:.0%} of them, or one over "
+         f"{THIRD_PARTY_STRETCH_MS:g} ms at a stretch)",
     "t": "CPU throttled",
     "f": "CPU clock changed",
     "l": "generator lagged on 1% or more of its sends: enough to move p99 (open loop)",
     "v": "server overloaded (open loop)",
 }
-FLAG_MARKS = {checks.CLIENT_SATURATED: "s", checks.OTHER_LOAD: "o", checks.CPU_THROTTLED: "t",
+FLAG_MARKS = {checks.CLIENT_SATURATED: "s", checks.OTHER_LOAD: "o", checks.INTERFERED: "i", checks.CPU_THROTTLED: "t",
               checks.CPU_FREQUENCY_CHANGED: "f", checks.LAGGED_P99: "l", checks.OVERLOADED: "v"}
 COLUMNS = {
     "reached": "dead reached",

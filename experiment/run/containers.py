@@ -277,6 +277,11 @@ class Containers:
         with contextlib.suppress(docker.errors.NotFound):
             managed.container.remove(force=True)
 
+    def ids(self) -> list[str]:
+        """The full IDs of this run's containers on this engine, running or not."""
+        mine: dict[str, str | list[str] | bool] = {"label": f"{LABEL_RUN}={self.run_id}"}
+        return [str(c.id) for c in self.client.containers.list(all=True, filters=mine)]
+
     def remove_all(self) -> int:
         """Removes every container labelled with this run (also ones a crash left behind)."""
         removed = 0

@@ -9,6 +9,7 @@ from .. import anatomy, model
 from ..model import Plan
 from . import results
 from .containers import Containers
+from .neighbours import Watch
 from .plan import Level, Line, measured_in
 from .progress import Progress
 from .servers import Choice
@@ -34,6 +35,7 @@ class Context:
     server_local: bool = True  # the server's engine runs on this machine: its processes are ours to watch
     open_rate: float | None = None  # the open-loop sweep's offered rate, requests/s (openloop.offered_rate)
     in_guest: InGuest | None = None  # the guest the engines run in (--kernels); None: the host
+    watch: Watch | None = None  # how a point's CPUs are watched for others' tasks (neighbours.py); None: not
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import docker.errors
 from .. import model
 from ..anatomy import memory as slabs
 from ..host import checks, engine, machine
-from . import instruments, loads, servers, services
+from . import instruments, loads, neighbours, servers, services
 from .containers import Containers, Managed
 from .context import Context, base_point, finish
 from .plan import Level, Line
@@ -329,6 +329,7 @@ def _measure_dead(ctx: Context, line: Line, level: Level, serving: Serving, dead
     point.set_checks(hygiene.finish(client_cpu_pct=figures.client_cpu_pct, client_cpus=1,
                                     server_cpu_s=server_cpu_s, duration_s=figures.duration_s,
                                     server_cpus=len(engine.expand_cpu_list(cpusets["server"]))))
+    point.flags[checks.INTERFERED] = neighbours.flag(point.interference)
     if watched is not None:
         _add_anatomy(ctx, line, point, serving, deadconn, figures, memory, watched)
     failure = _closed_failure(load_name, parsed, figures)
@@ -423,12 +424,18 @@ def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: De
     cpusets = ctx.cpusets[point.variant]
     server = serving.managed
     container_id = str(server.container.id)
+    watching = neighbours.begin(ctx.watch, cpusets, container_id) if ctx.watch else None
     hygiene = checks.PointChecks.take(container_ids={"server": container_id})
     stats_before = _server_stats(serving)
     cpu_before = server.cpu_ns()
+    if isinstance(watching, neighbours.Watching):
+        watching.open()
     command, output, code = _run_client(ctx, service, timeout)
+    if isinstance(watching, neighbours.Watching):
+        watching.close()
     cpu_after = server.cpu_ns()
     stats_after = _server_stats(serving)
+    point.interference = _neighbours(ctx, watching)
     raw = ctx.run.raw_path(f"{point.id}.{program}.txt")
     raw.write_text(output)
     server_cpu_s = (cpu_after - cpu_before) / 1e9
@@ -442,6 +449,13 @@ def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: De
     point.programs["deadconn"] = {"cpuset": cpusets["clients"], "command": deadconn.managed.command,
                                   "held": deadconn.ready["held"], "ready": deadconn.ready}
     return hygiene, command, output, code, raw, server_cpu_s
+
+
+def _neighbours(ctx: Context, watching: neighbours.Watching | model.Unavailable | None,
+               ) -> dict[str, model.Interference] | model.Unavailable | None:
+    """Who else held the point's CPUs, judged while the run's containers still run."""
+    ctx.progress.describe("reading who else held the point's CPUs")
+    return neighbours.judged(watching, lambda: {*ctx.servers.ids(), *ctx.clients.ids()})
 
 
 def _dead_figures(parsed: dict, server_cpu_s: float) -> model.DeadFigures:
@@ -529,6 +543,7 @@ def _measure_open(ctx: Context, line: Line, level: Level, serving: Serving, dead
     point.set_checks(hygiene.finish(client_cpu_pct=figures.client_cpu_pct, client_cpus=1,
                                     server_cpu_s=server_cpu_s, duration_s=_open_wall_s(parsed),
                                     server_cpus=server_cpus))
+    point.flags[checks.INTERFERED] = neighbours.flag(point.interference)
     point.flags.update({checks.LAGGED: figures.lagged, checks.LAGGED_P99: figures.lagged_p99,
                         checks.LAGGED_P999: figures.lagged_p999, checks.OVERLOADED: figures.overloaded})
     failure = _open_failure(code, parsed, figures)

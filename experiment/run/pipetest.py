@@ -7,7 +7,7 @@ from __future__ import annotations
 from .. import model
 from ..catalog import Series
 from ..host import checks
-from . import services
+from . import neighbours, services
 from .context import Context, base_point, finish
 from .jsonlines import last_json
 from .plan import Line
@@ -37,14 +37,21 @@ def _measure_point(ctx: Context, point: model.Point, series: Series, server_cpus
     """One point: pipetest run to its end on the server's CPUs, its output kept raw and its JSON the figures."""
     service = services.pipetest(series.backend, point.x, PIPETEST_GENERATIONS, PIPETEST_SECONDS, server_cpus,
                                 walk=series.walk)
+    watching = neighbours.begin(ctx.watch, ctx.cpusets[point.variant]) if ctx.watch else None
     hygiene = checks.PointChecks.take()
+    if isinstance(watching, neighbours.Watching):
+        watching.open()
     managed, output, code = ctx.servers.run_to_end(ctx.server_image, service, timeout=PIPETEST_SECONDS * 10 + 60)
+    if isinstance(watching, neighbours.Watching):
+        watching.close()
+    point.interference = neighbours.judged(watching, lambda: {*ctx.servers.ids(), *ctx.clients.ids()})
     raw = ctx.run.raw_path(f"{point.id}.json")
     raw.write_text(output)
     section: dict = {"cpuset": server_cpus, "command": managed.command, "exit_code": code,
                      "raw": str(raw.relative_to(ctx.run.path))}
     point.programs["pipetest"] = section
     point.set_checks(hygiene.finish())
+    point.flags[checks.INTERFERED] = neighbours.flag(point.interference)
     result = last_json(output)
     if code != 0 or result is None:
         finish(ctx, point, model.FAILED, f"pipetest exited {code}: {output.strip()[-300:] or 'no output'}")

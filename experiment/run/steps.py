@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..host import engine, images, journal, machine, metadata, preflight, process, publish, tracefs
 from ..host.tuning import tune
 from ..model import Plan
-from . import durations, instruments, openloop, results
+from . import durations, instruments, neighbours, openloop, results
 from .containers import Containers
 from .context import Context, InGuest
 from .dead import dead_series
@@ -342,14 +342,18 @@ def sweep(run: results.Run, plan: Plan, engines: Engines, placed: PlacedImages, 
     anatomy folded (_finish_sweep)."""
     server_runner = Containers(engines.server, run.id, host.fd_limit, run.path)
     client_runner = Containers(engines.client, run.id, host.client_fd_limit, run.path)
-    perf = _anatomy_instruments(run, plan, engines.server_url, say) if in_guest is None else _no_anatomy(plan)
+    local = engine.is_local(engines.server_url)
+    no_tracefs = _mount_tracefs(run, say) if local and in_guest is None else ""
+    perf = _anatomy_instruments(plan, local, no_tracefs, say) if in_guest is None else _no_anatomy(plan)
+    watch = neighbours.Watch.prepare(local, in_guest is not None, no_tracefs)
+    _record_watch(run, watch, say)
     tuning = tune(host.findings if tune_host and in_guest is None else [], journal=journal.journal_path(run.path))
     with tuning as tuned, Progress(say) as progress:
         if tuned.changed:
             run.update_record(tuned=tuned.changed)
         ctx = Context(run, plan, server_runner, client_runner, placed.server_tag, placed.client_tag, host.cpusets,
                       host.fd_limit, progress, choices(plan), engines.server_address, host.client_source, perf,
-                      engine.is_local(engines.server_url), in_guest=in_guest)
+                      local, in_guest=in_guest, watch=watch)
         _start_progress(ctx)
         stopwatch.measuring = time.monotonic()
         try:
@@ -358,14 +362,12 @@ def sweep(run: results.Run, plan: Plan, engines: Engines, placed: PlacedImages, 
             _finish_sweep(ctx, stopwatch, say)
 
 
-def _anatomy_instruments(run: results.Run, plan: Plan, server_url: str, say: Say) -> anatomy.Instruments | None:
-    """The kernel cost anatomy's perf, found (or installed) and checked once, with tracefs mounted for its
-    syscall counts (recorded in run.json's metadata "tracefs"); on a remote engine, why not. None when the
-    plan takes no anatomy."""
+def _anatomy_instruments(plan: Plan, local: bool, no_tracefs: str, say: Say) -> anatomy.Instruments | None:
+    """The kernel cost anatomy's perf, found (or installed) and checked once (no_tracefs: why tracefs is
+    missing for its syscall counts, "" when it is there); on a remote engine, why not. None when the plan
+    takes no anatomy."""
     if not (plan.anatomy and model.DEAD in plan.sweeps):
         return None
-    local = engine.is_local(server_url)
-    no_tracefs = _mount_tracefs(run, say) if local else ""
     found = anatomy.prepare(local=local, no_tracefs=no_tracefs)
     if found.perf is None:
         say(f"anatomy: perf unavailable, the points will say why: {found.reason}")
@@ -375,13 +377,22 @@ def _anatomy_instruments(run: results.Run, plan: Plan, server_url: str, say: Say
     return found
 
 
+def _record_watch(run: results.Run, watch: neighbours.Watch, say: Say) -> None:
+    """How the points' CPUs are watched for others' tasks, said when not by perf and recorded in run.json's
+    metadata ("neighbours")."""
+    if watch.why_no_perf:
+        say(f"who else held the points' CPUs: from /proc/stat, without the stretches ({watch.why_no_perf})")
+    record = run.record()
+    run.update_record(metadata={**record.metadata, "neighbours": watch.describe()})
+
+
 def _mount_tracefs(run: results.Run, say: Say) -> str:
     """tracefs mounted where the kernel has it and this process may (host/tracefs.py), said in one line when
     this run mounts it, and recorded in the run's metadata; why it is missing ("": it is there)."""
     state = tracefs.ensure()
     if state.mounted_here:
-        say(f"anatomy: mounted tracefs at {state.where} for the syscall counts (it stays mounted, as systemd "
-            "mounts it at boot)")
+        say(f"mounted tracefs at {state.where} for the syscall counts and the scheduler's switches (it stays "
+            "mounted, as systemd mounts it at boot)")
     record = run.record()
     run.update_record(metadata={**record.metadata, "tracefs": state.describe()})
     return state.reason if state.where is None else ""
