@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import queue
 import signal
 import socket
+import tarfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -36,6 +38,9 @@ LABEL_HARNESS = "org.epollbench.harness"
 OUTPUT_END_TIMEOUT_S = 5
 # The first line a program run with Containers.exec prints: its PID in the container, to signal it by.
 EXEC_PID_MARK = "epollbench-exec-pid"
+# The largest file read_file copies out of a container: openload's --requests-out file of its most requests
+# (loads.OPEN_MAX_REQUESTS_OUT records of 16 bytes).
+FETCH_LIMIT = 1600 * 2**20
 
 
 def local_process(pid: int | None, container_id: str) -> bool:
@@ -257,15 +262,38 @@ class Containers:
             self.remove(managed)
             return None
 
-    def run_to_end(self, image: str, service: Service, timeout: float) -> tuple[Managed, str, int | None]:
+    def run_to_end(self, image: str, service: Service, timeout: float,
+                   fetch: Callable[[Managed], None] | None = None) -> tuple[Managed, str, int | None]:
         """Runs service until it exits by itself (killed after timeout): the container, all it printed, and
-        its exit code (None when it had to be killed). The container is removed."""
+        its exit code (None when it had to be killed). fetch, when given, is called with the container once it
+        has exited 0, before it is removed: to copy a file out (read_file); what it raises goes through. The
+        container is removed."""
         managed = self.run(image, service)
         try:
             code = self.finish(managed, timeout)
+            if fetch is not None and code == 0:
+                fetch(managed)
             return managed, managed.output(), code
         finally:
             self.remove(managed)
+
+    def read_file(self, managed: Managed, path: str, limit: int = FETCH_LIMIT) -> bytes:
+        """The bytes of the regular file at path in the container (running or exited), through the engine (a
+        local, remote or guest engine alike); FileNotFoundError when there is none, ValueError when it is not
+        a regular file or is larger than limit bytes."""
+        try:
+            stream, stat = managed.container.get_archive(path)
+        except docker.errors.NotFound:
+            raise FileNotFoundError(f"no {path} in the {managed.role} container") from None
+        size = int((stat or {}).get("size", 0))
+        if size > limit:
+            raise ValueError(f"{path} in the {managed.role} container is {size} bytes, over {limit}")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.next()
+            found = tar.extractfile(member) if member is not None and member.isfile() else None
+            if found is None:
+                raise ValueError(f"{path} in the {managed.role} container is not a regular file")
+            return found.read()
 
     def stop(self, managed: Managed, timeout: float = 10) -> int | None:
         """SIGTERM, wait for a clean exit (the programs print their final stats then)."""

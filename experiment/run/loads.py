@@ -275,6 +275,7 @@ OPEN_MAX_DURATION_S = 86400.0
 OPEN_MAX_TIMEOUT_S = 600.0
 OPEN_MAX_TIMER_SLACK_US = 10_000
 OPEN_MAX_BATCH_US = 10_000
+OPEN_MAX_REQUESTS_OUT = 100_000_000  # requests a --requests-out file holds at most (reqlog.h's REQLOG_MAX)
 # openload's defaults (openload.c), which OpenLoad passes on unless told otherwise.
 OPEN_DEFAULT_TIMER_SLACK_US = 1
 OPEN_DEFAULT_BATCH_US = 0
@@ -309,6 +310,10 @@ class OpenLoad:
     # How the generator sleeps until due (--timer): epoll_pwait2's timeout ("auto" where the kernel has it) or
     # a timerfd, armed again only when the time it waits for changes.
     timer: str = OPEN_TIMERS[0]
+    # Where openload writes each request's due time and corrected latency after the run (--requests-out, a path
+    # where it runs: in the client container); "" (the default): no such file. Its format: images/openload/
+    # reqlog.h; experiment/host/tail.py reads it.
+    requests_out: str = ""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -334,6 +339,11 @@ class OpenLoad:
             raise UserError(f"{OPEN} load lag threshold must be 0 us or more (got {self.lag_threshold_us})")
         if not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
             raise UserError(f"{OPEN} load path {self.path!r}: start it with / and leave out spaces and line breaks")
+        if self.requests_out and not self.requests_out.startswith("/"):
+            raise UserError(f"{OPEN} load requests file {self.requests_out!r}: give an absolute path")
+        if self.requests_out and math.ceil(self.rate * self.duration_s) > OPEN_MAX_REQUESTS_OUT:
+            raise UserError(f"{OPEN} load requests file: rate x duration is over the {OPEN_MAX_REQUESTS_OUT:,} "
+                            f"requests it can hold")
 
     @property
     def bound_s(self) -> float:
@@ -347,7 +357,7 @@ def open_command(load: OpenLoad) -> list[str]:
             "--connections", str(load.connections), "--rate", _arg(load.rate), "--duration", _arg(load.duration_s),
             "--timeout", _arg(load.timeout_s), "--lag-threshold-us", str(load.lag_threshold_us),
             "--timer-slack-us", str(load.timer_slack_us), "--batch-us", str(load.batch_us),
-            "--timer", load.timer]
+            "--timer", load.timer, *(["--requests-out", load.requests_out] if load.requests_out else [])]
 
 
 def _open_object(text: str) -> dict:

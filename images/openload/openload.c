@@ -70,8 +70,24 @@
  * one kind (`errors`); bytes a server sends with no request in flight close
  * the connection and are counted apart (`unsolicited`).
  *
+ * Clock: every time here is CLOCK_MONOTONIC, the clock of perf's -k
+ * CLOCK_MONOTONIC and of Python's time.monotonic_ns(), so a request's due time
+ * reads directly against a capture of the host's scheduler (a container shares
+ * the host's clock: Docker puts it in no time namespace).  The JSON's
+ * `schedule` gives the schedule's start t0 and its end t0 + --duration, in
+ * nanoseconds of that clock: every request is due in [start_ns, end_ns).
+ *
+ * Each request (--requests-out PATH): its due time and corrected latency, one
+ * fixed-size binary record per request due, in due order, written to PATH
+ * after the drain, before the JSON; what a record holds and what it leaves out
+ * is in reqlog.h.  The slots are allocated and filled before the schedule
+ * starts (at most REQLOG_MAX requests: --rate x --duration beyond it is bad
+ * usage) and the file is opened then, so that the schedule does no I/O and no
+ * allocation for it.
+ *
  * Output: one JSON object on stdout.  Exit 0 after a run (errors included),
- * 1 when the connections cannot be opened at the start, 2 on bad usage:
+ * 1 when the connections cannot be opened at the start or the --requests-out
+ * file cannot be made, allocated for or written, 2 on bad usage:
  * a rate of 0 or below, fewer than 1 connection, or more connections than
  * the descriptor limit allows once the soft limit is raised to the hard one.
  */
@@ -102,6 +118,7 @@
 #include "hist.h"
 #include "lag.h"
 #include "options.h"
+#include "reqlog.h"
 
 #define DEFAULT_CONNECTIONS   100
 #define DEFAULT_DURATION_S    10.0
@@ -143,6 +160,7 @@ static long lag_threshold_us = DEFAULT_LAG_THRESHOLD;
 static const char *timer_mode = "auto";
 static long timer_slack_us = DEFAULT_TIMER_SLACK_US;
 static long batch_us = DEFAULT_BATCH_US;
+static const char *requests_out = "";
 
 static volatile sig_atomic_t interrupted;
 
@@ -185,6 +203,8 @@ static const struct option_spec option_specs[] = {
 	  .help = "how late the kernel may end a sleep, to batch wakeups" },
 	{ "batch-us", "N", .whole = &batch_us,
 	  .help = "sleep until a request is this late, then send all due: fewer wakeups" },
+	{ "requests-out", "PATH", .text = &requests_out,
+	  .help = "write each request's due time and latency there after the run (binary, reqlog.h)" },
 };
 
 static const struct command_line command_line = {
@@ -230,6 +250,9 @@ static void check_args(void)
 		usage_error("--batch-us must be 0-%d (got %ld)", MAX_BATCH_US, batch_us);
 	if (strcmp(timer_mode, "auto") && strcmp(timer_mode, "epoll_pwait2") && strcmp(timer_mode, "timerfd"))
 		usage_error("unknown --timer '%s' (choose auto|epoll_pwait2|timerfd)", timer_mode);
+	if (*requests_out && ceil(rate * duration_s) > (double)REQLOG_MAX)
+		usage_error("--requests-out keeps at most %llu requests (got --rate x --duration = %.0f)", REQLOG_MAX,
+			    ceil(rate * duration_s));
 	if (!*path || path[0] != '/' || strpbrk(path, " \r\n"))
 		usage_error("--path must start with '/' and hold no space or line break (got '%s')", path);
 	struct in_addr addr;
@@ -299,6 +322,8 @@ static struct {
 	int64_t last_finish_ns;
 	struct lag *lag;
 	struct hist *corrected, *uncorrected;
+	struct reqlog *requests; /* --requests-out: every request's latency, NULL without it */
+	FILE *requests_file;
 	char buf[READ_BUFFER];
 } run;
 
@@ -494,6 +519,8 @@ static void complete(size_t index, int64_t now)
 		run.non_2xx++;
 	hist_record(run.corrected, (uint64_t)(now - c->intended_ns));
 	hist_record(run.uncorrected, (uint64_t)(now - c->sent_ns));
+	if (run.requests) /* the one in flight, request next - 1 of this connection, is request n of the run */
+		reqlog_reply(run.requests, (c->next - 1) * (uint64_t)connections + index, now - c->intended_ns);
 	finish(now);
 	if (c->closes) {
 		close_conn(c);
@@ -877,6 +904,8 @@ static void report(int64_t end, const struct rusage *ru0, const struct rusage *r
 	print_settings(fd_limit);
 	printf("\"offered_rate\":%.3f,\"achieved_rate\":%.3f,\"elapsed_s\":%.6f,\"wall_s\":%.6f,", rate, achieved,
 	       elapsed_s, wall);
+	printf("\"schedule\":{\"clock\":\"CLOCK_MONOTONIC\",\"start_ns\":%" PRId64 ",\"end_ns\":%" PRId64 "},", run.t0,
+	       run.t_end);
 	print_counts();
 	print_latency("latency_us", run.corrected);
 	putchar(',');
@@ -941,6 +970,39 @@ static void prepare_run(void)
 	run.epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (run.epfd < 0)
 		fail("epoll_create1: %s", strerror(errno));
+}
+
+/* --requests-out: the file made and a slot for every request of the run, before the schedule starts. */
+static void prepare_requests_out(void)
+{
+	if (!*requests_out)
+		return;
+	run.requests_file = fopen(requests_out, "wb");
+	if (!run.requests_file)
+		fail("--requests-out %s: %s", requests_out, strerror(errno));
+	run.requests = reqlog_create(run.total);
+	if (!run.requests)
+		fail("--requests-out: cannot allocate %" PRIu64 " MB for %" PRIu64 " requests: %s",
+		     run.total * sizeof(int64_t) >> 20, run.total, strerror(errno));
+}
+
+/* Request n of the run's due time, for the --requests-out file. */
+static int64_t request_due_ns(uint64_t n)
+{
+	return due_ns(run.t0, n, run.ns_per_request);
+}
+
+/* The --requests-out file: a record for every request due (run.scheduled), after the drain. */
+static void write_requests_out(void)
+{
+	if (!run.requests)
+		return;
+	if (reqlog_write(run.requests, run.requests_file, run.scheduled, request_due_ns) < 0 ||
+	    fclose(run.requests_file) != 0)
+		fail("--requests-out %s: %s", requests_out, strerror(errno));
+	run.requests_file = NULL;
+	reqlog_destroy(run.requests);
+	run.requests = NULL;
 }
 
 /* When the loop must wake at the latest: the next housekeeping, the drain's end or --batch-us after the next
@@ -1027,6 +1089,7 @@ int main(int argc, char **argv)
 	check_fd_limit(fd_limit);
 	install_signals_and_slack();
 	prepare_run();
+	prepare_requests_out();
 	setup_timer();
 	open_connections();
 
@@ -1035,6 +1098,7 @@ int main(int argc, char **argv)
 	run_schedule();
 	int64_t end = now_ns();
 	getrusage(RUSAGE_SELF, &ru1);
+	write_requests_out();
 	report(end, &ru0, &ru1, fd_limit);
 	free_run();
 	return 0;
