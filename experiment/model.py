@@ -202,6 +202,43 @@ class Interference:
         return cls(**{**data, **held})
 
 
+@dataclass(frozen=True)
+class Percentiles:
+    """The latency percentiles of count replies, in ms (nearest rank: host/tail.py)."""
+
+    p50: float
+    p90: float
+    p99: float
+    p999: float
+    max: float
+    count: int
+
+
+@dataclass(frozen=True)
+class Tail:
+    """An open-loop point's tail with and without the interference (host/tail.py's docstring says how). raw:
+    over every request with a reply; kept: over those not due inside a third party's stretch on the server's
+    CPUs or within after_ms after it (None when no such reply). requests: the requests due; replies: of them,
+    those with a reply; excluded: replies due inside a stretch or its guard, excluded_share their share of the
+    replies."""
+
+    raw: Percentiles | None
+    kept: Percentiles | None
+    requests: int
+    replies: int
+    excluded: int
+    excluded_share: float
+    after_ms: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Tail:
+        sides = {side: Percentiles(**data[side]) if data.get(side) else None for side in ("raw", "kept")}
+        return cls(**{**data, **sides})
+
+
 @dataclass
 class AnatomyFigures:
     """Where a dead point's server time goes (experiment/anatomy: Anatomy.to_json's keys), measured in a window
@@ -268,6 +305,12 @@ def _interference(value: dict | None) -> dict[str, Interference] | Unavailable |
     if set(value) == {"unavailable"}:
         return Unavailable(str(value["unavailable"]))
     return {role: Interference.from_json(found) for role, found in value.items()}
+
+
+def _tail(value: dict | None) -> Tail | Unavailable | None:
+    if value is None:
+        return None
+    return Unavailable(str(value["unavailable"])) if set(value) == {"unavailable"} else Tail.from_json(value)
 
 
 @dataclass
@@ -355,6 +398,9 @@ class Point:
     # clients'); Unavailable where nothing here can see them (a guest, a remote engine). None: not watched
     # (a point from before the watch); its key is then absent from the file.
     interference: dict[str, Interference] | Unavailable | None = None
+    # An open-loop point's tail with and without the third parties' stretches on the server's CPUs;
+    # Unavailable where they are not known. None: not taken (a closed-loop point, or from before).
+    tail: Tail | Unavailable | None = None
 
     def to_json(self) -> dict:
         record: dict = {"schema_version": SCHEMA_VERSION, "id": self.id, "sweep": self.sweep,
@@ -385,6 +431,8 @@ class Point:
             record["interference"] = self.interference.to_json()
         elif self.interference is not None:
             record["interference"] = {role: found.to_json() for role, found in self.interference.items()}
+        if self.tail is not None:
+            record["tail"] = self.tail.to_json()
         return record
 
     @classmethod
@@ -412,7 +460,8 @@ class Point:
                        programs={name: data[name] for name in PROGRAMS if isinstance(data.get(name), dict)},
                        anatomy=_measured(AnatomyFigures, data.get("anatomy")),
                        memory=_measured(MemoryFigures, data.get("memory")), guest=data.get("guest"),
-                       interference=_interference(data.get("interference")))
+                       interference=_interference(data.get("interference")),
+                       tail=_tail(data.get("tail")))
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{where} is not a point this epollbench wrote: {e}") from None
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from ..model import Percentiles, Tail
 from .interference import Party
 from .parties import THIRD_PARTY
 from .switches import OnCpu
@@ -54,44 +55,6 @@ class Requests:
 
     def __len__(self) -> int:
         return len(self.due_ns)
-
-
-@dataclass(frozen=True)
-class Percentiles:
-    """The latency percentiles of count replies, in ms (nearest rank)."""
-
-    p50: float
-    p90: float
-    p99: float
-    p999: float
-    max: float
-    count: int
-
-    def to_json(self) -> dict:
-        """Keyed as openload's latency objects are (loads.OPEN_PERCENTILES), with the count."""
-        return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "p99.9": self.p999, "max": self.max,
-                "count": self.count}
-
-
-@dataclass(frozen=True)
-class Tail:
-    """A point's tail with and without the interference. raw: over every request with a reply; kept: over those
-    not due inside a third party's stretch or within after_ms after it (None when no such reply). requests: the
-    requests due (the file's records); replies: of them, those with a reply; excluded: replies due inside a
-    stretch or its guard, and excluded_share their share of the replies."""
-
-    raw: Percentiles | None
-    kept: Percentiles | None
-    requests: int
-    replies: int
-    excluded: int
-    excluded_share: float
-    after_ms: float
-
-    def to_json(self) -> dict:
-        return {"raw": self.raw.to_json() if self.raw else None, "kept": self.kept.to_json() if self.kept else None,
-                "requests": self.requests, "replies": self.replies, "kept_replies": self.replies - self.excluded,
-                "excluded": self.excluded, "excluded_share": self.excluded_share, "after_ms": self.after_ms}
 
 
 def read(data: bytes) -> Requests:
@@ -139,7 +102,7 @@ def third_party(stretches: Iterable[OnCpu], cpus: Iterable[int], party: Party, s
             continue
         key = (stretch.pid, stretch.comm)
         if key not in judged:
-            judged[key] = party(*key)
+            judged[key] = party(stretch.pid, stretch.comm, stretch.tgid)
         if judged[key] == THIRD_PARTY:
             found.append((start_ns if stretch.start_ns is None else max(start_ns, stretch.start_ns),
                           end_ns if stretch.end_ns is None else min(end_ns, stretch.end_ns)))

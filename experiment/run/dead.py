@@ -281,9 +281,11 @@ def _server_stats(serving: Serving, init: int | None = None) -> dict | None:
     return serving.managed.next_json(("snapshot",), STATS_TIMEOUT_S)
 
 
-def _run_client(ctx: Context, service: Service, timeout: float) -> tuple[list, str, int | None]:
-    """Runs a load generator's container on the clients' engine to its end: (command, output, exit code)."""
-    _, output, code = ctx.clients.run_to_end(ctx.client_image, service, timeout)
+def _run_client(ctx: Context, service: Service, timeout: float,
+                fetch: Callable[[Managed], None] | None = None) -> tuple[list, str, int | None]:
+    """Runs a load generator's container on the clients' engine to its end: (command, output, exit code);
+    fetch: what to read from its container when it has exited 0, before it goes (Containers.run_to_end)."""
+    _, output, code = ctx.clients.run_to_end(ctx.client_image, service, timeout, fetch)
     return list(service.command), output, code
 
 
@@ -417,10 +419,13 @@ def _load_rate(output: str) -> float | None:
 
 
 def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: Deadconn, service: Service,
-                timeout: float, program: str) -> tuple[checks.PointChecks, list, str, int | None, Path, float]:
+                timeout: float, program: str, requests_file: str = "",
+                ) -> tuple[checks.PointChecks, list, str, int | None, Path, float]:
     """Runs a load generator's container against the serving server, the checks taken before it, and records
-    the server's and deadconn's sections of the point: (checks, command, output, exit code, raw output's
-    file, server CPU seconds over the load from its cgroup)."""
+    the server's and deadconn's sections of the point, and who else held its CPUs: (checks, command, output,
+    exit code, raw output's file, server CPU seconds over the load from its cgroup). requests_file: where
+    openload writes its requests in its container (--requests-out), read before the container goes, for the
+    point's tail with and without the third parties ("": an open-loop point without a capture, or closed)."""
     cpusets = ctx.cpusets[point.variant]
     server = serving.managed
     container_id = str(server.container.id)
@@ -430,12 +435,16 @@ def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: De
     cpu_before = server.cpu_ns()
     if isinstance(watching, neighbours.Watching):
         watching.open()
-    command, output, code = _run_client(ctx, service, timeout)
+    fetched = _Fetched(ctx.clients, requests_file)
+    command, output, code = _run_client(ctx, service, timeout, fetched.read if requests_file else None)
     if isinstance(watching, neighbours.Watching):
         watching.close()
     cpu_after = server.cpu_ns()
     stats_after = _server_stats(serving)
     point.interference = _neighbours(ctx, watching)
+    if requests_file:
+        point.tail = neighbours.tail_of(watching, fetched.data,
+                                        fetched.why_not or f"{program} wrote no requests file (exit code {code})")
     raw = ctx.run.raw_path(f"{point.id}.{program}.txt")
     raw.write_text(output)
     server_cpu_s = (cpu_after - cpu_before) / 1e9
@@ -449,6 +458,21 @@ def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: De
     point.programs["deadconn"] = {"cpuset": cpusets["clients"], "command": deadconn.managed.command,
                                   "held": deadconn.ready["held"], "ready": deadconn.ready}
     return hygiene, command, output, code, raw, server_cpu_s
+
+
+class _Fetched:
+    """A file read from a load generator's container before it goes (or why it could not be)."""
+
+    def __init__(self, containers: Containers, path: str) -> None:
+        self.containers, self.path = containers, path
+        self.data: bytes | None = None
+        self.why_not = ""
+
+    def read(self, managed: Managed) -> None:
+        try:
+            self.data = self.containers.read_file(managed, self.path)
+        except (OSError, ValueError, docker.errors.DockerException) as error:
+            self.why_not = f"{self.path} could not be read from the {managed.role} container: {error}"
 
 
 def _neighbours(ctx: Context, watching: neighbours.Watching | model.Unavailable | None,
@@ -509,6 +533,9 @@ OPEN_TIMEOUT_S = 2.0
 # openload's error kinds that a server under an offered rate it cannot meet causes (kept as figures, the point
 # stands, flagged overloaded); any other kind, or a non-2xx reply, fails the point as the closed loads' errors do.
 OPEN_OVERLOAD_ERRORS = ("timeout", "unsent", "unanswered")
+# Where openload writes each request's due time and latency in its container (--requests-out): read through the
+# engine before the container goes, joined with the capture (neighbours.tail_of), never kept.
+OPEN_REQUESTS_FILE = "/tmp/epollbench-requests.bin"
 
 
 def _measure_open(ctx: Context, line: Line, level: Level, serving: Serving, deadconn: Deadconn) -> model.Point:
@@ -519,12 +546,14 @@ def _measure_open(ctx: Context, line: Line, level: Level, serving: Serving, dead
     cpusets = ctx.cpusets[line.variant]
     point = base_point(ctx, line, level)
     ctx.progress.describe(f"{line.name}: {level.value} dead, measuring")
+    watched = ctx.watch is not None and ctx.watch.perf is not None
     load = loads.OpenLoad(port=serving.port, rate=ctx.open_rate, server=ctx.server_address,
                           connections=ctx.plan.open_connections, duration_s=ctx.plan.open_duration_s,
-                          timeout_s=OPEN_TIMEOUT_S)
+                          timeout_s=OPEN_TIMEOUT_S, requests_out=OPEN_REQUESTS_FILE if watched else "")
     timeout = load.bound_s + 60
     hygiene, command, output, code, raw, server_cpu_s = _under_load(
-        ctx, point, serving, deadconn, services.openload(load, cpusets["clients"]), timeout, loads.OPENLOAD)
+        ctx, point, serving, deadconn, services.openload(load, cpusets["clients"]), timeout, loads.OPENLOAD,
+        requests_file=load.requests_out)
     section = _record_load(ctx, point, loads.OPENLOAD, cpusets["clients"], command, code, raw)
     if code is None:
         finish(ctx, point, model.FAILED, f"{loads.OPENLOAD} did not finish within {timeout:.0f} s")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .. import model
 from ..anatomy import perf
-from ..host import engine, interference, stat_fallback, switches
+from ..host import engine, interference, stat_fallback, switches, tail
 from ..host.parties import Ours
 
 GUEST = "measured in a guest (--kernels): the host's perf and /proc/stat cannot see the guest's tasks"
@@ -77,6 +77,8 @@ class Watching:
     failed: str = ""
     readings: list[stat_fallback.Reading] = field(default_factory=list)
     pinned: tuple[str, ...] | None = None  # the fallback's: containers on the server's CPUs (None: not known)
+    held: list[switches.OnCpu] | None = None  # the capture's stretches, once finished
+    ours: Ours | None = None  # who was ours then
 
     def open(self) -> None:
         try:
@@ -120,6 +122,7 @@ class Watching:
         if self.failed:
             return model.Unavailable(f"the capture of {switches.EVENT} failed: {self.failed}")
         ours = Ours.of_run(container_ids, os.getpid())
+        self.held, self.ours = held, ours
         return {role: interference.from_switches(held, cpus, self.capture.start_ns, self.capture.end_ns,
                                                  ours.judge)
                 for role, cpus in self.cpus.items()}
@@ -164,6 +167,22 @@ def judged(watching: Watching | model.Unavailable | None, container_ids: Callabl
     if not isinstance(watching, Watching):
         return watching
     return watching.finish(container_ids() if watching.capture is not None else ())
+
+
+def tail_of(watching: Watching | model.Unavailable | None, requests: bytes | None,
+            why_no_requests: str) -> model.Tail | model.Unavailable:
+    """An open-loop point's tail with and without the third parties' stretches on the server's CPUs (host/tail.py),
+    from openload's --requests-out file (requests; None: why_no_requests) and the point's finished capture."""
+    if isinstance(watching, model.Unavailable):
+        return watching
+    if watching is None or watching.held is None or watching.ours is None or watching.capture is None:
+        reason = watching.watch.why_no_perf if watching is not None and watching.watch.why_no_perf else ""
+        return model.Unavailable(reason or "no capture of the switches: the third parties' stretches are not known")
+    if requests is None:
+        return model.Unavailable(why_no_requests)
+    intervals = tail.third_party(watching.held, watching.cpus[model.SERVER_CPUS], watching.ours.judge,
+                                 watching.capture.start_ns, watching.capture.end_ns)
+    return tail.join(tail.read(requests), intervals)
 
 
 def flag(found: dict[str, model.Interference] | model.Unavailable | None) -> bool | None:
