@@ -203,7 +203,10 @@ class FakeContainers:
             self.deadconn_of["deadconn"] = managed
         return managed
 
-    def run_to_end(self, image: str, service: Service, timeout: float) -> tuple[FakeManaged, str, int | None]:
+    def run_to_end(self, image: str, service: Service, timeout: float,
+                   fetch=None) -> tuple[FakeManaged, str, int | None]:
+        if fetch is not None:
+            raise NotImplementedError("the fake engine has no files to fetch: a point with a capture needs a real one")
         managed = self.run(image, service)
         server, deadconn = self.deadconn_of.get("server"), self.deadconn_of.get("deadconn")
         level = self.script.server_exits_at_level
@@ -248,6 +251,9 @@ class FakeContainers:
         if managed in self.running:
             self.running.remove(managed)
             self.events.append(("remove", managed.role))
+
+    def ids(self) -> list[str]:
+        return []
 
     def remove_all(self) -> int:
         left = len(self.running)

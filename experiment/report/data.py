@@ -187,6 +187,16 @@ class Group:
     def flagged(self, name: str) -> bool:
         return any(p.flags.get(name) for p in self.ok)
 
+    def mostly_flagged(self, name: str) -> bool:
+        """Whether most of the measured repetitions hold the flag."""
+        return sum(bool(p.flags.get(name)) for p in self.ok) * 2 > len(self.ok)
+
+    def kept_p99(self) -> float | None:
+        """The median over the repetitions of the p99 without the third parties' stretches (model.Tail.kept);
+        None where no repetition has it."""
+        values = [p.tail.kept.p99 for p in self.ok if isinstance(p.tail, model.Tail) and p.tail.kept is not None]
+        return statistics.median(values) if values else None
+
     @property
     def host_max(self) -> bool:
         return any(p.host_max for p in self.points)

@@ -45,10 +45,24 @@ class HeadlineItem:
     flags: list[str]
     capped: bool  # the host stopped this backend below the level the others reached
     broke: bool | None = None  # open loop: whether p99 exceeded BREAK_FACTOR x its base at x (else: never, up to x)
+    # Open loop, the same without the third parties' stretches (model.Tail.kept): where p99 first exceeded
+    # BREAK_FACTOR x its base (else its last level with one), and what the break can be put down to (CAUSES).
+    kept: Break | None = None
+    cause: str = ""
 
     @property
     def ratio(self) -> float | None:
         return self.value / self.base if self.base else None
+
+
+@dataclass(frozen=True)
+class Break:
+    """Where a line's p99 first exceeded BREAK_FACTOR x its value at its first level (broke), else its last."""
+
+    x: int
+    value: float
+    base: float
+    broke: bool
 
 
 @dataclass
@@ -186,24 +200,60 @@ def open_headline(data: RunData, variant: str) -> Headline | None:
 
 
 def _open_item(series: Series, groups: list[Group]) -> HeadlineItem:
-    """A line's first level whose p99 exceeded BREAK_FACTOR x its first level's, else its last level."""
-    key = P99.key
-    base = groups[0].measured_median(key)
-    broken = next((g for g in groups[1:] if g.measured_median(key) > BREAK_FACTOR * base), None)
-    at = broken or groups[-1]
-    return HeadlineItem(series=series, x=at.x, value=at.measured_median(key), base_x=groups[0].x, base=base,
+    """A line's first level whose p99 exceeded BREAK_FACTOR x its first level's, else its last level; the same
+    without the third parties' stretches, and the break's cause."""
+    raw = _break([(g.x, g.measured_median(P99.key)) for g in groups])
+    assert raw is not None
+    at = next(g for g in groups if g.x == raw.x)
+    kept = _break([(g.x, v) for g in groups if (v := g.kept_p99()) is not None])
+    return HeadlineItem(series=series, x=raw.x, value=raw.value, base_x=groups[0].x, base=raw.base,
                         flags=[FLAG_TEXT[n] for n in OPEN_CAVEATS if at.flagged(n)], capped=False,
-                        broke=broken is not None)
+                        broke=raw.broke, kept=kept, cause=_cause(at, raw, kept) if raw.broke else "")
+
+
+def _break(p99s: list[tuple[int, float]]) -> Break | None:
+    """Where p99 (by level, in order) first exceeded BREAK_FACTOR x its first value, else its last."""
+    if not p99s:
+        return None
+    base = p99s[0][1]
+    x, value = next(((x, v) for x, v in p99s[1:] if v > BREAK_FACTOR * base), p99s[-1])
+    return Break(x, value, base, value > BREAK_FACTOR * base and x != p99s[0][0])
+
+
+# What an open-loop break can be put down to, in the order they are tried (_cause).
+CAUSE_GENERATOR, CAUSE_THIRD_PARTY, CAUSE_SERVER, CAUSE_UNKNOWN = ("the generator", "a third party",
+                                                                  "the server's CPU busy", "not attributed")
+
+
+def _cause(at: Group, raw: Break, kept: Break | None) -> str:
+    """The generator where most repetitions lagged for p99; a third party where most were interfered and the
+    break is gone without its stretches; the server's CPU where it was busy over SATURATED_FRACTION of its
+    cpuset (or could not keep up); else not attributed."""
+    if at.mostly_flagged(checks.LAGGED_P99):
+        return CAUSE_GENERATOR
+    if at.mostly_flagged(checks.INTERFERED) and kept is not None and not (kept.broke and kept.x <= raw.x):
+        return CAUSE_THIRD_PARTY
+    busy = at.median("server_cpu_busy_pct")
+    if at.mostly_flagged(checks.OVERLOADED) or (busy is not None and busy >= 100 * checks.SATURATED_FRACTION):
+        return CAUSE_SERVER
+    return CAUSE_UNKNOWN
 
 
 def _open_part(item: HeadlineItem) -> str:
     flags = f"; {', '.join(item.flags)}" if item.flags else ""
     if item.broke:
-        return (f"{item.series.label}'s p99 first exceeded {BREAK_FACTOR}× its {item.base_x:,}-dead value "
+        text = (f"{item.series.label}'s p99 first exceeded {BREAK_FACTOR}× its {item.base_x:,}-dead value "
                 f"({number(item.base, 2)} ms) at {item.x:,} dead connections ({number(item.value, 2)} ms{flags})")
-    return (f"{item.series.label}'s p99 never exceeded {BREAK_FACTOR}× its {item.base_x:,}-dead value "
-            f"({number(item.base, 2)} ms) up to {item.x:,} dead connections ({number(item.value, 2)} ms, "
-            f"{times(item.ratio)}{flags})")
+    else:
+        text = (f"{item.series.label}'s p99 never exceeded {BREAK_FACTOR}× its {item.base_x:,}-dead value "
+                f"({number(item.base, 2)} ms) up to {item.x:,} dead connections ({number(item.value, 2)} ms, "
+                f"{times(item.ratio)}{flags})")
+    if item.kept is not None:
+        kept = item.kept
+        text += (f", without third parties' stretches at {kept.x:,} ({number(kept.value, 2)} ms)" if kept.broke
+                 else f", without third parties' stretches never up to {kept.x:,} ({times(kept.value / kept.base)})"
+                 if kept.base else "")
+    return text + (f": {item.cause}" if item.cause else "")
 
 
 def headlines(data: RunData) -> list[Headline]:
