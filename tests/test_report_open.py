@@ -138,3 +138,39 @@ def test_a_run_of_the_open_loop_alone_says_where_the_host_stopped_it(tmp_path, m
     (head,) = headlines(data)
     assert "up to 1,000 dead connections" in head.text and "poll's p99 never exceeded" in head.text
     render(run)
+
+
+def with_tail(run: results.Run, series: Series, kept_p99_ms: dict[int, float], interfered: bool) -> None:
+    """The run's points of series rewritten as if a capture had watched them: the interfered flag, and the tail
+    whose p99 without the third parties' stretches is kept_p99_ms by dead connections."""
+    for point in run.points():
+        if point.series != series or point.x not in kept_p99_ms:
+            continue
+        kept = model.Percentiles(P50_MS, 1.0, kept_p99_ms[point.x], kept_p99_ms[point.x], kept_p99_ms[point.x], 900)
+        point.tail = model.Tail(raw=kept, kept=kept, requests=1000, replies=1000, excluded=100, excluded_share=0.1,
+                                after_ms=10.0)
+        point.flags[checks.INTERFERED] = interfered
+        run.update_point(point)
+
+
+def test_a_break_that_is_gone_without_the_third_parties_stretches_is_put_down_to_them(open_run):
+    """poll breaks at 5,000 raw; with most repetitions interfered and its p99 without the stretches never over
+    10x, the headline says so and names a third party; epoll's line, which never broke, names no cause."""
+    with_tail(open_run, POLL, {0: 2.0, 1000: 2.2, 5000: 2.4}, interfered=True)
+    data = load(open_run)
+    (head,) = [h for h in headlines(data) if h.sweep == model.DEAD_OPEN]
+    items = {i.series: i for i in head.items}
+    assert items[POLL].cause == "a third party" and items[EPOLL].cause == ""
+    assert items[POLL].kept is not None and (items[POLL].kept.broke, items[POLL].kept.x) == (False, 5000)
+    assert ("at 5,000 dead connections (30.00 ms; third parties on the server's CPUs, server overloaded), without "
+            "third parties' stretches never up to 5,000 (×1.20): a third party;") in head.text
+
+
+def test_a_break_that_survives_the_exclusion_is_not_put_down_to_a_third_party(open_run):
+    with_tail(open_run, POLL, {0: 2.0, 1000: 2.2, 5000: 25.0}, interfered=True)
+    data = load(open_run)
+    (head,) = [h for h in headlines(data) if h.sweep == model.DEAD_OPEN]
+    (poll,) = [i for i in head.items if i.series == POLL]
+    assert poll.kept is not None and (poll.kept.broke, poll.kept.x, poll.kept.value) == (True, 5000, 25.0)
+    assert poll.cause == "the server's CPU busy", "overloaded at 5,000: the server could not keep up"
+    assert "without third parties' stretches at 5,000 (25.00 ms): the server's CPU busy;" in head.text
