@@ -191,6 +191,11 @@ class Group:
         """Whether most of the measured repetitions hold the flag."""
         return sum(bool(p.flags.get(name)) for p in self.ok) * 2 > len(self.ok)
 
+    def server_interference(self) -> list[model.Interference]:
+        """The server's CPUs' interference of each measured repetition that has one."""
+        return [p.interference[model.SERVER_CPUS] for p in self.ok
+                if isinstance(p.interference, dict) and model.SERVER_CPUS in p.interference]
+
     def kept_p99(self) -> float | None:
         """The median over the repetitions of the p99 without the third parties' stretches (model.Tail.kept);
         None where no repetition has it."""

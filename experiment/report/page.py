@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -483,6 +484,9 @@ def points_table(data: RunData, sweep_name: str) -> dict:
         columns += [f"{metric.title} (median)", "min – max"]
     if dead:
         columns.append(ERRORS.key)
+    watched = any(g.server_interference() for g in data.all_groups(sweep_name))
+    if watched:
+        columns += OTHERS_COLUMNS + ([KEPT_P99_COLUMN] if sweep_name == DEAD_OPEN else [])
     columns += ["flags", "notes"]
     rows = []
     for group in data.all_groups(sweep_name):
@@ -491,6 +495,8 @@ def points_table(data: RunData, sweep_name: str) -> dict:
             values += [_value_cell(group, metric), _range_cell(group, metric)]
         if dead:
             values.append(number(group.total(ERRORS.key)))
+        if watched:
+            values += _others_cells(group) + ([_kept_p99_cell(group)] if sweep_name == DEAD_OPEN else [])
         rows.append({"variant": group.variant.upper(), "backend": group.series,
                      "x": f"{group.x:,}" + (" (host max)" if group.host_max else ""),
                      "runs": f"{len(group.ok)} / {len(group.points)}", "values": values,
@@ -498,6 +504,26 @@ def points_table(data: RunData, sweep_name: str) -> dict:
                      "flags": ", ".join(group.flags), "status": group.status, "reasons": group.reasons})
     return {"sweep": sweep_name, "title": sweep.title, "columns": columns, "rows": rows,
             "value_columns": len(columns) - 6 - (2 if dead else 0)}
+
+
+# Who else held the server's CPUs while a group's repetitions were measured (run/neighbours.py).
+OTHERS_COLUMNS = ["others' share of the server's CPUs (median)", "others' longest hold"]
+KEPT_P99_COLUMN = "p99 without others' stretches (median) [ms]"
+
+
+def _others_cells(group: Group) -> list[str]:
+    """Third parties' median share of the server's CPUs, and the longest stretch one held there, whose."""
+    found = group.server_interference()
+    if not found:
+        return ["–", "–"]
+    share = statistics.median(f.third_party_share for f in found)
+    longest = max((f.longest for f in found if f.longest is not None), key=lambda h: h.ms, default=None)
+    return [percent(share), f"{number(longest.ms, 2)} ms ({longest.comm})" if longest else "–"]
+
+
+def _kept_p99_cell(group: Group) -> str:
+    kept = group.kept_p99()
+    return number(kept, 2) if kept is not None else "–"
 
 
 def key_table(data: RunData, heads: list[Headline]) -> list[dict]:
