@@ -206,7 +206,8 @@ def test_a_task_perf_did_not_see_leave_holds_a_stretch_whose_end_is_not_seen():
 
 def test_perf_records_the_switches_of_the_cpus_asked_on_the_monotonic_clock(tmp_path):
     assert switches.record_args([0, 2], tmp_path / "s.data") == [
-        "-e", "sched:sched_switch", "-C", "0,2", "-k", "CLOCK_MONOTONIC", "-o", str(tmp_path / "s.data")]
+        "-e", "sched:sched_switch", "-C", "0,2", "-k", "CLOCK_MONOTONIC", "--no-buildid", "--no-buildid-cache",
+        "--no-bpf-event", "--synth=no", "-o", str(tmp_path / "s.data")]
 
 
 # ---- interference ------------------------------------------------------------------------------------------

@@ -43,6 +43,10 @@ from ..anatomy import perf
 from .parties import IDLE_PID, PROGRAMS
 
 EVENT = "sched:sched_switch"
+# What perf record need not do for a capture of trace points read by their fields: the build IDs of binaries
+# (no sample has an address), the BPF programs' side band (its thread delays perf's exit by 0.2-0.7 s here), the
+# records of the tasks running at its start (the switches name their tasks).
+QUICK = ("--no-buildid", "--no-buildid-cache", "--no-bpf-event", "--synth=no")
 SCRIPT_TIMEOUT_S = 120.0  # perf script over a few seconds of switches on a few CPUs: never a measurement
 # `perf script --ns -F pid,tid,cpu,time,trace` prints one line per switch, led by the process and thread that were
 # current (the outgoing task: its process is known even after it has gone); a comm may hold spaces, hence the
@@ -139,7 +143,8 @@ def record_args(cpus: Sequence[int], data: Path, quiet_comms: Iterable[str] = ()
     """perf record's arguments for the switches on cpus, into the file data, less those among the idle task and
     the tasks named quiet_comms (quiet())."""
     only = ["--filter", quiet(quiet_comms)] if quiet_comms else []
-    return ["-e", EVENT, *only, "-C", ",".join(str(c) for c in cpus), "-k", "CLOCK_MONOTONIC", "-o", str(data)]
+    return ["-e", EVENT, *only, "-C", ",".join(str(c) for c in cpus), "-k", "CLOCK_MONOTONIC", *QUICK, "-o",
+            str(data)]
 
 
 def script(perf_path: str, data: Path) -> str:

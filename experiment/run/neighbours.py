@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,13 @@ GUEST = "measured in a guest (--kernels): the host's perf and /proc/stat cannot 
 REMOTE = "the server runs on a remote Docker engine: this machine cannot see who else runs on its CPUs"
 
 
+@dataclass
+class Spent:
+    """The wall time the watch added to the run's points, in seconds (run.json's timings "neighbours_s")."""
+
+    seconds: float = 0.0
+
+
 @dataclass(frozen=True)
 class Watch:
     """How this run watches its points' CPUs: perf's sched_switch (perf), /proc/stat where perf cannot record
@@ -44,6 +52,7 @@ class Watch:
     perf: str | None
     why_no_perf: str = ""
     unavailable: str = ""
+    spent: Spent = field(default_factory=Spent)
 
     @classmethod
     def prepare(cls, local: bool, in_guest: bool, no_tracefs: str = "") -> Watch:
@@ -81,6 +90,7 @@ class Watching:
     ours: Ours | None = None  # who was ours then
 
     def open(self) -> None:
+        started = time.monotonic()
         try:
             if self.capture is not None:
                 self.capture.open()
@@ -88,8 +98,10 @@ class Watching:
                 self.readings = [stat_fallback.Reading.take(self.fallback_cpus(), self.pinned or ())]
         except (perf.PerfError, stat_fallback.Unreadable, OSError) as error:
             self.failed = str(error)
+        self.watch.spent.seconds += time.monotonic() - started
 
     def close(self) -> None:
+        started = time.monotonic()
         try:
             if self.capture is not None and not self.failed:
                 self.capture.close()
@@ -97,6 +109,7 @@ class Watching:
                 self.readings.append(stat_fallback.Reading.take(self.fallback_cpus(), self.pinned or ()))
         except (perf.PerfError, stat_fallback.Unreadable, OSError) as error:
             self.failed = str(error)
+        self.watch.spent.seconds += time.monotonic() - started
 
     def fallback_cpus(self) -> list[int]:
         """The CPUs the /proc/stat fallback judges: the server's, when no client shares them (its time there
@@ -106,12 +119,14 @@ class Watching:
 
     def finish(self, container_ids: Iterable[str]) -> dict[str, model.Interference] | model.Unavailable:
         """Each role's interference (container_ids: the run's containers, judged ours by their cgroups)."""
+        started = time.monotonic()
         try:
             if self.capture is not None:
                 return self._from_capture(container_ids)
             return self._from_readings()
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+            self.watch.spent.seconds += time.monotonic() - started
 
     def _from_capture(self, container_ids: Iterable[str]) -> dict[str, model.Interference] | model.Unavailable:
         assert self.capture is not None and self.watch.perf is not None
@@ -149,6 +164,7 @@ def begin(watch: Watch, cpusets: dict[str, str], server_container: str | None = 
     watching = Watching(watch, cpus, folder, pinned=(server_container,) if server_container else None)
     if watch.perf is None:
         return watching
+    started = time.monotonic()
     watched = sorted({cpu for role in cpus.values() for cpu in role})
     away = sorted(set(cpus[model.CLIENT_CPUS]) - set(cpus[model.SERVER_CPUS])) or None
     try:
@@ -157,6 +173,8 @@ def begin(watch: Watch, cpusets: dict[str, str], server_container: str | None = 
         watching.failed = str(error)
         shutil.rmtree(folder, ignore_errors=True)
         return model.Unavailable(f"perf record of {switches.EVENT} did not start: {error}")
+    finally:
+        watch.spent.seconds += time.monotonic() - started
     return watching
 
 

@@ -194,12 +194,13 @@ class Stopwatch:
     images_done: float = 0.0
     measuring: float = 0.0
 
-    def timings(self, folding_s: float) -> dict[str, float]:
-        """Seconds of engines and images, of setup before the first point, of measuring up to now."""
+    def timings(self, folding_s: float, watching_s: float) -> dict[str, float]:
+        """Seconds of engines and images, of setup before the first point, of measuring up to now; of them, the
+        anatomy's folding after the sweep and what watching the points' CPUs added (neighbours.Spent)."""
         return {"images_s": round(self.images_done - self.started, 1),
                 "setup_s": round(self.measuring - self.images_done, 1),
                 "measuring_s": round(time.monotonic() - self.measuring, 1),
-                "anatomy_fold_s": round(folding_s, 1)}
+                "anatomy_fold_s": round(folding_s, 1), "neighbours_s": round(watching_s, 1)}
 
 
 def place_images(run: results.Run, record: model.RunRecord, options: Options, engines: Engines,
@@ -457,7 +458,7 @@ def _finish_sweep(ctx: Context, stopwatch: Stopwatch, say: Say) -> None:
         ctx.progress.describe("anatomy: folding the profiles")
         folding = instruments.fold(ctx.run.path, ctx.run.points(), ctx.anatomy, ctx.run.update_point, say)
     if ctx.in_guest is None:  # a run in guests records its timings per guest (guests.py)
-        ctx.run.update_record(timings=stopwatch.timings(folding))
+        ctx.run.update_record(timings=stopwatch.timings(folding, ctx.watch.spent.seconds if ctx.watch else 0.0))
 
 
 def _reach(plan: Plan, fd_limit: int, series: catalog.Series) -> int:
