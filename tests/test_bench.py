@@ -173,15 +173,28 @@ def test_the_generators_item_runs_each_openload_variant_then_a_saturation_probe(
     assert summary["goal"]["variant"] == generators.DEFAULT.name
 
 
-def variant_rows(shares: list[float], lagged: list[bool], variant=None) -> list[dict]:
+def variant_rows(shares: list[float], lagged: list[bool], variant=None, cpu: list[float] | None = None) -> list[dict]:
     variant = variant or generators.DEFAULT
     return [{"generator": "openload", "variant": variant.name, "offered": generators.OPEN_RATE,
              "timer": variant.timer, "timer_slack_us": variant.timer_slack_us, "batch_us": variant.batch_us,
              "round": n, "waits_per_reply": 1.0,
              "rate": share * generators.OPEN_RATE, "achieved_share": share, "overloaded": share < 0.99,
-             "lagged": late, "cpu_us_per_request": 9.0, "late_share": 0.0, "mean_lag_us": 5.0, "busy_share": 0.9,
+             "lagged": late, "cpu_us_per_request": cost, "late_share": 0.0, "mean_lag_us": 5.0, "busy_share": 0.9,
              "p50_ms": 0.1, "p99_ms": 1.0, "p99.9_ms": 2.0}
-            for n, (share, late) in enumerate(zip(shares, lagged, strict=True), 1)]
+            for n, (share, late, cost) in enumerate(zip(shares, lagged, cpu or [9.0] * len(shares), strict=True), 1)]
+
+
+def test_each_variants_cpu_per_request_is_divided_by_the_baselines_of_the_same_round():
+    """Rounds 1-3: the baseline costs 10, 20, 10 µs; the variant 9, 19, 30: ratios 0.9, 0.95, 3.0."""
+    base = variant_rows([1.0] * 3, [False] * 3, generators.BASELINE, [10.0, 20.0, 10.0])
+    other = variant_rows([1.0] * 3, [False] * 3, generators.Variant(20, 0), [9.0, 19.0, 30.0])
+    lines = {x["variant"]: x for x in generators.variant_lines(other + base)}
+    assert lines["slack 20 batch 0"]["cpu_vs_baseline"] == pytest.approx((0.95, 0.9, 3.0))
+    assert lines[generators.BASELINE.name]["cpu_vs_baseline"] == (1.0, 1.0, 1.0)
+
+
+def test_openloads_defaults_and_the_baseline_are_among_the_variants():
+    assert generators.DEFAULT in generators.VARIANTS and generators.BASELINE in generators.VARIANTS
 
 
 @pytest.mark.parametrize(("shares", "lagged", "verdict"), [

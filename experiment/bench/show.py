@@ -82,10 +82,12 @@ def generators(console: Console, g: dict) -> None:
                   f"{interval(s['httperf']['rate_interval'], ',.0f')}/s at "
                   f"{interval(s['httperf']['cpu_us_per_request_interval'])} µs/request")
     console.print(_table("   openload per variant (timer slack, batch window; µs)",
-                         ["variant", "offered/s", "achieved/s", "CPU µs/request", "late share", "mean lag µs",
-                          "waits/reply", "p99 ms", "lagged", "overloaded"],
+                         ["variant", "offered/s", "achieved/s", "CPU µs/request",
+                          f"CPU / {generators_item.BASELINE.name}'s", "late share", "mean lag µs", "waits/reply",
+                          "p99 ms", "lagged", "overloaded"],
                          [[x["variant"], _num(x["offered"]), interval(x["rate"], ",.0f"),
-                           interval(x["cpu_us_per_request"]), interval(x["late_share"], ".4f"),
+                           interval(x["cpu_us_per_request"]), interval(x["cpu_vs_baseline"], ".3f"),
+                           interval(x["late_share"], ".4f"),
                            interval(x["mean_lag_us"], ".1f"), interval(x["waits_per_reply"]),
                            interval(x["p99_ms"], ".3f"),
                            f"{x['lagged_rounds']}/{x['rounds']}", f"{x['overloaded_rounds']}/{x['rounds']}"]

@@ -41,6 +41,8 @@ class Variant:
 
 
 DEFAULT = Variant(loads.OPEN_DEFAULT_TIMER_SLACK_US, loads.OPEN_DEFAULT_BATCH_US)
+# What each variant's CPU per request is divided by in its own round: waking at each due time, 1 us of slack.
+BASELINE = Variant(1, 0)
 VARIANTS = (Variant(1, 0), Variant(20, 0), Variant(50, 0), Variant(1, 20), Variant(1, 50),
             Variant(1, 0, "timerfd"), Variant(1, 20, "timerfd"), Variant(1, 50, "timerfd"))
 
@@ -100,15 +102,25 @@ VARIANT_METRICS = {"rate": stats.measured, "achieved_share": stats.measured, "cp
 
 
 def variant_lines(rows: list[dict]) -> list[dict]:
-    """One line per variant and offered rate: the median [95% interval] of each of VARIANT_METRICS, and in how
-    many rounds it was lagged and overloaded."""
+    """One line per variant and offered rate: the median [95% interval] of each of VARIANT_METRICS and of its
+    CPU per request over BASELINE's in the same round at the same rate, and in how many rounds it was lagged
+    and overloaded."""
     opened = [r for r in rows if r["generator"] == "openload"]
     lines = stats.summarize(opened, ("variant", "offered", "timer", "timer_slack_us", "batch_us"), VARIANT_METRICS)
     for line in lines:
         same = [r for r in opened if (r["variant"], r["offered"]) == (line["variant"], line["offered"])]
+        line["cpu_vs_baseline"] = stats.median_interval([r["cpu_us_per_request"] / base for r in same
+                                                         if r["cpu_us_per_request"]
+                                                         and (base := _baseline_cpu(opened, r))])
         line["lagged_rounds"] = sum(r["lagged"] for r in same)
         line["overloaded_rounds"] = sum(r["overloaded"] for r in same)
     return lines
+
+
+def _baseline_cpu(opened: list[dict], row: dict) -> float | None:
+    """BASELINE's CPU per request in row's round at row's offered rate, or None."""
+    return next((r["cpu_us_per_request"] for r in opened if r["variant"] == BASELINE.name
+                 and (r["round"], r["offered"]) == (row["round"], row["offered"])), None)
 
 
 def goal(lines: list[dict]) -> dict:
