@@ -179,7 +179,8 @@ def variant_rows(shares: list[float], lagged: list[bool], variant=None, cpu: lis
              "timer": variant.timer, "timer_slack_us": variant.timer_slack_us, "batch_us": variant.batch_us,
              "round": n, "waits_per_reply": 1.0,
              "rate": share * generators.OPEN_RATE, "achieved_share": share, "overloaded": share < 0.99,
-             "lagged": late, "cpu_us_per_request": cost, "late_share": 0.0, "mean_lag_us": 5.0, "busy_share": 0.9,
+             "lagged": late, "lagged_p99": late, "cpu_us_per_request": cost, "late_share": 0.0,
+             "mean_lag_us": 5.0, "busy_share": 0.9,
              "p50_ms": 0.1, "p99_ms": 1.0, "p99.9_ms": 2.0}
             for n, (share, late, cost) in enumerate(zip(shares, lagged, cpu or [9.0] * len(shares), strict=True), 1)]
 
