@@ -192,6 +192,7 @@ class Interference:
     unseen_exits: dict[str, float] | None = None
     longest_unseen: Held | None = None
     stretch_unavailable: str = ""
+    holds: list[Held] = field(default_factory=list)  # third parties' longest stretches, longest first (at most 3)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -199,7 +200,7 @@ class Interference:
     @classmethod
     def from_json(cls, data: dict) -> Interference:
         held = {name: Held(**data[name]) if data.get(name) else None for name in ("longest", "longest_unseen")}
-        return cls(**{**data, **held})
+        return cls(**{**data, **held, "holds": [Held(**h) for h in data.get("holds") or []]})
 
 
 @dataclass(frozen=True)

@@ -273,6 +273,8 @@ def test_the_captures_third_parties_with_their_share_longest_stretch_and_names()
     assert set(cpu0.tasks or {}) == {"epollbench-gues"} and cpu0.third_party_share > 0.98
     cpu1 = interference.from_switches(stretches, [1], CAPTURED_FROM, CAPTURED_TO, judge)
     assert cpu1.longest == Held("kdamond.0", 105, 1, 1.677843)
+    assert len(cpu1.holds) == interference.HOLDS and cpu1.holds[0] == cpu1.longest
+    assert [h.ms for h in cpu1.holds] == sorted((h.ms for h in cpu1.holds), reverse=True)
     assert list(cpu1.tasks or {})[:2] == ["epollbench-gues", "kdamond.0"]
     assert "containerd" not in (cpu1.tasks or {}) and "swapper/1" not in (cpu1.tasks or {})
     assert cpu1.third_party_s == pytest.approx(sum((cpu1.tasks or {}).values()))

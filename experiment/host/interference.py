@@ -32,6 +32,8 @@ from .switches import OnCpu
 # The flag's thresholds, named once: over this share of the CPUs' time, or one stretch longer than this.
 THIRD_PARTY_SHARE = 0.02
 THIRD_PARTY_STRETCH_MS = 1.0
+# The longest stretches third parties held the CPUs that a point keeps, longest first (the tail's anatomy).
+HOLDS = 3
 # How the readings were taken.
 SCHED_SWITCH = "sched_switch"
 PROC_STAT = "proc_stat"
@@ -83,25 +85,33 @@ def from_switches(stretches: Iterable[OnCpu], cpus: Iterable[int], start_ns: int
     flag = interfered(held.ns / capacity_ns, longest_ms, (held.ns + unseen.ns + silent_ns) / capacity_ns,
                       max(longest_ms, unseen.longest_ns / 1e6, window_ns / 1e6 if silent_ns else 0.0))
     return Interference(flag, SCHED_SWITCH, watched, window_ns / 1e9, held.ns / 1e9, held.ns / capacity_ns,
-                        longest, held.by_name(), (unseen.ns + silent_ns) / 1e9, unseen.by_name(), unseen.longest())
+                        longest, held.by_name(), (unseen.ns + silent_ns) / 1e9, unseen.by_name(), unseen.longest(),
+                        holds=held.holds())
 
 
 class _Tally:
-    """Stretches of third parties inside a window: their time in all, by comm, and the longest one."""
+    """Stretches of third parties inside a window: their time in all, by comm, and the longest HOLDS of them."""
 
     def __init__(self) -> None:
-        self.ns = self.longest_ns = 0
+        self.ns = 0
         self.names: dict[str, int] = {}
-        self.top: OnCpu | None = None
+        self.top: list[tuple[int, OnCpu]] = []  # (ns inside, stretch), longest first, at most HOLDS
 
     def add(self, stretch: OnCpu, inside_ns: int) -> None:
         self.ns += inside_ns
         self.names[stretch.comm] = self.names.get(stretch.comm, 0) + inside_ns
-        if inside_ns > self.longest_ns:
-            self.top, self.longest_ns = stretch, inside_ns
+        if len(self.top) < HOLDS or inside_ns > self.top[-1][0]:
+            self.top = sorted([*self.top, (inside_ns, stretch)], key=lambda held: -held[0])[:HOLDS]
+
+    @property
+    def longest_ns(self) -> int:
+        return self.top[0][0] if self.top else 0
 
     def by_name(self) -> dict[str, float]:
         return {comm: ns / 1e9 for comm, ns in sorted(self.names.items(), key=lambda kv: -kv[1])}
 
+    def holds(self) -> list[Held]:
+        return [Held(stretch.comm, stretch.pid, stretch.cpu, ns / 1e6) for ns, stretch in self.top]
+
     def longest(self) -> Held | None:
-        return Held(self.top.comm, self.top.pid, self.top.cpu, self.longest_ns / 1e6) if self.top else None
+        return next(iter(self.holds()), None)

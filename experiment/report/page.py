@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from .. import catalog, model
 from ..catalog import Series
 from ..host import checks
-from ..host.interference import THIRD_PARTY_SHARE, THIRD_PARTY_STRETCH_MS
+from ..host.interference import HOLDS, THIRD_PARTY_SHARE, THIRD_PARTY_STRETCH_MS
 from ..model import DEAD, DEAD_OPEN, DEAD_SWEEPS, Point
 from ..run.plan import Level, Line, dead_levels, planned
 from .data import (
@@ -507,7 +507,7 @@ def points_table(data: RunData, sweep_name: str) -> dict:
 
 
 # Who else held the server's CPUs while a group's repetitions were measured (run/neighbours.py).
-OTHERS_COLUMNS = ["others' share of the server's CPUs (median)", "others' longest hold"]
+OTHERS_COLUMNS = ["others' share of the server's CPUs (median)", "others' longest holds"]
 KEPT_P99_COLUMN = "p99 without others' stretches (median) [ms]"
 
 
@@ -517,8 +517,9 @@ def _others_cells(group: Group) -> list[str]:
     if not found:
         return ["–", "–"]
     share = statistics.median(f.third_party_share for f in found)
-    longest = max((f.longest for f in found if f.longest is not None), key=lambda h: h.ms, default=None)
-    return [percent(share), f"{number(longest.ms, 2)} ms ({longest.comm})" if longest else "–"]
+    holds = sorted((h for f in found for h in (f.holds or ([f.longest] if f.longest else []))),
+                   key=lambda h: -h.ms)[:HOLDS]
+    return [percent(share), ", ".join(f"{number(h.ms, 2)} ms ({h.comm})" for h in holds) or "–"]
 
 
 def _kept_p99_cell(group: Group) -> str:
