@@ -56,7 +56,7 @@ LINE = re.compile(r"\s*(?:(?P<tgid>-?\d+)/-?\d+\s+)?\[(?P<cpu>\d+)\]\s+(?P<s>\d+
                   r"==> next_comm=(?P<next_comm>.*) next_pid=(?P<next_pid>-?\d+) next_prio=-?\d+\s*")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Switch:
     """One sched_switch: at time_ns, CPU cpu went from the task prev_pid (prev_comm) to next_pid."""
 
@@ -69,7 +69,7 @@ class Switch:
     prev_tgid: int | None = None  # the outgoing task's process, where perf script printed it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OnCpu:
     """One task's stretch on one CPU, from start_ns to end_ns (CLOCK_MONOTONIC); None: open at that end (it
     began before the capture's first switch on this CPU, or lasts beyond its last). end_seen False: perf did
@@ -91,18 +91,21 @@ class OnCpu:
 
 
 def parse(text: str) -> list[Switch]:
-    """The switches of `perf script --ns -F cpu,time,trace` output of sched:sched_switch, in its order. A line
-    that is neither blank nor such a switch is a ValueError: perf's format changed, or it is not this output."""
+    """The switches of `perf script --ns -F pid,tid,cpu,time,trace` output of sched:sched_switch, in its order.
+    A line that is neither blank nor such a switch is a ValueError: perf's format changed, or it is not this
+    output."""
     found = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        match = LINE.fullmatch(line)
+    lines = text.splitlines()
+    for number, match in enumerate(map(LINE.fullmatch, lines), 1):
         if match is None:
-            raise ValueError(f"not a sched_switch line of `perf script` (line {number}): {line[:160]!r}")
-        found.append(Switch(int(match["s"]) * 10**9 + int(match["frac"].ljust(9, "0")[:9]), int(match["cpu"]),
-                            int(match["prev_pid"]), match["prev_comm"], int(match["next_pid"]),
-                            match["next_comm"], int(match["tgid"]) if match["tgid"] is not None else None))
+            if lines[number - 1].strip():
+                raise ValueError(f"not a sched_switch line of `perf script` (line {number}): "
+                                 f"{lines[number - 1][:160]!r}")
+            continue
+        s, frac, cpu, prev_pid, prev_comm, next_pid, next_comm, tgid = match.group(
+            "s", "frac", "cpu", "prev_pid", "prev_comm", "next_pid", "next_comm", "tgid")
+        found.append(Switch(int(s) * 1_000_000_000 + int(frac.ljust(9, "0")[:9]), int(cpu), int(prev_pid),
+                            prev_comm, int(next_pid), next_comm, int(tgid) if tgid is not None else None))
     return found
 
 
