@@ -3,8 +3,9 @@
 One row per point file; the columns are the point's place (sweep, variant, server, backend, kernel, level,
 repetition; kernel is empty on the host's own, and accelerator is that of the guest a point of --kernels was
 measured in: kvm, or tcg for an emulated CPU), what became of it, every figure any sweep measures
-(model.FIGURES, empty where the point's sweep does not measure it or it was not measured), and the checks'
-flags that were raised.
+(model.FIGURES, empty where the point's sweep does not measure it or it was not measured), who else held the
+server's CPUs (third parties' share of them and their longest stretch, empty where not watched), the open
+loop's p99 without the third parties' stretches, and the checks' flags that were raised.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from ..model import Point
 PLACE = ("id", "sweep", "variant", "server", "backend", "kernel", "accelerator", "level", "repetition", "status",
          "reason", "load", "host_max", "started_at", "ended_at")
 FIGURES = tuple(dict.fromkeys(f.name for kind in model.FIGURES.values() for f in fields(kind)))
-COLUMNS = (*PLACE, *FIGURES, "flags")
+# Who else held the server's CPUs (model.Point.interference, tail).
+OTHERS = ("others_share", "others_longest_ms", "p99_without_others_ms")
+COLUMNS = (*PLACE, *FIGURES, *OTHERS, "flags")
 FORMATS = ("csv", "json")
 
 
@@ -33,8 +36,16 @@ def row(point: Point) -> dict:
             "repetition": point.repetition, "status": point.status, "reason": point.reason or "",
             "load": point.load or "",
             "host_max": point.host_max, "started_at": point.started_at, "ended_at": point.ended_at or "",
-            **{name: figures.get(name) for name in FIGURES},
+            **{name: figures.get(name) for name in FIGURES}, **_others(point),
             "flags": ";".join(sorted(name for name, on in point.flags.items() if on))}
+
+
+def _others(point: Point) -> dict:
+    server = point.interference.get(model.SERVER_CPUS) if isinstance(point.interference, dict) else None
+    kept = point.tail.kept if isinstance(point.tail, model.Tail) else None
+    return {"others_share": server.third_party_share if server else None,
+            "others_longest_ms": server.longest.ms if server and server.longest else None,
+            "p99_without_others_ms": kept.p99 if kept else None}
 
 
 def to_csv(points: list[Point]) -> str:
