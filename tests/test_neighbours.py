@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import tools
@@ -89,7 +90,7 @@ def in_containers(name: str) -> tuple[list[int], list[int]]:
     inside, outside = [], []
     for pid in (int(p) for p in subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()):
         try:
-            cgroup = open(f"/proc/{pid}/cgroup").read()
+            cgroup = Path(f"/proc/{pid}/cgroup").read_text()
         except OSError:
             continue
         (inside if "docker" in cgroup else outside).append(pid)
