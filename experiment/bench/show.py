@@ -208,7 +208,7 @@ def tail(console: Console, t: dict) -> None:
                            _held(x["longest_third_party"])] for x in t["summary"]]))
     for backend, g in t["growth"].items():
         console.print(f"  {backend}: p99 at {g['dead']:,} / 0 dead x{interval(g['raw_p99'])} raw, "
-                      f"x{interval(g['kept_p99'])} kept: the growth {g['verdict']}; p99.9 "
+                      f"x{interval(g['kept_p99'])} kept: {g['verdict']}; p99.9 "
                       f"x{interval(g['raw_p99.9'])} raw, x{interval(g['kept_p99.9'])} kept: {g['verdict_p99.9']}")
     cost = t["capture_cost"]
     found = ", ".join(f"{name.replace('_', ' ')} x{interval(ratio, '.3f')} ({cost['verdicts'][name]})"
