@@ -10,7 +10,7 @@ import tools
 
 from experiment import catalog
 from experiment.bench import launch, registry, stats
-from experiment.bench.items import capacity, completion, generators, nginx, seccomp, seccomp_figures
+from experiment.bench.items import capacity, completion, generators, nginx, seccomp, seccomp_figures, tail, tail_figures
 from experiment.bench.items import walk as pipewalk
 from experiment.run import loads
 from experiment.run.plan import max_dead
@@ -484,3 +484,136 @@ def test_a_walk_run_under_perf_splits_its_time_per_pass_among_functions(build_di
     # The shares cover the samples: the functions' nanoseconds add up to about one pass (perf rounds each share).
     assert sum(found["functions_ns"].values()) == pytest.approx(found["ns_per_pass"], rel=0.05)
     assert any(name.startswith("[k] ") for name in found["functions_ns"]), "kernel functions are named"
+
+
+# ---- item 11: whose tail ----------------------------------------------------------------------------------------
+
+def tail_rows(values: dict) -> list[dict]:
+    """Rows as whose_tail makes them: values[(backend, dead, capture)] one dict of metrics per round."""
+    return [{"backend": backend, "dead": dead, "capture": capture, "round": n, **metrics}
+            for (backend, dead, capture), per_round in values.items() for n, metrics in enumerate(per_round, 1)]
+
+
+def p99s(raw: list[float], kept: list[float]) -> list[dict]:
+    return [{"raw_p99_ms": r, "kept_p99_ms": k, "raw_p99.9_ms": 2 * r, "kept_p99.9_ms": 2 * k}
+            for r, k in zip(raw, kept, strict=True)]
+
+
+def test_the_growth_is_each_rounds_own_ratio_from_0_to_the_most_dead_with_and_without_the_third_parties():
+    # Round 3 is disturbed at both levels alike: its ratios stay those of the others.
+    rows = tail_rows({("epoll", 0, True): p99s([1.0, 1.0, 5.0, 1.0, 1.0, 1.0], [0.5] * 6),
+                      ("epoll", 19500, True): p99s([20.0, 18.0, 100.0, 22.0, 19.0, 21.0], [1.5] * 6),
+                      ("epoll", 19500, False): p99s([30.0] * 6, [30.0] * 6)})
+    found = tail_figures.growth(rows, "epoll", 19500)
+    assert (found["raw_p99"]["median"], found["raw_p99"]["low"], found["raw_p99"]["high"]) == (20.0, 18.0, 22.0)
+    assert found["kept_p99"] == {"median": 3.0, "low": 3.0, "high": 3.0, "n": 6}
+    assert found["verdict"] == found["verdict_p99.9"] == tail_figures.SURVIVES
+
+
+@pytest.mark.parametrize(("raw", "kept", "verdict"), [
+    ([20.0] * 6, [1.2, 1.1, 0.9, 1.3, 1.2, 1.1], "does not survive the exclusion"),  # the kept interval holds 1
+    ([20.0, 1.0, 20.0, 20.0, 20.0, 20.0], [3.0] * 6, "no growth beyond the noise to begin with"),
+    ([20.0] * 5, [3.0] * 5, tail_figures.FEW),
+])
+def test_the_growth_survives_only_where_the_whole_kept_interval_is_above_1(raw, kept, verdict):
+    rows = tail_rows({("io_uring-recv", 0, True): p99s([1.0] * len(raw), [1.0] * len(raw)),
+                      ("io_uring-recv", 500, True): p99s(raw, kept)})
+    assert tail_figures.growth(rows, "io_uring-recv", 500)["verdict"] == verdict
+
+
+def test_a_round_whose_kept_side_is_empty_is_left_out_of_the_ratio():
+    rows = tail_rows({("epoll", 0, True): p99s([1.0] * 6, [1.0] * 6),
+                      ("epoll", 500, True): [{**row, "kept_p99_ms": None} if n == 0 else row
+                                             for n, row in enumerate(p99s([9.0] * 6, [2.0] * 6))]})
+    kept = tail_figures.growth(rows, "epoll", 500)["kept_p99"]
+    assert (kept["median"], kept["n"]) == (2.0, 5)
+    assert tail_figures.growth(rows, "epoll", 500)["verdict"] == tail_figures.FEW
+
+
+@pytest.mark.parametrize(("with_perf", "verdict"), [
+    ([1.1, 1.2, 1.05, 1.3, 1.1, 1.15], "beyond the noise"),
+    ([1.1, 0.9, 1.05, 1.3, 1.1, 1.15], "within the noise"),
+    ([0.9] * 6, "beyond the noise"),
+])
+def test_the_captures_own_effect_is_beyond_the_noise_only_where_its_interval_excludes_1(with_perf, verdict):
+    def runs(costs: list[float]) -> list[dict]:
+        return [{"openload_p99_ms": 2 * c, "openload_p99.9_ms": 3.0, "cpu_us_per_reply": 10 * c} for c in costs]
+
+    rows = tail_rows({("epoll", 19500, True): runs(with_perf), ("epoll", 19500, False): runs([1.0] * 6),
+                      ("epoll", 0, True): runs([5.0] * 6)})
+    found = tail_figures.capture_cost(rows, "epoll", 19500)
+    middle = sorted(with_perf)[2:4]
+    assert found["ratios"]["cpu_per_reply"]["median"] == pytest.approx(sum(middle) / 2)
+    assert found["verdicts"]["cpu_per_reply"] == found["verdicts"]["p99"] == verdict
+    assert found["verdicts"]["p99.9"] == "within the noise"
+
+
+def test_each_configurations_line_counts_its_flagged_rounds_and_names_its_longest_third_party():
+    def run(flag: bool | None, longest: list[dict]) -> dict:
+        return {"interfered": flag, "longest_third_party": longest, "raw_p99_ms": 1.0, "third_party_share": 0.01}
+
+    agent = {"comm": "tokio-rt-worker", "pid": 103, "cpu": 0, "ms": 23.0, "end_seen": False}
+    worker = {"comm": "kworker/0:1", "pid": 40, "cpu": 0, "ms": 2.0, "end_seen": True}
+    rows = tail_rows({("epoll", 0, True): [run(True, [worker]), run(None, []), run(True, [agent, worker])],
+                      ("epoll", 0, False): [{"raw_p99_ms": 1.0}] * 3})
+    captured, plain = tail_figures.summary(rows)
+    assert (captured["rounds"], captured["interfered_rounds"], captured["longest_third_party"]) == (3, 2, agent)
+    assert (plain["interfered_rounds"], plain["longest_third_party"], plain["third_party_share"]) == (0, None, None)
+    assert captured["raw_p99_ms"] == (1.0, 1.0, 1.0)
+
+
+def test_the_longest_third_party_stretches_are_clipped_to_the_window_and_leave_ours_out():
+    from experiment.host.switches import OnCpu
+
+    ms = 1_000_000
+    held = [OnCpu(0, 50, "neighbour", 5 * ms, 30 * ms), OnCpu(0, 300, "ephttpd", 30 * ms, 90 * ms),
+            OnCpu(0, 103, "tokio-rt-worker", 40 * ms, 48 * ms, end_seen=False), OnCpu(0, 60, "kworker/0:1", 60 * ms,
+                                                                                      61 * ms),
+            OnCpu(0, 61, "rcu_preempt", 62 * ms, 62 * ms + 500_000), OnCpu(1, 70, "other", 0, 100 * ms)]
+    found = tail.longest_third_party(held, [0], lambda pid, comm, _tgid: "ours" if comm == "ephttpd" else
+                                     "third party", 10 * ms, 100 * ms)
+    assert [(s["comm"], s["ms"], s["end_seen"]) for s in found] == [
+        ("neighbour", 20.0, True), ("tokio-rt-worker", 8.0, False), ("kworker/0:1", 1.0, True)]
+
+
+def test_every_setting_runs_first_once_in_turn_and_the_pair_alternates_which_run_is_captured_first():
+    firsts = [tail.setting_order(n)[0] for n in range(1, len(tail.SETTINGS) + 1)]
+    assert firsts == list(tail.SETTINGS) and all(set(tail.setting_order(n)) == set(tail.SETTINGS) for n in (1, 7))
+    assert [tail.capture_order(n, paired=True) for n in (1, 2)] == [(True, False), (False, True)]
+    assert tail.capture_order(2, paired=False) == (True,)
+    assert [s for s in tail.SETTINGS if s.paired] == [tail.Setting("epoll", True, paired=True)]
+
+
+@pytest.mark.needs_host("records sched:sched_switch while ephttpd serves openload")
+@pytest.mark.needs_tool("wrk")
+def test_the_tail_item_captures_joins_and_judges_each_run_and_runs_the_pair_without_perf(build_dir, cpus):
+    """One round of 1 s loads at a few hundred dead connections: every setting's rows, the captured ones
+    with the server CPUs' interference and a join that accounts for every reply, the pair's plain run
+    without any."""
+    from experiment.anatomy import perf
+    from experiment.host import switches
+
+    perf_path, why = perf.ensure(install=False)
+    why = why or switches.check(perf_path or "perf")
+    if perf_path is None or why:
+        tools.missing(f"perf cannot record the switches here: {why}")
+    result = tail.whose_tail(cpus, 700, rounds=1, seconds=1, probe_s=1)
+    most = max_dead(700, "epoll", launch.ACTIVE)
+    rows = result["rows"]
+    assert sorted((r["backend"], r["dead"], r["capture"]) for r in rows) == sorted(
+        [(b, d, True) for b in tail.BACKENDS for d in (0, most)] + [("epoll", most, False)])
+    for row in rows:
+        assert row["errors"] == 0 and row["replies"] > 0 and row["cpu_us_per_reply"] > 0, row
+        joined = row["tail"]
+        assert joined["replies"] == row["replies"] and row["raw_p99_ms"] == joined["raw"]["p99"]
+        if row["capture"]:
+            assert row["interference"]["method"] == "sched_switch" and row["interference"]["cpus"] == [0]
+            kept = joined["kept"]["count"] if joined["kept"] else 0
+            assert kept + joined["excluded"] == joined["replies"]
+            assert len(row["longest_third_party"]) <= tail.LONGEST
+        else:
+            assert "interference" not in row and row["kept_p99_ms"] is None and row["excluded_share"] is None
+    assert [(x["backend"], x["dead"], x["capture"]) for x in result["summary"]] == [
+        (r["backend"], r["dead"], r["capture"]) for r in rows]
+    assert result["growth"]["epoll"]["verdict"] == tail_figures.FEW
+    assert result["capture_cost"]["ratios"]["cpu_per_reply"]["n"] == 1

@@ -59,6 +59,8 @@ ITEMS = (
          untracked=True),
     Item("seccomp", 9, "seccomp", "native vs the server container with our seccomp filter and unconfined",
          untracked=True),
+    Item("tail", 11, "tail", "whose open-loop tail: p99 at 0 and the most dead with third parties' stretches left "
+         "out, and the capture's own cost", untracked=True),
     Item("walk", 10, "pipe_walk", "where pipetest's time goes as the pipes grow, each token walk"),
     Item("deadconn", 3, "deadconn", "deadconn's opening rate, loopback tracked and untracked",
          targets={"deadconn_per_s": 40_000}),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from . import stats
 from .items import completion as completion_item
 from .items import generators as generators_item
 from .registry import TARGETS
@@ -180,3 +181,39 @@ def walk(console: Console, w: dict) -> None:
             console.print(f"10. pipetest {backend} ({name}) per pass: {per_pass}; grew {summary['grew_ns']:,.0f} ns "
                           f"(kernel {summary['kernel_grew_ns']:,.0f}, user {summary['user_grew_ns']:,.0f}); most: "
                           + ", ".join(f"{f['function']} +{f['grew_ns']:,.0f}" for f in summary["functions"][:5]))
+
+
+def _held(stretch: dict | None) -> str:
+    """A third party's stretch: its task and ms; "≤" where perf did not see it end (an upper bound)."""
+    if stretch is None:
+        return "-"
+    return f"{stretch['comm']} {'' if stretch['end_seen'] else '≤'}{stretch['ms']:.1f} ms"
+
+
+def tail(console: Console, t: dict) -> None:
+    if "unavailable" in t:
+        console.print(f"11. whose tail: unavailable ({t['unavailable']})")
+        return
+    rates = ", ".join(f"{b} {r['rate']:,.0f}/s" for b, r in t["rates"].items())
+    console.print(_table(f"11. whose tail: openload at {t['rate_share']:g} x each backend's 0-dead capacity ({rates}), "
+                         f"{t['load_s']:g} s; ms, median [95% interval] of {t['rounds']} rounds; kept: without the "
+                         "requests due in a third party's stretch on the server's CPU or 10 ms after it",
+                         ["backend", "dead", "perf", "openload p99 / p99.9", "p99 raw", "p99 kept", "p99.9 raw",
+                          "p99.9 kept", "excluded", "third parties", "interfered", "longest third party"],
+                         [[x["backend"], _num(x["dead"]), "on" if x["capture"] else "off",
+                           f"{_num(stats.middle(x['openload_p99_ms']), '.2f')} / "
+                           f"{_num(stats.middle(x['openload_p99.9_ms']), '.2f')}",
+                           interval(x["raw_p99_ms"]), interval(x["kept_p99_ms"]), interval(x["raw_p99.9_ms"]),
+                           interval(x["kept_p99.9_ms"]), _num(stats.middle(x["excluded_share"]), ".1%"),
+                           _num(stats.middle(x["third_party_share"]), ".1%"),
+                           f"{x['interfered_rounds']}/{x['rounds']}" if x["capture"] else "-",
+                           _held(x["longest_third_party"])] for x in t["summary"]]))
+    for backend, g in t["growth"].items():
+        console.print(f"  {backend}: p99 at {g['dead']:,} / 0 dead x{interval(g['raw_p99'])} raw, "
+                      f"x{interval(g['kept_p99'])} kept: {g['verdict']}; p99.9 "
+                      f"x{interval(g['raw_p99.9'])} raw, x{interval(g['kept_p99.9'])} kept: {g['verdict_p99.9']}")
+    cost = t["capture_cost"]
+    found = ", ".join(f"{name.replace('_', ' ')} x{interval(ratio, '.3f')} ({cost['verdicts'][name]})"
+                      for name, ratio in cost["ratios"].items())
+    console.print(f"  the capture's own effect, {cost['backend']} at {cost['dead']:,} dead, with perf / without, "
+                  f"same server, per round: {found}; the item took {t['wall_s']:.0f} s")
