@@ -230,9 +230,11 @@ def test_third_parties_stretches_on_the_servers_cpus_become_intervals_clipped_to
         asked.append((pid, comm))
         return judge(pid, comm)
 
-    found = tail.third_party(stretches, [0, 1], party, 1000, 9000)
+    found = tail.third_party(stretches, [0, 1], party, 1000, 9000, longer_than_ms=0)
     assert found == [(1000, 1500), (3000, 4000), (4500, 4600), (8000, 9000)]
     assert sorted(asked) == sorted(set(asked))
+    assert tail.third_party(stretches, [0, 1], party, 1000, 9000, longer_than_ms=0.0006) == [(3000, 4000),
+                                                                                              (8000, 9000)]
     assert tail.merge(found, 600) == [(1000, 2100), (3000, 5200), (8000, 9600)]
 
 

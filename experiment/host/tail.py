@@ -8,7 +8,10 @@ stretches third parties held them. Both are CLOCK_MONOTONIC nanoseconds (perf -k
 clock, which a container shares with its host), so they join directly. A request is *excluded* when it was due
 inside a third party's stretch or within AFTER_MS after its end, and *kept* otherwise: a request due during a
 stretch finds the server's CPU taken, and those due just after it find the server still working off the
-backlog (at 59k requests/s, 20 ms of a neighbour puts ~1,200 requests behind it).
+backlog (at 59k requests/s, 20 ms of a neighbour puts ~1,200 requests behind it). Only the stretches longer than
+the interfered flag's (interference.THIRD_PARTY_STRETCH_MS, 1 ms) count: the kernel's threads take a server's
+CPU for microseconds dozens of times a second here, and the guard after each would leave out most requests
+for delays shorter than a millisecond, which no tail is made of.
 
 Both sides are recomputed here from the file, by one method, so that they differ by the requests excluded and
 nothing else. The raw side differs slightly from openload's own figures, which come from its histogram: those
@@ -35,7 +38,7 @@ from itertools import islice
 from pathlib import Path
 
 from ..model import Percentiles, Tail
-from .interference import Party
+from .interference import THIRD_PARTY_STRETCH_MS, Party
 from .parties import THIRD_PARTY
 from .switches import OnCpu
 
@@ -89,16 +92,18 @@ def merge(intervals: Iterable[tuple[int, int]], guard_ns: int = 0) -> list[tuple
     return merged
 
 
-def third_party(stretches: Iterable[OnCpu], cpus: Iterable[int], party: Party, start_ns: int,
-                end_ns: int) -> list[tuple[int, int]]:
-    """The stretches third parties held any of cpus, as intervals (start_ns, end_ns) clipped to the capture's
-    window [start_ns, end_ns] (an open end becomes that bound), each task judged once by party. A stretch whose
-    end perf did not see counts to its end as recorded: an upper bound (the module's docstring)."""
+def third_party(stretches: Iterable[OnCpu], cpus: Iterable[int], party: Party, start_ns: int, end_ns: int,
+                longer_than_ms: float = THIRD_PARTY_STRETCH_MS) -> list[tuple[int, int]]:
+    """The stretches third parties held any of cpus longer than longer_than_ms, as intervals (start_ns, end_ns)
+    clipped to the capture's window [start_ns, end_ns] (an open end becomes that bound), each task judged once
+    by party. A stretch whose end perf did not see counts to its end as recorded: an upper bound (the module's
+    docstring)."""
     watched = set(cpus)
     judged: dict[tuple[int, str], str] = {}
     found = []
+    shortest_ns = longer_than_ms * 1e6
     for stretch in stretches:
-        if stretch.cpu not in watched or not stretch.within(start_ns, end_ns):
+        if stretch.cpu not in watched or stretch.within(start_ns, end_ns) <= shortest_ns:
             continue
         key = (stretch.pid, stretch.comm)
         if key not in judged:
