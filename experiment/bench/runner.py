@@ -19,6 +19,9 @@ NATIVE_PACKAGES = ["gcc", "make", "libc6-dev", "liburing-dev", "nginx-light", "h
 RESULTS = paths.ROOT / "benchmarks" / "results"
 
 
+WIDE = 160
+
+
 def main(json_out: str | None = None, skip_harness: bool = False, only: str | None = None) -> dict:
     """Every item, or the one named by only; returns the results written."""
     items = registry.select(only)
@@ -28,7 +31,9 @@ def main(json_out: str | None = None, skip_harness: bool = False, only: str | No
     result = header(cpus, fd_limit)
     context = registry.Context(cpus, fd_limit, RESULTS, skip_harness, sections=result)
     measure(items, context, result)
-    console = Console()
+    # The tables are wide (up to a dozen columns): a terminal's width, and never fewer than WIDE columns (a file
+    # or a pipe has 80, which cut every cell to an ellipsis).
+    console = Console(width=max(Console().width, WIDE))
     for item in items:
         item.show(console, result[item.key])
     write(result, Path(json_out) if json_out else None)

@@ -197,7 +197,7 @@ def tail(console: Console, t: dict) -> None:
     rates = ", ".join(f"{b} {r['rate']:,.0f}/s" for b, r in t["rates"].items())
     console.print(_table(f"11. whose tail: openload at {t['rate_share']:g} x each backend's 0-dead capacity ({rates}), "
                          f"{t['load_s']:g} s; ms, median [95% interval] of {t['rounds']} rounds; kept: without the "
-                         "requests due in a third party's stretch on the server's CPU or 10 ms after it",
+                         "requests due in a third party's stretch over 1 ms on the server's CPU or 10 ms after it",
                          ["backend", "dead", "perf", "openload p99 / p99.9", "p99 raw", "p99 kept", "p99.9 raw",
                           "p99.9 kept", "excluded", "third parties", "interfered", "longest third party"],
                          [[x["backend"], _num(x["dead"]), "on" if x["capture"] else "off",
