@@ -170,3 +170,25 @@ def spin_on_cpu0(seconds: float) -> None:
             pass
     finally:
         os.sched_setaffinity(0, before)
+
+
+def test_in_a_guest_or_on_a_remote_engine_a_point_says_why_nothing_here_sees_its_cpus():
+    for watch, why in ((neighbours.Watch.prepare(local=True, in_guest=True), neighbours.GUEST),
+                       (neighbours.Watch.prepare(local=False, in_guest=False), neighbours.REMOTE)):
+        assert watch.unavailable == why and watch.describe() == {"method": None, "why_no_perf": None,
+                                                                 "unavailable": why}
+        found = neighbours.begin(watch, {model.SERVER_CPUS: "0", model.CLIENT_CPUS: "1"})
+        assert found == model.Unavailable(why)
+        assert neighbours.judged(found, lambda: []) == found and neighbours.flag(found) is None
+        assert neighbours.tail_of(found, b"", "") == found
+
+
+def test_a_point_with_a_capture_records_its_interference_and_reads_back_the_same(tmp_path):
+    """The records a point keeps (model.Interference with its holds, model.Tail) go to JSON and back whole."""
+    held = model.Held("tokio-rt-worker", 103, 0, 21.5)
+    found = model.Interference(True, interference.SCHED_SWITCH, [0], 4.0, 0.05, 0.0125, held,
+                               {"tokio-rt-worker": 0.05}, holds=[held, model.Held("kworker/0:1", 7, 0, 1.5)])
+    kept = model.Percentiles(0.07, 0.1, 0.3, 0.9, 1.2, 900)
+    tail = model.Tail(model.Percentiles(0.07, 0.1, 20.0, 30.0, 31.0, 1000), kept, 1000, 1000, 100, 0.1, 10.0)
+    assert model.Interference.from_json(found.to_json()) == found
+    assert model.Tail.from_json(tail.to_json()) == tail
