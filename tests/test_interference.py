@@ -377,10 +377,9 @@ while time.monotonic() < end:
 """
 
 
-@pytest.mark.needs_host("records sched:sched_switch on a CPU and runs a SCHED_FIFO busy loop there")
-def test_a_busy_loop_pinned_to_the_cpu_is_a_third_party_holding_it_for_its_30_ms(tmp_path):
-    """A real capture of CPU 0 (perf on the other CPUs) while the spinner runs: a third party (nothing is ours
-    here: no harness, no containers), its stretch at least 25 ms, the CPU interfered."""
+def captured_on_cpu0(tmp_path: Path, program: str, linger_s: float = 0.0) -> tuple[switches.Capture, list, int]:
+    """A real capture of CPU 0 (perf on the other CPUs) while the Python program runs: the capture, its
+    stretches and the program's exit code; a skip (a failure in CI) where perf cannot record here."""
     perf_path, why = perf.ensure(install=False)
     why = why or switches.check(perf_path or "perf")
     if perf_path is None or why:
@@ -391,12 +390,20 @@ def test_a_busy_loop_pinned_to_the_cpu_is_a_third_party_holding_it_for_its_30_ms
     capture = switches.Capture.start(perf_path, [0], tmp_path, away=cpus - {0})
     try:
         capture.open()
-        spinner = subprocess.run([sys.executable, "-c", SPIN], timeout=30)
-        time.sleep(0.05)
+        code = subprocess.run([sys.executable, "-c", program], timeout=30).returncode
+        time.sleep(linger_s)
         capture.close()
     finally:
         stretches = capture.finish(perf_path)
-    assert spinner.returncode == 0
+    return capture, stretches, code
+
+
+@pytest.mark.needs_host("records sched:sched_switch on a CPU and runs a SCHED_FIFO busy loop there")
+def test_a_busy_loop_pinned_to_the_cpu_is_a_third_party_holding_it_for_its_30_ms(tmp_path):
+    """A real capture of CPU 0 (perf on the other CPUs) while the spinner runs: a third party (nothing is ours
+    here: no harness, no containers), its stretch at least 25 ms, the CPU interfered."""
+    capture, stretches, code = captured_on_cpu0(tmp_path, SPIN, linger_s=0.05)
+    assert code == 0
     found = interference.from_switches(stretches, [0], capture.start_ns, capture.end_ns, Ours().judge)
     assert found.interfered is True
     assert found.longest is not None and found.longest.comm == "spinner" and found.longest.ms >= 25
@@ -417,22 +424,9 @@ def test_a_capture_leaves_out_our_programs_switches_to_and_from_the_idle_task(tm
     """A task named ephttpd that sleeps 1 ms 300 times on CPU 0 switches with the idle task some 600 times:
     the capture's filter keeps none of those (its switches with other tasks stay); the stretches do not take
     its gaps for missed exits."""
-    perf_path, why = perf.ensure(install=False)
-    why = why or switches.check(perf_path or "perf")
-    if perf_path is None or why:
-        tools.missing(f"perf cannot record the switches here: {why}")
-    cpus = os.sched_getaffinity(0)
-    if 0 not in cpus or len(cpus) < 2:
-        pytest.skip("needs CPU 0 and another CPU for perf")
-    capture = switches.Capture.start(perf_path, [0], tmp_path, away=cpus - {0})
-    try:
-        capture.open()
-        sleeper = subprocess.run([sys.executable, "-c", NAMED_SLEEPER], timeout=30)
-        capture.close()
-    finally:
-        stretches = capture.finish(perf_path)
-    assert sleeper.returncode == 0
-    recorded = switches.parse(switches.script(perf_path, capture.data))
+    capture, stretches, code = captured_on_cpu0(tmp_path, NAMED_SLEEPER)
+    assert code == 0
+    recorded = switches.parse(switches.script(perf.find() or "perf", capture.data))
     quiet = [s for s in recorded if {s.prev_comm, s.next_comm} <= {"ephttpd", "swapper/0"}]
     assert recorded and not quiet, f"{len(quiet)} switches between the sleeper and the idle task were recorded"
     assert not [s for s in stretches if s.comm == "ephttpd" and s.start_ns and s.end_ns and not s.end_seen]
