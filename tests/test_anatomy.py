@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import tools
 from httpclient import deadconn, next_event, send, serving, settled_snapshot
 
-from experiment import anatomy
+from experiment import anatomy, model
 from experiment.anatomy import fold, memory, perf, procs
 from experiment.anatomy.fold import Frame, classify
 from experiment.host import syscall_cost
@@ -575,3 +576,25 @@ def test_without_tracefs_the_window_still_splits_the_cpu_and_says_why_the_syscal
     assert doc["context_switches_per_reply"] is not None and doc["cpu_share"] == result.profile.shares
     assert (tmp_path / "run" / doc["folded_stacks"]).exists()
 
+
+
+def test_a_point_whose_system_calls_were_not_counted_reads_as_unmeasured_not_zero(tmp_path):
+    """The committed native run with one dead point's syscall counts taken away as a point without tracefs
+    has them: its per-call columns read "–", not 0.000, and the section says why they are missing."""
+    from experiment.report import anatomy as report_anatomy
+    from experiment.report.data import load
+    from experiment.run.results import Run
+
+    source = Path(__file__).parent.parent / "results" / "reference" / "20261207T050351Z-vm-quick"
+    shutil.copytree(source, tmp_path / source.name, ignore=shutil.ignore_patterns("report"))
+    run = Run(tmp_path / source.name)
+    points = [p for p in run.points() if isinstance(p.anatomy, model.AnatomyFigures) and p.variant == "up"]
+    why = "tracefs is not mounted (a test says so)"
+    for point in points:
+        point.anatomy = dataclasses.replace(point.anatomy, syscalls_per_reply=None, syscalls={},
+                                            syscalls_unavailable=why)
+        run.update_point(point)
+    section = report_anatomy.section(load(run))
+    assert section is not None and f"system calls not counted: {why} (×{len(points)})" in section.unavailable
+    up = [row for row in section.syscalls["rows"] if row[0] == "UP"]
+    assert up and all(cell == "–" for row in up for cell in row[3:3 + 2 + len(report_anatomy.SYSCALL_GROUPS)])

@@ -78,15 +78,20 @@ def _mem(group: Group, value: Callable[[MemoryFigures], float | None]) -> float 
                     and (v := value(p.memory)) is not None])
 
 
-def _grouped(figures: AnatomyFigures, names: tuple[str, ...]) -> float:
+def _grouped(figures: AnatomyFigures, names: tuple[str, ...]) -> float | None:
+    """The system calls per reply of names; None where they were not counted (syscalls_unavailable)."""
+    if figures.syscalls_per_reply is None:
+        return None
     return sum(figures.syscalls.get(n) or 0.0 for n in names)
 
 
-def _grouped_by(names: tuple[str, ...]) -> Callable[[AnatomyFigures], float]:
+def _grouped_by(names: tuple[str, ...]) -> Callable[[AnatomyFigures], float | None]:
     return lambda figures: _grouped(figures, names)
 
 
-def _other_syscalls(figures: AnatomyFigures) -> float:
+def _other_syscalls(figures: AnatomyFigures) -> float | None:
+    if figures.syscalls_per_reply is None:
+        return None
     named = {n for names in SYSCALL_GROUPS.values() for n in names}
     return sum(v or 0.0 for n, v in figures.syscalls.items() if n not in named)
 
@@ -108,9 +113,12 @@ def _memory_parts(m: MemoryFigures) -> dict[str, float]:
 
 
 def _reason(point: Point) -> str | None:
+    """Why a point's anatomy, its memory or its system call counts are missing (None: nothing is)."""
     for entry in (point.anatomy, point.memory):
         if isinstance(entry, Unavailable):
             return entry.reason
+    if isinstance(point.anatomy, AnatomyFigures) and point.anatomy.syscalls_unavailable:
+        return f"system calls not counted: {point.anatomy.syscalls_unavailable}"
     return None
 
 
