@@ -435,7 +435,7 @@ def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: De
     cpu_before = server.cpu_ns()
     if isinstance(watching, neighbours.Watching):
         watching.open()
-    fetched = _Fetched(ctx.clients, requests_file)
+    fetched = _Fetched(ctx.clients, requests_file, ctx.watch.spent if ctx.watch else neighbours.Spent())
     command, output, code = _run_client(ctx, service, timeout, fetched.read if requests_file else None)
     if isinstance(watching, neighbours.Watching):
         watching.close()
@@ -461,16 +461,18 @@ def _under_load(ctx: Context, point: model.Point, serving: Serving, deadconn: De
 
 
 class _Fetched:
-    """A file read from a load generator's container before it goes (or why it could not be)."""
+    """A file read from a load generator's container before it goes (or why it could not be); the time it takes
+    is the watch's (spent)."""
 
-    def __init__(self, containers: Containers, path: str) -> None:
-        self.containers, self.path = containers, path
+    def __init__(self, containers: Containers, path: str, spent: neighbours.Spent) -> None:
+        self.containers, self.path, self.spent = containers, path, spent
         self.data: bytes | None = None
         self.why_not = ""
 
     def read(self, managed: Managed) -> None:
         try:
-            self.data = self.containers.read_file(managed, self.path)
+            with self.spent.timing():
+                self.data = self.containers.read_file(managed, self.path)
         except (OSError, ValueError, docker.errors.DockerException) as error:
             self.why_not = f"{self.path} could not be read from the {managed.role} container: {error}"
 

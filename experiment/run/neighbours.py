@@ -20,11 +20,12 @@ its measurement.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,14 @@ class Spent:
     """The wall time the watch added to the run's points, in seconds (run.json's timings "neighbours_s")."""
 
     seconds: float = 0.0
+
+    @contextlib.contextmanager
+    def timing(self) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds += time.monotonic() - started
 
 
 @dataclass(frozen=True)
@@ -90,26 +99,24 @@ class Watching:
     ours: Ours | None = None  # who was ours then
 
     def open(self) -> None:
-        started = time.monotonic()
-        try:
-            if self.capture is not None:
-                self.capture.open()
-            elif self.fallback_cpus():
-                self.readings = [stat_fallback.Reading.take(self.fallback_cpus(), self.pinned or ())]
-        except (perf.PerfError, stat_fallback.Unreadable, OSError) as error:
-            self.failed = str(error)
-        self.watch.spent.seconds += time.monotonic() - started
+        with self.watch.spent.timing():
+            try:
+                if self.capture is not None:
+                    self.capture.open()
+                elif self.fallback_cpus():
+                    self.readings = [stat_fallback.Reading.take(self.fallback_cpus(), self.pinned or ())]
+            except (perf.PerfError, stat_fallback.Unreadable, OSError) as error:
+                self.failed = str(error)
 
     def close(self) -> None:
-        started = time.monotonic()
-        try:
-            if self.capture is not None and not self.failed:
-                self.capture.close()
-            elif self.readings and not self.failed:
-                self.readings.append(stat_fallback.Reading.take(self.fallback_cpus(), self.pinned or ()))
-        except (perf.PerfError, stat_fallback.Unreadable, OSError) as error:
-            self.failed = str(error)
-        self.watch.spent.seconds += time.monotonic() - started
+        with self.watch.spent.timing():
+            try:
+                if self.capture is not None and not self.failed:
+                    self.capture.close()
+                elif self.readings and not self.failed:
+                    self.readings.append(stat_fallback.Reading.take(self.fallback_cpus(), self.pinned or ()))
+            except (perf.PerfError, stat_fallback.Unreadable, OSError) as error:
+                self.failed = str(error)
 
     def fallback_cpus(self) -> list[int]:
         """The CPUs the /proc/stat fallback judges: the server's, when no client shares them (its time there
@@ -119,14 +126,13 @@ class Watching:
 
     def finish(self, container_ids: Iterable[str]) -> dict[str, model.Interference] | model.Unavailable:
         """Each role's interference (container_ids: the run's containers, judged ours by their cgroups)."""
-        started = time.monotonic()
-        try:
-            if self.capture is not None:
-                return self._from_capture(container_ids)
-            return self._from_readings()
-        finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.watch.spent.seconds += time.monotonic() - started
+        with self.watch.spent.timing():
+            try:
+                if self.capture is not None:
+                    return self._from_capture(container_ids)
+                return self._from_readings()
+            finally:
+                shutil.rmtree(self.folder, ignore_errors=True)
 
     def _from_capture(self, container_ids: Iterable[str]) -> dict[str, model.Interference] | model.Unavailable:
         assert self.capture is not None and self.watch.perf is not None
@@ -164,17 +170,14 @@ def begin(watch: Watch, cpusets: dict[str, str], server_container: str | None = 
     watching = Watching(watch, cpus, folder, pinned=(server_container,) if server_container else None)
     if watch.perf is None:
         return watching
-    started = time.monotonic()
     watched = sorted({cpu for role in cpus.values() for cpu in role})
     away = sorted(set(cpus[model.CLIENT_CPUS]) - set(cpus[model.SERVER_CPUS])) or None
-    try:
-        watching.capture = switches.Capture.start(watch.perf, watched, folder, away)
-    except perf.PerfError as error:
-        watching.failed = str(error)
-        shutil.rmtree(folder, ignore_errors=True)
-        return model.Unavailable(f"perf record of {switches.EVENT} did not start: {error}")
-    finally:
-        watch.spent.seconds += time.monotonic() - started
+    with watch.spent.timing():
+        try:
+            watching.capture = switches.Capture.start(watch.perf, watched, folder, away)
+        except perf.PerfError as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            return model.Unavailable(f"perf record of {switches.EVENT} did not start: {error}")
     return watching
 
 
@@ -198,9 +201,10 @@ def tail_of(watching: Watching | model.Unavailable | None, requests: bytes | Non
         return model.Unavailable(reason or "no capture of the switches: the third parties' stretches are not known")
     if requests is None:
         return model.Unavailable(why_no_requests)
-    intervals = tail.third_party(watching.held, watching.cpus[model.SERVER_CPUS], watching.ours.judge,
-                                 watching.capture.start_ns, watching.capture.end_ns)
-    return tail.join(tail.read(requests), intervals)
+    with watching.watch.spent.timing():
+        intervals = tail.third_party(watching.held, watching.cpus[model.SERVER_CPUS], watching.ours.judge,
+                                     watching.capture.start_ns, watching.capture.end_ns)
+        return tail.join(tail.read(requests), intervals)
 
 
 def flag(found: dict[str, model.Interference] | model.Unavailable | None) -> bool | None:
