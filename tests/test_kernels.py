@@ -10,13 +10,13 @@ import functools
 import json
 
 import pytest
-from fakeengine import FakeContainers, Script
+from fakeengine import FakeContainers, Script, without_quiet_window
 from guestcache import our_qemus
 
 from experiment import model
 from experiment.errors import UserError
 from experiment.guest import apt, debversion, kernels
-from experiment.host import checks, engine, machine
+from experiment.host import engine, machine
 from experiment.run import context, guests, plan, results, steps
 from experiment.run.progress import Progress
 
@@ -135,9 +135,7 @@ def test_a_guest_lost_mid_sweep_stops_its_sweep_before_the_next_line(tmp_path, m
     ctx = context.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
                           steps.cpusets([0, 1]), guests.GUEST_FD_LIMIT, Progress(lambda _: None),
                           plan.choices(the_plan), in_guest=in_guest)
-    take = checks.PointChecks.take
-    monkeypatch.setattr(checks.PointChecks, "take", staticmethod(
-        lambda cpus=None, container_ids=None, window_s=0.0: take(cpus, container_ids, 0.0)))
+    without_quiet_window(monkeypatch)
     ctx.progress.start(total=4, done=0)
     with pytest.raises(steps.GuestLost, match="QEMU exited with -9"):
         steps.measure_lines(ctx, lambda _: None)
