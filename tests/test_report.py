@@ -93,12 +93,11 @@ def tree_digest(run: Run) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module", params=RUNS or [None], ids=lambda p: p.name if p else "none")
-def rendered(request, tmp_path_factory) -> tuple[Run, Path]:
+def rendered(request, rendered_copy) -> tuple[Run, Path]:
     """A copy of each committed run, rendered once for the read-only tests."""
     if request.param is None:
         pytest.skip(f"no committed run under {RUNS_DIR}: a small real run is committed there by the sweep's author")
-    run = copy_run(request.param, tmp_path_factory.mktemp("rendered"))
-    return run, render(run)
+    return rendered_copy(request.param)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -446,11 +445,11 @@ FIRST_SCREEN_JS = """
 
 
 @pytest.mark.browser
-def test_the_first_screen_shows_the_key_figure_and_the_summary_table(chromium, tmp_path):
+def test_the_first_screen_shows_the_key_figure_and_the_summary_table(chromium, rendered_copy, tmp_path):
     """The paper reference opened at 1280 x 800: its first figure (at least 600 px wide) and its first summary
     table lie wholly within the first screen, before anything else the page says."""
     paper = next(p for p in REFERENCE_RUNS if p.name.endswith("-paper"))
-    index = render(copy_run(paper, tmp_path))
+    _run, index = rendered_copy(paper)
     with chromium.Chromium(tmp_path / "chromium") as browser:
         page = browser.load(index, width=1280, height=800, expression=FIRST_SCREEN_JS)
     (tmp_path / "first-screen.png").write_bytes(page.screenshot)
@@ -715,9 +714,8 @@ DISTURBING = (checks.OTHER_LOAD, checks.CPU_THROTTLED, checks.CPU_FREQUENCY_CHAN
 
 
 @pytest.fixture(scope="module")
-def kernels_rendered(tmp_path_factory) -> tuple[Run, Path]:
-    run = copy_run(KERNELS_RUN, tmp_path_factory.mktemp("kernels"))
-    return run, render(run)
+def kernels_rendered(rendered_copy) -> tuple[Run, Path]:
+    return rendered_copy(KERNELS_RUN)
 
 
 def kernel_points(run: Run) -> dict[tuple, dict]:
