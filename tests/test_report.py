@@ -636,7 +636,7 @@ def test_where_the_time_goes_shows_the_cpu_split_syscalls_and_memory_the_points_
 
 
 @needs_runs
-def test_a_point_without_the_anatomy_says_why_and_a_run_before_it_says_it_predates_it(tmp_path):
+def test_a_point_without_the_anatomy_says_why_and_a_run_before_it_says_it_predates_it(rendered_copy, tmp_path):
     run = copy_run(RUNS[0], tmp_path / "one")
     victim = next(p for p in read_points(run) if p["sweep"] == "dead" and p["status"] == "ok")
     with_anatomy(run, unavailable_at=victim["id"])
@@ -646,9 +646,10 @@ def test_a_point_without_the_anatomy_says_why_and_a_run_before_it_says_it_predat
     assert f"perf refused here by the test: {SCRIPT}" in html.unescape(page)
     assert "perf refused here by the test" in (index.parent / "report.md").read_text()
 
-    before = copy_run(RUNS[0], tmp_path / "two")
-    md = (render(before).parent / "report.md").read_text()
+    _as_committed, index = rendered_copy(RUNS[0])
+    md = (index.parent / "report.md").read_text()
     assert "**Where the time goes:** Anatomy unavailable: this run predates the kernel cost anatomy" in md
+    before = copy_run(RUNS[0], tmp_path / "two")
     record = json.loads((before.path / "run.json").read_text())
     record["plan"]["anatomy"] = False
     (before.path / "run.json").write_text(json.dumps(record))
