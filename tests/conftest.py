@@ -1,4 +1,6 @@
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import tools
@@ -75,6 +77,27 @@ def second_engine():
         yield engine
     finally:
         engines.stop(engine)
+
+
+@pytest.fixture(scope="session")
+def rendered_copy(tmp_path_factory):
+    """rendered_copy(folder): a copy of a committed run (without its report) rendered, once per session for every
+    test that only reads it (test_report, test_model): (the copy, its index.html)."""
+    from experiment.report.render import render
+    from experiment.run.results import Run
+
+    made: dict = {}
+
+    def rendered(source: Path):
+        source = Path(source).resolve()
+        if source not in made:
+            target = tmp_path_factory.mktemp("rendered") / source.name
+            shutil.copytree(source, target, ignore=lambda d, names: ["report"] if Path(d) == source else [])
+            run = Run(target)
+            made[source] = (run, render(run))
+        return made[source]
+
+    return rendered
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import queue
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiment.host import checks
 from experiment.run.containers import Managed
 from experiment.run.services import Service
 
@@ -22,6 +23,14 @@ HTTPERF_OUTPUT = (CAPTURED / "epoll-2500calls.txt").read_text()
 WRK_OUTPUT = (CAPTURED / "wrk-epoll.txt").read_text()
 OPENLOAD_OUTPUT = (CAPTURED / "openload-epoll.txt").read_text()
 _ids = itertools.count(1)
+
+
+def without_quiet_window(monkeypatch) -> None:
+    """Each point's hygiene checks taken without their half a second of the host's CPU counters before the load
+    (host/checks.py, measured in test_checks.py and by every real run): on the fake engine it measures nothing."""
+    take = checks.PointChecks.take
+    monkeypatch.setattr(checks.PointChecks, "take", staticmethod(
+        lambda cpus=None, container_ids=None, window_s=0.0: take(cpus, container_ids, 0.0)))
 
 
 @dataclass

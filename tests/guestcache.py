@@ -5,6 +5,8 @@ what looks at the cache without fetching (the dry run, doctor) can be tested wit
 from __future__ import annotations
 
 import os
+import subprocess
+import threading
 from pathlib import Path
 
 from experiment.guest import apt, kernels, leftovers
@@ -49,3 +51,11 @@ def our_qemus() -> list[int]:
         if guest and guest[1].get(leftovers.OWNER_ENV) == mine:
             pids.append(int(pid_dir.name))
     return pids
+
+
+def reaped(process: subprocess.Popen) -> subprocess.Popen:
+    """A child standing in for a guest, waited for in a thread from now on: once it ends it is gone from /proc, as
+    a guest of another process is, rather than a zombie that leftovers.stop_leftover_guests waits out its grace
+    for."""
+    threading.Thread(target=process.wait, daemon=True).start()
+    return process

@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 
+import guestcache
 import pytest
 from reproducing import labelled_containers, run_record
 from test_tune_host import LOW_SOMAXCONN, SOMAXCONN, killed_tuned_run, raw_rules, real_host
@@ -198,8 +199,9 @@ def test_clean_stops_the_qemu_guest_of_a_run_that_is_gone(tmp_path):
     env = dict(os.environ, **{guest_leftovers.OWNER_ENV: guest_leftovers.owner_identity(gone.pid),
                               guest_leftovers.FOLDER_ENV: str(tmp_path)})
     label = f"test-{uuid.uuid4().hex[:8]}"
-    guest = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-name",
-                              f"epollbench-guest,process={guest_leftovers.PROCESS_PREFIX}{label}"], env=env)
+    guest = guestcache.reaped(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-name",
+                                                f"epollbench-guest,process={guest_leftovers.PROCESS_PREFIX}{label}"],
+                                               env=env))
     said: list[str] = []
     try:
         # Until it has exec'd, the child's /proc/PID/cmdline is still pytest's: wait until it reads as a guest.
@@ -207,7 +209,7 @@ def test_clean_stops_the_qemu_guest_of_a_run_that_is_gone(tmp_path):
         while label not in {g.label for g in guest_leftovers.leftover_guests()} and time.monotonic() < deadline:
             time.sleep(0.05)
         leftovers.clean(None, tmp_path, said.append)
-        assert guest.wait(timeout=30) is not None
+        assert guest.wait(timeout=30) == -signal.SIGTERM
     finally:
         guest.kill()
     assert any(label in line and "the run that booted it is gone" in line for line in said), said

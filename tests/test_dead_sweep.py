@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from fakeengine import OPENLOAD_OUTPUT, FakeContainers, Script
+from fakeengine import OPENLOAD_OUTPUT, FakeContainers, Script, without_quiet_window
 
 from experiment import anatomy, model
 from experiment.catalog import Series
@@ -36,6 +36,11 @@ from experiment.run.results import Run
 EPOLL = Series("ephttpd", "epoll")
 REPLIES = 250000  # tests/data/httperf/epoll-2500calls.txt
 CPU_S_PER_POINT = 2.0  # the fake server's cgroup advances 2 s between two readings
+
+
+@pytest.fixture(autouse=True)
+def no_quiet_window(monkeypatch):
+    without_quiet_window(monkeypatch)
 
 
 def sweep_context(tmp_path, script: Script, dead: str = "0,1000,5000", fd_limit: int = 20000, backends: str = "epoll",

@@ -10,22 +10,23 @@ import functools
 import json
 
 import pytest
-from fakeengine import FakeContainers, Script
+from fakeengine import FakeContainers, Script, without_quiet_window
 from guestcache import our_qemus
 
 from experiment import model
 from experiment.errors import UserError
 from experiment.guest import apt, debversion, kernels
-from experiment.host import checks, engine, machine
+from experiment.host import engine, machine
 from experiment.run import context, guests, plan, results, steps
 from experiment.run.progress import Progress
 
 REAL_GUEST = "boots QEMU guests: installs qemu-system-x86, fetches two Debian kernels, bootstraps the root disk"
 
 
-def two_kernel_plan(**flags) -> model.Plan:
-    return plan.make_plan("quick", kernels="6.1,7.2", sweeps="dead,pipetest", variants="up", backends="poll,epoll",
-                          dead="0,1000", pipes="10,1000", walks="stay", repeat=1, duration=1, **flags)
+def two_kernel_plan(variants: str = "up", **flags) -> model.Plan:
+    return plan.make_plan("quick", kernels="6.1,7.2", sweeps="dead,pipetest", variants=variants,
+                          backends="poll,epoll", dead="0,1000", pipes="10,1000", walks="stay", repeat=1, duration=1,
+                          **flags)
 
 
 def new_run(the_plan: model.Plan, tmp_path) -> results.Run:
@@ -41,6 +42,11 @@ def test_every_line_is_planned_once_per_kernel_and_the_kernel_is_in_the_point_id
     ids = {line.point_id(level) for line in lines for level in line.levels}
     assert "dead-up-k6.1-epoll-r1-d001000" in ids and "pipetest-up-k7.2-poll-r1-p000010" in ids and len(ids) == 16
     assert [(s.kernel, s.vcpus) for s in guests.shapes(the_plan)] == [("6.1", 2), ("6.1", 1), ("7.2", 2), ("7.2", 1)]
+    in_one_vcpu = [(line.sweep, line.variant) for line in lines if guests.Shape("7.2", 1).measures(line)]
+    assert in_one_vcpu == [(model.PIPETEST, "up")] * 2, "pipetest UP on a kernel that sees one CPU"
+    assert [(s.kernel, s.vcpus) for s in guests.shapes(two_kernel_plan("up,smp"))] == \
+        [("6.1", 2), ("6.1", 1), ("7.2", 2), ("7.2", 1)]
+    assert [(s.kernel, s.vcpus) for s in guests.shapes(two_kernel_plan("smp"))] == [("6.1", 2), ("7.2", 2)]
     without = plan.make_plan("quick", sweeps="dead", variants="up", backends="epoll", dead="0")
     assert [line.point_id(lv) for line in plan.planned(without, 20000) for lv in line.levels] == \
         ["dead-up-epoll-r1-d000000"], "a run without --kernels names its points as before"
@@ -108,7 +114,7 @@ def test_a_resumed_run_boots_only_the_guests_with_lines_left(tmp_path, monkeypat
 
     @contextlib.contextmanager
     def running(kernel, folder, **options):
-        booted.append(options["label"])
+        booted.append((options["label"], options["vcpus"]))
         yield options["label"]
 
     monkeypatch.setattr(guests.qemu, "running", running)
@@ -116,7 +122,7 @@ def test_a_resumed_run_boots_only_the_guests_with_lines_left(tmp_path, monkeypat
     kernel = kernels.Kernel(spec="6.1", release="6.1.0-50-cloud-amd64", flavour="cloud")
     for shape in guests.shapes(the_plan):
         guests._one_guest(run, the_plan, shape, kernel, None, tmp_path / "disk", print)  # type: ignore[arg-type]
-    assert booted == ["6.1-1cpu", "7.2-2cpu", "7.2-1cpu"]
+    assert booted == [("6.1-1cpu", 1), ("7.2-2cpu", 2), ("7.2-1cpu", 1)]
 
 
 def test_a_guest_lost_mid_sweep_stops_its_sweep_before_the_next_line(tmp_path, monkeypatch):
@@ -129,9 +135,7 @@ def test_a_guest_lost_mid_sweep_stops_its_sweep_before_the_next_line(tmp_path, m
     ctx = context.Context(run, the_plan, servers, clients, "server:test", "client:test",  # type: ignore[arg-type]
                           steps.cpusets([0, 1]), guests.GUEST_FD_LIMIT, Progress(lambda _: None),
                           plan.choices(the_plan), in_guest=in_guest)
-    take = checks.PointChecks.take
-    monkeypatch.setattr(checks.PointChecks, "take", staticmethod(
-        lambda cpus=None, container_ids=None, window_s=0.0: take(cpus, container_ids, 0.0)))
+    without_quiet_window(monkeypatch)
     ctx.progress.start(total=4, done=0)
     with pytest.raises(steps.GuestLost, match="QEMU exited with -9"):
         steps.measure_lines(ctx, lambda _: None)
@@ -162,21 +166,24 @@ def test_a_real_run_over_two_kernels_records_each_points_kernel_under_tcg(tmp_pa
     from experiment import pipeline
 
     sid = newest_of_suite("sid")
-    run = pipeline.reproduce("quick", kernels=f"6.1,{sid}", accel="tcg", sweeps="dead,pipetest", variants="up",
-                             backends="poll,epoll", dead="0,1000", pipes="10,1000", walks="stay", duration="1",
+    # SMP: each kernel's dead and pipetest lines in its one guest of two vCPUs, one boot per kernel (pipetest UP's
+    # guest of one vCPU: its shape in the tests above, a real boot of one vCPU in test_guest.py); one backend,
+    # as nothing a guest does depends on it
+    run = pipeline.reproduce("quick", kernels=f"6.1,{sid}", accel="tcg", sweeps="dead,pipetest", variants="smp",
+                             backends="epoll", dead="0,1000", pipes="10,1000", walks="stay", duration="1",
                              results_dir=str(tmp_path))
     assert run is not None
     points = run.points()
-    assert len(points) == 16 and all(p.ok for p in points), [p.reason for p in points if not p.ok]
+    assert len(points) == 8 and all(p.ok for p in points), [p.reason for p in points if not p.ok]
     releases = {p.series.kernel: p.guest["kernel"]["release"] for p in points if p.guest}
     assert set(releases) == {"6.1", sid} and len(set(releases.values())) == 2
     assert {p.guest["accelerator"] for p in points if p.guest} == {"tcg"}
-    assert {p.guest["vcpus"] for p in points if p.sweep == model.PIPETEST and p.guest} == {1}
+    assert {(p.sweep, p.guest["vcpus"]) for p in points if p.guest} == {(model.DEAD, 2), (model.PIPETEST, 2)}
     record = json.loads((run.path / "run.json").read_text())
     booted = record["metadata"]["guests"]
-    assert set(booted) == {"6.1-2cpu", "6.1-1cpu", f"{sid}-2cpu", f"{sid}-1cpu"}
+    assert set(booted) == {"6.1-2cpu", f"{sid}-2cpu"}
     assert booted["6.1-2cpu"]["settings"]["net.core.somaxconn"] == 65535
-    assert booted["6.1-2cpu"]["guest"]["kernel"] == releases["6.1"] and booted["6.1-1cpu"]["guest"]["cpus"] == "1"
+    assert booted["6.1-2cpu"]["guest"]["kernel"] == releases["6.1"] and booted["6.1-2cpu"]["guest"]["cpus"] == "2"
     assert "overlay" in booted["6.1-2cpu"]["guest"]["modules"] and booted["6.1-2cpu"]["guest"]["images_disk"]
     assert all(g["qemu_version"].startswith("QEMU emulator version") and g["accelerator_reason"]
                for g in booted.values())

@@ -4,7 +4,6 @@ rendered before the upgrade existed, and the series that name every line."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,8 +14,6 @@ from experiment.catalog import Series
 from experiment.errors import UserError
 from experiment.model import Plan
 from experiment.report.data import SWEEPS, Metric
-from experiment.report.render import render
-from experiment.run.results import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = sorted(p.parent for p in [*ROOT.glob("results/reference/*/run.json"),
@@ -124,13 +121,11 @@ def test_a_metric_names_a_figure_its_sweep_measures():
 
 
 @pytest.mark.parametrize("committed", [p for p in COMMITTED if (RENDERS / p.name).exists()], ids=lambda p: p.name)
-def test_a_committed_run_renders_the_numbers_it_rendered_before_the_upgrade(committed, tmp_path):
+def test_a_committed_run_renders_the_numbers_it_rendered_before_the_upgrade(committed, rendered_copy):
     version = json.loads((committed / "run.json").read_text())["schema_version"]
     assert version <= model.SCHEMA_VERSION, "committed runs stay as measured"
-    copy = tmp_path / committed.name
-    shutil.copytree(committed, copy, ignore=lambda d, names: ["report"] if Path(d) == committed else [])
-    index = render(Run(copy))
-    rendered = (index.parent / "report.md").read_text().replace(str(copy), "RUN")
+    copy, index = rendered_copy(committed)  # a copy rendered once for the session (tests/conftest.py)
+    rendered = (index.parent / "report.md").read_text().replace(str(copy.path), "RUN")
     assert rendered == (RENDERS / committed.name / "report.md").read_text()
 
 

@@ -93,12 +93,11 @@ def tree_digest(run: Run) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module", params=RUNS or [None], ids=lambda p: p.name if p else "none")
-def rendered(request, tmp_path_factory) -> tuple[Run, Path]:
+def rendered(request, rendered_copy) -> tuple[Run, Path]:
     """A copy of each committed run, rendered once for the read-only tests."""
     if request.param is None:
         pytest.skip(f"no committed run under {RUNS_DIR}: a small real run is committed there by the sweep's author")
-    run = copy_run(request.param, tmp_path_factory.mktemp("rendered"))
-    return run, render(run)
+    return rendered_copy(request.param)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -446,11 +445,11 @@ FIRST_SCREEN_JS = """
 
 
 @pytest.mark.browser
-def test_the_first_screen_shows_the_key_figure_and_the_summary_table(chromium, tmp_path):
+def test_the_first_screen_shows_the_key_figure_and_the_summary_table(chromium, rendered_copy, tmp_path):
     """The paper reference opened at 1280 x 800: its first figure (at least 600 px wide) and its first summary
     table lie wholly within the first screen, before anything else the page says."""
     paper = next(p for p in REFERENCE_RUNS if p.name.endswith("-paper"))
-    index = render(copy_run(paper, tmp_path))
+    _run, index = rendered_copy(paper)
     with chromium.Chromium(tmp_path / "chromium") as browser:
         page = browser.load(index, width=1280, height=800, expression=FIRST_SCREEN_JS)
     (tmp_path / "first-screen.png").write_bytes(page.screenshot)
@@ -637,7 +636,7 @@ def test_where_the_time_goes_shows_the_cpu_split_syscalls_and_memory_the_points_
 
 
 @needs_runs
-def test_a_point_without_the_anatomy_says_why_and_a_run_before_it_says_it_predates_it(tmp_path):
+def test_a_point_without_the_anatomy_says_why_and_a_run_before_it_says_it_predates_it(rendered_copy, tmp_path):
     run = copy_run(RUNS[0], tmp_path / "one")
     victim = next(p for p in read_points(run) if p["sweep"] == "dead" and p["status"] == "ok")
     with_anatomy(run, unavailable_at=victim["id"])
@@ -647,9 +646,10 @@ def test_a_point_without_the_anatomy_says_why_and_a_run_before_it_says_it_predat
     assert f"perf refused here by the test: {SCRIPT}" in html.unescape(page)
     assert "perf refused here by the test" in (index.parent / "report.md").read_text()
 
-    before = copy_run(RUNS[0], tmp_path / "two")
-    md = (render(before).parent / "report.md").read_text()
+    _as_committed, index = rendered_copy(RUNS[0])
+    md = (index.parent / "report.md").read_text()
     assert "**Where the time goes:** Anatomy unavailable: this run predates the kernel cost anatomy" in md
+    before = copy_run(RUNS[0], tmp_path / "two")
     record = json.loads((before.path / "run.json").read_text())
     record["plan"]["anatomy"] = False
     (before.path / "run.json").write_text(json.dumps(record))
@@ -715,9 +715,8 @@ DISTURBING = (checks.OTHER_LOAD, checks.CPU_THROTTLED, checks.CPU_FREQUENCY_CHAN
 
 
 @pytest.fixture(scope="module")
-def kernels_rendered(tmp_path_factory) -> tuple[Run, Path]:
-    run = copy_run(KERNELS_RUN, tmp_path_factory.mktemp("kernels"))
-    return run, render(run)
+def kernels_rendered(rendered_copy) -> tuple[Run, Path]:
+    return rendered_copy(KERNELS_RUN)
 
 
 def kernel_points(run: Run) -> dict[tuple, dict]:

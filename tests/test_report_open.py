@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fakeengine import FakeContainers, Script
+from fakeengine import FakeContainers, Script, without_quiet_window
 
 from experiment import model
 from experiment.catalog import Series
@@ -50,6 +50,7 @@ def open_run(tmp_path, monkeypatch) -> results.Run:
 def measured(tmp_path, monkeypatch, fd_limit: int = 20000) -> results.Run:
     # The host the tests share is busy: its real check would flag other load at random.
     monkeypatch.setattr(checks.LoadSnapshot, "other_load", lambda self, threshold_pct=0: False)
+    without_quiet_window(monkeypatch)
     the_plan = plan.make_plan("quick", sweeps="dead", variants="up", backends="poll,epoll", dead="0,1000,5000",
                               duration=1, load="open")
     run = results.Run.create(model.RunRecord(run_id="test-open", profile="quick", status="complete",

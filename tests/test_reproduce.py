@@ -130,7 +130,7 @@ def test_smoke_sweep_gives_complete_consistent_results(smoke_run, client):
 
 
 def test_sigint_keeps_finished_points_and_resume_completes_the_run(tmp_path, client):
-    args = ["--variants", "up", "--backends", "poll", "--dead", "0,1000,2000", "--duration", "3",
+    args = ["--variants", "up", "--backends", "poll", "--dead", "0,1000,2000", "--duration", "1",
             "--sweeps", "dead", "--no-report"]
     proc = invoke(*args, results_dir=tmp_path)
     deadline = time.monotonic() + 600
@@ -165,7 +165,7 @@ def test_a_low_fd_limit_skips_polls_levels_beyond_it_and_runs_epoll_past_it_thro
     def low_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (1500, 1500))
 
-    proc = invoke("--variants", "up", "--backends", "poll,epoll", "--dead", "0,1000,3000", "--duration", "2",
+    proc = invoke("--variants", "up", "--backends", "poll,epoll", "--dead", "0,1000,3000", "--duration", "1",
                   "--pipes", "10,5000", results_dir=tmp_path, preexec_fn=low_limit)
     code, out, err = finished(proc)
     assert code == 0, err

@@ -1,6 +1,7 @@
 """`invoke reproduce` beyond one server, one load generator and one engine: nginx, pyhttpd and a server of
 one's own under test, wrk as the load, and the server and the clients on two Docker engines. Each is a small
-real sweep (UP, 0 and 1000 dead connections, 2 s points) in real containers."""
+real sweep (UP, 0 and 1000 dead connections, 1 s points; 2 s where the test reads the load's length) in real
+containers."""
 
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ from experiment.run import dead, servers, services, steps
 from experiment.run.containers import LABEL_ROLE, LABEL_RUN
 from experiment.run.results import Run
 
-SMOKE = ["--variants", "up", "--sweeps", "dead", "--dead", "0,1000", "--duration", "2", "--no-report"]
+SMOKE = ["--variants", "up", "--sweeps", "dead", "--dead", "0,1000", "--no-report"]
 FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
-def smoke(results_dir, *args: str) -> Run:
-    code, out, err = finished(invoke(*SMOKE, *args, results_dir=results_dir), timeout=600)
+def smoke(results_dir, *args: str, duration: str = "1") -> Run:
+    code, out, err = finished(invoke(*SMOKE, "--duration", duration, *args, results_dir=results_dir), timeout=600)
     assert code == 0, f"{out}\n{err}"
     return Run.open(None, results_dir)
 
@@ -169,7 +170,7 @@ def test_a_server_of_ones_own_runs_with_the_same_load(tmp_path, client):
 
 @pytest.mark.docker
 def test_wrk_measures_the_points_and_says_so(tmp_path):
-    run = smoke(tmp_path, "--backends", "epoll", "--load", "wrk")
+    run = smoke(tmp_path, "--backends", "epoll", "--load", "wrk", duration="2")
     version = run.record().metadata["wrk_version"]  # e.g. "wrk debian/4.1.0-3+b2 [epoll] Copyright ..."
     assert version.startswith("wrk ") and "[epoll]" in version
     points = dead_points(run)
@@ -191,7 +192,7 @@ def test_wrk_measures_the_points_and_says_so(tmp_path):
 
 @pytest.mark.docker
 def test_the_open_loop_offers_one_rate_and_records_its_percentiles_and_flags(tmp_path):
-    run = smoke(tmp_path, "--backends", "epoll", "--load", "open")
+    run = smoke(tmp_path, "--backends", "epoll", "--load", "open", duration="2")
     record = run.record()
     rate = record.open_rate
     assert (rate["requested"], rate["share"], rate["lowest"], rate["probe"]["load"]) == \

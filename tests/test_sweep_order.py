@@ -4,10 +4,9 @@ planned(), over the dead sweep, both pipetest walks and the open loop, repeated,
 
 from __future__ import annotations
 
-from fakeengine import FakeContainers, Script
+from fakeengine import FakeContainers, Script, without_quiet_window
 
 from experiment import model
-from experiment.host import checks
 from experiment.run import context, plan, results, steps
 from experiment.run.progress import Progress
 
@@ -40,10 +39,7 @@ def test_the_run_writes_each_planned_line_whole_and_in_planned_order(tmp_path, m
         write_point(run, point)
 
     monkeypatch.setattr(results.Run, "write_point", recording)
-    # Each point's quiet window before its load (half a second of the host's CPU counters) orders nothing.
-    take = checks.PointChecks.take
-    monkeypatch.setattr(checks.PointChecks, "take", staticmethod(
-        lambda cpus=None, container_ids=None, window_s=0.0: take(cpus, container_ids, 0.0)))
+    without_quiet_window(monkeypatch)  # each point's quiet window before its load orders nothing
     ctx = run_context(tmp_path, events)
     steps.measure_lines(ctx, lambda _: None)
 
