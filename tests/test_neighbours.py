@@ -133,6 +133,7 @@ def test_a_stall_of_the_server_itself_is_not_a_third_party_and_its_tail_survives
 
 
 @pytest.mark.docker
+@pytest.mark.needs_host("pins a busy loop to CPU 0 and reads a container's CPU time from the host's cgroup tree")
 def test_without_perf_the_servers_share_comes_from_proc_stat_and_the_stretch_says_why_not(client, tmp_path):
     """The fallback on a real container pinned to CPU 0 (its cgroup's usage is ours) while this process spins
     there 0.3 s: the spin is a third party's, the share is over the threshold, and the stretch is unavailable
