@@ -37,7 +37,7 @@ SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 # Low enough for the preflight to find (it wants the server's backlog), so --tune-host raises it.
 LOW_SOMAXCONN = catalog.LISTEN_BACKLOG // 2
 PLAN = ["--tune-host", "--sweeps", "pipetest", "--variants", "up", "--backends", "poll,epoll",
-        "--pipes", "10,100", "--walks", "stay", "--no-report"]
+        "--pipes", "10", "--walks", "stay", "--no-report"]
 TUNED_WITHIN_S = 120
 
 
@@ -326,7 +326,7 @@ def test_a_resume_after_clean_tunes_the_host_again_and_puts_it_back(tmp_path, cl
         assert (f"{run.id} was started with --tune-host: its resume tunes the host as it did (the flag need not "
                 "be given again)") in out
         assert int(SOMAXCONN.read_text()) == LOW_SOMAXCONN and raw_rules() == rules_before
-        assert run.record().status == "complete" and len(run.points()) == 4 > kept
+        assert run.record().status == "complete" and len(run.points()) == 2 > kept
         killed, resumed = journals(run)
         assert killed["pid"] == proc.pid and killed["restored_at"]
         assert resumed["pid"] == resumed["restored_by"] == resume.pid and resumed["restored_at"]
