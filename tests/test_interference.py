@@ -401,13 +401,14 @@ def captured_on_cpu0(tmp_path: Path, program: str, linger_s: float = 0.0) -> tup
 @pytest.mark.needs_host("records sched:sched_switch on a CPU and runs a SCHED_FIFO busy loop there")
 def test_a_busy_loop_pinned_to_the_cpu_is_a_third_party_holding_it_for_its_30_ms(tmp_path):
     """A real capture of CPU 0 (perf on the other CPUs) while the spinner runs: a third party (nothing is ours
-    here: no harness, no containers), its stretch at least 25 ms, the CPU interfered."""
+    here: no harness, no containers), its 30 ms there counted, the CPU interfered."""
     capture, stretches, code = captured_on_cpu0(tmp_path, SPIN, linger_s=0.05)
     assert code == 0
     found = interference.from_switches(stretches, [0], capture.start_ns, capture.end_ns, Ours().judge)
     assert found.interfered is True
-    assert found.longest is not None and found.longest.comm == "spinner" and found.longest.ms >= 25
+    # The kernel's own real-time threads (migration/0) may cut the 30 ms in two: the spinner's time is whole.
     assert (found.tasks or {}).get("spinner", 0) >= 0.025
+    assert max((h.ms for h in found.holds if h.comm == "spinner"), default=0) >= 10
 
 
 NAMED_SLEEPER = """

@@ -65,8 +65,8 @@ def the_open_point(tmp_path) -> dict:
 @pytest.mark.needs_host("records sched:sched_switch and runs a SCHED_FIFO busy loop on CPU 0")
 def test_a_third_party_busy_on_the_servers_cpu_is_named_with_its_stretch_and_its_requests_excluded(tmp_path):
     """With the spinner on CPU 0 throughout, the open point is flagged interfered, names the spinner with at
-    least two of its 30 ms bursts and a stretch of 25 ms or more, and its tail leaves out the requests due in
-    them; the spinner is not on the clients' CPU."""
+    least two of its 30 ms bursts among the longest holds, and its tail leaves out the requests due in them;
+    the spinner is not on the clients' CPU."""
     perf_or_skip()
     spinner = subprocess.Popen([sys.executable, "-c", SPINNER])
     try:
@@ -77,7 +77,7 @@ def test_a_third_party_busy_on_the_servers_cpu_is_named_with_its_stretch_and_its
     server, clients = point["interference"]["server"], point["interference"]["clients"]
     assert point["flags"]["interfered"] is True and server["interfered"] is True
     assert server["tasks"]["spinner"] >= 0.05 and server["cpus"] == [0]
-    assert server["longest"]["ms"] >= 25
+    assert server["longest"]["ms"] >= 10 and any(h["comm"] == "spinner" for h in server["holds"])
     assert "spinner" not in (clients["tasks"] or {})
     tail = point["tail"]
     kept = tail["kept"]["count"] if tail["kept"] else 0  # a busy host's others may leave none
