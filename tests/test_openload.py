@@ -431,13 +431,14 @@ def test_a_rate_beyond_the_servers_capacity_raises_overloaded(openload):
 
 
 def test_requests_waiting_on_a_stalled_server_are_not_the_generators_lag(openload):
-    """ephttpd stopped for 100 ms once a second at 10k requests/s: the ~1000 requests due during each stall wait
-    behind busy connections, p99.9 at least 50 ms, yet the generator found each due on time: they are not late
-    sends, and the generator is not named for p99. The lag threshold is 20 ms here, so that this busy host's
-    own descheduling of the generator (a few ms at a time) is not what the test reads."""
-    with native.Ephttpd(build=native.BUILD) as server, stalling(server.pid) as stalls:
+    """ephttpd stopped for 300 ms once a second at 10k requests/s: the ~3000 requests due during each stall wait
+    behind busy connections, up to 300 ms, p99.9 at least 50 ms, yet the generator found each due on time: they
+    are not late sends, and the generator is not named for p99. The lag threshold is 150 ms here, under the
+    stall and over this shared host's own descheduling of the generator (its agent's bursts reach 80 ms), which
+    is not what the test reads."""
+    with native.Ephttpd(build=native.BUILD) as server, stalling(server.pid, stall_s=0.3) as stalls:
         data = run_openload(openload, server.port, "--rate", "10000", "--connections", "4", "--duration", "3",
-                            "--lag-threshold-us", "20000")
+                            "--lag-threshold-us", "150000")
         stalled = len(stalls)
     assert stalled >= 2 and data["latency_us"]["p99.9"] >= 50_000
     assert not data["lagged"]["p99"] and not data["lagged"]["p99.9"], data["lagged"]
