@@ -21,6 +21,7 @@ its measurement.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -96,7 +97,7 @@ class Watching:
     readings: list[stat_fallback.Reading] = field(default_factory=list)
     pinned: tuple[str, ...] | None = None  # the fallback's: containers on the server's CPUs (None: not known)
     held: list[switches.OnCpu] | None = None  # the capture's stretches, once finished
-    ours: Ours | None = None  # who was ours then
+    party: interference.Party | None = None  # whose each task was, judged once from /proc while the run ran
 
     def open(self) -> None:
         with self.watch.spent.timing():
@@ -142,10 +143,11 @@ class Watching:
             return model.Unavailable(f"the capture of {switches.EVENT} failed: {self.failed or error}")
         if self.failed:
             return model.Unavailable(f"the capture of {switches.EVENT} failed: {self.failed}")
-        ours = Ours.of_run(container_ids, os.getpid())
-        self.held, self.ours = held, ours
+        # Each task is judged once (its /proc read once) for both sets of CPUs and the tail.
+        party: interference.Party = functools.lru_cache(maxsize=None)(Ours.of_run(container_ids, os.getpid()).judge)
+        self.held, self.party = held, party
         return {role: interference.from_switches(held, cpus, self.capture.start_ns, self.capture.end_ns,
-                                                 ours.judge)
+                                                 party)
                 for role, cpus in self.cpus.items()}
 
     def _from_readings(self) -> dict[str, model.Interference] | model.Unavailable:
@@ -196,13 +198,13 @@ def tail_of(watching: Watching | model.Unavailable | None, requests: bytes | Non
     from openload's --requests-out file (requests; None: why_no_requests) and the point's finished capture."""
     if isinstance(watching, model.Unavailable):
         return watching
-    if watching is None or watching.held is None or watching.ours is None or watching.capture is None:
+    if watching is None or watching.held is None or watching.party is None or watching.capture is None:
         reason = watching.watch.why_no_perf if watching is not None and watching.watch.why_no_perf else ""
         return model.Unavailable(reason or "no capture of the switches: the third parties' stretches are not known")
     if requests is None:
         return model.Unavailable(why_no_requests)
     with watching.watch.spent.timing():
-        intervals = tail.third_party(watching.held, watching.cpus[model.SERVER_CPUS], watching.ours.judge,
+        intervals = tail.third_party(watching.held, watching.cpus[model.SERVER_CPUS], watching.party,
                                      watching.capture.start_ns, watching.capture.end_ns)
         return tail.join(tail.read(requests), intervals)
 
